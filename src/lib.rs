@@ -1,0 +1,26 @@
+//! sipedge: a SIP edge proxy in front of a pool of FreeSWITCH media servers.
+//!
+//! It replaces a Kamailio box running `dispatcher`, `tm`, `rr` and `sl`: it
+//! probes the nodes, sends each new INVITE to a live one, fails over on
+//! silence, 5xx or transport errors, and pins every in-dialog request to the
+//! node that answered. `../shared/design.md` is the behaviour contract.
+//!
+//! # Layout
+//! - [`sip`]: the SIP message layer, free of tokio so it can be fuzzed and
+//!   benchmarked alone. A zero-copy [`sip::Message`] view (start line, header
+//!   index, body), typed accessors that parse on demand (Via, CSeq, Call-ID,
+//!   tags, Max-Forwards, Route, Request-URI), datagram and stream framing,
+//!   an [`sip::Editor`] that splices the forwarding edits into a reusable
+//!   buffer, and builders for local responses and OPTIONS probes.
+//! - [`config`]: the TOML configuration (`proxy.toml.example`), its
+//!   validation and the errors that name file, key and reason.
+//!
+//! Modules still to come, one per concern (see `../shared/style.md`):
+//! `transport` (UDP/TCP sockets), `transaction` (RFC 3261 timers),
+//! `dispatcher` (destination sets, selection, OPTIONS prober), `dialog`
+//! (Call-ID -> node table), `proxy` (request and response paths), `admin`
+//! (HTTP: `/metrics`, health, JSON-RPC) and `metrics`.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod sip;
