@@ -651,7 +651,7 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, u32), SipError> {
     }
     parse_version(&line[sp2 + 1..])?;
     if uri.is_empty() || uri.iter().any(|&b| b == b' ' || b == b'\t') {
-        return Err(SipError::BadRequestUri);
+        return Err(SipError::BadStartLine);
     }
     Ok((
         StartLine::Request {
@@ -745,7 +745,7 @@ bodyEXTRA";
         );
         assert_eq!(
             e(b"INVITE  sip:a@b SIP/2.0\r\n\r\n"),
-            SipError::BadRequestUri
+            SipError::BadStartLine
         );
         assert_eq!(
             e(b"INVITE sip:a@b SIP/2.0 \r\n\r\n"),

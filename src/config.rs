@@ -1,0 +1,1337 @@
+//! The TOML configuration: serde structs, their validation, and errors that
+//! name the file, the key and the reason.
+//!
+//! Loading is two steps. [`from_toml`] deserializes (types, unknown keys,
+//! duration and address syntax) and then runs [`Config::validate`] for the
+//! rules that look at more than one value (advertise vs destinations,
+//! ranges, duplicates). Either step's error becomes a [`ConfigError`] whose
+//! key is a dotted path such as `dispatcher.destination[1].uri`: serde only
+//! reports a byte span, so [`KeyIndex`] maps spans back to keys.
+//!
+//! Address and URI parsing here is deliberately small and self-contained:
+//! a destination is `sip:host[:port]`, nothing more, and does not depend on
+//! the message layer in [`crate::sip`].
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+
+/// `proxy.toml.example`, built in so that `sipedge` without `--config`
+/// starts on a fresh machine.
+pub const EXAMPLE_TOML: &str = include_str!("../proxy.toml.example");
+
+/// The name errors and summaries use for [`EXAMPLE_TOML`].
+pub const EXAMPLE_NAME: &str = "proxy.toml.example (built in)";
+
+/// Port used when neither the advertise address nor a socket gives one.
+pub const DEFAULT_SIP_PORT: u16 = 5060;
+
+// ---------------------------------------------------------------------------
+// The configuration
+// ---------------------------------------------------------------------------
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    #[serde(default)]
+    pub dispatcher: Dispatcher,
+    #[serde(default)]
+    pub failover: Failover,
+    #[serde(default)]
+    pub dialogs: Dialogs,
+}
+
+/// `[listen]`: where sipedge receives SIP and what it writes about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// UDP sockets to bind (Kamailio `listen=udp:...`).
+    #[serde(default = "default_udp")]
+    pub udp: Vec<SocketAddr>,
+    /// Host (and optional port) written in Via and Record-Route (Kamailio
+    /// `advertise`). No default: guessing it is how HA setups end up
+    /// advertising 0.0.0.0.
+    pub advertise: HostPort,
+}
+
+impl Listen {
+    /// The port written next to the advertised host: the explicit one, else
+    /// the first UDP socket's.
+    pub fn advertised_port(&self) -> u16 {
+        self.advertise
+            .port
+            .or_else(|| self.udp.first().map(SocketAddr::port))
+            .unwrap_or(DEFAULT_SIP_PORT)
+    }
+}
+
+/// `[dispatcher]`: the FreeSWITCH pool and how a node is picked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dispatcher {
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<Destination>,
+}
+
+impl Default for Dispatcher {
+    fn default() -> Self {
+        Dispatcher {
+            algorithm: default_algorithm(),
+            destinations: Vec::new(),
+        }
+    }
+}
+
+/// How a new INVITE picks its node, with Kamailio's `ds_select_dst`
+/// algorithm numbers so operators can map their old config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Kamailio 4.
+    RoundRobin,
+    /// Kamailio 0: the same Call-ID always lands on the same node.
+    HashCallid,
+    /// Kamailio 8: highest `priority` first, the others only on failover.
+    Priority,
+    /// Kamailio 9: share of new calls by `weight`.
+    Weight,
+}
+
+impl Algorithm {
+    /// The `ds_select_dst` algorithm number Kamailio uses for the same thing.
+    pub fn kamailio_number(self) -> u8 {
+        match self {
+            Algorithm::HashCallid => 0,
+            Algorithm::RoundRobin => 4,
+            Algorithm::Priority => 8,
+            Algorithm::Weight => 9,
+        }
+    }
+
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::HashCallid => "hash-callid",
+            Algorithm::Priority => "priority",
+            Algorithm::Weight => "weight",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[dispatcher.destination]]`: a FreeSWITCH node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub uri: SipUri,
+    /// Higher is tried first, as in Kamailio's `dispatcher.list`.
+    #[serde(default)]
+    pub priority: i32,
+    /// 1..=100, used by [`Algorithm::Weight`] (Kamailio attr `weight=`).
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// `[failover]`: when a new INVITE moves on to the next node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    /// No reply at all from a node (Kamailio `fr_timer`).
+    #[serde(default = "default_fr_timeout", deserialize_with = "de_duration")]
+    pub fr_timeout: Duration,
+    /// Final reply overdue after a provisional one (Kamailio `fr_inv_timer`).
+    #[serde(default = "default_fr_inv_timeout", deserialize_with = "de_duration")]
+    pub fr_inv_timeout: Duration,
+    /// Final codes that send the INVITE to the next node (Kamailio
+    /// `t_check_status` in a failure_route).
+    #[serde(default = "default_failover_codes")]
+    pub codes: Vec<u16>,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover {
+            fr_timeout: default_fr_timeout(),
+            fr_inv_timeout: default_fr_inv_timeout(),
+            codes: default_failover_codes(),
+        }
+    }
+}
+
+/// `[dialogs]`: the Call-ID -> node table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dialogs {
+    #[serde(default = "default_dialog_ttl", deserialize_with = "de_duration")]
+    pub ttl: Duration,
+    /// Beyond this many entries new calls still work but are not pinned.
+    #[serde(default = "default_dialog_max")]
+    pub max: usize,
+}
+
+impl Default for Dialogs {
+    fn default() -> Self {
+        Dialogs {
+            ttl: default_dialog_ttl(),
+            max: default_dialog_max(),
+        }
+    }
+}
+
+// Defaults: design.md's table, which follows Kamailio where an operator
+// would expect it.
+fn default_udp() -> Vec<SocketAddr> {
+    vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_SIP_PORT))]
+}
+fn default_algorithm() -> Algorithm {
+    Algorithm::RoundRobin
+}
+fn default_fr_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_fr_inv_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_failover_codes() -> Vec<u16> {
+    vec![500, 502, 503, 504]
+}
+fn default_dialog_ttl() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
+fn default_dialog_max() -> usize {
+    1_000_000
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+/// Reads and validates the config file at `path`.
+pub fn read_config(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    from_toml(&text, &file)
+}
+
+/// Parses and validates `text`; `file` is only used to name it in errors.
+pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|err| toml_error(text, file, &err))?;
+    config.validate().map_err(|violation| {
+        let line = KeyIndex::new(text).line_of(text, &violation.key);
+        ConfigError::Invalid {
+            at: Location {
+                file: file.to_owned(),
+                line,
+            },
+            violation: Box::new(violation),
+        }
+    })?;
+    Ok(config)
+}
+
+fn toml_error(text: &str, file: &str, err: &toml::de::Error) -> ConfigError {
+    let reason = err.message().trim().to_owned();
+    let span = err.span();
+    let mut key = span
+        .clone()
+        .and_then(|span| KeyIndex::new(text).key_at(&span))
+        .unwrap_or_default();
+    // serde points a missing field at its table; name the field itself.
+    if let Some(field) = quoted_after(&reason, "missing field `") {
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(field);
+    }
+    if key.is_empty() {
+        key.push_str("(top level)");
+    }
+    let (line, column) = span.map_or((1, 1), |span| line_column(text, span.start));
+    ConfigError::Toml {
+        file: file.to_owned(),
+        key,
+        line,
+        column,
+        reason,
+    }
+}
+
+fn quoted_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.split('`').next()
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(1, |tail| tail.chars().count() + 1);
+    (line, column)
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Why a config file was refused. Display always names the file, and for
+/// anything but an unreadable file the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type, an unknown key, or a value whose own
+    /// syntax is wrong (duration, address, URI). The reason is the TOML
+    /// parser's message, which carries our typed errors' Display.
+    #[error("{file}:{line}:{column}: {key}: {reason}")]
+    Toml {
+        file: String,
+        key: String,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    /// Well-formed, but breaks a rule of [`Config::validate`]. Boxed: the
+    /// rule carries addresses, and errors should stay small to return.
+    #[error("{at}: {violation}")]
+    Invalid {
+        at: Location,
+        violation: Box<Violation>,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key the error is about, if it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Toml { key, .. } => Some(key),
+            ConfigError::Invalid { violation, .. } => Some(&violation.key),
+        }
+    }
+}
+
+/// A file, and the line of the offending key when it appears in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: String,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}", self.file),
+            None => f.write_str(&self.file),
+        }
+    }
+}
+
+/// A broken cross-field or range rule: which key, and which rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {rule}")]
+pub struct Violation {
+    pub key: String,
+    pub rule: Rule,
+}
+
+/// The rules [`Config::validate`] enforces.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rule {
+    #[error("no UDP socket to listen on; give at least one, e.g. udp = [\"0.0.0.0:5060\"]")]
+    NoUdpSocket,
+    #[error(
+        "{0} is a wildcard address, which no peer can send to: signalling would connect \
+         but the T.38 re-INVITE would be black-holed; advertise the concrete address the \
+         trunk and the FreeSWITCH nodes reach this host on"
+    )]
+    WildcardAdvertise(Host),
+    #[error(
+        "{advertise} is a loopback address but destination {destination} is not: that node \
+         would send in-dialog requests to itself, so signalling would connect but the T.38 \
+         re-INVITE would be black-holed; advertise the address the nodes reach this host on \
+         (loopback is only accepted when every destination is loopback too, for local testing)"
+    )]
+    LoopbackAdvertise {
+        advertise: Host,
+        destination: SipUri,
+    },
+    #[error(
+        "no destination; add at least one [[dispatcher.destination]] with \
+         uri = \"sip:host:port\" (a FreeSWITCH node)"
+    )]
+    NoDestination,
+    #[error("{0} is a wildcard address, not a node sipedge can send to")]
+    WildcardDestination(Host),
+    #[error("{uri} is listed twice (first as dispatcher.destination[{first}]); failover would retry the same node")]
+    DuplicateDestination { uri: SipUri, first: usize },
+    #[error("algorithm \"weight\" needs a weight (1-100) on every destination")]
+    MissingWeight,
+    #[error("weight {0} is out of range; use 1-100 (Kamailio's range)")]
+    WeightOutOfRange(u32),
+    #[error("{0} is not a final response code; use 300-699, e.g. 503")]
+    BadFailoverCode(u16),
+    #[error("must be longer than 0, e.g. \"2s\"")]
+    ZeroDuration,
+    #[error("must be at least 1; the table caps pinned calls, it cannot be turned off")]
+    ZeroDialogMax,
+}
+
+impl Config {
+    /// Checks the rules that look at more than one value or at ranges. The
+    /// first broken rule is reported, with the key it is about.
+    pub fn validate(&self) -> Result<(), Violation> {
+        let fail = |key: &str, rule: Rule| {
+            Err(Violation {
+                key: key.to_owned(),
+                rule,
+            })
+        };
+        if self.listen.udp.is_empty() {
+            return fail("listen.udp", Rule::NoUdpSocket);
+        }
+
+        let dests = &self.dispatcher.destinations;
+        if dests.is_empty() {
+            return fail("dispatcher.destination", Rule::NoDestination);
+        }
+        for (i, dest) in dests.iter().enumerate() {
+            let key = |field: &str| format!("dispatcher.destination[{i}].{field}");
+            if dest.uri.host.is_unspecified() {
+                return fail(
+                    &key("uri"),
+                    Rule::WildcardDestination(dest.uri.host.clone()),
+                );
+            }
+            if let Some(first) = dests[..i].iter().position(|d| d.uri == dest.uri) {
+                let rule = Rule::DuplicateDestination {
+                    uri: dest.uri.clone(),
+                    first,
+                };
+                return fail(&key("uri"), rule);
+            }
+            match dest.weight {
+                Some(w) if !(1..=100).contains(&w) => {
+                    return fail(&key("weight"), Rule::WeightOutOfRange(w))
+                }
+                None if self.dispatcher.algorithm == Algorithm::Weight => {
+                    return fail(&key("weight"), Rule::MissingWeight)
+                }
+                _ => {}
+            }
+        }
+
+        // Checked after the destinations so a loopback advertise is judged
+        // against a complete, valid pool.
+        let advertise = &self.listen.advertise.host;
+        if advertise.is_unspecified() {
+            return fail(
+                "listen.advertise",
+                Rule::WildcardAdvertise(advertise.clone()),
+            );
+        }
+        if advertise.is_loopback() {
+            if let Some(dest) = dests.iter().find(|d| !d.uri.host.is_loopback()) {
+                let rule = Rule::LoopbackAdvertise {
+                    advertise: advertise.clone(),
+                    destination: dest.uri.clone(),
+                };
+                return fail("listen.advertise", rule);
+            }
+        }
+
+        let failover = &self.failover;
+        if let Some((i, &code)) = failover
+            .codes
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !(300..=699).contains(*c))
+        {
+            return fail(&format!("failover.codes[{i}]"), Rule::BadFailoverCode(code));
+        }
+        for (key, value) in [
+            ("failover.fr_timeout", failover.fr_timeout),
+            ("failover.fr_inv_timeout", failover.fr_inv_timeout),
+            ("dialogs.ttl", self.dialogs.ttl),
+        ] {
+            if value.is_zero() {
+                return fail(key, Rule::ZeroDuration);
+            }
+        }
+        if self.dialogs.max == 0 {
+            return fail("dialogs.max", Rule::ZeroDialogMax);
+        }
+        Ok(())
+    }
+}
+
+/// A readable summary of the effective config (defaults filled in), for
+/// the operator at start-up.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let udp: Vec<String> = self.listen.udp.iter().map(|a| a.to_string()).collect();
+        writeln!(f, "listen udp      {}", udp.join(", "))?;
+        writeln!(
+            f,
+            "advertise       {}:{}",
+            self.listen.advertise.host,
+            self.listen.advertised_port()
+        )?;
+        let algorithm = self.dispatcher.algorithm;
+        writeln!(
+            f,
+            "algorithm       {algorithm} (Kamailio ds_select_dst {})",
+            algorithm.kamailio_number()
+        )?;
+        writeln!(f, "destinations    {}", self.dispatcher.destinations.len())?;
+        for dest in &self.dispatcher.destinations {
+            write!(f, "  {}  priority {}", dest.uri, dest.priority)?;
+            if let Some(weight) = dest.weight {
+                write!(f, "  weight {weight}")?;
+            }
+            writeln!(f)?;
+        }
+        let codes: Vec<String> = self.failover.codes.iter().map(u16::to_string).collect();
+        writeln!(
+            f,
+            "failover        fr_timeout {}, fr_inv_timeout {}, codes [{}]",
+            DisplayDuration(self.failover.fr_timeout),
+            DisplayDuration(self.failover.fr_inv_timeout),
+            codes.join(", ")
+        )?;
+        write!(
+            f,
+            "dialogs         ttl {}, max {}",
+            DisplayDuration(self.dialogs.ttl),
+            self.dialogs.max
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Durations: "500ms", "2s", "1m", "2h"
+// ---------------------------------------------------------------------------
+
+/// Why a duration string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration; write a number and a unit, e.g. \"2s\"")]
+    Empty,
+    #[error("\"{0}\" does not start with a whole number; write e.g. \"500ms\" or \"2s\"")]
+    NoNumber(String),
+    #[error("\"{0}\" has no unit; add one of ms, s, m, h (e.g. \"{0}s\")")]
+    MissingUnit(String),
+    #[error("\"{value}\" has unknown unit \"{unit}\"; use ms, s, m or h")]
+    UnknownUnit { value: String, unit: String },
+    #[error("\"{0}\" is too large")]
+    Overflow(String),
+}
+
+/// Parses a whole number followed by `ms`, `s`, `m` or `h`. Fractions and
+/// compound forms ("1m30s") are refused: "90s" says the same thing and an
+/// operator reading the file never has to wonder.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(DurationError::NoNumber(text.to_owned()));
+    }
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| DurationError::Overflow(text.to_owned()))?;
+    let millis_per_unit: u64 = match unit {
+        "" => return Err(DurationError::MissingUnit(text.to_owned())),
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => {
+            return Err(DurationError::UnknownUnit {
+                value: text.to_owned(),
+                unit: unit.to_owned(),
+            })
+        }
+    };
+    number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| DurationError::Overflow(text.to_owned()))
+}
+
+/// Shows a duration the way the config writes it: whole hours as "2h",
+/// else whole seconds ("120s", as fr_inv_timeout is usually written), else
+/// milliseconds. What it prints parses back to the same value.
+pub struct DisplayDuration(pub Duration);
+
+impl fmt::Display for DisplayDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in [("h", 3_600_000), ("s", 1_000)] {
+            if ms != 0 && ms.is_multiple_of(size) {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    struct DurationVisitor;
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration string such as \"500ms\", \"2s\", \"1m\" or \"2h\"")
+        }
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<Duration, E> {
+            parse_duration(value).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(DurationVisitor)
+}
+
+// ---------------------------------------------------------------------------
+// Addresses: host[:port] and sip:host[:port]
+// ---------------------------------------------------------------------------
+
+/// A host as SIP writes it: IPv4, IPv6 (bracketed in URIs) or a name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Host {
+    /// 0.0.0.0, :: (and its IPv4-mapped form).
+    pub fn is_unspecified(&self) -> bool {
+        match self {
+            Host::Ip(IpAddr::V4(ip)) => ip.is_unspecified(),
+            Host::Ip(IpAddr::V6(ip)) => {
+                ip.is_unspecified() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_unspecified())
+            }
+            Host::Name(_) => false,
+        }
+    }
+
+    /// 127.0.0.0/8, ::1, IPv4-mapped loopback, and `localhost` names: none
+    /// of these is reachable from another machine.
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Host::Ip(IpAddr::V4(ip)) => ip.is_loopback(),
+            Host::Ip(IpAddr::V6(ip)) => {
+                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            Host::Name(name) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                name == "localhost" || name.ends_with(".localhost")
+            }
+        }
+    }
+
+    fn parse(text: &str) -> Result<Host, AddressError> {
+        if text.is_empty() {
+            return Err(AddressError::NoHost);
+        }
+        if let Ok(ip) = text.parse::<Ipv4Addr>() {
+            return Ok(Host::Ip(IpAddr::V4(ip)));
+        }
+        if is_hostname(text) {
+            Ok(Host::Name(text.to_owned()))
+        } else {
+            Err(AddressError::BadHost(text.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// RFC 3261 `hostname`: dot-separated labels of letters, digits and
+/// hyphens, the last one starting with a letter (so "10.0.1" or
+/// "300.1.1.1" are not mistaken for names), optional trailing dot.
+fn is_hostname(text: &str) -> bool {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    name.split('.').all(label_ok)
+        && name
+            .rsplit('.')
+            .next()
+            .is_some_and(|top| top.starts_with(|c: char| c.is_ascii_alphabetic()))
+}
+
+/// Why an address or destination URI was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("no host given")]
+    NoHost,
+    #[error("\"{0}\" is neither an IPv4 address nor a host name")]
+    BadHost(String),
+    #[error("\"{0}\" in brackets is not an IPv6 address")]
+    BadIpv6(String),
+    #[error("\"[\" without a closing \"]\"")]
+    UnclosedBracket,
+    #[error("\"{0}\" after \"]\" is not a :port")]
+    AfterBracket(String),
+    #[error("an IPv6 address with a port must be in brackets, e.g. [2001:db8::1]:5060")]
+    Ipv6NeedsBrackets,
+    #[error("port \"{0}\" is not a number from 1 to 65535")]
+    BadPort(String),
+    #[error("\"{0}\" is not a sip: URI; write e.g. \"sip:10.0.1.10:5080\"")]
+    NotSip(String),
+    #[error("sips: (TLS) is not supported yet; use sip:")]
+    Sips,
+    #[error("a destination has no user part; write sip:host:port")]
+    UserPart,
+    #[error("URI parameters and headers (\";transport=...\", \"?...\") are not supported yet; write sip:host:port")]
+    Params,
+}
+
+/// `host[:port]`, as written in `listen.advertise`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HostPort {
+    pub host: Host,
+    pub port: Option<u16>,
+}
+
+impl HostPort {
+    /// Parses `host`, `host:port`, `[v6]`, `[v6]:port`, and a bare IPv6
+    /// address (no port: its colons leave no room for one).
+    pub fn parse(text: &str) -> Result<HostPort, AddressError> {
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix('[') {
+            let (inside, after) = rest.split_once(']').ok_or(AddressError::UnclosedBracket)?;
+            let ip: Ipv6Addr = inside
+                .parse()
+                .map_err(|_| AddressError::BadIpv6(inside.to_owned()))?;
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => Some(parse_port(port)?),
+                    None => return Err(AddressError::AfterBracket(after.to_owned())),
+                },
+            };
+            return Ok(HostPort {
+                host: Host::Ip(IpAddr::V6(ip)),
+                port,
+            });
+        }
+        match text.matches(':').count() {
+            0 => Ok(HostPort {
+                host: Host::parse(text)?,
+                port: None,
+            }),
+            1 => {
+                let (host, port) = text.split_once(':').unwrap_or((text, ""));
+                Ok(HostPort {
+                    host: Host::parse(host)?,
+                    port: Some(parse_port(port)?),
+                })
+            }
+            _ => match text.parse::<Ipv6Addr>() {
+                Ok(ip) => Ok(HostPort {
+                    host: Host::Ip(IpAddr::V6(ip)),
+                    port: None,
+                }),
+                Err(_) => Err(AddressError::Ipv6NeedsBrackets),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = AddressError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        HostPort::parse(&text)
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, AddressError> {
+    match text.parse::<u16>() {
+        Ok(port) if port != 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
+        _ => Err(AddressError::BadPort(text.to_owned())),
+    }
+}
+
+/// A destination URI: `sip:host[:port]` and nothing else. Kamailio accepts
+/// user parts and parameters here; sipedge refuses them until it honours
+/// them, rather than silently ignoring `;transport=tcp`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SipUri {
+    pub host: Host,
+    pub port: Option<u16>,
+}
+
+impl SipUri {
+    pub fn parse(text: &str) -> Result<SipUri, AddressError> {
+        let text = text.trim();
+        // The scheme is case-insensitive (RFC 3261 §19.1.4).
+        let scheme_end = text.find(':').unwrap_or(0);
+        let scheme = text[..scheme_end].to_ascii_lowercase();
+        let rest = &text[scheme_end.saturating_add(1).min(text.len())..];
+        match scheme.as_str() {
+            "sip" => {}
+            "sips" => return Err(AddressError::Sips),
+            _ => return Err(AddressError::NotSip(text.to_owned())),
+        }
+        if rest.contains('@') {
+            return Err(AddressError::UserPart);
+        }
+        if rest.contains([';', '?']) {
+            return Err(AddressError::Params);
+        }
+        // In a URI an IPv6 host is always bracketed (RFC 3261 §19.1.1), so
+        // a bare one is an error rather than a port-less address.
+        if !rest.starts_with('[') && rest.matches(':').count() > 1 {
+            return Err(AddressError::Ipv6NeedsBrackets);
+        }
+        let HostPort { host, port } = HostPort::parse(rest)?;
+        Ok(SipUri { host, port })
+    }
+
+    /// The port to send to: the URI's, else 5060.
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(DEFAULT_SIP_PORT)
+    }
+}
+
+impl TryFrom<String> for SipUri {
+    type Error = AddressError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        SipUri::parse(&text)
+    }
+}
+
+impl fmt::Display for SipUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sip:{}", self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Mapping byte spans back to dotted keys
+// ---------------------------------------------------------------------------
+
+/// Every key and array element of a document with its dotted path and
+/// spans. Built from the same text with the TOML parser's spanned tree; the
+/// recovering parse means even a syntax error gets the key it sits in.
+struct KeyIndex {
+    entries: Vec<KeyEntry>,
+}
+
+struct KeyEntry {
+    path: String,
+    depth: usize,
+    key: Option<Range<usize>>,
+    value: Range<usize>,
+}
+
+impl KeyIndex {
+    fn new(text: &str) -> KeyIndex {
+        let (root, _errors) = DeTable::parse_recoverable(text);
+        let mut index = KeyIndex {
+            entries: Vec::new(),
+        };
+        index.walk_table(root.get_ref(), "", 0);
+        index
+    }
+
+    fn walk_table(&mut self, table: &DeTable<'_>, prefix: &str, depth: usize) {
+        for (key, value) in table.iter() {
+            let name = key.get_ref();
+            let bare = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let name = if bare {
+                name.to_string()
+            } else {
+                format!("{name:?}")
+            };
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}.{name}")
+            };
+            self.walk_value(
+                value.get_ref(),
+                path,
+                depth + 1,
+                Some(key.span()),
+                value.span(),
+            );
+        }
+    }
+
+    fn walk_value(
+        &mut self,
+        value: &DeValue<'_>,
+        path: String,
+        depth: usize,
+        key: Option<Range<usize>>,
+        span: Range<usize>,
+    ) {
+        match value {
+            DeValue::Table(table) => self.walk_table(table, &path, depth),
+            DeValue::Array(array) => {
+                for (i, item) in array.iter().enumerate() {
+                    let item_path = format!("{path}[{i}]");
+                    self.walk_value(item.get_ref(), item_path, depth + 1, None, item.span());
+                }
+            }
+            _ => {}
+        }
+        self.entries.push(KeyEntry {
+            path,
+            depth,
+            key,
+            value: span,
+        });
+    }
+
+    /// The deepest key whose name or value covers `span`. Tables opened by
+    /// a `[header]` only span the header, so an error inside their body
+    /// lands on the key that holds it, and a missing-field error (pointed
+    /// at the header) on the table.
+    fn key_at(&self, span: &Range<usize>) -> Option<String> {
+        // The root table's span is empty: that is where serde points a
+        // missing top-level section.
+        if span.is_empty() {
+            return None;
+        }
+        let covers = |outer: &Range<usize>| {
+            !outer.is_empty() && outer.start <= span.start && span.end <= outer.end
+        };
+        self.entries
+            .iter()
+            .filter(|e| e.key.as_ref().is_some_and(covers) || covers(&e.value))
+            .max_by_key(|e| e.depth)
+            .map(|e| e.path.clone())
+    }
+
+    /// The line of `path`, or of its nearest ancestor present in the file
+    /// (a rule can be about a key the operator left out).
+    fn line_of(&self, text: &str, key: &str) -> Option<usize> {
+        let mut path = key;
+        loop {
+            if let Some(entry) = self.entries.iter().find(|e| e.path == path) {
+                let start = entry.key.as_ref().unwrap_or(&entry.value).start;
+                return Some(line_column(text, start).0);
+            }
+            let cut = path.rfind(['.', '['])?;
+            path = &path[..cut];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[listen]
+udp = ["10.0.0.5:5060"]
+advertise = "10.0.0.5"
+
+[dispatcher]
+algorithm = "round-robin"
+[[dispatcher.destination]]
+uri = "sip:10.0.1.10:5080"
+[[dispatcher.destination]]
+uri = "sip:10.0.1.11:5080"
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        from_toml(text, "test.toml")
+    }
+
+    fn err(text: &str) -> ConfigError {
+        match load(text) {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(err) => err,
+        }
+    }
+
+    fn rule(text: &str) -> (String, Rule) {
+        match err(text) {
+            ConfigError::Invalid { violation, .. } => (violation.key, violation.rule),
+            other => panic!("not a rule violation: {other}"),
+        }
+    }
+
+    #[test]
+    fn base_config_loads_with_defaults() {
+        let config = load(BASE).unwrap();
+        assert_eq!(config.dispatcher.destinations.len(), 2);
+        assert_eq!(config.failover.fr_timeout, Duration::from_secs(2));
+        assert_eq!(config.failover.fr_inv_timeout, Duration::from_secs(120));
+        assert_eq!(config.failover.codes, vec![500, 502, 503, 504]);
+        assert_eq!(config.dialogs.ttl, Duration::from_secs(7200));
+        assert_eq!(config.dialogs.max, 1_000_000);
+        assert_eq!(config.listen.advertised_port(), 5060);
+    }
+
+    #[test]
+    fn built_in_example_is_valid() {
+        let config = from_toml(EXAMPLE_TOML, EXAMPLE_NAME).unwrap();
+        assert!(config.listen.advertise.host.is_loopback());
+    }
+
+    #[test]
+    fn udp_list_must_not_be_empty() {
+        let text = BASE.replace(r#"udp = ["10.0.0.5:5060"]"#, "udp = []");
+        assert_eq!(rule(&text), ("listen.udp".into(), Rule::NoUdpSocket));
+    }
+
+    #[test]
+    fn udp_entry_must_be_a_socket_address() {
+        let text = BASE.replace(r#""10.0.0.5:5060""#, r#""10.0.0.5:5060", "10.0.0.5""#);
+        let err = err(&text);
+        assert_eq!(err.key(), Some("listen.udp[1]"));
+    }
+
+    #[test]
+    fn wildcard_advertise_is_refused() {
+        for wildcard in ["0.0.0.0", "0.0.0.0:5060", "::", "[::]:5060"] {
+            let text = BASE.replace(r#""10.0.0.5""#, &format!("{wildcard:?}"));
+            let message = err(&text).to_string();
+            let (key, rule) = rule(&text);
+            assert_eq!(key, "listen.advertise");
+            assert!(matches!(rule, Rule::WildcardAdvertise(_)), "{rule:?}");
+            assert!(message.contains("listen.advertise"), "{message}");
+            assert!(message.contains("black-holed"), "{message}");
+        }
+    }
+
+    #[test]
+    fn loopback_advertise_needs_loopback_destinations() {
+        let text = BASE.replace(r#""10.0.0.5""#, r#""127.0.0.1""#);
+        let (key, rule) = rule(&text);
+        assert_eq!(key, "listen.advertise");
+        assert!(matches!(rule, Rule::LoopbackAdvertise { .. }));
+        assert!(rule
+            .to_string()
+            .contains("T.38 re-INVITE would be black-holed"));
+
+        let local = text
+            .replace("10.0.1.10", "127.0.0.1")
+            .replace("10.0.1.11", "localhost");
+        load(&local).unwrap();
+        let v6 = local.replace(r#""127.0.0.1""#, r#""[::1]:5070""#);
+        load(&v6).unwrap();
+    }
+
+    #[test]
+    fn at_least_one_destination() {
+        let text = BASE.split("[[dispatcher.destination]]").next().unwrap();
+        assert_eq!(
+            rule(text),
+            ("dispatcher.destination".into(), Rule::NoDestination)
+        );
+        let no_section = BASE.split("[dispatcher]").next().unwrap();
+        assert_eq!(rule(no_section).1, Rule::NoDestination);
+    }
+
+    #[test]
+    fn destination_uri_must_be_sip_host_port() {
+        for (bad, reason) in [
+            ("http://10.0.1.11", "not a sip: URI"),
+            ("10.0.1.11:5080", "not a sip: URI"),
+            ("sips:10.0.1.11", "sips:"),
+            ("sip:fs@10.0.1.11", "user part"),
+            ("sip:10.0.1.11;transport=tcp", "parameters"),
+            ("sip:", "no host"),
+            ("sip:10.0.1.11:0", "port"),
+            ("sip:10.0.1.11:99999", "port"),
+            ("sip:10.0.1.11:50x", "port"),
+            ("sip:2001:db8::1", "brackets"),
+            ("sip:[2001:db8::zz]:5080", "IPv6"),
+            ("sip:[2001:db8::1", "closing"),
+            ("sip:300.1.1.1", "neither an IPv4"),
+            ("sip:fs_1.example", "neither an IPv4"),
+        ] {
+            let text = BASE.replace("sip:10.0.1.11:5080", bad);
+            let err = err(&text);
+            let message = err.to_string();
+            assert_eq!(err.key(), Some("dispatcher.destination[1].uri"), "{bad}");
+            assert!(message.contains(reason), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn destination_uri_forms() {
+        let uri = SipUri::parse("SIP:[2001:db8::10]:5080").unwrap();
+        assert_eq!(uri.host, Host::Ip("2001:db8::10".parse().unwrap()));
+        assert_eq!(uri.port, Some(5080));
+        assert_eq!(uri.to_string(), "sip:[2001:db8::10]:5080");
+        let uri = SipUri::parse("sip:fs-a.pool.example").unwrap();
+        assert_eq!(uri.host, Host::Name("fs-a.pool.example".into()));
+        assert_eq!(uri.port_or_default(), 5060);
+        assert_eq!(
+            SipUri::parse("sip:10.0.1.10").unwrap().to_string(),
+            "sip:10.0.1.10"
+        );
+    }
+
+    #[test]
+    fn wildcard_and_duplicate_destinations_are_refused() {
+        let text = BASE.replace("sip:10.0.1.11:5080", "sip:0.0.0.0:5080");
+        assert!(matches!(rule(&text).1, Rule::WildcardDestination(_)));
+        let text = BASE.replace("sip:10.0.1.11:5080", "sip:10.0.1.10:5080");
+        let (key, rule) = rule(&text);
+        assert_eq!(key, "dispatcher.destination[1].uri");
+        assert!(matches!(rule, Rule::DuplicateDestination { first: 0, .. }));
+    }
+
+    #[test]
+    fn weight_rules() {
+        let text = BASE.replace("round-robin", "weight");
+        assert_eq!(
+            rule(&text),
+            (
+                "dispatcher.destination[0].weight".into(),
+                Rule::MissingWeight
+            )
+        );
+        let text = BASE.replace(
+            "uri = \"sip:10.0.1.11:5080\"",
+            "uri = \"sip:10.0.1.11:5080\"\nweight = 0",
+        );
+        assert_eq!(
+            rule(&text),
+            (
+                "dispatcher.destination[1].weight".into(),
+                Rule::WeightOutOfRange(0)
+            )
+        );
+        let text = BASE
+            .replace("round-robin", "weight")
+            .replace("5080\"", "5080\"\nweight = 50");
+        let config = load(&text).unwrap();
+        assert_eq!(config.dispatcher.algorithm.kamailio_number(), 9);
+    }
+
+    #[test]
+    fn unknown_algorithm_is_refused() {
+        let err = err(&BASE.replace("round-robin", "random"));
+        assert_eq!(err.key(), Some("dispatcher.algorithm"));
+        assert!(err.to_string().contains("round-robin"), "{err}");
+    }
+
+    #[test]
+    fn failover_codes_must_be_final() {
+        for code in [200, 180, 99, 700, 1000] {
+            let text = format!("{BASE}\n[failover]\ncodes = [503, {code}]\n");
+            assert_eq!(
+                rule(&text),
+                ("failover.codes[1]".into(), Rule::BadFailoverCode(code))
+            );
+        }
+        let text = format!("{BASE}\n[failover]\ncodes = [300, 408, 503, 699]\n");
+        load(&text).unwrap();
+    }
+
+    #[test]
+    fn durations_must_be_positive() {
+        for key in ["fr_timeout", "fr_inv_timeout"] {
+            let text = format!("{BASE}\n[failover]\n{key} = \"0s\"\n");
+            assert_eq!(rule(&text), (format!("failover.{key}"), Rule::ZeroDuration));
+        }
+        let text = format!("{BASE}\n[dialogs]\nttl = \"0ms\"\n");
+        assert_eq!(rule(&text), ("dialogs.ttl".into(), Rule::ZeroDuration));
+    }
+
+    #[test]
+    fn dialog_max_must_be_positive() {
+        let text = format!("{BASE}\n[dialogs]\nmax = 0\n");
+        assert_eq!(rule(&text), ("dialogs.max".into(), Rule::ZeroDialogMax));
+    }
+
+    #[test]
+    fn duration_syntax() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration(""), Err(DurationError::Empty));
+        assert_eq!(
+            parse_duration("s"),
+            Err(DurationError::NoNumber("s".into()))
+        );
+        assert_eq!(
+            parse_duration("2"),
+            Err(DurationError::MissingUnit("2".into()))
+        );
+        assert!(matches!(
+            parse_duration("1.5s"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("2 s"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("99999999999999999999s"),
+            Err(DurationError::Overflow(_))
+        ));
+        assert!(matches!(
+            parse_duration("9999999999999999h"),
+            Err(DurationError::Overflow(_))
+        ));
+    }
+
+    #[test]
+    fn duration_errors_name_the_key() {
+        let text = format!("{BASE}\n[failover]\nfr_timeout = \"2\"\n");
+        let err = err(&text);
+        assert_eq!(err.key(), Some("failover.fr_timeout"));
+        assert!(err.to_string().contains("no unit"), "{err}");
+        // A number instead of a string, and TOML's own syntax error for an
+        // unquoted value, still name the key.
+        let text = format!("{BASE}\n[failover]\nfr_timeout = 2\n");
+        assert_eq!(err_key(&text), "failover.fr_timeout");
+        let text = format!("{BASE}\n[failover]\nfr_timeout = 2s\n");
+        assert_eq!(err_key(&text), "failover.fr_timeout");
+    }
+
+    fn err_key(text: &str) -> String {
+        err(text).key().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn display_duration_round_trips() {
+        for text in ["500ms", "2s", "120s", "2h", "90s", "1500ms"] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(DisplayDuration(d).to_string(), text);
+        }
+        let minute = parse_duration("1m").unwrap();
+        assert_eq!(DisplayDuration(minute).to_string(), "60s");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let text = BASE.replace("advertise =", "colour = 1\nadvertise =");
+        assert_eq!(err_key(&text), "listen.colour");
+        let text = BASE.replace(
+            "uri = \"sip:10.0.1.11:5080\"",
+            "uri = \"sip:10.0.1.11:5080\"\nwieght = 5",
+        );
+        assert_eq!(err_key(&text), "dispatcher.destination[1].wieght");
+        let text = format!("{BASE}\n[tls]\n");
+        assert_eq!(err_key(&text), "tls");
+    }
+
+    #[test]
+    fn missing_keys_are_named() {
+        let text = BASE.replace("advertise = \"10.0.0.5\"", "");
+        assert_eq!(err_key(&text), "listen.advertise");
+        let text = BASE.replacen("uri = \"sip:10.0.1.11:5080\"", "priority = 1", 1);
+        assert_eq!(err_key(&text), "dispatcher.destination[1].uri");
+        assert_eq!(err_key("[dispatcher]\n"), "listen");
+    }
+
+    #[test]
+    fn advertise_forms() {
+        let hp = HostPort::parse("203.0.113.5:5070").unwrap();
+        assert_eq!(hp.port, Some(5070));
+        assert_eq!(hp.to_string(), "203.0.113.5:5070");
+        let hp = HostPort::parse("2001:db8::5").unwrap();
+        assert_eq!(hp.host, Host::Ip("2001:db8::5".parse().unwrap()));
+        assert_eq!(hp.port, None);
+        let hp = HostPort::parse("[2001:db8::5]:5070").unwrap();
+        assert_eq!(hp.port, Some(5070));
+        let hp = HostPort::parse("sip.example.com").unwrap();
+        assert_eq!(hp.host, Host::Name("sip.example.com".into()));
+        assert!(HostPort::parse("[2001:db8::5]x").is_err());
+        assert!(HostPort::parse("").is_err());
+        assert!(Host::Name("LocalHost.".into()).is_loopback());
+        assert!(Host::Ip("::ffff:127.0.0.1".parse().unwrap()).is_loopback());
+        assert!(Host::Ip("::ffff:0.0.0.0".parse().unwrap()).is_unspecified());
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let text = BASE.replace(r#""10.0.0.5""#, r#""0.0.0.0""#);
+        let message = from_toml(&text, "/etc/sipedge/proxy.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("/etc/sipedge/proxy.toml:4: listen.advertise: 0.0.0.0"),
+            "{message}"
+        );
+        let message = err("[listen\n").to_string();
+        assert!(message.starts_with("test.toml:1:"), "{message}");
+    }
+
+    #[test]
+    fn summary_shows_effective_values() {
+        let summary = load(BASE).unwrap().to_string();
+        assert!(summary.contains("10.0.0.5:5060"), "{summary}");
+        assert!(summary.contains("round-robin (Kamailio ds_select_dst 4)"));
+        assert!(summary.contains("sip:10.0.1.11:5080"));
+        assert!(summary.contains("fr_timeout 2s, fr_inv_timeout 120s"));
+        assert!(summary.contains("ttl 2h, max 1000000"));
+    }
+}

@@ -1,0 +1,207 @@
+//! Every shipped and fixture config: the example and `good/` load, each
+//! `bad/` file is refused with an error naming file, key and reason, and
+//! the binary maps that to exit codes 0 and 2.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sipedge::config::{self, ConfigError};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixtures(kind: &str) -> PathBuf {
+    root().join("tests/fixtures/config").join(kind)
+}
+
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Each bad fixture: the key the error must name and a fragment of the
+/// reason it must give.
+const BAD: &[(&str, &str, &str)] = &[
+    (
+        "advertise-wildcard.toml",
+        "listen.advertise",
+        "T.38 re-INVITE would be black-holed",
+    ),
+    (
+        "advertise-ipv6-wildcard.toml",
+        "listen.advertise",
+        "wildcard address",
+    ),
+    (
+        "advertise-loopback.toml",
+        "listen.advertise",
+        "loopback is only accepted when every destination is loopback",
+    ),
+    (
+        "no-destination.toml",
+        "dispatcher.destination",
+        "no destination",
+    ),
+    (
+        "destination-not-sip.toml",
+        "dispatcher.destination[1].uri",
+        "not a sip: URI",
+    ),
+    (
+        "destination-bad-port.toml",
+        "dispatcher.destination[0].uri",
+        "not a number from 1 to 65535",
+    ),
+    (
+        "destination-duplicate.toml",
+        "dispatcher.destination[1].uri",
+        "listed twice",
+    ),
+    (
+        "weight-missing.toml",
+        "dispatcher.destination[1].weight",
+        "needs a weight",
+    ),
+    (
+        "unknown-algorithm.toml",
+        "dispatcher.algorithm",
+        "unknown variant `random`",
+    ),
+    (
+        "unknown-key.toml",
+        "failover.fr_timer",
+        "unknown field `fr_timer`",
+    ),
+    (
+        "failover-code.toml",
+        "failover.codes[1]",
+        "180 is not a final response code",
+    ),
+    ("duration-no-unit.toml", "failover.fr_timeout", "no unit"),
+    (
+        "duration-unquoted.toml",
+        "failover.fr_inv_timeout",
+        "must be quoted",
+    ),
+    ("duration-zero.toml", "dialogs.ttl", "longer than 0"),
+    ("udp-empty.toml", "listen.udp", "no UDP socket"),
+    (
+        "udp-not-socket.toml",
+        "listen.udp[0]",
+        "invalid socket address",
+    ),
+    ("listen-missing.toml", "listen", "missing field `listen`"),
+];
+
+#[test]
+fn example_config_is_valid() {
+    let path = root().join("proxy.toml.example");
+    let from_file = config::read_config(&path).unwrap_or_else(|e| panic!("{e}"));
+    // The binary embeds the same file as its default.
+    let built_in = config::from_toml(config::EXAMPLE_TOML, config::EXAMPLE_NAME).unwrap();
+    assert_eq!(from_file, built_in);
+    assert_eq!(from_file.dispatcher.destinations.len(), 2);
+}
+
+#[test]
+fn good_fixtures_are_valid() {
+    let files = toml_files(&fixtures("good"));
+    assert!(!files.is_empty());
+    for path in files {
+        if let Err(err) = config::read_config(&path) {
+            panic!("{err}");
+        }
+    }
+}
+
+#[test]
+fn bad_fixtures_name_file_key_and_reason() {
+    let files = toml_files(&fixtures("bad"));
+    // A fixture without an expectation (or the reverse) is a test bug.
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let mut expected: Vec<String> = BAD.iter().map(|(name, ..)| name.to_string()).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+
+    for &(name, key, reason) in BAD {
+        let path = fixtures("bad").join(name);
+        let err = match config::read_config(&path) {
+            Ok(config) => panic!("{name} accepted: {config:?}"),
+            Err(err) => err,
+        };
+        assert_eq!(err.key(), Some(key), "{name}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&path.display().to_string()),
+            "{name}: file not named: {message}"
+        );
+        assert!(
+            message.contains(&format!(": {key}: ")),
+            "{name}: key not named: {message}"
+        );
+        assert!(
+            message.contains(reason),
+            "{name}: reason {reason:?} missing: {message}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let path = fixtures("no-such-file.toml");
+    let err = config::read_config(&path).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("no-such-file.toml"), "{err}");
+}
+
+fn sipedge(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(args)
+        .output()
+        .expect("run the sipedge binary")
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let good = root().join("proxy.toml.example");
+    let good = good.to_str().unwrap();
+    let out = sipedge(&["check-config", good]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ok: {good}")
+    );
+
+    let bad = fixtures("bad").join("advertise-wildcard.toml");
+    let bad = bad.to_str().unwrap();
+    let out = sipedge(&["check-config", bad]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(bad), "{stderr}");
+    assert!(stderr.contains("listen.advertise"), "{stderr}");
+}
+
+#[test]
+fn run_mode_prints_summary_and_says_core_is_missing() {
+    let out = sipedge(&[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sip:127.0.0.1:5081"), "{stdout}");
+    assert!(stdout.contains("round-robin"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not implemented yet"), "{stderr}");
+
+    let bad = fixtures("bad").join("no-destination.toml");
+    let out = sipedge(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dispatcher.destination"));
+}
