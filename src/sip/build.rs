@@ -65,7 +65,7 @@ impl<'r, 'm> Response<'r, 'm> {
             .map(|(src, via)| received_patch(buf, &via, src));
         for i in 0..req.header_count() {
             let e = *req.entry(i);
-            let line = (e.line_start as usize, e.line_end as usize);
+            let line = req.line_range(i);
             match e.name {
                 HeaderName::Via if Some(i) == top => {
                     let mut c = line.0;

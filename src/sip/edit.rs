@@ -4,7 +4,7 @@
 //! came in. The buffers are reused, so a warm editor does not allocate.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 
@@ -44,7 +44,8 @@ impl Editor {
     }
 
     /// Starts editing `msg`; the output of a previous edit is discarded.
-    pub fn edit<'e, 'm>(&'e mut self, msg: &'e Message<'m>) -> Edit<'e, 'm> {
+    /// The output borrows only the editor, so it outlives `msg`.
+    pub fn edit<'e, 'r>(&'e mut self, msg: &'r Message<'r>) -> Edit<'e, 'r> {
         self.scratch.clear();
         self.splices.clear();
         Edit {
@@ -68,9 +69,9 @@ impl Editor {
 }
 
 /// Edits in progress on one message; [`Edit::finish`] writes the result.
-pub struct Edit<'e, 'm> {
+pub struct Edit<'e, 'r> {
     ed: &'e mut Editor,
-    msg: &'e Message<'m>,
+    msg: &'r Message<'r>,
     via_removed: bool,
     route_popped: bool,
 }
@@ -108,6 +109,45 @@ impl Text {
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+
+    fn push(&mut self, b: &[u8]) {
+        // Callers write at most ";received=" and an address: 64 is enough.
+        let end = (self.len + b.len()).min(self.buf.len());
+        self.buf[self.len..end].copy_from_slice(&b[..end - self.len]);
+        self.len = end;
+    }
+
+    /// Decimal digits without `fmt` (on the path of every request).
+    fn push_u32(&mut self, mut n: u32) {
+        let mut d = [0u8; 10];
+        let mut i = d.len();
+        loop {
+            i -= 1;
+            d[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&d[i..]);
+    }
+
+    fn push_ip(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => {
+                for (i, o) in a.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b".");
+                    }
+                    self.push_u32(u32::from(o));
+                }
+            }
+            // Rare enough for fmt; RFC 5118 §4.5: no brackets in received.
+            IpAddr::V6(a) => {
+                let _ = write!(self, "{a}");
+            }
+        }
+    }
 }
 
 impl std::fmt::Write for Text {
@@ -133,33 +173,28 @@ pub(crate) fn received_patch(buf: &[u8], via: &Via<'_>, src: SocketAddr) -> ViaP
         parts: [(0, 0, Text::new()); 2],
         n: 0,
     };
-    let mut rport = None;
-    let mut received = None;
-    for p in via.params().flatten() {
-        if rport.is_none() && p.name.eq_ignore_ascii_case(b"rport") {
-            rport = Some(p);
-        } else if received.is_none() && p.name.eq_ignore_ascii_case(b"received") {
-            received = Some(p);
-        }
-    }
+    let rport = via.rport_param();
+    let received = via.received_param();
     let via_end = (scan::offset_in(buf, via.as_bytes()) + via.as_bytes().len()) as u32;
-    let mut push = |at: usize, end: usize, args: std::fmt::Arguments<'_>| {
+    let mut push = |at: usize, end: usize, prefix: &[u8], f: &dyn Fn(&mut Text)| {
         let part = &mut patch.parts[patch.n];
         part.0 = at as u32;
         part.1 = end as u32;
-        // 64 bytes hold ";received=" and any IPv6 address.
-        let _ = part.2.write_fmt(args);
+        part.2.push(prefix);
+        f(&mut part.2);
         patch.n += 1;
     };
+    let port = |t: &mut Text| t.push_u32(u32::from(src.port()));
+    let addr = |t: &mut Text| t.push_ip(ip);
     if let Some(p) = rport {
         match p.value {
             Some(v) => {
                 let at = scan::offset_in(buf, v);
-                push(at, at + v.len(), format_args!("{}", src.port()));
+                push(at, at + v.len(), b"", &port);
             }
             None => {
                 let at = scan::offset_in(buf, p.name) + p.name.len();
-                push(at, at, format_args!("={}", src.port()));
+                push(at, at, b"=", &port);
             }
         }
     }
@@ -167,11 +202,11 @@ pub(crate) fn received_patch(buf: &[u8], via: &Via<'_>, src: SocketAddr) -> ViaP
         match received.and_then(|p| p.value) {
             Some(v) => {
                 let at = scan::offset_in(buf, v);
-                push(at, at + v.len(), format_args!("{ip}"));
+                push(at, at + v.len(), b"", &addr);
             }
             None => {
                 let at = via_end as usize;
-                push(at, at, format_args!(";received={ip}"));
+                push(at, at, b";received=", &addr);
             }
         }
     }
@@ -182,7 +217,7 @@ pub(crate) fn received_patch(buf: &[u8], via: &Via<'_>, src: SocketAddr) -> ViaP
     patch
 }
 
-impl<'e, 'm> Edit<'e, 'm> {
+impl<'e> Edit<'e, '_> {
     fn splice(&mut self, at: usize, end: usize, parts: &[&[u8]]) {
         let s = self.ed.scratch.len() as u32;
         for p in parts {
@@ -211,7 +246,7 @@ impl<'e, 'm> Edit<'e, 'm> {
     /// Inserts `Via: <value>` above the topmost Via (RFC 3261 §16.6 step 8).
     pub fn insert_via(&mut self, value: &[u8]) {
         let at = match self.msg.first_index(HeaderName::Via) {
-            Some(i) => self.msg.entry(i).line_start as usize,
+            Some(i) => self.msg.line_start(i),
             None => self.msg.headers_end(),
         };
         self.insert_line(at, HeaderName::Via, value);
@@ -221,7 +256,7 @@ impl<'e, 'm> Edit<'e, 'm> {
     /// the top of the headers when there is none).
     pub fn insert_record_route(&mut self, value: &[u8]) {
         let at = match self.msg.first_index(HeaderName::RecordRoute) {
-            Some(i) => self.msg.entry(i).line_start as usize,
+            Some(i) => self.msg.line_start(i),
             None => self.msg.first_header_start(),
         };
         self.insert_line(at, HeaderName::RecordRoute, value);
@@ -249,7 +284,10 @@ impl<'e, 'm> Edit<'e, 'm> {
                 let end = scan::offset_in(buf, second);
                 self.splice(e.value_start as usize, end, &[]);
             }
-            None => self.splice(e.line_start as usize, e.line_end as usize, &[]),
+            None => {
+                let (a, b) = self.msg.line_range(i);
+                self.splice(a, b, &[])
+            }
         }
         true
     }
@@ -297,7 +335,7 @@ impl<'e, 'm> Edit<'e, 'm> {
                     .ok_or(SipError::BadMaxForwards)?;
                 let e = *self.msg.entry(i);
                 let mut t = Text::new();
-                let _ = write!(t, "{}", n - 1);
+                t.push_u32(u32::from(n - 1));
                 self.splice(
                     e.value_start as usize,
                     e.value_end as usize,

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::scan;
+
 /// A header name. `Other` covers every name the proxy does not interpret;
 /// its bytes stay in the message's header index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,47 +47,66 @@ pub(crate) const HEADER_NAME_COUNT: usize = HeaderName::Other as usize + 1;
 
 use HeaderName::*;
 
-// Candidates by lower-cased first byte: (lower-case full name, header).
-const A: &[(&[u8], HeaderName)] = &[(b"allow", Allow), (b"allow-events", AllowEvents)];
-const C: &[(&[u8], HeaderName)] = &[
-    (b"call-id", CallId),
-    (b"cseq", CSeq),
-    (b"contact", Contact),
-    (b"content-length", ContentLength),
-    (b"content-type", ContentType),
-    (b"content-encoding", ContentEncoding),
-];
-const E: &[(&[u8], HeaderName)] = &[(b"expires", Expires), (b"event", Event)];
-const F: &[(&[u8], HeaderName)] = &[(b"from", From)];
-const M: &[(&[u8], HeaderName)] = &[(b"max-forwards", MaxForwards)];
-const P: &[(&[u8], HeaderName)] = &[(b"proxy-require", ProxyRequire), (b"path", Path)];
-const R: &[(&[u8], HeaderName)] = &[
-    (b"route", Route),
-    (b"record-route", RecordRoute),
-    (b"require", Require),
-    (b"refer-to", ReferTo),
-    (b"referred-by", ReferredBy),
-    (b"retry-after", RetryAfter),
-];
-const S: &[(&[u8], HeaderName)] = &[
-    (b"supported", Supported),
-    (b"server", Server),
-    (b"subject", Subject),
-    (b"session-expires", SessionExpires),
-];
-const T: &[(&[u8], HeaderName)] = &[(b"to", To), (b"timestamp", Timestamp)];
-const U: &[(&[u8], HeaderName)] = &[(b"user-agent", UserAgent), (b"unsupported", Unsupported)];
-const V: &[(&[u8], HeaderName)] = &[(b"via", Via)];
+/// A name of up to 16 bytes as a little-endian integer, zero-padded.
+const fn lit(s: &[u8]) -> u128 {
+    let mut v = 0u128;
+    let mut i = 0;
+    while i < s.len() {
+        v |= (s[i] as u128) << (8 * i);
+        i += 1;
+    }
+    v
+}
 
-impl HeaderName {
-    /// Classifies a header name as it appears on the wire.
-    pub fn from_bytes(name: &[u8]) -> HeaderName {
-        let Some(&first) = name.first() else {
-            return Other;
+/// Sets bit 0x20 in each of the first `n` bytes: folds ASCII letters to
+/// lower case and leaves `-` as it is.
+const fn fold_mask(n: usize) -> u128 {
+    let mut v = 0u128;
+    let mut i = 0;
+    while i < n {
+        v |= 0x20u128 << (8 * i);
+        i += 1;
+    }
+    v
+}
+
+/// The low `n` bytes of a u128, for n in 0..=16.
+static KEEP: [u128; 17] = {
+    let mut t = [0u128; 17];
+    let mut i = 1;
+    while i < 17 {
+        t[i] = (t[i - 1] << 8) | 0xff;
+        i += 1;
+    }
+    t
+};
+
+static FOLD: [u128; 17] = {
+    let mut t = [0u128; 17];
+    let mut i = 0;
+    while i < 17 {
+        t[i] = fold_mask(i);
+        i += 1;
+    }
+    t
+};
+
+/// Classifies `n` name bytes held zero-padded in `x`, which must be a
+/// token (for tokens, OR-ing 0x20 folds only letters, so one compare per
+/// candidate decides).
+#[inline(always)]
+fn classify(x: u128, n: usize) -> HeaderName {
+    let f = x | FOLD[n];
+    macro_rules! pick {
+        ($($lit:literal => $h:expr),+) => {
+            {
+                $(if f == const { lit($lit) } { return $h; })+
+            }
         };
-        let first = first.to_ascii_lowercase();
-        if name.len() == 1 {
-            return match first {
+    }
+    match n {
+        1 => {
+            return match f as u8 {
                 b'v' => Via,
                 b'i' => CallId,
                 b'f' => From,
@@ -102,28 +123,66 @@ impl HeaderName {
                 b'x' => SessionExpires,
                 b'u' => AllowEvents,
                 _ => Other,
-            };
-        }
-        let cands = match first {
-            b'a' => A,
-            b'c' => C,
-            b'e' => E,
-            b'f' => F,
-            b'm' => M,
-            b'p' => P,
-            b'r' => R,
-            b's' => S,
-            b't' => T,
-            b'u' => U,
-            b'v' => V,
-            _ => return Other,
-        };
-        for &(full, h) in cands {
-            if full.len() == name.len() && full.eq_ignore_ascii_case(name) {
-                return h;
             }
         }
-        Other
+        2 => pick!(b"to" => To),
+        3 => pick!(b"via" => Via),
+        4 => pick!(b"from" => From, b"cseq" => CSeq, b"path" => Path),
+        5 => pick!(b"route" => Route, b"allow" => Allow, b"event" => Event),
+        6 => pick!(b"server" => Server),
+        7 => pick!(
+            b"call-id" => CallId,
+            b"contact" => Contact,
+            b"expires" => Expires,
+            b"require" => Require,
+            b"subject" => Subject
+        ),
+        8 => pick!(b"refer-to" => ReferTo),
+        9 => pick!(b"supported" => Supported, b"timestamp" => Timestamp),
+        10 => pick!(b"user-agent" => UserAgent),
+        11 => pick!(
+            b"retry-after" => RetryAfter,
+            b"referred-by" => ReferredBy,
+            b"unsupported" => Unsupported
+        ),
+        12 => pick!(
+            b"max-forwards" => MaxForwards,
+            b"record-route" => RecordRoute,
+            b"content-type" => ContentType,
+            b"allow-events" => AllowEvents
+        ),
+        13 => pick!(b"proxy-require" => ProxyRequire),
+        14 => pick!(b"content-length" => ContentLength),
+        15 => pick!(b"session-expires" => SessionExpires),
+        16 => pick!(b"content-encoding" => ContentEncoding),
+        _ => {}
+    }
+    Other
+}
+
+impl HeaderName {
+    /// Classifies a header name as it appears on the wire.
+    pub fn from_bytes(name: &[u8]) -> HeaderName {
+        if name.is_empty() || name.len() > 16 || !name.iter().all(|&b| scan::is_token(b)) {
+            return Other;
+        }
+        let mut buf = [0u8; 16];
+        buf[..name.len()].copy_from_slice(name);
+        classify(u128::from_le_bytes(buf), name.len())
+    }
+
+    /// The parser's fast path: `rest` starts with a token of `n` bytes (the
+    /// name) and usually has 16 bytes to load at once.
+    #[inline]
+    pub(crate) fn from_token_prefix(rest: &[u8], n: usize) -> HeaderName {
+        match rest.get(..16) {
+            _ if n > 16 => Other,
+            Some(head) => {
+                let x = u128::from_le_bytes(head.try_into().unwrap_or([0; 16]));
+                classify(x & KEEP[n], n)
+            }
+            None => HeaderName::from_bytes(&rest[..n]),
+        }
     }
 
     /// The canonical full name, as sipedge writes it in headers it adds.
@@ -202,6 +261,39 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"NewFangledHeader"), Other);
         assert_eq!(HeaderName::from_bytes(b""), Other);
         assert_eq!(HeaderName::from_bytes(b"y"), Other);
+        assert_eq!(HeaderName::from_bytes(b"content\rlength"), Other);
+        assert_eq!(HeaderName::from_bytes(b"Call_ID"), Other);
+    }
+
+    #[test]
+    fn fast_path_agrees_with_exact() {
+        let names: &[&[u8]] = &[
+            b"Via",
+            b"v",
+            b"CSEQ",
+            b"call-id",
+            b"Call-Info",
+            b"Content-Length",
+            b"content-lengtH",
+            b"Content-Encoding",
+            b"Content-Encodingx",
+            b"X-Node",
+            b"To",
+            b"tO",
+            b"Max-Forward",
+            b"Session-Expires",
+            b"P-Asserted-Identity",
+            b"k",
+            b"q",
+        ];
+        for &n in names {
+            let mut line = n.to_vec();
+            line.extend_from_slice(b": some value that is long enough\r\n");
+            let exact = HeaderName::from_bytes(n);
+            assert_eq!(HeaderName::from_token_prefix(&line, n.len()), exact);
+            // At the very end of a buffer: fewer than 16 bytes to load.
+            assert_eq!(HeaderName::from_token_prefix(n, n.len()), exact);
+        }
     }
 
     #[test]

@@ -24,14 +24,13 @@ pub enum StartLine<'a> {
     },
 }
 
-/// Where one header line sits in the message. Offsets are into the
-/// message bytes; `u32` keeps the index small (messages are capped far
-/// below 4 GiB).
+/// Where one header line sits in the message, in 16 bytes: offsets are
+/// into the message bytes (`u32`: messages are capped far below 4 GiB), and
+/// a line starts where the previous one ended, so only its end is kept.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
     pub name: HeaderName,
-    pub line_start: u32,
-    pub name_end: u32,
+    pub name_len: u16,
     pub value_start: u32,
     pub value_end: u32,
     /// Just past the line's LF, including folded continuation lines.
@@ -40,8 +39,7 @@ pub(crate) struct Entry {
 
 const EMPTY: Entry = Entry {
     name: HeaderName::Other,
-    line_start: 0,
-    name_end: 0,
+    name_len: 0,
     value_start: 0,
     value_end: 0,
     line_end: 0,
@@ -93,7 +91,7 @@ impl HeaderIndex {
     }
 }
 
-const NONE: u32 = u32::MAX;
+const NONE: u16 = u16::MAX;
 
 /// A parsed SIP message borrowing its bytes.
 #[derive(Clone)]
@@ -101,13 +99,18 @@ pub struct Message<'a> {
     buf: &'a [u8],
     start: StartLine<'a>,
     uri_start: u32,
+    /// Just past the start line: where the first header line begins.
+    headers_start: u32,
     headers: HeaderIndex,
     /// Index of the first header of each known name, `NONE` if absent.
-    first: [u32; HEADER_NAME_COUNT],
+    first: [u16; HEADER_NAME_COUNT],
     /// Start of the empty line that ends the headers.
     headers_end: u32,
     body_start: u32,
     content_length: Option<u32>,
+    /// The top Via, parsed with the message: validation, the received/rport
+    /// edit, response building and transaction matching all need it.
+    top_via: Result<Via<'a>, SipError>,
 }
 
 impl std::fmt::Debug for Message<'_> {
@@ -214,6 +217,7 @@ impl<'a> Message<'a> {
     }
 
     /// Parses the start line and the headers; the body is whatever follows.
+    #[inline(always)]
     pub(crate) fn parse_head(buf: &'a [u8]) -> Result<Message<'a>, SipError> {
         let nl = memchr::memchr(b'\n', buf).ok_or(SipError::UnterminatedHeaders)?;
         let line = strip_cr(&buf[..nl]);
@@ -222,63 +226,83 @@ impl<'a> Message<'a> {
             buf,
             start,
             uri_start,
+            headers_start: (nl + 1) as u32,
             headers: HeaderIndex::new(),
             first: [NONE; HEADER_NAME_COUNT],
             headers_end: 0,
             body_start: 0,
             content_length: None,
+            top_via: Err(SipError::MissingHeader(HeaderName::Via)),
         };
         let mut pos = nl + 1;
         loop {
-            let nl =
-                pos + memchr::memchr(b'\n', &buf[pos..]).ok_or(SipError::UnterminatedHeaders)?;
-            let content = strip_cr(&buf[pos..nl]);
-            let content_end = pos + content.len();
-            if content.is_empty() {
-                m.headers_end = pos as u32;
-                m.body_start = (nl + 1) as u32;
-                break;
-            }
-            if scan::is_wsp(content[0]) {
-                // A folded continuation of the previous header's value.
-                let prev = m.headers.last_mut().ok_or(SipError::BadHeaderLine)?;
-                let t = scan::trim(content);
-                if !t.is_empty() {
-                    let t_start = scan::offset_in(buf, t) as u32;
-                    if prev.value_start == prev.value_end {
-                        prev.value_start = t_start;
+            let rest = &buf[pos..];
+            match rest {
+                [] | [b'\r'] => return Err(SipError::UnterminatedHeaders),
+                [b'\r', b'\n', ..] | [b'\n', ..] => {
+                    // The empty line: headers end here.
+                    m.headers_end = pos as u32;
+                    m.body_start = (pos + if rest[0] == b'\r' { 2 } else { 1 }) as u32;
+                    break;
+                }
+                [b' ' | b'\t', ..] => {
+                    // A folded continuation of the previous header's value.
+                    let nl = pos + line_len(rest)?;
+                    let prev = m.headers.last_mut().ok_or(SipError::BadHeaderLine)?;
+                    let t = scan::trim(&buf[pos..nl]);
+                    if !t.is_empty() {
+                        let t_start = scan::offset_in(buf, t) as u32;
+                        if prev.value_start == prev.value_end {
+                            prev.value_start = t_start;
+                        }
+                        prev.value_end = t_start + t.len() as u32;
                     }
-                    prev.value_end = t_start + t.len() as u32;
+                    prev.line_end = (nl + 1) as u32;
+                    pos = nl + 1;
                 }
-                prev.line_end = (nl + 1) as u32;
-            } else {
-                let colon = memchr::memchr(b':', content).ok_or(SipError::BadHeaderLine)?;
-                let name_b = scan::trim_end(&content[..colon]);
-                if !scan::is_token_str(name_b) {
-                    return Err(SipError::BadHeaderLine);
+                _ => {
+                    // name *WSP ":" *WSP value: the token scan finds the
+                    // colon too, so short lines need one memchr only.
+                    let n = scan::token_len(rest);
+                    let mut i = n;
+                    while i < rest.len() && scan::is_wsp(rest[i]) {
+                        i += 1;
+                    }
+                    if n == 0 || rest.get(i) != Some(&b':') {
+                        return Err(SipError::BadHeaderLine);
+                    }
+                    i += 1;
+                    while i < rest.len() && scan::is_wsp(rest[i]) {
+                        i += 1;
+                    }
+                    let nl = i + line_len(&rest[i..])?;
+                    let value = scan::trim_end(&rest[i..nl]);
+                    let name = HeaderName::from_token_prefix(rest, n);
+                    let name_len = u16::try_from(n).map_err(|_| SipError::BadHeaderLine)?;
+                    // The index holds u16 positions; no message within the
+                    // size caps comes near this many lines.
+                    let idx = u16::try_from(m.headers.len)
+                        .ok()
+                        .filter(|&i| i != NONE)
+                        .ok_or(SipError::TooLarge)?;
+                    if m.first[name as usize] == NONE {
+                        m.first[name as usize] = idx;
+                    }
+                    m.headers.push(Entry {
+                        name,
+                        name_len,
+                        value_start: (pos + i) as u32,
+                        value_end: (pos + i + value.len()) as u32,
+                        line_end: (pos + nl + 1) as u32,
+                    });
+                    pos += nl + 1;
                 }
-                let name = HeaderName::from_bytes(name_b);
-                let mut vs = pos + colon + 1;
-                while vs < content_end && scan::is_wsp(buf[vs]) {
-                    vs += 1;
-                }
-                let ve = vs + scan::trim_end(&buf[vs..content_end]).len();
-                let idx = m.headers.len as u32;
-                if m.first[name as usize] == NONE {
-                    m.first[name as usize] = idx;
-                }
-                m.headers.push(Entry {
-                    name,
-                    line_start: pos as u32,
-                    name_end: (pos + name_b.len()) as u32,
-                    value_start: vs as u32,
-                    value_end: ve as u32,
-                    line_end: (nl + 1) as u32,
-                });
             }
-            pos = nl + 1;
         }
         m.content_length = m.parse_content_length()?;
+        if let Some(v) = m.values(HeaderName::Via).next() {
+            m.top_via = Via::parse(v).map_err(|_| SipError::BadVia);
+        }
         Ok(m)
     }
 
@@ -363,15 +387,28 @@ impl<'a> Message<'a> {
 
     /// Every header line, in order.
     pub fn headers(&self) -> impl Iterator<Item = HeaderField<'a>> + '_ {
-        (0..self.headers.len).map(|i| self.field(self.headers.get(i)))
+        (0..self.headers.len).map(|i| {
+            let e = self.headers.get(i);
+            let start = self.line_start(i);
+            HeaderField {
+                name: e.name,
+                name_bytes: &self.buf[start..start + e.name_len as usize],
+                value: self.value_of(e),
+            }
+        })
     }
 
-    fn field(&self, e: &Entry) -> HeaderField<'a> {
-        HeaderField {
-            name: e.name,
-            name_bytes: &self.buf[e.line_start as usize..e.name_end as usize],
-            value: self.value_of(e),
+    /// Where header line `i` starts.
+    pub(crate) fn line_start(&self, i: usize) -> usize {
+        match i {
+            0 => self.headers_start as usize,
+            _ => self.headers.get(i - 1).line_end as usize,
         }
+    }
+
+    /// Header line `i` with its line break and folded continuations.
+    pub(crate) fn line_range(&self, i: usize) -> (usize, usize) {
+        (self.line_start(i), self.headers.get(i).line_end as usize)
     }
 
     fn value_of(&self, e: &Entry) -> &'a [u8] {
@@ -404,11 +441,7 @@ impl<'a> Message<'a> {
 
     /// Start of the first header line (just past the start line).
     pub(crate) fn first_header_start(&self) -> usize {
-        if self.headers.len > 0 {
-            self.headers.get(0).line_start as usize
-        } else {
-            self.headers_end as usize
-        }
+        self.headers_start as usize
     }
 
     pub(crate) fn uri_range(&self) -> Option<(usize, usize)> {
@@ -447,13 +480,10 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// The topmost Via value.
+    /// The topmost Via value (parsed with the message; a bad one is only
+    /// an error when asked for).
     pub fn top_via(&self) -> Result<Via<'a>, SipError> {
-        let v = self
-            .values(HeaderName::Via)
-            .next()
-            .ok_or(SipError::MissingHeader(HeaderName::Via))?;
-        Via::parse(v).map_err(|_| SipError::BadVia)
+        self.top_via
     }
 
     fn required(&self, name: HeaderName) -> Result<&'a [u8], SipError> {
@@ -525,9 +555,12 @@ impl<'a> Message<'a> {
 
     /// Checks what a proxy must be able to rely on before acting on the
     /// message: the mandatory headers (Via, From, To, Call-ID, CSeq) are
-    /// there once and parse, every Via value parses, the CSeq method
-    /// matches a request's method, Max-Forwards is 0-255, and a SIP
-    /// Request-URI carries no `?headers` (RFC 4475 §3.1.2.11).
+    /// there once and parse, the CSeq method matches a request's method,
+    /// Max-Forwards is 0-255, and a SIP Request-URI carries no `?headers`
+    /// (RFC 4475 §3.1.2.11). Of the Via values, those the proxy routes by
+    /// must parse: the top one, and for a response the one below it (where
+    /// the response goes once ours is removed). Like Kamailio, the others
+    /// pass through unexamined.
     pub fn validate(&self) -> Result<(), SipError> {
         use HeaderName::*;
         if let StartLine::Request { .. } = self.start {
@@ -546,8 +579,11 @@ impl<'a> Message<'a> {
                 return Err(SipError::DuplicateHeader(name));
             }
         }
-        for v in self.values(Via) {
-            super::via::Via::parse(v).map_err(|_| SipError::BadVia)?;
+        self.top_via()?;
+        if !self.is_request() {
+            if let Some(v) = self.values(Via).nth(1) {
+                super::via::Via::parse(v).map_err(|_| SipError::BadVia)?;
+            }
         }
         let cseq = self.cseq()?;
         if let Some(method) = self.method() {
@@ -606,6 +642,12 @@ impl<'a> Iterator for Values<'a, '_> {
             self.cur.as_ref()?;
         }
     }
+}
+
+/// Index of the LF that ends the line starting `s`.
+#[inline]
+fn line_len(s: &[u8]) -> Result<usize, SipError> {
+    memchr::memchr(b'\n', s).ok_or(SipError::UnterminatedHeaders)
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {

@@ -2,14 +2,48 @@
 //! folded continuation lines), tokens, quoted strings, comma-separated
 //! values and `;name=value` parameters. Nothing here allocates.
 
-/// RFC 3261 `token` characters.
-#[inline]
+/// Byte classes, as bits of one table: these tests run on almost every
+/// byte of a header section.
+const TOKEN: u8 = 1;
+/// Host name / IPv4 characters (plus `_`, seen in the wild).
+const HOST: u8 = 2;
+/// Unquoted parameter value characters: token plus `:` (bare IPv6
+/// `received`, RFC 5118 §4.5) and `[` `]`.
+const PVALUE: u8 = 4;
+
+const fn class_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let token = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        let host = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+        let pvalue = token || matches!(b, b':' | b'[' | b']');
+        t[i] = ((token as u8) * TOKEN) | ((host as u8) * HOST) | ((pvalue as u8) * PVALUE);
+        i += 1;
+    }
+    t
+}
+
+static CLASS: [u8; 256] = class_table();
+
+#[inline(always)]
 pub(crate) fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    CLASS[b as usize] & TOKEN != 0
+}
+
+#[inline(always)]
+pub(crate) fn is_host_char(b: u8) -> bool {
+    CLASS[b as usize] & HOST != 0
+}
+
+#[inline(always)]
+fn is_pvalue(b: u8) -> bool {
+    CLASS[b as usize] & PVALUE != 0
 }
 
 #[inline]
@@ -117,27 +151,23 @@ impl<'a> Iterator for CommaValues<'a> {
         let s = self.s;
         let start = self.pos;
         let mut i = start;
-        let mut in_angle = false;
-        while i < s.len() {
+        // Jump to the next byte that matters instead of walking them all.
+        while let Some(j) = memchr::memchr3(b',', b'"', b'<', &s[i..]) {
+            i += j;
             match s[i] {
-                b'"' => match skip_quoted(s, i) {
-                    Some(j) => i = j,
-                    // Unterminated quote: the rest is one (invalid) value.
-                    None => i = s.len(),
-                },
-                b'<' => {
-                    in_angle = true;
-                    i += 1
-                }
-                b'>' => {
-                    in_angle = false;
-                    i += 1
-                }
-                b',' if !in_angle => {
+                b',' => {
                     self.pos = i + 1;
                     return Some(trim(&s[start..i]));
                 }
-                _ => i += 1,
+                b'"' => match skip_quoted(s, i) {
+                    Some(k) => i = k,
+                    // Unterminated quote: the rest is one (invalid) value.
+                    None => break,
+                },
+                _ => match memchr::memchr(b'>', &s[i..]) {
+                    Some(k) => i += k + 1,
+                    None => break,
+                },
             }
         }
         self.done = true;
@@ -233,12 +263,11 @@ impl<'a> Iterator for Params<'a> {
                     Some(j) => i += j + 1,
                     None => return fail(self),
                 },
-                // Token characters plus ':' so that bare IPv6 `received`
-                // values (RFC 5118 §4.5) and tel-style values parse.
                 _ => {
-                    while i < s.len() && (is_token(s[i]) || s[i] == b':') {
-                        i += 1
-                    }
+                    i += s[i..]
+                        .iter()
+                        .position(|&b| !is_pvalue(b))
+                        .unwrap_or(s.len() - i)
                 }
             }
             if i == v_start {

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::scan::Params;
+use super::scan::{self, Params};
 
 /// A host as written in a URI or Via sent-by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,20 +47,50 @@ pub fn parse_host(h: &[u8]) -> Result<Host<'_>, BadHost> {
                 .map_err(|_| BadHost)
         }
         Some(_) => {
-            if !h
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            if let Some(a) = parse_ipv4(h) {
+                return Ok(Host::Ipv4(a));
+            }
+            // All digits and dots but not a valid IPv4 address: refuse
+            // rather than take it for a host name.
+            if h.iter().all(|&b| b.is_ascii_digit() || b == b'.')
+                || !h.iter().all(|&b| scan::is_host_char(b))
             {
                 return Err(BadHost);
-            }
-            if h.iter().all(|&b| b.is_ascii_digit() || b == b'.') {
-                // All digits and dots: it must be a valid IPv4 address.
-                let s = std::str::from_utf8(h).map_err(|_| BadHost)?;
-                return s.parse::<Ipv4Addr>().map(Host::Ipv4).map_err(|_| BadHost);
             }
             Ok(Host::Name(h))
         }
     }
+}
+
+/// Dotted-quad IPv4, each octet 0-255 without leading zeros (which some
+/// stacks read as octal), like `Ipv4Addr::from_str` but on bytes.
+fn parse_ipv4(h: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let (mut idx, mut val, mut digits) = (0usize, 0u32, 0u32);
+    for &b in h {
+        match b {
+            b'0'..=b'9' => {
+                if digits == 1 && val == 0 {
+                    return None;
+                }
+                val = val * 10 + u32::from(b - b'0');
+                digits += 1;
+                if val > 255 {
+                    return None;
+                }
+            }
+            b'.' if digits > 0 && idx < 3 => {
+                octets[idx] = val as u8;
+                (idx, val, digits) = (idx + 1, 0, 0);
+            }
+            _ => return None,
+        }
+    }
+    if idx != 3 || digits == 0 {
+        return None;
+    }
+    octets[3] = val as u8;
+    Some(Ipv4Addr::from(octets))
 }
 
 /// Parses a decimal port (1 to 5 digits, at most 65535).
@@ -291,5 +321,12 @@ mod tests {
         assert!(Uri::parse(b"sip:a@b:99999").is_err());
         assert!(Uri::parse(b"sip:a@").is_err());
         assert!(Uri::parse(b"sip:a@1.2.3.999").is_err());
+        assert!(Uri::parse(b"sip:a@1.2.3").is_err());
+        assert!(Uri::parse(b"sip:a@1.2.3.4.5").is_err());
+        assert!(Uri::parse(b"sip:a@01.2.3.4").is_err());
+        assert_eq!(
+            Uri::parse(b"sip:a@10.0.255.0").unwrap().host,
+            Some(Host::Ipv4(Ipv4Addr::new(10, 0, 255, 0)))
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! One Via value: `SIP/2.0/UDP host:port;branch=...;rport;received=...`
 //! (RFC 3261 §20.42, RFC 3581), LWS tolerated where the grammar allows.
 
-use super::scan::{self, Params};
+use super::scan::{self, Param, Params};
 use super::uri::{parse_host, parse_port, Host};
 
 /// The `rport` parameter (RFC 3581).
@@ -27,6 +27,11 @@ pub struct Via<'a> {
     pub host: Host<'a>,
     pub port: Option<u16>,
     params: &'a [u8],
+    // Found in the one pass that validates the parameters, because the
+    // proxy asks for them on every message.
+    branch: Option<&'a [u8]>,
+    rport: Option<Param<'a>>,
+    received: Option<Param<'a>>,
 }
 
 fn token_at(s: &[u8], i: usize) -> Result<(&[u8], usize), BadVia> {
@@ -64,11 +69,10 @@ impl<'a> Via<'a> {
         if s.get(i) == Some(&b'[') {
             i += memchr::memchr(b']', &s[i..]).ok_or(BadVia)? + 1;
         } else {
-            while i < s.len()
-                && (s[i].is_ascii_alphanumeric() || matches!(s[i], b'-' | b'.' | b'_'))
-            {
-                i += 1
-            }
+            i += s[i..]
+                .iter()
+                .position(|&b| !scan::is_host_char(b))
+                .unwrap_or(s.len() - i);
         }
         let host_raw = &s[h_start..i];
         let host = parse_host(host_raw).map_err(|_| BadVia)?;
@@ -81,8 +85,28 @@ impl<'a> Via<'a> {
             i = p + n;
         }
         let params = &s[i..];
-        Params::new(params).validate().map_err(|_| BadVia)?;
-        let via = Via {
+        let (mut branch, mut rport, mut received) = (None, None, None);
+        for p in Params::new(params) {
+            let p = p.map_err(|_| BadVia)?;
+            let slot = match p.name.len() {
+                6 if p.name.eq_ignore_ascii_case(b"branch") => {
+                    if branch.is_none() {
+                        branch = p.value;
+                    }
+                    continue;
+                }
+                5 if p.name.eq_ignore_ascii_case(b"rport") => &mut rport,
+                8 if p.name.eq_ignore_ascii_case(b"received") => &mut received,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(p);
+            }
+        }
+        if let Some(Param { value: Some(v), .. }) = rport {
+            parse_port(v).map_err(|_| BadVia)?;
+        }
+        Ok(Via {
             raw,
             protocol,
             version,
@@ -91,11 +115,10 @@ impl<'a> Via<'a> {
             host,
             port,
             params,
-        };
-        if let Some(Some(v)) = via.params().get(b"rport") {
-            parse_port(v).map_err(|_| BadVia)?;
-        }
-        Ok(via)
+            branch,
+            rport,
+            received,
+        })
     }
 
     /// The value exactly as received.
@@ -113,7 +136,7 @@ impl<'a> Via<'a> {
     }
 
     pub fn branch(&self) -> Option<&'a [u8]> {
-        self.params().get(b"branch").flatten()
+        self.branch
     }
 
     /// True when the branch carries the RFC 3261 magic cookie.
@@ -123,16 +146,28 @@ impl<'a> Via<'a> {
     }
 
     pub fn rport(&self) -> Rport {
-        match self.params().get(b"rport") {
+        match self.rport {
             None => Rport::Absent,
-            Some(None) => Rport::Requested,
+            Some(Param { value: None, .. }) => Rport::Requested,
             // Validated in parse.
-            Some(Some(v)) => parse_port(v).map_or(Rport::Requested, Rport::Value),
+            Some(Param { value: Some(v), .. }) => {
+                parse_port(v).map_or(Rport::Requested, Rport::Value)
+            }
         }
     }
 
+    /// The `rport` parameter as written (name and value positions).
+    pub(crate) fn rport_param(&self) -> Option<Param<'a>> {
+        self.rport
+    }
+
+    /// The `received` parameter as written.
+    pub(crate) fn received_param(&self) -> Option<Param<'a>> {
+        self.received
+    }
+
     pub fn received(&self) -> Option<&'a [u8]> {
-        self.params().get(b"received").flatten()
+        self.received.and_then(|p| p.value)
     }
 
     /// True for a reliable (stream) transport: TCP, TLS, SCTP, WS, WSS.

@@ -1,0 +1,47 @@
+//! The hot path allocates nothing: parse + validate + the forwarding edit
+//! of a typical INVITE, and a local response, with warm buffers. Counted by
+//! a wrapping global allocator (this test binary holds only this test, so
+//! nothing else allocates while it counts).
+
+use std::hint::black_box;
+
+use bytes::BytesMut;
+use sipedge::sip::{Editor, Message, Response};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+const INVITE: &[u8] = include_bytes!("fixtures/bench/invite.sip");
+
+fn forward(ed: &mut Editor, resp: &mut BytesMut) -> usize {
+    let src = "198.51.100.7:5060".parse().unwrap();
+    let msg = Message::parse(black_box(INVITE)).unwrap();
+    msg.validate().unwrap();
+    resp.clear();
+    Response::new(&msg, 100, b"Trying", b"")
+        .received(src)
+        .write(resp);
+    let mut e = ed.edit(&msg);
+    e.set_received(src).unwrap();
+    e.insert_via(b"SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKd8a3f0.1c9e4b7a20f3;rport");
+    e.insert_record_route(b"<sip:203.0.113.5;lr;n=a>");
+    e.decrement_max_forwards().unwrap();
+    assert!(e.pop_route());
+    e.finish().len() + resp.len()
+}
+
+#[test]
+fn forwarding_a_message_does_not_allocate_once_warm() {
+    let mut ed = Editor::new();
+    let mut resp = BytesMut::with_capacity(2048);
+    // Warm up: the first use may grow the buffers.
+    forward(&mut ed, &mut resp);
+    let region = Region::new(GLOBAL);
+    for _ in 0..1000 {
+        black_box(forward(&mut ed, &mut resp));
+    }
+    let stats = region.change();
+    assert_eq!(stats.allocations, 0, "{stats:?}");
+    assert_eq!(stats.reallocations, 0, "{stats:?}");
+}
