@@ -3,6 +3,7 @@
 
 use super::error::SipError;
 use super::header::HeaderName;
+use super::message::{parse_decimal, MAX_CONTENT_LENGTH};
 use super::scan;
 
 /// Default cap on one message's size on a stream.
@@ -67,7 +68,9 @@ pub fn frame_stream(buf: &[u8], max: usize) -> Result<StreamFrame, SipError> {
                     == HeaderName::ContentLength
                 {
                     let v = scan::trim(&line[colon + 1..]);
-                    let n = parse_len(v).ok_or(SipError::BadContentLength)?;
+                    // The same rule as the datagram parser.
+                    let n =
+                        parse_decimal(v, MAX_CONTENT_LENGTH).ok_or(SipError::BadContentLength)?;
                     if content_length.is_some_and(|c| c != n) {
                         return Err(SipError::BadContentLength);
                     }
@@ -88,13 +91,6 @@ pub fn frame_stream(buf: &[u8], max: usize) -> Result<StreamFrame, SipError> {
     Ok(StreamFrame::Message {
         len: total as usize,
     })
-}
-
-fn parse_len(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 10 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |a, &d| a * 10 + u64::from(d - b'0')))
 }
 
 #[cfg(test)]
@@ -153,6 +149,11 @@ mod tests {
         assert_eq!(frame_stream(neg, 1024), Err(SipError::BadContentLength));
         let two = b"OPTIONS sip:a@b SIP/2.0\r\nl: 1\r\nl: 2\r\n\r\nab";
         assert_eq!(frame_stream(two, 1024), Err(SipError::BadContentLength));
+        let zeros = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 000000000002\r\n\r\nab";
+        assert_eq!(
+            frame_stream(zeros, 1024),
+            Ok(StreamFrame::Message { len: zeros.len() })
+        );
         let none = b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\nNEXT";
         assert_eq!(
             frame_stream(none, 1024),

@@ -172,7 +172,7 @@ fn parse_version(v: &[u8]) -> Result<(), SipError> {
 }
 
 /// Parses a decimal value of at most `max`, leading zeros allowed.
-fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
+pub(crate) fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
     if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -188,7 +188,7 @@ fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
 
 /// Content-Length values allowed by the parser (a datagram or a capped
 /// stream frame never comes close).
-const MAX_CONTENT_LENGTH: u64 = u32::MAX as u64;
+pub(crate) const MAX_CONTENT_LENGTH: u64 = u32::MAX as u64;
 
 impl<'a> Message<'a> {
     /// Parses one message from a datagram: the message is the whole
