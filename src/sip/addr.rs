@@ -38,10 +38,7 @@ impl<'a> NameAddr<'a> {
                     let d = scan::trim(&v[..lt]);
                     // An unquoted display name is tokens separated by LWS
                     // (RFC 4475 §3.1.2.15: "Bell, Alexander" is invalid).
-                    if !d
-                        .iter()
-                        .all(|&b| scan::is_token(b) || matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-                    {
+                    if !scan::is_display_name(d) {
                         return Err(BadAddr);
                     }
                     ((!d.is_empty()).then_some(d), Some(lt))
@@ -61,7 +58,7 @@ impl<'a> NameAddr<'a> {
                 (scan::trim(&v[..end]), &v[end..], false)
             }
         };
-        if uri.is_empty() || uri.iter().any(|&b| b <= b' ' || b == b'<' || b == b'>') {
+        if uri.is_empty() || scan::has_non_uri_byte(uri) {
             return Err(BadAddr);
         }
         Params::new(params).validate().map_err(|_| BadAddr)?;

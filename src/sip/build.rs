@@ -62,7 +62,7 @@ impl<'r, 'm> Response<'r, 'm> {
         let patch = self
             .received
             .zip(req.top_via().ok())
-            .map(|(src, via)| received_patch(buf, &via, src));
+            .map(|(src, via)| received_patch(buf, via, src));
         for i in 0..req.header_count() {
             let e = *req.entry(i);
             let line = req.line_range(i);

@@ -315,7 +315,7 @@ impl<'e> Edit<'e, '_> {
     /// Writes `received`/`rport` into the top Via of a received request.
     pub fn set_received(&mut self, src: SocketAddr) -> Result<(), SipError> {
         let via = self.msg.top_via()?;
-        let patch = received_patch(self.msg.as_bytes(), &via, src);
+        let patch = received_patch(self.msg.as_bytes(), via, src);
         for (at, end, text) in patch.parts() {
             self.splice(at, end, &[text]);
         }

@@ -44,6 +44,8 @@ pub enum HeaderName {
 
 /// Number of variants, for per-name lookup tables.
 pub(crate) const HEADER_NAME_COUNT: usize = HeaderName::Other as usize + 1;
+// The parser keeps one bit per name in a u32.
+const _: () = assert!(HEADER_NAME_COUNT <= 32);
 
 use HeaderName::*;
 

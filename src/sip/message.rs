@@ -104,6 +104,8 @@ pub struct Message<'a> {
     headers: HeaderIndex,
     /// Index of the first header of each known name, `NONE` if absent.
     first: [u16; HEADER_NAME_COUNT],
+    /// Bit per known name: seen on more than one line.
+    repeated: u32,
     /// Start of the empty line that ends the headers.
     headers_end: u32,
     body_start: u32,
@@ -196,6 +198,7 @@ impl<'a> Message<'a> {
     /// 3261 §18.3: the extra octets are dropped), a longer one is an error,
     /// a missing one means "the rest of the datagram". Leading CRLFs are
     /// skipped (§7.5).
+    #[inline(always)]
     pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, SipError> {
         let skip = buf
             .iter()
@@ -229,6 +232,7 @@ impl<'a> Message<'a> {
             headers_start: (nl + 1) as u32,
             headers: HeaderIndex::new(),
             first: [NONE; HEADER_NAME_COUNT],
+            repeated: 0,
             headers_end: 0,
             body_start: 0,
             content_length: None,
@@ -287,6 +291,8 @@ impl<'a> Message<'a> {
                         .ok_or(SipError::TooLarge)?;
                     if m.first[name as usize] == NONE {
                         m.first[name as usize] = idx;
+                    } else {
+                        m.repeated |= 1 << name as u32;
                     }
                     m.headers.push(Entry {
                         name,
@@ -482,8 +488,8 @@ impl<'a> Message<'a> {
 
     /// The topmost Via value (parsed with the message; a bad one is only
     /// an error when asked for).
-    pub fn top_via(&self) -> Result<Via<'a>, SipError> {
-        self.top_via
+    pub fn top_via(&self) -> Result<&Via<'a>, SipError> {
+        self.top_via.as_ref().map_err(|e| *e)
     }
 
     fn required(&self, name: HeaderName) -> Result<&'a [u8], SipError> {
@@ -575,7 +581,7 @@ impl<'a> Message<'a> {
             }
         }
         for name in [From, To, CallId, CSeq, MaxForwards] {
-            if self.count(name) > 1 {
+            if self.repeated & (1 << name as u32) != 0 {
                 return Err(SipError::DuplicateHeader(name));
             }
         }

@@ -10,6 +10,10 @@ const HOST: u8 = 2;
 /// Unquoted parameter value characters: token plus `:` (bare IPv6
 /// `received`, RFC 5118 §4.5) and `[` `]`.
 const PVALUE: u8 = 4;
+/// Never inside a URI: controls, space, `<`, `>`, `"`, DEL.
+const NOT_URI: u8 = 8;
+/// Allowed in an unquoted display name: token characters and LWS.
+const DISPLAY: u8 = 16;
 
 const fn class_table() -> [u8; 256] {
     let mut t = [0u8; 256];
@@ -23,7 +27,13 @@ const fn class_table() -> [u8; 256] {
             );
         let host = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
         let pvalue = token || matches!(b, b':' | b'[' | b']');
-        t[i] = ((token as u8) * TOKEN) | ((host as u8) * HOST) | ((pvalue as u8) * PVALUE);
+        let not_uri = b <= b' ' || matches!(b, b'<' | b'>' | b'"' | 0x7f);
+        let display = token || matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+        t[i] = ((token as u8) * TOKEN)
+            | ((host as u8) * HOST)
+            | ((pvalue as u8) * PVALUE)
+            | ((not_uri as u8) * NOT_URI)
+            | ((display as u8) * DISPLAY);
         i += 1;
     }
     t
@@ -39,6 +49,18 @@ pub(crate) fn is_token(b: u8) -> bool {
 #[inline(always)]
 pub(crate) fn is_host_char(b: u8) -> bool {
     CLASS[b as usize] & HOST != 0
+}
+
+/// True if `s` has a byte that can never be part of a URI.
+#[inline]
+pub(crate) fn has_non_uri_byte(s: &[u8]) -> bool {
+    s.iter().any(|&b| CLASS[b as usize] & NOT_URI != 0)
+}
+
+/// True if `s` is a valid unquoted display name (tokens and LWS).
+#[inline]
+pub(crate) fn is_display_name(s: &[u8]) -> bool {
+    s.iter().all(|&b| CLASS[b as usize] & DISPLAY != 0)
 }
 
 #[inline(always)]

@@ -162,10 +162,7 @@ impl From<BadHost> for BadUri {
 impl<'a> Uri<'a> {
     /// Parses a URI. Whitespace, `<` and `>` are never part of one.
     pub fn parse(raw: &'a [u8]) -> Result<Uri<'a>, BadUri> {
-        if raw
-            .iter()
-            .any(|&b| b <= b' ' || matches!(b, b'<' | b'>' | b'"' | 0x7f))
-        {
+        if scan::has_non_uri_byte(raw) {
             return Err(BadUri);
         }
         let colon = memchr::memchr(b':', raw).ok_or(BadUri)?;
