@@ -45,7 +45,7 @@ impl Editor {
 
     /// Starts editing `msg`; the output of a previous edit is discarded.
     /// The output borrows only the editor, so it outlives `msg`.
-    pub fn edit<'e, 'r>(&'e mut self, msg: &'r Message<'r>) -> Edit<'e, 'r> {
+    pub fn edit<'e, 'r, 'm>(&'e mut self, msg: &'r Message<'m>) -> Edit<'e, 'r, 'm> {
         self.scratch.clear();
         self.splices.clear();
         Edit {
@@ -69,9 +69,9 @@ impl Editor {
 }
 
 /// Edits in progress on one message; [`Edit::finish`] writes the result.
-pub struct Edit<'e, 'r> {
+pub struct Edit<'e, 'r, 'm> {
     ed: &'e mut Editor,
-    msg: &'r Message<'r>,
+    msg: &'r Message<'m>,
     via_removed: bool,
     route_popped: bool,
 }
@@ -217,7 +217,7 @@ pub(crate) fn received_patch(buf: &[u8], via: &Via<'_>, src: SocketAddr) -> ViaP
     patch
 }
 
-impl<'e> Edit<'e, '_> {
+impl<'e> Edit<'e, '_, '_> {
     fn splice(&mut self, at: usize, end: usize, parts: &[&[u8]]) {
         let s = self.ed.scratch.len() as u32;
         for p in parts {
@@ -392,7 +392,7 @@ i: c1\r\n\
 CSeq: 1 INVITE\r\n\
 l: 3\r\n\r\nabc";
 
-    fn edit(f: impl FnOnce(&mut Edit<'_, '_>)) -> Vec<u8> {
+    fn edit(f: impl FnOnce(&mut Edit<'_, '_, '_>)) -> Vec<u8> {
         let m = Message::parse(REQ).unwrap();
         let mut ed = Editor::new();
         let mut e = ed.edit(&m);

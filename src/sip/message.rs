@@ -1,6 +1,8 @@
 //! The zero-copy message view: start line, an index of header byte ranges,
 //! the body. Typed accessors parse a header only when asked.
 
+use std::cell::OnceCell;
+
 use super::addr::NameAddr;
 use super::error::SipError;
 use super::header::{HeaderName, HEADER_NAME_COUNT};
@@ -110,9 +112,10 @@ pub struct Message<'a> {
     headers_end: u32,
     body_start: u32,
     content_length: Option<u32>,
-    /// The top Via, parsed with the message: validation, the received/rport
-    /// edit, response building and transaction matching all need it.
-    top_via: Result<Via<'a>, SipError>,
+    /// The top Via, parsed on first use and kept: validation, the
+    /// received/rport edit, response building and transaction matching all
+    /// ask for it, a pure forwarding edit never does.
+    top_via: OnceCell<Result<Via<'a>, SipError>>,
 }
 
 impl std::fmt::Debug for Message<'_> {
@@ -236,7 +239,7 @@ impl<'a> Message<'a> {
             headers_end: 0,
             body_start: 0,
             content_length: None,
-            top_via: Err(SipError::MissingHeader(HeaderName::Via)),
+            top_via: OnceCell::new(),
         };
         let mut pos = nl + 1;
         loop {
@@ -306,9 +309,6 @@ impl<'a> Message<'a> {
             }
         }
         m.content_length = m.parse_content_length()?;
-        if let Some(v) = m.values(HeaderName::Via).next() {
-            m.top_via = Via::parse(v).map_err(|_| SipError::BadVia);
-        }
         Ok(m)
     }
 
@@ -434,7 +434,10 @@ impl<'a> Message<'a> {
         (i != NONE).then_some(i as usize)
     }
 
-    pub(crate) fn entries_named(&self, name: HeaderName) -> impl Iterator<Item = &Entry> + '_ {
+    pub(crate) fn entries_named(
+        &self,
+        name: HeaderName,
+    ) -> impl Iterator<Item = &Entry> + use<'_, 'a> {
         let from = self.first_index(name).unwrap_or(self.headers.len);
         (from..self.headers.len)
             .map(|i| self.headers.get(i))
@@ -486,10 +489,18 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// The topmost Via value (parsed with the message; a bad one is only
-    /// an error when asked for).
+    /// The topmost Via value (parsed once, on first use).
     pub fn top_via(&self) -> Result<&Via<'a>, SipError> {
-        self.top_via.as_ref().map_err(|e| *e)
+        self.top_via
+            .get_or_init(|| {
+                let v = self
+                    .values(HeaderName::Via)
+                    .next()
+                    .ok_or(SipError::MissingHeader(HeaderName::Via))?;
+                Via::parse(v).map_err(|_| SipError::BadVia)
+            })
+            .as_ref()
+            .map_err(|e| *e)
     }
 
     fn required(&self, name: HeaderName) -> Result<&'a [u8], SipError> {
