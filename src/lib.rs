@@ -23,4 +23,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dialog;
+pub mod dispatcher;
 pub mod sip;

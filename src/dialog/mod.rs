@@ -1,0 +1,1 @@
+//! Call-ID -> node table (being written).

@@ -1,0 +1,1 @@
+//! Destination sets and node selection (being written).
