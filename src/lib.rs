@@ -15,14 +15,21 @@
 //! - [`config`]: the TOML configuration (`proxy.toml.example`), its
 //!   validation and the errors that name file, key and reason.
 //!
-//! Modules still to come, one per concern (see `../shared/style.md`):
-//! `transport` (UDP/TCP sockets), `transaction` (RFC 3261 timers),
-//! `dispatcher` (destination sets, selection, OPTIONS prober), `dialog`
-//! (Call-ID -> node table), `proxy` (request and response paths), `admin`
-//! (HTTP: `/metrics`, health, JSON-RPC) and `metrics`.
+//! - [`transport`]: UDP sockets set up for a busy SIP edge.
+//! - [`transaction`]: client transactions, keyed by the branch we add.
+//! - [`dispatcher`]: the node pool and the selection algorithms.
+//! - [`dialog`]: the Call-ID -> node table and its expiry task.
+//! - [`proxy`]: the stateful proxy: request and response paths, the INVITE
+//!   task with failover, errors to SIP answers.
+//!
+//! Still to come (see `../shared/style.md`): `admin` (HTTP: `/metrics`,
+//! health, JSON-RPC) and `metrics`.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod dialog;
 pub mod dispatcher;
+pub mod proxy;
 pub mod sip;
+pub mod transaction;
+pub mod transport;

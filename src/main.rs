@@ -5,8 +5,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use sipedge::config::{self, Config, ConfigError};
+use sipedge::proxy::Proxy;
+use sipedge::transport::{bind_udp, UdpOptions};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
 
 /// Exit status for a config that cannot be read or is invalid; clap uses
 /// the same for a bad command line, so scripts see one "fix your input".
@@ -53,22 +59,93 @@ fn main() -> ExitCode {
                 ),
             };
             match loaded {
-                Ok(config) => run(&name, &config),
+                Ok(config) => {
+                    println!("config          {name}");
+                    println!("{config}");
+                    run(&name, &config)
+                }
                 Err(err) => bad_config(&err),
             }
         }
     }
 }
 
+/// Exit status when the proxy cannot start (a socket cannot be bound).
+const EXIT_START_FAILED: u8 = 1;
+
+/// How long a shutdown waits for INVITEs in progress before cancelling.
+const DRAIN: Duration = Duration::from_secs(10);
+
 fn run(name: &str, config: &Config) -> ExitCode {
-    println!("config          {name}");
-    println!("{config}");
-    // Say so rather than pretend to serve: nothing is bound yet.
-    eprintln!(
-        "sipedge: config is valid, but the proxy core is not implemented yet \
-         (issue 3); not listening, exiting"
-    );
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sipedge: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    runtime.block_on(serve(name, config.clone()))
+}
+
+async fn serve(name: &str, config: Config) -> ExitCode {
+    let mut sockets = Vec::new();
+    for addr in &config.listen.udp {
+        match bind_udp(*addr, UdpOptions::default()) {
+            Ok(s) => sockets.push(s),
+            Err(e) => {
+                eprintln!("sipedge: cannot bind udp:{addr}: {e}");
+                return ExitCode::from(EXIT_START_FAILED);
+            }
+        }
+    }
+    let proxy = match Proxy::new(config, sockets) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sipedge: {name}: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let Ok(addr) = proxy.local_addr() {
+        // Parseable by scripts and tests that start the binary on port 0.
+        println!("listening on udp:{addr}");
+    }
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(proxy.clone().run(cancel.clone()));
+    shutdown_signal().await;
+    tracing::info!("shutting down: new INVITEs get 503, draining calls in progress");
+    proxy.begin_shutdown();
+    let _ = tokio::time::timeout(DRAIN, proxy.drained()).await;
+    cancel.cancel();
+    let _ = server.await;
     ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn bad_config(err: &ConfigError) -> ExitCode {

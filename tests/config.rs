@@ -191,17 +191,70 @@ fn check_config_exit_codes() {
 }
 
 #[test]
-fn run_mode_prints_summary_and_says_core_is_missing() {
-    let out = sipedge(&[]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("sip:127.0.0.1:5081"), "{stdout}");
-    assert!(stdout.contains("round-robin"), "{stdout}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not implemented yet"), "{stderr}");
-
+fn bad_config_in_run_mode_exits_2() {
     let bad = fixtures("bad").join("no-destination.toml");
     let out = sipedge(&["--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("dispatcher.destination"));
+}
+
+/// The built binary on port 0: prints where it listens, answers an OPTIONS
+/// keep-alive over real UDP, and exits 0 on SIGTERM.
+#[test]
+fn binary_serves_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::net::UdpSocket;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let dir = std::env::temp_dir().join(format!("sipedge-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        "[listen]\nudp = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+         [[dispatcher.destination]]\nuri = \"sip:127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening on udp:").map(str::to_owned))
+        .expect("a listening line");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+
+    let trunk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    trunk
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let me = trunk.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbin1;rport\r\n\
+         From: <sip:trunk@{me}>;tag=1\r\nTo: <sip:127.0.0.1:{port}>\r\nCall-ID: bin-1\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    trunk.send_to(options.as_bytes(), &addr).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = trunk.recv(&mut buf).expect("an answer to OPTIONS");
+    assert!(
+        buf[..n].starts_with(b"SIP/2.0 200 "),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,1 +1,394 @@
-//! Destination sets and node selection (being written).
+//! The FreeSWITCH pool: destinations, their passive health, and the order in
+//! which a new call tries them (Kamailio `ds_select_dst` semantics).
+//!
+//! [`Dispatcher::plan`] answers "which node first, and where next on
+//! failover" for one new INVITE. It is pure logic: no sockets, no timers, no
+//! tokio, no allocation, no lock. The proxy's tasks share one
+//! `Arc<Dispatcher>`; per-node state is an atomic flag and the round-robin /
+//! weight position an atomic counter.
+//!
+//! # Set order
+//! Like Kamailio, which keeps each destination set sorted by the priority
+//! column, the pool has one fixed *set order*: highest `priority` first,
+//! ties in config order (Kamailio breaks ties in reverse file order; config
+//! order is what an operator reading the TOML expects). Every algorithm
+//! picks a starting point in that order and fails over around it as a ring,
+//! as Kamailio's failover list does. With equal priorities (the default) the
+//! ring is simply config order.
+//!
+//! | `algorithm`   | Kamailio | first choice                                   |
+//! |---------------|----------|------------------------------------------------|
+//! | `round-robin` | 4        | the next position of a shared counter          |
+//! | `hash-callid` | 0        | a stable hash of the Call-ID                   |
+//! | `priority`    | 8        | the first in set order (highest priority)      |
+//! | `weight`      | 9        | a 100-slot table, each node `weight` % of slots |
+//!
+//! # Suspect nodes
+//! A node that timed out or failed at the transport level is marked suspect
+//! ([`Dispatcher::mark_suspect`], Kamailio `ds_mark_dst`) and left out of new
+//! plans; the first choice moves to the next live node in the ring, as in
+//! Kamailio. Anything it answers makes it live again
+//! ([`Dispatcher::mark_alive`]). OPTIONS probing (active, inactive, trying,
+//! disabled states) comes with issue 4.
+
+mod plan;
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+
+use crate::config::{self, Algorithm, Host, SipUri};
+
+pub use plan::{Plan, PLAN_CAPACITY};
+
+/// Largest pool: a [`Plan`] stores node indices as `u16`.
+pub const MAX_DESTINATIONS: usize = 1 << 16;
+
+/// Kamailio's weight table size: weights are percentages.
+const WEIGHT_SLOTS: usize = 100;
+
+/// Why a dispatcher config cannot be turned into a pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DispatcherError {
+    #[error(
+        "dispatcher.destination[{index}].uri: {uri} names a host; host names are not \
+         resolved yet, use the node's IP address"
+    )]
+    HostName { index: usize, uri: SipUri },
+    #[error("{count} destinations; at most {max} are supported")]
+    TooManyDestinations { count: usize, max: usize },
+}
+
+/// One FreeSWITCH node.
+#[derive(Debug)]
+struct Node {
+    /// Canonical (IPv4-mapped IPv6 folded to IPv4), so [`Dispatcher::find`]
+    /// is a plain comparison.
+    addr: SocketAddr,
+    uri: String,
+    priority: i32,
+    /// Set by a timeout or transport error, cleared by any answer. Relaxed
+    /// ordering is enough: it is a hint for the next call, and guards no
+    /// other data.
+    suspect: AtomicBool,
+}
+
+/// The destination set and its selection algorithm. `Send + Sync`; share it
+/// through an `Arc`.
+#[derive(Debug)]
+pub struct Dispatcher {
+    algorithm: Algorithm,
+    /// In config order: the indices the rest of sipedge uses.
+    nodes: Box<[Node]>,
+    /// Set order (see the module docs): node indices, highest priority
+    /// first, ties in config order. Every plan walks this as a ring.
+    ring: Box<[u16]>,
+    /// Weight only: which ring position each of 100 consecutive calls
+    /// starts at.
+    weight_slots: [u16; WEIGHT_SLOTS],
+    /// Round-robin and weight: one tick per plan. Wrapping after 2^64 calls
+    /// only skews a single turn.
+    counter: AtomicUsize,
+}
+
+impl Dispatcher {
+    /// Builds the pool from `[dispatcher]`. Each destination must be an IP
+    /// literal (its port defaults to 5060); a host name is refused until DNS
+    /// resolution exists. An empty pool is accepted here (config validation
+    /// refuses it) and yields empty plans.
+    pub fn new(cfg: &config::Dispatcher) -> Result<Dispatcher, DispatcherError> {
+        let count = cfg.destinations.len();
+        if count > MAX_DESTINATIONS {
+            return Err(DispatcherError::TooManyDestinations {
+                count,
+                max: MAX_DESTINATIONS,
+            });
+        }
+        let nodes = cfg
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(index, dest)| match &dest.uri.host {
+                Host::Ip(ip) => Ok(Node {
+                    addr: canonical(SocketAddr::new(*ip, dest.uri.port_or_default())),
+                    uri: dest.uri.to_string(),
+                    priority: dest.priority,
+                    suspect: AtomicBool::new(false),
+                }),
+                Host::Name(_) => Err(DispatcherError::HostName {
+                    index,
+                    uri: dest.uri.clone(),
+                }),
+            })
+            .collect::<Result<Box<[Node]>, _>>()?;
+
+        let mut ring: Box<[u16]> = (0..count).map(to_u16).collect();
+        // Stable, so equal priorities keep config order.
+        ring.sort_by_key(|&i| Reverse(nodes[usize::from(i)].priority));
+
+        let weight_slots = if cfg.algorithm == Algorithm::Weight && count > 0 {
+            let weights: Vec<u32> = ring
+                .iter()
+                .map(|&i| cfg.destinations[usize::from(i)].weight.unwrap_or(0))
+                .collect();
+            let shares = weight_shares(&weights);
+            warn_about_weight_sum(&weights, &shares, |pos| {
+                nodes[usize::from(ring[pos])].uri.as_str()
+            });
+            spread(&shares)
+        } else {
+            [0; WEIGHT_SLOTS]
+        };
+
+        Ok(Dispatcher {
+            algorithm: cfg.algorithm,
+            nodes,
+            ring,
+            weight_slots,
+            counter: AtomicUsize::new(0),
+        })
+    }
+
+    /// Number of destinations.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Where to send to node `i` (config order). An IPv4-mapped IPv6
+    /// destination is returned as plain IPv4.
+    ///
+    /// # Panics
+    /// If `i >= len()`, like slice indexing: indices come from
+    /// [`Dispatcher::plan`] or [`Dispatcher::find`].
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    /// Node `i`'s URI as configured, e.g. `sip:10.0.1.10:5080`.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn uri(&self, i: usize) -> &str {
+        &self.nodes[i].uri
+    }
+
+    /// Node `i`'s configured priority (for `dispatcher.list`).
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn priority(&self, i: usize) -> i32 {
+        self.nodes[i].priority
+    }
+
+    /// The pool member at `addr`, if any. IP and port must match; an
+    /// IPv4-mapped IPv6 address (what a dual-stack socket reports for an
+    /// IPv4 peer) matches the IPv4 destination.
+    pub fn find(&self, addr: SocketAddr) -> Option<usize> {
+        let addr = canonical(addr);
+        self.nodes.iter().position(|node| node.addr == addr)
+    }
+
+    /// The nodes to try for one new call, in order: first choice, then
+    /// failover. Suspect nodes are left out, except when every node is
+    /// suspect: then the plan holds all of them in the normal order, because
+    /// until OPTIONS probing exists (issue 4) nothing else would ever clear
+    /// the marks, and trying a node that may have recovered beats answering
+    /// 503 to every call. Empty only for an empty pool; at most
+    /// [`PLAN_CAPACITY`] nodes.
+    ///
+    /// `call_id` is the Call-ID header value; only `hash-callid` reads it.
+    pub fn plan(&self, call_id: &[u8]) -> Plan {
+        let n = self.ring.len();
+        if n == 0 {
+            return Plan::new();
+        }
+        match self.algorithm {
+            Algorithm::RoundRobin => {
+                let ticket = self.counter.fetch_add(1, Relaxed);
+                let start = ticket % n;
+                let (plan, first) = self.walk(start);
+                // Kamailio moves the counter past the node actually chosen,
+                // so a suspect node's turn is not handed to its ring
+                // successor on top of that node's own turn (which would
+                // double its share). Only if no other call moved the counter
+                // meanwhile; losing that race merely skews one turn.
+                let skipped = (first + n - start) % n;
+                if skipped != 0 {
+                    let after = ticket.wrapping_add(1);
+                    let _ = self.counter.compare_exchange(
+                        after,
+                        after.wrapping_add(skipped),
+                        Relaxed,
+                        Relaxed,
+                    );
+                }
+                plan
+            }
+            Algorithm::HashCallid => self.walk(reduce(fnv1a64(call_id), n)).0,
+            Algorithm::Priority => self.walk(0).0,
+            Algorithm::Weight => {
+                let ticket = self.counter.fetch_add(1, Relaxed);
+                let start = self.weight_slots[ticket % WEIGHT_SLOTS];
+                self.walk(usize::from(start)).0
+            }
+        }
+    }
+
+    /// A call timed out or hit a transport error on node `i`: new calls
+    /// skip it until it answers again (Kamailio `ds_mark_dst`).
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn mark_suspect(&self, i: usize) {
+        let node = &self.nodes[i];
+        // Load first: many failing calls on one node need not all write the
+        // shared cache line, and only the transition is logged.
+        if !node.suspect.load(Relaxed) && !node.suspect.swap(true, Relaxed) {
+            tracing::warn!(node = %node.uri, "node marked suspect; new calls skip it");
+        }
+    }
+
+    /// Node `i` answered something: use it again for new calls.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn mark_alive(&self, i: usize) {
+        let node = &self.nodes[i];
+        // Called for every response, so the common case is a plain load.
+        if node.suspect.load(Relaxed) && node.suspect.swap(false, Relaxed) {
+            tracing::info!(node = %node.uri, "node answered again; back in rotation");
+        }
+    }
+
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn is_suspect(&self, i: usize) -> bool {
+        self.nodes[i].suspect.load(Relaxed)
+    }
+
+    /// The plan starting at ring position `start` (< ring length), and the
+    /// ring position of its first node.
+    fn walk(&self, start: usize) -> (Plan, usize) {
+        let n = self.ring.len();
+        let mut plan = Plan::new();
+        let mut first = None;
+        for pos in (start..n).chain(0..start) {
+            let index = self.ring[pos];
+            if !self.nodes[usize::from(index)].suspect.load(Relaxed) {
+                first.get_or_insert(pos);
+                plan.push(index);
+                if plan.is_full() {
+                    break;
+                }
+            }
+        }
+        if first.is_none() {
+            // Every node is suspect: try them all (see `plan`).
+            for pos in (start..n).chain(0..start).take(PLAN_CAPACITY) {
+                plan.push(self.ring[pos]);
+            }
+        }
+        (plan, first.unwrap_or(start))
+    }
+}
+
+/// IPv4-mapped IPv6 folded to IPv4, flow label and scope dropped: the form
+/// pool addresses are stored and compared in.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// FNV-1a, 64-bit. Fixed constants, so a Call-ID maps to the same node in
+/// every process and across restarts (std's hasher is randomly keyed).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(PRIME)
+    })
+}
+
+/// Maps a hash onto `0..n` with its high bits (multiply-shift). FNV's low
+/// bits only ever see the input bytes' low bits (`% 2` would be a parity of
+/// the bytes), its high bits mix everything.
+fn reduce(hash: u64, n: usize) -> usize {
+    let n = n as u128; // usize is at most 64 bits
+    ((u128::from(hash) * n) >> 64) as usize // < n, so it fits
+}
+
+fn to_u16(i: usize) -> u16 {
+    u16::try_from(i).expect("pool size is checked against MAX_DESTINATIONS")
+}
+
+/// Kamailio's weight semantics over ring positions: each node gets
+/// `weight` of 100 slots in set order; once 100 are handed out the rest get
+/// none (they are still failover targets), and if the weights add up to
+/// less than 100 the last node takes the remainder.
+fn weight_shares(weights: &[u32]) -> Vec<usize> {
+    let mut left = WEIGHT_SLOTS;
+    let mut shares: Vec<usize> = weights
+        .iter()
+        .map(|&w| {
+            let share = usize::try_from(w).unwrap_or(usize::MAX).min(left);
+            left -= share;
+            share
+        })
+        .collect();
+    if let Some(last) = shares.last_mut() {
+        *last += left;
+    }
+    shares
+}
+
+/// Orders 100 slots so each ring position appears `shares[pos]` times,
+/// interleaved (smooth weighted round-robin) rather than in runs. Kamailio
+/// shuffles randomly; this is deterministic, so any 100 consecutive calls
+/// split exactly by weight and tests can assert it.
+fn spread(shares: &[usize]) -> [u16; WEIGHT_SLOTS] {
+    let mut credit = vec![0i64; shares.len()];
+    let mut slots = [0u16; WEIGHT_SLOTS];
+    for slot in &mut slots {
+        for (c, &share) in credit.iter_mut().zip(shares) {
+            *c += share as i64; // share <= 100
+        }
+        // Most credit wins; ties go to the earlier position.
+        let best = (0..credit.len())
+            .max_by_key(|&pos| (credit[pos], Reverse(pos)))
+            .expect("spread is only called for a non-empty pool");
+        credit[best] -= WEIGHT_SLOTS as i64;
+        *slot = to_u16(best);
+    }
+    slots
+}
+
+/// Weights that do not add up to 100 are legal (Kamailio accepts them) but
+/// rarely what the operator meant; say what the pool will actually do.
+fn warn_about_weight_sum<'a>(weights: &[u32], shares: &[usize], uri_at: impl Fn(usize) -> &'a str) {
+    let sum: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    if sum == WEIGHT_SLOTS as u64 {
+        return;
+    }
+    for (pos, (&weight, &share)) in weights.iter().zip(shares).enumerate() {
+        if usize::try_from(weight).ok() != Some(share) {
+            tracing::warn!(
+                node = %uri_at(pos),
+                weight,
+                share_percent = share,
+                weights_sum = sum,
+                "weights do not add up to 100; like Kamailio, the last node takes any \
+                 remainder and weight beyond 100 is dropped"
+            );
+        }
+    }
+}

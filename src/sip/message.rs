@@ -1,7 +1,7 @@
 //! The zero-copy message view: start line, an index of header byte ranges,
 //! the body. Typed accessors parse a header only when asked.
 
-use std::cell::OnceCell;
+use std::sync::OnceLock;
 
 use super::addr::NameAddr;
 use super::error::SipError;
@@ -115,7 +115,7 @@ pub struct Message<'a> {
     /// The top Via, parsed on first use and kept: validation, the
     /// received/rport edit, response building and transaction matching all
     /// ask for it, a pure forwarding edit never does.
-    top_via: OnceCell<Result<Via<'a>, SipError>>,
+    top_via: OnceLock<Result<Via<'a>, SipError>>,
 }
 
 impl std::fmt::Debug for Message<'_> {
@@ -211,7 +211,7 @@ impl<'a> Message<'a> {
         if buf.len() >= u32::MAX as usize {
             return Err(SipError::TooLarge);
         }
-        let mut m = Message::parse_head(buf)?;
+        let mut m = Message::parse_head(buf, false)?;
         let rest = (buf.len() - m.body_start as usize) as u32;
         let end = match m.content_length {
             Some(cl) if cl > rest => return Err(SipError::BodyShorterThanContentLength),
@@ -222,12 +222,20 @@ impl<'a> Message<'a> {
         Ok(m)
     }
 
+    /// Reads just enough of a message that [`Message::parse`] refused to
+    /// answer it: the SIP version and Content-Length are not checked, the
+    /// body is the rest of the datagram. For building the error response
+    /// (400, 505) only; never forward what this returns.
+    pub fn parse_for_error_reply(buf: &'a [u8]) -> Option<Message<'a>> {
+        Message::parse_head(buf, true).ok()
+    }
+
     /// Parses the start line and the headers; the body is whatever follows.
     #[inline(always)]
-    pub(crate) fn parse_head(buf: &'a [u8]) -> Result<Message<'a>, SipError> {
+    fn parse_head(buf: &'a [u8], lenient: bool) -> Result<Message<'a>, SipError> {
         let nl = memchr::memchr(b'\n', buf).ok_or(SipError::UnterminatedHeaders)?;
         let line = strip_cr(&buf[..nl]);
-        let (start, uri_start) = parse_start_line(line)?;
+        let (start, uri_start) = parse_start_line(line, lenient)?;
         let mut m = Message {
             buf,
             start,
@@ -239,7 +247,7 @@ impl<'a> Message<'a> {
             headers_end: 0,
             body_start: 0,
             content_length: None,
-            top_via: OnceCell::new(),
+            top_via: OnceLock::new(),
         };
         let mut pos = nl + 1;
         loop {
@@ -308,7 +316,11 @@ impl<'a> Message<'a> {
                 }
             }
         }
-        m.content_length = m.parse_content_length()?;
+        match m.parse_content_length() {
+            Ok(cl) => m.content_length = cl,
+            Err(e) if !lenient => return Err(e),
+            Err(_) => {}
+        }
         Ok(m)
     }
 
@@ -675,7 +687,7 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 }
 
 /// Parses the start line; returns it and the Request-URI's offset.
-fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, u32), SipError> {
+fn parse_start_line(line: &[u8], lenient: bool) -> Result<(StartLine<'_>, u32), SipError> {
     if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
         let sp = memchr::memchr(b' ', line).ok_or(SipError::BadStartLine)?;
         parse_version(&line[..sp])?;
@@ -708,7 +720,10 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, u32), SipError> {
     if !scan::is_token_str(method) {
         return Err(SipError::BadStartLine);
     }
-    parse_version(&line[sp2 + 1..])?;
+    match parse_version(&line[sp2 + 1..]) {
+        Err(SipError::UnsupportedVersion) if lenient => {}
+        r => r?,
+    }
     if uri.is_empty() || uri.iter().any(|&b| b == b' ' || b == b'\t') {
         return Err(SipError::BadStartLine);
     }
@@ -835,6 +850,15 @@ bodyEXTRA";
             e(b"INVITE sip:a@b SIP/2.0\r\n continued\r\n\r\n"),
             SipError::BadHeaderLine
         );
+    }
+
+    #[test]
+    fn error_reply_view_skips_version_and_length() {
+        let b = b"INVITE sip:a@b SIP/7.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 99\r\n\r\nab";
+        assert_eq!(Message::parse(b).unwrap_err(), SipError::UnsupportedVersion);
+        let m = Message::parse_for_error_reply(b).unwrap();
+        assert_eq!(m.top_via().unwrap().branch(), Some(&b"z9hG4bK1"[..]));
+        assert!(Message::parse_for_error_reply(b"INVITE\r\n\r\n").is_none());
     }
 
     #[test]

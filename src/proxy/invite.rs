@@ -1,0 +1,295 @@
+//! One task per new INVITE from the trunk: answer 100, try the nodes in
+//! the dispatcher's order, fail over on silence (`fr_timeout`), a failover
+//! code or a send error, and never after the node has the call (a ringing
+//! 1xx or any 2xx: a second INVITE would double-send a fax).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use super::{Counters, Proxy, ServerInvite};
+use crate::dialog::Removal;
+use crate::sip::{Editor, HeaderName, Message, Method, Response};
+use crate::transaction::{ClientTxn, LINGER};
+
+/// How one attempt on a node ended.
+enum Attempt {
+    /// Try the next node.
+    Failover,
+    /// The call is decided (answered, rejected, cancelled or timed out).
+    Done,
+}
+
+impl Proxy {
+    pub(super) async fn drive_invite(
+        self: Arc<Self>,
+        raw: Bytes,
+        src: SocketAddr,
+        server: Arc<ServerInvite>,
+    ) {
+        let Ok(msg) = Message::parse(&raw) else {
+            return;
+        };
+        let key: Box<[u8]> = msg
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch())
+            .unwrap_or_default()
+            .into();
+        self.answer(&msg, src, &server, 100, b"Trying");
+        let call_id = msg.call_id().unwrap_or_default();
+        let (tx, mut rx) = mpsc::channel(32);
+        let mut decided = false;
+        let mut branches = Vec::new();
+        for node in self.dispatcher.plan(call_id) {
+            if server.cancel.is_cancelled() {
+                break;
+            }
+            let addr = self.dispatcher.addr(node);
+            let branch = self.branches.next();
+            let Some(fwd) = self.invite_for(&msg, src, &branch, addr) else {
+                break;
+            };
+            self.txns.insert(&branch, ClientTxn::Invite(tx.clone()));
+            branches.push(branch.clone());
+            self.pin(call_id, addr);
+            if self.send(&fwd, addr).is_err() {
+                Counters::inc(&self.counters.failover_transport);
+                self.dispatcher.mark_suspect(node);
+                continue;
+            }
+            match self
+                .attempt(&msg, src, &server, &branch, addr, &mut rx)
+                .await
+            {
+                Attempt::Failover => tracing::info!(node = %addr, "INVITE failed over"),
+                Attempt::Done => {
+                    decided = true;
+                    break;
+                }
+            }
+        }
+        if !decided {
+            if server.cancel.is_cancelled() {
+                self.answer(&msg, src, &server, 487, b"Request Terminated");
+            } else {
+                Counters::inc(&self.counters.answered_503);
+                self.answer(&msg, src, &server, 503, b"All media servers unavailable");
+            }
+            self.dialogs.remove(call_id, Removal::Failed);
+        }
+        // Linger: relay retransmitted 2xx and let the trunk's ACK for a
+        // non-2xx be absorbed, then forget the transaction.
+        let end = Instant::now() + LINGER;
+        loop {
+            tokio::select! {
+                _ = sleep_until(end) => break,
+                r = rx.recv() => match r {
+                    Some(b) => {
+                        if let Ok(resp) = Message::parse(&b) {
+                            if resp.status().is_some_and(|c| (200..300).contains(&c))
+                                && is_invite_response(&resp)
+                            {
+                                self.relay_upstream(&resp);
+                            }
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        for b in &branches {
+            self.txns.remove(b.as_bytes());
+        }
+        self.invites.remove(&key);
+    }
+
+    /// Waits for the outcome on one node.
+    async fn attempt(
+        &self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        server: &ServerInvite,
+        branch: &str,
+        addr: SocketAddr,
+        rx: &mut mpsc::Receiver<Bytes>,
+    ) -> Attempt {
+        let fr = self.cfg.failover.fr_timeout;
+        let fr_inv = self.cfg.failover.fr_inv_timeout;
+        let mut deadline = Instant::now() + fr;
+        // 100 only: the node may still be replaced; a ringing 1xx: never.
+        let mut trying = false;
+        let mut ringing = false;
+        let mut cancel_sent = false;
+        // The trunk cancelled before the node sent any provisional: RFC 3261
+        // §9.1 forbids sending our CANCEL until one arrives.
+        let mut cancel_pending = false;
+        loop {
+            tokio::select! {
+                _ = server.cancel.cancelled(), if !cancel_sent && !cancel_pending => {
+                    if trying || ringing {
+                        self.send_hop(msg, Method::Cancel, branch, None, addr);
+                        cancel_sent = true;
+                        // Wait for the node's 487 a while longer.
+                        deadline = Instant::now() + fr;
+                    } else {
+                        cancel_pending = true;
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    if ringing {
+                        // fr_inv_timeout: the node has the call but no final.
+                        self.send_hop(msg, Method::Cancel, branch, None, addr);
+                        self.answer(msg, src, server, 408, b"Request Timeout");
+                        self.dialogs.remove(msg.call_id().unwrap_or_default(), Removal::Failed);
+                        return Attempt::Done;
+                    }
+                    if cancel_sent || cancel_pending {
+                        // Cancelled: the caller answers 487, no other node.
+                        return Attempt::Failover;
+                    }
+                    if trying {
+                        self.send_hop(msg, Method::Cancel, branch, None, addr);
+                    }
+                    Counters::inc(&self.counters.failover_timeout);
+                    if let Some(i) = self.dispatcher.find(addr) {
+                        self.dispatcher.mark_suspect(i);
+                    }
+                    return Attempt::Failover;
+                }
+                r = rx.recv() => {
+                    let Some(b) = r else { return Attempt::Done };
+                    let Ok(resp) = Message::parse(&b) else { continue };
+                    // Responses to our CANCEL share the branch: not the answer.
+                    if !is_invite_response(&resp) {
+                        continue;
+                    }
+                    let Some(code) = resp.status() else { continue };
+                    if code < 200 && cancel_pending {
+                        self.send_hop(msg, Method::Cancel, branch, None, addr);
+                        (cancel_pending, cancel_sent) = (false, true);
+                    }
+                    match code {
+                        100 => {
+                            trying = true;
+                            deadline = Instant::now() + fr_inv;
+                        }
+                        101..=199 => {
+                            ringing = true;
+                            deadline = Instant::now() + fr_inv;
+                            self.relay_and_remember(&resp, server);
+                        }
+                        200..=299 => {
+                            self.relay_and_remember(&resp, server);
+                            return Attempt::Done;
+                        }
+                        _ => {
+                            // The client transaction ACKs a non-2xx itself.
+                            let to = resp.header(HeaderName::To);
+                            self.send_hop(msg, Method::Ack, branch, to, addr);
+                            let failover = self.cfg.failover.codes.contains(&code)
+                                && !ringing
+                                && !cancel_sent
+                                && !cancel_pending;
+                            if failover {
+                                Counters::inc(&self.counters.failover_code);
+                                return Attempt::Failover;
+                            }
+                            self.relay_and_remember(&resp, server);
+                            self.dialogs.remove(msg.call_id().unwrap_or_default(), Removal::Failed);
+                            return Attempt::Done;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The INVITE as sent to `node`.
+    fn invite_for(
+        &self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        branch: &str,
+        node: SocketAddr,
+    ) -> Option<Bytes> {
+        let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.sent_by);
+        let rr = format!("<sip:{};lr;node={node}>", self.sent_by);
+        let mut ed = Editor::with_capacity(msg.len() + 256);
+        let mut e = ed.edit(msg);
+        e.set_received(src).ok()?;
+        e.decrement_max_forwards().ok()?;
+        e.insert_via(via.as_bytes());
+        e.insert_record_route(rr.as_bytes());
+        if matches!(msg.first_route(), Ok(Some(r)) if self.is_me(&r.uri)) {
+            e.pop_route();
+        }
+        e.finish();
+        Some(ed.take())
+    }
+
+    /// A local answer to the trunk's INVITE, remembered for retransmissions.
+    fn answer(
+        &self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        server: &ServerInvite,
+        code: u16,
+        reason: &[u8],
+    ) {
+        let Ok(via) = msg.top_via() else { return };
+        let tag = self.branches.tag();
+        let mut out = BytesMut::new();
+        Response::new(msg, code, reason, tag.as_bytes())
+            .received(src)
+            .write(&mut out);
+        let out = out.freeze();
+        let _ = self.send(&out, super::reply_target(via, src));
+        server.remember(out);
+    }
+
+    fn relay_and_remember(&self, resp: &Message<'_>, server: &ServerInvite) {
+        self.relay_upstream(resp);
+        let mut ed = Editor::new();
+        let mut e = ed.edit(resp);
+        e.remove_top_via();
+        e.finish();
+        server.remember(ed.take());
+    }
+
+    /// CANCEL or ACK for our INVITE on `branch` (RFC 3261 §9.1, §17.1.1.3):
+    /// same Request-URI, Call-ID, From, CSeq number and branch.
+    fn send_hop(
+        &self,
+        inv: &Message<'_>,
+        method: Method<'_>,
+        branch: &str,
+        to: Option<&[u8]>,
+        addr: SocketAddr,
+    ) {
+        let (Some(ruri), Ok(cseq)) = (inv.request_uri_bytes(), inv.cseq()) else {
+            return;
+        };
+        let m = String::from_utf8_lossy(method.as_bytes());
+        let mut s = String::with_capacity(512);
+        let _ = write!(
+            s,
+            "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {n} {m}\r\nContent-Length: 0\r\n\r\n",
+            self.sent_by,
+            ruri = String::from_utf8_lossy(ruri),
+            from = String::from_utf8_lossy(inv.header(HeaderName::From).unwrap_or_default()),
+            to = String::from_utf8_lossy(to.or(inv.header(HeaderName::To)).unwrap_or_default()),
+            cid = String::from_utf8_lossy(inv.call_id().unwrap_or_default()),
+            n = cseq.number,
+        );
+        let _ = self.send(s.as_bytes(), addr);
+    }
+}
+
+fn is_invite_response(resp: &Message<'_>) -> bool {
+    resp.cseq().is_ok_and(|c| c.method == Method::Invite)
+}

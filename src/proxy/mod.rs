@@ -1,0 +1,309 @@
+//! The stateful proxy (RFC 3261 §16): the request path, the response path,
+//! the INVITE forwarding task with failover, and the mapping of errors to
+//! SIP answers.
+//!
+//! - `request`: classify a request (local, in-dialog, initial from the
+//!   trunk or from a node) and route it.
+//! - `invite`: one task per new INVITE: choose a node, fail over on
+//!   silence or a failover code, relay the answer.
+//! - `response`: match a response to its client transaction and relay it.
+//! - `rescue`: error -> status code and counter.
+
+mod invite;
+mod request;
+mod rescue;
+mod response;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dialog::Dialogs;
+use crate::dispatcher::{Dispatcher, DispatcherError};
+use crate::sip::{Message, Response, Rport, Via};
+use crate::transaction::{BranchGen, ClientTxns};
+
+/// Largest datagram we read (the IPv4 UDP maximum).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Counters of what the proxy did and refused. Exported as Prometheus
+/// metrics by the admin issue; for now they are read by tests and logs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub responses: AtomicU64,
+    /// Unparsable, or an error with no way to route an answer.
+    pub dropped: AtomicU64,
+    /// Responses matching no transaction of ours.
+    pub stray_responses: AtomicU64,
+    pub answered_400: AtomicU64,
+    pub answered_483: AtomicU64,
+    pub answered_481: AtomicU64,
+    pub answered_503: AtomicU64,
+    pub failover_timeout: AtomicU64,
+    pub failover_code: AtomicU64,
+    pub failover_transport: AtomicU64,
+    pub send_errors: AtomicU64,
+}
+
+impl Counters {
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The server side of an INVITE from the trunk: its CANCEL signal and the
+/// last answer sent, repeated when the trunk retransmits the INVITE.
+#[derive(Debug, Default)]
+pub(crate) struct ServerInvite {
+    cancel: CancellationToken,
+    last: Mutex<Option<Bytes>>,
+}
+
+impl ServerInvite {
+    fn remember(&self, response: Bytes) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(response);
+        }
+    }
+}
+
+/// Why the proxy could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Dispatcher(#[from] DispatcherError),
+    #[error("no UDP socket to serve on")]
+    NoSocket,
+}
+
+/// Shared state of a running proxy.
+pub struct Proxy {
+    cfg: Config,
+    /// Our advertised `host:port`, as written in Via and Record-Route.
+    sent_by: String,
+    adv_host: String,
+    adv_port: u16,
+    dispatcher: Dispatcher,
+    dialogs: Arc<Dialogs>,
+    txns: ClientTxns,
+    /// Server INVITE transactions from the trunk, by its top Via branch.
+    invites: DashMap<Box<[u8]>, Arc<ServerInvite>>,
+    branches: BranchGen,
+    socket: Arc<UdpSocket>,
+    shutting_down: AtomicBool,
+    pub counters: Counters,
+}
+
+impl Proxy {
+    /// Builds the proxy around already-bound sockets (tests bind port 0).
+    pub fn new(cfg: Config, sockets: Vec<UdpSocket>) -> Result<Arc<Proxy>, ProxyError> {
+        let socket = sockets.into_iter().next().ok_or(ProxyError::NoSocket)?;
+        let adv_host = cfg.listen.advertise.host.to_string();
+        // Port 0 (tests, scripts) means "whatever was bound".
+        let adv_port = match cfg.listen.advertised_port() {
+            0 => socket.local_addr().map_or(0, |a| a.port()),
+            p => p,
+        };
+        Ok(Arc::new(Proxy {
+            sent_by: format!("{adv_host}:{adv_port}"),
+            adv_host,
+            adv_port,
+            dispatcher: Dispatcher::new(&cfg.dispatcher)?,
+            dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
+            txns: ClientTxns::default(),
+            invites: DashMap::new(),
+            branches: BranchGen::default(),
+            socket: Arc::new(socket),
+            shutting_down: AtomicBool::new(false),
+            counters: Counters::default(),
+            cfg,
+        }))
+    }
+
+    pub fn dialogs(&self) -> &Dialogs {
+        &self.dialogs
+    }
+
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// New INVITEs get 503 from now on; calls in progress go on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves once no INVITE transaction is in progress.
+    pub async fn drained(&self) {
+        while !self.invites.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Serves until `cancel` fires: the receive loop, the dialog expiry task
+    /// and the transaction sweeper.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        // One receive loop per socket: two loops on one socket would reorder
+        // a node's 180 and 503 sent back to back, and a 503 seen before the
+        // 180 would fail the call over to a second node. INVITEs run in
+        // their own tasks, so the loop only parses and dispatches.
+        let (p, c) = (self.clone(), cancel.clone());
+        tasks.spawn(async move { p.recv_loop(c).await });
+        tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
+        let (p, c) = (self.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = c.cancelled() => break,
+                    _ = tick.tick() => p.txns.sweep(tokio::time::Instant::now()),
+                }
+            }
+        });
+        cancel.cancelled().await;
+        self.shutting_down.store(true, Ordering::Relaxed);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn recv_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, src) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok(r) => r,
+                    // ICMP errors surface here on some platforms; the
+                    // failover timer covers the node that caused them.
+                    Err(e) => {
+                        tracing::debug!("recv: {e}");
+                        continue;
+                    }
+                },
+            };
+            self.on_datagram(&buf[..n], src);
+        }
+    }
+
+    fn on_datagram(self: &Arc<Self>, data: &[u8], src: SocketAddr) {
+        // RFC 5626 keep-alives and stray line ends.
+        if data.iter().all(|&b| b == b'\r' || b == b'\n') {
+            return;
+        }
+        match Message::parse(data) {
+            Ok(msg) if msg.is_request() => {
+                Counters::inc(&self.counters.requests);
+                self.on_request(&msg, src);
+            }
+            Ok(msg) => {
+                Counters::inc(&self.counters.responses);
+                self.on_response(&msg, src);
+            }
+            Err(e) => self.on_unparsable(data, src, e),
+        }
+    }
+
+    /// Sends `bytes` to `to`; a full socket buffer or an unreachable peer is
+    /// counted, never fatal.
+    fn send(&self, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
+        let r = self.socket.try_send_to(bytes, to).map(|_| ());
+        if let Err(e) = &r {
+            Counters::inc(&self.counters.send_errors);
+            tracing::debug!("send to {to}: {e}");
+        }
+        r
+    }
+
+    /// Answers `req` locally (RFC 3261 §8.2.6), to where §18.2.2 says a
+    /// response to it goes.
+    fn reply(&self, req: &Message<'_>, src: SocketAddr, code: u16, reason: &[u8]) {
+        self.reply_with(req, src, code, reason, &[]);
+    }
+
+    fn reply_with(
+        &self,
+        req: &Message<'_>,
+        src: SocketAddr,
+        code: u16,
+        reason: &[u8],
+        headers: &[(&str, &[u8])],
+    ) {
+        let Ok(via) = req.top_via() else {
+            Counters::inc(&self.counters.dropped);
+            return;
+        };
+        let tag = self.branches.tag();
+        let mut out = BytesMut::with_capacity(req.len().min(2048) + 128);
+        Response::new(req, code, reason, tag.as_bytes())
+            .received(src)
+            .headers(headers)
+            .write(&mut out);
+        let _ = self.send(&out, reply_target(via, src));
+    }
+}
+
+/// Where a response to a request that came from `src` goes (RFC 3261
+/// §18.2.2 with RFC 3581): the source address, and the source port when
+/// the client asked with `rport`, else the sent-by port.
+fn reply_target(via: &Via<'_>, src: SocketAddr) -> SocketAddr {
+    match via.rport() {
+        Rport::Absent => SocketAddr::new(src.ip(), via.port.unwrap_or(5060)),
+        _ => src,
+    }
+}
+
+/// Where a relayed response goes, read from the Via below ours: `received`
+/// (else the sent-by address) and `rport` (else the sent-by port).
+fn upstream_target(via: &Via<'_>) -> Option<SocketAddr> {
+    let ip = match via.received() {
+        Some(r) => {
+            let r = r
+                .strip_prefix(b"[")
+                .and_then(|r| r.strip_suffix(b"]"))
+                .unwrap_or(r);
+            std::str::from_utf8(r).ok()?.parse().ok()?
+        }
+        None => via.host.ip()?,
+    };
+    let port = match via.rport() {
+        Rport::Value(p) => p,
+        _ => via.port.unwrap_or(5060),
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_follow_18_2_2() {
+        let src: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let via = Via::parse(b"SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1").unwrap();
+        assert_eq!(reply_target(&via, src), "192.0.2.7:5070".parse().unwrap());
+        let via = Via::parse(b"SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;rport").unwrap();
+        assert_eq!(reply_target(&via, src), src);
+        let via = Via::parse(b"SIP/2.0/UDP h.example;received=192.0.2.7;rport=4000").unwrap();
+        assert_eq!(upstream_target(&via), Some(src));
+        let via = Via::parse(b"SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1").unwrap();
+        assert_eq!(
+            upstream_target(&via),
+            Some("10.0.0.1:5060".parse().unwrap())
+        );
+        let via = Via::parse(b"SIP/2.0/UDP h.example;branch=z9hG4bK1").unwrap();
+        assert_eq!(upstream_target(&via), None);
+    }
+}

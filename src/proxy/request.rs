@@ -1,0 +1,297 @@
+//! The request path: sanity checks, then one of
+//! - OPTIONS to sipedge itself: 200 (trunk keep-alives);
+//! - CANCEL: 200, and the INVITE task cancels its branch;
+//! - ACK for a non-2xx final: absorbed by the INVITE's server transaction;
+//! - in-dialog (To tag): pinned node (from the trunk) or loose-routed to the
+//!   trunk (from a node);
+//! - initial from a node: relayed to its Request-URI (egress);
+//! - initial INVITE from anyone else: the INVITE task (pool, failover);
+//! - other initial requests from outside: the pool's first choice.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::{Counters, Proxy, ServerInvite};
+use crate::dialog::Pin;
+use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
+use crate::transaction::{ClientTxn, Relay};
+
+/// A SIP URI's address when its host is an IP literal (5060 by default).
+pub(super) fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
+    let ip: IpAddr = uri.host?.ip()?;
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+}
+
+/// How a request is sent on.
+struct Forward {
+    to: SocketAddr,
+    /// Our own Route comes first: remove it.
+    pop_route: bool,
+    /// Add our Record-Route with this node as the hint.
+    record_route: Option<SocketAddr>,
+    repin: Option<SocketAddr>,
+}
+
+impl Proxy {
+    pub(super) fn on_request(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr) {
+        if let Err(e) = msg.validate() {
+            return self.reject(msg, src, e);
+        }
+        let Some(method) = msg.method() else { return };
+        let Ok(uri) = msg.request_uri() else { return };
+        if method == Method::Options && uri.user.is_none() && self.is_me(&uri) {
+            return self.reply(msg, src, 200, b"OK");
+        }
+        if method == Method::Ack {
+            if let Ok(Some(b)) = msg.top_via().map(|v| v.branch()) {
+                if self.invites.contains_key(b) {
+                    // ACK for a non-2xx final: ends the server transaction.
+                    return;
+                }
+            }
+        }
+        if msg.max_forwards() == Ok(Some(0)) {
+            return self.reject(msg, src, SipError::TooManyHops);
+        }
+        if uri.scheme == Scheme::Other {
+            return self.reply(msg, src, 416, b"Unsupported URI Scheme");
+        }
+        if msg.values(HeaderName::ProxyRequire).any(|v| !v.is_empty()) {
+            // We support no extensions that need a proxy's help (RFC 3261
+            // §16.3 step 4): list them back in Unsupported.
+            let list = msg.header(HeaderName::ProxyRequire).unwrap_or_default();
+            return self.reply_with(msg, src, 420, b"Bad Extension", &[("Unsupported", list)]);
+        }
+        if method == Method::Cancel {
+            return self.on_cancel(msg, src);
+        }
+        let from_node = self.dispatcher.find(src);
+        let in_dialog = msg.to_tag().ok().flatten().is_some();
+        if in_dialog {
+            return self.in_dialog(msg, src, from_node);
+        }
+        if let Some(node) = from_node {
+            return self.egress(msg, src, node);
+        }
+        if method == Method::Invite {
+            return self.new_invite(msg, src);
+        }
+        // Other out-of-dialog requests only ever go to the pool: sipedge is
+        // not an open relay.
+        match self
+            .dispatcher
+            .plan(msg.call_id().unwrap_or_default())
+            .next()
+        {
+            Some(i) => {
+                let to = self.dispatcher.addr(i);
+                let pop_route = self.first_route_is_me(msg);
+                self.forward(
+                    msg,
+                    src,
+                    Forward {
+                        to,
+                        pop_route,
+                        record_route: None,
+                        repin: None,
+                    },
+                );
+            }
+            None => self.all_down(msg, src),
+        }
+    }
+
+    /// Is this URI one of ours (our advertised host and port)?
+    pub(super) fn is_me(&self, uri: &Uri<'_>) -> bool {
+        let host = uri.host_raw.unwrap_or_default();
+        host.eq_ignore_ascii_case(self.adv_host.as_bytes())
+            && uri.port.unwrap_or(5060) == self.adv_port
+    }
+
+    fn first_route_is_me(&self, msg: &Message<'_>) -> bool {
+        matches!(msg.first_route(), Ok(Some(r)) if self.is_me(&r.uri))
+    }
+
+    fn all_down(&self, msg: &Message<'_>, src: SocketAddr) {
+        Counters::inc(&self.counters.answered_503);
+        self.reply(msg, src, 503, b"All media servers unavailable");
+    }
+
+    fn on_cancel(&self, msg: &Message<'_>, src: SocketAddr) {
+        let branch = msg.top_via().ok().and_then(|v| v.branch());
+        let invite = branch.and_then(|b| self.invites.get(b).map(|i| i.clone()));
+        match invite {
+            Some(inv) => {
+                self.reply(msg, src, 200, b"OK");
+                inv.cancel.cancel();
+            }
+            None => {
+                Counters::inc(&self.counters.answered_481);
+                self.reply(msg, src, 481, b"Call/Transaction Does Not Exist");
+            }
+        }
+    }
+
+    fn new_invite(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr) {
+        let Some(branch) = msg.top_via().ok().and_then(|v| v.branch()) else {
+            return self.reject(msg, src, SipError::BadVia);
+        };
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && !self.invites.contains_key(branch)
+        {
+            return self.reply(msg, src, 503, b"Shutting down");
+        }
+        // One atomic look-up-or-insert: copies of an INVITE read by two
+        // receive tasks at once must not both start a call (a double fax).
+        let server = match self.invites.entry(branch.into()) {
+            dashmap::Entry::Occupied(o) => {
+                // A retransmission: repeat our last answer, start nothing.
+                let last = o.get().last.lock().ok().and_then(|l| l.clone());
+                drop(o);
+                if let Some(last) = last {
+                    let _ = self.send(&last, src);
+                }
+                return;
+            }
+            dashmap::Entry::Vacant(v) => v.insert(Arc::new(ServerInvite::default())).clone(),
+        };
+        let raw = bytes::Bytes::copy_from_slice(msg.as_bytes());
+        tokio::spawn(self.clone().drive_invite(raw, src, server));
+    }
+
+    /// A request from a pool member starting a call to the outside.
+    fn egress(&self, msg: &Message<'_>, src: SocketAddr, node: usize) {
+        let Some(to) = msg.request_uri().ok().as_ref().and_then(uri_addr) else {
+            return self.reply(msg, src, 404, b"Not Found");
+        };
+        let node_addr = self.dispatcher.addr(node);
+        if msg.method() == Some(Method::Invite) {
+            self.pin(msg.call_id().unwrap_or_default(), node_addr);
+        }
+        let pop_route = self.first_route_is_me(msg);
+        self.forward(
+            msg,
+            src,
+            Forward {
+                to,
+                pop_route,
+                record_route: Some(node_addr),
+                repin: None,
+            },
+        );
+    }
+
+    fn in_dialog(&self, msg: &Message<'_>, src: SocketAddr, from_node: Option<usize>) {
+        let call_id = msg.call_id().unwrap_or_default();
+        let route = msg
+            .first_route()
+            .ok()
+            .flatten()
+            .filter(|r| self.is_me(&r.uri));
+        let pop_route = route.is_some();
+        let to = match from_node {
+            None => {
+                // From the trunk: the node that has the call.
+                let hint = route
+                    .and_then(|r| r.uri.param(b"node").flatten())
+                    .and_then(|h| std::str::from_utf8(h).ok()?.parse::<SocketAddr>().ok())
+                    .filter(|a| self.dispatcher.find(*a).is_some());
+                let ruri = msg.request_uri().ok().as_ref().and_then(uri_addr);
+                self.dialogs
+                    .get(call_id)
+                    .or(hint)
+                    .or(ruri.filter(|a| self.dispatcher.find(*a).is_some()))
+            }
+            Some(_) => {
+                // From a node: loose-route towards the trunk, the next
+                // Route after ours or else the Request-URI.
+                let next = msg
+                    .values(HeaderName::Route)
+                    .nth(usize::from(pop_route))
+                    .and_then(|v| crate::sip::NameAddr::parse(v).ok())
+                    .and_then(|a| Uri::parse(a.uri).ok())
+                    .and_then(|u| uri_addr(&u));
+                next.or_else(|| msg.request_uri().ok().as_ref().and_then(uri_addr))
+            }
+        };
+        let Some(to) = to else {
+            if msg.method() != Some(Method::Ack) {
+                Counters::inc(&self.counters.answered_481);
+                self.reply(msg, src, 481, b"Call/Transaction Does Not Exist");
+            }
+            return;
+        };
+        // A node other than the pinned one speaking for the call is taking
+        // it over (sofia recover): its 2xx re-pins the call.
+        let repin = from_node
+            .map(|n| self.dispatcher.addr(n))
+            .filter(|a| self.dialogs.get(call_id).is_some_and(|p| p != *a));
+        self.forward(
+            msg,
+            src,
+            Forward {
+                to,
+                pop_route,
+                record_route: None,
+                repin,
+            },
+        );
+    }
+
+    /// Forwards statefully (responses relayed through a transaction; ACK
+    /// statelessly).
+    fn forward(&self, msg: &Message<'_>, src: SocketAddr, f: Forward) {
+        // RFC 3261 §16.11: a retransmitted request must go out with the same
+        // branch, so the node's transaction absorbs it; derive ours from the
+        // sender's RFC 3261 branch and address.
+        let branch = match msg.top_via() {
+            Ok(v) if v.has_rfc3261_branch() => {
+                self.branches.derived(v.branch().unwrap_or_default(), src)
+            }
+            _ => self.branches.next(),
+        };
+        if msg.method() == Some(Method::Invite) {
+            // A stateful proxy answers 100 to an INVITE itself (§16.2).
+            self.reply(msg, src, 100, b"Trying");
+        }
+        let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.sent_by);
+        let rr = f
+            .record_route
+            .map(|n| format!("<sip:{};lr;node={n}>", self.sent_by));
+        let mut ed = Editor::with_capacity(msg.len() + 256);
+        let mut e = ed.edit(msg);
+        if let Err(err) = e.set_received(src).and_then(|_| e.decrement_max_forwards()) {
+            return self.reject(msg, src, err);
+        }
+        e.insert_via(via.as_bytes());
+        if let Some(rr) = &rr {
+            e.insert_record_route(rr.as_bytes());
+        }
+        if f.pop_route {
+            e.pop_route();
+        }
+        let out = e.finish();
+        let method = msg.method();
+        if method != Some(Method::Ack) {
+            self.txns.insert(
+                &branch,
+                ClientTxn::Relay(Relay {
+                    call_id: msg.call_id().unwrap_or_default().into(),
+                    is_bye: method == Some(Method::Bye),
+                    repin: f.repin,
+                    created: tokio::time::Instant::now(),
+                }),
+            );
+        }
+        let _ = self.send(out, f.to);
+    }
+
+    /// Pins a new call; a full table still lets the call through.
+    pub(super) fn pin(&self, call_id: &[u8], node: SocketAddr) {
+        if let Pin::Full = self.dialogs.pin(call_id, node) {
+            tracing::debug!("dialog table full: call not pinned");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Errors to SIP answers: a malformed request gets 400 (505 for another
+//! SIP version) with the error as its reason phrase when a response can be
+//! routed; everything else is dropped and counted, never a panic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::{Counters, Proxy};
+use crate::sip::{Message, Method, SipError};
+
+impl Proxy {
+    /// `data` did not parse.
+    pub(super) fn on_unparsable(self: &Arc<Self>, data: &[u8], src: SocketAddr, err: SipError) {
+        let Some(req) = Message::parse_for_error_reply(data).filter(Message::is_request) else {
+            // A response, or too broken to answer (no start line, no Via).
+            Counters::inc(&self.counters.dropped);
+            tracing::debug!(%src, "dropped unparsable message: {err}");
+            return;
+        };
+        self.reject(&req, src, err);
+    }
+
+    /// Answers a request that failed validation.
+    pub(super) fn reject(&self, req: &Message<'_>, src: SocketAddr, err: SipError) {
+        // An ACK is never answered (RFC 3261 §17.2.1).
+        if req.method() == Some(Method::Ack) || req.top_via().is_err() {
+            Counters::inc(&self.counters.dropped);
+            tracing::debug!(%src, "dropped bad request: {err}");
+            return;
+        }
+        let code = err.status();
+        match code {
+            483 => Counters::inc(&self.counters.answered_483),
+            _ => Counters::inc(&self.counters.answered_400),
+        }
+        tracing::debug!(%src, "answering {code}: {err}");
+        self.reply(req, src, code, err.to_string().as_bytes());
+    }
+}

@@ -1,0 +1,84 @@
+//! The response path: match our branch in the top Via, then either hand
+//! the response to its INVITE task or relay it upstream (RFC 3261 §16.7).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{upstream_target, Counters, Proxy};
+use crate::dialog::Removal;
+use crate::sip::{Editor, HeaderName, Message, Via};
+use crate::transaction::ClientTxn;
+
+impl Proxy {
+    pub(super) fn on_response(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr) {
+        let Some(branch) = msg.top_via().ok().and_then(|v| v.branch()) else {
+            Counters::inc(&self.counters.dropped);
+            return;
+        };
+        if let Some(i) = self.dispatcher.find(src) {
+            // Any answer shows the node is alive.
+            self.dispatcher.mark_alive(i);
+        }
+        enum Action {
+            Task,
+            Relay {
+                bye: bool,
+                repin: Option<SocketAddr>,
+                call_id: Box<[u8]>,
+            },
+        }
+        let action = self.txns.with(branch, |t| match t {
+            ClientTxn::Invite(tx) => {
+                // The task owns the decision (failover, relay, ACK).
+                let _ = tx.try_send(Bytes::copy_from_slice(msg.as_bytes()));
+                Action::Task
+            }
+            ClientTxn::Relay(r) => Action::Relay {
+                bye: r.is_bye,
+                repin: r.repin,
+                call_id: r.call_id.clone(),
+            },
+        });
+        match action {
+            None => {
+                // Not ours (RFC 3261 §18.1.2: drop) or long finished.
+                Counters::inc(&self.counters.stray_responses);
+                tracing::debug!(%src, "response matches no transaction");
+            }
+            Some(Action::Task) => {}
+            Some(Action::Relay {
+                bye,
+                repin,
+                call_id,
+            }) => {
+                let ok = msg.status().is_some_and(|c| (200..300).contains(&c));
+                if ok && bye {
+                    self.dialogs.remove(&call_id, Removal::Bye);
+                }
+                if let (true, Some(node)) = (ok, repin) {
+                    // sofia recover: the node that answered owns the call now.
+                    self.dialogs.pin(&call_id, node);
+                }
+                self.relay_upstream(msg);
+            }
+        }
+    }
+
+    /// Removes our Via and sends the response to the Via below it.
+    pub(super) fn relay_upstream(&self, msg: &Message<'_>) {
+        let Some(next) = msg.values(HeaderName::Via).nth(1) else {
+            Counters::inc(&self.counters.dropped);
+            return;
+        };
+        let Some(to) = Via::parse(next).ok().as_ref().and_then(upstream_target) else {
+            Counters::inc(&self.counters.dropped);
+            return;
+        };
+        let mut ed = Editor::with_capacity(msg.len() + 64);
+        let mut e = ed.edit(msg);
+        e.remove_top_via();
+        let _ = self.send(e.finish(), to);
+    }
+}

@@ -1,0 +1,913 @@
+//! The proxy core over real UDP sockets on 127.0.0.1 (issue 3): a fake
+//! trunk and fake FreeSWITCH nodes exchange raw SIP with the in-process
+//! proxy. Every expectation is RFC 3261 §16-17 or the issue's behaviour;
+//! `../shared/design.md` is the contract.
+//!
+//! The pool uses `algorithm = "priority"` with equal priorities, so node 0
+//! is always the first choice and node 1 the failover target.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sipedge::sip::{HeaderName, NameAddr, Uri, Via};
+use support::*;
+
+/// A call the trunk placed through the proxy and a node answered.
+struct Established {
+    /// The trunk's side.
+    call: Dialog,
+    /// The answering node's side.
+    node_side: Dialog,
+    /// Index of the answering node.
+    node: usize,
+}
+
+/// INVITE (100, 180, 200) and ACK: node 0 answers.
+async fn establish(h: &Harness) -> Established {
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    h.trunk.recv_response(100).await;
+    let node = 0;
+    let inv = h.nodes[node].recv_request("INVITE").await;
+    let node_side = Dialog::uas(&h.nodes[node], &inv, &unique("fs-"));
+    h.nodes[node]
+        .send(node_side.answer(&inv, 180, "Ringing", None), inv.from)
+        .await;
+    h.trunk.recv_response(180).await;
+    h.nodes[node]
+        .send(node_side.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = h.trunk.recv_response(200).await;
+    call.learn_2xx(&ok);
+    let (ack, _) = call.request("ACK", None);
+    h.trunk.send(ack, h.addr).await;
+    h.nodes[node].recv_request("ACK").await;
+    Established {
+        call,
+        node_side,
+        node,
+    }
+}
+
+/// Waits (bounded by [`WAIT`]) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn assert_our_via(msg: &Received, proxy: SocketAddr) {
+    let m = msg.msg();
+    let via = m.top_via().expect("a top Via");
+    assert_eq!(via.host_raw, b"127.0.0.1", "top Via host:\n{}", msg.text());
+    assert_eq!(
+        via.port,
+        Some(proxy.port()),
+        "top Via port:\n{}",
+        msg.text()
+    );
+    let b = via.branch().expect("our Via has a branch");
+    assert!(
+        b.starts_with(b"z9hG4bK"),
+        "branch not RFC 3261:\n{}",
+        msg.text()
+    );
+}
+
+/// Responses relayed to the trunk carry only the trunk's own Via.
+fn assert_only_via(msg: &Received, branch: &str) {
+    let vias = msg.vias();
+    assert_eq!(vias.len(), 1, "our Via was not removed:\n{}", msg.text());
+    assert_eq!(msg.branch(), branch, "wrong Via left:\n{}", msg.text());
+}
+
+fn dialog_node(h: &Harness, call_id: &str) -> Option<SocketAddr> {
+    h.proxy.dialogs().get(call_id.as_bytes())
+}
+
+// ---------------------------------------------------------------------------
+// 1. Normal call
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_call_with_t38_reinvite_and_bye_stays_on_the_answering_node() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    let invite = call.invite(SDP_AUDIO);
+    h.trunk.send(&invite, h.addr).await;
+
+    let trying = h.trunk.recv_response(100).await;
+    assert_eq!(trying.branch(), call.invite_branch);
+    assert_eq!(trying.cseq(), (1, "INVITE".to_owned()));
+
+    // The INVITE at node 0: our Via on top, the trunk's below it, our
+    // Record-Route, Max-Forwards - 1, Request-URI and body untouched.
+    let inv = h.nodes[0].recv_request("INVITE").await;
+    assert_eq!(inv.from, h.addr, "sent from the proxy's socket");
+    assert_eq!(inv.request_uri(), call.invite_uri);
+    assert_our_via(&inv, h.addr);
+    assert_ne!(inv.branch(), call.invite_branch);
+    let vias = inv.vias();
+    assert_eq!(vias.len(), 2, "{}", inv.text());
+    let trunk_via = Via::parse(vias[1].as_bytes()).expect("the trunk's Via");
+    assert_eq!(trunk_via.branch(), Some(call.invite_branch.as_bytes()));
+    let rr = inv.values(HeaderName::RecordRoute);
+    assert_eq!(rr.len(), 1, "one Record-Route:\n{}", inv.text());
+    let rr_addr = NameAddr::parse(rr[0].as_bytes()).expect("Record-Route name-addr");
+    let rr_uri = Uri::parse(rr_addr.uri).expect("Record-Route URI");
+    assert_eq!(rr_uri.host_raw, Some(&b"127.0.0.1"[..]));
+    assert_eq!(rr_uri.port, Some(h.addr.port()));
+    assert!(rr_uri.param(b"lr").is_some(), "no ;lr: {}", rr[0]);
+    assert!(rr_uri.param(b"node").is_some(), "no node=: {}", rr[0]);
+    assert_eq!(inv.max_forwards(), Some(69));
+    assert_eq!(inv.body(), SDP_AUDIO.as_bytes());
+    assert_eq!(inv.call_id(), call.call_id);
+    assert_eq!(
+        inv.header_named("User-Agent").as_deref(),
+        Some("fake-trunk")
+    );
+    h.nodes[1].expect_nothing(Duration::ZERO).await;
+
+    // The node's own 100 is hop-by-hop (RFC 3261 §16.7 step 5): the trunk
+    // already had ours. 180 and 200 reach the trunk without our Via.
+    let node = &h.nodes[0];
+    let fs = Dialog::uas(node, &inv, &unique("fs-"));
+    node.send(reply(&inv, 100, "Trying", None), inv.from).await;
+    node.send(fs.answer(&inv, 180, "Ringing", None), inv.from)
+        .await;
+    let ringing = h.trunk.recv_response(180).await;
+    assert_only_via(&ringing, &call.invite_branch);
+    assert_eq!(ringing.to_tag().as_deref(), Some(fs.local_tag.as_str()));
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = h.trunk.recv_response(200).await;
+    assert_only_via(&ok, &call.invite_branch);
+    assert_eq!(ok.cseq(), (1, "INVITE".to_owned()));
+    assert_eq!(ok.to_tag().as_deref(), Some(fs.local_tag.as_str()));
+    assert_eq!(ok.body(), SDP_NODE.as_bytes());
+    assert_eq!(ok.values(HeaderName::RecordRoute), rr);
+    assert_eq!(dialog_node(&h, &call.call_id), Some(node.addr));
+    call.learn_2xx(&ok);
+    assert_eq!(call.route, rr);
+    assert_eq!(call.remote_target, fs.local_contact);
+
+    // ACK for the 2xx: end to end, to the same node, our Route popped.
+    let (ack, _) = call.request("ACK", None);
+    h.trunk.send(ack, h.addr).await;
+    let ack = node.recv_request("ACK").await;
+    assert_eq!(ack.cseq(), (1, "ACK".to_owned()));
+    assert_eq!(ack.request_uri(), fs.local_contact);
+    assert!(ack.values(HeaderName::Route).is_empty(), "{}", ack.text());
+    assert_our_via(&ack, h.addr);
+
+    // The T.38 re-INVITE reaches the answering node; its 200 the trunk.
+    let (reinvite, reinvite_branch) =
+        call.request("INVITE", Some(("application/sdp", SDP_T38.as_bytes())));
+    h.trunk.send(reinvite, h.addr).await;
+    let reinv = node.recv_request("INVITE").await;
+    assert_eq!(reinv.cseq(), (2, "INVITE".to_owned()));
+    assert_eq!(reinv.body(), SDP_T38.as_bytes());
+    assert!(
+        reinv.values(HeaderName::Route).is_empty(),
+        "{}",
+        reinv.text()
+    );
+    assert_our_via(&reinv, h.addr);
+    node.send(fs.answer(&reinv, 200, "OK", Some(SDP_T38)), reinv.from)
+        .await;
+    let got = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    let ok = got.last().unwrap();
+    assert!(got
+        .iter()
+        .all(|r| r.status().is_some_and(|c| c == 100 || c == 200)));
+    assert_eq!(ok.cseq(), (2, "INVITE".to_owned()));
+    assert_only_via(ok, &reinvite_branch);
+    assert_eq!(ok.body(), SDP_T38.as_bytes());
+    let (ack, _) = call.request("ACK", None);
+    h.trunk.send(ack, h.addr).await;
+    assert_eq!(node.recv_request("ACK").await.cseq(), (2, "ACK".to_owned()));
+
+    // BYE: same node, its 200 back, and the dialog is gone.
+    let (bye, bye_branch) = call.request("BYE", None);
+    h.trunk.send(bye, h.addr).await;
+    let bye = node.recv_request("BYE").await;
+    assert_eq!(bye.call_id(), call.call_id);
+    assert_our_via(&bye, h.addr);
+    node.send(fs.answer(&bye, 200, "OK", None), bye.from).await;
+    let ok = h.trunk.recv_response(200).await;
+    assert_eq!(ok.cseq(), (3, "BYE".to_owned()));
+    assert_only_via(&ok, &bye_branch);
+    assert_eq!(
+        dialog_node(&h, &call.call_id),
+        None,
+        "dialog still pinned after BYE's 200"
+    );
+
+    // Nothing ever went to the other node.
+    h.nodes[1].expect_nothing(QUIET).await;
+}
+
+// ---------------------------------------------------------------------------
+// 2-5. Failover
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_on_503_acks_it_and_the_trunk_never_sees_it() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+
+    let inv0 = h.nodes[0].recv_request("INVITE").await;
+    let tag0 = unique("fs0-");
+    h.nodes[0]
+        .send(
+            reply(&inv0, 503, "Service Unavailable", Some(&tag0)),
+            inv0.from,
+        )
+        .await;
+
+    // RFC 3261 §17.1.1.3: the ACK for a non-2xx is hop-by-hop, on the
+    // INVITE's branch, with the response's To.
+    let ack = h.nodes[0].recv_request("ACK").await;
+    assert_eq!(ack.branch(), inv0.branch());
+    assert_eq!(ack.cseq(), (1, "ACK".to_owned()));
+    assert_eq!(ack.request_uri(), inv0.request_uri());
+    assert_eq!(ack.to_tag().as_deref(), Some(tag0.as_str()));
+    assert_eq!(ack.call_id(), call.call_id);
+
+    let inv1 = h.nodes[1].recv_request("INVITE").await;
+    assert_ne!(
+        inv1.branch(),
+        inv0.branch(),
+        "a new branch for the new node"
+    );
+    assert_eq!(inv1.body(), SDP_AUDIO.as_bytes());
+    assert_eq!(inv1.max_forwards(), Some(69));
+    let fs1 = Dialog::uas(&h.nodes[1], &inv1, &unique("fs1-"));
+    h.nodes[1]
+        .send(fs1.answer(&inv1, 200, "OK", Some(SDP_NODE)), inv1.from)
+        .await;
+
+    let got = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    for r in &got {
+        assert!(
+            matches!(r.status(), Some(100 | 200)),
+            "the trunk must only see 100 and the 200, got {}",
+            r.first_line()
+        );
+    }
+    let ok = got.last().unwrap();
+    assert_eq!(ok.to_tag().as_deref(), Some(fs1.local_tag.as_str()));
+    call.learn_2xx(ok);
+    assert_eq!(dialog_node(&h, &call.call_id), Some(h.nodes[1].addr));
+    assert!(h.proxy.counters.failover_code.load(Ordering::Relaxed) >= 1);
+
+    // The ACK and later requests go to the node that answered.
+    let (ack, _) = call.request("ACK", None);
+    h.trunk.send(ack, h.addr).await;
+    h.nodes[1].recv_request("ACK").await;
+    h.nodes[0].expect_nothing(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_when_the_first_node_stays_silent() {
+    let h = Harness::start(Options {
+        fr_timeout: "300ms",
+        ..Options::default()
+    })
+    .await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+
+    let inv0 = h.nodes[0].recv_request("INVITE").await;
+    // Node 0 never answers; after fr_timeout node 1 gets the INVITE.
+    let inv1 = h.nodes[1].recv_request("INVITE").await;
+    assert_ne!(inv1.branch(), inv0.branch());
+    assert_eq!(inv1.call_id(), call.call_id);
+    let fs1 = Dialog::uas(&h.nodes[1], &inv1, &unique("fs1-"));
+    h.nodes[1]
+        .send(fs1.answer(&inv1, 200, "OK", Some(SDP_NODE)), inv1.from)
+        .await;
+    let got = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    assert!(
+        got.iter().all(|r| matches!(r.status(), Some(100 | 200))),
+        "the trunk saw a failure: {:?}",
+        got.iter().map(Received::first_line).collect::<Vec<_>>()
+    );
+    call.learn_2xx(got.last().unwrap());
+    assert_eq!(dialog_node(&h, &call.call_id), Some(h.nodes[1].addr));
+    assert!(h.proxy.counters.failover_timeout.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_failover_after_180() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+
+    let inv = h.nodes[0].recv_request("INVITE").await;
+    let tag = unique("fs0-");
+    h.nodes[0]
+        .send(reply(&inv, 180, "Ringing", Some(&tag)), inv.from)
+        .await;
+    h.nodes[0]
+        .send(
+            reply(&inv, 503, "Service Unavailable", Some(&tag)),
+            inv.from,
+        )
+        .await;
+
+    let got = h
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    let codes: Vec<u16> = got.iter().filter_map(Received::status).collect();
+    assert_eq!(
+        codes,
+        [100, 180, 503],
+        "the node had the call: its 503 is relayed"
+    );
+    let final_ = got.last().unwrap();
+    assert_eq!(final_.reason(), "Service Unavailable");
+    assert_only_via(final_, &call.invite_branch);
+
+    // The proxy ACKs the 503 itself; the trunk's ACK is absorbed.
+    let ack = h.nodes[0].recv_request("ACK").await;
+    assert_eq!(ack.branch(), inv.branch());
+    h.trunk.send(call.ack_non2xx(final_), h.addr).await;
+    h.nodes[0].expect_nothing(QUIET).await;
+    h.nodes[1].expect_nothing(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_nodes_503_gives_503_all_media_servers_unavailable() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+
+    for node in &h.nodes {
+        let inv = node.recv_request("INVITE").await;
+        node.send(
+            reply(&inv, 503, "Service Unavailable", Some(&unique("fs-"))),
+            inv.from,
+        )
+        .await;
+        assert_eq!(node.recv_request("ACK").await.branch(), inv.branch());
+    }
+    let got = h
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    let codes: Vec<u16> = got.iter().filter_map(Received::status).collect();
+    assert_eq!(codes, [100, 503]);
+    let final_ = got.last().unwrap();
+    assert_eq!(final_.reason(), "All media servers unavailable");
+    assert_eq!(final_.branch(), call.invite_branch);
+    assert_eq!(final_.cseq(), (1, "INVITE".to_owned()));
+    assert!(
+        final_.to_tag().is_some(),
+        "a final response carries a To tag"
+    );
+    assert_eq!(dialog_node(&h, &call.call_id), None);
+    h.trunk.send(call.ack_non2xx(final_), h.addr).await;
+    for node in &h.nodes {
+        node.expect_nothing(QUIET).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 6-8. Local answers
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dialog_bye_for_an_unknown_call_gets_481() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = Dialog::uac(&h.trunk, "sip:someone@192.0.2.50:5060");
+    call.remote_tag = Some("unknown-dialog".to_owned());
+    let (bye, b) = call.request("BYE", None);
+    h.trunk.send(bye, h.addr).await;
+    let r = h.trunk.recv_response(481).await;
+    assert_eq!(r.reason(), "Call/Transaction Does Not Exist");
+    assert_eq!(r.branch(), b);
+    assert_eq!(r.cseq(), (1, "BYE".to_owned()));
+    assert_eq!(r.call_id(), call.call_id);
+
+    // A CANCEL matching no transaction: 481 too (RFC 3261 §9.2).
+    let mut stray = h.trunk_call();
+    stray.invite(SDP_AUDIO); // sets the branch; never sent
+    h.trunk.send(stray.cancel(), h.addr).await;
+    let r = h.trunk.recv_response(481).await;
+    assert_eq!(r.cseq(), (1, "CANCEL".to_owned()));
+    assert_eq!(r.branch(), stray.invite_branch);
+    for node in &h.nodes {
+        node.expect_nothing(QUIET).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_zero_gets_483_except_options_to_us() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    let invite = String::from_utf8(call.invite(SDP_AUDIO)).unwrap();
+    let invite = invite.replace("Max-Forwards: 70\r\n", "Max-Forwards: 0\r\n");
+    h.trunk.send(invite, h.addr).await;
+    let r = h.trunk.recv_response(483).await;
+    assert_eq!(r.branch(), call.invite_branch);
+    assert_eq!(h.proxy.counters.answered_483.load(Ordering::Relaxed), 1);
+
+    // An OPTIONS for the proxy itself is not forwarded, so §16.3 lets the
+    // proxy answer it as the final recipient even with Max-Forwards 0.
+    let (options, b, _) = h.keepalive(0);
+    h.trunk.send(options, h.addr).await;
+    let r = h.trunk.recv_response(200).await;
+    assert_eq!(r.branch(), b);
+    for node in &h.nodes {
+        node.expect_nothing(QUIET).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_without_call_id_gets_400_naming_it() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    let invite = String::from_utf8(call.invite(SDP_AUDIO)).unwrap();
+    let line = format!("Call-ID: {}\r\n", call.call_id);
+    assert!(invite.contains(&line));
+    h.trunk.send(invite.replace(&line, ""), h.addr).await;
+    let r = h.trunk.recv_response(400).await;
+    assert!(r.reason().contains("Call-ID"), "reason: {}", r.reason());
+    assert_eq!(r.branch(), call.invite_branch);
+    for node in &h.nodes {
+        node.expect_nothing(QUIET).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_malformed_responses_are_dropped_and_counted() {
+    let h = Harness::start(Options::default()).await;
+    let before = h.dropped();
+    let garbage: &[&[u8]] = &[
+        // Not SIP at all.
+        b"\x00\x01\x02 hello garbage \xff\xfe\r\n\r\n",
+        // A response with a broken status line.
+        b"SIP/2.0 2x0 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: g1\r\nCSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n",
+        // A response without any Via.
+        b"SIP/2.0 200 OK\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\n\
+Call-ID: g2\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        // A request without Via: no way to route an answer.
+        b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n\
+Call-ID: g3\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+    ];
+    for g in garbage {
+        h.trunk.send(g, h.addr).await;
+    }
+    let want = before + garbage.len() as u64;
+    eventually("every bad datagram counted as dropped", || {
+        h.dropped() >= want
+    })
+    .await;
+
+    // Still serving; and nothing at all was answered to the garbage.
+    let (options, _, _) = h.keepalive(70);
+    h.trunk.send(options, h.addr).await;
+    let r = h.trunk.recv().await;
+    assert_eq!(r.status(), Some(200), "{}", r.text());
+    assert_eq!(r.cseq_method(), "OPTIONS");
+    for node in &h.nodes {
+        node.expect_nothing(Duration::ZERO).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_to_the_proxy_itself_is_answered_locally() {
+    let h = Harness::start(Options::default()).await;
+    let (options, b, cid) = h.keepalive(70);
+    h.trunk.send(options, h.addr).await;
+    let r = h.trunk.recv_response(200).await;
+    assert_eq!(r.branch(), b);
+    assert_eq!(r.call_id(), cid);
+    assert_eq!(r.cseq(), (7, "OPTIONS".to_owned()));
+    assert!(r.to_tag().is_some());
+    for node in &h.nodes {
+        node.expect_nothing(QUIET).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 9-10. CANCEL and retransmissions
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_180_reaches_the_node_and_487_comes_back() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    h.trunk.recv_response(100).await;
+    let node = &h.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    let tag = unique("fs-");
+    node.send(reply(&inv, 180, "Ringing", Some(&tag)), inv.from)
+        .await;
+    h.trunk.recv_response(180).await;
+
+    h.trunk.send(call.cancel(), h.addr).await;
+    // The CANCEL on the node: the branch, Request-URI and CSeq number of
+    // the INVITE it cancels (RFC 3261 §9.1).
+    let cancel = node.recv_request("CANCEL").await;
+    assert_eq!(cancel.branch(), inv.branch());
+    assert_eq!(cancel.request_uri(), inv.request_uri());
+    assert_eq!(cancel.cseq(), (1, "CANCEL".to_owned()));
+    assert_eq!(cancel.call_id(), call.call_id);
+    node.send(reply(&cancel, 200, "OK", Some(&tag)), cancel.from)
+        .await;
+    node.send(reply(&inv, 487, "Request Terminated", Some(&tag)), inv.from)
+        .await;
+
+    let got = h.trunk.recv_until(|r| r.status() == Some(487)).await;
+    let cancel_oks: Vec<&Received> = got
+        .iter()
+        .filter(|r| r.status() == Some(200) && r.cseq_method() == "CANCEL")
+        .collect();
+    assert_eq!(cancel_oks.len(), 1, "exactly one 200 for the CANCEL");
+    assert_eq!(cancel_oks[0].branch(), call.invite_branch);
+    assert!(
+        got.iter().all(|r| matches!(r.status(), Some(200 | 487))),
+        "{:?}",
+        got.iter().map(Received::first_line).collect::<Vec<_>>()
+    );
+    let terminated = got.last().unwrap();
+    assert_eq!(terminated.cseq(), (1, "INVITE".to_owned()));
+    assert_only_via(terminated, &call.invite_branch);
+
+    // The proxy ACKs the 487 hop-by-hop; the trunk's ACK is absorbed.
+    let ack = node.recv_request("ACK").await;
+    assert_eq!(ack.branch(), inv.branch());
+    h.trunk.send(call.ack_non2xx(terminated), h.addr).await;
+    node.expect_nothing(QUIET).await;
+    h.nodes[1].expect_nothing(Duration::ZERO).await;
+    eventually("dialog removed after the 487", || {
+        dialog_node(&h, &call.call_id).is_none()
+    })
+    .await;
+}
+
+/// RFC 3261 §9.1 / §16.10: a CANCEL for a branch that has had no
+/// provisional response yet MUST NOT be sent; the proxy waits for one.
+/// The trunk still gets its 200 for the CANCEL at once, and in the end a
+/// 487, and the INVITE never moves to another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_any_provisional_waits_for_one() {
+    let h = Harness::start(Options {
+        fr_timeout: "1500ms",
+        ..Options::default()
+    })
+    .await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    h.trunk.recv_response(100).await;
+    let node = &h.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+
+    h.trunk.send(call.cancel(), h.addr).await;
+    let ok = h.trunk.recv_response(200).await;
+    assert_eq!(ok.cseq_method(), "CANCEL");
+    node.expect_nothing(Duration::from_millis(200)).await;
+
+    // The node's first provisional releases the CANCEL.
+    let tag = unique("fs-");
+    node.send(reply(&inv, 180, "Ringing", Some(&tag)), inv.from)
+        .await;
+    let cancel = node.recv_request("CANCEL").await;
+    assert_eq!(cancel.branch(), inv.branch());
+    node.send(reply(&cancel, 200, "OK", Some(&tag)), cancel.from)
+        .await;
+    node.send(reply(&inv, 487, "Request Terminated", Some(&tag)), inv.from)
+        .await;
+    let got = h
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 300))
+        .await;
+    assert_eq!(got.last().unwrap().status(), Some(487));
+    h.nodes[1].expect_nothing(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_retransmissions_are_absorbed() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    let invite = call.invite(SDP_AUDIO);
+    h.trunk.send(&invite, h.addr).await;
+    h.trunk.recv_response(100).await;
+    // Timer A on the trunk: the same INVITE again; our 100 is repeated.
+    h.trunk.send(&invite, h.addr).await;
+    h.trunk.recv_response(100).await;
+
+    let node = &h.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    node.send(reply(&inv, 180, "Ringing", Some(&unique("fs-"))), inv.from)
+        .await;
+    h.trunk.recv_response(180).await;
+    // Once more after the 180: the last provisional is repeated.
+    h.trunk.send(&invite, h.addr).await;
+    let again = h.trunk.recv_response(180).await;
+    assert_eq!(again.branch(), call.invite_branch);
+
+    for n in &h.nodes {
+        n.expect_nothing(QUIET).await;
+    }
+}
+
+/// The same INVITE arriving twice at once (a trunk retransmitting while
+/// the first copy is still queued, or a duplicated datagram) must still
+/// start one transaction: the proxy serves the socket from several tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_invite_copies_start_one_transaction() {
+    let h = Harness::start(Options::default()).await;
+    const CALLS: usize = 30;
+    let mut calls = Vec::new();
+    for _ in 0..CALLS {
+        let mut call = h.trunk_call();
+        let invite = call.invite(SDP_AUDIO);
+        for _ in 0..3 {
+            h.trunk.send(&invite, h.addr).await;
+        }
+        calls.push(call.call_id);
+    }
+    // Node 0 rings each INVITE it gets (so no timeout moves a call to node
+    // 1) and counts them per Call-ID.
+    let node = &h.nodes[0];
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    while let Some(inv) = node.recv_within(QUIET).await {
+        assert_eq!(inv.method().as_deref(), Some("INVITE"), "{}", inv.text());
+        node.send(reply(&inv, 180, "Ringing", Some(&unique("fs-"))), inv.from)
+            .await;
+        *seen.entry(inv.call_id()).or_default() += 1;
+    }
+    for cid in &calls {
+        assert_eq!(seen.get(cid), Some(&1), "INVITEs forwarded for {cid}");
+    }
+    h.nodes[1].expect_nothing(Duration::ZERO).await;
+}
+
+/// A stateful proxy absorbs a retransmitted non-INVITE request in its
+/// server transaction (RFC 3261 §17.2.2, §16); at most it may pass the copy
+/// on as a retransmission of its own client transaction (same branch). A
+/// copy forwarded on a new branch is a second BYE with the same CSeq to the
+/// node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dialog_retransmission_is_not_a_new_transaction() {
+    let h = Harness::start(Options::default()).await;
+    let Established {
+        mut call,
+        node_side,
+        node,
+    } = establish(&h).await;
+    let node = &h.nodes[node];
+    let (bye, bye_branch) = call.request("BYE", None);
+    h.trunk.send(&bye, h.addr).await;
+    let first = node.recv_request("BYE").await;
+    // Timer E on the trunk: the node has not answered yet.
+    h.trunk.send(&bye, h.addr).await;
+    if let Some(copy) = node.recv_within(QUIET).await {
+        assert_eq!(copy.method().as_deref(), Some("BYE"), "{}", copy.text());
+        assert_eq!(
+            copy.branch(),
+            first.branch(),
+            "the retransmission went out as a new transaction"
+        );
+    }
+    node.send(node_side.answer(&first, 200, "OK", None), first.from)
+        .await;
+    let ok = h.trunk.recv_response(200).await;
+    assert_only_via(&ok, &bye_branch);
+}
+
+// ---------------------------------------------------------------------------
+// 11-12. Requests from the nodes
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_originated_bye_reaches_the_trunk_and_its_200_comes_back() {
+    let h = Harness::start(Options::default()).await;
+    let Established {
+        call,
+        mut node_side,
+        node,
+    } = establish(&h).await;
+    let node = &h.nodes[node];
+    assert_eq!(
+        node_side.route.len(),
+        1,
+        "the node learned our Record-Route"
+    );
+
+    let (bye, bye_branch) = node_side.request("BYE", None);
+    node.send(bye, h.addr).await;
+    let bye = h.trunk.recv_request("BYE").await;
+    assert_eq!(bye.from, h.addr);
+    assert_eq!(bye.request_uri(), call.local_contact, "Request-URI kept");
+    assert!(
+        bye.values(HeaderName::Route).is_empty(),
+        "our Route popped:\n{}",
+        bye.text()
+    );
+    assert_our_via(&bye, h.addr);
+    assert_eq!(bye.vias().len(), 2);
+    assert_eq!(bye.max_forwards(), Some(69));
+    assert_eq!(bye.call_id(), call.call_id);
+    assert_eq!(
+        bye.tag_in_from().as_deref(),
+        Some(node_side.local_tag.as_str())
+    );
+
+    h.trunk
+        .send(call.answer(&bye, 200, "OK", None), h.addr)
+        .await;
+    let ok = node.recv_response(200).await;
+    assert_eq!(ok.cseq().1, "BYE");
+    assert_only_via(&ok, &bye_branch);
+    assert_eq!(
+        dialog_node(&h, &call.call_id),
+        None,
+        "dialog still pinned after BYE's 200"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_reinvite_from_another_node_repins_the_call() {
+    let h = Harness::start(Options::default()).await;
+    let Established {
+        mut call,
+        node_side,
+        node,
+    } = establish(&h).await;
+    assert_eq!(node, 0);
+    let (a, b) = (&h.nodes[0], &h.nodes[1]);
+    assert_eq!(dialog_node(&h, &call.call_id), Some(a.addr));
+
+    // Node B recovered the call (sofia recover): same dialog, its own
+    // Contact, the route set node A learned.
+    let mut recovered = node_side.clone();
+    recovered.local = b.addr;
+    recovered.local_contact = format!("sip:fs@{}", b.addr);
+    let (reinvite, reinvite_branch) =
+        recovered.request("INVITE", Some(("application/sdp", SDP_NODE.as_bytes())));
+    b.send(reinvite, h.addr).await;
+
+    let reinv = h.trunk.recv_request("INVITE").await;
+    assert_eq!(reinv.request_uri(), call.local_contact);
+    assert_eq!(reinv.call_id(), call.call_id);
+    assert_eq!(
+        reinv.contact_uri().as_deref(),
+        Some(recovered.local_contact.as_str())
+    );
+    assert_our_via(&reinv, h.addr);
+    // The trunk's target refresh (RFC 3261 §12.2.2).
+    call.remote_target = reinv.contact_uri().unwrap();
+    h.trunk
+        .send(call.answer(&reinv, 200, "OK", Some(SDP_AUDIO)), h.addr)
+        .await;
+    let got = b.recv_until(|r| r.status() == Some(200)).await;
+    let ok = got.last().unwrap();
+    assert_eq!(ok.cseq().1, "INVITE");
+    assert_only_via(ok, &reinvite_branch);
+    assert_eq!(
+        dialog_node(&h, &call.call_id),
+        Some(b.addr),
+        "the takeover's 2xx re-pins the call"
+    );
+    let (ack, _) = recovered.request("ACK", None);
+    b.send(ack, h.addr).await;
+    h.trunk.recv_request("ACK").await;
+
+    // The trunk's BYE goes to B, not A.
+    let (bye, bye_branch) = call.request("BYE", None);
+    h.trunk.send(bye, h.addr).await;
+    let bye = b.recv_request("BYE").await;
+    b.send(recovered.answer(&bye, 200, "OK", None), bye.from)
+        .await;
+    let ok = h.trunk.recv_response(200).await;
+    assert_only_via(&ok, &bye_branch);
+    a.expect_nothing(QUIET).await;
+}
+
+// ---------------------------------------------------------------------------
+// 13. No open relay
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_requests_from_outside_only_go_to_the_pool() {
+    let h = Harness::start(Options::default()).await;
+    // A host the sender would like us to reach, observable.
+    let victim = Peer::bind("victim").await;
+
+    // INVITE for a foreign Request-URI, with a Route to the victim.
+    let mut call = Dialog::uac(&h.trunk, "sip:bob@192.0.2.99");
+    let invite = call.invite_with(SDP_AUDIO, &[("Route", format!("<sip:{};lr>", victim.addr))]);
+    h.trunk.send(invite, h.addr).await;
+    let inv = h.nodes[0].recv_request("INVITE").await;
+    assert_eq!(
+        inv.request_uri(),
+        "sip:bob@192.0.2.99",
+        "ds_select_dst keeps the R-URI"
+    );
+    assert_our_via(&inv, h.addr);
+
+    // An out-of-dialog OPTIONS for a user at the victim.
+    let options = assemble(
+        &format!("OPTIONS sip:bob@{} SIP/2.0", victim.addr),
+        &[
+            (
+                "Via",
+                format!("SIP/2.0/UDP {};branch={};rport", h.trunk.addr, branch()),
+            ),
+            ("Max-Forwards", "70".to_owned()),
+            ("From", format!("<sip:x@{}>;tag=o1", h.trunk.addr)),
+            ("To", format!("<sip:bob@{}>", victim.addr)),
+            ("Call-ID", unique("relay-")),
+            ("CSeq", "1 OPTIONS".to_owned()),
+        ],
+        None,
+    );
+    h.trunk.send(options, h.addr).await;
+    let opt = h.nodes[0].recv_request("OPTIONS").await;
+    assert_our_via(&opt, h.addr);
+
+    victim.expect_nothing(QUIET).await;
+}
+
+// ---------------------------------------------------------------------------
+// Beyond the list: more of issue 3's behaviours
+// ---------------------------------------------------------------------------
+
+/// A node whose port is closed: the ICMP port unreachable surfaces as an
+/// error on the proxy's UDP socket and moves the INVITE on at once, long
+/// before fr_timeout (issue 3: "or the send fails").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: ICMP port unreachable never triggers failover (no IP_RECVERR; recv_loop only logs errors)"]
+async fn failover_on_icmp_port_unreachable() {
+    let mut h = Harness::start(Options {
+        fr_timeout: "10s",
+        ..Options::default()
+    })
+    .await;
+    drop(h.nodes.remove(0)); // node 0 dies: its port is closed
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    let inv = h.nodes[0].recv_request("INVITE").await;
+    assert_eq!(inv.call_id(), call.call_id);
+}
+
+/// After a provisional reply fr_inv_timeout applies: CANCEL the branch and
+/// answer 408, never a second node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fr_inv_timeout_after_180_cancels_and_answers_408() {
+    let h = Harness::start(Options {
+        fr_inv_timeout: "400ms",
+        ..Options::default()
+    })
+    .await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    let node = &h.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    node.send(reply(&inv, 180, "Ringing", Some(&unique("fs-"))), inv.from)
+        .await;
+    let cancel = node.recv_request("CANCEL").await;
+    assert_eq!(cancel.branch(), inv.branch());
+    let got = h
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    let codes: Vec<u16> = got.iter().filter_map(Received::status).collect();
+    assert_eq!(codes, [100, 180, 408]);
+    h.nodes[1].expect_nothing(QUIET).await;
+}
+
+/// A node retransmitting its 2xx (its ACK got lost): every copy reaches the
+/// trunk (RFC 3261 §16.7 step 10 / §13.3.1.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmitted_2xx_is_relayed() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    let node = &h.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    let fs = Dialog::uas(node, &inv, &unique("fs-"));
+    let ok = fs.answer(&inv, 200, "OK", Some(SDP_NODE));
+    node.send(&ok, inv.from).await;
+    h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    node.send(&ok, inv.from).await;
+    let again = h.trunk.recv_response(200).await;
+    assert_only_via(&again, &call.invite_branch);
+}
