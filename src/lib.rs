@@ -14,7 +14,6 @@
 //!   buffer, and builders for local responses and OPTIONS probes.
 //! - [`config`]: the TOML configuration (`proxy.toml.example`), its
 //!   validation and the errors that name file, key and reason.
-//!
 //! - [`transport`]: UDP sockets set up for a busy SIP edge.
 //! - [`transaction`]: client transactions, keyed by the branch we add.
 //! - [`dispatcher`]: the node pool and the selection algorithms.
