@@ -854,7 +854,6 @@ async fn initial_requests_from_outside_only_go_to_the_pool() {
 /// error on the proxy's UDP socket and moves the INVITE on at once, long
 /// before fr_timeout (issue 3: "or the send fails").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: ICMP port unreachable never triggers failover (no IP_RECVERR; recv_loop only logs errors)"]
 async fn failover_on_icmp_port_unreachable() {
     let mut h = Harness::start(Options {
         fr_timeout: "10s",

@@ -8,13 +8,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::{sleep_until, Instant};
 
 use super::{Counters, Proxy, ServerInvite};
 use crate::dialog::Removal;
 use crate::sip::{Editor, HeaderName, Message, Method, Response};
 use crate::transaction::{ClientTxn, LINGER};
+
+/// What an INVITE task hears: the responses on its branches and the
+/// destinations reported unreachable.
+struct Replies {
+    rx: mpsc::Receiver<Bytes>,
+    icmp: broadcast::Receiver<SocketAddr>,
+}
 
 /// How one attempt on a node ended.
 enum Attempt {
@@ -42,7 +49,11 @@ impl Proxy {
             .into();
         self.answer(&msg, src, &server, 100, b"Trying");
         let call_id = msg.call_id().unwrap_or_default();
-        let (tx, mut rx) = mpsc::channel(32);
+        let (tx, rx) = mpsc::channel(32);
+        let mut replies = Replies {
+            rx,
+            icmp: self.unreachable.subscribe(),
+        };
         let mut decided = false;
         let mut branches = Vec::new();
         for node in self.dispatcher.plan(call_id) {
@@ -63,7 +74,7 @@ impl Proxy {
                 continue;
             }
             match self
-                .attempt(&msg, src, &server, &branch, addr, &mut rx)
+                .attempt(&msg, src, &server, &branch, addr, &mut replies)
                 .await
             {
                 Attempt::Failover => tracing::info!(node = %addr, "INVITE failed over"),
@@ -88,7 +99,7 @@ impl Proxy {
         loop {
             tokio::select! {
                 _ = sleep_until(end) => break,
-                r = rx.recv() => match r {
+                r = replies.rx.recv() => match r {
                     Some(b) => {
                         if let Ok(resp) = Message::parse(&b) {
                             if resp.status().is_some_and(|c| (200..300).contains(&c))
@@ -116,7 +127,7 @@ impl Proxy {
         server: &ServerInvite,
         branch: &str,
         addr: SocketAddr,
-        rx: &mut mpsc::Receiver<Bytes>,
+        replies: &mut Replies,
     ) -> Attempt {
         let fr = self.cfg.failover.fr_timeout;
         let fr_inv = self.cfg.failover.fr_inv_timeout;
@@ -140,6 +151,14 @@ impl Proxy {
                         cancel_pending = true;
                     }
                 }
+                r = replies.icmp.recv() => {
+                    // The node's port is closed (ICMP port unreachable):
+                    // no reason to wait for fr_timeout.
+                    if r.is_ok_and(|a| a == addr) && !trying && !ringing {
+                        Counters::inc(&self.counters.failover_transport);
+                        return Attempt::Failover;
+                    }
+                }
                 _ = sleep_until(deadline) => {
                     if ringing {
                         // fr_inv_timeout: the node has the call but no final.
@@ -161,7 +180,7 @@ impl Proxy {
                     }
                     return Attempt::Failover;
                 }
-                r = rx.recv() => {
+                r = replies.rx.recv() => {
                     let Some(b) = r else { return Attempt::Done };
                     let Ok(resp) = Message::parse(&b) else { continue };
                     // Responses to our CANCEL share the branch: not the answer.

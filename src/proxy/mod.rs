@@ -100,6 +100,9 @@ pub struct Proxy {
     branches: BranchGen,
     socket: Arc<UdpSocket>,
     shutting_down: AtomicBool,
+    /// Destinations the kernel reported unreachable (ICMP), for the INVITE
+    /// tasks waiting on them.
+    unreachable: tokio::sync::broadcast::Sender<SocketAddr>,
     pub counters: Counters,
 }
 
@@ -107,6 +110,9 @@ impl Proxy {
     /// Builds the proxy around already-bound sockets (tests bind port 0).
     pub fn new(cfg: Config, sockets: Vec<UdpSocket>) -> Result<Arc<Proxy>, ProxyError> {
         let socket = sockets.into_iter().next().ok_or(ProxyError::NoSocket)?;
+        if let Err(e) = crate::transport::enable_icmp_errors(&socket) {
+            tracing::warn!("ICMP errors not reported, failover waits for fr_timeout: {e}");
+        }
         let adv_host = cfg.listen.advertise.host.to_string();
         // Port 0 (tests, scripts) means "whatever was bound".
         let adv_port = match cfg.listen.advertised_port() {
@@ -124,6 +130,7 @@ impl Proxy {
             branches: BranchGen::default(),
             socket: Arc::new(socket),
             shutting_down: AtomicBool::new(false),
+            unreachable: tokio::sync::broadcast::channel(64).0,
             counters: Counters::default(),
             cfg,
         }))
@@ -186,10 +193,10 @@ impl Proxy {
                 _ = cancel.cancelled() => return,
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok(r) => r,
-                    // ICMP errors surface here on some platforms; the
-                    // failover timer covers the node that caused them.
+                    // An ICMP error for something we sent (IP_RECVERR).
                     Err(e) => {
                         tracing::debug!("recv: {e}");
+                        self.drain_unreachable();
                         continue;
                     }
                 },
@@ -216,10 +223,31 @@ impl Proxy {
         }
     }
 
+    /// Reads the ICMP errors queued on the socket: each destination is
+    /// marked suspect and the INVITE waiting on it fails over at once.
+    fn drain_unreachable(&self) {
+        let mut dead = Vec::new();
+        crate::transport::take_unreachable(&self.socket, &mut dead);
+        for addr in dead {
+            tracing::debug!(%addr, "ICMP: destination unreachable");
+            if let Some(i) = self.dispatcher.find(addr) {
+                self.dispatcher.mark_suspect(i);
+            }
+            let _ = self.unreachable.send(addr);
+        }
+    }
+
     /// Sends `bytes` to `to`; a full socket buffer or an unreachable peer is
     /// counted, never fatal.
     fn send(&self, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
-        let r = self.socket.try_send_to(bytes, to).map(|_| ());
+        let mut r = self.socket.try_send_to(bytes, to).map(|_| ());
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
+            // A pending ICMP error from an earlier datagram, maybe to
+            // another peer: this datagram was not sent. Read who it was
+            // about and try again.
+            self.drain_unreachable();
+            r = self.socket.try_send_to(bytes, to).map(|_| ());
+        }
         if let Err(e) = &r {
             Counters::inc(&self.counters.send_errors);
             tracing::debug!("send to {to}: {e}");

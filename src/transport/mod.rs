@@ -5,4 +5,4 @@
 
 pub mod udp;
 
-pub use udp::{bind_udp, UdpOptions};
+pub use udp::{bind_udp, enable_icmp_errors, take_unreachable, UdpOptions};
