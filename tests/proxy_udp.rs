@@ -910,3 +910,33 @@ async fn retransmitted_2xx_is_relayed() {
     let again = h.trunk.recv_response(200).await;
     assert_only_via(&again, &call.invite_branch);
 }
+
+/// Timer A (RFC 3261 §17.1.1.2): a node that has not answered yet gets the
+/// same INVITE again (same branch) at T1, and nothing more once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_node_gets_the_invite_retransmitted() {
+    let h = Harness::start(Options {
+        fr_timeout: "5s",
+        ..Options::default()
+    })
+    .await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    let first = h.nodes[0].recv_request("INVITE").await;
+    let again = h.nodes[0].recv_request("INVITE").await;
+    assert_eq!(
+        again.branch(),
+        first.branch(),
+        "a retransmission, not a new try"
+    );
+    assert_eq!(again.call_id(), first.call_id());
+    h.nodes[0]
+        .send(
+            reply(&again, 180, "Ringing", Some(&unique("fs0-"))),
+            again.from,
+        )
+        .await;
+    // T1 doubles to 1 s; once answered, no further copy comes.
+    h.nodes[0].expect_nothing(Duration::from_millis(1500)).await;
+    h.nodes[1].expect_nothing(Duration::ZERO).await;
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{broadcast, mpsc};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Duration, Instant};
 
 use super::{Counters, Proxy, ServerInvite};
 use crate::dialog::Removal;
@@ -22,6 +22,16 @@ struct Replies {
     rx: mpsc::Receiver<Bytes>,
     icmp: broadcast::Receiver<SocketAddr>,
 }
+
+/// One try on one node: our branch, its address, the INVITE as sent.
+struct Leg<'a> {
+    branch: &'a str,
+    addr: SocketAddr,
+    invite: &'a [u8],
+}
+
+/// RFC 3261 T1: the first retransmission interval of our INVITE.
+const T1: Duration = Duration::from_millis(500);
 
 /// How one attempt on a node ended.
 enum Attempt {
@@ -74,7 +84,17 @@ impl Proxy {
                 continue;
             }
             match self
-                .attempt(&msg, src, &server, &branch, addr, &mut replies)
+                .attempt(
+                    &msg,
+                    src,
+                    &server,
+                    &Leg {
+                        branch: &branch,
+                        addr,
+                        invite: &fwd,
+                    },
+                    &mut replies,
+                )
                 .await
             {
                 Attempt::Failover => tracing::info!(node = %addr, "INVITE failed over"),
@@ -125,10 +145,15 @@ impl Proxy {
         msg: &Message<'_>,
         src: SocketAddr,
         server: &ServerInvite,
-        branch: &str,
-        addr: SocketAddr,
+        leg: &Leg<'_>,
         replies: &mut Replies,
     ) -> Attempt {
+        let (branch, addr) = (leg.branch, leg.addr);
+        // Timer A (RFC 3261 §17.1.1.2): resend to a silent node at T1,
+        // doubling, until anything comes back.
+        let mut resend_every = T1;
+        let mut resend_at = Instant::now() + T1;
+        let mut heard = false;
         let fr = self.cfg.failover.fr_timeout;
         let fr_inv = self.cfg.failover.fr_inv_timeout;
         let mut deadline = Instant::now() + fr;
@@ -150,6 +175,11 @@ impl Proxy {
                     } else {
                         cancel_pending = true;
                     }
+                }
+                _ = sleep_until(resend_at), if !heard => {
+                    let _ = self.send(leg.invite, addr);
+                    resend_every *= 2;
+                    resend_at = Instant::now() + resend_every;
                 }
                 r = replies.icmp.recv() => {
                     // The node's port is closed (ICMP port unreachable):
@@ -188,6 +218,7 @@ impl Proxy {
                         continue;
                     }
                     let Some(code) = resp.status() else { continue };
+                    heard = true;
                     if code < 200 && cancel_pending {
                         self.send_hop(msg, Method::Cancel, branch, None, addr);
                         (cancel_pending, cancel_sent) = (false, true);
