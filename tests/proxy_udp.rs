@@ -940,3 +940,36 @@ async fn silent_node_gets_the_invite_retransmitted() {
     h.nodes[0].expect_nothing(Duration::from_millis(1500)).await;
     h.nodes[1].expect_nothing(Duration::ZERO).await;
 }
+
+/// Timer E (RFC 3261 §17.1.2.2): a forwarded non-INVITE request is resent
+/// on the same branch while the node is silent, and no longer once it has
+/// answered; the answer still reaches the trunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_node_gets_a_non_invite_retransmitted() {
+    let h = Harness::start(Options::default()).await;
+    let options = assemble(
+        "OPTIONS sip:bob@192.0.2.99 SIP/2.0",
+        &[
+            (
+                "Via",
+                format!("SIP/2.0/UDP {};branch={};rport", h.trunk.addr, branch()),
+            ),
+            ("Max-Forwards", "70".to_owned()),
+            ("From", format!("<sip:x@{}>;tag=e1", h.trunk.addr)),
+            ("To", "<sip:bob@192.0.2.99>".to_owned()),
+            ("Call-ID", unique("timer-e-")),
+            ("CSeq", "1 OPTIONS".to_owned()),
+        ],
+        None,
+    );
+    h.trunk.send(options, h.addr).await;
+    let first = h.nodes[0].recv_request("OPTIONS").await;
+    let again = h.nodes[0].recv_request("OPTIONS").await;
+    assert_eq!(again.branch(), first.branch());
+    h.nodes[0]
+        .send(reply(&again, 200, "OK", Some(&unique("fs0-"))), again.from)
+        .await;
+    let ok = h.trunk.recv_response(200).await;
+    assert_eq!(ok.status(), Some(200));
+    h.nodes[0].expect_nothing(Duration::from_millis(1200)).await;
+}

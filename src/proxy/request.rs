@@ -162,7 +162,7 @@ impl Proxy {
     }
 
     /// A request from a pool member starting a call to the outside.
-    fn egress(&self, msg: &Message<'_>, src: SocketAddr, node: usize) {
+    fn egress(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr, node: usize) {
         let Some(to) = msg.request_uri().ok().as_ref().and_then(uri_addr) else {
             return self.reply(msg, src, 404, b"Not Found");
         };
@@ -183,7 +183,7 @@ impl Proxy {
         );
     }
 
-    fn in_dialog(&self, msg: &Message<'_>, src: SocketAddr, from_node: Option<usize>) {
+    fn in_dialog(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr, from_node: Option<usize>) {
         let call_id = msg.call_id().unwrap_or_default();
         let route = msg
             .first_route()
@@ -242,7 +242,7 @@ impl Proxy {
 
     /// Forwards statefully (responses relayed through a transaction; ACK
     /// statelessly).
-    fn forward(&self, msg: &Message<'_>, src: SocketAddr, f: Forward) {
+    fn forward(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr, f: Forward) {
         // RFC 3261 §16.11: a retransmitted request must go out with the same
         // branch, so the node's transaction absorbs it; derive ours from the
         // sender's RFC 3261 branch and address.
@@ -282,10 +282,53 @@ impl Proxy {
                     is_bye: method == Some(Method::Bye),
                     repin: f.repin,
                     created: tokio::time::Instant::now(),
+                    answered: Default::default(),
                 }),
             );
+            let is_invite = method == Some(Method::Invite);
+            tokio::spawn(self.clone().retransmit(
+                bytes::Bytes::copy_from_slice(out),
+                f.to,
+                branch,
+                is_invite,
+            ));
         }
         let _ = self.send(out, f.to);
+    }
+
+    /// Timer E (Timer A for an INVITE): resend a forwarded request at T1,
+    /// doubling (capped at T2 for non-INVITE), until a response arrives or
+    /// Timer F runs out (RFC 3261 §17.1.2.2).
+    async fn retransmit(
+        self: Arc<Self>,
+        bytes: bytes::Bytes,
+        to: SocketAddr,
+        branch: String,
+        invite: bool,
+    ) {
+        use std::sync::atomic::Ordering;
+        use tokio::time::{sleep, Duration};
+        const T1: Duration = Duration::from_millis(500);
+        const T2: Duration = Duration::from_secs(4);
+        let mut every = T1;
+        let mut waited = Duration::ZERO;
+        while waited < crate::transaction::LINGER {
+            sleep(every).await;
+            waited += every;
+            let pending = self.txns.with(branch.as_bytes(), |t| match t {
+                ClientTxn::Relay(r) => !r.answered.load(Ordering::Relaxed),
+                ClientTxn::Invite(_) => false,
+            });
+            if pending != Some(true) || self.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+            let _ = self.send(&bytes, to);
+            every = if invite {
+                every * 2
+            } else {
+                (every * 2).min(T2)
+            };
+        }
     }
 
     /// Pins a new call; a full table still lets the call through.

@@ -35,11 +35,14 @@ impl Proxy {
                 let _ = tx.try_send(Bytes::copy_from_slice(msg.as_bytes()));
                 Action::Task
             }
-            ClientTxn::Relay(r) => Action::Relay {
-                bye: r.is_bye,
-                repin: r.repin,
-                call_id: r.call_id.clone(),
-            },
+            ClientTxn::Relay(r) => {
+                r.answered.store(true, std::sync::atomic::Ordering::Relaxed);
+                Action::Relay {
+                    bye: r.is_bye,
+                    repin: r.repin,
+                    call_id: r.call_id.clone(),
+                }
+            }
         });
         match action {
             None => {

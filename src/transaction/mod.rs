@@ -85,6 +85,8 @@ pub struct Relay {
     /// (FreeSWITCH `sofia recover`): its 2xx re-pins the call to it.
     pub repin: Option<SocketAddr>,
     pub created: Instant,
+    /// A response came back: stop retransmitting (Timer E / A).
+    pub answered: std::sync::atomic::AtomicBool,
 }
 
 /// The table of client transactions.
@@ -159,6 +161,7 @@ mod tests {
                 is_bye: false,
                 repin: None,
                 created: Instant::now(),
+                answered: Default::default(),
             }),
         );
         t.sweep(Instant::now());
