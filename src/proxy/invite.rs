@@ -51,12 +51,9 @@ impl Proxy {
         let Ok(msg) = Message::parse(&raw) else {
             return;
         };
-        let key: Box<[u8]> = msg
-            .top_via()
-            .ok()
-            .and_then(|v| v.branch())
-            .unwrap_or_default()
-            .into();
+        let Some(key) = super::request::server_key(&msg) else {
+            return;
+        };
         self.answer(&msg, src, &server, 100, b"Trying");
         let call_id = msg.call_id().unwrap_or_default();
         let (tx, rx) = mpsc::channel(32);

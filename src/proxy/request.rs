@@ -22,6 +22,26 @@ pub(super) fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
 }
 
+/// The key of the trunk's INVITE server transaction that `msg` (the
+/// INVITE, its CANCEL or its ACK) belongs to (RFC 3261 §17.2.3): the
+/// branch when it is an RFC 3261 one, else, for RFC 2543 clients, the
+/// Call-ID, CSeq number, From tag and top Via together.
+pub(super) fn server_key(msg: &Message<'_>) -> Option<Box<[u8]>> {
+    let via = msg.top_via().ok()?;
+    if via.has_rfc3261_branch() {
+        return via.branch().map(Into::into);
+    }
+    let mut k = b"2543|".to_vec();
+    k.extend_from_slice(msg.call_id().ok()?);
+    k.push(b'|');
+    k.extend_from_slice(msg.cseq().ok()?.number.to_string().as_bytes());
+    k.push(b'|');
+    k.extend_from_slice(msg.from_tag().ok().flatten().unwrap_or_default());
+    k.push(b'|');
+    k.extend_from_slice(via.as_bytes());
+    Some(k.into())
+}
+
 /// How a request is sent on.
 struct Forward {
     to: SocketAddr,
@@ -42,13 +62,9 @@ impl Proxy {
         if method == Method::Options && uri.user.is_none() && self.is_me(&uri) {
             return self.reply(msg, src, 200, b"OK");
         }
-        if method == Method::Ack {
-            if let Ok(Some(b)) = msg.top_via().map(|v| v.branch()) {
-                if self.invites.contains_key(b) {
-                    // ACK for a non-2xx final: ends the server transaction.
-                    return;
-                }
-            }
+        if method == Method::Ack && server_key(msg).is_some_and(|k| self.invites.contains_key(&k)) {
+            // ACK for a non-2xx final: ends the server transaction.
+            return;
         }
         if msg.max_forwards() == Ok(Some(0)) {
             return self.reject(msg, src, SipError::TooManyHops);
@@ -118,8 +134,7 @@ impl Proxy {
     }
 
     fn on_cancel(&self, msg: &Message<'_>, src: SocketAddr) {
-        let branch = msg.top_via().ok().and_then(|v| v.branch());
-        let invite = branch.and_then(|b| self.invites.get(b).map(|i| i.clone()));
+        let invite = server_key(msg).and_then(|k| self.invites.get(&k).map(|i| i.clone()));
         match invite {
             Some(inv) => {
                 self.reply(msg, src, 200, b"OK");
@@ -133,19 +148,19 @@ impl Proxy {
     }
 
     fn new_invite(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr) {
-        let Some(branch) = msg.top_via().ok().and_then(|v| v.branch()) else {
+        let Some(key) = server_key(msg) else {
             return self.reject(msg, src, SipError::BadVia);
         };
         if self
             .shutting_down
             .load(std::sync::atomic::Ordering::Relaxed)
-            && !self.invites.contains_key(branch)
+            && !self.invites.contains_key(&key)
         {
             return self.reply(msg, src, 503, b"Shutting down");
         }
         // One atomic look-up-or-insert: copies of an INVITE read by two
         // receive tasks at once must not both start a call (a double fax).
-        let server = match self.invites.entry(branch.into()) {
+        let server = match self.invites.entry(key) {
             dashmap::Entry::Occupied(o) => {
                 // A retransmission: repeat our last answer, start nothing.
                 let last = o.get().last.lock().ok().and_then(|l| l.clone());

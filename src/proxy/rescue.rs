@@ -22,8 +22,9 @@ impl Proxy {
 
     /// Answers a request that failed validation.
     pub(super) fn reject(&self, req: &Message<'_>, src: SocketAddr, err: SipError) {
-        // An ACK is never answered (RFC 3261 §17.2.1).
-        if req.method() == Some(Method::Ack) || req.top_via().is_err() {
+        // An ACK is never answered (RFC 3261 §17.2.1); without any Via
+        // there is nothing to copy into a response.
+        if req.method() == Some(Method::Ack) || req.header(crate::sip::HeaderName::Via).is_none() {
             Counters::inc(&self.counters.dropped);
             tracing::debug!(%src, "dropped bad request: {err}");
             return;
@@ -34,6 +35,15 @@ impl Proxy {
             _ => Counters::inc(&self.counters.answered_400),
         }
         tracing::debug!(%src, "answering {code}: {err}");
+        if req.top_via().is_err() {
+            // A Via we cannot read: answer where the request came from.
+            let mut out = bytes::BytesMut::new();
+            let tag = self.branches.tag();
+            crate::sip::Response::new(req, code, err.to_string().as_bytes(), tag.as_bytes())
+                .write(&mut out);
+            let _ = self.send(&out, src);
+            return;
+        }
         self.reply(req, src, code, err.to_string().as_bytes());
     }
 }

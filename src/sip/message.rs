@@ -253,6 +253,13 @@ impl<'a> Message<'a> {
         loop {
             let rest = &buf[pos..];
             match rest {
+                // The error-reply view takes the end of the data as the end
+                // of the headers (RFC 4475's baddn lacks its empty line).
+                [] if lenient => {
+                    m.headers_end = pos as u32;
+                    m.body_start = pos as u32;
+                    break;
+                }
                 [] | [b'\r'] => return Err(SipError::UnterminatedHeaders),
                 [b'\r', b'\n', ..] | [b'\n', ..] => {
                     // The empty line: headers end here.
@@ -709,7 +716,9 @@ fn parse_start_line(line: &[u8], lenient: bool) -> Result<(StartLine<'_>, u32), 
         return Ok((StartLine::Response { code, reason }, 0));
     }
     // Exactly one SP between the three elements (RFC 4475 §3.1.2.9/10 let
-    // us refuse extra or trailing whitespace rather than guess).
+    // us refuse extra or trailing whitespace rather than guess). The
+    // error-reply view only needs to find the elements to answer 400.
+    let line = if lenient { scan::trim_end(line) } else { line };
     let sp1 = memchr::memchr(b' ', line).ok_or(SipError::BadStartLine)?;
     let sp2 = memchr::memrchr(b' ', line).ok_or(SipError::BadStartLine)?;
     if sp1 == sp2 {
@@ -717,6 +726,7 @@ fn parse_start_line(line: &[u8], lenient: bool) -> Result<(StartLine<'_>, u32), 
     }
     let method = &line[..sp1];
     let uri = &line[sp1 + 1..sp2];
+    let uri = if lenient { scan::trim(uri) } else { uri };
     if !scan::is_token_str(method) {
         return Err(SipError::BadStartLine);
     }
@@ -724,7 +734,7 @@ fn parse_start_line(line: &[u8], lenient: bool) -> Result<(StartLine<'_>, u32), 
         Err(SipError::UnsupportedVersion) if lenient => {}
         r => r?,
     }
-    if uri.is_empty() || uri.iter().any(|&b| b == b' ' || b == b'\t') {
+    if uri.is_empty() || (!lenient && uri.iter().any(|&b| b == b' ' || b == b'\t')) {
         return Err(SipError::BadStartLine);
     }
     Ok((
@@ -732,7 +742,7 @@ fn parse_start_line(line: &[u8], lenient: bool) -> Result<(StartLine<'_>, u32), 
             method: Method::from_bytes(method),
             uri,
         },
-        (sp1 + 1) as u32,
+        scan::offset_in(line, uri) as u32,
     ))
 }
 
@@ -859,6 +869,10 @@ bodyEXTRA";
         let m = Message::parse_for_error_reply(b).unwrap();
         assert_eq!(m.top_via().unwrap().branch(), Some(&b"z9hG4bK1"[..]));
         assert!(Message::parse_for_error_reply(b"INVITE\r\n\r\n").is_none());
+        let m =
+            Message::parse_for_error_reply(b"INVITE  sip:a@b  SIP/2.0 \r\nCall-ID: x\r\n").unwrap();
+        assert_eq!(m.request_uri_bytes(), Some(&b"sip:a@b"[..]));
+        assert_eq!(m.call_id().unwrap(), b"x");
     }
 
     #[test]

@@ -272,6 +272,18 @@ impl Peer {
         }
     }
 
+    /// A peer on a given address (e.g. a fixed port that a fixture's Via
+    /// names); the bind error when the address is taken.
+    pub async fn bind_at(name: &str, addr: SocketAddr) -> std::io::Result<Peer> {
+        let sock = UdpSocket::bind(addr).await?;
+        Ok(Peer {
+            name: name.to_owned(),
+            addr: sock.local_addr()?,
+            sock,
+            answer_probes: false,
+        })
+    }
+
     pub fn answering_probes(mut self) -> Peer {
         self.answer_probes = true;
         self
