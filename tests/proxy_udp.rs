@@ -973,3 +973,45 @@ async fn silent_node_gets_a_non_invite_retransmitted() {
     assert_eq!(ok.status(), Some(200));
     h.nodes[0].expect_nothing(Duration::from_millis(1200)).await;
 }
+
+/// Graceful shutdown: new INVITEs get 503 at once, a call already ringing
+/// still gets its answer, and the drain completes when it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_calls_and_drains_ringing_ones() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    let inv = h.nodes[0].recv_request("INVITE").await;
+    let tag = unique("fs0-");
+    h.nodes[0]
+        .send(reply(&inv, 180, "Ringing", Some(&tag)), inv.from)
+        .await;
+    let got = h.trunk.recv_until(|r| r.status() == Some(180)).await;
+    assert_eq!(got.last().and_then(Received::status), Some(180));
+
+    h.proxy.begin_shutdown();
+    let mut late = h.trunk_call();
+    h.trunk.send(late.invite(SDP_AUDIO), h.addr).await;
+    let got = h
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    let last = got.last().unwrap();
+    assert_eq!(last.status(), Some(503));
+    assert_eq!(last.call_id(), late.call_id);
+    // Still ringing: not drained.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), h.proxy.drained())
+            .await
+            .is_err()
+    );
+    h.nodes[0]
+        .send(reply(&inv, 200, "OK", Some(&tag)), inv.from)
+        .await;
+    let got = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    assert_eq!(got.last().unwrap().call_id(), call.call_id);
+    tokio::time::timeout(Duration::from_secs(2), h.proxy.drained())
+        .await
+        .expect("drained once the call is answered");
+    h.nodes[1].expect_nothing(Duration::ZERO).await;
+}

@@ -33,6 +33,22 @@ struct Leg<'a> {
 /// RFC 3261 T1: the first retransmission interval of our INVITE.
 const T1: Duration = Duration::from_millis(500);
 
+/// Counts an INVITE as undecided until dropped (also on early return).
+struct Deciding<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Deciding<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Deciding(n)
+    }
+}
+
+impl Drop for Deciding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// How one attempt on a node ended.
 enum Attempt {
     /// Try the next node.
@@ -54,6 +70,7 @@ impl Proxy {
         let Some(key) = super::request::server_key(&msg) else {
             return;
         };
+        let deciding = Deciding::new(&self.calls_deciding);
         self.answer(&msg, src, &server, 100, b"Trying");
         let call_id = msg.call_id().unwrap_or_default();
         let (tx, rx) = mpsc::channel(32);
@@ -110,6 +127,7 @@ impl Proxy {
             }
             self.dialogs.remove(call_id, Removal::Failed);
         }
+        drop(deciding);
         // Linger: relay retransmitted 2xx and let the trunk's ACK for a
         // non-2xx be absorbed, then forget the transaction.
         let end = Instant::now() + LINGER;

@@ -100,6 +100,9 @@ pub struct Proxy {
     branches: BranchGen,
     socket: Arc<UdpSocket>,
     shutting_down: AtomicBool,
+    /// INVITEs not answered with a final response yet (what a shutdown
+    /// waits for; finished ones only linger for retransmissions).
+    calls_deciding: std::sync::atomic::AtomicUsize,
     /// Destinations the kernel reported unreachable (ICMP), for the INVITE
     /// tasks waiting on them.
     unreachable: tokio::sync::broadcast::Sender<SocketAddr>,
@@ -130,6 +133,7 @@ impl Proxy {
             branches: BranchGen::default(),
             socket: Arc::new(socket),
             shutting_down: AtomicBool::new(false),
+            calls_deciding: Default::default(),
             unreachable: tokio::sync::broadcast::channel(64).0,
             counters: Counters::default(),
             cfg,
@@ -149,9 +153,9 @@ impl Proxy {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
 
-    /// Resolves once no INVITE transaction is in progress.
+    /// Resolves once every INVITE has its final answer.
     pub async fn drained(&self) {
-        while !self.invites.is_empty() {
+        while self.calls_deciding.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
