@@ -45,8 +45,6 @@ pub(super) fn server_key(msg: &Message<'_>) -> Option<Box<[u8]>> {
 /// How a request is sent on.
 struct Forward {
     to: SocketAddr,
-    /// Our own Route comes first: remove it.
-    pop_route: bool,
     /// Add our Record-Route with this node as the hint.
     record_route: Option<SocketAddr>,
     repin: Option<SocketAddr>,
@@ -101,13 +99,11 @@ impl Proxy {
         {
             Some(i) => {
                 let to = self.dispatcher.addr(i);
-                let pop_route = self.first_route_is_me(msg);
                 self.forward(
                     msg,
                     src,
                     Forward {
                         to,
-                        pop_route,
                         record_route: None,
                         repin: None,
                     },
@@ -185,13 +181,11 @@ impl Proxy {
         if msg.method() == Some(Method::Invite) {
             self.pin(msg.call_id().unwrap_or_default(), node_addr);
         }
-        let pop_route = self.first_route_is_me(msg);
         self.forward(
             msg,
             src,
             Forward {
                 to,
-                pop_route,
                 record_route: Some(node_addr),
                 repin: None,
             },
@@ -205,7 +199,7 @@ impl Proxy {
             .ok()
             .flatten()
             .filter(|r| self.is_me(&r.uri));
-        let pop_route = route.is_some();
+        let ours_first = route.is_some();
         let to = match from_node {
             None => {
                 // From the trunk: the node that has the call.
@@ -224,7 +218,7 @@ impl Proxy {
                 // Route after ours or else the Request-URI.
                 let next = msg
                     .values(HeaderName::Route)
-                    .nth(usize::from(pop_route))
+                    .nth(usize::from(ours_first))
                     .and_then(|v| crate::sip::NameAddr::parse(v).ok())
                     .and_then(|a| Uri::parse(a.uri).ok())
                     .and_then(|u| uri_addr(&u));
@@ -248,7 +242,6 @@ impl Proxy {
             src,
             Forward {
                 to,
-                pop_route,
                 record_route: None,
                 repin,
             },
@@ -284,7 +277,8 @@ impl Proxy {
         if let Some(rr) = &rr {
             e.insert_record_route(rr.as_bytes());
         }
-        if f.pop_route {
+        // Our own Route, when it comes first, is consumed here (§16.4).
+        if self.first_route_is_me(msg) {
             e.pop_route();
         }
         let out = e.finish();
