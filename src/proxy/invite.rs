@@ -119,13 +119,14 @@ impl Proxy {
             }
         }
         if !decided {
+            // The table first: whoever sees the answer sees the call gone.
+            self.dialogs.remove(call_id, Removal::Failed);
             if server.cancel.is_cancelled() {
                 self.answer(&msg, src, &server, 487, b"Request Terminated");
             } else {
                 Counters::inc(&self.counters.answered_503);
                 self.answer(&msg, src, &server, 503, b"All media servers unavailable");
             }
-            self.dialogs.remove(call_id, Removal::Failed);
         }
         drop(deciding);
         // Linger: relay retransmitted 2xx and let the trunk's ACK for a
@@ -208,8 +209,8 @@ impl Proxy {
                     if ringing {
                         // fr_inv_timeout: the node has the call but no final.
                         self.send_hop(msg, Method::Cancel, branch, None, addr);
-                        self.answer(msg, src, server, 408, b"Request Timeout");
                         self.dialogs.remove(msg.call_id().unwrap_or_default(), Removal::Failed);
+                        self.answer(msg, src, server, 408, b"Request Timeout");
                         return Attempt::Done;
                     }
                     if cancel_sent || cancel_pending {
@@ -264,8 +265,8 @@ impl Proxy {
                                 Counters::inc(&self.counters.failover_code);
                                 return Attempt::Failover;
                             }
-                            self.relay_and_remember(&resp, server);
                             self.dialogs.remove(msg.call_id().unwrap_or_default(), Removal::Failed);
+                            self.relay_and_remember(&resp, server);
                             return Attempt::Done;
                         }
                     }
