@@ -11,9 +11,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{sleep_until, Duration, Instant};
 
-use super::{Counters, Proxy, ServerInvite};
+use super::{with_editor, Counters, Proxy, ServerInvite};
 use crate::dialog::Removal;
-use crate::sip::{Editor, HeaderName, Message, Method, Response};
+use crate::sip::{HeaderName, Message, Method, Response};
 use crate::transaction::{ClientTxn, LINGER};
 
 /// What an INVITE task hears: the responses on its branches and the
@@ -141,7 +141,7 @@ impl Proxy {
                             if resp.status().is_some_and(|c| (200..300).contains(&c))
                                 && is_invite_response(&resp)
                             {
-                                self.relay_upstream(&resp);
+                                self.relay_upstream(&resp, None);
                             }
                         }
                     }
@@ -247,10 +247,10 @@ impl Proxy {
                         101..=199 => {
                             ringing = true;
                             deadline = Instant::now() + fr_inv;
-                            self.relay_and_remember(&resp, server);
+                            self.relay_upstream(&resp, Some(server));
                         }
                         200..=299 => {
-                            self.relay_and_remember(&resp, server);
+                            self.relay_upstream(&resp, Some(server));
                             return Attempt::Done;
                         }
                         _ => {
@@ -266,7 +266,7 @@ impl Proxy {
                                 return Attempt::Failover;
                             }
                             self.dialogs.remove(msg.call_id().unwrap_or_default(), Removal::Failed);
-                            self.relay_and_remember(&resp, server);
+                            self.relay_upstream(&resp, Some(server));
                             return Attempt::Done;
                         }
                     }
@@ -283,19 +283,11 @@ impl Proxy {
         branch: &str,
         node: SocketAddr,
     ) -> Option<Bytes> {
-        let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.sent_by);
-        let rr = format!("<sip:{};lr;node={node}>", self.sent_by);
-        let mut ed = Editor::with_capacity(msg.len() + 256);
-        let mut e = ed.edit(msg);
-        e.set_received(src).ok()?;
-        e.decrement_max_forwards().ok()?;
-        e.insert_via(via.as_bytes());
-        e.insert_record_route(rr.as_bytes());
-        if matches!(msg.first_route(), Ok(Some(r)) if self.is_me(&r.uri)) {
-            e.pop_route();
-        }
-        e.finish();
-        Some(ed.take())
+        with_editor(|ed| {
+            self.forward_edit(ed, msg, src, branch, Some(node))
+                .ok()
+                .map(Bytes::copy_from_slice)
+        })
     }
 
     /// A local answer to the trunk's INVITE, remembered for retransmissions.
@@ -316,15 +308,6 @@ impl Proxy {
         let out = out.freeze();
         let _ = self.send(&out, super::reply_target(via, src));
         server.remember(out);
-    }
-
-    fn relay_and_remember(&self, resp: &Message<'_>, server: &ServerInvite) {
-        self.relay_upstream(resp);
-        let mut ed = Editor::new();
-        let mut e = ed.edit(resp);
-        e.remove_top_via();
-        e.finish();
-        server.remember(ed.take());
     }
 
     /// CANCEL or ACK for our INVITE on `branch` (RFC 3261 §9.1, §17.1.1.3):

@@ -287,6 +287,22 @@ impl Proxy {
     }
 }
 
+thread_local! {
+    /// One editor per thread, reused: once warm, editing a forwarded or
+    /// relayed message allocates no buffers.
+    static EDITOR: std::cell::RefCell<crate::sip::Editor> =
+        std::cell::RefCell::new(crate::sip::Editor::new());
+}
+
+/// Runs `f` with this thread's editor (a fresh one if it is in use, so a
+/// nested call can never panic).
+fn with_editor<R>(f: impl FnOnce(&mut crate::sip::Editor) -> R) -> R {
+    EDITOR.with(|e| match e.try_borrow_mut() {
+        Ok(mut ed) => f(&mut ed),
+        Err(_) => f(&mut crate::sip::Editor::new()),
+    })
+}
+
 /// Where a response to a request that came from `src` goes (RFC 3261
 /// §18.2.2 with RFC 3581): the source address, and the source port when
 /// the client asked with `rport`, else the sent-by port.

@@ -11,7 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{Counters, Proxy, ServerInvite};
+use super::{with_editor, Counters, Proxy, ServerInvite};
 use crate::dialog::Pin;
 use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
 use crate::transaction::{ClientTxn, Relay};
@@ -264,24 +264,50 @@ impl Proxy {
             // A stateful proxy answers 100 to an INVITE itself (§16.2).
             self.reply(msg, src, 100, b"Trying");
         }
+        with_editor(
+            |ed| match self.forward_edit(ed, msg, src, &branch, f.record_route) {
+                Ok(out) => self.send_forwarded(msg, out, branch, &f),
+                Err(err) => self.reject(msg, src, err),
+            },
+        );
+    }
+
+    /// The forwarding edit (RFC 3261 §16.6) into `ed`: received/rport on
+    /// the sender's Via, Max-Forwards - 1, our Via on `branch`, our
+    /// Record-Route with the node hint, our own first Route consumed
+    /// (§16.4). Fails with `TooManyHops` at Max-Forwards 0.
+    pub(super) fn forward_edit<'e>(
+        &self,
+        ed: &'e mut Editor,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        branch: &str,
+        record_route: Option<SocketAddr>,
+    ) -> Result<&'e [u8], SipError> {
         let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.sent_by);
-        let rr = f
-            .record_route
-            .map(|n| format!("<sip:{};lr;node={n}>", self.sent_by));
-        let mut ed = Editor::with_capacity(msg.len() + 256);
+        let rr = record_route.map(|n| format!("<sip:{};lr;node={n}>", self.sent_by));
         let mut e = ed.edit(msg);
-        if let Err(err) = e.set_received(src).and_then(|_| e.decrement_max_forwards()) {
-            return self.reject(msg, src, err);
-        }
+        e.set_received(src)?;
+        e.decrement_max_forwards()?;
         e.insert_via(via.as_bytes());
         if let Some(rr) = &rr {
             e.insert_record_route(rr.as_bytes());
         }
-        // Our own Route, when it comes first, is consumed here (§16.4).
         if self.first_route_is_me(msg) {
             e.pop_route();
         }
-        let out = e.finish();
+        Ok(e.finish())
+    }
+
+    /// Registers the client transaction (not for ACK), starts its
+    /// retransmission timer and sends.
+    fn send_forwarded(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        out: &[u8],
+        branch: String,
+        f: &Forward,
+    ) {
         let method = msg.method();
         if method != Some(Method::Ack) {
             self.txns.insert(

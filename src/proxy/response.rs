@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{upstream_target, Counters, Proxy};
+use super::{upstream_target, with_editor, Counters, Proxy, ServerInvite};
 use crate::dialog::Removal;
-use crate::sip::{Editor, HeaderName, Message, Via};
+use crate::sip::{HeaderName, Message, Via};
 use crate::transaction::ClientTxn;
 
 impl Proxy {
@@ -64,13 +64,15 @@ impl Proxy {
                     // sofia recover: the node that answered owns the call now.
                     self.dialogs.pin(&call_id, node);
                 }
-                self.relay_upstream(msg);
+                self.relay_upstream(msg, None);
             }
         }
     }
 
-    /// Removes our Via and sends the response to the Via below it.
-    pub(super) fn relay_upstream(&self, msg: &Message<'_>) {
+    /// Removes our Via and sends the response to the Via below it; with
+    /// `keep`, the INVITE's server transaction keeps what was sent, to
+    /// repeat it when the trunk retransmits the INVITE.
+    pub(super) fn relay_upstream(&self, msg: &Message<'_>, keep: Option<&ServerInvite>) {
         let Some(next) = msg.values(HeaderName::Via).nth(1) else {
             Counters::inc(&self.counters.dropped);
             return;
@@ -79,9 +81,14 @@ impl Proxy {
             Counters::inc(&self.counters.dropped);
             return;
         };
-        let mut ed = Editor::with_capacity(msg.len() + 64);
-        let mut e = ed.edit(msg);
-        e.remove_top_via();
-        let _ = self.send(e.finish(), to);
+        with_editor(|ed| {
+            let mut e = ed.edit(msg);
+            e.remove_top_via();
+            let out = e.finish();
+            let _ = self.send(out, to);
+            if let Some(server) = keep {
+                server.remember(Bytes::copy_from_slice(out));
+            }
+        });
     }
 }
