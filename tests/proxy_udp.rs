@@ -1015,3 +1015,52 @@ async fn shutdown_refuses_new_calls_and_drains_ringing_ones() {
         .expect("drained once the call is answered");
     h.nodes[1].expect_nothing(Duration::ZERO).await;
 }
+
+/// Egress: a call FreeSWITCH sends out through sipedge goes to its
+/// Request-URI (the trunk) with our Via and Record-Route, and the trunk's
+/// in-dialog requests come back to that node (pinned, Route = our RR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_originated_call_goes_out_and_its_dialog_comes_back() {
+    let h = Harness::start(Options::default()).await;
+    let node = &h.nodes[0];
+    let mut out = Dialog::uac(node, &format!("sip:+15551239999@{}", h.trunk.addr));
+    node.send(out.invite(SDP_AUDIO), h.addr).await;
+
+    let inv = h.trunk.recv_request("INVITE").await;
+    assert_eq!(inv.from, h.addr);
+    assert_eq!(
+        inv.request_uri(),
+        out.invite_uri,
+        "relayed to its Request-URI"
+    );
+    assert_our_via(&inv, h.addr);
+    assert_eq!(inv.vias().len(), 2);
+    assert_eq!(inv.max_forwards(), Some(69));
+    let rr = inv.values(HeaderName::RecordRoute);
+    assert_eq!(rr.len(), 1);
+    assert!(rr[0].contains(";lr"), "{}", rr[0]);
+    assert!(rr[0].contains(&format!("node={}", node.addr)), "{}", rr[0]);
+    assert_eq!(inv.body(), SDP_AUDIO.as_bytes());
+    assert_eq!(dialog_node(&h, &out.call_id), Some(node.addr));
+
+    let trunk_side = Dialog::uas(&h.trunk, &inv, &unique("trunk-"));
+    h.trunk
+        .send(trunk_side.answer(&inv, 200, "OK", Some(SDP_AUDIO)), h.addr)
+        .await;
+    let got = node.recv_until(|r| r.status() == Some(200)).await;
+    let ok = got.last().unwrap();
+    assert_eq!(ok.vias().len(), 1, "our Via removed");
+    out.learn_2xx(ok);
+    let (ack, _) = out.request("ACK", None);
+    node.send(ack, h.addr).await;
+    assert_eq!(h.trunk.recv_request("ACK").await.call_id(), out.call_id);
+
+    // The trunk hangs up: its BYE follows our Record-Route back to node 0.
+    let mut trunk_side = trunk_side;
+    let (bye, _) = trunk_side.request("BYE", None);
+    h.trunk.send(bye, h.addr).await;
+    let bye = node.recv_request("BYE").await;
+    assert_eq!(bye.call_id(), out.call_id);
+    assert_our_via(&bye, h.addr);
+    h.nodes[1].expect_nothing(Duration::ZERO).await;
+}
