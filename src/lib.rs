@@ -32,3 +32,8 @@ pub mod proxy;
 pub mod sip;
 pub mod transaction;
 pub mod transport;
+
+/// The concurrent maps keyed by what the network sends (Call-IDs, branches):
+/// foldhash is several times faster than std's SipHash on these short keys
+/// and, seeded per process, still not predictable by a sender.
+pub(crate) type FastMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;

@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -92,7 +91,7 @@ struct Dialog {
 /// Call-IDs are compared byte for byte (RFC 3261 §20.8), so callers pass the
 /// header value as it is on the wire, without surrounding whitespace.
 pub struct Dialogs {
-    map: DashMap<Key, Dialog>,
+    map: crate::FastMap<Key, Dialog>,
     deadlines: Mutex<BTreeSet<Deadline>>,
     /// Tells the expiry task its earliest deadline moved earlier.
     expiry_changed: Notify,
@@ -113,7 +112,7 @@ impl Dialogs {
     /// at most `max` of them.
     pub fn new(ttl: Duration, max: usize) -> Dialogs {
         Dialogs {
-            map: DashMap::new(),
+            map: Default::default(),
             deadlines: Mutex::new(BTreeSet::new()),
             expiry_changed: Notify::new(),
             ttl,

@@ -80,17 +80,18 @@ impl Proxy {
         };
         let mut decided = false;
         let mut branches = Vec::new();
+        let pop_route = self.first_route_is_me(&msg);
         for node in self.dispatcher.plan(call_id) {
             if server.cancel.is_cancelled() {
                 break;
             }
             let addr = self.dispatcher.addr(node);
             let branch = self.branches.next();
-            let Some(fwd) = self.invite_for(&msg, src, &branch, addr) else {
+            let Some(fwd) = self.invite_for(&msg, src, &branch, node, pop_route) else {
                 break;
             };
             self.txns.insert(&branch, ClientTxn::Invite(tx.clone()));
-            branches.push(branch.clone());
+            branches.push(branch);
             self.pin(call_id, addr);
             if self.send(&fwd, addr).is_err() {
                 Counters::inc(&self.counters.failover_transport);
@@ -281,10 +282,11 @@ impl Proxy {
         msg: &Message<'_>,
         src: SocketAddr,
         branch: &str,
-        node: SocketAddr,
+        node: usize,
+        pop_route: bool,
     ) -> Option<Bytes> {
         with_editor(|ed| {
-            self.forward_edit(ed, msg, src, branch, Some(node))
+            self.forward_edit(ed, msg, src, branch, Some(node), pop_route)
                 .ok()
                 .map(Bytes::copy_from_slice)
         })

@@ -20,8 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use dashmap::DashMap;
-use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -29,10 +27,8 @@ use crate::config::Config;
 use crate::dialog::Dialogs;
 use crate::dispatcher::{Dispatcher, DispatcherError};
 use crate::sip::{Message, Response, Rport, Via};
-use crate::transaction::{BranchGen, ClientTxns};
-
-/// Largest datagram we read (the IPv4 UDP maximum).
-const MAX_DATAGRAM: usize = 65_535;
+use crate::transaction::{BranchGen, ClientTxns, Resends};
+use crate::transport::{Egress, RecvBatch, SipSocket};
 
 /// Counters of what the proxy did and refused. Exported as Prometheus
 /// metrics by the admin issue; for now they are read by tests and logs.
@@ -83,6 +79,8 @@ pub enum ProxyError {
     Dispatcher(#[from] DispatcherError),
     #[error("no UDP socket to serve on")]
     NoSocket,
+    #[error("cannot register the socket with the runtime: {0}")]
+    Socket(#[from] io::Error),
 }
 
 /// Shared state of a running proxy.
@@ -90,15 +88,24 @@ pub struct Proxy {
     cfg: Config,
     /// Our advertised `host:port`, as written in Via and Record-Route.
     sent_by: String,
+    /// `SIP/2.0/UDP <sent_by>;branch=`: our Via up to the branch value.
+    via_prefix: Box<[u8]>,
+    /// Our Record-Route for each node, with its hint (by node index).
+    record_routes: Vec<Box<[u8]>>,
+    /// Retransmission schedule of forwarded requests.
+    resends: Resends,
     adv_host: String,
     adv_port: u16,
     dispatcher: Dispatcher,
     dialogs: Arc<Dialogs>,
     txns: ClientTxns,
     /// Server INVITE transactions from the trunk, by its top Via branch.
-    invites: DashMap<Box<[u8]>, Arc<ServerInvite>>,
+    invites: crate::FastMap<Box<[u8]>, Arc<ServerInvite>>,
     branches: BranchGen,
-    socket: Arc<UdpSocket>,
+    /// The listening sockets; each has its own receive loop.
+    sockets: Vec<SipSocket>,
+    /// Which socket sends to a destination.
+    egress: Egress,
     shutting_down: AtomicBool,
     /// INVITEs not answered with a final response yet (what a shutdown
     /// waits for; finished ones only linger for retransmissions).
@@ -111,27 +118,42 @@ pub struct Proxy {
 
 impl Proxy {
     /// Builds the proxy around already-bound sockets (tests bind port 0).
-    pub fn new(cfg: Config, sockets: Vec<UdpSocket>) -> Result<Arc<Proxy>, ProxyError> {
-        let socket = sockets.into_iter().next().ok_or(ProxyError::NoSocket)?;
-        if let Err(e) = crate::transport::enable_icmp_errors(&socket) {
-            tracing::warn!("ICMP errors not reported, failover waits for fr_timeout: {e}");
-        }
+    /// Must run inside a tokio runtime.
+    pub fn new(cfg: Config, sockets: Vec<std::net::UdpSocket>) -> Result<Arc<Proxy>, ProxyError> {
+        let sockets = sockets
+            .into_iter()
+            .map(SipSocket::new)
+            .collect::<io::Result<Vec<_>>>()?;
+        let first = sockets.first().ok_or(ProxyError::NoSocket)?.local_addr();
         let adv_host = cfg.listen.advertise.host.to_string();
         // Port 0 (tests, scripts) means "whatever was bound".
         let adv_port = match cfg.listen.advertised_port() {
-            0 => socket.local_addr().map_or(0, |a| a.port()),
+            0 => first.port(),
             p => p,
         };
+        let dispatcher = Dispatcher::new(&cfg.dispatcher)?;
+        let sent_by = format!("{adv_host}:{adv_port}");
+        let record_routes = (0..dispatcher.len())
+            .map(|i| {
+                format!("<sip:{sent_by};lr;node={}>", dispatcher.addr(i))
+                    .into_bytes()
+                    .into()
+            })
+            .collect();
         Ok(Arc::new(Proxy {
-            sent_by: format!("{adv_host}:{adv_port}"),
+            via_prefix: format!("SIP/2.0/UDP {sent_by};branch=").into_bytes().into(),
+            record_routes,
+            resends: Resends::default(),
+            sent_by,
             adv_host,
             adv_port,
-            dispatcher: Dispatcher::new(&cfg.dispatcher)?,
+            dispatcher,
             dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
             txns: ClientTxns::default(),
-            invites: DashMap::new(),
+            invites: Default::default(),
             branches: BranchGen::default(),
-            socket: Arc::new(socket),
+            egress: Egress::new(sockets.iter().map(SipSocket::local_addr).collect()),
+            sockets,
             shutting_down: AtomicBool::new(false),
             calls_deciding: Default::default(),
             unreachable: tokio::sync::broadcast::channel(64).0,
@@ -160,8 +182,17 @@ impl Proxy {
         }
     }
 
+    /// The first listening socket's address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        self.sockets
+            .first()
+            .map(SipSocket::local_addr)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// Every listening socket's address.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().map(SipSocket::local_addr).collect()
     }
 
     /// Serves until `cancel` fires: the receive loop, the dialog expiry task
@@ -172,9 +203,12 @@ impl Proxy {
         // a node's 180 and 503 sent back to back, and a 503 seen before the
         // 180 would fail the call over to a second node. INVITEs run in
         // their own tasks, so the loop only parses and dispatches.
-        let (p, c) = (self.clone(), cancel.clone());
-        tasks.spawn(async move { p.recv_loop(c).await });
+        for i in 0..self.sockets.len() {
+            let (p, c) = (self.clone(), cancel.clone());
+            tasks.spawn(async move { p.recv_loop(i, c).await });
+        }
         tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
+        tasks.spawn(self.clone().run_resends(cancel.clone()));
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -190,22 +224,24 @@ impl Proxy {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn recv_loop(self: Arc<Self>, cancel: CancellationToken) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+    async fn recv_loop(self: Arc<Self>, index: usize, cancel: CancellationToken) {
+        let Some(socket) = self.sockets.get(index) else {
+            return;
+        };
+        let mut batch = RecvBatch::default();
+        let mut dead = Vec::new();
         loop {
-            let (n, src) = tokio::select! {
+            tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok(r) => r,
-                    // An ICMP error for something we sent (IP_RECVERR).
-                    Err(e) => {
-                        tracing::debug!("recv: {e}");
-                        self.drain_unreachable();
-                        continue;
-                    }
+                r = socket.recv(&mut batch, &mut dead) => if let Err(e) = r {
+                    tracing::warn!("recv on udp:{}: {e}", socket.local_addr());
+                    continue;
                 },
-            };
-            self.on_datagram(&buf[..n], src);
+            }
+            self.on_unreachable(&mut dead);
+            for (data, src) in batch.datagrams() {
+                self.on_datagram(data, src);
+            }
         }
     }
 
@@ -229,10 +265,14 @@ impl Proxy {
 
     /// Reads the ICMP errors queued on the socket: each destination is
     /// marked suspect and the INVITE waiting on it fails over at once.
-    fn drain_unreachable(&self) {
+    fn drain_unreachable(&self, socket: &SipSocket) {
         let mut dead = Vec::new();
-        crate::transport::take_unreachable(&self.socket, &mut dead);
-        for addr in dead {
+        socket.take_unreachable(&mut dead);
+        self.on_unreachable(&mut dead);
+    }
+
+    fn on_unreachable(&self, dead: &mut Vec<SocketAddr>) {
+        for addr in dead.drain(..) {
             tracing::debug!(%addr, "ICMP: destination unreachable");
             if let Some(i) = self.dispatcher.find(addr) {
                 self.dispatcher.mark_suspect(i);
@@ -244,13 +284,16 @@ impl Proxy {
     /// Sends `bytes` to `to`; a full socket buffer or an unreachable peer is
     /// counted, never fatal.
     fn send(&self, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
-        let mut r = self.socket.try_send_to(bytes, to).map(|_| ());
+        let Some(socket) = self.sockets.get(self.egress.pick(to)) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let mut r = socket.send_to(bytes, to).map(|_| ());
         if matches!(&r, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
             // A pending ICMP error from an earlier datagram, maybe to
             // another peer: this datagram was not sent. Read who it was
             // about and try again.
-            self.drain_unreachable();
-            r = self.socket.try_send_to(bytes, to).map(|_| ());
+            self.drain_unreachable(socket);
+            r = socket.send_to(bytes, to).map(|_| ());
         }
         if let Err(e) = &r {
             Counters::inc(&self.counters.send_errors);

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use super::{with_editor, Counters, Proxy, ServerInvite};
 use crate::dialog::Pin;
 use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
-use crate::transaction::{ClientTxn, Relay};
+use crate::transaction::{ClientTxn, Relay, Resend, Token};
+use tokio_util::sync::CancellationToken;
 
 /// A SIP URI's address when its host is an IP literal (5060 by default).
 pub(super) fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
@@ -45,8 +46,10 @@ pub(super) fn server_key(msg: &Message<'_>) -> Option<Box<[u8]>> {
 /// How a request is sent on.
 struct Forward {
     to: SocketAddr,
-    /// Add our Record-Route with this node as the hint.
-    record_route: Option<SocketAddr>,
+    /// Add our Record-Route with this node (index) as the hint.
+    record_route: Option<usize>,
+    /// The first Route is ours: consume it.
+    pop_route: bool,
     repin: Option<SocketAddr>,
 }
 
@@ -105,6 +108,7 @@ impl Proxy {
                     Forward {
                         to,
                         record_route: None,
+                        pop_route: self.first_route_is_me(msg),
                         repin: None,
                     },
                 );
@@ -120,7 +124,7 @@ impl Proxy {
             && uri.port.unwrap_or(5060) == self.adv_port
     }
 
-    fn first_route_is_me(&self, msg: &Message<'_>) -> bool {
+    pub(super) fn first_route_is_me(&self, msg: &Message<'_>) -> bool {
         matches!(msg.first_route(), Ok(Some(r)) if self.is_me(&r.uri))
     }
 
@@ -186,7 +190,8 @@ impl Proxy {
             src,
             Forward {
                 to,
-                record_route: Some(node_addr),
+                record_route: Some(node),
+                pop_route: self.first_route_is_me(msg),
                 repin: None,
             },
         );
@@ -243,6 +248,7 @@ impl Proxy {
             Forward {
                 to,
                 record_route: None,
+                pop_route: ours_first,
                 repin,
             },
         );
@@ -264,105 +270,105 @@ impl Proxy {
             // A stateful proxy answers 100 to an INVITE itself (§16.2).
             self.reply(msg, src, 100, b"Trying");
         }
-        with_editor(
-            |ed| match self.forward_edit(ed, msg, src, &branch, f.record_route) {
-                Ok(out) => self.send_forwarded(msg, out, branch, &f),
-                Err(err) => self.reject(msg, src, err),
-            },
-        );
+        let edit = |ed: &mut Editor| match self.forward_edit(
+            ed,
+            msg,
+            src,
+            &branch,
+            f.record_route,
+            f.pop_route,
+        ) {
+            Ok(out) => self.send_forwarded(msg, out, branch, &f),
+            Err(err) => self.reject(msg, src, err),
+        };
+        with_editor(edit);
     }
 
     /// The forwarding edit (RFC 3261 §16.6) into `ed`: received/rport on
     /// the sender's Via, Max-Forwards - 1, our Via on `branch`, our
-    /// Record-Route with the node hint, our own first Route consumed
-    /// (§16.4). Fails with `TooManyHops` at Max-Forwards 0.
+    /// Record-Route with the hint for `record_route` (a node index), our
+    /// own first Route consumed when `pop_route` (§16.4). Fails with
+    /// `TooManyHops` at Max-Forwards 0.
     pub(super) fn forward_edit<'e>(
         &self,
         ed: &'e mut Editor,
         msg: &Message<'_>,
         src: SocketAddr,
         branch: &str,
-        record_route: Option<SocketAddr>,
+        record_route: Option<usize>,
+        pop_route: bool,
     ) -> Result<&'e [u8], SipError> {
-        let via = format!("SIP/2.0/UDP {};branch={branch};rport", self.sent_by);
-        let rr = record_route.map(|n| format!("<sip:{};lr;node={n}>", self.sent_by));
         let mut e = ed.edit(msg);
         e.set_received(src)?;
         e.decrement_max_forwards()?;
-        e.insert_via(via.as_bytes());
-        if let Some(rr) = &rr {
-            e.insert_record_route(rr.as_bytes());
+        e.insert_via_parts(&[&self.via_prefix, branch.as_bytes(), b";rport"]);
+        if let Some(rr) = record_route.and_then(|n| self.record_routes.get(n)) {
+            e.insert_record_route(rr);
         }
-        if self.first_route_is_me(msg) {
+        if pop_route {
             e.pop_route();
         }
         Ok(e.finish())
     }
 
-    /// Registers the client transaction (not for ACK), starts its
-    /// retransmission timer and sends.
-    fn send_forwarded(
-        self: &Arc<Self>,
-        msg: &Message<'_>,
-        out: &[u8],
-        branch: String,
-        f: &Forward,
-    ) {
+    /// Registers the client transaction (not for ACK), schedules its
+    /// retransmission and sends.
+    fn send_forwarded(&self, msg: &Message<'_>, out: &[u8], branch: Token, f: &Forward) {
         let method = msg.method();
         if method != Some(Method::Ack) {
+            let now = tokio::time::Instant::now();
             self.txns.insert(
                 &branch,
                 ClientTxn::Relay(Relay {
                     call_id: msg.call_id().unwrap_or_default().into(),
                     is_bye: method == Some(Method::Bye),
                     repin: f.repin,
-                    created: tokio::time::Instant::now(),
+                    created: now,
                     answered: Default::default(),
                 }),
             );
-            let is_invite = method == Some(Method::Invite);
-            tokio::spawn(self.clone().retransmit(
-                bytes::Bytes::copy_from_slice(out),
-                f.to,
-                branch,
-                is_invite,
-            ));
+            let invite = method == Some(Method::Invite);
+            let copy = bytes::Bytes::copy_from_slice(out);
+            self.resends
+                .schedule(now, Resend::new(branch, f.to, copy, invite));
         }
         let _ = self.send(out, f.to);
     }
 
-    /// Timer E (Timer A for an INVITE): resend a forwarded request at T1,
+    /// Timer E (Timer A for an INVITE): resends forwarded requests at T1,
     /// doubling (capped at T2 for non-INVITE), until a response arrives or
-    /// Timer F runs out (RFC 3261 §17.1.2.2).
-    async fn retransmit(
-        self: Arc<Self>,
-        bytes: bytes::Bytes,
-        to: SocketAddr,
-        branch: String,
-        invite: bool,
-    ) {
+    /// Timer F runs out (RFC 3261 §17.1.2.2). One task for all of them.
+    pub(super) async fn run_resends(self: Arc<Self>, cancel: CancellationToken) {
         use std::sync::atomic::Ordering;
-        use tokio::time::{sleep, Duration};
-        const T1: Duration = Duration::from_millis(500);
-        const T2: Duration = Duration::from_secs(4);
-        let mut every = T1;
-        let mut waited = Duration::ZERO;
-        while waited < crate::transaction::LINGER {
-            sleep(every).await;
-            waited += every;
-            let pending = self.txns.with(branch.as_bytes(), |t| match t {
-                ClientTxn::Relay(r) => !r.answered.load(Ordering::Relaxed),
-                ClientTxn::Invite(_) => false,
-            });
-            if pending != Some(true) || self.shutting_down.load(Ordering::Relaxed) {
-                return;
+        let mut due = Vec::new();
+        loop {
+            let now = tokio::time::Instant::now();
+            let next = self.resends.take_due(now, &mut due);
+            for r in due.drain(..) {
+                let pending = self.txns.with(r.branch.as_bytes(), |t| match t {
+                    ClientTxn::Relay(r) => !r.answered.load(Ordering::Relaxed),
+                    ClientTxn::Invite(_) => false,
+                });
+                if pending != Some(true) || self.shutting_down.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let _ = self.send(&r.bytes, r.to);
+                if let Some(r) = r.advance() {
+                    self.resends.schedule(now, r);
+                }
             }
-            let _ = self.send(&bytes, to);
-            every = if invite {
-                every * 2
-            } else {
-                (every * 2).min(T2)
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
             };
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = self.resends.changed.notified() => {}
+                () = sleep => {}
+            }
         }
     }
 

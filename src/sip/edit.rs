@@ -245,11 +245,23 @@ impl<'e> Edit<'e, '_, '_> {
 
     /// Inserts `Via: <value>` above the topmost Via (RFC 3261 §16.6 step 8).
     pub fn insert_via(&mut self, value: &[u8]) {
+        self.insert_via_parts(&[value]);
+    }
+
+    /// [`Edit::insert_via`] with the value given in pieces (a constant
+    /// prefix, the branch, a suffix), so the caller need not join them.
+    pub fn insert_via_parts(&mut self, value: &[&[u8]]) {
         let at = match self.msg.first_index(HeaderName::Via) {
             Some(i) => self.msg.line_start(i),
             None => self.msg.headers_end(),
         };
-        self.insert_line(at, HeaderName::Via, value);
+        let mut parts: [&[u8]; 8] = [b""; 8];
+        parts[0] = HeaderName::Via.as_str().as_bytes();
+        parts[1] = b": ";
+        let n = value.len().min(5);
+        parts[2..2 + n].copy_from_slice(&value[..n]);
+        parts[2 + n] = b"\r\n";
+        self.splice(at, at, &parts[..3 + n]);
     }
 
     /// Inserts `Record-Route: <value>` above any existing Record-Route (at

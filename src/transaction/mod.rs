@@ -2,12 +2,11 @@
 //! forwarded, keyed by the branch of the Via it added (RFC 3261 §17.1.3:
 //! a response matches the transaction whose branch is in its top Via).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
@@ -39,30 +38,118 @@ impl Default for BranchGen {
     }
 }
 
+/// A branch or tag value we generate, kept inline: no allocation and no
+/// `fmt` on the path of every forwarded request.
+#[derive(Clone, Copy)]
+pub struct Token {
+    buf: [u8; 48],
+    len: u8,
+}
+
+impl Token {
+    fn new(prefix: &str) -> Token {
+        let mut t = Token {
+            buf: [0; 48],
+            len: 0,
+        };
+        t.push(prefix.as_bytes());
+        t
+    }
+
+    fn push(&mut self, b: &[u8]) {
+        let at = usize::from(self.len);
+        let end = (at + b.len()).min(self.buf.len());
+        self.buf[at..end].copy_from_slice(&b[..end - at]);
+        self.len = end as u8;
+    }
+
+    /// Lower-case hex without leading zeros (at least one digit).
+    fn push_hex(&mut self, n: u64) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut d = [0u8; 16];
+        let mut i = d.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            d[i] = HEX[(n & 0xf) as usize];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&d[i..]);
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever pushed (a prefix constant and hex digits).
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Token {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 impl BranchGen {
     /// A new branch value, e.g. `z9hG4bKse3f2a9c01.1b`.
-    pub fn next(&self) -> String {
+    pub fn next(&self) -> Token {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{BRANCH_PREFIX}{:x}.{n:x}", self.nonce)
+        let mut t = Token::new(BRANCH_PREFIX);
+        t.push_hex(self.nonce);
+        t.push(b".");
+        t.push_hex(n);
+        t
     }
 
     /// The branch for forwarding a request whose own branch is `incoming`
     /// from `src`: the same inputs give the same branch (retransmissions),
     /// different requests different ones.
-    pub fn derived(&self, incoming: &[u8], src: SocketAddr) -> String {
+    pub fn derived(&self, incoming: &[u8], src: SocketAddr) -> Token {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.nonce;
-        let src = src.to_string();
-        for &b in incoming.iter().chain(b"|").chain(src.as_bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        eat(incoming);
+        eat(b"|");
+        match src.ip().to_canonical() {
+            IpAddr::V4(a) => eat(&a.octets()),
+            IpAddr::V6(a) => eat(&a.octets()),
         }
-        format!("{BRANCH_PREFIX}{h:x}")
+        eat(&src.port().to_be_bytes());
+        let mut t = Token::new(BRANCH_PREFIX);
+        t.push_hex(h);
+        t
     }
 
     /// A token for To tags and Call-IDs of our own requests.
-    pub fn tag(&self) -> String {
+    pub fn tag(&self) -> Token {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("se{:x}{n:x}", self.nonce & 0xffff_ffff)
+        let mut t = Token::new("se");
+        t.push_hex(self.nonce & 0xffff_ffff);
+        t.push_hex(n);
+        t
     }
 }
 
@@ -92,7 +179,7 @@ pub struct Relay {
 /// The table of client transactions.
 #[derive(Debug, Default)]
 pub struct ClientTxns {
-    map: DashMap<Box<[u8]>, ClientTxn>,
+    map: crate::FastMap<Box<[u8]>, ClientTxn>,
 }
 
 impl ClientTxns {
@@ -128,6 +215,135 @@ impl ClientTxns {
     }
 }
 
+/// RFC 3261 T1 and T2.
+pub const T1: Duration = Duration::from_millis(500);
+pub const T2: Duration = Duration::from_secs(4);
+
+/// Retransmissions due within this much of each other go out together:
+/// one wake-up per batch instead of one timer per request (Kamailio's tm
+/// timer ticks are coarser still).
+pub const TIMER_SLACK: Duration = Duration::from_millis(20);
+
+/// A forwarded request to send again if no response has come back
+/// (Timer E, or Timer A for an INVITE relayed in a dialog).
+#[derive(Debug)]
+pub struct Resend {
+    pub branch: Token,
+    pub to: SocketAddr,
+    pub bytes: Bytes,
+    /// The interval just waited; the next one doubles it.
+    pub every: Duration,
+    /// Time since the first send.
+    pub waited: Duration,
+    pub invite: bool,
+}
+
+impl Resend {
+    /// First retransmission after T1.
+    pub fn new(branch: Token, to: SocketAddr, bytes: Bytes, invite: bool) -> Resend {
+        Resend {
+            branch,
+            to,
+            bytes,
+            every: T1,
+            waited: Duration::ZERO,
+            invite,
+        }
+    }
+
+    /// After one more send: the next interval (doubling, capped at T2 for
+    /// non-INVITE), or `None` once Timer B/F has run out.
+    pub fn advance(mut self) -> Option<Resend> {
+        self.waited += self.every;
+        self.every = if self.invite {
+            self.every * 2
+        } else {
+            (self.every * 2).min(T2)
+        };
+        (self.waited + self.every < LINGER).then_some(self)
+    }
+}
+
+struct Due {
+    at: Instant,
+    seq: u64,
+    resend: Resend,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    // Reversed: BinaryHeap is a max-heap, the earliest must come first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// The retransmission schedule of every forwarded request, served by one
+/// task (no task or timer per request).
+#[derive(Default)]
+pub struct Resends {
+    heap: std::sync::Mutex<(std::collections::BinaryHeap<Due>, u64)>,
+    /// Wakes the task when the schedule gains an earlier first entry.
+    pub changed: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Resends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resends").field("len", &self.len()).finish()
+    }
+}
+
+impl Resends {
+    /// Schedules `r` to be considered `r.every` from `now`.
+    pub fn schedule(&self, now: Instant, r: Resend) {
+        let at = now + r.every;
+        let Ok(mut g) = self.heap.lock() else { return };
+        let (heap, seq) = &mut *g;
+        let earliest = heap.peek().is_none_or(|d| at < d.at);
+        *seq += 1;
+        heap.push(Due {
+            at,
+            seq: *seq,
+            resend: r,
+        });
+        drop(g);
+        if earliest {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Moves the entries due by `now` (plus [`TIMER_SLACK`]) into `out` and
+    /// returns when the next one is due.
+    pub fn take_due(&self, now: Instant, out: &mut Vec<Resend>) -> Option<Instant> {
+        let Ok(mut g) = self.heap.lock() else {
+            return None;
+        };
+        let heap = &mut g.0;
+        while heap.peek().is_some_and(|d| d.at <= now + TIMER_SLACK) {
+            out.extend(heap.pop().map(|d| d.resend));
+        }
+        heap.peek().map(|d| d.at)
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.lock().map_or(0, |g| g.0.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,16 +353,66 @@ mod tests {
         let g = BranchGen::default();
         let a = g.next();
         let b = g.next();
-        assert_ne!(a, b);
+        assert_ne!(*a, *b);
         assert!(a.starts_with("z9hG4bK"));
         let src: SocketAddr = "192.0.2.7:5060".parse().unwrap();
         let d = g.derived(b"z9hG4bKabc", src);
-        assert_eq!(d, g.derived(b"z9hG4bKabc", src));
-        assert_ne!(d, g.derived(b"z9hG4bKabd", src));
+        assert!(d.starts_with(BRANCH_PREFIX) && d.len() > BRANCH_PREFIX.len());
+        assert_eq!(*d, *g.derived(b"z9hG4bKabc", src));
+        assert_ne!(*d, *g.derived(b"z9hG4bKabd", src));
         assert_ne!(
-            d,
-            g.derived(b"z9hG4bKabc", "192.0.2.8:5060".parse().unwrap())
+            *d,
+            *g.derived(b"z9hG4bKabc", "192.0.2.8:5060".parse().unwrap())
         );
+        assert_ne!(
+            *d,
+            *g.derived(b"z9hG4bKabc", "192.0.2.7:5061".parse().unwrap())
+        );
+        // Hex, as the old fmt-based form: nonce "." counter.
+        let n = g.next();
+        let tail = &n[BRANCH_PREFIX.len()..];
+        let (nonce, count) = tail.split_once('.').unwrap();
+        assert_eq!(u64::from_str_radix(nonce, 16).unwrap(), g.nonce);
+        assert!(u64::from_str_radix(count, 16).is_ok());
+        let t = g.tag();
+        assert!(t.starts_with("se") && t.bytes().skip(2).all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn resends_follow_timer_e_and_come_out_in_order() {
+        let now = Instant::now();
+        let q = Resends::default();
+        let to: SocketAddr = "127.0.0.1:5081".parse().unwrap();
+        let g = BranchGen::default();
+        let (a, b) = (g.next(), g.next());
+        q.schedule(
+            now + Duration::from_millis(100),
+            Resend::new(b, to, Bytes::new(), false),
+        );
+        q.schedule(now, Resend::new(a, to, Bytes::new(), false));
+        let mut out = Vec::new();
+        assert_eq!(q.take_due(now, &mut out), Some(now + T1));
+        assert!(out.is_empty());
+        // Within the slack of the first: only the first comes out.
+        assert_eq!(
+            q.take_due(now + T1, &mut out),
+            Some(now + Duration::from_millis(600))
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(*out[0].branch, *a);
+        // Timer E: 500 ms, 1 s, 2 s, then 4 s (T2) until 32 s have passed.
+        let mut r = out.pop();
+        let mut intervals = Vec::new();
+        while let Some(x) = r {
+            intervals.push(x.every.as_millis());
+            r = x.advance();
+        }
+        assert_eq!(intervals[..5], [500, 1000, 2000, 4000, 4000]);
+        assert!(intervals.iter().sum::<u128>() < LINGER.as_millis());
+        // An INVITE doubles without the cap.
+        let inv = Resend::new(g.next(), to, Bytes::new(), true);
+        let inv = (0..4).try_fold(inv, |r, _| r.advance()).unwrap();
+        assert_eq!(inv.every, Duration::from_secs(8));
     }
 
     #[tokio::test(start_paused = true)]

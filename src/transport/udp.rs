@@ -1,9 +1,11 @@
 //! UDP sockets set up the way a busy SIP edge needs them.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{Interest, Ready};
 
 /// Socket options for the SIP UDP listeners.
 #[derive(Debug, Clone, Copy)]
@@ -27,8 +29,8 @@ impl Default for UdpOptions {
     }
 }
 
-/// Binds a non-blocking UDP socket for tokio.
-pub fn bind_udp(addr: SocketAddr, opts: UdpOptions) -> io::Result<tokio::net::UdpSocket> {
+/// Binds a non-blocking UDP socket; [`SipSocket::new`] hands it to tokio.
+pub fn bind_udp(addr: SocketAddr, opts: UdpOptions) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     // The kernel may cap these (net.core.rmem_max); a smaller buffer is not
@@ -48,14 +50,187 @@ pub fn bind_udp(addr: SocketAddr, opts: UdpOptions) -> io::Result<tokio::net::Ud
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    tokio::net::UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
+/// How many datagrams one receive call can return (`recvmmsg`).
+pub const RECV_BATCH: usize = 8;
+
+/// Largest datagram we read (the IPv4 UDP maximum).
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// A listening SIP socket registered with tokio for reading only.
+///
+/// Why not `tokio::net::UdpSocket`: it also registers for writability, and
+/// on Linux every datagram sent (loopback or not, once the kernel frees
+/// it) raises a write edge that wakes the runtime for nothing, about two
+/// wake-ups per call. Sends here are plain non-blocking `sendto`: a full
+/// send buffer loses the datagram like the network would, and SIP
+/// retransmits.
+#[derive(Debug)]
+pub struct SipSocket {
+    fd: AsyncFd<UdpSocket>,
+    local: SocketAddr,
+}
+
+/// Buffers for one [`SipSocket::recv`]: up to [`RECV_BATCH`] datagrams.
+pub struct RecvBatch {
+    buf: Box<[u8]>,
+    got: [(usize, Option<SocketAddr>); RECV_BATCH],
+    len: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch {
+            buf: vec![0u8; MAX_DATAGRAM * RECV_BATCH].into_boxed_slice(),
+            got: [(0, None); RECV_BATCH],
+            len: 0,
+        }
+    }
+}
+
+impl RecvBatch {
+    /// The datagrams of the last receive and who sent them.
+    pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+        self.got[..self.len]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(n, src))| {
+                let start = i * MAX_DATAGRAM;
+                Some((self.buf.get(start..start + n)?, src?))
+            })
+    }
+}
+
+impl SipSocket {
+    /// Registers `socket` (non-blocking, from [`bind_udp`]) with the
+    /// runtime and asks for ICMP errors. Must run inside a tokio runtime.
+    pub fn new(socket: UdpSocket) -> io::Result<SipSocket> {
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        if let Err(e) = enable_icmp_errors(&socket) {
+            tracing::warn!(
+                "udp:{local}: ICMP errors not reported, failover waits for fr_timeout: {e}"
+            );
+        }
+        // `with_interest` is deprecated because a borrowed raw fd could be
+        // closed behind tokio's back; here the AsyncFd owns the socket, so
+        // that cannot happen, and the replacement is `unsafe`.
+        #[allow(deprecated)]
+        let fd = AsyncFd::with_interest(socket, Interest::READABLE | Interest::ERROR)?;
+        Ok(SipSocket { fd, local })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Sends one datagram without waiting.
+    pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.fd.get_ref().send_to(buf, to)
+    }
+
+    /// Reads the destinations that drew an ICMP error (see
+    /// [`take_unreachable`]).
+    pub fn take_unreachable(&self, out: &mut Vec<SocketAddr>) {
+        take_unreachable(self.fd.get_ref(), out);
+    }
+
+    /// Waits for datagrams or ICMP errors: fills `batch` with what is
+    /// queued (up to [`RECV_BATCH`]) and `unreachable` with destinations
+    /// reported unreachable. Returns when either has something.
+    pub async fn recv(
+        &self,
+        batch: &mut RecvBatch,
+        unreachable: &mut Vec<SocketAddr>,
+    ) -> io::Result<()> {
+        batch.len = 0;
+        loop {
+            let mut guard = self.fd.ready(Interest::READABLE | Interest::ERROR).await?;
+            if guard.ready().is_error() {
+                guard.clear_ready_matching(Ready::ERROR);
+                self.take_unreachable(unreachable);
+            }
+            if guard.ready().is_readable() {
+                match recv_many(self.fd.get_ref(), batch) {
+                    Ok(n) => {
+                        // Fewer than asked for: the queue is empty, and
+                        // the next datagram raises a new edge. Saves the
+                        // read that would only say EAGAIN.
+                        if n < RECV_BATCH {
+                            guard.clear_ready_matching(Ready::READABLE);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        guard.clear_ready_matching(Ready::READABLE);
+                    }
+                    // A pending ICMP error surfaces on the next read.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        self.take_unreachable(unreachable);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if batch.len > 0 || !unreachable.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One `recvmmsg`: every queued datagram up to the batch size.
+#[cfg(target_os = "linux")]
+fn recv_many(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    let mut chunks = batch.buf.chunks_mut(MAX_DATAGRAM);
+    let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+        std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+    // Built per call: nix's headers hold raw pointers, so they cannot live
+    // in the receive task's state across an await (not Send).
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
+    let results = recvmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )?;
+    let mut n = 0;
+    for (slot, msg) in batch.got.iter_mut().zip(results) {
+        *slot = (msg.bytes, msg.address.as_ref().and_then(socket_addr));
+        n += 1;
+    }
+    batch.len = n;
+    Ok(n)
+}
+
+/// Elsewhere: one datagram per call.
+#[cfg(not(target_os = "linux"))]
+fn recv_many(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
+    let (n, src) = socket.recv_from(&mut batch.buf[..MAX_DATAGRAM])?;
+    batch.got[0] = (n, Some(src));
+    batch.len = 1;
+    Ok(1)
+}
+
+#[cfg(target_os = "linux")]
+fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        Some(SocketAddr::from((v4.ip(), v4.port())))
+    } else {
+        a.as_sockaddr_in6()
+            .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+    }
+}
 /// Asks the kernel to report ICMP errors (port or host unreachable) for
 /// datagrams this unconnected socket sends (Linux IP_RECVERR): without it
 /// a dead FreeSWITCH port is only noticed when `fr_timeout` runs out.
 #[cfg(target_os = "linux")]
-pub fn enable_icmp_errors(socket: &tokio::net::UdpSocket) -> io::Result<()> {
+pub fn enable_icmp_errors(socket: &UdpSocket) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
     let v6 = socket.local_addr()?.is_ipv6();
     if v6 {
@@ -69,7 +244,7 @@ pub fn enable_icmp_errors(socket: &tokio::net::UdpSocket) -> io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn enable_icmp_errors(_socket: &tokio::net::UdpSocket) -> io::Result<()> {
+pub fn enable_icmp_errors(_socket: &UdpSocket) -> io::Result<()> {
     Ok(())
 }
 
@@ -77,7 +252,7 @@ pub fn enable_icmp_errors(_socket: &tokio::net::UdpSocket) -> io::Result<()> {
 /// an ICMP error since the last call (the kernel reports the original
 /// destination as the message's address).
 #[cfg(target_os = "linux")]
-pub fn take_unreachable(socket: &tokio::net::UdpSocket, out: &mut Vec<SocketAddr>) {
+pub fn take_unreachable(socket: &UdpSocket, out: &mut Vec<SocketAddr>) {
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
 
@@ -93,19 +268,11 @@ pub fn take_unreachable(socket: &tokio::net::UdpSocket, out: &mut Vec<SocketAddr
         let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), flags) else {
             return;
         };
-        let addr = msg.address.and_then(|a| {
-            if let Some(v4) = a.as_sockaddr_in() {
-                Some(SocketAddr::from((v4.ip(), v4.port())))
-            } else {
-                a.as_sockaddr_in6()
-                    .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
-            }
-        });
-        if let Some(a) = addr {
+        if let Some(a) = msg.address.as_ref().and_then(socket_addr) {
             out.push(a);
         }
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn take_unreachable(_socket: &tokio::net::UdpSocket, _out: &mut Vec<SocketAddr>) {}
+pub fn take_unreachable(_socket: &UdpSocket, _out: &mut Vec<SocketAddr>) {}
