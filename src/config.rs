@@ -47,6 +47,27 @@ pub struct Config {
     pub failover: Failover,
     #[serde(default)]
     pub dialogs: Dialogs,
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// `[runtime]`: how much of the machine sipedge uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Worker threads of the async runtime (Kamailio `children`). One is
+    /// the cheapest per call at SIP rates; more let several listen sockets
+    /// and INVITE tasks run in parallel on a busy many-core box.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            workers: default_workers(),
+        }
+    }
 }
 
 /// `[listen]`: where sipedge receives SIP and what it writes about itself.
@@ -60,6 +81,14 @@ pub struct Listen {
     /// `advertise`). No default: guessing it is how HA setups end up
     /// advertising 0.0.0.0.
     pub advertise: HostPort,
+    /// SO_RCVBUF of each UDP socket, in bytes (Kamailio `-A MAXBUFFER`):
+    /// a burst of INVITEs must not overflow the kernel queue. The kernel
+    /// may cap it (`net.core.rmem_max`).
+    #[serde(default = "default_socket_buffer")]
+    pub recv_buffer: usize,
+    /// SO_SNDBUF of each UDP socket, in bytes (`net.core.wmem_max`).
+    #[serde(default = "default_socket_buffer")]
+    pub send_buffer: usize,
 }
 
 impl Listen {
@@ -217,6 +246,21 @@ fn default_dialog_ttl() -> Duration {
 fn default_dialog_max() -> usize {
     1_000_000
 }
+
+fn default_socket_buffer() -> usize {
+    4 << 20
+}
+
+fn default_workers() -> usize {
+    1
+}
+
+/// Socket buffer sizes accepted: below 64 KiB one large INVITE burst
+/// overflows; above 1 GiB is a typo.
+const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = (64 << 10)..=(1 << 30);
+
+/// Worker threads accepted.
+const WORKERS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
 
 // ---------------------------------------------------------------------------
 // Loading
@@ -399,6 +443,10 @@ pub enum Rule {
     ZeroDuration,
     #[error("must be at least 1; the table caps pinned calls, it cannot be turned off")]
     ZeroDialogMax,
+    #[error("{0} bytes is out of range; use 65536 to 1073741824, e.g. 4194304 (4 MiB)")]
+    BufferSize(usize),
+    #[error("{0} is out of range; use 1 to 256 worker threads")]
+    Workers(usize),
 }
 
 impl Config {
@@ -485,6 +533,17 @@ impl Config {
         if self.dialogs.max == 0 {
             return fail("dialogs.max", Rule::ZeroDialogMax);
         }
+        for (key, value) in [
+            ("listen.recv_buffer", self.listen.recv_buffer),
+            ("listen.send_buffer", self.listen.send_buffer),
+        ] {
+            if !SOCKET_BUFFER_RANGE.contains(&value) {
+                return fail(key, Rule::BufferSize(value));
+            }
+        }
+        if !WORKERS_RANGE.contains(&self.runtime.workers) {
+            return fail("runtime.workers", Rule::Workers(self.runtime.workers));
+        }
         Ok(())
     }
 }
@@ -495,6 +554,11 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let udp: Vec<String> = self.listen.udp.iter().map(|a| a.to_string()).collect();
         writeln!(f, "listen udp      {}", udp.join(", "))?;
+        writeln!(
+            f,
+            "socket buffers  recv {} bytes, send {} bytes",
+            self.listen.recv_buffer, self.listen.send_buffer
+        )?;
         writeln!(
             f,
             "advertise       {}:{}",
@@ -523,11 +587,16 @@ impl fmt::Display for Config {
             DisplayDuration(self.failover.fr_inv_timeout),
             codes.join(", ")
         )?;
-        write!(
+        writeln!(
             f,
             "dialogs         ttl {}, max {}",
             DisplayDuration(self.dialogs.ttl),
             self.dialogs.max
+        )?;
+        write!(
+            f,
+            "runtime         {} worker thread(s)",
+            self.runtime.workers
         )
     }
 }
@@ -1207,6 +1276,32 @@ uri = "sip:10.0.1.11:5080"
     fn dialog_max_must_be_positive() {
         let text = format!("{BASE}\n[dialogs]\nmax = 0\n");
         assert_eq!(rule(&text), ("dialogs.max".into(), Rule::ZeroDialogMax));
+    }
+
+    #[test]
+    fn socket_buffers_and_workers_have_ranges() {
+        let text = BASE.replace(
+            r#"udp = ["10.0.0.5:5060"]"#,
+            "udp = [\"10.0.0.5:5060\"]\nrecv_buffer = 1024",
+        );
+        assert_eq!(
+            rule(&text),
+            ("listen.recv_buffer".into(), Rule::BufferSize(1024))
+        );
+        let text = BASE.replace(
+            r#"udp = ["10.0.0.5:5060"]"#,
+            "udp = [\"10.0.0.5:5060\"]\nsend_buffer = 4294967296",
+        );
+        assert_eq!(
+            rule(&text),
+            ("listen.send_buffer".into(), Rule::BufferSize(4 << 30))
+        );
+        let text = format!("{BASE}\n[runtime]\nworkers = 0\n");
+        assert_eq!(rule(&text), ("runtime.workers".into(), Rule::Workers(0)));
+        let text = format!("{BASE}\n[runtime]\nworkers = 2\n");
+        let cfg = from_toml(&text, "t.toml").unwrap();
+        assert_eq!(cfg.runtime.workers, 2);
+        assert_eq!(cfg.listen.recv_buffer, 4 << 20);
     }
 
     #[test]

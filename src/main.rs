@@ -14,6 +14,11 @@ use sipedge::transport::{bind_udp, UdpOptions};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc, as Kamailio is best run with TLSF
+/// (`-x tlsf`): per-call state is many small, short-lived allocations.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a config that cannot be read or is invalid; clap uses
 /// the same for a bad command line, so scripts see one "fix your input".
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -83,9 +88,12 @@ fn run(name: &str, config: &Config) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // One thread: at SIP rates the per-datagram work is small, and a
-    // multi-threaded runtime spent a third of its CPU waking its workers.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // `[runtime] workers`, 1 by default: at SIP rates the per-datagram
+    // work is small, and with more workers idle ones are woken to steal it
+    // (a third of the CPU at 500 calls/s on 2 cores).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.workers)
+        .thread_name("sipedge-worker")
         .enable_all()
         .build()
     {
@@ -101,7 +109,12 @@ fn run(name: &str, config: &Config) -> ExitCode {
 async fn serve(name: &str, config: Config) -> ExitCode {
     let mut sockets = Vec::new();
     for addr in &config.listen.udp {
-        match bind_udp(*addr, UdpOptions::default()) {
+        let options = UdpOptions {
+            recv_buffer: config.listen.recv_buffer,
+            send_buffer: config.listen.send_buffer,
+            ..UdpOptions::default()
+        };
+        match bind_udp(*addr, options) {
             Ok(s) => sockets.push(s),
             Err(e) => {
                 eprintln!("sipedge: cannot bind udp:{addr}: {e}");

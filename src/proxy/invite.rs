@@ -14,7 +14,7 @@ use tokio::time::{sleep_until, Duration, Instant};
 use super::{with_editor, Counters, Proxy, ServerInvite};
 use crate::dialog::Removal;
 use crate::sip::{HeaderName, Message, Method, Response};
-use crate::transaction::{ClientTxn, LINGER};
+use crate::transaction::ClientTxn;
 
 /// What an INVITE task hears: the responses on its branches and the
 /// destinations reported unreachable.
@@ -65,9 +65,8 @@ impl Proxy {
         server: Arc<ServerInvite>,
     ) {
         let Ok(msg) = Message::parse(&raw) else {
-            return;
-        };
-        let Some(key) = super::request::server_key(&msg) else {
+            // Parsed once already; never happens. Let the sweeper have it.
+            let _ = server.decided.set(Instant::now());
             return;
         };
         let deciding = Deciding::new(&self.calls_deciding);
@@ -130,30 +129,15 @@ impl Proxy {
             }
         }
         drop(deciding);
-        // Linger: relay retransmitted 2xx and let the trunk's ACK for a
-        // non-2xx be absorbed, then forget the transaction.
-        let end = Instant::now() + LINGER;
-        loop {
-            tokio::select! {
-                _ = sleep_until(end) => break,
-                r = replies.rx.recv() => match r {
-                    Some(b) => {
-                        if let Ok(resp) = Message::parse(&b) {
-                            if resp.status().is_some_and(|c| (200..300).contains(&c))
-                                && is_invite_response(&resp)
-                            {
-                                self.relay_upstream(&resp, None);
-                            }
-                        }
-                    }
-                    None => break,
-                },
-            }
-        }
+        // Decided. What is left for the retransmission window (a 2xx
+        // retransmitted by the node, the trunk's INVITE retransmissions and
+        // its ACK for a non-2xx) is served from the tables, which the
+        // sweeper clears after LINGER; this task and its buffers go now.
+        let now = Instant::now();
+        let _ = server.decided.set(now);
         for b in &branches {
-            self.txns.remove(b.as_bytes());
+            self.txns.decide(b.as_bytes(), now);
         }
-        self.invites.remove(&key);
     }
 
     /// Waits for the outcome on one node.

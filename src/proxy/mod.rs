@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::dialog::Dialogs;
 use crate::dispatcher::{Dispatcher, DispatcherError};
 use crate::sip::{Message, Response, Rport, Via};
-use crate::transaction::{BranchGen, ClientTxns, Resends};
+use crate::transaction::{BranchGen, ClientTxns, Resends, LINGER};
 use crate::transport::{Egress, RecvBatch, SipSocket};
 
 /// Counters of what the proxy did and refused. Exported as Prometheus
@@ -62,6 +62,9 @@ impl Counters {
 pub(crate) struct ServerInvite {
     cancel: CancellationToken,
     last: Mutex<Option<Bytes>>,
+    /// When the final answer went out: the transaction then only absorbs
+    /// retransmissions and the ACK, for [`LINGER`], and the sweeper drops it.
+    decided: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl ServerInvite {
@@ -215,13 +218,23 @@ impl Proxy {
             loop {
                 tokio::select! {
                     _ = c.cancelled() => break,
-                    _ = tick.tick() => p.txns.sweep(tokio::time::Instant::now()),
+                    _ = tick.tick() => p.sweep(tokio::time::Instant::now()),
                 }
             }
         });
         cancel.cancelled().await;
         self.shutting_down.store(true, Ordering::Relaxed);
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Forgets finished transactions once their retransmissions are over.
+    fn sweep(&self, now: tokio::time::Instant) {
+        self.txns.sweep(now);
+        self.invites.retain(|_, s| {
+            s.decided
+                .get()
+                .is_none_or(|at| now.duration_since(*at) < LINGER)
+        });
     }
 
     async fn recv_loop(self: Arc<Self>, index: usize, cancel: CancellationToken) {

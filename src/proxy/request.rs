@@ -347,7 +347,7 @@ impl Proxy {
             for r in due.drain(..) {
                 let pending = self.txns.with(r.branch.as_bytes(), |t| match t {
                     ClientTxn::Relay(r) => !r.answered.load(Ordering::Relaxed),
-                    ClientTxn::Invite(_) => false,
+                    ClientTxn::Invite(_) | ClientTxn::Decided { .. } => false,
                 });
                 if pending != Some(true) || self.shutting_down.load(Ordering::Relaxed) {
                     continue;

@@ -23,6 +23,7 @@ impl Proxy {
         }
         enum Action {
             Task,
+            Decided,
             Relay {
                 bye: bool,
                 repin: Option<SocketAddr>,
@@ -35,6 +36,7 @@ impl Proxy {
                 let _ = tx.try_send(Bytes::copy_from_slice(msg.as_bytes()));
                 Action::Task
             }
+            ClientTxn::Decided { .. } => Action::Decided,
             ClientTxn::Relay(r) => {
                 r.answered.store(true, std::sync::atomic::Ordering::Relaxed);
                 Action::Relay {
@@ -51,6 +53,18 @@ impl Proxy {
                 tracing::debug!(%src, "response matches no transaction");
             }
             Some(Action::Task) => {}
+            Some(Action::Decided) => {
+                // A 2xx the node retransmits because the trunk's ACK has not
+                // reached it yet: relay it (RFC 6026); anything else is over.
+                let ok = msg.status().is_some_and(|c| (200..300).contains(&c));
+                if ok
+                    && msg
+                        .cseq()
+                        .is_ok_and(|c| c.method == crate::sip::Method::Invite)
+                {
+                    self.relay_upstream(msg, None);
+                }
+            }
             Some(Action::Relay {
                 bye,
                 repin,

@@ -116,6 +116,9 @@ pub struct Message<'a> {
     /// received/rport edit, response building and transaction matching all
     /// ask for it, a pure forwarding edit never does.
     top_via: OnceLock<Result<Via<'a>, SipError>>,
+    /// The Request-URI, parsed on first use (validation, routing and the
+    /// local-OPTIONS check all read it).
+    ruri: OnceLock<Result<Uri<'a>, SipError>>,
 }
 
 impl std::fmt::Debug for Message<'_> {
@@ -248,6 +251,7 @@ impl<'a> Message<'a> {
             body_start: 0,
             content_length: None,
             top_via: OnceLock::new(),
+            ruri: OnceLock::new(),
         };
         let mut pos = nl + 1;
         loop {
@@ -392,8 +396,10 @@ impl<'a> Message<'a> {
 
     /// The parsed Request-URI (a response has none: `BadStartLine`).
     pub fn request_uri(&self) -> Result<Uri<'a>, SipError> {
-        let raw = self.request_uri_bytes().ok_or(SipError::BadStartLine)?;
-        Uri::parse(raw).map_err(|_| SipError::BadRequestUri)
+        *self.ruri.get_or_init(|| {
+            let raw = self.request_uri_bytes().ok_or(SipError::BadStartLine)?;
+            Uri::parse(raw).map_err(|_| SipError::BadRequestUri)
+        })
     }
 
     pub fn body(&self) -> &'a [u8] {

@@ -161,6 +161,10 @@ pub enum ClientTxn {
     Invite(mpsc::Sender<Bytes>),
     /// Any other forwarded request: relay responses upstream.
     Relay(Relay),
+    /// A branch of an INVITE whose outcome is decided (its task has ended):
+    /// kept until [`LINGER`] after `at` so a retransmitted 2xx is still
+    /// relayed (RFC 6026 "Accepted").
+    Decided { at: Instant },
 }
 
 #[derive(Debug)]
@@ -205,12 +209,22 @@ impl ClientTxns {
         self.map.is_empty()
     }
 
-    /// Drops relay entries older than [`LINGER`] (their responses are long
-    /// done) and INVITE entries whose task has ended.
+    /// The INVITE task for `branch` has decided: from now on only a
+    /// retransmitted 2xx is relayed, by the response path.
+    pub fn decide(&self, branch: &[u8], at: Instant) {
+        if let Some(mut t) = self.map.get_mut(branch) {
+            *t = ClientTxn::Decided { at };
+        }
+    }
+
+    /// Drops relay entries and decided INVITE branches older than
+    /// [`LINGER`] (their responses are long done), and INVITE entries whose
+    /// task has ended without deciding.
     pub fn sweep(&self, now: Instant) {
         self.map.retain(|_, t| match t {
             ClientTxn::Invite(tx) => !tx.is_closed(),
             ClientTxn::Relay(r) => now.duration_since(r.created) < LINGER,
+            ClientTxn::Decided { at } => now.duration_since(*at) < LINGER,
         });
     }
 }
@@ -430,8 +444,10 @@ mod tests {
                 answered: Default::default(),
             }),
         );
+        t.insert("b3", ClientTxn::Invite(mpsc::channel(1).0));
+        t.decide(b"b3", Instant::now());
         t.sweep(Instant::now());
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.len(), 3);
         tokio::time::advance(LINGER).await;
         drop(rx);
         t.sweep(Instant::now());
