@@ -1064,3 +1064,31 @@ async fn node_originated_call_goes_out_and_its_dialog_comes_back() {
     assert_our_via(&bye, h.addr);
     h.nodes[1].expect_nothing(Duration::ZERO).await;
 }
+
+/// Every `listen.udp` socket is served, not just the first: a call that
+/// comes in on the second socket reaches a node and is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listen_socket_is_served() {
+    let h = Harness::start(Options {
+        extra_socket: Some("127.0.0.9"),
+        ..Options::default()
+    })
+    .await;
+    let second = h.extra.expect("second socket");
+    assert_eq!(h.proxy.local_addrs(), vec![h.addr, second]);
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), second).await;
+    let node = &h.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    assert_eq!(inv.call_id(), call.call_id);
+    let fs = Dialog::uas(node, &inv, &unique("fs-"));
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let got = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    let ok = got.last().expect("the 200");
+    assert_only_via(ok, &call.invite_branch);
+    // And the first socket still works alongside it.
+    let (ka, _, _) = h.keepalive(70);
+    h.trunk.send(ka, h.addr).await;
+    h.trunk.recv_response(200).await;
+}

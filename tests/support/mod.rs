@@ -103,6 +103,8 @@ pub struct Options {
     pub algorithm: &'static str,
     pub fr_timeout: &'static str,
     pub fr_inv_timeout: &'static str,
+    /// Also listen on this address (port 0), as a second socket.
+    pub extra_socket: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -112,6 +114,7 @@ impl Default for Options {
             algorithm: "priority",
             fr_timeout: "300ms",
             fr_inv_timeout: "120s",
+            extra_socket: None,
         }
     }
 }
@@ -141,6 +144,8 @@ pub struct Harness {
     pub proxy: Arc<Proxy>,
     /// Where the proxy listens (and what it advertises).
     pub addr: SocketAddr,
+    /// The second socket, with [`Options::extra_socket`].
+    pub extra: Option<SocketAddr>,
     pub trunk: Peer,
     pub nodes: Vec<Peer>,
     cancel: CancellationToken,
@@ -166,12 +171,24 @@ impl Harness {
         let text = config_toml(addr, &node_addrs, &opts);
         let cfg = sipedge::config::from_toml(&text, "test")
             .unwrap_or_else(|e| panic!("test config refused: {e}\n{text}"));
-        let proxy = Proxy::new(cfg, vec![socket]).expect("build the proxy");
+        let mut sockets = vec![socket];
+        let mut extra = None;
+        if let Some(ip) = opts.extra_socket {
+            let s = sipedge::transport::bind_udp(
+                format!("{ip}:0").parse().unwrap(),
+                sipedge::transport::UdpOptions::default(),
+            )
+            .expect("bind the second proxy socket");
+            extra = Some(s.local_addr().unwrap());
+            sockets.push(s);
+        }
+        let proxy = Proxy::new(cfg, sockets).expect("build the proxy");
         let cancel = CancellationToken::new();
         tokio::spawn(proxy.clone().run(cancel.clone()));
         Harness {
             proxy,
             addr,
+            extra,
             trunk,
             nodes,
             cancel,
