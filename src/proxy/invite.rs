@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -14,7 +15,8 @@ use tokio::time::{sleep_until, Duration, Instant};
 use super::{with_editor, Counters, Proxy, ServerInvite};
 use crate::dialog::Removal;
 use crate::sip::{HeaderName, Message, Method, Response};
-use crate::transaction::ClientTxn;
+use crate::dispatcher::Plan;
+use crate::transaction::{ClientTxn, Token};
 
 /// What an INVITE task hears: the responses on its branches and the
 /// destinations reported unreachable.
@@ -24,28 +26,22 @@ struct Replies {
 }
 
 /// One try on one node: our branch, its address, the INVITE as sent.
-struct Leg<'a> {
-    branch: &'a str,
+struct Leg {
+    branch: Token,
     addr: SocketAddr,
-    invite: &'a [u8],
+    invite: Bytes,
 }
 
 /// RFC 3261 T1: the first retransmission interval of our INVITE.
 const T1: Duration = Duration::from_millis(500);
 
-/// Counts an INVITE as undecided until dropped (also on early return).
-struct Deciding<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Deciding<'a> {
-    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
-        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Deciding(n)
-    }
-}
+/// Ends an INVITE's "deciding" count (taken in `start_invite`) when
+/// dropped, also on early return.
+struct Deciding<'a>(&'a AtomicUsize);
 
 impl Drop for Deciding<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -57,61 +53,105 @@ enum Attempt {
     Done,
 }
 
+/// A new INVITE as started on the receive path, handed to its task: the
+/// rest of the plan, the reply channel and the first try already sent.
+pub(super) struct Started {
+    plan: Plan,
+    tx: mpsc::Sender<Bytes>,
+    replies: Replies,
+    branches: Vec<Token>,
+    pop_route: bool,
+    first: Option<Leg>,
+}
+
 impl Proxy {
+    /// The synchronous start of a new INVITE: 100 to the trunk and the
+    /// INVITE to the first node, so both leave with the datagrams of the
+    /// same receive batch. Counts the call as deciding until its task ends.
+    pub(super) fn start_invite(
+        &self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        server: &ServerInvite,
+    ) -> Started {
+        self.calls_deciding.fetch_add(1, Ordering::Relaxed);
+        self.answer(msg, src, server, 100, b"Trying");
+        let (tx, rx) = mpsc::channel(32);
+        let mut started = Started {
+            plan: self.dispatcher.plan(msg.call_id().unwrap_or_default()),
+            tx,
+            // Subscribed before the first send: its ICMP error must not be
+            // missed.
+            replies: Replies {
+                rx,
+                icmp: self.unreachable.subscribe(),
+            },
+            branches: Vec::new(),
+            pop_route: self.first_route_is_me(msg),
+            first: None,
+        };
+        started.first = self.next_leg(msg, src, server, &mut started);
+        started
+    }
+
+    /// Sends the INVITE to the next node of the plan that takes it (a send
+    /// error marks the node suspect and moves on). `None`: no node left,
+    /// or the trunk cancelled.
+    fn next_leg(
+        &self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        server: &ServerInvite,
+        st: &mut Started,
+    ) -> Option<Leg> {
+        let call_id = msg.call_id().unwrap_or_default();
+        while let Some(node) = st.plan.next() {
+            if server.cancel.is_cancelled() {
+                return None;
+            }
+            let addr = self.dispatcher.addr(node);
+            let branch = self.branches.next();
+            let invite = self.invite_for(msg, src, &branch, node, st.pop_route)?;
+            self.txns.insert(&branch, ClientTxn::Invite(st.tx.clone()));
+            st.branches.push(branch);
+            self.pin(call_id, addr);
+            if self.send(&invite, addr).is_err() {
+                Counters::inc(&self.counters.failover_transport);
+                self.dispatcher.mark_suspect(node);
+                continue;
+            }
+            return Some(Leg {
+                branch,
+                addr,
+                invite,
+            });
+        }
+        None
+    }
+
+    /// The rest of a new INVITE's life: wait on each node, fail over, answer.
     pub(super) async fn drive_invite(
         self: Arc<Self>,
         raw: Bytes,
         src: SocketAddr,
         server: Arc<ServerInvite>,
+        mut st: Started,
     ) {
+        let deciding = Deciding(&self.calls_deciding);
         let Ok(msg) = Message::parse(&raw) else {
             // Parsed once already; never happens. Let the sweeper have it.
             let _ = server.decided.set(Instant::now());
             return;
         };
-        let deciding = Deciding::new(&self.calls_deciding);
-        self.answer(&msg, src, &server, 100, b"Trying");
         let call_id = msg.call_id().unwrap_or_default();
-        let (tx, rx) = mpsc::channel(32);
-        let mut replies = Replies {
-            rx,
-            icmp: self.unreachable.subscribe(),
-        };
         let mut decided = false;
-        let mut branches = Vec::new();
-        let pop_route = self.first_route_is_me(&msg);
-        for node in self.dispatcher.plan(call_id) {
-            if server.cancel.is_cancelled() {
-                break;
-            }
-            let addr = self.dispatcher.addr(node);
-            let branch = self.branches.next();
-            let Some(fwd) = self.invite_for(&msg, src, &branch, node, pop_route) else {
-                break;
-            };
-            self.txns.insert(&branch, ClientTxn::Invite(tx.clone()));
-            branches.push(branch);
-            self.pin(call_id, addr);
-            if self.send(&fwd, addr).is_err() {
-                Counters::inc(&self.counters.failover_transport);
-                self.dispatcher.mark_suspect(node);
-                continue;
-            }
-            match self
-                .attempt(
-                    &msg,
-                    src,
-                    &server,
-                    &Leg {
-                        branch: &branch,
-                        addr,
-                        invite: &fwd,
-                    },
-                    &mut replies,
-                )
-                .await
-            {
-                Attempt::Failover => tracing::info!(node = %addr, "INVITE failed over"),
+        let mut leg = st.first.take();
+        while let Some(l) = leg {
+            match self.attempt(&msg, src, &server, &l, &mut st.replies).await {
+                Attempt::Failover => {
+                    tracing::info!(node = %l.addr, "INVITE failed over");
+                    leg = self.next_leg(&msg, src, &server, &mut st);
+                }
                 Attempt::Done => {
                     decided = true;
                     break;
@@ -135,7 +175,7 @@ impl Proxy {
         // sweeper clears after LINGER; this task and its buffers go now.
         let now = Instant::now();
         let _ = server.decided.set(now);
-        for b in &branches {
+        for b in &st.branches {
             self.txns.decide(b.as_bytes(), now);
         }
     }
@@ -146,10 +186,10 @@ impl Proxy {
         msg: &Message<'_>,
         src: SocketAddr,
         server: &ServerInvite,
-        leg: &Leg<'_>,
+        leg: &Leg,
         replies: &mut Replies,
     ) -> Attempt {
-        let (branch, addr) = (leg.branch, leg.addr);
+        let (branch, addr) = (&*leg.branch, leg.addr);
         // Timer A (RFC 3261 §17.1.1.2): resend to a silent node at T1,
         // doubling, until anything comes back.
         let mut resend_every = T1;
@@ -178,7 +218,7 @@ impl Proxy {
                     }
                 }
                 _ = sleep_until(resend_at), if !heard => {
-                    let _ = self.send(leg.invite, addr);
+                    let _ = self.send(&leg.invite, addr);
                     resend_every *= 2;
                     resend_at = Instant::now() + resend_every;
                 }

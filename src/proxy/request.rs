@@ -172,8 +172,9 @@ impl Proxy {
             }
             dashmap::Entry::Vacant(v) => v.insert(Arc::new(ServerInvite::default())).clone(),
         };
+        let started = self.start_invite(msg, src, &server);
         let raw = bytes::Bytes::copy_from_slice(msg.as_bytes());
-        tokio::spawn(self.clone().drive_invite(raw, src, server));
+        tokio::spawn(self.clone().drive_invite(raw, src, server, started));
     }
 
     /// A request from a pool member starting a call to the outside.
