@@ -14,8 +14,8 @@ use tokio::time::{sleep_until, Duration, Instant};
 
 use super::{with_editor, Counters, Proxy, ServerInvite};
 use crate::dialog::Removal;
-use crate::sip::{HeaderName, Message, Method, Response};
 use crate::dispatcher::Plan;
+use crate::sip::{HeaderName, Message, Method, Response};
 use crate::transaction::{ClientTxn, Token};
 
 /// What an INVITE task hears: the responses on its branches and the
