@@ -105,7 +105,7 @@ impl Proxy {
         st: &mut Started,
     ) -> Option<Leg> {
         let call_id = msg.call_id().unwrap_or_default();
-        while let Some(node) = st.plan.next() {
+        for node in st.plan.by_ref() {
             if server.cancel.is_cancelled() {
                 return None;
             }
