@@ -332,8 +332,10 @@ impl Proxy {
             .received(src)
             .write(&mut out);
         let out = out.freeze();
+        // Remembered first: the trunk may retransmit its INVITE the moment
+        // this answer reaches it, and must get this answer again.
+        server.remember(out.clone());
         let _ = self.send(&out, super::reply_target(via, src));
-        server.remember(out);
     }
 
     /// CANCEL or ACK for our INVITE on `branch` (RFC 3261 §9.1, §17.1.1.3):

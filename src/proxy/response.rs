@@ -99,10 +99,12 @@ impl Proxy {
             let mut e = ed.edit(msg);
             e.remove_top_via();
             let out = e.finish();
-            let _ = self.send(out, to);
+            // Remembered before it is sent: a retransmitted INVITE read by
+            // another worker right after the trunk got this must see it.
             if let Some(server) = keep {
                 server.remember(Bytes::copy_from_slice(out));
             }
+            let _ = self.send(out, to);
         });
     }
 }
