@@ -20,14 +20,18 @@
 //! - [`dialog`]: the Call-ID -> node table and its expiry task.
 //! - [`proxy`]: the stateful proxy: request and response paths, the INVITE
 //!   task with failover, errors to SIP answers.
+//! - [`metrics`]: the Prometheus metrics: names as documented constants,
+//!   labels from enums, handles resolved once, an own registry per
+//!   instance, text exposition.
 //!
 //! Still to come (see `../shared/style.md`): `admin` (HTTP: `/metrics`,
-//! health, JSON-RPC) and `metrics`.
+//! health, JSON-RPC).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod dialog;
 pub mod dispatcher;
+pub mod metrics;
 pub mod proxy;
 pub mod sip;
 pub mod transaction;

@@ -1,0 +1,1546 @@
+//! The Prometheus metrics of sipedge, served as text by the admin
+//! `/metrics` endpoint.
+//!
+//! Every metric name is a documented `pub const` below, so the dashboard
+//! (`deploy/grafana/sipedge.json`), alerts and tests refer to one spelling.
+//! Label values come from the enums of this module, never from the network:
+//! a sender cannot create series (an unknown SIP method is counted as
+//! `other`). The series of fixed label sets are resolved once in
+//! [`Metrics::new`], so counting on the hot path is one atomic add, without
+//! hashing or allocation, and each of them is exported from the start at 0
+//! (a `rate()` over a series that appears late misses its first increments).
+//!
+//! Each [`Metrics`] owns its [`Registry`] instead of the process-wide
+//! default one, so tests can build as many as they like.
+//!
+//! Per-node series carry `set` and `uri` labels, bounded by the
+//! configuration: [`Metrics::register_destination`] creates them and
+//! [`Metrics::remove_destination`] drops them when a reload removes the
+//! node. The `sipedge_destination_*` and `sipedge_probe_*` families appear
+//! once a destination is registered.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::dialog::Removal;
+use crate::sip::{Method, SipError};
+
+/// Whether a destination takes new calls: 1 when its state is `active` or
+/// `trying` (Kamailio's `ds_select_dst` still selects a trying node), else
+/// 0. Labels: `set`, `uri`.
+pub const DESTINATION_UP: &str = "sipedge_destination_up";
+/// The state of a destination as a one-hot gauge: 1 on the series of the
+/// current state, 0 on the others. Labels: `set`, `uri`, `state`
+/// ([`DestState`]).
+pub const DESTINATION_STATE: &str = "sipedge_destination_state";
+/// Dialogs pinned to a destination: what a drain of that node waits for.
+/// Labels: `set`, `uri`.
+pub const DESTINATION_CALLS_ACTIVE: &str = "sipedge_destination_calls_active";
+/// OPTIONS probes sent to a destination, by outcome. Labels: `set`, `uri`,
+/// `result` ([`ProbeResult`]).
+pub const PROBE_TOTAL: &str = "sipedge_probe_total";
+/// Round trip of the answered OPTIONS probes. Labels: `set`, `uri`.
+/// Buckets: [`PROBE_BUCKETS`].
+pub const PROBE_DURATION_SECONDS: &str = "sipedge_probe_duration_seconds";
+/// Requests received, by method. Label: `method` ([`MethodLabel`]).
+pub const REQUESTS_TOTAL: &str = "sipedge_requests_total";
+/// Responses sent, relayed from a node or a trunk and answered by sipedge
+/// itself. Labels: `class` ([`ResponseClass`]), `origin`
+/// ([`ResponseOrigin`]).
+pub const RESPONSES_TOTAL: &str = "sipedge_responses_total";
+/// New INVITEs moved on to the next node. Label: `reason`
+/// ([`FailoverReason`]).
+pub const FAILOVERS_TOTAL: &str = "sipedge_failovers_total";
+/// INVITEs answered with a final error by sipedge itself. Label: `reason`
+/// ([`RejectReason`]).
+pub const INVITES_REJECTED_TOTAL: &str = "sipedge_invites_rejected_total";
+/// Messages dropped without an answer. Label: `reason` ([`DropReason`]).
+pub const DROPPED_MESSAGES_TOTAL: &str = "sipedge_dropped_messages_total";
+/// Entries in the Call-ID -> node table.
+pub const DIALOGS: &str = "sipedge_dialogs";
+/// Entries that left the Call-ID -> node table, or were never stored. Label:
+/// `reason` ([`EvictReason`]).
+pub const DIALOGS_EVICTED_TOTAL: &str = "sipedge_dialogs_evicted_total";
+/// Client transactions alive (forwarded requests awaiting or lingering on
+/// their answer).
+pub const TRANSACTIONS: &str = "sipedge_transactions";
+/// Time from a new INVITE's arrival to the first final response relayed
+/// for it, failovers included. Buckets: [`INVITE_SETUP_BUCKETS`].
+pub const INVITE_SETUP_SECONDS: &str = "sipedge_invite_setup_seconds";
+/// Always 1; the `version` label tells which build answers the scrape.
+pub const BUILD_INFO: &str = "sipedge_build_info";
+
+/// Every metric name above, for tests and tools that check an exposition.
+pub const ALL_NAMES: &[&str] = &[
+    DESTINATION_UP,
+    DESTINATION_STATE,
+    DESTINATION_CALLS_ACTIVE,
+    PROBE_TOTAL,
+    PROBE_DURATION_SECONDS,
+    REQUESTS_TOTAL,
+    RESPONSES_TOTAL,
+    FAILOVERS_TOTAL,
+    INVITES_REJECTED_TOTAL,
+    DROPPED_MESSAGES_TOTAL,
+    DIALOGS,
+    DIALOGS_EVICTED_TOTAL,
+    TRANSACTIONS,
+    INVITE_SETUP_SECONDS,
+    BUILD_INFO,
+];
+
+/// Buckets of [`PROBE_DURATION_SECONDS`]: an OPTIONS round trip on a LAN
+/// is about a millisecond; seconds mean a node that is about to time out.
+pub const PROBE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+];
+
+/// Buckets of [`INVITE_SETUP_SECONDS`]: a FreeSWITCH fax endpoint answers
+/// in milliseconds, a failover adds `fr_timeout` (2 s by default), a call
+/// that rings adds seconds more.
+pub const INVITE_SETUP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The content type of [`Metrics::encode`]'s output, for the HTTP answer.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Why the metrics could not be set up. Names and labels are constants, so
+/// this means a programming error; it is still an error, not a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The metric's options (name, labels, buckets) were refused.
+    #[error("cannot define metric {metric}: {source}")]
+    Define {
+        metric: &'static str,
+        source: prometheus::Error,
+    },
+    /// The registry refused it, e.g. a name registered twice.
+    #[error("cannot register metric {metric}: {source}")]
+    Register {
+        metric: &'static str,
+        source: prometheus::Error,
+    },
+    /// A series could not be created (wrong number of label values).
+    #[error("cannot create a series of metric {metric}: {source}")]
+    Series {
+        metric: &'static str,
+        source: prometheus::Error,
+    },
+}
+
+/// A label enum: a fixed list of values whose position in `ALL` is the
+/// index of its pre-resolved series.
+trait Label: Copy + 'static {
+    const VALUES: &'static [Self];
+    /// The generic spelling of `as_str`, for the tests.
+    #[cfg(test)]
+    fn label(self) -> &'static str;
+    fn index(self) -> usize;
+}
+
+/// Declares a label enum with `ALL` and `as_str()`; each variant names its
+/// label value.
+macro_rules! label_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $value:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The label value written in the exposition.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $value,)+
+                }
+            }
+        }
+
+        impl Label for $name {
+            const VALUES: &'static [Self] = $name::ALL;
+
+            #[cfg(test)]
+            fn label(self) -> &'static str {
+                self.as_str()
+            }
+
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// A destination's state, as Kamailio's `dispatcher.list` FLAGS.
+    pub enum DestState {
+        /// `A`: takes calls, probes answer.
+        Active => "active",
+        /// `T`: probes started failing; still takes calls until the
+        /// failure threshold.
+        Trying => "trying",
+        /// `I`: probes failed; takes no calls until a probe answers.
+        Inactive => "inactive",
+        /// `D`: set by the operator (`dispatcher.set_state d`): no calls, no
+        /// probes.
+        Disabled => "disabled",
+    }
+}
+
+impl DestState {
+    /// Does a node in this state get new calls ([`DESTINATION_UP`])?
+    pub fn is_up(self) -> bool {
+        matches!(self, DestState::Active | DestState::Trying)
+    }
+}
+
+label_enum! {
+    /// The outcome of one OPTIONS probe.
+    pub enum ProbeResult {
+        /// Answered with a code that counts as alive.
+        Ok => "ok",
+        /// No answer within the probe timeout.
+        Timeout => "timeout",
+        /// Answered, with a code that does not count as alive.
+        BadCode => "bad_code",
+        /// The probe could not be sent (e.g. ICMP port unreachable).
+        TransportError => "transport_error",
+    }
+}
+
+label_enum! {
+    /// The `method` label: the methods of RFC 3261 and its extensions that
+    /// a FreeSWITCH pool sees; anything else is `Other`, so the number of
+    /// series stays fixed whatever a sender writes.
+    pub enum MethodLabel {
+        Invite => "INVITE",
+        Ack => "ACK",
+        Bye => "BYE",
+        Cancel => "CANCEL",
+        Options => "OPTIONS",
+        Register => "REGISTER",
+        Prack => "PRACK",
+        Update => "UPDATE",
+        Info => "INFO",
+        Refer => "REFER",
+        Notify => "NOTIFY",
+        Subscribe => "SUBSCRIBE",
+        Message => "MESSAGE",
+        Publish => "PUBLISH",
+        /// An extension method, or a known one in another case (methods are
+        /// case-sensitive, RFC 3261 §7.1).
+        Other => "other",
+    }
+}
+
+impl MethodLabel {
+    /// Classifies a method token as received.
+    pub fn from_token(token: &[u8]) -> MethodLabel {
+        Method::from_bytes(token).into()
+    }
+}
+
+impl From<Method<'_>> for MethodLabel {
+    fn from(m: Method<'_>) -> MethodLabel {
+        match m {
+            Method::Invite => MethodLabel::Invite,
+            Method::Ack => MethodLabel::Ack,
+            Method::Bye => MethodLabel::Bye,
+            Method::Cancel => MethodLabel::Cancel,
+            Method::Options => MethodLabel::Options,
+            Method::Register => MethodLabel::Register,
+            Method::Prack => MethodLabel::Prack,
+            Method::Update => MethodLabel::Update,
+            Method::Info => MethodLabel::Info,
+            Method::Refer => MethodLabel::Refer,
+            Method::Notify => MethodLabel::Notify,
+            Method::Subscribe => MethodLabel::Subscribe,
+            Method::Message => MethodLabel::Message,
+            Method::Publish => MethodLabel::Publish,
+            Method::Extension(_) => MethodLabel::Other,
+        }
+    }
+}
+
+impl From<&[u8]> for MethodLabel {
+    fn from(token: &[u8]) -> MethodLabel {
+        MethodLabel::from_token(token)
+    }
+}
+
+label_enum! {
+    /// The `class` label of a response: its status code's first digit.
+    pub enum ResponseClass {
+        Provisional => "1xx",
+        Success => "2xx",
+        Redirection => "3xx",
+        ClientError => "4xx",
+        ServerError => "5xx",
+        GlobalFailure => "6xx",
+    }
+}
+
+impl ResponseClass {
+    /// The class of a status code; `None` outside 100..=699.
+    pub fn from_status(code: u16) -> Option<ResponseClass> {
+        match code {
+            100..=199 => Some(ResponseClass::Provisional),
+            200..=299 => Some(ResponseClass::Success),
+            300..=399 => Some(ResponseClass::Redirection),
+            400..=499 => Some(ResponseClass::ClientError),
+            500..=599 => Some(ResponseClass::ServerError),
+            600..=699 => Some(ResponseClass::GlobalFailure),
+            _ => None,
+        }
+    }
+}
+
+label_enum! {
+    /// Who wrote a response sipedge sent.
+    pub enum ResponseOrigin {
+        /// A node's or a trunk's response passed on.
+        Relayed => "relayed",
+        /// Answered by sipedge itself (100 Trying, 481, 503...).
+        Local => "local",
+    }
+}
+
+label_enum! {
+    /// Why a new INVITE moved on to the next node.
+    pub enum FailoverReason {
+        /// No reply at all within `fr_timeout`.
+        Timeout => "timeout",
+        /// A final reply with one of the failover codes (5xx by default).
+        Code => "code",
+        /// The INVITE could not be sent to the node.
+        Transport => "transport",
+    }
+}
+
+label_enum! {
+    /// Why sipedge answered an INVITE with a final error itself.
+    pub enum RejectReason {
+        /// No node left to try (503).
+        AllDown => "all_down",
+        /// Max-Forwards reached 0 (483).
+        MaxForwards => "max_forwards",
+        /// The request failed validation (400).
+        Malformed => "malformed",
+        /// Not SIP/2.0 (505).
+        UnsupportedVersion => "unsupported_version",
+        /// Over the size cap (513).
+        TooLarge => "too_large",
+        /// sipedge is draining (503).
+        ShuttingDown => "shutting_down",
+        /// The request already went through this proxy (482).
+        Loop => "loop",
+        /// A Request-URI scheme other than sip/sips (416).
+        UnsupportedUri => "unsupported_uri",
+        /// A Proxy-Require extension we do not support (420).
+        BadExtension => "bad_extension",
+        /// An in-dialog INVITE (re-INVITE) for a dialog nobody knows (481).
+        UnknownDialog => "unknown_dialog",
+        /// A node's INVITE whose Request-URI names no reachable target
+        /// (404).
+        NoRoute => "no_route",
+    }
+}
+
+impl From<SipError> for RejectReason {
+    /// The reason for a request answered by `rescue` with
+    /// [`SipError::status`].
+    fn from(e: SipError) -> RejectReason {
+        match e {
+            SipError::TooManyHops => RejectReason::MaxForwards,
+            SipError::UnsupportedVersion => RejectReason::UnsupportedVersion,
+            SipError::TooLarge => RejectReason::TooLarge,
+            _ => RejectReason::Malformed,
+        }
+    }
+}
+
+label_enum! {
+    /// Why a message was dropped without an answer.
+    pub enum DropReason {
+        /// Did not parse, and too broken to answer.
+        Unparsable => "unparsable",
+        /// Parsed but invalid, and not answerable (an ACK, no usable Via).
+        Malformed => "malformed",
+        /// A response whose next hop cannot be read from its Via.
+        NoRouteForResponse => "no_route_for_response",
+        /// A response matching no transaction of ours.
+        StrayResponse => "stray_response",
+        /// The socket refused to send it.
+        SendError => "send_error",
+        /// From a source the trust check does not accept.
+        Untrusted => "untrusted",
+    }
+}
+
+label_enum! {
+    /// Why an entry left the Call-ID -> node table, or never entered it.
+    pub enum EvictReason {
+        /// Its TTL passed.
+        Ttl => "ttl",
+        /// The BYE was answered.
+        Bye => "bye",
+        /// The table was at its cap: the new Call-ID was not stored.
+        Cap => "cap",
+        /// The INVITE failed: the dialog never started.
+        Failed => "failed",
+    }
+}
+
+impl From<Removal> for EvictReason {
+    fn from(r: Removal) -> EvictReason {
+        match r {
+            Removal::Bye => EvictReason::Bye,
+            Removal::Failed => EvictReason::Failed,
+        }
+    }
+}
+
+/// One pre-resolved series per value of a label enum.
+#[derive(Debug, Clone)]
+struct PerLabel<E, M> {
+    series: Box<[M]>,
+    _label: PhantomData<fn(E)>,
+}
+
+impl<E: Label, M> PerLabel<E, M> {
+    fn resolve(
+        metric: &'static str,
+        series: impl Fn(E) -> prometheus::Result<M>,
+    ) -> Result<Self, MetricsError> {
+        let series = E::VALUES
+            .iter()
+            .map(|&e| series(e).map_err(|source| MetricsError::Series { metric, source }))
+            .collect::<Result<_, _>>()?;
+        Ok(PerLabel {
+            series,
+            _label: PhantomData,
+        })
+    }
+
+    /// Always `Some`: `series` has one entry per value, in `VALUES` order.
+    fn get(&self, e: E) -> Option<&M> {
+        self.series.get(e.index())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (E, &M)> {
+        E::VALUES.iter().copied().zip(self.series.iter())
+    }
+}
+
+/// The label names of per-destination series.
+const DEST_LABELS: [&str; 2] = ["set", "uri"];
+
+/// The series of one destination, from [`Metrics::register_destination`].
+/// Cheap to clone; a handle passed to [`Metrics::remove_destination`]
+/// writes to series nobody exports any more.
+#[derive(Debug, Clone)]
+pub struct DestinationMetrics {
+    set: Box<str>,
+    uri: Box<str>,
+    up: IntGauge,
+    state: PerLabel<DestState, IntGauge>,
+    calls_active: IntGauge,
+    probes: PerLabel<ProbeResult, IntCounter>,
+    probe_duration: Histogram,
+}
+
+impl DestinationMetrics {
+    /// The `set` label value.
+    pub fn set(&self) -> &str {
+        &self.set
+    }
+
+    /// The `uri` label value.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Moves the one-hot state to `state` and updates `up`.
+    pub fn set_state(&self, state: DestState) {
+        // Clear first: a scrape in between sees no state rather than two.
+        for (s, g) in self.state.iter() {
+            if s != state {
+                g.set(0);
+            }
+        }
+        if let Some(g) = self.state.get(state) {
+            g.set(1);
+        }
+        self.up.set(i64::from(state.is_up()));
+    }
+
+    /// Counts a probe; `rtt` is the round trip when the node answered
+    /// (`Ok` or `BadCode`), `None` otherwise, so timeouts do not pose as
+    /// slow answers in the histogram.
+    pub fn probe(&self, result: ProbeResult, rtt: Option<Duration>) {
+        if let Some(c) = self.probes.get(result) {
+            c.inc();
+        }
+        if let Some(rtt) = rtt {
+            self.probe_duration.observe(rtt.as_secs_f64());
+        }
+    }
+
+    /// Sets the number of dialogs pinned to this node.
+    pub fn set_calls_active(&self, n: usize) {
+        self.calls_active.set(saturating_i64(n));
+    }
+
+    /// A dialog was pinned to this node.
+    pub fn call_started(&self) {
+        self.calls_active.inc();
+    }
+
+    /// A dialog pinned to this node ended or moved away.
+    pub fn call_ended(&self) {
+        self.calls_active.dec();
+    }
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// All of sipedge's metrics, in their own registry. `Send + Sync`: share it
+/// as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: PerLabel<MethodLabel, IntCounter>,
+    responses_relayed: PerLabel<ResponseClass, IntCounter>,
+    responses_local: PerLabel<ResponseClass, IntCounter>,
+    failovers: PerLabel<FailoverReason, IntCounter>,
+    invites_rejected: PerLabel<RejectReason, IntCounter>,
+    dropped: PerLabel<DropReason, IntCounter>,
+    dialogs: IntGauge,
+    dialogs_evicted: PerLabel<EvictReason, IntCounter>,
+    transactions: IntGauge,
+    invite_setup: Histogram,
+    dest_up: IntGaugeVec,
+    dest_state: IntGaugeVec,
+    dest_calls_active: IntGaugeVec,
+    probes: IntCounterVec,
+    probe_duration: HistogramVec,
+}
+
+// The proxy's tasks run on several threads and all count.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Metrics>();
+    shared::<DestinationMetrics>();
+};
+
+impl Metrics {
+    /// Defines and registers every metric. Fails only on a programming
+    /// error (an invalid or duplicate name).
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let r = &registry;
+
+        let requests = register(
+            r,
+            REQUESTS_TOTAL,
+            IntCounterVec::new(
+                Opts::new(REQUESTS_TOTAL, "SIP requests received, by method."),
+                &["method"],
+            ),
+        )?;
+        let responses = register(
+            r,
+            RESPONSES_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    RESPONSES_TOTAL,
+                    "SIP responses sent, by status class, relayed or answered locally.",
+                ),
+                &["class", "origin"],
+            ),
+        )?;
+        let per_origin = |origin: ResponseOrigin| {
+            PerLabel::resolve(RESPONSES_TOTAL, |c: ResponseClass| {
+                responses.get_metric_with_label_values(&[c.as_str(), origin.as_str()])
+            })
+        };
+        let failovers = register(
+            r,
+            FAILOVERS_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    FAILOVERS_TOTAL,
+                    "New INVITEs moved on to the next node, by reason.",
+                ),
+                &["reason"],
+            ),
+        )?;
+        let rejected = register(
+            r,
+            INVITES_REJECTED_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    INVITES_REJECTED_TOTAL,
+                    "INVITEs answered with a final error by sipedge itself, by reason.",
+                ),
+                &["reason"],
+            ),
+        )?;
+        let dropped = register(
+            r,
+            DROPPED_MESSAGES_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    DROPPED_MESSAGES_TOTAL,
+                    "SIP messages dropped without an answer, by reason.",
+                ),
+                &["reason"],
+            ),
+        )?;
+        let evicted = register(
+            r,
+            DIALOGS_EVICTED_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    DIALOGS_EVICTED_TOTAL,
+                    "Call-ID -> node entries removed or not stored, by reason.",
+                ),
+                &["reason"],
+            ),
+        )?;
+        let dialogs = register(
+            r,
+            DIALOGS,
+            IntGauge::new(DIALOGS, "Entries in the Call-ID -> node table."),
+        )?;
+        let transactions = register(
+            r,
+            TRANSACTIONS,
+            IntGauge::new(TRANSACTIONS, "Client transactions alive."),
+        )?;
+        let invite_setup = register(
+            r,
+            INVITE_SETUP_SECONDS,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    INVITE_SETUP_SECONDS,
+                    "Time from a new INVITE to the first final response relayed for it.",
+                )
+                .buckets(INVITE_SETUP_BUCKETS.to_vec()),
+            ),
+        )?;
+        let build_info = register(
+            r,
+            BUILD_INFO,
+            IntGauge::with_opts(
+                Opts::new(BUILD_INFO, "Always 1; the version label names the build.")
+                    .const_label("version", env!("CARGO_PKG_VERSION")),
+            ),
+        )?;
+        build_info.set(1);
+
+        let dest_up = register(
+            r,
+            DESTINATION_UP,
+            IntGaugeVec::new(
+                Opts::new(
+                    DESTINATION_UP,
+                    "1 if the destination takes new calls (active or trying).",
+                ),
+                &DEST_LABELS,
+            ),
+        )?;
+        let dest_state = register(
+            r,
+            DESTINATION_STATE,
+            IntGaugeVec::new(
+                Opts::new(
+                    DESTINATION_STATE,
+                    "1 on the destination's current state, 0 on the others.",
+                ),
+                &["set", "uri", "state"],
+            ),
+        )?;
+        let dest_calls_active = register(
+            r,
+            DESTINATION_CALLS_ACTIVE,
+            IntGaugeVec::new(
+                Opts::new(
+                    DESTINATION_CALLS_ACTIVE,
+                    "Dialogs pinned to the destination.",
+                ),
+                &DEST_LABELS,
+            ),
+        )?;
+        let probes = register(
+            r,
+            PROBE_TOTAL,
+            IntCounterVec::new(
+                Opts::new(PROBE_TOTAL, "OPTIONS probes sent, by result."),
+                &["set", "uri", "result"],
+            ),
+        )?;
+        let probe_duration = register(
+            r,
+            PROBE_DURATION_SECONDS,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    PROBE_DURATION_SECONDS,
+                    "Round trip of answered OPTIONS probes.",
+                )
+                .buckets(PROBE_BUCKETS.to_vec()),
+                &DEST_LABELS,
+            ),
+        )?;
+
+        Ok(Metrics {
+            requests: PerLabel::resolve(REQUESTS_TOTAL, |m: MethodLabel| {
+                requests.get_metric_with_label_values(&[m.as_str()])
+            })?,
+            responses_relayed: per_origin(ResponseOrigin::Relayed)?,
+            responses_local: per_origin(ResponseOrigin::Local)?,
+            failovers: PerLabel::resolve(FAILOVERS_TOTAL, |f: FailoverReason| {
+                failovers.get_metric_with_label_values(&[f.as_str()])
+            })?,
+            invites_rejected: PerLabel::resolve(INVITES_REJECTED_TOTAL, |x: RejectReason| {
+                rejected.get_metric_with_label_values(&[x.as_str()])
+            })?,
+            dropped: PerLabel::resolve(DROPPED_MESSAGES_TOTAL, |d: DropReason| {
+                dropped.get_metric_with_label_values(&[d.as_str()])
+            })?,
+            dialogs,
+            dialogs_evicted: PerLabel::resolve(DIALOGS_EVICTED_TOTAL, |e: EvictReason| {
+                evicted.get_metric_with_label_values(&[e.as_str()])
+            })?,
+            transactions,
+            invite_setup,
+            dest_up,
+            dest_state,
+            dest_calls_active,
+            probes,
+            probe_duration,
+            registry,
+        })
+    }
+
+    /// The registry, for the admin endpoint or to add collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The exposition in Prometheus text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let families = self.registry.gather();
+        let mut out = String::with_capacity(16 * 1024);
+        // The encoder only refuses an empty or unnamed family, and gather()
+        // never returns one; if it ever did, the families before it are
+        // still a valid exposition.
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
+            tracing::error!("metrics exposition cut short: {e}");
+        }
+        out
+    }
+
+    /// Counts a received request; takes a [`MethodLabel`], a parsed
+    /// [`Method`] or the raw method token.
+    pub fn request(&self, method: impl Into<MethodLabel>) {
+        inc(&self.requests, method.into());
+    }
+
+    /// Counts a response sent.
+    pub fn response(&self, origin: ResponseOrigin, class: ResponseClass) {
+        let family = match origin {
+            ResponseOrigin::Relayed => &self.responses_relayed,
+            ResponseOrigin::Local => &self.responses_local,
+        };
+        inc(family, class);
+    }
+
+    /// Counts a response sent, by its status code; a code outside
+    /// 100..=699 (which the parser does not let through) is not counted.
+    pub fn response_status(&self, origin: ResponseOrigin, code: u16) {
+        if let Some(class) = ResponseClass::from_status(code) {
+            self.response(origin, class);
+        }
+    }
+
+    /// Counts a failover of a new INVITE.
+    pub fn failover(&self, reason: FailoverReason) {
+        inc(&self.failovers, reason);
+    }
+
+    /// Counts an INVITE that sipedge answered with a final error.
+    pub fn invite_rejected(&self, reason: RejectReason) {
+        inc(&self.invites_rejected, reason);
+    }
+
+    /// Counts a message dropped without an answer.
+    pub fn dropped(&self, reason: DropReason) {
+        inc(&self.dropped, reason);
+    }
+
+    /// Sets the size of the Call-ID -> node table.
+    pub fn set_dialogs(&self, n: usize) {
+        self.dialogs.set(saturating_i64(n));
+    }
+
+    /// Counts an entry leaving (or refused by) the Call-ID -> node table.
+    pub fn dialog_evicted(&self, reason: EvictReason) {
+        inc(&self.dialogs_evicted, reason);
+    }
+
+    /// Sets the number of client transactions alive.
+    pub fn set_transactions(&self, n: usize) {
+        self.transactions.set(saturating_i64(n));
+    }
+
+    /// Records the time from a new INVITE to its first final response.
+    pub fn invite_setup(&self, elapsed: Duration) {
+        self.invite_setup.observe(elapsed.as_secs_f64());
+    }
+
+    /// Creates (or finds, if already registered) the series of one
+    /// destination: `set` is its destination set id, `uri` its configured
+    /// URI. It starts `active`, as the dispatcher (like Kamailio without
+    /// state flags) puts a new node in rotation; the caller sets another
+    /// state when it knows one.
+    pub fn register_destination(
+        &self,
+        set: u32,
+        uri: &str,
+    ) -> Result<DestinationMetrics, MetricsError> {
+        let set = set.to_string();
+        let (s, u) = (set.as_str(), uri);
+        let dest = DestinationMetrics {
+            up: self
+                .dest_up
+                .get_metric_with_label_values(&[s, u])
+                .map_err(series(DESTINATION_UP))?,
+            state: PerLabel::resolve(DESTINATION_STATE, |st: DestState| {
+                self.dest_state
+                    .get_metric_with_label_values(&[s, u, st.as_str()])
+            })?,
+            calls_active: self
+                .dest_calls_active
+                .get_metric_with_label_values(&[s, u])
+                .map_err(series(DESTINATION_CALLS_ACTIVE))?,
+            probes: PerLabel::resolve(PROBE_TOTAL, |res: ProbeResult| {
+                self.probes
+                    .get_metric_with_label_values(&[s, u, res.as_str()])
+            })?,
+            probe_duration: self
+                .probe_duration
+                .get_metric_with_label_values(&[s, u])
+                .map_err(series(PROBE_DURATION_SECONDS))?,
+            set: set.as_str().into(),
+            uri: uri.into(),
+        };
+        // A node registered twice keeps the state it has.
+        if dest.state.iter().all(|(_, g)| g.get() == 0) {
+            dest.set_state(DestState::Active);
+        }
+        Ok(dest)
+    }
+
+    /// Drops every series of a destination (a reload removed it), so it no
+    /// longer shows in the exposition. Other clones of `dest` keep working
+    /// but are no longer exported.
+    pub fn remove_destination(&self, dest: DestinationMetrics) {
+        let (s, u) = (&*dest.set, &*dest.uri);
+        // The only possible error is "no such series": removed already,
+        // which is the state asked for.
+        let _ = self.dest_up.remove_label_values(&[s, u]);
+        let _ = self.dest_calls_active.remove_label_values(&[s, u]);
+        let _ = self.probe_duration.remove_label_values(&[s, u]);
+        for st in DestState::ALL {
+            let _ = self.dest_state.remove_label_values(&[s, u, st.as_str()]);
+        }
+        for res in ProbeResult::ALL {
+            let _ = self.probes.remove_label_values(&[s, u, res.as_str()]);
+        }
+    }
+}
+
+fn inc<E: Label>(family: &PerLabel<E, IntCounter>, e: E) {
+    if let Some(c) = family.get(e) {
+        c.inc();
+    }
+}
+
+fn series(metric: &'static str) -> impl Fn(prometheus::Error) -> MetricsError {
+    move |source| MetricsError::Series { metric, source }
+}
+
+/// Registers a freshly defined collector and hands back its handle.
+fn register<C>(
+    registry: &Registry,
+    metric: &'static str,
+    defined: prometheus::Result<C>,
+) -> Result<C, MetricsError>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let c = defined.map_err(|source| MetricsError::Define { metric, source })?;
+    registry
+        .register(Box::new(c.clone()))
+        .map_err(|source| MetricsError::Register { metric, source })?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// One sample line of the text format.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Sample {
+        name: String,
+        labels: BTreeMap<String, String>,
+        value: f64,
+    }
+
+    /// A scrape, parsed: the samples and the `# HELP` / `# TYPE` lines.
+    #[derive(Debug, Default)]
+    struct Scrape {
+        samples: Vec<Sample>,
+        help: BTreeMap<String, String>,
+        types: BTreeMap<String, String>,
+    }
+
+    impl Scrape {
+        fn of(m: &Metrics) -> Scrape {
+            parse(&m.encode())
+        }
+
+        /// The value of the one sample with exactly these labels.
+        fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+            let want: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let mut found = self
+                .samples
+                .iter()
+                .filter(|s| s.name == name && s.labels == want);
+            let first = found.next().map(|s| s.value);
+            assert!(found.next().is_none(), "duplicate series {name} {want:?}");
+            first
+        }
+
+        fn series_of(&self, name: &str) -> Vec<&Sample> {
+            self.samples.iter().filter(|s| s.name == name).collect()
+        }
+
+        fn with_label(&self, key: &str, value: &str) -> Vec<&Sample> {
+            self.samples
+                .iter()
+                .filter(|s| s.labels.get(key).map(String::as_str) == Some(value))
+                .collect()
+        }
+    }
+
+    /// A small parser of the text exposition format: comments, and
+    /// `name{k="v",...} value` lines with `\\`, `\"` and `\n` escapes.
+    fn parse(text: &str) -> Scrape {
+        let mut out = Scrape::default();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("HELP line");
+                out.help.insert(name.into(), help.into());
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, ty) = rest.split_once(' ').expect("TYPE line");
+                out.types.insert(name.into(), ty.into());
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unknown comment: {line}");
+            out.samples.push(parse_sample(line));
+        }
+        out
+    }
+
+    fn parse_sample(line: &str) -> Sample {
+        let name_end = line.find(['{', ' ']).expect("sample line");
+        let name = line[..name_end].to_string();
+        let mut labels = BTreeMap::new();
+        let mut rest = &line[name_end..];
+        if let Some(body) = rest.strip_prefix('{') {
+            let mut chars = body.char_indices();
+            let mut key = String::new();
+            loop {
+                let (i, c) = chars.next().expect("unterminated labels");
+                match c {
+                    '}' => {
+                        rest = &body[i + 1..];
+                        break;
+                    }
+                    ',' => {}
+                    '=' => {
+                        assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{line}");
+                        let mut value = String::new();
+                        loop {
+                            match chars.next().expect("unterminated value").1 {
+                                '"' => break,
+                                '\\' => match chars.next().expect("escape").1 {
+                                    'n' => value.push('\n'),
+                                    other => value.push(other),
+                                },
+                                c => value.push(c),
+                            }
+                        }
+                        labels.insert(std::mem::take(&mut key), value);
+                    }
+                    c => key.push(c),
+                }
+            }
+        }
+        let value = rest.trim().parse().expect("sample value");
+        Sample {
+            name,
+            labels,
+            value,
+        }
+    }
+
+    fn metrics() -> Metrics {
+        Metrics::new().expect("metrics")
+    }
+
+    const URI_A: &str = "sip:10.0.1.10:5080";
+    const URI_B: &str = "sip:10.0.1.11:5080";
+
+    #[test]
+    fn every_name_has_help_and_type_and_nothing_else_is_exported() {
+        let m = metrics();
+        let _dest = m.register_destination(1, URI_A).expect("destination");
+        let s = Scrape::of(&m);
+        let expected_type = |name: &str| match name {
+            PROBE_DURATION_SECONDS | INVITE_SETUP_SECONDS => "histogram",
+            n if n.ends_with("_total") => "counter",
+            _ => "gauge",
+        };
+        for &name in ALL_NAMES {
+            assert!(name.starts_with("sipedge_"), "{name}");
+            assert!(
+                s.help.get(name).is_some_and(|h| !h.is_empty()),
+                "no HELP for {name}"
+            );
+            assert_eq!(
+                s.types.get(name).map(String::as_str),
+                Some(expected_type(name)),
+                "TYPE of {name}"
+            );
+            let samples = s
+                .samples
+                .iter()
+                .filter(|x| {
+                    x.name == name
+                        || x.name
+                            .strip_prefix(name)
+                            .is_some_and(|suffix| ["_bucket", "_sum", "_count"].contains(&suffix))
+                })
+                .count();
+            assert!(samples > 0, "no sample of {name}");
+        }
+        let exported: Vec<&String> = s.types.keys().collect();
+        let mut names: Vec<&str> = ALL_NAMES.to_vec();
+        names.sort_unstable();
+        assert_eq!(exported, names, "exported families");
+    }
+
+    #[test]
+    fn label_enums_index_their_series_in_order() {
+        fn check<E: Label + std::fmt::Debug>() {
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, &e) in E::VALUES.iter().enumerate() {
+                assert_eq!(e.index(), i, "{e:?}");
+                assert!(seen.insert(e.label()), "duplicate label {}", e.label());
+            }
+        }
+        check::<DestState>();
+        check::<ProbeResult>();
+        check::<MethodLabel>();
+        check::<ResponseClass>();
+        check::<ResponseOrigin>();
+        check::<FailoverReason>();
+        check::<RejectReason>();
+        check::<DropReason>();
+        check::<EvictReason>();
+        assert_eq!(MethodLabel::ALL.len(), 15);
+    }
+
+    #[test]
+    fn fixed_series_are_exported_at_zero_from_the_start() {
+        let s = Scrape::of(&metrics());
+        for m in MethodLabel::ALL {
+            assert_eq!(
+                s.value(REQUESTS_TOTAL, &[("method", m.as_str())]),
+                Some(0.0),
+                "{m:?}"
+            );
+        }
+        for o in ResponseOrigin::ALL {
+            for c in ResponseClass::ALL {
+                let labels = [("class", c.as_str()), ("origin", o.as_str())];
+                assert_eq!(s.value(RESPONSES_TOTAL, &labels), Some(0.0));
+            }
+        }
+        let reasons = [
+            (FAILOVERS_TOTAL, FailoverReason::ALL.len()),
+            (INVITES_REJECTED_TOTAL, RejectReason::ALL.len()),
+            (DROPPED_MESSAGES_TOTAL, DropReason::ALL.len()),
+            (DIALOGS_EVICTED_TOTAL, EvictReason::ALL.len()),
+        ];
+        for (name, n) in reasons {
+            let series = s.series_of(name);
+            assert_eq!(series.len(), n, "{name}");
+            assert!(series.iter().all(|x| x.value == 0.0), "{name}");
+        }
+        assert_eq!(s.value(DIALOGS, &[]), Some(0.0));
+        assert_eq!(s.value(TRANSACTIONS, &[]), Some(0.0));
+        assert_eq!(
+            s.value(&format!("{INVITE_SETUP_SECONDS}_count"), &[]),
+            Some(0.0)
+        );
+        // No destination registered: no per-node family at all.
+        assert!(!s.types.contains_key(DESTINATION_UP));
+        assert!(!s.types.contains_key(PROBE_TOTAL));
+    }
+
+    #[test]
+    fn requests_are_counted_by_method() {
+        let m = metrics();
+        m.request(b"INVITE".as_slice());
+        m.request(Method::Invite);
+        m.request(MethodLabel::Bye);
+        m.request(b"OPTIONS".as_slice());
+        let s = Scrape::of(&m);
+        let count = |method: &str| s.value(REQUESTS_TOTAL, &[("method", method)]);
+        assert_eq!(count("INVITE"), Some(2.0));
+        assert_eq!(count("BYE"), Some(1.0));
+        assert_eq!(count("OPTIONS"), Some(1.0));
+        assert_eq!(count("ACK"), Some(0.0));
+        assert_eq!(count("other"), Some(0.0));
+    }
+
+    #[test]
+    fn every_known_method_token_has_its_own_series() {
+        let m = metrics();
+        for (i, method) in MethodLabel::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                m.request(method.as_str().as_bytes());
+            }
+        }
+        let s = Scrape::of(&m);
+        for (i, method) in MethodLabel::ALL.iter().enumerate() {
+            // "other" as a token is an extension method itself: still other.
+            assert_eq!(
+                s.value(REQUESTS_TOTAL, &[("method", method.as_str())]),
+                Some((i + 1) as f64),
+                "{method:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_methods_land_in_other() {
+        let m = metrics();
+        for token in [
+            &b"FOO"[..],
+            b"invite",
+            b"",
+            b"INVITE2",
+            b"\xff\xfe",
+            b"x\"y",
+        ] {
+            m.request(token);
+        }
+        let s = Scrape::of(&m);
+        assert_eq!(s.value(REQUESTS_TOTAL, &[("method", "other")]), Some(6.0));
+        assert_eq!(s.value(REQUESTS_TOTAL, &[("method", "INVITE")]), Some(0.0));
+        assert_eq!(s.series_of(REQUESTS_TOTAL).len(), MethodLabel::ALL.len());
+        assert!(s.with_label("method", "FOO").is_empty());
+    }
+
+    #[test]
+    fn responses_are_counted_by_class_and_origin() {
+        let m = metrics();
+        m.response_status(ResponseOrigin::Relayed, 180);
+        m.response_status(ResponseOrigin::Relayed, 200);
+        m.response_status(ResponseOrigin::Relayed, 200);
+        m.response(ResponseOrigin::Local, ResponseClass::Provisional);
+        m.response_status(ResponseOrigin::Local, 503);
+        m.response_status(ResponseOrigin::Local, 699);
+        m.response_status(ResponseOrigin::Local, 99);
+        m.response_status(ResponseOrigin::Local, 700);
+        let s = Scrape::of(&m);
+        let count = |class: &str, origin: &str| {
+            s.value(RESPONSES_TOTAL, &[("class", class), ("origin", origin)])
+        };
+        assert_eq!(count("1xx", "relayed"), Some(1.0));
+        assert_eq!(count("2xx", "relayed"), Some(2.0));
+        assert_eq!(count("2xx", "local"), Some(0.0));
+        assert_eq!(count("1xx", "local"), Some(1.0));
+        assert_eq!(count("5xx", "local"), Some(1.0));
+        assert_eq!(count("5xx", "relayed"), Some(0.0));
+        assert_eq!(count("6xx", "local"), Some(1.0));
+        let total: f64 = s.series_of(RESPONSES_TOTAL).iter().map(|x| x.value).sum();
+        assert_eq!(total, 6.0, "99 and 700 are not counted");
+    }
+
+    #[test]
+    fn response_class_boundaries() {
+        assert_eq!(ResponseClass::from_status(99), None);
+        assert_eq!(
+            ResponseClass::from_status(100),
+            Some(ResponseClass::Provisional)
+        );
+        assert_eq!(
+            ResponseClass::from_status(199),
+            Some(ResponseClass::Provisional)
+        );
+        assert_eq!(
+            ResponseClass::from_status(200),
+            Some(ResponseClass::Success)
+        );
+        assert_eq!(
+            ResponseClass::from_status(399),
+            Some(ResponseClass::Redirection)
+        );
+        assert_eq!(
+            ResponseClass::from_status(487),
+            Some(ResponseClass::ClientError)
+        );
+        assert_eq!(
+            ResponseClass::from_status(500),
+            Some(ResponseClass::ServerError)
+        );
+        assert_eq!(
+            ResponseClass::from_status(699),
+            Some(ResponseClass::GlobalFailure)
+        );
+        assert_eq!(ResponseClass::from_status(700), None);
+    }
+
+    /// Counts value `i` of a reason enum `i + 1` times and checks that each
+    /// series got exactly its own count.
+    fn check_reasons<E: Label + std::fmt::Debug>(name: &str, count: impl Fn(&Metrics, E)) {
+        let m = metrics();
+        for (i, &e) in E::VALUES.iter().enumerate() {
+            for _ in 0..=i {
+                count(&m, e);
+            }
+        }
+        let s = Scrape::of(&m);
+        for (i, &e) in E::VALUES.iter().enumerate() {
+            assert_eq!(
+                s.value(name, &[("reason", e.label())]),
+                Some((i + 1) as f64),
+                "{name} {e:?}"
+            );
+        }
+        assert_eq!(s.series_of(name).len(), E::VALUES.len(), "{name}");
+    }
+
+    #[test]
+    fn reason_counters_move_independently() {
+        check_reasons(FAILOVERS_TOTAL, Metrics::failover);
+        check_reasons(INVITES_REJECTED_TOTAL, Metrics::invite_rejected);
+        check_reasons(DROPPED_MESSAGES_TOTAL, Metrics::dropped);
+        check_reasons(DIALOGS_EVICTED_TOTAL, Metrics::dialog_evicted);
+    }
+
+    #[test]
+    fn reasons_from_the_proxys_own_types() {
+        assert_eq!(
+            RejectReason::from(SipError::TooManyHops),
+            RejectReason::MaxForwards
+        );
+        assert_eq!(
+            RejectReason::from(SipError::UnsupportedVersion),
+            RejectReason::UnsupportedVersion
+        );
+        assert_eq!(
+            RejectReason::from(SipError::TooLarge),
+            RejectReason::TooLarge
+        );
+        assert_eq!(
+            RejectReason::from(SipError::BadCSeq),
+            RejectReason::Malformed
+        );
+        assert_eq!(EvictReason::from(Removal::Bye), EvictReason::Bye);
+        assert_eq!(EvictReason::from(Removal::Failed), EvictReason::Failed);
+        assert_eq!(MethodLabel::from(Method::Prack), MethodLabel::Prack);
+        assert_eq!(
+            MethodLabel::from(Method::Extension(b"X")),
+            MethodLabel::Other
+        );
+    }
+
+    #[test]
+    fn table_gauges_follow_their_setters() {
+        let m = metrics();
+        m.set_dialogs(42);
+        m.set_transactions(7);
+        let s = Scrape::of(&m);
+        assert_eq!(s.value(DIALOGS, &[]), Some(42.0));
+        assert_eq!(s.value(TRANSACTIONS, &[]), Some(7.0));
+        m.set_dialogs(3);
+        m.set_transactions(usize::MAX);
+        let s = Scrape::of(&m);
+        assert_eq!(s.value(DIALOGS, &[]), Some(3.0));
+        assert_eq!(s.value(TRANSACTIONS, &[]), Some(i64::MAX as f64));
+    }
+
+    #[test]
+    fn invite_setup_histogram_uses_its_buckets() {
+        let m = metrics();
+        m.invite_setup(Duration::from_millis(20));
+        m.invite_setup(Duration::from_secs(3));
+        m.invite_setup(Duration::from_secs(120));
+        let s = Scrape::of(&m);
+        let bucket = format!("{INVITE_SETUP_SECONDS}_bucket");
+        let le = |le: &str| s.value(&bucket, &[("le", le)]);
+        assert_eq!(le("0.005"), Some(0.0));
+        assert_eq!(le("0.01"), Some(0.0));
+        assert_eq!(le("0.025"), Some(1.0));
+        assert_eq!(le("2.5"), Some(1.0));
+        assert_eq!(le("5"), Some(2.0));
+        assert_eq!(le("30"), Some(2.0));
+        assert_eq!(le("+Inf"), Some(3.0));
+        assert_eq!(s.series_of(&bucket).len(), INVITE_SETUP_BUCKETS.len() + 1);
+        assert_eq!(
+            s.value(&format!("{INVITE_SETUP_SECONDS}_count"), &[]),
+            Some(3.0)
+        );
+        let sum = s.value(&format!("{INVITE_SETUP_SECONDS}_sum"), &[]);
+        assert!(sum.is_some_and(|v| (v - 123.02).abs() < 1e-9), "{sum:?}");
+    }
+
+    #[test]
+    fn destination_state_is_one_hot_and_drives_up() {
+        let m = metrics();
+        let d = m.register_destination(1, URI_A).expect("destination");
+        let check = |current: DestState| {
+            let s = Scrape::of(&m);
+            for st in DestState::ALL {
+                let labels = [("set", "1"), ("uri", URI_A), ("state", st.as_str())];
+                let want = if *st == current { 1.0 } else { 0.0 };
+                assert_eq!(s.value(DESTINATION_STATE, &labels), Some(want), "{st:?}");
+            }
+            // Up means "gets new calls": Kamailio still selects a trying node.
+            let want_up = match current {
+                DestState::Active | DestState::Trying => 1.0,
+                DestState::Inactive | DestState::Disabled => 0.0,
+            };
+            let up = s.value(DESTINATION_UP, &[("set", "1"), ("uri", URI_A)]);
+            assert_eq!(up, Some(want_up), "{current:?}");
+        };
+        // In rotation from the start, as the dispatcher has it.
+        check(DestState::Active);
+        for st in [
+            DestState::Trying,
+            DestState::Inactive,
+            DestState::Disabled,
+            DestState::Active,
+            DestState::Trying,
+        ] {
+            d.set_state(st);
+            check(st);
+        }
+        // Registering again finds the same series and keeps the state.
+        let again = m.register_destination(1, URI_A).expect("again");
+        check(DestState::Trying);
+        again.set_state(DestState::Disabled);
+        check(DestState::Disabled);
+    }
+
+    #[test]
+    fn destination_calls_and_probes() {
+        let m = metrics();
+        let d = m.register_destination(2, URI_A).expect("destination");
+        let labels = [("set", "2"), ("uri", URI_A)];
+        d.set_calls_active(5);
+        d.call_started();
+        d.call_started();
+        d.call_ended();
+        d.probe(ProbeResult::Ok, Some(Duration::from_micros(800)));
+        d.probe(ProbeResult::Ok, Some(Duration::from_millis(3)));
+        d.probe(ProbeResult::BadCode, Some(Duration::from_millis(40)));
+        d.probe(ProbeResult::Timeout, None);
+        d.probe(ProbeResult::TransportError, None);
+        d.probe(ProbeResult::Timeout, None);
+        let s = Scrape::of(&m);
+        assert_eq!(s.value(DESTINATION_CALLS_ACTIVE, &labels), Some(6.0));
+        let result = |r: &str| s.value(PROBE_TOTAL, &[("set", "2"), ("uri", URI_A), ("result", r)]);
+        assert_eq!(result("ok"), Some(2.0));
+        assert_eq!(result("bad_code"), Some(1.0));
+        assert_eq!(result("timeout"), Some(2.0));
+        assert_eq!(result("transport_error"), Some(1.0));
+        let bucket = format!("{PROBE_DURATION_SECONDS}_bucket");
+        let le = |le: &str| s.value(&bucket, &[("set", "2"), ("uri", URI_A), ("le", le)]);
+        assert_eq!(le("0.001"), Some(1.0));
+        assert_eq!(le("0.0025"), Some(1.0));
+        assert_eq!(le("0.005"), Some(2.0));
+        assert_eq!(le("0.05"), Some(3.0));
+        assert_eq!(le("2"), Some(3.0));
+        assert_eq!(le("+Inf"), Some(3.0));
+        let count = s.value(&format!("{PROBE_DURATION_SECONDS}_count"), &labels);
+        assert_eq!(count, Some(3.0), "only answered probes have a round trip");
+        let buckets = s
+            .series_of(&bucket)
+            .iter()
+            .filter(|x| x.labels.get("uri").map(String::as_str) == Some(URI_A))
+            .count();
+        assert_eq!(buckets, PROBE_BUCKETS.len() + 1);
+    }
+
+    #[test]
+    fn removed_destination_disappears_from_the_output() {
+        let m = metrics();
+        let a = m.register_destination(1, URI_A).expect("a");
+        let b = m.register_destination(1, URI_B).expect("b");
+        a.set_state(DestState::Active);
+        a.probe(ProbeResult::Ok, Some(Duration::from_millis(1)));
+        a.call_started();
+        b.set_state(DestState::Active);
+        b.probe(ProbeResult::Ok, Some(Duration::from_millis(1)));
+        let s = Scrape::of(&m);
+        // up, calls, 4 states, 4 results, 11 + 1 buckets, sum, count.
+        let per_dest = 2 + 4 + 4 + PROBE_BUCKETS.len() + 3;
+        assert_eq!(s.with_label("uri", URI_A).len(), per_dest);
+        assert_eq!(s.with_label("uri", URI_B).len(), per_dest);
+
+        let stale = a.clone();
+        m.remove_destination(a);
+        stale.probe(ProbeResult::Timeout, None);
+        let s = Scrape::of(&m);
+        assert!(
+            s.with_label("uri", URI_A).is_empty(),
+            "{:?}",
+            s.with_label("uri", URI_A)
+        );
+        assert_eq!(s.with_label("uri", URI_B).len(), per_dest);
+        assert_eq!(
+            s.value(DESTINATION_UP, &[("set", "1"), ("uri", URI_B)]),
+            Some(1.0)
+        );
+
+        // Removing the last one drops the per-node families entirely.
+        m.remove_destination(b);
+        let s = Scrape::of(&m);
+        assert!(!s.types.contains_key(DESTINATION_UP));
+        assert!(!s.types.contains_key(PROBE_DURATION_SECONDS));
+
+        // Re-adding starts from scratch.
+        let a = m.register_destination(1, URI_A).expect("a again");
+        let s = Scrape::of(&m);
+        let labels = [("set", "1"), ("uri", URI_A), ("result", "ok")];
+        assert_eq!(s.value(PROBE_TOTAL, &labels), Some(0.0));
+        assert_eq!(
+            s.value(DESTINATION_CALLS_ACTIVE, &[("set", "1"), ("uri", URI_A)]),
+            Some(0.0)
+        );
+        assert_eq!((a.set(), a.uri()), ("1", URI_A));
+    }
+
+    #[test]
+    fn same_uri_in_two_sets_is_two_destinations() {
+        let m = metrics();
+        let one = m.register_destination(1, URI_A).expect("set 1");
+        let two = m.register_destination(2, URI_A).expect("set 2");
+        one.set_state(DestState::Active);
+        two.set_state(DestState::Disabled);
+        m.remove_destination(two);
+        let s = Scrape::of(&m);
+        assert_eq!(
+            s.value(DESTINATION_UP, &[("set", "1"), ("uri", URI_A)]),
+            Some(1.0)
+        );
+        assert_eq!(
+            s.value(DESTINATION_UP, &[("set", "2"), ("uri", URI_A)]),
+            None
+        );
+    }
+
+    #[test]
+    fn build_info_names_this_version() {
+        let s = Scrape::of(&metrics());
+        let info = s.series_of(BUILD_INFO);
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].value, 1.0);
+        assert_eq!(
+            info[0].labels.get("version").map(String::as_str),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(info[0].labels.len(), 1);
+    }
+
+    #[test]
+    fn each_instance_has_its_own_registry() {
+        let a = metrics();
+        let b = metrics();
+        a.request(MethodLabel::Invite);
+        a.set_dialogs(9);
+        let (sa, sb) = (Scrape::of(&a), Scrape::of(&b));
+        assert_eq!(sa.value(REQUESTS_TOTAL, &[("method", "INVITE")]), Some(1.0));
+        assert_eq!(sb.value(REQUESTS_TOTAL, &[("method", "INVITE")]), Some(0.0));
+        assert_eq!(sa.value(DIALOGS, &[]), Some(9.0));
+        assert_eq!(sb.value(DIALOGS, &[]), Some(0.0));
+        // Nothing lands in the process-wide default registry either.
+        let global = prometheus::gather();
+        assert!(global.iter().all(|f| !f.name().starts_with("sipedge_")));
+    }
+
+    #[test]
+    fn registering_a_name_twice_is_an_error_not_a_panic() {
+        let m = metrics();
+        let err = register(
+            m.registry(),
+            DIALOGS,
+            IntGauge::new(DIALOGS, "a second sipedge_dialogs"),
+        )
+        .expect_err("duplicate name");
+        assert!(
+            matches!(
+                err,
+                MetricsError::Register {
+                    metric: DIALOGS,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = register(m.registry(), "bad name", IntGauge::new("bad name", "x"))
+            .expect_err("invalid name");
+        assert!(matches!(err, MetricsError::Define { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_test_parser_reads_escapes() {
+        let s = parse("# TYPE x counter\nx{a=\"q\\\"uo\\\\te\\n\",b=\"\"} 2.5\ny 1e3\n");
+        assert_eq!(s.types.get("x").map(String::as_str), Some("counter"));
+        assert_eq!(s.value("x", &[("a", "q\"uo\\te\n"), ("b", "")]), Some(2.5));
+        assert_eq!(s.value("y", &[]), Some(1000.0));
+    }
+}
