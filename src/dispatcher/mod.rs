@@ -31,6 +31,7 @@
 //! ([`Dispatcher::mark_alive`]). OPTIONS probing (active, inactive, trying,
 //! disabled states) comes with issue 4.
 
+pub mod health;
 mod plan;
 
 #[cfg(test)]

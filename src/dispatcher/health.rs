@@ -1,0 +1,1674 @@
+//! Per-destination health: the state machine that OPTIONS probes and call
+//! failures feed, with Kamailio `dispatcher`'s state names, FLAGS strings,
+//! list-file bits and `dispatcher.set_state` argument.
+//!
+//! Pure logic: no sockets, no timers, no clock reads, and no allocation
+//! except in the operator- and config-facing parse errors. [`Health`] is the plain machine (`&mut self`); [`SharedHealth`]
+//! wraps it for the proxy's tasks behind a `std` mutex, with lock-free reads
+//! for the per-call hot path.
+//!
+//! # States (Kamailio's)
+//! | state      | FLAGS | new calls | left by                                        |
+//! |------------|-------|-----------|------------------------------------------------|
+//! | `Active`   | `A`   | yes       | a failure                                      |
+//! | `Trying`   | `T`   | yes       | a success (up) or `failure_threshold` failures (down) |
+//! | `Inactive` | `I`   | no        | `success_threshold` consecutive probe successes |
+//! | `Disabled` | `D`   | no        | an operator only (`set_state`)                 |
+//!
+//! The second FLAGS letter is `P` when the destination is probed, else `X`.
+//!
+//! Trying still takes new calls because Kamailio's `ds_select_dst` skips only
+//! inactive and disabled destinations (`ds_skip_dst` tests just those two
+//! bits): trying means "failed lately, not yet given up on". Disabled is
+//! drain: no new calls, but the dialogs already on the node continue (the
+//! dialog table pins them, it never asks this module).
+//!
+//! # What feeds it
+//! - **Probes** ([`Health::record_probe`]): a reply whose code is in
+//!   [`ReplyCodes`] is a success; any other reply, a timeout or a transport
+//!   error is a failure. A timeout is never a reply: Kamailio's transaction
+//!   layer turns it into a local 408, so `ds_ping_reply_codes` with 408 (or
+//!   class 4) would keep a dead node up; here a timeout is its own variant
+//!   and cannot match a code.
+//! - **Call failures** ([`Health::record_call_failure`], Kamailio
+//!   `ds_mark_dst("tp")` in a failure route): timeouts and transport errors
+//!   count towards the same `failure_threshold`. The outcome says "probe now"
+//!   so a node a call found failing is probed at once, not at the next
+//!   interval.
+//! - **Call replies** ([`Health::record_call_reply`]): any reply to a call
+//!   shows the node's SIP stack answers. It ends a failure streak (Trying →
+//!   Active) but never re-activates an Inactive node. Kamailio does not look
+//!   at call replies at all unless the script calls `ds_mark_dst("a")`;
+//!   sipedge until now cleared its "suspect" mark on any answer. The middle
+//!   ground keeps what "suspect" was for (one timeout does not linger) while
+//!   leaving "down → up" to probes, as in Kamailio: an Inactive node gets no
+//!   new calls, so its replies belong to old dialogs and say little about
+//!   taking new ones. Consequence: an Inactive node with probing off stays
+//!   down until an operator sets it active, exactly as in Kamailio.
+//! - **The operator** ([`Health::set_state`], `dispatcher.set_state`).
+//!
+//! # Probing
+//! Like Kamailio's `ds_probing_mode` 3: only destinations with the probing
+//! flag are probed, probe results never clear the flag, and a result that
+//! arrives after probing was switched off is ignored. Passive failures count
+//! whether or not probing is on. Unlike Kamailio (which skips disabled
+//! destinations when pinging), a Disabled node with probing on is still
+//! probed (the issue asks for it: the prober's logs and metrics then show
+//! whether a drained node answers before an operator enables it); the
+//! results change neither Disabled nor any count.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// Consecutive failures that take a destination down (Kamailio
+/// `ds_probing_threshold`, whose own default is 1).
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+
+/// Consecutive probe successes that bring an Inactive destination back
+/// (Kamailio `ds_inactive_threshold`).
+pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
+
+/// Bits of a Kamailio `dispatcher.list` flags column.
+pub mod list_flags {
+    pub const INACTIVE: u32 = 1;
+    pub const TRYING: u32 = 2;
+    pub const DISABLED: u32 = 4;
+    pub const PROBING: u32 = 8;
+}
+
+/// A destination's state, as Kamailio names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Active,
+    /// Failing, but fewer than `failure_threshold` times in a row.
+    Trying,
+    /// Down: `failure_threshold` consecutive failures, or set so.
+    Inactive,
+    /// Taken out by an operator; only an operator brings it back.
+    Disabled,
+}
+
+impl State {
+    /// Whether the dispatcher may pick this destination for a new call.
+    /// Kamailio's `ds_skip_dst` skips exactly inactive and disabled.
+    pub fn accepts_new_calls(self) -> bool {
+        matches!(self, State::Active | State::Trying)
+    }
+
+    /// The first FLAGS letter.
+    pub fn letter(self) -> char {
+        match self {
+            State::Active => 'A',
+            State::Trying => 'T',
+            State::Inactive => 'I',
+            State::Disabled => 'D',
+        }
+    }
+
+    /// The word a log line starts with when this state is entered.
+    fn verb(self) -> &'static str {
+        match self {
+            State::Active => "up",
+            State::Trying => "trying",
+            State::Inactive => "down",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Active => "active",
+            State::Trying => "trying",
+            State::Inactive => "inactive",
+            State::Disabled => "disabled",
+        })
+    }
+}
+
+/// State plus the probing flag: everything `dispatcher.list` shows and a
+/// list file's flags column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Status {
+    pub state: State,
+    pub probing: bool,
+}
+
+impl Status {
+    /// Active and probed: what a destination without flags should be in a
+    /// pool that is health-checked.
+    pub const ACTIVE_PROBING: Status = Status {
+        state: State::Active,
+        probing: true,
+    };
+
+    /// From a `dispatcher.list` flags column (1 inactive, 2 trying,
+    /// 4 disabled, 8 probing). When several state bits are set, disabled
+    /// wins, then inactive, then trying: that is how Kamailio *behaves* with
+    /// such an entry (a disabled one is neither pinged nor updated by probe
+    /// results, an inactive one stays inactive on failures), although its
+    /// `dispatcher.list` RPC prints `I` before `D`. Other bits (Kamailio's
+    /// 16 and up: DNS and ping options) are not health and are ignored here;
+    /// the list reader decides whether it accepts them.
+    pub fn from_list_flags(flags: u32) -> Status {
+        let state = if flags & list_flags::DISABLED != 0 {
+            State::Disabled
+        } else if flags & list_flags::INACTIVE != 0 {
+            State::Inactive
+        } else if flags & list_flags::TRYING != 0 {
+            State::Trying
+        } else {
+            State::Active
+        };
+        Status {
+            state,
+            probing: flags & list_flags::PROBING != 0,
+        }
+    }
+
+    /// The `dispatcher.list` flags column for this status: exactly one
+    /// state bit (none for active) plus 8 when probing.
+    pub fn to_list_flags(self) -> u32 {
+        let state = match self.state {
+            State::Active => 0,
+            State::Trying => list_flags::TRYING,
+            State::Inactive => list_flags::INACTIVE,
+            State::Disabled => list_flags::DISABLED,
+        };
+        state | if self.probing { list_flags::PROBING } else { 0 }
+    }
+
+    /// The FLAGS string of `dispatcher.list` output, e.g. `AP` or `IX`.
+    pub fn flags(self) -> FlagsStr {
+        FlagsStr(match (self.state, self.probing) {
+            (State::Active, true) => "AP",
+            (State::Active, false) => "AX",
+            (State::Trying, true) => "TP",
+            (State::Trying, false) => "TX",
+            (State::Inactive, true) => "IP",
+            (State::Inactive, false) => "IX",
+            (State::Disabled, true) => "DP",
+            (State::Disabled, false) => "DX",
+        })
+    }
+}
+
+/// Kamailio's two-letter FLAGS: state (`A`/`T`/`I`/`D`), then `P` (probing)
+/// or `X`. Copy, no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlagsStr(&'static str);
+
+impl FlagsStr {
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Display for FlagsStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Why a probe or a call counts against a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// No reply within the given time (the caller's timer; shown in logs).
+    Timeout(Duration),
+    /// The request could not be sent, or an ICMP error came back.
+    TransportError,
+    /// A probe reply whose code is not in [`ReplyCodes`].
+    BadCode(u16),
+}
+
+impl Failure {
+    fn same_kind(self, other: Failure) -> bool {
+        std::mem::discriminant(&self) == std::mem::discriminant(&other)
+    }
+
+    /// The plural used for a streak of this kind, e.g. "timeouts (2s)".
+    fn fmt_plural(self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Timeout(d) => write!(f, "timeouts ({})", Secs(d)),
+            Failure::TransportError => f.write_str("transport errors"),
+            Failure::BadCode(code) => write!(f, "unaccepted replies (last {code})"),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Failure::Timeout(d) => write!(f, "timeout ({})", Secs(d)),
+            Failure::TransportError => f.write_str("transport error"),
+            Failure::BadCode(code) => write!(f, "reply {code} not accepted"),
+        }
+    }
+}
+
+/// A duration the way an operator writes it in the config: `2s`, `500ms`,
+/// `1.5s`. Anything finer falls back to `Duration`'s `Debug`.
+struct Secs(Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let nanos = d.subsec_nanos();
+        if nanos == 0 {
+            write!(f, "{}s", d.as_secs())
+        } else if !nanos.is_multiple_of(1_000_000) {
+            write!(f, "{d:?}")
+        } else if d.as_secs() == 0 {
+            write!(f, "{}ms", nanos / 1_000_000)
+        } else {
+            let mut millis = nanos / 1_000_000;
+            let mut width = 3;
+            while millis.is_multiple_of(10) {
+                millis /= 10;
+                width -= 1;
+            }
+            write!(f, "{}.{millis:0width$}s", d.as_secs())
+        }
+    }
+}
+
+/// How one OPTIONS probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeResult {
+    /// A final reply from the node with this status code.
+    Reply(u16),
+    /// No final reply within the given time. Never treated as a code.
+    Timeout(Duration),
+    /// Sending failed, or an ICMP error came back.
+    TransportError,
+}
+
+/// Why a [`Transition`] happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// `count` consecutive failures, the last one `last`; `mixed` if they
+    /// were not all of the same kind.
+    Failures {
+        count: u32,
+        last: Failure,
+        mixed: bool,
+    },
+    /// `count` consecutive accepted probe replies, the last with `last_code`.
+    ProbeReplies { count: u32, last_code: u16 },
+    /// A call got a reply from the node.
+    CallReply { code: u16 },
+    /// `dispatcher.set_state`.
+    Operator,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Reason::Failures { count, last, .. } if count <= 1 => write!(f, "{last}"),
+            Reason::Failures {
+                count,
+                last,
+                mixed: false,
+            } => {
+                write!(f, "{count} consecutive ")?;
+                last.fmt_plural(f)
+            }
+            Reason::Failures {
+                count,
+                last,
+                mixed: true,
+            } => write!(f, "{count} consecutive failures (last: {last})"),
+            Reason::ProbeReplies { count, last_code } if count <= 1 => {
+                write!(f, "probe answered {last_code}")
+            }
+            Reason::ProbeReplies { count, last_code } => {
+                write!(f, "{count} consecutive probe replies (last {last_code})")
+            }
+            Reason::CallReply { code } => write!(f, "call reply {code}"),
+            Reason::Operator => f.write_str("set by operator"),
+        }
+    }
+}
+
+/// A state change. Its `Display` is the log line after the destination's
+/// URI, e.g. `down: 3 consecutive timeouts (2s)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    pub reason: Reason,
+    /// `failure_threshold` at the time, so a move to Trying can say how far
+    /// the node is from down.
+    failure_threshold: u32,
+}
+
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.to.verb(), self.reason)?;
+        if let (State::Trying, Reason::Failures { count, .. }) = (self.to, self.reason) {
+            write!(
+                f,
+                ", {count} of {} failures before down",
+                self.failure_threshold
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What recording a call failure produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct CallFailureOutcome {
+    pub transition: Option<Transition>,
+    /// Send an OPTIONS probe to this node now rather than at the next
+    /// interval. Set only when probing is on, the node is not Disabled, and
+    /// no urgent probe is already outstanding (one asked for since the last
+    /// probe result was recorded), so a burst of failing calls yields one
+    /// probe. A lost urgent probe is made good by the next periodic one,
+    /// whose result re-arms the signal.
+    pub probe_now: bool,
+}
+
+/// One entry of the `reply_codes` setting: a single code (`403`) or a
+/// class (`"2xx"`), like Kamailio's `code=403` and `class=2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplyCodeSpec {
+    Code(u16),
+    /// The hundreds digit: `Class(2)` is 200–299.
+    Class(u8),
+}
+
+impl ReplyCodeSpec {
+    /// The ranges Kamailio accepts: codes 100–699, classes 1–6.
+    fn validate(self) -> Result<ReplyCodeSpec, ReplyCodesError> {
+        match self {
+            ReplyCodeSpec::Code(code) if !(100..=699).contains(&code) => {
+                Err(ReplyCodesError::CodeOutOfRange(code))
+            }
+            ReplyCodeSpec::Class(class) if !(1..=6).contains(&class) => {
+                Err(ReplyCodesError::ClassOutOfRange(class))
+            }
+            spec => Ok(spec),
+        }
+    }
+}
+
+impl FromStr for ReplyCodeSpec {
+    type Err = ReplyCodesError;
+
+    /// `"403"` (exactly three digits) or `"2xx"` (`x` in either case);
+    /// surrounding whitespace is ignored.
+    fn from_str(s: &str) -> Result<ReplyCodeSpec, ReplyCodesError> {
+        let syntax = || ReplyCodesError::Syntax(s.to_owned());
+        let t = s.trim();
+        let spec = match t.as_bytes() {
+            [d, x1, x2]
+                if d.is_ascii_digit()
+                    && x1.eq_ignore_ascii_case(&b'x')
+                    && x2.eq_ignore_ascii_case(&b'x') =>
+            {
+                ReplyCodeSpec::Class(d - b'0')
+            }
+            [a, b, c] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+                ReplyCodeSpec::Code(
+                    u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
+                )
+            }
+            _ => return Err(syntax()),
+        };
+        spec.validate()
+    }
+}
+
+impl fmt::Display for ReplyCodeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplyCodeSpec::Code(code) => write!(f, "{code}"),
+            ReplyCodeSpec::Class(class) => write!(f, "{class}xx"),
+        }
+    }
+}
+
+/// Why a `reply_codes` entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyCodesError {
+    #[error("{0:?} is not a reply code or class; write a code like 403 or a class like \"2xx\"")]
+    Syntax(String),
+    #[error("reply code {0} is out of range; SIP status codes are 100-699")]
+    CodeOutOfRange(u16),
+    #[error("reply class {0}xx does not exist; classes are 1xx-6xx")]
+    ClassOutOfRange(u8),
+}
+
+/// Number of status codes a [`ReplyCodes`] can hold (100–699).
+const CODE_SPAN: usize = 600;
+
+/// The probe reply codes that count as alive (Kamailio
+/// `ds_ping_reply_codes`). 2xx always counts, as in Kamailio, whose probe
+/// callback accepts 200–299 before it consults the list; the setting only
+/// adds codes. A 600-bit set: `Copy`, no allocation, O(1) lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplyCodes {
+    bits: [u64; CODE_SPAN.div_ceil(64)],
+}
+
+impl Default for ReplyCodes {
+    /// Any 2xx.
+    fn default() -> ReplyCodes {
+        let mut codes = ReplyCodes {
+            bits: [0; CODE_SPAN.div_ceil(64)],
+        };
+        codes.insert_class(2);
+        codes
+    }
+}
+
+impl ReplyCodes {
+    /// Any 2xx plus `specs`. Every entry is checked: codes 100–699,
+    /// classes 1–6 (Kamailio silently drops others; a typo here should not
+    /// pass unnoticed).
+    pub fn parse(specs: &[ReplyCodeSpec]) -> Result<ReplyCodes, ReplyCodesError> {
+        let mut codes = ReplyCodes::default();
+        for spec in specs {
+            match spec.validate()? {
+                ReplyCodeSpec::Code(code) => codes.insert(code),
+                ReplyCodeSpec::Class(class) => codes.insert_class(class),
+            }
+        }
+        Ok(codes)
+    }
+
+    /// Whether a probe reply with this status code counts as alive.
+    pub fn matches(&self, code: u16) -> bool {
+        match Self::slot(code) {
+            Some((word, bit)) => self.bits[word] & (1 << bit) != 0,
+            None => false,
+        }
+    }
+
+    fn insert(&mut self, code: u16) {
+        if let Some((word, bit)) = Self::slot(code) {
+            self.bits[word] |= 1 << bit;
+        }
+    }
+
+    fn insert_class(&mut self, class: u8) {
+        let first = u16::from(class) * 100;
+        for code in first..first + 100 {
+            self.insert(code);
+        }
+    }
+
+    fn slot(code: u16) -> Option<(usize, u32)> {
+        let index = usize::from(code.checked_sub(100)?);
+        // `index / 64` is at most 9, `index % 64` below 64: both fit.
+        (index < CODE_SPAN).then_some((index / 64, (index % 64) as u32))
+    }
+}
+
+/// Why a [`HealthConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HealthConfigError {
+    #[error("{0} must be at least 1")]
+    ZeroThreshold(&'static str),
+}
+
+/// The health settings every destination shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HealthConfig {
+    failure_threshold: u32,
+    success_threshold: u32,
+    reply_codes: ReplyCodes,
+}
+
+impl Default for HealthConfig {
+    /// 3 failures down, 1 success up, any 2xx alive.
+    fn default() -> HealthConfig {
+        HealthConfig {
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            success_threshold: DEFAULT_SUCCESS_THRESHOLD,
+            reply_codes: ReplyCodes::default(),
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Thresholds of 0 are refused: "down after zero failures" has no
+    /// meaning an operator could want.
+    pub fn new(
+        failure_threshold: u32,
+        success_threshold: u32,
+        reply_codes: ReplyCodes,
+    ) -> Result<HealthConfig, HealthConfigError> {
+        if failure_threshold == 0 {
+            return Err(HealthConfigError::ZeroThreshold("failure_threshold"));
+        }
+        if success_threshold == 0 {
+            return Err(HealthConfigError::ZeroThreshold("success_threshold"));
+        }
+        Ok(HealthConfig {
+            failure_threshold,
+            success_threshold,
+            reply_codes,
+        })
+    }
+
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold
+    }
+
+    pub fn success_threshold(&self) -> u32 {
+        self.success_threshold
+    }
+
+    pub fn reply_codes(&self) -> &ReplyCodes {
+        &self.reply_codes
+    }
+}
+
+/// An operator's `dispatcher.set_state` state argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SetState {
+    pub state: State,
+    /// `Some(true)`: probe; `Some(false)`: stop probing; `None`: leave the
+    /// flag as it is. [`SetState::parse`] never yields `None`: Kamailio
+    /// rewrites every state bit, the probing bit included, so a state
+    /// without `p` turns probing *off* (`a` on an `AP` node gives `AX`).
+    /// `None` is for callers that mean to change only the state.
+    pub probing: Option<bool>,
+}
+
+/// Why a `dispatcher.set_state` state argument was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetStateError {
+    #[error("empty state; expected a, i, t or d, optionally followed by p")]
+    Empty,
+    #[error("unknown state {0:?}; expected a, i, t or d, optionally followed by p")]
+    UnknownState(String),
+}
+
+impl SetState {
+    /// Kamailio's forms: `a` active, `i` inactive, `t` trying, `d`
+    /// disabled, in either case, or Kamailio's digit aliases `1`, `0`, `3`,
+    /// `2` in that order; then an optional `p`/`P` for probing.
+    ///
+    /// Stricter than Kamailio, which reads only the first two characters and
+    /// ignores a second one that is not `p`: here anything else is an error,
+    /// so a typo like `ax` does not silently switch probing off. `dp` is
+    /// accepted and means disabled *and* probed (Kamailio ignores the `p`
+    /// after `d` because it never probes disabled destinations; sipedge
+    /// does, see the module docs).
+    pub fn parse(s: &str) -> Result<SetState, SetStateError> {
+        let unknown = || SetStateError::UnknownState(s.to_owned());
+        let (first, probing) = match s.as_bytes() {
+            [] => return Err(SetStateError::Empty),
+            [first] => (*first, false),
+            [first, p] if p.eq_ignore_ascii_case(&b'p') => (*first, true),
+            _ => return Err(unknown()),
+        };
+        let state = match first.to_ascii_lowercase() {
+            b'a' | b'1' => State::Active,
+            b'i' | b'0' => State::Inactive,
+            b't' | b'3' => State::Trying,
+            b'd' | b'2' => State::Disabled,
+            _ => return Err(unknown()),
+        };
+        Ok(SetState {
+            state,
+            probing: Some(probing),
+        })
+    }
+}
+
+impl FromStr for SetState {
+    type Err = SetStateError;
+
+    fn from_str(s: &str) -> Result<SetState, SetStateError> {
+        SetState::parse(s)
+    }
+}
+
+/// One destination's health. See the module docs for the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    config: HealthConfig,
+    state: State,
+    probing: bool,
+    /// Consecutive failures; non-zero only while Trying (Active has none by
+    /// definition, and going down starts a success count instead).
+    failures: u32,
+    /// The streak's last failure and whether it mixed kinds: for the log.
+    last_failure: Option<Failure>,
+    mixed: bool,
+    /// Consecutive probe successes; non-zero only while Inactive.
+    successes: u32,
+    /// An urgent probe was asked for and no probe result came in since.
+    urgent_probe: bool,
+}
+
+impl Health {
+    pub fn new(config: HealthConfig, status: Status) -> Health {
+        Health {
+            config,
+            state: status.state,
+            probing: status.probing,
+            failures: 0,
+            last_failure: None,
+            mixed: false,
+            successes: 0,
+            urgent_probe: false,
+        }
+    }
+
+    pub fn config(&self) -> &HealthConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn probing(&self) -> bool {
+        self.probing
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            state: self.state,
+            probing: self.probing,
+        }
+    }
+
+    /// The FLAGS string, e.g. `AP`.
+    pub fn flags(&self) -> FlagsStr {
+        self.status().flags()
+    }
+
+    pub fn to_list_flags(&self) -> u32 {
+        self.status().to_list_flags()
+    }
+
+    /// Active and Trying take new calls; Inactive and Disabled do not.
+    pub fn accepts_new_calls(&self) -> bool {
+        self.state.accepts_new_calls()
+    }
+
+    /// Whether the prober should send this destination OPTIONS: whenever
+    /// probing is on, Disabled included.
+    pub fn should_probe(&self) -> bool {
+        self.probing
+    }
+
+    /// The current failure streak (Trying's "Fail n/threshold").
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The current probe-success streak of an Inactive destination.
+    pub fn consecutive_successes(&self) -> u32 {
+        self.successes
+    }
+
+    /// One probe's result. Ignored (no change, `None`) when probing is off
+    /// (a late result after an operator switched it off) or the node is
+    /// Disabled.
+    #[must_use]
+    pub fn record_probe(&mut self, result: ProbeResult) -> Option<Transition> {
+        self.urgent_probe = false;
+        if !self.probing || self.state == State::Disabled {
+            return None;
+        }
+        let failure = match result {
+            ProbeResult::Reply(code) if self.config.reply_codes.matches(code) => {
+                return self.success(Reason::ProbeReplies {
+                    count: 0, // filled in by `success`
+                    last_code: code,
+                });
+            }
+            ProbeResult::Reply(code) => Failure::BadCode(code),
+            ProbeResult::Timeout(after) => Failure::Timeout(after),
+            ProbeResult::TransportError => Failure::TransportError,
+        };
+        self.failure(failure)
+    }
+
+    /// A call to this node failed. The proxy reports timeouts and transport
+    /// errors; a 5xx proves the node answers and goes to
+    /// [`Health::record_call_reply`]. Counts like a probe failure, whether
+    /// or not probing is on; ignored when Disabled.
+    pub fn record_call_failure(&mut self, failure: Failure) -> CallFailureOutcome {
+        if self.state == State::Disabled {
+            return CallFailureOutcome {
+                transition: None,
+                probe_now: false,
+            };
+        }
+        let transition = self.failure(failure);
+        let probe_now = self.probing && !self.urgent_probe;
+        self.urgent_probe |= probe_now;
+        CallFailureOutcome {
+            transition,
+            probe_now,
+        }
+    }
+
+    /// A call to this node got a reply (any code). Ends a failure streak:
+    /// Trying → Active. Changes nothing else; in particular it does not
+    /// bring an Inactive node back (see the module docs).
+    #[must_use]
+    pub fn record_call_reply(&mut self, code: u16) -> Option<Transition> {
+        if self.state != State::Trying {
+            return None;
+        }
+        self.success(Reason::CallReply { code })
+    }
+
+    /// `dispatcher.set_state`. The only way into or out of Disabled. Both
+    /// streaks restart from zero, even if the state does not change: the
+    /// operator's word replaces whatever the node did before. (Kamailio
+    /// keeps its counter here, so after `set_state a` on a node one failure
+    /// from down, the next failure takes it down; that surprises.)
+    #[must_use]
+    pub fn set_state(&mut self, cmd: SetState) -> Option<Transition> {
+        if let Some(probing) = cmd.probing {
+            self.probing = probing;
+        }
+        self.reset_streaks();
+        self.urgent_probe = false;
+        self.change(cmd.state, Reason::Operator)
+    }
+
+    fn failure(&mut self, failure: Failure) -> Option<Transition> {
+        match self.state {
+            State::Active | State::Trying => {
+                self.mixed = match self.last_failure {
+                    Some(last) if self.failures > 0 => self.mixed || !last.same_kind(failure),
+                    _ => false,
+                };
+                self.last_failure = Some(failure);
+                self.failures = self.failures.saturating_add(1);
+                let reason = Reason::Failures {
+                    count: self.failures,
+                    last: failure,
+                    mixed: self.mixed,
+                };
+                if self.failures >= self.config.failure_threshold {
+                    self.reset_streaks();
+                    self.change(State::Inactive, reason)
+                } else {
+                    self.change(State::Trying, reason)
+                }
+            }
+            State::Inactive => {
+                // Recovery needs consecutive successes.
+                self.successes = 0;
+                None
+            }
+            State::Disabled => None,
+        }
+    }
+
+    fn success(&mut self, reason: Reason) -> Option<Transition> {
+        match self.state {
+            // One success ends a failure streak, whatever the success
+            // threshold (Kamailio: trying → active on the first good reply).
+            State::Active | State::Trying => {
+                let reason = match reason {
+                    Reason::ProbeReplies { last_code, .. } => Reason::ProbeReplies {
+                        count: 1,
+                        last_code,
+                    },
+                    other => other,
+                };
+                self.reset_streaks();
+                self.change(State::Active, reason)
+            }
+            State::Inactive => {
+                self.successes = self.successes.saturating_add(1);
+                if self.successes < self.config.success_threshold {
+                    return None;
+                }
+                let reason = match reason {
+                    Reason::ProbeReplies { last_code, .. } => Reason::ProbeReplies {
+                        count: self.successes,
+                        last_code,
+                    },
+                    other => other,
+                };
+                self.reset_streaks();
+                self.change(State::Active, reason)
+            }
+            State::Disabled => None,
+        }
+    }
+
+    fn reset_streaks(&mut self) {
+        self.failures = 0;
+        self.last_failure = None;
+        self.mixed = false;
+        self.successes = 0;
+    }
+
+    fn change(&mut self, to: State, reason: Reason) -> Option<Transition> {
+        let from = self.state;
+        if from == to {
+            return None;
+        }
+        self.state = to;
+        Some(Transition {
+            from,
+            to,
+            reason,
+            failure_threshold: self.config.failure_threshold,
+        })
+    }
+}
+
+/// A [`Health`] shared by the proxy's tasks. Every operation takes a
+/// `std` mutex for a few instructions and never across an `.await` (there
+/// is none inside). The hot-path reads ([`SharedHealth::accepts_new_calls`],
+/// [`SharedHealth::status`]) and the common case of
+/// [`SharedHealth::record_call_reply`] (node not Trying) take no lock: they
+/// read a one-byte snapshot of the status, rewritten under the lock after
+/// every change. Relaxed ordering is enough: the snapshot guards no other
+/// data, and a reader that sees the previous status for a moment behaves as
+/// if its call had come a moment earlier.
+#[derive(Debug)]
+pub struct SharedHealth {
+    inner: Mutex<Health>,
+    snapshot: AtomicU8,
+}
+
+const SNAP_PROBING: u8 = 1 << 2;
+
+fn encode(status: Status) -> u8 {
+    let state = match status.state {
+        State::Active => 0,
+        State::Trying => 1,
+        State::Inactive => 2,
+        State::Disabled => 3,
+    };
+    state | if status.probing { SNAP_PROBING } else { 0 }
+}
+
+fn decode(snapshot: u8) -> Status {
+    let state = match snapshot & 3 {
+        0 => State::Active,
+        1 => State::Trying,
+        2 => State::Inactive,
+        _ => State::Disabled,
+    };
+    Status {
+        state,
+        probing: snapshot & SNAP_PROBING != 0,
+    }
+}
+
+impl SharedHealth {
+    pub fn new(health: Health) -> SharedHealth {
+        let snapshot = AtomicU8::new(encode(health.status()));
+        SharedHealth {
+            inner: Mutex::new(health),
+            snapshot,
+        }
+    }
+
+    /// Lock-free: may the dispatcher pick this node for a new call?
+    pub fn accepts_new_calls(&self) -> bool {
+        self.status().state.accepts_new_calls()
+    }
+
+    /// Lock-free state and probing flag.
+    pub fn status(&self) -> Status {
+        decode(self.snapshot.load(Relaxed))
+    }
+
+    /// Lock-free FLAGS string.
+    pub fn flags(&self) -> FlagsStr {
+        self.status().flags()
+    }
+
+    /// Lock-free: should the prober send this node OPTIONS?
+    pub fn should_probe(&self) -> bool {
+        self.status().probing
+    }
+
+    /// A copy of the whole machine, streak counts included (for
+    /// `dispatcher.list` and metrics).
+    pub fn get(&self) -> Health {
+        self.lock().clone()
+    }
+
+    #[must_use]
+    pub fn record_probe(&self, result: ProbeResult) -> Option<Transition> {
+        self.update(|h| h.record_probe(result))
+    }
+
+    pub fn record_call_failure(&self, failure: Failure) -> CallFailureOutcome {
+        self.update(|h| h.record_call_failure(failure))
+    }
+
+    /// Called for every reply, so it locks only when the node is Trying:
+    /// in every other state a call reply changes nothing.
+    #[must_use]
+    pub fn record_call_reply(&self, code: u16) -> Option<Transition> {
+        if self.status().state != State::Trying {
+            return None;
+        }
+        self.update(|h| h.record_call_reply(code))
+    }
+
+    #[must_use]
+    pub fn set_state(&self, cmd: SetState) -> Option<Transition> {
+        self.update(|h| h.set_state(cmd))
+    }
+
+    fn update<R>(&self, f: impl FnOnce(&mut Health) -> R) -> R {
+        let mut health = self.lock();
+        let result = f(&mut health);
+        let snapshot = encode(health.status());
+        // Skip the store when nothing changed: most updates change no
+        // status, and an unchanged cache line stays shared.
+        if self.snapshot.load(Relaxed) != snapshot {
+            self.snapshot.store(snapshot, Relaxed);
+        }
+        result
+    }
+
+    /// A poisoned lock is taken over: no `Health` method panics, so a
+    /// panic elsewhere while holding it cannot have left it half-updated.
+    fn lock(&self) -> MutexGuard<'_, Health> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_S: Duration = Duration::from_secs(2);
+    const TIMEOUT: Failure = Failure::Timeout(TWO_S);
+
+    fn config(failure_threshold: u32, success_threshold: u32) -> HealthConfig {
+        HealthConfig::new(failure_threshold, success_threshold, ReplyCodes::default()).unwrap()
+    }
+
+    fn health(state: State, probing: bool) -> Health {
+        Health::new(HealthConfig::default(), Status { state, probing })
+    }
+
+    fn with_codes(specs: &[ReplyCodeSpec]) -> Health {
+        let codes = ReplyCodes::parse(specs).unwrap();
+        Health::new(
+            HealthConfig::new(3, 1, codes).unwrap(),
+            Status::ACTIVE_PROBING,
+        )
+    }
+
+    fn fail(h: &mut Health) -> Option<Transition> {
+        h.record_call_failure(TIMEOUT).transition
+    }
+
+    fn down(h: &mut Health) {
+        for _ in 0..h.config().failure_threshold() {
+            let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
+        }
+        assert_eq!(h.state(), State::Inactive);
+    }
+
+    #[test]
+    fn defaults_are_three_failures_one_success_any_2xx() {
+        let c = HealthConfig::default();
+        assert_eq!(c.failure_threshold(), 3);
+        assert_eq!(c.success_threshold(), 1);
+        assert!(c.reply_codes().matches(200));
+        assert!(c.reply_codes().matches(299));
+        assert!(!c.reply_codes().matches(403));
+    }
+
+    #[test]
+    fn zero_thresholds_are_refused() {
+        let codes = ReplyCodes::default();
+        assert_eq!(
+            HealthConfig::new(0, 1, codes),
+            Err(HealthConfigError::ZeroThreshold("failure_threshold"))
+        );
+        assert_eq!(
+            HealthConfig::new(1, 0, codes),
+            Err(HealthConfigError::ZeroThreshold("success_threshold"))
+        );
+        assert_eq!(
+            HealthConfigError::ZeroThreshold("success_threshold").to_string(),
+            "success_threshold must be at least 1"
+        );
+    }
+
+    #[test]
+    fn down_after_exactly_failure_threshold_with_trying_between() {
+        let mut h = Health::new(config(3, 1), Status::ACTIVE_PROBING);
+        let t = fail(&mut h).expect("active -> trying");
+        assert_eq!((t.from, t.to), (State::Active, State::Trying));
+        assert!(h.accepts_new_calls(), "trying still takes calls");
+        assert_eq!(h.consecutive_failures(), 1);
+
+        assert_eq!(fail(&mut h), None, "second failure: still trying");
+        assert_eq!(h.state(), State::Trying);
+        assert!(h.accepts_new_calls());
+        assert_eq!(h.consecutive_failures(), 2);
+
+        let t = fail(&mut h).expect("third failure: down");
+        assert_eq!((t.from, t.to), (State::Trying, State::Inactive));
+        assert!(!h.accepts_new_calls());
+    }
+
+    #[test]
+    fn probe_failures_count_like_call_failures() {
+        let mut h = Health::new(config(2, 1), Status::ACTIVE_PROBING);
+        assert_eq!(
+            h.record_probe(ProbeResult::TransportError).map(|t| t.to),
+            Some(State::Trying)
+        );
+        assert_eq!(
+            h.record_call_failure(TIMEOUT).transition.map(|t| t.to),
+            Some(State::Inactive)
+        );
+    }
+
+    #[test]
+    fn threshold_one_goes_straight_down() {
+        let mut h = Health::new(config(1, 1), Status::ACTIVE_PROBING);
+        let t = fail(&mut h).unwrap();
+        assert_eq!((t.from, t.to), (State::Active, State::Inactive));
+    }
+
+    #[test]
+    fn a_success_in_between_resets_the_failure_count() {
+        let mut h = Health::new(config(3, 5), Status::ACTIVE_PROBING);
+        let _ = fail(&mut h);
+        let _ = fail(&mut h);
+        let t = h.record_probe(ProbeResult::Reply(200)).unwrap();
+        assert_eq!(
+            (t.from, t.to),
+            (State::Trying, State::Active),
+            "one success ends trying, whatever the success threshold"
+        );
+        assert_eq!(h.consecutive_failures(), 0);
+        let _ = fail(&mut h);
+        let _ = fail(&mut h);
+        assert_eq!(h.state(), State::Trying, "count restarted");
+        let _ = fail(&mut h);
+        assert_eq!(h.state(), State::Inactive);
+    }
+
+    #[test]
+    fn back_after_exactly_success_threshold() {
+        let mut h = Health::new(config(1, 3), Status::ACTIVE_PROBING);
+        down(&mut h);
+        assert_eq!(h.record_probe(ProbeResult::Reply(200)), None);
+        assert_eq!(h.record_probe(ProbeResult::Reply(200)), None);
+        assert_eq!(h.state(), State::Inactive);
+        assert_eq!(h.consecutive_successes(), 2);
+        let t = h.record_probe(ProbeResult::Reply(200)).unwrap();
+        assert_eq!((t.from, t.to), (State::Inactive, State::Active));
+        assert_eq!(h.consecutive_successes(), 0);
+    }
+
+    #[test]
+    fn a_failure_during_recovery_restarts_the_success_count() {
+        let mut h = Health::new(config(1, 2), Status::ACTIVE_PROBING);
+        down(&mut h);
+        assert_eq!(h.record_probe(ProbeResult::Reply(200)), None);
+        assert_eq!(h.record_probe(ProbeResult::Reply(503)), None);
+        assert_eq!(h.consecutive_successes(), 0);
+        assert_eq!(h.record_probe(ProbeResult::Reply(200)), None);
+        assert_eq!(h.state(), State::Inactive);
+        // A passive failure breaks the streak too.
+        let _ = h.record_call_failure(Failure::TransportError);
+        assert_eq!(h.record_probe(ProbeResult::Reply(200)), None);
+        assert_eq!(
+            h.record_probe(ProbeResult::Reply(200)).map(|t| t.to),
+            Some(State::Active)
+        );
+    }
+
+    #[test]
+    fn only_active_and_trying_accept_new_calls() {
+        assert!(State::Active.accepts_new_calls());
+        assert!(State::Trying.accepts_new_calls());
+        assert!(!State::Inactive.accepts_new_calls());
+        assert!(!State::Disabled.accepts_new_calls());
+    }
+
+    #[test]
+    fn reply_code_classes_and_single_codes() {
+        use ReplyCodeSpec::{Class, Code};
+        let codes = ReplyCodes::parse(&[Code(403), Class(3)]).unwrap();
+        for yes in [200, 202, 299, 300, 302, 399, 403] {
+            assert!(codes.matches(yes), "{yes}");
+        }
+        for no in [0, 99, 100, 199, 400, 404, 488, 500, 503, 699, 700, u16::MAX] {
+            assert!(!codes.matches(no), "{no}");
+        }
+        let six = ReplyCodes::parse(&[Class(6), Code(100), Code(699)]).unwrap();
+        assert!(six.matches(600) && six.matches(699) && six.matches(100));
+        assert!(!six.matches(101) && !six.matches(700));
+    }
+
+    #[test]
+    fn reply_code_specs_parse_from_strings() {
+        use ReplyCodeSpec::{Class, Code};
+        assert_eq!("403".parse(), Ok(Code(403)));
+        assert_eq!("2xx".parse(), Ok(Class(2)));
+        assert_eq!("3XX".parse(), Ok(Class(3)));
+        assert_eq!(" 6xX ".parse(), Ok(Class(6)));
+        assert_eq!("100".parse(), Ok(Code(100)));
+        assert_eq!("699".parse(), Ok(Code(699)));
+        assert_eq!(Code(403).to_string(), "403");
+        assert_eq!(Class(2).to_string(), "2xx");
+    }
+
+    #[test]
+    fn bad_reply_codes_are_refused_clearly() {
+        use ReplyCodeSpec::{Class, Code};
+        for bad in [
+            "", "2x", "2xxx", "x2x", "abc", "4033", "+40", "40", "2 xx", "２xx",
+        ] {
+            assert_eq!(
+                bad.parse::<ReplyCodeSpec>(),
+                Err(ReplyCodesError::Syntax(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            "099".parse::<ReplyCodeSpec>(),
+            Err(ReplyCodesError::CodeOutOfRange(99))
+        );
+        assert_eq!(
+            "700".parse::<ReplyCodeSpec>(),
+            Err(ReplyCodesError::CodeOutOfRange(700))
+        );
+        assert_eq!(
+            "0xx".parse::<ReplyCodeSpec>(),
+            Err(ReplyCodesError::ClassOutOfRange(0))
+        );
+        assert_eq!(
+            "7xx".parse::<ReplyCodeSpec>(),
+            Err(ReplyCodesError::ClassOutOfRange(7))
+        );
+        assert_eq!(
+            ReplyCodes::parse(&[Code(200), Code(42)]),
+            Err(ReplyCodesError::CodeOutOfRange(42))
+        );
+        assert_eq!(
+            ReplyCodes::parse(&[Class(9)]),
+            Err(ReplyCodesError::ClassOutOfRange(9))
+        );
+        assert_eq!(
+            ReplyCodesError::Syntax("2x".into()).to_string(),
+            "\"2x\" is not a reply code or class; write a code like 403 or a class like \"2xx\""
+        );
+        assert_eq!(
+            ReplyCodesError::ClassOutOfRange(7).to_string(),
+            "reply class 7xx does not exist; classes are 1xx-6xx"
+        );
+    }
+
+    #[test]
+    fn a_probe_reply_outside_reply_codes_is_a_failure() {
+        let mut h = with_codes(&[]);
+        let t = h.record_probe(ProbeResult::Reply(403)).unwrap();
+        assert_eq!(t.to, State::Trying);
+        assert_eq!(
+            t.reason,
+            Reason::Failures {
+                count: 1,
+                last: Failure::BadCode(403),
+                mixed: false
+            }
+        );
+        let mut h = with_codes(&[ReplyCodeSpec::Code(403)]);
+        let _ = h.record_call_failure(TIMEOUT);
+        let t = h.record_probe(ProbeResult::Reply(403)).unwrap();
+        assert_eq!((t.from, t.to), (State::Trying, State::Active));
+    }
+
+    #[test]
+    fn a_timeout_never_counts_as_a_reply() {
+        use ReplyCodeSpec::{Class, Code};
+        let mut h = with_codes(&[Code(408), Class(4), Class(5)]);
+        for _ in 0..3 {
+            let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
+        }
+        assert_eq!(
+            h.state(),
+            State::Inactive,
+            "408 in reply_codes keeps no one up"
+        );
+        assert_eq!(
+            h.record_probe(ProbeResult::Reply(408)).map(|t| t.to),
+            Some(State::Active),
+            "a real 408 from the node does count"
+        );
+    }
+
+    #[test]
+    fn disabled_is_sticky_against_probes_and_calls() {
+        let mut h = health(State::Disabled, true);
+        assert!(h.should_probe(), "a drained node is still probed");
+        assert!(!h.accepts_new_calls());
+        for _ in 0..5 {
+            assert_eq!(h.record_probe(ProbeResult::Reply(200)), None);
+            assert_eq!(h.record_probe(ProbeResult::Timeout(TWO_S)), None);
+        }
+        let out = h.record_call_failure(TIMEOUT);
+        assert_eq!(out.transition, None);
+        assert!(!out.probe_now);
+        assert_eq!(h.record_call_reply(200), None);
+        assert_eq!(h.state(), State::Disabled);
+        assert_eq!(h.consecutive_failures(), 0);
+
+        let t = h.set_state("ap".parse().unwrap()).unwrap();
+        assert_eq!((t.from, t.to), (State::Disabled, State::Active));
+        assert_eq!(t.to_string(), "up: set by operator");
+        assert!(h.accepts_new_calls());
+    }
+
+    #[test]
+    fn disabled_without_probing_is_not_probed() {
+        assert!(!health(State::Disabled, false).should_probe());
+        assert!(health(State::Inactive, true).should_probe());
+        assert!(!health(State::Active, false).should_probe());
+    }
+
+    #[test]
+    fn set_state_parses_kamailio_forms() {
+        let cases = [
+            ("a", State::Active, false),
+            ("A", State::Active, false),
+            ("ap", State::Active, true),
+            ("AP", State::Active, true),
+            ("aP", State::Active, true),
+            ("i", State::Inactive, false),
+            ("Ip", State::Inactive, true),
+            ("t", State::Trying, false),
+            ("tp", State::Trying, true),
+            ("d", State::Disabled, false),
+            ("D", State::Disabled, false),
+            ("dp", State::Disabled, true),
+            ("1", State::Active, false),
+            ("1p", State::Active, true),
+            ("0", State::Inactive, false),
+            ("3", State::Trying, false),
+            ("2", State::Disabled, false),
+        ];
+        for (input, state, probing) in cases {
+            assert_eq!(
+                SetState::parse(input),
+                Ok(SetState {
+                    state,
+                    probing: Some(probing)
+                }),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn set_state_refuses_bad_input() {
+        assert_eq!(SetState::parse(""), Err(SetStateError::Empty));
+        for bad in [
+            "x", "p", "ax", "apx", "app", " a", "a ", "active", "4", "é", "ä",
+        ] {
+            assert_eq!(
+                SetState::parse(bad),
+                Err(SetStateError::UnknownState(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            SetStateError::UnknownState("x".into()).to_string(),
+            "unknown state \"x\"; expected a, i, t or d, optionally followed by p"
+        );
+    }
+
+    #[test]
+    fn set_state_without_p_turns_probing_off() {
+        let mut h = health(State::Active, true);
+        assert_eq!(h.set_state("a".parse().unwrap()), None, "same state");
+        assert_eq!(h.flags().as_str(), "AX");
+        let _ = h.set_state("ip".parse().unwrap());
+        assert_eq!(h.flags().as_str(), "IP");
+        let _ = h.set_state(SetState {
+            state: State::Trying,
+            probing: None,
+        });
+        assert_eq!(h.flags().as_str(), "TP", "None leaves probing alone");
+    }
+
+    #[test]
+    fn set_state_restarts_the_streaks() {
+        let mut h = Health::new(config(3, 1), Status::ACTIVE_PROBING);
+        let _ = fail(&mut h);
+        let _ = fail(&mut h);
+        let _ = h.set_state("tp".parse().unwrap());
+        assert_eq!(h.consecutive_failures(), 0);
+        let _ = fail(&mut h);
+        let _ = fail(&mut h);
+        assert_eq!(h.state(), State::Trying, "three more failures needed");
+        let _ = fail(&mut h);
+        assert_eq!(h.state(), State::Inactive);
+    }
+
+    #[test]
+    fn flags_for_every_state_and_probing() {
+        let cases = [
+            (State::Active, true, "AP"),
+            (State::Active, false, "AX"),
+            (State::Trying, true, "TP"),
+            (State::Trying, false, "TX"),
+            (State::Inactive, true, "IP"),
+            (State::Inactive, false, "IX"),
+            (State::Disabled, true, "DP"),
+            (State::Disabled, false, "DX"),
+        ];
+        for (state, probing, flags) in cases {
+            let status = Status { state, probing };
+            assert_eq!(status.flags().as_str(), flags);
+            assert_eq!(health(state, probing).flags().to_string(), flags);
+            assert_eq!(status.flags().as_str().chars().next(), Some(state.letter()));
+        }
+    }
+
+    #[test]
+    fn list_flags_round_trip() {
+        for state in [
+            State::Active,
+            State::Trying,
+            State::Inactive,
+            State::Disabled,
+        ] {
+            for probing in [false, true] {
+                let status = Status { state, probing };
+                assert_eq!(Status::from_list_flags(status.to_list_flags()), status);
+            }
+        }
+        let expect = [
+            (0, "AX"),
+            (1, "IX"),
+            (2, "TX"),
+            (4, "DX"),
+            (8, "AP"),
+            (9, "IP"),
+            (10, "TP"),
+            (12, "DP"),
+            // Several state bits: disabled, then inactive, then trying.
+            (3, "IX"),
+            (5, "DX"),
+            (15, "DP"),
+            // Bits that are not health are ignored.
+            (16 | 8, "AP"),
+            (!15, "AX"),
+        ];
+        for (bits, flags) in expect {
+            assert_eq!(
+                Status::from_list_flags(bits).flags().as_str(),
+                flags,
+                "{bits}"
+            );
+        }
+        assert_eq!(health(State::Inactive, true).to_list_flags(), 9);
+        assert_eq!(health(State::Disabled, false).to_list_flags(), 4);
+        assert_eq!(health(State::Active, false).to_list_flags(), 0);
+    }
+
+    #[test]
+    fn transition_log_lines() {
+        let mut h = Health::new(config(3, 2), Status::ACTIVE_PROBING);
+        let t = fail(&mut h).unwrap();
+        assert_eq!(
+            t.to_string(),
+            "trying: timeout (2s), 1 of 3 failures before down"
+        );
+        let _ = fail(&mut h);
+        assert_eq!(
+            fail(&mut h).unwrap().to_string(),
+            "down: 3 consecutive timeouts (2s)"
+        );
+        let _ = h.record_probe(ProbeResult::Reply(200));
+        assert_eq!(
+            h.record_probe(ProbeResult::Reply(202)).unwrap().to_string(),
+            "up: 2 consecutive probe replies (last 202)"
+        );
+
+        let _ = h.record_probe(ProbeResult::TransportError);
+        let _ = h.record_probe(ProbeResult::TransportError);
+        assert_eq!(
+            h.record_probe(ProbeResult::TransportError)
+                .unwrap()
+                .to_string(),
+            "down: 3 consecutive transport errors"
+        );
+
+        let mut h = Health::new(config(3, 1), Status::ACTIVE_PROBING);
+        let _ = h.record_probe(ProbeResult::Reply(503));
+        let _ = h.record_probe(ProbeResult::Reply(500));
+        assert_eq!(
+            h.record_probe(ProbeResult::Reply(503)).unwrap().to_string(),
+            "down: 3 consecutive unaccepted replies (last 503)"
+        );
+        assert_eq!(
+            h.record_probe(ProbeResult::Reply(200)).unwrap().to_string(),
+            "up: probe answered 200"
+        );
+
+        // Mixed once, mixed for the rest of the streak.
+        let _ = h.record_call_failure(Failure::Timeout(Duration::from_millis(1500)));
+        let _ = h.record_probe(ProbeResult::TransportError);
+        assert_eq!(
+            h.record_probe(ProbeResult::TransportError)
+                .unwrap()
+                .to_string(),
+            "down: 3 consecutive failures (last: transport error)"
+        );
+
+        let mut h = Health::new(config(1, 1), Status::ACTIVE_PROBING);
+        assert_eq!(
+            h.record_call_failure(Failure::Timeout(Duration::from_millis(500)))
+                .transition
+                .unwrap()
+                .to_string(),
+            "down: timeout (500ms)"
+        );
+        let _ = h.set_state("tp".parse().unwrap());
+        assert_eq!(
+            h.record_call_reply(180).unwrap().to_string(),
+            "up: call reply 180"
+        );
+        assert_eq!(
+            h.set_state("d".parse().unwrap()).unwrap().to_string(),
+            "disabled: set by operator"
+        );
+        assert_eq!(
+            h.set_state("i".parse().unwrap()).unwrap().to_string(),
+            "down: set by operator"
+        );
+    }
+
+    #[test]
+    fn failure_and_duration_display() {
+        assert_eq!(Failure::Timeout(TWO_S).to_string(), "timeout (2s)");
+        assert_eq!(
+            Failure::Timeout(Duration::from_millis(1500)).to_string(),
+            "timeout (1.5s)"
+        );
+        assert_eq!(
+            Failure::Timeout(Duration::from_millis(2250)).to_string(),
+            "timeout (2.25s)"
+        );
+        assert_eq!(
+            Failure::Timeout(Duration::from_millis(1001)).to_string(),
+            "timeout (1.001s)"
+        );
+        assert_eq!(
+            Failure::Timeout(Duration::from_millis(250)).to_string(),
+            "timeout (250ms)"
+        );
+        assert_eq!(
+            Failure::Timeout(Duration::from_micros(1500)).to_string(),
+            "timeout (1.5ms)"
+        );
+        assert_eq!(Failure::TransportError.to_string(), "transport error");
+        assert_eq!(Failure::BadCode(404).to_string(), "reply 404 not accepted");
+    }
+
+    #[test]
+    fn passive_failures_ask_for_a_probe_now_once() {
+        let mut h = health(State::Active, true);
+        let first = h.record_call_failure(TIMEOUT);
+        assert!(
+            first.probe_now,
+            "a node a call found failing is probed at once"
+        );
+        assert_eq!(first.transition.map(|t| t.to), Some(State::Trying));
+        let second = h.record_call_failure(Failure::TransportError);
+        assert!(!second.probe_now, "one urgent probe is already out");
+        assert_eq!(h.consecutive_failures(), 2, "but the failure counts");
+        // The probe's result re-arms the signal.
+        let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
+        assert_eq!(h.state(), State::Inactive);
+        assert!(
+            h.record_call_failure(TIMEOUT).probe_now,
+            "inactive node too"
+        );
+    }
+
+    #[test]
+    fn without_probing_passive_failures_count_but_ask_for_no_probe() {
+        let mut h = health(State::Active, false);
+        for _ in 0..2 {
+            assert!(!h.record_call_failure(TIMEOUT).probe_now);
+        }
+        assert_eq!(h.state(), State::Trying);
+        let out = h.record_call_failure(TIMEOUT);
+        assert!(!out.probe_now);
+        assert_eq!(out.transition.map(|t| t.to), Some(State::Inactive));
+    }
+
+    #[test]
+    fn probe_results_are_ignored_when_probing_is_off() {
+        let mut h = health(State::Trying, false);
+        assert_eq!(h.record_probe(ProbeResult::Reply(200)), None);
+        let mut h = Health::new(config(1, 1), Status::ACTIVE_PROBING);
+        down(&mut h);
+        let _ = h.set_state("i".parse().unwrap());
+        assert_eq!(h.record_probe(ProbeResult::Reply(200)), None);
+        assert_eq!(h.state(), State::Inactive);
+    }
+
+    #[test]
+    fn call_replies_end_trying_but_never_revive_inactive() {
+        let mut h = health(State::Active, true);
+        assert_eq!(h.record_call_reply(200), None, "active stays active");
+        let _ = fail(&mut h);
+        let t = h.record_call_reply(503).unwrap();
+        assert_eq!((t.from, t.to), (State::Trying, State::Active));
+        assert_eq!(h.consecutive_failures(), 0);
+
+        let mut h = health(State::Inactive, true);
+        for code in [100, 180, 200, 503] {
+            assert_eq!(h.record_call_reply(code), None);
+        }
+        assert_eq!(h.state(), State::Inactive);
+        assert_eq!(h.consecutive_successes(), 0, "not even a step towards up");
+    }
+
+    #[test]
+    fn shared_health_mirrors_the_machine_without_locking_reads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<SharedHealth>();
+
+        let shared = SharedHealth::new(Health::new(config(2, 1), Status::ACTIVE_PROBING));
+        assert!(shared.accepts_new_calls());
+        assert_eq!(shared.flags().as_str(), "AP");
+        assert!(shared.should_probe());
+
+        let out = shared.record_call_failure(TIMEOUT);
+        assert!(out.probe_now);
+        assert_eq!(shared.flags().as_str(), "TP");
+        assert!(shared.accepts_new_calls());
+        assert_eq!(
+            shared
+                .record_probe(ProbeResult::TransportError)
+                .map(|t| t.to),
+            Some(State::Inactive)
+        );
+        assert!(!shared.accepts_new_calls());
+        assert_eq!(shared.flags().as_str(), "IP");
+        assert_eq!(shared.record_call_reply(200), None);
+        assert_eq!(shared.status().state, State::Inactive);
+
+        let _ = shared.record_probe(ProbeResult::Reply(200));
+        assert!(shared.accepts_new_calls());
+        let _ = shared.record_call_failure(TIMEOUT);
+        assert_eq!(
+            shared.record_call_reply(183).map(|t| t.to),
+            Some(State::Active),
+            "the fast path still locks for a trying node"
+        );
+
+        assert_eq!(
+            shared.set_state("d".parse().unwrap()).map(|t| t.to),
+            Some(State::Disabled)
+        );
+        assert!(!shared.accepts_new_calls());
+        assert!(!shared.should_probe());
+        assert_eq!(shared.flags().as_str(), "DX");
+        assert_eq!(shared.get().status(), shared.status());
+    }
+
+    #[test]
+    fn snapshot_encoding_round_trips_and_decodes_any_byte() {
+        for state in [
+            State::Active,
+            State::Trying,
+            State::Inactive,
+            State::Disabled,
+        ] {
+            for probing in [false, true] {
+                let status = Status { state, probing };
+                assert_eq!(decode(encode(status)), status);
+            }
+        }
+        for byte in 0..=u8::MAX {
+            let _ = decode(byte).flags();
+        }
+    }
+
+    #[test]
+    fn shared_health_across_threads() {
+        let shared = SharedHealth::new(Health::new(config(40, 1), Status::ACTIVE_PROBING));
+        let probes = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10 {
+                        if shared.record_call_failure(TIMEOUT).probe_now {
+                            probes.fetch_add(1, Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            shared.status().state,
+            State::Inactive,
+            "exactly 40 failures"
+        );
+        assert_eq!(probes.load(Relaxed), 1, "one urgent probe for the burst");
+    }
+}
