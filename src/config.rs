@@ -49,6 +49,144 @@ pub struct Config {
     pub dialogs: Dialogs,
     #[serde(default)]
     pub runtime: Runtime,
+    #[serde(default)]
+    pub probe: Probe,
+    /// Absent: no admin listener (no metrics, no RPC).
+    #[serde(default)]
+    pub admin: Option<Admin>,
+}
+
+/// `[probe]`: OPTIONS health probing of every destination (Kamailio
+/// `ds_ping_*`, `ds_probing_threshold`, `ds_inactive_threshold`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// Request method of the probe (Kamailio `ds_ping_method`).
+    #[serde(default = "default_probe_method")]
+    pub method: String,
+    /// Time between two probes of a node (`ds_ping_interval`).
+    #[serde(default = "default_probe_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// How long one probe waits for its answer, independent of the call
+    /// timers (Kamailio only got a separate one in 6.1).
+    #[serde(default = "default_probe_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Consecutive failures that take a node out (`ds_probing_threshold`).
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Consecutive successes that bring it back (`ds_inactive_threshold`).
+    #[serde(default = "default_success_threshold")]
+    pub success_threshold: u32,
+    /// Replies that count as alive: codes and classes, e.g. `["2xx", 403]`
+    /// (`ds_ping_reply_codes`).
+    #[serde(default = "default_reply_codes")]
+    pub reply_codes: Vec<ReplyCode>,
+    /// From URI of the probes (`ds_ping_from`); default
+    /// `sip:sipedge@<advertise>`. A destination's `ping_from` attribute
+    /// overrides it.
+    #[serde(default)]
+    pub ping_from: Option<String>,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            method: default_probe_method(),
+            interval: default_probe_interval(),
+            timeout: default_probe_timeout(),
+            failure_threshold: default_failure_threshold(),
+            success_threshold: default_success_threshold(),
+            reply_codes: default_reply_codes(),
+            ping_from: None,
+        }
+    }
+}
+
+impl Probe {
+    /// The From URI probes carry: the configured one, else one naming us.
+    pub fn ping_from_or(&self, advertise: &HostPort) -> String {
+        match &self.ping_from {
+            Some(from) => from.clone(),
+            None => format!("sip:sipedge@{}", advertise.host),
+        }
+    }
+}
+
+/// One `reply_codes` entry: a code (`403`) or a class (`"2xx"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ReplyCodeText")]
+pub enum ReplyCode {
+    Code(u16),
+    /// The hundreds digit: `"2xx"` is `Class(2)`.
+    Class(u8),
+}
+
+/// How a `reply_codes` entry is written in TOML: a number or a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ReplyCodeText {
+    Number(i64),
+    Text(String),
+}
+
+impl TryFrom<ReplyCodeText> for ReplyCode {
+    type Error = String;
+    fn try_from(v: ReplyCodeText) -> Result<Self, Self::Error> {
+        let bad = |what: &str| {
+            format!("{what} is not a reply code or class; use e.g. 200, 403 or \"2xx\"")
+        };
+        match v {
+            ReplyCodeText::Number(n) => u16::try_from(n)
+                .ok()
+                .filter(|c| (100..=699).contains(c))
+                .map(ReplyCode::Code)
+                .ok_or_else(|| bad(&n.to_string())),
+            ReplyCodeText::Text(t) => {
+                let b = t.trim().as_bytes();
+                match b {
+                    [d @ b'1'..=b'6', x, y] if x.eq_ignore_ascii_case(&b'x') && y.eq_ignore_ascii_case(&b'x') => {
+                        Ok(ReplyCode::Class(d - b'0'))
+                    }
+                    _ => t
+                        .trim()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|c| (100..=699).contains(c))
+                        .map(ReplyCode::Code)
+                        .ok_or_else(|| bad(&format!("\"{t}\""))),
+                }
+            }
+        }
+    }
+}
+
+impl ReplyCode {
+    /// Does a reply with `code` match this entry?
+    pub fn matches(self, code: u16) -> bool {
+        match self {
+            ReplyCode::Code(c) => c == code,
+            ReplyCode::Class(d) => code / 100 == u16::from(d),
+        }
+    }
+}
+
+impl fmt::Display for ReplyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplyCode::Code(c) => write!(f, "{c}"),
+            ReplyCode::Class(d) => write!(f, "{d}xx"),
+        }
+    }
+}
+
+/// `[admin]`: the HTTP listener for `/metrics`, `/health/*` and the
+/// Kamailio-style JSON-RPC at `/RPC`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// TCP address to listen on; keep it on loopback or a management
+    /// network: the RPC can drain nodes.
+    pub listen: SocketAddr,
 }
 
 /// `[runtime]`: how much of the machine sipedge uses.
@@ -110,6 +248,14 @@ pub struct Dispatcher {
     pub algorithm: Algorithm,
     #[serde(default, rename = "destination")]
     pub destinations: Vec<Destination>,
+    /// A Kamailio `dispatcher.list` read as-is instead of the
+    /// `[[dispatcher.destination]]` entries (not both).
+    #[serde(default)]
+    pub list_file: Option<std::path::PathBuf>,
+    /// The destination set that receives new calls from the trunk
+    /// (`ds_select_dst(set, ...)`).
+    #[serde(default = "default_set")]
+    pub set: u32,
 }
 
 impl Default for Dispatcher {
@@ -117,6 +263,8 @@ impl Default for Dispatcher {
         Dispatcher {
             algorithm: default_algorithm(),
             destinations: Vec::new(),
+            list_file: None,
+            set: default_set(),
         }
     }
 }
@@ -245,6 +393,34 @@ fn default_dialog_ttl() -> Duration {
 }
 fn default_dialog_max() -> usize {
     1_000_000
+}
+
+fn default_set() -> u32 {
+    1
+}
+
+fn default_probe_method() -> String {
+    "OPTIONS".to_owned()
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_failure_threshold() -> u32 {
+    3
+}
+
+fn default_success_threshold() -> u32 {
+    1
+}
+
+fn default_reply_codes() -> Vec<ReplyCode> {
+    vec![ReplyCode::Class(2)]
 }
 
 fn default_socket_buffer() -> usize {
@@ -447,6 +623,19 @@ pub enum Rule {
     BufferSize(usize),
     #[error("{0} is out of range; use 1 to 256 worker threads")]
     Workers(usize),
+    #[error(
+        "both list_file and [[dispatcher.destination]] are given; use one (the file is \
+         read as Kamailio's dispatcher.list)"
+    )]
+    ListAndDestinations,
+    #[error("\"{0}\" is not a SIP method; use a token such as \"OPTIONS\"")]
+    BadProbeMethod(String),
+    #[error("must be at least 1")]
+    ZeroThreshold,
+    #[error("give at least one code or class, e.g. [\"2xx\"]")]
+    NoReplyCodes,
+    #[error("\"{0}\" is not a sip: or sips: URI, e.g. \"sip:sipedge@203.0.113.5\"")]
+    BadPingFrom(String),
 }
 
 impl Config {
@@ -464,7 +653,11 @@ impl Config {
         }
 
         let dests = &self.dispatcher.destinations;
-        if dests.is_empty() {
+        if self.dispatcher.list_file.is_some() && !dests.is_empty() {
+            return fail("dispatcher.list_file", Rule::ListAndDestinations);
+        }
+        // With a list file the destinations are checked when it is read.
+        if dests.is_empty() && self.dispatcher.list_file.is_none() {
             return fail("dispatcher.destination", Rule::NoDestination);
         }
         for (i, dest) in dests.iter().enumerate() {
@@ -521,10 +714,40 @@ impl Config {
         {
             return fail(&format!("failover.codes[{i}]"), Rule::BadFailoverCode(code));
         }
+        let probe = &self.probe;
+        let token = |m: &str| {
+            !m.is_empty()
+                && m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+        };
+        if !token(&probe.method) {
+            return fail("probe.method", Rule::BadProbeMethod(probe.method.clone()));
+        }
+        for (key, value) in [
+            ("probe.failure_threshold", probe.failure_threshold),
+            ("probe.success_threshold", probe.success_threshold),
+        ] {
+            if value == 0 {
+                return fail(key, Rule::ZeroThreshold);
+            }
+        }
+        if probe.reply_codes.is_empty() {
+            return fail("probe.reply_codes", Rule::NoReplyCodes);
+        }
+        if let Some(from) = &probe.ping_from {
+            let ok = crate::sip::Uri::parse(from.as_bytes()).is_ok_and(|u| {
+                matches!(u.scheme, crate::sip::Scheme::Sip | crate::sip::Scheme::Sips)
+            });
+            if !ok {
+                return fail("probe.ping_from", Rule::BadPingFrom(from.clone()));
+            }
+        }
         for (key, value) in [
             ("failover.fr_timeout", failover.fr_timeout),
             ("failover.fr_inv_timeout", failover.fr_inv_timeout),
             ("dialogs.ttl", self.dialogs.ttl),
+            ("probe.interval", probe.interval),
+            ("probe.timeout", probe.timeout),
         ] {
             if value.is_zero() {
                 return fail(key, Rule::ZeroDuration);
@@ -593,11 +816,24 @@ impl fmt::Display for Config {
             DisplayDuration(self.dialogs.ttl),
             self.dialogs.max
         )?;
-        write!(
+        let codes: Vec<String> = self.probe.reply_codes.iter().map(|c| c.to_string()).collect();
+        writeln!(
             f,
-            "runtime         {} worker thread(s)",
-            self.runtime.workers
-        )
+            "probe           {} every {}, timeout {}, down after {} failures, up after {} \
+             successes, alive on [{}], from {}",
+            self.probe.method,
+            DisplayDuration(self.probe.interval),
+            DisplayDuration(self.probe.timeout),
+            self.probe.failure_threshold,
+            self.probe.success_threshold,
+            codes.join(", "),
+            self.probe.ping_from_or(&self.listen.advertise),
+        )?;
+        match &self.admin {
+            Some(admin) => writeln!(f, "admin           http://{}", admin.listen)?,
+            None => writeln!(f, "admin           off")?,
+        }
+        write!(f, "runtime         {} worker thread(s)", self.runtime.workers)
     }
 }
 
@@ -1276,6 +1512,86 @@ uri = "sip:10.0.1.11:5080"
     fn dialog_max_must_be_positive() {
         let text = format!("{BASE}\n[dialogs]\nmax = 0\n");
         assert_eq!(rule(&text), ("dialogs.max".into(), Rule::ZeroDialogMax));
+    }
+
+    #[test]
+    fn probe_defaults_follow_the_design_table() {
+        let cfg = load(BASE).unwrap();
+        assert_eq!(cfg.probe.method, "OPTIONS");
+        assert_eq!(cfg.probe.interval, Duration::from_secs(10));
+        assert_eq!(cfg.probe.timeout, Duration::from_secs(2));
+        assert_eq!(cfg.probe.failure_threshold, 3);
+        assert_eq!(cfg.probe.success_threshold, 1);
+        assert_eq!(cfg.probe.reply_codes, vec![ReplyCode::Class(2)]);
+        assert_eq!(
+            cfg.probe.ping_from_or(&cfg.listen.advertise),
+            "sip:sipedge@10.0.0.5"
+        );
+        assert_eq!(cfg.admin, None);
+        assert_eq!(cfg.dispatcher.set, 1);
+        assert_eq!(cfg.dispatcher.list_file, None);
+    }
+
+    #[test]
+    fn probe_section_is_read_and_checked() {
+        let text = format!(
+            "{BASE}\n[probe]\nmethod = \"INFO\"\ninterval = \"5s\"\ntimeout = \"500ms\"\n\
+             failure_threshold = 2\nsuccess_threshold = 2\n\
+             reply_codes = [\"2XX\", 403, \"404\"]\nping_from = \"sip:probe@10.0.0.5\"\n\
+             [admin]\nlisten = \"127.0.0.1:9090\"\n"
+        );
+        let cfg = load(&text).unwrap();
+        assert_eq!(cfg.probe.method, "INFO");
+        assert_eq!(cfg.probe.timeout, Duration::from_millis(500));
+        assert_eq!(
+            cfg.probe.reply_codes,
+            vec![ReplyCode::Class(2), ReplyCode::Code(403), ReplyCode::Code(404)]
+        );
+        assert!(cfg.probe.reply_codes[0].matches(299));
+        assert!(!cfg.probe.reply_codes[0].matches(300));
+        assert!(cfg.probe.reply_codes[1].matches(403));
+        assert_eq!(
+            cfg.admin.map(|a| a.listen),
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        for (body, key, want) in [
+            ("method = \"OPT IONS\"", "probe.method", Rule::BadProbeMethod("OPT IONS".into())),
+            ("failure_threshold = 0", "probe.failure_threshold", Rule::ZeroThreshold),
+            ("success_threshold = 0", "probe.success_threshold", Rule::ZeroThreshold),
+            ("reply_codes = []", "probe.reply_codes", Rule::NoReplyCodes),
+            ("interval = \"0s\"", "probe.interval", Rule::ZeroDuration),
+            (
+                "ping_from = \"mailto:x@y\"",
+                "probe.ping_from",
+                Rule::BadPingFrom("mailto:x@y".into()),
+            ),
+        ] {
+            let text = format!("{BASE}\n[probe]\n{body}\n");
+            assert_eq!(rule(&text), (key.into(), want), "{body}");
+        }
+        for bad in ["\"7xx\"", "99", "\"2x\"", "700"] {
+            let text = format!("{BASE}\n[probe]\nreply_codes = [{bad}]\n");
+            let msg = err(&text).to_string();
+            assert!(msg.contains("probe.reply_codes"), "{bad}: {msg}");
+            assert!(msg.contains("not a reply code or class"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn list_file_and_inline_destinations_exclude_each_other() {
+        let text = BASE.replace(
+            "algorithm = \"round-robin\"",
+            "algorithm = \"round-robin\"\nlist_file = \"/etc/kamailio/dispatcher.list\"",
+        );
+        assert_eq!(
+            rule(&text),
+            ("dispatcher.list_file".into(), Rule::ListAndDestinations)
+        );
+        let only_file = "[listen]\nudp = [\"10.0.0.5:5060\"]\nadvertise = \"10.0.0.5\"\n\
+                         [dispatcher]\nlist_file = \"dispatcher.list\"\nset = 2\n";
+        let cfg = load(only_file).unwrap();
+        assert_eq!(cfg.dispatcher.set, 2);
+        assert!(cfg.dispatcher.destinations.is_empty());
     }
 
     #[test]

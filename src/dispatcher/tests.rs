@@ -29,6 +29,7 @@ fn pool(algorithm: Algorithm, destinations: Vec<Destination>) -> Dispatcher {
     Dispatcher::new(&config::Dispatcher {
         algorithm,
         destinations,
+        ..Default::default()
     })
     .unwrap()
 }
@@ -113,6 +114,7 @@ fn host_name_is_refused_naming_it() {
             dest("sip:10.0.1.10:5080"),
             dest("sip:fs-b.pool.example:5080"),
         ],
+        ..Default::default()
     })
     .unwrap_err();
     assert_eq!(
@@ -133,6 +135,7 @@ fn pool_size_is_capped() {
     let err = Dispatcher::new(&config::Dispatcher {
         algorithm: Algorithm::RoundRobin,
         destinations: vec![dest("sip:10.0.1.10"); count],
+        ..Default::default()
     })
     .unwrap_err();
     assert_eq!(
