@@ -32,6 +32,7 @@
 //! disabled states) comes with issue 4.
 
 pub mod health;
+pub mod list;
 mod plan;
 
 #[cfg(test)]
