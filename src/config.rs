@@ -144,7 +144,9 @@ impl TryFrom<ReplyCodeText> for ReplyCode {
             ReplyCodeText::Text(t) => {
                 let b = t.trim().as_bytes();
                 match b {
-                    [d @ b'1'..=b'6', x, y] if x.eq_ignore_ascii_case(&b'x') && y.eq_ignore_ascii_case(&b'x') => {
+                    [d @ b'1'..=b'6', x, y]
+                        if x.eq_ignore_ascii_case(&b'x') && y.eq_ignore_ascii_case(&b'x') =>
+                    {
                         Ok(ReplyCode::Class(d - b'0'))
                     }
                     _ => t
@@ -256,6 +258,10 @@ pub struct Dispatcher {
     /// (`ds_select_dst(set, ...)`).
     #[serde(default = "default_set")]
     pub set: u32,
+    /// The destinations were filled in from `list_file` (see
+    /// [`Config::load_list_file`]).
+    #[serde(skip)]
+    pub loaded_from_list: bool,
 }
 
 impl Default for Dispatcher {
@@ -265,6 +271,7 @@ impl Default for Dispatcher {
             destinations: Vec::new(),
             list_file: None,
             set: default_set(),
+            loaded_from_list: false,
         }
     }
 }
@@ -323,6 +330,31 @@ pub struct Destination {
     /// 1..=100, used by [`Algorithm::Weight`] (Kamailio attr `weight=`).
     #[serde(default)]
     pub weight: Option<u32>,
+    /// From URI of this node's probes (dispatcher.list attr `ping_from`).
+    #[serde(default)]
+    pub ping_from: Option<String>,
+    /// The dispatcher.list `flags` column this node starts with (1
+    /// inactive, 2 trying, 4 disabled, 8 probing); a TOML destination
+    /// starts active and probed.
+    #[serde(skip, default = "default_list_flags")]
+    pub list_flags: u32,
+}
+
+fn default_list_flags() -> u32 {
+    crate::dispatcher::health::list_flags::PROBING
+}
+
+impl Destination {
+    /// A node at `uri` with the defaults: priority 0, no weight, probed.
+    pub fn new(uri: SipUri) -> Destination {
+        Destination {
+            uri,
+            priority: 0,
+            weight: None,
+            ping_from: None,
+            list_flags: default_list_flags(),
+        }
+    }
 }
 
 /// `[failover]`: when a new INVITE moves on to the next node.
@@ -449,7 +481,102 @@ pub fn read_config(path: &Path) -> Result<Config, ConfigError> {
         file: file.clone(),
         source,
     })?;
-    from_toml(&text, &file)
+    let mut config = from_toml(&text, &file)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    config.load_list_file(base, &file)?;
+    Ok(config)
+}
+
+/// Why a dispatcher.list line cannot be a sipedge destination (yet).
+fn list_entry_problem(e: &crate::dispatcher::list::Entry) -> Option<String> {
+    if e.sips {
+        return Some(format!(
+            "{}: sips (TLS) destinations are not supported",
+            e.uri
+        ));
+    }
+    let Host::Ip(ip) = &e.host else {
+        return Some(format!(
+            "{}: host names are not resolved yet, use the node's IP address",
+            e.uri
+        ));
+    };
+    if ip.is_unspecified() {
+        return Some(format!("{}: a wildcard address is not a node", e.uri));
+    }
+    let transport = crate::sip::Uri::parse(e.uri.as_bytes()).ok().and_then(|u| {
+        u.param(b"transport")
+            .flatten()
+            .map(<[u8]>::to_ascii_lowercase)
+    });
+    match transport.as_deref() {
+        None | Some(b"udp") => None,
+        Some(t) => Some(format!(
+            "{}: transport={} is not supported yet (UDP only)",
+            e.uri,
+            String::from_utf8_lossy(t)
+        )),
+    }
+}
+
+impl Config {
+    /// Reads `dispatcher.list_file` (relative to `base`, the config file's
+    /// directory) as Kamailio's dispatcher.list and makes the entries of
+    /// `dispatcher.set` the destinations, in Kamailio's order. Then checks
+    /// the whole config again. `config_file` names the config in errors.
+    pub fn load_list_file(&mut self, base: &Path, config_file: &str) -> Result<(), ConfigError> {
+        let Some(list) = self.dispatcher.list_file.clone() else {
+            return Ok(());
+        };
+        let path = if list.is_absolute() {
+            list
+        } else {
+            base.join(list)
+        };
+        let file = path.display().to_string();
+        let err = |detail: String| ConfigError::List {
+            config: config_file.to_owned(),
+            file: file.clone(),
+            detail,
+        };
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| err(format!(": cannot read it: {e}")))?;
+        let parsed = crate::dispatcher::list::parse(&text)
+            .map_err(|e| err(format!(":{}: {}", e.line, e.reason)))?;
+        let set = self.dispatcher.set;
+        let entries = parsed.set_in_kamailio_order(set);
+        if entries.is_empty() {
+            return Err(err(format!(
+                ": no destination in set {set} (dispatcher.set); the file has sets {:?}",
+                parsed.sets()
+            )));
+        }
+        let mut destinations = Vec::with_capacity(entries.len());
+        for e in entries {
+            if let Some(problem) = list_entry_problem(e) {
+                return Err(err(format!(":{}: {problem}", e.line)));
+            }
+            destinations.push(Destination {
+                uri: SipUri {
+                    host: e.host.clone(),
+                    port: e.port,
+                },
+                priority: e.priority,
+                weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
+                ping_from: e.attrs.ping_from().map(str::to_owned),
+                list_flags: e.flags.bits(),
+            });
+        }
+        self.dispatcher.destinations = destinations;
+        self.dispatcher.loaded_from_list = true;
+        self.validate().map_err(|violation| ConfigError::Invalid {
+            at: Location {
+                file: config_file.to_owned(),
+                line: None,
+            },
+            violation: Box::new(violation),
+        })
+    }
 }
 
 /// Parses and validates `text`; `file` is only used to name it in errors.
@@ -542,6 +669,14 @@ pub enum ConfigError {
         at: Location,
         violation: Box<Violation>,
     },
+    /// `dispatcher.list_file` cannot be read or has a bad line.
+    #[error("{config}: dispatcher.list_file: {file}{detail}")]
+    List {
+        config: String,
+        file: String,
+        /// `:LINE: reason`, or `: cannot read it: ...`.
+        detail: String,
+    },
 }
 
 impl ConfigError {
@@ -551,6 +686,7 @@ impl ConfigError {
             ConfigError::Read { .. } => None,
             ConfigError::Toml { key, .. } => Some(key),
             ConfigError::Invalid { violation, .. } => Some(&violation.key),
+            ConfigError::List { .. } => Some("dispatcher.list_file"),
         }
     }
 }
@@ -653,7 +789,10 @@ impl Config {
         }
 
         let dests = &self.dispatcher.destinations;
-        if self.dispatcher.list_file.is_some() && !dests.is_empty() {
+        if self.dispatcher.list_file.is_some()
+            && !dests.is_empty()
+            && !self.dispatcher.loaded_from_list
+        {
             return fail("dispatcher.list_file", Rule::ListAndDestinations);
         }
         // With a list file the destinations are checked when it is read.
@@ -816,7 +955,12 @@ impl fmt::Display for Config {
             DisplayDuration(self.dialogs.ttl),
             self.dialogs.max
         )?;
-        let codes: Vec<String> = self.probe.reply_codes.iter().map(|c| c.to_string()).collect();
+        let codes: Vec<String> = self
+            .probe
+            .reply_codes
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         writeln!(
             f,
             "probe           {} every {}, timeout {}, down after {} failures, up after {} \
@@ -833,7 +977,11 @@ impl fmt::Display for Config {
             Some(admin) => writeln!(f, "admin           http://{}", admin.listen)?,
             None => writeln!(f, "admin           off")?,
         }
-        write!(f, "runtime         {} worker thread(s)", self.runtime.workers)
+        write!(
+            f,
+            "runtime         {} worker thread(s)",
+            self.runtime.workers
+        )
     }
 }
 
@@ -1545,7 +1693,11 @@ uri = "sip:10.0.1.11:5080"
         assert_eq!(cfg.probe.timeout, Duration::from_millis(500));
         assert_eq!(
             cfg.probe.reply_codes,
-            vec![ReplyCode::Class(2), ReplyCode::Code(403), ReplyCode::Code(404)]
+            vec![
+                ReplyCode::Class(2),
+                ReplyCode::Code(403),
+                ReplyCode::Code(404)
+            ]
         );
         assert!(cfg.probe.reply_codes[0].matches(299));
         assert!(!cfg.probe.reply_codes[0].matches(300));
@@ -1555,9 +1707,21 @@ uri = "sip:10.0.1.11:5080"
             Some("127.0.0.1:9090".parse().unwrap())
         );
         for (body, key, want) in [
-            ("method = \"OPT IONS\"", "probe.method", Rule::BadProbeMethod("OPT IONS".into())),
-            ("failure_threshold = 0", "probe.failure_threshold", Rule::ZeroThreshold),
-            ("success_threshold = 0", "probe.success_threshold", Rule::ZeroThreshold),
+            (
+                "method = \"OPT IONS\"",
+                "probe.method",
+                Rule::BadProbeMethod("OPT IONS".into()),
+            ),
+            (
+                "failure_threshold = 0",
+                "probe.failure_threshold",
+                Rule::ZeroThreshold,
+            ),
+            (
+                "success_threshold = 0",
+                "probe.success_threshold",
+                Rule::ZeroThreshold,
+            ),
             ("reply_codes = []", "probe.reply_codes", Rule::NoReplyCodes),
             ("interval = \"0s\"", "probe.interval", Rule::ZeroDuration),
             (

@@ -29,6 +29,31 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
 /// reason it must give.
 const BAD: &[(&str, &str, &str)] = &[
     (
+        "list-bad-line.toml",
+        "dispatcher.list_file",
+        "bad-line.list:3: set id",
+    ),
+    (
+        "list-hostname.toml",
+        "dispatcher.list_file",
+        "hostname.list:2: sip:fs-b.pool.example:5080: host names are not resolved yet",
+    ),
+    (
+        "list-no-such-set.toml",
+        "dispatcher.list_file",
+        "no destination in set 7 (dispatcher.set); the file has sets [1, 2]",
+    ),
+    (
+        "list-and-destinations.toml",
+        "dispatcher.list_file",
+        "both list_file and [[dispatcher.destination]] are given",
+    ),
+    (
+        "list-missing-file.toml",
+        "dispatcher.list_file",
+        "no-such.list: cannot read it",
+    ),
+    (
         "advertise-wildcard.toml",
         "listen.advertise",
         "T.38 re-INVITE would be black-holed",
@@ -257,4 +282,32 @@ fn binary_serves_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Kamailio dispatcher.list is read as-is: the configured set, in
+/// Kamailio's order (priority, then later lines first), with its flags
+/// (initial state), weights and ping_from; other sets are not routed to.
+#[test]
+fn dispatcher_list_file_becomes_the_pool() {
+    let path = fixtures("good").join("dispatcher-list.toml");
+    let cfg = config::read_config(&path).unwrap_or_else(|e| panic!("{e}"));
+    let d = &cfg.dispatcher.destinations;
+    let uris: Vec<String> = d.iter().map(|x| x.uri.to_string()).collect();
+    assert_eq!(
+        uris,
+        [
+            "sip:10.0.1.12:5080",
+            "sip:10.0.1.11:5080",
+            "sip:10.0.1.10:5080"
+        ]
+    );
+    assert_eq!(d[0].priority, 20);
+    assert_eq!(d[1].list_flags, 12, "disabled + probing, as written");
+    assert_eq!(d[2].list_flags, 8);
+    assert_eq!(
+        (d[1].weight, d[2].weight, d[0].weight),
+        (Some(40), Some(60), None)
+    );
+    assert_eq!(d[2].ping_from.as_deref(), Some("sip:health@10.0.0.5"));
+    assert!(cfg.dispatcher.loaded_from_list);
 }

@@ -4,11 +4,7 @@ use super::*;
 use crate::config::Destination;
 
 fn dest(uri: &str) -> Destination {
-    Destination {
-        uri: SipUri::parse(uri).unwrap(),
-        priority: 0,
-        weight: None,
-    }
+    Destination::new(SipUri::parse(uri).unwrap())
 }
 
 fn with_priority(uri: &str, priority: i32) -> Destination {
