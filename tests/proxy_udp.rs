@@ -15,43 +15,6 @@ use std::time::Duration;
 use sipedge::sip::{HeaderName, NameAddr, Uri, Via};
 use support::*;
 
-/// A call the trunk placed through the proxy and a node answered.
-struct Established {
-    /// The trunk's side.
-    call: Dialog,
-    /// The answering node's side.
-    node_side: Dialog,
-    /// Index of the answering node.
-    node: usize,
-}
-
-/// INVITE (100, 180, 200) and ACK: node 0 answers.
-async fn establish(h: &Harness) -> Established {
-    let mut call = h.trunk_call();
-    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
-    h.trunk.recv_response(100).await;
-    let node = 0;
-    let inv = h.nodes[node].recv_request("INVITE").await;
-    let node_side = Dialog::uas(&h.nodes[node], &inv, &unique("fs-"));
-    h.nodes[node]
-        .send(node_side.answer(&inv, 180, "Ringing", None), inv.from)
-        .await;
-    h.trunk.recv_response(180).await;
-    h.nodes[node]
-        .send(node_side.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
-        .await;
-    let ok = h.trunk.recv_response(200).await;
-    call.learn_2xx(&ok);
-    let (ack, _) = call.request("ACK", None);
-    h.trunk.send(ack, h.addr).await;
-    h.nodes[node].recv_request("ACK").await;
-    Established {
-        call,
-        node_side,
-        node,
-    }
-}
-
 /// Waits (bounded by [`WAIT`]) until `cond` holds.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;

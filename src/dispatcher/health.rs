@@ -31,10 +31,11 @@
 //!   class 4) would keep a dead node up; here a timeout is its own variant
 //!   and cannot match a code.
 //! - **Call failures** ([`Health::record_call_failure`], Kamailio
-//!   `ds_mark_dst("tp")` in a failure route): timeouts and transport errors
-//!   count towards the same `failure_threshold`. The outcome says "probe now"
-//!   so a node a call found failing is probed at once, not at the next
-//!   interval.
+//!   `ds_mark_dst("ip")` in a failure route, as the usual dispatcher
+//!   configs do): a timeout or transport error takes the node out at once
+//!   (inactive); `failure_threshold` counts probe failures only. The
+//!   outcome says "probe now" so the node is probed at once, not at the
+//!   next interval, and comes back as soon as it answers.
 //! - **Call replies** ([`Health::record_call_reply`]): any reply to a call
 //!   shows the node's SIP stack answers. It ends a failure streak (Trying →
 //!   Active) but never re-activates an Inactive node. Kamailio does not look
@@ -301,6 +302,8 @@ pub enum Reason {
     ProbeReplies { count: u32, last_code: u16 },
     /// A call got a reply from the node.
     CallReply { code: u16 },
+    /// A call to the node timed out or failed at the transport level.
+    CallFailure(Failure),
     /// `dispatcher.set_state`.
     Operator,
 }
@@ -329,6 +332,7 @@ impl fmt::Display for Reason {
                 write!(f, "{count} consecutive probe replies (last {last_code})")
             }
             Reason::CallReply { code } => write!(f, "call reply {code}"),
+            Reason::CallFailure(failure) => write!(f, "call failed: {failure}"),
             Reason::Operator => f.write_str("set by operator"),
         }
     }
@@ -739,8 +743,11 @@ impl Health {
 
     /// A call to this node failed. The proxy reports timeouts and transport
     /// errors; a 5xx proves the node answers and goes to
-    /// [`Health::record_call_reply`]. Counts like a probe failure, whether
-    /// or not probing is on; ignored when Disabled.
+    /// [`Health::record_call_reply`]. Takes the node out at once (inactive),
+    /// as Kamailio's `ds_mark_dst("ip")` in a failure_route does: a node
+    /// that just swallowed an INVITE must not get the next calls while
+    /// probes count up to a threshold. Probes (or, with probing off, a call
+    /// it answers) bring it back. Ignored when Disabled.
     pub fn record_call_failure(&mut self, failure: Failure) -> CallFailureOutcome {
         if self.state == State::Disabled {
             return CallFailureOutcome {
@@ -748,7 +755,8 @@ impl Health {
                 probe_now: false,
             };
         }
-        let transition = self.failure(failure);
+        self.reset_streaks();
+        let transition = self.change(State::Inactive, Reason::CallFailure(failure));
         let probe_now = self.probing && !self.urgent_probe;
         self.urgent_probe |= probe_now;
         CallFailureOutcome {
@@ -758,14 +766,19 @@ impl Health {
     }
 
     /// A call to this node got a reply (any code). Ends a failure streak:
-    /// Trying → Active. Changes nothing else; in particular it does not
-    /// bring an Inactive node back (see the module docs).
+    /// Trying → Active. An Inactive node comes back this way only when it
+    /// is not probed (nothing else would ever bring it back); a probed one
+    /// waits for its probes (see the module docs).
     #[must_use]
     pub fn record_call_reply(&mut self, code: u16) -> Option<Transition> {
-        if self.state != State::Trying {
-            return None;
+        match self.state {
+            State::Trying => self.success(Reason::CallReply { code }),
+            State::Inactive if !self.probing => {
+                self.reset_streaks();
+                self.change(State::Active, Reason::CallReply { code })
+            }
+            _ => None,
         }
-        self.success(Reason::CallReply { code })
     }
 
     /// `dispatcher.set_state`. The only way into or out of Disabled. Both
@@ -953,11 +966,14 @@ impl SharedHealth {
         self.update(|h| h.record_call_failure(failure))
     }
 
-    /// Called for every reply, so it locks only when the node is Trying:
-    /// in every other state a call reply changes nothing.
+    /// Called for every reply, so it locks only when the reply can change
+    /// something: the node is Trying, or Inactive and not probed.
     #[must_use]
     pub fn record_call_reply(&self, code: u16) -> Option<Transition> {
-        if self.status().state != State::Trying {
+        let status = self.status();
+        let may_change =
+            status.state == State::Trying || (status.state == State::Inactive && !status.probing);
+        if !may_change {
             return None;
         }
         self.update(|h| h.record_call_reply(code))
@@ -1011,7 +1027,7 @@ mod tests {
     }
 
     fn fail(h: &mut Health) -> Option<Transition> {
-        h.record_call_failure(TIMEOUT).transition
+        h.record_probe(ProbeResult::Timeout(TWO_S))
     }
 
     fn down(h: &mut Health) {
@@ -1232,7 +1248,7 @@ mod tests {
             }
         );
         let mut h = with_codes(&[ReplyCodeSpec::Code(403)]);
-        let _ = h.record_call_failure(TIMEOUT);
+        let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
         let t = h.record_probe(ProbeResult::Reply(403)).unwrap();
         assert_eq!((t.from, t.to), (State::Trying, State::Active));
     }
@@ -1467,7 +1483,7 @@ mod tests {
         );
 
         // Mixed once, mixed for the rest of the streak.
-        let _ = h.record_call_failure(Failure::Timeout(Duration::from_millis(1500)));
+        let _ = h.record_probe(ProbeResult::Timeout(Duration::from_millis(1500)));
         let _ = h.record_probe(ProbeResult::TransportError);
         assert_eq!(
             h.record_probe(ProbeResult::TransportError)
@@ -1482,7 +1498,7 @@ mod tests {
                 .transition
                 .unwrap()
                 .to_string(),
-            "down: timeout (500ms)"
+            "down: call failed: timeout (500ms)"
         );
         let _ = h.set_state("tp".parse().unwrap());
         assert_eq!(
@@ -1527,36 +1543,51 @@ mod tests {
     }
 
     #[test]
-    fn passive_failures_ask_for_a_probe_now_once() {
+    fn a_failed_call_takes_the_node_out_and_asks_for_a_probe_once() {
         let mut h = health(State::Active, true);
         let first = h.record_call_failure(TIMEOUT);
         assert!(
             first.probe_now,
             "a node a call found failing is probed at once"
         );
-        assert_eq!(first.transition.map(|t| t.to), Some(State::Trying));
+        let t = first.transition.unwrap();
+        assert_eq!((t.from, t.to), (State::Active, State::Inactive));
+        assert_eq!(t.reason, Reason::CallFailure(TIMEOUT));
+        assert!(
+            !h.accepts_new_calls(),
+            "like ds_mark_dst(\"ip\"): out at once"
+        );
         let second = h.record_call_failure(Failure::TransportError);
         assert!(!second.probe_now, "one urgent probe is already out");
-        assert_eq!(h.consecutive_failures(), 2, "but the failure counts");
-        // The probe's result re-arms the signal.
+        assert_eq!(second.transition, None, "already inactive");
+        // The probe's result re-arms the signal, and one success (the
+        // threshold here) brings the node back.
+        let t = h.record_probe(ProbeResult::Reply(200)).unwrap();
+        assert_eq!((t.from, t.to), (State::Inactive, State::Active));
+        assert!(h.record_call_failure(TIMEOUT).probe_now);
+        // A trying node (probe failures below the threshold) goes out too.
+        let mut h = health(State::Active, true);
         let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
+        assert_eq!(h.state(), State::Trying);
+        let _ = h.record_call_failure(Failure::TransportError);
         assert_eq!(h.state(), State::Inactive);
-        assert!(
-            h.record_call_failure(TIMEOUT).probe_now,
-            "inactive node too"
-        );
+        // A disabled node stays disabled and is not probed for it.
+        let mut h = health(State::Disabled, true);
+        let out = h.record_call_failure(TIMEOUT);
+        assert_eq!((out.transition, out.probe_now), (None, false));
+        assert_eq!(h.state(), State::Disabled);
     }
 
     #[test]
-    fn without_probing_passive_failures_count_but_ask_for_no_probe() {
+    fn without_probing_a_failed_call_asks_no_probe_and_a_reply_revives() {
         let mut h = health(State::Active, false);
-        for _ in 0..2 {
-            assert!(!h.record_call_failure(TIMEOUT).probe_now);
-        }
-        assert_eq!(h.state(), State::Trying);
         let out = h.record_call_failure(TIMEOUT);
         assert!(!out.probe_now);
         assert_eq!(out.transition.map(|t| t.to), Some(State::Inactive));
+        // Nothing else would ever bring an unprobed node back.
+        let t = h.record_call_reply(200).unwrap();
+        assert_eq!((t.from, t.to), (State::Inactive, State::Active));
+        assert_eq!(t.to_string(), "up: call reply 200");
     }
 
     #[test]
@@ -1597,16 +1628,17 @@ mod tests {
         assert_eq!(shared.flags().as_str(), "AP");
         assert!(shared.should_probe());
 
-        let out = shared.record_call_failure(TIMEOUT);
-        assert!(out.probe_now);
-        assert_eq!(shared.flags().as_str(), "TP");
-        assert!(shared.accepts_new_calls());
         assert_eq!(
             shared
                 .record_probe(ProbeResult::TransportError)
                 .map(|t| t.to),
-            Some(State::Inactive)
+            Some(State::Trying)
         );
+        assert_eq!(shared.flags().as_str(), "TP");
+        assert!(shared.accepts_new_calls());
+        let out = shared.record_call_failure(TIMEOUT);
+        assert!(out.probe_now);
+        assert_eq!(out.transition.map(|t| t.to), Some(State::Inactive));
         assert!(!shared.accepts_new_calls());
         assert_eq!(shared.flags().as_str(), "IP");
         assert_eq!(shared.record_call_reply(200), None);
@@ -1614,7 +1646,7 @@ mod tests {
 
         let _ = shared.record_probe(ProbeResult::Reply(200));
         assert!(shared.accepts_new_calls());
-        let _ = shared.record_call_failure(TIMEOUT);
+        let _ = shared.record_probe(ProbeResult::Timeout(TWO_S));
         assert_eq!(
             shared.record_call_reply(183).map(|t| t.to),
             Some(State::Active),

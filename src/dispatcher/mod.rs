@@ -23,13 +23,16 @@
 //! | `priority`    | 8        | the first in set order (highest priority)      |
 //! | `weight`      | 9        | a 100-slot table, each node `weight` % of slots |
 //!
-//! # Suspect nodes
-//! A node that timed out or failed at the transport level is marked suspect
-//! ([`Dispatcher::mark_suspect`], Kamailio `ds_mark_dst`) and left out of new
-//! plans; the first choice moves to the next live node in the ring, as in
-//! Kamailio. Anything it answers makes it live again
-//! ([`Dispatcher::mark_alive`]). OPTIONS probing (active, inactive, trying,
-//! disabled states) comes with issue 4.
+//! # Node health
+//! Each node has Kamailio's states ([`health`]): active, trying, inactive,
+//! disabled, plus a probing flag. OPTIONS probes and calls feed them: a
+//! call that times out or fails at the transport level
+//! ([`Dispatcher::call_failed`], Kamailio `ds_mark_dst`) counts as a
+//! failure, and `failure_threshold` of them in a row take the node out
+//! (inactive) until probes bring it back. Inactive and disabled nodes are
+//! left out of new plans; the first choice moves to the next node in the
+//! ring, as in Kamailio. A disabled node (an operator's drain) keeps its
+//! calls: in-dialog requests still reach it.
 
 pub mod health;
 pub mod list;
@@ -40,9 +43,12 @@ mod tests;
 
 use std::cmp::Reverse;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::config::{self, Algorithm, Host, SipUri};
+use health::{
+    Failure, HealthConfig, ProbeResult, SetState, SharedHealth, State, Status, Transition,
+};
 
 pub use plan::{Plan, PLAN_CAPACITY};
 
@@ -72,10 +78,11 @@ struct Node {
     addr: SocketAddr,
     uri: String,
     priority: i32,
-    /// Set by a timeout or transport error, cleared by any answer. Relaxed
-    /// ordering is enough: it is a hint for the next call, and guards no
-    /// other data.
-    suspect: AtomicBool,
+    /// Probe and call outcomes; a lock-free read says whether new calls
+    /// may go here.
+    health: SharedHealth,
+    /// From URI of this node's probes, when it has its own.
+    ping_from: Option<String>,
 }
 
 /// The destination set and its selection algorithm. `Send + Sync`; share it
@@ -102,6 +109,15 @@ impl Dispatcher {
     /// resolution exists. An empty pool is accepted here (config validation
     /// refuses it) and yields empty plans.
     pub fn new(cfg: &config::Dispatcher) -> Result<Dispatcher, DispatcherError> {
+        Dispatcher::with_health(cfg, &HealthConfig::default())
+    }
+
+    /// [`Dispatcher::new`] with the probe thresholds and reply codes of
+    /// `[probe]`.
+    pub fn with_health(
+        cfg: &config::Dispatcher,
+        health: &HealthConfig,
+    ) -> Result<Dispatcher, DispatcherError> {
         let count = cfg.destinations.len();
         if count > MAX_DESTINATIONS {
             return Err(DispatcherError::TooManyDestinations {
@@ -118,7 +134,11 @@ impl Dispatcher {
                     addr: canonical(SocketAddr::new(*ip, dest.uri.port_or_default())),
                     uri: dest.uri.to_string(),
                     priority: dest.priority,
-                    suspect: AtomicBool::new(false),
+                    health: SharedHealth::new(health::Health::new(
+                        *health,
+                        Status::from_list_flags(dest.list_flags),
+                    )),
+                    ping_from: dest.ping_from.clone(),
                 }),
                 Host::Name(_) => Err(DispatcherError::HostName {
                     index,
@@ -202,12 +222,12 @@ impl Dispatcher {
     }
 
     /// The nodes to try for one new call, in order: first choice, then
-    /// failover. Suspect nodes are left out, except when every node is
-    /// suspect: then the plan holds all of them in the normal order, because
-    /// until OPTIONS probing exists (issue 4) nothing else would ever clear
-    /// the marks, and trying a node that may have recovered beats answering
-    /// 503 to every call. Empty only for an empty pool; at most
-    /// [`PLAN_CAPACITY`] nodes.
+    /// failover. Inactive and disabled nodes are left out. When no node
+    /// takes new calls, the plan holds the inactive ones in the normal
+    /// order: a probe can be wrong (a firewall dropping OPTIONS), and
+    /// trying a node that may have recovered beats answering 503 to every
+    /// call. Disabled nodes never get new calls (that is a drain). Empty
+    /// for an empty or fully disabled pool; at most [`PLAN_CAPACITY`] nodes.
     ///
     /// `call_id` is the Call-ID header value; only `hash-callid` reads it.
     pub fn plan(&self, call_id: &[u8]) -> Plan {
@@ -247,36 +267,77 @@ impl Dispatcher {
         }
     }
 
-    /// A call timed out or hit a transport error on node `i`: new calls
-    /// skip it until it answers again (Kamailio `ds_mark_dst`).
+    /// A call timed out or hit a transport error on node `i` (Kamailio
+    /// `ds_mark_dst`). Returns whether the node should be probed now rather
+    /// than at the next interval.
     ///
     /// # Panics
     /// If `i >= len()`.
-    pub fn mark_suspect(&self, i: usize) {
+    pub fn call_failed(&self, i: usize, failure: Failure) -> bool {
         let node = &self.nodes[i];
-        // Load first: many failing calls on one node need not all write the
-        // shared cache line, and only the transition is logged.
-        if !node.suspect.load(Relaxed) && !node.suspect.swap(true, Relaxed) {
-            tracing::warn!(node = %node.uri, "node marked suspect; new calls skip it");
-        }
+        let outcome = node.health.record_call_failure(failure);
+        log_transition(&node.uri, outcome.transition);
+        outcome.probe_now
     }
 
-    /// Node `i` answered something: use it again for new calls.
+    /// Node `i` answered a call with `code`: ends a run of failures.
     ///
     /// # Panics
     /// If `i >= len()`.
-    pub fn mark_alive(&self, i: usize) {
+    pub fn call_reply(&self, i: usize, code: u16) {
         let node = &self.nodes[i];
-        // Called for every response, so the common case is a plain load.
-        if node.suspect.load(Relaxed) && node.suspect.swap(false, Relaxed) {
-            tracing::info!(node = %node.uri, "node answered again; back in rotation");
-        }
+        log_transition(&node.uri, node.health.record_call_reply(code));
     }
 
+    /// The outcome of a probe of node `i`.
+    ///
     /// # Panics
     /// If `i >= len()`.
-    pub fn is_suspect(&self, i: usize) -> bool {
-        self.nodes[i].suspect.load(Relaxed)
+    pub fn probed(&self, i: usize, result: ProbeResult) {
+        let node = &self.nodes[i];
+        log_transition(&node.uri, node.health.record_probe(result));
+    }
+
+    /// An operator's `dispatcher.set_state` on node `i`.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn set_state(&self, i: usize, cmd: SetState) {
+        let node = &self.nodes[i];
+        log_transition(&node.uri, node.health.set_state(cmd));
+    }
+
+    /// Node `i`'s state and probing flag.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn status(&self, i: usize) -> Status {
+        self.nodes[i].health.status()
+    }
+
+    /// Whether node `i` is probed (its probing flag, and not disabled by
+    /// the rules of [`health`]).
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn should_probe(&self, i: usize) -> bool {
+        self.nodes[i].health.should_probe()
+    }
+
+    /// Node `i`'s own probe From URI, if it has one.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn ping_from(&self, i: usize) -> Option<&str> {
+        self.nodes[i].ping_from.as_deref()
+    }
+
+    /// Whether new calls may go to node `i` (active or trying).
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn accepts_new_calls(&self, i: usize) -> bool {
+        self.nodes[i].health.accepts_new_calls()
     }
 
     /// The plan starting at ring position `start` (< ring length), and the
@@ -287,7 +348,7 @@ impl Dispatcher {
         let mut first = None;
         for pos in (start..n).chain(0..start) {
             let index = self.ring[pos];
-            if !self.nodes[usize::from(index)].suspect.load(Relaxed) {
+            if self.nodes[usize::from(index)].health.accepts_new_calls() {
                 first.get_or_insert(pos);
                 plan.push(index);
                 if plan.is_full() {
@@ -296,12 +357,27 @@ impl Dispatcher {
             }
         }
         if first.is_none() {
-            // Every node is suspect: try them all (see `plan`).
-            for pos in (start..n).chain(0..start).take(PLAN_CAPACITY) {
-                plan.push(self.ring[pos]);
+            // No node takes new calls: try the ones that are only down,
+            // never the disabled (see `plan`).
+            for pos in (start..n).chain(0..start) {
+                let index = self.ring[pos];
+                if self.nodes[usize::from(index)].health.status().state != State::Disabled {
+                    plan.push(index);
+                    if plan.is_full() {
+                        break;
+                    }
+                }
             }
         }
         (plan, first.unwrap_or(start))
+    }
+}
+
+/// Logs a node's state change at info, with its reason (e.g.
+/// "sip:10.0.1.10:5080 down: 3 consecutive timeouts (2s)").
+fn log_transition(uri: &str, t: Option<Transition>) {
+    if let Some(t) = t {
+        tracing::info!("{uri} {t}");
     }
 }
 

@@ -1,7 +1,10 @@
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use super::*;
+use std::time::Duration;
+
 use crate::config::Destination;
+use crate::dispatcher::health::{Failure, ProbeResult};
 
 fn dest(uri: &str) -> Destination {
     Destination::new(SipUri::parse(uri).unwrap())
@@ -99,7 +102,7 @@ fn new_resolves_ip_literals() {
     assert_eq!(d.uri(2), "sip:[2001:db8::10]:5080");
     // IPv4-mapped is sent to (and matched) as the IPv4 host it is.
     assert_eq!(d.addr(3), "10.0.1.20:5090".parse().unwrap());
-    assert!((0..4).all(|i| !d.is_suspect(i)));
+    assert!((0..4).all(|i| d.accepts_new_calls(i)));
 }
 
 #[test]
@@ -178,7 +181,7 @@ fn round_robin_rotates_the_start_and_fails_over_around_the_ring() {
 #[test]
 fn round_robin_skips_a_suspect_without_doubling_its_successor() {
     let d = three(Algorithm::RoundRobin);
-    d.mark_suspect(1);
+    d.call_failed(1, Failure::Timeout(Duration::from_secs(2)));
     // Kamailio moves its counter past the node it chose, so the live nodes
     // alternate instead of node 2 getting node 1's turn as well.
     let plans: Vec<Vec<usize>> = (0..6).map(|_| plan(&d, "a")).collect();
@@ -271,13 +274,13 @@ fn hash_callid_suspect_moves_only_its_own_calls() {
     let d = three(Algorithm::HashCallid);
     let ids: Vec<String> = (0..300).map(|i| format!("{i:08x}@trunk")).collect();
     let before: Vec<Vec<usize>> = ids.iter().map(|id| plan(&d, id)).collect();
-    d.mark_suspect(2);
+    d.call_failed(2, Failure::Timeout(Duration::from_secs(2)));
     for (id, old) in ids.iter().zip(&before) {
         let new = plan(&d, id);
         let expected: Vec<usize> = old.iter().copied().filter(|&i| i != 2).collect();
         assert_eq!(new, expected, "{id}");
     }
-    d.mark_alive(2);
+    d.probed(2, ProbeResult::Reply(200));
     let after: Vec<Vec<usize>> = ids.iter().map(|id| plan(&d, id)).collect();
     assert_eq!(after, before);
 }
@@ -299,11 +302,11 @@ fn priority_tries_highest_first_ties_in_config_order() {
     for call in ["a", "b", "c"] {
         assert_eq!(plan(&d, call), [1, 3, 2, 0, 4]);
     }
-    d.mark_suspect(1);
+    d.call_failed(1, Failure::Timeout(Duration::from_secs(2)));
     assert_eq!(plan(&d, "a"), [3, 2, 0, 4]);
-    d.mark_suspect(3);
+    d.call_failed(3, Failure::Timeout(Duration::from_secs(2)));
     assert_eq!(plan(&d, "a"), [2, 0, 4]);
-    d.mark_alive(1);
+    d.probed(1, ProbeResult::Reply(200));
     assert_eq!(plan(&d, "a"), [1, 2, 0, 4]);
 }
 
@@ -360,10 +363,10 @@ fn weight_beyond_100_is_dropped_but_still_fails_over() {
 fn weight_suspect_share_goes_to_its_ring_successor() {
     // As in Kamailio alg 9: the chosen slot moves to the next live node.
     let d = weighted(&[50, 30, 20]);
-    d.mark_suspect(0);
+    d.call_failed(0, Failure::Timeout(Duration::from_secs(2)));
     assert_eq!(first_choices(&d, 100), [0, 80, 20]);
     assert!((0..50).all(|_| !plan(&d, "a").contains(&0)));
-    d.mark_alive(0);
+    d.probed(0, ProbeResult::Reply(200));
     assert_eq!(first_choices(&d, 100), [50, 30, 20]);
 }
 
@@ -410,16 +413,16 @@ fn weight_shares_and_spread() {
 #[test]
 fn mark_suspect_and_alive() {
     let d = three(Algorithm::Priority);
-    assert!(!d.is_suspect(1));
-    d.mark_alive(1); // already alive: no change
-    assert!(!d.is_suspect(1));
-    d.mark_suspect(1);
-    d.mark_suspect(1); // idempotent
-    assert!(d.is_suspect(1));
-    assert!(!d.is_suspect(0) && !d.is_suspect(2));
+    assert!(d.accepts_new_calls(1));
+    d.probed(1, ProbeResult::Reply(200)); // already alive: no change
+    assert!(d.accepts_new_calls(1));
+    d.call_failed(1, Failure::Timeout(Duration::from_secs(2)));
+    d.call_failed(1, Failure::Timeout(Duration::from_secs(2))); // idempotent
+    assert!(!d.accepts_new_calls(1));
+    assert!(d.accepts_new_calls(0) && d.accepts_new_calls(2));
     assert_eq!(plan(&d, "a"), [0, 2]);
-    d.mark_alive(1);
-    assert!(!d.is_suspect(1));
+    d.probed(1, ProbeResult::Reply(200));
+    assert!(d.accepts_new_calls(1));
     assert_eq!(plan(&d, "a"), [0, 1, 2]);
 }
 
@@ -436,7 +439,7 @@ fn all_suspect_falls_back_to_the_normal_order() {
         let healthy = pool(algorithm, dests());
         let down = pool(algorithm, dests());
         for i in 0..3 {
-            down.mark_suspect(i);
+            down.call_failed(i, Failure::Timeout(Duration::from_secs(2)));
         }
         for call in 0..20 {
             let call_id = format!("{call}@trunk");
@@ -498,15 +501,15 @@ fn plans_are_capped_at_32_nodes() {
     // Suspects do not use up the capacity: the walk goes on to live nodes.
     let d = pool(Algorithm::Priority, dests.clone());
     for i in 0..32 {
-        d.mark_suspect(i);
+        d.call_failed(i, Failure::Timeout(Duration::from_secs(2)));
     }
     assert_eq!(plan(&d, "a"), (32..40).collect::<Vec<_>>());
-    d.mark_alive(5);
+    d.probed(5, ProbeResult::Reply(200));
     assert_eq!(plan(&d, "a"), [5, 32, 33, 34, 35, 36, 37, 38, 39]);
 
     // Every node suspect: the first 32 in the normal order.
     for i in 0..40 {
-        d.mark_suspect(i);
+        d.call_failed(i, Failure::Timeout(Duration::from_secs(2)));
     }
     assert_eq!(plan(&d, "a"), (0..32).collect::<Vec<_>>());
 }

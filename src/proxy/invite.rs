@@ -14,6 +14,7 @@ use tokio::time::{sleep_until, Duration, Instant};
 
 use super::{with_editor, Counters, Proxy, ServerInvite};
 use crate::dialog::Removal;
+use crate::dispatcher::health::Failure;
 use crate::dispatcher::Plan;
 use crate::sip::{HeaderName, Message, Method, Response};
 use crate::transaction::{ClientTxn, Token};
@@ -117,7 +118,7 @@ impl Proxy {
             self.pin(call_id, addr);
             if self.send(&invite, addr).is_err() {
                 Counters::inc(&self.counters.failover_transport);
-                self.dispatcher.mark_suspect(node);
+                self.call_failed(node, Failure::TransportError);
                 continue;
             }
             return Some(Leg {
@@ -247,7 +248,7 @@ impl Proxy {
                     }
                     Counters::inc(&self.counters.failover_timeout);
                     if let Some(i) = self.dispatcher.find(addr) {
-                        self.dispatcher.mark_suspect(i);
+                        self.call_failed(i, Failure::Timeout(fr));
                     }
                     return Attempt::Failover;
                 }

@@ -10,6 +10,7 @@
 //! - `rescue`: error -> status code and counter.
 
 mod invite;
+mod probe;
 mod request;
 mod rescue;
 mod response;
@@ -84,6 +85,10 @@ pub enum ProxyError {
     NoSocket,
     #[error("cannot register the socket with the runtime: {0}")]
     Socket(#[from] io::Error),
+    #[error("probe: {0}")]
+    ReplyCodes(#[from] crate::dispatcher::health::ReplyCodesError),
+    #[error("probe: {0}")]
+    Health(#[from] crate::dispatcher::health::HealthConfigError),
 }
 
 /// Shared state of a running proxy.
@@ -117,6 +122,11 @@ pub struct Proxy {
     /// tasks waiting on them.
     unreachable: tokio::sync::broadcast::Sender<SocketAddr>,
     pub counters: Counters,
+    /// Nodes a failed call wants probed at once, and the prober's wake-up.
+    urgent_probes: Mutex<Vec<usize>>,
+    probe_now: tokio::sync::Notify,
+    /// The prober has sent its first round (readiness).
+    first_round_done: AtomicBool,
 }
 
 impl Proxy {
@@ -134,7 +144,7 @@ impl Proxy {
             0 => first.port(),
             p => p,
         };
-        let dispatcher = Dispatcher::new(&cfg.dispatcher)?;
+        let dispatcher = Dispatcher::with_health(&cfg.dispatcher, &health_config(&cfg.probe)?)?;
         let sent_by = format!("{adv_host}:{adv_port}");
         let record_routes = (0..dispatcher.len())
             .map(|i| {
@@ -161,6 +171,9 @@ impl Proxy {
             calls_deciding: Default::default(),
             unreachable: tokio::sync::broadcast::channel(64).0,
             counters: Counters::default(),
+            urgent_probes: Mutex::new(Vec::new()),
+            probe_now: tokio::sync::Notify::new(),
+            first_round_done: AtomicBool::new(false),
             cfg,
         }))
     }
@@ -212,6 +225,7 @@ impl Proxy {
         }
         tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
         tasks.spawn(self.clone().run_resends(cancel.clone()));
+        tasks.spawn(self.clone().run_prober(cancel.clone()));
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -288,9 +302,22 @@ impl Proxy {
         for addr in dead.drain(..) {
             tracing::debug!(%addr, "ICMP: destination unreachable");
             if let Some(i) = self.dispatcher.find(addr) {
-                self.dispatcher.mark_suspect(i);
+                self.call_failed(i, crate::dispatcher::health::Failure::TransportError);
             }
             let _ = self.unreachable.send(addr);
+        }
+    }
+
+    /// A call failed on node `i`: feeds its health, and asks the prober to
+    /// check it now when the health says so.
+    fn call_failed(&self, i: usize, failure: crate::dispatcher::health::Failure) {
+        if self.dispatcher.call_failed(i, failure) {
+            if let Ok(mut urgent) = self.urgent_probes.lock() {
+                if !urgent.contains(&i) {
+                    urgent.push(i);
+                }
+            }
+            self.probe_now.notify_one();
         }
     }
 
@@ -357,6 +384,27 @@ fn with_editor<R>(f: impl FnOnce(&mut crate::sip::Editor) -> R) -> R {
         Ok(mut ed) => f(&mut ed),
         Err(_) => f(&mut crate::sip::Editor::new()),
     })
+}
+
+/// The health machine's settings from `[probe]`.
+fn health_config(
+    probe: &crate::config::Probe,
+) -> Result<crate::dispatcher::health::HealthConfig, ProxyError> {
+    use crate::config::ReplyCode;
+    use crate::dispatcher::health::{HealthConfig, ReplyCodeSpec, ReplyCodes};
+    let specs: Vec<ReplyCodeSpec> = probe
+        .reply_codes
+        .iter()
+        .map(|c| match *c {
+            ReplyCode::Code(c) => ReplyCodeSpec::Code(c),
+            ReplyCode::Class(d) => ReplyCodeSpec::Class(d),
+        })
+        .collect();
+    Ok(HealthConfig::new(
+        probe.failure_threshold,
+        probe.success_threshold,
+        ReplyCodes::parse(&specs)?,
+    )?)
 }
 
 /// Where a response to a request that came from `src` goes (RFC 3261

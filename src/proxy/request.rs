@@ -348,7 +348,9 @@ impl Proxy {
             for r in due.drain(..) {
                 let pending = self.txns.with(r.branch.as_bytes(), |t| match t {
                     ClientTxn::Relay(r) => !r.answered.load(Ordering::Relaxed),
-                    ClientTxn::Invite(_) | ClientTxn::Decided { .. } => false,
+                    ClientTxn::Invite(_) | ClientTxn::Decided { .. } | ClientTxn::Probe { .. } => {
+                        false
+                    }
                 });
                 if pending != Some(true) || self.shutting_down.load(Ordering::Relaxed) {
                     continue;

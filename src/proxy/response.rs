@@ -17,9 +17,23 @@ impl Proxy {
             Counters::inc(&self.counters.dropped);
             return;
         };
+        let status = msg.status().unwrap_or_default();
+        if self
+            .txns
+            .with(branch, |t| matches!(t, ClientTxn::Probe { .. }))
+            == Some(true)
+        {
+            // Only a final answer ends a probe (a 100 may come first).
+            if status >= 200 {
+                if let Some(ClientTxn::Probe { node, sent }) = self.txns.remove(branch) {
+                    self.probe_answered(node, sent, status);
+                }
+            }
+            return;
+        }
         if let Some(i) = self.dispatcher.find(src) {
-            // Any answer shows the node is alive.
-            self.dispatcher.mark_alive(i);
+            // Any answer to a call shows the node's SIP stack is there.
+            self.dispatcher.call_reply(i, status);
         }
         enum Action {
             Task,
@@ -37,6 +51,8 @@ impl Proxy {
                 Action::Task
             }
             ClientTxn::Decided { .. } => Action::Decided,
+            // Handled above.
+            ClientTxn::Probe { .. } => Action::Task,
             ClientTxn::Relay(r) => {
                 r.answered.store(true, std::sync::atomic::Ordering::Relaxed);
                 Action::Relay {

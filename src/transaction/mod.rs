@@ -165,6 +165,9 @@ pub enum ClientTxn {
     /// kept until [`LINGER`] after `at` so a retransmitted 2xx is still
     /// relayed (RFC 6026 "Accepted").
     Decided { at: Instant },
+    /// A health probe (OPTIONS) of dispatcher node `node`, sent at `sent`.
+    /// The prober removes it when `[probe] timeout` runs out.
+    Probe { node: usize, sent: Instant },
 }
 
 #[derive(Debug)]
@@ -191,8 +194,9 @@ impl ClientTxns {
         self.map.insert(branch.as_bytes().into(), txn);
     }
 
-    pub fn remove(&self, branch: &[u8]) {
-        self.map.remove(branch);
+    /// Removes and returns the transaction for `branch`.
+    pub fn remove(&self, branch: &[u8]) -> Option<ClientTxn> {
+        self.map.remove(branch).map(|(_, t)| t)
     }
 
     /// Runs `f` on the transaction for `branch` without holding the shard
@@ -225,6 +229,8 @@ impl ClientTxns {
             ClientTxn::Invite(tx) => !tx.is_closed(),
             ClientTxn::Relay(r) => now.duration_since(r.created) < LINGER,
             ClientTxn::Decided { at } => now.duration_since(*at) < LINGER,
+            // The prober removes its own; this only catches a stopped one.
+            ClientTxn::Probe { sent, .. } => now.duration_since(*sent) < LINGER,
         });
     }
 }

@@ -105,6 +105,11 @@ pub struct Options {
     pub fr_inv_timeout: &'static str,
     /// Also listen on this address (port 0), as a second socket.
     pub extra_socket: Option<&'static str>,
+    /// More config, appended as is (e.g. a `[probe]` section).
+    pub extra_toml: &'static str,
+    /// The fake nodes answer OPTIONS probes with 200 while the test reads
+    /// from them; off, the test sees the probes itself.
+    pub nodes_answer_probes: bool,
 }
 
 impl Default for Options {
@@ -115,6 +120,8 @@ impl Default for Options {
             fr_timeout: "300ms",
             fr_inv_timeout: "120s",
             extra_socket: None,
+            extra_toml: "",
+            nodes_answer_probes: true,
         }
     }
 }
@@ -135,6 +142,7 @@ pub fn config_toml(listen: SocketAddr, nodes: &[SocketAddr], opts: &Options) -> 
         "[failover]\nfr_timeout = \"{}\"\nfr_inv_timeout = \"{}\"\n",
         opts.fr_timeout, opts.fr_inv_timeout
     );
+    t.push_str(opts.extra_toml);
     t
 }
 
@@ -165,7 +173,12 @@ impl Harness {
         let trunk = Peer::bind("trunk").await;
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
-            nodes.push(Peer::bind(&format!("node{i}")).await.answering_probes());
+            let node = Peer::bind(&format!("node{i}")).await;
+            nodes.push(if opts.nodes_answer_probes {
+                node.answering_probes()
+            } else {
+                node
+            });
         }
         let node_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
         let text = config_toml(addr, &node_addrs, &opts);
@@ -353,6 +366,20 @@ impl Peer {
             r.text()
         );
         r
+    }
+
+    /// Skips other messages until a `method` request arrives; panics after
+    /// `within`.
+    pub async fn recv_until_request(&self, method: &str, within: Duration) -> Received {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                Some(r) if r.method().as_deref() == Some(method) => return r,
+                Some(_) => continue,
+                None => panic!("{} received no {method} within {within:?}", self.name),
+            }
+        }
     }
 
     /// The next message, which must be a `code` response.
@@ -785,5 +812,42 @@ impl Dialog {
             &extra,
             body.map(|b| ("application/sdp", b.as_bytes())),
         )
+    }
+}
+
+/// A call the trunk placed through the proxy and a node answered.
+pub struct Established {
+    /// The trunk's side.
+    pub call: Dialog,
+    /// The answering node's side.
+    pub node_side: Dialog,
+    /// Index of the answering node.
+    pub node: usize,
+}
+
+/// INVITE (100, 180, 200) and ACK: node 0 answers.
+pub async fn establish(h: &Harness) -> Established {
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    h.trunk.recv_response(100).await;
+    let node = 0;
+    let inv = h.nodes[node].recv_request("INVITE").await;
+    let node_side = Dialog::uas(&h.nodes[node], &inv, &unique("fs-"));
+    h.nodes[node]
+        .send(node_side.answer(&inv, 180, "Ringing", None), inv.from)
+        .await;
+    h.trunk.recv_response(180).await;
+    h.nodes[node]
+        .send(node_side.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = h.trunk.recv_response(200).await;
+    call.learn_2xx(&ok);
+    let (ack, _) = call.request("ACK", None);
+    h.trunk.send(ack, h.addr).await;
+    h.nodes[node].recv_request("ACK").await;
+    Established {
+        call,
+        node_side,
+        node,
     }
 }

@@ -1,0 +1,140 @@
+//! OPTIONS health probing of the pool (Kamailio `ds_ping_interval`): every
+//! probed node gets a probe each `[probe] interval`, and at once when a
+//! call just failed on it. A probe is a client transaction like any other
+//! (its branch in the transaction table); the response path reports the
+//! answer, and this task reports the probes that ran out of `timeout`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::time::{sleep_until, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::Proxy;
+use crate::dispatcher::health::ProbeResult;
+use crate::sip::{Method, OptionsRequest};
+use crate::transaction::{ClientTxn, Token};
+
+/// A probe waiting for its answer.
+struct Pending {
+    deadline: Instant,
+    branch: Token,
+    node: usize,
+}
+
+impl Proxy {
+    /// The probe task: a round of probes at start and every interval, the
+    /// urgent ones in between, and the timeouts.
+    pub(super) async fn run_prober(self: Arc<Self>, cancel: CancellationToken) {
+        let interval = self.cfg.probe.interval;
+        let timeout = self.cfg.probe.timeout;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Probes in flight, oldest first (one timeout for all: in order).
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut cseq: u32 = 0;
+        loop {
+            let next_timeout = pending.front().map(|p| p.deadline);
+            let expire = async {
+                match next_timeout {
+                    Some(at) => sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = expire => {
+                    let now = Instant::now();
+                    while pending.front().is_some_and(|p| p.deadline <= now) {
+                        let Some(p) = pending.pop_front() else { break };
+                        // Still there: no final answer came.
+                        if self.txns.remove(p.branch.as_bytes()).is_some() {
+                            self.dispatcher.probed(p.node, ProbeResult::Timeout(timeout));
+                        }
+                    }
+                }
+                () = self.probe_now.notified() => {
+                    let urgent = self
+                        .urgent_probes
+                        .lock()
+                        .map(|mut u| std::mem::take(&mut *u))
+                        .unwrap_or_default();
+                    for node in urgent {
+                        self.probe(node, &mut pending, &mut cseq, timeout);
+                    }
+                }
+                _ = tick.tick() => {
+                    for node in 0..self.dispatcher.len() {
+                        if self.dispatcher.should_probe(node) {
+                            self.probe(node, &mut pending, &mut cseq, timeout);
+                        }
+                    }
+                    self.first_round_done
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Sends one probe to `node`, unless one is still out.
+    fn probe(
+        &self,
+        node: usize,
+        pending: &mut VecDeque<Pending>,
+        cseq: &mut u32,
+        timeout: std::time::Duration,
+    ) {
+        let out = pending
+            .iter()
+            .any(|p| p.node == node && self.txns.with(p.branch.as_bytes(), |_| ()).is_some());
+        if out {
+            return;
+        }
+        let branch = self.branches.next();
+        let tag = self.branches.tag();
+        *cseq = cseq.wrapping_add(1);
+        let target = self.dispatcher.uri(node);
+        let from = self
+            .dispatcher
+            .ping_from(node)
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.cfg.probe.ping_from_or(&self.cfg.listen.advertise));
+        let method = Method::from_bytes(self.cfg.probe.method.as_bytes());
+        let mut buf = BytesMut::with_capacity(512);
+        OptionsRequest {
+            method,
+            target: target.as_bytes(),
+            transport: "UDP",
+            sent_by: self.sent_by.as_bytes(),
+            branch: branch.as_bytes(),
+            from_uri: from.as_bytes(),
+            from_tag: tag.as_bytes(),
+            // Unique per probe: the branch is.
+            call_id: branch.as_bytes(),
+            cseq: *cseq,
+            user_agent: Some(b"sipedge"),
+        }
+        .write(&mut buf);
+        let now = Instant::now();
+        self.txns
+            .insert(&branch, ClientTxn::Probe { node, sent: now });
+        if self.send(&buf, self.dispatcher.addr(node)).is_err() {
+            self.txns.remove(branch.as_bytes());
+            self.dispatcher.probed(node, ProbeResult::TransportError);
+            return;
+        }
+        pending.push_back(Pending {
+            deadline: now + timeout,
+            branch,
+            node,
+        });
+    }
+
+    /// The response path saw the final answer to a probe of `node`.
+    pub(super) fn probe_answered(&self, node: usize, sent: Instant, code: u16) {
+        tracing::trace!(node, code, rtt = ?sent.elapsed(), "probe answered");
+        self.dispatcher.probed(node, ProbeResult::Reply(code));
+    }
+}

@@ -1,0 +1,189 @@
+//! OPTIONS health probing and node states (issue 4) over real UDP on
+//! 127.0.0.1: fake nodes that answer, stay silent or are drained, and the
+//! calls that follow. Short real intervals (100-300 ms) keep it fast; each
+//! expectation is about which probe or call comes next, not about timing.
+
+mod support;
+
+use std::time::Duration;
+
+use sipedge::dispatcher::health::{State, Status};
+use sipedge::sip::HeaderName;
+use support::*;
+
+fn status(h: &Harness, node: usize) -> Status {
+    h.proxy.dispatcher().status(node)
+}
+
+/// The next OPTIONS probe `node` receives (other messages are a failure).
+async fn next_probe(h: &Harness, node: usize) -> Received {
+    let probe = h.nodes[node].recv_request("OPTIONS").await;
+    assert_eq!(
+        probe.vias().len(),
+        1,
+        "a probe starts here: {}",
+        probe.text()
+    );
+    probe
+}
+
+/// `failure_threshold` unanswered probes take a node down, not one fewer;
+/// `success_threshold` answered ones bring it back, not one fewer. The
+/// state seen when probe k+1 arrives reflects k timeouts (each probe times
+/// out 100 ms before the next one is sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_goes_down_after_exactly_the_threshold_and_comes_back() {
+    let h = Harness::start(Options {
+        nodes: 1,
+        nodes_answer_probes: false,
+        extra_toml: "[probe]\ninterval = \"300ms\"\ntimeout = \"150ms\"\n\
+                     failure_threshold = 3\nsuccess_threshold = 2\n\
+                     ping_from = \"sip:health@127.0.0.1\"\n",
+        ..Options::default()
+    })
+    .await;
+    let first = next_probe(&h, 0).await;
+    // A well-formed probe: OPTIONS to the node's URI, our From, CSeq.
+    assert_eq!(first.request_uri(), format!("sip:{}", h.nodes[0].addr));
+    let from = first.header(HeaderName::From).unwrap();
+    assert!(from.starts_with("<sip:health@127.0.0.1>;tag="), "{from}");
+    assert_eq!(first.max_forwards(), Some(70));
+    assert_eq!(first.cseq().1, "OPTIONS");
+    assert_eq!(status(&h, 0).state, State::Active);
+
+    // Unanswered: 1 and 2 timeouts leave it trying (still taking calls).
+    for timeouts in 1..=2 {
+        let _ = next_probe(&h, 0).await;
+        assert_eq!(status(&h, 0).state, State::Trying, "after {timeouts}");
+        assert!(h.proxy.dispatcher().accepts_new_calls(0));
+    }
+    // The third timeout takes it down.
+    let probe = next_probe(&h, 0).await;
+    assert_eq!(status(&h, 0).state, State::Inactive);
+    assert!(!h.proxy.dispatcher().accepts_new_calls(0));
+
+    // One answer is not enough with success_threshold = 2...
+    h.nodes[0]
+        .send(reply(&probe, 200, "OK", None), probe.from)
+        .await;
+    let probe = next_probe(&h, 0).await;
+    assert_eq!(status(&h, 0).state, State::Inactive);
+    // ...the second is.
+    h.nodes[0]
+        .send(reply(&probe, 200, "OK", None), probe.from)
+        .await;
+    let dispatcher = h.proxy.dispatcher();
+    eventually_true("node back up", || {
+        dispatcher.status(0).state == State::Active
+    })
+    .await;
+}
+
+/// A reply code outside `reply_codes` is a failed probe; a class or a
+/// listed code is a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_codes_decide_what_counts_as_alive() {
+    let h = Harness::start(Options {
+        nodes: 1,
+        nodes_answer_probes: false,
+        extra_toml: "[probe]\ninterval = \"200ms\"\ntimeout = \"1s\"\n\
+                     failure_threshold = 1\nreply_codes = [\"2xx\", 404]\n",
+        ..Options::default()
+    })
+    .await;
+    let probe = next_probe(&h, 0).await;
+    h.nodes[0]
+        .send(reply(&probe, 503, "Busy", None), probe.from)
+        .await;
+    let dispatcher = h.proxy.dispatcher();
+    eventually_true("503 takes it down", || {
+        dispatcher.status(0).state == State::Inactive
+    })
+    .await;
+    let probe = next_probe(&h, 0).await;
+    h.nodes[0]
+        .send(reply(&probe, 404, "Not Found", None), probe.from)
+        .await;
+    eventually_true("404 is alive here", || {
+        dispatcher.status(0).state == State::Active
+    })
+    .await;
+}
+
+/// A call that times out on a node takes it out of rotation at once
+/// (Kamailio `ds_mark_dst("ip")`) and has it probed right away, not at the
+/// next interval (10 s here); once it answers the probe it gets calls
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_takes_the_node_out_and_it_is_probed_at_once() {
+    let h = Harness::start(Options {
+        nodes_answer_probes: false,
+        extra_toml: "[probe]\ninterval = \"10s\"\ntimeout = \"1s\"\n",
+        ..Options::default()
+    })
+    .await;
+    // The first round of probes at start: both answer.
+    for n in 0..2 {
+        let p = next_probe(&h, n).await;
+        h.nodes[n].send(reply(&p, 200, "OK", None), p.from).await;
+    }
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    // Node 0 swallows the INVITE (and its Timer A copy); fr_timeout 300 ms.
+    let _ = h.nodes[0].recv_request("INVITE").await;
+    let inv = h.nodes[1].recv_request("INVITE").await;
+    assert_eq!(inv.call_id(), call.call_id, "failed over");
+    assert_eq!(status(&h, 0).state, State::Inactive);
+    // Probed now, well before the 10 s interval.
+    let probe = h.nodes[0]
+        .recv_until_request("OPTIONS", Duration::from_secs(1))
+        .await;
+    // Until it answers, new calls skip it.
+    let mut second = h.trunk_call();
+    h.trunk.send(second.invite(SDP_AUDIO), h.addr).await;
+    let inv2 = h.nodes[1].recv_request("INVITE").await;
+    assert_eq!(inv2.call_id(), second.call_id);
+    h.nodes[0]
+        .send(reply(&probe, 200, "OK", None), probe.from)
+        .await;
+    let dispatcher = h.proxy.dispatcher();
+    eventually_true("back after the probe", || dispatcher.accepts_new_calls(0)).await;
+    let mut third = h.trunk_call();
+    h.trunk.send(third.invite(SDP_AUDIO), h.addr).await;
+    let inv3 = h.nodes[0].recv_request("INVITE").await;
+    assert_eq!(inv3.call_id(), third.call_id);
+}
+
+/// Drain: a node disabled by the operator gets no new INVITE, but the BYE
+/// of the call it already has still reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_node_gets_no_new_calls_but_keeps_its_dialogs() {
+    let h = Harness::start(Options::default()).await;
+    let mut est = establish(&h).await;
+    assert_eq!(est.node, 0);
+    h.proxy
+        .dispatcher()
+        .set_state(0, "d".parse().expect("set_state d"));
+    assert_eq!(status(&h, 0).state, State::Disabled);
+    assert_eq!(status(&h, 0).flags().as_str(), "DX");
+
+    let mut next = h.trunk_call();
+    h.trunk.send(next.invite(SDP_AUDIO), h.addr).await;
+    let inv = h.nodes[1].recv_request("INVITE").await;
+    assert_eq!(inv.call_id(), next.call_id);
+    h.nodes[0].expect_nothing(QUIET).await;
+
+    let (bye, _) = est.call.request("BYE", None);
+    h.trunk.send(bye, h.addr).await;
+    let got = h.nodes[0].recv_request("BYE").await;
+    assert_eq!(got.call_id(), est.call.call_id);
+}
+
+/// Waits (bounded by [`WAIT`]) until `cond` holds.
+async fn eventually_true(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
