@@ -796,6 +796,48 @@ impl Metrics {
         inc(&self.dropped, reason);
     }
 
+    /// Brings the eviction counters up to the dialog table's own totals
+    /// (it counts them itself; this runs at scrape time).
+    pub fn sync_dialog_evictions(&self, stats: &crate::dialog::DialogStats) {
+        for (reason, total) in [
+            (EvictReason::Ttl, stats.evicted_ttl),
+            (EvictReason::Bye, stats.removed_bye),
+            (EvictReason::Failed, stats.removed_failed),
+            (EvictReason::Cap, stats.rejected_full),
+        ] {
+            if let Some(c) = self.dialogs_evicted.get(reason) {
+                let now = c.get();
+                if total > now {
+                    c.inc_by(total - now);
+                }
+            }
+        }
+    }
+
+    /// How many failovers with `reason` so far (tests, logs).
+    pub fn failovers(&self, reason: FailoverReason) -> u64 {
+        get(&self.failovers, reason)
+    }
+
+    /// How many INVITEs were rejected with `reason` so far.
+    pub fn invites_rejected(&self, reason: RejectReason) -> u64 {
+        get(&self.invites_rejected, reason)
+    }
+
+    /// How many messages were dropped with `reason` so far.
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        get(&self.dropped, reason)
+    }
+
+    /// How many responses of `class` were sent from `origin` so far.
+    pub fn responses(&self, origin: ResponseOrigin, class: ResponseClass) -> u64 {
+        let family = match origin {
+            ResponseOrigin::Relayed => &self.responses_relayed,
+            ResponseOrigin::Local => &self.responses_local,
+        };
+        get(family, class)
+    }
+
     /// Sets the size of the Call-ID -> node table.
     pub fn set_dialogs(&self, n: usize) {
         self.dialogs.set(saturating_i64(n));
@@ -876,6 +918,10 @@ impl Metrics {
             let _ = self.probes.remove_label_values(&[s, u, res.as_str()]);
         }
     }
+}
+
+fn get<E: Label>(family: &PerLabel<E, IntCounter>, e: E) -> u64 {
+    family.get(e).map_or(0, IntCounter::get)
 }
 
 fn inc<E: Label>(family: &PerLabel<E, IntCounter>, e: E) {

@@ -9,9 +9,9 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use sipedge::metrics::{FailoverReason, RejectReason};
 use sipedge::sip::{HeaderName, NameAddr, Uri, Via};
 use support::*;
 
@@ -231,7 +231,7 @@ async fn failover_on_503_acks_it_and_the_trunk_never_sees_it() {
     assert_eq!(ok.to_tag().as_deref(), Some(fs1.local_tag.as_str()));
     call.learn_2xx(ok);
     assert_eq!(dialog_node(&h, &call.call_id), Some(h.nodes[1].addr));
-    assert!(h.proxy.counters.failover_code.load(Ordering::Relaxed) >= 1);
+    assert!(h.proxy.metrics().failovers(FailoverReason::Code) >= 1);
 
     // The ACK and later requests go to the node that answered.
     let (ack, _) = call.request("ACK", None);
@@ -267,7 +267,7 @@ async fn failover_when_the_first_node_stays_silent() {
     );
     call.learn_2xx(got.last().unwrap());
     assert_eq!(dialog_node(&h, &call.call_id), Some(h.nodes[1].addr));
-    assert!(h.proxy.counters.failover_timeout.load(Ordering::Relaxed) >= 1);
+    assert!(h.proxy.metrics().failovers(FailoverReason::Timeout) >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +384,12 @@ async fn max_forwards_zero_gets_483_except_options_to_us() {
     h.trunk.send(invite, h.addr).await;
     let r = h.trunk.recv_response(483).await;
     assert_eq!(r.branch(), call.invite_branch);
-    assert_eq!(h.proxy.counters.answered_483.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        h.proxy
+            .metrics()
+            .invites_rejected(RejectReason::MaxForwards),
+        1
+    );
 
     // An OPTIONS for the proxy itself is not forwarded, so §16.3 lets the
     // proxy answer it as the final recipient even with Max-Forwards 0.

@@ -12,10 +12,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{sleep_until, Duration, Instant};
 
-use super::{with_editor, Counters, Proxy, ServerInvite};
+use super::{with_editor, Proxy, ServerInvite};
 use crate::dialog::Removal;
 use crate::dispatcher::health::Failure;
 use crate::dispatcher::Plan;
+use crate::metrics::{FailoverReason, RejectReason};
 use crate::sip::{HeaderName, Message, Method, Response};
 use crate::transaction::{ClientTxn, Token};
 
@@ -63,6 +64,8 @@ pub(super) struct Started {
     branches: Vec<Token>,
     pop_route: bool,
     first: Option<Leg>,
+    /// When the INVITE arrived (the setup-time histogram).
+    received: Instant,
 }
 
 impl Proxy {
@@ -90,6 +93,7 @@ impl Proxy {
             branches: Vec::new(),
             pop_route: self.first_route_is_me(msg),
             first: None,
+            received: Instant::now(),
         };
         started.first = self.next_leg(msg, src, server, &mut started);
         started
@@ -117,7 +121,7 @@ impl Proxy {
             st.branches.push(branch);
             self.pin(call_id, addr);
             if self.send(&invite, addr).is_err() {
-                Counters::inc(&self.counters.failover_transport);
+                self.metrics.failover(FailoverReason::Transport);
                 self.call_failed(node, Failure::TransportError);
                 continue;
             }
@@ -165,10 +169,11 @@ impl Proxy {
             if server.cancel.is_cancelled() {
                 self.answer(&msg, src, &server, 487, b"Request Terminated");
             } else {
-                Counters::inc(&self.counters.answered_503);
+                self.metrics.invite_rejected(RejectReason::AllDown);
                 self.answer(&msg, src, &server, 503, b"All media servers unavailable");
             }
         }
+        self.metrics.invite_setup(st.received.elapsed());
         drop(deciding);
         // Decided. What is left for the retransmission window (a 2xx
         // retransmitted by the node, the trunk's INVITE retransmissions and
@@ -227,7 +232,7 @@ impl Proxy {
                     // The node's port is closed (ICMP port unreachable):
                     // no reason to wait for fr_timeout.
                     if r.is_ok_and(|a| a == addr) && !trying && !ringing {
-                        Counters::inc(&self.counters.failover_transport);
+                        self.metrics.failover(FailoverReason::Transport);
                         return Attempt::Failover;
                     }
                 }
@@ -246,7 +251,7 @@ impl Proxy {
                     if trying {
                         self.send_hop(msg, Method::Cancel, branch, None, addr);
                     }
-                    Counters::inc(&self.counters.failover_timeout);
+                    self.metrics.failover(FailoverReason::Timeout);
                     if let Some(i) = self.dispatcher.find(addr) {
                         self.call_failed(i, Failure::Timeout(fr));
                     }
@@ -288,7 +293,7 @@ impl Proxy {
                                 && !cancel_sent
                                 && !cancel_pending;
                             if failover {
-                                Counters::inc(&self.counters.failover_code);
+                                self.metrics.failover(FailoverReason::Code);
                                 return Attempt::Failover;
                             }
                             self.dialogs.remove(msg.call_id().unwrap_or_default(), Removal::Failed);
@@ -333,6 +338,8 @@ impl Proxy {
             .received(src)
             .write(&mut out);
         let out = out.freeze();
+        self.metrics
+            .response_status(crate::metrics::ResponseOrigin::Local, code);
         // Remembered first: the trunk may retransmit its INVITE the moment
         // this answer reaches it, and must get this answer again.
         server.remember(out.clone());

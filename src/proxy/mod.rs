@@ -17,7 +17,7 @@ mod response;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -30,32 +30,6 @@ use crate::dispatcher::{Dispatcher, DispatcherError};
 use crate::sip::{Message, Response, Rport, Via};
 use crate::transaction::{BranchGen, ClientTxns, Resends, LINGER};
 use crate::transport::{Egress, RecvBatch, SipSocket};
-
-/// Counters of what the proxy did and refused. Exported as Prometheus
-/// metrics by the admin issue; for now they are read by tests and logs.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub requests: AtomicU64,
-    pub responses: AtomicU64,
-    /// Unparsable, or an error with no way to route an answer.
-    pub dropped: AtomicU64,
-    /// Responses matching no transaction of ours.
-    pub stray_responses: AtomicU64,
-    pub answered_400: AtomicU64,
-    pub answered_483: AtomicU64,
-    pub answered_481: AtomicU64,
-    pub answered_503: AtomicU64,
-    pub failover_timeout: AtomicU64,
-    pub failover_code: AtomicU64,
-    pub failover_transport: AtomicU64,
-    pub send_errors: AtomicU64,
-}
-
-impl Counters {
-    fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// The server side of an INVITE from the trunk: its CANCEL signal and the
 /// last answer sent, repeated when the trunk retransmits the INVITE.
@@ -85,6 +59,8 @@ pub enum ProxyError {
     NoSocket,
     #[error("cannot register the socket with the runtime: {0}")]
     Socket(#[from] io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("probe: {0}")]
     ReplyCodes(#[from] crate::dispatcher::health::ReplyCodesError),
     #[error("probe: {0}")]
@@ -121,7 +97,9 @@ pub struct Proxy {
     /// Destinations the kernel reported unreachable (ICMP), for the INVITE
     /// tasks waiting on them.
     unreachable: tokio::sync::broadcast::Sender<SocketAddr>,
-    pub counters: Counters,
+    metrics: crate::metrics::Metrics,
+    /// Per-node series, by dispatcher index.
+    node_metrics: Vec<crate::metrics::DestinationMetrics>,
     /// Nodes a failed call wants probed at once, and the prober's wake-up.
     urgent_probes: Mutex<Vec<usize>>,
     probe_now: tokio::sync::Notify,
@@ -145,6 +123,10 @@ impl Proxy {
             p => p,
         };
         let dispatcher = Dispatcher::with_health(&cfg.dispatcher, &health_config(&cfg.probe)?)?;
+        let metrics = crate::metrics::Metrics::new()?;
+        let node_metrics = (0..dispatcher.len())
+            .map(|i| metrics.register_destination(cfg.dispatcher.set, dispatcher.uri(i)))
+            .collect::<Result<Vec<_>, _>>()?;
         let sent_by = format!("{adv_host}:{adv_port}");
         let record_routes = (0..dispatcher.len())
             .map(|i| {
@@ -170,7 +152,8 @@ impl Proxy {
             shutting_down: AtomicBool::new(false),
             calls_deciding: Default::default(),
             unreachable: tokio::sync::broadcast::channel(64).0,
-            counters: Counters::default(),
+            metrics,
+            node_metrics,
             urgent_probes: Mutex::new(Vec::new()),
             probe_now: tokio::sync::Notify::new(),
             first_round_done: AtomicBool::new(false),
@@ -279,11 +262,12 @@ impl Proxy {
         }
         match Message::parse(data) {
             Ok(msg) if msg.is_request() => {
-                Counters::inc(&self.counters.requests);
+                if let Some(m) = msg.method() {
+                    self.metrics.request(m);
+                }
                 self.on_request(&msg, src);
             }
             Ok(msg) => {
-                Counters::inc(&self.counters.responses);
                 self.on_response(&msg, src);
             }
             Err(e) => self.on_unparsable(data, src, e),
@@ -306,6 +290,32 @@ impl Proxy {
             }
             let _ = self.unreachable.send(addr);
         }
+    }
+
+    /// Counts a request sipedge answered with a final error itself; only
+    /// INVITEs are counted as rejected calls.
+    fn rejected(&self, req: &Message<'_>, reason: crate::metrics::RejectReason) {
+        if req.method() == Some(crate::sip::Method::Invite) {
+            self.metrics.invite_rejected(reason);
+        }
+    }
+
+    /// The metrics, with the gauges brought up to date (for a scrape).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        use crate::dispatcher::health::State;
+        use crate::metrics::DestState;
+        for (i, m) in self.node_metrics.iter().enumerate() {
+            m.set_state(match self.dispatcher.status(i).state {
+                State::Active => DestState::Active,
+                State::Trying => DestState::Trying,
+                State::Inactive => DestState::Inactive,
+                State::Disabled => DestState::Disabled,
+            });
+        }
+        self.metrics.set_dialogs(self.dialogs.len());
+        self.metrics.set_transactions(self.txns.len());
+        self.metrics.sync_dialog_evictions(&self.dialogs.stats());
+        &self.metrics
     }
 
     /// A call failed on node `i`: feeds its health, and asks the prober to
@@ -336,7 +346,7 @@ impl Proxy {
             r = socket.send_to(bytes, to).map(|_| ());
         }
         if let Err(e) = &r {
-            Counters::inc(&self.counters.send_errors);
+            self.metrics.dropped(crate::metrics::DropReason::SendError);
             tracing::debug!("send to {to}: {e}");
         }
         r
@@ -357,7 +367,7 @@ impl Proxy {
         headers: &[(&str, &[u8])],
     ) {
         let Ok(via) = req.top_via() else {
-            Counters::inc(&self.counters.dropped);
+            self.metrics.dropped(crate::metrics::DropReason::Malformed);
             return;
         };
         let tag = self.branches.tag();
@@ -366,6 +376,8 @@ impl Proxy {
             .received(src)
             .headers(headers)
             .write(&mut out);
+        self.metrics
+            .response_status(crate::metrics::ResponseOrigin::Local, code);
         let _ = self.send(&out, reply_target(via, src));
     }
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
 use crate::dispatcher::health::ProbeResult;
+use crate::metrics;
 use crate::sip::{Method, OptionsRequest};
 use crate::transaction::{ClientTxn, Token};
 
@@ -52,6 +53,7 @@ impl Proxy {
                         // Still there: no final answer came.
                         if self.txns.remove(p.branch.as_bytes()).is_some() {
                             self.dispatcher.probed(p.node, ProbeResult::Timeout(timeout));
+                            self.probe_metric(p.node, metrics::ProbeResult::Timeout, None);
                         }
                     }
                 }
@@ -123,6 +125,7 @@ impl Proxy {
         if self.send(&buf, self.dispatcher.addr(node)).is_err() {
             self.txns.remove(branch.as_bytes());
             self.dispatcher.probed(node, ProbeResult::TransportError);
+            self.probe_metric(node, metrics::ProbeResult::TransportError, None);
             return;
         }
         pending.push_back(Pending {
@@ -134,7 +137,27 @@ impl Proxy {
 
     /// The response path saw the final answer to a probe of `node`.
     pub(super) fn probe_answered(&self, node: usize, sent: Instant, code: u16) {
-        tracing::trace!(node, code, rtt = ?sent.elapsed(), "probe answered");
+        let rtt = sent.elapsed();
+        tracing::trace!(node, code, ?rtt, "probe answered");
         self.dispatcher.probed(node, ProbeResult::Reply(code));
+        // 2xx always counts (Kamailio: reply codes only add to it).
+        let alive = code / 100 == 2 || self.cfg.probe.reply_codes.iter().any(|c| c.matches(code));
+        let result = if alive {
+            metrics::ProbeResult::Ok
+        } else {
+            metrics::ProbeResult::BadCode
+        };
+        self.probe_metric(node, result, Some(rtt));
+    }
+
+    fn probe_metric(
+        &self,
+        node: usize,
+        result: metrics::ProbeResult,
+        rtt: Option<std::time::Duration>,
+    ) {
+        if let Some(m) = self.node_metrics.get(node) {
+            m.probe(result, rtt);
+        }
     }
 }

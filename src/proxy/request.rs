@@ -11,8 +11,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{with_editor, Counters, Proxy, ServerInvite};
+use super::{with_editor, Proxy, ServerInvite};
 use crate::dialog::Pin;
+use crate::metrics::RejectReason;
 use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
 use crate::transaction::{ClientTxn, Relay, Resend, Token};
 use tokio_util::sync::CancellationToken;
@@ -129,7 +130,7 @@ impl Proxy {
     }
 
     fn all_down(&self, msg: &Message<'_>, src: SocketAddr) {
-        Counters::inc(&self.counters.answered_503);
+        self.rejected(msg, RejectReason::AllDown);
         self.reply(msg, src, 503, b"All media servers unavailable");
     }
 
@@ -141,7 +142,7 @@ impl Proxy {
                 inv.cancel.cancel();
             }
             None => {
-                Counters::inc(&self.counters.answered_481);
+                self.rejected(msg, RejectReason::UnknownDialog);
                 self.reply(msg, src, 481, b"Call/Transaction Does Not Exist");
             }
         }
@@ -233,7 +234,7 @@ impl Proxy {
         };
         let Some(to) = to else {
             if msg.method() != Some(Method::Ack) {
-                Counters::inc(&self.counters.answered_481);
+                self.rejected(msg, RejectReason::UnknownDialog);
                 self.reply(msg, src, 481, b"Call/Transaction Does Not Exist");
             }
             return;

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{Counters, Proxy};
+use super::Proxy;
+use crate::metrics::DropReason;
 use crate::sip::{Message, Method, SipError};
 
 impl Proxy {
@@ -13,7 +14,7 @@ impl Proxy {
     pub(super) fn on_unparsable(self: &Arc<Self>, data: &[u8], src: SocketAddr, err: SipError) {
         let Some(req) = Message::parse_for_error_reply(data).filter(Message::is_request) else {
             // A response, or too broken to answer (no start line, no Via).
-            Counters::inc(&self.counters.dropped);
+            self.metrics.dropped(DropReason::Unparsable);
             tracing::debug!(%src, "dropped unparsable message: {err}");
             return;
         };
@@ -25,15 +26,12 @@ impl Proxy {
         // An ACK is never answered (RFC 3261 §17.2.1); without any Via
         // there is nothing to copy into a response.
         if req.method() == Some(Method::Ack) || req.header(crate::sip::HeaderName::Via).is_none() {
-            Counters::inc(&self.counters.dropped);
+            self.metrics.dropped(DropReason::Malformed);
             tracing::debug!(%src, "dropped bad request: {err}");
             return;
         }
         let code = err.status();
-        match code {
-            483 => Counters::inc(&self.counters.answered_483),
-            _ => Counters::inc(&self.counters.answered_400),
-        }
+        self.rejected(req, err.into());
         tracing::debug!(%src, "answering {code}: {err}");
         if req.top_via().is_err() {
             // A Via we cannot read: answer where the request came from.
@@ -41,6 +39,8 @@ impl Proxy {
             let tag = self.branches.tag();
             crate::sip::Response::new(req, code, err.to_string().as_bytes(), tag.as_bytes())
                 .write(&mut out);
+            self.metrics
+                .response_status(crate::metrics::ResponseOrigin::Local, code);
             let _ = self.send(&out, src);
             return;
         }

@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{upstream_target, with_editor, Counters, Proxy, ServerInvite};
+use super::{upstream_target, with_editor, Proxy, ServerInvite};
 use crate::dialog::Removal;
+use crate::metrics::{DropReason, ResponseOrigin};
 use crate::sip::{HeaderName, Message, Via};
 use crate::transaction::ClientTxn;
 
 impl Proxy {
     pub(super) fn on_response(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr) {
         let Some(branch) = msg.top_via().ok().and_then(|v| v.branch()) else {
-            Counters::inc(&self.counters.dropped);
+            self.metrics.dropped(DropReason::Malformed);
             return;
         };
         let status = msg.status().unwrap_or_default();
@@ -65,7 +66,7 @@ impl Proxy {
         match action {
             None => {
                 // Not ours (RFC 3261 §18.1.2: drop) or long finished.
-                Counters::inc(&self.counters.stray_responses);
+                self.metrics.dropped(DropReason::StrayResponse);
                 tracing::debug!(%src, "response matches no transaction");
             }
             Some(Action::Task) => {}
@@ -104,11 +105,11 @@ impl Proxy {
     /// repeat it when the trunk retransmits the INVITE.
     pub(super) fn relay_upstream(&self, msg: &Message<'_>, keep: Option<&ServerInvite>) {
         let Some(next) = msg.values(HeaderName::Via).nth(1) else {
-            Counters::inc(&self.counters.dropped);
+            self.metrics.dropped(DropReason::NoRouteForResponse);
             return;
         };
         let Some(to) = Via::parse(next).ok().as_ref().and_then(upstream_target) else {
-            Counters::inc(&self.counters.dropped);
+            self.metrics.dropped(DropReason::NoRouteForResponse);
             return;
         };
         with_editor(|ed| {
@@ -120,6 +121,8 @@ impl Proxy {
             if let Some(server) = keep {
                 server.remember(Bytes::copy_from_slice(out));
             }
+            self.metrics
+                .response_status(ResponseOrigin::Relayed, msg.status().unwrap_or_default());
             let _ = self.send(out, to);
         });
     }

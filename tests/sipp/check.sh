@@ -335,6 +335,12 @@ run_case_once() {
     by_b=$(grep -c '^OK .* n1=B ' "$dir/calls.log" 2>/dev/null || true)
     a_ok=$(screen_count "$dir/uas_A.out" ok); a_failed=$(screen_count "$dir/uas_A.out" failed)
     b_ok=$(screen_count "$dir/uas_B.out" ok); b_failed=$(screen_count "$dir/uas_B.out" failed)
+    # sipedge's OPTIONS probes end as successful sipp "calls" on the nodes
+    # (OPTIONS -> 200): count calls without them.
+    a_probes=$(screen_count "$dir/uas_A.out" in:OPTIONS)
+    b_probes=$(screen_count "$dir/uas_B.out" in:OPTIONS)
+    (( a_probes > 0 && b_probes > 0 )) || problems+=("nodes probed: A $a_probes, B $b_probes (want both)")
+    a_ok=$(( a_ok - a_probes )); b_ok=$(( b_ok - b_probes ))
     a_503=$(screen_count "$dir/uas_A.out" out:503)
 
     (( uac_rc == 0 )) || problems+=("sipp UAC exit status $uac_rc")
@@ -357,6 +363,7 @@ run_case_once() {
 
     local facts="calls=$calls ok=$ok failed=$failed sticky_mismatch=$sticky_bad answered_A=$by_a answered_B=$by_b"
     facts+=" uas_A_ok=$a_ok uas_A_failed=$a_failed uas_B_ok=$b_ok uas_B_failed=$b_failed"
+    facts+=" probes_A=$a_probes probes_B=$b_probes"
     [ "$scen_a" = uas.xml ] || facts+=" A_503_sent=$a_503"
     facts+=" proxy_exit=$PROXY_RC proxy_stop_s=$PROXY_STOP_S"
     if (( ${#problems[@]} == 0 )); then

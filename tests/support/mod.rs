@@ -265,9 +265,13 @@ impl Harness {
         }
     }
 
-    /// The proxy's `dropped` counter.
+    /// Messages the proxy dropped without an answer, every reason.
     pub fn dropped(&self) -> u64 {
-        self.proxy.counters.dropped.load(Ordering::Relaxed)
+        let m = self.proxy.metrics();
+        sipedge::metrics::DropReason::ALL
+            .iter()
+            .map(|r| m.dropped_count(*r))
+            .sum()
     }
 }
 
