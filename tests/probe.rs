@@ -187,3 +187,46 @@ async fn eventually_true(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Readiness: not before the first probe round has had its answers, and
+/// not when no destination takes calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_first_round_and_the_active_nodes() {
+    let h = Harness::start(Options {
+        extra_toml: "[probe]\ninterval = \"10s\"\ntimeout = \"300ms\"\n",
+        ..Options::default()
+    })
+    .await;
+    assert!(h.proxy.ready().is_err(), "ready before any probe");
+    // The nodes answer the probes while the test reads them.
+    for n in &h.nodes {
+        n.expect_nothing(Duration::from_millis(100)).await;
+    }
+    let proxy = h.proxy.clone();
+    eventually_true("ready", || proxy.ready().is_ok()).await;
+    for i in 0..2 {
+        h.proxy.dispatcher().set_state(i, "d".parse().unwrap());
+    }
+    assert_eq!(h.proxy.ready(), Err("no destination is active".to_owned()));
+}
+
+/// `dispatcher.ping_active 0` pauses probing (a keepalived standby), `1`
+/// resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_active_pauses_and_resumes_probing() {
+    let h = Harness::start(Options {
+        nodes: 1,
+        nodes_answer_probes: false,
+        extra_toml: "[probe]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nfailure_threshold = 100\n",
+        ..Options::default()
+    })
+    .await;
+    let _ = next_probe(&h, 0).await;
+    assert!(!h.proxy.ping_active(Some(false)));
+    // At most one probe was already on its way.
+    let _ = h.nodes[0].recv_within(Duration::from_millis(150)).await;
+    h.nodes[0].expect_nothing(Duration::from_millis(400)).await;
+    assert!(h.proxy.ping_active(Some(true)));
+    assert!(h.proxy.ping_active(None));
+    let _ = next_probe(&h, 0).await;
+}

@@ -105,6 +105,9 @@ pub struct Proxy {
     probe_now: tokio::sync::Notify,
     /// The prober has sent its first round (readiness).
     first_round_done: AtomicBool,
+    /// `dispatcher.ping_active`: probing paused (0) or running (1), e.g.
+    /// from a keepalived notify script on the standby.
+    probing_active: AtomicBool,
 }
 
 impl Proxy {
@@ -157,6 +160,7 @@ impl Proxy {
             urgent_probes: Mutex::new(Vec::new()),
             probe_now: tokio::sync::Notify::new(),
             first_round_done: AtomicBool::new(false),
+            probing_active: AtomicBool::new(true),
             cfg,
         }))
     }
@@ -290,6 +294,28 @@ impl Proxy {
             }
             let _ = self.unreachable.send(addr);
         }
+    }
+
+    /// Pauses or resumes probing (`dispatcher.ping_active`); `None` only
+    /// reads. Returns whether probing runs.
+    pub fn ping_active(&self, active: Option<bool>) -> bool {
+        if let Some(a) = active {
+            self.probing_active.store(a, Ordering::Relaxed);
+            tracing::info!("probing {}", if a { "resumed" } else { "paused" });
+        }
+        self.probing_active.load(Ordering::Relaxed)
+    }
+
+    /// Ready for traffic: the first probe round has been sent and answered
+    /// in time, and some node takes new calls. `Err` says why not.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.first_round_done.load(Ordering::Relaxed) {
+            return Err("the first probe round has not finished".into());
+        }
+        if !(0..self.dispatcher.len()).any(|i| self.dispatcher.accepts_new_calls(i)) {
+            return Err("no destination is active".into());
+        }
+        Ok(())
     }
 
     /// Counts a request sipedge answered with a final error itself; only

@@ -5,6 +5,7 @@
 //! answer, and this task reports the probes that ran out of `timeout`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -58,23 +59,33 @@ impl Proxy {
                     }
                 }
                 () = self.probe_now.notified() => {
+                    let paused = !self.probing_active.load(Ordering::Relaxed);
                     let urgent = self
                         .urgent_probes
                         .lock()
                         .map(|mut u| std::mem::take(&mut *u))
                         .unwrap_or_default();
-                    for node in urgent {
+                    for node in urgent.into_iter().filter(|_| !paused) {
                         self.probe(node, &mut pending, &mut cseq, timeout);
                     }
                 }
                 _ = tick.tick() => {
+                    if !self.probing_active.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     for node in 0..self.dispatcher.len() {
                         if self.dispatcher.should_probe(node) {
                             self.probe(node, &mut pending, &mut cseq, timeout);
                         }
                     }
-                    self.first_round_done
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    // Ready once this round's answers had their time.
+                    if !self.first_round_done.load(Ordering::Relaxed) {
+                        let p = self.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(timeout).await;
+                            p.first_round_done.store(true, Ordering::Relaxed);
+                        });
+                    }
                 }
             }
         }
