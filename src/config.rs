@@ -338,6 +338,9 @@ pub struct Destination {
     /// starts active and probed.
     #[serde(skip, default = "default_list_flags")]
     pub list_flags: u32,
+    /// The dispatcher.list attributes column, shown by `dispatcher.list`.
+    #[serde(skip)]
+    pub attrs: Option<crate::dispatcher::list::Attrs>,
 }
 
 fn default_list_flags() -> u32 {
@@ -353,6 +356,7 @@ impl Destination {
             weight: None,
             ping_from: None,
             list_flags: default_list_flags(),
+            attrs: None,
         }
     }
 }
@@ -565,6 +569,7 @@ impl Config {
                 weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
                 ping_from: e.attrs.ping_from().map(str::to_owned),
                 list_flags: e.flags.bits(),
+                attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
             });
         }
         self.dispatcher.destinations = destinations;

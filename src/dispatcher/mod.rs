@@ -83,6 +83,8 @@ struct Node {
     health: SharedHealth,
     /// From URI of this node's probes, when it has its own.
     ping_from: Option<String>,
+    /// Its dispatcher.list attributes, if it came from one.
+    attrs: Option<list::Attrs>,
 }
 
 /// The destination set and its selection algorithm. `Send + Sync`; share it
@@ -139,6 +141,7 @@ impl Dispatcher {
                         Status::from_list_flags(dest.list_flags),
                     )),
                     ping_from: dest.ping_from.clone(),
+                    attrs: dest.attrs.clone(),
                 }),
                 Host::Name(_) => Err(DispatcherError::HostName {
                     index,
@@ -330,6 +333,14 @@ impl Dispatcher {
     /// If `i >= len()`.
     pub fn ping_from(&self, i: usize) -> Option<&str> {
         self.nodes[i].ping_from.as_deref()
+    }
+
+    /// Node `i`'s dispatcher.list attributes, if it came from one.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn attrs(&self, i: usize) -> Option<&list::Attrs> {
+        self.nodes[i].attrs.as_ref()
     }
 
     /// Whether new calls may go to node `i` (active or trying).
