@@ -80,7 +80,9 @@ struct Node {
     priority: i32,
     /// Probe and call outcomes; a lock-free read says whether new calls
     /// may go here.
-    health: SharedHealth,
+    /// Shared with the same node in the pool a reload replaces, so its
+    /// state and a probe in flight carry over.
+    health: std::sync::Arc<SharedHealth>,
     /// From URI of this node's probes, when it has its own.
     ping_from: Option<String>,
     /// Its dispatcher.list attributes, if it came from one.
@@ -120,6 +122,18 @@ impl Dispatcher {
         cfg: &config::Dispatcher,
         health: &HealthConfig,
     ) -> Result<Dispatcher, DispatcherError> {
+        Dispatcher::reloaded(cfg, health, None)
+    }
+
+    /// The pool after `dispatcher.reload`: a destination that was in
+    /// `previous` (same URI) keeps its health (state, probing flag, streaks)
+    /// rather than the list file's initial flags; new ones start from their
+    /// flags.
+    pub fn reloaded(
+        cfg: &config::Dispatcher,
+        health: &HealthConfig,
+        previous: Option<&Dispatcher>,
+    ) -> Result<Dispatcher, DispatcherError> {
         let count = cfg.destinations.len();
         if count > MAX_DESTINATIONS {
             return Err(DispatcherError::TooManyDestinations {
@@ -136,10 +150,20 @@ impl Dispatcher {
                     addr: canonical(SocketAddr::new(*ip, dest.uri.port_or_default())),
                     uri: dest.uri.to_string(),
                     priority: dest.priority,
-                    health: SharedHealth::new(health::Health::new(
-                        *health,
-                        Status::from_list_flags(dest.list_flags),
-                    )),
+                    health: previous
+                        .and_then(|p| {
+                            let uri = dest.uri.to_string();
+                            p.nodes.iter().find(|n| n.uri == uri)
+                        })
+                        .map_or_else(
+                            || {
+                                std::sync::Arc::new(SharedHealth::new(health::Health::new(
+                                    *health,
+                                    Status::from_list_flags(dest.list_flags),
+                                )))
+                            },
+                            |n| n.health.clone(),
+                        ),
                     ping_from: dest.ping_from.clone(),
                     attrs: dest.attrs.clone(),
                 }),

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{sleep_until, Duration, Instant};
 
-use super::{with_editor, Proxy, ServerInvite};
+use super::{with_editor, Pool, Proxy, ServerInvite};
 use crate::dialog::Removal;
 use crate::dispatcher::health::Failure;
 use crate::dispatcher::Plan;
@@ -58,6 +58,9 @@ enum Attempt {
 /// A new INVITE as started on the receive path, handed to its task: the
 /// rest of the plan, the reply channel and the first try already sent.
 pub(super) struct Started {
+    /// The pool this INVITE was planned on: its node indices stay valid
+    /// whatever a reload does meanwhile.
+    pool: Arc<Pool>,
     plan: Plan,
     tx: mpsc::Sender<Bytes>,
     replies: Replies,
@@ -78,11 +81,13 @@ impl Proxy {
         src: SocketAddr,
         server: &ServerInvite,
     ) -> Started {
+        let pool = self.pool();
         self.calls_deciding.fetch_add(1, Ordering::Relaxed);
         self.answer(msg, src, server, 100, b"Trying");
         let (tx, rx) = mpsc::channel(32);
         let mut started = Started {
-            plan: self.dispatcher.plan(msg.call_id().unwrap_or_default()),
+            plan: pool.plan(msg.call_id().unwrap_or_default()),
+            pool,
             tx,
             // Subscribed before the first send: its ICMP error must not be
             // missed.
@@ -114,15 +119,16 @@ impl Proxy {
             if server.cancel.is_cancelled() {
                 return None;
             }
-            let addr = self.dispatcher.addr(node);
+            let addr = st.pool.addr(node);
             let branch = self.branches.next();
-            let invite = self.invite_for(msg, src, &branch, node, st.pop_route)?;
+            let rr = st.pool.record_routes.get(node).map(|r| &**r);
+            let invite = self.invite_for(msg, src, &branch, rr, st.pop_route)?;
             self.txns.insert(&branch, ClientTxn::Invite(st.tx.clone()));
             st.branches.push(branch);
             self.pin(call_id, addr);
             if self.send(&invite, addr).is_err() {
                 self.metrics.failover(FailoverReason::Transport);
-                self.call_failed(node, Failure::TransportError);
+                self.call_failed(&st.pool, node, Failure::TransportError);
                 continue;
             }
             return Some(Leg {
@@ -152,7 +158,10 @@ impl Proxy {
         let mut decided = false;
         let mut leg = st.first.take();
         while let Some(l) = leg {
-            match self.attempt(&msg, src, &server, &l, &mut st.replies).await {
+            match self
+                .attempt(&msg, src, &server, &l, &mut st.replies, &st.pool)
+                .await
+            {
                 Attempt::Failover => {
                     tracing::info!(node = %l.addr, "INVITE failed over");
                     leg = self.next_leg(&msg, src, &server, &mut st);
@@ -194,6 +203,7 @@ impl Proxy {
         server: &ServerInvite,
         leg: &Leg,
         replies: &mut Replies,
+        pool: &Pool,
     ) -> Attempt {
         let (branch, addr) = (&*leg.branch, leg.addr);
         // Timer A (RFC 3261 §17.1.1.2): resend to a silent node at T1,
@@ -252,8 +262,8 @@ impl Proxy {
                         self.send_hop(msg, Method::Cancel, branch, None, addr);
                     }
                     self.metrics.failover(FailoverReason::Timeout);
-                    if let Some(i) = self.dispatcher.find(addr) {
-                        self.call_failed(i, Failure::Timeout(fr));
+                    if let Some(i) = pool.find(addr) {
+                        self.call_failed(pool, i, Failure::Timeout(fr));
                     }
                     return Attempt::Failover;
                 }
@@ -312,11 +322,11 @@ impl Proxy {
         msg: &Message<'_>,
         src: SocketAddr,
         branch: &str,
-        node: usize,
+        record_route: Option<&[u8]>,
         pop_route: bool,
     ) -> Option<Bytes> {
         with_editor(|ed| {
-            self.forward_edit(ed, msg, src, branch, Some(node), pop_route)
+            self.forward_edit(ed, msg, src, branch, record_route, pop_route)
                 .ok()
                 .map(Bytes::copy_from_slice)
         })

@@ -10,6 +10,7 @@
 //! - `rescue`: error -> status code and counter.
 
 mod invite;
+mod pool;
 mod probe;
 mod request;
 mod rescue;
@@ -26,10 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dialog::Dialogs;
-use crate::dispatcher::{Dispatcher, DispatcherError};
+use crate::dispatcher::DispatcherError;
 use crate::sip::{Message, Response, Rport, Via};
 use crate::transaction::{BranchGen, ClientTxns, Resends, LINGER};
 use crate::transport::{Egress, RecvBatch, SipSocket};
+pub use pool::{Pool, ReloadError};
 
 /// The server side of an INVITE from the trunk: its CANCEL signal and the
 /// last answer sent, repeated when the trunk retransmits the INVITE.
@@ -74,13 +76,14 @@ pub struct Proxy {
     sent_by: String,
     /// `SIP/2.0/UDP <sent_by>;branch=`: our Via up to the branch value.
     via_prefix: Box<[u8]>,
-    /// Our Record-Route for each node, with its hint (by node index).
-    record_routes: Vec<Box<[u8]>>,
     /// Retransmission schedule of forwarded requests.
     resends: Resends,
     adv_host: String,
     adv_port: u16,
-    dispatcher: Dispatcher,
+    /// The destinations in force; replaced by a reload.
+    pool: arc_swap::ArcSwap<Pool>,
+    config_path: Mutex<Option<std::path::PathBuf>>,
+    reload_lock: Mutex<()>,
     dialogs: Arc<Dialogs>,
     txns: ClientTxns,
     /// Server INVITE transactions from the trunk, by its top Via branch.
@@ -98,10 +101,9 @@ pub struct Proxy {
     /// tasks waiting on them.
     unreachable: tokio::sync::broadcast::Sender<SocketAddr>,
     metrics: crate::metrics::Metrics,
-    /// Per-node series, by dispatcher index.
-    node_metrics: Vec<crate::metrics::DestinationMetrics>,
-    /// Nodes a failed call wants probed at once, and the prober's wake-up.
-    urgent_probes: Mutex<Vec<usize>>,
+    /// Nodes a failed call wants probed at once (pool generation, index),
+    /// and the prober's wake-up.
+    urgent_probes: Mutex<Vec<(u64, usize)>>,
     probe_now: tokio::sync::Notify,
     /// The prober has sent its first round (readiness).
     first_round_done: AtomicBool,
@@ -125,27 +127,18 @@ impl Proxy {
             0 => first.port(),
             p => p,
         };
-        let dispatcher = Dispatcher::with_health(&cfg.dispatcher, &health_config(&cfg.probe)?)?;
         let metrics = crate::metrics::Metrics::new()?;
-        let node_metrics = (0..dispatcher.len())
-            .map(|i| metrics.register_destination(cfg.dispatcher.set, dispatcher.uri(i)))
-            .collect::<Result<Vec<_>, _>>()?;
         let sent_by = format!("{adv_host}:{adv_port}");
-        let record_routes = (0..dispatcher.len())
-            .map(|i| {
-                format!("<sip:{sent_by};lr;node={}>", dispatcher.addr(i))
-                    .into_bytes()
-                    .into()
-            })
-            .collect();
+        let pool = Pool::build(&cfg, &sent_by, &metrics, None, 0)?;
         Ok(Arc::new(Proxy {
             via_prefix: format!("SIP/2.0/UDP {sent_by};branch=").into_bytes().into(),
-            record_routes,
+            pool: arc_swap::ArcSwap::from_pointee(pool),
+            config_path: Mutex::new(None),
+            reload_lock: Mutex::new(()),
             resends: Resends::default(),
             sent_by,
             adv_host,
             adv_port,
-            dispatcher,
             dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
             txns: ClientTxns::default(),
             invites: Default::default(),
@@ -156,7 +149,6 @@ impl Proxy {
             calls_deciding: Default::default(),
             unreachable: tokio::sync::broadcast::channel(64).0,
             metrics,
-            node_metrics,
             urgent_probes: Mutex::new(Vec::new()),
             probe_now: tokio::sync::Notify::new(),
             first_round_done: AtomicBool::new(false),
@@ -167,10 +159,6 @@ impl Proxy {
 
     pub fn dialogs(&self) -> &Dialogs {
         &self.dialogs
-    }
-
-    pub fn dispatcher(&self) -> &Dispatcher {
-        &self.dispatcher
     }
 
     /// New INVITEs get 503 from now on; calls in progress go on.
@@ -289,8 +277,9 @@ impl Proxy {
     fn on_unreachable(&self, dead: &mut Vec<SocketAddr>) {
         for addr in dead.drain(..) {
             tracing::debug!(%addr, "ICMP: destination unreachable");
-            if let Some(i) = self.dispatcher.find(addr) {
-                self.call_failed(i, crate::dispatcher::health::Failure::TransportError);
+            let pool = self.pool();
+            if let Some(i) = pool.find(addr) {
+                self.call_failed(&pool, i, crate::dispatcher::health::Failure::TransportError);
             }
             let _ = self.unreachable.send(addr);
         }
@@ -312,7 +301,8 @@ impl Proxy {
         if !self.first_round_done.load(Ordering::Relaxed) {
             return Err("the first probe round has not finished".into());
         }
-        if !(0..self.dispatcher.len()).any(|i| self.dispatcher.accepts_new_calls(i)) {
+        let pool = self.pool();
+        if !(0..pool.len()).any(|i| pool.accepts_new_calls(i)) {
             return Err("no destination is active".into());
         }
         Ok(())
@@ -330,8 +320,9 @@ impl Proxy {
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         use crate::dispatcher::health::State;
         use crate::metrics::DestState;
-        for (i, m) in self.node_metrics.iter().enumerate() {
-            m.set_state(match self.dispatcher.status(i).state {
+        let pool = self.pool();
+        for (i, m) in pool.node_metrics.iter().enumerate() {
+            m.set_state(match pool.status(i).state {
                 State::Active => DestState::Active,
                 State::Trying => DestState::Trying,
                 State::Inactive => DestState::Inactive,
@@ -346,11 +337,12 @@ impl Proxy {
 
     /// A call failed on node `i`: feeds its health, and asks the prober to
     /// check it now when the health says so.
-    fn call_failed(&self, i: usize, failure: crate::dispatcher::health::Failure) {
-        if self.dispatcher.call_failed(i, failure) {
+    fn call_failed(&self, pool: &Pool, i: usize, failure: crate::dispatcher::health::Failure) {
+        if pool.call_failed(i, failure) {
             if let Ok(mut urgent) = self.urgent_probes.lock() {
-                if !urgent.contains(&i) {
-                    urgent.push(i);
+                let key = (pool.generation, i);
+                if !urgent.contains(&key) {
+                    urgent.push(key);
                 }
             }
             self.probe_now.notify_one();

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::Proxy;
+use super::{Pool, Proxy};
 use crate::dispatcher::health::ProbeResult;
 use crate::metrics;
 use crate::sip::{Method, OptionsRequest};
@@ -22,6 +22,8 @@ use crate::transaction::{ClientTxn, Token};
 struct Pending {
     deadline: Instant,
     branch: Token,
+    /// The pool the probe was sent from: `node` indexes it.
+    pool: Arc<Pool>,
     node: usize,
 }
 
@@ -53,8 +55,8 @@ impl Proxy {
                         let Some(p) = pending.pop_front() else { break };
                         // Still there: no final answer came.
                         if self.txns.remove(p.branch.as_bytes()).is_some() {
-                            self.dispatcher.probed(p.node, ProbeResult::Timeout(timeout));
-                            self.probe_metric(p.node, metrics::ProbeResult::Timeout, None);
+                            p.pool.probed(p.node, ProbeResult::Timeout(timeout));
+                            probe_metric(&p.pool, p.node, metrics::ProbeResult::Timeout, None);
                         }
                     }
                 }
@@ -65,17 +67,23 @@ impl Proxy {
                         .lock()
                         .map(|mut u| std::mem::take(&mut *u))
                         .unwrap_or_default();
-                    for node in urgent.into_iter().filter(|_| !paused) {
-                        self.probe(node, &mut pending, &mut cseq, timeout);
+                    let pool = self.pool();
+                    // Indices from before a reload mean nothing now.
+                    for (_, node) in urgent
+                        .into_iter()
+                        .filter(|&(generation, _)| !paused && generation == pool.generation)
+                    {
+                        self.probe(&pool, node, &mut pending, &mut cseq, timeout);
                     }
                 }
                 _ = tick.tick() => {
                     if !self.probing_active.load(Ordering::Relaxed) {
                         continue;
                     }
-                    for node in 0..self.dispatcher.len() {
-                        if self.dispatcher.should_probe(node) {
-                            self.probe(node, &mut pending, &mut cseq, timeout);
+                    let pool = self.pool();
+                    for node in 0..pool.len() {
+                        if pool.should_probe(node) {
+                            self.probe(&pool, node, &mut pending, &mut cseq, timeout);
                         }
                     }
                     // Ready once this round's answers had their time.
@@ -94,6 +102,7 @@ impl Proxy {
     /// Sends one probe to `node`, unless one is still out.
     fn probe(
         &self,
+        pool: &Arc<Pool>,
         node: usize,
         pending: &mut VecDeque<Pending>,
         cseq: &mut u32,
@@ -108,9 +117,8 @@ impl Proxy {
         let branch = self.branches.next();
         let tag = self.branches.tag();
         *cseq = cseq.wrapping_add(1);
-        let target = self.dispatcher.uri(node);
-        let from = self
-            .dispatcher
+        let target = pool.uri(node);
+        let from = pool
             .ping_from(node)
             .map(str::to_owned)
             .unwrap_or_else(|| self.cfg.probe.ping_from_or(&self.cfg.listen.advertise));
@@ -131,26 +139,39 @@ impl Proxy {
         }
         .write(&mut buf);
         let now = Instant::now();
-        self.txns
-            .insert(&branch, ClientTxn::Probe { node, sent: now });
-        if self.send(&buf, self.dispatcher.addr(node)).is_err() {
+        let generation = pool.generation;
+        self.txns.insert(
+            &branch,
+            ClientTxn::Probe {
+                node,
+                generation,
+                sent: now,
+            },
+        );
+        if self.send(&buf, pool.addr(node)).is_err() {
             self.txns.remove(branch.as_bytes());
-            self.dispatcher.probed(node, ProbeResult::TransportError);
-            self.probe_metric(node, metrics::ProbeResult::TransportError, None);
+            pool.probed(node, ProbeResult::TransportError);
+            probe_metric(pool, node, metrics::ProbeResult::TransportError, None);
             return;
         }
         pending.push_back(Pending {
             deadline: now + timeout,
             branch,
+            pool: pool.clone(),
             node,
         });
     }
 
     /// The response path saw the final answer to a probe of `node`.
-    pub(super) fn probe_answered(&self, node: usize, sent: Instant, code: u16) {
+    pub(super) fn probe_answered(&self, node: usize, generation: u64, sent: Instant, code: u16) {
         let rtt = sent.elapsed();
         tracing::trace!(node, code, ?rtt, "probe answered");
-        self.dispatcher.probed(node, ProbeResult::Reply(code));
+        let pool = self.pool();
+        if pool.generation != generation {
+            // Sent before a reload: the index may name another node now.
+            return;
+        }
+        pool.probed(node, ProbeResult::Reply(code));
         // 2xx always counts (Kamailio: reply codes only add to it).
         let alive = code / 100 == 2 || self.cfg.probe.reply_codes.iter().any(|c| c.matches(code));
         let result = if alive {
@@ -158,17 +179,17 @@ impl Proxy {
         } else {
             metrics::ProbeResult::BadCode
         };
-        self.probe_metric(node, result, Some(rtt));
+        probe_metric(&pool, node, result, Some(rtt));
     }
+}
 
-    fn probe_metric(
-        &self,
-        node: usize,
-        result: metrics::ProbeResult,
-        rtt: Option<std::time::Duration>,
-    ) {
-        if let Some(m) = self.node_metrics.get(node) {
-            m.probe(result, rtt);
-        }
+fn probe_metric(
+    pool: &Pool,
+    node: usize,
+    result: metrics::ProbeResult,
+    rtt: Option<std::time::Duration>,
+) {
+    if let Some(m) = pool.node_metrics.get(node) {
+        m.probe(result, rtt);
     }
 }

@@ -11,7 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{with_editor, Proxy, ServerInvite};
+use super::{with_editor, Pool, Proxy, ServerInvite};
 use crate::dialog::Pin;
 use crate::metrics::RejectReason;
 use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
@@ -45,10 +45,10 @@ pub(super) fn server_key(msg: &Message<'_>) -> Option<Box<[u8]>> {
 }
 
 /// How a request is sent on.
-struct Forward {
+struct Forward<'p> {
     to: SocketAddr,
-    /// Add our Record-Route with this node (index) as the hint.
-    record_route: Option<usize>,
+    /// Add this Record-Route of ours (with the node hint).
+    record_route: Option<&'p [u8]>,
     /// The first Route is ours: consume it.
     pop_route: bool,
     repin: Option<SocketAddr>,
@@ -83,26 +83,24 @@ impl Proxy {
         if method == Method::Cancel {
             return self.on_cancel(msg, src);
         }
-        let from_node = self.dispatcher.find(src);
+        // One snapshot of the pool for the whole request.
+        let pool = self.pool();
+        let from_node = pool.find(src);
         let in_dialog = msg.to_tag().ok().flatten().is_some();
         if in_dialog {
-            return self.in_dialog(msg, src, from_node);
+            return self.in_dialog(&pool, msg, src, from_node);
         }
         if let Some(node) = from_node {
-            return self.egress(msg, src, node);
+            return self.egress(&pool, msg, src, node);
         }
         if method == Method::Invite {
             return self.new_invite(msg, src);
         }
         // Other out-of-dialog requests only ever go to the pool: sipedge is
         // not an open relay.
-        match self
-            .dispatcher
-            .plan(msg.call_id().unwrap_or_default())
-            .next()
-        {
+        match pool.plan(msg.call_id().unwrap_or_default()).next() {
             Some(i) => {
-                let to = self.dispatcher.addr(i);
+                let to = pool.addr(i);
                 self.forward(
                     msg,
                     src,
@@ -179,11 +177,11 @@ impl Proxy {
     }
 
     /// A request from a pool member starting a call to the outside.
-    fn egress(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr, node: usize) {
+    fn egress(self: &Arc<Self>, pool: &Pool, msg: &Message<'_>, src: SocketAddr, node: usize) {
         let Some(to) = msg.request_uri().ok().as_ref().and_then(uri_addr) else {
             return self.reply(msg, src, 404, b"Not Found");
         };
-        let node_addr = self.dispatcher.addr(node);
+        let node_addr = pool.addr(node);
         if msg.method() == Some(Method::Invite) {
             self.pin(msg.call_id().unwrap_or_default(), node_addr);
         }
@@ -192,14 +190,20 @@ impl Proxy {
             src,
             Forward {
                 to,
-                record_route: Some(node),
+                record_route: pool.record_routes.get(node).map(|r| &**r),
                 pop_route: self.first_route_is_me(msg),
                 repin: None,
             },
         );
     }
 
-    fn in_dialog(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr, from_node: Option<usize>) {
+    fn in_dialog(
+        self: &Arc<Self>,
+        pool: &Pool,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        from_node: Option<usize>,
+    ) {
         let call_id = msg.call_id().unwrap_or_default();
         let route = msg
             .first_route()
@@ -213,12 +217,12 @@ impl Proxy {
                 let hint = route
                     .and_then(|r| r.uri.param(b"node").flatten())
                     .and_then(|h| std::str::from_utf8(h).ok()?.parse::<SocketAddr>().ok())
-                    .filter(|a| self.dispatcher.find(*a).is_some());
+                    .filter(|a| pool.find(*a).is_some());
                 let ruri = msg.request_uri().ok().as_ref().and_then(uri_addr);
                 self.dialogs
                     .get(call_id)
                     .or(hint)
-                    .or(ruri.filter(|a| self.dispatcher.find(*a).is_some()))
+                    .or(ruri.filter(|a| pool.find(*a).is_some()))
             }
             Some(_) => {
                 // From a node: loose-route towards the trunk, the next
@@ -242,7 +246,7 @@ impl Proxy {
         // A node other than the pinned one speaking for the call is taking
         // it over (sofia recover): its 2xx re-pins the call.
         let repin = from_node
-            .map(|n| self.dispatcher.addr(n))
+            .map(|n| pool.addr(n))
             .filter(|a| self.dialogs.get(call_id).is_some_and(|p| p != *a));
         self.forward(
             msg,
@@ -258,7 +262,7 @@ impl Proxy {
 
     /// Forwards statefully (responses relayed through a transaction; ACK
     /// statelessly).
-    fn forward(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr, f: Forward) {
+    fn forward(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr, f: Forward<'_>) {
         // RFC 3261 §16.11: a retransmitted request must go out with the same
         // branch, so the node's transaction absorbs it; derive ours from the
         // sender's RFC 3261 branch and address.
@@ -297,14 +301,14 @@ impl Proxy {
         msg: &Message<'_>,
         src: SocketAddr,
         branch: &str,
-        record_route: Option<usize>,
+        record_route: Option<&[u8]>,
         pop_route: bool,
     ) -> Result<&'e [u8], SipError> {
         let mut e = ed.edit(msg);
         e.set_received(src)?;
         e.decrement_max_forwards()?;
         e.insert_via_parts(&[&self.via_prefix, branch.as_bytes(), b";rport"]);
-        if let Some(rr) = record_route.and_then(|n| self.record_routes.get(n)) {
+        if let Some(rr) = record_route {
             e.insert_record_route(rr);
         }
         if pop_route {
@@ -315,7 +319,7 @@ impl Proxy {
 
     /// Registers the client transaction (not for ACK), schedules its
     /// retransmission and sends.
-    fn send_forwarded(&self, msg: &Message<'_>, out: &[u8], branch: Token, f: &Forward) {
+    fn send_forwarded(&self, msg: &Message<'_>, out: &[u8], branch: Token, f: &Forward<'_>) {
         let method = msg.method();
         if method != Some(Method::Ack) {
             let now = tokio::time::Instant::now();

@@ -26,15 +26,21 @@ impl Proxy {
         {
             // Only a final answer ends a probe (a 100 may come first).
             if status >= 200 {
-                if let Some(ClientTxn::Probe { node, sent }) = self.txns.remove(branch) {
-                    self.probe_answered(node, sent, status);
+                if let Some(ClientTxn::Probe {
+                    node,
+                    generation,
+                    sent,
+                }) = self.txns.remove(branch)
+                {
+                    self.probe_answered(node, generation, sent, status);
                 }
             }
             return;
         }
-        if let Some(i) = self.dispatcher.find(src) {
+        let pool = self.pool();
+        if let Some(i) = pool.find(src) {
             // Any answer to a call shows the node's SIP stack is there.
-            self.dispatcher.call_reply(i, status);
+            pool.call_reply(i, status);
         }
         enum Action {
             Task,

@@ -167,7 +167,12 @@ pub enum ClientTxn {
     Decided { at: Instant },
     /// A health probe (OPTIONS) of dispatcher node `node`, sent at `sent`.
     /// The prober removes it when `[probe] timeout` runs out.
-    Probe { node: usize, sent: Instant },
+    Probe {
+        node: usize,
+        /// The pool generation `node` indexes.
+        generation: u64,
+        sent: Instant,
+    },
 }
 
 #[derive(Debug)]

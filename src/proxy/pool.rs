@@ -1,0 +1,138 @@
+//! The destinations in force, swapped as a whole by `dispatcher.reload`
+//! (or SIGHUP). Each message is handled against one snapshot, and a new
+//! INVITE keeps its snapshot until it is decided, so node indices never
+//! point into a different pool halfway; a node that stays across a reload
+//! shares its health with the new pool.
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{health_config, Proxy, ProxyError};
+use crate::config::{self, Config};
+use crate::dispatcher::Dispatcher;
+use crate::metrics::{DestinationMetrics, Metrics};
+
+/// One generation of the pool.
+pub struct Pool {
+    pub dispatcher: Dispatcher,
+    /// Our Record-Route for each node, with its hint (by node index).
+    pub(super) record_routes: Vec<Box<[u8]>>,
+    /// Per-node series, by node index.
+    pub(super) node_metrics: Vec<DestinationMetrics>,
+    /// Counts reloads: a probe answered after one is not recorded into a
+    /// node that now has another index.
+    pub(super) generation: u64,
+}
+
+impl Deref for Pool {
+    type Target = Dispatcher;
+    fn deref(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+}
+
+impl Pool {
+    /// Builds generation `generation` from `[dispatcher]`; nodes also in
+    /// `previous` keep their health.
+    pub(super) fn build(
+        cfg: &Config,
+        sent_by: &str,
+        metrics: &Metrics,
+        previous: Option<&Pool>,
+        generation: u64,
+    ) -> Result<Pool, ProxyError> {
+        let dispatcher = Dispatcher::reloaded(
+            &cfg.dispatcher,
+            &health_config(&cfg.probe)?,
+            previous.map(|p| &p.dispatcher),
+        )?;
+        let node_metrics = (0..dispatcher.len())
+            .map(|i| metrics.register_destination(cfg.dispatcher.set, dispatcher.uri(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let record_routes = (0..dispatcher.len())
+            .map(|i| {
+                format!("<sip:{sent_by};lr;node={}>", dispatcher.addr(i))
+                    .into_bytes()
+                    .into()
+            })
+            .collect();
+        Ok(Pool {
+            dispatcher,
+            record_routes,
+            node_metrics,
+            generation,
+        })
+    }
+}
+
+/// Why a reload was refused; the pool in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("a reload is already in progress")]
+    InProgress,
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Pool(#[from] ProxyError),
+}
+
+impl Proxy {
+    /// The pool in force (a cheap snapshot).
+    pub fn pool(&self) -> Arc<Pool> {
+        self.pool.load_full()
+    }
+
+    /// The dispatcher in force (a snapshot that derefs to it).
+    pub fn dispatcher(&self) -> Arc<Pool> {
+        self.pool()
+    }
+
+    /// Where `dispatcher.reload` reads the destinations from: the config
+    /// file the proxy was started with (its `[dispatcher]` section and the
+    /// list file it names). Without one, reload re-reads the built-in
+    /// example.
+    pub fn set_config_path(&self, path: PathBuf) {
+        if let Ok(mut p) = self.config_path.lock() {
+            *p = Some(path);
+        }
+    }
+
+    /// `dispatcher.reload`: re-reads the destinations (the `[dispatcher]`
+    /// section and its list file) and swaps the pool. Nodes that stay keep
+    /// their state; calls in progress keep their node. Other settings need
+    /// a restart. Returns the number of destinations now in force.
+    pub fn reload(&self) -> Result<usize, ReloadError> {
+        let Ok(_one) = self.reload_lock.try_lock() else {
+            return Err(ReloadError::InProgress);
+        };
+        let path = self.config_path.lock().ok().and_then(|p| p.clone());
+        let cfg = match &path {
+            Some(path) => config::read_config(path)?,
+            None => config::from_toml(config::EXAMPLE_TOML, config::EXAMPLE_NAME)?,
+        };
+        let old = self.pool();
+        let new = Pool::build(
+            &cfg,
+            &self.sent_by,
+            &self.metrics,
+            Some(&old),
+            old.generation + 1,
+        )?;
+        let count = new.len();
+        // Series of nodes that left the pool go with them.
+        for (i, m) in old.node_metrics.iter().enumerate() {
+            if new.find(old.addr(i)).is_none() {
+                self.metrics.remove_destination(m.clone());
+            }
+        }
+        self.pool.store(Arc::new(new));
+        tracing::info!(
+            destinations = count,
+            "dispatcher reloaded from {}",
+            path.as_ref()
+                .map_or(config::EXAMPLE_NAME.to_owned(), |p| p.display().to_string())
+        );
+        Ok(count)
+    }
+}
