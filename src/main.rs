@@ -67,7 +67,7 @@ fn main() -> ExitCode {
                 Ok(config) => {
                     println!("config          {name}");
                     println!("{config}");
-                    run(&name, &config)
+                    run(&name, &config, cli.config.clone())
                 }
                 Err(err) => bad_config(&err),
             }
@@ -81,7 +81,7 @@ const EXIT_START_FAILED: u8 = 1;
 /// How long a shutdown waits for INVITEs in progress before cancelling.
 const DRAIN: Duration = Duration::from_secs(10);
 
-fn run(name: &str, config: &Config) -> ExitCode {
+fn run(name: &str, config: &Config, path: Option<PathBuf>) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -103,10 +103,10 @@ fn run(name: &str, config: &Config) -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    runtime.block_on(serve(name, config.clone()))
+    runtime.block_on(serve(name, config.clone(), path))
 }
 
-async fn serve(name: &str, config: Config) -> ExitCode {
+async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
     let mut sockets = Vec::new();
     for addr in &config.listen.udp {
         let options = UdpOptions {
@@ -129,12 +129,16 @@ async fn serve(name: &str, config: Config) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if let Ok(addr) = proxy.local_addr() {
+    if let Some(path) = path {
+        proxy.set_config_path(path);
+    }
+    for addr in proxy.local_addrs() {
         // Parseable by scripts and tests that start the binary on port 0.
         println!("listening on udp:{addr}");
     }
     let cancel = CancellationToken::new();
     let server = tokio::spawn(proxy.clone().run(cancel.clone()));
+    tokio::spawn(reload_on_sighup(proxy.clone()));
     shutdown_signal().await;
     tracing::info!("shutting down: new INVITEs get 503, draining calls in progress");
     proxy.begin_shutdown();
@@ -142,6 +146,30 @@ async fn serve(name: &str, config: Config) -> ExitCode {
     cancel.cancel();
     let _ = server.await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP does what `dispatcher.reload` does: re-read the destinations.
+async fn reload_on_sighup(proxy: std::sync::Arc<Proxy>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let p = proxy.clone();
+            // It reads files: off the SIP workers.
+            match tokio::task::spawn_blocking(move || p.reload()).await {
+                Ok(Ok(n)) => tracing::info!("SIGHUP: {n} destinations in force"),
+                Ok(Err(e)) => tracing::warn!("SIGHUP: reload refused, pool unchanged: {e}"),
+                Err(e) => tracing::warn!("SIGHUP: reload failed: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = proxy;
+    }
 }
 
 async fn shutdown_signal() {
