@@ -23,6 +23,8 @@ pub struct Pool {
     /// Counts reloads: a probe answered after one is not recorded into a
     /// node that now has another index.
     pub(super) generation: u64,
+    /// The destination set id (`[dispatcher] set`).
+    pub set: u32,
 }
 
 impl Deref for Pool {
@@ -62,6 +64,7 @@ impl Pool {
             record_routes,
             node_metrics,
             generation,
+            set: cfg.dispatcher.set,
         })
     }
 }
