@@ -105,6 +105,8 @@ pub struct Dialogs {
     removed_bye: AtomicU64,
     removed_failed: AtomicU64,
     rejected_full: AtomicU64,
+    /// Dialogs pinned to each node: what a drain waits to reach zero.
+    per_node: crate::FastMap<SocketAddr, usize>,
 }
 
 impl Dialogs {
@@ -123,6 +125,22 @@ impl Dialogs {
             removed_bye: AtomicU64::new(0),
             removed_failed: AtomicU64::new(0),
             rejected_full: AtomicU64::new(0),
+            per_node: Default::default(),
+        }
+    }
+
+    /// How many dialogs are pinned to `node` now.
+    pub fn pinned_to(&self, node: SocketAddr) -> usize {
+        self.per_node.get(&node).map_or(0, |n| *n)
+    }
+
+    fn node_gained(&self, node: SocketAddr) {
+        *self.per_node.entry(node).or_insert(0) += 1;
+    }
+
+    fn node_lost(&self, node: SocketAddr) {
+        if let Some(mut n) = self.per_node.get_mut(&node) {
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -157,6 +175,7 @@ impl Dialogs {
                     self.repin(key, dialog, node, deadline, seq)
                 }
                 Entry::Vacant(vacant) => {
+                    self.node_gained(node);
                     let earliest = self.schedule(None, (deadline, seq, vacant.key().clone()));
                     vacant.insert(Dialog {
                         node,
@@ -184,6 +203,10 @@ impl Dialogs {
         seq: u64,
     ) -> bool {
         let old = (dialog.deadline, dialog.seq);
+        if dialog.node != node {
+            self.node_lost(dialog.node);
+            self.node_gained(node);
+        }
         *dialog = Dialog {
             node,
             deadline,
@@ -224,6 +247,7 @@ impl Dialogs {
             return false;
         };
         self.count.fetch_sub(1, Relaxed);
+        self.node_lost(dialog.node);
         // Removing the deadline the expiry task sleeps for needs no wake-up:
         // it wakes, finds nothing due, and sleeps until the next one.
         self.deadlines().remove(&(dialog.deadline, dialog.seq, key));
@@ -297,11 +321,8 @@ impl Dialogs {
         let mut evicted = 0u64;
         for (_, seq, key) in due.drain(..) {
             // A pin since `take_due` gave the dialog a new seq and deadline.
-            if self
-                .map
-                .remove_if(&key, |_, dialog| dialog.seq == seq)
-                .is_some()
-            {
+            if let Some((_, dialog)) = self.map.remove_if(&key, |_, dialog| dialog.seq == seq) {
+                self.node_lost(dialog.node);
                 self.count.fetch_sub(1, Relaxed);
                 evicted += 1;
             }

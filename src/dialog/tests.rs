@@ -463,3 +463,37 @@ fn debug_shows_size_not_call_ids() {
     assert!(shown.contains("len: 1"), "{shown}");
     assert!(!shown.contains("secret"), "{shown}");
 }
+
+/// The per-node count (what a drain waits for) follows pins, re-pins,
+/// removals and TTL expiry.
+#[tokio::test(start_paused = true)]
+async fn dialogs_per_node_follow_every_change() {
+    let dialogs = table(100);
+    let (cancel, task) = start_expiry(&dialogs);
+    for i in 0..3 {
+        assert!(matches!(dialogs.pin(&call(i), node(1)), Pin::Pinned));
+    }
+    assert!(matches!(dialogs.pin(&call(3), node(2)), Pin::Pinned));
+    assert_eq!(
+        (dialogs.pinned_to(node(1)), dialogs.pinned_to(node(2))),
+        (3, 1)
+    );
+    // Same node again: no change; takeover by node 2: moves one.
+    dialogs.pin(&call(0), node(1));
+    dialogs.pin(&call(1), node(2));
+    assert_eq!(
+        (dialogs.pinned_to(node(1)), dialogs.pinned_to(node(2))),
+        (2, 2)
+    );
+    assert!(dialogs.remove(&call(2), Removal::Bye));
+    assert!(!dialogs.remove(&call(2), Removal::Bye));
+    assert_eq!(dialogs.pinned_to(node(1)), 1);
+    advance_settle(TTL + MS).await;
+    assert_eq!(
+        (dialogs.pinned_to(node(1)), dialogs.pinned_to(node(2))),
+        (0, 0)
+    );
+    assert_eq!(dialogs.pinned_to(node(9)), 0);
+    cancel.cancel();
+    task.await.unwrap();
+}

@@ -322,6 +322,7 @@ impl Proxy {
         use crate::metrics::DestState;
         let pool = self.pool();
         for (i, m) in pool.node_metrics.iter().enumerate() {
+            m.set_calls_active(self.dialogs.pinned_to(pool.addr(i)));
             m.set_state(match pool.status(i).state {
                 State::Active => DestState::Active,
                 State::Trying => DestState::Trying,
