@@ -23,11 +23,13 @@
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.
-//!
-//! Still to come (see `../shared/style.md`): `admin` (HTTP: `/metrics`,
-//! health, JSON-RPC).
+//! - [`admin`]: the admin HTTP listener (`/metrics`, `/health/live`,
+//!   `/health/ready`, JSON-RPC at `/RPC` with Kamailio's `dispatcher.*`
+//!   methods and result shapes) behind the [`admin::Backend`] trait, and
+//!   the `sipedge ctl` client.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod dialog;
 pub mod dispatcher;
