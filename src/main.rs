@@ -43,7 +43,35 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Talk to a running sipedge's admin listener (the kamcmd habits).
+    Ctl {
+        /// Admin URL, e.g. http://127.0.0.1:9090 (`[admin] listen`).
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
 }
+
+#[derive(Debug, Subcommand)]
+enum CtlAction {
+    /// dispatcher.list, as a table.
+    List,
+    /// dispatcher.set_state STATE SET URI|all, e.g. `d 1 sip:10.0.1.10:5080`
+    /// drains a node; STATE is a, i, t or d, optionally followed by p.
+    SetState {
+        state: String,
+        set: u32,
+        uri: String,
+    },
+    /// dispatcher.reload: re-read the destinations.
+    Reload,
+    /// dispatcher.ping_active: `on`, `off`, or nothing to read it.
+    PingActive { state: Option<String> },
+}
+
+/// Exit status of `ctl` when the command failed (connection or RPC fault).
+const EXIT_CTL_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -55,6 +83,7 @@ fn main() -> ExitCode {
             }
             Err(err) => bad_config(&err),
         },
+        Some(Command::Ctl { admin, action }) => ctl(&admin, action),
         None => {
             let (name, loaded) = match &cli.config {
                 Some(path) => (path.display().to_string(), config::read_config(path)),
@@ -122,6 +151,7 @@ async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
             }
         }
     }
+    let admin = config.admin.clone();
     let proxy = match Proxy::new(config, sockets) {
         Ok(p) => p,
         Err(e) => {
@@ -139,6 +169,24 @@ async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
     let cancel = CancellationToken::new();
     let server = tokio::spawn(proxy.clone().run(cancel.clone()));
     tokio::spawn(reload_on_sighup(proxy.clone()));
+    if let Some(admin) = &admin {
+        match tokio::net::TcpListener::bind(admin.listen).await {
+            Ok(listener) => {
+                if let Ok(addr) = listener.local_addr() {
+                    println!("listening on admin:http://{addr}");
+                }
+                let backend: std::sync::Arc<dyn sipedge::admin::Backend> = proxy.clone();
+                tokio::spawn(sipedge::admin::serve(listener, backend, cancel.clone()));
+            }
+            Err(e) => {
+                eprintln!(
+                    "sipedge: cannot bind the admin listener {}: {e}",
+                    admin.listen
+                );
+                return ExitCode::from(EXIT_START_FAILED);
+            }
+        }
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: new INVITEs get 503, draining calls in progress");
     proxy.begin_shutdown();
@@ -191,6 +239,59 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `sipedge ctl`: one JSON-RPC exchange with the admin listener.
+fn ctl(url: &str, action: CtlAction) -> ExitCode {
+    use sipedge::admin::ctl::{format_list, format_ping, Client};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sipedge ctl: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_CTL_FAILED);
+        }
+    };
+    let client = match Client::new(url) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sipedge ctl: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let out = runtime.block_on(async {
+        let text = |r: Result<String, sipedge::admin::ctl::CtlError>| r.map_err(|e| e.to_string());
+        match action {
+            CtlAction::List => text(client.list().await.map(|l| format_list(&l))),
+            CtlAction::SetState { state, set, uri } => {
+                text(client.set_state(&state, set, &uri).await)
+            }
+            CtlAction::Reload => text(client.reload().await),
+            CtlAction::PingActive { state } => {
+                let on = match state.as_deref() {
+                    None => None,
+                    Some("on" | "1") => Some(true),
+                    Some("off" | "0") => Some(false),
+                    Some(other) => {
+                        return Err(format!("ping-active: {other:?} is not on, off, 1 or 0"))
+                    }
+                };
+                text(client.ping_active(on).await.map(|p| format_ping(&p)))
+            }
+        }
+    });
+    match out {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sipedge ctl: {e}");
+            ExitCode::from(EXIT_CTL_FAILED)
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `response`: match a response to its client transaction and relay it.
 //! - `rescue`: error -> status code and counter.
 
+mod admin;
 mod invite;
 mod pool;
 mod probe;

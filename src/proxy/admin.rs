@@ -1,0 +1,85 @@
+//! The proxy as the admin interface sees it ([`crate::admin::Backend`]):
+//! metrics, readiness, the pool for `dispatcher.list`, and the operator's
+//! commands.
+
+use super::{Proxy, ReloadError};
+use crate::admin::{AttrsView, Backend, BackendError, DestinationView, Readiness, Target};
+use crate::dispatcher::health::SetState;
+
+impl Backend for Proxy {
+    fn metrics_text(&self) -> String {
+        self.metrics().encode()
+    }
+
+    fn ready(&self) -> Readiness {
+        match Proxy::ready(self) {
+            Ok(()) => {
+                let pool = self.pool();
+                let active = (0..pool.len())
+                    .filter(|&i| pool.accepts_new_calls(i))
+                    .count();
+                Readiness::ready(format!(
+                    "{active} of {} destinations take calls",
+                    pool.len()
+                ))
+            }
+            Err(why) => Readiness::not_ready(why),
+        }
+    }
+
+    fn destinations(&self) -> Vec<DestinationView> {
+        let pool = self.pool();
+        // Kamailio lists a set highest priority first (ties as loaded).
+        let mut order: Vec<usize> = (0..pool.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(pool.priority(i)));
+        order
+            .into_iter()
+            .map(|i| DestinationView {
+                set: pool.set,
+                uri: pool.uri(i).to_owned(),
+                status: pool.status(i),
+                priority: pool.priority(i),
+                attrs: pool.attrs(i).and_then(|a| a.rpc()).map(AttrsView::from),
+            })
+            .collect()
+    }
+
+    fn set_state(&self, set: u32, target: &Target, state: SetState) -> Result<usize, BackendError> {
+        let pool = self.pool();
+        if set != pool.set || pool.is_empty() {
+            return Err(BackendError::UnknownSet(set));
+        }
+        let targets: Vec<usize> = match target {
+            Target::All => (0..pool.len()).collect(),
+            Target::Uri(uri) => {
+                let i = (0..pool.len())
+                    .find(|&i| pool.uri(i).eq_ignore_ascii_case(uri))
+                    .ok_or_else(|| BackendError::UnknownDestination {
+                        set,
+                        uri: uri.clone(),
+                    })?;
+                vec![i]
+            }
+        };
+        for &i in &targets {
+            pool.set_state(i, state);
+        }
+        Ok(targets.len())
+    }
+
+    fn reload(&self) -> Result<(), BackendError> {
+        match Proxy::reload(self) {
+            Ok(_) => Ok(()),
+            Err(ReloadError::InProgress) => Err(BackendError::ReloadInProgress),
+            Err(e) => Err(BackendError::Reload(Box::new(e))),
+        }
+    }
+
+    fn ping_active(&self, set: Option<bool>) -> bool {
+        let before = Proxy::ping_active(self, None);
+        if let Some(on) = set {
+            Proxy::ping_active(self, Some(on));
+        }
+        before
+    }
+}

@@ -1,0 +1,168 @@
+//! The built binary with its admin listener (issue 4): it prints where it
+//! listens, `sipedge ctl` lists and drains a node over JSON-RPC, new calls
+//! avoid the drained node, and SIGHUP reloads the dispatcher.list.
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn sipedge_ctl(admin: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["ctl", "--admin", admin])
+        .args(args)
+        .output()
+        .expect("run sipedge ctl")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A fake node: a UDP socket; returns the first request line of a method.
+fn recv_method(node: &UdpSocket, method: &str, within: Duration) -> Option<String> {
+    let end = Instant::now() + within;
+    let mut buf = [0u8; 65_535];
+    while Instant::now() < end {
+        node.set_read_timeout(Some(
+            end.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .ok()?;
+        let Ok(n) = node.recv(&mut buf) else {
+            return None;
+        };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.starts_with(&format!("{method} ")) {
+            return Some(msg);
+        }
+    }
+    None
+}
+
+fn write_list(path: &Path, nodes: &[&UdpSocket]) {
+    let mut list = String::from("# setid destination flags priority attrs\n");
+    for n in nodes {
+        list.push_str(&format!(
+            "1 sip:{} 8 0 duid=n{}\n",
+            n.local_addr().unwrap(),
+            n.local_addr().unwrap().port()
+        ));
+    }
+    std::fs::write(path, list).unwrap();
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "exit status on SIGTERM");
+}
+
+#[test]
+fn ctl_drains_a_node_and_sighup_reloads_the_list() {
+    let dir = std::env::temp_dir().join(format!("sipedge-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let nodes: Vec<UdpSocket> = (0..3)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let list = dir.join("pool.list");
+    write_list(&list, &[&nodes[0], &nodes[1]]);
+    let cfg = dir.join("sipedge.toml");
+    std::fs::write(
+        &cfg,
+        "[listen]\nudp = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+         [dispatcher]\nalgorithm = \"priority\"\nlist_file = \"pool.list\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut udp, mut admin) = (None, None);
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("listening on udp:") {
+            udp = Some(a.to_owned());
+        }
+        if let Some(a) = line.strip_prefix("listening on admin:") {
+            admin = Some(a.to_owned());
+        }
+        if udp.is_some() && admin.is_some() {
+            break;
+        }
+    }
+    let (udp, admin) = (udp.expect("udp line"), admin.expect("admin line"));
+    assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
+
+    // ctl list: both nodes, active and probed.
+    let out = sipedge_ctl(&admin, &["list"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = text(&out);
+    for n in &nodes[..2] {
+        assert!(
+            table.contains(&format!("sip:{}", n.local_addr().unwrap())),
+            "{table}"
+        );
+    }
+    assert!(table.contains("AP"), "{table}");
+
+    // Drain the node that would be tried first (reverse file order: node 1).
+    let first = format!("sip:{}", nodes[1].local_addr().unwrap());
+    let out = sipedge_ctl(&admin, &["set-state", "d", "1", &first]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = text(&sipedge_ctl(&admin, &["list"]));
+    assert!(table.contains("DX"), "{table}");
+
+    // A new call goes to node 0, not to the drained node 1.
+    let trunk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = trunk.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:fax@{udp} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKadm1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:trunk@{me}>;tag=a1\r\nTo: <sip:fax@{udp}>\r\n\
+         Call-ID: admin-bin-1\r\nCSeq: 1 INVITE\r\nContact: <sip:trunk@{me}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    trunk.send_to(invite.as_bytes(), &udp).unwrap();
+    let got = recv_method(&nodes[0], "INVITE", Duration::from_secs(2)).expect("INVITE at node 0");
+    assert!(got.contains("admin-bin-1"), "{got}");
+    assert_eq!(
+        recv_method(&nodes[1], "INVITE", Duration::from_millis(300)),
+        None
+    );
+
+    // SIGHUP: node 1 leaves, node 2 joins.
+    write_list(&list, &[&nodes[0], &nodes[2]]);
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let want = format!("sip:{}", nodes[2].local_addr().unwrap());
+    let end = Instant::now() + Duration::from_secs(3);
+    let table = loop {
+        let table = text(&sipedge_ctl(&admin, &["list"]));
+        if table.contains(&want) || Instant::now() > end {
+            break table;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(table.contains(&want), "{table}");
+    assert!(!table.contains(&first), "{table}");
+
+    // A bad command is refused with the RPC's answer and a failing status.
+    let out = sipedge_ctl(&admin, &["set-state", "d", "1", "sip:192.0.2.1:5060"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("500"), "{}", text(&out));
+
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
