@@ -140,6 +140,17 @@ fn ctl_drains_a_node_and_sighup_reloads_the_list() {
         None
     );
 
+    // /metrics from the running proxy: the INVITE and the drain show.
+    let metrics = http_get(&admin, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let invites = metric_value(&metrics, "sipedge_requests_total{method=\"INVITE\"}");
+    assert!(invites >= 1.0, "{metrics}");
+    let drained =
+        format!("sipedge_destination_state{{set=\"1\",state=\"disabled\",uri=\"{first}\"}}");
+    assert_eq!(metric_value(&metrics, &drained), 1.0, "{metrics}");
+    let live = http_get(&admin, "/health/live");
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+
     // SIGHUP: node 1 leaves, node 2 joins.
     write_list(&list, &[&nodes[0], &nodes[2]]);
     Command::new("kill")
@@ -165,4 +176,29 @@ fn ctl_drains_a_node_and_sighup_reloads_the_list() {
 
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One HTTP/1.1 GET over a plain TCP connection; the whole answer.
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(host).expect("connect to admin");
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer
+}
+
+/// The value of the exposition line that starts with `series` (labels in
+/// the order the encoder writes them: sorted by name).
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).map(str::trim))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
