@@ -230,3 +230,40 @@ async fn ping_active_pauses_and_resumes_probing() {
     assert!(h.proxy.ping_active(None));
     let _ = next_probe(&h, 0).await;
 }
+
+/// A failover code (503) marks the node like a silent one: out of rotation
+/// and probed at once; a probe it answers brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_code_takes_the_node_out_until_a_probe_answers() {
+    let h = Harness::start(Options {
+        nodes_answer_probes: false,
+        extra_toml: "[probe]\ninterval = \"10s\"\ntimeout = \"1s\"\n",
+        ..Options::default()
+    })
+    .await;
+    for n in 0..2 {
+        let p = next_probe(&h, n).await;
+        h.nodes[n].send(reply(&p, 200, "OK", None), p.from).await;
+    }
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    let inv = h.nodes[0].recv_request("INVITE").await;
+    h.nodes[0]
+        .send(
+            reply(&inv, 503, "Service Unavailable", Some("n0")),
+            inv.from,
+        )
+        .await;
+    let inv1 = h.nodes[1].recv_request("INVITE").await;
+    assert_eq!(inv1.call_id(), call.call_id);
+    assert_eq!(status(&h, 0).state, State::Inactive);
+    // The hop-by-hop ACK for the 503, then the urgent probe.
+    let probe = h.nodes[0]
+        .recv_until_request("OPTIONS", Duration::from_secs(1))
+        .await;
+    h.nodes[0]
+        .send(reply(&probe, 200, "OK", None), probe.from)
+        .await;
+    let dispatcher = h.proxy.dispatcher();
+    eventually_true("back after the probe", || dispatcher.accepts_new_calls(0)).await;
+}

@@ -304,6 +304,12 @@ impl Proxy {
                                 && !cancel_pending;
                             if failover {
                                 self.metrics.failover(FailoverReason::Code);
+                                // Marked like a silent node (the issue's
+                                // "suspect"): the next calls skip it until a
+                                // probe, sent now, finds it answering.
+                                if let Some(i) = pool.find(addr) {
+                                    self.call_failed(pool, i, Failure::BadCode(code));
+                                }
                                 return Attempt::Failover;
                             }
                             self.dialogs.remove(msg.call_id().unwrap_or_default(), Removal::Failed);
