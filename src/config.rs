@@ -262,6 +262,14 @@ pub struct Dispatcher {
     /// [`Config::load_list_file`]).
     #[serde(skip)]
     pub loaded_from_list: bool,
+    /// The list file's other sets: probed and shown by `dispatcher.list`,
+    /// settable, but no trunk call goes to them.
+    #[serde(skip)]
+    pub other_sets: Vec<(u32, Vec<Destination>)>,
+    /// Lines of other sets sipedge cannot use (a host name, TCP), each
+    /// with its reason: left out, and worth a warning at start.
+    #[serde(skip)]
+    pub skipped: Vec<String>,
 }
 
 impl Default for Dispatcher {
@@ -272,6 +280,8 @@ impl Default for Dispatcher {
             list_file: None,
             set: default_set(),
             loaded_from_list: false,
+            other_sets: Vec::new(),
+            skipped: Vec::new(),
         }
     }
 }
@@ -555,24 +565,43 @@ impl Config {
                 parsed.sets()
             )));
         }
+        let destination = |e: &crate::dispatcher::list::Entry| Destination {
+            uri: SipUri {
+                host: e.host.clone(),
+                port: e.port,
+            },
+            priority: e.priority,
+            weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
+            ping_from: e.attrs.ping_from().map(str::to_owned),
+            list_flags: e.flags.bits(),
+            attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
+        };
         let mut destinations = Vec::with_capacity(entries.len());
         for e in entries {
             if let Some(problem) = list_entry_problem(e) {
                 return Err(err(format!(":{}: {problem}", e.line)));
             }
-            destinations.push(Destination {
-                uri: SipUri {
-                    host: e.host.clone(),
-                    port: e.port,
-                },
-                priority: e.priority,
-                weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
-                ping_from: e.attrs.ping_from().map(str::to_owned),
-                list_flags: e.flags.bits(),
-                attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
-            });
+            destinations.push(destination(e));
+        }
+        // The other sets are shown and probed; a line sipedge cannot use
+        // there is left out with a warning rather than refusing the file.
+        let mut other_sets = Vec::new();
+        let mut skipped = Vec::new();
+        for id in parsed.sets().into_iter().filter(|&id| id != set) {
+            let mut dests = Vec::new();
+            for e in parsed.set_in_kamailio_order(id) {
+                match list_entry_problem(e) {
+                    Some(problem) => skipped.push(format!("{file}:{}: {problem}", e.line)),
+                    None => dests.push(destination(e)),
+                }
+            }
+            if !dests.is_empty() {
+                other_sets.push((id, dests));
+            }
         }
         self.dispatcher.destinations = destinations;
+        self.dispatcher.other_sets = other_sets;
+        self.dispatcher.skipped = skipped;
         self.dispatcher.loaded_from_list = true;
         self.validate().map_err(|violation| ConfigError::Invalid {
             at: Location {

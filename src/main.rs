@@ -136,6 +136,9 @@ fn run(name: &str, config: &Config, path: Option<PathBuf>) -> ExitCode {
 }
 
 async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
+    for line in &config.dispatcher.skipped {
+        tracing::warn!("dispatcher.list line left out (another set): {line}");
+    }
     let mut sockets = Vec::new();
     for addr in &config.listen.udp {
         let options = UdpOptions {

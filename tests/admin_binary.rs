@@ -45,8 +45,11 @@ fn recv_method(node: &UdpSocket, method: &str, within: Duration) -> Option<Strin
     None
 }
 
-fn write_list(path: &Path, nodes: &[&UdpSocket]) {
+fn write_list(path: &Path, nodes: &[&UdpSocket], set2: Option<&UdpSocket>) {
     let mut list = String::from("# setid destination flags priority attrs\n");
+    if let Some(n) = set2 {
+        list.push_str(&format!("2 sip:{} 8 0 duid=gw\n", n.local_addr().unwrap()));
+    }
     for n in nodes {
         list.push_str(&format!(
             "1 sip:{} 8 0 duid=n{}\n",
@@ -73,7 +76,9 @@ fn ctl_drains_a_node_and_sighup_reloads_the_list() {
         .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
     let list = dir.join("pool.list");
-    write_list(&list, &[&nodes[0], &nodes[1]]);
+    // Set 2 (a gateway) is listed and probed, but takes no trunk calls.
+    let gateway = UdpSocket::bind("127.0.0.1:0").unwrap();
+    write_list(&list, &[&nodes[0], &nodes[1]], Some(&gateway));
     let cfg = dir.join("sipedge.toml");
     std::fs::write(
         &cfg,
@@ -115,6 +120,12 @@ fn ctl_drains_a_node_and_sighup_reloads_the_list() {
         );
     }
     assert!(table.contains("AP"), "{table}");
+    let gw = format!("sip:{}", gateway.local_addr().unwrap());
+    assert!(table.contains(&gw), "set 2 listed: {table}");
+    assert!(
+        recv_method(&gateway, "OPTIONS", Duration::from_secs(2)).is_some(),
+        "set 2 probed"
+    );
 
     // Drain the node that would be tried first (reverse file order: node 1).
     let first = format!("sip:{}", nodes[1].local_addr().unwrap());
@@ -139,6 +150,10 @@ fn ctl_drains_a_node_and_sighup_reloads_the_list() {
         recv_method(&nodes[1], "INVITE", Duration::from_millis(300)),
         None
     );
+    assert_eq!(
+        recv_method(&gateway, "INVITE", Duration::from_millis(100)),
+        None
+    );
 
     // /metrics from the running proxy: the INVITE and the drain show.
     let metrics = http_get(&admin, "/metrics");
@@ -152,7 +167,7 @@ fn ctl_drains_a_node_and_sighup_reloads_the_list() {
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
 
     // SIGHUP: node 1 leaves, node 2 joins.
-    write_list(&list, &[&nodes[0], &nodes[2]]);
+    write_list(&list, &[&nodes[0], &nodes[2]], None);
     Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()

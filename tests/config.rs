@@ -310,4 +310,60 @@ fn dispatcher_list_file_becomes_the_pool() {
     );
     assert_eq!(d[2].ping_from.as_deref(), Some("sip:health@10.0.0.5"));
     assert!(cfg.dispatcher.loaded_from_list);
+    // Set 2 is kept (listed, probed), not routed to.
+    let others = &cfg.dispatcher.other_sets;
+    assert_eq!(others.len(), 1);
+    assert_eq!(others[0].0, 2);
+    assert_eq!(others[0].1[0].uri.to_string(), "sip:10.0.2.20:5060");
+    assert!(cfg.dispatcher.skipped.is_empty());
+}
+
+/// The dispatcher.list example from Kamailio's documentation loads: set 1
+/// is routed; of set 2, the TCP line is left out with its reason.
+#[test]
+fn kamailio_documentation_list_loads() {
+    let dir = std::env::temp_dir().join(format!("sipedge-kdoc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = root().join("tests/fixtures/dispatcher/kamailio-doc.list");
+    let cfg_path = dir.join("kdoc.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[listen]\nadvertise = \"127.0.0.1\"\n[dispatcher]\nlist_file = \"{}\"\n",
+            list.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config::read_config(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
+    let uris: Vec<String> = cfg
+        .dispatcher
+        .destinations
+        .iter()
+        .map(|d| d.uri.to_string())
+        .collect();
+    // Priority 5 first, then the priority-0 lines in reverse file order.
+    assert_eq!(
+        uris,
+        [
+            "sip:127.0.0.1:7072",
+            "sip:127.0.0.1:7074",
+            "sip:127.0.0.1:7070"
+        ]
+    );
+    let set2 = &cfg.dispatcher.other_sets;
+    assert_eq!(set2.len(), 1);
+    assert_eq!(set2[0].1.len(), 1);
+    assert_eq!(set2[0].1[0].uri.to_string(), "sip:127.0.0.1:5082");
+    assert_eq!(
+        cfg.dispatcher.skipped.len(),
+        1,
+        "{:?}",
+        cfg.dispatcher.skipped
+    );
+    assert!(
+        cfg.dispatcher.skipped[0].contains("transport=tcp is not supported yet"),
+        "{:?}",
+        cfg.dispatcher.skipped
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -325,6 +325,23 @@ impl Dispatcher {
         log_transition(&node.uri, node.health.record_probe(result));
     }
 
+    /// Whether `result` is a reply that counts as alive for node `i`
+    /// (`reply_codes`; 2xx always).
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn probe_reply_counts(&self, i: usize, result: ProbeResult) -> bool {
+        match result {
+            ProbeResult::Reply(code) => self.nodes[i]
+                .health
+                .get()
+                .config()
+                .reply_codes()
+                .matches(code),
+            _ => false,
+        }
+    }
+
     /// An operator's `dispatcher.set_state` on node `i`.
     ///
     /// # Panics

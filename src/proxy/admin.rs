@@ -29,31 +29,32 @@ impl Backend for Proxy {
 
     fn destinations(&self) -> Vec<DestinationView> {
         let pool = self.pool();
-        // Kamailio lists a set highest priority first (ties as loaded).
-        let mut order: Vec<usize> = (0..pool.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(pool.priority(i)));
-        order
-            .into_iter()
-            .map(|i| DestinationView {
-                set: pool.set,
-                uri: pool.uri(i).to_owned(),
-                status: pool.status(i),
-                priority: pool.priority(i),
-                attrs: pool.attrs(i).and_then(|a| a.rpc()).map(AttrsView::from),
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (set, d, _) in pool.sets() {
+            // Kamailio lists a set highest priority first (ties as loaded).
+            let mut order: Vec<usize> = (0..d.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(d.priority(i)));
+            out.extend(order.into_iter().map(|i| DestinationView {
+                set,
+                uri: d.uri(i).to_owned(),
+                status: d.status(i),
+                priority: d.priority(i),
+                attrs: d.attrs(i).and_then(|a| a.rpc()).map(AttrsView::from),
+            }));
+        }
+        out
     }
 
     fn set_state(&self, set: u32, target: &Target, state: SetState) -> Result<usize, BackendError> {
         let pool = self.pool();
-        if set != pool.set || pool.is_empty() {
+        let Some((_, d, _)) = pool.sets().find(|(id, d, _)| *id == set && !d.is_empty()) else {
             return Err(BackendError::UnknownSet(set));
-        }
+        };
         let targets: Vec<usize> = match target {
-            Target::All => (0..pool.len()).collect(),
+            Target::All => (0..d.len()).collect(),
             Target::Uri(uri) => {
-                let i = (0..pool.len())
-                    .find(|&i| pool.uri(i).eq_ignore_ascii_case(uri))
+                let i = (0..d.len())
+                    .find(|&i| d.uri(i).eq_ignore_ascii_case(uri))
                     .ok_or_else(|| BackendError::UnknownDestination {
                         set,
                         uri: uri.clone(),
@@ -62,7 +63,7 @@ impl Backend for Proxy {
             }
         };
         for &i in &targets {
-            pool.set_state(i, state);
+            d.set_state(i, state);
         }
         Ok(targets.len())
     }

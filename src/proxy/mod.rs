@@ -322,14 +322,16 @@ impl Proxy {
         use crate::dispatcher::health::State;
         use crate::metrics::DestState;
         let pool = self.pool();
-        for (i, m) in pool.node_metrics.iter().enumerate() {
-            m.set_calls_active(self.dialogs.pinned_to(pool.addr(i)));
-            m.set_state(match pool.status(i).state {
-                State::Active => DestState::Active,
-                State::Trying => DestState::Trying,
-                State::Inactive => DestState::Inactive,
-                State::Disabled => DestState::Disabled,
-            });
+        for (_, d, series) in pool.sets() {
+            for (i, m) in series.iter().enumerate() {
+                m.set_calls_active(self.dialogs.pinned_to(d.addr(i)));
+                m.set_state(match d.status(i).state {
+                    State::Active => DestState::Active,
+                    State::Trying => DestState::Trying,
+                    State::Inactive => DestState::Inactive,
+                    State::Disabled => DestState::Disabled,
+                });
+            }
         }
         self.metrics.set_dialogs(self.dialogs.len());
         self.metrics.set_transactions(self.txns.len());

@@ -25,6 +25,15 @@ pub struct Pool {
     pub(super) generation: u64,
     /// The destination set id (`[dispatcher] set`).
     pub set: u32,
+    /// The list file's other sets: probed, listed, settable; no calls.
+    pub others: Vec<OtherSet>,
+}
+
+/// A destination set that receives no trunk calls.
+pub struct OtherSet {
+    pub id: u32,
+    pub dispatcher: Dispatcher,
+    pub(super) node_metrics: Vec<DestinationMetrics>,
 }
 
 impl Deref for Pool {
@@ -59,13 +68,49 @@ impl Pool {
                     .into()
             })
             .collect();
+        let health = health_config(&cfg.probe)?;
+        let mut others = Vec::new();
+        for (id, dests) in &cfg.dispatcher.other_sets {
+            let set_cfg = config::Dispatcher {
+                algorithm: cfg.dispatcher.algorithm,
+                destinations: dests.clone(),
+                ..config::Dispatcher::default()
+            };
+            let before = previous.and_then(|p| p.others.iter().find(|o| o.id == *id));
+            let dispatcher =
+                Dispatcher::reloaded(&set_cfg, &health, before.map(|o| &o.dispatcher))?;
+            let node_metrics = (0..dispatcher.len())
+                .map(|i| metrics.register_destination(*id, dispatcher.uri(i)))
+                .collect::<Result<Vec<_>, _>>()?;
+            others.push(OtherSet {
+                id: *id,
+                dispatcher,
+                node_metrics,
+            });
+        }
         Ok(Pool {
             dispatcher,
             record_routes,
             node_metrics,
             generation,
             set: cfg.dispatcher.set,
+            others,
         })
+    }
+
+    /// Every set: (set id, its dispatcher, its per-node series); the one
+    /// that takes calls first. `index` in [`Pool::set_at`] follows this.
+    pub fn sets(&self) -> impl Iterator<Item = (u32, &Dispatcher, &[DestinationMetrics])> {
+        std::iter::once((self.set, &self.dispatcher, self.node_metrics.as_slice())).chain(
+            self.others
+                .iter()
+                .map(|o| (o.id, &o.dispatcher, o.node_metrics.as_slice())),
+        )
+    }
+
+    /// Set number `index` in the order of [`Pool::sets`].
+    pub fn set_at(&self, index: usize) -> Option<(u32, &Dispatcher, &[DestinationMetrics])> {
+        self.sets().nth(index)
     }
 }
 
@@ -124,9 +169,14 @@ impl Proxy {
         )?;
         let count = new.len();
         // Series of nodes that left the pool go with them.
-        for (i, m) in old.node_metrics.iter().enumerate() {
-            if new.find(old.addr(i)).is_none() {
-                self.metrics.remove_destination(m.clone());
+        for (id, d, series) in old.sets() {
+            for (i, m) in series.iter().enumerate() {
+                let stays = new
+                    .sets()
+                    .any(|(nid, nd, _)| nid == id && nd.find(d.addr(i)).is_some());
+                if !stays {
+                    self.metrics.remove_destination(m.clone());
+                }
             }
         }
         self.pool.store(Arc::new(new));

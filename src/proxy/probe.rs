@@ -22,8 +22,9 @@ use crate::transaction::{ClientTxn, Token};
 struct Pending {
     deadline: Instant,
     branch: Token,
-    /// The pool the probe was sent from: `node` indexes it.
+    /// The pool the probe was sent from: `set` and `node` index it.
     pool: Arc<Pool>,
+    set: usize,
     node: usize,
 }
 
@@ -55,8 +56,7 @@ impl Proxy {
                         let Some(p) = pending.pop_front() else { break };
                         // Still there: no final answer came.
                         if self.txns.remove(p.branch.as_bytes()).is_some() {
-                            p.pool.probed(p.node, ProbeResult::Timeout(timeout));
-                            probe_metric(&p.pool, p.node, metrics::ProbeResult::Timeout, None);
+                            record(&p.pool, p.set, p.node, ProbeResult::Timeout(timeout), None);
                         }
                     }
                 }
@@ -73,7 +73,7 @@ impl Proxy {
                         .into_iter()
                         .filter(|&(generation, _)| !paused && generation == pool.generation)
                     {
-                        self.probe(&pool, node, &mut pending, &mut cseq, timeout);
+                        self.probe(&pool, 0, node, &mut pending, &mut cseq, timeout);
                     }
                 }
                 _ = tick.tick() => {
@@ -81,10 +81,15 @@ impl Proxy {
                         continue;
                     }
                     let pool = self.pool();
-                    for node in 0..pool.len() {
-                        if pool.should_probe(node) {
-                            self.probe(&pool, node, &mut pending, &mut cseq, timeout);
-                        }
+                    let sets: Vec<(usize, usize)> = pool
+                        .sets()
+                        .enumerate()
+                        .flat_map(|(s, (_, d, _))| {
+                            (0..d.len()).filter(move |&n| d.should_probe(n)).map(move |n| (s, n))
+                        })
+                        .collect();
+                    for (set, node) in sets {
+                        self.probe(&pool, set, node, &mut pending, &mut cseq, timeout);
                     }
                     // Ready once this round's answers had their time.
                     if !self.first_round_done.load(Ordering::Relaxed) {
@@ -103,22 +108,26 @@ impl Proxy {
     fn probe(
         &self,
         pool: &Arc<Pool>,
+        set: usize,
         node: usize,
         pending: &mut VecDeque<Pending>,
         cseq: &mut u32,
         timeout: std::time::Duration,
     ) {
-        let out = pending
-            .iter()
-            .any(|p| p.node == node && self.txns.with(p.branch.as_bytes(), |_| ()).is_some());
+        let out = pending.iter().any(|p| {
+            (p.set, p.node) == (set, node) && self.txns.with(p.branch.as_bytes(), |_| ()).is_some()
+        });
         if out {
             return;
         }
         let branch = self.branches.next();
         let tag = self.branches.tag();
         *cseq = cseq.wrapping_add(1);
-        let target = pool.uri(node);
-        let from = pool
+        let Some((_, d, _)) = pool.set_at(set) else {
+            return;
+        };
+        let target = d.uri(node);
+        let from = d
             .ping_from(node)
             .map(str::to_owned)
             .unwrap_or_else(|| self.cfg.probe.ping_from_or(&self.cfg.listen.advertise));
@@ -143,53 +152,69 @@ impl Proxy {
         self.txns.insert(
             &branch,
             ClientTxn::Probe {
+                set,
                 node,
                 generation,
                 sent: now,
             },
         );
-        if self.send(&buf, pool.addr(node)).is_err() {
+        if self.send(&buf, d.addr(node)).is_err() {
             self.txns.remove(branch.as_bytes());
-            pool.probed(node, ProbeResult::TransportError);
-            probe_metric(pool, node, metrics::ProbeResult::TransportError, None);
+            record(pool, set, node, ProbeResult::TransportError, None);
             return;
         }
         pending.push_back(Pending {
             deadline: now + timeout,
             branch,
             pool: pool.clone(),
+            set,
             node,
         });
     }
 
-    /// The response path saw the final answer to a probe of `node`.
-    pub(super) fn probe_answered(&self, node: usize, generation: u64, sent: Instant, code: u16) {
+    /// The response path saw the final answer to a probe of `node` in
+    /// set number `set` of pool generation `generation`.
+    pub(super) fn probe_answered(
+        &self,
+        set: usize,
+        node: usize,
+        generation: u64,
+        sent: Instant,
+        code: u16,
+    ) {
         let rtt = sent.elapsed();
-        tracing::trace!(node, code, ?rtt, "probe answered");
+        tracing::trace!(set, node, code, ?rtt, "probe answered");
         let pool = self.pool();
         if pool.generation != generation {
             // Sent before a reload: the index may name another node now.
             return;
         }
-        pool.probed(node, ProbeResult::Reply(code));
-        // 2xx always counts (Kamailio: reply codes only add to it).
-        let alive = code / 100 == 2 || self.cfg.probe.reply_codes.iter().any(|c| c.matches(code));
-        let result = if alive {
-            metrics::ProbeResult::Ok
-        } else {
-            metrics::ProbeResult::BadCode
-        };
-        probe_metric(&pool, node, result, Some(rtt));
+        record(&pool, set, node, ProbeResult::Reply(code), Some(rtt));
     }
 }
 
-fn probe_metric(
+/// Records a probe's outcome into the node's health and its series.
+fn record(
     pool: &Pool,
+    set: usize,
     node: usize,
-    result: metrics::ProbeResult,
+    result: ProbeResult,
     rtt: Option<std::time::Duration>,
 ) {
-    if let Some(m) = pool.node_metrics.get(node) {
-        m.probe(result, rtt);
+    let Some((_, d, series)) = pool.set_at(set) else {
+        return;
+    };
+    if node >= d.len() {
+        return;
+    }
+    let label = match result {
+        ProbeResult::Reply(_) if d.probe_reply_counts(node, result) => metrics::ProbeResult::Ok,
+        ProbeResult::Reply(_) => metrics::ProbeResult::BadCode,
+        ProbeResult::Timeout(_) => metrics::ProbeResult::Timeout,
+        ProbeResult::TransportError => metrics::ProbeResult::TransportError,
+    };
+    d.probed(node, result);
+    if let Some(m) = series.get(node) {
+        m.probe(label, rtt);
     }
 }

@@ -27,12 +27,13 @@ impl Proxy {
             // Only a final answer ends a probe (a 100 may come first).
             if status >= 200 {
                 if let Some(ClientTxn::Probe {
+                    set,
                     node,
                     generation,
                     sent,
                 }) = self.txns.remove(branch)
                 {
-                    self.probe_answered(node, generation, sent, status);
+                    self.probe_answered(set, node, generation, sent, status);
                 }
             }
             return;

@@ -168,6 +168,8 @@ pub enum ClientTxn {
     /// A health probe (OPTIONS) of dispatcher node `node`, sent at `sent`.
     /// The prober removes it when `[probe] timeout` runs out.
     Probe {
+        /// Which set of the pool (0: the one taking calls), and the node.
+        set: usize,
         node: usize,
         /// The pool generation `node` indexes.
         generation: u64,
