@@ -116,17 +116,7 @@ async fn reply_codes_decide_what_counts_as_alive() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_call_takes_the_node_out_and_it_is_probed_at_once() {
-    let h = Harness::start(Options {
-        nodes_answer_probes: false,
-        extra_toml: "[probe]\ninterval = \"10s\"\ntimeout = \"1s\"\n",
-        ..Options::default()
-    })
-    .await;
-    // The first round of probes at start: both answer.
-    for n in 0..2 {
-        let p = next_probe(&h, n).await;
-        h.nodes[n].send(reply(&p, 200, "OK", None), p.from).await;
-    }
+    let h = two_nodes_probed_once().await;
     let mut call = h.trunk_call();
     h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
     // Node 0 swallows the INVITE (and its Timer A copy); fr_timeout 300 ms.
@@ -177,6 +167,22 @@ async fn a_disabled_node_gets_no_new_calls_but_keeps_its_dialogs() {
     h.trunk.send(bye, h.addr).await;
     let got = h.nodes[0].recv_request("BYE").await;
     assert_eq!(got.call_id(), est.call.call_id);
+}
+
+/// Two nodes probed every 10 s (1 s timeout) that have answered the first
+/// round; the test sees later probes itself.
+async fn two_nodes_probed_once() -> Harness {
+    let h = Harness::start(Options {
+        nodes_answer_probes: false,
+        extra_toml: "[probe]\ninterval = \"10s\"\ntimeout = \"1s\"\n",
+        ..Options::default()
+    })
+    .await;
+    for n in 0..2 {
+        let p = next_probe(&h, n).await;
+        h.nodes[n].send(reply(&p, 200, "OK", None), p.from).await;
+    }
+    h
 }
 
 /// Waits (bounded by [`WAIT`]) until `cond` holds.
@@ -235,16 +241,7 @@ async fn ping_active_pauses_and_resumes_probing() {
 /// and probed at once; a probe it answers brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_code_takes_the_node_out_until_a_probe_answers() {
-    let h = Harness::start(Options {
-        nodes_answer_probes: false,
-        extra_toml: "[probe]\ninterval = \"10s\"\ntimeout = \"1s\"\n",
-        ..Options::default()
-    })
-    .await;
-    for n in 0..2 {
-        let p = next_probe(&h, n).await;
-        h.nodes[n].send(reply(&p, 200, "OK", None), p.from).await;
-    }
+    let h = two_nodes_probed_once().await;
     let mut call = h.trunk_call();
     h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
     let inv = h.nodes[0].recv_request("INVITE").await;

@@ -1518,26 +1518,15 @@ mod tests {
     #[test]
     fn failure_and_duration_display() {
         assert_eq!(Failure::Timeout(TWO_S).to_string(), "timeout (2s)");
-        assert_eq!(
-            Failure::Timeout(Duration::from_millis(1500)).to_string(),
-            "timeout (1.5s)"
-        );
-        assert_eq!(
-            Failure::Timeout(Duration::from_millis(2250)).to_string(),
-            "timeout (2.25s)"
-        );
-        assert_eq!(
-            Failure::Timeout(Duration::from_millis(1001)).to_string(),
-            "timeout (1.001s)"
-        );
-        assert_eq!(
-            Failure::Timeout(Duration::from_millis(250)).to_string(),
-            "timeout (250ms)"
-        );
-        assert_eq!(
-            Failure::Timeout(Duration::from_micros(1500)).to_string(),
-            "timeout (1.5ms)"
-        );
+        for (after, text) in [
+            (Duration::from_millis(1500), "timeout (1.5s)"),
+            (Duration::from_millis(2250), "timeout (2.25s)"),
+            (Duration::from_millis(1001), "timeout (1.001s)"),
+            (Duration::from_millis(250), "timeout (250ms)"),
+            (Duration::from_micros(1500), "timeout (1.5ms)"),
+        ] {
+            assert_eq!(Failure::Timeout(after).to_string(), text);
+        }
         assert_eq!(Failure::TransportError.to_string(), "transport error");
         assert_eq!(Failure::BadCode(404).to_string(), "reply 404 not accepted");
     }
