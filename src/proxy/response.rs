@@ -19,11 +19,34 @@ impl Proxy {
             return;
         };
         let status = msg.status().unwrap_or_default();
-        if self
-            .txns
-            .with(branch, |t| matches!(t, ClientTxn::Probe { .. }))
-            == Some(true)
-        {
+        enum Action {
+            Task,
+            Decided,
+            Probe,
+            Relay {
+                bye: bool,
+                repin: Option<SocketAddr>,
+                call_id: Box<[u8]>,
+            },
+        }
+        let action = self.txns.with(branch, |t| match t {
+            ClientTxn::Invite(tx) => {
+                // The task owns the decision (failover, relay, ACK).
+                let _ = tx.try_send(Bytes::copy_from_slice(msg.as_bytes()));
+                Action::Task
+            }
+            ClientTxn::Decided { .. } => Action::Decided,
+            ClientTxn::Probe { .. } => Action::Probe,
+            ClientTxn::Relay(r) => {
+                r.answered.store(true, std::sync::atomic::Ordering::Relaxed);
+                Action::Relay {
+                    bye: r.is_bye,
+                    repin: r.repin,
+                    call_id: r.call_id.clone(),
+                }
+            }
+        });
+        if let Some(Action::Probe) = action {
             // Only a final answer ends a probe (a 100 may come first).
             if status >= 200 {
                 if let Some(ClientTxn::Probe {
@@ -43,34 +66,8 @@ impl Proxy {
             // Any answer to a call shows the node's SIP stack is there.
             pool.call_reply(i, status);
         }
-        enum Action {
-            Task,
-            Decided,
-            Relay {
-                bye: bool,
-                repin: Option<SocketAddr>,
-                call_id: Box<[u8]>,
-            },
-        }
-        let action = self.txns.with(branch, |t| match t {
-            ClientTxn::Invite(tx) => {
-                // The task owns the decision (failover, relay, ACK).
-                let _ = tx.try_send(Bytes::copy_from_slice(msg.as_bytes()));
-                Action::Task
-            }
-            ClientTxn::Decided { .. } => Action::Decided,
-            // Handled above.
-            ClientTxn::Probe { .. } => Action::Task,
-            ClientTxn::Relay(r) => {
-                r.answered.store(true, std::sync::atomic::Ordering::Relaxed);
-                Action::Relay {
-                    bye: r.is_bye,
-                    repin: r.repin,
-                    call_id: r.call_id.clone(),
-                }
-            }
-        });
         match action {
+            Some(Action::Probe) => {}
             None => {
                 // Not ours (RFC 3261 §18.1.2: drop) or long finished.
                 self.metrics.dropped(DropReason::StrayResponse);
