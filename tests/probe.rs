@@ -151,9 +151,22 @@ async fn a_disabled_node_gets_no_new_calls_but_keeps_its_dialogs() {
     let h = Harness::start(Options::default()).await;
     let mut est = establish(&h).await;
     assert_eq!(est.node, 0);
-    h.proxy
-        .dispatcher()
-        .set_state(0, "d".parse().expect("set_state d"));
+    // Drained the way an operator does it: dispatcher.set_state over the
+    // admin listener's JSON-RPC.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = listener.local_addr().unwrap();
+    let backend: std::sync::Arc<dyn sipedge::admin::Backend> = h.proxy.clone();
+    tokio::spawn(sipedge::admin::serve(
+        listener,
+        backend,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","method":"dispatcher.set_state","params":["d",1,"sip:{}"],"id":1}}"#,
+        h.nodes[0].addr
+    );
+    let answer = post_rpc(admin, &body).await;
+    assert!(answer.contains("Dispatcher state updated"), "{answer}");
     assert_eq!(status(&h, 0).state, State::Disabled);
     assert_eq!(status(&h, 0).flags().as_str(), "DX");
 
@@ -167,6 +180,21 @@ async fn a_disabled_node_gets_no_new_calls_but_keeps_its_dialogs() {
     h.trunk.send(bye, h.addr).await;
     let got = h.nodes[0].recv_request("BYE").await;
     assert_eq!(got.call_id(), est.call.call_id);
+}
+
+/// One JSON-RPC request over HTTP/1.1; the whole answer.
+async fn post_rpc(admin: std::net::SocketAddr, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let request = format!(
+        "POST /RPC HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(WAIT, conn.read_to_string(&mut answer)).await;
+    answer
 }
 
 /// Two nodes probed every 10 s (1 s timeout) that have answered the first
