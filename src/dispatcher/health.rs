@@ -220,8 +220,11 @@ impl fmt::Display for FlagsStr {
 pub enum Failure {
     /// No reply within the given time (the caller's timer; shown in logs).
     Timeout(Duration),
-    /// The request could not be sent, or an ICMP error came back.
+    /// The request could not be sent.
     TransportError,
+    /// An ICMP error (port or host unreachable) came back for something
+    /// sent to the node, a call or a probe.
+    Unreachable,
     /// A probe reply whose code is not in [`ReplyCodes`].
     BadCode(u16),
 }
@@ -236,6 +239,7 @@ impl Failure {
         match self {
             Failure::Timeout(d) => write!(f, "timeouts ({})", Secs(d)),
             Failure::TransportError => f.write_str("transport errors"),
+            Failure::Unreachable => f.write_str("ICMP unreachables"),
             Failure::BadCode(code) => write!(f, "unaccepted replies (last {code})"),
         }
     }
@@ -246,6 +250,7 @@ impl fmt::Display for Failure {
         match *self {
             Failure::Timeout(d) => write!(f, "timeout ({})", Secs(d)),
             Failure::TransportError => f.write_str("transport error"),
+            Failure::Unreachable => f.write_str("ICMP unreachable"),
             Failure::BadCode(code) => write!(f, "reply {code} not accepted"),
         }
     }
@@ -332,6 +337,8 @@ impl fmt::Display for Reason {
                 write!(f, "{count} consecutive probe replies (last {last_code})")
             }
             Reason::CallReply { code } => write!(f, "call reply {code}"),
+            // Not only calls draw an ICMP error: say what it was.
+            Reason::CallFailure(Failure::Unreachable) => f.write_str("ICMP unreachable"),
             Reason::CallFailure(failure) => write!(f, "call failed: {failure}"),
             Reason::Operator => f.write_str("set by operator"),
         }
@@ -1513,6 +1520,17 @@ mod tests {
             h.set_state("i".parse().unwrap()).unwrap().to_string(),
             "down: set by operator"
         );
+    }
+
+    #[test]
+    fn an_icmp_error_is_logged_as_such_not_as_a_call() {
+        let mut h = health(State::Active, true);
+        let t = h
+            .record_call_failure(Failure::Unreachable)
+            .transition
+            .unwrap();
+        assert_eq!(t.to_string(), "down: ICMP unreachable");
+        assert_eq!(Failure::Unreachable.to_string(), "ICMP unreachable");
     }
 
     #[test]

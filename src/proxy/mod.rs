@@ -280,7 +280,7 @@ impl Proxy {
             tracing::debug!(%addr, "ICMP: destination unreachable");
             let pool = self.pool();
             if let Some(i) = pool.find(addr) {
-                self.call_failed(&pool, i, crate::dispatcher::health::Failure::TransportError);
+                self.call_failed(&pool, i, crate::dispatcher::health::Failure::Unreachable);
             }
             let _ = self.unreachable.send(addr);
         }
