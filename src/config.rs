@@ -229,6 +229,11 @@ pub struct Listen {
     /// SO_SNDBUF of each UDP socket, in bytes (`net.core.wmem_max`).
     #[serde(default = "default_socket_buffer")]
     pub send_buffer: usize,
+    /// IP_FREEBIND / IPV6_FREEBIND: bind addresses this host does not hold
+    /// yet, so a keepalived standby can listen on the VIP before it moves
+    /// (Kamailio needs `net.ipv4.ip_nonlocal_bind` for this).
+    #[serde(default)]
+    pub freebind: bool,
 }
 
 impl Listen {
@@ -952,8 +957,14 @@ impl fmt::Display for Config {
         writeln!(f, "listen udp      {}", udp.join(", "))?;
         writeln!(
             f,
-            "socket buffers  recv {} bytes, send {} bytes",
-            self.listen.recv_buffer, self.listen.send_buffer
+            "socket buffers  recv {} bytes, send {} bytes{}",
+            self.listen.recv_buffer,
+            self.listen.send_buffer,
+            if self.listen.freebind {
+                ", freebind (VIP)"
+            } else {
+                ""
+            }
         )?;
         writeln!(
             f,
@@ -1815,6 +1826,12 @@ uri = "sip:10.0.1.11:5080"
         let text = format!("{BASE}\n[runtime]\nworkers = 2\n");
         let cfg = from_toml(&text, "t.toml").unwrap();
         assert_eq!(cfg.runtime.workers, 2);
+        assert!(!cfg.listen.freebind);
+        let text = BASE.replace(
+            r#"udp = ["10.0.0.5:5060"]"#,
+            "udp = [\"10.0.0.5:5060\"]\nfreebind = true",
+        );
+        assert!(from_toml(&text, "t.toml").unwrap().listen.freebind);
         assert_eq!(cfg.listen.recv_buffer, 4 << 20);
     }
 

@@ -144,7 +144,7 @@ async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
         let options = UdpOptions {
             recv_buffer: config.listen.recv_buffer,
             send_buffer: config.listen.send_buffer,
-            ..UdpOptions::default()
+            freebind: config.listen.freebind,
         };
         match bind_udp(*addr, options) {
             Ok(s) => sockets.push(s),

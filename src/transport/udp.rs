@@ -276,3 +276,31 @@ pub fn take_unreachable(socket: &UdpSocket, out: &mut Vec<SocketAddr>) {
 
 #[cfg(not(target_os = "linux"))]
 pub fn take_unreachable(_socket: &UdpSocket, _out: &mut Vec<SocketAddr>) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keepalived standby binds the VIP before it holds it: only with
+    /// freebind. 192.0.2.0/24 (TEST-NET-1) is on no interface here; nothing
+    /// is sent.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn freebind_binds_an_address_this_host_does_not_hold() {
+        let vip: SocketAddr = "192.0.2.77:0".parse().unwrap();
+        let refused = bind_udp(vip, UdpOptions::default()).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AddrNotAvailable, "{refused}");
+        let opts = UdpOptions {
+            freebind: true,
+            ..UdpOptions::default()
+        };
+        let socket = bind_udp(vip, opts).expect("freebind bind");
+        assert_eq!(socket.local_addr().unwrap().ip(), vip.ip());
+        // IPv6 too, where the host has IPv6 at all.
+        let vip6: SocketAddr = "[2001:db8::77]:0".parse().unwrap();
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            let socket = bind_udp(vip6, opts).expect("freebind bind (IPv6)");
+            assert_eq!(socket.local_addr().unwrap().ip(), vip6.ip());
+        }
+    }
+}
