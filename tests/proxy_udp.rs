@@ -1060,3 +1060,45 @@ async fn every_listen_socket_is_served() {
     h.trunk.send(ka, h.addr).await;
     h.trunk.recv_response(200).await;
 }
+
+/// IPv6 end to end on ::1 (RFC 5118): a call with its T.38 re-INVITE and
+/// BYE, bracketed addresses in Via, Record-Route and Request-URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_call_on_loopback() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here: skipped");
+        return;
+    }
+    let h = Harness::start(Options {
+        ipv6: true,
+        ..Options::default()
+    })
+    .await;
+    assert!(h.addr.is_ipv6());
+    let mut est = establish(&h).await;
+    let node = &h.nodes[est.node];
+    // The T.38 re-INVITE and the BYE reach the answering node.
+    let (reinvite, _) = est
+        .call
+        .request("INVITE", Some(("application/sdp", SDP_T38.as_bytes())));
+    h.trunk.send(reinvite, h.addr).await;
+    let got = node.recv_request("INVITE").await;
+    assert_eq!(got.call_id(), est.call.call_id);
+    assert!(
+        got.vias()[0].contains(&format!("[::1]:{}", h.addr.port())),
+        "{}",
+        got.text()
+    );
+    node.send(
+        est.node_side.answer(&got, 200, "OK", Some(SDP_NODE)),
+        got.from,
+    )
+    .await;
+    h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    let (bye, _) = est.call.request("BYE", None);
+    h.trunk.send(bye, h.addr).await;
+    let bye = node.recv_request("BYE").await;
+    node.send(est.node_side.answer(&bye, 200, "OK", None), bye.from)
+        .await;
+    h.trunk.recv_until(|r| r.status() == Some(200)).await;
+}

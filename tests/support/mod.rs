@@ -110,6 +110,8 @@ pub struct Options {
     /// The fake nodes answer OPTIONS probes with 200 while the test reads
     /// from them; off, the test sees the probes itself.
     pub nodes_answer_probes: bool,
+    /// Everything (proxy, trunk, nodes) on `::1` instead of 127.0.0.1.
+    pub ipv6: bool,
 }
 
 impl Default for Options {
@@ -122,6 +124,7 @@ impl Default for Options {
             extra_socket: None,
             extra_toml: "",
             nodes_answer_probes: true,
+            ipv6: false,
         }
     }
 }
@@ -164,16 +167,25 @@ impl Harness {
     /// inside a tokio runtime.
     pub async fn start(opts: Options) -> Harness {
         init_tracing();
-        let socket = sipedge::transport::bind_udp(
-            "127.0.0.1:0".parse().unwrap(),
-            sipedge::transport::UdpOptions::default(),
-        )
-        .expect("bind the proxy socket");
+        let any: SocketAddr = if opts.ipv6 {
+            "[::1]:0".parse().unwrap()
+        } else {
+            "127.0.0.1:0".parse().unwrap()
+        };
+        let socket = sipedge::transport::bind_udp(any, sipedge::transport::UdpOptions::default())
+            .expect("bind the proxy socket");
         let addr = socket.local_addr().unwrap();
-        let trunk = Peer::bind("trunk").await;
+        let peer = |name: String| async move {
+            if opts.ipv6 {
+                Peer::bind_at(&name, any).await.expect("bind a peer on ::1")
+            } else {
+                Peer::bind(&name).await
+            }
+        };
+        let trunk = peer("trunk".to_owned()).await;
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
-            let node = Peer::bind(&format!("node{i}")).await;
+            let node = peer(format!("node{i}")).await;
             nodes.push(if opts.nodes_answer_probes {
                 node.answering_probes()
             } else {
