@@ -219,6 +219,11 @@ pub(crate) fn received_patch(buf: &[u8], via: &Via<'_>, src: SocketAddr) -> ViaP
 
 impl<'e> Edit<'e, '_, '_> {
     fn splice(&mut self, at: usize, end: usize, parts: &[&[u8]]) {
+        self.splice_iter(at, end, parts.iter().copied());
+    }
+
+    /// [`Edit::splice`] with the inserted text as any sequence of pieces.
+    fn splice_iter<'p>(&mut self, at: usize, end: usize, parts: impl Iterator<Item = &'p [u8]>) {
         let s = self.ed.scratch.len() as u32;
         for p in parts {
             self.ed.scratch.extend_from_slice(p);
@@ -255,13 +260,12 @@ impl<'e> Edit<'e, '_, '_> {
             Some(i) => self.msg.line_start(i),
             None => self.msg.headers_end(),
         };
-        let mut parts: [&[u8]; 8] = [b""; 8];
-        parts[0] = HeaderName::Via.as_str().as_bytes();
-        parts[1] = b": ";
-        let n = value.len().min(5);
-        parts[2..2 + n].copy_from_slice(&value[..n]);
-        parts[2 + n] = b"\r\n";
-        self.splice(at, at, &parts[..3 + n]);
+        let name: [&[u8]; 2] = [HeaderName::Via.as_str().as_bytes(), b": "];
+        let parts = name
+            .into_iter()
+            .chain(value.iter().copied())
+            .chain(std::iter::once(&b"\r\n"[..]));
+        self.splice_iter(at, at, parts);
     }
 
     /// Inserts `Record-Route: <value>` above any existing Record-Route (at
@@ -410,6 +414,25 @@ l: 3\r\n\r\nabc";
         let mut e = ed.edit(&m);
         f(&mut e);
         e.finish().to_vec()
+    }
+
+    #[test]
+    fn via_from_pieces_keeps_every_piece() {
+        let out = edit(|e| {
+            e.insert_via_parts(&[
+                b"SIP/2.0/UDP ",
+                b"203.0.113.5",
+                b":5060",
+                b";branch=",
+                b"z9hG4bKx",
+                b";rport",
+            ]);
+        });
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("\r\nVia: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKx;rport\r\nVia: SIP/2.0/UDP 10.0.0.9"),
+            "{text}"
+        );
     }
 
     #[test]
