@@ -566,3 +566,337 @@ fn write_some(stream: &TcpStream, out: &mut VecDeque<Bytes>) -> io::Result<usize
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Every wait in these tests is bounded by this.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn msg(n: u32) -> Vec<u8> {
+        let body = format!("body {n}");
+        format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK{n}\r\nCall-ID: {n}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    fn start(opts: TcpOptions) -> (TcpTransport, mpsc::Receiver<Inbound>, SocketAddr) {
+        TcpTransport::listen(local(), opts).expect("listen")
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Inbound>) -> Inbound {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("channel closed")
+    }
+
+    /// Nothing more arrives within a short while.
+    async fn nothing_more(rx: &mut mpsc::Receiver<Inbound>) {
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            panic!("unexpected item: {m:?}");
+        }
+    }
+
+    /// The peer closed the connection (EOF or reset) within `WAIT`.
+    async fn assert_closed(client: &mut TcpStream) {
+        let mut b = [0u8; 64];
+        loop {
+            match tokio::time::timeout(WAIT, client.read(&mut b)).await {
+                Err(_) => panic!("connection still open"),
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                // Bytes the transport sent before closing (none expected
+                // here, but they would not mean "open").
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn connect(addr: SocketAddr) -> TcpStream {
+        tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect")
+    }
+
+    /// Polls `cond` until true or `WAIT` passes.
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_messages_arrive_separately() {
+        let (_t, mut rx, addr) = start(TcpOptions::default());
+        let mut c = connect(addr).await;
+        let mut all = msg(1);
+        all.extend(msg(2));
+        all.extend(b"\r\n");
+        all.extend(msg(3));
+        c.write_all(&all).await.unwrap();
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let (m, peer, id) = next(&mut rx).await;
+            assert_eq!(&m[..], &msg(n)[..]);
+            assert_eq!(peer, c.local_addr().unwrap());
+            ids.push(id);
+        }
+        assert!(ids.iter().all(|i| *i == ids[0]));
+        nothing_more(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn split_message_arrives_whole() {
+        let (_t, mut rx, addr) = start(TcpOptions::default());
+        let mut c = connect(addr).await;
+        let m = msg(7);
+        for b in &m {
+            c.write_all(std::slice::from_ref(b)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &m[..]);
+        nothing_more(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn ping_gets_pong_and_lone_crlf_is_ignored() {
+        let (_t, mut rx, addr) = start(TcpOptions::default());
+        let mut c = connect(addr).await;
+        c.write_all(b"\r\n\r\n").await.unwrap();
+        let mut pong = [0u8; 2];
+        tokio::time::timeout(WAIT, c.read_exact(&mut pong))
+            .await
+            .expect("no pong")
+            .unwrap();
+        assert_eq!(&pong, b"\r\n");
+        // A lone CRLF draws nothing, and the message after it arrives.
+        let mut m = b"\r\n".to_vec();
+        m.extend(msg(1));
+        c.write_all(&m).await.unwrap();
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(1)[..]);
+        let mut b = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_millis(200), c.read(&mut b)).await;
+        assert!(r.is_err(), "unexpected bytes or close: {r:?}");
+    }
+
+    #[tokio::test]
+    async fn oversized_message_closes_only_its_connection() {
+        let opts = TcpOptions {
+            max_message: 1024,
+            ..TcpOptions::default()
+        };
+        let (t, mut rx, addr) = start(opts);
+        let mut good = connect(addr).await;
+        // Content-Length beyond the cap.
+        let mut big = connect(addr).await;
+        big.write_all(b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 5000\r\n\r\n")
+            .await
+            .unwrap();
+        assert_closed(&mut big).await;
+        assert_eq!(t.stats().closed_oversized.load(Ordering::Relaxed), 1);
+        // Headers beyond the cap, never terminated.
+        let mut long = connect(addr).await;
+        let mut h = b"INVITE sip:a@b SIP/2.0\r\n".to_vec();
+        while h.len() < 2000 {
+            h.extend(b"X-Filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        // The transport may close before it has read everything.
+        let _ = long.write_all(&h).await;
+        assert_closed(&mut long).await;
+        assert_eq!(t.stats().closed_oversized.load(Ordering::Relaxed), 2);
+        // The other connection still works.
+        good.write_all(&msg(1)).await.unwrap();
+        let (got, peer, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(1)[..]);
+        assert_eq!(peer, good.local_addr().unwrap());
+        nothing_more(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn malformed_message_closes_only_its_connection() {
+        let (t, mut rx, addr) = start(TcpOptions::default());
+        let mut good = connect(addr).await;
+        let mut bad = connect(addr).await;
+        bad.write_all(b"INVITE sip:a@b SIP/2.0\r\nContent-Length: abc\r\n\r\n")
+            .await
+            .unwrap();
+        assert_closed(&mut bad).await;
+        assert_eq!(t.stats().closed_malformed.load(Ordering::Relaxed), 1);
+        good.write_all(&msg(2)).await.unwrap();
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(2)[..]);
+        nothing_more(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn send_reuses_one_connection_per_peer() {
+        let peer = TcpListener::bind(local()).await.unwrap();
+        let to = peer.local_addr().unwrap();
+        let (t, _rx) = TcpTransport::new(TcpOptions::default());
+        let id1 = t.send(to, Bytes::from(msg(1))).await.unwrap();
+        let id2 = t.send(to, Bytes::from(msg(2))).await.unwrap();
+        assert_eq!(id1, id2);
+        let (mut s, _) = tokio::time::timeout(WAIT, peer.accept())
+            .await
+            .expect("no connection")
+            .unwrap();
+        let mut want = msg(1);
+        want.extend(msg(2));
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut got))
+            .await
+            .expect("messages not received")
+            .unwrap();
+        assert_eq!(got, want);
+        let second = tokio::time::timeout(Duration::from_millis(200), peer.accept()).await;
+        assert!(second.is_err(), "a second connection was opened");
+        assert_eq!(t.connections(), 1);
+        assert_eq!(t.stats().connected.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn send_on_answers_on_the_inbound_connection() {
+        let (t, mut rx, addr) = start(TcpOptions::default());
+        let mut c = connect(addr).await;
+        c.write_all(&msg(1)).await.unwrap();
+        let (_, peer, id) = next(&mut rx).await;
+        let resp = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        t.send_on(id, Bytes::from_static(resp)).unwrap();
+        let mut got = vec![0u8; resp.len()];
+        tokio::time::timeout(WAIT, c.read_exact(&mut got))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert_eq!(&got[..], &resp[..]);
+        // `send` to the same peer reuses the inbound connection.
+        assert_eq!(t.send(peer, Bytes::from_static(resp)).await.unwrap(), id);
+        // Once the client has gone, the connection is reported closed.
+        drop(c);
+        eventually("the connection to close", || t.connections() == 0).await;
+        assert!(matches!(
+            t.send_on(id, Bytes::from_static(resp)),
+            Err(TcpError::Closed(i)) if i == id
+        ));
+    }
+
+    #[tokio::test]
+    async fn send_to_a_closed_port_fails_fast() {
+        let to = {
+            let l = std::net::TcpListener::bind(local()).unwrap();
+            l.local_addr().unwrap()
+        };
+        let (t, _rx) = TcpTransport::new(TcpOptions::default());
+        let started = Instant::now();
+        let r = tokio::time::timeout(WAIT, t.send(to, Bytes::from(msg(1))))
+            .await
+            .expect("send hung");
+        assert!(
+            matches!(r, Err(TcpError::Connect(a, _)) if a == to),
+            "{r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(t.stats().connect_failed.load(Ordering::Relaxed), 1);
+        assert_eq!(t.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_closed_and_traffic_keeps_it_open() {
+        let opts = TcpOptions {
+            idle_timeout: Duration::from_millis(200),
+            ..TcpOptions::default()
+        };
+        let (t, _rx, addr) = start(opts);
+        // Pings every 50 ms keep this one open past the timeout.
+        let mut busy = connect(addr).await;
+        let mut idle = connect(addr).await;
+        let started = Instant::now();
+        let mut pong = [0u8; 2];
+        while started.elapsed() < Duration::from_millis(500) {
+            busy.write_all(b"\r\n\r\n").await.unwrap();
+            tokio::time::timeout(WAIT, busy.read_exact(&mut pong))
+                .await
+                .expect("no pong")
+                .expect("busy connection closed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_closed(&mut idle).await;
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(t.stats().closed_idle.load(Ordering::Relaxed), 1);
+        assert_eq!(t.connections(), 1);
+        // And the busy one closes too once it stops.
+        assert_closed(&mut busy).await;
+        assert_eq!(t.stats().closed_idle.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_cap_refuses_the_extra_connection() {
+        let opts = TcpOptions {
+            max_connections: 2,
+            ..TcpOptions::default()
+        };
+        let (t, mut rx, addr) = start(opts);
+        let mut a = connect(addr).await;
+        let mut b = connect(addr).await;
+        eventually("two accepted", || {
+            t.stats().accepted.load(Ordering::Relaxed) == 2
+        })
+        .await;
+        let mut c = connect(addr).await;
+        assert_closed(&mut c).await;
+        assert_eq!(t.stats().refused_cap.load(Ordering::Relaxed), 1);
+        assert_eq!(t.connections(), 2);
+        for (n, s) in [(1, &mut a), (2, &mut b)] {
+            s.write_all(&msg(n)).await.unwrap();
+            let (got, _, _) = next(&mut rx).await;
+            assert_eq!(&got[..], &msg(n)[..]);
+        }
+        // A slot freed is a slot usable again.
+        drop(a);
+        eventually("one closed", || t.connections() == 1).await;
+        let mut d = connect(addr).await;
+        d.write_all(&msg(4)).await.unwrap();
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(4)[..]);
+    }
+
+    #[tokio::test]
+    async fn full_send_queue_is_an_error_for_that_send() {
+        let opts = TcpOptions {
+            send_queue: 2,
+            ..TcpOptions::default()
+        };
+        // A peer that accepts and never reads.
+        let peer = TcpListener::bind(local()).await.unwrap();
+        let to = peer.local_addr().unwrap();
+        let (t, _rx) = TcpTransport::new(opts);
+        let big = Bytes::from(vec![b'x'; 256 * 1024]);
+        let mut full = None;
+        for _ in 0..200 {
+            match t.send(to, big.clone()).await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => {
+                    full = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(full, Some(TcpError::QueueFull(a)) if a == to),
+            "{full:?}"
+        );
+        assert!(t.stats().send_queue_full.load(Ordering::Relaxed) >= 1);
+    }
+}
