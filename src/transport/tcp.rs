@@ -767,6 +767,44 @@ mod tests {
         assert_eq!(t.stats().connected.load(Ordering::Relaxed), 1);
     }
 
+    /// Concurrent sends to a peer with no connection yet dial once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_sends_open_one_connection() {
+        let peer = TcpListener::bind(local()).await.unwrap();
+        let to = peer.local_addr().unwrap();
+        let (t, _rx) = TcpTransport::new(TcpOptions::default());
+        let sends: Vec<_> = (1..=4)
+            .map(|n| {
+                let t = t.clone();
+                tokio::spawn(async move { t.send(to, Bytes::from(msg(n))).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for s in sends {
+            ids.push(
+                tokio::time::timeout(WAIT, s)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        let (mut s, _) = tokio::time::timeout(WAIT, peer.accept())
+            .await
+            .expect("no connection")
+            .unwrap();
+        let want: usize = (1..=4).map(|n| msg(n).len()).sum();
+        let mut got = vec![0u8; want];
+        tokio::time::timeout(WAIT, s.read_exact(&mut got))
+            .await
+            .expect("messages not received")
+            .unwrap();
+        let second = tokio::time::timeout(Duration::from_millis(200), peer.accept()).await;
+        assert!(second.is_err(), "a second connection was opened");
+        assert_eq!(t.stats().connected.load(Ordering::Relaxed), 1);
+    }
+
     #[tokio::test]
     async fn send_on_answers_on_the_inbound_connection() {
         let (t, mut rx, addr) = start(TcpOptions::default());
