@@ -1,0 +1,940 @@
+//! SIP over TCP (RFC 3261 §18): listeners, outgoing connections, one
+//! connection per peer, stream framing with [`frame_stream`], RFC 5626
+//! §3.5.1 CRLF keep-alives, idle timeout and a connection cap.
+//!
+//! One task per connection does both directions: it reads and frames
+//! inbound bytes, and drains that connection's bounded send queue. Nothing
+//! is spawned per message. A send never waits: a full queue (a stalled
+//! peer) is an error for that send only, so one slow peer cannot hold up
+//! the proxy or other connections.
+//!
+//! Received messages go, whole and unparsed, through one bounded channel
+//! the proxy reads: `(bytes, peer, ConnId)`. Responses go back with
+//! [`TcpTransport::send_on`] on the connection the request came in on
+//! (RFC 3261 §18.2.2).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use dashmap::DashMap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::sip::{frame_stream, SipError, StreamFrame, DEFAULT_MAX_MESSAGE};
+
+/// One received message: the whole message's bytes (framed, not parsed),
+/// the peer's address and the connection it came in on.
+pub type Inbound = (Bytes, SocketAddr, ConnId);
+
+/// Identifies one TCP connection for its lifetime; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tcp#{}", self.0)
+    }
+}
+
+/// Settings for the TCP transport.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpOptions {
+    /// Cap on one message (headers and body); beyond it the connection is
+    /// closed, since a stream cannot be resynchronised.
+    pub max_message: usize,
+    /// A connection without traffic in either direction for this long is
+    /// closed.
+    pub idle_timeout: Duration,
+    /// Outgoing connect timeout. Kept short: a failed connect is a
+    /// transport error the proxy fails over on, and it should come well
+    /// before `fr_timeout` would.
+    pub connect_timeout: Duration,
+    /// Cap on open connections. New inbound ones beyond it are refused;
+    /// outgoing ones are not (they go to nodes and trunks the proxy
+    /// chose, and a flood of inbound connections must not stop failover).
+    pub max_connections: usize,
+    /// Messages queued per connection before a send fails.
+    pub send_queue: usize,
+    /// Capacity of the inbound channel to the proxy. When full, readers
+    /// stop reading (TCP back-pressure) rather than drop.
+    pub inbound_queue: usize,
+    /// IP_FREEBIND on listeners (a standby binding the keepalived VIP).
+    pub freebind: bool,
+    /// listen(2) backlog.
+    pub backlog: i32,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            max_message: DEFAULT_MAX_MESSAGE,
+            idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(2),
+            max_connections: 4096,
+            send_queue: 256,
+            inbound_queue: 4096,
+            freebind: false,
+            backlog: 1024,
+        }
+    }
+}
+
+/// Counters the proxy exports as metrics.
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    /// Inbound connections accepted.
+    pub accepted: AtomicU64,
+    /// Inbound connections refused because of `max_connections`.
+    pub refused_cap: AtomicU64,
+    /// Outgoing connections established.
+    pub connected: AtomicU64,
+    /// Connections closed on a message whose framing was invalid.
+    pub closed_malformed: AtomicU64,
+    /// Connections closed on a message beyond `max_message`.
+    pub closed_oversized: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub closed_idle: AtomicU64,
+    /// Sends refused because the connection's queue was full.
+    pub send_queue_full: AtomicU64,
+    /// Outgoing connects that failed or timed out.
+    pub connect_failed: AtomicU64,
+}
+
+impl TcpStats {
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a send failed. Every variant is a transport failure for the
+/// proxy: fail over (a new INVITE) or count a probe failure.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    #[error("tcp connect to {0} failed: {1}")]
+    Connect(SocketAddr, #[source] io::Error),
+    #[error("tcp connect to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    /// The connection has closed: for a response, open a new one to the
+    /// Via's sent-by with [`TcpTransport::send`].
+    #[error("tcp connection {0} is closed")]
+    Closed(ConnId),
+    /// The peer is not reading fast enough.
+    #[error("tcp send queue to {0} is full")]
+    QueueFull(SocketAddr),
+    #[error("tcp transport is shut down")]
+    Shutdown,
+}
+
+/// Binds a listening TCP socket (SO_REUSEADDR so a restart does not wait
+/// for TIME_WAIT; IP_FREEBIND when asked). Non-blocking, ready for
+/// [`TcpTransport::serve`].
+pub fn bind_tcp(addr: SocketAddr, opts: &TcpOptions) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if opts.freebind {
+        if addr.is_ipv4() {
+            socket.set_freebind_v4(true)?;
+        } else {
+            socket.set_freebind_v6(true)?;
+        }
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(opts.backlog)?;
+    Ok(socket.into())
+}
+
+/// The TCP transport: listeners, connection table, counters. Cheap to
+/// clone (an `Arc`).
+#[derive(Clone)]
+pub struct TcpTransport {
+    inner: Arc<Inner>,
+}
+
+/// What the table holds for one connection.
+struct Conn {
+    peer: SocketAddr,
+    queue: mpsc::Sender<Bytes>,
+}
+
+struct Inner {
+    opts: TcpOptions,
+    stats: TcpStats,
+    by_id: DashMap<ConnId, Conn>,
+    /// One connection per peer, reused for outgoing requests. An inbound
+    /// connection is reused too: it reaches the same peer.
+    by_peer: DashMap<SocketAddr, ConnId>,
+    /// Serialises connects to one peer so two concurrent sends open one
+    /// connection, not two.
+    dialing: DashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
+    open: AtomicUsize,
+    next_id: AtomicU64,
+    inbound: mpsc::Sender<Inbound>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl TcpTransport {
+    /// A transport with no listener yet (outgoing only until
+    /// [`serve`](Self::serve)), and the receiver of inbound messages.
+    pub fn new(opts: TcpOptions) -> (TcpTransport, mpsc::Receiver<Inbound>) {
+        let (tx, rx) = mpsc::channel(opts.inbound_queue.max(1));
+        let inner = Inner {
+            opts,
+            stats: TcpStats::default(),
+            by_id: DashMap::new(),
+            by_peer: DashMap::new(),
+            dialing: DashMap::new(),
+            open: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            inbound: tx,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        (
+            TcpTransport {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
+    }
+
+    /// Binds `addr` and starts accepting: [`new`](Self::new) +
+    /// [`bind_tcp`] + [`serve`](Self::serve). Must run inside a tokio
+    /// runtime.
+    pub fn listen(
+        addr: SocketAddr,
+        opts: TcpOptions,
+    ) -> io::Result<(TcpTransport, mpsc::Receiver<Inbound>, SocketAddr)> {
+        let (transport, rx) = TcpTransport::new(opts);
+        let listener = bind_tcp(addr, &opts)?;
+        let local = transport.serve(listener)?;
+        Ok((transport, rx, local))
+    }
+
+    /// Starts an accept loop on an already-bound listener (from
+    /// [`bind_tcp`]) and returns its local address.
+    pub fn serve(&self, listener: std::net::TcpListener) -> io::Result<SocketAddr> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let local = listener.local_addr()?;
+        let inner = self.inner.clone();
+        self.inner
+            .tasks
+            .spawn(async move { accept_loop(inner, listener, local).await });
+        Ok(local)
+    }
+
+    pub fn stats(&self) -> &TcpStats {
+        &self.inner.stats
+    }
+
+    /// Connections open now (inbound and outgoing).
+    pub fn connections(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
+    }
+
+    /// The connection to `peer`, if one is open.
+    pub fn conn_to(&self, peer: SocketAddr) -> Option<ConnId> {
+        self.inner.by_peer.get(&peer).map(|e| *e)
+    }
+
+    /// Queues `msg` for `to`, on the open connection to it or a new one.
+    /// Waits only for a connect (bounded by `connect_timeout`).
+    pub async fn send(&self, to: SocketAddr, msg: Bytes) -> Result<ConnId, TcpError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(TcpError::Shutdown);
+        }
+        if let Some(id) = self.conn_to(to) {
+            match self.send_on(id, msg.clone()) {
+                // It closed under us: drop the stale entry and dial anew.
+                Err(TcpError::Closed(_)) => {
+                    self.inner.by_peer.remove_if(&to, |_, v| *v == id);
+                }
+                other => return other.map(|()| id),
+            }
+        }
+        let lock = self.inner.dialing.entry(to).or_default().clone();
+        let _guard = lock.lock().await;
+        // Someone else may have connected while we waited for the lock.
+        if let Some(id) = self.conn_to(to) {
+            if let Ok(()) = self.send_on(id, msg.clone()) {
+                return Ok(id);
+            }
+        }
+        let result = self.connect(to).await;
+        self.inner.dialing.remove(&to);
+        let id = result?;
+        self.send_on(id, msg).map(|()| id)
+    }
+
+    /// Queues `msg` on connection `conn` without waiting. `Closed` when
+    /// the connection is gone.
+    pub fn send_on(&self, conn: ConnId, msg: Bytes) -> Result<(), TcpError> {
+        let Some(entry) = self.inner.by_id.get(&conn) else {
+            return Err(TcpError::Closed(conn));
+        };
+        let peer = entry.peer;
+        match entry.queue.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                TcpStats::inc(&self.inner.stats.send_queue_full);
+                Err(TcpError::QueueFull(peer))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(TcpError::Closed(conn)),
+        }
+    }
+
+    /// Stops the accept loops and closes every connection; waits for the
+    /// tasks to end.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    async fn connect(&self, to: SocketAddr) -> Result<ConnId, TcpError> {
+        let inner = &self.inner;
+        let stream =
+            match tokio::time::timeout(inner.opts.connect_timeout, TcpStream::connect(to)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    TcpStats::inc(&inner.stats.connect_failed);
+                    tracing::debug!("tcp:{to}: connect failed: {e}");
+                    return Err(TcpError::Connect(to, e));
+                }
+                Err(_) => {
+                    TcpStats::inc(&inner.stats.connect_failed);
+                    tracing::debug!("tcp:{to}: connect timed out");
+                    return Err(TcpError::ConnectTimeout(to));
+                }
+            };
+        TcpStats::inc(&inner.stats.connected);
+        inner.open.fetch_add(1, Ordering::Relaxed);
+        Ok(start_conn(inner, stream, to))
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, local: SocketAddr) {
+    loop {
+        let accepted = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning; the
+                // pending connection stays in the backlog.
+                tracing::warn!("tcp:{local}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let open = inner.open.fetch_add(1, Ordering::Relaxed);
+        if open >= inner.opts.max_connections {
+            inner.open.fetch_sub(1, Ordering::Relaxed);
+            TcpStats::inc(&inner.stats.refused_cap);
+            tracing::warn!(
+                "tcp:{local}: connection from {peer} refused: {} connections open (max_connections)",
+                open
+            );
+            drop(stream);
+            continue;
+        }
+        TcpStats::inc(&inner.stats.accepted);
+        start_conn(&inner, stream, peer);
+    }
+}
+
+/// Registers a connection (already counted in `open`) and spawns its task.
+fn start_conn(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) -> ConnId {
+    // SIP messages are written whole; Nagle would only delay pipelined
+    // responses.
+    let _ = stream.set_nodelay(true);
+    let id = ConnId(inner.next_id.fetch_add(1, Ordering::Relaxed));
+    let (tx, rx) = mpsc::channel(inner.opts.send_queue.max(1));
+    inner.by_id.insert(id, Conn { peer, queue: tx });
+    inner.by_peer.insert(peer, id);
+    let task_inner = inner.clone();
+    inner.tasks.spawn(async move {
+        let reason = run_conn(&task_inner, &stream, peer, id, rx).await;
+        tracing::debug!("tcp:{peer}: {id} closed: {reason}");
+        task_inner.by_id.remove(&id);
+        task_inner.by_peer.remove_if(&peer, |_, v| *v == id);
+        task_inner.open.fetch_sub(1, Ordering::Relaxed);
+    });
+    id
+}
+
+/// Why a connection ended (for the log line).
+#[derive(Debug, thiserror::Error)]
+enum CloseReason {
+    #[error("peer closed")]
+    Eof,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("idle")]
+    Idle,
+    #[error("oversized message")]
+    Oversized,
+    #[error("malformed message: {0}")]
+    Malformed(SipError),
+    #[error("shutdown")]
+    Shutdown,
+}
+
+/// Pongs queued beyond this are dropped: a peer that pings without
+/// reading must not grow our memory.
+const MAX_PENDING_PONGS: usize = 8;
+/// Largest single read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Messages taken off the send queue per wake-up.
+const WRITE_BATCH: usize = 16;
+
+/// The connection's life: read and frame, write the queue, idle timeout.
+async fn run_conn(
+    inner: &Inner,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    mut queue: mpsc::Receiver<Bytes>,
+) -> CloseReason {
+    let max = inner.opts.max_message.max(1);
+    let idle = inner.opts.idle_timeout;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK.min(max));
+    let mut out: VecDeque<Bytes> = VecDeque::new();
+    let mut last_activity = Instant::now();
+    let idle_sleep = tokio::time::sleep_until(last_activity + idle);
+    tokio::pin!(idle_sleep);
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return CloseReason::Shutdown,
+            () = &mut idle_sleep => {
+                if last_activity.elapsed() >= idle {
+                    TcpStats::inc(&inner.stats.closed_idle);
+                    return CloseReason::Idle;
+                }
+                idle_sleep.as_mut().reset(last_activity + idle);
+            }
+            r = stream.readable() => {
+                if let Err(e) = r {
+                    return e.into();
+                }
+                // After framing, fewer than `max` bytes remain buffered
+                // (a full frame is taken off), so there is always room.
+                let len = buf.len();
+                let room = READ_CHUNK.min(max.saturating_sub(len)).max(1);
+                buf.resize(len + room, 0);
+                let n = match stream.try_read(&mut buf[len..]) {
+                    Ok(0) => return CloseReason::Eof,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => {
+                        buf.truncate(len);
+                        return e.into();
+                    }
+                };
+                buf.truncate(len + n);
+                if n == 0 {
+                    continue;
+                }
+                last_activity = Instant::now();
+                idle_sleep.as_mut().reset(last_activity + idle);
+                if let Err(reason) = deliver(inner, &mut buf, max, peer, id, &mut out).await {
+                    return reason;
+                }
+                if !out.is_empty() {
+                    if let Err(e) = write_some(stream, &mut out) {
+                        return e.into();
+                    }
+                }
+            }
+            m = queue.recv(), if out.is_empty() => {
+                let Some(m) = m else { return CloseReason::Shutdown };
+                out.push_back(m);
+                while out.len() < WRITE_BATCH {
+                    match queue.try_recv() {
+                        Ok(m) => out.push_back(m),
+                        Err(_) => break,
+                    }
+                }
+                match write_some(stream, &mut out) {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        last_activity = Instant::now();
+                        idle_sleep.as_mut().reset(last_activity + idle);
+                    }
+                    Err(e) => return e.into(),
+                }
+            }
+            r = stream.writable(), if !out.is_empty() => {
+                if let Err(e) = r {
+                    return e.into();
+                }
+                match write_some(stream, &mut out) {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        last_activity = Instant::now();
+                        idle_sleep.as_mut().reset(last_activity + idle);
+                    }
+                    Err(e) => return e.into(),
+                }
+            }
+        }
+    }
+}
+
+/// Takes every whole frame off the front of `buf`: messages go to the
+/// proxy, pings get a pong queued in `out`.
+async fn deliver(
+    inner: &Inner,
+    buf: &mut BytesMut,
+    max: usize,
+    peer: SocketAddr,
+    id: ConnId,
+    out: &mut VecDeque<Bytes>,
+) -> Result<(), CloseReason> {
+    loop {
+        match frame_stream(buf, max) {
+            Err(SipError::Incomplete) => return Ok(()),
+            Err(SipError::TooLarge) => {
+                TcpStats::inc(&inner.stats.closed_oversized);
+                tracing::info!("tcp:{peer}: {id}: message over {max} bytes, closing");
+                return Err(CloseReason::Oversized);
+            }
+            Err(e) => {
+                TcpStats::inc(&inner.stats.closed_malformed);
+                tracing::info!("tcp:{peer}: {id}: {e}, closing");
+                return Err(CloseReason::Malformed(e));
+            }
+            Ok(StreamFrame::KeepAlive { len, ping }) => {
+                buf.advance(len);
+                // RFC 5626 §3.5.1: a double-CRLF ping is answered with a
+                // single CRLF pong; a lone CRLF is ignored.
+                if ping && out.len() < MAX_PENDING_PONGS {
+                    out.push_back(Bytes::from_static(b"\r\n"));
+                }
+            }
+            Ok(StreamFrame::Message { len }) => {
+                let msg = buf.split_to(len).freeze();
+                // Back-pressure: while the proxy is behind, this
+                // connection stops reading rather than dropping.
+                tokio::select! {
+                    r = inner.inbound.send((msg, peer, id)) => {
+                        if r.is_err() {
+                            return Err(CloseReason::Shutdown);
+                        }
+                    }
+                    _ = inner.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+                }
+            }
+        }
+    }
+}
+
+/// Writes as much of `out` as the socket takes now; returns the bytes
+/// written (0 when it would block).
+fn write_some(stream: &TcpStream, out: &mut VecDeque<Bytes>) -> io::Result<usize> {
+    let mut written = 0;
+    while let Some(front) = out.front_mut() {
+        match stream.try_write(front) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                written += n;
+                front.advance(n);
+                if front.is_empty() {
+                    out.pop_front();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Every wait in these tests is bounded by this.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn msg(n: u32) -> Vec<u8> {
+        let body = format!("body {n}");
+        format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK{n}\r\nCall-ID: {n}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    fn start(opts: TcpOptions) -> (TcpTransport, mpsc::Receiver<Inbound>, SocketAddr) {
+        TcpTransport::listen(local(), opts).expect("listen")
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Inbound>) -> Inbound {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("channel closed")
+    }
+
+    /// Nothing more arrives within a short while.
+    async fn nothing_more(rx: &mut mpsc::Receiver<Inbound>) {
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            panic!("unexpected item: {m:?}");
+        }
+    }
+
+    /// The peer closed the connection (EOF or reset) within `WAIT`.
+    async fn assert_closed(client: &mut TcpStream) {
+        let mut b = [0u8; 64];
+        loop {
+            match tokio::time::timeout(WAIT, client.read(&mut b)).await {
+                Err(_) => panic!("connection still open"),
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                // Bytes the transport sent before closing (none expected
+                // here, but they would not mean "open").
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn connect(addr: SocketAddr) -> TcpStream {
+        tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect")
+    }
+
+    /// Polls `cond` until true or `WAIT` passes.
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_messages_arrive_separately() {
+        let (_t, mut rx, addr) = start(TcpOptions::default());
+        let mut c = connect(addr).await;
+        let mut all = msg(1);
+        all.extend(msg(2));
+        all.extend(b"\r\n");
+        all.extend(msg(3));
+        c.write_all(&all).await.unwrap();
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let (m, peer, id) = next(&mut rx).await;
+            assert_eq!(&m[..], &msg(n)[..]);
+            assert_eq!(peer, c.local_addr().unwrap());
+            ids.push(id);
+        }
+        assert!(ids.iter().all(|i| *i == ids[0]));
+        nothing_more(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn split_message_arrives_whole() {
+        let (_t, mut rx, addr) = start(TcpOptions::default());
+        let mut c = connect(addr).await;
+        let m = msg(7);
+        for b in &m {
+            c.write_all(std::slice::from_ref(b)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &m[..]);
+        nothing_more(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn ping_gets_pong_and_lone_crlf_is_ignored() {
+        let (_t, mut rx, addr) = start(TcpOptions::default());
+        let mut c = connect(addr).await;
+        c.write_all(b"\r\n\r\n").await.unwrap();
+        let mut pong = [0u8; 2];
+        tokio::time::timeout(WAIT, c.read_exact(&mut pong))
+            .await
+            .expect("no pong")
+            .unwrap();
+        assert_eq!(&pong, b"\r\n");
+        // A lone CRLF draws nothing, and the message after it arrives.
+        let mut m = b"\r\n".to_vec();
+        m.extend(msg(1));
+        c.write_all(&m).await.unwrap();
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(1)[..]);
+        let mut b = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_millis(200), c.read(&mut b)).await;
+        assert!(r.is_err(), "unexpected bytes or close: {r:?}");
+    }
+
+    #[tokio::test]
+    async fn oversized_message_closes_only_its_connection() {
+        let opts = TcpOptions {
+            max_message: 1024,
+            ..TcpOptions::default()
+        };
+        let (t, mut rx, addr) = start(opts);
+        let mut good = connect(addr).await;
+        // Content-Length beyond the cap.
+        let mut big = connect(addr).await;
+        big.write_all(b"INVITE sip:a@b SIP/2.0\r\nContent-Length: 5000\r\n\r\n")
+            .await
+            .unwrap();
+        assert_closed(&mut big).await;
+        assert_eq!(t.stats().closed_oversized.load(Ordering::Relaxed), 1);
+        // Headers beyond the cap, never terminated.
+        let mut long = connect(addr).await;
+        let mut h = b"INVITE sip:a@b SIP/2.0\r\n".to_vec();
+        while h.len() < 2000 {
+            h.extend(b"X-Filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        // The transport may close before it has read everything.
+        let _ = long.write_all(&h).await;
+        assert_closed(&mut long).await;
+        assert_eq!(t.stats().closed_oversized.load(Ordering::Relaxed), 2);
+        // The other connection still works.
+        good.write_all(&msg(1)).await.unwrap();
+        let (got, peer, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(1)[..]);
+        assert_eq!(peer, good.local_addr().unwrap());
+        nothing_more(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn malformed_message_closes_only_its_connection() {
+        let (t, mut rx, addr) = start(TcpOptions::default());
+        let mut good = connect(addr).await;
+        let mut bad = connect(addr).await;
+        bad.write_all(b"INVITE sip:a@b SIP/2.0\r\nContent-Length: abc\r\n\r\n")
+            .await
+            .unwrap();
+        assert_closed(&mut bad).await;
+        assert_eq!(t.stats().closed_malformed.load(Ordering::Relaxed), 1);
+        good.write_all(&msg(2)).await.unwrap();
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(2)[..]);
+        nothing_more(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn send_reuses_one_connection_per_peer() {
+        let peer = TcpListener::bind(local()).await.unwrap();
+        let to = peer.local_addr().unwrap();
+        let (t, _rx) = TcpTransport::new(TcpOptions::default());
+        let id1 = t.send(to, Bytes::from(msg(1))).await.unwrap();
+        let id2 = t.send(to, Bytes::from(msg(2))).await.unwrap();
+        assert_eq!(id1, id2);
+        let (mut s, _) = tokio::time::timeout(WAIT, peer.accept())
+            .await
+            .expect("no connection")
+            .unwrap();
+        let mut want = msg(1);
+        want.extend(msg(2));
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut got))
+            .await
+            .expect("messages not received")
+            .unwrap();
+        assert_eq!(got, want);
+        let second = tokio::time::timeout(Duration::from_millis(200), peer.accept()).await;
+        assert!(second.is_err(), "a second connection was opened");
+        assert_eq!(t.connections(), 1);
+        assert_eq!(t.stats().connected.load(Ordering::Relaxed), 1);
+    }
+
+    /// Concurrent sends to a peer with no connection yet dial once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_sends_open_one_connection() {
+        let peer = TcpListener::bind(local()).await.unwrap();
+        let to = peer.local_addr().unwrap();
+        let (t, _rx) = TcpTransport::new(TcpOptions::default());
+        let sends: Vec<_> = (1..=4)
+            .map(|n| {
+                let t = t.clone();
+                tokio::spawn(async move { t.send(to, Bytes::from(msg(n))).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for s in sends {
+            ids.push(
+                tokio::time::timeout(WAIT, s)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        let (mut s, _) = tokio::time::timeout(WAIT, peer.accept())
+            .await
+            .expect("no connection")
+            .unwrap();
+        let want: usize = (1..=4).map(|n| msg(n).len()).sum();
+        let mut got = vec![0u8; want];
+        tokio::time::timeout(WAIT, s.read_exact(&mut got))
+            .await
+            .expect("messages not received")
+            .unwrap();
+        let second = tokio::time::timeout(Duration::from_millis(200), peer.accept()).await;
+        assert!(second.is_err(), "a second connection was opened");
+        assert_eq!(t.stats().connected.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn send_on_answers_on_the_inbound_connection() {
+        let (t, mut rx, addr) = start(TcpOptions::default());
+        let mut c = connect(addr).await;
+        c.write_all(&msg(1)).await.unwrap();
+        let (_, peer, id) = next(&mut rx).await;
+        let resp = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        t.send_on(id, Bytes::from_static(resp)).unwrap();
+        let mut got = vec![0u8; resp.len()];
+        tokio::time::timeout(WAIT, c.read_exact(&mut got))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert_eq!(&got[..], &resp[..]);
+        // `send` to the same peer reuses the inbound connection.
+        assert_eq!(t.send(peer, Bytes::from_static(resp)).await.unwrap(), id);
+        // Once the client has gone, the connection is reported closed.
+        drop(c);
+        eventually("the connection to close", || t.connections() == 0).await;
+        assert!(matches!(
+            t.send_on(id, Bytes::from_static(resp)),
+            Err(TcpError::Closed(i)) if i == id
+        ));
+    }
+
+    #[tokio::test]
+    async fn send_to_a_closed_port_fails_fast() {
+        let to = {
+            let l = std::net::TcpListener::bind(local()).unwrap();
+            l.local_addr().unwrap()
+        };
+        let (t, _rx) = TcpTransport::new(TcpOptions::default());
+        let started = Instant::now();
+        let r = tokio::time::timeout(WAIT, t.send(to, Bytes::from(msg(1))))
+            .await
+            .expect("send hung");
+        assert!(
+            matches!(r, Err(TcpError::Connect(a, _)) if a == to),
+            "{r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(t.stats().connect_failed.load(Ordering::Relaxed), 1);
+        assert_eq!(t.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_closed_and_traffic_keeps_it_open() {
+        let opts = TcpOptions {
+            idle_timeout: Duration::from_millis(200),
+            ..TcpOptions::default()
+        };
+        let (t, _rx, addr) = start(opts);
+        // Pings every 50 ms keep this one open past the timeout.
+        let mut busy = connect(addr).await;
+        let mut idle = connect(addr).await;
+        let started = Instant::now();
+        let mut pong = [0u8; 2];
+        while started.elapsed() < Duration::from_millis(500) {
+            busy.write_all(b"\r\n\r\n").await.unwrap();
+            tokio::time::timeout(WAIT, busy.read_exact(&mut pong))
+                .await
+                .expect("no pong")
+                .expect("busy connection closed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_closed(&mut idle).await;
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(t.stats().closed_idle.load(Ordering::Relaxed), 1);
+        assert_eq!(t.connections(), 1);
+        // And the busy one closes too once it stops.
+        assert_closed(&mut busy).await;
+        assert_eq!(t.stats().closed_idle.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_cap_refuses_the_extra_connection() {
+        let opts = TcpOptions {
+            max_connections: 2,
+            ..TcpOptions::default()
+        };
+        let (t, mut rx, addr) = start(opts);
+        let mut a = connect(addr).await;
+        let mut b = connect(addr).await;
+        eventually("two accepted", || {
+            t.stats().accepted.load(Ordering::Relaxed) == 2
+        })
+        .await;
+        let mut c = connect(addr).await;
+        assert_closed(&mut c).await;
+        assert_eq!(t.stats().refused_cap.load(Ordering::Relaxed), 1);
+        assert_eq!(t.connections(), 2);
+        for (n, s) in [(1, &mut a), (2, &mut b)] {
+            s.write_all(&msg(n)).await.unwrap();
+            let (got, _, _) = next(&mut rx).await;
+            assert_eq!(&got[..], &msg(n)[..]);
+        }
+        // A slot freed is a slot usable again.
+        drop(a);
+        eventually("one closed", || t.connections() == 1).await;
+        let mut d = connect(addr).await;
+        d.write_all(&msg(4)).await.unwrap();
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(4)[..]);
+    }
+
+    #[tokio::test]
+    async fn full_send_queue_is_an_error_for_that_send() {
+        let opts = TcpOptions {
+            send_queue: 2,
+            ..TcpOptions::default()
+        };
+        // A peer that accepts and never reads.
+        let peer = TcpListener::bind(local()).await.unwrap();
+        let to = peer.local_addr().unwrap();
+        let (t, _rx) = TcpTransport::new(opts);
+        let big = Bytes::from(vec![b'x'; 256 * 1024]);
+        let mut full = None;
+        for _ in 0..200 {
+            match t.send(to, big.clone()).await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => {
+                    full = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(full, Some(TcpError::QueueFull(a)) if a == to),
+            "{full:?}"
+        );
+        assert!(t.stats().send_queue_full.load(Ordering::Relaxed) >= 1);
+    }
+}
