@@ -16,3 +16,28 @@ pub mod udp;
 pub use egress::Egress;
 pub use tcp::{bind_tcp, ConnId, Inbound, TcpError, TcpOptions, TcpStats, TcpTransport};
 pub use udp::{bind_udp, RecvBatch, SipSocket, UdpOptions};
+
+/// What every listening socket gets before `bind`: SO_REUSEADDR (a restart
+/// need not wait), IP_FREEBIND when asked (a keepalived standby binds the
+/// VIP it does not hold yet), dual-stack for IPv6, non-blocking.
+fn prepare(
+    socket: &socket2::Socket,
+    addr: std::net::SocketAddr,
+    freebind: bool,
+) -> std::io::Result<()> {
+    socket.set_reuse_address(true)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if freebind {
+        if addr.is_ipv4() {
+            socket.set_freebind_v4(true)?;
+        } else {
+            socket.set_freebind_v6(true)?;
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = freebind;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)
+}

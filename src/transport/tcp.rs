@@ -139,19 +139,7 @@ pub enum TcpError {
 /// [`TcpTransport::serve`].
 pub fn bind_tcp(addr: SocketAddr, opts: &TcpOptions) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if opts.freebind {
-        if addr.is_ipv4() {
-            socket.set_freebind_v4(true)?;
-        } else {
-            socket.set_freebind_v6(true)?;
-        }
-    }
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_nonblocking(true)?;
+    super::prepare(&socket, addr, opts.freebind)?;
     socket.bind(&addr.into())?;
     socket.listen(opts.backlog)?;
     Ok(socket.into())

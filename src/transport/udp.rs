@@ -32,23 +32,11 @@ impl Default for UdpOptions {
 /// Binds a non-blocking UDP socket; [`SipSocket::new`] hands it to tokio.
 pub fn bind_udp(addr: SocketAddr, opts: UdpOptions) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
     // The kernel may cap these (net.core.rmem_max); a smaller buffer is not
     // an error worth refusing to start over.
     let _ = socket.set_recv_buffer_size(opts.recv_buffer);
     let _ = socket.set_send_buffer_size(opts.send_buffer);
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if opts.freebind {
-        if addr.is_ipv4() {
-            socket.set_freebind_v4(true)?;
-        } else {
-            socket.set_freebind_v6(true)?;
-        }
-    }
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_nonblocking(true)?;
+    super::prepare(&socket, addr, opts.freebind)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
