@@ -143,13 +143,7 @@ impl Backend for Pool {
 }
 
 fn dest(set: u32, uri: &str, flags: u32, priority: i32) -> DestinationView {
-    DestinationView {
-        set,
-        uri: uri.into(),
-        status: Status::from_list_flags(flags),
-        priority,
-        attrs: None,
-    }
+    DestinationView::new(set, uri, Status::from_list_flags(flags), priority)
 }
 
 /// Two FreeSWITCH nodes in set 1 (the second one down), one in set 2 with

@@ -135,6 +135,19 @@ pub struct DestinationView {
     pub attrs: Option<AttrsView>,
 }
 
+impl DestinationView {
+    /// A destination without list attributes (a TOML one, or a test's).
+    pub fn new(set: u32, uri: impl Into<String>, status: Status, priority: i32) -> DestinationView {
+        DestinationView {
+            set,
+            uri: uri.into(),
+            status,
+            priority,
+            attrs: None,
+        }
+    }
+}
+
 /// The `ATTRS` block of `dispatcher.list`, owned. Absent strings are empty
 /// and absent numbers 0, as Kamailio prints them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -656,13 +656,7 @@ mod tests {
     }
 
     fn dest(set: u32, uri: &str, flags: u32, priority: i32) -> DestinationView {
-        DestinationView {
-            set,
-            uri: uri.into(),
-            status: Status::from_list_flags(flags),
-            priority,
-            attrs: None,
-        }
+        DestinationView::new(set, uri, Status::from_list_flags(flags), priority)
     }
 
     fn pool() -> Vec<DestinationView> {

@@ -35,11 +35,8 @@ impl Backend for Proxy {
             let mut order: Vec<usize> = (0..d.len()).collect();
             order.sort_by_key(|&i| std::cmp::Reverse(d.priority(i)));
             out.extend(order.into_iter().map(|i| DestinationView {
-                set,
-                uri: d.uri(i).to_owned(),
-                status: d.status(i),
-                priority: d.priority(i),
                 attrs: d.attrs(i).and_then(|a| a.rpc()).map(AttrsView::from),
+                ..DestinationView::new(set, d.uri(i), d.status(i), d.priority(i))
             }));
         }
         out
