@@ -136,6 +136,9 @@ fn run(name: &str, config: &Config, path: Option<PathBuf>) -> ExitCode {
 }
 
 async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
+    let shutdown = shutdown_signal();
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     for line in &config.dispatcher.skipped {
         tracing::warn!("dispatcher.list line left out (another set): {line}");
     }
@@ -171,7 +174,10 @@ async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
     }
     let cancel = CancellationToken::new();
     let server = tokio::spawn(proxy.clone().run(cancel.clone()));
-    tokio::spawn(reload_on_sighup(proxy.clone()));
+    #[cfg(unix)]
+    if let Some(hup) = hup {
+        tokio::spawn(reload_on_sighup(proxy.clone(), hup));
+    }
     if let Some(admin) = &admin {
         match tokio::net::TcpListener::bind(admin.listen).await {
             Ok(listener) => {
@@ -190,7 +196,7 @@ async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
             }
         }
     }
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: new INVITEs get 503, draining calls in progress");
     proxy.begin_shutdown();
     let _ = tokio::time::timeout(DRAIN, proxy.drained()).await;
@@ -200,48 +206,50 @@ async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
 }
 
 /// SIGHUP does what `dispatcher.reload` does: re-read the destinations.
-async fn reload_on_sighup(proxy: std::sync::Arc<Proxy>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let p = proxy.clone();
-            // It reads files: off the SIP workers.
-            match tokio::task::spawn_blocking(move || p.reload()).await {
-                Ok(Ok(n)) => tracing::info!("SIGHUP: {n} destinations in force"),
-                Ok(Err(e)) => tracing::warn!("SIGHUP: reload refused, pool unchanged: {e}"),
-                Err(e) => tracing::warn!("SIGHUP: reload failed: {e}"),
-            }
+/// The handler is registered by the caller before the proxy serves (the
+/// default action of SIGHUP would end the process).
+#[cfg(unix)]
+async fn reload_on_sighup(proxy: std::sync::Arc<Proxy>, mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        let p = proxy.clone();
+        // It reads files: off the SIP workers.
+        match tokio::task::spawn_blocking(move || p.reload()).await {
+            Ok(Ok(n)) => tracing::info!("SIGHUP: {n} destinations in force"),
+            Ok(Err(e)) => tracing::warn!("SIGHUP: reload refused, pool unchanged: {e}"),
+            Err(e) => tracing::warn!("SIGHUP: reload failed: {e}"),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = proxy;
     }
 }
 
-async fn shutdown_signal() {
+/// Registers SIGTERM and SIGINT now, before the proxy answers anything (a
+/// signal that arrives before its handler is in place would kill the
+/// process with no drain), and returns the wait for either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
