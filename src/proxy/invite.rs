@@ -1,129 +1,183 @@
-//! One task per new INVITE from the trunk: answer 100, try the nodes in
-//! the dispatcher's order, fail over on silence (`fr_timeout`), a failover
-//! code or a send error, and never after the node has the call (a ringing
-//! 1xx or any 2xx: a second INVITE would double-send a fax).
+//! A new INVITE from the trunk as a state machine, driven by the receive
+//! path (the nodes' responses, the trunk's CANCEL, ICMP errors) and by the
+//! timer task (Timer A, `fr_timeout`, `fr_inv_timeout`): no task, channel
+//! or message copy per response. It answers 100, tries the nodes in the
+//! dispatcher's order, fails over on silence, a failover code or a send
+//! error, and never after the node has the call (a ringing 1xx or any 2xx:
+//! a second INVITE would double-send a fax).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{broadcast, mpsc};
-use tokio::time::{sleep_until, Duration, Instant};
+use tokio::time::{Duration, Instant};
 
-use super::{with_editor, Pool, Proxy, ServerInvite};
+use super::{with_editor, Pool, Proxy, ServerInvite, Timer};
 use crate::dialog::Removal;
 use crate::dispatcher::health::Failure;
 use crate::dispatcher::Plan;
 use crate::metrics::{FailoverReason, RejectReason};
 use crate::sip::{HeaderName, Message, Method, Response};
-use crate::transaction::{ClientTxn, Token};
+use crate::transaction::{ClientTxn, Pending, Token, T1, TIMER_SLACK};
 
-/// What an INVITE task hears: the responses on its branches and the
-/// destinations reported unreachable.
-struct Replies {
-    rx: mpsc::Receiver<Bytes>,
-    icmp: broadcast::Receiver<SocketAddr>,
+/// A new INVITE's state machine. The transaction table holds it (one entry
+/// per branch tried) until the call is decided; the timer schedule and the
+/// server transaction only hold weak references.
+pub(crate) struct Call {
+    state: Mutex<CallState>,
+    over: std::sync::atomic::AtomicBool,
 }
 
-/// One try on one node: our branch, its address, the INVITE as sent.
-struct Leg {
-    branch: Token,
-    addr: SocketAddr,
-    invite: Bytes,
-}
-
-/// RFC 3261 T1: the first retransmission interval of our INVITE.
-const T1: Duration = Duration::from_millis(500);
-
-/// Ends an INVITE's "deciding" count (taken in `start_invite`) when
-/// dropped, also on early return.
-struct Deciding<'a>(&'a AtomicUsize);
-
-impl Drop for Deciding<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call").field("over", &self.over).finish()
     }
 }
 
-/// How one attempt on a node ended.
-enum Attempt {
+impl Pending for Arc<Call> {
+    fn is_over(&self) -> bool {
+        self.over.load(Ordering::Relaxed)
+    }
+}
+
+struct CallState {
+    /// The pool this INVITE was planned on: its node indices stay valid
+    /// whatever a reload does meanwhile.
+    pool: Arc<Pool>,
+    plan: Plan,
+    /// The trunk's INVITE as received: the next leg, CANCEL, ACK and local
+    /// answers are built from it.
+    invite: Bytes,
+    src: SocketAddr,
+    server: Arc<ServerInvite>,
+    pop_route: bool,
+    branches: Vec<Token>,
+    /// The node being tried.
+    leg: Option<Leg>,
+    /// When the INVITE arrived (the setup-time histogram).
+    received: Instant,
+    /// The earliest wake-up in the timer schedule for this call.
+    armed: Option<Instant>,
+    weak: Weak<Call>,
+}
+
+/// One try on one node.
+#[derive(Debug)]
+struct Leg {
+    branch: Token,
+    addr: SocketAddr,
+    /// The INVITE as sent (Timer A resends it).
+    bytes: Bytes,
+    /// Timer A (RFC 3261 §17.1.1.2): resend to a silent node at T1,
+    /// doubling, until anything comes back.
+    resend_every: Duration,
+    resend_at: Instant,
+    heard: bool,
+    /// `fr_timeout`, then `fr_inv_timeout` after a provisional reply.
+    deadline: Instant,
+    /// 100 only: the node may still be replaced; a ringing 1xx: never.
+    trying: bool,
+    ringing: bool,
+    cancel_sent: bool,
+    /// The trunk cancelled before the node sent any provisional: RFC 3261
+    /// §9.1 forbids sending our CANCEL until one arrives.
+    cancel_pending: bool,
+}
+
+/// What an event did to the current leg.
+enum Step {
+    Wait,
     /// Try the next node.
     Failover,
     /// The call is decided (answered, rejected, cancelled or timed out).
     Done,
 }
 
-/// A new INVITE as started on the receive path, handed to its task: the
-/// rest of the plan, the reply channel and the first try already sent.
-pub(super) struct Started {
-    /// The pool this INVITE was planned on: its node indices stay valid
-    /// whatever a reload does meanwhile.
-    pool: Arc<Pool>,
-    plan: Plan,
-    tx: mpsc::Sender<Bytes>,
-    replies: Replies,
-    branches: Vec<Token>,
-    pop_route: bool,
-    first: Option<Leg>,
-    /// When the INVITE arrived (the setup-time histogram).
-    received: Instant,
+impl Call {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CallState> {
+        // A panic while holding the lock cannot leave the state torn in a
+        // way worse than dropping the call; go on with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Proxy {
-    /// The synchronous start of a new INVITE: 100 to the trunk and the
-    /// INVITE to the first node, so both leave with the datagrams of the
-    /// same receive batch. Counts the call as deciding until its task ends.
+    /// Starts a new INVITE: 100 to the trunk and the INVITE to the first
+    /// node, so both leave with the datagrams of the same receive batch.
     pub(super) fn start_invite(
         &self,
         msg: &Message<'_>,
         src: SocketAddr,
-        server: &ServerInvite,
-    ) -> Started {
-        let pool = self.pool();
+        server: Arc<ServerInvite>,
+    ) {
         self.calls_deciding.fetch_add(1, Ordering::Relaxed);
-        self.answer(msg, src, server, 100, b"Trying");
-        let (tx, rx) = mpsc::channel(32);
-        let mut started = Started {
-            plan: pool.plan(msg.call_id().unwrap_or_default()),
-            pool,
-            tx,
-            // Subscribed before the first send: its ICMP error must not be
-            // missed.
-            replies: Replies {
-                rx,
-                icmp: self.unreachable.subscribe(),
-            },
-            branches: Vec::new(),
-            pop_route: self.first_route_is_me(msg),
-            first: None,
-            received: Instant::now(),
-        };
-        started.first = self.next_leg(msg, src, server, &mut started);
-        started
+        self.answer(msg, src, &server, 100, b"Trying");
+        let pool = self.pool();
+        let call = Arc::new_cyclic(|weak| Call {
+            state: Mutex::new(CallState {
+                plan: pool.plan(msg.call_id().unwrap_or_default()),
+                pool,
+                invite: Bytes::copy_from_slice(msg.as_bytes()),
+                src,
+                server: server.clone(),
+                pop_route: self.first_route_is_me(msg),
+                branches: Vec::with_capacity(2),
+                leg: None,
+                received: Instant::now(),
+                armed: None,
+                weak: weak.clone(),
+            }),
+            over: Default::default(),
+        });
+        // Reachable by a CANCEL before the first leg is sent (see next_leg).
+        let _ = server.call.set(Arc::downgrade(&call));
+        let mut st = call.lock();
+        self.advance(&call, &mut st, msg);
     }
 
     /// Sends the INVITE to the next node of the plan that takes it (a send
-    /// error marks the node suspect and moves on). `None`: no node left,
-    /// or the trunk cancelled.
-    fn next_leg(
-        &self,
-        msg: &Message<'_>,
-        src: SocketAddr,
-        server: &ServerInvite,
-        st: &mut Started,
-    ) -> Option<Leg> {
+    /// error marks the node suspect and moves on), or, with no node left,
+    /// answers the trunk and ends the call.
+    fn advance(&self, call: &Arc<Call>, st: &mut CallState, msg: &Message<'_>) {
+        match self.next_leg(call, st, msg) {
+            Some(leg) => {
+                st.leg = Some(leg);
+                self.arm(st);
+            }
+            None => {
+                // The table first: whoever sees the answer sees the call gone.
+                self.dialogs
+                    .remove(msg.call_id().unwrap_or_default(), Removal::Failed);
+                if st.server.is_cancelled() {
+                    self.answer(msg, st.src, &st.server, 487, b"Request Terminated");
+                } else {
+                    self.metrics.invite_rejected(RejectReason::AllDown);
+                    self.answer(
+                        msg,
+                        st.src,
+                        &st.server,
+                        503,
+                        b"All media servers unavailable",
+                    );
+                }
+                self.conclude(call, st);
+            }
+        }
+    }
+
+    fn next_leg(&self, call: &Arc<Call>, st: &mut CallState, msg: &Message<'_>) -> Option<Leg> {
         let call_id = msg.call_id().unwrap_or_default();
         for node in st.plan.by_ref() {
-            if server.cancel.is_cancelled() {
+            if st.server.is_cancelled() {
                 return None;
             }
             let addr = st.pool.addr(node);
             let branch = self.branches.next();
             let rr = st.pool.record_routes.get(node).map(|r| &**r);
-            let invite = self.invite_for(msg, src, &branch, rr, st.pop_route)?;
-            self.txns.insert(&branch, ClientTxn::Invite(st.tx.clone()));
+            let invite = self.invite_for(msg, st.src, &branch, rr, st.pop_route)?;
+            self.txns.insert(&branch, ClientTxn::Invite(call.clone()));
             st.branches.push(branch);
             self.pin(call_id, addr);
             if self.send(&invite, addr).is_err() {
@@ -131,195 +185,239 @@ impl Proxy {
                 self.call_failed(&st.pool, node, Failure::TransportError);
                 continue;
             }
+            let now = Instant::now();
             return Some(Leg {
                 branch,
                 addr,
-                invite,
+                bytes: invite,
+                resend_every: T1,
+                resend_at: now + T1,
+                heard: false,
+                deadline: now + self.cfg.failover.fr_timeout,
+                trying: false,
+                ringing: false,
+                cancel_sent: false,
+                cancel_pending: false,
             });
         }
         None
     }
 
-    /// The rest of a new INVITE's life: wait on each node, fail over, answer.
-    pub(super) async fn drive_invite(
-        self: Arc<Self>,
-        raw: Bytes,
-        src: SocketAddr,
-        server: Arc<ServerInvite>,
-        mut st: Started,
-    ) {
-        let deciding = Deciding(&self.calls_deciding);
-        let Ok(msg) = Message::parse(&raw) else {
-            // Parsed once already; never happens. Let the sweeper have it.
-            let _ = server.decided.set(Instant::now());
-            return;
+    /// Makes sure the timer schedule wakes this call by its next deadline.
+    fn arm(&self, st: &mut CallState) {
+        let Some(leg) = &st.leg else { return };
+        let next = if leg.heard {
+            leg.deadline
+        } else {
+            leg.deadline.min(leg.resend_at)
         };
-        let call_id = msg.call_id().unwrap_or_default();
-        let mut decided = false;
-        let mut leg = st.first.take();
-        while let Some(l) = leg {
-            match self
-                .attempt(&msg, src, &server, &l, &mut st.replies, &st.pool)
-                .await
-            {
-                Attempt::Failover => {
-                    tracing::info!(node = %l.addr, "INVITE failed over");
-                    leg = self.next_leg(&msg, src, &server, &mut st);
-                }
-                Attempt::Done => {
-                    decided = true;
-                    break;
-                }
-            }
+        if st.armed.is_none_or(|a| next < a) {
+            st.armed = Some(next);
+            self.timers.schedule(next, Timer::Call(st.weak.clone()));
         }
-        if !decided {
-            // The table first: whoever sees the answer sees the call gone.
-            self.dialogs.remove(call_id, Removal::Failed);
-            if server.cancel.is_cancelled() {
-                self.answer(&msg, src, &server, 487, b"Request Terminated");
-            } else {
-                self.metrics.invite_rejected(RejectReason::AllDown);
-                self.answer(&msg, src, &server, 503, b"All media servers unavailable");
-            }
+    }
+
+    /// Decided: the trunk has its final answer. What is left for the
+    /// retransmission window (a 2xx retransmitted by the node, the trunk's
+    /// INVITE retransmissions and its ACK for a non-2xx) is served from the
+    /// tables, which the sweeper clears after LINGER; the state goes now.
+    fn conclude(&self, call: &Call, st: &mut CallState) {
+        if call.over.swap(true, Ordering::Relaxed) {
+            return;
         }
+        st.leg = None;
         self.metrics.invite_setup(st.received.elapsed());
-        drop(deciding);
-        // Decided. What is left for the retransmission window (a 2xx
-        // retransmitted by the node, the trunk's INVITE retransmissions and
-        // its ACK for a non-2xx) is served from the tables, which the
-        // sweeper clears after LINGER; this task and its buffers go now.
+        self.calls_deciding.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
-        let _ = server.decided.set(now);
+        let _ = st.server.decided.set(now);
         for b in &st.branches {
             self.txns.decide(b.as_bytes(), now);
         }
     }
 
-    /// Waits for the outcome on one node.
-    async fn attempt(
-        &self,
-        msg: &Message<'_>,
-        src: SocketAddr,
-        server: &ServerInvite,
-        leg: &Leg,
-        replies: &mut Replies,
-        pool: &Pool,
-    ) -> Attempt {
-        let (branch, addr) = (&*leg.branch, leg.addr);
-        // Timer A (RFC 3261 §17.1.1.2): resend to a silent node at T1,
-        // doubling, until anything comes back.
-        let mut resend_every = T1;
-        let mut resend_at = Instant::now() + T1;
-        let mut heard = false;
-        let fr = self.cfg.failover.fr_timeout;
-        let fr_inv = self.cfg.failover.fr_inv_timeout;
-        let mut deadline = Instant::now() + fr;
-        // 100 only: the node may still be replaced; a ringing 1xx: never.
-        let mut trying = false;
-        let mut ringing = false;
-        let mut cancel_sent = false;
-        // The trunk cancelled before the node sent any provisional: RFC 3261
-        // §9.1 forbids sending our CANCEL until one arrives.
-        let mut cancel_pending = false;
-        loop {
-            tokio::select! {
-                _ = server.cancel.cancelled(), if !cancel_sent && !cancel_pending => {
-                    if trying || ringing {
-                        self.send_hop(msg, Method::Cancel, branch, None, addr);
-                        cancel_sent = true;
-                        // Wait for the node's 487 a while longer.
-                        deadline = Instant::now() + fr;
-                    } else {
-                        cancel_pending = true;
-                    }
+    /// Acts on what an event did to the current leg.
+    fn step(&self, call: &Arc<Call>, st: &mut CallState, step: Step) {
+        match step {
+            Step::Wait => self.arm(st),
+            Step::Done => self.conclude(call, st),
+            Step::Failover => {
+                if let Some(leg) = &st.leg {
+                    tracing::info!(node = %leg.addr, "INVITE failed over");
                 }
-                _ = sleep_until(resend_at), if !heard => {
-                    let _ = self.send(&leg.invite, addr);
-                    resend_every *= 2;
-                    resend_at = Instant::now() + resend_every;
-                }
-                r = replies.icmp.recv() => {
-                    // The node's port is closed (ICMP port unreachable):
-                    // no reason to wait for fr_timeout.
-                    if r.is_ok_and(|a| a == addr) && !trying && !ringing {
-                        self.metrics.failover(FailoverReason::Transport);
-                        return Attempt::Failover;
-                    }
-                }
-                _ = sleep_until(deadline) => {
-                    if ringing {
-                        // fr_inv_timeout: the node has the call but no final.
-                        self.send_hop(msg, Method::Cancel, branch, None, addr);
-                        self.dialogs.remove(msg.call_id().unwrap_or_default(), Removal::Failed);
-                        self.answer(msg, src, server, 408, b"Request Timeout");
-                        return Attempt::Done;
-                    }
-                    if cancel_sent || cancel_pending {
-                        // Cancelled: the caller answers 487, no other node.
-                        return Attempt::Failover;
-                    }
-                    if trying {
-                        self.send_hop(msg, Method::Cancel, branch, None, addr);
-                    }
-                    self.metrics.failover(FailoverReason::Timeout);
-                    if let Some(i) = pool.find(addr) {
-                        self.call_failed(pool, i, Failure::Timeout(fr));
-                    }
-                    return Attempt::Failover;
-                }
-                r = replies.rx.recv() => {
-                    let Some(b) = r else { return Attempt::Done };
-                    let Ok(resp) = Message::parse(&b) else { continue };
-                    // Responses to our CANCEL share the branch: not the answer.
-                    if !is_invite_response(&resp) {
-                        continue;
-                    }
-                    let Some(code) = resp.status() else { continue };
-                    heard = true;
-                    if code < 200 && cancel_pending {
-                        self.send_hop(msg, Method::Cancel, branch, None, addr);
-                        (cancel_pending, cancel_sent) = (false, true);
-                    }
-                    match code {
-                        100 => {
-                            trying = true;
-                            deadline = Instant::now() + fr_inv;
-                        }
-                        101..=199 => {
-                            ringing = true;
-                            deadline = Instant::now() + fr_inv;
-                            self.relay_upstream(&resp, Some(server));
-                        }
-                        200..=299 => {
-                            self.relay_upstream(&resp, Some(server));
-                            return Attempt::Done;
-                        }
-                        _ => {
-                            // The client transaction ACKs a non-2xx itself.
-                            let to = resp.header(HeaderName::To);
-                            self.send_hop(msg, Method::Ack, branch, to, addr);
-                            let failover = self.cfg.failover.codes.contains(&code)
-                                && !ringing
-                                && !cancel_sent
-                                && !cancel_pending;
-                            if failover {
-                                self.metrics.failover(FailoverReason::Code);
-                                // Marked like a silent node (the issue's
-                                // "suspect"): the next calls skip it until a
-                                // probe, sent now, finds it answering.
-                                if let Some(i) = pool.find(addr) {
-                                    self.call_failed(pool, i, Failure::BadCode(code));
-                                }
-                                return Attempt::Failover;
-                            }
-                            self.dialogs.remove(msg.call_id().unwrap_or_default(), Removal::Failed);
-                            self.relay_upstream(&resp, Some(server));
-                            return Attempt::Done;
-                        }
-                    }
+                st.leg = None;
+                let raw = st.invite.clone();
+                match Message::parse(&raw) {
+                    Ok(msg) => self.advance(call, st, &msg),
+                    // Parsed once already; never happens.
+                    Err(_) => self.conclude(call, st),
                 }
             }
         }
+    }
+
+    /// A response on one of the call's branches.
+    pub(super) fn call_response(&self, call: &Arc<Call>, resp: &Message<'_>, src: SocketAddr) {
+        // Responses to our CANCEL share the branch: not the answer.
+        if !resp.cseq().is_ok_and(|c| c.method == Method::Invite) {
+            return;
+        }
+        let Some(code) = resp.status() else { return };
+        let Some(branch) = resp.top_via().ok().and_then(|v| v.branch()) else {
+            return;
+        };
+        let mut st = call.lock();
+        let st = &mut *st;
+        let Some(leg) = st.leg.as_mut() else {
+            // Decided meanwhile: the entry is about to become Decided.
+            return;
+        };
+        if leg.branch.as_bytes() != branch {
+            // An answer from a node already failed over (late 503, or a
+            // 2xx after our CANCEL): ACK a non-2xx hop by hop, relay a
+            // 2xx the caller must see (RFC 3261 §16.7 step 5).
+            if code >= 300 {
+                self.ack_leg(st, branch, resp.header(HeaderName::To), src);
+            } else if code >= 200 {
+                self.relay_upstream(resp, None);
+            }
+            return;
+        }
+        let now = Instant::now();
+        leg.heard = true;
+        let fr_inv = self.cfg.failover.fr_inv_timeout;
+        if code < 200 && leg.cancel_pending {
+            leg.cancel_pending = false;
+            leg.cancel_sent = true;
+            let (b, a) = (leg.branch, leg.addr);
+            self.cancel_leg(st, &b, a);
+        }
+        let Some(leg) = st.leg.as_mut() else { return };
+        let step = match code {
+            100 => {
+                leg.trying = true;
+                if !leg.cancel_sent {
+                    leg.deadline = now + fr_inv;
+                }
+                Step::Wait
+            }
+            101..=199 => {
+                leg.ringing = true;
+                if !leg.cancel_sent {
+                    leg.deadline = now + fr_inv;
+                }
+                self.relay_upstream(resp, Some(&st.server));
+                Step::Wait
+            }
+            200..=299 => {
+                self.relay_upstream(resp, Some(&st.server));
+                Step::Done
+            }
+            _ => {
+                // The client transaction ACKs a non-2xx itself.
+                let failover = self.cfg.failover.codes.contains(&code)
+                    && !leg.ringing
+                    && !leg.cancel_sent
+                    && !leg.cancel_pending;
+                let (b, addr) = (leg.branch, leg.addr);
+                self.ack_leg(st, b.as_bytes(), resp.header(HeaderName::To), addr);
+                if failover {
+                    self.metrics.failover(FailoverReason::Code);
+                    // Marked like a silent node (the "suspect"):
+                    // the next calls skip it until a probe, sent now, finds
+                    // it answering.
+                    if let Some(i) = st.pool.find(addr) {
+                        self.call_failed(&st.pool, i, Failure::BadCode(code));
+                    }
+                    Step::Failover
+                } else {
+                    let call_id = resp.call_id().unwrap_or_default();
+                    self.dialogs.remove(call_id, Removal::Failed);
+                    self.relay_upstream(resp, Some(&st.server));
+                    Step::Done
+                }
+            }
+        };
+        self.step(call, st, step);
+    }
+
+    /// The trunk cancelled the INVITE.
+    pub(super) fn call_cancelled(&self, call: &Arc<Call>) {
+        let mut st = call.lock();
+        let st = &mut *st;
+        let Some(leg) = st.leg.as_mut() else { return };
+        if leg.cancel_sent || leg.cancel_pending {
+            return;
+        }
+        if leg.trying || leg.ringing {
+            leg.cancel_sent = true;
+            // Wait for the node's 487 a while longer.
+            leg.deadline = Instant::now() + self.cfg.failover.fr_timeout;
+            let (b, a) = (leg.branch, leg.addr);
+            self.cancel_leg(st, &b, a);
+            // The earlier deadline must be armed.
+            self.arm(st);
+        } else {
+            leg.cancel_pending = true;
+        }
+    }
+
+    /// The node's port is closed (ICMP port unreachable): no reason to wait
+    /// for `fr_timeout`.
+    pub(super) fn call_unreachable(&self, call: &Arc<Call>, addr: SocketAddr) {
+        let mut st = call.lock();
+        let st = &mut *st;
+        let Some(leg) = &st.leg else { return };
+        if leg.addr != addr || leg.trying || leg.ringing {
+            return;
+        }
+        self.metrics.failover(FailoverReason::Transport);
+        self.step(call, st, Step::Failover);
+    }
+
+    /// The timer schedule woke the call at `now`.
+    pub(super) fn call_timer(&self, call: &Arc<Call>, now: Instant) {
+        let mut st = call.lock();
+        let st = &mut *st;
+        // The schedule hands entries out up to TIMER_SLACK early.
+        let due = now + TIMER_SLACK;
+        if st.armed.is_some_and(|a| a <= due) {
+            st.armed = None;
+        }
+        let Some(leg) = st.leg.as_mut() else { return };
+        if !leg.heard && leg.resend_at <= due {
+            let _ = self.send(&leg.bytes, leg.addr);
+            leg.resend_every *= 2;
+            leg.resend_at = now + leg.resend_every;
+        }
+        if leg.deadline > due {
+            return self.step(call, st, Step::Wait);
+        }
+        let (branch, addr) = (leg.branch, leg.addr);
+        let step = if leg.ringing {
+            // fr_inv_timeout: the node has the call but no final.
+            self.cancel_leg(st, &branch, addr);
+            let raw = st.invite.clone();
+            if let Ok(msg) = Message::parse(&raw) {
+                self.dialogs
+                    .remove(msg.call_id().unwrap_or_default(), Removal::Failed);
+                self.answer(&msg, st.src, &st.server, 408, b"Request Timeout");
+            }
+            Step::Done
+        } else if leg.cancel_sent || leg.cancel_pending {
+            // Cancelled: the next-leg step sees it and answers 487.
+            Step::Failover
+        } else {
+            if leg.trying {
+                self.cancel_leg(st, &branch, addr);
+            }
+            self.metrics.failover(FailoverReason::Timeout);
+            let fr = self.cfg.failover.fr_timeout;
+            if let Some(i) = st.pool.find(addr) {
+                self.call_failed(&st.pool, i, Failure::Timeout(fr));
+            }
+            Step::Failover
+        };
+        self.step(call, st, step);
     }
 
     /// The INVITE as sent to `node`.
@@ -362,13 +460,27 @@ impl Proxy {
         let _ = self.send(&out, super::reply_target(via, src));
     }
 
+    /// CANCEL for our INVITE on `branch` to `addr`.
+    fn cancel_leg(&self, st: &CallState, branch: &str, addr: SocketAddr) {
+        if let Ok(inv) = Message::parse(&st.invite) {
+            self.send_hop(&inv, Method::Cancel, branch.as_bytes(), None, addr);
+        }
+    }
+
+    /// ACK for a non-2xx final on `branch` from `addr`.
+    fn ack_leg(&self, st: &CallState, branch: &[u8], to: Option<&[u8]>, addr: SocketAddr) {
+        if let Ok(inv) = Message::parse(&st.invite) {
+            self.send_hop(&inv, Method::Ack, branch, to, addr);
+        }
+    }
+
     /// CANCEL or ACK for our INVITE on `branch` (RFC 3261 §9.1, §17.1.1.3):
     /// same Request-URI, Call-ID, From, CSeq number and branch.
     fn send_hop(
         &self,
         inv: &Message<'_>,
         method: Method<'_>,
-        branch: &str,
+        branch: &[u8],
         to: Option<&[u8]>,
         addr: SocketAddr,
     ) {
@@ -381,6 +493,7 @@ impl Proxy {
             s,
             "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {n} {m}\r\nContent-Length: 0\r\n\r\n",
             self.sent_by,
+            branch = String::from_utf8_lossy(branch),
             ruri = String::from_utf8_lossy(ruri),
             from = String::from_utf8_lossy(inv.header(HeaderName::From).unwrap_or_default()),
             to = String::from_utf8_lossy(to.or(inv.header(HeaderName::To)).unwrap_or_default()),
@@ -389,8 +502,4 @@ impl Proxy {
         );
         let _ = self.send(s.as_bytes(), addr);
     }
-}
-
-fn is_invite_response(resp: &Message<'_>) -> bool {
-    resp.cseq().is_ok_and(|c| c.method == Method::Invite)
 }

@@ -4,7 +4,7 @@
 //!
 //! - `request`: classify a request (local, in-dialog, initial from the
 //!   trunk or from a node) and route it.
-//! - `invite`: one task per new INVITE: choose a node, fail over on
+//! - `invite`: a new INVITE's state machine: choose a node, fail over on
 //!   silence or a failover code, relay the answer.
 //! - `response`: match a response to its client transaction and relay it.
 //! - `rescue`: error -> status code and counter.
@@ -30,15 +30,18 @@ use crate::config::Config;
 use crate::dialog::Dialogs;
 use crate::dispatcher::DispatcherError;
 use crate::sip::{Message, Response, Rport, Via};
-use crate::transaction::{BranchGen, ClientTxns, Resends, LINGER};
+use crate::transaction::{BranchGen, ClientTxns, Resend, Timers, LINGER};
 use crate::transport::{Egress, RecvBatch, SipSocket};
+use invite::Call;
 pub use pool::{Pool, ReloadError};
 
-/// The server side of an INVITE from the trunk: its CANCEL signal and the
-/// last answer sent, repeated when the trunk retransmits the INVITE.
+/// The server side of an INVITE from the trunk: whether it was cancelled,
+/// its state machine, and the last answer sent, repeated when the trunk
+/// retransmits the INVITE.
 #[derive(Debug, Default)]
 pub(crate) struct ServerInvite {
-    cancel: CancellationToken,
+    cancelled: AtomicBool,
+    call: std::sync::OnceLock<std::sync::Weak<Call>>,
     last: Mutex<Option<Bytes>>,
     /// When the final answer went out: the transaction then only absorbs
     /// retransmissions and the ACK, for [`LINGER`], and the sweeper drops it.
@@ -46,11 +49,25 @@ pub(crate) struct ServerInvite {
 }
 
 impl ServerInvite {
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     fn remember(&self, response: Bytes) {
         if let Ok(mut l) = self.last.lock() {
             *l = Some(response);
         }
     }
+}
+
+/// What the timer schedule holds.
+#[derive(Debug)]
+enum Timer {
+    /// Timer E (or A for an INVITE relayed in a dialog) of a forwarded
+    /// request.
+    Resend(Resend),
+    /// A new INVITE's next deadline (Timer A, fr_timeout, fr_inv_timeout).
+    Call(std::sync::Weak<Call>),
 }
 
 /// Why the proxy could not be built from its config.
@@ -77,8 +94,8 @@ pub struct Proxy {
     sent_by: String,
     /// `SIP/2.0/UDP <sent_by>;branch=`: our Via up to the branch value.
     via_prefix: Box<[u8]>,
-    /// Retransmission schedule of forwarded requests.
-    resends: Resends,
+    /// Retransmissions of forwarded requests and the INVITEs' deadlines.
+    timers: Timers<Timer>,
     adv_host: String,
     adv_port: u16,
     /// The destinations in force; replaced by a reload.
@@ -86,7 +103,7 @@ pub struct Proxy {
     config_path: Mutex<Option<std::path::PathBuf>>,
     reload_lock: Mutex<()>,
     dialogs: Arc<Dialogs>,
-    txns: ClientTxns,
+    txns: ClientTxns<Arc<Call>>,
     /// Server INVITE transactions from the trunk, by its top Via branch.
     invites: crate::FastMap<Box<[u8]>, Arc<ServerInvite>>,
     branches: BranchGen,
@@ -98,9 +115,10 @@ pub struct Proxy {
     /// INVITEs not answered with a final response yet (what a shutdown
     /// waits for; finished ones only linger for retransmissions).
     calls_deciding: std::sync::atomic::AtomicUsize,
-    /// Destinations the kernel reported unreachable (ICMP), for the INVITE
-    /// tasks waiting on them.
-    unreachable: tokio::sync::broadcast::Sender<SocketAddr>,
+    /// Destinations the kernel reported unreachable (ICMP), not yet shown
+    /// to the INVITEs waiting on them: that happens outside any call's lock
+    /// (a send inside one may be what reads the error).
+    icmp_pending: Mutex<Vec<SocketAddr>>,
     metrics: crate::metrics::Metrics,
     /// Nodes a failed call wants probed at once (pool generation, index),
     /// and the prober's wake-up.
@@ -136,7 +154,7 @@ impl Proxy {
             pool: arc_swap::ArcSwap::from_pointee(pool),
             config_path: Mutex::new(None),
             reload_lock: Mutex::new(()),
-            resends: Resends::default(),
+            timers: Timers::default(),
             sent_by,
             adv_host,
             adv_port,
@@ -148,7 +166,7 @@ impl Proxy {
             sockets,
             shutting_down: AtomicBool::new(false),
             calls_deciding: Default::default(),
-            unreachable: tokio::sync::broadcast::channel(64).0,
+            icmp_pending: Mutex::new(Vec::new()),
             metrics,
             urgent_probes: Mutex::new(Vec::new()),
             probe_now: tokio::sync::Notify::new(),
@@ -193,14 +211,13 @@ impl Proxy {
         let mut tasks = JoinSet::new();
         // One receive loop per socket: two loops on one socket would reorder
         // a node's 180 and 503 sent back to back, and a 503 seen before the
-        // 180 would fail the call over to a second node. INVITEs run in
-        // their own tasks, so the loop only parses and dispatches.
+        // 180 would fail the call over to a second node.
         for i in 0..self.sockets.len() {
             let (p, c) = (self.clone(), cancel.clone());
             tasks.spawn(async move { p.recv_loop(i, c).await });
         }
         tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
-        tasks.spawn(self.clone().run_resends(cancel.clone()));
+        tasks.spawn(self.clone().run_timers(cancel.clone()));
         tasks.spawn(self.clone().run_prober(cancel.clone()));
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move {
@@ -245,6 +262,7 @@ impl Proxy {
             for (data, src) in batch.datagrams() {
                 self.on_datagram(data, src);
             }
+            self.flush_icmp();
         }
     }
 
@@ -268,7 +286,8 @@ impl Proxy {
     }
 
     /// Reads the ICMP errors queued on the socket: each destination is
-    /// marked suspect and the INVITE waiting on it fails over at once.
+    /// marked suspect and the INVITE waiting on it fails over at once
+    /// (in [`Proxy::flush_icmp`]).
     fn drain_unreachable(&self, socket: &SipSocket) {
         let mut dead = Vec::new();
         socket.take_unreachable(&mut dead);
@@ -281,8 +300,31 @@ impl Proxy {
             let pool = self.pool();
             if let Some(i) = pool.find(addr) {
                 self.call_failed(&pool, i, crate::dispatcher::health::Failure::Unreachable);
+                if let Ok(mut p) = self.icmp_pending.lock() {
+                    p.push(addr);
+                }
             }
-            let _ = self.unreachable.send(addr);
+        }
+    }
+
+    /// Fails over the INVITEs waiting on a destination reported
+    /// unreachable. Rare (the node is marked at once, new calls skip it),
+    /// so a scan of the server transactions is fine.
+    fn flush_icmp(&self) {
+        let dead = match self.icmp_pending.lock() {
+            Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
+            _ => return,
+        };
+        let calls: Vec<Arc<Call>> = self
+            .invites
+            .iter()
+            .filter(|s| s.decided.get().is_none())
+            .filter_map(|s| s.call.get().and_then(std::sync::Weak::upgrade))
+            .collect();
+        for addr in dead {
+            for call in &calls {
+                self.call_unreachable(call, addr);
+            }
         }
     }
 

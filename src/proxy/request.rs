@@ -1,17 +1,18 @@
 //! The request path: sanity checks, then one of
 //! - OPTIONS to sipedge itself: 200 (trunk keep-alives);
-//! - CANCEL: 200, and the INVITE task cancels its branch;
+//! - CANCEL: 200, and the INVITE's state machine cancels its branch;
 //! - ACK for a non-2xx final: absorbed by the INVITE's server transaction;
 //! - in-dialog (To tag): pinned node (from the trunk) or loose-routed to the
 //!   trunk (from a node);
 //! - initial from a node: relayed to its Request-URI (egress);
-//! - initial INVITE from anyone else: the INVITE task (pool, failover);
+//! - initial INVITE from anyone else: the INVITE state machine (pool,
+//!   failover);
 //! - other initial requests from outside: the pool's first choice.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{with_editor, Pool, Proxy, ServerInvite};
+use super::{with_editor, Pool, Proxy, ServerInvite, Timer};
 use crate::dialog::Pin;
 use crate::metrics::RejectReason;
 use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
@@ -137,7 +138,11 @@ impl Proxy {
         match invite {
             Some(inv) => {
                 self.reply(msg, src, 200, b"OK");
-                inv.cancel.cancel();
+                inv.cancelled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some(call) = inv.call.get().and_then(std::sync::Weak::upgrade) {
+                    self.call_cancelled(&call);
+                }
             }
             None => {
                 self.rejected(msg, RejectReason::UnknownDialog);
@@ -171,9 +176,7 @@ impl Proxy {
             }
             dashmap::Entry::Vacant(v) => v.insert(Arc::new(ServerInvite::default())).clone(),
         };
-        let started = self.start_invite(msg, src, &server);
-        let raw = bytes::Bytes::copy_from_slice(msg.as_bytes());
-        tokio::spawn(self.clone().drive_invite(raw, src, server, started));
+        self.start_invite(msg, src, server);
     }
 
     /// A request from a pool member starting a call to the outside.
@@ -335,22 +338,32 @@ impl Proxy {
             );
             let invite = method == Some(Method::Invite);
             let copy = bytes::Bytes::copy_from_slice(out);
-            self.resends
-                .schedule(now, Resend::new(branch, f.to, copy, invite));
+            let r = Resend::new(branch, f.to, copy, invite);
+            self.timers.schedule(r.due(now), Timer::Resend(r));
         }
         let _ = self.send(out, f.to);
     }
 
-    /// Timer E (Timer A for an INVITE): resends forwarded requests at T1,
-    /// doubling (capped at T2 for non-INVITE), until a response arrives or
-    /// Timer F runs out (RFC 3261 §17.1.2.2). One task for all of them.
-    pub(super) async fn run_resends(self: Arc<Self>, cancel: CancellationToken) {
+    /// The one timer task: Timer E (Timer A for an INVITE) resends
+    /// forwarded requests at T1, doubling (capped at T2 for non-INVITE),
+    /// until a response arrives or Timer F runs out (RFC 3261 §17.1.2.2);
+    /// new INVITEs get their Timer A and fr_timeout / fr_inv_timeout.
+    pub(super) async fn run_timers(self: Arc<Self>, cancel: CancellationToken) {
         use std::sync::atomic::Ordering;
         let mut due = Vec::new();
         loop {
             let now = tokio::time::Instant::now();
-            let next = self.resends.take_due(now, &mut due);
-            for r in due.drain(..) {
+            let next = self.timers.take_due(now, &mut due);
+            for t in due.drain(..) {
+                let r = match t {
+                    Timer::Resend(r) => r,
+                    Timer::Call(c) => {
+                        if let Some(call) = c.upgrade() {
+                            self.call_timer(&call, now);
+                        }
+                        continue;
+                    }
+                };
                 let pending = self.txns.with(r.branch.as_bytes(), |t| match t {
                     ClientTxn::Relay(r) => !r.answered.load(Ordering::Relaxed),
                     ClientTxn::Invite(_) | ClientTxn::Decided { .. } | ClientTxn::Probe { .. } => {
@@ -362,9 +375,10 @@ impl Proxy {
                 }
                 let _ = self.send(&r.bytes, r.to);
                 if let Some(r) = r.advance() {
-                    self.resends.schedule(now, r);
+                    self.timers.schedule(r.due(now), Timer::Resend(r));
                 }
             }
+            self.flush_icmp();
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -374,7 +388,7 @@ impl Proxy {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
-                () = self.resends.changed.notified() => {}
+                () = self.timers.changed.notified() => {}
                 () = sleep => {}
             }
         }

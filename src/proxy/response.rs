@@ -1,12 +1,13 @@
 //! The response path: match our branch in the top Via, then either hand
-//! the response to its INVITE task or relay it upstream (RFC 3261 §16.7).
+//! the response to its INVITE's state machine or relay it upstream
+//! (RFC 3261 §16.7).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{upstream_target, with_editor, Proxy, ServerInvite};
+use super::{upstream_target, with_editor, Call, Proxy, ServerInvite};
 use crate::dialog::Removal;
 use crate::metrics::{DropReason, ResponseOrigin};
 use crate::sip::{HeaderName, Message, Via};
@@ -20,7 +21,7 @@ impl Proxy {
         };
         let status = msg.status().unwrap_or_default();
         enum Action {
-            Task,
+            Call(Arc<Call>),
             Decided,
             Probe,
             Relay {
@@ -30,11 +31,8 @@ impl Proxy {
             },
         }
         let action = self.txns.with(branch, |t| match t {
-            ClientTxn::Invite(tx) => {
-                // The task owns the decision (failover, relay, ACK).
-                let _ = tx.try_send(Bytes::copy_from_slice(msg.as_bytes()));
-                Action::Task
-            }
+            // The state machine owns the decision (failover, relay, ACK).
+            ClientTxn::Invite(call) => Action::Call(call.clone()),
             ClientTxn::Decided { .. } => Action::Decided,
             ClientTxn::Probe { .. } => Action::Probe,
             ClientTxn::Relay(r) => {
@@ -73,7 +71,7 @@ impl Proxy {
                 self.metrics.dropped(DropReason::StrayResponse);
                 tracing::debug!(%src, "response matches no transaction");
             }
-            Some(Action::Task) => {}
+            Some(Action::Call(call)) => self.call_response(&call, msg, src),
             Some(Action::Decided) => {
                 // A 2xx the node retransmits because the trunk's ACK has not
                 // reached it yet: relay it (RFC 6026); anything else is over.

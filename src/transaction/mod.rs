@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
 /// The RFC 3261 magic cookie plus sipedge's prefix, so our branches are
@@ -153,15 +152,21 @@ impl BranchGen {
     }
 }
 
+/// An INVITE whose outcome is still open, as the transaction table sees
+/// it: the sweeper keeps its entries while it is.
+pub trait Pending {
+    fn is_over(&self) -> bool;
+}
+
 /// What to do with a response whose top Via carries one of our branches.
+/// `I` is the new INVITE's state machine (failover, timers).
 #[derive(Debug)]
-pub enum ClientTxn {
-    /// A new INVITE being driven by its own task (failover, timers): the
-    /// response goes to that task.
-    Invite(mpsc::Sender<Bytes>),
+pub enum ClientTxn<I> {
+    /// A new INVITE still deciding: the response goes to its state machine.
+    Invite(I),
     /// Any other forwarded request: relay responses upstream.
     Relay(Relay),
-    /// A branch of an INVITE whose outcome is decided (its task has ended):
+    /// A branch of an INVITE whose outcome is decided:
     /// kept until [`LINGER`] after `at` so a retransmitted 2xx is still
     /// relayed (RFC 6026 "Accepted").
     Decided { at: Instant },
@@ -191,24 +196,32 @@ pub struct Relay {
 }
 
 /// The table of client transactions.
-#[derive(Debug, Default)]
-pub struct ClientTxns {
-    map: crate::FastMap<Box<[u8]>, ClientTxn>,
+#[derive(Debug)]
+pub struct ClientTxns<I> {
+    map: crate::FastMap<Box<[u8]>, ClientTxn<I>>,
 }
 
-impl ClientTxns {
-    pub fn insert(&self, branch: &str, txn: ClientTxn) {
+impl<I> Default for ClientTxns<I> {
+    fn default() -> Self {
+        ClientTxns {
+            map: Default::default(),
+        }
+    }
+}
+
+impl<I: Pending> ClientTxns<I> {
+    pub fn insert(&self, branch: &str, txn: ClientTxn<I>) {
         self.map.insert(branch.as_bytes().into(), txn);
     }
 
     /// Removes and returns the transaction for `branch`.
-    pub fn remove(&self, branch: &[u8]) -> Option<ClientTxn> {
+    pub fn remove(&self, branch: &[u8]) -> Option<ClientTxn<I>> {
         self.map.remove(branch).map(|(_, t)| t)
     }
 
     /// Runs `f` on the transaction for `branch` without holding the shard
     /// lock beyond the call.
-    pub fn with<R>(&self, branch: &[u8], f: impl FnOnce(&ClientTxn) -> R) -> Option<R> {
+    pub fn with<R>(&self, branch: &[u8], f: impl FnOnce(&ClientTxn<I>) -> R) -> Option<R> {
         self.map.get(branch).map(|t| f(&t))
     }
 
@@ -220,7 +233,7 @@ impl ClientTxns {
         self.map.is_empty()
     }
 
-    /// The INVITE task for `branch` has decided: from now on only a
+    /// The INVITE on `branch` has decided: from now on only a
     /// retransmitted 2xx is relayed, by the response path.
     pub fn decide(&self, branch: &[u8], at: Instant) {
         if let Some(mut t) = self.map.get_mut(branch) {
@@ -230,10 +243,10 @@ impl ClientTxns {
 
     /// Drops relay entries and decided INVITE branches older than
     /// [`LINGER`] (their responses are long done), and INVITE entries whose
-    /// task has ended without deciding.
+    /// state machine is over without deciding.
     pub fn sweep(&self, now: Instant) {
         self.map.retain(|_, t| match t {
-            ClientTxn::Invite(tx) => !tx.is_closed(),
+            ClientTxn::Invite(call) => !call.is_over(),
             ClientTxn::Relay(r) => now.duration_since(r.created) < LINGER,
             ClientTxn::Decided { at } => now.duration_since(*at) < LINGER,
             // The prober removes its own; this only catches a stopped one.
@@ -278,6 +291,11 @@ impl Resend {
         }
     }
 
+    /// When it is next due, counted from `now`.
+    pub fn due(&self, now: Instant) -> Instant {
+        now + self.every
+    }
+
     /// After one more send: the next interval (doubling, capped at T2 for
     /// non-INVITE), or `None` once Timer B/F has run out.
     pub fn advance(mut self) -> Option<Resend> {
@@ -291,49 +309,58 @@ impl Resend {
     }
 }
 
-struct Due {
+struct Due<T> {
     at: Instant,
     seq: u64,
-    resend: Resend,
+    item: T,
 }
 
-impl PartialEq for Due {
+impl<T> PartialEq for Due<T> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl Eq for Due {}
-impl PartialOrd for Due {
+impl<T> Eq for Due<T> {}
+impl<T> PartialOrd for Due<T> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Due {
+impl<T> Ord for Due<T> {
     // Reversed: BinaryHeap is a max-heap, the earliest must come first.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (other.at, other.seq).cmp(&(self.at, self.seq))
     }
 }
 
-/// The retransmission schedule of every forwarded request, served by one
-/// task (no task or timer per request).
-#[derive(Default)]
-pub struct Resends {
-    heap: std::sync::Mutex<(std::collections::BinaryHeap<Due>, u64)>,
+/// One schedule for every timer of the transaction layer (retransmissions,
+/// an INVITE's fr_timeout), served by one task: no task or tokio timer per
+/// request. Entries are not cancelled; whoever handles one checks whether
+/// it still matters.
+pub struct Timers<T> {
+    heap: std::sync::Mutex<(std::collections::BinaryHeap<Due<T>>, u64)>,
     /// Wakes the task when the schedule gains an earlier first entry.
     pub changed: tokio::sync::Notify,
 }
 
-impl std::fmt::Debug for Resends {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resends").field("len", &self.len()).finish()
+impl<T> Default for Timers<T> {
+    fn default() -> Self {
+        Timers {
+            heap: Default::default(),
+            changed: Default::default(),
+        }
     }
 }
 
-impl Resends {
-    /// Schedules `r` to be considered `r.every` from `now`.
-    pub fn schedule(&self, now: Instant, r: Resend) {
-        let at = now + r.every;
+impl<T> std::fmt::Debug for Timers<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timers").field("len", &self.len()).finish()
+    }
+}
+
+impl<T> Timers<T> {
+    /// Schedules `item` for `at`.
+    pub fn schedule(&self, at: Instant, item: T) {
         let Ok(mut g) = self.heap.lock() else { return };
         let (heap, seq) = &mut *g;
         let earliest = heap.peek().is_none_or(|d| at < d.at);
@@ -341,7 +368,7 @@ impl Resends {
         heap.push(Due {
             at,
             seq: *seq,
-            resend: r,
+            item,
         });
         drop(g);
         if earliest {
@@ -351,13 +378,13 @@ impl Resends {
 
     /// Moves the entries due by `now` (plus [`TIMER_SLACK`]) into `out` and
     /// returns when the next one is due.
-    pub fn take_due(&self, now: Instant, out: &mut Vec<Resend>) -> Option<Instant> {
+    pub fn take_due(&self, now: Instant, out: &mut Vec<T>) -> Option<Instant> {
         let Ok(mut g) = self.heap.lock() else {
             return None;
         };
         let heap = &mut g.0;
         while heap.peek().is_some_and(|d| d.at <= now + TIMER_SLACK) {
-            out.extend(heap.pop().map(|d| d.resend));
+            out.extend(heap.pop().map(|d| d.item));
         }
         heap.peek().map(|d| d.at)
     }
@@ -408,15 +435,14 @@ mod tests {
     #[test]
     fn resends_follow_timer_e_and_come_out_in_order() {
         let now = Instant::now();
-        let q = Resends::default();
+        let q = Timers::default();
         let to: SocketAddr = "127.0.0.1:5081".parse().unwrap();
         let g = BranchGen::default();
         let (a, b) = (g.next(), g.next());
-        q.schedule(
-            now + Duration::from_millis(100),
-            Resend::new(b, to, Bytes::new(), false),
-        );
-        q.schedule(now, Resend::new(a, to, Bytes::new(), false));
+        let rb = Resend::new(b, to, Bytes::new(), false);
+        q.schedule(rb.due(now + Duration::from_millis(100)), rb);
+        let ra = Resend::new(a, to, Bytes::new(), false);
+        q.schedule(ra.due(now), ra);
         let mut out = Vec::new();
         assert_eq!(q.take_due(now, &mut out), Some(now + T1));
         assert!(out.is_empty());
@@ -442,11 +468,19 @@ mod tests {
         assert_eq!(inv.every, Duration::from_secs(8));
     }
 
+    /// A stand-in INVITE state: over once the flag is set.
+    struct Call(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Pending for Call {
+        fn is_over(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn sweep_keeps_live_and_recent() {
         let t = ClientTxns::default();
-        let (tx, rx) = mpsc::channel(1);
-        t.insert("b1", ClientTxn::Invite(tx));
+        let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        t.insert("b1", ClientTxn::Invite(Call(over.clone())));
         t.insert(
             "b2",
             ClientTxn::Relay(Relay {
@@ -457,12 +491,12 @@ mod tests {
                 answered: Default::default(),
             }),
         );
-        t.insert("b3", ClientTxn::Invite(mpsc::channel(1).0));
+        t.insert("b3", ClientTxn::Invite(Call(Default::default())));
         t.decide(b"b3", Instant::now());
         t.sweep(Instant::now());
         assert_eq!(t.len(), 3);
         tokio::time::advance(LINGER).await;
-        drop(rx);
+        over.store(true, Ordering::Relaxed);
         t.sweep(Instant::now());
         assert!(t.is_empty());
     }
