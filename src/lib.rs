@@ -43,3 +43,11 @@ pub mod transport;
 /// foldhash is several times faster than std's SipHash on these short keys
 /// and, seeded per process, still not predictable by a sender.
 pub(crate) type FastMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
+
+/// A [`FastMap`] with room for `n` entries from the start: the transaction
+/// tables hold every transaction of the last 32 s (RFC 3261 Timer B/F and
+/// RFC 6026 Timer L/M), and growing them by rehashing at load costs page
+/// faults and copies on the receive path.
+pub(crate) fn fast_map_with_capacity<K: Eq + std::hash::Hash, V>(n: usize) -> FastMap<K, V> {
+    dashmap::DashMap::with_capacity_and_hasher(n, Default::default())
+}

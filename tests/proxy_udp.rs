@@ -590,6 +590,15 @@ async fn invite_retransmissions_are_absorbed() {
     let again = h.trunk.recv_response(180).await;
     assert_eq!(again.branch(), call.invite_branch);
 
+    // After the 200 (RFC 6026 "Accepted"): a late copy of the INVITE is
+    // absorbed. Not the old 180 again, and not a second call to a node.
+    let fs = Dialog::uas(node, &inv, &unique("fs-"));
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    h.trunk.recv_response(200).await;
+    h.trunk.send(&invite, h.addr).await;
+    h.trunk.expect_nothing(QUIET).await;
+
     for n in &h.nodes {
         n.expect_nothing(QUIET).await;
     }

@@ -132,7 +132,9 @@ impl Proxy {
             over: Default::default(),
         });
         // Reachable by a CANCEL before the first leg is sent (see next_leg).
-        let _ = server.call.set(Arc::downgrade(&call));
+        if let Ok(mut c) = server.call.lock() {
+            *c = Some(call.clone());
+        }
         let mut st = call.lock();
         self.advance(&call, &mut st, msg);
     }
@@ -230,6 +232,9 @@ impl Proxy {
         self.calls_deciding.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
         let _ = st.server.decided.set(now);
+        if let Ok(mut c) = st.server.call.lock() {
+            *c = None;
+        }
         for b in &st.branches {
             self.txns.decide(b.as_bytes(), now);
         }
@@ -309,7 +314,8 @@ impl Proxy {
                 Step::Wait
             }
             200..=299 => {
-                self.relay_upstream(resp, Some(&st.server));
+                st.server.forget();
+                self.relay_upstream(resp, None);
                 Step::Done
             }
             _ => {

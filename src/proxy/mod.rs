@@ -41,7 +41,9 @@ pub use pool::{Pool, ReloadError};
 #[derive(Debug, Default)]
 pub(crate) struct ServerInvite {
     cancelled: AtomicBool,
-    call: std::sync::OnceLock<std::sync::Weak<Call>>,
+    /// Until the call is decided (a cycle with the call's own reference
+    /// to this, broken then).
+    call: Mutex<Option<Arc<Call>>>,
     last: Mutex<Option<Bytes>>,
     /// When the final answer went out: the transaction then only absorbs
     /// retransmissions and the ACK, for [`LINGER`], and the sweeper drops it.
@@ -58,7 +60,25 @@ impl ServerInvite {
             *l = Some(response);
         }
     }
+
+    /// After a 2xx the transaction only absorbs retransmitted INVITEs
+    /// (RFC 6026 "Accepted"): the node's UAS core resends the 2xx itself
+    /// until the ACK, and an earlier 1xx must not be repeated.
+    fn forget(&self) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = None;
+        }
+    }
+
+    fn call(&self) -> Option<Arc<Call>> {
+        self.call.lock().ok().and_then(|c| c.clone())
+    }
 }
+
+/// Room in the transaction tables from the start: what 500 calls/s keep
+/// over the 32 s a finished transaction lingers (about 3 MB for the client
+/// transactions, 1 MB for the server ones).
+const TABLE_CAPACITY: usize = 16_384;
 
 /// What the timer schedule holds.
 #[derive(Debug)]
@@ -159,8 +179,8 @@ impl Proxy {
             adv_host,
             adv_port,
             dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
-            txns: ClientTxns::default(),
-            invites: Default::default(),
+            txns: ClientTxns::with_capacity(TABLE_CAPACITY),
+            invites: crate::fast_map_with_capacity(TABLE_CAPACITY),
             branches: BranchGen::default(),
             egress: Egress::new(sockets.iter().map(SipSocket::local_addr).collect()),
             sockets,
@@ -315,12 +335,7 @@ impl Proxy {
             Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
             _ => return,
         };
-        let calls: Vec<Arc<Call>> = self
-            .invites
-            .iter()
-            .filter(|s| s.decided.get().is_none())
-            .filter_map(|s| s.call.get().and_then(std::sync::Weak::upgrade))
-            .collect();
+        let calls: Vec<Arc<Call>> = self.invites.iter().filter_map(|s| s.call()).collect();
         for addr in dead {
             for call in &calls {
                 self.call_unreachable(call, addr);

@@ -140,7 +140,7 @@ impl Proxy {
                 self.reply(msg, src, 200, b"OK");
                 inv.cancelled
                     .store(true, std::sync::atomic::Ordering::Relaxed);
-                if let Some(call) = inv.call.get().and_then(std::sync::Weak::upgrade) {
+                if let Some(call) = inv.call() {
                     self.call_cancelled(&call);
                 }
             }

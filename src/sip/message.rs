@@ -119,6 +119,9 @@ pub struct Message<'a> {
     /// The Request-URI, parsed on first use (validation, routing and the
     /// local-OPTIONS check all read it).
     ruri: OnceLock<Result<Uri<'a>, SipError>>,
+    /// The To header, parsed on first use (validation and the in-dialog
+    /// test both read it).
+    to: OnceLock<Result<NameAddr<'a>, SipError>>,
 }
 
 impl std::fmt::Debug for Message<'_> {
@@ -252,6 +255,7 @@ impl<'a> Message<'a> {
             content_length: None,
             top_via: OnceLock::new(),
             ruri: OnceLock::new(),
+            to: OnceLock::new(),
         };
         let mut pos = nl + 1;
         loop {
@@ -565,8 +569,10 @@ impl<'a> Message<'a> {
     }
 
     pub fn to(&self) -> Result<NameAddr<'a>, SipError> {
-        let v = self.required(HeaderName::To)?;
-        NameAddr::parse(v).map_err(|_| SipError::BadHeader(HeaderName::To))
+        *self.to.get_or_init(|| {
+            let v = self.required(HeaderName::To)?;
+            NameAddr::parse(v).map_err(|_| SipError::BadHeader(HeaderName::To))
+        })
     }
 
     pub fn from_tag(&self) -> Result<Option<&'a [u8]>, SipError> {

@@ -210,6 +210,13 @@ impl<I> Default for ClientTxns<I> {
 }
 
 impl<I: Pending> ClientTxns<I> {
+    /// A table with room for `n` transactions.
+    pub fn with_capacity(n: usize) -> Self {
+        ClientTxns {
+            map: crate::fast_map_with_capacity(n),
+        }
+    }
+
     pub fn insert(&self, branch: &str, txn: ClientTxn<I>) {
         self.map.insert(branch.as_bytes().into(), txn);
     }
