@@ -229,12 +229,21 @@ impl Proxy {
     /// and the transaction sweeper.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks = JoinSet::new();
-        // One receive loop per socket: two loops on one socket would reorder
-        // a node's 180 and 503 sent back to back, and a 503 seen before the
-        // 180 would fail the call over to a second node.
+        // One receive thread per socket: two readers of one socket would
+        // reorder a node's 180 and 503 sent back to back, and a 503 seen
+        // before the 180 would fail the call over to a second node.
+        let mut readers = Vec::new();
         for i in 0..self.sockets.len() {
             let (p, c) = (self.clone(), cancel.clone());
-            tasks.spawn(async move { p.recv_loop(i, c).await });
+            let rt = tokio::runtime::Handle::current();
+            let name = format!("sipedge-udp-{i}");
+            match std::thread::Builder::new()
+                .name(name)
+                .spawn(move || p.recv_loop(i, &c, &rt))
+            {
+                Ok(t) => readers.push(t),
+                Err(e) => tracing::error!("cannot start the receive thread of socket {i}: {e}"),
+            }
         }
         tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
         tasks.spawn(self.clone().run_timers(cancel.clone()));
@@ -252,6 +261,13 @@ impl Proxy {
         cancel.cancelled().await;
         self.shutting_down.store(true, Ordering::Relaxed);
         while tasks.join_next().await.is_some() {}
+        // They see the cancel within RECV_TIMEOUT.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in readers {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 
     /// Forgets finished transactions once their retransmissions are over.
@@ -264,19 +280,27 @@ impl Proxy {
         });
     }
 
-    async fn recv_loop(self: Arc<Self>, index: usize, cancel: CancellationToken) {
+    /// A socket's receive thread: reads, handles every datagram to the
+    /// end (nothing on the path waits), reads again. In the runtime's
+    /// context, for its clock and for spawning.
+    fn recv_loop(
+        self: Arc<Self>,
+        index: usize,
+        cancel: &CancellationToken,
+        rt: &tokio::runtime::Handle,
+    ) {
+        let _rt = rt.enter();
         let Some(socket) = self.sockets.get(index) else {
             return;
         };
         let mut batch = RecvBatch::default();
         let mut dead = Vec::new();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = socket.recv(&mut batch, &mut dead) => if let Err(e) = r {
-                    tracing::warn!("recv on udp:{}: {e}", socket.local_addr());
-                    continue;
-                },
+        while !cancel.is_cancelled() {
+            if let Err(e) = socket.recv(&mut batch, &mut dead) {
+                tracing::warn!("recv on udp:{}: {e}", socket.local_addr());
+                // Not a busy loop on a persistent error.
+                std::thread::sleep(crate::transport::udp::RECV_TIMEOUT);
+                continue;
             }
             self.on_unreachable(&mut dead);
             for (data, src) in batch.datagrams() {

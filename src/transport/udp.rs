@@ -4,8 +4,6 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{Interest, Ready};
 
 /// Socket options for the SIP UDP listeners.
 #[derive(Debug, Clone, Copy)]
@@ -47,17 +45,21 @@ pub const RECV_BATCH: usize = 8;
 /// Largest datagram we read (the IPv4 UDP maximum).
 pub const MAX_DATAGRAM: usize = 65_535;
 
-/// A listening SIP socket registered with tokio for reading only.
+/// How long a receive thread blocks before it looks at its stop flag.
+pub const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A listening SIP socket, read by one thread blocked in `recvmmsg`.
 ///
-/// Why not `tokio::net::UdpSocket`: it also registers for writability, and
-/// on Linux every datagram sent (loopback or not, once the kernel frees
-/// it) raises a write edge that wakes the runtime for nothing, about two
-/// wake-ups per call. Sends here are plain non-blocking `sendto`: a full
-/// send buffer loses the datagram like the network would, and SIP
-/// retransmits.
+/// Why not tokio: the whole receive path (parse, route, the INVITE state
+/// machine, send) is synchronous and never waits, so a task on the runtime
+/// only added an `epoll_wait` before every read and the scheduler's own
+/// work, a fifth of the proxy's user CPU. A thread blocked in the read is
+/// what Kamailio's UDP workers do, with several datagrams per read here.
+/// Sends are non-blocking: a full send buffer loses the datagram like the
+/// network would, and SIP retransmits.
 #[derive(Debug)]
 pub struct SipSocket {
-    fd: AsyncFd<UdpSocket>,
+    socket: UdpSocket,
     local: SocketAddr,
 }
 
@@ -92,22 +94,18 @@ impl RecvBatch {
 }
 
 impl SipSocket {
-    /// Registers `socket` (non-blocking, from [`bind_udp`]) with the
-    /// runtime and asks for ICMP errors. Must run inside a tokio runtime.
+    /// Takes `socket` (from [`bind_udp`]): blocking reads that give up
+    /// after [`RECV_TIMEOUT`], and ICMP errors reported.
     pub fn new(socket: UdpSocket) -> io::Result<SipSocket> {
-        socket.set_nonblocking(true)?;
+        socket.set_nonblocking(false)?;
+        socket.set_read_timeout(Some(RECV_TIMEOUT))?;
         let local = socket.local_addr()?;
         if let Err(e) = enable_icmp_errors(&socket) {
             tracing::warn!(
                 "udp:{local}: ICMP errors not reported, failover waits for fr_timeout: {e}"
             );
         }
-        // `with_interest` is deprecated because a borrowed raw fd could be
-        // closed behind tokio's back; here the AsyncFd owns the socket, so
-        // that cannot happen, and the replacement is `unsafe`.
-        #[allow(deprecated)]
-        let fd = AsyncFd::with_interest(socket, Interest::READABLE | Interest::ERROR)?;
-        Ok(SipSocket { fd, local })
+        Ok(SipSocket { socket, local })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -116,55 +114,43 @@ impl SipSocket {
 
     /// Sends one datagram without waiting.
     pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.fd.get_ref().send_to(buf, to)
+        socket2::SockRef::from(&self.socket).send_to_with_flags(buf, &to.into(), libc_dontwait())
     }
 
     /// Reads the destinations that drew an ICMP error (see
     /// [`take_unreachable`]).
     pub fn take_unreachable(&self, out: &mut Vec<SocketAddr>) {
-        take_unreachable(self.fd.get_ref(), out);
+        take_unreachable(&self.socket, out);
     }
 
-    /// Waits for datagrams or ICMP errors: fills `batch` with what is
-    /// queued (up to [`RECV_BATCH`]) and `unreachable` with destinations
-    /// reported unreachable. Returns when either has something.
-    pub async fn recv(
-        &self,
-        batch: &mut RecvBatch,
-        unreachable: &mut Vec<SocketAddr>,
-    ) -> io::Result<()> {
+    /// Blocks until datagrams or ICMP errors come, or [`RECV_TIMEOUT`]
+    /// passes: fills `batch` with what is queued (up to [`RECV_BATCH`])
+    /// and `unreachable` with destinations reported unreachable.
+    pub fn recv(&self, batch: &mut RecvBatch, unreachable: &mut Vec<SocketAddr>) -> io::Result<()> {
         batch.len = 0;
-        loop {
-            let mut guard = self.fd.ready(Interest::READABLE | Interest::ERROR).await?;
-            if guard.ready().is_error() {
-                guard.clear_ready_matching(Ready::ERROR);
+        match recv_many(&self.socket, batch) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(())
+            }
+            // A pending ICMP error surfaces on the read.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 self.take_unreachable(unreachable);
+                Ok(())
             }
-            if guard.ready().is_readable() {
-                match recv_many(self.fd.get_ref(), batch) {
-                    Ok(n) => {
-                        // Fewer than asked for: the queue is empty, and
-                        // the next datagram raises a new edge. Saves the
-                        // read that would only say EAGAIN.
-                        if n < RECV_BATCH {
-                            guard.clear_ready_matching(Ready::READABLE);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        guard.clear_ready_matching(Ready::READABLE);
-                    }
-                    // A pending ICMP error surfaces on the next read.
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        self.take_unreachable(unreachable);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if batch.len > 0 || !unreachable.is_empty() {
-                return Ok(());
-            }
+            Err(e) => Err(e),
         }
     }
+}
+
+/// MSG_DONTWAIT as socket2 wants it.
+fn libc_dontwait() -> i32 {
+    nix::sys::socket::MsgFlags::MSG_DONTWAIT.bits()
 }
 
 /// One `recvmmsg`: every queued datagram up to the batch size.
@@ -177,14 +163,14 @@ fn recv_many(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
     let mut chunks = batch.buf.chunks_mut(MAX_DATAGRAM);
     let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
         std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-    // Built per call: nix's headers hold raw pointers, so they cannot live
-    // in the receive task's state across an await (not Send).
+    // Built per call: nix's headers hold raw pointers (not Send).
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
     let results = recvmmsg(
         socket.as_raw_fd(),
         &mut headers,
         slices.iter_mut(),
-        MsgFlags::MSG_DONTWAIT,
+        // Block for the first datagram only, then take what is queued.
+        MsgFlags::MSG_WAITFORONE,
         None,
     )?;
     let mut n = 0;
