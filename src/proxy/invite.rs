@@ -453,7 +453,7 @@ impl Proxy {
     ) {
         let Ok(via) = msg.top_via() else { return };
         let tag = self.branches.tag();
-        let mut out = BytesMut::new();
+        let mut out = BytesMut::with_capacity(msg.len().min(2048) + 128);
         Response::new(msg, code, reason, tag.as_bytes())
             .received(src)
             .write(&mut out);

@@ -85,7 +85,8 @@ const TABLE_CAPACITY: usize = 16_384;
 enum Timer {
     /// Timer E (or A for an INVITE relayed in a dialog) of a forwarded
     /// request.
-    Resend(Resend),
+    /// Boxed: the heap moves its entries on every push and pop.
+    Resend(Box<Resend>),
     /// A new INVITE's next deadline (Timer A, fr_timeout, fr_inv_timeout).
     Call(std::sync::Weak<Call>),
 }

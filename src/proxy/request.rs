@@ -339,7 +339,7 @@ impl Proxy {
             let invite = method == Some(Method::Invite);
             let copy = bytes::Bytes::copy_from_slice(out);
             let r = Resend::new(branch, f.to, copy, invite);
-            self.timers.schedule(r.due(now), Timer::Resend(r));
+            self.timers.schedule(r.due(now), Timer::Resend(Box::new(r)));
         }
         let _ = self.send(out, f.to);
     }
@@ -375,7 +375,7 @@ impl Proxy {
                 }
                 let _ = self.send(&r.bytes, r.to);
                 if let Some(r) = r.advance() {
-                    self.timers.schedule(r.due(now), Timer::Resend(r));
+                    self.timers.schedule(r.due(now), Timer::Resend(Box::new(r)));
                 }
             }
             self.flush_icmp();

@@ -64,10 +64,14 @@ pub struct SipSocket {
 }
 
 /// Buffers for one [`SipSocket::recv`]: up to [`RECV_BATCH`] datagrams.
+/// Owned by one receive thread (the `recvmmsg` headers hold raw pointers,
+/// so it is not `Send`).
 pub struct RecvBatch {
     buf: Box<[u8]>,
     got: [(usize, Option<SocketAddr>); RECV_BATCH],
     len: usize,
+    #[cfg(target_os = "linux")]
+    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
 }
 
 impl Default for RecvBatch {
@@ -76,6 +80,8 @@ impl Default for RecvBatch {
             buf: vec![0u8; MAX_DATAGRAM * RECV_BATCH].into_boxed_slice(),
             got: [(0, None); RECV_BATCH],
             len: 0,
+            #[cfg(target_os = "linux")]
+            headers: nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None),
         }
     }
 }
@@ -159,15 +165,13 @@ fn recv_many(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
 
-    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use nix::sys::socket::{recvmmsg, MsgFlags};
     let mut chunks = batch.buf.chunks_mut(MAX_DATAGRAM);
     let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
         std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-    // Built per call: nix's headers hold raw pointers (not Send).
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
     let results = recvmmsg(
         socket.as_raw_fd(),
-        &mut headers,
+        &mut batch.headers,
         slices.iter_mut(),
         // Block for the first datagram only, then take what is queued.
         MsgFlags::MSG_WAITFORONE,
