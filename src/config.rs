@@ -195,9 +195,9 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
-    /// Worker threads of the async runtime (Kamailio `children`). One is
-    /// the cheapest per call at SIP rates; more let several listen sockets
-    /// and INVITE tasks run in parallel on a busy many-core box.
+    /// Worker threads of the async runtime: timers (retransmissions,
+    /// fr_timeout), probes, the admin listener. Each UDP socket has its own
+    /// receive thread besides, which handles its datagrams start to end.
     #[serde(default = "default_workers")]
     pub workers: usize,
 }

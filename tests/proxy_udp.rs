@@ -606,7 +606,7 @@ async fn invite_retransmissions_are_absorbed() {
 
 /// The same INVITE arriving twice at once (a trunk retransmitting while
 /// the first copy is still queued, or a duplicated datagram) must still
-/// start one transaction: the proxy serves the socket from several tasks.
+/// start one transaction, whichever threads read them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_invite_copies_start_one_transaction() {
     let h = Harness::start(Options::default()).await;

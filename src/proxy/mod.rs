@@ -1,6 +1,6 @@
-//! The stateful proxy (RFC 3261 §16): the request path, the response path,
-//! the INVITE forwarding task with failover, and the mapping of errors to
-//! SIP answers.
+//! The stateful proxy (RFC 3261 §16): one receive thread per UDP socket
+//! runs the request path, the response path and each new INVITE's state
+//! machine (failover) to the end; one tokio task runs the timers.
 //!
 //! - `request`: classify a request (local, in-dialog, initial from the
 //!   trunk or from a node) and route it.
@@ -128,7 +128,7 @@ pub struct Proxy {
     /// Server INVITE transactions from the trunk, by its top Via branch.
     invites: crate::FastMap<Box<[u8]>, Arc<ServerInvite>>,
     branches: BranchGen,
-    /// The listening sockets; each has its own receive loop.
+    /// The listening sockets; each has its own receive thread.
     sockets: Vec<SipSocket>,
     /// Which socket sends to a destination.
     egress: Egress,
@@ -226,7 +226,7 @@ impl Proxy {
         self.sockets.iter().map(SipSocket::local_addr).collect()
     }
 
-    /// Serves until `cancel` fires: the receive loop, the dialog expiry task
+    /// Serves until `cancel` fires: the receive threads, the dialog expiry task
     /// and the transaction sweeper.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks = JoinSet::new();

@@ -163,7 +163,7 @@ impl Proxy {
             return self.reply(msg, src, 503, b"Shutting down");
         }
         // One atomic look-up-or-insert: copies of an INVITE read by two
-        // receive tasks at once must not both start a call (a double fax).
+        // receive threads at once must not both start a call (a double fax).
         let server = match self.invites.entry(key) {
             dashmap::Entry::Occupied(o) => {
                 // A retransmission: repeat our last answer, start nothing.
