@@ -321,11 +321,47 @@ impl<'e> Edit<'e, '_, '_> {
     /// Removes the first Route value (our own, RFC 3261 §16.4). Returns
     /// false if there was none.
     pub fn pop_route(&mut self) -> bool {
-        if self.route_popped {
-            return false;
+        self.pop_routes(1) == 1
+    }
+
+    /// Removes the first `n` Route values: ours, one, or two after a
+    /// double Record-Route (a call bridged between transports). Whole lines
+    /// go when all their values do. Returns how many were removed.
+    pub fn pop_routes(&mut self, n: usize) -> usize {
+        if self.route_popped || n == 0 {
+            return 0;
         }
-        self.route_popped = self.remove_first_value(HeaderName::Route);
-        self.route_popped
+        let Some(first) = self.msg.first_index(HeaderName::Route) else {
+            return 0;
+        };
+        let mut left = n;
+        for i in first..self.msg.header_count() {
+            if left == 0 {
+                break;
+            }
+            let e = *self.msg.entry(i);
+            if e.name != HeaderName::Route {
+                continue;
+            }
+            let buf = self.msg.as_bytes();
+            let value = &buf[e.value_start as usize..e.value_end as usize];
+            match CommaValues::new(value).nth(left) {
+                // Values remain on this line: cut up to the first kept one.
+                Some(kept) => {
+                    let end = scan::offset_in(buf, kept);
+                    self.splice(e.value_start as usize, end, &[]);
+                    left = 0;
+                }
+                None => {
+                    left -= CommaValues::new(value).count().min(left);
+                    let (a, b) = self.msg.line_range(i);
+                    self.splice(a, b, &[]);
+                }
+            }
+        }
+        let removed = n - left;
+        self.route_popped = removed > 0;
+        removed
     }
 
     /// Writes `received`/`rport` into the top Via of a received request.
@@ -433,6 +469,36 @@ l: 3\r\n\r\nabc";
             text.contains("\r\nVia: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKx;rport\r\nVia: SIP/2.0/UDP 10.0.0.9"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn two_routes_popped_across_lines_and_double_record_route_in_order() {
+        // Ours twice (a double Record-Route), on one line or on two.
+        let two_lines = b"BYE sip:a@192.0.2.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKa\r\n\
+Route: <sip:edge;lr>\r\n\
+Route: <sip:edge;transport=tcp;lr>, <sip:next;lr>\r\n\
+To: <sip:a@b>;tag=2\r\nFrom: <sip:b@a>;tag=1\r\nCall-ID: c\r\nCSeq: 2 BYE\r\n\
+Content-Length: 0\r\n\r\n";
+        let m = Message::parse(two_lines).unwrap();
+        let mut ed = Editor::new();
+        let mut e = ed.edit(&m);
+        assert_eq!(e.pop_routes(2), 2);
+        assert_eq!(e.pop_routes(1), 0, "one pop per edit");
+        e.insert_record_route(b"<sip:edge;lr>");
+        e.insert_record_route(b"<sip:edge;transport=tcp;lr>");
+        let out = String::from_utf8(e.finish().to_vec()).unwrap();
+        assert!(out.contains("Route: <sip:next;lr>\r\n"), "{out}");
+        assert!(!out.contains("\nRoute: <sip:edge"), "{out}");
+        let first = out.find("Record-Route: <sip:edge;lr>").unwrap();
+        let second = out.find("Record-Route: <sip:edge;transport=tcp;lr>").unwrap();
+        assert!(first < second, "the first inserted stays on top: {out}");
+        // More asked than there are: all go.
+        let mut ed = Editor::new();
+        let mut e = ed.edit(&m);
+        assert_eq!(e.pop_routes(5), 3);
+        let out = String::from_utf8(e.finish().to_vec()).unwrap();
+        assert!(!out.contains("\nRoute:"), "{out}");
     }
 
     #[test]
