@@ -54,6 +54,46 @@ pub struct Config {
     /// Absent: no admin listener (no metrics, no RPC).
     #[serde(default)]
     pub admin: Option<Admin>,
+    #[serde(default)]
+    pub tcp: Tcp,
+}
+
+/// `[tcp]`: SIP over TCP connections (listeners in `[listen] tcp`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tcp {
+    /// A connection without traffic this long is closed (Kamailio
+    /// `tcp_connection_lifetime`).
+    #[serde(default = "default_tcp_idle", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// An outgoing connect that takes longer is a transport failure: a new
+    /// INVITE fails over (Kamailio `tcp_connect_timeout`).
+    #[serde(default = "default_tcp_connect", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Open connections at most; inbound ones beyond are refused, logged
+    /// and counted (Kamailio `tcp_max_connections`).
+    #[serde(default = "default_tcp_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        Tcp {
+            idle_timeout: default_tcp_idle(),
+            connect_timeout: default_tcp_connect(),
+            max_connections: default_tcp_max_connections(),
+        }
+    }
+}
+
+fn default_tcp_idle() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_tcp_connect() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_tcp_max_connections() -> usize {
+    4096
 }
 
 /// `[probe]`: OPTIONS health probing of every destination (Kamailio
@@ -234,6 +274,14 @@ pub struct Listen {
     /// (Kamailio needs `net.ipv4.ip_nonlocal_bind` for this).
     #[serde(default)]
     pub freebind: bool,
+    /// TCP listeners (Kamailio `listen=tcp:...`); none by default.
+    #[serde(default)]
+    pub tcp: Vec<SocketAddr>,
+    /// A request to a node larger than this many bytes goes over TCP when
+    /// the node takes TCP (`tcp = true` on it; RFC 3261 §18.1.1, Kamailio
+    /// `udp_mtu` with `udp_mtu_try_proto = TCP`). 0: never switch.
+    #[serde(default = "default_udp_mtu")]
+    pub udp_mtu: usize,
 }
 
 impl Listen {
@@ -245,6 +293,18 @@ impl Listen {
             .or_else(|| self.udp.first().map(SocketAddr::port))
             .unwrap_or(DEFAULT_SIP_PORT)
     }
+
+    /// The same for TCP: the explicit one, else the first TCP listener's.
+    pub fn advertised_tcp_port(&self) -> u16 {
+        self.advertise
+            .port
+            .or_else(|| self.tcp.first().map(SocketAddr::port))
+            .unwrap_or(DEFAULT_SIP_PORT)
+    }
+}
+
+fn default_udp_mtu() -> usize {
+    1300
 }
 
 /// `[dispatcher]`: the FreeSWITCH pool and how a node is picked.
@@ -348,6 +408,10 @@ pub struct Destination {
     /// From URI of this node's probes (dispatcher.list attr `ping_from`).
     #[serde(default)]
     pub ping_from: Option<String>,
+    /// The node also takes SIP over TCP: requests larger than
+    /// `listen.udp_mtu` go to it by TCP (RFC 3261 §18.1.1).
+    #[serde(default)]
+    pub tcp: bool,
     /// The dispatcher.list `flags` column this node starts with (1
     /// inactive, 2 trying, 4 disabled, 8 probing); a TOML destination
     /// starts active and probed.
@@ -370,6 +434,7 @@ impl Destination {
             priority: 0,
             weight: None,
             ping_from: None,
+            tcp: false,
             list_flags: default_list_flags(),
             attrs: None,
         }
@@ -523,18 +588,27 @@ fn list_entry_problem(e: &crate::dispatcher::list::Entry) -> Option<String> {
     if ip.is_unspecified() {
         return Some(format!("{}: a wildcard address is not a node", e.uri));
     }
-    let transport = crate::sip::Uri::parse(e.uri.as_bytes()).ok().and_then(|u| {
-        u.param(b"transport")
-            .flatten()
-            .map(<[u8]>::to_ascii_lowercase)
-    });
-    match transport.as_deref() {
-        None | Some(b"udp") => None,
-        Some(t) => Some(format!(
-            "{}: transport={} is not supported yet (UDP only)",
-            e.uri,
-            String::from_utf8_lossy(t)
-        )),
+    list_entry_transport(e).err()
+}
+
+/// The `;transport=` of a dispatcher.list URI: UDP and TCP are spoken.
+fn list_entry_transport(
+    e: &crate::dispatcher::list::Entry,
+) -> Result<Option<crate::transport::Transport>, String> {
+    let transport = crate::sip::Uri::parse(e.uri.as_bytes())
+        .ok()
+        .and_then(|u| u.param(b"transport").flatten().map(<[u8]>::to_vec));
+    match transport {
+        None => Ok(None),
+        Some(t) => crate::transport::Transport::from_param(&t)
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "{}: transport={} is not supported (udp or tcp)",
+                    e.uri,
+                    String::from_utf8_lossy(&t)
+                )
+            }),
     }
 }
 
@@ -574,10 +648,12 @@ impl Config {
             uri: SipUri {
                 host: e.host.clone(),
                 port: e.port,
+                transport: list_entry_transport(e).ok().flatten(),
             },
             priority: e.priority,
             weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
             ping_from: e.attrs.ping_from().map(str::to_owned),
+            tcp: false,
             list_flags: e.flags.bits(),
             attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
         };
@@ -811,6 +887,17 @@ pub enum Rule {
     NoReplyCodes,
     #[error("\"{0}\" is not a sip: or sips: URI, e.g. \"sip:sipedge@203.0.113.5\"")]
     BadPingFrom(String),
+    #[error(
+        "{0} bytes is out of range; use 500 to 65507 (default 1300), or 0 to never switch to TCP"
+    )]
+    UdpMtu(usize),
+    #[error("must be at least 1, e.g. 4096")]
+    ZeroTcpConnections,
+    #[error(
+        "{0} is reached over TCP, but sipedge listens on no TCP address: its in-dialog \
+         requests would find nobody at our Record-Route; add [listen] tcp = [\"ADDR:PORT\"]"
+    )]
+    TcpWithoutListener(SipUri),
 }
 
 impl Config {
@@ -846,7 +933,10 @@ impl Config {
                     Rule::WildcardDestination(dest.uri.host.clone()),
                 );
             }
-            if let Some(first) = dests[..i].iter().position(|d| d.uri == dest.uri) {
+            let same = |d: &Destination| {
+                d.uri.host == dest.uri.host && d.uri.port_or_default() == dest.uri.port_or_default()
+            };
+            if let Some(first) = dests[..i].iter().position(same) {
                 let rule = Rule::DuplicateDestination {
                     uri: dest.uri.clone(),
                     first,
@@ -926,6 +1016,8 @@ impl Config {
             ("dialogs.ttl", self.dialogs.ttl),
             ("probe.interval", probe.interval),
             ("probe.timeout", probe.timeout),
+            ("tcp.idle_timeout", self.tcp.idle_timeout),
+            ("tcp.connect_timeout", self.tcp.connect_timeout),
         ] {
             if value.is_zero() {
                 return fail(key, Rule::ZeroDuration);
@@ -944,6 +1036,29 @@ impl Config {
         }
         if !WORKERS_RANGE.contains(&self.runtime.workers) {
             return fail("runtime.workers", Rule::Workers(self.runtime.workers));
+        }
+        let mtu = self.listen.udp_mtu;
+        if mtu != 0 && !(500..=65_507).contains(&mtu) {
+            return fail("listen.udp_mtu", Rule::UdpMtu(mtu));
+        }
+        if self.tcp.max_connections == 0 {
+            return fail("tcp.max_connections", Rule::ZeroTcpConnections);
+        }
+        // A node reached over TCP sends its in-dialog requests to our TCP
+        // Record-Route: something must listen there.
+        if self.listen.tcp.is_empty() {
+            let tcp_node =
+                self.dispatcher.destinations.iter().position(|d| {
+                    d.tcp || d.uri.transport == Some(crate::transport::Transport::Tcp)
+                });
+            if let Some(i) = tcp_node {
+                let d = &self.dispatcher.destinations[i];
+                let field = if d.tcp { "tcp" } else { "uri" };
+                return fail(
+                    &format!("dispatcher.destination[{i}].{field}"),
+                    Rule::TcpWithoutListener(d.uri.clone()),
+                );
+            }
         }
         Ok(())
     }
@@ -1227,7 +1342,7 @@ pub enum AddressError {
     Sips,
     #[error("a destination has no user part; write sip:host:port")]
     UserPart,
-    #[error("URI parameters and headers (\";transport=...\", \"?...\") are not supported yet; write sip:host:port")]
+    #[error("the only URI parameter supported is \";transport=udp\" or \";transport=tcp\", and no headers (\"?...\"); write sip:host:port[;transport=tcp]")]
     Params,
 }
 
@@ -1308,14 +1423,16 @@ fn parse_port(text: &str) -> Result<u16, AddressError> {
     }
 }
 
-/// A destination URI: `sip:host[:port]` and nothing else. Kamailio accepts
-/// user parts and parameters here; sipedge refuses them until it honours
-/// them, rather than silently ignoring `;transport=tcp`.
+/// A destination URI: `sip:host[:port]`, optionally `;transport=tcp` (or
+/// `udp`). Kamailio accepts user parts and other parameters here; sipedge
+/// refuses them until it honours them, rather than silently ignore them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct SipUri {
     pub host: Host,
     pub port: Option<u16>,
+    /// `;transport=`: every request to this node goes over it.
+    pub transport: Option<crate::transport::Transport>,
 }
 
 impl SipUri {
@@ -1333,8 +1450,19 @@ impl SipUri {
         if rest.contains('@') {
             return Err(AddressError::UserPart);
         }
-        if rest.contains([';', '?']) {
+        if rest.contains('?') {
             return Err(AddressError::Params);
+        }
+        let (rest, params) = rest.split_once(';').unwrap_or((rest, ""));
+        let mut transport = None;
+        for p in params.split(';').filter(|p| !p.is_empty()) {
+            let (name, value) = p.split_once('=').unwrap_or((p, ""));
+            match crate::transport::Transport::from_param(value.trim().as_bytes()) {
+                Some(t) if name.trim().eq_ignore_ascii_case("transport") && transport.is_none() => {
+                    transport = Some(t)
+                }
+                _ => return Err(AddressError::Params),
+            }
         }
         // In a URI an IPv6 host is always bracketed (RFC 3261 §19.1.1), so
         // a bare one is an error rather than a port-less address.
@@ -1342,7 +1470,11 @@ impl SipUri {
             return Err(AddressError::Ipv6NeedsBrackets);
         }
         let HostPort { host, port } = HostPort::parse(rest)?;
-        Ok(SipUri { host, port })
+        Ok(SipUri {
+            host,
+            port,
+            transport,
+        })
     }
 
     /// The port to send to: the URI's, else 5060.
@@ -1363,6 +1495,9 @@ impl fmt::Display for SipUri {
         write!(f, "sip:{}", self.host)?;
         if let Some(port) = self.port {
             write!(f, ":{port}")?;
+        }
+        if let Some(t) = self.transport {
+            write!(f, ";transport={t}")?;
         }
         Ok(())
     }
@@ -1599,7 +1734,9 @@ uri = "sip:10.0.1.11:5080"
             ("10.0.1.11:5080", "not a sip: URI"),
             ("sips:10.0.1.11", "sips:"),
             ("sip:fs@10.0.1.11", "user part"),
-            ("sip:10.0.1.11;transport=tcp", "parameters"),
+            ("sip:10.0.1.11;transport=tls", "transport=tcp"),
+            ("sip:10.0.1.11;lr", "transport=tcp"),
+            ("sip:10.0.1.11?X=1", "transport=tcp"),
             ("sip:", "no host"),
             ("sip:10.0.1.11:0", "port"),
             ("sip:10.0.1.11:99999", "port"),
@@ -1630,6 +1767,63 @@ uri = "sip:10.0.1.11:5080"
         assert_eq!(
             SipUri::parse("sip:10.0.1.10").unwrap().to_string(),
             "sip:10.0.1.10"
+        );
+        let uri = SipUri::parse("sip:10.0.1.10:5080;Transport=TCP").unwrap();
+        assert_eq!(uri.transport, Some(crate::transport::Transport::Tcp));
+        assert_eq!(uri.to_string(), "sip:10.0.1.10:5080;transport=tcp");
+        let uri = SipUri::parse("sip:10.0.1.10;transport=udp").unwrap();
+        assert_eq!(uri.transport, Some(crate::transport::Transport::Udp));
+    }
+
+    #[test]
+    fn tcp_settings_and_their_rules() {
+        let c = load(BASE).unwrap();
+        assert!(c.listen.tcp.is_empty());
+        assert_eq!(c.listen.udp_mtu, 1300);
+        assert_eq!(c.tcp, Tcp::default());
+        assert_eq!(c.tcp.idle_timeout, Duration::from_secs(300));
+        // A TCP node needs a TCP listener (its in-dialog requests).
+        let tcp_node = BASE.replace("sip:10.0.1.11:5080", "sip:10.0.1.11:5080;transport=tcp");
+        assert_eq!(
+            rule(&tcp_node).0,
+            "dispatcher.destination[1].uri".to_string()
+        );
+        assert!(matches!(rule(&tcp_node).1, Rule::TcpWithoutListener(_)));
+        let with_listener = tcp_node.replace("[listen]\n", "[listen]\ntcp = [\"10.0.0.5:5060\"]\n");
+        let c = load(&with_listener).unwrap();
+        assert_eq!(c.listen.tcp, ["10.0.0.5:5060".parse().unwrap()]);
+        for (line, key, want) in [
+            (
+                "[listen]\nudp_mtu = 100\n",
+                "listen.udp_mtu",
+                Rule::UdpMtu(100),
+            ),
+            (
+                "[tcp]\nmax_connections = 0\n",
+                "tcp.max_connections",
+                Rule::ZeroTcpConnections,
+            ),
+            (
+                "[tcp]\nidle_timeout = \"0s\"\n",
+                "tcp.idle_timeout",
+                Rule::ZeroDuration,
+            ),
+        ] {
+            let text = if line.starts_with("[listen]") {
+                BASE.replace("[listen]\n", line)
+            } else {
+                format!("{BASE}\n{line}")
+            };
+            assert_eq!(rule(&text), (key.to_string(), want), "{line}");
+        }
+        // The same address twice is one node, whatever the transport says.
+        let dup = with_listener.replace(
+            "sip:10.0.1.11:5080;transport=tcp",
+            "sip:10.0.1.10:5080;transport=tcp",
+        );
+        assert!(
+            matches!(rule(&dup).1, Rule::DuplicateDestination { .. }),
+            "{dup}"
         );
     }
 

@@ -491,7 +491,9 @@ Content-Length: 0\r\n\r\n";
         assert!(out.contains("Route: <sip:next;lr>\r\n"), "{out}");
         assert!(!out.contains("\nRoute: <sip:edge"), "{out}");
         let first = out.find("Record-Route: <sip:edge;lr>").unwrap();
-        let second = out.find("Record-Route: <sip:edge;transport=tcp;lr>").unwrap();
+        let second = out
+            .find("Record-Route: <sip:edge;transport=tcp;lr>")
+            .unwrap();
         assert!(first < second, "the first inserted stays on top: {out}");
         // More asked than there are: all go.
         let mut ed = Editor::new();

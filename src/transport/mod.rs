@@ -17,6 +17,50 @@ pub use egress::Egress;
 pub use tcp::{bind_tcp, ConnId, Inbound, TcpError, TcpOptions, TcpStats, TcpTransport};
 pub use udp::{bind_udp, RecvBatch, SipSocket, UdpOptions};
 
+/// A SIP transport sipedge speaks (RFC 3261 §18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// As written in a Via (`SIP/2.0/UDP`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    /// A Via's transport token, case-insensitive; `None` for any other.
+    pub fn from_via(token: &[u8]) -> Option<Transport> {
+        if token.eq_ignore_ascii_case(b"UDP") {
+            Some(Transport::Udp)
+        } else if token.eq_ignore_ascii_case(b"TCP") {
+            Some(Transport::Tcp)
+        } else {
+            None
+        }
+    }
+
+    /// A URI's `transport=` value; `None` for any other.
+    pub fn from_param(value: &[u8]) -> Option<Transport> {
+        Transport::from_via(value)
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
 /// What every listening socket gets before `bind`: SO_REUSEADDR (a restart
 /// need not wait), IP_FREEBIND when asked (a keepalived standby binds the
 /// VIP it does not hold yet), dual-stack for IPv6, non-blocking.
