@@ -41,6 +41,7 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
+use crate::transport::Transport;
 use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -87,6 +88,10 @@ struct Node {
     ping_from: Option<String>,
     /// Its dispatcher.list attributes, if it came from one.
     attrs: Option<list::Attrs>,
+    /// Every request goes over this (the URI's `;transport=`).
+    transport: Transport,
+    /// Takes TCP: large requests may switch to it (`tcp = true`).
+    takes_tcp: bool,
 }
 
 /// The destination set and its selection algorithm. `Send + Sync`; share it
@@ -166,6 +171,8 @@ impl Dispatcher {
                         ),
                     ping_from: dest.ping_from.clone(),
                     attrs: dest.attrs.clone(),
+                    transport: dest.uri.transport.unwrap_or_default(),
+                    takes_tcp: dest.tcp || dest.uri.transport == Some(Transport::Tcp),
                 }),
                 Host::Name(_) => Err(DispatcherError::HostName {
                     index,
@@ -246,6 +253,23 @@ impl Dispatcher {
     pub fn find(&self, addr: SocketAddr) -> Option<usize> {
         let addr = canonical(addr);
         self.nodes.iter().position(|node| node.addr == addr)
+    }
+
+    /// The first pool member at `ip`, whatever the port: a node's own TCP
+    /// connections come from an ephemeral port.
+    pub fn find_ip(&self, ip: std::net::IpAddr) -> Option<usize> {
+        let ip = canonical(SocketAddr::new(ip, 0)).ip();
+        self.nodes.iter().position(|node| node.addr.ip() == ip)
+    }
+
+    /// The transport every request to node `i` takes.
+    pub fn transport(&self, i: usize) -> Transport {
+        self.nodes[i].transport
+    }
+
+    /// Node `i` takes SIP over TCP.
+    pub fn takes_tcp(&self, i: usize) -> bool {
+        self.nodes[i].takes_tcp
     }
 
     /// The nodes to try for one new call, in order: first choice, then

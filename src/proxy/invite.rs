@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::{Bytes, BytesMut};
 use tokio::time::{Duration, Instant};
 
+use super::request::RecordRoute;
 use super::{with_editor, Pool, Proxy, ServerInvite, Timer};
 use crate::dialog::Removal;
 use crate::dispatcher::health::Failure;
@@ -21,6 +22,7 @@ use crate::dispatcher::Plan;
 use crate::metrics::{FailoverReason, RejectReason};
 use crate::sip::{HeaderName, Message, Method, Response};
 use crate::transaction::{ClientTxn, Pending, Token, T1, TIMER_SLACK};
+use crate::transport::{Peer, Transport};
 
 /// A new INVITE's state machine. The transaction table holds it (one entry
 /// per branch tried) until the call is decided; the timer schedule and the
@@ -50,9 +52,10 @@ struct CallState {
     /// The trunk's INVITE as received: the next leg, CANCEL, ACK and local
     /// answers are built from it.
     invite: Bytes,
-    src: SocketAddr,
+    src: Peer,
     server: Arc<ServerInvite>,
-    pop_route: bool,
+    /// Our own Route values at the top of the INVITE, consumed.
+    pop_routes: usize,
     branches: Vec<Token>,
     /// The node being tried.
     leg: Option<Leg>,
@@ -68,7 +71,8 @@ struct CallState {
 struct Leg {
     branch: Token,
     addr: SocketAddr,
-    /// The INVITE as sent (Timer A resends it).
+    transport: Transport,
+    /// The INVITE as sent (Timer A resends it over UDP).
     bytes: Bytes,
     /// Timer A (RFC 3261 §17.1.1.2): resend to a silent node at T1,
     /// doubling, until anything comes back.
@@ -95,6 +99,13 @@ enum Step {
     Done,
 }
 
+impl Leg {
+    /// Where this leg's INVITE went.
+    fn peer(&self) -> Peer {
+        Peer::new(self.addr, self.transport)
+    }
+}
+
 impl Call {
     fn lock(&self) -> std::sync::MutexGuard<'_, CallState> {
         // A panic while holding the lock cannot leave the state torn in a
@@ -106,12 +117,7 @@ impl Call {
 impl Proxy {
     /// Starts a new INVITE: 100 to the trunk and the INVITE to the first
     /// node, so both leave with the datagrams of the same receive batch.
-    pub(super) fn start_invite(
-        &self,
-        msg: &Message<'_>,
-        src: SocketAddr,
-        server: Arc<ServerInvite>,
-    ) {
+    pub(super) fn start_invite(&self, msg: &Message<'_>, src: Peer, server: Arc<ServerInvite>) {
         self.calls_deciding.fetch_add(1, Ordering::Relaxed);
         self.answer(msg, src, &server, 100, b"Trying");
         let pool = self.pool();
@@ -122,7 +128,7 @@ impl Proxy {
                 invite: Bytes::copy_from_slice(msg.as_bytes()),
                 src,
                 server: server.clone(),
-                pop_route: self.first_route_is_me(msg),
+                pop_routes: self.our_routes(msg).count,
                 branches: Vec::with_capacity(2),
                 leg: None,
                 received: Instant::now(),
@@ -177,12 +183,12 @@ impl Proxy {
             }
             let addr = st.pool.addr(node);
             let branch = self.branches.next();
-            let rr = st.pool.record_routes.get(node).map(|r| &**r);
-            let invite = self.invite_for(msg, st.src, &branch, rr, st.pop_route)?;
+            let (invite, transport) =
+                self.invite_for(msg, st.src, &branch, &st.pool, node, st.pop_routes)?;
             self.txns.insert(&branch, ClientTxn::Invite(call.clone()));
             st.branches.push(branch);
             self.pin(call_id, addr);
-            if self.send(&invite, addr).is_err() {
+            if self.send_to(&invite, Peer::new(addr, transport)).is_err() {
                 self.metrics.failover(FailoverReason::Transport);
                 self.call_failed(&st.pool, node, Failure::TransportError);
                 continue;
@@ -191,6 +197,7 @@ impl Proxy {
             return Some(Leg {
                 branch,
                 addr,
+                transport,
                 bytes: invite,
                 resend_every: T1,
                 resend_at: now + T1,
@@ -208,7 +215,7 @@ impl Proxy {
     /// Makes sure the timer schedule wakes this call by its next deadline.
     fn arm(&self, st: &mut CallState) {
         let Some(leg) = &st.leg else { return };
-        let next = if leg.heard {
+        let next = if leg.heard || leg.transport != Transport::Udp {
             leg.deadline
         } else {
             leg.deadline.min(leg.resend_at)
@@ -261,7 +268,7 @@ impl Proxy {
     }
 
     /// A response on one of the call's branches.
-    pub(super) fn call_response(&self, call: &Arc<Call>, resp: &Message<'_>, src: SocketAddr) {
+    pub(super) fn call_response(&self, call: &Arc<Call>, resp: &Message<'_>, src: Peer) {
         // Responses to our CANCEL share the branch: not the answer.
         if !resp.cseq().is_ok_and(|c| c.method == Method::Invite) {
             return;
@@ -283,7 +290,7 @@ impl Proxy {
             if code >= 300 {
                 self.ack_leg(st, branch, resp.header(HeaderName::To), src);
             } else if code >= 200 {
-                self.relay_upstream(resp, None);
+                self.relay_upstream(resp, None, Some(st.src));
             }
             return;
         }
@@ -293,7 +300,7 @@ impl Proxy {
         if code < 200 && leg.cancel_pending {
             leg.cancel_pending = false;
             leg.cancel_sent = true;
-            let (b, a) = (leg.branch, leg.addr);
+            let (b, a) = (leg.branch, leg.peer());
             self.cancel_leg(st, &b, a);
         }
         let Some(leg) = st.leg.as_mut() else { return };
@@ -310,12 +317,12 @@ impl Proxy {
                 if !leg.cancel_sent {
                     leg.deadline = now + fr_inv;
                 }
-                self.relay_upstream(resp, Some(&st.server));
+                self.relay_upstream(resp, Some(&st.server), Some(st.src));
                 Step::Wait
             }
             200..=299 => {
                 st.server.forget();
-                self.relay_upstream(resp, None);
+                self.relay_upstream(resp, None, Some(st.src));
                 Step::Done
             }
             _ => {
@@ -325,7 +332,8 @@ impl Proxy {
                     && !leg.cancel_sent
                     && !leg.cancel_pending;
                 let (b, addr) = (leg.branch, leg.addr);
-                self.ack_leg(st, b.as_bytes(), resp.header(HeaderName::To), addr);
+                let peer = leg.peer();
+                self.ack_leg(st, b.as_bytes(), resp.header(HeaderName::To), peer);
                 if failover {
                     self.metrics.failover(FailoverReason::Code);
                     // Marked like a silent node (the "suspect"):
@@ -338,7 +346,7 @@ impl Proxy {
                 } else {
                     let call_id = resp.call_id().unwrap_or_default();
                     self.dialogs.remove(call_id, Removal::Failed);
-                    self.relay_upstream(resp, Some(&st.server));
+                    self.relay_upstream(resp, Some(&st.server), Some(st.src));
                     Step::Done
                 }
             }
@@ -358,7 +366,7 @@ impl Proxy {
             leg.cancel_sent = true;
             // Wait for the node's 487 a while longer.
             leg.deadline = Instant::now() + self.cfg.failover.fr_timeout;
-            let (b, a) = (leg.branch, leg.addr);
+            let (b, a) = (leg.branch, leg.peer());
             self.cancel_leg(st, &b, a);
             // The earlier deadline must be armed.
             self.arm(st);
@@ -390,7 +398,7 @@ impl Proxy {
             st.armed = None;
         }
         let Some(leg) = st.leg.as_mut() else { return };
-        if !leg.heard && leg.resend_at <= due {
+        if !leg.heard && leg.transport == Transport::Udp && leg.resend_at <= due {
             let _ = self.send(&leg.bytes, leg.addr);
             leg.resend_every *= 2;
             leg.resend_at = now + leg.resend_every;
@@ -398,10 +406,10 @@ impl Proxy {
         if leg.deadline > due {
             return self.step(call, st, Step::Wait);
         }
-        let (branch, addr) = (leg.branch, leg.addr);
+        let (branch, addr, peer) = (leg.branch, leg.addr, leg.peer());
         let step = if leg.ringing {
             // fr_inv_timeout: the node has the call but no final.
-            self.cancel_leg(st, &branch, addr);
+            self.cancel_leg(st, &branch, peer);
             let raw = st.invite.clone();
             if let Ok(msg) = Message::parse(&raw) {
                 self.dialogs
@@ -414,7 +422,7 @@ impl Proxy {
             Step::Failover
         } else {
             if leg.trying {
-                self.cancel_leg(st, &branch, addr);
+                self.cancel_leg(st, &branch, peer);
             }
             self.metrics.failover(FailoverReason::Timeout);
             let fr = self.cfg.failover.fr_timeout;
@@ -426,19 +434,32 @@ impl Proxy {
         self.step(call, st, step);
     }
 
-    /// The INVITE as sent to `node`.
+    /// The INVITE as sent to `node`, and the transport it goes over: the
+    /// node's, or TCP when it is too large for UDP and the node takes TCP
+    /// (RFC 3261 §18.1.1).
     fn invite_for(
         &self,
         msg: &Message<'_>,
-        src: SocketAddr,
+        src: Peer,
         branch: &str,
-        record_route: Option<&[u8]>,
-        pop_route: bool,
-    ) -> Option<Bytes> {
+        pool: &Pool,
+        node: usize,
+        pop_routes: usize,
+    ) -> Option<(Bytes, Transport)> {
         with_editor(|ed| {
-            self.forward_edit(ed, msg, src, branch, record_route, pop_route)
-                .ok()
-                .map(Bytes::copy_from_slice)
+            let rr = |t| RecordRoute::for_node(pool, node, src.transport, t);
+            let t = pool.transport(node);
+            let out = self
+                .forward_edit(ed, msg, src.addr, branch, t, rr(t), pop_routes)
+                .ok()?;
+            if !(pool.takes_tcp(node) && self.over_mtu(out.len(), t)) {
+                return Some((Bytes::copy_from_slice(out), t));
+            }
+            let tcp = Transport::Tcp;
+            let out = self
+                .forward_edit(ed, msg, src.addr, branch, tcp, rr(tcp), pop_routes)
+                .ok()?;
+            Some((Bytes::copy_from_slice(out), tcp))
         })
     }
 
@@ -446,7 +467,7 @@ impl Proxy {
     fn answer(
         &self,
         msg: &Message<'_>,
-        src: SocketAddr,
+        src: Peer,
         server: &ServerInvite,
         code: u16,
         reason: &[u8],
@@ -455,7 +476,7 @@ impl Proxy {
         let tag = self.branches.tag();
         let mut out = BytesMut::with_capacity(msg.len().min(2048) + 128);
         Response::new(msg, code, reason, tag.as_bytes())
-            .received(src)
+            .received(src.addr)
             .write(&mut out);
         let out = out.freeze();
         self.metrics
@@ -463,18 +484,18 @@ impl Proxy {
         // Remembered first: the trunk may retransmit its INVITE the moment
         // this answer reaches it, and must get this answer again.
         server.remember(out.clone());
-        let _ = self.send(&out, super::reply_target(via, src));
+        let _ = self.send_to(&out, super::reply_target(via, src));
     }
 
     /// CANCEL for our INVITE on `branch` to `addr`.
-    fn cancel_leg(&self, st: &CallState, branch: &str, addr: SocketAddr) {
+    fn cancel_leg(&self, st: &CallState, branch: &str, addr: Peer) {
         if let Ok(inv) = Message::parse(&st.invite) {
             self.send_hop(&inv, Method::Cancel, branch.as_bytes(), None, addr);
         }
     }
 
     /// ACK for a non-2xx final on `branch` from `addr`.
-    fn ack_leg(&self, st: &CallState, branch: &[u8], to: Option<&[u8]>, addr: SocketAddr) {
+    fn ack_leg(&self, st: &CallState, branch: &[u8], to: Option<&[u8]>, addr: Peer) {
         if let Ok(inv) = Message::parse(&st.invite) {
             self.send_hop(&inv, Method::Ack, branch, to, addr);
         }
@@ -488,7 +509,7 @@ impl Proxy {
         method: Method<'_>,
         branch: &[u8],
         to: Option<&[u8]>,
-        addr: SocketAddr,
+        addr: Peer,
     ) {
         let (Some(ruri), Ok(cseq)) = (inv.request_uri_bytes(), inv.cseq()) else {
             return;
@@ -497,8 +518,9 @@ impl Proxy {
         let mut s = String::with_capacity(512);
         let _ = write!(
             s,
-            "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {n} {m}\r\nContent-Length: 0\r\n\r\n",
-            self.sent_by,
+            "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {sent_by};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {n} {m}\r\nContent-Length: 0\r\n\r\n",
+            t = addr.transport.via_name(),
+            sent_by = self.sent_by.get(addr.transport),
             branch = String::from_utf8_lossy(branch),
             ruri = String::from_utf8_lossy(ruri),
             from = String::from_utf8_lossy(inv.header(HeaderName::From).unwrap_or_default()),
@@ -506,6 +528,6 @@ impl Proxy {
             cid = String::from_utf8_lossy(inv.call_id().unwrap_or_default()),
             n = cseq.number,
         );
-        let _ = self.send(s.as_bytes(), addr);
+        let _ = self.send_to(s.as_bytes(), addr);
     }
 }

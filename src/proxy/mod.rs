@@ -31,7 +31,7 @@ use crate::dialog::Dialogs;
 use crate::dispatcher::DispatcherError;
 use crate::sip::{Message, Response, Rport, Via};
 use crate::transaction::{BranchGen, ClientTxns, Resend, Timers, LINGER};
-use crate::transport::{Egress, RecvBatch, SipSocket};
+use crate::transport::{Egress, Peer, RecvBatch, SipSocket, TcpTransport, Transport};
 use invite::Call;
 pub use pool::{Pool, ReloadError};
 
@@ -111,14 +111,25 @@ pub enum ProxyError {
 /// Shared state of a running proxy.
 pub struct Proxy {
     cfg: Config,
-    /// Our advertised `host:port`, as written in Via and Record-Route.
-    sent_by: String,
-    /// `SIP/2.0/UDP <sent_by>;branch=`: our Via up to the branch value.
-    via_prefix: Box<[u8]>,
+    /// Our advertised `host:port` per transport, as written in Via and
+    /// Record-Route.
+    sent_by: SentBy,
+    /// `SIP/2.0/UDP <sent_by>;branch=` (and TCP): our Via up to the branch
+    /// value.
+    via_prefix: [Box<[u8]>; 2],
     /// Retransmissions of forwarded requests and the INVITEs' deadlines.
     timers: Timers<Timer>,
     adv_host: String,
     adv_port: u16,
+    /// Our TCP port (the UDP one when there is no TCP listener).
+    adv_tcp_port: u16,
+    /// SIP over TCP: listeners, connections to nodes and trunks.
+    tcp: TcpTransport,
+    /// What the TCP connections receive, taken by `run`.
+    tcp_inbound: Mutex<Option<tokio::sync::mpsc::Receiver<crate::transport::Inbound>>>,
+    /// For the tasks a TCP send spawns (connect, then send).
+    me: std::sync::Weak<Proxy>,
+    rt: tokio::runtime::Handle,
     /// The destinations in force; replaced by a reload.
     pool: arc_swap::ArcSwap<Pool>,
     config_path: Mutex<Option<std::path::PathBuf>>,
@@ -152,10 +163,37 @@ pub struct Proxy {
     probing_active: AtomicBool,
 }
 
+/// Our advertised `host:port` for each transport.
+#[derive(Debug, Clone)]
+pub(crate) struct SentBy {
+    pub udp: String,
+    pub tcp: String,
+}
+
+impl SentBy {
+    fn get(&self, t: Transport) -> &str {
+        match t {
+            Transport::Udp => &self.udp,
+            Transport::Tcp => &self.tcp,
+        }
+    }
+}
+
 impl Proxy {
-    /// Builds the proxy around already-bound sockets (tests bind port 0).
-    /// Must run inside a tokio runtime.
+    /// Builds the proxy around already-bound UDP sockets (tests bind port
+    /// 0), with no TCP listener. Must run inside a tokio runtime.
     pub fn new(cfg: Config, sockets: Vec<std::net::UdpSocket>) -> Result<Arc<Proxy>, ProxyError> {
+        Proxy::with_tcp(cfg, sockets, Vec::new())
+    }
+
+    /// Builds the proxy around already-bound UDP sockets and TCP listeners
+    /// (from [`crate::transport::bind_tcp`]), and starts accepting on the
+    /// listeners. Must run inside a tokio runtime.
+    pub fn with_tcp(
+        cfg: Config,
+        sockets: Vec<std::net::UdpSocket>,
+        listeners: Vec<std::net::TcpListener>,
+    ) -> Result<Arc<Proxy>, ProxyError> {
         let sockets = sockets
             .into_iter()
             .map(SipSocket::new)
@@ -167,11 +205,40 @@ impl Proxy {
             0 => first.port(),
             p => p,
         };
+        let (tcp, tcp_inbound) = TcpTransport::new(crate::transport::TcpOptions {
+            idle_timeout: cfg.tcp.idle_timeout,
+            connect_timeout: cfg.tcp.connect_timeout,
+            max_connections: cfg.tcp.max_connections,
+            freebind: cfg.listen.freebind,
+            ..Default::default()
+        });
+        let mut tcp_ports = Vec::new();
+        for l in listeners {
+            tcp_ports.push(tcp.serve(l)?.port());
+        }
+        let adv_tcp_port = match (cfg.listen.advertise.port, tcp_ports.first()) {
+            (Some(p), _) if p != 0 => p,
+            (_, Some(&p)) => p,
+            _ => adv_port,
+        };
         let metrics = crate::metrics::Metrics::new()?;
-        let sent_by = format!("{adv_host}:{adv_port}");
+        let sent_by = SentBy {
+            udp: format!("{adv_host}:{adv_port}"),
+            tcp: format!("{adv_host}:{adv_tcp_port}"),
+        };
         let pool = Pool::build(&cfg, &sent_by, &metrics, None, 0)?;
-        Ok(Arc::new(Proxy {
-            via_prefix: format!("SIP/2.0/UDP {sent_by};branch=").into_bytes().into(),
+        let via_prefix = [Transport::Udp, Transport::Tcp].map(|t| {
+            format!("SIP/2.0/{} {};branch=", t.via_name(), sent_by.get(t))
+                .into_bytes()
+                .into()
+        });
+        Ok(Arc::new_cyclic(|me| Proxy {
+            via_prefix,
+            adv_tcp_port,
+            tcp,
+            tcp_inbound: Mutex::new(Some(tcp_inbound)),
+            me: me.clone(),
+            rt: tokio::runtime::Handle::current(),
             pool: arc_swap::ArcSwap::from_pointee(pool),
             config_path: Mutex::new(None),
             reload_lock: Mutex::new(()),
@@ -249,6 +316,24 @@ impl Proxy {
         tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
         tasks.spawn(self.clone().run_timers(cancel.clone()));
         tasks.spawn(self.clone().run_prober(cancel.clone()));
+        if let Some(mut inbound) = self.tcp_inbound.lock().ok().and_then(|mut r| r.take()) {
+            // Messages framed off every TCP connection, handled here like
+            // datagrams (nothing on the path waits).
+            let (p, c) = (self.clone(), cancel.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = c.cancelled() => break,
+                        m = inbound.recv() => {
+                            let Some((bytes, peer, conn)) = m else { break };
+                            p.on_message(&bytes, Peer::tcp(peer, Some(conn)));
+                            p.flush_icmp();
+                        }
+                    }
+                }
+                p.tcp.shutdown().await;
+            });
+        }
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -305,13 +390,15 @@ impl Proxy {
             }
             self.on_unreachable(&mut dead);
             for (data, src) in batch.datagrams() {
-                self.on_datagram(data, src);
+                self.on_message(data, Peer::udp(src));
             }
             self.flush_icmp();
         }
     }
 
-    fn on_datagram(self: &Arc<Self>, data: &[u8], src: SocketAddr) {
+    /// One message from `src`: a UDP datagram, or one framed off a TCP
+    /// stream.
+    fn on_message(self: &Arc<Self>, data: &[u8], src: Peer) {
         // RFC 5626 keep-alives and stray line ends.
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
             return;
@@ -435,8 +522,50 @@ impl Proxy {
         }
     }
 
-    /// Sends `bytes` to `to`; a full socket buffer or an unreachable peer is
-    /// counted, never fatal.
+    /// Sends `bytes` to `to` over its transport. Over TCP: on the known
+    /// connection, else the open one to that address, else a new one
+    /// opened in the background, whose failure counts like an ICMP error
+    /// (a new INVITE fails over, the node is marked).
+    fn send_to(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
+        match to.transport {
+            Transport::Udp => self.send(bytes, to.addr),
+            Transport::Tcp => self.send_tcp(bytes, to),
+        }
+    }
+
+    fn send_tcp(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
+        use crate::transport::TcpError;
+        let msg = Bytes::copy_from_slice(bytes);
+        for conn in to.conn.into_iter().chain(self.tcp.conn_to(to.addr)) {
+            match self.tcp.send_on(conn, msg.clone()) {
+                Ok(()) => return Ok(()),
+                // Gone: try the next way.
+                Err(TcpError::Closed(_)) => continue,
+                Err(e) => {
+                    self.metrics.dropped(crate::metrics::DropReason::SendError);
+                    tracing::debug!("send to {to}: {e}");
+                    return Err(io::Error::new(io::ErrorKind::WouldBlock, e));
+                }
+            }
+        }
+        let (Some(me), tcp) = (self.me.upgrade(), self.tcp.clone()) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        self.rt.spawn(async move {
+            if let Err(e) = tcp.send(to.addr, msg).await {
+                tracing::debug!("send to {to}: {e}");
+                me.metrics.dropped(crate::metrics::DropReason::SendError);
+                // Like ICMP port unreachable: the INVITE waiting on it
+                // fails over now, not at fr_timeout.
+                me.on_unreachable(&mut vec![to.addr]);
+                me.flush_icmp();
+            }
+        });
+        Ok(())
+    }
+
+    /// Sends `bytes` to `to` over UDP; a full socket buffer or an
+    /// unreachable peer is counted, never fatal.
     fn send(&self, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
         let Some(socket) = self.sockets.get(self.egress.pick(to)) else {
             return Err(io::ErrorKind::NotConnected.into());
@@ -458,14 +587,14 @@ impl Proxy {
 
     /// Answers `req` locally (RFC 3261 §8.2.6), to where §18.2.2 says a
     /// response to it goes.
-    fn reply(&self, req: &Message<'_>, src: SocketAddr, code: u16, reason: &[u8]) {
+    fn reply(&self, req: &Message<'_>, src: Peer, code: u16, reason: &[u8]) {
         self.reply_with(req, src, code, reason, &[]);
     }
 
     fn reply_with(
         &self,
         req: &Message<'_>,
-        src: SocketAddr,
+        src: Peer,
         code: u16,
         reason: &[u8],
         headers: &[(&str, &[u8])],
@@ -477,12 +606,12 @@ impl Proxy {
         let tag = self.branches.tag();
         let mut out = BytesMut::with_capacity(req.len().min(2048) + 128);
         Response::new(req, code, reason, tag.as_bytes())
-            .received(src)
+            .received(src.addr)
             .headers(headers)
             .write(&mut out);
         self.metrics
             .response_status(crate::metrics::ResponseOrigin::Local, code);
-        let _ = self.send(&out, reply_target(via, src));
+        let _ = self.send_to(&out, reply_target(via, src));
     }
 }
 
@@ -524,18 +653,28 @@ fn health_config(
 }
 
 /// Where a response to a request that came from `src` goes (RFC 3261
-/// §18.2.2 with RFC 3581): the source address, and the source port when
-/// the client asked with `rport`, else the sent-by port.
-fn reply_target(via: &Via<'_>, src: SocketAddr) -> SocketAddr {
-    match via.rport() {
-        Rport::Absent => SocketAddr::new(src.ip(), via.port.unwrap_or(5060)),
-        _ => src,
+/// §18.2.2 with RFC 3581): over UDP the source address, and the source
+/// port when the client asked with `rport`, else the sent-by port; over
+/// TCP the connection it came in on, else a new one to the source address
+/// and the sent-by port.
+fn reply_target(via: &Via<'_>, src: Peer) -> Peer {
+    let sent_by = SocketAddr::new(src.addr.ip(), via.port.unwrap_or(5060));
+    match (src.transport, via.rport()) {
+        (Transport::Tcp, _) => Peer::tcp(sent_by, src.conn),
+        (Transport::Udp, Rport::Absent) => Peer::udp(sent_by),
+        (Transport::Udp, _) => src,
     }
 }
 
 /// Where a relayed response goes, read from the Via below ours: `received`
-/// (else the sent-by address) and `rport` (else the sent-by port).
-fn upstream_target(via: &Via<'_>) -> Option<SocketAddr> {
+/// (else the sent-by address) and `rport` (else the sent-by port), over
+/// the Via's transport. `None` for a transport we do not speak.
+fn upstream_target(via: &Via<'_>) -> Option<Peer> {
+    let transport = Transport::from_via(via.transport)?;
+    upstream_addr(via).map(|a| Peer::new(a, transport))
+}
+
+fn upstream_addr(via: &Via<'_>) -> Option<SocketAddr> {
     let ip = match via.received() {
         Some(r) => {
             let r = r
@@ -560,18 +699,33 @@ mod tests {
     #[test]
     fn targets_follow_18_2_2() {
         let src: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let udp = Peer::udp(src);
         let via = Via::parse(b"SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1").unwrap();
-        assert_eq!(reply_target(&via, src), "192.0.2.7:5070".parse().unwrap());
+        assert_eq!(
+            reply_target(&via, udp),
+            Peer::udp("192.0.2.7:5070".parse().unwrap())
+        );
         let via = Via::parse(b"SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;rport").unwrap();
-        assert_eq!(reply_target(&via, src), src);
+        assert_eq!(reply_target(&via, udp), udp);
+        // TCP: the same connection, else the source address and sent-by port.
+        let conn = Some(crate::transport::ConnId::for_tests(7));
+        let via = Via::parse(b"SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK1;rport").unwrap();
+        assert_eq!(
+            reply_target(&via, Peer::tcp(src, conn)),
+            Peer::tcp("192.0.2.7:5070".parse().unwrap(), conn)
+        );
         let via = Via::parse(b"SIP/2.0/UDP h.example;received=192.0.2.7;rport=4000").unwrap();
-        assert_eq!(upstream_target(&via), Some(src));
+        assert_eq!(upstream_target(&via), Some(udp));
+        let via = Via::parse(b"SIP/2.0/TCP h.example;received=192.0.2.7;rport=4000").unwrap();
+        assert_eq!(upstream_target(&via), Some(Peer::tcp(src, None)));
         let via = Via::parse(b"SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1").unwrap();
         assert_eq!(
             upstream_target(&via),
-            Some("10.0.0.1:5060".parse().unwrap())
+            Some(Peer::udp("10.0.0.1:5060".parse().unwrap()))
         );
         let via = Via::parse(b"SIP/2.0/UDP h.example;branch=z9hG4bK1").unwrap();
         assert_eq!(upstream_target(&via), None);
+        let via = Via::parse(b"SIP/2.0/SCTP 10.0.0.1;branch=z9hG4bK1").unwrap();
+        assert_eq!(upstream_target(&via), None, "a transport we do not speak");
     }
 }

@@ -8,16 +8,18 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{health_config, Proxy, ProxyError};
+use super::{health_config, Proxy, ProxyError, SentBy};
 use crate::config::{self, Config};
 use crate::dispatcher::Dispatcher;
 use crate::metrics::{DestinationMetrics, Metrics};
+use crate::transport::Transport;
 
 /// One generation of the pool.
 pub struct Pool {
     pub dispatcher: Dispatcher,
-    /// Our Record-Route for each node, with its hint (by node index).
-    pub(super) record_routes: Vec<Box<[u8]>>,
+    /// Our Record-Route for each node, with its hint (by node index), as
+    /// reached over UDP and over TCP.
+    pub(super) record_routes: Vec<[Box<[u8]>; 2]>,
     /// Per-node series, by node index.
     pub(super) node_metrics: Vec<DestinationMetrics>,
     /// Counts reloads: a probe answered after one is not recorded into a
@@ -48,7 +50,7 @@ impl Pool {
     /// `previous` keep their health.
     pub(super) fn build(
         cfg: &Config,
-        sent_by: &str,
+        sent_by: &SentBy,
         metrics: &Metrics,
         previous: Option<&Pool>,
         generation: u64,
@@ -63,9 +65,12 @@ impl Pool {
             .collect::<Result<Vec<_>, _>>()?;
         let record_routes = (0..dispatcher.len())
             .map(|i| {
-                format!("<sip:{sent_by};lr;node={}>", dispatcher.addr(i))
-                    .into_bytes()
-                    .into()
+                let node = dispatcher.addr(i);
+                [
+                    format!("<sip:{};lr;node={node}>", sent_by.udp),
+                    format!("<sip:{};transport=tcp;lr;node={node}>", sent_by.tcp),
+                ]
+                .map(|rr| rr.into_bytes().into())
             })
             .collect();
         let health = health_config(&cfg.probe)?;
@@ -96,6 +101,12 @@ impl Pool {
             set: cfg.dispatcher.set,
             others,
         })
+    }
+
+    /// Our Record-Route for node `i`, as reached over `transport`.
+    pub(super) fn record_route(&self, i: usize, transport: Transport) -> Option<&[u8]> {
+        let t = usize::from(transport == Transport::Tcp);
+        self.record_routes.get(i).map(|r| &*r[t])
     }
 
     /// Every set: (set id, its dispatcher, its per-node series); the one

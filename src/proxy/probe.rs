@@ -132,12 +132,13 @@ impl Proxy {
             .map(str::to_owned)
             .unwrap_or_else(|| self.cfg.probe.ping_from_or(&self.cfg.listen.advertise));
         let method = Method::from_bytes(self.cfg.probe.method.as_bytes());
+        let transport = d.transport(node);
         let mut buf = BytesMut::with_capacity(512);
         OptionsRequest {
             method,
             target: target.as_bytes(),
-            transport: "UDP",
-            sent_by: self.sent_by.as_bytes(),
+            transport: transport.via_name(),
+            sent_by: self.sent_by.get(transport).as_bytes(),
             branch: branch.as_bytes(),
             from_uri: from.as_bytes(),
             from_tag: tag.as_bytes(),
@@ -158,7 +159,8 @@ impl Proxy {
                 sent: now,
             },
         );
-        if self.send(&buf, d.addr(node)).is_err() {
+        let to = crate::transport::Peer::new(d.addr(node), transport);
+        if self.send_to(&buf, to).is_err() {
             self.txns.remove(branch.as_bytes());
             record(pool, set, node, ProbeResult::TransportError, None);
             return;

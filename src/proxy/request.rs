@@ -17,12 +17,21 @@ use crate::dialog::Pin;
 use crate::metrics::RejectReason;
 use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
 use crate::transaction::{ClientTxn, Relay, Resend, Token};
+use crate::transport::{Peer, Transport};
 use tokio_util::sync::CancellationToken;
 
 /// A SIP URI's address when its host is an IP literal (5060 by default).
 pub(super) fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
     let ip: IpAddr = uri.host?.ip()?;
     Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+}
+
+/// The transport a URI's `;transport=` names (UDP when absent or unknown).
+pub(super) fn uri_transport(uri: &Uri<'_>) -> Transport {
+    uri.param(b"transport")
+        .flatten()
+        .and_then(Transport::from_param)
+        .unwrap_or_default()
 }
 
 /// The key of the trunk's INVITE server transaction that `msg` (the
@@ -47,16 +56,56 @@ pub(super) fn server_key(msg: &Message<'_>) -> Option<Box<[u8]>> {
 
 /// How a request is sent on.
 struct Forward<'p> {
-    to: SocketAddr,
-    /// Add this Record-Route of ours (with the node hint).
-    record_route: Option<&'p [u8]>,
-    /// The first Route is ours: consume it.
-    pop_route: bool,
+    to: Peer,
+    /// Add our Record-Route(s), with the hint of this node.
+    record_route: Option<(&'p Pool, usize)>,
+    /// How many leading Route values are ours: consume them.
+    pop_routes: usize,
     repin: Option<SocketAddr>,
+    /// The node takes TCP: a request over `listen.udp_mtu` switches to it.
+    tcp_fallback: bool,
+}
+
+/// Our Record-Route: the one the next hop sees, and, when the call is
+/// bridged between transports, the one the previous hop sees below it
+/// (Kamailio's double Record-Route).
+#[derive(Clone, Copy)]
+pub(super) struct RecordRoute<'p> {
+    pub out: &'p [u8],
+    pub inbound: Option<&'p [u8]>,
+}
+
+impl<'p> RecordRoute<'p> {
+    /// For node `node`, a request that came in over `inbound` and goes out
+    /// over `out`.
+    pub(super) fn for_node(
+        pool: &'p Pool,
+        node: usize,
+        inbound: Transport,
+        out: Transport,
+    ) -> Option<RecordRoute<'p>> {
+        Some(RecordRoute {
+            out: pool.record_route(node, out)?,
+            inbound: if inbound == out {
+                None
+            } else {
+                pool.record_route(node, inbound)
+            },
+        })
+    }
+}
+
+/// Our own Route values at the top of a request: how many (at most two,
+/// after a double Record-Route), the node hint of the first, and the
+/// transport the last one names (the side to send on).
+pub(super) struct OurRoutes {
+    pub count: usize,
+    pub hint: Option<SocketAddr>,
+    pub transport: Option<Transport>,
 }
 
 impl Proxy {
-    pub(super) fn on_request(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr) {
+    pub(super) fn on_request(self: &Arc<Self>, msg: &Message<'_>, src: Peer) {
         if let Err(e) = msg.validate() {
             return self.reject(msg, src, e);
         }
@@ -86,7 +135,12 @@ impl Proxy {
         }
         // One snapshot of the pool for the whole request.
         let pool = self.pool();
-        let from_node = pool.find(src);
+        let from_node = pool.find(src.addr).or_else(|| {
+            // A node's own TCP connections come from an ephemeral port.
+            (src.transport == Transport::Tcp)
+                .then(|| pool.find_ip(src.addr.ip()))
+                .flatten()
+        });
         let in_dialog = msg.to_tag().ok().flatten().is_some();
         if in_dialog {
             return self.in_dialog(&pool, msg, src, from_node);
@@ -101,15 +155,16 @@ impl Proxy {
         // not an open relay.
         match pool.plan(msg.call_id().unwrap_or_default()).next() {
             Some(i) => {
-                let to = pool.addr(i);
+                let to = Peer::new(pool.addr(i), pool.transport(i));
                 self.forward(
                     msg,
                     src,
                     Forward {
                         to,
                         record_route: None,
-                        pop_route: self.first_route_is_me(msg),
+                        pop_routes: self.our_routes(msg).count,
                         repin: None,
+                        tcp_fallback: pool.takes_tcp(i),
                     },
                 );
             }
@@ -117,23 +172,53 @@ impl Proxy {
         }
     }
 
-    /// Is this URI one of ours (our advertised host and port)?
+    /// Is this URI one of ours (our advertised host, and our UDP or TCP
+    /// port)?
     pub(super) fn is_me(&self, uri: &Uri<'_>) -> bool {
         let host = uri.host_raw.unwrap_or_default();
+        let port = uri.port.unwrap_or(5060);
         host.eq_ignore_ascii_case(self.adv_host.as_bytes())
-            && uri.port.unwrap_or(5060) == self.adv_port
+            && (port == self.adv_port || port == self.adv_tcp_port)
     }
 
-    pub(super) fn first_route_is_me(&self, msg: &Message<'_>) -> bool {
-        matches!(msg.first_route(), Ok(Some(r)) if self.is_me(&r.uri))
+    /// Our Route values at the top of `msg` (RFC 3261 §16.4; two after a
+    /// double Record-Route).
+    pub(super) fn our_routes(&self, msg: &Message<'_>) -> OurRoutes {
+        let mut ours = OurRoutes {
+            count: 0,
+            hint: None,
+            transport: None,
+        };
+        let Ok(Some(first)) = msg.first_route() else {
+            return ours;
+        };
+        if !self.is_me(&first.uri) {
+            return ours;
+        }
+        ours.count = 1;
+        ours.hint = first
+            .uri
+            .param(b"node")
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok()?.parse::<SocketAddr>().ok());
+        let second = msg
+            .values(HeaderName::Route)
+            .nth(1)
+            .and_then(|v| crate::sip::NameAddr::parse(v).ok())
+            .and_then(|a| Uri::parse(a.uri).ok());
+        if let Some(second) = second.filter(|u| self.is_me(u)) {
+            ours.count = 2;
+            ours.transport = Some(uri_transport(&second));
+        }
+        ours
     }
 
-    fn all_down(&self, msg: &Message<'_>, src: SocketAddr) {
+    fn all_down(&self, msg: &Message<'_>, src: Peer) {
         self.rejected(msg, RejectReason::AllDown);
         self.reply(msg, src, 503, b"All media servers unavailable");
     }
 
-    fn on_cancel(&self, msg: &Message<'_>, src: SocketAddr) {
+    fn on_cancel(&self, msg: &Message<'_>, src: Peer) {
         let invite = server_key(msg).and_then(|k| self.invites.get(&k).map(|i| i.clone()));
         match invite {
             Some(inv) => {
@@ -151,7 +236,7 @@ impl Proxy {
         }
     }
 
-    fn new_invite(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr) {
+    fn new_invite(self: &Arc<Self>, msg: &Message<'_>, src: Peer) {
         let Some(key) = server_key(msg) else {
             return self.reject(msg, src, SipError::BadVia);
         };
@@ -170,7 +255,7 @@ impl Proxy {
                 let last = o.get().last.lock().ok().and_then(|l| l.clone());
                 drop(o);
                 if let Some(last) = last {
-                    let _ = self.send(&last, src);
+                    let _ = self.send_to(&last, src);
                 }
                 return;
             }
@@ -180,10 +265,14 @@ impl Proxy {
     }
 
     /// A request from a pool member starting a call to the outside.
-    fn egress(self: &Arc<Self>, pool: &Pool, msg: &Message<'_>, src: SocketAddr, node: usize) {
-        let Some(to) = msg.request_uri().ok().as_ref().and_then(uri_addr) else {
+    fn egress(self: &Arc<Self>, pool: &Pool, msg: &Message<'_>, src: Peer, node: usize) {
+        let Some(uri) = msg.request_uri().ok() else {
+            return;
+        };
+        let Some(addr) = uri_addr(&uri) else {
             return self.reply(msg, src, 404, b"Not Found");
         };
+        let to = Peer::new(addr, uri_transport(&uri));
         let node_addr = pool.addr(node);
         if msg.method() == Some(Method::Invite) {
             self.pin(msg.call_id().unwrap_or_default(), node_addr);
@@ -193,9 +282,10 @@ impl Proxy {
             src,
             Forward {
                 to,
-                record_route: pool.record_routes.get(node).map(|r| &**r),
-                pop_route: self.first_route_is_me(msg),
+                record_route: Some((pool, node)),
+                pop_routes: self.our_routes(msg).count,
                 repin: None,
+                tcp_fallback: false,
             },
         );
     }
@@ -204,42 +294,46 @@ impl Proxy {
         self: &Arc<Self>,
         pool: &Pool,
         msg: &Message<'_>,
-        src: SocketAddr,
+        src: Peer,
         from_node: Option<usize>,
     ) {
         let call_id = msg.call_id().unwrap_or_default();
-        let route = msg
-            .first_route()
-            .ok()
-            .flatten()
-            .filter(|r| self.is_me(&r.uri));
-        let ours_first = route.is_some();
+        let ours = self.our_routes(msg);
         let to = match from_node {
             None => {
                 // From the trunk: the node that has the call.
-                let hint = route
-                    .and_then(|r| r.uri.param(b"node").flatten())
-                    .and_then(|h| std::str::from_utf8(h).ok()?.parse::<SocketAddr>().ok())
-                    .filter(|a| pool.find(*a).is_some());
+                let hint = ours.hint.filter(|a| pool.find(*a).is_some());
                 let ruri = msg.request_uri().ok().as_ref().and_then(uri_addr);
                 self.dialogs
                     .get(call_id)
                     .or(hint)
                     .or(ruri.filter(|a| pool.find(*a).is_some()))
+                    .map(|a| {
+                        let node = pool.find(a);
+                        // The side our second Route names, else the node's.
+                        let t = ours
+                            .transport
+                            .or(node.map(|i| pool.transport(i)))
+                            .unwrap_or_default();
+                        (Peer::new(a, t), node.is_some_and(|i| pool.takes_tcp(i)))
+                    })
             }
             Some(_) => {
                 // From a node: loose-route towards the trunk, the next
                 // Route after ours or else the Request-URI.
                 let next = msg
                     .values(HeaderName::Route)
-                    .nth(usize::from(ours_first))
+                    .nth(ours.count)
                     .and_then(|v| crate::sip::NameAddr::parse(v).ok())
-                    .and_then(|a| Uri::parse(a.uri).ok())
-                    .and_then(|u| uri_addr(&u));
-                next.or_else(|| msg.request_uri().ok().as_ref().and_then(uri_addr))
+                    .and_then(|a| Uri::parse(a.uri).ok());
+                let target = next.or_else(|| msg.request_uri().ok());
+                target.as_ref().and_then(|u| {
+                    let t = ours.transport.unwrap_or_else(|| uri_transport(u));
+                    Some((Peer::new(uri_addr(u)?, t), false))
+                })
             }
         };
-        let Some(to) = to else {
+        let Some((to, tcp_fallback)) = to else {
             if msg.method() != Some(Method::Ack) {
                 self.rejected(msg, RejectReason::UnknownDialog);
                 self.reply(msg, src, 481, b"Call/Transaction Does Not Exist");
@@ -257,72 +351,101 @@ impl Proxy {
             Forward {
                 to,
                 record_route: None,
-                pop_route: ours_first,
+                pop_routes: ours.count,
                 repin,
+                tcp_fallback,
             },
         );
     }
 
     /// Forwards statefully (responses relayed through a transaction; ACK
     /// statelessly).
-    fn forward(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr, f: Forward<'_>) {
+    fn forward(self: &Arc<Self>, msg: &Message<'_>, src: Peer, f: Forward<'_>) {
         // RFC 3261 §16.11: a retransmitted request must go out with the same
         // branch, so the node's transaction absorbs it; derive ours from the
         // sender's RFC 3261 branch and address.
         let branch = match msg.top_via() {
-            Ok(v) if v.has_rfc3261_branch() => {
-                self.branches.derived(v.branch().unwrap_or_default(), src)
-            }
+            Ok(v) if v.has_rfc3261_branch() => self
+                .branches
+                .derived(v.branch().unwrap_or_default(), src.addr),
             _ => self.branches.next(),
         };
         if msg.method() == Some(Method::Invite) {
             // A stateful proxy answers 100 to an INVITE itself (§16.2).
             self.reply(msg, src, 100, b"Trying");
         }
-        let edit = |ed: &mut Editor| match self.forward_edit(
-            ed,
-            msg,
-            src,
-            &branch,
-            f.record_route,
-            f.pop_route,
-        ) {
-            Ok(out) => self.send_forwarded(msg, out, branch, &f),
-            Err(err) => self.reject(msg, src, err),
+        let mut f = f;
+        let edit = |ed: &mut Editor| {
+            let rr = |t| {
+                f.record_route
+                    .and_then(|(pool, node)| RecordRoute::for_node(pool, node, src.transport, t))
+            };
+            let t = f.to.transport;
+            let len = match self.forward_edit(ed, msg, src.addr, &branch, t, rr(t), f.pop_routes) {
+                Ok(out) => out.len(),
+                Err(err) => return self.reject(msg, src, err),
+            };
+            if f.tcp_fallback && self.over_mtu(len, t) {
+                // RFC 3261 §18.1.1: too large for UDP, and the node takes
+                // TCP.
+                f.to.transport = Transport::Tcp;
+            }
+            let t = f.to.transport;
+            match self.forward_edit(ed, msg, src.addr, &branch, t, rr(t), f.pop_routes) {
+                Ok(out) => self.send_forwarded(msg, out, branch, src, &f),
+                Err(err) => self.reject(msg, src, err),
+            }
         };
         with_editor(edit);
     }
 
+    /// Would `len` bytes over `transport` exceed `listen.udp_mtu`?
+    pub(super) fn over_mtu(&self, len: usize, transport: Transport) -> bool {
+        let mtu = self.cfg.listen.udp_mtu;
+        transport == Transport::Udp && mtu != 0 && len > mtu
+    }
+
     /// The forwarding edit (RFC 3261 §16.6) into `ed`: received/rport on
-    /// the sender's Via, Max-Forwards - 1, our Via on `branch`, our
-    /// Record-Route with the hint for `record_route` (a node index), our
-    /// own first Route consumed when `pop_route` (§16.4). Fails with
-    /// `TooManyHops` at Max-Forwards 0.
+    /// the sender's Via, Max-Forwards - 1, our Via for `transport` on
+    /// `branch`, our Record-Route(s), our own first Route(s) consumed
+    /// (§16.4). Fails with `TooManyHops` at Max-Forwards 0.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn forward_edit<'e>(
         &self,
         ed: &'e mut Editor,
         msg: &Message<'_>,
         src: SocketAddr,
         branch: &str,
-        record_route: Option<&[u8]>,
-        pop_route: bool,
+        transport: Transport,
+        record_route: Option<RecordRoute<'_>>,
+        pop_routes: usize,
     ) -> Result<&'e [u8], SipError> {
         let mut e = ed.edit(msg);
         e.set_received(src)?;
         e.decrement_max_forwards()?;
-        e.insert_via_parts(&[&self.via_prefix, branch.as_bytes(), b";rport"]);
+        let prefix = &self.via_prefix[usize::from(transport == Transport::Tcp)];
+        e.insert_via_parts(&[prefix, branch.as_bytes(), b";rport"]);
         if let Some(rr) = record_route {
-            e.insert_record_route(rr);
+            // The next hop's side on top (its route set starts there).
+            e.insert_record_route(rr.out);
+            if let Some(inbound) = rr.inbound {
+                e.insert_record_route(inbound);
+            }
         }
-        if pop_route {
-            e.pop_route();
-        }
+        e.pop_routes(pop_routes);
         Ok(e.finish())
     }
 
     /// Registers the client transaction (not for ACK), schedules its
     /// retransmission and sends.
-    fn send_forwarded(&self, msg: &Message<'_>, out: &[u8], branch: Token, f: &Forward<'_>) {
+    fn send_forwarded(
+        &self,
+        msg: &Message<'_>,
+        out: &[u8],
+        branch: Token,
+        src: Peer,
+        f: &Forward<'_>,
+    ) {
         let method = msg.method();
         if method != Some(Method::Ack) {
             let now = tokio::time::Instant::now();
@@ -332,16 +455,21 @@ impl Proxy {
                     call_id: msg.call_id().unwrap_or_default().into(),
                     is_bye: method == Some(Method::Bye),
                     repin: f.repin,
+                    upstream: src,
                     created: now,
                     answered: Default::default(),
                 }),
             );
-            let invite = method == Some(Method::Invite);
-            let copy = bytes::Bytes::copy_from_slice(out);
-            let r = Resend::new(branch, f.to, copy, invite);
-            self.timers.schedule(r.due(now), Timer::Resend(Box::new(r)));
+            // Only UDP retransmits (RFC 3261 §17.1.2.2: Timer E is for
+            // unreliable transports).
+            if f.to.transport == Transport::Udp {
+                let invite = method == Some(Method::Invite);
+                let copy = bytes::Bytes::copy_from_slice(out);
+                let r = Resend::new(branch, f.to.addr, copy, invite);
+                self.timers.schedule(r.due(now), Timer::Resend(Box::new(r)));
+            }
         }
-        let _ = self.send(out, f.to);
+        let _ = self.send_to(out, f.to);
     }
 
     /// The one timer task: Timer E (Timer A for an INVITE) resends

@@ -12,9 +12,10 @@ use crate::dialog::Removal;
 use crate::metrics::{DropReason, ResponseOrigin};
 use crate::sip::{HeaderName, Message, Via};
 use crate::transaction::ClientTxn;
+use crate::transport::Peer;
 
 impl Proxy {
-    pub(super) fn on_response(self: &Arc<Self>, msg: &Message<'_>, src: SocketAddr) {
+    pub(super) fn on_response(self: &Arc<Self>, msg: &Message<'_>, src: Peer) {
         let Some(branch) = msg.top_via().ok().and_then(|v| v.branch()) else {
             self.metrics.dropped(DropReason::Malformed);
             return;
@@ -28,6 +29,7 @@ impl Proxy {
                 bye: bool,
                 repin: Option<SocketAddr>,
                 call_id: Box<[u8]>,
+                upstream: Peer,
             },
         }
         let action = self.txns.with(branch, |t| match t {
@@ -41,6 +43,7 @@ impl Proxy {
                     bye: r.is_bye,
                     repin: r.repin,
                     call_id: r.call_id.clone(),
+                    upstream: r.upstream,
                 }
             }
         });
@@ -60,7 +63,7 @@ impl Proxy {
             return;
         }
         let pool = self.pool();
-        if let Some(i) = pool.find(src) {
+        if let Some(i) = pool.find(src.addr) {
             // Any answer to a call shows the node's SIP stack is there.
             pool.call_reply(i, status);
         }
@@ -81,13 +84,14 @@ impl Proxy {
                         .cseq()
                         .is_ok_and(|c| c.method == crate::sip::Method::Invite)
                 {
-                    self.relay_upstream(msg, None);
+                    self.relay_upstream(msg, None, None);
                 }
             }
             Some(Action::Relay {
                 bye,
                 repin,
                 call_id,
+                upstream,
             }) => {
                 let ok = msg.status().is_some_and(|c| (200..300).contains(&c));
                 if ok && bye {
@@ -97,23 +101,32 @@ impl Proxy {
                     // sofia recover: the node that answered owns the call now.
                     self.dialogs.pin(&call_id, node);
                 }
-                self.relay_upstream(msg, None);
+                self.relay_upstream(msg, None, Some(upstream));
             }
         }
     }
 
-    /// Removes our Via and sends the response to the Via below it; with
-    /// `keep`, the INVITE's server transaction keeps what was sent, to
-    /// repeat it when the trunk retransmits the INVITE.
-    pub(super) fn relay_upstream(&self, msg: &Message<'_>, keep: Option<&ServerInvite>) {
+    /// Removes our Via and sends the response to the Via below it (on the
+    /// TCP connection `upstream` came in on, when it did); with `keep`, the
+    /// INVITE's server transaction keeps what was sent, to repeat it when
+    /// the trunk retransmits the INVITE.
+    pub(super) fn relay_upstream(
+        &self,
+        msg: &Message<'_>,
+        keep: Option<&ServerInvite>,
+        upstream: Option<Peer>,
+    ) {
         let Some(next) = msg.values(HeaderName::Via).nth(1) else {
             self.metrics.dropped(DropReason::NoRouteForResponse);
             return;
         };
-        let Some(to) = Via::parse(next).ok().as_ref().and_then(upstream_target) else {
+        let Some(mut to) = Via::parse(next).ok().as_ref().and_then(upstream_target) else {
             self.metrics.dropped(DropReason::NoRouteForResponse);
             return;
         };
+        if let Some(up) = upstream.filter(|u| u.transport == to.transport) {
+            to.conn = up.conn;
+        }
         with_editor(|ed| {
             let mut e = ed.edit(msg);
             e.remove_top_via();
@@ -125,7 +138,7 @@ impl Proxy {
             }
             self.metrics
                 .response_status(ResponseOrigin::Relayed, msg.status().unwrap_or_default());
-            let _ = self.send(out, to);
+            let _ = self.send_to(out, to);
         });
     }
 }

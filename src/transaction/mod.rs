@@ -190,6 +190,9 @@ pub struct Relay {
     /// A pool member sent this request for a Call-ID pinned elsewhere
     /// (FreeSWITCH `sofia recover`): its 2xx re-pins the call to it.
     pub repin: Option<SocketAddr>,
+    /// Where the request came from: its responses go back there (on the
+    /// same TCP connection, RFC 3261 §18.2.2).
+    pub upstream: crate::transport::Peer,
     pub created: Instant,
     /// A response came back: stop retransmitting (Timer E / A).
     pub answered: std::sync::atomic::AtomicBool,
@@ -494,6 +497,7 @@ mod tests {
                 call_id: b"c".as_slice().into(),
                 is_bye: false,
                 repin: None,
+                upstream: crate::transport::Peer::udp("127.0.0.1:5060".parse().unwrap()),
                 created: Instant::now(),
                 answered: Default::default(),
             }),

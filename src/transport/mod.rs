@@ -52,6 +52,50 @@ impl Transport {
     }
 }
 
+/// Where a message came from, or where one goes: an address, the
+/// transport, and for TCP the connection (RFC 3261 §18.2.2: a response
+/// goes back on the connection its request came in on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// For TCP with a connection: also where to connect should it be gone.
+    pub addr: std::net::SocketAddr,
+    pub transport: Transport,
+    pub conn: Option<ConnId>,
+}
+
+impl Peer {
+    pub fn udp(addr: std::net::SocketAddr) -> Peer {
+        Peer {
+            addr,
+            transport: Transport::Udp,
+            conn: None,
+        }
+    }
+
+    pub fn tcp(addr: std::net::SocketAddr, conn: Option<ConnId>) -> Peer {
+        Peer {
+            addr,
+            transport: Transport::Tcp,
+            conn,
+        }
+    }
+
+    /// `addr` over `transport`, no connection known.
+    pub fn new(addr: std::net::SocketAddr, transport: Transport) -> Peer {
+        Peer {
+            addr,
+            transport,
+            conn: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.transport, self.addr)
+    }
+}
+
 impl std::fmt::Display for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -39,6 +39,14 @@ pub type Inbound = (Bytes, SocketAddr, ConnId);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
 
+impl ConnId {
+    /// A made-up id, for tests of code that only carries one around.
+    #[doc(hidden)]
+    pub fn for_tests(n: u64) -> ConnId {
+        ConnId(n)
+    }
+}
+
 impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "tcp#{}", self.0)
