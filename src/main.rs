@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sipedge::config::{self, Config, ConfigError};
 use sipedge::proxy::Proxy;
-use sipedge::transport::{bind_udp, UdpOptions};
+use sipedge::transport::{bind_tcp, bind_udp, TcpOptions, UdpOptions};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -157,8 +157,22 @@ async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
             }
         }
     }
+    let mut listeners = Vec::new();
+    for addr in &config.listen.tcp {
+        let options = TcpOptions {
+            freebind: config.listen.freebind,
+            ..TcpOptions::default()
+        };
+        match bind_tcp(*addr, &options) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                eprintln!("sipedge: cannot bind tcp:{addr}: {e}");
+                return ExitCode::from(EXIT_START_FAILED);
+            }
+        }
+    }
     let admin = config.admin.clone();
-    let proxy = match Proxy::new(config, sockets) {
+    let proxy = match Proxy::with_tcp(config, sockets, listeners) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("sipedge: {name}: {e}");
@@ -171,6 +185,9 @@ async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
     for addr in proxy.local_addrs() {
         // Parseable by scripts and tests that start the binary on port 0.
         println!("listening on udp:{addr}");
+    }
+    for addr in proxy.tcp_addrs() {
+        println!("listening on tcp:{addr}");
     }
     let cancel = CancellationToken::new();
     let server = tokio::spawn(proxy.clone().run(cancel.clone()));

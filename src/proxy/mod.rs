@@ -125,6 +125,8 @@ pub struct Proxy {
     adv_tcp_port: u16,
     /// SIP over TCP: listeners, connections to nodes and trunks.
     tcp: TcpTransport,
+    /// The TCP listeners' addresses.
+    tcp_addrs: Vec<SocketAddr>,
     /// What the TCP connections receive, taken by `run`.
     tcp_inbound: Mutex<Option<tokio::sync::mpsc::Receiver<crate::transport::Inbound>>>,
     /// For the tasks a TCP send spawns (connect, then send).
@@ -212,13 +214,13 @@ impl Proxy {
             freebind: cfg.listen.freebind,
             ..Default::default()
         });
-        let mut tcp_ports = Vec::new();
+        let mut tcp_addrs = Vec::new();
         for l in listeners {
-            tcp_ports.push(tcp.serve(l)?.port());
+            tcp_addrs.push(tcp.serve(l)?);
         }
-        let adv_tcp_port = match (cfg.listen.advertise.port, tcp_ports.first()) {
+        let adv_tcp_port = match (cfg.listen.advertise.port, tcp_addrs.first()) {
             (Some(p), _) if p != 0 => p,
-            (_, Some(&p)) => p,
+            (_, Some(a)) => a.port(),
             _ => adv_port,
         };
         let metrics = crate::metrics::Metrics::new()?;
@@ -235,6 +237,7 @@ impl Proxy {
         Ok(Arc::new_cyclic(|me| Proxy {
             via_prefix,
             adv_tcp_port,
+            tcp_addrs,
             tcp,
             tcp_inbound: Mutex::new(Some(tcp_inbound)),
             me: me.clone(),
@@ -288,9 +291,19 @@ impl Proxy {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
-    /// Every listening socket's address.
+    /// Every listening UDP socket's address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.sockets.iter().map(SipSocket::local_addr).collect()
+    }
+
+    /// Every TCP listener's address.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+
+    /// The TCP transport's counters and open connections.
+    pub fn tcp(&self) -> &TcpTransport {
+        &self.tcp
     }
 
     /// Serves until `cancel` fires: the receive threads, the dialog expiry task
