@@ -255,13 +255,6 @@ impl Dispatcher {
         self.nodes.iter().position(|node| node.addr == addr)
     }
 
-    /// The first pool member at `ip`, whatever the port: a node's own TCP
-    /// connections come from an ephemeral port.
-    pub fn find_ip(&self, ip: std::net::IpAddr) -> Option<usize> {
-        let ip = canonical(SocketAddr::new(ip, 0)).ip();
-        self.nodes.iter().position(|node| node.addr.ip() == ip)
-    }
-
     /// The transport every request to node `i` takes.
     pub fn transport(&self, i: usize) -> Transport {
         self.nodes[i].transport

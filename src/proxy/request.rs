@@ -136,9 +136,15 @@ impl Proxy {
         // One snapshot of the pool for the whole request.
         let pool = self.pool();
         let from_node = pool.find(src.addr).or_else(|| {
-            // A node's own TCP connections come from an ephemeral port.
-            (src.transport == Transport::Tcp)
-                .then(|| pool.find_ip(src.addr.ip()))
+            // A node's own TCP connections come from an ephemeral port: its
+            // Via names the node, from the address the connection has.
+            if src.transport != Transport::Tcp {
+                return None;
+            }
+            let via = msg.top_via().ok()?;
+            let sent_by = SocketAddr::new(via.host.ip()?, via.port.unwrap_or(5060));
+            (sent_by.ip().to_canonical() == src.addr.ip().to_canonical())
+                .then(|| pool.find(sent_by))
                 .flatten()
         });
         let in_dialog = msg.to_tag().ok().flatten().is_some();

@@ -21,6 +21,10 @@
 #                    call must succeed on B, A must have sent at least one 503
 #                    (the failover path ran) and have got the hop-by-hop ACK
 #                    for each of them.
+# Case C "tcp-trunk": as case A, but the trunk speaks SIP over TCP (sipp
+#                    -t t1) to sipedge's TCP listener; the nodes stay on UDP
+#                    (sipedge bridges, with a double Record-Route).
+#                    $SIPP_CHECK_TCP_CALLS (300) calls.
 # In both cases the proxy must stay up and exit 0 on SIGTERM.
 #
 # Output: one "PASS <case>: ..." or "FAIL <case>: ..." line per case, and a
@@ -30,7 +34,8 @@
 #
 # Scenarios (next to this script, copied from ../shared/sipbench/scenarios):
 # uac.xml (trunk), uas.xml (healthy node), uas_503.xml (node answering 503).
-# Tunables: SIPP_CHECK_CALLS, SIPP_CHECK_RATE, SIPP_CHECK_FAILOVER_CALLS.
+# Tunables: SIPP_CHECK_CALLS, SIPP_CHECK_RATE, SIPP_CHECK_FAILOVER_CALLS,
+# SIPP_CHECK_TCP_CALLS.
 # Runtime: about 30 s (each proxy stop waits for sipedge's drain).
 #
 # Needs: bash, sipp (installed with apt-get from sip-tester when missing),
@@ -44,6 +49,7 @@ BIN=${1:-$HERE/../../target/release/sipedge}
 CALLS=${SIPP_CHECK_CALLS:-300}
 RATE=${SIPP_CHECK_RATE:-50}
 FO_CALLS=${SIPP_CHECK_FAILOVER_CALLS:-100}
+TCP_CALLS=${SIPP_CHECK_TCP_CALLS:-300}
 PAUSE_MS=500          # talk time between ACK and re-INVITE (uas.xml needs >= 100)
 RECV_TIMEOUT_MS=5000  # per-response timeout in the UAC
 IP=127.0.0.1
@@ -51,7 +57,7 @@ IP=127.0.0.1
 log() { echo "[sipp-check $(date +%H:%M:%S)] $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
-for n in "$CALLS" "$RATE" "$FO_CALLS"; do
+for n in "$CALLS" "$RATE" "$FO_CALLS" "$TCP_CALLS"; do
     if ! [[ "$n" =~ ^[0-9]+$ ]] || (( n < 1 || n > 100000 )); then die "bad number '$n'"; fi
 done
 [ -x "$BIN" ] || die "no executable sipedge binary at '$BIN' (cargo build --release first)"
@@ -182,6 +188,7 @@ start_proxy() {
     cat >"$dir/sipedge.toml" <<EOF
 [listen]
 udp = ["$IP:$port"]
+tcp = ["$IP:$port"]
 advertise = "$IP:$port"
 
 [dispatcher]
@@ -262,9 +269,12 @@ stat_value() {
 PASSED=0 FAILED=0
 RESULT_MSG=""
 
-# run_case_once NAME SCEN_A CALLS DIR -> 0 pass, 1 fail (RESULT_MSG), 3 setup lost a port race
+# run_case_once NAME SCEN_A CALLS DIR TRANSPORT -> 0 pass, 1 fail (RESULT_MSG),
+# 3 setup lost a port race. TRANSPORT (udp or tcp) is the trunk's.
 run_case_once() {
-    local name=$1 scen_a=$2 calls=$3 dir=$4 hard uac_rc=0 p_proxy p_uac p_a p_b
+    local name=$1 scen_a=$2 calls=$3 dir=$4 transport=$5 hard uac_rc=0 p_proxy p_uac p_a p_b
+    local t_flag=u1
+    [ "$transport" = tcp ] && t_flag=t1
     local ok failed calls_ok calls_fail sticky_bad by_a by_b a_ok a_failed b_ok b_failed a_503
     local uas_a="" uas_b=""
     local problems=()
@@ -297,8 +307,9 @@ run_case_once() {
     cp "$HERE/uac.xml" "$dir/uac.xml"
     # wall-clock bound: placing the calls, one call, and slack for timeouts
     hard=$(( (calls + RATE - 1) / RATE + PAUSE_MS / 1000 + 2 * RECV_TIMEOUT_MS / 1000 + 15 ))
-    log "$name: $calls calls at $RATE cps through sipedge on $IP:$p_proxy (limit ${hard}s)"
+    log "$name: $calls calls at $RATE cps over $transport through sipedge on $IP:$p_proxy (limit ${hard}s)"
     ( cd "$dir" && exec timeout -k 5 "$hard" sipp "$IP:$p_proxy" -sf uac.xml -i "$IP" -p "$p_uac" \
+        -t "$t_flag" \
         -r "$RATE" -rp 1000 -m "$calls" -l $(( RATE * 10 + 50 )) -d "$PAUSE_MS" \
         -recv_timeout "$RECV_TIMEOUT_MS" -timeout "$(( hard - 5 ))s" -timeout_error \
         -nostdin \
@@ -389,11 +400,11 @@ show_failure() {
 }
 
 run_case() {
-    local name=$1 scen_a=$2 calls=$3 attempt rc
+    local name=$1 scen_a=$2 calls=$3 transport=${4:-udp} attempt rc
     local dir="$WORK/$name"
     for attempt in 1 2 3; do
         rc=0
-        run_case_once "$name" "$scen_a" "$calls" "$dir" || rc=$?
+        run_case_once "$name" "$scen_a" "$calls" "$dir" "$transport" || rc=$?
         (( rc == 3 )) || break
         log "$name: lost a race for a port (attempt $attempt), retrying with other ports"
         RESULT_MSG="could not bind the test ports in 3 attempts"
@@ -413,6 +424,7 @@ START=$SECONDS
 log "sipedge binary: $BIN; $(sipp -v 2>/dev/null | grep -o 'SIPp v[^ ]*' | head -n 1); work dir $WORK"
 run_case calls uas.xml "$CALLS"
 run_case failover uas_503.xml "$FO_CALLS"
+run_case tcp-trunk uas.xml "$TCP_CALLS" tcp
 log "done in $(( SECONDS - START ))s"
 if (( FAILED > 0 )) || [ "$KEEP" = 1 ]; then
     log "work directory kept: $WORK"
