@@ -74,6 +74,10 @@ pub const TRANSACTIONS: &str = "sipedge_transactions";
 pub const INVITE_SETUP_SECONDS: &str = "sipedge_invite_setup_seconds";
 /// Always 1; the `version` label tells which build answers the scrape.
 pub const BUILD_INFO: &str = "sipedge_build_info";
+/// SIP over TCP connections open now, inbound and outgoing.
+pub const TCP_CONNECTIONS: &str = "sipedge_tcp_connections";
+/// What happened to TCP connections. Label: `event` ([`TcpEvent`]).
+pub const TCP_EVENTS_TOTAL: &str = "sipedge_tcp_events_total";
 
 /// Every metric name above, for tests and tools that check an exposition.
 pub const ALL_NAMES: &[&str] = &[
@@ -92,6 +96,8 @@ pub const ALL_NAMES: &[&str] = &[
     TRANSACTIONS,
     INVITE_SETUP_SECONDS,
     BUILD_INFO,
+    TCP_CONNECTIONS,
+    TCP_EVENTS_TOTAL,
 ];
 
 /// Buckets of [`PROBE_DURATION_SECONDS`]: an OPTIONS round trip on a LAN
@@ -393,6 +399,29 @@ label_enum! {
 }
 
 label_enum! {
+    /// Something that happened to a TCP connection.
+    pub enum TcpEvent {
+        /// An inbound connection was accepted.
+        Accepted => "accepted",
+        /// An inbound connection was refused: `[tcp] max_connections`.
+        RefusedCap => "refused_cap",
+        /// An outgoing connection was established.
+        Connected => "connected",
+        /// An outgoing connect failed or timed out (a transport failure:
+        /// the INVITE failed over).
+        ConnectFailed => "connect_failed",
+        /// Closed on a message whose framing was invalid.
+        ClosedMalformed => "closed_malformed",
+        /// Closed on a message over the size cap.
+        ClosedOversized => "closed_oversized",
+        /// Closed by `[tcp] idle_timeout`.
+        ClosedIdle => "closed_idle",
+        /// A send refused: the peer is not reading fast enough.
+        SendQueueFull => "send_queue_full",
+    }
+}
+
+label_enum! {
     /// Why an entry left the Call-ID -> node table, or never entered it.
     pub enum EvictReason {
         /// Its TTL passed.
@@ -535,6 +564,8 @@ pub struct Metrics {
     dialogs: IntGauge,
     dialogs_evicted: PerLabel<EvictReason, IntCounter>,
     transactions: IntGauge,
+    tcp_connections: IntGauge,
+    tcp_events: PerLabel<TcpEvent, IntCounter>,
     invite_setup: Histogram,
     dest_up: IntGaugeVec,
     dest_state: IntGaugeVec,
@@ -635,6 +666,22 @@ impl Metrics {
             TRANSACTIONS,
             IntGauge::new(TRANSACTIONS, "Client transactions alive."),
         )?;
+        let tcp_connections = register(
+            r,
+            TCP_CONNECTIONS,
+            IntGauge::new(TCP_CONNECTIONS, "SIP over TCP connections open now."),
+        )?;
+        let tcp_events = register(
+            r,
+            TCP_EVENTS_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    TCP_EVENTS_TOTAL,
+                    "What happened to TCP connections, by event.",
+                ),
+                &["event"],
+            ),
+        )?;
         let invite_setup = register(
             r,
             INVITE_SETUP_SECONDS,
@@ -730,6 +777,10 @@ impl Metrics {
                 evicted.get_metric_with_label_values(&[e.as_str()])
             })?,
             transactions,
+            tcp_connections,
+            tcp_events: PerLabel::resolve(TCP_EVENTS_TOTAL, |e: TcpEvent| {
+                tcp_events.get_metric_with_label_values(&[e.as_str()])
+            })?,
             invite_setup,
             dest_up,
             dest_state,
@@ -851,6 +902,35 @@ impl Metrics {
     /// Sets the number of client transactions alive.
     pub fn set_transactions(&self, n: usize) {
         self.transactions.set(saturating_i64(n));
+    }
+
+    /// Brings the TCP gauge and counters up to the transport's own (it
+    /// counts them itself; this runs at scrape time).
+    pub fn sync_tcp(&self, stats: &crate::transport::TcpStats, open: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.tcp_connections.set(saturating_i64(open));
+        for (event, total) in [
+            (TcpEvent::Accepted, &stats.accepted),
+            (TcpEvent::RefusedCap, &stats.refused_cap),
+            (TcpEvent::Connected, &stats.connected),
+            (TcpEvent::ConnectFailed, &stats.connect_failed),
+            (TcpEvent::ClosedMalformed, &stats.closed_malformed),
+            (TcpEvent::ClosedOversized, &stats.closed_oversized),
+            (TcpEvent::ClosedIdle, &stats.closed_idle),
+            (TcpEvent::SendQueueFull, &stats.send_queue_full),
+        ] {
+            if let Some(c) = self.tcp_events.get(event) {
+                let (total, now) = (total.load(Relaxed), c.get());
+                if total > now {
+                    c.inc_by(total - now);
+                }
+            }
+        }
+    }
+
+    /// How many times `event` happened to TCP connections, as last synced.
+    pub fn tcp_events(&self, event: TcpEvent) -> u64 {
+        get(&self.tcp_events, event)
     }
 
     /// Records the time from a new INVITE to its first final response.

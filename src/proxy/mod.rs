@@ -518,6 +518,8 @@ impl Proxy {
         self.metrics.set_dialogs(self.dialogs.len());
         self.metrics.set_transactions(self.txns.len());
         self.metrics.sync_dialog_evictions(&self.dialogs.stats());
+        self.metrics
+            .sync_tcp(self.tcp.stats(), self.tcp.connections());
         &self.metrics
     }
 
