@@ -243,7 +243,7 @@ impl Proxy {
             *c = None;
         }
         for b in &st.branches {
-            self.txns.decide(b.as_bytes(), now);
+            self.txns.decide(b.as_bytes(), now, st.src);
         }
     }
 

@@ -683,10 +683,17 @@ fn reply_target(via: &Via<'_>, src: Peer) -> Peer {
 
 /// Where a relayed response goes, read from the Via below ours: `received`
 /// (else the sent-by address) and `rport` (else the sent-by port), over
-/// the Via's transport. `None` for a transport we do not speak.
+/// the Via's transport. Over TCP that is only where to connect should the
+/// request's connection be gone, so the sent-by port (RFC 3261 §18.2.2),
+/// not `rport` (the closed connection's). `None` for a transport we do
+/// not speak.
 fn upstream_target(via: &Via<'_>) -> Option<Peer> {
     let transport = Transport::from_via(via.transport)?;
-    upstream_addr(via).map(|a| Peer::new(a, transport))
+    let mut addr = upstream_addr(via)?;
+    if transport == Transport::Tcp {
+        addr.set_port(via.port.unwrap_or(5060));
+    }
+    Some(Peer::new(addr, transport))
 }
 
 fn upstream_addr(via: &Via<'_>) -> Option<SocketAddr> {
@@ -732,7 +739,11 @@ mod tests {
         let via = Via::parse(b"SIP/2.0/UDP h.example;received=192.0.2.7;rport=4000").unwrap();
         assert_eq!(upstream_target(&via), Some(udp));
         let via = Via::parse(b"SIP/2.0/TCP h.example;received=192.0.2.7;rport=4000").unwrap();
-        assert_eq!(upstream_target(&via), Some(Peer::tcp(src, None)));
+        assert_eq!(
+            upstream_target(&via),
+            Some(Peer::tcp("192.0.2.7:5060".parse().unwrap(), None)),
+            "a new connection goes to the sent-by port"
+        );
         let via = Via::parse(b"SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1").unwrap();
         assert_eq!(
             upstream_target(&via),

@@ -23,7 +23,7 @@ impl Proxy {
         let status = msg.status().unwrap_or_default();
         enum Action {
             Call(Arc<Call>),
-            Decided,
+            Decided(Peer),
             Probe,
             Relay {
                 bye: bool,
@@ -35,7 +35,7 @@ impl Proxy {
         let action = self.txns.with(branch, |t| match t {
             // The state machine owns the decision (failover, relay, ACK).
             ClientTxn::Invite(call) => Action::Call(call.clone()),
-            ClientTxn::Decided { .. } => Action::Decided,
+            ClientTxn::Decided { upstream, .. } => Action::Decided(*upstream),
             ClientTxn::Probe { .. } => Action::Probe,
             ClientTxn::Relay(r) => {
                 r.answered.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -75,7 +75,7 @@ impl Proxy {
                 tracing::debug!(%src, "response matches no transaction");
             }
             Some(Action::Call(call)) => self.call_response(&call, msg, src),
-            Some(Action::Decided) => {
+            Some(Action::Decided(upstream)) => {
                 // A 2xx the node retransmits because the trunk's ACK has not
                 // reached it yet: relay it (RFC 6026); anything else is over.
                 let ok = msg.status().is_some_and(|c| (200..300).contains(&c));
@@ -84,7 +84,7 @@ impl Proxy {
                         .cseq()
                         .is_ok_and(|c| c.method == crate::sip::Method::Invite)
                 {
-                    self.relay_upstream(msg, None, None);
+                    self.relay_upstream(msg, None, Some(upstream));
                 }
             }
             Some(Action::Relay {

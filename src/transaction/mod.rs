@@ -169,7 +169,11 @@ pub enum ClientTxn<I> {
     /// A branch of an INVITE whose outcome is decided:
     /// kept until [`LINGER`] after `at` so a retransmitted 2xx is still
     /// relayed (RFC 6026 "Accepted").
-    Decided { at: Instant },
+    Decided {
+        at: Instant,
+        /// Where the INVITE came from: a retransmitted 2xx goes back there.
+        upstream: crate::transport::Peer,
+    },
     /// A health probe (OPTIONS) of dispatcher node `node`, sent at `sent`.
     /// The prober removes it when `[probe] timeout` runs out.
     Probe {
@@ -245,9 +249,9 @@ impl<I: Pending> ClientTxns<I> {
 
     /// The INVITE on `branch` has decided: from now on only a
     /// retransmitted 2xx is relayed, by the response path.
-    pub fn decide(&self, branch: &[u8], at: Instant) {
+    pub fn decide(&self, branch: &[u8], at: Instant, upstream: crate::transport::Peer) {
         if let Some(mut t) = self.map.get_mut(branch) {
-            *t = ClientTxn::Decided { at };
+            *t = ClientTxn::Decided { at, upstream };
         }
     }
 
@@ -258,7 +262,7 @@ impl<I: Pending> ClientTxns<I> {
         self.map.retain(|_, t| match t {
             ClientTxn::Invite(call) => !call.is_over(),
             ClientTxn::Relay(r) => now.duration_since(r.created) < LINGER,
-            ClientTxn::Decided { at } => now.duration_since(*at) < LINGER,
+            ClientTxn::Decided { at, .. } => now.duration_since(*at) < LINGER,
             // The prober removes its own; this only catches a stopped one.
             ClientTxn::Probe { sent, .. } => now.duration_since(*sent) < LINGER,
         });
@@ -503,7 +507,11 @@ mod tests {
             }),
         );
         t.insert("b3", ClientTxn::Invite(Call(Default::default())));
-        t.decide(b"b3", Instant::now());
+        t.decide(
+            b"b3",
+            Instant::now(),
+            crate::transport::Peer::udp("127.0.0.1:5060".parse().unwrap()),
+        );
         t.sweep(Instant::now());
         assert_eq!(t.len(), 3);
         tokio::time::advance(LINGER).await;
