@@ -127,8 +127,6 @@ pub struct Proxy {
     tcp: TcpTransport,
     /// The TCP listeners' addresses.
     tcp_addrs: Vec<SocketAddr>,
-    /// What the TCP connections receive, taken by `run`.
-    tcp_inbound: Mutex<Option<tokio::sync::mpsc::Receiver<crate::transport::Inbound>>>,
     /// For the tasks a TCP send spawns (connect, then send).
     me: std::sync::Weak<Proxy>,
     rt: tokio::runtime::Handle,
@@ -207,17 +205,19 @@ impl Proxy {
             0 => first.port(),
             p => p,
         };
-        let (tcp, tcp_inbound) = TcpTransport::new(crate::transport::TcpOptions {
+        // Messages reach the proxy through the handler set below, not the
+        // channel.
+        let (tcp, _channel) = TcpTransport::new(crate::transport::TcpOptions {
             idle_timeout: cfg.tcp.idle_timeout,
             connect_timeout: cfg.tcp.connect_timeout,
             max_connections: cfg.tcp.max_connections,
             freebind: cfg.listen.freebind,
             ..Default::default()
         });
-        let mut tcp_addrs = Vec::new();
-        for l in listeners {
-            tcp_addrs.push(tcp.serve(l)?);
-        }
+        let tcp_addrs = listeners
+            .iter()
+            .map(std::net::TcpListener::local_addr)
+            .collect::<io::Result<Vec<_>>>()?;
         let adv_tcp_port = match (cfg.listen.advertise.port, tcp_addrs.first()) {
             (Some(p), _) if p != 0 => p,
             (_, Some(a)) => a.port(),
@@ -234,12 +234,11 @@ impl Proxy {
                 .into_bytes()
                 .into()
         });
-        Ok(Arc::new_cyclic(|me| Proxy {
+        let proxy = Arc::new_cyclic(|me| Proxy {
             via_prefix,
             adv_tcp_port,
             tcp_addrs,
             tcp,
-            tcp_inbound: Mutex::new(Some(tcp_inbound)),
             me: me.clone(),
             rt: tokio::runtime::Handle::current(),
             pool: arc_swap::ArcSwap::from_pointee(pool),
@@ -264,7 +263,22 @@ impl Proxy {
             first_round_done: AtomicBool::new(false),
             probing_active: AtomicBool::new(true),
             cfg,
-        }))
+        });
+        // Messages framed off a TCP connection are handled on its task, like
+        // datagrams on the receive thread (nothing on the path waits).
+        let me = Arc::downgrade(&proxy);
+        proxy.tcp.set_handler(Arc::new(move |data, peer, conn| {
+            if let Some(p) = me.upgrade() {
+                p.on_message(data, Peer::tcp(peer, Some(conn)));
+                p.flush_icmp();
+            }
+        }));
+        // Only now: a message read before the handler would have nowhere
+        // to go.
+        for l in listeners {
+            proxy.tcp.serve(l)?;
+        }
+        Ok(proxy)
     }
 
     pub fn dialogs(&self) -> &Dialogs {
@@ -329,24 +343,11 @@ impl Proxy {
         tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
         tasks.spawn(self.clone().run_timers(cancel.clone()));
         tasks.spawn(self.clone().run_prober(cancel.clone()));
-        if let Some(mut inbound) = self.tcp_inbound.lock().ok().and_then(|mut r| r.take()) {
-            // Messages framed off every TCP connection, handled here like
-            // datagrams (nothing on the path waits).
-            let (p, c) = (self.clone(), cancel.clone());
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = c.cancelled() => break,
-                        m = inbound.recv() => {
-                            let Some((bytes, peer, conn)) = m else { break };
-                            p.on_message(&bytes, Peer::tcp(peer, Some(conn)));
-                            p.flush_icmp();
-                        }
-                    }
-                }
-                p.tcp.shutdown().await;
-            });
-        }
+        let (p, c) = (self.clone(), cancel.clone());
+        tasks.spawn(async move {
+            c.cancelled().await;
+            p.tcp.shutdown().await;
+        });
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

@@ -35,6 +35,12 @@ use crate::sip::{frame_stream, SipError, StreamFrame, DEFAULT_MAX_MESSAGE};
 /// the peer's address and the connection it came in on.
 pub type Inbound = (Bytes, SocketAddr, ConnId);
 
+/// Handles a received message on the connection's own task, instead of the
+/// channel: for a receiver that never waits (the proxy), which saves a task
+/// wake-up per message, and an answer queued on the same connection goes
+/// out without another.
+pub type Handler = Arc<dyn Fn(&[u8], SocketAddr, ConnId) + Send + Sync>;
+
 /// Identifies one TCP connection for its lifetime; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
@@ -179,6 +185,8 @@ struct Inner {
     open: AtomicUsize,
     next_id: AtomicU64,
     inbound: mpsc::Sender<Inbound>,
+    /// When set, messages go here rather than to `inbound`.
+    handler: std::sync::OnceLock<Handler>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -197,6 +205,7 @@ impl TcpTransport {
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             inbound: tx,
+            handler: std::sync::OnceLock::new(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
@@ -236,6 +245,13 @@ impl TcpTransport {
 
     pub fn stats(&self) -> &TcpStats {
         &self.inner.stats
+    }
+
+    /// Hands every received message to `handler` on its connection's task
+    /// from now on (see [`Handler`]); the channel from [`new`](Self::new)
+    /// then stays empty. Set once; a second call is ignored.
+    pub fn set_handler(&self, handler: Handler) {
+        let _ = self.inner.handler.set(handler);
     }
 
     /// Connections open now (inbound and outgoing).
@@ -526,6 +542,11 @@ async fn deliver(
                 }
             }
             Ok(StreamFrame::Message { len }) => {
+                if let Some(handle) = inner.handler.get() {
+                    handle(&buf[..len], peer, id);
+                    buf.advance(len);
+                    continue;
+                }
                 let msg = buf.split_to(len).freeze();
                 // Back-pressure: while the proxy is behind, this
                 // connection stops reading rather than dropping.
