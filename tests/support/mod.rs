@@ -126,6 +126,8 @@ pub struct Options {
     /// How each node (by index) is reached; nodes beyond the list are
     /// [`NodeKind::Udp`].
     pub node_kinds: Vec<NodeKind>,
+    /// More `[listen]` settings, as is (e.g. `udp_mtu = 1000`).
+    pub listen_extra: &'static str,
     /// Health probing runs; off, it is paused before the proxy starts, so
     /// no probe touches a node (or opens a TCP connection) behind the
     /// test's back.
@@ -170,6 +172,7 @@ impl Default for Options {
             ipv6: false,
             tcp: false,
             node_kinds: Vec::new(),
+            listen_extra: "",
             probing: true,
         }
     }
@@ -185,6 +188,9 @@ pub fn config_toml(listen: SocketAddr, nodes: &[SocketAddr], opts: &Options) -> 
     if opts.tcp {
         // Same port number as UDP (separate port spaces).
         let _ = writeln!(t, "tcp = [\"{listen}\"]");
+    }
+    if !opts.listen_extra.is_empty() {
+        let _ = writeln!(t, "{}", opts.listen_extra);
     }
     let _ = writeln!(t, "\n[dispatcher]\nalgorithm = \"{}\"\n", opts.algorithm);
     for (i, n) in nodes.iter().enumerate() {
@@ -605,7 +611,7 @@ pub struct TcpPeer {
     pub name: String,
     /// A node: its listening address. A trunk: its end of the connection.
     pub addr: SocketAddr,
-    writers: Arc<tokio::sync::Mutex<Vec<OwnedWriteHalf>>>,
+    writers: Arc<tokio::sync::Mutex<Vec<Option<OwnedWriteHalf>>>>,
     tx: mpsc::UnboundedSender<TcpEvent>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<TcpEvent>>,
     /// Connections accepted (a node) or opened (a trunk: 1).
@@ -663,7 +669,7 @@ impl TcpPeer {
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let (rd, wr) = stream.into_split();
                 let mut w = writers.lock().await;
-                w.push(wr);
+                w.push(Some(wr));
                 let idx = w.len() - 1;
                 drop(w);
                 tokio::spawn(read_conn(idx, rd, from, tx.clone(), stop.clone()));
@@ -691,7 +697,7 @@ impl TcpPeer {
         let peer = TcpPeer::new(name, stream.local_addr().unwrap());
         peer.accepted.store(1, Ordering::Relaxed);
         let (rd, wr) = stream.into_split();
-        peer.writers.lock().await.push(wr);
+        peer.writers.lock().await.push(Some(wr));
         tokio::spawn(read_conn(0, rd, to, peer.tx.clone(), peer.stop.clone()));
         peer
     }
@@ -714,14 +720,30 @@ impl TcpPeer {
             .await;
     }
 
+    /// Writes `data` on the current connection; the error when the far end
+    /// has already closed it (a write racing the proxy's close).
+    pub async fn try_send(&self, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+        let conn = self.current.load(Ordering::Relaxed);
+        let write = async {
+            let mut w = self.writers.lock().await;
+            match w.get_mut(conn) {
+                Some(Some(wr)) => wr.write_all(data.as_ref()).await,
+                _ => Err(std::io::ErrorKind::NotConnected.into()),
+            }
+        };
+        tokio::time::timeout(WAIT, write)
+            .await
+            .unwrap_or_else(|_| panic!("{}: write stuck for {WAIT:?}", self.name))
+    }
+
     /// Writes `data` on connection `conn` (in accept order), bounded by
     /// [`WAIT`].
     pub async fn send_on(&self, conn: usize, data: impl AsRef<[u8]>) {
         let write = async {
             let mut w = self.writers.lock().await;
             let n = w.len();
-            let Some(wr) = w.get_mut(conn) else {
-                panic!("{}: no connection {conn} ({n} open)", self.name);
+            let Some(Some(wr)) = w.get_mut(conn) else {
+                panic!("{}: no open connection {conn} ({n} so far)", self.name);
             };
             wr.write_all(data.as_ref()).await
         };
@@ -733,6 +755,21 @@ impl TcpPeer {
                 self.name
             ),
         }
+    }
+
+    /// Closes our sending side of connection `conn` (a FIN): the far end
+    /// sees the connection end and closes it.
+    pub async fn close(&self, conn: usize) {
+        let wr = self
+            .writers
+            .lock()
+            .await
+            .get_mut(conn)
+            .and_then(Option::take);
+        let Some(mut wr) = wr else {
+            panic!("{}: no open connection {conn}", self.name);
+        };
+        let _ = tokio::time::timeout(WAIT, wr.shutdown()).await;
     }
 
     /// The next event before `deadline`.
@@ -837,24 +874,23 @@ impl TcpPeer {
     /// The next thing on the wire is a CRLF pong (RFC 5626 §3.5.1);
     /// panics after [`WAIT`] or on a message.
     pub async fn recv_pong(&self) {
+        // One seen while waiting for a message counts.
+        let seen = self.pongs.load(Ordering::Relaxed);
+        if seen > 0 {
+            self.pongs.store(seen - 1, Ordering::Relaxed);
+            return;
+        }
         let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let seen = self.pongs.load(Ordering::Relaxed);
-            if seen > 0 {
-                self.pongs.store(seen - 1, Ordering::Relaxed);
-                return;
+        match self.next_event(deadline).await {
+            Some(TcpEvent::Pong(_)) => {}
+            Some(TcpEvent::Msg(_, r)) => {
+                panic!("{} expected a CRLF pong, got:\n{}", self.name, r.text())
             }
-            match self.next_event(deadline).await {
-                Some(TcpEvent::Pong(_)) => return,
-                Some(TcpEvent::Msg(_, r)) => {
-                    panic!("{} expected a CRLF pong, got:\n{}", self.name, r.text())
-                }
-                Some(TcpEvent::Closed(c)) => {
-                    panic!("{}: connection {c} closed instead of a pong", self.name)
-                }
-                Some(TcpEvent::Bad(c, e)) => panic!("{} connection {c}: {e}", self.name),
-                None => panic!("{}: no CRLF pong within {WAIT:?}", self.name),
+            Some(TcpEvent::Closed(c)) => {
+                panic!("{}: connection {c} closed instead of a pong", self.name)
             }
+            Some(TcpEvent::Bad(c, e)) => panic!("{} connection {c}: {e}", self.name),
+            None => panic!("{}: no CRLF pong within {WAIT:?}", self.name),
         }
     }
 
