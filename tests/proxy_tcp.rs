@@ -592,6 +592,36 @@ async fn oversized_or_malformed_stream_closes_only_that_connection() {
     assert_eq!(stat(&h, |s| s.accepted.load(Ordering::Relaxed)), 4);
 }
 
+/// `[tcp]` reaches the proxy's transport: beyond `max_connections` a new
+/// trunk connection is closed at once (counted) while the open ones work,
+/// and connections left idle for `idle_timeout` are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_section_caps_connections_and_closes_idle_ones() {
+    let h = Harness::start(Options {
+        extra_toml: "[tcp]\nidle_timeout = \"1s\"\nmax_connections = 2\n",
+        ..tcp_opts()
+    })
+    .await;
+    let a = h.tcp_trunk_from("trunk-a", trunk_ip()).await;
+    let b = h.tcp_trunk_from("trunk-b", trunk_ip()).await;
+    for t in [&a, &b] {
+        // Accepted and served before the third one comes.
+        let (ka, br) = tcp_keepalive(&h, t.addr);
+        t.send(&ka).await;
+        assert_eq!(t.recv_response(200).await.branch(), br);
+    }
+    let c = h.tcp_trunk_from("trunk-c", trunk_ip()).await;
+    c.expect_closed(0).await;
+    assert_eq!(stat(&h, |s| s.refused_cap.load(Ordering::Relaxed)), 1);
+    assert_eq!(stat(&h, |s| s.accepted.load(Ordering::Relaxed)), 2);
+
+    // No traffic on a and b: both closed by the idle timeout.
+    a.expect_closed(0).await;
+    b.expect_closed(0).await;
+    assert_eq!(stat(&h, |s| s.closed_idle.load(Ordering::Relaxed)), 2);
+    assert_eq!(h.proxy.tcp().connections(), 0);
+}
+
 // ---------------------------------------------------------------------------
 // f. Over udp_mtu: TCP to a node that takes it
 // ---------------------------------------------------------------------------
@@ -853,8 +883,7 @@ async fn requests_over_tcp_are_not_retransmitted() {
     node.expect_nothing(Duration::from_millis(1800)).await;
     node.send(reply(&opt, 200, "OK", Some("n0"))).await;
     let fs = Dialog::uas_at(node.addr, &inv, &unique("fs-")).over_tcp();
-    node.send_on(0, fs.answer(&inv, 200, "OK", Some(SDP_NODE)))
-        .await;
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE))).await;
     let got = h
         .trunk
         .recv_until({
