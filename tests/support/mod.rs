@@ -6,7 +6,11 @@
 //!   config, runs the proxy until the harness is dropped.
 //! - [`Peer`]: a fake trunk or node; every receive is bounded by [`WAIT`]
 //!   (or a given duration) and panics with what was expected.
-//! - [`Received`]: one datagram, read with [`sipedge::sip::Message::parse`].
+//! - [`TcpPeer`]: a fake node listening on TCP, or a fake trunk connected
+//!   to the proxy's TCP listener; messages framed off the stream with
+//!   [`sipedge::sip::frame_stream`], the same API as [`Peer`].
+//! - [`Received`]: one datagram or framed message, read with
+//!   [`sipedge::sip::Message::parse`].
 //! - [`Dialog`]: one side of a dialog, building the requests that side sends
 //!   (initial INVITE, CANCEL, ACK, in-dialog requests) from templates;
 //!   [`reply`] builds a response to a received request.
@@ -16,14 +20,18 @@
 #![allow(dead_code)] // each test file uses a part of it
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sipedge::proxy::Proxy;
-use sipedge::sip::{HeaderName, Message, NameAddr, StartLine};
-use tokio::net::UdpSocket;
+use sipedge::sip::{frame_stream, HeaderName, Message, NameAddr, SipError, StartLine, StreamFrame};
+use sipedge::transport::Transport;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, UdpSocket};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The longest any test waits for one packet that must arrive.
@@ -112,6 +120,43 @@ pub struct Options {
     pub nodes_answer_probes: bool,
     /// Everything (proxy, trunk, nodes) on `::1` instead of 127.0.0.1.
     pub ipv6: bool,
+    /// The proxy also listens on TCP, on the same port number as its UDP
+    /// socket (what it advertises for both), via `[listen] tcp`.
+    pub tcp: bool,
+    /// How each node (by index) is reached; nodes beyond the list are
+    /// [`NodeKind::Udp`].
+    pub node_kinds: Vec<NodeKind>,
+    /// More `[listen]` settings, as is (e.g. `udp_mtu = 1000`).
+    pub listen_extra: &'static str,
+    /// Health probing runs; off, it is paused before the proxy starts, so
+    /// no probe touches a node (or opens a TCP connection) behind the
+    /// test's back.
+    pub probing: bool,
+}
+
+/// How the proxy reaches a fake node. Every node has a UDP [`Peer`] (in
+/// [`Harness::nodes`]); the TCP kinds also have a [`TcpPeer`] listening on
+/// the same port number (in [`Harness::tcp_nodes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeKind {
+    /// `uri = "sip:ADDR"`.
+    #[default]
+    Udp,
+    /// `uri = "sip:ADDR;transport=tcp"`: every request over TCP. Its UDP
+    /// peer should receive nothing.
+    Tcp,
+    /// `uri = "sip:ADDR"` and `tcp = true`: UDP, and TCP for requests over
+    /// `listen.udp_mtu` (RFC 3261 §18.1.1).
+    Dual,
+    /// `uri = "sip:ADDR;transport=tcp"` with nothing listening on the TCP
+    /// port: every connect is refused.
+    TcpRefused,
+}
+
+impl NodeKind {
+    fn has_tcp_port(self) -> bool {
+        self != NodeKind::Udp
+    }
 }
 
 impl Default for Options {
@@ -125,6 +170,10 @@ impl Default for Options {
             extra_toml: "",
             nodes_answer_probes: true,
             ipv6: false,
+            tcp: false,
+            node_kinds: Vec::new(),
+            listen_extra: "",
+            probing: true,
         }
     }
 }
@@ -134,11 +183,24 @@ pub fn config_toml(listen: SocketAddr, nodes: &[SocketAddr], opts: &Options) -> 
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "[listen]\nudp = [\"{listen}\"]\nadvertise = \"{listen}\"\n"
+        "[listen]\nudp = [\"{listen}\"]\nadvertise = \"{listen}\""
     );
-    let _ = writeln!(t, "[dispatcher]\nalgorithm = \"{}\"\n", opts.algorithm);
-    for n in nodes {
-        let _ = writeln!(t, "[[dispatcher.destination]]\nuri = \"sip:{n}\"\n");
+    if opts.tcp {
+        // Same port number as UDP (separate port spaces).
+        let _ = writeln!(t, "tcp = [\"{listen}\"]");
+    }
+    if !opts.listen_extra.is_empty() {
+        let _ = writeln!(t, "{}", opts.listen_extra);
+    }
+    let _ = writeln!(t, "\n[dispatcher]\nalgorithm = \"{}\"\n", opts.algorithm);
+    for (i, n) in nodes.iter().enumerate() {
+        let kind = opts.node_kinds.get(i).copied().unwrap_or_default();
+        let dest = match kind {
+            NodeKind::Udp => format!("uri = \"sip:{n}\""),
+            NodeKind::Tcp | NodeKind::TcpRefused => format!("uri = \"sip:{n};transport=tcp\""),
+            NodeKind::Dual => format!("uri = \"sip:{n}\"\ntcp = true"),
+        };
+        let _ = writeln!(t, "[[dispatcher.destination]]\n{dest}\n");
     }
     let _ = writeln!(
         t,
@@ -159,6 +221,11 @@ pub struct Harness {
     pub extra: Option<SocketAddr>,
     pub trunk: Peer,
     pub nodes: Vec<Peer>,
+    /// The proxy's TCP listener, with [`Options::tcp`] (same port as
+    /// `addr`).
+    pub tcp_addr: Option<SocketAddr>,
+    /// Node `i`'s TCP side, for the [`NodeKind`]s that listen on TCP.
+    pub tcp_nodes: Vec<Option<TcpPeer>>,
     cancel: CancellationToken,
 }
 
@@ -167,13 +234,13 @@ impl Harness {
     /// inside a tokio runtime.
     pub async fn start(opts: Options) -> Harness {
         init_tracing();
-        let any: SocketAddr = if opts.ipv6 {
-            "[::1]:0".parse().unwrap()
+        let ip: IpAddr = if opts.ipv6 {
+            "::1".parse().unwrap()
         } else {
-            "127.0.0.1:0".parse().unwrap()
+            "127.0.0.1".parse().unwrap()
         };
-        let socket = sipedge::transport::bind_udp(any, sipedge::transport::UdpOptions::default())
-            .expect("bind the proxy socket");
+        let any = SocketAddr::new(ip, 0);
+        let (socket, listener) = bind_proxy(any, opts.tcp);
         let addr = socket.local_addr().unwrap();
         let peer = |name: String| async move {
             if opts.ipv6 {
@@ -184,13 +251,30 @@ impl Harness {
         };
         let trunk = peer("trunk".to_owned()).await;
         let mut nodes = Vec::new();
+        let mut tcp_nodes = Vec::new();
         for i in 0..opts.nodes {
-            let node = peer(format!("node{i}")).await;
+            let name = format!("node{i}");
+            let kind = opts.node_kinds.get(i).copied().unwrap_or_default();
+            let (node, tcp) = if kind.has_tcp_port() {
+                let (udp, tcp) = bind_dual(&name, ip).await;
+                let tcp = (kind != NodeKind::TcpRefused).then(|| {
+                    let t = TcpPeer::listen(&name, tcp);
+                    if opts.nodes_answer_probes {
+                        t.answering_probes()
+                    } else {
+                        t
+                    }
+                });
+                (udp, tcp)
+            } else {
+                (peer(name).await, None)
+            };
             nodes.push(if opts.nodes_answer_probes {
                 node.answering_probes()
             } else {
                 node
             });
+            tcp_nodes.push(tcp);
         }
         let node_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
         let text = config_toml(addr, &node_addrs, &opts);
@@ -207,7 +291,12 @@ impl Harness {
             extra = Some(s.local_addr().unwrap());
             sockets.push(s);
         }
-        let proxy = Proxy::new(cfg, sockets).expect("build the proxy");
+        let proxy =
+            Proxy::with_tcp(cfg, sockets, listener.into_iter().collect()).expect("build the proxy");
+        let tcp_addr = proxy.tcp_addrs().first().copied();
+        if !opts.probing {
+            proxy.ping_active(Some(false));
+        }
         let cancel = CancellationToken::new();
         tokio::spawn(proxy.clone().run(cancel.clone()));
         Harness {
@@ -216,8 +305,27 @@ impl Harness {
             extra,
             trunk,
             nodes,
+            tcp_addr,
+            tcp_nodes,
             cancel,
         }
+    }
+
+    /// Node `i`'s TCP side; panics for a node without one.
+    pub fn tcp_node(&self, i: usize) -> &TcpPeer {
+        self.tcp_nodes
+            .get(i)
+            .and_then(Option::as_ref)
+            .unwrap_or_else(|| panic!("node{i} does not listen on TCP"))
+    }
+
+    /// A new trunk connection to the proxy's TCP listener, from `from`
+    /// (port 0).
+    pub async fn tcp_trunk_from(&self, name: &str, from: IpAddr) -> TcpPeer {
+        let to = self
+            .tcp_addr
+            .expect("the proxy listens on TCP (Options::tcp)");
+        TcpPeer::connect(name, from, to).await
     }
 
     /// A trunk-side dialog for a new call to `fax@<proxy>`.
@@ -285,6 +393,38 @@ impl Harness {
             .map(|r| m.dropped_count(*r))
             .sum()
     }
+}
+
+/// The proxy's UDP socket on `any` and, with `tcp`, its TCP listener on the
+/// same port number (retried on another port when that one is taken).
+fn bind_proxy(any: SocketAddr, tcp: bool) -> (std::net::UdpSocket, Option<std::net::TcpListener>) {
+    let mut last = None;
+    for _ in 0..50 {
+        let udp = sipedge::transport::bind_udp(any, sipedge::transport::UdpOptions::default())
+            .expect("bind the proxy socket");
+        if !tcp {
+            return (udp, None);
+        }
+        let at = udp.local_addr().unwrap();
+        match sipedge::transport::bind_tcp(at, &sipedge::transport::TcpOptions::default()) {
+            Ok(l) => return (udp, Some(l)),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no port free on both UDP and TCP: {last:?}");
+}
+
+/// A node's UDP peer and a TCP listener on the same port number.
+async fn bind_dual(name: &str, ip: IpAddr) -> (Peer, std::net::TcpListener) {
+    let mut last = None;
+    for _ in 0..50 {
+        let l = std::net::TcpListener::bind((ip, 0)).expect("bind a TCP node");
+        match Peer::bind_at(name, l.local_addr().unwrap()).await {
+            Ok(p) => return (p, l),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no port free on both UDP and TCP: {last:?}");
 }
 
 impl Drop for Harness {
@@ -437,6 +577,392 @@ impl Peer {
     pub async fn expect_nothing(&self, wait: Duration) {
         if let Some(r) = self.recv_within(wait).await {
             panic!("{} expected nothing, got:\n{}", self.name, r.text());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TCP peers
+// ---------------------------------------------------------------------------
+
+/// Cap on one framed message in a fake peer: above the proxy's own, so a
+/// message the proxy sends is never refused here.
+const PEER_MAX_MESSAGE: usize = 4 * sipedge::sip::DEFAULT_MAX_MESSAGE;
+
+/// What a TCP peer's connections deliver, in arrival order (connection
+/// index first).
+enum TcpEvent {
+    Msg(usize, Received),
+    /// A CRLF on its own: the RFC 5626 pong.
+    Pong(usize),
+    /// The far end closed the connection (or it broke).
+    Closed(usize),
+    /// Bytes that do not frame as SIP.
+    Bad(usize, String),
+}
+
+/// A fake node listening on TCP, or a fake trunk connected to the proxy's
+/// TCP listener. Each connection has a reader task framing messages off
+/// the stream (partial reads and several messages per read both handled);
+/// the test reads them in order with the same calls as [`Peer`]. `send`
+/// writes on the connection the last message came in on (where the proxy
+/// expects responses, RFC 3261 §18.2.2). Dropping it closes everything.
+pub struct TcpPeer {
+    pub name: String,
+    /// A node: its listening address. A trunk: its end of the connection.
+    pub addr: SocketAddr,
+    writers: Arc<tokio::sync::Mutex<Vec<Option<OwnedWriteHalf>>>>,
+    tx: mpsc::UnboundedSender<TcpEvent>,
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<TcpEvent>>,
+    /// Connections accepted (a node) or opened (a trunk: 1).
+    accepted: Arc<AtomicUsize>,
+    /// The connection the last message came in on.
+    current: AtomicUsize,
+    /// Pongs and closes seen while waiting for something else.
+    pongs: AtomicUsize,
+    closed: Mutex<Vec<usize>>,
+    answer_probes: bool,
+    stop: CancellationToken,
+}
+
+impl Drop for TcpPeer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl TcpPeer {
+    fn new(name: &str, addr: SocketAddr) -> TcpPeer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        TcpPeer {
+            name: name.to_owned(),
+            addr,
+            writers: Default::default(),
+            tx,
+            events: tokio::sync::Mutex::new(rx),
+            accepted: Default::default(),
+            current: AtomicUsize::new(0),
+            pongs: AtomicUsize::new(0),
+            closed: Mutex::new(Vec::new()),
+            answer_probes: false,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// A node accepting the proxy's connections on `listener`. Call inside
+    /// a tokio runtime.
+    pub fn listen(name: &str, listener: std::net::TcpListener) -> TcpPeer {
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).expect("register a listener");
+        let peer = TcpPeer::new(name, listener.local_addr().unwrap());
+        let (writers, accepted) = (peer.writers.clone(), peer.accepted.clone());
+        let (tx, stop) = (peer.tx.clone(), peer.stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, from) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok(a) => a,
+                        Err(_) => return,
+                    },
+                };
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let (rd, wr) = stream.into_split();
+                let mut w = writers.lock().await;
+                w.push(Some(wr));
+                let idx = w.len() - 1;
+                drop(w);
+                tokio::spawn(read_conn(idx, rd, from, tx.clone(), stop.clone()));
+            }
+        });
+        peer
+    }
+
+    /// A trunk: one connection from `from` (port 0) to the proxy at `to`.
+    pub async fn connect(name: &str, from: IpAddr, to: SocketAddr) -> TcpPeer {
+        let socket = if from.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .expect("a TCP socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .unwrap_or_else(|e| panic!("{name} cannot bind {from}: {e}"));
+        let stream = tokio::time::timeout(WAIT, socket.connect(to))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: connect to {to} timed out"))
+            .unwrap_or_else(|e| panic!("{name} cannot connect to {to}: {e}"));
+        let _ = stream.set_nodelay(true);
+        let peer = TcpPeer::new(name, stream.local_addr().unwrap());
+        peer.accepted.store(1, Ordering::Relaxed);
+        let (rd, wr) = stream.into_split();
+        peer.writers.lock().await.push(Some(wr));
+        tokio::spawn(read_conn(0, rd, to, peer.tx.clone(), peer.stop.clone()));
+        peer
+    }
+
+    /// Answer the proxy's own OPTIONS probes (one Via) with 200 on their
+    /// connection and keep waiting, so tests do not see them.
+    pub fn answering_probes(mut self) -> TcpPeer {
+        self.answer_probes = true;
+        self
+    }
+
+    /// Connections accepted so far (a trunk: its one).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Writes `data` on the connection the last message came in on.
+    pub async fn send(&self, data: impl AsRef<[u8]>) {
+        self.send_on(self.current.load(Ordering::Relaxed), data)
+            .await;
+    }
+
+    /// Writes `data` on the current connection; the error when the far end
+    /// has already closed it (a write racing the proxy's close).
+    pub async fn try_send(&self, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+        let conn = self.current.load(Ordering::Relaxed);
+        let write = async {
+            let mut w = self.writers.lock().await;
+            match w.get_mut(conn) {
+                Some(Some(wr)) => wr.write_all(data.as_ref()).await,
+                _ => Err(std::io::ErrorKind::NotConnected.into()),
+            }
+        };
+        tokio::time::timeout(WAIT, write)
+            .await
+            .unwrap_or_else(|_| panic!("{}: write stuck for {WAIT:?}", self.name))
+    }
+
+    /// Writes `data` on connection `conn` (in accept order), bounded by
+    /// [`WAIT`].
+    pub async fn send_on(&self, conn: usize, data: impl AsRef<[u8]>) {
+        let write = async {
+            let mut w = self.writers.lock().await;
+            let n = w.len();
+            let Some(Some(wr)) = w.get_mut(conn) else {
+                panic!("{}: no open connection {conn} ({n} so far)", self.name);
+            };
+            wr.write_all(data.as_ref()).await
+        };
+        match tokio::time::timeout(WAIT, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{} cannot write on connection {conn}: {e}", self.name),
+            Err(_) => panic!(
+                "{}: write on connection {conn} stuck for {WAIT:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// Closes our sending side of connection `conn` (a FIN): the far end
+    /// sees the connection end and closes it.
+    pub async fn close(&self, conn: usize) {
+        let wr = self
+            .writers
+            .lock()
+            .await
+            .get_mut(conn)
+            .and_then(Option::take);
+        let Some(mut wr) = wr else {
+            panic!("{}: no open connection {conn}", self.name);
+        };
+        let _ = tokio::time::timeout(WAIT, wr.shutdown()).await;
+    }
+
+    /// The next event before `deadline`.
+    async fn next_event(&self, deadline: tokio::time::Instant) -> Option<TcpEvent> {
+        let mut rx = self.events.lock().await;
+        tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next message, or `None` after `wait`. Pongs and closes are
+    /// noted on the way.
+    pub async fn recv_within(&self, wait: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.next_event(deadline).await? {
+                TcpEvent::Msg(conn, r) => {
+                    if self.answer_probes && r.is_probe() {
+                        self.send_on(conn, reply(&r, 200, "OK", None)).await;
+                        continue;
+                    }
+                    self.current.store(conn, Ordering::Relaxed);
+                    return Some(r);
+                }
+                TcpEvent::Pong(_) => {
+                    self.pongs.fetch_add(1, Ordering::Relaxed);
+                }
+                TcpEvent::Closed(conn) => self.closed.lock().unwrap().push(conn),
+                TcpEvent::Bad(conn, e) => panic!("{} connection {conn}: {e}", self.name),
+            }
+        }
+    }
+
+    /// The next message; panics after [`WAIT`].
+    pub async fn recv(&self) -> Received {
+        match self.recv_within(WAIT).await {
+            Some(r) => r,
+            None => panic!(
+                "{} received nothing within {WAIT:?} (connections closed: {:?})",
+                self.name,
+                self.closed.lock().unwrap()
+            ),
+        }
+    }
+
+    /// The next message, which must be a `method` request.
+    pub async fn recv_request(&self, method: &str) -> Received {
+        let r = self.recv().await;
+        assert_eq!(
+            r.method().as_deref(),
+            Some(method),
+            "{} expected a {method} request, got:\n{}",
+            self.name,
+            r.text()
+        );
+        r
+    }
+
+    /// The next message, which must be a `code` response.
+    pub async fn recv_response(&self, code: u16) -> Received {
+        let r = self.recv().await;
+        assert_eq!(
+            r.status(),
+            Some(code),
+            "{} expected a {code} response, got:\n{}",
+            self.name,
+            r.text()
+        );
+        r
+    }
+
+    /// Receives until a message satisfies `done`; returns everything
+    /// received, the matching message last. Panics after [`WAIT`].
+    pub async fn recv_until(&self, mut done: impl FnMut(&Received) -> bool) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(r) = self.recv_within(left).await else {
+                let seen: Vec<String> = got.iter().map(Received::first_line).collect();
+                panic!(
+                    "{}: the expected message did not arrive within {WAIT:?}; got {seen:?}",
+                    self.name
+                );
+            };
+            let stop = done(&r);
+            got.push(r);
+            if stop {
+                return got;
+            }
+        }
+    }
+
+    /// Nothing may arrive within `wait`.
+    pub async fn expect_nothing(&self, wait: Duration) {
+        if let Some(r) = self.recv_within(wait).await {
+            panic!("{} expected nothing, got:\n{}", self.name, r.text());
+        }
+    }
+
+    /// The next thing on the wire is a CRLF pong (RFC 5626 §3.5.1);
+    /// panics after [`WAIT`] or on a message.
+    pub async fn recv_pong(&self) {
+        // One seen while waiting for a message counts.
+        let seen = self.pongs.load(Ordering::Relaxed);
+        if seen > 0 {
+            self.pongs.store(seen - 1, Ordering::Relaxed);
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        match self.next_event(deadline).await {
+            Some(TcpEvent::Pong(_)) => {}
+            Some(TcpEvent::Msg(_, r)) => {
+                panic!("{} expected a CRLF pong, got:\n{}", self.name, r.text())
+            }
+            Some(TcpEvent::Closed(c)) => {
+                panic!("{}: connection {c} closed instead of a pong", self.name)
+            }
+            Some(TcpEvent::Bad(c, e)) => panic!("{} connection {c}: {e}", self.name),
+            None => panic!("{}: no CRLF pong within {WAIT:?}", self.name),
+        }
+    }
+
+    /// The far end closes connection `conn`; nothing else may arrive
+    /// first. Panics after [`WAIT`].
+    pub async fn expect_closed(&self, conn: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if self.closed.lock().unwrap().contains(&conn) {
+                return;
+            }
+            match self.next_event(deadline).await {
+                Some(TcpEvent::Closed(c)) => self.closed.lock().unwrap().push(c),
+                Some(TcpEvent::Pong(_)) => {
+                    self.pongs.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(TcpEvent::Msg(_, r)) => panic!(
+                    "{} expected connection {conn} to close, got:\n{}",
+                    self.name,
+                    r.text()
+                ),
+                Some(TcpEvent::Bad(c, e)) => panic!("{} connection {c}: {e}", self.name),
+                None => panic!("{}: connection {conn} still open after {WAIT:?}", self.name),
+            }
+        }
+    }
+}
+
+/// One connection's reader: frames messages off the stream and reports
+/// them, a CRLF pong, or the close.
+async fn read_conn(
+    idx: usize,
+    mut rd: OwnedReadHalf,
+    from: SocketAddr,
+    tx: mpsc::UnboundedSender<TcpEvent>,
+    stop: CancellationToken,
+) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            () = stop.cancelled() => return,
+            r = rd.read(&mut chunk) => r.unwrap_or(0),
+        };
+        if n == 0 {
+            let _ = tx.send(TcpEvent::Closed(idx));
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            // frame_stream waits for what follows a lone CRLF; a pong is
+            // all there is.
+            if buf.starts_with(b"\r\n") {
+                buf.drain(..2);
+                let _ = tx.send(TcpEvent::Pong(idx));
+                continue;
+            }
+            match frame_stream(&buf, PEER_MAX_MESSAGE) {
+                Ok(StreamFrame::Message { len }) => {
+                    let data: Vec<u8> = buf.drain(..len).collect();
+                    let _ = tx.send(TcpEvent::Msg(idx, Received { data, from }));
+                }
+                Ok(StreamFrame::KeepAlive { len, .. }) => {
+                    buf.drain(..len);
+                }
+                Err(SipError::Incomplete) => break,
+                Err(e) => {
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let _ = tx.send(TcpEvent::Bad(idx, format!("{e}:\n{text}")));
+                    return;
+                }
+            }
         }
     }
 }
@@ -631,6 +1157,9 @@ pub fn reply_with(
 pub struct Dialog {
     /// This side's address (its Via sent-by and Contact).
     pub local: SocketAddr,
+    /// The transport in this side's Via (and `;transport=tcp` in its
+    /// Contact for TCP).
+    pub transport: Transport,
     pub call_id: String,
     pub local_uri: String,
     pub local_tag: String,
@@ -653,13 +1182,19 @@ pub struct Dialog {
 impl Dialog {
     /// The caller side (the trunk): a new call to `ruri`.
     pub fn uac(peer: &Peer, ruri: &str) -> Dialog {
+        Dialog::uac_at(peer.addr, ruri)
+    }
+
+    /// The caller side at `local` (e.g. a TCP connection's address).
+    pub fn uac_at(local: SocketAddr, ruri: &str) -> Dialog {
         let user = "+15551230000";
         Dialog {
-            local: peer.addr,
+            local,
+            transport: Transport::Udp,
             call_id: unique("call-"),
-            local_uri: format!("sip:{user}@{}", peer.addr),
+            local_uri: format!("sip:{user}@{local}"),
             local_tag: unique("tag-"),
-            local_contact: format!("sip:{user}@{}", peer.addr),
+            local_contact: format!("sip:{user}@{local}"),
             remote_uri: ruri.to_owned(),
             remote_tag: None,
             remote_target: ruri.to_owned(),
@@ -674,15 +1209,21 @@ impl Dialog {
     /// The callee side (a node) of a received INVITE, answered with
     /// `local_tag`: route set = Record-Route in order (§12.1.1).
     pub fn uas(peer: &Peer, invite: &Received, local_tag: &str) -> Dialog {
+        Dialog::uas_at(peer.addr, invite, local_tag)
+    }
+
+    /// The callee side at `local`.
+    pub fn uas_at(local: SocketAddr, invite: &Received, local_tag: &str) -> Dialog {
         let m = invite.msg();
         let from = m.from().expect("From");
         let to = m.to().expect("To");
         Dialog {
-            local: peer.addr,
+            local,
+            transport: Transport::Udp,
             call_id: invite.call_id(),
             local_uri: utf8(to.uri),
             local_tag: local_tag.to_owned(),
-            local_contact: format!("sip:fs@{}", peer.addr),
+            local_contact: format!("sip:fs@{local}"),
             remote_uri: utf8(from.uri),
             remote_tag: from.tag().map(utf8),
             remote_target: invite.contact_uri().expect("the INVITE has a Contact"),
@@ -694,8 +1235,19 @@ impl Dialog {
         }
     }
 
+    /// This side speaks TCP: `SIP/2.0/TCP` Via, `;transport=tcp` Contact.
+    pub fn over_tcp(mut self) -> Dialog {
+        self.transport = Transport::Tcp;
+        self.local_contact.push_str(";transport=tcp");
+        self
+    }
+
     fn via(&self, branch: &str) -> String {
-        format!("SIP/2.0/UDP {};branch={branch};rport", self.local)
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            self.transport.via_name(),
+            self.local
+        )
     }
 
     fn hdr_from(&self) -> String {
