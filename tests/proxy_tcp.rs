@@ -19,10 +19,8 @@ use sipedge::metrics::FailoverReason;
 use sipedge::sip::{HeaderName, Via};
 use support::*;
 
-/// Where TCP trunks connect from. Not 127.0.0.1: the proxy takes a TCP
-/// connection from a node's IP, whatever its (ephemeral) port, for that
-/// node, and in production the trunk and the nodes are different hosts.
-/// (A trunk sharing a node's IP is a test of its own, below.)
+/// Where TCP trunks connect from: another host than the nodes, as in
+/// production. (A trunk sharing a node's IP is a test of its own, below.)
 fn trunk_ip() -> IpAddr {
     "127.0.0.2".parse().unwrap()
 }
@@ -304,7 +302,6 @@ async fn tcp_trunk_to_udp_nodes_full_call() {
 /// still the trunk: its INVITE goes to the pool once, with one Via of ours
 /// and our two Record-Routes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: a TCP request from a node's IP on any port is taken for that node (Dispatcher::find_ip in Proxy::on_request), so the trunk's INVITE is relayed as node egress to its Request-URI, the proxy itself"]
 async fn tcp_trunk_sharing_a_nodes_ip_is_still_the_trunk() {
     let h = Harness::start(tcp_opts()).await;
     let ip = h.addr.ip();
@@ -912,7 +909,6 @@ async fn requests_over_tcp_are_not_retransmitted() {
 /// (::1 is the only IPv6 loopback address, so the trunk shares the nodes'
 /// IP here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: on ::1 the TCP trunk shares the nodes' IP and is taken for node 0 (Dispatcher::find_ip in Proxy::on_request), and our IPv6 Route values are not recognised; see tcp_trunk_sharing_a_nodes_ip_is_still_the_trunk and ipv6_in_dialog_requests_consume_our_routes"]
 async fn ipv6_tcp_trunk_call_on_loopback() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
         eprintln!("no IPv6 loopback here: skipped");
@@ -1026,7 +1022,6 @@ async fn ipv6_udp_trunk_to_tcp_node_on_loopback() {
 /// in both directions, and the node's BYE reaches the trunk over UDP as
 /// our second Route says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: our Record-Route's hint node=[::1]:PORT does not parse (src/sip/scan.rs Params::next ends a '['-value at ']'), so Proxy::our_routes never recognises our Route values on IPv6: they are not consumed"]
 async fn ipv6_in_dialog_requests_consume_our_routes() {
     let Some((h, mut call, mut fs)) = ipv6_tcp_node_call().await else {
         return;
@@ -1156,7 +1151,6 @@ async fn a_closed_node_connection_is_reopened_for_the_next_request() {
 /// and the trunk's Via sent-by port (RFC 3261 §18.2.2), where the trunk
 /// listens, not to the closed connection's ephemeral port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: relayed responses over TCP go to received:rport (upstream_target in src/proxy/mod.rs), the closed connection's ephemeral port, instead of the Via sent-by port (RFC 3261 §18.2.2); the 200 is lost"]
 async fn answer_after_the_trunks_connection_closed_goes_to_its_sent_by_port() {
     let h = Harness::start(tcp_opts()).await;
     let listening = std::net::TcpListener::bind((trunk_ip(), 0)).expect("bind the trunk");
@@ -1241,7 +1235,6 @@ async fn node_originated_call_over_the_nodes_own_tcp_connection() {
 /// TCP connection; the call is node 1's, and the trunk's BYE reaches
 /// node 1, not node 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: a node's own TCP connection is matched by IP only (Dispatcher::find_ip in Proxy::on_request): node 1's call is pinned to node 0, which gets the trunk's BYE"]
 async fn node_originated_call_from_the_second_node_on_one_host_stays_with_it() {
     let h = Harness::start(Options {
         node_kinds: vec![NodeKind::Tcp, NodeKind::Tcp],

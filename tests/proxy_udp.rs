@@ -1042,6 +1042,22 @@ async fn node_originated_call_goes_out_and_its_dialog_comes_back() {
     h.nodes[1].expect_nothing(Duration::ZERO).await;
 }
 
+/// A node's new request whose Request-URI is sipedge itself has nowhere to
+/// go: 404, not a relay to our own address (a loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_originated_request_to_the_proxy_itself_gets_404() {
+    let h = Harness::start(Options::default()).await;
+    let node = &h.nodes[0];
+    let mut out = Dialog::uac(node, &format!("sip:+15551239999@{}", h.addr));
+    node.send(out.invite(SDP_AUDIO), h.addr).await;
+    let got = node
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    assert_eq!(got.last().unwrap().status(), Some(404));
+    h.trunk.expect_nothing(QUIET).await;
+    h.nodes[1].expect_nothing(QUIET).await;
+}
+
 /// Every `listen.udp` socket is served, not just the first: a call that
 /// comes in on the second socket reaches a node and is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

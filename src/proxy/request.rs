@@ -275,7 +275,9 @@ impl Proxy {
         let Some(uri) = msg.request_uri().ok() else {
             return;
         };
-        let Some(addr) = uri_addr(&uri) else {
+        // A Request-URI naming sipedge itself has nowhere further to go:
+        // relaying it to our own address would only loop.
+        let Some(addr) = uri_addr(&uri).filter(|_| !self.is_me(&uri)) else {
             return self.reply(msg, src, 404, b"Not Found");
         };
         let to = Peer::new(addr, uri_transport(&uri));

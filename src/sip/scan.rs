@@ -281,8 +281,17 @@ impl<'a> Iterator for Params<'a> {
                     Some(j) => i = j,
                     None => return fail(self),
                 },
+                // An IPv6 reference, maybe followed by more (a URI
+                // parameter may hold `[::1]:5060`: `[`, `]` and `:` are
+                // param-unreserved, RFC 3261 §25.1).
                 Some(b'[') => match memchr::memchr(b']', &s[i..]) {
-                    Some(j) => i += j + 1,
+                    Some(j) => {
+                        i += j + 1;
+                        i += s[i..]
+                            .iter()
+                            .position(|&b| !is_pvalue(b))
+                            .unwrap_or(s.len() - i);
+                    }
                     None => return fail(self),
                 },
                 _ => {
@@ -322,6 +331,20 @@ mod tests {
         );
         let v: Vec<_> = CommaValues::new(b"a,,b").collect();
         assert_eq!(v, vec![&b"a"[..], &b""[..], &b"b"[..]]);
+    }
+
+    #[test]
+    fn an_ipv6_reference_with_a_port_is_one_value() {
+        let p = Params::new(b";lr;node=[::1]:5080;x=1");
+        let v: Vec<_> = p.map(Result::unwrap).map(|p| (p.name, p.value)).collect();
+        assert_eq!(
+            v,
+            vec![
+                (&b"lr"[..], None),
+                (&b"node"[..], Some(&b"[::1]:5080"[..])),
+                (&b"x"[..], Some(&b"1"[..])),
+            ]
+        );
     }
 
     #[test]
