@@ -389,16 +389,16 @@ impl Proxy {
                     .and_then(|(pool, node)| RecordRoute::for_node(pool, node, src.transport, t))
             };
             let t = f.to.transport;
-            let len = match self.forward_edit(ed, msg, src.addr, &branch, t, rr(t), f.pop_routes) {
-                Ok(out) => out.len(),
+            match self.forward_edit(ed, msg, src.addr, &branch, t, rr(t), f.pop_routes) {
+                Ok(out) if !(f.tcp_fallback && self.over_mtu(out.len(), t)) => {
+                    return self.send_forwarded(msg, out, branch, src, &f)
+                }
+                Ok(_) => {}
                 Err(err) => return self.reject(msg, src, err),
-            };
-            if f.tcp_fallback && self.over_mtu(len, t) {
-                // RFC 3261 §18.1.1: too large for UDP, and the node takes
-                // TCP.
-                f.to.transport = Transport::Tcp;
             }
-            let t = f.to.transport;
+            // RFC 3261 §18.1.1: too large for UDP, and the node takes TCP.
+            f.to.transport = Transport::Tcp;
+            let t = Transport::Tcp;
             match self.forward_edit(ed, msg, src.addr, &branch, t, rr(t), f.pop_routes) {
                 Ok(out) => self.send_forwarded(msg, out, branch, src, &f),
                 Err(err) => self.reject(msg, src, err),
