@@ -40,7 +40,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use sipedge::sip::{Message, Rport};
-use support::{Harness, Options, Peer, Received, QUIET, WAIT};
+use support::{Harness, Inbox, Options, Peer, Received, QUIET, WAIT};
 use tokio::time::Instant;
 
 /// Messages the proxy currently mishandles, with what goes wrong. Their

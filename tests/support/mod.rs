@@ -483,7 +483,7 @@ impl Peer {
     }
 
     /// The next message, or `None` after `wait`.
-    pub async fn recv_within(&self, wait: Duration) -> Option<Received> {
+    async fn next_within(&self, wait: Duration) -> Option<Received> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut buf = vec![0u8; 65_535];
         loop {
@@ -503,27 +503,6 @@ impl Peer {
         }
     }
 
-    /// The next message; panics after [`WAIT`].
-    pub async fn recv(&self) -> Received {
-        match self.recv_within(WAIT).await {
-            Some(r) => r,
-            None => panic!("{} received nothing within {WAIT:?}", self.name),
-        }
-    }
-
-    /// The next message, which must be a `method` request.
-    pub async fn recv_request(&self, method: &str) -> Received {
-        let r = self.recv().await;
-        assert_eq!(
-            r.method().as_deref(),
-            Some(method),
-            "{} expected a {method} request, got:\n{}",
-            self.name,
-            r.text()
-        );
-        r
-    }
-
     /// Skips other messages until a `method` request arrives; panics after
     /// `within`.
     pub async fn recv_until_request(&self, method: &str, within: Duration) -> Received {
@@ -537,15 +516,55 @@ impl Peer {
             }
         }
     }
+}
+
+/// Receiving, the same for the UDP and the TCP fakes: the next message or
+/// one of a kind, bounded by [`WAIT`].
+#[allow(async_fn_in_trait)]
+pub trait Inbox {
+    fn name(&self) -> &str;
+
+    /// The next message within `wait`, or `None`.
+    async fn recv_within(&self, wait: Duration) -> Option<Received>;
+
+    /// Said in a "received nothing" panic (e.g. connections closed).
+    fn state(&self) -> String {
+        String::new()
+    }
+
+    /// The next message; panics after [`WAIT`].
+    async fn recv(&self) -> Received {
+        match self.recv_within(WAIT).await {
+            Some(r) => r,
+            None => panic!(
+                "{} received nothing within {WAIT:?}{}",
+                self.name(),
+                self.state()
+            ),
+        }
+    }
+
+    /// The next message, which must be a `method` request.
+    async fn recv_request(&self, method: &str) -> Received {
+        let r = self.recv().await;
+        assert_eq!(
+            r.method().as_deref(),
+            Some(method),
+            "{} expected a {method} request, got:\n{}",
+            self.name(),
+            r.text()
+        );
+        r
+    }
 
     /// The next message, which must be a `code` response.
-    pub async fn recv_response(&self, code: u16) -> Received {
+    async fn recv_response(&self, code: u16) -> Received {
         let r = self.recv().await;
         assert_eq!(
             r.status(),
             Some(code),
             "{} expected a {code} response, got:\n{}",
-            self.name,
+            self.name(),
             r.text()
         );
         r
@@ -553,7 +572,7 @@ impl Peer {
 
     /// Receives until a message satisfies `done`; returns everything
     /// received, the matching message last. Panics after [`WAIT`].
-    pub async fn recv_until(&self, mut done: impl FnMut(&Received) -> bool) -> Vec<Received> {
+    async fn recv_until(&self, mut done: impl FnMut(&Received) -> bool) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut got = Vec::new();
         loop {
@@ -562,7 +581,7 @@ impl Peer {
                 let seen: Vec<String> = got.iter().map(Received::first_line).collect();
                 panic!(
                     "{}: the expected message did not arrive within {WAIT:?}; got {seen:?}",
-                    self.name
+                    self.name()
                 );
             };
             let stop = done(&r);
@@ -574,10 +593,34 @@ impl Peer {
     }
 
     /// Nothing may arrive within `wait`.
-    pub async fn expect_nothing(&self, wait: Duration) {
+    async fn expect_nothing(&self, wait: Duration) {
         if let Some(r) = self.recv_within(wait).await {
-            panic!("{} expected nothing, got:\n{}", self.name, r.text());
+            panic!("{} expected nothing, got:\n{}", self.name(), r.text());
         }
+    }
+}
+
+impl Inbox for Peer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn recv_within(&self, wait: Duration) -> Option<Received> {
+        self.next_within(wait).await
+    }
+}
+
+impl Inbox for TcpPeer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn recv_within(&self, wait: Duration) -> Option<Received> {
+        self.next_within(wait).await
+    }
+
+    fn state(&self) -> String {
+        format!(" (connections closed: {:?})", self.closed.lock().unwrap())
     }
 }
 
@@ -783,7 +826,7 @@ impl TcpPeer {
 
     /// The next message, or `None` after `wait`. Pongs and closes are
     /// noted on the way.
-    pub async fn recv_within(&self, wait: Duration) -> Option<Received> {
+    async fn next_within(&self, wait: Duration) -> Option<Received> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match self.next_event(deadline).await? {
@@ -801,73 +844,6 @@ impl TcpPeer {
                 TcpEvent::Closed(conn) => self.closed.lock().unwrap().push(conn),
                 TcpEvent::Bad(conn, e) => panic!("{} connection {conn}: {e}", self.name),
             }
-        }
-    }
-
-    /// The next message; panics after [`WAIT`].
-    pub async fn recv(&self) -> Received {
-        match self.recv_within(WAIT).await {
-            Some(r) => r,
-            None => panic!(
-                "{} received nothing within {WAIT:?} (connections closed: {:?})",
-                self.name,
-                self.closed.lock().unwrap()
-            ),
-        }
-    }
-
-    /// The next message, which must be a `method` request.
-    pub async fn recv_request(&self, method: &str) -> Received {
-        let r = self.recv().await;
-        assert_eq!(
-            r.method().as_deref(),
-            Some(method),
-            "{} expected a {method} request, got:\n{}",
-            self.name,
-            r.text()
-        );
-        r
-    }
-
-    /// The next message, which must be a `code` response.
-    pub async fn recv_response(&self, code: u16) -> Received {
-        let r = self.recv().await;
-        assert_eq!(
-            r.status(),
-            Some(code),
-            "{} expected a {code} response, got:\n{}",
-            self.name,
-            r.text()
-        );
-        r
-    }
-
-    /// Receives until a message satisfies `done`; returns everything
-    /// received, the matching message last. Panics after [`WAIT`].
-    pub async fn recv_until(&self, mut done: impl FnMut(&Received) -> bool) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut got = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(r) = self.recv_within(left).await else {
-                let seen: Vec<String> = got.iter().map(Received::first_line).collect();
-                panic!(
-                    "{}: the expected message did not arrive within {WAIT:?}; got {seen:?}",
-                    self.name
-                );
-            };
-            let stop = done(&r);
-            got.push(r);
-            if stop {
-                return got;
-            }
-        }
-    }
-
-    /// Nothing may arrive within `wait`.
-    pub async fn expect_nothing(&self, wait: Duration) {
-        if let Some(r) = self.recv_within(wait).await {
-            panic!("{} expected nothing, got:\n{}", self.name, r.text());
         }
     }
 
