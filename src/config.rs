@@ -56,6 +56,20 @@ pub struct Config {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub tcp: Tcp,
+    #[serde(default)]
+    pub dns: Dns,
+}
+
+/// `[dns]`: resolving host names in the Request-URIs and Routes of
+/// requests the nodes send out (RFC 3263 as Kamailio does it by default:
+/// SRV, then A/AAAA; no NAPTR).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Name servers, "address:port"; empty (the default) reads the
+    /// system's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
 }
 
 /// `[tcp]`: SIP over TCP connections (listeners in `[listen] tcp`).
