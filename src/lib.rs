@@ -33,6 +33,7 @@ pub mod admin;
 pub mod config;
 pub mod dialog;
 pub mod dispatcher;
+pub mod dns;
 pub mod metrics;
 pub mod proxy;
 pub mod sip;

@@ -361,6 +361,8 @@ label_enum! {
         BadExtension => "bad_extension",
         /// An in-dialog INVITE (re-INVITE) for a dialog nobody knows (481).
         UnknownDialog => "unknown_dialog",
+        /// The host name a node's request goes to did not resolve (478).
+        Unresolvable => "unresolvable",
         /// A node's INVITE whose Request-URI names no reachable target
         /// (404).
         NoRoute => "no_route",

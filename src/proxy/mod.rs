@@ -125,6 +125,8 @@ pub struct Proxy {
     adv_tcp_port: u16,
     /// SIP over TCP: listeners, connections to nodes and trunks.
     tcp: TcpTransport,
+    /// Host names in the requests the nodes send out.
+    dns: crate::dns::Dns,
     /// The TCP listeners' addresses.
     tcp_addrs: Vec<SocketAddr>,
     /// For the tasks a TCP send spawns (connect, then send).
@@ -239,6 +241,7 @@ impl Proxy {
             adv_tcp_port,
             tcp_addrs,
             tcp,
+            dns: crate::dns::Dns::new(&cfg.dns.servers),
             me: me.clone(),
             rt: tokio::runtime::Handle::current(),
             pool: arc_swap::ArcSwap::from_pointee(pool),

@@ -95,6 +95,51 @@ impl<'p> RecordRoute<'p> {
     }
 }
 
+/// The next hop a URI names: an address, or a host name to resolve.
+pub(super) enum Hop {
+    Addr(Peer),
+    Name(crate::dns::Target),
+}
+
+/// The next hop of a SIP URI: its IP literal (5060 by default), or its
+/// host name with the port it gives, over its `;transport=`.
+pub(super) fn uri_hop(uri: &Uri<'_>) -> Option<Hop> {
+    let transport = uri_transport(uri);
+    match uri.host? {
+        crate::sip::Host::Name(name) => Some(Hop::Name(crate::dns::Target {
+            host: std::str::from_utf8(name).ok()?.to_ascii_lowercase().into(),
+            port: uri.port,
+            transport,
+        })),
+        h => {
+            let addr = SocketAddr::new(h.ip()?, uri.port.unwrap_or(5060));
+            Some(Hop::Addr(Peer::new(addr, transport)))
+        }
+    }
+}
+
+/// How a request goes on once its next hop is known (after a DNS lookup,
+/// maybe, on another task).
+#[derive(Clone, Copy)]
+pub(super) struct Onward {
+    /// Record-Route with this node's hint (an initial request from it).
+    pub node: Option<usize>,
+    pub pop_routes: usize,
+    pub repin: Option<SocketAddr>,
+}
+
+impl Onward {
+    fn forward(self, pool: &Pool, to: Peer) -> Forward<'_> {
+        Forward {
+            to,
+            record_route: self.node.map(|n| (pool, n)),
+            pop_routes: self.pop_routes,
+            repin: self.repin,
+            tcp_fallback: false,
+        }
+    }
+}
+
 /// Our own Route values at the top of a request: how many (at most two,
 /// after a double Record-Route), the node hint of the first, and the
 /// transport the last one names (the side to send on).
@@ -277,25 +322,63 @@ impl Proxy {
         };
         // A Request-URI naming sipedge itself has nowhere further to go:
         // relaying it to our own address would only loop.
-        let Some(addr) = uri_addr(&uri).filter(|_| !self.is_me(&uri)) else {
+        let hop = uri_hop(&uri).filter(|_| !self.is_me(&uri));
+        let Some(hop) = hop else {
             return self.reply(msg, src, 404, b"Not Found");
         };
-        let to = Peer::new(addr, uri_transport(&uri));
         let node_addr = pool.addr(node);
         if msg.method() == Some(Method::Invite) {
             self.pin(msg.call_id().unwrap_or_default(), node_addr);
         }
-        self.forward(
-            msg,
-            src,
-            Forward {
-                to,
-                record_route: Some((pool, node)),
-                pop_routes: self.our_routes(msg).count,
-                repin: None,
-                tcp_fallback: false,
-            },
-        );
+        let plan = Onward {
+            node: Some(node),
+            pop_routes: self.our_routes(msg).count,
+            repin: None,
+        };
+        self.forward_to_hop(pool, msg, src, hop, plan);
+    }
+
+    /// Forwards to `hop`; a host name is resolved first (RFC 3263), on
+    /// the runtime when its answer is not cached, so the receive path
+    /// never waits on DNS. An unresolvable name gets 478, as Kamailio
+    /// answers.
+    fn forward_to_hop(
+        self: &Arc<Self>,
+        pool: &Pool,
+        msg: &Message<'_>,
+        src: Peer,
+        hop: Hop,
+        plan: Onward,
+    ) {
+        let target = match hop {
+            Hop::Addr(to) => return self.forward(msg, src, plan.forward(pool, to)),
+            Hop::Name(t) => t,
+        };
+        if let Some(addr) = self.dns.cached(&target) {
+            let to = Peer::new(addr, target.transport);
+            return self.forward(msg, src, plan.forward(pool, to));
+        }
+        let (me, pool) = (self.clone(), self.pool());
+        let raw = bytes::Bytes::copy_from_slice(msg.as_bytes());
+        self.rt.spawn(async move {
+            let resolved = me.dns.resolve(&target).await;
+            let Ok(msg) = Message::parse(&raw) else {
+                return;
+            };
+            match resolved {
+                Ok(addr) => {
+                    let to = Peer::new(addr, target.transport);
+                    me.forward(&msg, src, plan.forward(&pool, to));
+                }
+                Err(e) => {
+                    tracing::info!("{}: {e}", target.host);
+                    if msg.method() != Some(Method::Ack) {
+                        me.rejected(&msg, RejectReason::Unresolvable);
+                        me.reply(&msg, src, 478, b"Unresolvable destination");
+                    }
+                }
+            }
+        });
     }
 
     fn in_dialog(
@@ -335,24 +418,38 @@ impl Proxy {
                     .and_then(|v| crate::sip::NameAddr::parse(v).ok())
                     .and_then(|a| Uri::parse(a.uri).ok());
                 let target = next.or_else(|| msg.request_uri().ok());
-                target.as_ref().and_then(|u| {
-                    let t = ours.transport.unwrap_or_else(|| uri_transport(u));
-                    Some((Peer::new(uri_addr(u)?, t), false))
-                })
+                let hop = target.as_ref().and_then(|u| {
+                    let hop = uri_hop(u)?;
+                    Some(match (hop, ours.transport) {
+                        (Hop::Addr(a), Some(t)) => Hop::Addr(Peer::new(a.addr, t)),
+                        (Hop::Name(mut n), Some(t)) => {
+                            n.transport = t;
+                            Hop::Name(n)
+                        }
+                        (hop, None) => hop,
+                    })
+                });
+                // A node other than the pinned one speaking for the call is
+                // taking it over (sofia recover): its 2xx re-pins the call.
+                let repin = from_node
+                    .map(|n| pool.addr(n))
+                    .filter(|a| self.dialogs.get(call_id).is_some_and(|p| p != *a));
+                return match hop {
+                    Some(hop) => {
+                        let plan = Onward {
+                            node: None,
+                            pop_routes: ours.count,
+                            repin,
+                        };
+                        self.forward_to_hop(pool, msg, src, hop, plan)
+                    }
+                    None => self.unknown_dialog(msg, src),
+                };
             }
         };
         let Some((to, tcp_fallback)) = to else {
-            if msg.method() != Some(Method::Ack) {
-                self.rejected(msg, RejectReason::UnknownDialog);
-                self.reply(msg, src, 481, b"Call/Transaction Does Not Exist");
-            }
-            return;
+            return self.unknown_dialog(msg, src);
         };
-        // A node other than the pinned one speaking for the call is taking
-        // it over (sofia recover): its 2xx re-pins the call.
-        let repin = from_node
-            .map(|n| pool.addr(n))
-            .filter(|a| self.dialogs.get(call_id).is_some_and(|p| p != *a));
         self.forward(
             msg,
             src,
@@ -360,10 +457,18 @@ impl Proxy {
                 to,
                 record_route: None,
                 pop_routes: ours.count,
-                repin,
+                repin: None,
                 tcp_fallback,
             },
         );
+    }
+
+    /// An in-dialog request with nowhere to go: 481 (an ACK is dropped).
+    fn unknown_dialog(&self, msg: &Message<'_>, src: Peer) {
+        if msg.method() != Some(Method::Ack) {
+            self.rejected(msg, RejectReason::UnknownDialog);
+            self.reply(msg, src, 481, b"Call/Transaction Does Not Exist");
+        }
     }
 
     /// Forwards statefully (responses relayed through a transaction; ACK
