@@ -23,6 +23,9 @@ use crate::transport::Transport;
 /// Answers are kept at most this long, whatever their TTL says.
 const MAX_CACHE: Duration = Duration::from_secs(300);
 
+/// One query's wait for its answer, per name server.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Why a name did not resolve.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -62,17 +65,27 @@ impl Dns {
     /// empty. A system without a usable resolver configuration still
     /// starts: every lookup then fails (and is answered 478).
     pub fn new(servers: &[SocketAddr]) -> Dns {
-        let resolver = if servers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map(|b| b.build())
-                .map_err(|e| e.to_string())
+        let builder = if servers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| e.to_string())
         } else {
             let mut cfg = ResolverConfig::new();
             for s in servers {
                 cfg.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
             }
-            Ok(TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default()).build())
+            Ok(TokioResolver::builder_with_config(
+                cfg,
+                TokioConnectionProvider::default(),
+            ))
         };
+        let resolver = builder.map(|mut b| {
+            // A call waits on this: give up within seconds (the caller's
+            // INVITE is retransmitted meanwhile), not the resolver's 5 s
+            // times its attempts per server.
+            let opts = b.options_mut();
+            opts.timeout = LOOKUP_TIMEOUT;
+            opts.attempts = 1;
+            b.build()
+        });
         if let Err(e) = &resolver {
             tracing::warn!("no DNS resolver, host names will not resolve: {e}");
         }
