@@ -14,12 +14,17 @@
 //!   buffer, and builders for local responses and OPTIONS probes.
 //! - [`config`]: the TOML configuration (`proxy.toml.example`), its
 //!   validation and the errors that name file, key and reason.
-//! - [`transport`]: UDP sockets set up for a busy SIP edge.
-//! - [`transaction`]: client transactions, keyed by the branch we add.
+//! - [`transport`]: UDP sockets set up for a busy SIP edge, SIP over TCP,
+//!   and the [`transport::Peer`] every message carries.
+//! - [`dns`]: RFC 3263 location of host names in the nodes' outgoing
+//!   requests (SRV, A/AAAA), cached.
+//! - [`transaction`]: client transactions, keyed by the branch we add, and
+//!   the one timer schedule.
 //! - [`dispatcher`]: the node pool and the selection algorithms.
 //! - [`dialog`]: the Call-ID -> node table and its expiry task.
-//! - [`proxy`]: the stateful proxy: request and response paths, the INVITE
-//!   task with failover, errors to SIP answers.
+//! - [`proxy`]: the stateful proxy: the receive threads, request and
+//!   response paths, the new INVITE's state machine with failover, errors
+//!   to SIP answers.
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.
