@@ -40,19 +40,6 @@ async fn start() -> (FakeDns, Harness) {
     (dns, h)
 }
 
-/// The proxy's Via on top (as for an IP literal destination).
-fn assert_our_via(msg: &Received, proxy: SocketAddr) {
-    let m = msg.msg();
-    let via = m.top_via().expect("a top Via");
-    assert_eq!(via.host_raw, b"127.0.0.1", "top Via host:\n{}", msg.text());
-    assert_eq!(
-        via.port,
-        Some(proxy.port()),
-        "top Via port:\n{}",
-        msg.text()
-    );
-}
-
 /// The node's INVITE as relayed to the trunk, checked as for an IP
 /// literal: from the proxy's socket, Request-URI untouched, our Via above
 /// the node's, one Record-Route with the node hint.

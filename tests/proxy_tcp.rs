@@ -32,28 +32,6 @@ fn tcp_opts() -> Options {
     }
 }
 
-/// The top Via is ours, over `transport`, at the advertised port.
-fn assert_our_via(msg: &Received, proxy: SocketAddr, transport: &str) {
-    let m = msg.msg();
-    let via = m.top_via().expect("a top Via");
-    assert!(
-        via.transport.eq_ignore_ascii_case(transport.as_bytes()),
-        "top Via should be SIP/2.0/{transport}:\n{}",
-        msg.text()
-    );
-    assert_eq!(via.host.ip(), Some(proxy.ip()), "top Via:\n{}", msg.text());
-    assert_eq!(via.port, Some(proxy.port()), "top Via:\n{}", msg.text());
-    let b = via.branch().expect("our Via has a branch");
-    assert!(b.starts_with(b"z9hG4bK"), "{}", msg.text());
-}
-
-/// Responses relayed to the trunk carry only its own Via.
-fn assert_only_via(msg: &Received, branch: &str) {
-    let vias = msg.vias();
-    assert_eq!(vias.len(), 1, "our Via was not removed:\n{}", msg.text());
-    assert_eq!(msg.branch(), branch, "wrong Via left:\n{}", msg.text());
-}
-
 /// `value` is our Record-Route for `node` over `transport` (`None`: the
 /// UDP one, with no transport parameter). Read by hand, not with the
 /// crate's parser: the test must not share a bug with the proxy.
@@ -181,7 +159,7 @@ async fn tcp_trunk_to_udp_nodes_full_call() {
     let node = &h.nodes[0];
     let inv = node.recv_request("INVITE").await;
     assert_eq!(inv.from, h.addr, "sent from the proxy's UDP socket");
-    assert_our_via(&inv, h.addr, "UDP");
+    assert_our_via_over(&inv, h.addr, "UDP");
     let vias = inv.vias();
     assert_eq!(vias.len(), 2, "{}", inv.text());
     let trunk_via = Via::parse(vias[1].as_bytes()).expect("the trunk's Via");
@@ -214,7 +192,7 @@ async fn tcp_trunk_to_udp_nodes_full_call() {
     trunk.send(ack).await;
     let ack = node.recv_request("ACK").await;
     assert_eq!(ack.request_uri(), fs.local_contact);
-    assert_our_via(&ack, h.addr, "UDP");
+    assert_our_via_over(&ack, h.addr, "UDP");
     no_route(&ack);
 
     // The trunk's T.38 re-INVITE reaches the same node over UDP.
@@ -224,7 +202,7 @@ async fn tcp_trunk_to_udp_nodes_full_call() {
     let reinv = node.recv_request("INVITE").await;
     assert_eq!(reinv.cseq(), (2, "INVITE".to_owned()));
     assert_eq!(reinv.body(), SDP_T38.as_bytes());
-    assert_our_via(&reinv, h.addr, "UDP");
+    assert_our_via_over(&reinv, h.addr, "UDP");
     no_route(&reinv);
     node.send(fs.answer(&reinv, 200, "OK", Some(SDP_T38)), reinv.from)
         .await;
@@ -247,7 +225,7 @@ async fn tcp_trunk_to_udp_nodes_full_call() {
     node.send(reinvite, h.addr).await;
     let reinv = trunk.recv_request("INVITE").await;
     assert_eq!(reinv.request_uri(), call.local_contact);
-    assert_our_via(&reinv, h.addr, "TCP");
+    assert_our_via_over(&reinv, h.addr, "TCP");
     assert_eq!(reinv.vias().len(), 2, "{}", reinv.text());
     no_route(&reinv);
     assert_eq!(reinv.body(), SDP_NODE.as_bytes());
@@ -268,7 +246,7 @@ async fn tcp_trunk_to_udp_nodes_full_call() {
     let (bye, bye_branch) = call.request("BYE", None);
     trunk.send(bye).await;
     let bye = node.recv_request("BYE").await;
-    assert_our_via(&bye, h.addr, "UDP");
+    assert_our_via_over(&bye, h.addr, "UDP");
     no_route(&bye);
     node.send(fs.answer(&bye, 200, "OK", None), bye.from).await;
     let ok = trunk.recv_response(200).await;
@@ -284,7 +262,7 @@ async fn tcp_trunk_to_udp_nodes_full_call() {
     node.send(bye, h.addr).await;
     let bye = trunk.recv_request("BYE").await;
     assert_eq!(bye.call_id(), call2.call_id);
-    assert_our_via(&bye, h.addr, "TCP");
+    assert_our_via_over(&bye, h.addr, "TCP");
     no_route(&bye);
     trunk.send(call2.answer(&bye, 200, "OK", None)).await;
     let ok = node.recv_response(200).await;
@@ -339,7 +317,7 @@ async fn udp_trunk_to_tcp_node_calls_with_reinvites_and_byes() {
     h.trunk.recv_response(100).await;
 
     let inv = node.recv_request("INVITE").await;
-    assert_our_via(&inv, h.addr, "TCP");
+    assert_our_via_over(&inv, h.addr, "TCP");
     assert_eq!(inv.vias().len(), 2, "{}", inv.text());
     let rr = inv.values(HeaderName::RecordRoute);
     assert_eq!(rr.len(), 2, "a double Record-Route:\n{}", inv.text());
@@ -359,7 +337,7 @@ async fn udp_trunk_to_tcp_node_calls_with_reinvites_and_byes() {
     let (ack, _) = call.request("ACK", None);
     h.trunk.send(ack, h.addr).await;
     let ack = node.recv_request("ACK").await;
-    assert_our_via(&ack, h.addr, "TCP");
+    assert_our_via_over(&ack, h.addr, "TCP");
     no_route(&ack);
 
     // The trunk's re-INVITE: over TCP to the node.
@@ -367,7 +345,7 @@ async fn udp_trunk_to_tcp_node_calls_with_reinvites_and_byes() {
         call.request("INVITE", Some(("application/sdp", SDP_T38.as_bytes())));
     h.trunk.send(reinvite, h.addr).await;
     let reinv = node.recv_request("INVITE").await;
-    assert_our_via(&reinv, h.addr, "TCP");
+    assert_our_via_over(&reinv, h.addr, "TCP");
     no_route(&reinv);
     assert_eq!(reinv.body(), SDP_T38.as_bytes());
     node.send(fs.answer(&reinv, 200, "OK", Some(SDP_T38))).await;
@@ -384,7 +362,7 @@ async fn udp_trunk_to_tcp_node_calls_with_reinvites_and_byes() {
     let reinv = h.trunk.recv_request("INVITE").await;
     assert_eq!(reinv.from, h.addr);
     assert_eq!(reinv.request_uri(), call.local_contact);
-    assert_our_via(&reinv, h.addr, "UDP");
+    assert_our_via_over(&reinv, h.addr, "UDP");
     no_route(&reinv);
     h.trunk
         .send(call.answer(&reinv, 200, "OK", Some(SDP_AUDIO)), h.addr)
@@ -403,7 +381,7 @@ async fn udp_trunk_to_tcp_node_calls_with_reinvites_and_byes() {
     let (bye, bye_branch) = call.request("BYE", None);
     h.trunk.send(bye, h.addr).await;
     let bye = node.recv_request("BYE").await;
-    assert_our_via(&bye, h.addr, "TCP");
+    assert_our_via_over(&bye, h.addr, "TCP");
     node.send(fs.answer(&bye, 200, "OK", None)).await;
     let ok = h.trunk.recv_response(200).await;
     assert_only_via(&ok, &bye_branch);
@@ -424,7 +402,7 @@ async fn udp_trunk_to_tcp_node_calls_with_reinvites_and_byes() {
     node.send(bye).await;
     let bye = h.trunk.recv_request("BYE").await;
     assert_eq!(bye.call_id(), call2.call_id);
-    assert_our_via(&bye, h.addr, "UDP");
+    assert_our_via_over(&bye, h.addr, "UDP");
     no_route(&bye);
     h.trunk
         .send(call2.answer(&bye, 200, "OK", None), h.addr)
@@ -654,7 +632,7 @@ async fn reinvite_over_udp_mtu_goes_to_a_tcp_capable_node_over_tcp() {
     h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
     let inv = udp.recv_request("INVITE").await;
     assert!(inv.data.len() <= MTU, "{} bytes", inv.data.len());
-    assert_our_via(&inv, h.addr, "UDP");
+    assert_our_via_over(&inv, h.addr, "UDP");
     let rr = inv.values(HeaderName::RecordRoute);
     assert_eq!(rr.len(), 1, "one transport, one Record-Route");
     let fs = Dialog::uas(udp, &inv, &unique("fs-"));
@@ -672,7 +650,7 @@ async fn reinvite_over_udp_mtu_goes_to_a_tcp_capable_node_over_tcp() {
     h.trunk.send(reinvite, h.addr).await;
     let reinv = tcp.recv_request("INVITE").await;
     assert!(reinv.data.len() > MTU);
-    assert_our_via(&reinv, h.addr, "TCP");
+    assert_our_via_over(&reinv, h.addr, "TCP");
     assert_eq!(reinv.body(), sdp.as_bytes());
     assert_eq!(reinv.call_id(), call.call_id);
     no_route(&reinv);
@@ -706,7 +684,7 @@ async fn initial_invite_over_udp_mtu_goes_to_a_tcp_capable_node_over_tcp() {
     let mut call = h.trunk_call();
     h.trunk.send(call.invite(&sdp), h.addr).await;
     let inv = tcp.recv_request("INVITE").await;
-    assert_our_via(&inv, h.addr, "TCP");
+    assert_our_via_over(&inv, h.addr, "TCP");
     let rr = inv.values(HeaderName::RecordRoute);
     assert_eq!(rr.len(), 2, "{}", inv.text());
     assert_our_rr(&rr[0], h.addr, Some("tcp"), tcp.addr);
@@ -816,7 +794,7 @@ async fn refused_tcp_connect_fails_over_to_the_next_node() {
         started.elapsed()
     );
     assert_eq!(inv.call_id(), call.call_id);
-    assert_our_via(&inv, h.addr, "UDP");
+    assert_our_via_over(&inv, h.addr, "UDP");
     assert_eq!(
         inv.values(HeaderName::RecordRoute).len(),
         1,
@@ -1008,11 +986,11 @@ async fn ipv6_udp_trunk_to_tcp_node_on_loopback() {
     let (ack, _) = call.request("ACK", None);
     h.trunk.send(ack, h.addr).await;
     let ack = node.recv_request("ACK").await;
-    assert_our_via(&ack, h.addr, "TCP");
+    assert_our_via_over(&ack, h.addr, "TCP");
     let (bye, bye_branch) = call.request("BYE", None);
     h.trunk.send(bye, h.addr).await;
     let bye = node.recv_request("BYE").await;
-    assert_our_via(&bye, h.addr, "TCP");
+    assert_our_via_over(&bye, h.addr, "TCP");
     node.send(fs.answer(&bye, 200, "OK", None)).await;
     assert_only_via(&h.trunk.recv_response(200).await, &bye_branch);
     h.nodes[0].expect_nothing(Duration::ZERO).await;
@@ -1068,7 +1046,7 @@ async fn ack_and_cancel_to_a_tcp_node_go_over_tcp() {
         .await;
     let ack = node.recv_request("ACK").await;
     assert_eq!(ack.branch(), inv.branch());
-    assert_our_via(&ack, h.addr, "TCP");
+    assert_our_via_over(&ack, h.addr, "TCP");
     assert_eq!(ack.to_tag().as_deref(), Some(tag.as_str()));
     let inv1 = h.nodes[1].recv_request("INVITE").await;
     assert_eq!(inv1.call_id(), call.call_id);
@@ -1099,13 +1077,13 @@ async fn ack_and_cancel_to_a_tcp_node_go_over_tcp() {
     h.trunk.send(call2.cancel(), h.addr).await;
     let cancel = node.recv_request("CANCEL").await;
     assert_eq!(cancel.branch(), inv.branch());
-    assert_our_via(&cancel, h.addr, "TCP");
+    assert_our_via_over(&cancel, h.addr, "TCP");
     node.send(reply(&cancel, 200, "OK", Some(&tag))).await;
     node.send(reply(&inv, 487, "Request Terminated", Some(&tag)))
         .await;
     let ack = node.recv_request("ACK").await;
     assert_eq!(ack.branch(), inv.branch());
-    assert_our_via(&ack, h.addr, "TCP");
+    assert_our_via_over(&ack, h.addr, "TCP");
     let got = h.trunk.recv_until(|r| r.status() == Some(487)).await;
     assert_eq!(got.last().unwrap().call_id(), call2.call_id);
     h.nodes[0].expect_nothing(Duration::ZERO).await;
@@ -1201,7 +1179,7 @@ async fn node_originated_call_over_the_nodes_own_tcp_connection() {
 
     let inv = h.trunk.recv_request("INVITE").await;
     assert_eq!(inv.request_uri(), out.invite_uri);
-    assert_our_via(&inv, h.addr, "UDP");
+    assert_our_via_over(&inv, h.addr, "UDP");
     assert_eq!(inv.vias().len(), 2);
     let rr = inv.values(HeaderName::RecordRoute);
     assert_eq!(rr.len(), 2, "{}", inv.text());
@@ -1225,7 +1203,7 @@ async fn node_originated_call_over_the_nodes_own_tcp_connection() {
     h.trunk.send(bye, h.addr).await;
     let bye = listening.recv_request("BYE").await;
     assert_eq!(bye.call_id(), out.call_id);
-    assert_our_via(&bye, h.addr, "TCP");
+    assert_our_via_over(&bye, h.addr, "TCP");
     no_route(&bye);
     listening.send(reply(&bye, 200, "OK", None)).await;
     assert_only_via(&h.trunk.recv_response(200).await, &bye_branch);
@@ -1283,14 +1261,14 @@ async fn probes_of_a_tcp_node_go_over_tcp() {
     let node = h.tcp_node(0);
     let probe = node.recv_request("OPTIONS").await;
     assert_eq!(probe.vias().len(), 1);
-    assert_our_via(&probe, h.addr, "TCP");
+    assert_our_via_over(&probe, h.addr, "TCP");
     node.send(reply(&probe, 200, "OK", None)).await;
     // A second probe on the same connection, answered too: still active.
     let probe = node.recv_request("OPTIONS").await;
     node.send(reply(&probe, 200, "OK", None)).await;
     assert_eq!(node.accepted(), 1);
     let probe = node.recv_request("OPTIONS").await;
-    assert_our_via(&probe, h.addr, "TCP");
+    assert_our_via_over(&probe, h.addr, "TCP");
     assert!(h.proxy.dispatcher().accepts_new_calls(0));
     h.nodes[0].expect_nothing(Duration::ZERO).await;
 }

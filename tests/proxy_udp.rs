@@ -27,31 +27,6 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn assert_our_via(msg: &Received, proxy: SocketAddr) {
-    let m = msg.msg();
-    let via = m.top_via().expect("a top Via");
-    assert_eq!(via.host_raw, b"127.0.0.1", "top Via host:\n{}", msg.text());
-    assert_eq!(
-        via.port,
-        Some(proxy.port()),
-        "top Via port:\n{}",
-        msg.text()
-    );
-    let b = via.branch().expect("our Via has a branch");
-    assert!(
-        b.starts_with(b"z9hG4bK"),
-        "branch not RFC 3261:\n{}",
-        msg.text()
-    );
-}
-
-/// Responses relayed to the trunk carry only the trunk's own Via.
-fn assert_only_via(msg: &Received, branch: &str) {
-    let vias = msg.vias();
-    assert_eq!(vias.len(), 1, "our Via was not removed:\n{}", msg.text());
-    assert_eq!(msg.branch(), branch, "wrong Via left:\n{}", msg.text());
-}
-
 fn dialog_node(h: &Harness, call_id: &str) -> Option<SocketAddr> {
     h.proxy.dialogs().get(call_id.as_bytes())
 }

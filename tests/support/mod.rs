@@ -624,6 +624,38 @@ impl Inbox for TcpPeer {
     }
 }
 
+/// The proxy's Via is on top: its address, a UDP Via, an RFC 3261 branch.
+pub fn assert_our_via(msg: &Received, proxy: SocketAddr) {
+    assert_our_via_over(msg, proxy, "UDP");
+}
+
+/// The proxy's Via is on top: its address, `SIP/2.0/<transport>`, an RFC
+/// 3261 branch.
+pub fn assert_our_via_over(msg: &Received, proxy: SocketAddr, transport: &str) {
+    let m = msg.msg();
+    let via = m.top_via().expect("a top Via");
+    assert!(
+        via.transport.eq_ignore_ascii_case(transport.as_bytes()),
+        "top Via should be SIP/2.0/{transport}:\n{}",
+        msg.text()
+    );
+    assert_eq!(via.host.ip(), Some(proxy.ip()), "top Via:\n{}", msg.text());
+    assert_eq!(via.port, Some(proxy.port()), "top Via:\n{}", msg.text());
+    let b = via.branch().expect("our Via has a branch");
+    assert!(
+        b.starts_with(b"z9hG4bK"),
+        "branch not RFC 3261:\n{}",
+        msg.text()
+    );
+}
+
+/// A response relayed upstream carries only the sender's own Via.
+pub fn assert_only_via(msg: &Received, branch: &str) {
+    let vias = msg.vias();
+    assert_eq!(vias.len(), 1, "our Via was not removed:\n{}", msg.text());
+    assert_eq!(msg.branch(), branch, "wrong Via left:\n{}", msg.text());
+}
+
 // ---------------------------------------------------------------------------
 // TCP peers
 // ---------------------------------------------------------------------------
