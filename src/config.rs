@@ -58,6 +58,73 @@ pub struct Config {
     pub tcp: Tcp,
     #[serde(default)]
     pub dns: Dns,
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// `[security]`: who may start calls, scanners, and a per-source rate
+/// limit (Kamailio's `permissions` and `pike`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Networks initial requests may come from ("198.51.100.0/24",
+    /// "2001:db8::/48", or an address); empty: any. Pool members always.
+    #[serde(default, deserialize_with = "de_networks")]
+    pub trusted: Vec<crate::security::Cidr>,
+    /// Drop requests from untrusted sources instead of answering 403.
+    #[serde(default)]
+    pub silent_drop: bool,
+    /// Requests whose User-Agent contains one of these (any case) are
+    /// dropped silently.
+    #[serde(default = "default_scanners")]
+    pub block_user_agents: Vec<String>,
+    /// Per-source limit on initial requests; off when absent.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            trusted: Vec::new(),
+            silent_drop: false,
+            block_user_agents: default_scanners(),
+            rate_limit: None,
+        }
+    }
+}
+
+/// `rate_limit = { requests = 50, per = "2s", block_for = "60s" }`: a
+/// source sending more than `requests` initial requests within `per` is
+/// ignored for `block_for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub per: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub block_for: Duration,
+}
+
+fn default_scanners() -> Vec<String> {
+    [
+        "friendly-scanner",
+        "sipvicious",
+        "sipcli",
+        "VaxSIPUserAgent",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn de_networks<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::security::Cidr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// `[dns]`: resolving host names in the Request-URIs and Routes of
@@ -907,6 +974,8 @@ pub enum Rule {
     UdpMtu(usize),
     #[error("must be at least 1, e.g. 4096")]
     ZeroTcpConnections,
+    #[error("must be at least 1, e.g. 50 (requests per `per`)")]
+    ZeroRateLimit,
     #[error(
         "{0} is reached over TCP, but sipedge listens on no TCP address: its in-dialog \
          requests would find nobody at our Record-Route; add [listen] tcp = [\"ADDR:PORT\"]"
@@ -1057,6 +1126,19 @@ impl Config {
         }
         if self.tcp.max_connections == 0 {
             return fail("tcp.max_connections", Rule::ZeroTcpConnections);
+        }
+        if let Some(limit) = &self.security.rate_limit {
+            if limit.requests == 0 {
+                return fail("security.rate_limit.requests", Rule::ZeroRateLimit);
+            }
+            for (key, d) in [
+                ("security.rate_limit.per", limit.per),
+                ("security.rate_limit.block_for", limit.block_for),
+            ] {
+                if d.is_zero() {
+                    return fail(key, Rule::ZeroDuration);
+                }
+            }
         }
         // A node reached over TCP sends its in-dialog requests to our TCP
         // Record-Route: something must listen there.

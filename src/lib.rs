@@ -41,6 +41,7 @@ pub mod dispatcher;
 pub mod dns;
 pub mod metrics;
 pub mod proxy;
+pub mod security;
 pub mod sip;
 pub mod transaction;
 pub mod transport;

@@ -363,6 +363,8 @@ label_enum! {
         UnknownDialog => "unknown_dialog",
         /// The host name a node's request goes to did not resolve (478).
         Unresolvable => "unresolvable",
+        /// From a source `[security] trusted` does not list (403).
+        Forbidden => "forbidden",
         /// A node's INVITE whose Request-URI names no reachable target
         /// (404).
         NoRoute => "no_route",
@@ -395,8 +397,13 @@ label_enum! {
         StrayResponse => "stray_response",
         /// The socket refused to send it.
         SendError => "send_error",
-        /// From a source the trust check does not accept.
+        /// From a source `[security] trusted` does not list (with
+        /// `silent_drop`, or an ACK).
         Untrusted => "untrusted",
+        /// A scanner's User-Agent (`[security] block_user_agents`).
+        Scanner => "scanner",
+        /// From a source over `[security] rate_limit`, or blocked by it.
+        RateLimited => "rate_limited",
     }
 }
 

@@ -127,6 +127,8 @@ pub struct Proxy {
     tcp: TcpTransport,
     /// Host names in the requests the nodes send out.
     dns: crate::dns::Dns,
+    /// Who may send initial requests, scanners, the rate limit.
+    security: crate::security::Security,
     /// The TCP listeners' addresses.
     tcp_addrs: Vec<SocketAddr>,
     /// For the tasks a TCP send spawns (connect, then send).
@@ -242,6 +244,7 @@ impl Proxy {
             tcp_addrs,
             tcp,
             dns: crate::dns::Dns::new(&cfg.dns.servers),
+            security: crate::security::Security::new(&cfg.security),
             me: me.clone(),
             rt: tokio::runtime::Handle::current(),
             pool: arc_swap::ArcSwap::from_pointee(pool),

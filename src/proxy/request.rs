@@ -151,6 +151,14 @@ pub(super) struct OurRoutes {
 
 impl Proxy {
     pub(super) fn on_request(self: &Arc<Self>, msg: &Message<'_>, src: Peer) {
+        // One snapshot of the pool for the whole request.
+        let pool = self.pool();
+        let from_node = self.node_of(&pool, msg, src);
+        // Scanners, untrusted and flooding sources go before any work (or
+        // any answer) is spent on them.
+        if from_node.is_none() && !self.admitted(msg, src) {
+            return;
+        }
         if let Err(e) = msg.validate() {
             return self.reject(msg, src, e);
         }
@@ -178,20 +186,6 @@ impl Proxy {
         if method == Method::Cancel {
             return self.on_cancel(msg, src);
         }
-        // One snapshot of the pool for the whole request.
-        let pool = self.pool();
-        let from_node = pool.find(src.addr).or_else(|| {
-            // A node's own TCP connections come from an ephemeral port: its
-            // Via names the node, from the address the connection has.
-            if src.transport != Transport::Tcp {
-                return None;
-            }
-            let via = msg.top_via().ok()?;
-            let sent_by = SocketAddr::new(via.host.ip()?, via.port.unwrap_or(5060));
-            (sent_by.ip().to_canonical() == src.addr.ip().to_canonical())
-                .then(|| pool.find(sent_by))
-                .flatten()
-        });
         let in_dialog = msg.to_tag().ok().flatten().is_some();
         if in_dialog {
             return self.in_dialog(&pool, msg, src, from_node);
@@ -221,6 +215,46 @@ impl Proxy {
             }
             None => self.all_down(msg, src),
         }
+    }
+
+    /// The pool member `msg` comes from, if any.
+    fn node_of(&self, pool: &Pool, msg: &Message<'_>, src: Peer) -> Option<usize> {
+        pool.find(src.addr).or_else(|| {
+            // A node's own TCP connections come from an ephemeral port: its
+            // Via names the node, from the address the connection has.
+            if src.transport != Transport::Tcp {
+                return None;
+            }
+            let via = msg.top_via().ok()?;
+            let sent_by = SocketAddr::new(via.host.ip()?, via.port.unwrap_or(5060));
+            (sent_by.ip().to_canonical() == src.addr.ip().to_canonical())
+                .then(|| pool.find(sent_by))
+                .flatten()
+        })
+    }
+
+    /// `[security]` on a request from outside the pool: false when it is
+    /// dropped (counted) or refused with 403.
+    fn admitted(&self, msg: &Message<'_>, src: Peer) -> bool {
+        use crate::metrics::DropReason;
+        use crate::security::Verdict;
+        let initial = !matches!(msg.to_tag(), Ok(Some(_)));
+        let ua = msg.header(HeaderName::UserAgent);
+        let now = std::time::Instant::now();
+        match self.security.check(src.addr.ip(), initial, ua, now) {
+            Verdict::Pass => return true,
+            Verdict::Scanner => self.metrics.dropped(DropReason::Scanner),
+            Verdict::RateLimited => self.metrics.dropped(DropReason::RateLimited),
+            Verdict::Untrusted => {
+                if self.security.silent_drop || msg.method() == Some(Method::Ack) {
+                    self.metrics.dropped(DropReason::Untrusted);
+                } else {
+                    self.rejected(msg, RejectReason::Forbidden);
+                    self.reply(msg, src, 403, b"Forbidden");
+                }
+            }
+        }
+        false
     }
 
     /// Is this URI one of ours (our advertised host, and our UDP or TCP

@@ -1,0 +1,363 @@
+//! Edge protection for the published ingress, what Kamailio operators do
+//! with `permissions`, `pike` and a few script lines: trusted source
+//! networks, scanner User-Agents dropped silently, and a per-source rate
+//! limit on initial requests with a block (pike's idea). Pool members are
+//! always let through; in-dialog requests are matched to their dialog
+//! whatever their source (a trunk's failover address), and the proxy only
+//! ever routes them to the pinned node or along its own Route set.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::config;
+
+/// At most this many sources are tracked by the rate limit; past it,
+/// stale entries are dropped, and a new source is let through untracked
+/// rather than grow the table without bound.
+pub const MAX_TRACKED: usize = 65_536;
+
+/// An address block, `198.51.100.0/24` or `2001:db8::/48` (a bare address
+/// is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+/// A network that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("\"{0}\" is not an address or network, e.g. \"198.51.100.0/24\" or \"2001:db8::/48\"")]
+pub struct BadCidr(pub String);
+
+impl FromStr for Cidr {
+    type Err = BadCidr;
+    fn from_str(s: &str) -> Result<Cidr, BadCidr> {
+        let bad = || BadCidr(s.to_owned());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(bad)?,
+        };
+        Ok(Cidr { net, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(
+                u128::from(u32::from(n)) << 96,
+                u128::from(u32::from(a)) << 96,
+                self.prefix,
+            ),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(u128::from(n), u128::from(a), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: u128, b: u128, prefix: u8) -> bool {
+    if prefix == 0 {
+        return true;
+    }
+    let mask = u128::MAX << (128 - u32::from(prefix));
+    a & mask == b & mask
+}
+
+/// What to do with a request from outside the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Not from a trusted network: 403, or dropped with `silent_drop`.
+    Untrusted,
+    /// A scanner's User-Agent: dropped silently.
+    Scanner,
+    /// The source is over its rate, or blocked: dropped silently.
+    RateLimited,
+}
+
+struct Source {
+    window_start: Instant,
+    count: u32,
+    blocked_until: Option<Instant>,
+}
+
+/// The rules from `[security]`.
+pub struct Security {
+    trusted: Vec<Cidr>,
+    pub silent_drop: bool,
+    /// Lower-case substrings.
+    agents: Vec<Box<[u8]>>,
+    limit: Option<config::RateLimit>,
+    sources: crate::FastMap<IpAddr, Source>,
+    /// Sources blocked so far (each logged once per block).
+    blocks: AtomicU64,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("trusted", &self.trusted)
+            .field("tracked", &self.sources.len())
+            .finish()
+    }
+}
+
+impl Security {
+    pub fn new(cfg: &config::Security) -> Security {
+        Security {
+            trusted: cfg.trusted.clone(),
+            silent_drop: cfg.silent_drop,
+            agents: cfg
+                .block_user_agents
+                .iter()
+                .map(|a| a.to_ascii_lowercase().into_bytes().into())
+                .collect(),
+            limit: cfg.rate_limit,
+            sources: Default::default(),
+            blocks: AtomicU64::new(0),
+        }
+    }
+
+    /// Is `ip` in a trusted network? With none configured, everyone is.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.is_empty() || self.trusted.iter().any(|c| c.contains(ip))
+    }
+
+    /// A scanner's User-Agent (case-insensitive substring)?
+    pub fn is_scanner(&self, user_agent: Option<&[u8]>) -> bool {
+        let Some(ua) = user_agent else { return false };
+        self.agents
+            .iter()
+            .any(|a| ua.windows(a.len()).any(|w| w.eq_ignore_ascii_case(a)))
+    }
+
+    /// The verdict on a request from `ip` (not a pool member), initial or
+    /// not, carrying `user_agent`, seen at `now`.
+    pub fn check(
+        &self,
+        ip: IpAddr,
+        initial: bool,
+        user_agent: Option<&[u8]>,
+        now: Instant,
+    ) -> Verdict {
+        if self.is_scanner(user_agent) {
+            return Verdict::Scanner;
+        }
+        if !initial {
+            return Verdict::Pass;
+        }
+        let trusted_explicitly = !self.trusted.is_empty() && self.is_trusted(ip);
+        if !self.is_trusted(ip) {
+            return Verdict::Untrusted;
+        }
+        // Trusted carriers send at their own rate; the limit guards
+        // against the rest of the internet.
+        if trusted_explicitly {
+            return Verdict::Pass;
+        }
+        match self.over_limit(ip.to_canonical(), now) {
+            true => Verdict::RateLimited,
+            false => Verdict::Pass,
+        }
+    }
+
+    /// Counts one initial request from `ip`; true when it is over the
+    /// limit or blocked.
+    fn over_limit(&self, ip: IpAddr, now: Instant) -> bool {
+        let Some(limit) = self.limit else {
+            return false;
+        };
+        if !self.sources.contains_key(&ip) && self.sources.len() >= MAX_TRACKED {
+            self.sources.retain(|_, s| {
+                s.blocked_until.is_some_and(|b| b > now)
+                    || now.duration_since(s.window_start) < limit.per
+            });
+            if self.sources.len() >= MAX_TRACKED {
+                return false;
+            }
+        }
+        let mut s = self.sources.entry(ip).or_insert(Source {
+            window_start: now,
+            count: 0,
+            blocked_until: None,
+        });
+        if let Some(until) = s.blocked_until {
+            if now < until {
+                return true;
+            }
+            s.blocked_until = None;
+            s.window_start = now;
+            s.count = 0;
+        }
+        if now.duration_since(s.window_start) >= limit.per {
+            s.window_start = now;
+            s.count = 0;
+        }
+        s.count += 1;
+        if s.count > limit.requests {
+            s.blocked_until = Some(now + limit.block_for);
+            self.blocks.fetch_add(1, Ordering::Relaxed);
+            // Once per block, not per packet.
+            tracing::warn!(
+                "{ip}: over {} initial requests per {:?}, blocked for {:?}",
+                limit.requests,
+                limit.per,
+                limit.block_for
+            );
+            return true;
+        }
+        false
+    }
+
+    /// Sources blocked by the rate limit so far.
+    pub fn blocks(&self) -> u64 {
+        self.blocks.load(Ordering::Relaxed)
+    }
+
+    /// Sources the rate limit tracks now.
+    pub fn tracked(&self) -> usize {
+        self.sources.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let n = cidr("198.51.100.0/24");
+        assert!(n.contains("198.51.100.7".parse().unwrap()));
+        assert!(!n.contains("198.51.101.7".parse().unwrap()));
+        // IPv4-mapped IPv6, as a dual-stack socket reports IPv4 peers.
+        assert!(n.contains("::ffff:198.51.100.7".parse().unwrap()));
+        let v6 = cidr("2001:db8:100::/48");
+        assert!(v6.contains("2001:db8:100:1::5".parse().unwrap()));
+        assert!(!v6.contains("2001:db8:101::5".parse().unwrap()));
+        assert!(!v6.contains("198.51.100.7".parse().unwrap()));
+        assert!(cidr("0.0.0.0/0").contains("203.0.113.1".parse().unwrap()));
+        assert!(cidr("192.0.2.1").contains("192.0.2.1".parse().unwrap()));
+        assert!(!cidr("192.0.2.1").contains("192.0.2.2".parse().unwrap()));
+        for bad in [
+            "192.0.2.0/33",
+            "2001:db8::/129",
+            "example.com/24",
+            "1.2.3/8",
+            "",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        assert_eq!(cidr("10.0.0.0/8").to_string(), "10.0.0.0/8");
+    }
+
+    fn rules(trusted: &[&str], limit: Option<(u32, u64, u64)>) -> Security {
+        Security::new(&config::Security {
+            trusted: trusted.iter().map(|t| cidr(t)).collect(),
+            silent_drop: false,
+            block_user_agents: vec!["friendly-scanner".into(), "sipvicious".into()],
+            rate_limit: limit.map(|(requests, per, block)| config::RateLimit {
+                requests,
+                per: Duration::from_millis(per),
+                block_for: Duration::from_millis(block),
+            }),
+        })
+    }
+
+    #[test]
+    fn trust_scanners_and_in_dialog() {
+        let s = rules(&["198.51.100.0/24"], None);
+        let now = Instant::now();
+        let (inside, outside) = (
+            "198.51.100.9".parse().unwrap(),
+            "203.0.113.9".parse().unwrap(),
+        );
+        assert_eq!(s.check(inside, true, None, now), Verdict::Pass);
+        assert_eq!(s.check(outside, true, None, now), Verdict::Untrusted);
+        // In-dialog requests go to their dialog whatever the source.
+        assert_eq!(s.check(outside, false, None, now), Verdict::Pass);
+        assert_eq!(
+            s.check(inside, true, Some(b"Friendly-Scanner 1.0"), now),
+            Verdict::Scanner
+        );
+        assert_eq!(
+            s.check(inside, false, Some(b"x sipvicious"), now),
+            Verdict::Scanner
+        );
+        // No trusted list: everyone.
+        assert_eq!(
+            rules(&[], None).check(outside, true, None, now),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_blocks_then_forgives() {
+        let s = rules(&[], Some((3, 1000, 5000)));
+        let t0 = Instant::now();
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        let other: IpAddr = "203.0.113.10".parse().unwrap();
+        for i in 0..3 {
+            assert_eq!(s.check(ip, true, None, t0), Verdict::Pass, "request {i}");
+        }
+        assert_eq!(s.check(ip, true, None, t0), Verdict::RateLimited);
+        assert_eq!(s.blocks(), 1);
+        // Blocked for block_for, even after the window.
+        assert_eq!(
+            s.check(ip, true, None, t0 + Duration::from_secs(2)),
+            Verdict::RateLimited
+        );
+        assert_eq!(s.blocks(), 1, "logged and counted once per block");
+        // Others are not affected; in-dialog requests are not counted.
+        assert_eq!(s.check(other, true, None, t0), Verdict::Pass);
+        assert_eq!(s.check(ip, false, None, t0), Verdict::Pass);
+        // After the block: a fresh window.
+        assert_eq!(
+            s.check(ip, true, None, t0 + Duration::from_secs(6)),
+            Verdict::Pass
+        );
+        // Explicitly trusted sources are not limited.
+        let s = rules(&["203.0.113.0/24"], Some((1, 1000, 5000)));
+        for _ in 0..10 {
+            assert_eq!(s.check(ip, true, None, t0), Verdict::Pass);
+        }
+    }
+
+    #[test]
+    fn tracking_is_bounded() {
+        let s = rules(&[], Some((1000, 1000, 1000)));
+        let t0 = Instant::now();
+        for i in 0..(MAX_TRACKED as u32 + 10) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            s.check(ip, true, None, t0);
+        }
+        assert!(s.tracked() <= MAX_TRACKED);
+        // Once the window is over, the stale entries make room.
+        let later = t0 + Duration::from_secs(2);
+        s.check("192.0.2.1".parse().unwrap(), true, None, later);
+        assert!(s.tracked() < 10, "{}", s.tracked());
+    }
+}
