@@ -1,0 +1,188 @@
+//! `[security]` over real sockets: trusted networks (403 or a silent drop),
+//! pool members always let in, in-dialog requests still matched to their
+//! dialog, scanner User-Agents dropped, the per-source rate limit and its
+//! block, and no open relay whichever the source.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sipedge::metrics::{DropReason, RejectReason};
+use support::*;
+
+fn with_security(toml: &'static str) -> Options {
+    Options {
+        extra_toml: toml,
+        ..Options::default()
+    }
+}
+
+/// An OPTIONS to the proxy itself from `from`, with `user_agent`.
+fn options_to_proxy(h: &Harness, from: SocketAddr, user_agent: Option<&str>) -> Vec<u8> {
+    let mut headers = vec![
+        (
+            "Via",
+            format!("SIP/2.0/UDP {from};branch={};rport", branch()),
+        ),
+        ("Max-Forwards", "70".to_owned()),
+        ("From", format!("<sip:probe@{from}>;tag=s1")),
+        ("To", format!("<sip:{}>", h.addr)),
+        ("Call-ID", unique("sec-")),
+        ("CSeq", "1 OPTIONS".to_owned()),
+    ];
+    if let Some(ua) = user_agent {
+        headers.push(("User-Agent", ua.to_owned()));
+    }
+    assemble(&format!("OPTIONS sip:{} SIP/2.0", h.addr), &headers, None)
+}
+
+/// The trunk (127.0.0.1) is outside `trusted`: its INVITE gets 403 and
+/// reaches no node; a pool member on the same host still starts calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_initial_requests_get_403_and_pool_members_pass() {
+    let h = Harness::start(with_security(
+        "[security]\ntrusted = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+    ))
+    .await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    let r = h.trunk.recv_response(403).await;
+    assert_eq!(r.branch(), call.invite_branch);
+    for n in &h.nodes {
+        n.expect_nothing(QUIET).await;
+    }
+    assert_eq!(
+        h.proxy.metrics().invites_rejected(RejectReason::Forbidden),
+        1
+    );
+
+    // Node 0 calls out: pool members are always trusted.
+    let node = &h.nodes[0];
+    let mut out = Dialog::uac(node, &format!("sip:+15551239999@{}", h.trunk.addr));
+    node.send(out.invite(SDP_AUDIO), h.addr).await;
+    let inv = h.trunk.recv_request("INVITE").await;
+    assert_eq!(inv.call_id(), out.call_id);
+}
+
+/// With `silent_drop`, an untrusted source hears nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_drop_answers_nothing_and_counts() {
+    let h = Harness::start(with_security(
+        "[security]\ntrusted = [\"10.0.0.0/8\"]\nsilent_drop = true\n",
+    ))
+    .await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    h.trunk.expect_nothing(QUIET).await;
+    h.nodes[0].expect_nothing(Duration::ZERO).await;
+    assert_eq!(h.proxy.metrics().dropped_count(DropReason::Untrusted), 1);
+}
+
+/// A trusted trunk calls as usual, and a request in its dialog from an
+/// address outside `trusted` (a trunk's second signalling address) still
+/// reaches the node that has the call, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_trunk_calls_and_in_dialog_requests_follow_their_dialog() {
+    let h = Harness::start(with_security("[security]\ntrusted = [\"127.0.0.1/32\"]\n")).await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    h.trunk.recv_response(100).await;
+    let node = &h.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    let fs = Dialog::uas(node, &inv, &unique("fs-"));
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    call.learn_2xx(ok.last().unwrap());
+
+    // The BYE comes from the trunk's other address, outside `trusted`.
+    let Ok(other) = Peer::bind_at("trunk-b", "127.0.0.2:0".parse().unwrap()).await else {
+        eprintln!("127.0.0.2 cannot be bound here; skipping the second-address part");
+        return;
+    };
+    let (bye, _) = call.request("BYE", None);
+    other.send(bye, h.addr).await;
+    let got = node.recv_request("BYE").await;
+    assert_eq!(got.call_id(), call.call_id);
+    h.nodes[1].expect_nothing(QUIET).await;
+    // The 200 goes back along the Via, to where the BYE came from.
+    node.send(reply(&got, 200, "OK", None), got.from).await;
+    other.recv_response(200).await;
+}
+
+/// A scanner's User-Agent is dropped silently (any case, a substring),
+/// with the default list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanner_user_agents_are_dropped_silently() {
+    let h = Harness::start(Options::default()).await;
+    for ua in ["friendly-scanner", "SIPVicious 0.3.4", "x sipcli/v1.8"] {
+        let req = options_to_proxy(&h, h.trunk.addr, Some(ua));
+        h.trunk.send(req, h.addr).await;
+    }
+    h.trunk.expect_nothing(QUIET).await;
+    assert_eq!(h.proxy.metrics().dropped_count(DropReason::Scanner), 3);
+    // Anyone else is answered.
+    let req = options_to_proxy(&h, h.trunk.addr, Some("FreeSWITCH"));
+    h.trunk.send(req, h.addr).await;
+    h.trunk.recv_response(200).await;
+}
+
+/// Over the rate limit a source is blocked for `block_for`: its requests
+/// are dropped (counted), then it is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_blocks_a_flooding_source_then_forgives_it() {
+    let h = Harness::start(with_security(
+        "[security]\nrate_limit = { requests = 3, per = \"10s\", block_for = \"800ms\" }\n",
+    ))
+    .await;
+    for _ in 0..3 {
+        let req = options_to_proxy(&h, h.trunk.addr, None);
+        h.trunk.send(req, h.addr).await;
+        h.trunk.recv_response(200).await;
+    }
+    for _ in 0..4 {
+        let req = options_to_proxy(&h, h.trunk.addr, None);
+        h.trunk.send(req, h.addr).await;
+    }
+    h.trunk.expect_nothing(QUIET).await;
+    assert_eq!(h.proxy.metrics().dropped_count(DropReason::RateLimited), 4);
+    // Pool members are never limited.
+    let node = &h.nodes[0];
+    for _ in 0..5 {
+        node.send(options_to_proxy(&h, node.addr, None), h.addr)
+            .await;
+        node.recv_response(200).await;
+    }
+    // After the block, served again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    h.trunk
+        .send(options_to_proxy(&h, h.trunk.addr, None), h.addr)
+        .await;
+    h.trunk.recv_response(200).await;
+}
+
+/// No open relay with `[security]` either: a trusted source's requests
+/// for a foreign Request-URI with a Route to a victim go to the pool, an
+/// untrusted source's get 403; the victim hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_open_relay_from_trusted_or_untrusted_sources() {
+    let h = Harness::start(with_security("[security]\ntrusted = [\"127.0.0.1/32\"]\n")).await;
+    let victim = Peer::bind("victim").await;
+    let route = [("Route", format!("<sip:{};lr>", victim.addr))];
+    let mut call = Dialog::uac(&h.trunk, "sip:bob@192.0.2.99");
+    h.trunk
+        .send(call.invite_with(SDP_AUDIO, &route), h.addr)
+        .await;
+    let inv = h.nodes[0].recv_request("INVITE").await;
+    assert_eq!(inv.request_uri(), "sip:bob@192.0.2.99");
+
+    if let Ok(outsider) = Peer::bind_at("outsider", "127.0.0.2:0".parse().unwrap()).await {
+        let mut call = Dialog::uac(&outsider, "sip:bob@192.0.2.99");
+        outsider
+            .send(call.invite_with(SDP_AUDIO, &route), h.addr)
+            .await;
+        outsider.recv_response(403).await;
+    }
+    victim.expect_nothing(QUIET).await;
+}
