@@ -60,6 +60,32 @@ pub struct Config {
     pub dns: Dns,
     #[serde(default)]
     pub security: Security,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[limits]`: caps that keep memory bounded under a flood.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Client transactions at most (forwarded requests awaiting or
+    /// lingering on their answer, 32 s each). At the cap new calls get
+    /// `503` with `Retry-After`; requests of established calls still go
+    /// through (Kamailio: `tm` `max_transactions`).
+    #[serde(default = "default_max_transactions")]
+    pub transactions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            transactions: default_max_transactions(),
+        }
+    }
+}
+
+fn default_max_transactions() -> usize {
+    500_000
 }
 
 /// `[security]`: who may start calls, scanners, and a per-source rate
@@ -976,6 +1002,8 @@ pub enum Rule {
     ZeroTcpConnections,
     #[error("must be at least 1, e.g. 50 (requests per `per`)")]
     ZeroRateLimit,
+    #[error("{0} is too few to carry calls; use at least 100 (default 500000)")]
+    TooFewTransactions(usize),
     #[error(
         "{0} is reached over TCP, but sipedge listens on no TCP address: its in-dialog \
          requests would find nobody at our Record-Route; add [listen] tcp = [\"ADDR:PORT\"]"
@@ -1126,6 +1154,12 @@ impl Config {
         }
         if self.tcp.max_connections == 0 {
             return fail("tcp.max_connections", Rule::ZeroTcpConnections);
+        }
+        if self.limits.transactions < 100 {
+            return fail(
+                "limits.transactions",
+                Rule::TooFewTransactions(self.limits.transactions),
+            );
         }
         if let Some(limit) = &self.security.rate_limit {
             if limit.requests == 0 {

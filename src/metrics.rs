@@ -365,6 +365,8 @@ label_enum! {
         Unresolvable => "unresolvable",
         /// From a source `[security] trusted` does not list (403).
         Forbidden => "forbidden",
+        /// `[limits] transactions` reached (503 with Retry-After).
+        Overload => "overload",
         /// A node's INVITE whose Request-URI names no reachable target
         /// (404).
         NoRoute => "no_route",

@@ -186,3 +186,66 @@ async fn no_open_relay_from_trusted_or_untrusted_sources() {
     }
     victim.expect_nothing(QUIET).await;
 }
+
+/// At `[limits] transactions` a new call gets 503 with Retry-After, while
+/// the requests of a call already up still reach their node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_transaction_cap_new_calls_are_shed_established_ones_go_on() {
+    let h = Harness::start(with_security("[limits]\ntransactions = 100\n")).await;
+    // A call up before the flood.
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    h.trunk.recv_response(100).await;
+    let node = &h.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    let fs = Dialog::uas(node, &inv, &unique("fs-"));
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    call.learn_2xx(ok.last().unwrap());
+
+    // Out-of-dialog requests for a user fill the table (each is a
+    // transaction that lingers 32 s).
+    for sent in 0..110 {
+        let req = assemble(
+            &format!("OPTIONS sip:user{sent}@{} SIP/2.0", h.addr),
+            &[
+                (
+                    "Via",
+                    format!("SIP/2.0/UDP {};branch={};rport", h.trunk.addr, branch()),
+                ),
+                ("Max-Forwards", "70".to_owned()),
+                ("From", format!("<sip:x@{}>;tag=f{sent}", h.trunk.addr)),
+                ("To", format!("<sip:user{sent}@{}>", h.addr)),
+                ("Call-ID", unique("fill-")),
+                ("CSeq", "1 OPTIONS".to_owned()),
+            ],
+            None,
+        );
+        h.trunk.send(req, h.addr).await;
+    }
+    // Let the proxy read them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut late = Dialog::uac(&h.trunk, &format!("sip:fax@{}", h.addr));
+    h.trunk.send(late.invite(SDP_AUDIO), h.addr).await;
+    let shed = h
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 300) && r.call_id() == late.call_id)
+        .await;
+    let shed = shed.last().unwrap();
+    assert_eq!(shed.status(), Some(503), "{}", shed.text());
+    assert_eq!(shed.header_named("Retry-After").as_deref(), Some("5"));
+    assert!(
+        h.proxy.metrics().invites_rejected(RejectReason::Overload) >= 1,
+        "counted"
+    );
+
+    // The call that was up before still gets its BYE through.
+    let (bye, _) = call.request("BYE", None);
+    h.trunk.send(bye, h.addr).await;
+    let got = node
+        .recv_until(|r| r.method().as_deref() == Some("BYE"))
+        .await;
+    assert_eq!(got.last().unwrap().call_id(), call.call_id);
+}

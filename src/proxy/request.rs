@@ -196,6 +196,9 @@ impl Proxy {
         if method == Method::Invite {
             return self.new_invite(msg, src);
         }
+        if self.overloaded() {
+            return self.shed(msg, src);
+        }
         // Other out-of-dialog requests only ever go to the pool: sipedge is
         // not an open relay.
         match pool.plan(msg.call_id().unwrap_or_default()).next() {
@@ -215,6 +218,25 @@ impl Proxy {
             }
             None => self.all_down(msg, src),
         }
+    }
+
+    /// At `[limits] transactions`: new calls are shed, established ones
+    /// go on.
+    fn overloaded(&self) -> bool {
+        self.txns.len() >= self.cfg.limits.transactions
+    }
+
+    /// 503 with Retry-After to a new request at the cap (RFC 3261
+    /// §21.5.4: the sender may retry elsewhere or later).
+    fn shed(&self, msg: &Message<'_>, src: Peer) {
+        self.rejected(msg, RejectReason::Overload);
+        self.reply_with(
+            msg,
+            src,
+            503,
+            b"Service Unavailable",
+            &[("Retry-After", b"5")],
+        );
     }
 
     /// The pool member `msg` comes from, if any.
@@ -325,6 +347,9 @@ impl Proxy {
         let Some(key) = server_key(msg) else {
             return self.reject(msg, src, SipError::BadVia);
         };
+        if self.overloaded() && !self.invites.contains_key(&key) {
+            return self.shed(msg, src);
+        }
         if self
             .shutting_down
             .load(std::sync::atomic::Ordering::Relaxed)

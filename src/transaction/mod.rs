@@ -206,12 +206,16 @@ pub struct Relay {
 #[derive(Debug)]
 pub struct ClientTxns<I> {
     map: crate::FastMap<Box<[u8]>, ClientTxn<I>>,
+    /// Entries now: a cheap read for the overload check (`DashMap::len`
+    /// locks every shard).
+    count: std::sync::atomic::AtomicUsize,
 }
 
 impl<I> Default for ClientTxns<I> {
     fn default() -> Self {
         ClientTxns {
             map: Default::default(),
+            count: Default::default(),
         }
     }
 }
@@ -221,16 +225,23 @@ impl<I: Pending> ClientTxns<I> {
     pub fn with_capacity(n: usize) -> Self {
         ClientTxns {
             map: crate::fast_map_with_capacity(n),
+            count: Default::default(),
         }
     }
 
     pub fn insert(&self, branch: &str, txn: ClientTxn<I>) {
-        self.map.insert(branch.as_bytes().into(), txn);
+        if self.map.insert(branch.as_bytes().into(), txn).is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Removes and returns the transaction for `branch`.
     pub fn remove(&self, branch: &[u8]) -> Option<ClientTxn<I>> {
-        self.map.remove(branch).map(|(_, t)| t)
+        let t = self.map.remove(branch).map(|(_, t)| t);
+        if t.is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        t
     }
 
     /// Runs `f` on the transaction for `branch` without holding the shard
@@ -240,11 +251,11 @@ impl<I: Pending> ClientTxns<I> {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.count.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// The INVITE on `branch` has decided: from now on only a
@@ -259,12 +270,18 @@ impl<I: Pending> ClientTxns<I> {
     /// [`LINGER`] (their responses are long done), and INVITE entries whose
     /// state machine is over without deciding.
     pub fn sweep(&self, now: Instant) {
-        self.map.retain(|_, t| match t {
-            ClientTxn::Invite(call) => !call.is_over(),
-            ClientTxn::Relay(r) => now.duration_since(r.created) < LINGER,
-            ClientTxn::Decided { at, .. } => now.duration_since(*at) < LINGER,
-            // The prober removes its own; this only catches a stopped one.
-            ClientTxn::Probe { sent, .. } => now.duration_since(*sent) < LINGER,
+        self.map.retain(|_, t| {
+            let keep = match t {
+                ClientTxn::Invite(call) => !call.is_over(),
+                ClientTxn::Relay(r) => now.duration_since(r.created) < LINGER,
+                ClientTxn::Decided { at, .. } => now.duration_since(*at) < LINGER,
+                // The prober removes its own; this only catches a stopped one.
+                ClientTxn::Probe { sent, .. } => now.duration_since(*sent) < LINGER,
+            };
+            if !keep {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
         });
     }
 }
