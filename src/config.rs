@@ -1906,6 +1906,47 @@ uri = "sip:10.0.1.11:5080"
     }
 
     #[test]
+    fn security_and_limits_settings_and_their_rules() {
+        let c = load(BASE).unwrap();
+        assert!(c.security.trusted.is_empty());
+        assert_eq!(c.security.block_user_agents.len(), 4);
+        assert_eq!(c.security.rate_limit, None);
+        assert_eq!(c.limits.transactions, 500_000);
+        let text = format!(
+            "{BASE}\n[security]\ntrusted = [\"198.51.100.0/24\", \"2001:db8::/32\"]\n\
+             rate_limit = {{ requests = 50, per = \"2s\", block_for = \"60s\" }}\n"
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(c.security.trusted.len(), 2);
+        let limit = c.security.rate_limit.unwrap();
+        assert_eq!((limit.requests, limit.per), (50, Duration::from_secs(2)));
+        // A bad network names the key and the reason.
+        let text = format!("{BASE}\n[security]\ntrusted = [\"198.51.100.0/33\"]\n");
+        let e = err(&text);
+        assert_eq!(e.key(), Some("security.trusted"), "{e}");
+        assert!(e.to_string().contains("198.51.100.0/33"), "{e}");
+        for (section, key, want) in [
+            (
+                "[security]\nrate_limit = { requests = 0, per = \"2s\", block_for = \"1s\" }\n",
+                "security.rate_limit.requests",
+                Rule::ZeroRateLimit,
+            ),
+            (
+                "[security]\nrate_limit = { requests = 5, per = \"0s\", block_for = \"1s\" }\n",
+                "security.rate_limit.per",
+                Rule::ZeroDuration,
+            ),
+            (
+                "[limits]\ntransactions = 10\n",
+                "limits.transactions",
+                Rule::TooFewTransactions(10),
+            ),
+        ] {
+            assert_eq!(rule(&format!("{BASE}\n{section}")), (key.to_string(), want));
+        }
+    }
+
+    #[test]
     fn tcp_settings_and_their_rules() {
         let c = load(BASE).unwrap();
         assert!(c.listen.tcp.is_empty());
