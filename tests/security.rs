@@ -249,3 +249,30 @@ async fn at_the_transaction_cap_new_calls_are_shed_established_ones_go_on() {
         .await;
     assert_eq!(got.last().unwrap().call_id(), call.call_id);
 }
+
+/// From outside `trusted`, an in-dialog request for a call nobody knows is
+/// not routed by its Request-URI, even one naming a node: 481, and the
+/// node hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_in_dialog_request_is_not_routed_by_its_request_uri() {
+    let h = Harness::start(with_security("[security]\ntrusted = [\"10.0.0.0/8\"]\n")).await;
+    let node = &h.nodes[0];
+    let bye = assemble(
+        &format!("BYE sip:fs@{} SIP/2.0", node.addr),
+        &[
+            (
+                "Via",
+                format!("SIP/2.0/UDP {};branch={};rport", h.trunk.addr, branch()),
+            ),
+            ("Max-Forwards", "70".to_owned()),
+            ("From", format!("<sip:x@{}>;tag=a1", h.trunk.addr)),
+            ("To", format!("<sip:fs@{}>;tag=b2", node.addr)),
+            ("Call-ID", unique("stray-")),
+            ("CSeq", "2 BYE".to_owned()),
+        ],
+        None,
+    );
+    h.trunk.send(bye, h.addr).await;
+    h.trunk.recv_response(481).await;
+    node.expect_nothing(QUIET).await;
+}

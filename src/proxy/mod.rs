@@ -316,6 +316,20 @@ impl Proxy {
         self.sockets.iter().map(SipSocket::local_addr).collect()
     }
 
+    /// Handles one message from `src` as if read from a UDP socket, on the
+    /// caller's thread: what the receive threads do, for fuzzing the whole
+    /// proxy and for tools. Must run inside the proxy's runtime.
+    pub fn handle_datagram(self: &Arc<Self>, data: &[u8], src: SocketAddr) {
+        self.on_message(data, Peer::udp(src));
+        self.flush_icmp();
+    }
+
+    /// Client and server transactions held now (the bounds a flood must
+    /// not break).
+    pub fn transaction_counts(&self) -> (usize, usize) {
+        (self.txns.len(), self.invites.len())
+    }
+
     /// Every TCP listener's address.
     pub fn tcp_addrs(&self) -> &[SocketAddr] {
         &self.tcp_addrs

@@ -453,7 +453,15 @@ impl Proxy {
             None => {
                 // From the trunk: the node that has the call.
                 let hint = ours.hint.filter(|a| pool.find(*a).is_some());
-                let ruri = msg.request_uri().ok().as_ref().and_then(uri_addr);
+                // A Request-URI naming a node is only taken from a trusted
+                // source: from anyone else an in-dialog request goes to the
+                // pinned node or along our own Route, nowhere else.
+                let ruri = msg
+                    .request_uri()
+                    .ok()
+                    .as_ref()
+                    .and_then(uri_addr)
+                    .filter(|_| self.security.is_trusted(src.addr.ip()));
                 self.dialogs
                     .get(call_id)
                     .or(hint)
