@@ -2137,7 +2137,10 @@ uri = "sip:10.0.1.11:5080"
         assert!(dests[0].advertised.is_empty());
         assert_eq!(
             dests[1].advertised,
-            ["203.0.113.10".parse::<IpAddr>().unwrap(), "2001:db8::10".parse().unwrap()]
+            [
+                "203.0.113.10".parse::<IpAddr>().unwrap(),
+                "2001:db8::10".parse().unwrap()
+            ]
         );
         // A name, a port or brackets: refused, naming the element.
         for bad in [
