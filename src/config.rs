@@ -519,6 +519,11 @@ pub struct Destination {
     /// `listen.udp_mtu` go to it by TCP (RFC 3261 §18.1.1).
     #[serde(default)]
     pub tcp: bool,
+    /// Addresses besides its own that the node may put in its Contact and
+    /// SDP `c=` lines (a public or VIP address); anything else in a 2xx is
+    /// logged and counted as misadvertised.
+    #[serde(default)]
+    pub advertised: Vec<IpAddr>,
     /// The dispatcher.list `flags` column this node starts with (1
     /// inactive, 2 trying, 4 disabled, 8 probing); a TOML destination
     /// starts active and probed.
@@ -542,6 +547,7 @@ impl Destination {
             weight: None,
             ping_from: None,
             tcp: false,
+            advertised: Vec::new(),
             list_flags: default_list_flags(),
             attrs: None,
         }
@@ -761,6 +767,7 @@ impl Config {
             weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
             ping_from: e.attrs.ping_from().map(str::to_owned),
             tcp: false,
+            advertised: Vec::new(),
             list_flags: e.flags.bits(),
             attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
         };
@@ -2272,6 +2279,43 @@ uri = "sip:10.0.1.11:5080"
         assert_eq!(err_key(&text), "dispatcher.destination[1].wieght");
         let text = format!("{BASE}\n[tls]\n");
         assert_eq!(err_key(&text), "tls");
+    }
+
+    #[test]
+    fn advertised_aliases_are_ip_literals() {
+        let with = |list: &str| {
+            BASE.replace(
+                "uri = \"sip:10.0.1.11:5080\"",
+                &format!("uri = \"sip:10.0.1.11:5080\"\nadvertised = {list}"),
+            )
+        };
+        let config = load(&with(r#"["203.0.113.10", "2001:db8::10"]"#)).unwrap();
+        let dests = &config.dispatcher.destinations;
+        assert!(dests[0].advertised.is_empty());
+        assert_eq!(
+            dests[1].advertised,
+            [
+                "203.0.113.10".parse::<IpAddr>().unwrap(),
+                "2001:db8::10".parse().unwrap()
+            ]
+        );
+        // A name, a port or brackets: refused, naming the element.
+        for bad in [
+            r#"["203.0.113.10", "fs1.example"]"#,
+            r#"["203.0.113.10", "203.0.113.10:5060"]"#,
+            r#"["203.0.113.10", "[2001:db8::10]"]"#,
+            r#"["203.0.113.10", "203.0.113.256"]"#,
+        ] {
+            assert_eq!(
+                err_key(&with(bad)),
+                "dispatcher.destination[1].advertised[1]",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            err_key(&with(r#""203.0.113.10""#)),
+            "dispatcher.destination[1].advertised"
+        );
     }
 
     #[test]

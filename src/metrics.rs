@@ -78,6 +78,12 @@ pub const BUILD_INFO: &str = "sipedge_build_info";
 pub const TCP_CONNECTIONS: &str = "sipedge_tcp_connections";
 /// What happened to TCP connections. Label: `event` ([`TcpEvent`]).
 pub const TCP_EVENTS_TOTAL: &str = "sipedge_tcp_events_total";
+/// A pool node's 2xx answers to an INVITE that advertise an address no
+/// peer can use: a wildcard, a loopback one (from a node not on loopback),
+/// or neither the node's own nor one of its `advertised` aliases. Such a
+/// call connects and then carries no media (a fax sends zero pages).
+/// Labels: `uri` (the node's configured URI), `where` ([`AdvertisedIn`]).
+pub const NODE_MISADVERTISED_TOTAL: &str = "sipedge_node_misadvertised_total";
 
 /// Every metric name above, for tests and tools that check an exposition.
 pub const ALL_NAMES: &[&str] = &[
@@ -98,6 +104,7 @@ pub const ALL_NAMES: &[&str] = &[
     BUILD_INFO,
     TCP_CONNECTIONS,
     TCP_EVENTS_TOTAL,
+    NODE_MISADVERTISED_TOTAL,
 ];
 
 /// Buckets of [`PROBE_DURATION_SECONDS`]: an OPTIONS round trip on a LAN
@@ -433,6 +440,17 @@ label_enum! {
 }
 
 label_enum! {
+    /// Where a node's 2xx advertised an address ([`NODE_MISADVERTISED_TOTAL`]).
+    pub enum AdvertisedIn {
+        /// The Contact URI: where the trunk sends the call's in-dialog
+        /// requests (the T.38 re-INVITE, BYE).
+        Contact => "contact",
+        /// An SDP `c=` line: where the media (RTP, T.38 UDPTL) goes.
+        Sdp => "sdp",
+    }
+}
+
+label_enum! {
     /// Why an entry left the Call-ID -> node table, or never entered it.
     pub enum EvictReason {
         /// Its TTL passed.
@@ -557,6 +575,26 @@ impl DestinationMetrics {
     }
 }
 
+/// The [`NODE_MISADVERTISED_TOTAL`] series of one node, from
+/// [`Metrics::register_misadvertised`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MisadvertisedMetrics {
+    uri: Box<str>,
+    counts: PerLabel<AdvertisedIn, IntCounter>,
+}
+
+impl MisadvertisedMetrics {
+    /// The `uri` label value.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Counts a 2xx that misadvertised an address in `place`.
+    pub fn misadvertised(&self, place: AdvertisedIn) {
+        inc(&self.counts, place);
+    }
+}
+
 fn saturating_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -577,6 +615,7 @@ pub struct Metrics {
     transactions: IntGauge,
     tcp_connections: IntGauge,
     tcp_events: PerLabel<TcpEvent, IntCounter>,
+    node_misadvertised: IntCounterVec,
     invite_setup: Histogram,
     dest_up: IntGaugeVec,
     dest_state: IntGaugeVec,
@@ -590,6 +629,7 @@ const _: fn() = || {
     fn shared<T: Send + Sync>() {}
     shared::<Metrics>();
     shared::<DestinationMetrics>();
+    shared::<MisadvertisedMetrics>();
 };
 
 impl Metrics {
@@ -693,6 +733,19 @@ impl Metrics {
                 &["event"],
             ),
         )?;
+        let node_misadvertised = register(
+            r,
+            NODE_MISADVERTISED_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    NODE_MISADVERTISED_TOTAL,
+                    "A node's 2xx to an INVITE advertising an address no peer can use \
+                     (wildcard, loopback, or not the node's own nor an advertised alias), \
+                     by where.",
+                ),
+                &["uri", "where"],
+            ),
+        )?;
         let invite_setup = register(
             r,
             INVITE_SETUP_SECONDS,
@@ -792,6 +845,7 @@ impl Metrics {
             tcp_events: PerLabel::resolve(TCP_EVENTS_TOTAL, |e: TcpEvent| {
                 tcp_events.get_metric_with_label_values(&[e.as_str()])
             })?,
+            node_misadvertised,
             invite_setup,
             dest_up,
             dest_state,
@@ -942,6 +996,47 @@ impl Metrics {
     /// How many times `event` happened to TCP connections, as last synced.
     pub fn tcp_events(&self, event: TcpEvent) -> u64 {
         get(&self.tcp_events, event)
+    }
+
+    /// Creates (or finds) the [`NODE_MISADVERTISED_TOTAL`] series of the
+    /// node whose configured URI is `uri`, at 0 for each [`AdvertisedIn`].
+    pub fn register_misadvertised(&self, uri: &str) -> Result<MisadvertisedMetrics, MetricsError> {
+        Ok(MisadvertisedMetrics {
+            counts: PerLabel::resolve(NODE_MISADVERTISED_TOTAL, |w: AdvertisedIn| {
+                self.node_misadvertised
+                    .get_metric_with_label_values(&[uri, w.as_str()])
+            })?,
+            uri: uri.into(),
+        })
+    }
+
+    /// Drops a node's [`NODE_MISADVERTISED_TOTAL`] series (a reload removed
+    /// the node); clones of `node` keep counting, unexported.
+    pub fn remove_misadvertised(&self, node: MisadvertisedMetrics) {
+        for w in AdvertisedIn::ALL {
+            // "No such series" only: already gone.
+            let _ = self
+                .node_misadvertised
+                .remove_label_values(&[&node.uri, w.as_str()]);
+        }
+    }
+
+    /// How many 2xx of the node at `uri` misadvertised in `place` so far;
+    /// 0 for a node without series (tests, logs). Reads without creating
+    /// a series.
+    pub fn misadvertised(&self, uri: &str, place: AdvertisedIn) -> u64 {
+        use prometheus::core::Collector;
+        let has = |m: &prometheus::proto::Metric, name: &str, value: &str| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == name && l.value() == value)
+        };
+        self.node_misadvertised
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .find(|m| has(m, "uri", uri) && has(m, "where", place.as_str()))
+            .map_or(0, |m| m.get_counter().get_value() as u64)
     }
 
     /// Records the time from a new INVITE to its first final response.
@@ -1170,6 +1265,7 @@ mod tests {
     fn every_name_has_help_and_type_and_nothing_else_is_exported() {
         let m = metrics();
         let _dest = m.register_destination(1, URI_A).expect("destination");
+        let _node = m.register_misadvertised(URI_A).expect("node");
         let s = Scrape::of(&m);
         let expected_type = |name: &str| match name {
             PROBE_DURATION_SECONDS | INVITE_SETUP_SECONDS => "histogram",
@@ -1223,6 +1319,7 @@ mod tests {
         check::<RejectReason>();
         check::<DropReason>();
         check::<EvictReason>();
+        check::<AdvertisedIn>();
         assert_eq!(MethodLabel::ALL.len(), 15);
     }
 
@@ -1599,6 +1696,39 @@ mod tests {
             Some(0.0)
         );
         assert_eq!((a.set(), a.uri()), ("1", URI_A));
+    }
+
+    #[test]
+    fn misadvertised_counts_per_node_and_place() {
+        let m = metrics();
+        let a = m.register_misadvertised(URI_A).expect("a");
+        let b = m.register_misadvertised(URI_B).expect("b");
+        let value = |uri: &str, w: &str| {
+            Scrape::of(&m).value(NODE_MISADVERTISED_TOTAL, &[("uri", uri), ("where", w)])
+        };
+        // Exported at 0 from registration, so rate() sees the first one.
+        for w in AdvertisedIn::ALL {
+            assert_eq!(value(URI_A, w.as_str()), Some(0.0), "{w:?}");
+        }
+        a.misadvertised(AdvertisedIn::Sdp);
+        a.misadvertised(AdvertisedIn::Sdp);
+        b.misadvertised(AdvertisedIn::Contact);
+        assert_eq!(value(URI_A, "sdp"), Some(2.0));
+        assert_eq!(value(URI_A, "contact"), Some(0.0));
+        assert_eq!(value(URI_B, "contact"), Some(1.0));
+        assert_eq!(m.misadvertised(URI_A, AdvertisedIn::Sdp), 2);
+        assert_eq!(m.misadvertised(URI_B, AdvertisedIn::Sdp), 0);
+        assert_eq!((a.uri(), b.uri()), (URI_A, URI_B));
+        // Registering again finds the same series.
+        let again = m.register_misadvertised(URI_A).expect("again");
+        again.misadvertised(AdvertisedIn::Sdp);
+        assert_eq!(m.misadvertised(URI_A, AdvertisedIn::Sdp), 3);
+        // Removed: gone from the output, and the getter creates nothing.
+        m.remove_misadvertised(a);
+        assert_eq!(value(URI_A, "sdp"), None);
+        assert_eq!(m.misadvertised(URI_A, AdvertisedIn::Sdp), 0);
+        assert_eq!(value(URI_A, "sdp"), None);
+        assert_eq!(value(URI_B, "contact"), Some(1.0));
     }
 
     #[test]

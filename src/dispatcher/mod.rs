@@ -92,6 +92,9 @@ struct Node {
     transport: Transport,
     /// Takes TCP: large requests may switch to it (`tcp = true`).
     takes_tcp: bool,
+    /// Addresses it may advertise besides its own (`advertised`),
+    /// canonical like `addr`.
+    advertised: Box<[std::net::IpAddr]>,
 }
 
 /// The destination set and its selection algorithm. `Send + Sync`; share it
@@ -173,6 +176,7 @@ impl Dispatcher {
                     attrs: dest.attrs.clone(),
                     transport: dest.uri.transport.unwrap_or_default(),
                     takes_tcp: dest.tcp || dest.uri.transport == Some(Transport::Tcp),
+                    advertised: dest.advertised.iter().map(|a| a.to_canonical()).collect(),
                 }),
                 Host::Name(_) => Err(DispatcherError::HostName {
                     index,
@@ -399,6 +403,15 @@ impl Dispatcher {
     /// If `i >= len()`.
     pub fn attrs(&self, i: usize) -> Option<&list::Attrs> {
         self.nodes[i].attrs.as_ref()
+    }
+
+    /// The addresses node `i` may advertise besides its own (its
+    /// `advertised` key), IPv4-mapped IPv6 folded to IPv4.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn advertised(&self, i: usize) -> &[std::net::IpAddr] {
+        &self.nodes[i].advertised
     }
 
     /// Whether new calls may go to node `i` (active or trying).

@@ -482,6 +482,27 @@ fn find_matches_ip_and_port() {
     assert_eq!(d.find(with_scope), Some(2));
 }
 
+#[test]
+fn advertised_aliases_stay_with_their_node() {
+    let alias = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let d = pool(
+        Algorithm::RoundRobin,
+        vec![
+            dest("sip:10.0.1.10:5080"),
+            Destination {
+                advertised: vec![alias("203.0.113.10"), alias("::ffff:203.0.113.11")],
+                ..dest("sip:10.0.1.11:5080")
+            },
+        ],
+    );
+    assert!(d.advertised(0).is_empty());
+    // Folded like the node's own address, so one comparison finds it.
+    assert_eq!(
+        d.advertised(1),
+        [alias("203.0.113.10"), alias("203.0.113.11")]
+    );
+}
+
 // --- plan capacity ----------------------------------------------------------
 
 #[test]

@@ -7,9 +7,11 @@
 //! - `invite`: a new INVITE's state machine: choose a node, fail over on
 //!   silence or a failover code, relay the answer.
 //! - `response`: match a response to its client transaction and relay it.
+//! - `advertise`: report a node's 2xx that advertises an unusable address.
 //! - `rescue`: error -> status code and counter.
 
 mod admin;
+mod advertise;
 mod invite;
 mod pool;
 mod probe;

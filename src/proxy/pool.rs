@@ -8,6 +8,7 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::advertise::NodeAdvert;
 use super::{health_config, Proxy, ProxyError, SentBy};
 use crate::config::{self, Config};
 use crate::dispatcher::Dispatcher;
@@ -22,6 +23,8 @@ pub struct Pool {
     pub(super) record_routes: Vec<[Box<[u8]>; 2]>,
     /// Per-node series, by node index.
     pub(super) node_metrics: Vec<DestinationMetrics>,
+    /// What each node may advertise in its 2xx, by node index.
+    pub(super) adverts: Vec<NodeAdvert>,
     /// Counts reloads: a probe answered after one is not recorded into a
     /// node that now has another index.
     pub(super) generation: u64,
@@ -63,6 +66,10 @@ impl Pool {
         let node_metrics = (0..dispatcher.len())
             .map(|i| metrics.register_destination(cfg.dispatcher.set, dispatcher.uri(i)))
             .collect::<Result<Vec<_>, _>>()?;
+        let before = previous.map_or(&[][..], |p| &p.adverts);
+        let adverts = (0..dispatcher.len())
+            .map(|i| NodeAdvert::new(&dispatcher, i, metrics, before))
+            .collect::<Result<Vec<_>, _>>()?;
         let record_routes = (0..dispatcher.len())
             .map(|i| {
                 let node = dispatcher.addr(i);
@@ -97,6 +104,7 @@ impl Pool {
             dispatcher,
             record_routes,
             node_metrics,
+            adverts,
             generation,
             set: cfg.dispatcher.set,
             others,
@@ -188,6 +196,11 @@ impl Proxy {
                 if !stays {
                     self.metrics.remove_destination(m.clone());
                 }
+            }
+        }
+        for a in &old.adverts {
+            if !new.adverts.iter().any(|n| n.uri() == a.uri()) {
+                self.metrics.remove_misadvertised(a.metrics().clone());
             }
         }
         self.pool.store(Arc::new(new));

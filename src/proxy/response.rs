@@ -66,6 +66,13 @@ impl Proxy {
         if let Some(i) = pool.find(src.addr) {
             // Any answer to a call shows the node's SIP stack is there.
             pool.call_reply(i, status);
+            // A node's 2xx to an INVITE, initial or re-INVITE; a 2xx
+            // retransmission (Decided) was checked the first time.
+            if matches!(action, Some(Action::Call(_) | Action::Relay { .. })) {
+                if let Some(node) = pool.adverts.get(i) {
+                    node.check(msg);
+                }
+            }
         }
         match action {
             Some(Action::Probe) => {}

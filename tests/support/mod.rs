@@ -128,6 +128,9 @@ pub struct Options {
     pub node_kinds: Vec<NodeKind>,
     /// More `[listen]` settings, as is (e.g. `udp_mtu = 1000`).
     pub listen_extra: &'static str,
+    /// More keys of node `i`'s `[[dispatcher.destination]]`, as is (e.g.
+    /// `advertised = ["203.0.113.10"]`); nodes beyond the list get none.
+    pub destination_extra: Vec<&'static str>,
     /// Health probing runs; off, it is paused before the proxy starts, so
     /// no probe touches a node (or opens a TCP connection) behind the
     /// test's back.
@@ -173,6 +176,7 @@ impl Default for Options {
             tcp: false,
             node_kinds: Vec::new(),
             listen_extra: "",
+            destination_extra: Vec::new(),
             probing: true,
         }
     }
@@ -200,7 +204,8 @@ pub fn config_toml(listen: SocketAddr, nodes: &[SocketAddr], opts: &Options) -> 
             NodeKind::Tcp | NodeKind::TcpRefused => format!("uri = \"sip:{n};transport=tcp\""),
             NodeKind::Dual => format!("uri = \"sip:{n}\"\ntcp = true"),
         };
-        let _ = writeln!(t, "[[dispatcher.destination]]\n{dest}\n");
+        let extra = opts.destination_extra.get(i).copied().unwrap_or_default();
+        let _ = writeln!(t, "[[dispatcher.destination]]\n{dest}\n{extra}\n");
     }
     let _ = writeln!(
         t,
