@@ -84,7 +84,9 @@ fn main() {
 }
 
 fn request(method: &str, to: SocketAddr, from: &str, i: u64, ua: Option<&str>) -> Vec<u8> {
-    let ua = ua.map(|u| format!("User-Agent: {u}\r\n")).unwrap_or_default();
+    let ua = ua
+        .map(|u| format!("User-Agent: {u}\r\n"))
+        .unwrap_or_default();
     format!(
         "{method} sip:fax@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKflood{i};rport\r\n\
          Max-Forwards: 70\r\nFrom: <sip:flood@{from}>;tag=f{i}\r\nTo: <sip:fax@{to}>\r\n\
