@@ -231,7 +231,12 @@ impl Proxy {
     /// INVITE retransmissions and its ACK for a non-2xx) is served from the
     /// tables, which the sweeper clears after LINGER; the state goes now.
     fn conclude(&self, call: &Call, st: &mut CallState) {
-        if call.over.swap(true, Ordering::Relaxed) {
+        // Under the call's lock, so a plain check is enough here; `over`
+        // is only set once the branches are Decided, because the sweeper
+        // drops an Invite entry whose call is over: set earlier, it could
+        // drop one before `decide` replaced it, and a retransmitted 2xx
+        // would then find no transaction.
+        if call.over.load(Ordering::Acquire) {
             return;
         }
         st.leg = None;
@@ -245,6 +250,7 @@ impl Proxy {
         for b in &st.branches {
             self.txns.decide(b.as_bytes(), now, st.src);
         }
+        call.over.store(true, Ordering::Release);
     }
 
     /// Acts on what an event did to the current leg.
