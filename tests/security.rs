@@ -18,23 +18,45 @@ fn with_security(toml: &'static str) -> Options {
     }
 }
 
-/// An OPTIONS to the proxy itself from `from`, with `user_agent`.
-fn options_to_proxy(h: &Harness, from: SocketAddr, user_agent: Option<&str>) -> Vec<u8> {
+/// A request from `from` for `ruri` (its To: the same URI, with `to_tag`
+/// when in a dialog), with `user_agent`.
+fn request_from(
+    method: &str,
+    ruri: &str,
+    from: SocketAddr,
+    to_tag: Option<&str>,
+    user_agent: Option<&str>,
+) -> Vec<u8> {
+    let to = match to_tag {
+        Some(t) => format!("<{ruri}>;tag={t}"),
+        None => format!("<{ruri}>"),
+    };
     let mut headers = vec![
         (
             "Via",
             format!("SIP/2.0/UDP {from};branch={};rport", branch()),
         ),
         ("Max-Forwards", "70".to_owned()),
-        ("From", format!("<sip:probe@{from}>;tag=s1")),
-        ("To", format!("<sip:{}>", h.addr)),
+        ("From", format!("<sip:probe@{from}>;tag={}", unique("f"))),
+        ("To", to),
         ("Call-ID", unique("sec-")),
-        ("CSeq", "1 OPTIONS".to_owned()),
+        ("CSeq", format!("1 {method}")),
     ];
     if let Some(ua) = user_agent {
         headers.push(("User-Agent", ua.to_owned()));
     }
-    assemble(&format!("OPTIONS sip:{} SIP/2.0", h.addr), &headers, None)
+    assemble(&format!("{method} {ruri} SIP/2.0"), &headers, None)
+}
+
+/// An OPTIONS to the proxy itself from `from`, with `user_agent`.
+fn options_to_proxy(h: &Harness, from: SocketAddr, user_agent: Option<&str>) -> Vec<u8> {
+    request_from(
+        "OPTIONS",
+        &format!("sip:{}", h.addr),
+        from,
+        None,
+        user_agent,
+    )
 }
 
 /// The trunk (127.0.0.1) is outside `trusted`: its INVITE gets 403 and
@@ -207,21 +229,8 @@ async fn at_the_transaction_cap_new_calls_are_shed_established_ones_go_on() {
     // Out-of-dialog requests for a user fill the table (each is a
     // transaction that lingers 32 s).
     for sent in 0..110 {
-        let req = assemble(
-            &format!("OPTIONS sip:user{sent}@{} SIP/2.0", h.addr),
-            &[
-                (
-                    "Via",
-                    format!("SIP/2.0/UDP {};branch={};rport", h.trunk.addr, branch()),
-                ),
-                ("Max-Forwards", "70".to_owned()),
-                ("From", format!("<sip:x@{}>;tag=f{sent}", h.trunk.addr)),
-                ("To", format!("<sip:user{sent}@{}>", h.addr)),
-                ("Call-ID", unique("fill-")),
-                ("CSeq", "1 OPTIONS".to_owned()),
-            ],
-            None,
-        );
+        let ruri = format!("sip:user{sent}@{}", h.addr);
+        let req = request_from("OPTIONS", &ruri, h.trunk.addr, None, None);
         h.trunk.send(req, h.addr).await;
     }
     // Let the proxy read them all.
@@ -257,21 +266,8 @@ async fn at_the_transaction_cap_new_calls_are_shed_established_ones_go_on() {
 async fn untrusted_in_dialog_request_is_not_routed_by_its_request_uri() {
     let h = Harness::start(with_security("[security]\ntrusted = [\"10.0.0.0/8\"]\n")).await;
     let node = &h.nodes[0];
-    let bye = assemble(
-        &format!("BYE sip:fs@{} SIP/2.0", node.addr),
-        &[
-            (
-                "Via",
-                format!("SIP/2.0/UDP {};branch={};rport", h.trunk.addr, branch()),
-            ),
-            ("Max-Forwards", "70".to_owned()),
-            ("From", format!("<sip:x@{}>;tag=a1", h.trunk.addr)),
-            ("To", format!("<sip:fs@{}>;tag=b2", node.addr)),
-            ("Call-ID", unique("stray-")),
-            ("CSeq", "2 BYE".to_owned()),
-        ],
-        None,
-    );
+    let ruri = format!("sip:fs@{}", node.addr);
+    let bye = request_from("BYE", &ruri, h.trunk.addr, Some("b2"), None);
     h.trunk.send(bye, h.addr).await;
     h.trunk.recv_response(481).await;
     node.expect_nothing(QUIET).await;
