@@ -1033,6 +1033,49 @@ async fn node_originated_request_to_the_proxy_itself_gets_404() {
     h.nodes[1].expect_nothing(QUIET).await;
 }
 
+/// A node that was failed over for silence answers 2xx after all: its 2xx
+/// reaches the caller, the call is pinned to it, the leg on the next node
+/// is cancelled once that node answers provisionally (RFC 3261 §9.1,
+/// §16.7), and the caller hears nothing of that leg (no 180, no 487).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_2xx_from_a_failed_over_node_wins_and_the_other_leg_is_cancelled() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    let (n0, n1) = (&h.nodes[0], &h.nodes[1]);
+    let inv0 = n0.recv_request("INVITE").await;
+    // fr_timeout (300 ms) passes without a word from node 0.
+    let inv1 = n1.recv_request("INVITE").await;
+
+    let fs = Dialog::uas(n0, &inv0, &unique("fs0-"));
+    n0.send(fs.answer(&inv0, 200, "OK", Some(SDP_NODE)), inv0.from)
+        .await;
+    let got = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    call.learn_2xx(got.last().unwrap());
+    assert_eq!(dialog_node(&h, &call.call_id), Some(n0.addr));
+
+    // Node 1 rings: our CANCEL follows, on its INVITE's branch.
+    n1.send(reply(&inv1, 180, "Ringing", Some("fs1")), inv1.from)
+        .await;
+    let cancel = n1.recv_request("CANCEL").await;
+    assert_eq!(cancel.branch(), inv1.branch());
+    n1.send(reply(&cancel, 200, "OK", Some("fs1")), cancel.from)
+        .await;
+    n1.send(
+        reply(&inv1, 487, "Request Terminated", Some("fs1")),
+        inv1.from,
+    )
+    .await;
+    assert_eq!(n1.recv_request("ACK").await.branch(), inv1.branch());
+
+    // The caller's ACK goes to node 0, and it hears nothing of node 1.
+    let (ack, _) = call.request("ACK", None);
+    h.trunk.send(ack, h.addr).await;
+    n0.recv_until(|r| r.method().as_deref() == Some("ACK"))
+        .await;
+    h.trunk.expect_nothing(QUIET).await;
+}
+
 /// Every `listen.udp` socket is served, not just the first: a call that
 /// comes in on the second socket reaches a node and is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

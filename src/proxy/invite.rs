@@ -63,6 +63,10 @@ struct CallState {
     received: Instant,
     /// The earliest wake-up in the timer schedule for this call.
     armed: Option<Instant>,
+    /// A node failed over from answered after all (its 2xx was relayed):
+    /// the current leg is only being cancelled, and its outcome is not
+    /// the caller's any more.
+    answered: bool,
     weak: Weak<Call>,
 }
 
@@ -133,6 +137,7 @@ impl Proxy {
                 leg: None,
                 received: Instant::now(),
                 armed: None,
+                answered: false,
                 weak: weak.clone(),
             }),
             over: Default::default(),
@@ -149,6 +154,10 @@ impl Proxy {
     /// error marks the node suspect and moves on), or, with no node left,
     /// answers the trunk and ends the call.
     fn advance(&self, call: &Arc<Call>, st: &mut CallState, msg: &Message<'_>) {
+        if st.answered {
+            // A node failed over from answered: no other node, no 503.
+            return self.conclude(call, st);
+        }
         match self.next_leg(call, st, msg) {
             Some(leg) => {
                 st.leg = Some(leg);
@@ -297,6 +306,7 @@ impl Proxy {
                 self.ack_leg(st, branch, resp.header(HeaderName::To), src);
             } else if code >= 200 {
                 self.relay_upstream(resp, None, Some(st.src));
+                self.answered_elsewhere(st, resp, src);
             }
             return;
         }
@@ -323,7 +333,9 @@ impl Proxy {
                 if !leg.cancel_sent {
                     leg.deadline = now + fr_inv;
                 }
-                self.relay_upstream(resp, Some(&st.server), Some(st.src));
+                if !st.answered {
+                    self.relay_upstream(resp, Some(&st.server), Some(st.src));
+                }
                 Step::Wait
             }
             200..=299 => {
@@ -340,7 +352,11 @@ impl Proxy {
                 let (b, addr) = (leg.branch, leg.addr);
                 let peer = leg.peer();
                 self.ack_leg(st, b.as_bytes(), resp.header(HeaderName::To), peer);
-                if failover {
+                if st.answered {
+                    // The 487 to our CANCEL, or whatever: the caller has
+                    // its answer from the other node.
+                    Step::Done
+                } else if failover {
                     self.metrics.failover(FailoverReason::Code);
                     // Marked like a silent node (the "suspect"):
                     // the next calls skip it until a probe, sent now, finds
@@ -358,6 +374,32 @@ impl Proxy {
             }
         };
         self.step(call, st, step);
+    }
+
+    /// A node the call failed over from answered 2xx after all (it was
+    /// only slow): that node has the call now. Pin it there, and cancel
+    /// the current leg (RFC 3261 §16.7 step 10), once it has answered
+    /// provisionally (§9.1).
+    fn answered_elsewhere(&self, st: &mut CallState, resp: &Message<'_>, src: Peer) {
+        if st.answered {
+            return;
+        }
+        st.answered = true;
+        st.server.forget();
+        self.pin(resp.call_id().unwrap_or_default(), src.addr);
+        let Some(leg) = st.leg.as_mut() else { return };
+        if leg.cancel_sent || leg.cancel_pending {
+            return;
+        }
+        if leg.trying || leg.ringing {
+            leg.cancel_sent = true;
+            leg.deadline = Instant::now() + self.cfg.failover.fr_timeout;
+            let (b, a) = (leg.branch, leg.peer());
+            self.cancel_leg(st, &b, a);
+            self.arm(st);
+        } else {
+            leg.cancel_pending = true;
+        }
     }
 
     /// The trunk cancelled the INVITE.
@@ -413,7 +455,10 @@ impl Proxy {
             return self.step(call, st, Step::Wait);
         }
         let (branch, addr, peer) = (leg.branch, leg.addr, leg.peer());
-        let step = if leg.ringing {
+        let step = if st.answered {
+            // Cancelling a leg the caller no longer waits for: done.
+            Step::Done
+        } else if leg.ringing {
             // fr_inv_timeout: the node has the call but no final.
             self.cancel_leg(st, &branch, peer);
             let raw = st.invite.clone();
