@@ -151,13 +151,14 @@ impl Security {
     }
 
     /// The verdict on a request from `ip` (not a pool member), initial or
-    /// not, carrying `user_agent`, seen at `now`.
+    /// not, carrying `user_agent`; `now` is read only when the rate limit
+    /// needs it (not a clock read per request).
     pub fn check(
         &self,
         ip: IpAddr,
         initial: bool,
         user_agent: Option<&[u8]>,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Verdict {
         if self.is_scanner(user_agent) {
             return Verdict::Scanner;
@@ -174,7 +175,7 @@ impl Security {
         if trusted_explicitly {
             return Verdict::Pass;
         }
-        match self.over_limit(ip.to_canonical(), now) {
+        match self.limit.is_some() && self.over_limit(ip.to_canonical(), now()) {
             true => Verdict::RateLimited,
             false => Verdict::Pass,
         }
@@ -295,21 +296,21 @@ mod tests {
             "198.51.100.9".parse().unwrap(),
             "203.0.113.9".parse().unwrap(),
         );
-        assert_eq!(s.check(inside, true, None, now), Verdict::Pass);
-        assert_eq!(s.check(outside, true, None, now), Verdict::Untrusted);
+        assert_eq!(s.check(inside, true, None, || now), Verdict::Pass);
+        assert_eq!(s.check(outside, true, None, || now), Verdict::Untrusted);
         // In-dialog requests go to their dialog whatever the source.
-        assert_eq!(s.check(outside, false, None, now), Verdict::Pass);
+        assert_eq!(s.check(outside, false, None, || now), Verdict::Pass);
         assert_eq!(
-            s.check(inside, true, Some(b"Friendly-Scanner 1.0"), now),
+            s.check(inside, true, Some(b"Friendly-Scanner 1.0"), || now),
             Verdict::Scanner
         );
         assert_eq!(
-            s.check(inside, false, Some(b"x sipvicious"), now),
+            s.check(inside, false, Some(b"x sipvicious"), || now),
             Verdict::Scanner
         );
         // No trusted list: everyone.
         assert_eq!(
-            rules(&[], None).check(outside, true, None, now),
+            rules(&[], None).check(outside, true, None, || now),
             Verdict::Pass
         );
     }
@@ -321,28 +322,28 @@ mod tests {
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
         let other: IpAddr = "203.0.113.10".parse().unwrap();
         for i in 0..3 {
-            assert_eq!(s.check(ip, true, None, t0), Verdict::Pass, "request {i}");
+            assert_eq!(s.check(ip, true, None, || t0), Verdict::Pass, "request {i}");
         }
-        assert_eq!(s.check(ip, true, None, t0), Verdict::RateLimited);
+        assert_eq!(s.check(ip, true, None, || t0), Verdict::RateLimited);
         assert_eq!(s.blocks(), 1);
         // Blocked for block_for, even after the window.
         assert_eq!(
-            s.check(ip, true, None, t0 + Duration::from_secs(2)),
+            s.check(ip, true, None, || t0 + Duration::from_secs(2)),
             Verdict::RateLimited
         );
         assert_eq!(s.blocks(), 1, "logged and counted once per block");
         // Others are not affected; in-dialog requests are not counted.
-        assert_eq!(s.check(other, true, None, t0), Verdict::Pass);
-        assert_eq!(s.check(ip, false, None, t0), Verdict::Pass);
+        assert_eq!(s.check(other, true, None, || t0), Verdict::Pass);
+        assert_eq!(s.check(ip, false, None, || t0), Verdict::Pass);
         // After the block: a fresh window.
         assert_eq!(
-            s.check(ip, true, None, t0 + Duration::from_secs(6)),
+            s.check(ip, true, None, || t0 + Duration::from_secs(6)),
             Verdict::Pass
         );
         // Explicitly trusted sources are not limited.
         let s = rules(&["203.0.113.0/24"], Some((1, 1000, 5000)));
         for _ in 0..10 {
-            assert_eq!(s.check(ip, true, None, t0), Verdict::Pass);
+            assert_eq!(s.check(ip, true, None, || t0), Verdict::Pass);
         }
     }
 
@@ -352,12 +353,12 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..(MAX_TRACKED as u32 + 10) {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            s.check(ip, true, None, t0);
+            s.check(ip, true, None, || t0);
         }
         assert!(s.tracked() <= MAX_TRACKED);
         // Once the window is over, the stale entries make room.
         let later = t0 + Duration::from_secs(2);
-        s.check("192.0.2.1".parse().unwrap(), true, None, later);
+        s.check("192.0.2.1".parse().unwrap(), true, None, || later);
         assert!(s.tracked() < 10, "{}", s.tracked());
     }
 }

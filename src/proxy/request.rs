@@ -262,8 +262,10 @@ impl Proxy {
         use crate::security::Verdict;
         let initial = !matches!(msg.to_tag(), Ok(Some(_)));
         let ua = msg.header(HeaderName::UserAgent);
-        let now = std::time::Instant::now();
-        match self.security.check(src.addr.ip(), initial, ua, now) {
+        match self
+            .security
+            .check(src.addr.ip(), initial, ua, std::time::Instant::now)
+        {
             Verdict::Pass => return true,
             Verdict::Scanner => self.metrics.dropped(DropReason::Scanner),
             Verdict::RateLimited => self.metrics.dropped(DropReason::RateLimited),
