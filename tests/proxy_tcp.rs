@@ -836,21 +836,7 @@ async fn requests_over_tcp_are_not_retransmitted() {
     let mut call = h.trunk_call();
     h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
     let inv = node.recv_request("INVITE").await;
-    let options = assemble(
-        "OPTIONS sip:bob@192.0.2.99 SIP/2.0",
-        &[
-            (
-                "Via",
-                format!("SIP/2.0/UDP {};branch={};rport", h.trunk.addr, branch()),
-            ),
-            ("Max-Forwards", "70".to_owned()),
-            ("From", format!("<sip:x@{}>;tag=e1", h.trunk.addr)),
-            ("To", "<sip:bob@192.0.2.99>".to_owned()),
-            ("Call-ID", unique("no-timer-e-")),
-            ("CSeq", "1 OPTIONS".to_owned()),
-        ],
-        None,
-    );
+    let options = request_from("OPTIONS", "sip:bob@192.0.2.99", h.trunk.addr, None, None);
     h.trunk.send(options, h.addr).await;
     let opt = node.recv_request("OPTIONS").await;
     assert_eq!(opt.vias().len(), 2, "relayed, not a probe");

@@ -899,21 +899,7 @@ async fn silent_node_gets_the_invite_retransmitted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_node_gets_a_non_invite_retransmitted() {
     let h = Harness::start(Options::default()).await;
-    let options = assemble(
-        "OPTIONS sip:bob@192.0.2.99 SIP/2.0",
-        &[
-            (
-                "Via",
-                format!("SIP/2.0/UDP {};branch={};rport", h.trunk.addr, branch()),
-            ),
-            ("Max-Forwards", "70".to_owned()),
-            ("From", format!("<sip:x@{}>;tag=e1", h.trunk.addr)),
-            ("To", "<sip:bob@192.0.2.99>".to_owned()),
-            ("Call-ID", unique("timer-e-")),
-            ("CSeq", "1 OPTIONS".to_owned()),
-        ],
-        None,
-    );
+    let options = request_from("OPTIONS", "sip:bob@192.0.2.99", h.trunk.addr, None, None);
     h.trunk.send(options, h.addr).await;
     let first = h.nodes[0].recv_request("OPTIONS").await;
     let again = h.nodes[0].recv_request("OPTIONS").await;

@@ -18,36 +18,6 @@ fn with_security(toml: &'static str) -> Options {
     }
 }
 
-/// A request from `from` for `ruri` (its To: the same URI, with `to_tag`
-/// when in a dialog), with `user_agent`.
-fn request_from(
-    method: &str,
-    ruri: &str,
-    from: SocketAddr,
-    to_tag: Option<&str>,
-    user_agent: Option<&str>,
-) -> Vec<u8> {
-    let to = match to_tag {
-        Some(t) => format!("<{ruri}>;tag={t}"),
-        None => format!("<{ruri}>"),
-    };
-    let mut headers = vec![
-        (
-            "Via",
-            format!("SIP/2.0/UDP {from};branch={};rport", branch()),
-        ),
-        ("Max-Forwards", "70".to_owned()),
-        ("From", format!("<sip:probe@{from}>;tag={}", unique("f"))),
-        ("To", to),
-        ("Call-ID", unique("sec-")),
-        ("CSeq", format!("1 {method}")),
-    ];
-    if let Some(ua) = user_agent {
-        headers.push(("User-Agent", ua.to_owned()));
-    }
-    assemble(&format!("{method} {ruri} SIP/2.0"), &headers, None)
-}
-
 /// An OPTIONS to the proxy itself from `from`, with `user_agent`.
 fn options_to_proxy(h: &Harness, from: SocketAddr, user_agent: Option<&str>) -> Vec<u8> {
     request_from(
@@ -107,16 +77,8 @@ async fn silent_drop_answers_nothing_and_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_trunk_calls_and_in_dialog_requests_follow_their_dialog() {
     let h = Harness::start(with_security("[security]\ntrusted = [\"127.0.0.1/32\"]\n")).await;
-    let mut call = h.trunk_call();
-    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
-    h.trunk.recv_response(100).await;
+    let Established { mut call, .. } = establish(&h).await;
     let node = &h.nodes[0];
-    let inv = node.recv_request("INVITE").await;
-    let fs = Dialog::uas(node, &inv, &unique("fs-"));
-    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
-        .await;
-    let ok = h.trunk.recv_until(|r| r.status() == Some(200)).await;
-    call.learn_2xx(ok.last().unwrap());
 
     // The BYE comes from the trunk's other address, outside `trusted`.
     let Ok(other) = Peer::bind_at("trunk-b", "127.0.0.2:0".parse().unwrap()).await else {
@@ -215,16 +177,8 @@ async fn no_open_relay_from_trusted_or_untrusted_sources() {
 async fn at_the_transaction_cap_new_calls_are_shed_established_ones_go_on() {
     let h = Harness::start(with_security("[limits]\ntransactions = 100\n")).await;
     // A call up before the flood.
-    let mut call = h.trunk_call();
-    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
-    h.trunk.recv_response(100).await;
+    let Established { mut call, .. } = establish(&h).await;
     let node = &h.nodes[0];
-    let inv = node.recv_request("INVITE").await;
-    let fs = Dialog::uas(node, &inv, &unique("fs-"));
-    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
-        .await;
-    let ok = h.trunk.recv_until(|r| r.status() == Some(200)).await;
-    call.learn_2xx(ok.last().unwrap());
 
     // Out-of-dialog requests for a user fill the table (each is a
     // transaction that lingers 32 s).

@@ -387,25 +387,18 @@ impl Proxy {
         st.answered = true;
         st.server.forget();
         self.pin(resp.call_id().unwrap_or_default(), src.addr);
-        let Some(leg) = st.leg.as_mut() else { return };
-        if leg.cancel_sent || leg.cancel_pending {
-            return;
-        }
-        if leg.trying || leg.ringing {
-            leg.cancel_sent = true;
-            leg.deadline = Instant::now() + self.cfg.failover.fr_timeout;
-            let (b, a) = (leg.branch, leg.peer());
-            self.cancel_leg(st, &b, a);
-            self.arm(st);
-        } else {
-            leg.cancel_pending = true;
-        }
+        self.cancel_current_leg(st);
     }
 
     /// The trunk cancelled the INVITE.
     pub(super) fn call_cancelled(&self, call: &Arc<Call>) {
         let mut st = call.lock();
-        let st = &mut *st;
+        self.cancel_current_leg(&mut st);
+    }
+
+    /// CANCELs the leg in progress: now if the node has answered
+    /// provisionally, else on its first provisional (RFC 3261 §9.1).
+    fn cancel_current_leg(&self, st: &mut CallState) {
         let Some(leg) = st.leg.as_mut() else { return };
         if leg.cancel_sent || leg.cancel_pending {
             return;

@@ -629,6 +629,36 @@ impl Inbox for TcpPeer {
     }
 }
 
+/// A request from `from` for `ruri` (its To: the same URI, with `to_tag`
+/// when in a dialog), with `user_agent`.
+pub fn request_from(
+    method: &str,
+    ruri: &str,
+    from: SocketAddr,
+    to_tag: Option<&str>,
+    user_agent: Option<&str>,
+) -> Vec<u8> {
+    let to = match to_tag {
+        Some(t) => format!("<{ruri}>;tag={t}"),
+        None => format!("<{ruri}>"),
+    };
+    let mut headers = vec![
+        (
+            "Via",
+            format!("SIP/2.0/UDP {from};branch={};rport", branch()),
+        ),
+        ("Max-Forwards", "70".to_owned()),
+        ("From", format!("<sip:probe@{from}>;tag={}", unique("f"))),
+        ("To", to),
+        ("Call-ID", unique("sec-")),
+        ("CSeq", format!("1 {method}")),
+    ];
+    if let Some(ua) = user_agent {
+        headers.push(("User-Agent", ua.to_owned()));
+    }
+    assemble(&format!("{method} {ruri} SIP/2.0"), &headers, None)
+}
+
 /// The proxy's Via is on top: its address, a UDP Via, an RFC 3261 branch.
 pub fn assert_our_via(msg: &Received, proxy: SocketAddr) {
     assert_our_via_over(msg, proxy, "UDP");
