@@ -70,6 +70,20 @@ impl Iterator for Plan {
 
 impl ExactSizeIterator for Plan {}
 
+/// A plan of given nodes, in order (state machine tests, tools); indices
+/// past `u16` and nodes past [`PLAN_CAPACITY`] are left out.
+impl FromIterator<usize> for Plan {
+    fn from_iter<I: IntoIterator<Item = usize>>(nodes: I) -> Plan {
+        let mut plan = Plan::new();
+        for n in nodes {
+            if let Ok(n) = u16::try_from(n) {
+                plan.push(n);
+            }
+        }
+        plan
+    }
+}
+
 impl FusedIterator for Plan {}
 
 #[cfg(test)]

@@ -9,6 +9,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::time::{Duration, Instant};
 
+pub mod invite;
+pub mod relay;
+pub mod server;
+
+pub use server::server_key;
+
 /// The RFC 3261 magic cookie plus sipedge's prefix, so our branches are
 /// recognisable in captures.
 pub const BRANCH_PREFIX: &str = "z9hG4bKse";
@@ -88,6 +94,14 @@ impl Token {
         std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Token) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Token {}
 
 impl std::ops::Deref for Token {
     type Target = str;

@@ -1,0 +1,465 @@
+//! The client side of a new INVITE from the trunk, with failover over a
+//! dispatcher plan, as a sans-I/O state machine (quinn-proto's
+//! `Connection` is the model): events in (a response on one of its
+//! branches, the trunk's CANCEL, an ICMP error, a timer), [`Action`]s out,
+//! and [`InviteClient::next_wake`] says when to call
+//! [`InviteClient::on_timer`] next. No socket, no clock read, no metric,
+//! no lock: the proxy's driver does all of that.
+//!
+//! The rules it keeps (design.md): fail over on silence (`fr_timeout`), a
+//! failover code or a transport error; never once the node has the call (a
+//! ringing 1xx or any 2xx: a second INVITE would double-send a fax); CANCEL
+//! a leg only after it answered provisionally (RFC 3261 §9.1); a node
+//! failed over from that answers 2xx after all gets the call (§16.7).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Token, T1, TIMER_SLACK};
+use crate::dispatcher::health::Failure;
+use crate::dispatcher::Plan;
+use crate::metrics::{FailoverReason, RejectReason};
+use crate::transport::{Peer, Transport};
+
+/// The settings an INVITE client reads (`[failover]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    /// No reply at all from a node within this: fail over.
+    pub fr_timeout: Duration,
+    /// A provisional but no final within this: give up (408).
+    pub fr_inv_timeout: Duration,
+    /// Final codes that fail over to the next node.
+    pub failover_codes: &'a [u16],
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Build the INVITE for plan node `node` on a new branch, pin the call
+    /// to it, send it, then report [`InviteClient::sent`] or
+    /// [`InviteClient::send_failed`].
+    Forward { node: usize },
+    /// Timer A: send the leg's INVITE again, as it was.
+    Resend { to: Peer, bytes: Bytes },
+    /// CANCEL the INVITE sent on `branch` (RFC 3261 §9.1).
+    Cancel { branch: Token, to: Peer },
+    /// ACK the non-2xx final response being handled (§17.1.1.3), sent on
+    /// `branch` to `to`.
+    Ack { branch: Token, to: Peer },
+    /// Relay the provisional response being handled to the trunk; the
+    /// server transaction repeats it for a retransmitted INVITE.
+    RelayProvisional,
+    /// Relay the final response being handled to the trunk.
+    RelayFinal,
+    /// Answer the trunk's INVITE locally with a final response; `why`
+    /// when it is a rejection worth counting.
+    Answer {
+        code: u16,
+        reason: &'static [u8],
+        why: Option<RejectReason>,
+    },
+    /// The call belongs to plan node `node` (it answered 2xx).
+    Pin { node: usize },
+    /// The call failed: forget its Call-ID.
+    Unpin,
+    /// Feed node `node`'s health with a failure.
+    Mark { node: usize, failure: Failure },
+    /// The call left node `node` for the next one.
+    FailedOver { node: usize, reason: FailoverReason },
+    /// The trunk has its final answer: the call's state may go; its
+    /// branches only linger for retransmissions.
+    Decided,
+}
+
+/// One try on one node.
+#[derive(Debug)]
+struct Leg {
+    branch: Token,
+    node: usize,
+    to: Peer,
+    /// The INVITE as sent (Timer A resends it over UDP).
+    bytes: Bytes,
+    resend_every: Duration,
+    resend_at: Instant,
+    /// Anything came back: no more Timer A.
+    heard: bool,
+    /// `fr_timeout`, then `fr_inv_timeout` after a provisional reply.
+    deadline: Instant,
+    /// 100 only: the node may still be replaced; a ringing 1xx: never.
+    trying: bool,
+    ringing: bool,
+    cancel_sent: bool,
+    /// Cancelled before the node sent any provisional: §9.1 forbids
+    /// sending our CANCEL until one arrives.
+    cancel_pending: bool,
+}
+
+/// A leg tried earlier, for its late answers.
+#[derive(Debug, Clone, Copy)]
+struct Tried {
+    branch: Token,
+    node: usize,
+    to: Peer,
+}
+
+/// A new INVITE's client side: the plan, the leg in progress, and what is
+/// left of the legs before it.
+#[derive(Debug)]
+pub struct InviteClient {
+    plan: Plan,
+    tried: Vec<Tried>,
+    leg: Option<Leg>,
+    /// A [`Action::Forward`] is out: waiting for `sent` or `send_failed`.
+    forwarding: bool,
+    /// The trunk cancelled.
+    cancelled: bool,
+    /// A node failed over from answered 2xx after all: the current leg is
+    /// only being cancelled, its outcome is not the caller's any more.
+    answered: bool,
+    decided: bool,
+}
+
+impl InviteClient {
+    pub fn new(plan: Plan) -> InviteClient {
+        InviteClient {
+            plan,
+            tried: Vec::with_capacity(2),
+            leg: None,
+            forwarding: false,
+            cancelled: false,
+            answered: false,
+            decided: false,
+        }
+    }
+
+    /// Tries the first node.
+    pub fn start(&mut self, out: &mut Vec<Action>) {
+        self.advance(out);
+    }
+
+    pub fn is_decided(&self) -> bool {
+        self.decided
+    }
+
+    /// Every branch an INVITE went out on, in order.
+    pub fn branches(&self) -> impl Iterator<Item = &Token> {
+        self.tried.iter().map(|t| &t.branch)
+    }
+
+    /// The leg in progress: its branch and where it went.
+    pub fn current(&self) -> Option<(Token, Peer)> {
+        self.leg.as_ref().map(|l| (l.branch, l.to))
+    }
+
+    /// When [`InviteClient::on_timer`] wants to run next.
+    pub fn next_wake(&self) -> Option<Instant> {
+        let leg = self.leg.as_ref()?;
+        if leg.heard || leg.to.transport != Transport::Udp {
+            Some(leg.deadline)
+        } else {
+            Some(leg.deadline.min(leg.resend_at))
+        }
+    }
+
+    /// The INVITE for `node` went out on `branch` to `to`.
+    pub fn sent(
+        &mut self,
+        now: Instant,
+        node: usize,
+        branch: Token,
+        to: Peer,
+        bytes: Bytes,
+        s: &Settings<'_>,
+    ) {
+        self.forwarding = false;
+        self.tried.push(Tried { branch, node, to });
+        self.leg = Some(Leg {
+            branch,
+            node,
+            to,
+            bytes,
+            resend_every: T1,
+            resend_at: now + T1,
+            heard: false,
+            deadline: now + s.fr_timeout,
+            trying: false,
+            ringing: false,
+            cancel_sent: false,
+            cancel_pending: false,
+        });
+    }
+
+    /// The INVITE for `node` could not be built or sent: next node.
+    pub fn send_failed(&mut self, node: usize, out: &mut Vec<Action>) {
+        self.forwarding = false;
+        out.push(Action::FailedOver {
+            node,
+            reason: FailoverReason::Transport,
+        });
+        out.push(Action::Mark {
+            node,
+            failure: Failure::TransportError,
+        });
+        self.advance(out);
+    }
+
+    /// The next node of the plan, or the final answer when none is left.
+    fn advance(&mut self, out: &mut Vec<Action>) {
+        self.leg = None;
+        if self.decided || self.forwarding {
+            return;
+        }
+        if self.answered {
+            // A node failed over from has the call: no other node, no 503.
+            return self.decide(out);
+        }
+        if self.cancelled {
+            out.push(Action::Unpin);
+            out.push(Action::Answer {
+                code: 487,
+                reason: b"Request Terminated",
+                why: None,
+            });
+            return self.decide(out);
+        }
+        match self.plan.next() {
+            Some(node) => {
+                self.forwarding = true;
+                out.push(Action::Forward { node });
+            }
+            None => {
+                out.push(Action::Unpin);
+                out.push(Action::Answer {
+                    code: 503,
+                    reason: b"All media servers unavailable",
+                    why: Some(RejectReason::AllDown),
+                });
+                self.decide(out);
+            }
+        }
+    }
+
+    fn decide(&mut self, out: &mut Vec<Action>) {
+        self.leg = None;
+        if !self.decided {
+            self.decided = true;
+            out.push(Action::Decided);
+        }
+    }
+
+    /// A response with status `code` on `branch` (only responses to the
+    /// INVITE: the driver keeps those to our CANCEL away).
+    pub fn on_response(
+        &mut self,
+        now: Instant,
+        branch: &[u8],
+        code: u16,
+        s: &Settings<'_>,
+        out: &mut Vec<Action>,
+    ) {
+        if self.decided {
+            return;
+        }
+        let current = self
+            .leg
+            .as_ref()
+            .is_some_and(|l| l.branch.as_bytes() == branch);
+        if !current {
+            return self.on_earlier_response(now, branch, code, s, out);
+        }
+        let Some(leg) = self.leg.as_mut() else { return };
+        leg.heard = true;
+        if code < 200 && leg.cancel_pending {
+            leg.cancel_pending = false;
+            leg.cancel_sent = true;
+            leg.deadline = now + s.fr_timeout;
+            out.push(Action::Cancel {
+                branch: leg.branch,
+                to: leg.to,
+            });
+        }
+        match code {
+            100..=199 => {
+                if code == 100 {
+                    leg.trying = true;
+                } else {
+                    leg.ringing = true;
+                }
+                if !leg.cancel_sent {
+                    leg.deadline = now + s.fr_inv_timeout;
+                }
+                if code > 100 && !self.answered {
+                    out.push(Action::RelayProvisional);
+                }
+            }
+            200..=299 => {
+                out.push(Action::RelayFinal);
+                self.decide(out);
+            }
+            _ => {
+                let failover = s.failover_codes.contains(&code)
+                    && !leg.ringing
+                    && !leg.cancel_sent
+                    && !leg.cancel_pending;
+                let node = leg.node;
+                out.push(Action::Ack {
+                    branch: leg.branch,
+                    to: leg.to,
+                });
+                if self.answered {
+                    // The 487 to our CANCEL, or whatever: the caller has its
+                    // answer from the other node.
+                    self.decide(out);
+                } else if failover {
+                    out.push(Action::FailedOver {
+                        node,
+                        reason: FailoverReason::Code,
+                    });
+                    // Marked like a silent node: the next calls skip it
+                    // until a probe finds it answering.
+                    out.push(Action::Mark {
+                        node,
+                        failure: Failure::BadCode(code),
+                    });
+                    self.advance(out);
+                } else {
+                    out.push(Action::Unpin);
+                    out.push(Action::RelayFinal);
+                    self.decide(out);
+                }
+            }
+        }
+    }
+
+    /// An answer from a node already failed over (a late 503, or a 2xx
+    /// after all): ACK a non-2xx hop by hop; a 2xx is the caller's (§16.7
+    /// step 5), and its node gets the call.
+    fn on_earlier_response(
+        &mut self,
+        now: Instant,
+        branch: &[u8],
+        code: u16,
+        s: &Settings<'_>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(t) = self.tried.iter().find(|t| t.branch.as_bytes() == branch) else {
+            return;
+        };
+        let t = *t;
+        if code >= 300 {
+            out.push(Action::Ack {
+                branch: t.branch,
+                to: t.to,
+            });
+        } else if code >= 200 {
+            out.push(Action::RelayFinal);
+            if !self.answered {
+                self.answered = true;
+                out.push(Action::Pin { node: t.node });
+                self.cancel_current_leg(now, s, out);
+                if self.leg.is_none() {
+                    // No leg in progress to wind down.
+                    self.decide(out);
+                }
+            }
+        }
+    }
+
+    /// The trunk cancelled the INVITE.
+    pub fn on_cancel(&mut self, now: Instant, s: &Settings<'_>, out: &mut Vec<Action>) {
+        if self.decided {
+            return;
+        }
+        self.cancelled = true;
+        self.cancel_current_leg(now, s, out);
+    }
+
+    /// CANCELs the leg in progress: now if the node has answered
+    /// provisionally, else on its first provisional (§9.1).
+    fn cancel_current_leg(&mut self, now: Instant, s: &Settings<'_>, out: &mut Vec<Action>) {
+        let Some(leg) = self.leg.as_mut() else { return };
+        if leg.cancel_sent || leg.cancel_pending {
+            return;
+        }
+        if leg.trying || leg.ringing {
+            leg.cancel_sent = true;
+            // Wait for the node's 487 a while longer.
+            leg.deadline = now + s.fr_timeout;
+            out.push(Action::Cancel {
+                branch: leg.branch,
+                to: leg.to,
+            });
+        } else {
+            leg.cancel_pending = true;
+        }
+    }
+
+    /// `addr` is unreachable (ICMP, a failed connect): the leg waiting on
+    /// it fails over now, not at `fr_timeout`, unless the node already
+    /// answered (the error is then about something else).
+    pub fn on_unreachable(&mut self, addr: SocketAddr, out: &mut Vec<Action>) {
+        let Some(leg) = &self.leg else { return };
+        if leg.to.addr != addr || leg.trying || leg.ringing || self.decided {
+            return;
+        }
+        out.push(Action::FailedOver {
+            node: leg.node,
+            reason: FailoverReason::Transport,
+        });
+        self.advance(out);
+    }
+
+    /// The timer the driver set from [`InviteClient::next_wake`] fired at
+    /// `now` (a schedule may fire up to [`TIMER_SLACK`] early).
+    pub fn on_timer(&mut self, now: Instant, s: &Settings<'_>, out: &mut Vec<Action>) {
+        let due = now + TIMER_SLACK;
+        let Some(leg) = self.leg.as_mut() else { return };
+        if !leg.heard && leg.to.transport == Transport::Udp && leg.resend_at <= due {
+            out.push(Action::Resend {
+                to: leg.to,
+                bytes: leg.bytes.clone(),
+            });
+            leg.resend_every *= 2;
+            leg.resend_at = now + leg.resend_every;
+        }
+        if leg.deadline > due {
+            return;
+        }
+        let (branch, to, node) = (leg.branch, leg.to, leg.node);
+        if self.answered {
+            // Cancelling a leg the caller no longer waits for: done.
+            self.decide(out);
+        } else if leg.cancel_sent || leg.cancel_pending {
+            // Cancelled and the node never confirmed: 487 to the trunk.
+            self.advance(out);
+        } else if leg.ringing {
+            // fr_inv_timeout: the node has the call but sent no final.
+            out.push(Action::Cancel { branch, to });
+            out.push(Action::Unpin);
+            out.push(Action::Answer {
+                code: 408,
+                reason: b"Request Timeout",
+                why: None,
+            });
+            self.decide(out);
+        } else {
+            if leg.trying {
+                out.push(Action::Cancel { branch, to });
+            }
+            out.push(Action::FailedOver {
+                node,
+                reason: FailoverReason::Timeout,
+            });
+            out.push(Action::Mark {
+                node,
+                failure: Failure::Timeout(s.fr_timeout),
+            });
+            self.advance(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
