@@ -77,7 +77,7 @@ impl RelayClient {
     /// Timer A stops at the first reply; Timer E goes on at T2 after a
     /// provisional (§17.1.2.2).
     fn resending(&self) -> bool {
-        !self.reliable && !(self.invite && self.heard)
+        !(self.reliable || self.invite && self.heard)
     }
 
     /// A response with status `code` came back: whether to relay it
