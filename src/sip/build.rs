@@ -159,6 +159,63 @@ impl OptionsRequest<'_> {
     }
 }
 
+/// CANCEL or ACK for a non-2xx final, built from the INVITE exactly as it
+/// was sent on the branch (RFC 3261 §9.1, §17.1.1.3): the same
+/// Request-URI, top Via (ours, with the branch), From, Call-ID, CSeq
+/// number and Route headers, byte for byte (header-name forms and
+/// non-UTF-8 bytes included); an ACK takes the To of the response it
+/// acknowledges.
+#[derive(Debug, Clone, Copy)]
+pub struct HopRequest<'r, 'm> {
+    pub invite: &'r Message<'m>,
+    /// `Method::Cancel` or `Method::Ack`.
+    pub method: Method<'r>,
+    /// The To header value of the response (ACK only); the INVITE's To
+    /// otherwise.
+    pub to: Option<&'r [u8]>,
+}
+
+impl HopRequest<'_, '_> {
+    /// Appends the request to `out`; `None` when the INVITE lacks what it
+    /// takes (never for one we built and sent).
+    pub fn write(&self, out: &mut BytesMut) -> Option<()> {
+        let inv = self.invite;
+        let buf = inv.as_bytes();
+        let m = self.method.as_bytes();
+        let ruri = inv.request_uri_bytes()?;
+        let via = inv.top_via().ok()?;
+        let cseq = inv.cseq().ok()?;
+        out.put_slice(m);
+        out.put_u8(b' ');
+        out.put_slice(ruri);
+        out.put_slice(b" SIP/2.0\r\nVia: ");
+        out.put_slice(via.as_bytes());
+        out.put_slice(b"\r\nMax-Forwards: 70\r\n");
+        for i in 0..inv.header_count() {
+            let (start, end) = inv.line_range(i);
+            match inv.entry(i).name {
+                HeaderName::To => {
+                    if let Some(to) = self.to {
+                        out.put_slice(b"To: ");
+                        out.put_slice(to);
+                        out.put_slice(b"\r\n");
+                    } else {
+                        out.put_slice(&buf[start..end]);
+                    }
+                }
+                HeaderName::From | HeaderName::CallId | HeaderName::Route => {
+                    out.put_slice(&buf[start..end])
+                }
+                _ => {}
+            }
+        }
+        let _ = write!(out, "CSeq: {} ", cseq.number);
+        out.put_slice(m);
+        out.put_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        Some(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +257,59 @@ Content-Length: 0\r\n\r\n"[..]
         let r = Message::parse(&out).unwrap();
         assert_eq!(r.to_tag().unwrap(), None);
         assert_eq!(r.status(), Some(100));
+    }
+
+    #[test]
+    fn cancel_and_ack_copy_the_sent_invite_byte_for_byte() {
+        // As we send it: our Via on top, a Route left after ours, a
+        // non-UTF-8 display name, compact forms.
+        let sent: &[u8] = b"INVITE sip:f@10.0.1.10:5080 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKse1;rport\r\n\
+v: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKa;rport=4000;received=192.0.2.7\r\n\
+Max-Forwards: 69\r\n\
+Route: <sip:next.example;lr>\r\n\
+f: \"Caf\xe9\" <sip:alice@a.example>;tag=1\r\n\
+To: <sip:f@example.com>\r\n\
+i: c1\r\n\
+CSeq: 7 INVITE\r\n\
+Content-Type: application/sdp\r\n\
+l: 3\r\n\r\nabc";
+        let inv = Message::parse(sent).unwrap();
+        let mut out = BytesMut::new();
+        HopRequest {
+            invite: &inv,
+            method: Method::Cancel,
+            to: None,
+        }
+        .write(&mut out)
+        .unwrap();
+        assert_eq!(
+            &out[..],
+            &b"CANCEL sip:f@10.0.1.10:5080 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bKse1;rport\r\n\
+Max-Forwards: 70\r\n\
+Route: <sip:next.example;lr>\r\n\
+f: \"Caf\xe9\" <sip:alice@a.example>;tag=1\r\n\
+To: <sip:f@example.com>\r\n\
+i: c1\r\n\
+CSeq: 7 CANCEL\r\n\
+Content-Length: 0\r\n\r\n"[..]
+        );
+        Message::parse(&out).unwrap().validate().unwrap();
+        out.clear();
+        HopRequest {
+            invite: &inv,
+            method: Method::Ack,
+            to: Some(b"<sip:f@example.com>;tag=n1"),
+        }
+        .write(&mut out)
+        .unwrap();
+        let ack = Message::parse(&out).unwrap();
+        ack.validate().unwrap();
+        assert_eq!(ack.method(), Some(Method::Ack));
+        assert_eq!(ack.to_tag().unwrap(), Some(&b"n1"[..]));
+        assert_eq!(ack.cseq().unwrap().number, 7);
+        assert_eq!(ack.values(HeaderName::Via).count(), 1);
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod uri;
 mod via;
 
 pub use addr::NameAddr;
-pub use build::{OptionsRequest, Response};
+pub use build::{HopRequest, OptionsRequest, Response};
 pub use edit::{Edit, Editor};
 pub use error::SipError;
 pub use framing::{frame_stream, StreamFrame, DEFAULT_MAX_MESSAGE};
