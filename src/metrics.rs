@@ -56,6 +56,10 @@ pub const RESPONSES_TOTAL: &str = "sipedge_responses_total";
 /// New INVITEs moved on to the next node. Label: `reason`
 /// ([`FailoverReason`]).
 pub const FAILOVERS_TOTAL: &str = "sipedge_failovers_total";
+/// Forwarded requests (not new INVITEs) sipedge answered upstream itself
+/// because the next hop did not: 408 on timeout, 503 on a transport error.
+/// Label: `reason` ([`ForwardFailure`]).
+pub const FORWARD_FAILURES_TOTAL: &str = "sipedge_forward_failures_total";
 /// INVITEs answered with a final error by sipedge itself. Label: `reason`
 /// ([`RejectReason`]).
 pub const INVITES_REJECTED_TOTAL: &str = "sipedge_invites_rejected_total";
@@ -95,6 +99,7 @@ pub const ALL_NAMES: &[&str] = &[
     REQUESTS_TOTAL,
     RESPONSES_TOTAL,
     FAILOVERS_TOTAL,
+    FORWARD_FAILURES_TOTAL,
     INVITES_REJECTED_TOTAL,
     DROPPED_MESSAGES_TOTAL,
     DIALOGS,
@@ -341,6 +346,17 @@ label_enum! {
         /// A final reply with one of the failover codes (5xx by default).
         Code => "code",
         /// The INVITE could not be sent to the node.
+        Transport => "transport",
+    }
+}
+
+label_enum! {
+    /// Why a forwarded request got a local answer upstream.
+    pub enum ForwardFailure {
+        /// No final within `fr_timeout` (`fr_inv_timeout` after a
+        /// provisional to an INVITE, Timer F otherwise): 408.
+        Timeout => "timeout",
+        /// ICMP unreachable, a refused connect or a send error: 503.
         Transport => "transport",
     }
 }
@@ -608,6 +624,7 @@ pub struct Metrics {
     responses_relayed: PerLabel<ResponseClass, IntCounter>,
     responses_local: PerLabel<ResponseClass, IntCounter>,
     failovers: PerLabel<FailoverReason, IntCounter>,
+    forward_failures: PerLabel<ForwardFailure, IntCounter>,
     invites_rejected: PerLabel<RejectReason, IntCounter>,
     dropped: PerLabel<DropReason, IntCounter>,
     dialogs: IntGauge,
@@ -670,6 +687,17 @@ impl Metrics {
                 Opts::new(
                     FAILOVERS_TOTAL,
                     "New INVITEs moved on to the next node, by reason.",
+                ),
+                &["reason"],
+            ),
+        )?;
+        let forward_failures = register(
+            r,
+            FORWARD_FAILURES_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    FORWARD_FAILURES_TOTAL,
+                    "Forwarded requests answered upstream by sipedge (408, 503), by reason.",
                 ),
                 &["reason"],
             ),
@@ -830,6 +858,9 @@ impl Metrics {
             failovers: PerLabel::resolve(FAILOVERS_TOTAL, |f: FailoverReason| {
                 failovers.get_metric_with_label_values(&[f.as_str()])
             })?,
+            forward_failures: PerLabel::resolve(FORWARD_FAILURES_TOTAL, |f: ForwardFailure| {
+                forward_failures.get_metric_with_label_values(&[f.as_str()])
+            })?,
             invites_rejected: PerLabel::resolve(INVITES_REJECTED_TOTAL, |x: RejectReason| {
                 rejected.get_metric_with_label_values(&[x.as_str()])
             })?,
@@ -900,6 +931,16 @@ impl Metrics {
     /// Counts a failover of a new INVITE.
     pub fn failover(&self, reason: FailoverReason) {
         inc(&self.failovers, reason);
+    }
+
+    /// Counts a forwarded request answered upstream by sipedge.
+    pub fn forward_failed(&self, reason: ForwardFailure) {
+        inc(&self.forward_failures, reason);
+    }
+
+    /// How many forwarded requests got a local answer for `reason`.
+    pub fn forward_failures(&self, reason: ForwardFailure) -> u64 {
+        get(&self.forward_failures, reason)
     }
 
     /// Counts an INVITE that sipedge answered with a final error.
@@ -1341,6 +1382,7 @@ mod tests {
         }
         let reasons = [
             (FAILOVERS_TOTAL, FailoverReason::ALL.len()),
+            (FORWARD_FAILURES_TOTAL, ForwardFailure::ALL.len()),
             (INVITES_REJECTED_TOTAL, RejectReason::ALL.len()),
             (DROPPED_MESSAGES_TOTAL, DropReason::ALL.len()),
             (DIALOGS_EVICTED_TOTAL, EvictReason::ALL.len()),

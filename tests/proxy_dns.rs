@@ -34,6 +34,10 @@ async fn start() -> (FakeDns, Harness) {
     let dns = FakeDns::start(Zone::new()).await;
     let h = Harness::start(Options {
         extra_toml: dns.toml(),
+        // The fake trunk answers only after checking that nothing went
+        // elsewhere (QUIET); a forwarded request waits `fr_timeout` for a
+        // first reply before sipedge answers 408 itself.
+        fr_timeout: "2s",
         ..Options::default()
     })
     .await;

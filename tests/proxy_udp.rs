@@ -898,7 +898,13 @@ async fn silent_node_gets_the_invite_retransmitted() {
 /// answered; the answer still reaches the trunk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_node_gets_a_non_invite_retransmitted() {
-    let h = Harness::start(Options::default()).await;
+    // Timer E's first retransmission (T1) comes before sipedge gives up
+    // on the node at `fr_timeout` (the default, 2 s).
+    let h = Harness::start(Options {
+        fr_timeout: "2s",
+        ..Options::default()
+    })
+    .await;
     let options = request_from("OPTIONS", "sip:bob@192.0.2.99", h.trunk.addr, None, None);
     h.trunk.send(options, h.addr).await;
     let first = h.nodes[0].recv_request("OPTIONS").await;

@@ -14,6 +14,10 @@ use support::*;
 fn with_security(toml: &'static str) -> Options {
     Options {
         extra_toml: toml,
+        // The nodes answer only after checking that nothing went elsewhere
+        // (QUIET); a forwarded request waits `fr_timeout` for a first reply
+        // before sipedge answers 408 itself.
+        fr_timeout: "2s",
         ..Options::default()
     }
 }

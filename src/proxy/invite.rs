@@ -1,35 +1,62 @@
-//! A new INVITE from the trunk as a state machine, driven by the receive
-//! path (the nodes' responses, the trunk's CANCEL, ICMP errors) and by the
-//! timer task (Timer A, `fr_timeout`, `fr_inv_timeout`): no task, channel
-//! or message copy per response. It answers 100, tries the nodes in the
-//! dispatcher's order, fails over on silence, a failover code or a send
-//! error, and never after the node has the call (a ringing 1xx or any 2xx:
-//! a second INVITE would double-send a fax).
+//! The driver of a new INVITE from the trunk: it feeds the sans-I/O
+//! machines of [`crate::transaction`] (the trunk's server transaction and
+//! the client side with failover) with what the receive path and the timer
+//! schedule see, and carries out what they ask: sends, relays, local
+//! answers, pins, health marks, counters. No task, channel or message copy
+//! per response; the receive thread that read an event drives the call to
+//! the end under its lock.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::{Bytes, BytesMut};
-use tokio::time::{Duration, Instant};
+use tokio::time::Instant;
 
 use super::request::RecordRoute;
-use super::{with_editor, Pool, Proxy, ServerInvite, Timer};
+use super::{with_editor, Pool, Proxy, Timer};
 use crate::dialog::Removal;
-use crate::dispatcher::health::Failure;
-use crate::dispatcher::Plan;
-use crate::metrics::{FailoverReason, RejectReason};
-use crate::sip::{HeaderName, Message, Method, Response};
-use crate::transaction::{ClientTxn, Pending, Token, T1, TIMER_SLACK};
+use crate::sip::{HeaderName, HopRequest, Message, Method, Response};
+use crate::transaction::invite::{Action, InviteClient, Settings};
+use crate::transaction::server::{Matched, ServerInvite};
+use crate::transaction::{ClientTxn, Pending, Token};
 use crate::transport::{Peer, Transport};
 
-/// A new INVITE's state machine. The transaction table holds it (one entry
-/// per branch tried) until the call is decided; the timer schedule and the
-/// server transaction only hold weak references.
+/// A new INVITE from the trunk: its server transaction, held in the
+/// server table until it has lingered after its final answer, and while
+/// it is deciding, the client side. The client table holds it for each
+/// branch tried until it is decided; the timer schedule only weakly.
 pub(crate) struct Call {
     state: Mutex<CallState>,
-    over: std::sync::atomic::AtomicBool,
+    /// Decided: the sweeper may drop the branches' `Invite` entries (set
+    /// only once they became `Decided`).
+    over: AtomicBool,
+}
+
+struct CallState {
+    server: ServerInvite,
+    /// Until the call is decided.
+    client: Option<Box<Deciding>>,
+    /// Where the INVITE came from: answers go back there.
+    src: Peer,
+    /// When the INVITE arrived (the setup-time histogram).
+    received: Instant,
+    /// The earliest wake-up in the timer schedule for this call.
+    armed: Option<Instant>,
+    weak: Weak<Call>,
+}
+
+/// What only a deciding call needs.
+struct Deciding {
+    machine: InviteClient,
+    /// The pool this INVITE was planned on: its node indices stay valid
+    /// whatever a reload does meanwhile.
+    pool: Arc<Pool>,
+    /// The trunk's INVITE as received: the next leg and local answers are
+    /// built from it.
+    invite: Bytes,
+    /// Our own Route values at the top of the INVITE, consumed.
+    pop_routes: usize,
 }
 
 impl std::fmt::Debug for Call {
@@ -40,442 +67,308 @@ impl std::fmt::Debug for Call {
 
 impl Pending for Arc<Call> {
     fn is_over(&self) -> bool {
-        self.over.load(Ordering::Relaxed)
-    }
-}
-
-struct CallState {
-    /// The pool this INVITE was planned on: its node indices stay valid
-    /// whatever a reload does meanwhile.
-    pool: Arc<Pool>,
-    plan: Plan,
-    /// The trunk's INVITE as received: the next leg, CANCEL, ACK and local
-    /// answers are built from it.
-    invite: Bytes,
-    src: Peer,
-    server: Arc<ServerInvite>,
-    /// Our own Route values at the top of the INVITE, consumed.
-    pop_routes: usize,
-    branches: Vec<Token>,
-    /// The node being tried.
-    leg: Option<Leg>,
-    /// When the INVITE arrived (the setup-time histogram).
-    received: Instant,
-    /// The earliest wake-up in the timer schedule for this call.
-    armed: Option<Instant>,
-    /// A node failed over from answered after all (its 2xx was relayed):
-    /// the current leg is only being cancelled, and its outcome is not
-    /// the caller's any more.
-    answered: bool,
-    weak: Weak<Call>,
-}
-
-/// One try on one node.
-#[derive(Debug)]
-struct Leg {
-    branch: Token,
-    addr: SocketAddr,
-    transport: Transport,
-    /// The INVITE as sent (Timer A resends it over UDP).
-    bytes: Bytes,
-    /// Timer A (RFC 3261 §17.1.1.2): resend to a silent node at T1,
-    /// doubling, until anything comes back.
-    resend_every: Duration,
-    resend_at: Instant,
-    heard: bool,
-    /// `fr_timeout`, then `fr_inv_timeout` after a provisional reply.
-    deadline: Instant,
-    /// 100 only: the node may still be replaced; a ringing 1xx: never.
-    trying: bool,
-    ringing: bool,
-    cancel_sent: bool,
-    /// The trunk cancelled before the node sent any provisional: RFC 3261
-    /// §9.1 forbids sending our CANCEL until one arrives.
-    cancel_pending: bool,
-}
-
-/// What an event did to the current leg.
-enum Step {
-    Wait,
-    /// Try the next node.
-    Failover,
-    /// The call is decided (answered, rejected, cancelled or timed out).
-    Done,
-}
-
-impl Leg {
-    /// Where this leg's INVITE went.
-    fn peer(&self) -> Peer {
-        Peer::new(self.addr, self.transport)
+        self.over.load(Ordering::Acquire)
     }
 }
 
 impl Call {
-    fn lock(&self) -> std::sync::MutexGuard<'_, CallState> {
+    /// A call for the INVITE `msg` from `src`, planned on `pool`.
+    pub(super) fn new(
+        msg: &Message<'_>,
+        src: Peer,
+        pool: Arc<Pool>,
+        pop_routes: usize,
+    ) -> Arc<Call> {
+        let plan = pool.plan(msg.call_id().unwrap_or_default());
+        Arc::new_cyclic(|weak| Call {
+            state: Mutex::new(CallState {
+                server: ServerInvite::default(),
+                client: Some(Box::new(Deciding {
+                    machine: InviteClient::new(plan),
+                    pool,
+                    invite: Bytes::copy_from_slice(msg.as_bytes()),
+                    pop_routes,
+                })),
+                src,
+                received: Instant::now(),
+                armed: None,
+                weak: weak.clone(),
+            }),
+            over: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CallState> {
         // A panic while holding the lock cannot leave the state torn in a
         // way worse than dropping the call; go on with it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Deciding (not yet answered finally).
+    pub(super) fn is_deciding(&self) -> bool {
+        !self.over.load(Ordering::Acquire)
+    }
+
+    /// Lingered long enough after its final answer.
+    pub(super) fn expired(&self, now: Instant) -> bool {
+        self.lock().server.expired(now.into_std())
+    }
+}
+
+thread_local! {
+    /// The actions of one event, reused: no allocation per event.
+    static ACTIONS: std::cell::RefCell<Vec<Action>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's action buffer, empty (a fresh one if it is
+/// in use).
+fn with_actions<R>(f: impl FnOnce(&mut Vec<Action>) -> R) -> R {
+    ACTIONS.with(|a| match a.try_borrow_mut() {
+        Ok(mut v) => {
+            v.clear();
+            f(&mut v)
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 impl Proxy {
+    fn invite_settings(&self) -> Settings<'_> {
+        Settings {
+            fr_timeout: self.cfg.failover.fr_timeout,
+            fr_inv_timeout: self.cfg.failover.fr_inv_timeout,
+            failover_codes: &self.cfg.failover.codes,
+        }
+    }
+
     /// Starts a new INVITE: 100 to the trunk and the INVITE to the first
     /// node, so both leave with the datagrams of the same receive batch.
-    pub(super) fn start_invite(&self, msg: &Message<'_>, src: Peer, server: Arc<ServerInvite>) {
+    pub(super) fn start_invite(&self, call: &Arc<Call>, msg: &Message<'_>) {
         self.calls_deciding.fetch_add(1, Ordering::Relaxed);
-        self.answer(msg, src, &server, 100, b"Trying");
-        let pool = self.pool();
-        let call = Arc::new_cyclic(|weak| Call {
-            state: Mutex::new(CallState {
-                plan: pool.plan(msg.call_id().unwrap_or_default()),
-                pool,
-                invite: Bytes::copy_from_slice(msg.as_bytes()),
-                src,
-                server: server.clone(),
-                pop_routes: self.our_routes(msg).count,
-                branches: Vec::with_capacity(2),
-                leg: None,
-                received: Instant::now(),
-                armed: None,
-                answered: false,
-                weak: weak.clone(),
-            }),
-            over: Default::default(),
-        });
-        // Reachable by a CANCEL before the first leg is sent (see next_leg).
-        if let Ok(mut c) = server.call.lock() {
-            *c = Some(call.clone());
-        }
         let mut st = call.lock();
-        self.advance(&call, &mut st, msg);
+        self.answer(&mut st, msg, 100, b"Trying");
+        with_actions(|out| {
+            if let Some(d) = st.client.as_mut() {
+                d.machine.start(out);
+            }
+            self.drive(call, &mut st, Some(msg), None, out);
+        });
     }
 
-    /// Sends the INVITE to the next node of the plan that takes it (a send
-    /// error marks the node suspect and moves on), or, with no node left,
-    /// answers the trunk and ends the call.
-    fn advance(&self, call: &Arc<Call>, st: &mut CallState, msg: &Message<'_>) {
-        if st.answered {
-            // A node failed over from answered: no other node, no 503.
-            return self.conclude(call, st);
-        }
-        match self.next_leg(call, st, msg) {
-            Some(leg) => {
-                st.leg = Some(leg);
-                self.arm(st);
-            }
-            None => {
-                // The table first: whoever sees the answer sees the call gone.
-                self.dialogs
-                    .remove(msg.call_id().unwrap_or_default(), Removal::Failed);
-                if st.server.is_cancelled() {
-                    self.answer(msg, st.src, &st.server, 487, b"Request Terminated");
-                } else {
-                    self.metrics.invite_rejected(RejectReason::AllDown);
-                    self.answer(
-                        msg,
-                        st.src,
-                        &st.server,
-                        503,
-                        b"All media servers unavailable",
-                    );
-                }
-                self.conclude(call, st);
-            }
+    /// A retransmission of the INVITE: what the server transaction says.
+    pub(super) fn invite_again(&self, call: &Call, src: Peer) {
+        let again = call.lock().server.on_invite();
+        if let Matched::Repeat(last) = again {
+            let _ = self.send_to(&last, src);
         }
     }
 
-    fn next_leg(&self, call: &Arc<Call>, st: &mut CallState, msg: &Message<'_>) -> Option<Leg> {
-        let call_id = msg.call_id().unwrap_or_default();
-        for node in st.plan.by_ref() {
-            if st.server.is_cancelled() {
-                return None;
-            }
-            let addr = st.pool.addr(node);
-            let branch = self.branches.next();
-            let (invite, transport) =
-                self.invite_for(msg, st.src, &branch, &st.pool, node, st.pop_routes)?;
-            self.txns.insert(&branch, ClientTxn::Invite(call.clone()));
-            st.branches.push(branch);
-            self.pin(call_id, addr);
-            if self.send_to(&invite, Peer::new(addr, transport)).is_err() {
-                self.metrics.failover(FailoverReason::Transport);
-                self.call_failed(&st.pool, node, Failure::TransportError);
-                continue;
-            }
-            let now = Instant::now();
-            return Some(Leg {
-                branch,
-                addr,
-                transport,
-                bytes: invite,
-                resend_every: T1,
-                resend_at: now + T1,
-                heard: false,
-                deadline: now + self.cfg.failover.fr_timeout,
-                trying: false,
-                ringing: false,
-                cancel_sent: false,
-                cancel_pending: false,
-            });
-        }
-        None
+    /// An ACK matching the INVITE's transaction: true when it ends here (a
+    /// non-2xx's ACK), false when it goes on (RFC 6026: a 2xx's ACK).
+    pub(super) fn invite_acked(&self, call: &Call) -> bool {
+        call.lock().server.on_ack() == Matched::Absorb
     }
 
-    /// Makes sure the timer schedule wakes this call by its next deadline.
-    fn arm(&self, st: &mut CallState) {
-        let Some(leg) = &st.leg else { return };
-        let next = if leg.heard || leg.transport != Transport::Udp {
-            leg.deadline
-        } else {
-            leg.deadline.min(leg.resend_at)
+    /// A response to the INVITE on one of the call's branches.
+    pub(super) fn call_response(&self, call: &Arc<Call>, resp: &Message<'_>) {
+        // Responses to our CANCEL share the branch: not the answer.
+        if !resp.cseq().is_ok_and(|c| c.method == Method::Invite) {
+            return;
+        }
+        let (Some(code), Some(branch)) =
+            (resp.status(), resp.top_via().ok().and_then(|v| v.branch()))
+        else {
+            return;
         };
-        if st.armed.is_none_or(|a| next < a) {
-            st.armed = Some(next);
-            self.timers.schedule(next, Timer::Call(st.weak.clone()));
+        let now = Instant::now().into_std();
+        let s = self.invite_settings();
+        let mut st = call.lock();
+        with_actions(|out| {
+            let Some(d) = st.client.as_mut() else { return };
+            d.machine.on_response(now, branch, code, &s, out);
+            self.drive(call, &mut st, None, Some(resp), out);
+        });
+    }
+
+    /// The trunk cancelled the INVITE.
+    pub(super) fn call_cancelled(&self, call: &Arc<Call>) {
+        let now = Instant::now().into_std();
+        let s = self.invite_settings();
+        let mut st = call.lock();
+        with_actions(|out| {
+            let Some(d) = st.client.as_mut() else { return };
+            d.machine.on_cancel(now, &s, out);
+            self.drive(call, &mut st, None, None, out);
+        });
+    }
+
+    /// `addr` is unreachable (ICMP port unreachable, a failed connect).
+    pub(super) fn call_unreachable(&self, call: &Arc<Call>, addr: SocketAddr) {
+        let mut st = call.lock();
+        with_actions(|out| {
+            let Some(d) = st.client.as_mut() else { return };
+            d.machine.on_unreachable(addr, out);
+            self.drive(call, &mut st, None, None, out);
+        });
+    }
+
+    /// The timer schedule woke the call at `now`.
+    pub(super) fn call_timer(&self, call: &Arc<Call>, now: Instant) {
+        let s = self.invite_settings();
+        let mut st = call.lock();
+        // The schedule hands entries out up to TIMER_SLACK early.
+        let due = now + crate::transaction::TIMER_SLACK;
+        if st.armed.is_some_and(|a| a <= due) {
+            st.armed = None;
         }
+        with_actions(|out| {
+            let Some(d) = st.client.as_mut() else { return };
+            d.machine.on_timer(now.into_std(), &s, out);
+            self.drive(call, &mut st, None, None, out);
+        });
+    }
+
+    /// Carries out the machine's actions (and those they lead to: a send
+    /// error is fed back), then arms the next wake-up. `invite` is the
+    /// received INVITE when at hand (else parsed from the stored copy when
+    /// needed), `resp` the response being handled.
+    fn drive(
+        &self,
+        call: &Arc<Call>,
+        st: &mut CallState,
+        invite: Option<&Message<'_>>,
+        resp: Option<&Message<'_>>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(d) = st.client.take() else { return };
+        match invite {
+            Some(inv) => self.carry_out(call, st, d, inv, resp, out),
+            None => {
+                let stored = d.invite.clone();
+                match Message::parse(&stored) {
+                    Ok(inv) => self.carry_out(call, st, d, &inv, resp, out),
+                    // Parsed once already; never happens.
+                    Err(_) => st.client = Some(d),
+                }
+            }
+        }
+    }
+
+    /// [`Proxy::drive`] with the received INVITE at hand.
+    fn carry_out(
+        &self,
+        call: &Arc<Call>,
+        st: &mut CallState,
+        mut d: Box<Deciding>,
+        inv: &Message<'_>,
+        resp: Option<&Message<'_>>,
+        out: &mut Vec<Action>,
+    ) {
+        let call_id = inv.call_id().unwrap_or_default();
+        let s = self.invite_settings();
+        let mut decided = false;
+        let mut i = 0;
+        while i < out.len() {
+            let action = std::mem::replace(&mut out[i], Action::Decided);
+            i += 1;
+            match action {
+                Action::Forward { node } => {
+                    let addr = d.pool.addr(node);
+                    let branch = self.branches.next();
+                    self.pin(call_id, addr);
+                    let built = self.invite_for(inv, st.src, &branch, &d.pool, node, d.pop_routes);
+                    let Some((bytes, transport)) = built else {
+                        d.machine.send_failed(node, out);
+                        continue;
+                    };
+                    self.txns.insert(&branch, ClientTxn::Invite(call.clone()));
+                    let to = Peer::new(addr, transport);
+                    if self.send_to(&bytes, to).is_ok() {
+                        let now = Instant::now().into_std();
+                        d.machine.sent(now, node, branch, to, bytes, &s);
+                    } else {
+                        d.machine.send_failed(node, out);
+                    }
+                }
+                Action::Resend { to, bytes } => {
+                    let _ = self.send_to(&bytes, to);
+                }
+                Action::Cancel { branch, to } => {
+                    self.send_hop(&d.machine, Method::Cancel, &branch, None, to);
+                }
+                Action::Ack { branch, to } => {
+                    let resp_to = resp.and_then(|r| r.header(HeaderName::To));
+                    self.send_hop(&d.machine, Method::Ack, &branch, resp_to, to);
+                }
+                Action::RelayProvisional => {
+                    if let Some(r) = resp {
+                        if let Some(sent) = self.relay_upstream(r, Some(st.src), true) {
+                            st.server.provisional(sent);
+                        }
+                    }
+                }
+                Action::RelayFinal => {
+                    if let Some(r) = resp {
+                        let code = r.status().unwrap_or_default();
+                        // A 2xx is not repeated by us (the node's UAS core
+                        // resends it), so it is not kept.
+                        let keep = !(200..300).contains(&code);
+                        let sent = self.relay_upstream(r, Some(st.src), keep);
+                        st.server.finished(
+                            code,
+                            sent.unwrap_or_default(),
+                            Instant::now().into_std(),
+                        );
+                    }
+                }
+                Action::Answer { code, reason, why } => {
+                    if let Some(why) = why {
+                        self.metrics.invite_rejected(why);
+                    }
+                    self.answer(st, inv, code, reason);
+                }
+                Action::Pin { node } => self.pin(call_id, d.pool.addr(node)),
+                Action::Unpin => {
+                    self.dialogs.remove(call_id, Removal::Failed);
+                }
+                Action::Mark { node, failure } => self.call_failed(&d.pool, node, failure),
+                Action::FailedOver { node, reason } => {
+                    self.metrics.failover(reason);
+                    tracing::info!(node = %d.pool.addr(node), "INVITE failed over");
+                }
+                Action::Decided => decided = true,
+            }
+        }
+        out.clear();
+        if decided {
+            self.conclude(call, st, &d.machine);
+            return;
+        }
+        if let Some(wake) = d.machine.next_wake() {
+            let wake = Instant::from_std(wake);
+            if st.armed.is_none_or(|a| wake < a) {
+                st.armed = Some(wake);
+                self.timers.schedule(wake, Timer::Call(st.weak.clone()));
+            }
+        }
+        st.client = Some(d);
     }
 
     /// Decided: the trunk has its final answer. What is left for the
     /// retransmission window (a 2xx retransmitted by the node, the trunk's
     /// INVITE retransmissions and its ACK for a non-2xx) is served from the
-    /// tables, which the sweeper clears after LINGER; the state goes now.
-    fn conclude(&self, call: &Call, st: &mut CallState) {
-        // Under the call's lock, so a plain check is enough here; `over`
-        // is only set once the branches are Decided, because the sweeper
-        // drops an Invite entry whose call is over: set earlier, it could
-        // drop one before `decide` replaced it, and a retransmitted 2xx
-        // would then find no transaction.
-        if call.over.load(Ordering::Acquire) {
-            return;
-        }
-        st.leg = None;
+    /// tables, which the sweeper clears after LINGER; the client side goes
+    /// now.
+    fn conclude(&self, call: &Call, st: &mut CallState, machine: &InviteClient) {
         self.metrics.invite_setup(st.received.elapsed());
         self.calls_deciding.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
-        let _ = st.server.decided.set(now);
-        if let Ok(mut c) = st.server.call.lock() {
-            *c = None;
-        }
-        for b in &st.branches {
+        for b in machine.branches() {
             self.txns.decide(b.as_bytes(), now, st.src);
         }
+        // Only now: the sweeper drops an `Invite` entry whose call is over,
+        // and a retransmitted 2xx must still find its `Decided` one.
         call.over.store(true, Ordering::Release);
-    }
-
-    /// Acts on what an event did to the current leg.
-    fn step(&self, call: &Arc<Call>, st: &mut CallState, step: Step) {
-        match step {
-            Step::Wait => self.arm(st),
-            Step::Done => self.conclude(call, st),
-            Step::Failover => {
-                if let Some(leg) = &st.leg {
-                    tracing::info!(node = %leg.addr, "INVITE failed over");
-                }
-                st.leg = None;
-                let raw = st.invite.clone();
-                match Message::parse(&raw) {
-                    Ok(msg) => self.advance(call, st, &msg),
-                    // Parsed once already; never happens.
-                    Err(_) => self.conclude(call, st),
-                }
-            }
-        }
-    }
-
-    /// A response on one of the call's branches.
-    pub(super) fn call_response(&self, call: &Arc<Call>, resp: &Message<'_>, src: Peer) {
-        // Responses to our CANCEL share the branch: not the answer.
-        if !resp.cseq().is_ok_and(|c| c.method == Method::Invite) {
-            return;
-        }
-        let Some(code) = resp.status() else { return };
-        let Some(branch) = resp.top_via().ok().and_then(|v| v.branch()) else {
-            return;
-        };
-        let mut st = call.lock();
-        let st = &mut *st;
-        let Some(leg) = st.leg.as_mut() else {
-            // Decided meanwhile: the entry is about to become Decided.
-            return;
-        };
-        if leg.branch.as_bytes() != branch {
-            // An answer from a node already failed over (late 503, or a
-            // 2xx after our CANCEL): ACK a non-2xx hop by hop, relay a
-            // 2xx the caller must see (RFC 3261 §16.7 step 5).
-            if code >= 300 {
-                self.ack_leg(st, branch, resp.header(HeaderName::To), src);
-            } else if code >= 200 {
-                self.relay_upstream(resp, None, Some(st.src));
-                self.answered_elsewhere(st, resp, src);
-            }
-            return;
-        }
-        let now = Instant::now();
-        leg.heard = true;
-        let fr_inv = self.cfg.failover.fr_inv_timeout;
-        if code < 200 && leg.cancel_pending {
-            leg.cancel_pending = false;
-            leg.cancel_sent = true;
-            let (b, a) = (leg.branch, leg.peer());
-            self.cancel_leg(st, &b, a);
-        }
-        let Some(leg) = st.leg.as_mut() else { return };
-        let step = match code {
-            100 => {
-                leg.trying = true;
-                if !leg.cancel_sent {
-                    leg.deadline = now + fr_inv;
-                }
-                Step::Wait
-            }
-            101..=199 => {
-                leg.ringing = true;
-                if !leg.cancel_sent {
-                    leg.deadline = now + fr_inv;
-                }
-                if !st.answered {
-                    self.relay_upstream(resp, Some(&st.server), Some(st.src));
-                }
-                Step::Wait
-            }
-            200..=299 => {
-                st.server.forget();
-                self.relay_upstream(resp, None, Some(st.src));
-                Step::Done
-            }
-            _ => {
-                // The client transaction ACKs a non-2xx itself.
-                let failover = self.cfg.failover.codes.contains(&code)
-                    && !leg.ringing
-                    && !leg.cancel_sent
-                    && !leg.cancel_pending;
-                let (b, addr) = (leg.branch, leg.addr);
-                let peer = leg.peer();
-                self.ack_leg(st, b.as_bytes(), resp.header(HeaderName::To), peer);
-                if st.answered {
-                    // The 487 to our CANCEL, or whatever: the caller has
-                    // its answer from the other node.
-                    Step::Done
-                } else if failover {
-                    self.metrics.failover(FailoverReason::Code);
-                    // Marked like a silent node (the "suspect"):
-                    // the next calls skip it until a probe, sent now, finds
-                    // it answering.
-                    if let Some(i) = st.pool.find(addr) {
-                        self.call_failed(&st.pool, i, Failure::BadCode(code));
-                    }
-                    Step::Failover
-                } else {
-                    let call_id = resp.call_id().unwrap_or_default();
-                    self.dialogs.remove(call_id, Removal::Failed);
-                    self.relay_upstream(resp, Some(&st.server), Some(st.src));
-                    Step::Done
-                }
-            }
-        };
-        self.step(call, st, step);
-    }
-
-    /// A node the call failed over from answered 2xx after all (it was
-    /// only slow): that node has the call now. Pin it there, and cancel
-    /// the current leg (RFC 3261 §16.7 step 10), once it has answered
-    /// provisionally (§9.1).
-    fn answered_elsewhere(&self, st: &mut CallState, resp: &Message<'_>, src: Peer) {
-        if st.answered {
-            return;
-        }
-        st.answered = true;
-        st.server.forget();
-        self.pin(resp.call_id().unwrap_or_default(), src.addr);
-        self.cancel_current_leg(st);
-    }
-
-    /// The trunk cancelled the INVITE.
-    pub(super) fn call_cancelled(&self, call: &Arc<Call>) {
-        let mut st = call.lock();
-        self.cancel_current_leg(&mut st);
-    }
-
-    /// CANCELs the leg in progress: now if the node has answered
-    /// provisionally, else on its first provisional (RFC 3261 §9.1).
-    fn cancel_current_leg(&self, st: &mut CallState) {
-        let Some(leg) = st.leg.as_mut() else { return };
-        if leg.cancel_sent || leg.cancel_pending {
-            return;
-        }
-        if leg.trying || leg.ringing {
-            leg.cancel_sent = true;
-            // Wait for the node's 487 a while longer.
-            leg.deadline = Instant::now() + self.cfg.failover.fr_timeout;
-            let (b, a) = (leg.branch, leg.peer());
-            self.cancel_leg(st, &b, a);
-            // The earlier deadline must be armed.
-            self.arm(st);
-        } else {
-            leg.cancel_pending = true;
-        }
-    }
-
-    /// The node's port is closed (ICMP port unreachable): no reason to wait
-    /// for `fr_timeout`.
-    pub(super) fn call_unreachable(&self, call: &Arc<Call>, addr: SocketAddr) {
-        let mut st = call.lock();
-        let st = &mut *st;
-        let Some(leg) = &st.leg else { return };
-        if leg.addr != addr || leg.trying || leg.ringing {
-            return;
-        }
-        self.metrics.failover(FailoverReason::Transport);
-        self.step(call, st, Step::Failover);
-    }
-
-    /// The timer schedule woke the call at `now`.
-    pub(super) fn call_timer(&self, call: &Arc<Call>, now: Instant) {
-        let mut st = call.lock();
-        let st = &mut *st;
-        // The schedule hands entries out up to TIMER_SLACK early.
-        let due = now + TIMER_SLACK;
-        if st.armed.is_some_and(|a| a <= due) {
-            st.armed = None;
-        }
-        let Some(leg) = st.leg.as_mut() else { return };
-        if !leg.heard && leg.transport == Transport::Udp && leg.resend_at <= due {
-            let _ = self.send(&leg.bytes, leg.addr);
-            leg.resend_every *= 2;
-            leg.resend_at = now + leg.resend_every;
-        }
-        if leg.deadline > due {
-            return self.step(call, st, Step::Wait);
-        }
-        let (branch, addr, peer) = (leg.branch, leg.addr, leg.peer());
-        let step = if st.answered {
-            // Cancelling a leg the caller no longer waits for: done.
-            Step::Done
-        } else if leg.ringing {
-            // fr_inv_timeout: the node has the call but no final.
-            self.cancel_leg(st, &branch, peer);
-            let raw = st.invite.clone();
-            if let Ok(msg) = Message::parse(&raw) {
-                self.dialogs
-                    .remove(msg.call_id().unwrap_or_default(), Removal::Failed);
-                self.answer(&msg, st.src, &st.server, 408, b"Request Timeout");
-            }
-            Step::Done
-        } else if leg.cancel_sent || leg.cancel_pending {
-            // Cancelled: the next-leg step sees it and answers 487.
-            Step::Failover
-        } else {
-            if leg.trying {
-                self.cancel_leg(st, &branch, peer);
-            }
-            self.metrics.failover(FailoverReason::Timeout);
-            let fr = self.cfg.failover.fr_timeout;
-            if let Some(i) = st.pool.find(addr) {
-                self.call_failed(&st.pool, i, Failure::Timeout(fr));
-            }
-            Step::Failover
-        };
-        self.step(call, st, step);
     }
 
     /// The INVITE as sent to `node`, and the transport it goes over: the
@@ -492,86 +385,68 @@ impl Proxy {
     ) -> Option<(Bytes, Transport)> {
         with_editor(|ed| {
             let rr = |t| RecordRoute::for_node(pool, node, src.transport, t);
-            let t = pool.transport(node);
-            let out = self
-                .forward_edit(ed, msg, src.addr, branch, t, rr(t), pop_routes)
+            let tcp_fallback = pool.takes_tcp(node);
+            let (out, t) = self
+                .forward_edit_mtu(
+                    ed,
+                    msg,
+                    src.addr,
+                    branch,
+                    pool.transport(node),
+                    tcp_fallback,
+                    rr,
+                    pop_routes,
+                )
                 .ok()?;
-            if !(pool.takes_tcp(node) && self.over_mtu(out.len(), t)) {
-                return Some((Bytes::copy_from_slice(out), t));
-            }
-            let tcp = Transport::Tcp;
-            let out = self
-                .forward_edit(ed, msg, src.addr, branch, tcp, rr(tcp), pop_routes)
-                .ok()?;
-            Some((Bytes::copy_from_slice(out), tcp))
+            Some((Bytes::copy_from_slice(out), t))
         })
     }
 
-    /// A local answer to the trunk's INVITE, remembered for retransmissions.
-    fn answer(
-        &self,
-        msg: &Message<'_>,
-        src: Peer,
-        server: &ServerInvite,
-        code: u16,
-        reason: &[u8],
-    ) {
+    /// A local answer to the trunk's INVITE; the server transaction keeps
+    /// it for retransmissions.
+    fn answer(&self, st: &mut CallState, msg: &Message<'_>, code: u16, reason: &[u8]) {
         let Ok(via) = msg.top_via() else { return };
         let tag = self.branches.tag();
         let mut out = BytesMut::with_capacity(msg.len().min(2048) + 128);
         Response::new(msg, code, reason, tag.as_bytes())
-            .received(src.addr)
+            .received(st.src.addr)
             .write(&mut out);
         let out = out.freeze();
         self.metrics
             .response_status(crate::metrics::ResponseOrigin::Local, code);
-        // Remembered first: the trunk may retransmit its INVITE the moment
-        // this answer reaches it, and must get this answer again.
-        server.remember(out.clone());
-        let _ = self.send_to(&out, super::reply_target(via, src));
-    }
-
-    /// CANCEL for our INVITE on `branch` to `addr`.
-    fn cancel_leg(&self, st: &CallState, branch: &str, addr: Peer) {
-        if let Ok(inv) = Message::parse(&st.invite) {
-            self.send_hop(&inv, Method::Cancel, branch.as_bytes(), None, addr);
+        if code < 200 {
+            st.server.provisional(out.clone());
+        } else {
+            st.server
+                .finished(code, out.clone(), Instant::now().into_std());
         }
+        let _ = self.send_to(&out, super::reply_target(via, st.src));
     }
 
-    /// ACK for a non-2xx final on `branch` from `addr`.
-    fn ack_leg(&self, st: &CallState, branch: &[u8], to: Option<&[u8]>, addr: Peer) {
-        if let Ok(inv) = Message::parse(&st.invite) {
-            self.send_hop(&inv, Method::Ack, branch, to, addr);
-        }
-    }
-
-    /// CANCEL or ACK for our INVITE on `branch` (RFC 3261 §9.1, §17.1.1.3):
-    /// same Request-URI, Call-ID, From, CSeq number and branch.
+    /// CANCEL or ACK for our INVITE on `branch`, built from what was sent
+    /// on it (RFC 3261 §9.1, §17.1.1.3).
     fn send_hop(
         &self,
-        inv: &Message<'_>,
+        machine: &InviteClient,
         method: Method<'_>,
-        branch: &[u8],
+        branch: &Token,
         to: Option<&[u8]>,
-        addr: Peer,
+        peer: Peer,
     ) {
-        let (Some(ruri), Ok(cseq)) = (inv.request_uri_bytes(), inv.cseq()) else {
+        let Some(sent) = machine.sent_request(branch) else {
             return;
         };
-        let m = String::from_utf8_lossy(method.as_bytes());
-        let mut s = String::with_capacity(512);
-        let _ = write!(
-            s,
-            "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {sent_by};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {n} {m}\r\nContent-Length: 0\r\n\r\n",
-            t = addr.transport.via_name(),
-            sent_by = self.sent_by.get(addr.transport),
-            branch = String::from_utf8_lossy(branch),
-            ruri = String::from_utf8_lossy(ruri),
-            from = String::from_utf8_lossy(inv.header(HeaderName::From).unwrap_or_default()),
-            to = String::from_utf8_lossy(to.or(inv.header(HeaderName::To)).unwrap_or_default()),
-            cid = String::from_utf8_lossy(inv.call_id().unwrap_or_default()),
-            n = cseq.number,
-        );
-        let _ = self.send_to(s.as_bytes(), addr);
+        let Ok(invite) = Message::parse(sent) else {
+            return;
+        };
+        let mut out = BytesMut::with_capacity(512);
+        let hop = HopRequest {
+            invite: &invite,
+            method,
+            to,
+        };
+        if hop.write(&mut out).is_some() {
+            let _ = self.send_to(&out, peer);
+        }
     }
 }

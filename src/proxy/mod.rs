@@ -32,50 +32,10 @@ use crate::config::Config;
 use crate::dialog::Dialogs;
 use crate::dispatcher::DispatcherError;
 use crate::sip::{Message, Response, Rport, Via};
-use crate::transaction::{BranchGen, ClientTxns, Resend, Timers, LINGER};
+use crate::transaction::{BranchGen, ClientTxns, Timers};
 use crate::transport::{Egress, Peer, RecvBatch, SipSocket, TcpTransport, Transport};
 use invite::Call;
 pub use pool::{Pool, ReloadError};
-
-/// The server side of an INVITE from the trunk: whether it was cancelled,
-/// its state machine, and the last answer sent, repeated when the trunk
-/// retransmits the INVITE.
-#[derive(Debug, Default)]
-pub(crate) struct ServerInvite {
-    cancelled: AtomicBool,
-    /// Until the call is decided (a cycle with the call's own reference
-    /// to this, broken then).
-    call: Mutex<Option<Arc<Call>>>,
-    last: Mutex<Option<Bytes>>,
-    /// When the final answer went out: the transaction then only absorbs
-    /// retransmissions and the ACK, for [`LINGER`], and the sweeper drops it.
-    decided: std::sync::OnceLock<tokio::time::Instant>,
-}
-
-impl ServerInvite {
-    fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
-    }
-
-    fn remember(&self, response: Bytes) {
-        if let Ok(mut l) = self.last.lock() {
-            *l = Some(response);
-        }
-    }
-
-    /// After a 2xx the transaction only absorbs retransmitted INVITEs
-    /// (RFC 6026 "Accepted"): the node's UAS core resends the 2xx itself
-    /// until the ACK, and an earlier 1xx must not be repeated.
-    fn forget(&self) {
-        if let Ok(mut l) = self.last.lock() {
-            *l = None;
-        }
-    }
-
-    fn call(&self) -> Option<Arc<Call>> {
-        self.call.lock().ok().and_then(|c| c.clone())
-    }
-}
 
 /// Room in the transaction tables from the start: what 500 calls/s keep
 /// over the 32 s a finished transaction lingers (about 3 MB for the client
@@ -85,10 +45,9 @@ const TABLE_CAPACITY: usize = 16_384;
 /// What the timer schedule holds.
 #[derive(Debug)]
 enum Timer {
-    /// Timer E (or A for an INVITE relayed in a dialog) of a forwarded
-    /// request.
-    /// Boxed: the heap moves its entries on every push and pop.
-    Resend(Box<Resend>),
+    /// A forwarded request's client transaction (Timer E/A, its wait for
+    /// a final), by branch.
+    Relay(crate::transaction::Token),
     /// A new INVITE's next deadline (Timer A, fr_timeout, fr_inv_timeout).
     Call(std::sync::Weak<Call>),
 }
@@ -142,8 +101,9 @@ pub struct Proxy {
     reload_lock: Mutex<()>,
     dialogs: Arc<Dialogs>,
     txns: ClientTxns<Arc<Call>>,
-    /// Server INVITE transactions from the trunk, by its top Via branch.
-    invites: crate::FastMap<Box<[u8]>, Arc<ServerInvite>>,
+    /// New INVITEs from the trunk, by their server transaction's key
+    /// ([`crate::transaction::server_key`]).
+    invites: crate::FastMap<Box<[u8]>, Arc<Call>>,
     branches: BranchGen,
     /// The listening sockets; each has its own receive thread.
     sockets: Vec<SipSocket>,
@@ -395,11 +355,7 @@ impl Proxy {
     /// Forgets finished transactions once their retransmissions are over.
     fn sweep(&self, now: tokio::time::Instant) {
         self.txns.sweep(now);
-        self.invites.retain(|_, s| {
-            s.decided
-                .get()
-                .is_none_or(|at| now.duration_since(*at) < LINGER)
-        });
+        self.invites.retain(|_, c| !c.expired(now));
     }
 
     /// A socket's receive thread: reads, handles every datagram to the
@@ -468,25 +424,36 @@ impl Proxy {
             let pool = self.pool();
             if let Some(i) = pool.find(addr) {
                 self.call_failed(&pool, i, crate::dispatcher::health::Failure::Unreachable);
-                if let Ok(mut p) = self.icmp_pending.lock() {
+            }
+            if let Ok(mut p) = self.icmp_pending.lock() {
+                if !p.contains(&addr) {
                     p.push(addr);
                 }
             }
         }
     }
 
-    /// Fails over the INVITEs waiting on a destination reported
-    /// unreachable. Rare (the node is marked at once, new calls skip it),
-    /// so a scan of the server transactions is fine.
+    /// Fails over the INVITEs and answers 503 to the forwarded requests
+    /// waiting on a destination reported unreachable. Rare (a node is
+    /// marked at once, new calls skip it), so a scan of the tables is
+    /// fine.
     fn flush_icmp(&self) {
         let dead = match self.icmp_pending.lock() {
             Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
             _ => return,
         };
-        let calls: Vec<Arc<Call>> = self.invites.iter().filter_map(|s| s.call()).collect();
+        let calls: Vec<Arc<Call>> = self
+            .invites
+            .iter()
+            .filter(|c| c.is_deciding())
+            .map(|c| c.clone())
+            .collect();
         for addr in dead {
             for call in &calls {
                 self.call_unreachable(call, addr);
+            }
+            for branch in self.txns.relays_to(addr) {
+                self.relay_unreachable(&branch);
             }
         }
     }

@@ -12,11 +12,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{with_editor, Pool, Proxy, ServerInvite, Timer};
+use super::invite::Call;
+use super::{with_editor, Pool, Proxy, Timer};
 use crate::dialog::Pin;
 use crate::metrics::RejectReason;
 use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
-use crate::transaction::{ClientTxn, Relay, Resend, Token};
+use crate::transaction::relay::{RelayAction, RelayClient};
+use crate::transaction::{server_key, ClientTxn, Relay, Token};
 use crate::transport::{Peer, Transport};
 use tokio_util::sync::CancellationToken;
 
@@ -32,26 +34,6 @@ pub(super) fn uri_transport(uri: &Uri<'_>) -> Transport {
         .flatten()
         .and_then(Transport::from_param)
         .unwrap_or_default()
-}
-
-/// The key of the trunk's INVITE server transaction that `msg` (the
-/// INVITE, its CANCEL or its ACK) belongs to (RFC 3261 §17.2.3): the
-/// branch when it is an RFC 3261 one, else, for RFC 2543 clients, the
-/// Call-ID, CSeq number, From tag and top Via together.
-pub(super) fn server_key(msg: &Message<'_>) -> Option<Box<[u8]>> {
-    let via = msg.top_via().ok()?;
-    if via.has_rfc3261_branch() {
-        return via.branch().map(Into::into);
-    }
-    let mut k = b"2543|".to_vec();
-    k.extend_from_slice(msg.call_id().ok()?);
-    k.push(b'|');
-    k.extend_from_slice(msg.cseq().ok()?.number.to_string().as_bytes());
-    k.push(b'|');
-    k.extend_from_slice(msg.from_tag().ok().flatten().unwrap_or_default());
-    k.push(b'|');
-    k.extend_from_slice(via.as_bytes());
-    Some(k.into())
 }
 
 /// How a request is sent on.
@@ -167,9 +149,12 @@ impl Proxy {
         if method == Method::Options && uri.user.is_none() && self.is_me(&uri) {
             return self.reply(msg, src, 200, b"OK");
         }
-        if method == Method::Ack && server_key(msg).is_some_and(|k| self.invites.contains_key(&k)) {
-            // ACK for a non-2xx final: ends the server transaction.
-            return;
+        if method == Method::Ack {
+            let call = server_key(msg).and_then(|k| self.invites.get(&k).map(|c| c.clone()));
+            if call.is_some_and(|c| self.invite_acked(&c)) {
+                // ACK for a non-2xx final: ends the server transaction.
+                return;
+            }
         }
         if msg.max_forwards() == Ok(Some(0)) {
             return self.reject(msg, src, SipError::TooManyHops);
@@ -328,15 +313,11 @@ impl Proxy {
     }
 
     fn on_cancel(&self, msg: &Message<'_>, src: Peer) {
-        let invite = server_key(msg).and_then(|k| self.invites.get(&k).map(|i| i.clone()));
-        match invite {
-            Some(inv) => {
+        let call = server_key(msg).and_then(|k| self.invites.get(&k).map(|c| c.clone()));
+        match call {
+            Some(call) => {
                 self.reply(msg, src, 200, b"OK");
-                inv.cancelled
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                if let Some(call) = inv.call() {
-                    self.call_cancelled(&call);
-                }
+                self.call_cancelled(&call);
             }
             None => {
                 self.rejected(msg, RejectReason::UnknownDialog);
@@ -349,31 +330,34 @@ impl Proxy {
         let Some(key) = server_key(msg) else {
             return self.reject(msg, src, SipError::BadVia);
         };
-        if self.overloaded() && !self.invites.contains_key(&key) {
+        if let Some(call) = self.invites.get(&key).map(|c| c.clone()) {
+            // A retransmission: the server transaction knows what to do.
+            return self.invite_again(&call, src);
+        }
+        if self.overloaded() {
             return self.shed(msg, src);
         }
         if self
             .shutting_down
             .load(std::sync::atomic::Ordering::Relaxed)
-            && !self.invites.contains_key(&key)
         {
             return self.reply(msg, src, 503, b"Shutting down");
         }
         // One atomic look-up-or-insert: copies of an INVITE read by two
         // receive threads at once must not both start a call (a double fax).
-        let server = match self.invites.entry(key) {
+        let call = match self.invites.entry(key) {
             dashmap::Entry::Occupied(o) => {
-                // A retransmission: repeat our last answer, start nothing.
-                let last = o.get().last.lock().ok().and_then(|l| l.clone());
+                let call = o.get().clone();
                 drop(o);
-                if let Some(last) = last {
-                    let _ = self.send_to(&last, src);
-                }
-                return;
+                return self.invite_again(&call, src);
             }
-            dashmap::Entry::Vacant(v) => v.insert(Arc::new(ServerInvite::default())).clone(),
+            dashmap::Entry::Vacant(v) => {
+                let call = Call::new(msg, src, self.pool(), self.our_routes(msg).count);
+                v.insert(call.clone());
+                call
+            }
         };
-        self.start_invite(msg, src, server);
+        self.start_invite(&call, msg);
     }
 
     /// A request from a pool member starting a call to the outside.
@@ -556,29 +540,60 @@ impl Proxy {
             // A stateful proxy answers 100 to an INVITE itself (§16.2).
             self.reply(msg, src, 100, b"Trying");
         }
-        let mut f = f;
-        let edit = |ed: &mut Editor| {
+        with_editor(|ed| {
             let rr = |t| {
                 f.record_route
                     .and_then(|(pool, node)| RecordRoute::for_node(pool, node, src.transport, t))
             };
-            let t = f.to.transport;
-            match self.forward_edit(ed, msg, src.addr, &branch, t, rr(t), f.pop_routes) {
-                Ok(out) if !(f.tcp_fallback && self.over_mtu(out.len(), t)) => {
-                    return self.send_forwarded(msg, out, branch, src, &f)
+            let edited = self.forward_edit_mtu(
+                ed,
+                msg,
+                src.addr,
+                &branch,
+                f.to.transport,
+                f.tcp_fallback,
+                rr,
+                f.pop_routes,
+            );
+            match edited {
+                Ok((out, t)) => {
+                    let to = Peer {
+                        transport: t,
+                        ..f.to
+                    };
+                    self.send_forwarded(msg, out, branch, src, to, f.repin)
                 }
-                Ok(_) => {}
-                Err(err) => return self.reject(msg, src, err),
-            }
-            // RFC 3261 §18.1.1: too large for UDP, and the node takes TCP.
-            f.to.transport = Transport::Tcp;
-            let t = Transport::Tcp;
-            match self.forward_edit(ed, msg, src.addr, &branch, t, rr(t), f.pop_routes) {
-                Ok(out) => self.send_forwarded(msg, out, branch, src, &f),
                 Err(err) => self.reject(msg, src, err),
             }
-        };
-        with_editor(edit);
+        });
+    }
+
+    /// The forwarding edit for `transport`, or for TCP when the result is
+    /// too large for UDP and the next hop takes TCP (RFC 3261 §18.1.1):
+    /// the bytes and the transport they go over.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward_edit_mtu<'e, 'p>(
+        &self,
+        ed: &'e mut Editor,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        branch: &str,
+        transport: Transport,
+        tcp_fallback: bool,
+        record_route: impl Fn(Transport) -> Option<RecordRoute<'p>>,
+        pop_routes: usize,
+    ) -> Result<(&'e [u8], Transport), SipError> {
+        let rr = record_route(transport);
+        let len = self
+            .forward_edit(ed, msg, src, branch, transport, rr, pop_routes)?
+            .len();
+        if tcp_fallback && self.over_mtu(len, transport) {
+            let tcp = Transport::Tcp;
+            let out =
+                self.forward_edit(ed, msg, src, branch, tcp, record_route(tcp), pop_routes)?;
+            return Ok((out, tcp));
+        }
+        Ok((ed.output(), transport))
     }
 
     /// Would `len` bytes over `transport` exceed `listen.udp_mtu`?
@@ -619,73 +634,145 @@ impl Proxy {
     }
 
     /// Registers the client transaction (not for ACK), schedules its
-    /// retransmission and sends.
+    /// timers and sends; a send that fails at once answers 503 upstream.
     fn send_forwarded(
         &self,
         msg: &Message<'_>,
         out: &[u8],
         branch: Token,
         src: Peer,
-        f: &Forward<'_>,
+        to: Peer,
+        repin: Option<SocketAddr>,
     ) {
         let method = msg.method();
-        if method != Some(Method::Ack) {
-            let now = tokio::time::Instant::now();
-            self.txns.insert(
-                &branch,
-                ClientTxn::Relay(Relay {
-                    call_id: msg.call_id().unwrap_or_default().into(),
-                    is_bye: method == Some(Method::Bye),
-                    repin: f.repin,
-                    upstream: src,
-                    created: now,
-                    answered: Default::default(),
-                }),
-            );
-            // Only UDP retransmits (RFC 3261 §17.1.2.2: Timer E is for
-            // unreliable transports).
-            if f.to.transport == Transport::Udp {
-                let invite = method == Some(Method::Invite);
-                let copy = bytes::Bytes::copy_from_slice(out);
-                let r = Resend::new(branch, f.to.addr, copy, invite);
-                self.timers.schedule(r.due(now), Timer::Resend(Box::new(r)));
-            }
+        if method == Some(Method::Ack) {
+            let _ = self.send_to(out, to);
+            return;
         }
-        let _ = self.send_to(out, f.to);
+        let now = tokio::time::Instant::now();
+        let client = RelayClient::new(
+            now.into_std(),
+            method == Some(Method::Invite),
+            to.transport != Transport::Udp,
+            self.cfg.failover.fr_timeout,
+        );
+        let wake = client.next_wake();
+        self.txns.insert(
+            &branch,
+            ClientTxn::Relay(Box::new(Relay {
+                call_id: msg.call_id().unwrap_or_default().into(),
+                is_bye: method == Some(Method::Bye),
+                repin,
+                upstream: src,
+                created: now,
+                to,
+                request: bytes::Bytes::copy_from_slice(out),
+                client: client.into(),
+            })),
+        );
+        if let Some(at) = wake {
+            self.timers
+                .schedule(tokio::time::Instant::from_std(at), Timer::Relay(branch));
+        }
+        if self.send_to(out, to).is_err() {
+            self.relay_unreachable(branch.as_bytes());
+        }
     }
 
-    /// The one timer task: Timer E (Timer A for an INVITE) resends
-    /// forwarded requests at T1, doubling (capped at T2 for non-INVITE),
-    /// until a response arrives or Timer F runs out (RFC 3261 §17.1.2.2);
-    /// new INVITEs get their Timer A and fr_timeout / fr_inv_timeout.
+    /// The timer of the forwarded request on `branch` fired at `now`:
+    /// resend it, or answer 408 upstream when its wait is over.
+    fn relay_timer(&self, branch: &Token, now: tokio::time::Instant) {
+        let step = self.txns.with(branch.as_bytes(), |t| match t {
+            ClientTxn::Relay(r) => {
+                let (action, wake) = r.with_client(|c| (c.on_timer(now.into_std()), c.next_wake()));
+                Some((action, wake, r.to, r.request.clone(), r.upstream))
+            }
+            _ => None,
+        });
+        let Some(Some((action, wake, to, request, upstream))) = step else {
+            return;
+        };
+        match action {
+            Some(RelayAction::Resend) => {
+                if !self
+                    .shutting_down
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    let _ = self.send_to(&request, to);
+                }
+            }
+            Some(RelayAction::TimedOut) => {
+                self.forward_failed(&request, upstream, crate::metrics::ForwardFailure::Timeout);
+            }
+            Some(RelayAction::Unreachable) | None => {}
+        }
+        if let Some(at) = wake {
+            self.timers
+                .schedule(tokio::time::Instant::from_std(at), Timer::Relay(*branch));
+        }
+    }
+
+    /// The forwarded request on `branch` cannot reach its next hop: 503
+    /// upstream at once (RFC 3261 §16.7 step 10 via §16.8's rules).
+    pub(super) fn relay_unreachable(&self, branch: &[u8]) {
+        let failed = self.txns.with(branch, |t| match t {
+            ClientTxn::Relay(r) => r
+                .with_client(RelayClient::on_transport_error)
+                .map(|_| (r.request.clone(), r.upstream)),
+            _ => None,
+        });
+        if let Some(Some((request, upstream))) = failed {
+            self.forward_failed(
+                &request,
+                upstream,
+                crate::metrics::ForwardFailure::Transport,
+            );
+        }
+    }
+
+    /// Answers a forwarded request upstream ourselves, as if its next hop
+    /// had: 408 when it timed out, 503 when the transport failed. Built
+    /// from the request as forwarded (our Via on top, the sender's marked
+    /// with `received`/`rport`) and relayed like a response from there.
+    fn forward_failed(&self, request: &[u8], upstream: Peer, why: crate::metrics::ForwardFailure) {
+        use crate::metrics::ForwardFailure;
+        let Ok(req) = Message::parse(request) else {
+            return;
+        };
+        let (code, reason): (u16, &[u8]) = match why {
+            ForwardFailure::Timeout => (408, b"Request Timeout"),
+            ForwardFailure::Transport => (503, b"Service Unavailable"),
+        };
+        self.metrics.forward_failed(why);
+        tracing::info!(
+            "{} to the next hop failed ({why:?}): {code} upstream",
+            String::from_utf8_lossy(req.method().map(|m| m.as_bytes()).unwrap_or_default())
+        );
+        let tag = self.branches.tag();
+        let mut out = bytes::BytesMut::with_capacity(request.len().min(2048) + 64);
+        crate::sip::Response::new(&req, code, reason, tag.as_bytes()).write(&mut out);
+        if let Ok(resp) = Message::parse(&out) {
+            let local = crate::metrics::ResponseOrigin::Local;
+            self.send_upstream(&resp, Some(upstream), false, local);
+        }
+    }
+
+    /// The one timer task: the relay clients' Timer E/A and their wait for
+    /// a final (RFC 3261 §17.1.2.2), the new INVITEs' Timer A and
+    /// fr_timeout / fr_inv_timeout.
     pub(super) async fn run_timers(self: Arc<Self>, cancel: CancellationToken) {
-        use std::sync::atomic::Ordering;
         let mut due = Vec::new();
         loop {
             let now = tokio::time::Instant::now();
             let next = self.timers.take_due(now, &mut due);
             for t in due.drain(..) {
-                let r = match t {
-                    Timer::Resend(r) => r,
+                match t {
+                    Timer::Relay(branch) => self.relay_timer(&branch, now),
                     Timer::Call(c) => {
                         if let Some(call) = c.upgrade() {
                             self.call_timer(&call, now);
                         }
-                        continue;
                     }
-                };
-                let pending = self.txns.with(r.branch.as_bytes(), |t| match t {
-                    ClientTxn::Relay(r) => !r.answered.load(Ordering::Relaxed),
-                    ClientTxn::Invite(_) | ClientTxn::Decided { .. } | ClientTxn::Probe { .. } => {
-                        false
-                    }
-                });
-                if pending != Some(true) || self.shutting_down.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let _ = self.send(&r.bytes, r.to);
-                if let Some(r) = r.advance() {
-                    self.timers.schedule(r.due(now), Timer::Resend(Box::new(r)));
                 }
             }
             self.flush_icmp();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{upstream_target, with_editor, Call, Proxy, ServerInvite};
+use super::{upstream_target, with_editor, Call, Proxy};
 use crate::dialog::Removal;
 use crate::metrics::{DropReason, ResponseOrigin};
 use crate::sip::{HeaderName, Message, Via};
@@ -31,19 +31,26 @@ impl Proxy {
                 call_id: Box<[u8]>,
                 upstream: Peer,
             },
+            /// A relay client that no longer wants this response.
+            Drop,
         }
+        let now = std::time::Instant::now();
+        let fr_inv = self.cfg.failover.fr_inv_timeout;
         let action = self.txns.with(branch, |t| match t {
             // The state machine owns the decision (failover, relay, ACK).
             ClientTxn::Invite(call) => Action::Call(call.clone()),
             ClientTxn::Decided { upstream, .. } => Action::Decided(*upstream),
             ClientTxn::Probe { .. } => Action::Probe,
             ClientTxn::Relay(r) => {
-                r.answered.store(true, std::sync::atomic::Ordering::Relaxed);
-                Action::Relay {
-                    bye: r.is_bye,
-                    repin: r.repin,
-                    call_id: r.call_id.clone(),
-                    upstream: r.upstream,
+                if r.with_client(|c| c.on_response(now, status, fr_inv)) {
+                    Action::Relay {
+                        bye: r.is_bye,
+                        repin: r.repin,
+                        call_id: r.call_id.clone(),
+                        upstream: r.upstream,
+                    }
+                } else {
+                    Action::Drop
                 }
             }
         });
@@ -68,7 +75,10 @@ impl Proxy {
             pool.call_reply(i, status);
             // A node's 2xx to an INVITE, initial or re-INVITE; a 2xx
             // retransmission (Decided) was checked the first time.
-            if matches!(action, Some(Action::Call(_) | Action::Relay { .. })) {
+            if matches!(
+                action,
+                Some(Action::Call(_) | Action::Relay { .. } | Action::Drop)
+            ) {
                 if let Some(node) = pool.adverts.get(i) {
                     node.check(msg);
                 }
@@ -76,12 +86,16 @@ impl Proxy {
         }
         match action {
             Some(Action::Probe) => {}
+            Some(Action::Drop) => {
+                // Upstream already has our 408 or 503 for this request.
+                self.metrics.dropped(DropReason::StrayResponse);
+            }
             None => {
                 // Not ours (RFC 3261 §18.1.2: drop) or long finished.
                 self.metrics.dropped(DropReason::StrayResponse);
                 tracing::debug!(%src, "response matches no transaction");
             }
-            Some(Action::Call(call)) => self.call_response(&call, msg, src),
+            Some(Action::Call(call)) => self.call_response(&call, msg),
             Some(Action::Decided(upstream)) => {
                 // A 2xx the node retransmits because the trunk's ACK has not
                 // reached it yet: relay it (RFC 6026); anything else is over.
@@ -91,7 +105,7 @@ impl Proxy {
                         .cseq()
                         .is_ok_and(|c| c.method == crate::sip::Method::Invite)
                 {
-                    self.relay_upstream(msg, None, Some(upstream));
+                    self.relay_upstream(msg, Some(upstream), false);
                 }
             }
             Some(Action::Relay {
@@ -108,28 +122,40 @@ impl Proxy {
                     // sofia recover: the node that answered owns the call now.
                     self.dialogs.pin(&call_id, node);
                 }
-                self.relay_upstream(msg, None, Some(upstream));
+                self.relay_upstream(msg, Some(upstream), false);
             }
         }
     }
 
     /// Removes our Via and sends the response to the Via below it (on the
-    /// TCP connection `upstream` came in on, when it did); with `keep`, the
-    /// INVITE's server transaction keeps what was sent, to repeat it when
-    /// the trunk retransmits the INVITE.
+    /// TCP connection `upstream` came in on, when it did); with `keep`, a
+    /// copy of what was sent, for the INVITE's server transaction to
+    /// repeat when the trunk retransmits the INVITE.
     pub(super) fn relay_upstream(
         &self,
         msg: &Message<'_>,
-        keep: Option<&ServerInvite>,
         upstream: Option<Peer>,
-    ) {
+        keep: bool,
+    ) -> Option<Bytes> {
+        self.send_upstream(msg, upstream, keep, ResponseOrigin::Relayed)
+    }
+
+    /// [`Proxy::relay_upstream`] for a response of `origin` (a local answer
+    /// built on a forwarded request carries our Via too).
+    pub(super) fn send_upstream(
+        &self,
+        msg: &Message<'_>,
+        upstream: Option<Peer>,
+        keep: bool,
+        origin: ResponseOrigin,
+    ) -> Option<Bytes> {
         let Some(next) = msg.values(HeaderName::Via).nth(1) else {
             self.metrics.dropped(DropReason::NoRouteForResponse);
-            return;
+            return None;
         };
         let Some(mut to) = Via::parse(next).ok().as_ref().and_then(upstream_target) else {
             self.metrics.dropped(DropReason::NoRouteForResponse);
-            return;
+            return None;
         };
         if let Some(up) = upstream.filter(|u| u.transport == to.transport) {
             to.conn = up.conn;
@@ -138,14 +164,10 @@ impl Proxy {
             let mut e = ed.edit(msg);
             e.remove_top_via();
             let out = e.finish();
-            // Remembered before it is sent: a retransmitted INVITE read by
-            // another worker right after the trunk got this must see it.
-            if let Some(server) = keep {
-                server.remember(Bytes::copy_from_slice(out));
-            }
             self.metrics
-                .response_status(ResponseOrigin::Relayed, msg.status().unwrap_or_default());
+                .response_status(origin, msg.status().unwrap_or_default());
             let _ = self.send_to(out, to);
-        });
+            keep.then(|| Bytes::copy_from_slice(out))
+        })
     }
 }

@@ -96,12 +96,14 @@ struct Leg {
     cancel_pending: bool,
 }
 
-/// A leg tried earlier, for its late answers.
-#[derive(Debug, Clone, Copy)]
+/// A leg tried, for its late answers and for the CANCEL and ACK built
+/// from what it sent.
+#[derive(Debug, Clone)]
 struct Tried {
     branch: Token,
     node: usize,
     to: Peer,
+    bytes: Bytes,
 }
 
 /// A new INVITE's client side: the plan, the leg in progress, and what is
@@ -148,6 +150,14 @@ impl InviteClient {
         self.tried.iter().map(|t| &t.branch)
     }
 
+    /// The INVITE as sent on `branch` (CANCEL and ACK are built from it).
+    pub fn sent_request(&self, branch: &Token) -> Option<&Bytes> {
+        self.tried
+            .iter()
+            .find(|t| t.branch == *branch)
+            .map(|t| &t.bytes)
+    }
+
     /// The leg in progress: its branch and where it went.
     pub fn current(&self) -> Option<(Token, Peer)> {
         self.leg.as_ref().map(|l| (l.branch, l.to))
@@ -174,7 +184,12 @@ impl InviteClient {
         s: &Settings<'_>,
     ) {
         self.forwarding = false;
-        self.tried.push(Tried { branch, node, to });
+        self.tried.push(Tried {
+            branch,
+            node,
+            to,
+            bytes: bytes.clone(),
+        });
         self.leg = Some(Leg {
             branch,
             node,
@@ -347,17 +362,18 @@ impl InviteClient {
         let Some(t) = self.tried.iter().find(|t| t.branch.as_bytes() == branch) else {
             return;
         };
-        let t = *t;
+        let (branch, node, to) = (t.branch, t.node, t.to);
         if code >= 300 {
-            out.push(Action::Ack {
-                branch: t.branch,
-                to: t.to,
-            });
+            out.push(Action::Ack { branch, to });
         } else if code >= 200 {
+            if !self.answered {
+                // The table first: whoever sees the answer finds the call
+                // pinned to its node.
+                out.push(Action::Pin { node });
+            }
             out.push(Action::RelayFinal);
             if !self.answered {
                 self.answered = true;
-                out.push(Action::Pin { node: t.node });
                 self.cancel_current_leg(now, s, out);
                 if self.leg.is_none() {
                     // No leg in progress to wind down.

@@ -178,8 +178,9 @@ pub trait Pending {
 pub enum ClientTxn<I> {
     /// A new INVITE still deciding: the response goes to its state machine.
     Invite(I),
-    /// Any other forwarded request: relay responses upstream.
-    Relay(Relay),
+    /// Any other forwarded request: relay responses upstream. Boxed: the
+    /// table's slots are as large as its largest variant.
+    Relay(Box<Relay>),
     /// A branch of an INVITE whose outcome is decided:
     /// kept until [`LINGER`] after `at` so a retransmitted 2xx is still
     /// relayed (RFC 6026 "Accepted").
@@ -212,8 +213,22 @@ pub struct Relay {
     /// same TCP connection, RFC 3261 §18.2.2).
     pub upstream: crate::transport::Peer,
     pub created: Instant,
-    /// A response came back: stop retransmitting (Timer E / A).
-    pub answered: std::sync::atomic::AtomicBool,
+    /// Where it went.
+    pub to: crate::transport::Peer,
+    /// What was sent: resent by Timer E (A), and the request a local 408
+    /// or 503 answers.
+    pub request: Bytes,
+    /// Its state machine (retransmissions, the wait for a final).
+    pub client: std::sync::Mutex<relay::RelayClient>,
+}
+
+impl Relay {
+    /// Runs `f` on the machine (a poisoned lock only means a panic
+    /// elsewhere: the state is still usable).
+    pub fn with_client<R>(&self, f: impl FnOnce(&mut relay::RelayClient) -> R) -> R {
+        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c)
+    }
 }
 
 /// The table of client transactions.
@@ -268,6 +283,22 @@ impl<I: Pending> ClientTxns<I> {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// The branches of the forwarded requests sent to `to` (over any
+    /// transport) and still waiting for a final: what an ICMP error or a
+    /// failed connect to `to` concerns. A scan: only for that rare path.
+    pub fn relays_to(&self, to: SocketAddr) -> Vec<Box<[u8]>> {
+        self.map
+            .iter()
+            .filter(|e| match e.value() {
+                ClientTxn::Relay(r) => {
+                    r.to.addr == to && r.with_client(|c| c.next_wake().is_some())
+                }
+                _ => false,
+            })
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -309,51 +340,6 @@ pub const T2: Duration = Duration::from_secs(4);
 /// timer ticks are coarser still).
 pub const TIMER_SLACK: Duration = Duration::from_millis(20);
 
-/// A forwarded request to send again if no response has come back
-/// (Timer E, or Timer A for an INVITE relayed in a dialog).
-#[derive(Debug)]
-pub struct Resend {
-    pub branch: Token,
-    pub to: SocketAddr,
-    pub bytes: Bytes,
-    /// The interval just waited; the next one doubles it.
-    pub every: Duration,
-    /// Time since the first send.
-    pub waited: Duration,
-    pub invite: bool,
-}
-
-impl Resend {
-    /// First retransmission after T1.
-    pub fn new(branch: Token, to: SocketAddr, bytes: Bytes, invite: bool) -> Resend {
-        Resend {
-            branch,
-            to,
-            bytes,
-            every: T1,
-            waited: Duration::ZERO,
-            invite,
-        }
-    }
-
-    /// When it is next due, counted from `now`.
-    pub fn due(&self, now: Instant) -> Instant {
-        now + self.every
-    }
-
-    /// After one more send: the next interval (doubling, capped at T2 for
-    /// non-INVITE), or `None` once Timer B/F has run out.
-    pub fn advance(mut self) -> Option<Resend> {
-        self.waited += self.every;
-        self.every = if self.invite {
-            self.every * 2
-        } else {
-            (self.every * 2).min(T2)
-        };
-        (self.waited + self.every < LINGER).then_some(self)
-    }
-}
-
 struct Due<T> {
     at: Instant,
     seq: u64,
@@ -378,8 +364,8 @@ impl<T> Ord for Due<T> {
     }
 }
 
-/// One schedule for every timer of the transaction layer (retransmissions,
-/// an INVITE's fr_timeout), served by one task: no task or tokio timer per
+/// One schedule for every timer of the transaction layer (the relay
+/// clients' Timer E/F, an INVITE's Timer A and fr_timeout), served by one task: no task or tokio timer per
 /// request. Entries are not cancelled; whoever handles one checks whether
 /// it still matters.
 pub struct Timers<T> {
@@ -478,39 +464,22 @@ mod tests {
     }
 
     #[test]
-    fn resends_follow_timer_e_and_come_out_in_order() {
+    fn the_schedule_hands_out_what_is_due_in_order() {
         let now = Instant::now();
         let q = Timers::default();
-        let to: SocketAddr = "127.0.0.1:5081".parse().unwrap();
-        let g = BranchGen::default();
-        let (a, b) = (g.next(), g.next());
-        let rb = Resend::new(b, to, Bytes::new(), false);
-        q.schedule(rb.due(now + Duration::from_millis(100)), rb);
-        let ra = Resend::new(a, to, Bytes::new(), false);
-        q.schedule(ra.due(now), ra);
+        q.schedule(now + Duration::from_millis(600), "b");
+        q.schedule(now + T1, "a");
+        q.schedule(now + Duration::from_millis(510), "a2");
         let mut out = Vec::new();
         assert_eq!(q.take_due(now, &mut out), Some(now + T1));
         assert!(out.is_empty());
-        // Within the slack of the first: only the first comes out.
+        // Within the slack of the first: those two come out, in order.
         assert_eq!(
             q.take_due(now + T1, &mut out),
             Some(now + Duration::from_millis(600))
         );
-        assert_eq!(out.len(), 1);
-        assert_eq!(*out[0].branch, *a);
-        // Timer E: 500 ms, 1 s, 2 s, then 4 s (T2) until 32 s have passed.
-        let mut r = out.pop();
-        let mut intervals = Vec::new();
-        while let Some(x) = r {
-            intervals.push(x.every.as_millis());
-            r = x.advance();
-        }
-        assert_eq!(intervals[..5], [500, 1000, 2000, 4000, 4000]);
-        assert!(intervals.iter().sum::<u128>() < LINGER.as_millis());
-        // An INVITE doubles without the cap.
-        let inv = Resend::new(g.next(), to, Bytes::new(), true);
-        let inv = (0..4).try_fold(inv, |r, _| r.advance()).unwrap();
-        assert_eq!(inv.every, Duration::from_secs(8));
+        assert_eq!(out, ["a", "a2"]);
+        assert_eq!(q.len(), 1);
     }
 
     /// A stand-in INVITE state: over once the flag is set.
@@ -528,14 +497,22 @@ mod tests {
         t.insert("b1", ClientTxn::Invite(Call(over.clone())));
         t.insert(
             "b2",
-            ClientTxn::Relay(Relay {
+            ClientTxn::Relay(Box::new(Relay {
                 call_id: b"c".as_slice().into(),
                 is_bye: false,
                 repin: None,
                 upstream: crate::transport::Peer::udp("127.0.0.1:5060".parse().unwrap()),
                 created: Instant::now(),
-                answered: Default::default(),
-            }),
+                to: crate::transport::Peer::udp("127.0.0.1:5080".parse().unwrap()),
+                request: Bytes::new(),
+                client: relay::RelayClient::new(
+                    Instant::now().into_std(),
+                    false,
+                    false,
+                    Duration::from_secs(2),
+                )
+                .into(),
+            })),
         );
         t.insert("b3", ClientTxn::Invite(Call(Default::default())));
         t.decide(

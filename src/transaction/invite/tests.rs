@@ -492,8 +492,8 @@ fn a_late_2xx_from_a_failed_over_node_wins_and_the_other_leg_is_cancelled() {
     assert_eq!(
         h.respond(0, 200),
         vec![
-            Action::RelayFinal,
             Action::Pin { node: 0 },
+            Action::RelayFinal,
             Action::Cancel {
                 branch: b1,
                 to: peer(1)
@@ -523,7 +523,7 @@ fn a_late_2xx_before_the_other_leg_answered_cancels_it_on_its_first_provisional(
         h.wake();
     }
     let out = h.respond(0, 200);
-    assert_eq!(out, vec![Action::RelayFinal, Action::Pin { node: 0 }]);
+    assert_eq!(out, vec![Action::Pin { node: 0 }, Action::RelayFinal]);
     let b1 = h.branch(1);
     assert_eq!(
         h.respond(1, 100),
