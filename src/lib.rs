@@ -31,6 +31,9 @@
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.
+//! - [`server`]: binding the configured listeners and running the proxy,
+//!   the admin listener and the SIGHUP reload as one task set, with a
+//!   drain on shutdown (what `main` calls).
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/health/live`,
 //!   `/health/ready`, JSON-RPC at `/RPC` with Kamailio's `dispatcher.*`
 //!   methods and result shapes) behind the [`admin::Backend`] trait, and
@@ -45,6 +48,7 @@ pub mod dns;
 pub mod metrics;
 pub mod proxy;
 pub mod security;
+pub mod server;
 pub mod sip;
 pub mod transaction;
 pub mod transport;

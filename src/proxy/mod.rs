@@ -496,7 +496,7 @@ impl Handler for Proxy {
 
     /// ICMP says `to` is unreachable (or a TCP connect to it failed): the
     /// node is marked suspect and the INVITE waiting on it fails over at
-    /// once (in [`Proxy::flush_icmp`], outside any call's lock: a send
+    /// once (in `flush_icmp`, outside any call's lock: a send
     /// inside one may be what read the error).
     fn on_unreachable(&self, to: SocketAddr) {
         tracing::debug!(addr = %to, "ICMP: destination unreachable");
