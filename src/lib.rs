@@ -14,20 +14,26 @@
 //!   buffer, and builders for local responses and OPTIONS probes.
 //! - [`config`]: the TOML configuration (`proxy.toml.example`), its
 //!   validation and the errors that name file, key and reason.
-//! - [`transport`]: UDP sockets set up for a busy SIP edge, SIP over TCP,
-//!   and the [`transport::Peer`] every message carries.
+//! - [`transport`]: the [`transport::Transports`] facade: every socket,
+//!   receive loop and send (UDP sockets set up for a busy SIP edge, one
+//!   thread each; SIP over TCP), one inbound event type for the proxy,
+//!   the [`transport::Peer`] every message carries, and
+//!   [`transport::PerTransport`] for data kept per transport.
 //! - [`dns`]: RFC 3263 location of host names in the nodes' outgoing
 //!   requests (SRV, A/AAAA), cached.
 //! - [`transaction`]: client transactions, keyed by the branch we add, and
 //!   the one timer schedule.
 //! - [`dispatcher`]: the node pool and the selection algorithms.
 //! - [`dialog`]: the Call-ID -> node table and its expiry task.
-//! - [`proxy`]: the stateful proxy: the receive threads, request and
+//! - [`proxy`]: the stateful proxy, the transports' handler: request and
 //!   response paths, the new INVITE's state machine with failover, errors
 //!   to SIP answers.
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.
+//! - [`server`]: binding the configured listeners and running the proxy,
+//!   the admin listener and the SIGHUP reload as one task set, with a
+//!   drain on shutdown (what `main` calls).
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/health/live`,
 //!   `/health/ready`, JSON-RPC at `/RPC` with Kamailio's `dispatcher.*`
 //!   methods and result shapes) behind the [`admin::Backend`] trait, and
@@ -42,6 +48,7 @@ pub mod dns;
 pub mod metrics;
 pub mod proxy;
 pub mod security;
+pub mod server;
 pub mod sip;
 pub mod transaction;
 pub mod transport;

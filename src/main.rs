@@ -1,17 +1,13 @@
-//! The `sipedge` binary: command line, config loading, exit codes. The
-//! logic lives in the library.
+//! The `sipedge` binary: command line, logging, config loading, the
+//! shutdown signal, exit codes. Serving is [`sipedge::server`].
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use std::time::Duration;
-
 use clap::{Parser, Subcommand};
 use sipedge::config::{self, Config, ConfigError};
-use sipedge::proxy::Proxy;
-use sipedge::transport::{bind_tcp, bind_udp, TcpOptions, UdpOptions};
-use tokio_util::sync::CancellationToken;
+use sipedge::server::{self, Server, ServerError};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc, as Kamailio is best run with TLSF
@@ -104,11 +100,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Exit status when the proxy cannot start (a socket cannot be bound).
+/// Exit status when the proxy cannot start (a socket cannot be bound) or
+/// stopped on a failure.
 const EXIT_START_FAILED: u8 = 1;
-
-/// How long a shutdown waits for INVITEs in progress before cancelling.
-const DRAIN: Duration = Duration::from_secs(10);
 
 fn run(name: &str, config: &Config, path: Option<PathBuf>) -> ExitCode {
     tracing_subscriber::fmt()
@@ -132,110 +126,37 @@ fn run(name: &str, config: &Config, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    runtime.block_on(serve(name, config.clone(), path))
+    match runtime.block_on(serve(config.clone(), path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServerError::Proxy(e)) => {
+            eprintln!("sipedge: {name}: {e}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("sipedge: {e}");
+            ExitCode::from(EXIT_START_FAILED)
+        }
+    }
 }
 
-async fn serve(name: &str, config: Config, path: Option<PathBuf>) -> ExitCode {
+async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), ServerError> {
+    // Before anything is bound: a signal that came before its handler
+    // would end the process with no drain.
     let shutdown = shutdown_signal();
-    #[cfg(unix)]
-    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    for line in &config.dispatcher.skipped {
-        tracing::warn!("dispatcher.list line left out (another set): {line}");
-    }
-    let mut sockets = Vec::new();
-    for addr in &config.listen.udp {
-        let options = UdpOptions {
-            recv_buffer: config.listen.recv_buffer,
-            send_buffer: config.listen.send_buffer,
-            freebind: config.listen.freebind,
-        };
-        match bind_udp(*addr, options) {
-            Ok(s) => sockets.push(s),
-            Err(e) => {
-                eprintln!("sipedge: cannot bind udp:{addr}: {e}");
-                return ExitCode::from(EXIT_START_FAILED);
-            }
-        }
-    }
-    let mut listeners = Vec::new();
-    for addr in &config.listen.tcp {
-        let options = TcpOptions {
-            freebind: config.listen.freebind,
-            ..TcpOptions::default()
-        };
-        match bind_tcp(*addr, &options) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                eprintln!("sipedge: cannot bind tcp:{addr}: {e}");
-                return ExitCode::from(EXIT_START_FAILED);
-            }
-        }
-    }
-    let admin = config.admin.clone();
-    let proxy = match Proxy::with_tcp(config, sockets, listeners) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("sipedge: {name}: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    };
-    if let Some(path) = path {
-        proxy.set_config_path(path);
-    }
-    for addr in proxy.local_addrs() {
-        // Parseable by scripts and tests that start the binary on port 0.
+    let bound = server::bind(&config)?;
+    let server = Server::new(config, bound, path)?;
+    let listening = server.listening();
+    // Parseable by scripts and tests that start the binary on port 0.
+    for addr in &listening.udp {
         println!("listening on udp:{addr}");
     }
-    for addr in proxy.tcp_addrs() {
+    for addr in &listening.tcp {
         println!("listening on tcp:{addr}");
     }
-    let cancel = CancellationToken::new();
-    let server = tokio::spawn(proxy.clone().run(cancel.clone()));
-    #[cfg(unix)]
-    if let Some(hup) = hup {
-        tokio::spawn(reload_on_sighup(proxy.clone(), hup));
+    if let Some(addr) = listening.admin {
+        println!("listening on admin:http://{addr}");
     }
-    if let Some(admin) = &admin {
-        match tokio::net::TcpListener::bind(admin.listen).await {
-            Ok(listener) => {
-                if let Ok(addr) = listener.local_addr() {
-                    println!("listening on admin:http://{addr}");
-                }
-                let backend: std::sync::Arc<dyn sipedge::admin::Backend> = proxy.clone();
-                tokio::spawn(sipedge::admin::serve(listener, backend, cancel.clone()));
-            }
-            Err(e) => {
-                eprintln!(
-                    "sipedge: cannot bind the admin listener {}: {e}",
-                    admin.listen
-                );
-                return ExitCode::from(EXIT_START_FAILED);
-            }
-        }
-    }
-    shutdown.await;
-    tracing::info!("shutting down: new INVITEs get 503, draining calls in progress");
-    proxy.begin_shutdown();
-    let _ = tokio::time::timeout(DRAIN, proxy.drained()).await;
-    cancel.cancel();
-    let _ = server.await;
-    ExitCode::SUCCESS
-}
-
-/// SIGHUP does what `dispatcher.reload` does: re-read the destinations.
-/// The handler is registered by the caller before the proxy serves (the
-/// default action of SIGHUP would end the process).
-#[cfg(unix)]
-async fn reload_on_sighup(proxy: std::sync::Arc<Proxy>, mut hup: tokio::signal::unix::Signal) {
-    while hup.recv().await.is_some() {
-        let p = proxy.clone();
-        // It reads files: off the SIP workers.
-        match tokio::task::spawn_blocking(move || p.reload()).await {
-            Ok(Ok(n)) => tracing::info!("SIGHUP: {n} destinations in force"),
-            Ok(Err(e)) => tracing::warn!("SIGHUP: reload refused, pool unchanged: {e}"),
-            Err(e) => tracing::warn!("SIGHUP: reload failed: {e}"),
-        }
-    }
+    server.run(shutdown).await
 }
 
 /// Registers SIGTERM and SIGINT now, before the proxy answers anything (a

@@ -217,3 +217,77 @@ fn metric_value(text: &str, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
+
+/// SIGTERM ends the binary cleanly (status 0, promptly) while it serves
+/// UDP, TCP and the admin listener, with an admin connection open: every
+/// task of the server stops and is awaited.
+#[test]
+fn sigterm_stops_every_listener_and_exits_0() {
+    let dir = std::env::temp_dir().join(format!("sipedge-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = UdpSocket::bind("127.0.0.1:0").unwrap();
+    write_list(&dir.join("pool.list"), &[&node], None);
+    let cfg = dir.join("sipedge.toml");
+    std::fs::write(
+        &cfg,
+        "[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+         [dispatcher]\nlist_file = \"pool.list\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut udp, mut tcp, mut admin) = (None, None, None);
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("listening on udp:") {
+            udp = Some(a.to_owned());
+        }
+        if let Some(a) = line.strip_prefix("listening on tcp:") {
+            tcp = Some(a.to_owned());
+        }
+        if let Some(a) = line.strip_prefix("listening on admin:") {
+            admin = Some(a.to_owned());
+        }
+        if udp.is_some() && tcp.is_some() && admin.is_some() {
+            break;
+        }
+    }
+    let (tcp, admin) = (tcp.expect("tcp line"), admin.expect("admin line"));
+    assert!(udp.is_some(), "udp line");
+    let live = http_get(&admin, "/health/live");
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    // Connections left open on both listeners.
+    let _sip = std::net::TcpStream::connect(&tcp).expect("connect to the SIP listener");
+    let _idle = std::net::TcpStream::connect(admin.trim_start_matches("http://"))
+        .expect("connect to admin");
+
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("still running 15 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "exit status on SIGTERM");
+    // No call in progress: nothing to drain, and no task waits for its
+    // abort deadline (server::STOP, 8 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,6 +1,8 @@
-//! The stateful proxy (RFC 3261 §16): one receive thread per UDP socket
-//! runs the request path, the response path and each new INVITE's state
-//! machine (failover) to the end; one tokio task runs the timers.
+//! The stateful proxy (RFC 3261 §16): the transports' receive loops (one
+//! thread per UDP socket, a task per TCP connection) call it as their
+//! [`Handler`], and it runs the request path, the response path and each
+//! new INVITE's state machine (failover) to the end; one tokio task runs
+//! the timers.
 //!
 //! - `request`: classify a request (local, in-dialog, initial from the
 //!   trunk or from a node) and route it.
@@ -24,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +35,7 @@ use crate::dialog::Dialogs;
 use crate::dispatcher::DispatcherError;
 use crate::sip::{Message, Response, Rport, Via};
 use crate::transaction::{BranchGen, ClientTxns, Timers};
-use crate::transport::{Egress, Peer, RecvBatch, SipSocket, TcpTransport, Transport};
+use crate::transport::{Handler, Inbound, Peer, PerTransport, TcpTransport, Transport, Transports};
 use invite::Call;
 pub use pool::{Pool, ReloadError};
 
@@ -75,25 +77,21 @@ pub struct Proxy {
     /// Our advertised `host:port` per transport, as written in Via and
     /// Record-Route.
     sent_by: SentBy,
-    /// `SIP/2.0/UDP <sent_by>;branch=` (and TCP): our Via up to the branch
+    /// `SIP/2.0/<transport> <sent_by>;branch=`: our Via up to the branch
     /// value.
-    via_prefix: [Box<[u8]>; 2],
+    via_prefix: PerTransport<Box<[u8]>>,
     /// Retransmissions of forwarded requests and the INVITEs' deadlines.
     timers: Timers<Timer>,
     adv_host: String,
-    adv_port: u16,
-    /// Our TCP port (the UDP one when there is no TCP listener).
-    adv_tcp_port: u16,
-    /// SIP over TCP: listeners, connections to nodes and trunks.
-    tcp: TcpTransport,
+    /// Our advertised port per transport (a transport without a listener
+    /// of its own advertises the UDP one).
+    adv_ports: PerTransport<u16>,
+    /// Every socket, its receive loop and every send.
+    transports: Transports<Proxy>,
     /// Host names in the requests the nodes send out.
     dns: crate::dns::Dns,
     /// Who may send initial requests, scanners, the rate limit.
     security: crate::security::Security,
-    /// The TCP listeners' addresses.
-    tcp_addrs: Vec<SocketAddr>,
-    /// For the tasks a TCP send spawns (connect, then send).
-    me: std::sync::Weak<Proxy>,
     rt: tokio::runtime::Handle,
     /// The destinations in force; replaced by a reload.
     pool: arc_swap::ArcSwap<Pool>,
@@ -105,10 +103,6 @@ pub struct Proxy {
     /// ([`crate::transaction::server_key`]).
     invites: crate::FastMap<Box<[u8]>, Arc<Call>>,
     branches: BranchGen,
-    /// The listening sockets; each has its own receive thread.
-    sockets: Vec<SipSocket>,
-    /// Which socket sends to a destination.
-    egress: Egress,
     shutting_down: AtomicBool,
     /// INVITEs not answered with a final response yet (what a shutdown
     /// waits for; finished ones only linger for retransmissions).
@@ -117,7 +111,8 @@ pub struct Proxy {
     /// to the INVITEs waiting on them: that happens outside any call's lock
     /// (a send inside one may be what reads the error).
     icmp_pending: Mutex<Vec<SocketAddr>>,
-    metrics: crate::metrics::Metrics,
+    /// Shared with the transports, which count failed sends.
+    metrics: Arc<crate::metrics::Metrics>,
     /// Nodes a failed call wants probed at once (pool generation, index),
     /// and the prober's wake-up.
     urgent_probes: Mutex<Vec<(u64, usize)>>,
@@ -130,20 +125,7 @@ pub struct Proxy {
 }
 
 /// Our advertised `host:port` for each transport.
-#[derive(Debug, Clone)]
-pub(crate) struct SentBy {
-    pub udp: String,
-    pub tcp: String,
-}
-
-impl SentBy {
-    fn get(&self, t: Transport) -> &str {
-        match t {
-            Transport::Udp => &self.udp,
-            Transport::Tcp => &self.tcp,
-        }
-    }
-}
+pub(crate) type SentBy = PerTransport<String>;
 
 impl Proxy {
     /// Builds the proxy around already-bound UDP sockets (tests bind port
@@ -160,54 +142,50 @@ impl Proxy {
         sockets: Vec<std::net::UdpSocket>,
         listeners: Vec<std::net::TcpListener>,
     ) -> Result<Arc<Proxy>, ProxyError> {
-        let sockets = sockets
-            .into_iter()
-            .map(SipSocket::new)
-            .collect::<io::Result<Vec<_>>>()?;
-        let first = sockets.first().ok_or(ProxyError::NoSocket)?.local_addr();
+        let metrics = Arc::new(crate::metrics::Metrics::new()?);
+        let tcp_options = crate::transport::TcpOptions {
+            idle_timeout: cfg.tcp.idle_timeout,
+            connect_timeout: cfg.tcp.connect_timeout,
+            max_connections: cfg.tcp.max_connections,
+            freebind: cfg.listen.freebind,
+            ..Default::default()
+        };
+        let transports = Transports::new(sockets, listeners, tcp_options, metrics.clone())?;
+        let first = *transports
+            .local_addrs(Transport::Udp)
+            .first()
+            .ok_or(ProxyError::NoSocket)?;
         let adv_host = cfg.listen.advertise.host.to_string();
         // Port 0 (tests, scripts) means "whatever was bound".
         let adv_port = match cfg.listen.advertised_port() {
             0 => first.port(),
             p => p,
         };
-        // Messages reach the proxy through the handler set below, not the
-        // channel.
-        let (tcp, _channel) = TcpTransport::new(crate::transport::TcpOptions {
-            idle_timeout: cfg.tcp.idle_timeout,
-            connect_timeout: cfg.tcp.connect_timeout,
-            max_connections: cfg.tcp.max_connections,
-            freebind: cfg.listen.freebind,
-            ..Default::default()
+        let adv_ports = PerTransport::from_fn(|t| {
+            match (
+                t,
+                cfg.listen.advertise.port,
+                transports.local_addrs(t).first(),
+            ) {
+                (Transport::Udp, ..) => adv_port,
+                (_, Some(p), _) if p != 0 => p,
+                (_, _, Some(a)) => a.port(),
+                _ => adv_port,
+            }
         });
-        let tcp_addrs = listeners
-            .iter()
-            .map(std::net::TcpListener::local_addr)
-            .collect::<io::Result<Vec<_>>>()?;
-        let adv_tcp_port = match (cfg.listen.advertise.port, tcp_addrs.first()) {
-            (Some(p), _) if p != 0 => p,
-            (_, Some(a)) => a.port(),
-            _ => adv_port,
-        };
-        let metrics = crate::metrics::Metrics::new()?;
-        let sent_by = SentBy {
-            udp: format!("{adv_host}:{adv_port}"),
-            tcp: format!("{adv_host}:{adv_tcp_port}"),
-        };
+        let sent_by = SentBy::from_fn(|t| format!("{adv_host}:{}", adv_ports[t]));
         let pool = Pool::build(&cfg, &sent_by, &metrics, None, 0)?;
-        let via_prefix = [Transport::Udp, Transport::Tcp].map(|t| {
-            format!("SIP/2.0/{} {};branch=", t.via_name(), sent_by.get(t))
+        let via_prefix = PerTransport::from_fn(|t| {
+            format!("SIP/2.0/{} {};branch=", t.via_name(), sent_by[t])
                 .into_bytes()
                 .into()
         });
-        let proxy = Arc::new_cyclic(|me| Proxy {
+        let proxy = Arc::new(Proxy {
             via_prefix,
-            adv_tcp_port,
-            tcp_addrs,
-            tcp,
+            adv_ports,
+            transports,
             dns: crate::dns::Dns::new(&cfg.dns.servers),
             security: crate::security::Security::new(&cfg.security),
-            me: me.clone(),
             rt: tokio::runtime::Handle::current(),
             pool: arc_swap::ArcSwap::from_pointee(pool),
             config_path: Mutex::new(None),
@@ -215,13 +193,10 @@ impl Proxy {
             timers: Timers::default(),
             sent_by,
             adv_host,
-            adv_port,
             dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
             txns: ClientTxns::with_capacity(TABLE_CAPACITY),
             invites: crate::fast_map_with_capacity(TABLE_CAPACITY),
             branches: BranchGen::default(),
-            egress: Egress::new(sockets.iter().map(SipSocket::local_addr).collect()),
-            sockets,
             shutting_down: AtomicBool::new(false),
             calls_deciding: Default::default(),
             icmp_pending: Mutex::new(Vec::new()),
@@ -232,20 +207,8 @@ impl Proxy {
             probing_active: AtomicBool::new(true),
             cfg,
         });
-        // Messages framed off a TCP connection are handled on its task, like
-        // datagrams on the receive thread (nothing on the path waits).
-        let me = Arc::downgrade(&proxy);
-        proxy.tcp.set_handler(Arc::new(move |data, peer, conn| {
-            if let Some(p) = me.upgrade() {
-                p.on_message(data, Peer::tcp(peer, Some(conn)));
-                p.flush_icmp();
-            }
-        }));
-        // Only now: a message read before the handler would have nowhere
-        // to go.
-        for l in listeners {
-            proxy.tcp.serve(l)?;
-        }
+        // Starts accepting on the TCP listeners.
+        proxy.transports.attach(Arc::downgrade(&proxy))?;
         Ok(proxy)
     }
 
@@ -267,22 +230,23 @@ impl Proxy {
 
     /// The first listening socket's address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.sockets
+        self.transports
+            .local_addrs(Transport::Udp)
             .first()
-            .map(SipSocket::local_addr)
+            .copied()
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
     /// Every listening UDP socket's address.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets.iter().map(SipSocket::local_addr).collect()
+        self.transports.local_addrs(Transport::Udp).to_vec()
     }
 
     /// Handles one message from `src` as if read from a UDP socket, on the
     /// caller's thread: what the receive threads do, for fuzzing the whole
     /// proxy and for tools. Must run inside the proxy's runtime.
     pub fn handle_datagram(self: &Arc<Self>, data: &[u8], src: SocketAddr) {
-        self.on_message(data, Peer::udp(src));
+        self.handle_message(data, Peer::udp(src));
         self.flush_icmp();
     }
 
@@ -294,42 +258,24 @@ impl Proxy {
 
     /// Every TCP listener's address.
     pub fn tcp_addrs(&self) -> &[SocketAddr] {
-        &self.tcp_addrs
+        self.transports.local_addrs(Transport::Tcp)
     }
 
     /// The TCP transport's counters and open connections.
     pub fn tcp(&self) -> &TcpTransport {
-        &self.tcp
+        self.transports.tcp()
     }
 
-    /// Serves until `cancel` fires: the receive threads, the dialog expiry task
-    /// and the transaction sweeper.
+    /// Serves until `cancel` fires: the transports' receive loops, the
+    /// dialog expiry task, the timers, the prober and the transaction
+    /// sweeper. Returns once every one of them has stopped.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks = JoinSet::new();
-        // One receive thread per socket: two readers of one socket would
-        // reorder a node's 180 and 503 sent back to back, and a 503 seen
-        // before the 180 would fail the call over to a second node.
-        let mut readers = Vec::new();
-        for i in 0..self.sockets.len() {
-            let (p, c) = (self.clone(), cancel.clone());
-            let rt = tokio::runtime::Handle::current();
-            let name = format!("sipedge-udp-{i}");
-            match std::thread::Builder::new()
-                .name(name)
-                .spawn(move || p.recv_loop(i, &c, &rt))
-            {
-                Ok(t) => readers.push(t),
-                Err(e) => tracing::error!("cannot start the receive thread of socket {i}: {e}"),
-            }
-        }
+        let (p, c) = (self.clone(), cancel.clone());
+        tasks.spawn(async move { p.transports.run(c).await });
         tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
         tasks.spawn(self.clone().run_timers(cancel.clone()));
         tasks.spawn(self.clone().run_prober(cancel.clone()));
-        let (p, c) = (self.clone(), cancel.clone());
-        tasks.spawn(async move {
-            c.cancelled().await;
-            p.tcp.shutdown().await;
-        });
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -343,13 +289,6 @@ impl Proxy {
         cancel.cancelled().await;
         self.shutting_down.store(true, Ordering::Relaxed);
         while tasks.join_next().await.is_some() {}
-        // They see the cancel within RECV_TIMEOUT.
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in readers {
-                let _ = t.join();
-            }
-        })
-        .await;
     }
 
     /// Forgets finished transactions once their retransmissions are over.
@@ -358,39 +297,9 @@ impl Proxy {
         self.invites.retain(|_, c| !c.expired(now));
     }
 
-    /// A socket's receive thread: reads, handles every datagram to the
-    /// end (nothing on the path waits), reads again. In the runtime's
-    /// context, for its clock and for spawning.
-    fn recv_loop(
-        self: Arc<Self>,
-        index: usize,
-        cancel: &CancellationToken,
-        rt: &tokio::runtime::Handle,
-    ) {
-        let _rt = rt.enter();
-        let Some(socket) = self.sockets.get(index) else {
-            return;
-        };
-        let mut batch = RecvBatch::default();
-        let mut dead = Vec::new();
-        while !cancel.is_cancelled() {
-            if let Err(e) = socket.recv(&mut batch, &mut dead) {
-                tracing::warn!("recv on udp:{}: {e}", socket.local_addr());
-                // Not a busy loop on a persistent error.
-                std::thread::sleep(crate::transport::udp::RECV_TIMEOUT);
-                continue;
-            }
-            self.on_unreachable(&mut dead);
-            for (data, src) in batch.datagrams() {
-                self.on_message(data, Peer::udp(src));
-            }
-            self.flush_icmp();
-        }
-    }
-
     /// One message from `src`: a UDP datagram, or one framed off a TCP
     /// stream.
-    fn on_message(self: &Arc<Self>, data: &[u8], src: Peer) {
+    fn handle_message(self: &Arc<Self>, data: &[u8], src: Peer) {
         // RFC 5626 keep-alives and stray line ends.
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
             return;
@@ -406,30 +315,6 @@ impl Proxy {
                 self.on_response(&msg, src);
             }
             Err(e) => self.on_unparsable(data, src, e),
-        }
-    }
-
-    /// Reads the ICMP errors queued on the socket: each destination is
-    /// marked suspect and the INVITE waiting on it fails over at once
-    /// (in [`Proxy::flush_icmp`]).
-    fn drain_unreachable(&self, socket: &SipSocket) {
-        let mut dead = Vec::new();
-        socket.take_unreachable(&mut dead);
-        self.on_unreachable(&mut dead);
-    }
-
-    fn on_unreachable(&self, dead: &mut Vec<SocketAddr>) {
-        for addr in dead.drain(..) {
-            tracing::debug!(%addr, "ICMP: destination unreachable");
-            let pool = self.pool();
-            if let Some(i) = pool.find(addr) {
-                self.call_failed(&pool, i, crate::dispatcher::health::Failure::Unreachable);
-            }
-            if let Ok(mut p) = self.icmp_pending.lock() {
-                if !p.contains(&addr) {
-                    p.push(addr);
-                }
-            }
         }
     }
 
@@ -509,7 +394,7 @@ impl Proxy {
         self.metrics.set_transactions(self.txns.len());
         self.metrics.sync_dialog_evictions(&self.dialogs.stats());
         self.metrics
-            .sync_tcp(self.tcp.stats(), self.tcp.connections());
+            .sync_tcp(self.tcp().stats(), self.tcp().connections());
         &self.metrics
     }
 
@@ -527,67 +412,9 @@ impl Proxy {
         }
     }
 
-    /// Sends `bytes` to `to` over its transport. Over TCP: on the known
-    /// connection, else the open one to that address, else a new one
-    /// opened in the background, whose failure counts like an ICMP error
-    /// (a new INVITE fails over, the node is marked).
+    /// Sends `bytes` to `to` over its transport (see [`Transports::send`]).
     fn send_to(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
-        match to.transport {
-            Transport::Udp => self.send(bytes, to.addr),
-            Transport::Tcp => self.send_tcp(bytes, to),
-        }
-    }
-
-    fn send_tcp(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
-        use crate::transport::TcpError;
-        let msg = Bytes::copy_from_slice(bytes);
-        for conn in to.conn.into_iter().chain(self.tcp.conn_to(to.addr)) {
-            match self.tcp.send_on(conn, msg.clone()) {
-                Ok(()) => return Ok(()),
-                // Gone: try the next way.
-                Err(TcpError::Closed(_)) => continue,
-                Err(e) => {
-                    self.metrics.dropped(crate::metrics::DropReason::SendError);
-                    tracing::debug!("send to {to}: {e}");
-                    return Err(io::Error::new(io::ErrorKind::WouldBlock, e));
-                }
-            }
-        }
-        let (Some(me), tcp) = (self.me.upgrade(), self.tcp.clone()) else {
-            return Err(io::ErrorKind::NotConnected.into());
-        };
-        self.rt.spawn(async move {
-            if let Err(e) = tcp.send(to.addr, msg).await {
-                tracing::debug!("send to {to}: {e}");
-                me.metrics.dropped(crate::metrics::DropReason::SendError);
-                // Like ICMP port unreachable: the INVITE waiting on it
-                // fails over now, not at fr_timeout.
-                me.on_unreachable(&mut vec![to.addr]);
-                me.flush_icmp();
-            }
-        });
-        Ok(())
-    }
-
-    /// Sends `bytes` to `to` over UDP; a full socket buffer or an
-    /// unreachable peer is counted, never fatal.
-    fn send(&self, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
-        let Some(socket) = self.sockets.get(self.egress.pick(to)) else {
-            return Err(io::ErrorKind::NotConnected.into());
-        };
-        let mut r = socket.send_to(bytes, to).map(|_| ());
-        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
-            // A pending ICMP error from an earlier datagram, maybe to
-            // another peer: this datagram was not sent. Read who it was
-            // about and try again.
-            self.drain_unreachable(socket);
-            r = socket.send_to(bytes, to).map(|_| ());
-        }
-        if let Err(e) = &r {
-            self.metrics.dropped(crate::metrics::DropReason::SendError);
-            tracing::debug!("send to {to}: {e}");
-        }
-        r
+        self.transports.send(bytes, to)
     }
 
     /// Answers `req` locally (RFC 3261 §8.2.6), to where §18.2.2 says a
@@ -617,6 +444,36 @@ impl Proxy {
         self.metrics
             .response_status(crate::metrics::ResponseOrigin::Local, code);
         let _ = self.send_to(&out, reply_target(via, src));
+    }
+}
+
+/// The transports deliver here; what each call does is in the methods
+/// it names.
+impl Handler for Proxy {
+    fn on_message(self: &Arc<Self>, msg: Inbound<'_>) {
+        self.handle_message(msg.data, msg.from);
+    }
+
+    /// ICMP says `to` is unreachable (or a TCP connect to it failed): the
+    /// node is marked suspect and the INVITE waiting on it fails over at
+    /// once (in `flush_icmp`, outside any call's lock: a send
+    /// inside one may be what read the error).
+    fn on_unreachable(&self, to: SocketAddr) {
+        tracing::debug!(addr = %to, "ICMP: destination unreachable");
+        let pool = self.pool();
+        if let Some(i) = pool.find(to) {
+            self.call_failed(&pool, i, crate::dispatcher::health::Failure::Unreachable);
+        }
+        // Any destination: a forwarded request to a trunk waits on it too.
+        if let Ok(mut p) = self.icmp_pending.lock() {
+            if !p.contains(&to) {
+                p.push(to);
+            }
+        }
+    }
+
+    fn after_batch(&self) {
+        self.flush_icmp();
     }
 }
 

@@ -13,14 +13,14 @@ use super::{health_config, Proxy, ProxyError, SentBy};
 use crate::config::{self, Config};
 use crate::dispatcher::Dispatcher;
 use crate::metrics::{DestinationMetrics, Metrics};
-use crate::transport::Transport;
+use crate::transport::{PerTransport, Transport};
 
 /// One generation of the pool.
 pub struct Pool {
     pub dispatcher: Dispatcher,
     /// Our Record-Route for each node, with its hint (by node index), as
     /// reached over UDP and over TCP.
-    pub(super) record_routes: Vec<[Box<[u8]>; 2]>,
+    pub(super) record_routes: Vec<PerTransport<Box<[u8]>>>,
     /// Per-node series, by node index.
     pub(super) node_metrics: Vec<DestinationMetrics>,
     /// What each node may advertise in its 2xx, by node index.
@@ -73,11 +73,16 @@ impl Pool {
         let record_routes = (0..dispatcher.len())
             .map(|i| {
                 let node = dispatcher.addr(i);
-                [
-                    format!("<sip:{};lr;node={node}>", sent_by.udp),
-                    format!("<sip:{};transport=tcp;lr;node={node}>", sent_by.tcp),
-                ]
-                .map(|rr| rr.into_bytes().into())
+                PerTransport::from_fn(|t| {
+                    // UDP is the default: no transport parameter.
+                    let param = match t {
+                        Transport::Udp => String::new(),
+                        t => format!("transport={t};"),
+                    };
+                    format!("<sip:{};{param}lr;node={node}>", sent_by[t])
+                        .into_bytes()
+                        .into()
+                })
             })
             .collect();
         let health = health_config(&cfg.probe)?;
@@ -113,8 +118,7 @@ impl Pool {
 
     /// Our Record-Route for node `i`, as reached over `transport`.
     pub(super) fn record_route(&self, i: usize, transport: Transport) -> Option<&[u8]> {
-        let t = usize::from(transport == Transport::Tcp);
-        self.record_routes.get(i).map(|r| &*r[t])
+        self.record_routes.get(i).map(|r| &*r[transport])
     }
 
     /// Every set: (set id, its dispatcher, its per-node series); the one

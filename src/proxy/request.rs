@@ -272,7 +272,7 @@ impl Proxy {
         let host = uri.host_raw.unwrap_or_default();
         let port = uri.port.unwrap_or(5060);
         host.eq_ignore_ascii_case(self.adv_host.as_bytes())
-            && (port == self.adv_port || port == self.adv_tcp_port)
+            && self.adv_ports.iter().any(|(_, &p)| p == port)
     }
 
     /// Our Route values at the top of `msg` (RFC 3261 §16.4; two after a
@@ -620,7 +620,7 @@ impl Proxy {
         let mut e = ed.edit(msg);
         e.set_received(src)?;
         e.decrement_max_forwards()?;
-        let prefix = &self.via_prefix[usize::from(transport == Transport::Tcp)];
+        let prefix = &self.via_prefix[transport];
         e.insert_via_parts(&[prefix, branch.as_bytes(), b";rport"]);
         if let Some(rr) = record_route {
             // The next hop's side on top (its route set starts there).

@@ -1,21 +1,30 @@
-//! Sockets: UDP and TCP.
+//! Sockets: UDP and TCP, behind one facade.
 //!
 //! The proxy is handed already-bound sockets (so tests bind port 0 and a
 //! standby can bind a VIP it does not hold yet).
 //!
-//! - `udp`: binding with the options a busy edge needs, a read-only tokio
-//!   registration with batched receives, ICMP error reporting.
+//! - `facade`: [`Transports`], what the proxy sees: it owns every receive
+//!   loop and every send, hands each message to a [`Handler`] as one
+//!   [`Inbound`] event, and keeps egress choice, ICMP bookkeeping and TCP
+//!   connects to itself.
+//! - `udp`: binding with the options a busy edge needs, one thread per
+//!   socket blocked in `recvmmsg`, ICMP error reporting.
 //! - `tcp`: SIP over TCP: listeners, one connection per peer, stream
 //!   framing, keep-alives, idle timeout, connection cap.
 //! - `egress`: which of several sockets sends to a destination.
+//!
+//! A new transport is one module here, one [`Transport`] variant (with
+//! its entry in [`Transport::ALL`]) and its arm in the facade's `send`.
 
 pub mod egress;
+pub mod facade;
 pub mod tcp;
 pub mod udp;
 
 pub use egress::Egress;
-pub use tcp::{bind_tcp, ConnId, Inbound, TcpError, TcpOptions, TcpStats, TcpTransport};
-pub use udp::{bind_udp, RecvBatch, SipSocket, UdpOptions};
+pub use facade::{Handler, Transports};
+pub use tcp::{bind_tcp, ConnId, OnMessage, TcpError, TcpOptions, TcpStats, TcpTransport};
+pub use udp::{bind_udp, RecvBatch, SipSocket, UdpOptions, UdpTransport};
 
 /// A SIP transport sipedge speaks (RFC 3261 §18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
@@ -27,6 +36,9 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in the order [`PerTransport`] stores them.
+    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+
     /// As written in a Via (`SIP/2.0/UDP`).
     pub fn via_name(self) -> &'static str {
         match self {
@@ -50,6 +62,53 @@ impl Transport {
     pub fn from_param(value: &[u8]) -> Option<Transport> {
         Transport::from_via(value)
     }
+}
+
+/// One `T` per transport, indexed by [`Transport`] (a new transport is a
+/// new slot, not a new field or a renumbered array).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerTransport<T>([T; Transport::ALL.len()]);
+
+impl<T> PerTransport<T> {
+    /// Each slot from `f` of its transport.
+    pub fn from_fn(f: impl FnMut(Transport) -> T) -> PerTransport<T> {
+        PerTransport(Transport::ALL.map(f))
+    }
+
+    pub fn get(&self, t: Transport) -> &T {
+        &self.0[t as usize]
+    }
+
+    /// Every slot with its transport, in [`Transport::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Transport, &T)> {
+        Transport::ALL.into_iter().zip(&self.0)
+    }
+}
+
+impl<T> std::ops::Index<Transport> for PerTransport<T> {
+    type Output = T;
+
+    fn index(&self, t: Transport) -> &T {
+        self.get(t)
+    }
+}
+
+impl<T> std::ops::IndexMut<Transport> for PerTransport<T> {
+    fn index_mut(&mut self, t: Transport) -> &mut T {
+        &mut self.0[t as usize]
+    }
+}
+
+/// One received message, from any transport: what the [`Handler`] gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    /// The whole message (a datagram, or one framed off a stream).
+    pub data: &'a [u8],
+    /// Who sent it (for TCP, on which connection).
+    pub from: Peer,
+    /// Our address it arrived on (which listening socket, or the local
+    /// end of the connection).
+    pub local: std::net::SocketAddr,
 }
 
 /// Where a message came from, or where one goes: an address, the
@@ -128,4 +187,22 @@ fn prepare(
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_transport_slots_follow_all() {
+        let p = PerTransport::from_fn(|t| t.via_name());
+        for t in Transport::ALL {
+            assert_eq!(p[t], t.via_name());
+        }
+        let order: Vec<_> = p.iter().map(|(t, _)| t).collect();
+        assert_eq!(order, Transport::ALL);
+        let mut q = PerTransport::<u16>::default();
+        q[Transport::Tcp] = 5061;
+        assert_eq!((q[Transport::Udp], q[Transport::Tcp]), (0, 5061));
+    }
 }

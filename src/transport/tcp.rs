@@ -8,8 +8,8 @@
 //! peer) is an error for that send only, so one slow peer cannot hold up
 //! the proxy or other connections.
 //!
-//! Received messages go, whole and unparsed, through one bounded channel
-//! the proxy reads: `(bytes, peer, ConnId)`. Responses go back with
+//! Received messages go, whole and unparsed, to one [`OnMessage`] callback
+//! on the connection's own task. Responses go back with
 //! [`TcpTransport::send_on`] on the connection the request came in on
 //! (RFC 3261 §18.2.2).
 
@@ -29,17 +29,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::{Inbound, Peer};
 use crate::sip::{frame_stream, SipError, StreamFrame, DEFAULT_MAX_MESSAGE};
 
-/// One received message: the whole message's bytes (framed, not parsed),
-/// the peer's address and the connection it came in on.
-pub type Inbound = (Bytes, SocketAddr, ConnId);
-
-/// Handles a received message on the connection's own task, instead of the
-/// channel: for a receiver that never waits (the proxy), which saves a task
-/// wake-up per message, and an answer queued on the same connection goes
-/// out without another.
-pub type Handler = Arc<dyn Fn(&[u8], SocketAddr, ConnId) + Send + Sync>;
+/// Handles a received message on the connection's own task: the receiver
+/// never waits (the proxy), so no channel and no task wake-up per message,
+/// and an answer queued on the same connection goes out without another.
+pub type OnMessage = Arc<dyn Fn(Inbound<'_>) + Send + Sync>;
 
 /// Identifies one TCP connection for its lifetime; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,9 +74,6 @@ pub struct TcpOptions {
     pub max_connections: usize,
     /// Messages queued per connection before a send fails.
     pub send_queue: usize,
-    /// Capacity of the inbound channel to the proxy. When full, readers
-    /// stop reading (TCP back-pressure) rather than drop.
-    pub inbound_queue: usize,
     /// IP_FREEBIND on listeners (a standby binding the keepalived VIP).
     pub freebind: bool,
     /// listen(2) backlog.
@@ -95,7 +88,6 @@ impl Default for TcpOptions {
             connect_timeout: Duration::from_secs(2),
             max_connections: 4096,
             send_queue: 256,
-            inbound_queue: 4096,
             freebind: false,
             backlog: 1024,
         }
@@ -184,18 +176,16 @@ struct Inner {
     dialing: DashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
     open: AtomicUsize,
     next_id: AtomicU64,
-    inbound: mpsc::Sender<Inbound>,
-    /// When set, messages go here rather than to `inbound`.
-    handler: std::sync::OnceLock<Handler>,
+    on_message: OnMessage,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl TcpTransport {
     /// A transport with no listener yet (outgoing only until
-    /// [`serve`](Self::serve)), and the receiver of inbound messages.
-    pub fn new(opts: TcpOptions) -> (TcpTransport, mpsc::Receiver<Inbound>) {
-        let (tx, rx) = mpsc::channel(opts.inbound_queue.max(1));
+    /// [`serve`](Self::serve)) that hands every received message to
+    /// `on_message`.
+    pub fn new(opts: TcpOptions, on_message: OnMessage) -> TcpTransport {
         let inner = Inner {
             opts,
             stats: TcpStats::default(),
@@ -204,17 +194,13 @@ impl TcpTransport {
             dialing: DashMap::new(),
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-            inbound: tx,
-            handler: std::sync::OnceLock::new(),
+            on_message,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
-        (
-            TcpTransport {
-                inner: Arc::new(inner),
-            },
-            rx,
-        )
+        TcpTransport {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Binds `addr` and starts accepting: [`new`](Self::new) +
@@ -223,11 +209,12 @@ impl TcpTransport {
     pub fn listen(
         addr: SocketAddr,
         opts: TcpOptions,
-    ) -> io::Result<(TcpTransport, mpsc::Receiver<Inbound>, SocketAddr)> {
-        let (transport, rx) = TcpTransport::new(opts);
+        on_message: OnMessage,
+    ) -> io::Result<(TcpTransport, SocketAddr)> {
+        let transport = TcpTransport::new(opts, on_message);
         let listener = bind_tcp(addr, &opts)?;
         let local = transport.serve(listener)?;
-        Ok((transport, rx, local))
+        Ok((transport, local))
     }
 
     /// Starts an accept loop on an already-bound listener (from
@@ -245,13 +232,6 @@ impl TcpTransport {
 
     pub fn stats(&self) -> &TcpStats {
         &self.inner.stats
-    }
-
-    /// Hands every received message to `handler` on its connection's task
-    /// from now on (see [`Handler`]); the channel from [`new`](Self::new)
-    /// then stays empty. Set once; a second call is ignored.
-    pub fn set_handler(&self, handler: Handler) {
-        let _ = self.inner.handler.set(handler);
     }
 
     /// Connections open now (inbound and outgoing).
@@ -336,7 +316,7 @@ impl TcpTransport {
             };
         TcpStats::inc(&inner.stats.connected);
         inner.open.fetch_add(1, Ordering::Relaxed);
-        Ok(start_conn(inner, stream, to))
+        Ok(start_conn(inner, stream, to, None))
     }
 }
 
@@ -368,22 +348,31 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, local: SocketAddr
             continue;
         }
         TcpStats::inc(&inner.stats.accepted);
-        start_conn(&inner, stream, peer);
+        start_conn(&inner, stream, peer, Some(local));
     }
 }
 
 /// Registers a connection (already counted in `open`) and spawns its task.
-fn start_conn(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) -> ConnId {
+/// `listener`: the address it was accepted on, should the socket no longer
+/// know its own.
+fn start_conn(
+    inner: &Arc<Inner>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Option<SocketAddr>,
+) -> ConnId {
     // SIP messages are written whole; Nagle would only delay pipelined
     // responses.
     let _ = stream.set_nodelay(true);
     let id = ConnId(inner.next_id.fetch_add(1, Ordering::Relaxed));
+    let unspecified = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+    let local = stream.local_addr().ok().or(listener).unwrap_or(unspecified);
     let (tx, rx) = mpsc::channel(inner.opts.send_queue.max(1));
     inner.by_id.insert(id, Conn { peer, queue: tx });
     inner.by_peer.insert(peer, id);
     let task_inner = inner.clone();
     inner.tasks.spawn(async move {
-        let reason = run_conn(&task_inner, &stream, peer, id, rx).await;
+        let reason = run_conn(&task_inner, &stream, peer, id, local, rx).await;
         tracing::debug!("tcp:{peer}: {id} closed: {reason}");
         task_inner.by_id.remove(&id);
         task_inner.by_peer.remove_if(&peer, |_, v| *v == id);
@@ -423,6 +412,7 @@ async fn run_conn(
     stream: &TcpStream,
     peer: SocketAddr,
     id: ConnId,
+    local: SocketAddr,
     mut queue: mpsc::Receiver<Bytes>,
 ) -> CloseReason {
     let max = inner.opts.max_message.max(1);
@@ -466,7 +456,7 @@ async fn run_conn(
                 }
                 last_activity = Instant::now();
                 idle_sleep.as_mut().reset(last_activity + idle);
-                if let Err(reason) = deliver(inner, &mut buf, max, peer, id, &mut out).await {
+                if let Err(reason) = deliver(inner, &mut buf, max, peer, id, local, &mut out) {
                     return reason;
                 }
                 if !out.is_empty() {
@@ -512,12 +502,13 @@ async fn run_conn(
 
 /// Takes every whole frame off the front of `buf`: messages go to the
 /// proxy, pings get a pong queued in `out`.
-async fn deliver(
+fn deliver(
     inner: &Inner,
     buf: &mut BytesMut,
     max: usize,
     peer: SocketAddr,
     id: ConnId,
+    local: SocketAddr,
     out: &mut VecDeque<Bytes>,
 ) -> Result<(), CloseReason> {
     loop {
@@ -542,22 +533,12 @@ async fn deliver(
                 }
             }
             Ok(StreamFrame::Message { len }) => {
-                if let Some(handle) = inner.handler.get() {
-                    handle(&buf[..len], peer, id);
-                    buf.advance(len);
-                    continue;
-                }
-                let msg = buf.split_to(len).freeze();
-                // Back-pressure: while the proxy is behind, this
-                // connection stops reading rather than dropping.
-                tokio::select! {
-                    r = inner.inbound.send((msg, peer, id)) => {
-                        if r.is_err() {
-                            return Err(CloseReason::Shutdown);
-                        }
-                    }
-                    _ = inner.shutdown.cancelled() => return Err(CloseReason::Shutdown),
-                }
+                (inner.on_message)(Inbound {
+                    data: &buf[..len],
+                    from: Peer::tcp(peer, Some(id)),
+                    local,
+                });
+                buf.advance(len);
             }
         }
     }
@@ -605,11 +586,32 @@ mod tests {
         "127.0.0.1:0".parse().unwrap()
     }
 
-    fn start(opts: TcpOptions) -> (TcpTransport, mpsc::Receiver<Inbound>, SocketAddr) {
-        TcpTransport::listen(local(), opts).expect("listen")
+    /// What the tests see of a received message: its bytes, the peer's
+    /// address and the connection.
+    type Received = (Bytes, SocketAddr, ConnId);
+
+    /// A callback that queues every message for the test to read.
+    fn collect() -> (OnMessage, mpsc::UnboundedReceiver<Received>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let on_message: OnMessage = Arc::new(move |m: Inbound<'_>| {
+            let conn = m.from.conn.expect("a TCP message has its connection");
+            let _ = tx.send((Bytes::copy_from_slice(m.data), m.from.addr, conn));
+        });
+        (on_message, rx)
     }
 
-    async fn next(rx: &mut mpsc::Receiver<Inbound>) -> Inbound {
+    fn start(opts: TcpOptions) -> (TcpTransport, mpsc::UnboundedReceiver<Received>, SocketAddr) {
+        let (on_message, rx) = collect();
+        let (t, addr) = TcpTransport::listen(local(), opts, on_message).expect("listen");
+        (t, rx, addr)
+    }
+
+    /// A transport for sending only.
+    fn outgoing(opts: TcpOptions) -> TcpTransport {
+        TcpTransport::new(opts, collect().0)
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Received>) -> Received {
         tokio::time::timeout(WAIT, rx.recv())
             .await
             .expect("timed out waiting for a message")
@@ -617,7 +619,7 @@ mod tests {
     }
 
     /// Nothing more arrives within a short while.
-    async fn nothing_more(rx: &mut mpsc::Receiver<Inbound>) {
+    async fn nothing_more(rx: &mut mpsc::UnboundedReceiver<Received>) {
         if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
             panic!("unexpected item: {m:?}");
         }
@@ -671,6 +673,25 @@ mod tests {
         }
         assert!(ids.iter().all(|i| *i == ids[0]));
         nothing_more(&mut rx).await;
+    }
+
+    /// Each message says which of our addresses it came in on.
+    #[tokio::test]
+    async fn messages_carry_the_local_address() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let on_message: OnMessage = Arc::new(move |m: Inbound<'_>| {
+            let _ = tx.send((m.from, m.local));
+        });
+        let (_t, addr) = TcpTransport::listen(local(), TcpOptions::default(), on_message).unwrap();
+        let mut c = connect(addr).await;
+        c.write_all(&msg(1)).await.unwrap();
+        let (from, at) = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("channel closed");
+        assert_eq!(at, addr);
+        assert_eq!(from.addr, c.local_addr().unwrap());
+        assert_eq!(from.transport, super::super::Transport::Tcp);
     }
 
     #[tokio::test]
@@ -762,7 +783,7 @@ mod tests {
     async fn send_reuses_one_connection_per_peer() {
         let peer = TcpListener::bind(local()).await.unwrap();
         let to = peer.local_addr().unwrap();
-        let (t, _rx) = TcpTransport::new(TcpOptions::default());
+        let t = outgoing(TcpOptions::default());
         let id1 = t.send(to, Bytes::from(msg(1))).await.unwrap();
         let id2 = t.send(to, Bytes::from(msg(2))).await.unwrap();
         assert_eq!(id1, id2);
@@ -789,7 +810,7 @@ mod tests {
     async fn concurrent_sends_open_one_connection() {
         let peer = TcpListener::bind(local()).await.unwrap();
         let to = peer.local_addr().unwrap();
-        let (t, _rx) = TcpTransport::new(TcpOptions::default());
+        let t = outgoing(TcpOptions::default());
         let sends: Vec<_> = (1..=4)
             .map(|n| {
                 let t = t.clone();
@@ -853,7 +874,7 @@ mod tests {
             let l = std::net::TcpListener::bind(local()).unwrap();
             l.local_addr().unwrap()
         };
-        let (t, _rx) = TcpTransport::new(TcpOptions::default());
+        let t = outgoing(TcpOptions::default());
         let started = Instant::now();
         let r = tokio::time::timeout(WAIT, t.send(to, Bytes::from(msg(1))))
             .await
@@ -936,7 +957,7 @@ mod tests {
         // A peer that accepts and never reads.
         let peer = TcpListener::bind(local()).await.unwrap();
         let to = peer.local_addr().unwrap();
-        let (t, _rx) = TcpTransport::new(opts);
+        let t = outgoing(opts);
         let big = Bytes::from(vec![b'x'; 256 * 1024]);
         let mut full = None;
         for _ in 0..200 {

@@ -1,9 +1,14 @@
-//! UDP sockets set up the way a busy SIP edge needs them.
+//! UDP sockets set up the way a busy SIP edge needs them, each read by
+//! its own thread.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio_util::sync::CancellationToken;
+
+use super::{Egress, Handler, Inbound, Peer};
 
 /// Socket options for the SIP UDP listeners.
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +156,120 @@ impl SipSocket {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The listening UDP sockets and which one sends to a destination.
+#[derive(Debug)]
+pub struct UdpTransport {
+    /// Shared with their receive threads.
+    sockets: Vec<Arc<SipSocket>>,
+    locals: Vec<SocketAddr>,
+    egress: Egress,
+}
+
+impl UdpTransport {
+    /// Takes already-bound sockets (from [`bind_udp`]).
+    pub fn new(sockets: Vec<UdpSocket>) -> io::Result<UdpTransport> {
+        let sockets = sockets
+            .into_iter()
+            .map(|s| SipSocket::new(s).map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()?;
+        let locals: Vec<SocketAddr> = sockets.iter().map(|s| s.local_addr()).collect();
+        Ok(UdpTransport {
+            egress: Egress::new(locals.clone()),
+            locals,
+            sockets,
+        })
+    }
+
+    /// Every socket's address, in the order given.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.locals
+    }
+
+    /// Sends `bytes` to `to` from the socket [`Egress`] picks, without
+    /// waiting. A pending ICMP error that makes the send fail is read
+    /// (each destination it names goes to `unreachable`) and the send is
+    /// tried once more.
+    pub fn send(
+        &self,
+        bytes: &[u8],
+        to: SocketAddr,
+        mut unreachable: impl FnMut(SocketAddr),
+    ) -> io::Result<()> {
+        let Some(socket) = self.sockets.get(self.egress.pick(to)) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let mut r = socket.send_to(bytes, to).map(|_| ());
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
+            // From an earlier datagram, maybe to another peer: this one was
+            // not sent.
+            let mut dead = Vec::new();
+            socket.take_unreachable(&mut dead);
+            dead.into_iter().for_each(&mut unreachable);
+            r = socket.send_to(bytes, to).map(|_| ());
+        }
+        r
+    }
+
+    /// Starts one receive thread per socket, each feeding `handler` until
+    /// `cancel` fires (seen within [`RECV_TIMEOUT`]). One reader per
+    /// socket: two would reorder a node's 180 and 503 sent back to back,
+    /// and a 503 seen before the 180 would fail the call over to a second
+    /// node.
+    pub fn spawn_readers<H: Handler>(
+        &self,
+        handler: &Arc<H>,
+        cancel: &CancellationToken,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        let mut readers = Vec::new();
+        for (i, socket) in self.sockets.iter().enumerate() {
+            let (socket, h, c) = (socket.clone(), handler.clone(), cancel.clone());
+            let rt = tokio::runtime::Handle::current();
+            match std::thread::Builder::new()
+                .name(format!("sipedge-udp-{i}"))
+                .spawn(move || recv_loop(&socket, &h, &c, &rt))
+            {
+                Ok(t) => readers.push(t),
+                Err(e) => tracing::error!("cannot start the receive thread of socket {i}: {e}"),
+            }
+        }
+        readers
+    }
+}
+
+/// A socket's receive thread: reads, hands every datagram to the end
+/// (nothing on the path waits), reads again. In the runtime's context,
+/// for its clock and for spawning.
+fn recv_loop<H: Handler>(
+    socket: &SipSocket,
+    handler: &Arc<H>,
+    cancel: &CancellationToken,
+    rt: &tokio::runtime::Handle,
+) {
+    let _rt = rt.enter();
+    let local = socket.local_addr();
+    let mut batch = RecvBatch::default();
+    let mut dead = Vec::new();
+    while !cancel.is_cancelled() {
+        if let Err(e) = socket.recv(&mut batch, &mut dead) {
+            tracing::warn!("recv on udp:{local}: {e}");
+            // Not a busy loop on a persistent error.
+            std::thread::sleep(RECV_TIMEOUT);
+            continue;
+        }
+        for addr in dead.drain(..) {
+            handler.on_unreachable(addr);
+        }
+        for (data, src) in batch.datagrams() {
+            handler.on_message(Inbound {
+                data,
+                from: Peer::udp(src),
+                local,
+            });
+        }
+        handler.after_batch();
     }
 }
 

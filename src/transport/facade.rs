@@ -1,0 +1,200 @@
+//! [`Transports`]: the one thing the proxy knows about sockets. It owns
+//! the receive loops and every send, for every transport; the proxy gets
+//! each message as one [`Inbound`] event through its [`Handler`] and sends
+//! with one [`Transports::send`]. Which UDP socket sends, the ICMP errors
+//! a send or a read turns up, and connecting to a TCP peer in the
+//! background all stay in here.
+//!
+//! The place for anything that must see every message in or out (packet
+//! capture, a per-transport counter): [`Transports::send`] and the
+//! handler calls in the receive loops.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Inbound, OnMessage, Peer, PerTransport, TcpError, TcpOptions, TcpTransport, Transport,
+    UdpTransport,
+};
+use crate::metrics::{DropReason, Metrics};
+
+/// What the transports hand received messages and transport errors to
+/// (the proxy). Called on the receive threads and the TCP connections'
+/// tasks, so nothing here may wait.
+pub trait Handler: Send + Sync + 'static {
+    /// One message, any transport.
+    fn on_message(self: &Arc<Self>, msg: Inbound<'_>);
+
+    /// `to` is unreachable: an ICMP error for a datagram sent to it, or a
+    /// background TCP connect to it failed. May be called from inside a
+    /// [`Transports::send`], so it should only note the fact; act on it in
+    /// [`after_batch`](Self::after_batch).
+    fn on_unreachable(&self, to: SocketAddr);
+
+    /// After each batch of messages (one `recvmmsg`, one TCP message) and
+    /// after a failed background connect: the place for work deferred
+    /// from the calls above.
+    fn after_batch(&self) {}
+}
+
+/// Every transport's sockets, receive loops and sends (see the module
+/// doc).
+pub struct Transports<H> {
+    udp: UdpTransport,
+    tcp: TcpTransport,
+    /// Our listening addresses per transport.
+    listening: PerTransport<Vec<SocketAddr>>,
+    /// Bound TCP listeners, accepting from [`Transports::attach`] on (a
+    /// message read before would have nowhere to go).
+    pending_tcp: Mutex<Vec<std::net::TcpListener>>,
+    /// Weak: the handler owns the transports.
+    handler: Arc<OnceLock<Weak<H>>>,
+    /// Shared with the proxy: failed sends are counted here.
+    metrics: Arc<Metrics>,
+    /// For the background TCP connects.
+    rt: tokio::runtime::Handle,
+}
+
+impl<H: Handler> Transports<H> {
+    /// Takes already-bound UDP sockets (from [`super::bind_udp`]) and TCP
+    /// listeners (from [`super::bind_tcp`]). Nothing is read until
+    /// [`attach`](Self::attach) and [`run`](Self::run). Must run inside a
+    /// tokio runtime.
+    pub fn new(
+        udp: Vec<std::net::UdpSocket>,
+        tcp: Vec<std::net::TcpListener>,
+        tcp_options: TcpOptions,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Transports<H>> {
+        let udp = UdpTransport::new(udp)?;
+        let tcp_addrs = tcp
+            .iter()
+            .map(std::net::TcpListener::local_addr)
+            .collect::<io::Result<Vec<_>>>()?;
+        let listening = PerTransport::from_fn(|t| match t {
+            Transport::Udp => udp.local_addrs().to_vec(),
+            Transport::Tcp => tcp_addrs.clone(),
+        });
+        let handler: Arc<OnceLock<Weak<H>>> = Arc::default();
+        let slot = handler.clone();
+        // On the connection's task, like a datagram on its receive thread.
+        let on_message: OnMessage = Arc::new(move |msg| {
+            if let Some(h) = slot.get().and_then(Weak::upgrade) {
+                h.on_message(msg);
+                h.after_batch();
+            }
+        });
+        Ok(Transports {
+            udp,
+            tcp: TcpTransport::new(tcp_options, on_message),
+            listening,
+            pending_tcp: Mutex::new(tcp),
+            handler,
+            metrics,
+            rt: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Sets who gets what arrives, and starts accepting on the TCP
+    /// listeners. Once; a second handler is refused.
+    pub fn attach(&self, handler: Weak<H>) -> io::Result<()> {
+        if self.handler.set(handler).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the transports already have a handler",
+            ));
+        }
+        let listeners = match self.pending_tcp.lock() {
+            Ok(mut l) => std::mem::take(&mut *l),
+            Err(_) => Vec::new(),
+        };
+        for l in listeners {
+            self.tcp.serve(l)?;
+        }
+        Ok(())
+    }
+
+    /// Reads until `cancel` fires: one thread per UDP socket (started
+    /// here), the TCP connections' tasks (started as they open). Returns
+    /// once every reader has stopped.
+    pub async fn run(&self, cancel: CancellationToken) {
+        let readers = match self.handler() {
+            Some(h) => self.udp.spawn_readers(&h, &cancel),
+            None => Vec::new(),
+        };
+        cancel.cancelled().await;
+        self.tcp.shutdown().await;
+        // They see the cancel within RECV_TIMEOUT.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in readers {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+
+    /// Our listening addresses over `transport`, in the order given.
+    pub fn local_addrs(&self, transport: Transport) -> &[SocketAddr] {
+        &self.listening[transport]
+    }
+
+    /// The TCP transport's counters and open connections.
+    pub fn tcp(&self) -> &TcpTransport {
+        &self.tcp
+    }
+
+    /// Sends `bytes` to `to` over its transport, without waiting. Over
+    /// UDP from the socket egress picks. Over TCP on the known
+    /// connection, else the open one to that address, else a new one
+    /// opened in the background, whose failure reaches the handler like
+    /// an ICMP error. A failed send is counted, never fatal.
+    pub fn send(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
+        let r = match to.transport {
+            Transport::Udp => self.udp.send(bytes, to.addr, |dead| {
+                if let Some(h) = self.handler() {
+                    h.on_unreachable(dead);
+                }
+            }),
+            Transport::Tcp => self.send_tcp(bytes, to),
+        };
+        if let Err(e) = &r {
+            self.metrics.dropped(DropReason::SendError);
+            tracing::debug!("send to {to}: {e}");
+        }
+        r
+    }
+
+    fn send_tcp(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
+        let msg = Bytes::copy_from_slice(bytes);
+        for conn in to.conn.into_iter().chain(self.tcp.conn_to(to.addr)) {
+            match self.tcp.send_on(conn, msg.clone()) {
+                Ok(()) => return Ok(()),
+                // Gone: try the next way.
+                Err(TcpError::Closed(_)) => continue,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::WouldBlock, e)),
+            }
+        }
+        let (tcp, slot, metrics) = (self.tcp.clone(), self.handler.clone(), self.metrics.clone());
+        self.rt.spawn(async move {
+            if let Err(e) = tcp.send(to.addr, msg).await {
+                tracing::debug!("send to {to}: {e}");
+                metrics.dropped(DropReason::SendError);
+                // Like ICMP port unreachable: an INVITE waiting on it
+                // fails over now, not at fr_timeout.
+                if let Some(h) = slot.get().and_then(Weak::upgrade) {
+                    h.on_unreachable(to.addr);
+                    h.after_batch();
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn handler(&self) -> Option<Arc<H>> {
+        self.handler.get().and_then(Weak::upgrade)
+    }
+}
