@@ -29,13 +29,13 @@ pub const STOP: Duration = Duration::from_secs(8);
 /// Why the server could not start, or stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot bind udp:{addr}: {source}")]
+    #[error("cannot bind {source}")]
     BindUdp {
         addr: SocketAddr,
         #[source]
         source: io::Error,
     },
-    #[error("cannot bind tcp:{addr}: {source}")]
+    #[error("cannot bind {source}")]
     BindTcp {
         addr: SocketAddr,
         #[source]

@@ -73,7 +73,7 @@ async fn a_silent_node_goes_down_after_exactly_the_threshold_and_comes_back() {
         .send(reply(&probe, 200, "OK", None), probe.from)
         .await;
     let dispatcher = h.proxy.dispatcher();
-    eventually_true("node back up", || {
+    eventually("node back up", || {
         dispatcher.status(0).state == State::Active
     })
     .await;
@@ -96,7 +96,7 @@ async fn reply_codes_decide_what_counts_as_alive() {
         .send(reply(&probe, 503, "Busy", None), probe.from)
         .await;
     let dispatcher = h.proxy.dispatcher();
-    eventually_true("503 takes it down", || {
+    eventually("503 takes it down", || {
         dispatcher.status(0).state == State::Inactive
     })
     .await;
@@ -104,7 +104,7 @@ async fn reply_codes_decide_what_counts_as_alive() {
     h.nodes[0]
         .send(reply(&probe, 404, "Not Found", None), probe.from)
         .await;
-    eventually_true("404 is alive here", || {
+    eventually("404 is alive here", || {
         dispatcher.status(0).state == State::Active
     })
     .await;
@@ -116,7 +116,7 @@ async fn reply_codes_decide_what_counts_as_alive() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_call_takes_the_node_out_and_it_is_probed_at_once() {
-    let h = two_nodes_probed_once().await;
+    let h = two_nodes_probed_once("300ms").await;
     let mut call = h.trunk_call();
     h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
     // Node 0 swallows the INVITE (and its Timer A copy); fr_timeout 300 ms.
@@ -125,9 +125,7 @@ async fn a_failed_call_takes_the_node_out_and_it_is_probed_at_once() {
     assert_eq!(inv.call_id(), call.call_id, "failed over");
     assert_eq!(status(&h, 0).state, State::Inactive);
     // Probed now, well before the 10 s interval.
-    let probe = h.nodes[0]
-        .recv_until_request("OPTIONS", Duration::from_secs(1))
-        .await;
+    let probe = h.nodes[0].recv_until_request("OPTIONS", WAIT).await;
     // Until it answers, new calls skip it.
     let mut second = h.trunk_call();
     h.trunk.send(second.invite(SDP_AUDIO), h.addr).await;
@@ -137,7 +135,7 @@ async fn a_failed_call_takes_the_node_out_and_it_is_probed_at_once() {
         .send(reply(&probe, 200, "OK", None), probe.from)
         .await;
     let dispatcher = h.proxy.dispatcher();
-    eventually_true("back after the probe", || dispatcher.accepts_new_calls(0)).await;
+    eventually("back after the probe", || dispatcher.accepts_new_calls(0)).await;
     let mut third = h.trunk_call();
     h.trunk.send(third.invite(SDP_AUDIO), h.addr).await;
     let inv3 = h.nodes[0].recv_request("INVITE").await;
@@ -199,8 +197,11 @@ async fn post_rpc(admin: std::net::SocketAddr, body: &str) -> String {
 
 /// Two nodes probed every 10 s (1 s timeout) that have answered the first
 /// round; the test sees later probes itself.
-async fn two_nodes_probed_once() -> Harness {
+/// Two nodes, each probed once and up; `fr_timeout` as given (short only
+/// where the test is about a node's silence).
+async fn two_nodes_probed_once(fr_timeout: &'static str) -> Harness {
     let h = Harness::start(Options {
+        fr_timeout,
         nodes_answer_probes: false,
         extra_toml: "[probe]\ninterval = \"10s\"\ntimeout = \"1s\"\n",
         ..Options::default()
@@ -211,15 +212,6 @@ async fn two_nodes_probed_once() -> Harness {
         h.nodes[n].send(reply(&p, 200, "OK", None), p.from).await;
     }
     h
-}
-
-/// Waits (bounded by [`WAIT`]) until `cond` holds.
-async fn eventually_true(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Readiness: not before the first probe round has had its answers, and
@@ -237,7 +229,7 @@ async fn readiness_follows_the_first_round_and_the_active_nodes() {
         n.expect_nothing(Duration::from_millis(100)).await;
     }
     let proxy = h.proxy.clone();
-    eventually_true("ready", || proxy.ready().is_ok()).await;
+    eventually("ready", || proxy.ready().is_ok()).await;
     for i in 0..2 {
         h.proxy.dispatcher().set_state(i, "d".parse().unwrap());
     }
@@ -269,7 +261,7 @@ async fn ping_active_pauses_and_resumes_probing() {
 /// and probed at once; a probe it answers brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_code_takes_the_node_out_until_a_probe_answers() {
-    let h = two_nodes_probed_once().await;
+    let h = two_nodes_probed_once("5s").await;
     let mut call = h.trunk_call();
     h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
     let inv = h.nodes[0].recv_request("INVITE").await;
@@ -283,12 +275,10 @@ async fn a_failover_code_takes_the_node_out_until_a_probe_answers() {
     assert_eq!(inv1.call_id(), call.call_id);
     assert_eq!(status(&h, 0).state, State::Inactive);
     // The hop-by-hop ACK for the 503, then the urgent probe.
-    let probe = h.nodes[0]
-        .recv_until_request("OPTIONS", Duration::from_secs(1))
-        .await;
+    let probe = h.nodes[0].recv_until_request("OPTIONS", WAIT).await;
     h.nodes[0]
         .send(reply(&probe, 200, "OK", None), probe.from)
         .await;
     let dispatcher = h.proxy.dispatcher();
-    eventually_true("back after the probe", || dispatcher.accepts_new_calls(0)).await;
+    eventually("back after the probe", || dispatcher.accepts_new_calls(0)).await;
 }

@@ -15,18 +15,6 @@ use sipedge::metrics::{FailoverReason, RejectReason};
 use sipedge::sip::{HeaderName, NameAddr, Uri, Via};
 use support::*;
 
-/// Waits (bounded by [`WAIT`]) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {WAIT:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn dialog_node(h: &Harness, call_id: &str) -> Option<SocketAddr> {
     h.proxy.dialogs().get(call_id.as_bytes())
 }
@@ -849,7 +837,13 @@ async fn fr_inv_timeout_after_180_cancels_and_answers_408() {
 /// trunk (RFC 3261 §16.7 step 10 / §13.3.1.4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retransmitted_2xx_is_relayed() {
-    let h = Harness::start(Options::default()).await;
+    // The node sends no provisional: fr_timeout must not be what a busy
+    // machine tests here (it failed once at 300 ms), so it is far away.
+    let h = Harness::start(Options {
+        fr_timeout: "30s",
+        ..Options::default()
+    })
+    .await;
     let mut call = h.trunk_call();
     h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
     let node = &h.nodes[0];
@@ -1031,7 +1025,11 @@ async fn node_originated_request_to_the_proxy_itself_gets_404() {
 /// §16.7), and the caller hears nothing of that leg (no 180, no 487).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_2xx_from_a_failed_over_node_wins_and_the_other_leg_is_cancelled() {
-    let h = Harness::start(Options::default()).await;
+    let h = Harness::start(Options {
+        fr_timeout: "300ms",
+        ..Options::default()
+    })
+    .await;
     let mut call = h.trunk_call();
     h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
     let (n0, n1) = (&h.nodes[0], &h.nodes[1]);

@@ -133,8 +133,12 @@ async fn rate_limit_blocks_a_flooding_source_then_forgives_it() {
         let req = options_to_proxy(&h, h.trunk.addr, None);
         h.trunk.send(req, h.addr).await;
     }
+    let dropped = || h.proxy.metrics().dropped_count(DropReason::RateLimited);
+    eventually("4 requests rate-limited", || dropped() >= 4).await;
+    // The block began at the first of them, before now.
+    let blocked_by = tokio::time::Instant::now();
     h.trunk.expect_nothing(QUIET).await;
-    assert_eq!(h.proxy.metrics().dropped_count(DropReason::RateLimited), 4);
+    assert_eq!(dropped(), 4);
     // Pool members are never limited.
     let node = &h.nodes[0];
     for _ in 0..5 {
@@ -142,8 +146,9 @@ async fn rate_limit_blocks_a_flooding_source_then_forgives_it() {
             .await;
         node.recv_response(200).await;
     }
-    // After the block, served again.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // After the block, served again: the clock must pass block_for (800
+    // ms) from its start, which `blocked_by` bounds from above.
+    tokio::time::sleep_until(blocked_by + Duration::from_millis(800)).await;
     h.trunk
         .send(options_to_proxy(&h, h.trunk.addr, None), h.addr)
         .await;
@@ -191,8 +196,11 @@ async fn at_the_transaction_cap_new_calls_are_shed_established_ones_go_on() {
         let req = request_from("OPTIONS", &ruri, h.trunk.addr, None, None);
         h.trunk.send(req, h.addr).await;
     }
-    // Let the proxy read them all.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The proxy has read enough of them to be at the cap.
+    eventually("the transaction table at its cap", || {
+        h.proxy.transaction_counts().0 >= 100
+    })
+    .await;
 
     let mut late = Dialog::uac(&h.trunk, &format!("sip:fax@{}", h.addr));
     h.trunk.send(late.invite(SDP_AUDIO), h.addr).await;

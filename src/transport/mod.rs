@@ -164,15 +164,19 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// What every listening socket gets before `bind`: SO_REUSEADDR (a restart
-/// need not wait), IP_FREEBIND when asked (a keepalived standby binds the
-/// VIP it does not hold yet), dual-stack for IPv6, non-blocking.
+/// What every listening socket gets before `bind`: SO_REUSEADDR for a TCP
+/// listener only (a restart need not wait for TIME_WAIT; on a UDP socket
+/// it would let a second sipedge bind the same port and split the
+/// traffic), IP_FREEBIND when asked (a keepalived standby binds the VIP it
+/// does not hold yet), dual-stack for IPv6, non-blocking. SO_REUSEPORT is
+/// never set, for the same reason.
 fn prepare(
     socket: &socket2::Socket,
     addr: std::net::SocketAddr,
+    transport: Transport,
     freebind: bool,
 ) -> std::io::Result<()> {
-    socket.set_reuse_address(true)?;
+    socket.set_reuse_address(transport == Transport::Tcp)?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if freebind {
         if addr.is_ipv4() {
@@ -187,6 +191,22 @@ fn prepare(
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)
+}
+
+/// `e` as a bind error that names the socket (`udp:ADDR: ...`), so the
+/// message alone says which listener could not start; the kind is kept.
+/// An address in use most likely means another sipedge holds it.
+fn bind_error(
+    transport: Transport,
+    addr: std::net::SocketAddr,
+    e: std::io::Error,
+) -> std::io::Error {
+    let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+        "address already in use (another sipedge running?)".to_owned()
+    } else {
+        e.to_string()
+    };
+    std::io::Error::new(e.kind(), format!("{transport}:{addr}: {why}"))
 }
 
 #[cfg(test)]

@@ -144,11 +144,14 @@ pub enum TcpError {
 /// for TIME_WAIT; IP_FREEBIND when asked). Non-blocking, ready for
 /// [`TcpTransport::serve`].
 pub fn bind_tcp(addr: SocketAddr, opts: &TcpOptions) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    super::prepare(&socket, addr, opts.freebind)?;
-    socket.bind(&addr.into())?;
-    socket.listen(opts.backlog)?;
-    Ok(socket.into())
+    let bind = || -> io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        super::prepare(&socket, addr, super::Transport::Tcp, opts.freebind)?;
+        socket.bind(&addr.into())?;
+        socket.listen(opts.backlog)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|e| super::bind_error(super::Transport::Tcp, addr, e))
 }
 
 /// The TCP transport: listeners, connection table, counters. Cheap to

@@ -33,15 +33,20 @@ impl Default for UdpOptions {
 }
 
 /// Binds a non-blocking UDP socket; [`SipSocket::new`] hands it to tokio.
+/// An address already bound (another sipedge) is refused with
+/// [`io::ErrorKind::AddrInUse`]; every error names `udp:ADDR`.
 pub fn bind_udp(addr: SocketAddr, opts: UdpOptions) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // The kernel may cap these (net.core.rmem_max); a smaller buffer is not
-    // an error worth refusing to start over.
-    let _ = socket.set_recv_buffer_size(opts.recv_buffer);
-    let _ = socket.set_send_buffer_size(opts.send_buffer);
-    super::prepare(&socket, addr, opts.freebind)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+    let bind = || -> io::Result<UdpSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        // The kernel may cap these (net.core.rmem_max); a smaller buffer is
+        // not an error worth refusing to start over.
+        let _ = socket.set_recv_buffer_size(opts.recv_buffer);
+        let _ = socket.set_send_buffer_size(opts.send_buffer);
+        super::prepare(&socket, addr, super::Transport::Udp, opts.freebind)?;
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
+    };
+    bind().map_err(|e| super::bind_error(super::Transport::Udp, addr, e))
 }
 
 /// How many datagrams one receive call can return (`recvmmsg`).

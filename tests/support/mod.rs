@@ -15,8 +15,9 @@
 //!   (initial INVITE, CANCEL, ACK, in-dialog requests) from templates;
 //!   [`reply`] builds a response to a received request.
 //!
-//! Nothing here sleeps for a fixed time except [`Peer::expect_nothing`],
-//! which is how "this must not arrive" is checked.
+//! Nothing here sleeps for a fixed time except [`Inbox::expect_nothing`],
+//! which is how "this must not arrive" is checked; [`eventually`] polls a
+//! condition up to a deadline.
 #![allow(dead_code)] // each test file uses a part of it
 
 use std::fmt::Write as _;
@@ -34,8 +35,27 @@ use tokio::net::{TcpSocket, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The longest any test waits for one packet that must arrive.
-pub const WAIT: Duration = Duration::from_secs(2);
+/// The longest any test waits for one packet that must arrive: generous,
+/// a busy 2-core machine running several test binaries can stall a test
+/// task for a second; a passing test never waits this long.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The longest [`eventually`] waits for a state to be reached.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// Waits until `cond` holds (a metric, a state, a table size), polling
+/// every few ms; panics naming `what` after [`SETTLE`]. For effects the
+/// test cannot receive as a message, instead of sleeping a fixed time.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {SETTLE:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// How long a test listens for a packet that must not arrive. Longer than
 /// the proxy's reaction to anything the test just did (it reacts within
@@ -109,6 +129,9 @@ pub struct Options {
     /// `priority` with equal priorities tries node 0 first, then node 1...:
     /// deterministic, so the tests know which node gets the INVITE.
     pub algorithm: &'static str,
+    /// 5 s by default: a busy machine can hold a fake node's answer past a
+    /// short timer and fail the call over behind the test's back. Tests
+    /// about a node's silence set it short.
     pub fr_timeout: &'static str,
     pub fr_inv_timeout: &'static str,
     /// Also listen on this address (port 0), as a second socket.
@@ -167,7 +190,7 @@ impl Default for Options {
         Options {
             nodes: 2,
             algorithm: "priority",
-            fr_timeout: "300ms",
+            fr_timeout: "5s",
             fr_inv_timeout: "120s",
             extra_socket: None,
             extra_toml: "",
