@@ -1135,3 +1135,178 @@ async fn ipv6_call_on_loopback() {
         .await;
     h.trunk.recv_until(|r| r.status() == Some(200)).await;
 }
+
+// ---------------------------------------------------------------------------
+// Forwarded requests whose next hop does not answer (issue 11, gap 1)
+// ---------------------------------------------------------------------------
+
+/// The status of the trunk's final answer to the request with CSeq `cseq`.
+async fn final_for(h: &Harness, cseq: u32) -> Received {
+    let got = h
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200) && r.cseq().0 == cseq)
+        .await;
+    got.last().cloned().expect("a final answer")
+}
+
+/// Node 0 had the call and is gone (its port closed: every datagram to it
+/// comes back as ICMP port unreachable). The trunk's T.38 re-INVITE and
+/// its BYE get 503 at once (RFC 3261 §16.7 step 10 with §16.8's rules:
+/// a transport error is a 503), not `100 Trying` and then silence; the
+/// dialog stays where it was (nothing is sent to node 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dialog_requests_to_a_dead_node_get_503_at_once() {
+    let mut h = Harness::start(Options::default()).await;
+    let Established { mut call, .. } = establish(&h).await;
+    drop(h.nodes.remove(0));
+    let started = std::time::Instant::now();
+    let (reinvite, _) = call.request("INVITE", Some(("application/sdp", SDP_T38.as_bytes())));
+    let cseq = call_cseq(&reinvite);
+    h.trunk.send(reinvite, h.addr).await;
+    let answer = final_for(&h, cseq).await;
+    assert_eq!(answer.status(), Some(503), "{}", answer.first_line());
+    assert_eq!(answer.call_id(), call.call_id);
+    assert_eq!(answer.vias().len(), 1, "only the trunk's own Via");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "at once, not at fr_timeout (5 s): {:?}",
+        started.elapsed()
+    );
+    let (bye, _) = call.request("BYE", None);
+    let cseq = call_cseq(&bye);
+    h.trunk.send(bye, h.addr).await;
+    assert_eq!(final_for(&h, cseq).await.status(), Some(503));
+    // Node 1 (now h.nodes[0]) never heard of the call.
+    h.nodes[0].expect_nothing(Duration::ZERO).await;
+    assert!(
+        h.proxy
+            .metrics()
+            .forward_failures(sipedge::metrics::ForwardFailure::Transport)
+            >= 2
+    );
+}
+
+/// The node is there but silent: the trunk's BYE gets 408 once
+/// `fr_timeout` passes (Kamailio's tm does the same after fr_timer), after
+/// Timer E resent it; a re-INVITE the node only answered with 100 gets
+/// 408 at `fr_inv_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dialog_requests_to_a_silent_node_get_408() {
+    let h = Harness::start(Options {
+        fr_timeout: "800ms",
+        fr_inv_timeout: "1500ms",
+        ..Options::default()
+    })
+    .await;
+    let Established { mut call, node, .. } = establish(&h).await;
+    let node = &h.nodes[node];
+    let (bye, _) = call.request("BYE", None);
+    let cseq = call_cseq(&bye);
+    let sent = std::time::Instant::now();
+    h.trunk.send(bye, h.addr).await;
+    let first = node.recv_request("BYE").await;
+    let again = node.recv_request("BYE").await;
+    assert_eq!(again.branch(), first.branch(), "Timer E: the same request");
+    let answer = final_for(&h, cseq).await;
+    assert_eq!(answer.status(), Some(408), "{}", answer.first_line());
+    assert!(
+        sent.elapsed() >= Duration::from_millis(800),
+        "not before fr_timeout"
+    );
+    assert_eq!(
+        h.proxy
+            .metrics()
+            .forward_failures(sipedge::metrics::ForwardFailure::Timeout),
+        1
+    );
+
+    let (reinvite, _) = call.request("INVITE", Some(("application/sdp", SDP_T38.as_bytes())));
+    let cseq = call_cseq(&reinvite);
+    h.trunk.send(reinvite, h.addr).await;
+    let got = node.recv_request("INVITE").await;
+    node.send(reply(&got, 100, "Trying", None), got.from).await;
+    let sent = std::time::Instant::now();
+    let answer = final_for(&h, cseq).await;
+    assert_eq!(answer.status(), Some(408), "{}", answer.first_line());
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1000),
+        "after a 100 the wait is fr_inv_timeout, not fr_timeout: {:?}",
+        sent.elapsed()
+    );
+    // A late answer from the node is not relayed on top of our 408.
+    node.send(reply(&got, 200, "OK", None), got.from).await;
+    let late = h.trunk.recv_within(QUIET).await.map(|r| r.first_line());
+    assert!(
+        late.as_deref().is_none_or(|l| l.starts_with("SIP/2.0 200")),
+        "only a 2xx to an INVITE may still pass: {late:?}"
+    );
+}
+
+/// The CSeq number of a request we built.
+fn call_cseq(req: &[u8]) -> u32 {
+    sipedge::sip::Message::parse(req)
+        .unwrap()
+        .cseq()
+        .unwrap()
+        .number
+}
+
+// ---------------------------------------------------------------------------
+// Server transactions match by branch and sent-by (issue 11, gap 2)
+// ---------------------------------------------------------------------------
+
+/// `invite` with its top Via's branch replaced by `branch`.
+fn with_branch(invite: &[u8], branch: &str) -> Vec<u8> {
+    let text = String::from_utf8(invite.to_vec()).unwrap();
+    let at = text.find("branch=").unwrap() + "branch=".len();
+    let end = at + text[at..].find([';', '\r']).unwrap();
+    format!("{}{}{}", &text[..at], branch, &text[end..]).into_bytes()
+}
+
+/// Two trunks that happen to pick the same branch value start two calls
+/// (RFC 3261 §17.2.3: branch and sent-by); before, the second INVITE was
+/// taken for a retransmission of the first and silently absorbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trunks_with_the_same_branch_are_two_transactions() {
+    let h = Harness::start(Options::default()).await;
+    let other = Peer::bind("trunk-2").await;
+    let branch = "z9hG4bK-same-branch-1";
+    let mut a = h.trunk_call();
+    let mut b = Dialog::uac(&other, &format!("sip:+15550001111@{}", h.addr));
+    let a_inv = with_branch(&a.invite(SDP_AUDIO), branch);
+    let a_cseq = call_cseq(&a_inv);
+    h.trunk.send(a_inv, h.addr).await;
+    let first = h.nodes[0].recv_request("INVITE").await;
+    assert_eq!(first.call_id(), a.call_id);
+    let b_inv = with_branch(&b.invite(SDP_AUDIO), branch);
+    other.send(&b_inv, h.addr).await;
+    other.recv_response(100).await;
+    let second = h.nodes[0].recv_request("INVITE").await;
+    assert_eq!(second.call_id(), b.call_id);
+    // Each gets its own answer, on its own way back.
+    h.nodes[0]
+        .send(reply(&second, 486, "Busy Here", Some("fs-b")), second.from)
+        .await;
+    assert_eq!(
+        other
+            .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+            .await
+            .last()
+            .unwrap()
+            .status(),
+        Some(486)
+    );
+    // Our hop-by-hop ACK for the 486, on the INVITE's branch.
+    let ack = h.nodes[0].recv_request("ACK").await;
+    assert_eq!(ack.branch(), second.branch());
+    assert_eq!(ack.call_id(), b.call_id);
+    h.nodes[0]
+        .send(reply(&first, 200, "OK", Some("fs-a")), first.from)
+        .await;
+    assert_eq!(final_for(&h, a_cseq).await.status(), Some(200));
+    // A real retransmission (same branch, same sent-by) is still absorbed:
+    // it gets the 486 again, and no node sees it.
+    other.send(&b_inv, h.addr).await;
+    assert_eq!(other.recv_response(486).await.call_id(), b.call_id);
+    h.nodes[0].expect_nothing(QUIET).await;
+}
