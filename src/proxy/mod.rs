@@ -20,6 +20,7 @@ mod probe;
 mod request;
 mod rescue;
 mod response;
+mod route;
 
 use std::io;
 use std::net::SocketAddr;

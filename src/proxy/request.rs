@@ -9,10 +9,11 @@
 //!   failover);
 //! - other initial requests from outside: the pool's first choice.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::invite::Call;
+use super::route::{self, uri_hop, uri_transport, Hop, OurRoutes};
 use super::{with_editor, Pool, Proxy, Timer};
 use crate::dialog::Pin;
 use crate::metrics::RejectReason;
@@ -21,20 +22,6 @@ use crate::transaction::relay::{RelayAction, RelayClient};
 use crate::transaction::{server_key, ClientTxn, Relay, Token};
 use crate::transport::{Peer, Transport};
 use tokio_util::sync::CancellationToken;
-
-/// A SIP URI's address when its host is an IP literal (5060 by default).
-pub(super) fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
-    let ip: IpAddr = uri.host?.ip()?;
-    Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
-}
-
-/// The transport a URI's `;transport=` names (UDP when absent or unknown).
-pub(super) fn uri_transport(uri: &Uri<'_>) -> Transport {
-    uri.param(b"transport")
-        .flatten()
-        .and_then(Transport::from_param)
-        .unwrap_or_default()
-}
 
 /// How a request is sent on.
 struct Forward<'p> {
@@ -77,29 +64,6 @@ impl<'p> RecordRoute<'p> {
     }
 }
 
-/// The next hop a URI names: an address, or a host name to resolve.
-pub(super) enum Hop {
-    Addr(Peer),
-    Name(crate::dns::Target),
-}
-
-/// The next hop of a SIP URI: its IP literal (5060 by default), or its
-/// host name with the port it gives, over its `;transport=`.
-pub(super) fn uri_hop(uri: &Uri<'_>) -> Option<Hop> {
-    let transport = uri_transport(uri);
-    match uri.host? {
-        crate::sip::Host::Name(name) => Some(Hop::Name(crate::dns::Target {
-            host: std::str::from_utf8(name).ok()?.to_ascii_lowercase().into(),
-            port: uri.port,
-            transport,
-        })),
-        h => {
-            let addr = SocketAddr::new(h.ip()?, uri.port.unwrap_or(5060));
-            Some(Hop::Addr(Peer::new(addr, transport)))
-        }
-    }
-}
-
 /// How a request goes on once its next hop is known (after a DNS lookup,
 /// maybe, on another task).
 #[derive(Clone, Copy)]
@@ -120,15 +84,6 @@ impl Onward {
             tcp_fallback: false,
         }
     }
-}
-
-/// Our own Route values at the top of a request: how many (at most two,
-/// after a double Record-Route), the node hint of the first, and the
-/// transport the last one names (the side to send on).
-pub(super) struct OurRoutes {
-    pub count: usize,
-    pub hint: Option<SocketAddr>,
-    pub transport: Option<Transport>,
 }
 
 impl Proxy {
@@ -434,86 +389,57 @@ impl Proxy {
         from_node: Option<usize>,
     ) {
         let call_id = msg.call_id().unwrap_or_default();
+        let ruri = msg.request_uri().ok();
         let ours = self.our_routes(msg);
-        let to = match from_node {
-            None => {
-                // From the trunk: the node that has the call.
-                let hint = ours.hint.filter(|a| pool.find(*a).is_some());
-                // A Request-URI naming a node is only taken from a trusted
-                // source: from anyone else an in-dialog request goes to the
-                // pinned node or along our own Route, nowhere else.
-                let ruri = msg
-                    .request_uri()
-                    .ok()
-                    .as_ref()
-                    .and_then(uri_addr)
-                    .filter(|_| self.security.is_trusted(src.addr.ip()));
-                self.dialogs
-                    .get(call_id)
-                    .or(hint)
-                    .or(ruri.filter(|a| pool.find(*a).is_some()))
-                    .map(|a| {
-                        let node = pool.find(a);
-                        // The side our second Route names, else the node's.
-                        let t = ours
-                            .transport
-                            .or(node.map(|i| pool.transport(i)))
-                            .unwrap_or_default();
-                        (Peer::new(a, t), node.is_some_and(|i| pool.takes_tcp(i)))
-                    })
-            }
-            Some(_) => {
-                // From a node: loose-route towards the trunk, the next
-                // Route after ours or else the Request-URI.
-                let next = msg
-                    .values(HeaderName::Route)
-                    .nth(ours.count)
-                    .and_then(|v| crate::sip::NameAddr::parse(v).ok())
-                    .and_then(|a| Uri::parse(a.uri).ok());
-                let target = next.or_else(|| msg.request_uri().ok());
-                let hop = target.as_ref().and_then(|u| {
-                    let hop = uri_hop(u)?;
-                    Some(match (hop, ours.transport) {
-                        (Hop::Addr(a), Some(t)) => Hop::Addr(Peer::new(a.addr, t)),
-                        (Hop::Name(mut n), Some(t)) => {
-                            n.transport = t;
-                            Hop::Name(n)
-                        }
-                        (hop, None) => hop,
-                    })
-                });
-                // A node other than the pinned one speaking for the call is
-                // taking it over (sofia recover): its 2xx re-pins the call.
-                let repin = from_node
-                    .map(|n| pool.addr(n))
-                    .filter(|a| self.dialogs.get(call_id).is_some_and(|p| p != *a));
-                return match hop {
-                    Some(hop) => {
-                        let plan = Onward {
-                            node: None,
-                            pop_routes: ours.count,
-                            repin,
-                        };
-                        self.forward_to_hop(pool, msg, src, hop, plan)
-                    }
-                    None => self.unknown_dialog(msg, src),
-                };
-            }
+        let next_route = msg
+            .values(HeaderName::Route)
+            .nth(ours.count)
+            .and_then(|v| crate::sip::NameAddr::parse(v).ok())
+            .and_then(|a| Uri::parse(a.uri).ok());
+        let facts = route::InDialog {
+            from_node: from_node.map(|n| pool.addr(n)),
+            trusted: from_node.is_some() || self.security.is_trusted(src.addr.ip()),
+            pinned: self.dialogs.get(call_id),
+            ours,
+            request_uri: ruri.as_ref(),
+            next_route: next_route.as_ref(),
         };
-        let Some((to, tcp_fallback)) = to else {
+        let decision = route::in_dialog(&facts, |a| {
+            pool.find(a).map(|i| route::Member {
+                transport: pool.transport(i),
+                takes_tcp: pool.takes_tcp(i),
+            })
+        });
+        let route::Decision::Forward {
+            hop,
+            pop_routes,
+            repin,
+            tcp_fallback,
+        } = decision
+        else {
             return self.unknown_dialog(msg, src);
         };
-        self.forward(
-            msg,
-            src,
-            Forward {
-                to,
-                record_route: None,
-                pop_routes: ours.count,
-                repin: None,
-                tcp_fallback,
-            },
-        );
+        match hop {
+            Hop::Addr(to) => self.forward(
+                msg,
+                src,
+                Forward {
+                    to,
+                    record_route: None,
+                    pop_routes,
+                    repin,
+                    tcp_fallback,
+                },
+            ),
+            hop => {
+                let plan = Onward {
+                    node: None,
+                    pop_routes,
+                    repin,
+                };
+                self.forward_to_hop(pool, msg, src, hop, plan)
+            }
+        }
     }
 
     /// An in-dialog request with nowhere to go: 481 (an ACK is dropped).
