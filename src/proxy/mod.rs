@@ -5,9 +5,12 @@
 //! the timers.
 //!
 //! - `request`: classify a request (local, in-dialog, initial from the
-//!   trunk or from a node) and route it.
-//! - `invite`: a new INVITE's state machine: choose a node, fail over on
-//!   silence or a failover code, relay the answer.
+//!   trunk or from a node) and forward it; drives the relay clients
+//!   (retransmissions, the 408/503 owed upstream).
+//! - `route`: where an in-dialog request goes, a pure decision.
+//! - `invite`: the driver of a new INVITE: feeds the server transaction
+//!   and the failover machine of [`crate::transaction`] and carries out
+//!   what they ask (send, relay, answer, pin, mark, count).
 //! - `response`: match a response to its client transaction and relay it.
 //! - `advertise`: report a node's 2xx that advertises an unusable address.
 //! - `rescue`: error -> status code and counter.

@@ -1,6 +1,19 @@
-//! Client transactions: what the proxy remembers about each request it
-//! forwarded, keyed by the branch of the Via it added (RFC 3261 §17.1.3:
-//! a response matches the transaction whose branch is in its top Via).
+//! The transaction layer (RFC 3261 §17), sans-I/O: state machines that
+//! take events and the time as arguments and return what to do, in the
+//! style of quinn-proto's `Connection`. No socket, no clock read, no
+//! metric, no task in the machines; the proxy drives them from its receive
+//! threads and the one timer schedule.
+//!
+//! - `invite`: a new INVITE's client side with failover over a dispatcher
+//!   plan (Timer A, `fr_timeout`, `fr_inv_timeout`, CANCEL, late 2xx).
+//! - `relay`: any other forwarded request's client side (Timer E/F, Timer
+//!   A/B for a re-INVITE) and the 408/503 the proxy owes upstream when
+//!   the next hop stays silent or cannot be reached.
+//! - `server`: the trunk's INVITE server transaction (retransmissions, the
+//!   ACK, RFC 6026 Accepted) and [`server_key`] (§17.2.3 matching).
+//! - here: the client transaction table (keyed by the branch we add: a
+//!   response matches the transaction whose branch is in its top Via,
+//!   §17.1.3), branch and tag generation, and the timer schedule.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
