@@ -21,13 +21,16 @@
 //!   [`transport::PerTransport`] for data kept per transport.
 //! - [`dns`]: RFC 3263 location of host names in the nodes' outgoing
 //!   requests (SRV, A/AAAA), cached.
-//! - [`transaction`]: client transactions, keyed by the branch we add, and
-//!   the one timer schedule.
+//! - [`transaction`]: the sans-I/O transaction machines (a new INVITE's
+//!   client side with failover, the relay client of every other forwarded
+//!   request, the trunk's INVITE server transaction and its §17.2.3 key),
+//!   the client transaction table and the one timer schedule.
 //! - [`dispatcher`]: the node pool and the selection algorithms.
 //! - [`dialog`]: the Call-ID -> node table and its expiry task.
 //! - [`proxy`]: the stateful proxy, the transports' handler: request and
-//!   response paths, the new INVITE's state machine with failover, errors
-//!   to SIP answers.
+//!   response paths, the pure in-dialog routing decision (`route.rs`), the
+//!   driver of the transaction machines (`invite.rs`), errors to SIP
+//!   answers (`rescue.rs`), the prober and the reload.
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.
@@ -38,6 +41,20 @@
 //!   `/health/ready`, JSON-RPC at `/RPC` with Kamailio's `dispatcher.*`
 //!   methods and result shapes) behind the [`admin::Backend`] trait, and
 //!   the `sipedge ctl` client.
+//!
+//! # Where new things go
+//! - A new transport (TLS, WebSocket): one module in [`transport`] behind
+//!   the [`transport::Transports`] facade, one [`transport::Transport`]
+//!   variant; the proxy only sees [`transport::Peer`]s.
+//! - A new dispatcher algorithm: [`dispatcher`] (its inputs, such as
+//!   per-node call counts or latency, reach it as arguments).
+//! - A shared call registry (Redis): behind the [`dialog::Dialogs`]
+//!   interface, read without blocking the receive path; `proxy/route.rs`
+//!   decides with what it returns.
+//! - Packet capture (HEP): a hook in [`transport::Transports`], where every
+//!   message is received (the handler call) and sent (`send`), one place
+//!   each.
+//! - A new metric: [`metrics`], as a documented constant.
 #![forbid(unsafe_code)]
 
 pub mod admin;
