@@ -51,8 +51,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use crate::config::Host;
 use crate::sip::{self, Scheme, Uri};
+use crate::value::Host;
 
 /// Largest set id and flags value: Kamailio stores both in a C `int`.
 const MAX_INT: u32 = i32::MAX as u32;
