@@ -29,6 +29,7 @@ pub const EXAMPLE_TOML: &str = include_str!("../proxy.toml.example");
 /// The name errors and summaries use for [`EXAMPLE_TOML`].
 pub const EXAMPLE_NAME: &str = "proxy.toml.example (built in)";
 
+pub use crate::dispatcher::health::ReplyCode;
 pub use crate::dispatcher::{Algorithm, Destination, DispatcherConfig as Dispatcher};
 pub use crate::security::{RateLimit, SecurityConfig as Security};
 use crate::value::de_duration;
@@ -195,75 +196,6 @@ impl Probe {
         match &self.ping_from {
             Some(from) => from.clone(),
             None => format!("sip:sipedge@{}", advertise.host),
-        }
-    }
-}
-
-/// One `reply_codes` entry: a code (`403`) or a class (`"2xx"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "ReplyCodeText")]
-pub enum ReplyCode {
-    Code(u16),
-    /// The hundreds digit: `"2xx"` is `Class(2)`.
-    Class(u8),
-}
-
-/// How a `reply_codes` entry is written in TOML: a number or a string.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ReplyCodeText {
-    Number(i64),
-    Text(String),
-}
-
-impl TryFrom<ReplyCodeText> for ReplyCode {
-    type Error = String;
-    fn try_from(v: ReplyCodeText) -> Result<Self, Self::Error> {
-        let bad = |what: &str| {
-            format!("{what} is not a reply code or class; use e.g. 200, 403 or \"2xx\"")
-        };
-        match v {
-            ReplyCodeText::Number(n) => u16::try_from(n)
-                .ok()
-                .filter(|c| (100..=699).contains(c))
-                .map(ReplyCode::Code)
-                .ok_or_else(|| bad(&n.to_string())),
-            ReplyCodeText::Text(t) => {
-                let b = t.trim().as_bytes();
-                match b {
-                    [d @ b'1'..=b'6', x, y]
-                        if x.eq_ignore_ascii_case(&b'x') && y.eq_ignore_ascii_case(&b'x') =>
-                    {
-                        Ok(ReplyCode::Class(d - b'0'))
-                    }
-                    _ => t
-                        .trim()
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|c| (100..=699).contains(c))
-                        .map(ReplyCode::Code)
-                        .ok_or_else(|| bad(&format!("\"{t}\""))),
-                }
-            }
-        }
-    }
-}
-
-impl ReplyCode {
-    /// Does a reply with `code` match this entry?
-    pub fn matches(self, code: u16) -> bool {
-        match self {
-            ReplyCode::Code(c) => c == code,
-            ReplyCode::Class(d) => code / 100 == u16::from(d),
-        }
-    }
-}
-
-impl fmt::Display for ReplyCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplyCode::Code(c) => write!(f, "{c}"),
-            ReplyCode::Class(d) => write!(f, "{d}xx"),
         }
     }
 }

@@ -64,6 +64,8 @@ use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use serde::Deserialize;
+
 /// Consecutive failures that take a destination down (Kamailio
 /// `ds_probing_threshold`, whose own default is 1).
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
@@ -386,35 +388,46 @@ pub struct CallFailureOutcome {
 }
 
 /// One entry of the `reply_codes` setting: a single code (`403`) or a
-/// class (`"2xx"`), like Kamailio's `code=403` and `class=2`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReplyCodeSpec {
+/// class (`"2xx"`), like Kamailio's `code=403` and `class=2`. Read
+/// straight from the config: a TOML number, or a string of exactly three
+/// digits or a digit and `xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "ReplyCodeText")]
+pub enum ReplyCode {
     Code(u16),
     /// The hundreds digit: `Class(2)` is 200–299.
     Class(u8),
 }
 
-impl ReplyCodeSpec {
+impl ReplyCode {
     /// The ranges Kamailio accepts: codes 100–699, classes 1–6.
-    fn validate(self) -> Result<ReplyCodeSpec, ReplyCodesError> {
+    fn validate(self) -> Result<ReplyCode, ReplyCodesError> {
         match self {
-            ReplyCodeSpec::Code(code) if !(100..=699).contains(&code) => {
+            ReplyCode::Code(code) if !(100..=699).contains(&code) => {
                 Err(ReplyCodesError::CodeOutOfRange(code))
             }
-            ReplyCodeSpec::Class(class) if !(1..=6).contains(&class) => {
+            ReplyCode::Class(class) if !(1..=6).contains(&class) => {
                 Err(ReplyCodesError::ClassOutOfRange(class))
             }
             spec => Ok(spec),
         }
     }
+
+    /// Does a reply with `code` match this entry?
+    pub fn matches(self, code: u16) -> bool {
+        match self {
+            ReplyCode::Code(c) => c == code,
+            ReplyCode::Class(d) => code / 100 == u16::from(d),
+        }
+    }
 }
 
-impl FromStr for ReplyCodeSpec {
+impl FromStr for ReplyCode {
     type Err = ReplyCodesError;
 
     /// `"403"` (exactly three digits) or `"2xx"` (`x` in either case);
     /// surrounding whitespace is ignored.
-    fn from_str(s: &str) -> Result<ReplyCodeSpec, ReplyCodesError> {
+    fn from_str(s: &str) -> Result<ReplyCode, ReplyCodesError> {
         let syntax = || ReplyCodesError::Syntax(s.to_owned());
         let t = s.trim();
         let spec = match t.as_bytes() {
@@ -423,10 +436,10 @@ impl FromStr for ReplyCodeSpec {
                     && x1.eq_ignore_ascii_case(&b'x')
                     && x2.eq_ignore_ascii_case(&b'x') =>
             {
-                ReplyCodeSpec::Class(d - b'0')
+                ReplyCode::Class(d - b'0')
             }
             [a, b, c] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
-                ReplyCodeSpec::Code(
+                ReplyCode::Code(
                     u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
                 )
             }
@@ -436,11 +449,37 @@ impl FromStr for ReplyCodeSpec {
     }
 }
 
-impl fmt::Display for ReplyCodeSpec {
+/// How a `reply_codes` entry is written in TOML: a number or a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ReplyCodeText {
+    Number(i64),
+    Text(String),
+}
+
+impl TryFrom<ReplyCodeText> for ReplyCode {
+    type Error = ReplyCodesError;
+
+    /// Whatever is wrong, the config error quotes the entry as written and
+    /// shows the forms that work.
+    fn try_from(v: ReplyCodeText) -> Result<ReplyCode, ReplyCodesError> {
+        match v {
+            ReplyCodeText::Number(n) => u16::try_from(n)
+                .ok()
+                .and_then(|c| ReplyCode::Code(c).validate().ok())
+                .ok_or_else(|| ReplyCodesError::InConfig(n.to_string())),
+            ReplyCodeText::Text(t) => t
+                .parse()
+                .map_err(|_| ReplyCodesError::InConfig(format!("\"{t}\""))),
+        }
+    }
+}
+
+impl fmt::Display for ReplyCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReplyCodeSpec::Code(code) => write!(f, "{code}"),
-            ReplyCodeSpec::Class(class) => write!(f, "{class}xx"),
+            ReplyCode::Code(code) => write!(f, "{code}"),
+            ReplyCode::Class(class) => write!(f, "{class}xx"),
         }
     }
 }
@@ -454,6 +493,9 @@ pub enum ReplyCodesError {
     CodeOutOfRange(u16),
     #[error("reply class {0}xx does not exist; classes are 1xx-6xx")]
     ClassOutOfRange(u8),
+    /// A config entry, quoted as written if it was a string.
+    #[error("{0} is not a reply code or class; use e.g. 200, 403 or \"2xx\"")]
+    InConfig(String),
 }
 
 /// Number of status codes a [`ReplyCodes`] can hold (100–699).
@@ -483,12 +525,12 @@ impl ReplyCodes {
     /// Any 2xx plus `specs`. Every entry is checked: codes 100–699,
     /// classes 1–6 (Kamailio silently drops others; a typo here should not
     /// pass unnoticed).
-    pub fn parse(specs: &[ReplyCodeSpec]) -> Result<ReplyCodes, ReplyCodesError> {
+    pub fn parse(specs: &[ReplyCode]) -> Result<ReplyCodes, ReplyCodesError> {
         let mut codes = ReplyCodes::default();
         for spec in specs {
             match spec.validate()? {
-                ReplyCodeSpec::Code(code) => codes.insert(code),
-                ReplyCodeSpec::Class(class) => codes.insert_class(class),
+                ReplyCode::Code(code) => codes.insert(code),
+                ReplyCode::Class(class) => codes.insert_class(class),
             }
         }
         Ok(codes)
@@ -1025,7 +1067,7 @@ mod tests {
         Health::new(HealthConfig::default(), Status { state, probing })
     }
 
-    fn with_codes(specs: &[ReplyCodeSpec]) -> Health {
+    fn with_codes(specs: &[ReplyCode]) -> Health {
         let codes = ReplyCodes::parse(specs).unwrap();
         Health::new(
             HealthConfig::new(3, 1, codes).unwrap(),
@@ -1169,7 +1211,7 @@ mod tests {
 
     #[test]
     fn reply_code_classes_and_single_codes() {
-        use ReplyCodeSpec::{Class, Code};
+        use ReplyCode::{Class, Code};
         let codes = ReplyCodes::parse(&[Code(403), Class(3)]).unwrap();
         for yes in [200, 202, 299, 300, 302, 399, 403] {
             assert!(codes.matches(yes), "{yes}");
@@ -1184,7 +1226,7 @@ mod tests {
 
     #[test]
     fn reply_code_specs_parse_from_strings() {
-        use ReplyCodeSpec::{Class, Code};
+        use ReplyCode::{Class, Code};
         assert_eq!("403".parse(), Ok(Code(403)));
         assert_eq!("2xx".parse(), Ok(Class(2)));
         assert_eq!("3XX".parse(), Ok(Class(3)));
@@ -1196,31 +1238,57 @@ mod tests {
     }
 
     #[test]
+    fn reply_codes_read_from_the_config() {
+        // The config's two spellings, numbers and strings, in one type.
+        let read = |json: &str| serde_json::from_str::<ReplyCode>(json).map_err(|e| e.to_string());
+        assert_eq!(read("403"), Ok(ReplyCode::Code(403)));
+        assert_eq!(read("\"404\""), Ok(ReplyCode::Code(404)));
+        assert_eq!(read("\" 2XX \""), Ok(ReplyCode::Class(2)));
+        for (bad, quoted) in [
+            ("99", "99"),
+            ("700", "700"),
+            ("-1", "-1"),
+            ("\"7xx\"", "\"7xx\""),
+            ("\"2x\"", "\"2x\""),
+        ] {
+            let err = read(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("{quoted} is not a reply code or class; use e.g.")),
+                "{bad}: {err}"
+            );
+        }
+        assert!(ReplyCode::Class(2).matches(299));
+        assert!(!ReplyCode::Class(2).matches(300));
+        assert!(ReplyCode::Code(403).matches(403));
+        assert!(!ReplyCode::Code(403).matches(404));
+    }
+
+    #[test]
     fn bad_reply_codes_are_refused_clearly() {
-        use ReplyCodeSpec::{Class, Code};
+        use ReplyCode::{Class, Code};
         for bad in [
             "", "2x", "2xxx", "x2x", "abc", "4033", "+40", "40", "2 xx", "２xx",
         ] {
             assert_eq!(
-                bad.parse::<ReplyCodeSpec>(),
+                bad.parse::<ReplyCode>(),
                 Err(ReplyCodesError::Syntax(bad.to_owned())),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            "099".parse::<ReplyCodeSpec>(),
+            "099".parse::<ReplyCode>(),
             Err(ReplyCodesError::CodeOutOfRange(99))
         );
         assert_eq!(
-            "700".parse::<ReplyCodeSpec>(),
+            "700".parse::<ReplyCode>(),
             Err(ReplyCodesError::CodeOutOfRange(700))
         );
         assert_eq!(
-            "0xx".parse::<ReplyCodeSpec>(),
+            "0xx".parse::<ReplyCode>(),
             Err(ReplyCodesError::ClassOutOfRange(0))
         );
         assert_eq!(
-            "7xx".parse::<ReplyCodeSpec>(),
+            "7xx".parse::<ReplyCode>(),
             Err(ReplyCodesError::ClassOutOfRange(7))
         );
         assert_eq!(
@@ -1254,7 +1322,7 @@ mod tests {
                 mixed: false
             }
         );
-        let mut h = with_codes(&[ReplyCodeSpec::Code(403)]);
+        let mut h = with_codes(&[ReplyCode::Code(403)]);
         let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
         let t = h.record_probe(ProbeResult::Reply(403)).unwrap();
         assert_eq!((t.from, t.to), (State::Trying, State::Active));
@@ -1262,7 +1330,7 @@ mod tests {
 
     #[test]
     fn a_timeout_never_counts_as_a_reply() {
-        use ReplyCodeSpec::{Class, Code};
+        use ReplyCode::{Class, Code};
         let mut h = with_codes(&[Code(408), Class(4), Class(5)]);
         for _ in 0..3 {
             let _ = h.record_probe(ProbeResult::Timeout(TWO_S));

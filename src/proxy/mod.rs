@@ -673,20 +673,11 @@ fn with_editor<R>(f: impl FnOnce(&mut crate::sip::Editor) -> R) -> R {
 fn health_config(
     probe: &crate::config::Probe,
 ) -> Result<crate::dispatcher::health::HealthConfig, ProxyError> {
-    use crate::config::ReplyCode;
-    use crate::dispatcher::health::{HealthConfig, ReplyCodeSpec, ReplyCodes};
-    let specs: Vec<ReplyCodeSpec> = probe
-        .reply_codes
-        .iter()
-        .map(|c| match *c {
-            ReplyCode::Code(c) => ReplyCodeSpec::Code(c),
-            ReplyCode::Class(d) => ReplyCodeSpec::Class(d),
-        })
-        .collect();
+    use crate::dispatcher::health::{HealthConfig, ReplyCodes};
     Ok(HealthConfig::new(
         probe.failure_threshold,
         probe.success_threshold,
-        ReplyCodes::parse(&specs)?,
+        ReplyCodes::parse(&probe.reply_codes)?,
     )?)
 }
 
