@@ -28,6 +28,7 @@ use prometheus::{
 };
 
 use crate::dialog::Removal;
+use crate::dispatcher::health::State;
 use crate::sip::{Method, SipError};
 
 /// Whether a destination takes new calls: 1 when its state is `active` or
@@ -36,7 +37,7 @@ use crate::sip::{Method, SipError};
 pub const DESTINATION_UP: &str = "sipedge_destination_up";
 /// The state of a destination as a one-hot gauge: 1 on the series of the
 /// current state, 0 on the others. Labels: `set`, `uri`, `state`
-/// ([`DestState`]).
+/// ([`State`]).
 pub const DESTINATION_STATE: &str = "sipedge_destination_state";
 /// Dialogs pinned to a destination: what a drain of that node waits for.
 /// Labels: `set`, `uri`.
@@ -199,26 +200,18 @@ macro_rules! label_enum {
     };
 }
 
-label_enum! {
-    /// A destination's state, as Kamailio's `dispatcher.list` FLAGS.
-    pub enum DestState {
-        /// `A`: takes calls, probes answer.
-        Active => "active",
-        /// `T`: probes started failing; still takes calls until the
-        /// failure threshold.
-        Trying => "trying",
-        /// `I`: probes failed; takes no calls until a probe answers.
-        Inactive => "inactive",
-        /// `D`: set by the operator (`dispatcher.set_state d`): no calls, no
-        /// probes.
-        Disabled => "disabled",
-    }
-}
+/// A destination's state labels its series: `active`, `trying`,
+/// `inactive`, `disabled` (the health machine's own names).
+impl Label for State {
+    const VALUES: &'static [Self] = State::ALL;
 
-impl DestState {
-    /// Does a node in this state get new calls ([`DESTINATION_UP`])?
-    pub fn is_up(self) -> bool {
-        matches!(self, DestState::Active | DestState::Trying)
+    #[cfg(test)]
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -516,7 +509,7 @@ pub struct DestinationMetrics {
     set: Box<str>,
     uri: Box<str>,
     up: IntGauge,
-    state: PerLabel<DestState, IntGauge>,
+    state: PerLabel<State, IntGauge>,
     calls_active: IntGauge,
     probes: PerLabel<ProbeResult, IntCounter>,
     probe_duration: Histogram,
@@ -534,7 +527,7 @@ impl DestinationMetrics {
     }
 
     /// Moves the one-hot state to `state` and updates `up`.
-    pub fn set_state(&self, state: DestState) {
+    pub fn set_state(&self, state: State) {
         // Clear first: a scrape in between sees no state rather than two.
         for (s, g) in self.state.iter() {
             if s != state {
@@ -544,7 +537,7 @@ impl DestinationMetrics {
         if let Some(g) = self.state.get(state) {
             g.set(1);
         }
-        self.up.set(i64::from(state.is_up()));
+        self.up.set(i64::from(state.accepts_new_calls()));
     }
 
     /// Counts a probe; `rtt` is the round trip when the node answered
@@ -1061,7 +1054,7 @@ impl Metrics {
                 .dest_up
                 .get_metric_with_label_values(&[s, u])
                 .map_err(series(DESTINATION_UP))?,
-            state: PerLabel::resolve(DESTINATION_STATE, |st: DestState| {
+            state: PerLabel::resolve(DESTINATION_STATE, |st: State| {
                 self.dest_state
                     .get_metric_with_label_values(&[s, u, st.as_str()])
             })?,
@@ -1082,7 +1075,7 @@ impl Metrics {
         };
         // A node registered twice keeps the state it has.
         if dest.state.iter().all(|(_, g)| g.get() == 0) {
-            dest.set_state(DestState::Active);
+            dest.set_state(State::Active);
         }
         Ok(dest)
     }
@@ -1097,7 +1090,7 @@ impl Metrics {
         let _ = self.dest_up.remove_label_values(&[s, u]);
         let _ = self.dest_calls_active.remove_label_values(&[s, u]);
         let _ = self.probe_duration.remove_label_values(&[s, u]);
-        for st in DestState::ALL {
+        for st in State::ALL {
             let _ = self.dest_state.remove_label_values(&[s, u, st.as_str()]);
         }
         for res in ProbeResult::ALL {
@@ -1310,7 +1303,7 @@ mod tests {
                 assert!(seen.insert(e.label()), "duplicate label {}", e.label());
             }
         }
-        check::<DestState>();
+        check::<State>();
         check::<ProbeResult>();
         check::<MethodLabel>();
         check::<ResponseClass>();
@@ -1575,38 +1568,38 @@ mod tests {
     fn destination_state_is_one_hot_and_drives_up() {
         let m = metrics();
         let d = m.register_destination(1, URI_A).expect("destination");
-        let check = |current: DestState| {
+        let check = |current: State| {
             let s = Scrape::of(&m);
-            for st in DestState::ALL {
+            for st in State::ALL {
                 let labels = [("set", "1"), ("uri", URI_A), ("state", st.as_str())];
                 let want = if *st == current { 1.0 } else { 0.0 };
                 assert_eq!(s.value(DESTINATION_STATE, &labels), Some(want), "{st:?}");
             }
             // Up means "gets new calls": Kamailio still selects a trying node.
             let want_up = match current {
-                DestState::Active | DestState::Trying => 1.0,
-                DestState::Inactive | DestState::Disabled => 0.0,
+                State::Active | State::Trying => 1.0,
+                State::Inactive | State::Disabled => 0.0,
             };
             let up = s.value(DESTINATION_UP, &[("set", "1"), ("uri", URI_A)]);
             assert_eq!(up, Some(want_up), "{current:?}");
         };
         // In rotation from the start, as the dispatcher has it.
-        check(DestState::Active);
+        check(State::Active);
         for st in [
-            DestState::Trying,
-            DestState::Inactive,
-            DestState::Disabled,
-            DestState::Active,
-            DestState::Trying,
+            State::Trying,
+            State::Inactive,
+            State::Disabled,
+            State::Active,
+            State::Trying,
         ] {
             d.set_state(st);
             check(st);
         }
         // Registering again finds the same series and keeps the state.
         let again = m.register_destination(1, URI_A).expect("again");
-        check(DestState::Trying);
-        again.set_state(DestState::Disabled);
-        check(DestState::Disabled);
+        check(State::Trying);
+        again.set_state(State::Disabled);
+        check(State::Disabled);
     }
 
     #[test]
@@ -1654,10 +1647,10 @@ mod tests {
         let m = metrics();
         let a = m.register_destination(1, URI_A).expect("a");
         let b = m.register_destination(1, URI_B).expect("b");
-        a.set_state(DestState::Active);
+        a.set_state(State::Active);
         a.probe(ProbeResult::Ok, Some(Duration::from_millis(1)));
         a.call_started();
-        b.set_state(DestState::Active);
+        b.set_state(State::Active);
         b.probe(ProbeResult::Ok, Some(Duration::from_millis(1)));
         let s = Scrape::of(&m);
         // up, calls, 4 states, 4 results, 11 + 1 buckets, sum, count.
@@ -1736,8 +1729,8 @@ mod tests {
         let m = metrics();
         let one = m.register_destination(1, URI_A).expect("set 1");
         let two = m.register_destination(2, URI_A).expect("set 2");
-        one.set_state(DestState::Active);
-        two.set_state(DestState::Disabled);
+        one.set_state(State::Active);
+        two.set_state(State::Disabled);
         m.remove_destination(two);
         let s = Scrape::of(&m);
         assert_eq!(

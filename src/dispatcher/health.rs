@@ -66,6 +66,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::list::Flags;
+
 /// Consecutive failures that take a destination down (Kamailio
 /// `ds_probing_threshold`, whose own default is 1).
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
@@ -73,14 +75,6 @@ pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
 /// Consecutive probe successes that bring an Inactive destination back
 /// (Kamailio `ds_inactive_threshold`).
 pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
-
-/// Bits of a Kamailio `dispatcher.list` flags column.
-pub mod list_flags {
-    pub const INACTIVE: u32 = 1;
-    pub const TRYING: u32 = 2;
-    pub const DISABLED: u32 = 4;
-    pub const PROBING: u32 = 8;
-}
 
 /// A destination's state, as Kamailio names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,6 +89,25 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in declaration order (`State as usize` indexes it).
+    pub const ALL: &'static [State] = &[
+        State::Active,
+        State::Trying,
+        State::Inactive,
+        State::Disabled,
+    ];
+
+    /// The lower-case name: logs, `sipedge ctl`, the metrics' `state`
+    /// label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Trying => "trying",
+            State::Inactive => "inactive",
+            State::Disabled => "disabled",
+        }
+    }
+
     /// Whether the dispatcher may pick this destination for a new call.
     /// Kamailio's `ds_skip_dst` skips exactly inactive and disabled.
     pub fn accepts_new_calls(self) -> bool {
@@ -103,11 +116,21 @@ impl State {
 
     /// The first FLAGS letter.
     pub fn letter(self) -> char {
+        char::from(FLAGS[self as usize][0].as_bytes()[0])
+    }
+
+    /// The state a first FLAGS letter names (`A`, `T`, `I`, `D`).
+    pub fn from_letter(letter: char) -> Option<State> {
+        State::ALL.iter().copied().find(|s| s.letter() == letter)
+    }
+
+    /// Its bit in a `dispatcher.list` flags column (none for active).
+    fn list_bit(self) -> Flags {
         match self {
-            State::Active => 'A',
-            State::Trying => 'T',
-            State::Inactive => 'I',
-            State::Disabled => 'D',
+            State::Active => Flags(0),
+            State::Trying => Flags::TRYING,
+            State::Inactive => Flags::INACTIVE,
+            State::Disabled => Flags::DISABLED,
         }
     }
 
@@ -124,12 +147,7 @@ impl State {
 
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            State::Active => "active",
-            State::Trying => "trying",
-            State::Inactive => "inactive",
-            State::Disabled => "disabled",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -154,51 +172,60 @@ impl Status {
     /// wins, then inactive, then trying: that is how Kamailio *behaves* with
     /// such an entry (a disabled one is neither pinged nor updated by probe
     /// results, an inactive one stays inactive on failures), although its
-    /// `dispatcher.list` RPC prints `I` before `D`. Other bits (Kamailio's
-    /// 16 and up: DNS and ping options) are not health and are ignored here;
-    /// the list reader decides whether it accepts them.
+    /// `dispatcher.list` RPC prints `I` before `D` (see
+    /// [`Status::as_kamailio_prints`]). Other bits (Kamailio's 16 and up:
+    /// DNS and ping options) are not health and are ignored here; the list
+    /// reader decides whether it accepts them.
     pub fn from_list_flags(flags: u32) -> Status {
-        let state = if flags & list_flags::DISABLED != 0 {
-            State::Disabled
-        } else if flags & list_flags::INACTIVE != 0 {
-            State::Inactive
-        } else if flags & list_flags::TRYING != 0 {
-            State::Trying
-        } else {
-            State::Active
-        };
+        Status::from_bits(
+            Flags(flags),
+            [State::Disabled, State::Inactive, State::Trying],
+        )
+    }
+
+    /// What Kamailio's `dispatcher.list` RPC prints for a flags column: the
+    /// same as [`Status::from_list_flags`] but for the precedence of
+    /// several state bits, which is inactive, then disabled, then trying
+    /// there (`ds_rpc_print_set` tests the bits in that order).
+    pub fn as_kamailio_prints(flags: u32) -> Status {
+        Status::from_bits(
+            Flags(flags),
+            [State::Inactive, State::Disabled, State::Trying],
+        )
+    }
+
+    /// The first state of `precedence` whose bit is set, else active.
+    fn from_bits(flags: Flags, precedence: [State; 3]) -> Status {
+        let state = precedence
+            .into_iter()
+            .find(|s| flags.contains(s.list_bit()))
+            .unwrap_or(State::Active);
         Status {
             state,
-            probing: flags & list_flags::PROBING != 0,
+            probing: flags.is_probing(),
         }
     }
 
     /// The `dispatcher.list` flags column for this status: exactly one
     /// state bit (none for active) plus 8 when probing.
     pub fn to_list_flags(self) -> u32 {
-        let state = match self.state {
-            State::Active => 0,
-            State::Trying => list_flags::TRYING,
-            State::Inactive => list_flags::INACTIVE,
-            State::Disabled => list_flags::DISABLED,
+        let probing = if self.probing {
+            Flags::PROBING
+        } else {
+            Flags(0)
         };
-        state | if self.probing { list_flags::PROBING } else { 0 }
+        self.state.list_bit().bits() | probing.bits()
     }
 
     /// The FLAGS string of `dispatcher.list` output, e.g. `AP` or `IX`.
     pub fn flags(self) -> FlagsStr {
-        FlagsStr(match (self.state, self.probing) {
-            (State::Active, true) => "AP",
-            (State::Active, false) => "AX",
-            (State::Trying, true) => "TP",
-            (State::Trying, false) => "TX",
-            (State::Inactive, true) => "IP",
-            (State::Inactive, false) => "IX",
-            (State::Disabled, true) => "DP",
-            (State::Disabled, false) => "DX",
-        })
+        FlagsStr(FLAGS[self.state as usize][usize::from(self.probing)])
     }
 }
+
+/// The FLAGS strings by [`State`] (declaration order), then probing: the
+/// one table of Kamailio's letters.
+const FLAGS: [[&str; 2]; 4] = [["AX", "AP"], ["TX", "TP"], ["IX", "IP"], ["DX", "DP"]];
 
 /// Kamailio's two-letter FLAGS: state (`A`/`T`/`I`/`D`), then `P` (probing)
 /// or `X`. Copy, no allocation.
@@ -1473,6 +1500,33 @@ mod tests {
             assert_eq!(health(state, probing).flags().to_string(), flags);
             assert_eq!(status.flags().as_str().chars().next(), Some(state.letter()));
         }
+    }
+
+    #[test]
+    fn letters_and_names_are_one_table() {
+        for &state in State::ALL {
+            assert_eq!(State::from_letter(state.letter()), Some(state));
+            assert_eq!(state.as_str(), state.to_string());
+        }
+        for other in ['a', 'P', 'X', 'N', ' '] {
+            assert_eq!(State::from_letter(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn kamailio_prints_several_state_bits_in_another_order() {
+        // 5 = inactive + disabled: behaves disabled, printed inactive.
+        assert_eq!(Status::from_list_flags(5).state, State::Disabled);
+        assert_eq!(Status::as_kamailio_prints(5).state, State::Inactive);
+        for bits in [0, 1, 2, 4, 8, 9, 10, 12, 16 | 8] {
+            assert_eq!(
+                Status::as_kamailio_prints(bits),
+                Status::from_list_flags(bits),
+                "{bits}"
+            );
+        }
+        assert_eq!(Status::as_kamailio_prints(15).flags().as_str(), "IP");
+        assert_eq!(Status::as_kamailio_prints(6).flags().as_str(), "DX");
     }
 
     #[test]

@@ -51,6 +51,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use super::health::Status;
 use crate::sip::{self, Scheme, Uri};
 use crate::value::Host;
 
@@ -292,7 +293,7 @@ impl Flags {
     /// Inactive or disabled: left out of selection (Kamailio
     /// `ds_skip_dst`).
     pub fn is_skipped(self) -> bool {
-        self.0 & (Flags::INACTIVE.0 | Flags::DISABLED.0) != 0
+        !Status::from_list_flags(self.0).state.accepts_new_calls()
     }
 
     /// Bits outside [`Flags::KNOWN`], for a warning.
@@ -304,17 +305,7 @@ impl Flags {
     /// (`I`nactive before `D`isabled before `T`rying, else `A`ctive), then
     /// `P`robing or `X`.
     pub fn rpc_letters(self) -> &'static str {
-        let probing = self.is_probing();
-        match (self, probing) {
-            (f, true) if f.is_inactive() => "IP",
-            (f, false) if f.is_inactive() => "IX",
-            (f, true) if f.is_disabled() => "DP",
-            (f, false) if f.is_disabled() => "DX",
-            (f, true) if f.is_trying() => "TP",
-            (f, false) if f.is_trying() => "TX",
-            (_, true) => "AP",
-            (_, false) => "AX",
-        }
+        Status::as_kamailio_prints(self.0).flags().as_str()
     }
 }
 

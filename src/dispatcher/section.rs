@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::{health, list};
+use super::list;
 use crate::value::SipUri;
 
 /// `[dispatcher]`: the FreeSWITCH pool and how a node is picked.
@@ -132,7 +132,7 @@ pub struct Destination {
 }
 
 fn default_list_flags() -> u32 {
-    health::list_flags::PROBING
+    list::Flags::PROBING.bits()
 }
 
 impl Destination {

@@ -524,18 +524,11 @@ impl Proxy {
 
     /// The metrics, with the gauges brought up to date (for a scrape).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
-        use crate::dispatcher::health::State;
-        use crate::metrics::DestState;
         let pool = self.pool();
         for (_, d, series) in pool.sets() {
             for (i, m) in series.iter().enumerate() {
                 m.set_calls_active(self.dialogs.pinned_to(d.addr(i)));
-                m.set_state(match d.status(i).state {
-                    State::Active => DestState::Active,
-                    State::Trying => DestState::Trying,
-                    State::Inactive => DestState::Inactive,
-                    State::Disabled => DestState::Disabled,
-                });
+                m.set_state(d.status(i).state);
             }
         }
         self.metrics.set_dialogs(self.dialogs.len());
