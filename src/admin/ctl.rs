@@ -441,7 +441,8 @@ pub fn format_ping(state: &PingState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::rpc::{AttrsJson, Dest, SetEntry, SetRecord, TargetRecord};
+    use crate::admin::rpc::{Dest, SetEntry, SetRecord, TargetRecord};
+    use crate::admin::AttrsView;
 
     fn client(url: &str) -> Client {
         Client::new(url).unwrap()
@@ -602,9 +603,9 @@ mod tests {
                 uri: uri.into(),
                 flags: flags.into(),
                 priority,
-                attrs: body.map(|b| AttrsJson {
+                attrs: body.map(|b| AttrsView {
                     body: b.into(),
-                    ..AttrsJson::default()
+                    ..AttrsView::default()
                 }),
             },
         }
