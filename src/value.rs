@@ -94,6 +94,34 @@ impl fmt::Display for DisplayDuration {
     }
 }
 
+/// Shows a duration for a log line, the way an operator would say it:
+/// `2s`, `500ms`, `1.5s`; anything finer falls back to `Duration`'s
+/// `Debug`. Unlike [`DisplayDuration`] it need not parse back, so it may
+/// use decimals and never switches to hours.
+pub struct LogDuration(pub Duration);
+
+impl fmt::Display for LogDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let nanos = d.subsec_nanos();
+        if nanos == 0 {
+            write!(f, "{}s", d.as_secs())
+        } else if !nanos.is_multiple_of(1_000_000) {
+            write!(f, "{d:?}")
+        } else if d.as_secs() == 0 {
+            write!(f, "{}ms", nanos / 1_000_000)
+        } else {
+            let mut millis = nanos / 1_000_000;
+            let mut width = 3;
+            while millis.is_multiple_of(10) {
+                millis /= 10;
+                width -= 1;
+            }
+            write!(f, "{}.{millis:0width$}s", d.as_secs())
+        }
+    }
+}
+
 pub fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     struct DurationVisitor;
     impl Visitor<'_> for DurationVisitor {
@@ -284,12 +312,17 @@ impl TryFrom<String> for HostPort {
 
 impl fmt::Display for HostPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.host)?;
-        if let Some(port) = self.port {
-            write!(f, ":{port}")?;
-        }
-        Ok(())
+        write_host_port(f, &self.host, self.port)
     }
+}
+
+/// `host[:port]`, for [`HostPort`] and [`SipUri`] alike.
+fn write_host_port(f: &mut fmt::Formatter<'_>, host: &Host, port: Option<u16>) -> fmt::Result {
+    write!(f, "{host}")?;
+    if let Some(port) = port {
+        write!(f, ":{port}")?;
+    }
+    Ok(())
 }
 
 fn parse_port(text: &str) -> Result<u16, AddressError> {
@@ -368,10 +401,8 @@ impl TryFrom<String> for SipUri {
 
 impl fmt::Display for SipUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sip:{}", self.host)?;
-        if let Some(port) = self.port {
-            write!(f, ":{port}")?;
-        }
+        f.write_str("sip:")?;
+        write_host_port(f, &self.host, self.port)?;
         if let Some(t) = self.transport {
             write!(f, ";transport={t}")?;
         }
@@ -614,5 +645,21 @@ mod tests {
         let mut h = Fnv1a::seeded(1);
         h.write(b"foobar");
         assert_ne!(h.finish(), fnv1a(b"foobar"));
+    }
+
+    #[test]
+    fn log_duration_reads_as_said() {
+        for (d, text) in [
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_secs(7200), "7200s"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(2250), "2.25s"),
+            (Duration::from_millis(1001), "1.001s"),
+            (Duration::from_micros(1500), "1.5ms"),
+        ] {
+            assert_eq!(LogDuration(d).to_string(), text, "{d:?}");
+        }
     }
 }

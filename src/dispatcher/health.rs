@@ -67,6 +67,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::list::Flags;
+use crate::value::LogDuration;
 
 /// Consecutive failures that take a destination down (Kamailio
 /// `ds_probing_threshold`, whose own default is 1).
@@ -266,7 +267,7 @@ impl Failure {
     /// The plural used for a streak of this kind, e.g. "timeouts (2s)".
     fn fmt_plural(self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Timeout(d) => write!(f, "timeouts ({})", Secs(d)),
+            Failure::Timeout(d) => write!(f, "timeouts ({})", LogDuration(d)),
             Failure::TransportError => f.write_str("transport errors"),
             Failure::Unreachable => f.write_str("ICMP unreachables"),
             Failure::BadCode(code) => write!(f, "unaccepted replies (last {code})"),
@@ -277,36 +278,10 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Failure::Timeout(d) => write!(f, "timeout ({})", Secs(d)),
+            Failure::Timeout(d) => write!(f, "timeout ({})", LogDuration(d)),
             Failure::TransportError => f.write_str("transport error"),
             Failure::Unreachable => f.write_str("ICMP unreachable"),
             Failure::BadCode(code) => write!(f, "reply {code} not accepted"),
-        }
-    }
-}
-
-/// A duration the way an operator writes it in the config: `2s`, `500ms`,
-/// `1.5s`. Anything finer falls back to `Duration`'s `Debug`.
-struct Secs(Duration);
-
-impl fmt::Display for Secs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        let nanos = d.subsec_nanos();
-        if nanos == 0 {
-            write!(f, "{}s", d.as_secs())
-        } else if !nanos.is_multiple_of(1_000_000) {
-            write!(f, "{d:?}")
-        } else if d.as_secs() == 0 {
-            write!(f, "{}ms", nanos / 1_000_000)
-        } else {
-            let mut millis = nanos / 1_000_000;
-            let mut width = 3;
-            while millis.is_multiple_of(10) {
-                millis /= 10;
-                width -= 1;
-            }
-            write!(f, "{}.{millis:0width$}s", d.as_secs())
         }
     }
 }
