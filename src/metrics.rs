@@ -28,7 +28,7 @@ use prometheus::{
 };
 
 use crate::dialog::Removal;
-use crate::dispatcher::health::State;
+use crate::dispatcher::health::{ProbeResult, State};
 use crate::sip::{Method, SipError};
 
 /// Whether a destination takes new calls: 1 when its state is `active` or
@@ -43,7 +43,7 @@ pub const DESTINATION_STATE: &str = "sipedge_destination_state";
 /// Labels: `set`, `uri`.
 pub const DESTINATION_CALLS_ACTIVE: &str = "sipedge_destination_calls_active";
 /// OPTIONS probes sent to a destination, by outcome. Labels: `set`, `uri`,
-/// `result` ([`ProbeResult`]).
+/// `result` ([`ProbeLabel`]).
 pub const PROBE_TOTAL: &str = "sipedge_probe_total";
 /// Round trip of the answered OPTIONS probes. Labels: `set`, `uri`.
 /// Buckets: [`PROBE_BUCKETS`].
@@ -216,8 +216,9 @@ impl Label for State {
 }
 
 label_enum! {
-    /// The outcome of one OPTIONS probe.
-    pub enum ProbeResult {
+    /// The `result` label of one OPTIONS probe: the health machine's
+    /// [`ProbeResult`] with the verdict on its reply code.
+    pub enum ProbeLabel {
         /// Answered with a code that counts as alive.
         Ok => "ok",
         /// No answer within the probe timeout.
@@ -226,6 +227,19 @@ label_enum! {
         BadCode => "bad_code",
         /// The probe could not be sent (e.g. ICMP port unreachable).
         TransportError => "transport_error",
+    }
+}
+
+impl ProbeLabel {
+    /// The label of `result`; `alive`: its reply code counts as alive
+    /// (`reply_codes`).
+    pub fn of(result: ProbeResult, alive: bool) -> ProbeLabel {
+        match result {
+            ProbeResult::Reply(_) if alive => ProbeLabel::Ok,
+            ProbeResult::Reply(_) => ProbeLabel::BadCode,
+            ProbeResult::Timeout(_) => ProbeLabel::Timeout,
+            ProbeResult::TransportError => ProbeLabel::TransportError,
+        }
     }
 }
 
@@ -511,7 +525,7 @@ pub struct DestinationMetrics {
     up: IntGauge,
     state: PerLabel<State, IntGauge>,
     calls_active: IntGauge,
-    probes: PerLabel<ProbeResult, IntCounter>,
+    probes: PerLabel<ProbeLabel, IntCounter>,
     probe_duration: Histogram,
 }
 
@@ -540,11 +554,12 @@ impl DestinationMetrics {
         self.up.set(i64::from(state.accepts_new_calls()));
     }
 
-    /// Counts a probe; `rtt` is the round trip when the node answered
-    /// (`Ok` or `BadCode`), `None` otherwise, so timeouts do not pose as
-    /// slow answers in the histogram.
-    pub fn probe(&self, result: ProbeResult, rtt: Option<Duration>) {
-        if let Some(c) = self.probes.get(result) {
+    /// Counts a probe; `alive` says whether its reply code counts as alive
+    /// (see [`ProbeLabel::of`]); `rtt` is the round trip when the node
+    /// answered, `None` otherwise, so timeouts do not pose as slow answers
+    /// in the histogram.
+    pub fn probe(&self, result: ProbeResult, alive: bool, rtt: Option<Duration>) {
+        if let Some(c) = self.probes.get(ProbeLabel::of(result, alive)) {
             c.inc();
         }
         if let Some(rtt) = rtt {
@@ -1062,7 +1077,7 @@ impl Metrics {
                 .dest_calls_active
                 .get_metric_with_label_values(&[s, u])
                 .map_err(series(DESTINATION_CALLS_ACTIVE))?,
-            probes: PerLabel::resolve(PROBE_TOTAL, |res: ProbeResult| {
+            probes: PerLabel::resolve(PROBE_TOTAL, |res: ProbeLabel| {
                 self.probes
                     .get_metric_with_label_values(&[s, u, res.as_str()])
             })?,
@@ -1093,7 +1108,7 @@ impl Metrics {
         for st in State::ALL {
             let _ = self.dest_state.remove_label_values(&[s, u, st.as_str()]);
         }
-        for res in ProbeResult::ALL {
+        for res in ProbeLabel::ALL {
             let _ = self.probes.remove_label_values(&[s, u, res.as_str()]);
         }
     }
@@ -1304,7 +1319,7 @@ mod tests {
             }
         }
         check::<State>();
-        check::<ProbeResult>();
+        check::<ProbeLabel>();
         check::<MethodLabel>();
         check::<ResponseClass>();
         check::<ResponseOrigin>();
@@ -1611,12 +1626,24 @@ mod tests {
         d.call_started();
         d.call_started();
         d.call_ended();
-        d.probe(ProbeResult::Ok, Some(Duration::from_micros(800)));
-        d.probe(ProbeResult::Ok, Some(Duration::from_millis(3)));
-        d.probe(ProbeResult::BadCode, Some(Duration::from_millis(40)));
-        d.probe(ProbeResult::Timeout, None);
-        d.probe(ProbeResult::TransportError, None);
-        d.probe(ProbeResult::Timeout, None);
+        d.probe(
+            ProbeResult::Reply(200),
+            true,
+            Some(Duration::from_micros(800)),
+        );
+        d.probe(
+            ProbeResult::Reply(200),
+            true,
+            Some(Duration::from_millis(3)),
+        );
+        d.probe(
+            ProbeResult::Reply(404),
+            false,
+            Some(Duration::from_millis(40)),
+        );
+        d.probe(ProbeResult::Timeout(Duration::from_secs(2)), false, None);
+        d.probe(ProbeResult::TransportError, false, None);
+        d.probe(ProbeResult::Timeout(Duration::from_secs(2)), false, None);
         let s = Scrape::of(&m);
         assert_eq!(s.value(DESTINATION_CALLS_ACTIVE, &labels), Some(6.0));
         let result = |r: &str| s.value(PROBE_TOTAL, &[("set", "2"), ("uri", URI_A), ("result", r)]);
@@ -1648,10 +1675,18 @@ mod tests {
         let a = m.register_destination(1, URI_A).expect("a");
         let b = m.register_destination(1, URI_B).expect("b");
         a.set_state(State::Active);
-        a.probe(ProbeResult::Ok, Some(Duration::from_millis(1)));
+        a.probe(
+            ProbeResult::Reply(200),
+            true,
+            Some(Duration::from_millis(1)),
+        );
         a.call_started();
         b.set_state(State::Active);
-        b.probe(ProbeResult::Ok, Some(Duration::from_millis(1)));
+        b.probe(
+            ProbeResult::Reply(200),
+            true,
+            Some(Duration::from_millis(1)),
+        );
         let s = Scrape::of(&m);
         // up, calls, 4 states, 4 results, 11 + 1 buckets, sum, count.
         let per_dest = 2 + 4 + 4 + PROBE_BUCKETS.len() + 3;
@@ -1660,7 +1695,7 @@ mod tests {
 
         let stale = a.clone();
         m.remove_destination(a);
-        stale.probe(ProbeResult::Timeout, None);
+        stale.probe(ProbeResult::Timeout(Duration::from_secs(2)), false, None);
         let s = Scrape::of(&m);
         assert!(
             s.with_label("uri", URI_A).is_empty(),
