@@ -666,12 +666,15 @@ impl SetState {
             [first, p] if p.eq_ignore_ascii_case(&b'p') => (*first, true),
             _ => return Err(unknown()),
         };
-        let state = match first.to_ascii_lowercase() {
-            b'a' | b'1' => State::Active,
-            b'i' | b'0' => State::Inactive,
-            b't' | b'3' => State::Trying,
-            b'd' | b'2' => State::Disabled,
-            _ => return Err(unknown()),
+        let state = match first {
+            // Kamailio's digit aliases; letters are the FLAGS letters.
+            b'1' => State::Active,
+            b'0' => State::Inactive,
+            b'3' => State::Trying,
+            b'2' => State::Disabled,
+            letter => {
+                State::from_letter(char::from(letter.to_ascii_uppercase())).ok_or_else(unknown)?
+            }
         };
         Ok(SetState {
             state,
@@ -950,25 +953,16 @@ pub struct SharedHealth {
 
 const SNAP_PROBING: u8 = 1 << 2;
 
+/// The snapshot byte: the state's index in [`State::ALL`], plus
+/// [`SNAP_PROBING`].
 fn encode(status: Status) -> u8 {
-    let state = match status.state {
-        State::Active => 0,
-        State::Trying => 1,
-        State::Inactive => 2,
-        State::Disabled => 3,
-    };
+    let state = status.state as u8; // four states
     state | if status.probing { SNAP_PROBING } else { 0 }
 }
 
 fn decode(snapshot: u8) -> Status {
-    let state = match snapshot & 3 {
-        0 => State::Active,
-        1 => State::Trying,
-        2 => State::Inactive,
-        _ => State::Disabled,
-    };
     Status {
-        state,
+        state: State::ALL[usize::from(snapshot & 3)],
         probing: snapshot & SNAP_PROBING != 0,
     }
 }
