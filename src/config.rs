@@ -22,6 +22,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
+use crate::value::de_duration;
+
 /// `proxy.toml.example`, built in so that `sipedge` without `--config`
 /// starts on a fresh machine.
 pub const EXAMPLE_TOML: &str = include_str!("../proxy.toml.example");
@@ -29,10 +31,11 @@ pub const EXAMPLE_TOML: &str = include_str!("../proxy.toml.example");
 /// The name errors and summaries use for [`EXAMPLE_TOML`].
 pub const EXAMPLE_NAME: &str = "proxy.toml.example (built in)";
 
+// What the sections are made of, owned by the modules that use it, under
+// the names the config has always given it.
 pub use crate::dispatcher::health::ReplyCode;
 pub use crate::dispatcher::{Algorithm, Destination, DispatcherConfig as Dispatcher};
 pub use crate::security::{RateLimit, SecurityConfig as Security};
-use crate::value::de_duration;
 pub use crate::value::{
     parse_duration, AddressError, DisplayDuration, DurationError, Host, HostPort, SipUri,
     DEFAULT_SIP_PORT,
