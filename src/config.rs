@@ -829,12 +829,8 @@ impl Config {
             return fail(&format!("failover.codes[{i}]"), Rule::BadFailoverCode(code));
         }
         let probe = &self.probe;
-        let token = |m: &str| {
-            !m.is_empty()
-                && m.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
-        };
-        if !token(&probe.method) {
+        // A method is an RFC 3261 token.
+        if !crate::sip::is_token_str(probe.method.as_bytes()) {
             return fail("probe.method", Rule::BadProbeMethod(probe.method.clone()));
         }
         for (key, value) in [
