@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::list;
+use super::{health, list};
 use crate::value::SipUri;
 
 /// `[dispatcher]`: the FreeSWITCH pool and how a node is picked.
@@ -132,7 +132,7 @@ pub struct Destination {
 }
 
 fn default_list_flags() -> u32 {
-    list::Flags::PROBING.bits()
+    health::Status::ACTIVE_PROBING.to_list_flags()
 }
 
 impl Destination {
