@@ -1,7 +1,8 @@
 //! The leaf of shared value types: what the configuration, the dispatcher
 //! and the security rules all speak of, each written once. Hosts and
-//! `host[:port]`, the destination `sip:` URI, address blocks, durations as
-//! the config writes them, and the FNV-1a hash.
+//! `host[:port]`, the destination `sip:` URI, address blocks, durations
+//! (parsed and shown as the config writes them, and shown in log lines),
+//! and the FNV-1a hash.
 //!
 //! Address and URI parsing here is deliberately small and self-contained:
 //! a destination is `sip:host[:port]`, nothing more, and does not depend on
@@ -122,6 +123,7 @@ impl fmt::Display for LogDuration {
     }
 }
 
+/// Serde `deserialize_with` for the config's durations (`"2s"`).
 pub fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     struct DurationVisitor;
     impl Visitor<'_> for DurationVisitor {
