@@ -120,7 +120,7 @@ impl Dns {
                         let (addr, until) = address(resolver, &t, port).await?;
                         (addr, until.min(srv_until))
                     }
-                    None => address(resolver, &host, 5060).await?,
+                    None => address(resolver, &host, crate::value::DEFAULT_SIP_PORT).await?,
                 }
             }
         };

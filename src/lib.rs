@@ -12,6 +12,9 @@
 //!   tags, Max-Forwards, Route, Request-URI), datagram and stream framing,
 //!   an [`sip::Editor`] that splices the forwarding edits into a reusable
 //!   buffer, and builders for local responses and OPTIONS probes.
+//! - [`value`]: the leaf of shared value types (hosts, `host[:port]`, the
+//!   destination `sip:` URI, address blocks, durations, FNV-1a), imported
+//!   by `config`, `dispatcher` and `security` alike.
 //! - [`config`]: the TOML configuration (`proxy.toml.example`), its
 //!   validation and the errors that name file, key and reason.
 //! - [`transport`]: the [`transport::Transports`] facade: every socket,
@@ -26,6 +29,8 @@
 //!   request, the trunk's INVITE server transaction and its §17.2.3 key),
 //!   the client transaction table and the one timer schedule.
 //! - [`dispatcher`]: the node pool and the selection algorithms.
+//! - [`security`]: edge protection: trusted networks, scanner User-Agents,
+//!   a per-source rate limit (Kamailio's `permissions` and `pike`).
 //! - [`dialog`]: the Call-ID -> node table and its expiry task.
 //! - [`proxy`]: the stateful proxy, the transports' handler: request and
 //!   response paths, the pure in-dialog routing decision (`route.rs`), the
@@ -69,6 +74,7 @@ pub mod server;
 pub mod sip;
 pub mod transaction;
 pub mod transport;
+pub mod value;
 
 /// The concurrent maps keyed by what the network sends (Call-IDs, branches):
 /// foldhash is several times faster than std's SipHash on these short keys

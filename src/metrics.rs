@@ -28,6 +28,7 @@ use prometheus::{
 };
 
 use crate::dialog::Removal;
+use crate::dispatcher::health::{ProbeResult, State};
 use crate::sip::{Method, SipError};
 
 /// Whether a destination takes new calls: 1 when its state is `active` or
@@ -36,13 +37,13 @@ use crate::sip::{Method, SipError};
 pub const DESTINATION_UP: &str = "sipedge_destination_up";
 /// The state of a destination as a one-hot gauge: 1 on the series of the
 /// current state, 0 on the others. Labels: `set`, `uri`, `state`
-/// ([`DestState`]).
+/// ([`State`]).
 pub const DESTINATION_STATE: &str = "sipedge_destination_state";
 /// Dialogs pinned to a destination: what a drain of that node waits for.
 /// Labels: `set`, `uri`.
 pub const DESTINATION_CALLS_ACTIVE: &str = "sipedge_destination_calls_active";
 /// OPTIONS probes sent to a destination, by outcome. Labels: `set`, `uri`,
-/// `result` ([`ProbeResult`]).
+/// `result` ([`ProbeLabel`]).
 pub const PROBE_TOTAL: &str = "sipedge_probe_total";
 /// Round trip of the answered OPTIONS probes. Labels: `set`, `uri`.
 /// Buckets: [`PROBE_BUCKETS`].
@@ -204,32 +205,25 @@ macro_rules! label_enum {
     };
 }
 
-label_enum! {
-    /// A destination's state, as Kamailio's `dispatcher.list` FLAGS.
-    pub enum DestState {
-        /// `A`: takes calls, probes answer.
-        Active => "active",
-        /// `T`: probes started failing; still takes calls until the
-        /// failure threshold.
-        Trying => "trying",
-        /// `I`: probes failed; takes no calls until a probe answers.
-        Inactive => "inactive",
-        /// `D`: set by the operator (`dispatcher.set_state d`): no calls, no
-        /// probes.
-        Disabled => "disabled",
-    }
-}
+/// A destination's state labels its series: `active`, `trying`,
+/// `inactive`, `disabled` (the health machine's own names).
+impl Label for State {
+    const VALUES: &'static [Self] = State::ALL;
 
-impl DestState {
-    /// Does a node in this state get new calls ([`DESTINATION_UP`])?
-    pub fn is_up(self) -> bool {
-        matches!(self, DestState::Active | DestState::Trying)
+    #[cfg(test)]
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
 label_enum! {
-    /// The outcome of one OPTIONS probe.
-    pub enum ProbeResult {
+    /// The `result` label of one OPTIONS probe: the health machine's
+    /// [`ProbeResult`] with the verdict on its reply code.
+    pub enum ProbeLabel {
         /// Answered with a code that counts as alive.
         Ok => "ok",
         /// No answer within the probe timeout.
@@ -238,6 +232,19 @@ label_enum! {
         BadCode => "bad_code",
         /// The probe could not be sent (e.g. ICMP port unreachable).
         TransportError => "transport_error",
+    }
+}
+
+impl ProbeLabel {
+    /// The label of `result`; `alive`: its reply code counts as alive
+    /// (`reply_codes`).
+    pub fn of(result: ProbeResult, alive: bool) -> ProbeLabel {
+        match result {
+            ProbeResult::Reply(_) if alive => ProbeLabel::Ok,
+            ProbeResult::Reply(_) => ProbeLabel::BadCode,
+            ProbeResult::Timeout(_) => ProbeLabel::Timeout,
+            ProbeResult::TransportError => ProbeLabel::TransportError,
+        }
     }
 }
 
@@ -532,9 +539,9 @@ pub struct DestinationMetrics {
     set: Box<str>,
     uri: Box<str>,
     up: IntGauge,
-    state: PerLabel<DestState, IntGauge>,
+    state: PerLabel<State, IntGauge>,
     calls_active: IntGauge,
-    probes: PerLabel<ProbeResult, IntCounter>,
+    probes: PerLabel<ProbeLabel, IntCounter>,
     probe_duration: Histogram,
 }
 
@@ -550,7 +557,7 @@ impl DestinationMetrics {
     }
 
     /// Moves the one-hot state to `state` and updates `up`.
-    pub fn set_state(&self, state: DestState) {
+    pub fn set_state(&self, state: State) {
         // Clear first: a scrape in between sees no state rather than two.
         for (s, g) in self.state.iter() {
             if s != state {
@@ -560,14 +567,15 @@ impl DestinationMetrics {
         if let Some(g) = self.state.get(state) {
             g.set(1);
         }
-        self.up.set(i64::from(state.is_up()));
+        self.up.set(i64::from(state.accepts_new_calls()));
     }
 
-    /// Counts a probe; `rtt` is the round trip when the node answered
-    /// (`Ok` or `BadCode`), `None` otherwise, so timeouts do not pose as
-    /// slow answers in the histogram.
-    pub fn probe(&self, result: ProbeResult, rtt: Option<Duration>) {
-        if let Some(c) = self.probes.get(result) {
+    /// Counts a probe; `alive` says whether its reply code counts as alive
+    /// (see [`ProbeLabel::of`]); `rtt` is the round trip when the node
+    /// answered, `None` otherwise, so timeouts do not pose as slow answers
+    /// in the histogram.
+    pub fn probe(&self, result: ProbeResult, alive: bool, rtt: Option<Duration>) {
+        if let Some(c) = self.probes.get(ProbeLabel::of(result, alive)) {
             c.inc();
         }
         if let Some(rtt) = rtt {
@@ -1102,7 +1110,7 @@ impl Metrics {
                 .dest_up
                 .get_metric_with_label_values(&[s, u])
                 .map_err(series(DESTINATION_UP))?,
-            state: PerLabel::resolve(DESTINATION_STATE, |st: DestState| {
+            state: PerLabel::resolve(DESTINATION_STATE, |st: State| {
                 self.dest_state
                     .get_metric_with_label_values(&[s, u, st.as_str()])
             })?,
@@ -1110,7 +1118,7 @@ impl Metrics {
                 .dest_calls_active
                 .get_metric_with_label_values(&[s, u])
                 .map_err(series(DESTINATION_CALLS_ACTIVE))?,
-            probes: PerLabel::resolve(PROBE_TOTAL, |res: ProbeResult| {
+            probes: PerLabel::resolve(PROBE_TOTAL, |res: ProbeLabel| {
                 self.probes
                     .get_metric_with_label_values(&[s, u, res.as_str()])
             })?,
@@ -1123,7 +1131,7 @@ impl Metrics {
         };
         // A node registered twice keeps the state it has.
         if dest.state.iter().all(|(_, g)| g.get() == 0) {
-            dest.set_state(DestState::Active);
+            dest.set_state(State::Active);
         }
         Ok(dest)
     }
@@ -1138,10 +1146,10 @@ impl Metrics {
         let _ = self.dest_up.remove_label_values(&[s, u]);
         let _ = self.dest_calls_active.remove_label_values(&[s, u]);
         let _ = self.probe_duration.remove_label_values(&[s, u]);
-        for st in DestState::ALL {
+        for st in State::ALL {
             let _ = self.dest_state.remove_label_values(&[s, u, st.as_str()]);
         }
-        for res in ProbeResult::ALL {
+        for res in ProbeLabel::ALL {
             let _ = self.probes.remove_label_values(&[s, u, res.as_str()]);
         }
     }
@@ -1351,8 +1359,8 @@ mod tests {
                 assert!(seen.insert(e.label()), "duplicate label {}", e.label());
             }
         }
-        check::<DestState>();
-        check::<ProbeResult>();
+        check::<State>();
+        check::<ProbeLabel>();
         check::<MethodLabel>();
         check::<ResponseClass>();
         check::<ResponseOrigin>();
@@ -1617,38 +1625,38 @@ mod tests {
     fn destination_state_is_one_hot_and_drives_up() {
         let m = metrics();
         let d = m.register_destination(1, URI_A).expect("destination");
-        let check = |current: DestState| {
+        let check = |current: State| {
             let s = Scrape::of(&m);
-            for st in DestState::ALL {
+            for st in State::ALL {
                 let labels = [("set", "1"), ("uri", URI_A), ("state", st.as_str())];
                 let want = if *st == current { 1.0 } else { 0.0 };
                 assert_eq!(s.value(DESTINATION_STATE, &labels), Some(want), "{st:?}");
             }
             // Up means "gets new calls": Kamailio still selects a trying node.
             let want_up = match current {
-                DestState::Active | DestState::Trying => 1.0,
-                DestState::Inactive | DestState::Disabled => 0.0,
+                State::Active | State::Trying => 1.0,
+                State::Inactive | State::Disabled => 0.0,
             };
             let up = s.value(DESTINATION_UP, &[("set", "1"), ("uri", URI_A)]);
             assert_eq!(up, Some(want_up), "{current:?}");
         };
         // In rotation from the start, as the dispatcher has it.
-        check(DestState::Active);
+        check(State::Active);
         for st in [
-            DestState::Trying,
-            DestState::Inactive,
-            DestState::Disabled,
-            DestState::Active,
-            DestState::Trying,
+            State::Trying,
+            State::Inactive,
+            State::Disabled,
+            State::Active,
+            State::Trying,
         ] {
             d.set_state(st);
             check(st);
         }
         // Registering again finds the same series and keeps the state.
         let again = m.register_destination(1, URI_A).expect("again");
-        check(DestState::Trying);
-        again.set_state(DestState::Disabled);
-        check(DestState::Disabled);
+        check(State::Trying);
+        again.set_state(State::Disabled);
+        check(State::Disabled);
     }
 
     #[test]
@@ -1660,12 +1668,24 @@ mod tests {
         d.call_started();
         d.call_started();
         d.call_ended();
-        d.probe(ProbeResult::Ok, Some(Duration::from_micros(800)));
-        d.probe(ProbeResult::Ok, Some(Duration::from_millis(3)));
-        d.probe(ProbeResult::BadCode, Some(Duration::from_millis(40)));
-        d.probe(ProbeResult::Timeout, None);
-        d.probe(ProbeResult::TransportError, None);
-        d.probe(ProbeResult::Timeout, None);
+        d.probe(
+            ProbeResult::Reply(200),
+            true,
+            Some(Duration::from_micros(800)),
+        );
+        d.probe(
+            ProbeResult::Reply(200),
+            true,
+            Some(Duration::from_millis(3)),
+        );
+        d.probe(
+            ProbeResult::Reply(404),
+            false,
+            Some(Duration::from_millis(40)),
+        );
+        d.probe(ProbeResult::Timeout(Duration::from_secs(2)), false, None);
+        d.probe(ProbeResult::TransportError, false, None);
+        d.probe(ProbeResult::Timeout(Duration::from_secs(2)), false, None);
         let s = Scrape::of(&m);
         assert_eq!(s.value(DESTINATION_CALLS_ACTIVE, &labels), Some(6.0));
         let result = |r: &str| s.value(PROBE_TOTAL, &[("set", "2"), ("uri", URI_A), ("result", r)]);
@@ -1696,11 +1716,19 @@ mod tests {
         let m = metrics();
         let a = m.register_destination(1, URI_A).expect("a");
         let b = m.register_destination(1, URI_B).expect("b");
-        a.set_state(DestState::Active);
-        a.probe(ProbeResult::Ok, Some(Duration::from_millis(1)));
+        a.set_state(State::Active);
+        a.probe(
+            ProbeResult::Reply(200),
+            true,
+            Some(Duration::from_millis(1)),
+        );
         a.call_started();
-        b.set_state(DestState::Active);
-        b.probe(ProbeResult::Ok, Some(Duration::from_millis(1)));
+        b.set_state(State::Active);
+        b.probe(
+            ProbeResult::Reply(200),
+            true,
+            Some(Duration::from_millis(1)),
+        );
         let s = Scrape::of(&m);
         // up, calls, 4 states, 4 results, 11 + 1 buckets, sum, count.
         let per_dest = 2 + 4 + 4 + PROBE_BUCKETS.len() + 3;
@@ -1709,7 +1737,7 @@ mod tests {
 
         let stale = a.clone();
         m.remove_destination(a);
-        stale.probe(ProbeResult::Timeout, None);
+        stale.probe(ProbeResult::Timeout(Duration::from_secs(2)), false, None);
         let s = Scrape::of(&m);
         assert!(
             s.with_label("uri", URI_A).is_empty(),
@@ -1778,8 +1806,8 @@ mod tests {
         let m = metrics();
         let one = m.register_destination(1, URI_A).expect("set 1");
         let two = m.register_destination(2, URI_A).expect("set 2");
-        one.set_state(DestState::Active);
-        two.set_state(DestState::Disabled);
+        one.set_state(State::Active);
+        two.set_state(State::Disabled);
         m.remove_destination(two);
         let s = Scrape::of(&m);
         assert_eq!(

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
 use super::rpc::{method, ErrorObject, ListResult, PingState};
-use crate::dispatcher::health::{SetState, SetStateError};
+use crate::dispatcher::health::{SetState, SetStateError, State};
 
 /// How long one call may take, connect to last byte, unless changed with
 /// [`Client::with_timeout`].
@@ -378,13 +378,10 @@ pub fn format_list(list: &ListResult) -> String {
         for target in &record.set.targets {
             let d = &target.dest;
             let mut letters = d.flags.chars();
-            let state = match letters.next() {
-                Some('A') => "active",
-                Some('T') => "trying",
-                Some('I') => "inactive",
-                Some('D') => "disabled",
-                _ => "unknown",
-            };
+            let state = letters
+                .next()
+                .and_then(State::from_letter)
+                .map_or("unknown", State::as_str);
             let probing = match letters.next() {
                 Some('P') => "yes",
                 Some('X') => "no",
@@ -444,7 +441,8 @@ pub fn format_ping(state: &PingState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::rpc::{AttrsJson, Dest, SetEntry, SetRecord, TargetRecord};
+    use crate::admin::rpc::{Dest, SetEntry, SetRecord, TargetRecord};
+    use crate::admin::AttrsView;
 
     fn client(url: &str) -> Client {
         Client::new(url).unwrap()
@@ -605,9 +603,9 @@ mod tests {
                 uri: uri.into(),
                 flags: flags.into(),
                 priority,
-                attrs: body.map(|b| AttrsJson {
+                attrs: body.map(|b| AttrsView {
                     body: b.into(),
-                    ..AttrsJson::default()
+                    ..AttrsView::default()
                 }),
             },
         }

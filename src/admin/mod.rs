@@ -35,7 +35,7 @@
 use std::fmt;
 
 use crate::dispatcher::health::{SetState, Status};
-use crate::dispatcher::list::RpcAttrs;
+pub use crate::dispatcher::list::AttrsView;
 
 pub mod ctl;
 mod http;
@@ -148,37 +148,6 @@ impl DestinationView {
     }
 }
 
-/// The `ATTRS` block of `dispatcher.list`, owned. Absent strings are empty
-/// and absent numbers 0, as Kamailio prints them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AttrsView {
-    /// The attributes column as written, without a trailing `;`.
-    pub body: String,
-    pub duid: String,
-    pub maxload: u32,
-    pub weight: u32,
-    pub rweight: u32,
-    pub socket: String,
-    pub sockname: String,
-    pub obproxy: String,
-}
-
-impl From<RpcAttrs<'_>> for AttrsView {
-    /// So the proxy can hand over `Attrs::rpc()` as it is.
-    fn from(a: RpcAttrs<'_>) -> AttrsView {
-        AttrsView {
-            body: a.body.to_owned(),
-            duid: a.duid.to_owned(),
-            maxload: a.maxload,
-            weight: a.weight,
-            rweight: a.rweight,
-            socket: a.socket.to_owned(),
-            sockname: a.sockname.to_owned(),
-            obproxy: a.obproxy.to_owned(),
-        }
-    }
-}
-
 /// The third argument of `dispatcher.set_state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -241,30 +210,32 @@ mod tests {
     }
 
     #[test]
-    fn attrs_view_copies_every_rpc_field() {
-        let view = AttrsView::from(RpcAttrs {
-            body: "duid=a;weight=5",
-            duid: "a",
+    fn attrs_view_carries_every_rpc_field() {
+        let view = AttrsView {
+            body: "duid=a;weight=5".into(),
+            duid: "a".into(),
             maxload: 3,
             weight: 5,
             rweight: 7,
-            socket: "udp:10.0.0.5:5060",
-            sockname: "lan",
-            obproxy: "sip:10.0.0.254",
-        });
+            socket: "udp:10.0.0.5:5060".into(),
+            sockname: "lan".into(),
+            obproxy: "sip:10.0.0.254".into(),
+        };
+        let json = serde_json::to_value(&view).unwrap();
         assert_eq!(
-            view,
-            AttrsView {
-                body: "duid=a;weight=5".into(),
-                duid: "a".into(),
-                maxload: 3,
-                weight: 5,
-                rweight: 7,
-                socket: "udp:10.0.0.5:5060".into(),
-                sockname: "lan".into(),
-                obproxy: "sip:10.0.0.254".into(),
-            }
+            json,
+            serde_json::json!({
+                "BODY": "duid=a;weight=5",
+                "DUID": "a",
+                "MAXLOAD": 3,
+                "WEIGHT": 5,
+                "RWEIGHT": 7,
+                "SOCKET": "udp:10.0.0.5:5060",
+                "SOCKNAME": "lan",
+                "OBPROXY": "sip:10.0.0.254",
+            })
         );
+        assert_eq!(serde_json::from_value::<AttrsView>(json).unwrap(), view);
     }
 
     #[test]

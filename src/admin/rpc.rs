@@ -151,43 +151,7 @@ pub struct Dest {
     #[serde(rename = "PRIORITY")]
     pub priority: i32,
     #[serde(rename = "ATTRS", default, skip_serializing_if = "Option::is_none")]
-    pub attrs: Option<AttrsJson>,
-}
-
-/// The `ATTRS` block, Kamailio 5.x fields in Kamailio's order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttrsJson {
-    #[serde(rename = "BODY", default)]
-    pub body: String,
-    #[serde(rename = "DUID", default)]
-    pub duid: String,
-    #[serde(rename = "MAXLOAD", default)]
-    pub maxload: u32,
-    #[serde(rename = "WEIGHT", default)]
-    pub weight: u32,
-    #[serde(rename = "RWEIGHT", default)]
-    pub rweight: u32,
-    #[serde(rename = "SOCKET", default)]
-    pub socket: String,
-    #[serde(rename = "SOCKNAME", default)]
-    pub sockname: String,
-    #[serde(rename = "OBPROXY", default)]
-    pub obproxy: String,
-}
-
-impl From<AttrsView> for AttrsJson {
-    fn from(a: AttrsView) -> AttrsJson {
-        AttrsJson {
-            body: a.body,
-            duid: a.duid,
-            maxload: a.maxload,
-            weight: a.weight,
-            rweight: a.rweight,
-            socket: a.socket,
-            sockname: a.sockname,
-            obproxy: a.obproxy,
-        }
-    }
+    pub attrs: Option<AttrsView>,
 }
 
 /// The `dispatcher.ping_active` result: `{"OldPingState":1}` for a query,
@@ -446,8 +410,8 @@ fn build_list(destinations: Vec<DestinationView>, mode: ListMode) -> ListResult 
     for d in destinations {
         let attrs = match mode {
             ListMode::Short => None,
-            ListMode::Normal => d.attrs.map(AttrsJson::from),
-            ListMode::Full => Some(d.attrs.map(AttrsJson::from).unwrap_or_default()),
+            ListMode::Normal => d.attrs,
+            ListMode::Full => Some(d.attrs.unwrap_or_default()),
         };
         sets.entry(d.set).or_default().push(TargetRecord {
             dest: Dest {

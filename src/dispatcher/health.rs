@@ -64,6 +64,11 @@ use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use serde::Deserialize;
+
+use super::list::Flags;
+use crate::value::LogDuration;
+
 /// Consecutive failures that take a destination down (Kamailio
 /// `ds_probing_threshold`, whose own default is 1).
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
@@ -71,14 +76,6 @@ pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
 /// Consecutive probe successes that bring an Inactive destination back
 /// (Kamailio `ds_inactive_threshold`).
 pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
-
-/// Bits of a Kamailio `dispatcher.list` flags column.
-pub mod list_flags {
-    pub const INACTIVE: u32 = 1;
-    pub const TRYING: u32 = 2;
-    pub const DISABLED: u32 = 4;
-    pub const PROBING: u32 = 8;
-}
 
 /// A destination's state, as Kamailio names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,6 +90,25 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in declaration order (`State as usize` indexes it).
+    pub const ALL: &'static [State] = &[
+        State::Active,
+        State::Trying,
+        State::Inactive,
+        State::Disabled,
+    ];
+
+    /// The lower-case name: logs, `sipedge ctl`, the metrics' `state`
+    /// label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Trying => "trying",
+            State::Inactive => "inactive",
+            State::Disabled => "disabled",
+        }
+    }
+
     /// Whether the dispatcher may pick this destination for a new call.
     /// Kamailio's `ds_skip_dst` skips exactly inactive and disabled.
     pub fn accepts_new_calls(self) -> bool {
@@ -101,11 +117,21 @@ impl State {
 
     /// The first FLAGS letter.
     pub fn letter(self) -> char {
+        char::from(FLAGS[self as usize][0].as_bytes()[0])
+    }
+
+    /// The state a first FLAGS letter names (`A`, `T`, `I`, `D`).
+    pub fn from_letter(letter: char) -> Option<State> {
+        State::ALL.iter().copied().find(|s| s.letter() == letter)
+    }
+
+    /// Its bit in a `dispatcher.list` flags column (none for active).
+    fn list_bit(self) -> Flags {
         match self {
-            State::Active => 'A',
-            State::Trying => 'T',
-            State::Inactive => 'I',
-            State::Disabled => 'D',
+            State::Active => Flags(0),
+            State::Trying => Flags::TRYING,
+            State::Inactive => Flags::INACTIVE,
+            State::Disabled => Flags::DISABLED,
         }
     }
 
@@ -122,12 +148,7 @@ impl State {
 
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            State::Active => "active",
-            State::Trying => "trying",
-            State::Inactive => "inactive",
-            State::Disabled => "disabled",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -152,51 +173,60 @@ impl Status {
     /// wins, then inactive, then trying: that is how Kamailio *behaves* with
     /// such an entry (a disabled one is neither pinged nor updated by probe
     /// results, an inactive one stays inactive on failures), although its
-    /// `dispatcher.list` RPC prints `I` before `D`. Other bits (Kamailio's
-    /// 16 and up: DNS and ping options) are not health and are ignored here;
-    /// the list reader decides whether it accepts them.
+    /// `dispatcher.list` RPC prints `I` before `D` (see
+    /// [`Status::as_kamailio_prints`]). Other bits (Kamailio's 16 and up:
+    /// DNS and ping options) are not health and are ignored here; the list
+    /// reader decides whether it accepts them.
     pub fn from_list_flags(flags: u32) -> Status {
-        let state = if flags & list_flags::DISABLED != 0 {
-            State::Disabled
-        } else if flags & list_flags::INACTIVE != 0 {
-            State::Inactive
-        } else if flags & list_flags::TRYING != 0 {
-            State::Trying
-        } else {
-            State::Active
-        };
+        Status::from_bits(
+            Flags(flags),
+            [State::Disabled, State::Inactive, State::Trying],
+        )
+    }
+
+    /// What Kamailio's `dispatcher.list` RPC prints for a flags column: the
+    /// same as [`Status::from_list_flags`] but for the precedence of
+    /// several state bits, which is inactive, then disabled, then trying
+    /// there (`ds_rpc_print_set` tests the bits in that order).
+    pub fn as_kamailio_prints(flags: u32) -> Status {
+        Status::from_bits(
+            Flags(flags),
+            [State::Inactive, State::Disabled, State::Trying],
+        )
+    }
+
+    /// The first state of `precedence` whose bit is set, else active.
+    fn from_bits(flags: Flags, precedence: [State; 3]) -> Status {
+        let state = precedence
+            .into_iter()
+            .find(|s| flags.contains(s.list_bit()))
+            .unwrap_or(State::Active);
         Status {
             state,
-            probing: flags & list_flags::PROBING != 0,
+            probing: flags.is_probing(),
         }
     }
 
     /// The `dispatcher.list` flags column for this status: exactly one
     /// state bit (none for active) plus 8 when probing.
     pub fn to_list_flags(self) -> u32 {
-        let state = match self.state {
-            State::Active => 0,
-            State::Trying => list_flags::TRYING,
-            State::Inactive => list_flags::INACTIVE,
-            State::Disabled => list_flags::DISABLED,
+        let probing = if self.probing {
+            Flags::PROBING
+        } else {
+            Flags(0)
         };
-        state | if self.probing { list_flags::PROBING } else { 0 }
+        self.state.list_bit().bits() | probing.bits()
     }
 
     /// The FLAGS string of `dispatcher.list` output, e.g. `AP` or `IX`.
     pub fn flags(self) -> FlagsStr {
-        FlagsStr(match (self.state, self.probing) {
-            (State::Active, true) => "AP",
-            (State::Active, false) => "AX",
-            (State::Trying, true) => "TP",
-            (State::Trying, false) => "TX",
-            (State::Inactive, true) => "IP",
-            (State::Inactive, false) => "IX",
-            (State::Disabled, true) => "DP",
-            (State::Disabled, false) => "DX",
-        })
+        FlagsStr(FLAGS[self.state as usize][usize::from(self.probing)])
     }
 }
+
+/// The FLAGS strings by [`State`] (declaration order), then probing: the
+/// one table of Kamailio's letters.
+const FLAGS: [[&str; 2]; 4] = [["AX", "AP"], ["TX", "TP"], ["IX", "IP"], ["DX", "DP"]];
 
 /// Kamailio's two-letter FLAGS: state (`A`/`T`/`I`/`D`), then `P` (probing)
 /// or `X`. Copy, no allocation.
@@ -237,7 +267,7 @@ impl Failure {
     /// The plural used for a streak of this kind, e.g. "timeouts (2s)".
     fn fmt_plural(self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Timeout(d) => write!(f, "timeouts ({})", Secs(d)),
+            Failure::Timeout(d) => write!(f, "timeouts ({})", LogDuration(d)),
             Failure::TransportError => f.write_str("transport errors"),
             Failure::Unreachable => f.write_str("ICMP unreachables"),
             Failure::BadCode(code) => write!(f, "unaccepted replies (last {code})"),
@@ -248,36 +278,10 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Failure::Timeout(d) => write!(f, "timeout ({})", Secs(d)),
+            Failure::Timeout(d) => write!(f, "timeout ({})", LogDuration(d)),
             Failure::TransportError => f.write_str("transport error"),
             Failure::Unreachable => f.write_str("ICMP unreachable"),
             Failure::BadCode(code) => write!(f, "reply {code} not accepted"),
-        }
-    }
-}
-
-/// A duration the way an operator writes it in the config: `2s`, `500ms`,
-/// `1.5s`. Anything finer falls back to `Duration`'s `Debug`.
-struct Secs(Duration);
-
-impl fmt::Display for Secs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        let nanos = d.subsec_nanos();
-        if nanos == 0 {
-            write!(f, "{}s", d.as_secs())
-        } else if !nanos.is_multiple_of(1_000_000) {
-            write!(f, "{d:?}")
-        } else if d.as_secs() == 0 {
-            write!(f, "{}ms", nanos / 1_000_000)
-        } else {
-            let mut millis = nanos / 1_000_000;
-            let mut width = 3;
-            while millis.is_multiple_of(10) {
-                millis /= 10;
-                width -= 1;
-            }
-            write!(f, "{}.{millis:0width$}s", d.as_secs())
         }
     }
 }
@@ -386,35 +390,46 @@ pub struct CallFailureOutcome {
 }
 
 /// One entry of the `reply_codes` setting: a single code (`403`) or a
-/// class (`"2xx"`), like Kamailio's `code=403` and `class=2`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReplyCodeSpec {
+/// class (`"2xx"`), like Kamailio's `code=403` and `class=2`. Read
+/// straight from the config: a TOML number, or a string of exactly three
+/// digits or a digit and `xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "ReplyCodeText")]
+pub enum ReplyCode {
     Code(u16),
     /// The hundreds digit: `Class(2)` is 200–299.
     Class(u8),
 }
 
-impl ReplyCodeSpec {
+impl ReplyCode {
     /// The ranges Kamailio accepts: codes 100–699, classes 1–6.
-    fn validate(self) -> Result<ReplyCodeSpec, ReplyCodesError> {
+    fn validate(self) -> Result<ReplyCode, ReplyCodesError> {
         match self {
-            ReplyCodeSpec::Code(code) if !(100..=699).contains(&code) => {
+            ReplyCode::Code(code) if !(100..=699).contains(&code) => {
                 Err(ReplyCodesError::CodeOutOfRange(code))
             }
-            ReplyCodeSpec::Class(class) if !(1..=6).contains(&class) => {
+            ReplyCode::Class(class) if !(1..=6).contains(&class) => {
                 Err(ReplyCodesError::ClassOutOfRange(class))
             }
             spec => Ok(spec),
         }
     }
+
+    /// Does a reply with `code` match this entry?
+    pub fn matches(self, code: u16) -> bool {
+        match self {
+            ReplyCode::Code(c) => c == code,
+            ReplyCode::Class(d) => code / 100 == u16::from(d),
+        }
+    }
 }
 
-impl FromStr for ReplyCodeSpec {
+impl FromStr for ReplyCode {
     type Err = ReplyCodesError;
 
     /// `"403"` (exactly three digits) or `"2xx"` (`x` in either case);
     /// surrounding whitespace is ignored.
-    fn from_str(s: &str) -> Result<ReplyCodeSpec, ReplyCodesError> {
+    fn from_str(s: &str) -> Result<ReplyCode, ReplyCodesError> {
         let syntax = || ReplyCodesError::Syntax(s.to_owned());
         let t = s.trim();
         let spec = match t.as_bytes() {
@@ -423,10 +438,10 @@ impl FromStr for ReplyCodeSpec {
                     && x1.eq_ignore_ascii_case(&b'x')
                     && x2.eq_ignore_ascii_case(&b'x') =>
             {
-                ReplyCodeSpec::Class(d - b'0')
+                ReplyCode::Class(d - b'0')
             }
             [a, b, c] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
-                ReplyCodeSpec::Code(
+                ReplyCode::Code(
                     u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
                 )
             }
@@ -436,11 +451,37 @@ impl FromStr for ReplyCodeSpec {
     }
 }
 
-impl fmt::Display for ReplyCodeSpec {
+/// How a `reply_codes` entry is written in TOML: a number or a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ReplyCodeText {
+    Number(i64),
+    Text(String),
+}
+
+impl TryFrom<ReplyCodeText> for ReplyCode {
+    type Error = ReplyCodesError;
+
+    /// Whatever is wrong, the config error quotes the entry as written and
+    /// shows the forms that work.
+    fn try_from(v: ReplyCodeText) -> Result<ReplyCode, ReplyCodesError> {
+        match v {
+            ReplyCodeText::Number(n) => u16::try_from(n)
+                .ok()
+                .and_then(|c| ReplyCode::Code(c).validate().ok())
+                .ok_or_else(|| ReplyCodesError::InConfig(n.to_string())),
+            ReplyCodeText::Text(t) => t
+                .parse()
+                .map_err(|_| ReplyCodesError::InConfig(format!("\"{t}\""))),
+        }
+    }
+}
+
+impl fmt::Display for ReplyCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReplyCodeSpec::Code(code) => write!(f, "{code}"),
-            ReplyCodeSpec::Class(class) => write!(f, "{class}xx"),
+            ReplyCode::Code(code) => write!(f, "{code}"),
+            ReplyCode::Class(class) => write!(f, "{class}xx"),
         }
     }
 }
@@ -454,6 +495,9 @@ pub enum ReplyCodesError {
     CodeOutOfRange(u16),
     #[error("reply class {0}xx does not exist; classes are 1xx-6xx")]
     ClassOutOfRange(u8),
+    /// A config entry, quoted as written if it was a string.
+    #[error("{0} is not a reply code or class; use e.g. 200, 403 or \"2xx\"")]
+    InConfig(String),
 }
 
 /// Number of status codes a [`ReplyCodes`] can hold (100–699).
@@ -483,12 +527,12 @@ impl ReplyCodes {
     /// Any 2xx plus `specs`. Every entry is checked: codes 100–699,
     /// classes 1–6 (Kamailio silently drops others; a typo here should not
     /// pass unnoticed).
-    pub fn parse(specs: &[ReplyCodeSpec]) -> Result<ReplyCodes, ReplyCodesError> {
+    pub fn parse(specs: &[ReplyCode]) -> Result<ReplyCodes, ReplyCodesError> {
         let mut codes = ReplyCodes::default();
         for spec in specs {
             match spec.validate()? {
-                ReplyCodeSpec::Code(code) => codes.insert(code),
-                ReplyCodeSpec::Class(class) => codes.insert_class(class),
+                ReplyCode::Code(code) => codes.insert(code),
+                ReplyCode::Class(class) => codes.insert_class(class),
             }
         }
         Ok(codes)
@@ -622,12 +666,15 @@ impl SetState {
             [first, p] if p.eq_ignore_ascii_case(&b'p') => (*first, true),
             _ => return Err(unknown()),
         };
-        let state = match first.to_ascii_lowercase() {
-            b'a' | b'1' => State::Active,
-            b'i' | b'0' => State::Inactive,
-            b't' | b'3' => State::Trying,
-            b'd' | b'2' => State::Disabled,
-            _ => return Err(unknown()),
+        let state = match first {
+            // Kamailio's digit aliases; letters are the FLAGS letters.
+            b'1' => State::Active,
+            b'0' => State::Inactive,
+            b'3' => State::Trying,
+            b'2' => State::Disabled,
+            letter => {
+                State::from_letter(char::from(letter.to_ascii_uppercase())).ok_or_else(unknown)?
+            }
         };
         Ok(SetState {
             state,
@@ -906,25 +953,16 @@ pub struct SharedHealth {
 
 const SNAP_PROBING: u8 = 1 << 2;
 
+/// The snapshot byte: the state's index in [`State::ALL`], plus
+/// [`SNAP_PROBING`].
 fn encode(status: Status) -> u8 {
-    let state = match status.state {
-        State::Active => 0,
-        State::Trying => 1,
-        State::Inactive => 2,
-        State::Disabled => 3,
-    };
+    let state = status.state as u8; // four states
     state | if status.probing { SNAP_PROBING } else { 0 }
 }
 
 fn decode(snapshot: u8) -> Status {
-    let state = match snapshot & 3 {
-        0 => State::Active,
-        1 => State::Trying,
-        2 => State::Inactive,
-        _ => State::Disabled,
-    };
     Status {
-        state,
+        state: State::ALL[usize::from(snapshot & 3)],
         probing: snapshot & SNAP_PROBING != 0,
     }
 }
@@ -1025,7 +1063,7 @@ mod tests {
         Health::new(HealthConfig::default(), Status { state, probing })
     }
 
-    fn with_codes(specs: &[ReplyCodeSpec]) -> Health {
+    fn with_codes(specs: &[ReplyCode]) -> Health {
         let codes = ReplyCodes::parse(specs).unwrap();
         Health::new(
             HealthConfig::new(3, 1, codes).unwrap(),
@@ -1169,7 +1207,7 @@ mod tests {
 
     #[test]
     fn reply_code_classes_and_single_codes() {
-        use ReplyCodeSpec::{Class, Code};
+        use ReplyCode::{Class, Code};
         let codes = ReplyCodes::parse(&[Code(403), Class(3)]).unwrap();
         for yes in [200, 202, 299, 300, 302, 399, 403] {
             assert!(codes.matches(yes), "{yes}");
@@ -1184,7 +1222,7 @@ mod tests {
 
     #[test]
     fn reply_code_specs_parse_from_strings() {
-        use ReplyCodeSpec::{Class, Code};
+        use ReplyCode::{Class, Code};
         assert_eq!("403".parse(), Ok(Code(403)));
         assert_eq!("2xx".parse(), Ok(Class(2)));
         assert_eq!("3XX".parse(), Ok(Class(3)));
@@ -1196,31 +1234,57 @@ mod tests {
     }
 
     #[test]
+    fn reply_codes_read_from_the_config() {
+        // The config's two spellings, numbers and strings, in one type.
+        let read = |json: &str| serde_json::from_str::<ReplyCode>(json).map_err(|e| e.to_string());
+        assert_eq!(read("403"), Ok(ReplyCode::Code(403)));
+        assert_eq!(read("\"404\""), Ok(ReplyCode::Code(404)));
+        assert_eq!(read("\" 2XX \""), Ok(ReplyCode::Class(2)));
+        for (bad, quoted) in [
+            ("99", "99"),
+            ("700", "700"),
+            ("-1", "-1"),
+            ("\"7xx\"", "\"7xx\""),
+            ("\"2x\"", "\"2x\""),
+        ] {
+            let err = read(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("{quoted} is not a reply code or class; use e.g.")),
+                "{bad}: {err}"
+            );
+        }
+        assert!(ReplyCode::Class(2).matches(299));
+        assert!(!ReplyCode::Class(2).matches(300));
+        assert!(ReplyCode::Code(403).matches(403));
+        assert!(!ReplyCode::Code(403).matches(404));
+    }
+
+    #[test]
     fn bad_reply_codes_are_refused_clearly() {
-        use ReplyCodeSpec::{Class, Code};
+        use ReplyCode::{Class, Code};
         for bad in [
             "", "2x", "2xxx", "x2x", "abc", "4033", "+40", "40", "2 xx", "２xx",
         ] {
             assert_eq!(
-                bad.parse::<ReplyCodeSpec>(),
+                bad.parse::<ReplyCode>(),
                 Err(ReplyCodesError::Syntax(bad.to_owned())),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            "099".parse::<ReplyCodeSpec>(),
+            "099".parse::<ReplyCode>(),
             Err(ReplyCodesError::CodeOutOfRange(99))
         );
         assert_eq!(
-            "700".parse::<ReplyCodeSpec>(),
+            "700".parse::<ReplyCode>(),
             Err(ReplyCodesError::CodeOutOfRange(700))
         );
         assert_eq!(
-            "0xx".parse::<ReplyCodeSpec>(),
+            "0xx".parse::<ReplyCode>(),
             Err(ReplyCodesError::ClassOutOfRange(0))
         );
         assert_eq!(
-            "7xx".parse::<ReplyCodeSpec>(),
+            "7xx".parse::<ReplyCode>(),
             Err(ReplyCodesError::ClassOutOfRange(7))
         );
         assert_eq!(
@@ -1254,7 +1318,7 @@ mod tests {
                 mixed: false
             }
         );
-        let mut h = with_codes(&[ReplyCodeSpec::Code(403)]);
+        let mut h = with_codes(&[ReplyCode::Code(403)]);
         let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
         let t = h.record_probe(ProbeResult::Reply(403)).unwrap();
         assert_eq!((t.from, t.to), (State::Trying, State::Active));
@@ -1262,7 +1326,7 @@ mod tests {
 
     #[test]
     fn a_timeout_never_counts_as_a_reply() {
-        use ReplyCodeSpec::{Class, Code};
+        use ReplyCode::{Class, Code};
         let mut h = with_codes(&[Code(408), Class(4), Class(5)]);
         for _ in 0..3 {
             let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
@@ -1405,6 +1469,33 @@ mod tests {
             assert_eq!(health(state, probing).flags().to_string(), flags);
             assert_eq!(status.flags().as_str().chars().next(), Some(state.letter()));
         }
+    }
+
+    #[test]
+    fn letters_and_names_are_one_table() {
+        for &state in State::ALL {
+            assert_eq!(State::from_letter(state.letter()), Some(state));
+            assert_eq!(state.as_str(), state.to_string());
+        }
+        for other in ['a', 'P', 'X', 'N', ' '] {
+            assert_eq!(State::from_letter(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn kamailio_prints_several_state_bits_in_another_order() {
+        // 5 = inactive + disabled: behaves disabled, printed inactive.
+        assert_eq!(Status::from_list_flags(5).state, State::Disabled);
+        assert_eq!(Status::as_kamailio_prints(5).state, State::Inactive);
+        for bits in [0, 1, 2, 4, 8, 9, 10, 12, 16 | 8] {
+            assert_eq!(
+                Status::as_kamailio_prints(bits),
+                Status::from_list_flags(bits),
+                "{bits}"
+            );
+        }
+        assert_eq!(Status::as_kamailio_prints(15).flags().as_str(), "IP");
+        assert_eq!(Status::as_kamailio_prints(6).flags().as_str(), "DX");
     }
 
     #[test]

@@ -51,8 +51,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use crate::config::Host;
+use serde::{Deserialize, Serialize};
+
+use super::health::Status;
 use crate::sip::{self, Scheme, Uri};
+use crate::value::Host;
 
 /// Largest set id and flags value: Kamailio stores both in a C `int`.
 const MAX_INT: u32 = i32::MAX as u32;
@@ -292,7 +295,7 @@ impl Flags {
     /// Inactive or disabled: left out of selection (Kamailio
     /// `ds_skip_dst`).
     pub fn is_skipped(self) -> bool {
-        self.0 & (Flags::INACTIVE.0 | Flags::DISABLED.0) != 0
+        !Status::from_list_flags(self.0).state.accepts_new_calls()
     }
 
     /// Bits outside [`Flags::KNOWN`], for a warning.
@@ -304,17 +307,7 @@ impl Flags {
     /// (`I`nactive before `D`isabled before `T`rying, else `A`ctive), then
     /// `P`robing or `X`.
     pub fn rpc_letters(self) -> &'static str {
-        let probing = self.is_probing();
-        match (self, probing) {
-            (f, true) if f.is_inactive() => "IP",
-            (f, false) if f.is_inactive() => "IX",
-            (f, true) if f.is_disabled() => "DP",
-            (f, false) if f.is_disabled() => "DX",
-            (f, true) if f.is_trying() => "TP",
-            (f, false) if f.is_trying() => "TX",
-            (_, true) => "AP",
-            (_, false) => "AX",
-        }
+        Status::as_kamailio_prints(self.0).flags().as_str()
     }
 }
 
@@ -347,18 +340,45 @@ impl fmt::Display for Attr {
 }
 
 /// What Kamailio's `dispatcher.list` RPC shows under a destination's
-/// `ATTRS`. Missing strings are empty and missing numbers 0, as there.
-/// Older Kamailio releases stop at `SOCKET`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RpcAttrs<'a> {
-    pub body: &'a str,
-    pub duid: &'a str,
+/// `ATTRS`, in Kamailio's field names and order. Missing strings are empty
+/// and missing numbers 0, as there. Older Kamailio releases stop at
+/// `SOCKET`. Owned, so the admin layer and `sipedge ctl` (which reads it
+/// back) use it as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrsView {
+    /// The attributes column as written, without a trailing `;`.
+    #[serde(rename = "BODY", default)]
+    pub body: String,
+    #[serde(rename = "DUID", default)]
+    pub duid: String,
+    #[serde(rename = "MAXLOAD", default)]
     pub maxload: u32,
+    #[serde(rename = "WEIGHT", default)]
     pub weight: u32,
+    #[serde(rename = "RWEIGHT", default)]
     pub rweight: u32,
-    pub socket: &'a str,
-    pub sockname: &'a str,
-    pub obproxy: &'a str,
+    #[serde(rename = "SOCKET", default)]
+    pub socket: String,
+    #[serde(rename = "SOCKNAME", default)]
+    pub sockname: String,
+    #[serde(rename = "OBPROXY", default)]
+    pub obproxy: String,
+}
+
+impl From<&Attrs> for AttrsView {
+    fn from(a: &Attrs) -> AttrsView {
+        let text = |v: Option<&str>| v.unwrap_or("").to_owned();
+        AttrsView {
+            body: a.body().to_owned(),
+            duid: text(a.duid()),
+            maxload: a.maxload.unwrap_or(0),
+            weight: a.weight.map_or(0, u32::from),
+            rweight: a.rweight.map_or(0, u32::from),
+            socket: text(a.socket()),
+            sockname: text(a.sockname()),
+            obproxy: text(a.obproxy()),
+        }
+    }
 }
 
 impl Attrs {
@@ -434,24 +454,13 @@ impl Attrs {
         self.get("obproxy")
     }
 
-    /// The `ATTRS` block of Kamailio's `dispatcher.list` RPC, or `None`
-    /// when Kamailio leaves it out (no attributes on the line and
+    /// These attributes when Kamailio's `dispatcher.list` RPC shows an
+    /// `ATTRS` block for them (an [`AttrsView`] made `From` them), or
+    /// `None` when Kamailio leaves it out (no attributes on the line and
     /// `ds_attrs_none` off; that module parameter is the RPC layer's
     /// business).
-    pub fn rpc(&self) -> Option<RpcAttrs<'_>> {
-        if self.is_empty() {
-            return None;
-        }
-        Some(RpcAttrs {
-            body: self.body(),
-            duid: self.duid().unwrap_or(""),
-            maxload: self.maxload.unwrap_or(0),
-            weight: self.weight.map_or(0, u32::from),
-            rweight: self.rweight.map_or(0, u32::from),
-            socket: self.socket().unwrap_or(""),
-            sockname: self.sockname().unwrap_or(""),
-            obproxy: self.obproxy().unwrap_or(""),
-        })
+    pub fn rpc(&self) -> Option<&Attrs> {
+        (!self.is_empty()).then_some(self)
     }
 
     /// Parses the column (already trimmed, without comment) and checks the
@@ -1324,31 +1333,31 @@ mod tests {
         let list = ok(DOC_LIST);
         let gw = &list.set(1)[0];
         assert_eq!(
-            gw.attrs.rpc(),
-            Some(RpcAttrs {
-                body: "duid=xyz;maxload=20",
-                duid: "xyz",
+            gw.attrs.rpc().map(AttrsView::from),
+            Some(AttrsView {
+                body: "duid=xyz;maxload=20".into(),
+                duid: "xyz".into(),
                 maxload: 20,
                 weight: 0,
                 rweight: 0,
-                socket: "",
-                sockname: "",
-                obproxy: "",
+                socket: "".into(),
+                sockname: "".into(),
+                obproxy: "".into(),
             })
         );
         assert_eq!(list.set(1)[1].attrs.rpc(), None);
         let e = one("1 sip:10.0.0.1 8 0 weight=30;rweight=40;sockname=lan;obproxy=sip:10.0.0.254;socket=udp:10.0.0.5:5060;");
         assert_eq!(
-            e.attrs.rpc(),
-            Some(RpcAttrs {
-                body: "weight=30;rweight=40;sockname=lan;obproxy=sip:10.0.0.254;socket=udp:10.0.0.5:5060",
-                duid: "",
+            e.attrs.rpc().map(AttrsView::from),
+            Some(AttrsView {
+                body: "weight=30;rweight=40;sockname=lan;obproxy=sip:10.0.0.254;socket=udp:10.0.0.5:5060".into(),
+                duid: "".into(),
                 maxload: 0,
                 weight: 30,
                 rweight: 40,
-                socket: "udp:10.0.0.5:5060",
-                sockname: "lan",
-                obproxy: "sip:10.0.0.254",
+                socket: "udp:10.0.0.5:5060".into(),
+                sockname: "lan".into(),
+                obproxy: "sip:10.0.0.254".into(),
             })
         );
         assert_eq!(e.flags.rpc_letters(), "AP");

@@ -37,6 +37,7 @@
 pub mod health;
 pub mod list;
 mod plan;
+mod section;
 
 #[cfg(test)]
 mod tests;
@@ -46,12 +47,13 @@ use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::config::{self, Algorithm, Host, SipUri};
+use crate::value::{fnv1a, Host, SipUri};
 use health::{
     Failure, HealthConfig, ProbeResult, SetState, SharedHealth, State, Status, Transition,
 };
 
 pub use plan::{Plan, PLAN_CAPACITY};
+pub use section::{Algorithm, Destination, DispatcherConfig};
 
 /// Largest pool: a [`Plan`] stores node indices as `u16`.
 pub const MAX_DESTINATIONS: usize = 1 << 16;
@@ -120,14 +122,14 @@ impl Dispatcher {
     /// literal (its port defaults to 5060); a host name is refused until DNS
     /// resolution exists. An empty pool is accepted here (config validation
     /// refuses it) and yields empty plans.
-    pub fn new(cfg: &config::Dispatcher) -> Result<Dispatcher, DispatcherError> {
+    pub fn new(cfg: &DispatcherConfig) -> Result<Dispatcher, DispatcherError> {
         Dispatcher::with_health(cfg, &HealthConfig::default())
     }
 
     /// [`Dispatcher::new`] with the probe thresholds and reply codes of
     /// `[probe]`.
     pub fn with_health(
-        cfg: &config::Dispatcher,
+        cfg: &DispatcherConfig,
         health: &HealthConfig,
     ) -> Result<Dispatcher, DispatcherError> {
         Dispatcher::reloaded(cfg, health, None)
@@ -138,7 +140,7 @@ impl Dispatcher {
     /// rather than the list file's initial flags; new ones start from their
     /// flags.
     pub fn reloaded(
-        cfg: &config::Dispatcher,
+        cfg: &DispatcherConfig,
         health: &HealthConfig,
         previous: Option<&Dispatcher>,
     ) -> Result<Dispatcher, DispatcherError> {
@@ -305,7 +307,7 @@ impl Dispatcher {
                 }
                 plan
             }
-            Algorithm::HashCallid => self.walk(reduce(fnv1a64(call_id), n)).0,
+            Algorithm::HashCallid => self.walk(reduce(fnv1a(call_id), n)).0,
             Algorithm::Priority => self.walk(0).0,
             Algorithm::Weight => {
                 let ticket = self.counter.fetch_add(1, Relaxed);
@@ -467,16 +469,6 @@ fn log_transition(uri: &str, t: Option<Transition>) {
 /// pool addresses are stored and compared in.
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
-/// FNV-1a, 64-bit. Fixed constants, so a Call-ID maps to the same node in
-/// every process and across restarts (std's hasher is randomly keyed).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(PRIME)
-    })
 }
 
 /// Maps a hash onto `0..n` with its high bits (multiply-shift). FNV's low

@@ -380,18 +380,11 @@ impl Proxy {
 
     /// The metrics, with the gauges brought up to date (for a scrape).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
-        use crate::dispatcher::health::State;
-        use crate::metrics::DestState;
         let pool = self.pool();
         for (_, d, series) in pool.sets() {
             for (i, m) in series.iter().enumerate() {
                 m.set_calls_active(self.dialogs.pinned_to(d.addr(i)));
-                m.set_state(match d.status(i).state {
-                    State::Active => DestState::Active,
-                    State::Trying => DestState::Trying,
-                    State::Inactive => DestState::Inactive,
-                    State::Disabled => DestState::Disabled,
-                });
+                m.set_state(d.status(i).state);
             }
         }
         self.metrics.set_dialogs(self.dialogs.len());
@@ -501,20 +494,11 @@ fn with_editor<R>(f: impl FnOnce(&mut crate::sip::Editor) -> R) -> R {
 fn health_config(
     probe: &crate::config::Probe,
 ) -> Result<crate::dispatcher::health::HealthConfig, ProxyError> {
-    use crate::config::ReplyCode;
-    use crate::dispatcher::health::{HealthConfig, ReplyCodeSpec, ReplyCodes};
-    let specs: Vec<ReplyCodeSpec> = probe
-        .reply_codes
-        .iter()
-        .map(|c| match *c {
-            ReplyCode::Code(c) => ReplyCodeSpec::Code(c),
-            ReplyCode::Class(d) => ReplyCodeSpec::Class(d),
-        })
-        .collect();
+    use crate::dispatcher::health::{HealthConfig, ReplyCodes};
     Ok(HealthConfig::new(
         probe.failure_threshold,
         probe.success_threshold,
-        ReplyCodes::parse(&specs)?,
+        ReplyCodes::parse(&probe.reply_codes)?,
     )?)
 }
 

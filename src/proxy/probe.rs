@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Pool, Proxy};
 use crate::dispatcher::health::ProbeResult;
-use crate::metrics;
 use crate::sip::{Method, OptionsRequest};
 use crate::transaction::{ClientTxn, Token};
 
@@ -209,14 +208,9 @@ fn record(
     if node >= d.len() {
         return;
     }
-    let label = match result {
-        ProbeResult::Reply(_) if d.probe_reply_counts(node, result) => metrics::ProbeResult::Ok,
-        ProbeResult::Reply(_) => metrics::ProbeResult::BadCode,
-        ProbeResult::Timeout(_) => metrics::ProbeResult::Timeout,
-        ProbeResult::TransportError => metrics::ProbeResult::TransportError,
-    };
+    let alive = d.probe_reply_counts(node, result);
     d.probed(node, result);
     if let Some(m) = series.get(node) {
-        m.probe(label, rtt);
+        m.probe(result, alive, rtt);
     }
 }

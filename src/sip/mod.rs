@@ -30,6 +30,7 @@ pub use framing::{frame_stream, StreamFrame, DEFAULT_MAX_MESSAGE};
 pub use header::HeaderName;
 pub use message::{CSeq, HeaderField, Message, RouteEntry, StartLine, Values};
 pub use method::Method;
+pub(crate) use scan::is_token_str;
 pub use scan::{CommaValues, Param, Params};
 pub use uri::{Host, Scheme, Uri};
 pub use via::{Rport, Via};

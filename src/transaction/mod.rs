@@ -150,13 +150,8 @@ impl BranchGen {
     /// from `src`: the same inputs give the same branch (retransmissions),
     /// different requests different ones.
     pub fn derived(&self, incoming: &[u8], src: SocketAddr) -> Token {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.nonce;
-        let mut eat = |bytes: &[u8]| {
-            for &b in bytes {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
+        let mut h = crate::value::Fnv1a::seeded(self.nonce);
+        let mut eat = |bytes: &[u8]| h.write(bytes);
         eat(incoming);
         eat(b"|");
         match src.ip().to_canonical() {
@@ -165,7 +160,7 @@ impl BranchGen {
         }
         eat(&src.port().to_be_bytes());
         let mut t = Token::new(BRANCH_PREFIX);
-        t.push_hex(h);
+        t.push_hex(h.finish());
         t
     }
 

@@ -1,0 +1,160 @@
+//! The `[dispatcher]` section of the configuration: the pool and how a
+//! node is picked. It lives here rather than in [`crate::config`] so that
+//! the dispatcher does not import the config module, which reads
+//! `dispatcher.list` files with [`super::list`]; `config` re-exports it.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use super::{health, list};
+use crate::value::SipUri;
+
+/// `[dispatcher]`: the FreeSWITCH pool and how a node is picked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherConfig {
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<Destination>,
+    /// A Kamailio `dispatcher.list` read as-is instead of the
+    /// `[[dispatcher.destination]]` entries (not both).
+    #[serde(default)]
+    pub list_file: Option<std::path::PathBuf>,
+    /// The destination set that receives new calls from the trunk
+    /// (`ds_select_dst(set, ...)`).
+    #[serde(default = "default_set")]
+    pub set: u32,
+    /// The destinations were filled in from `list_file` (see
+    /// `Config::load_list_file` in [`crate::config`]).
+    #[serde(skip)]
+    pub loaded_from_list: bool,
+    /// The list file's other sets: probed and shown by `dispatcher.list`,
+    /// settable, but no trunk call goes to them.
+    #[serde(skip)]
+    pub other_sets: Vec<(u32, Vec<Destination>)>,
+    /// Lines of other sets sipedge cannot use (a host name, TCP), each
+    /// with its reason: left out, and worth a warning at start.
+    #[serde(skip)]
+    pub skipped: Vec<String>,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            algorithm: default_algorithm(),
+            destinations: Vec::new(),
+            list_file: None,
+            set: default_set(),
+            loaded_from_list: false,
+            other_sets: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// How a new INVITE picks its node, with Kamailio's `ds_select_dst`
+/// algorithm numbers so operators can map their old config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Kamailio 4.
+    RoundRobin,
+    /// Kamailio 0: the same Call-ID always lands on the same node.
+    HashCallid,
+    /// Kamailio 8: highest `priority` first, the others only on failover.
+    Priority,
+    /// Kamailio 9: share of new calls by `weight`.
+    Weight,
+}
+
+impl Algorithm {
+    /// The `ds_select_dst` algorithm number Kamailio uses for the same thing.
+    pub fn kamailio_number(self) -> u8 {
+        match self {
+            Algorithm::HashCallid => 0,
+            Algorithm::RoundRobin => 4,
+            Algorithm::Priority => 8,
+            Algorithm::Weight => 9,
+        }
+    }
+
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::HashCallid => "hash-callid",
+            Algorithm::Priority => "priority",
+            Algorithm::Weight => "weight",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[dispatcher.destination]]`: a FreeSWITCH node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub uri: SipUri,
+    /// Higher is tried first, as in Kamailio's `dispatcher.list`.
+    #[serde(default)]
+    pub priority: i32,
+    /// 1..=100, used by [`Algorithm::Weight`] (Kamailio attr `weight=`).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// From URI of this node's probes (dispatcher.list attr `ping_from`).
+    #[serde(default)]
+    pub ping_from: Option<String>,
+    /// The node also takes SIP over TCP: requests larger than
+    /// `listen.udp_mtu` go to it by TCP (RFC 3261 §18.1.1).
+    #[serde(default)]
+    pub tcp: bool,
+    /// Addresses besides its own that the node may put in its Contact and
+    /// SDP `c=` lines (a public or VIP address); anything else in a 2xx is
+    /// logged and counted as misadvertised.
+    #[serde(default)]
+    pub advertised: Vec<IpAddr>,
+    /// The dispatcher.list `flags` column this node starts with (1
+    /// inactive, 2 trying, 4 disabled, 8 probing); a TOML destination
+    /// starts active and probed.
+    #[serde(skip, default = "default_list_flags")]
+    pub list_flags: u32,
+    /// The dispatcher.list attributes column, shown by `dispatcher.list`.
+    #[serde(skip)]
+    pub attrs: Option<list::Attrs>,
+}
+
+fn default_list_flags() -> u32 {
+    health::Status::ACTIVE_PROBING.to_list_flags()
+}
+
+impl Destination {
+    /// A node at `uri` with the defaults: priority 0, no weight, probed.
+    pub fn new(uri: SipUri) -> Destination {
+        Destination {
+            uri,
+            priority: 0,
+            weight: None,
+            ping_from: None,
+            tcp: false,
+            advertised: Vec::new(),
+            list_flags: default_list_flags(),
+            attrs: None,
+        }
+    }
+}
+
+fn default_algorithm() -> Algorithm {
+    Algorithm::RoundRobin
+}
+
+fn default_set() -> u32 {
+    1
+}
