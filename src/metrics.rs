@@ -369,7 +369,9 @@ label_enum! {
 }
 
 label_enum! {
-    /// Why sipedge answered an INVITE with a final error itself.
+    /// Why sipedge answered an INVITE with a final error itself; each is
+    /// some `proxy::rescue::Refusal`'s label. No `loop` (482): loops end
+    /// at Max-Forwards 0, loop detection being optional (RFC 3261 §16.3).
     pub enum RejectReason {
         /// No node left to try (503).
         AllDown => "all_down",
@@ -383,8 +385,6 @@ label_enum! {
         TooLarge => "too_large",
         /// sipedge is draining (503).
         ShuttingDown => "shutting_down",
-        /// The request already went through this proxy (482).
-        Loop => "loop",
         /// A Request-URI scheme other than sip/sips (416).
         UnsupportedUri => "unsupported_uri",
         /// A Proxy-Require extension we do not support (420).
@@ -397,8 +397,8 @@ label_enum! {
         Forbidden => "forbidden",
         /// `[limits] transactions` reached (503 with Retry-After).
         Overload => "overload",
-        /// A node's INVITE whose Request-URI names no reachable target
-        /// (404).
+        /// A node's INVITE whose Request-URI has nowhere further to go, e.g.
+        /// sipedge itself (404).
         NoRoute => "no_route",
     }
 }

@@ -365,6 +365,65 @@ async fn max_forwards_zero_gets_483_except_options_to_us() {
     }
 }
 
+/// Every INVITE sipedge refuses itself is counted under its reason
+/// (issue 11): 416, 420 and 483 among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_invites_count_their_reason() {
+    let h = Harness::start(Options::default()).await;
+    let rejected = |r| h.proxy.metrics().invites_rejected(r);
+
+    // A Request-URI scheme we cannot route: 416.
+    let mut call = h.trunk_call();
+    let invite = String::from_utf8(call.invite(SDP_AUDIO)).unwrap();
+    let start = format!("INVITE {} SIP/2.0", call.invite_uri);
+    assert!(invite.starts_with(&start));
+    let invite = invite.replacen(&start, "INVITE soap.beep://192.0.2.2:3002/fax SIP/2.0", 1);
+    h.trunk.send(invite, h.addr).await;
+    let r = h.trunk.recv_response(416).await;
+    assert_eq!(r.reason(), "Unsupported URI Scheme");
+    assert_eq!(r.branch(), call.invite_branch);
+    assert_eq!(rejected(RejectReason::UnsupportedUri), 1);
+
+    // An extension the proxy must support and does not: 420, listed back.
+    let mut call = h.trunk_call();
+    let ext = [("Proxy-Require", "x-fax-relay".to_owned())];
+    h.trunk
+        .send(call.invite_with(SDP_AUDIO, &ext), h.addr)
+        .await;
+    let r = h.trunk.recv_response(420).await;
+    assert_eq!(r.reason(), "Bad Extension");
+    assert_eq!(
+        r.header_named("Unsupported").as_deref(),
+        Some("x-fax-relay")
+    );
+    assert_eq!(r.branch(), call.invite_branch);
+    assert_eq!(rejected(RejectReason::BadExtension), 1);
+
+    // No hops left: 483.
+    let mut call = h.trunk_call();
+    let invite = String::from_utf8(call.invite(SDP_AUDIO)).unwrap();
+    let invite = invite.replace("Max-Forwards: 70\r\n", "Max-Forwards: 0\r\n");
+    h.trunk.send(invite, h.addr).await;
+    let r = h.trunk.recv_response(483).await;
+    assert_eq!(r.reason(), "Too Many Hops");
+    assert_eq!(r.branch(), call.invite_branch);
+    assert_eq!(rejected(RejectReason::MaxForwards), 1);
+
+    // Each counted once, under its own reason only.
+    for reason in RejectReason::ALL {
+        let want = match reason {
+            RejectReason::UnsupportedUri
+            | RejectReason::BadExtension
+            | RejectReason::MaxForwards => 1,
+            _ => 0,
+        };
+        assert_eq!(rejected(*reason), want, "{reason:?}");
+    }
+    for node in &h.nodes {
+        node.expect_nothing(QUIET).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_without_call_id_gets_400_naming_it() {
     let h = Harness::start(Options::default()).await;
@@ -937,6 +996,12 @@ async fn shutdown_refuses_new_calls_and_drains_ringing_ones() {
     let last = got.last().unwrap();
     assert_eq!(last.status(), Some(503));
     assert_eq!(last.call_id(), late.call_id);
+    assert_eq!(
+        h.proxy
+            .metrics()
+            .invites_rejected(RejectReason::ShuttingDown),
+        1
+    );
     // Still ringing: not drained.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), h.proxy.drained())
@@ -1015,6 +1080,7 @@ async fn node_originated_request_to_the_proxy_itself_gets_404() {
         .recv_until(|r| r.status().is_some_and(|c| c >= 200))
         .await;
     assert_eq!(got.last().unwrap().status(), Some(404));
+    assert_eq!(h.proxy.metrics().invites_rejected(RejectReason::NoRoute), 1);
     h.trunk.expect_nothing(QUIET).await;
     h.nodes[1].expect_nothing(QUIET).await;
 }

@@ -13,7 +13,8 @@
 //!   what they ask (send, relay, answer, pin, mark, count).
 //! - `response`: match a response to its client transaction and relay it.
 //! - `advertise`: report a node's 2xx that advertises an unusable address.
-//! - `rescue`: error -> status code and counter.
+//! - `rescue`: every local final error: why -> status, phrase, header
+//!   and counter.
 
 mod admin;
 mod advertise;
@@ -368,14 +369,6 @@ impl Proxy {
             return Err("no destination is active".into());
         }
         Ok(())
-    }
-
-    /// Counts a request sipedge answered with a final error itself; only
-    /// INVITEs are counted as rejected calls.
-    fn rejected(&self, req: &Message<'_>, reason: crate::metrics::RejectReason) {
-        if req.method() == Some(crate::sip::Method::Invite) {
-            self.metrics.invite_rejected(reason);
-        }
     }
 
     /// The metrics, with the gauges brought up to date (for a scrape).

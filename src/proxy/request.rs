@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::invite::Call;
+use super::rescue::Refusal;
 use super::route::{self, uri_hop, uri_transport, Hop, OurRoutes};
 use super::{with_editor, Pool, Proxy, Timer};
 use crate::dialog::Pin;
-use crate::metrics::RejectReason;
 use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
 use crate::transaction::relay::{RelayAction, RelayClient};
 use crate::transaction::{server_key, ClientTxn, Relay, Token};
@@ -97,7 +97,7 @@ impl Proxy {
             return;
         }
         if let Err(e) = msg.validate() {
-            return self.reject(msg, src, e);
+            return self.refuse(msg, src, Refusal::Invalid(e));
         }
         let Some(method) = msg.method() else { return };
         let Ok(uri) = msg.request_uri() else { return };
@@ -112,16 +112,16 @@ impl Proxy {
             }
         }
         if msg.max_forwards() == Ok(Some(0)) {
-            return self.reject(msg, src, SipError::TooManyHops);
+            return self.refuse(msg, src, Refusal::Invalid(SipError::TooManyHops));
         }
         if uri.scheme == Scheme::Other {
-            return self.reply(msg, src, 416, b"Unsupported URI Scheme");
+            return self.refuse(msg, src, Refusal::UnsupportedUri);
         }
         if msg.values(HeaderName::ProxyRequire).any(|v| !v.is_empty()) {
             // We support no extensions that need a proxy's help (RFC 3261
-            // §16.3 step 4): list them back in Unsupported.
+            // §16.3 step 4).
             let list = msg.header(HeaderName::ProxyRequire).unwrap_or_default();
-            return self.reply_with(msg, src, 420, b"Bad Extension", &[("Unsupported", list)]);
+            return self.refuse(msg, src, Refusal::BadExtension(list));
         }
         if method == Method::Cancel {
             return self.on_cancel(msg, src);
@@ -137,7 +137,7 @@ impl Proxy {
             return self.new_invite(msg, src);
         }
         if self.overloaded() {
-            return self.shed(msg, src);
+            return self.refuse(msg, src, Refusal::Overload);
         }
         // Other out-of-dialog requests only ever go to the pool: sipedge is
         // not an open relay.
@@ -156,7 +156,7 @@ impl Proxy {
                     },
                 );
             }
-            None => self.all_down(msg, src),
+            None => self.refuse(msg, src, Refusal::AllDown),
         }
     }
 
@@ -164,19 +164,6 @@ impl Proxy {
     /// go on.
     fn overloaded(&self) -> bool {
         self.txns.len() >= self.cfg.limits.transactions
-    }
-
-    /// 503 with Retry-After to a new request at the cap (RFC 3261
-    /// §21.5.4: the sender may retry elsewhere or later).
-    fn shed(&self, msg: &Message<'_>, src: Peer) {
-        self.rejected(msg, RejectReason::Overload);
-        self.reply_with(
-            msg,
-            src,
-            503,
-            b"Service Unavailable",
-            &[("Retry-After", b"5")],
-        );
     }
 
     /// The pool member `msg` comes from, if any.
@@ -213,8 +200,7 @@ impl Proxy {
                 if self.security.silent_drop || msg.method() == Some(Method::Ack) {
                     self.metrics.dropped(DropReason::Untrusted);
                 } else {
-                    self.rejected(msg, RejectReason::Forbidden);
-                    self.reply(msg, src, 403, b"Forbidden");
+                    self.refuse(msg, src, Refusal::Forbidden);
                 }
             }
         }
@@ -262,11 +248,6 @@ impl Proxy {
         ours
     }
 
-    fn all_down(&self, msg: &Message<'_>, src: Peer) {
-        self.rejected(msg, RejectReason::AllDown);
-        self.reply(msg, src, 503, b"All media servers unavailable");
-    }
-
     fn on_cancel(&self, msg: &Message<'_>, src: Peer) {
         let call = server_key(msg).and_then(|k| self.invites.get(&k).map(|c| c.clone()));
         match call {
@@ -274,29 +255,26 @@ impl Proxy {
                 self.reply(msg, src, 200, b"OK");
                 self.call_cancelled(&call);
             }
-            None => {
-                self.rejected(msg, RejectReason::UnknownDialog);
-                self.reply(msg, src, 481, b"Call/Transaction Does Not Exist");
-            }
+            None => self.refuse(msg, src, Refusal::UnknownDialog),
         }
     }
 
     fn new_invite(self: &Arc<Self>, msg: &Message<'_>, src: Peer) {
         let Some(key) = server_key(msg) else {
-            return self.reject(msg, src, SipError::BadVia);
+            return self.refuse(msg, src, Refusal::Invalid(SipError::BadVia));
         };
         if let Some(call) = self.invites.get(&key).map(|c| c.clone()) {
             // A retransmission: the server transaction knows what to do.
             return self.invite_again(&call, src);
         }
         if self.overloaded() {
-            return self.shed(msg, src);
+            return self.refuse(msg, src, Refusal::Overload);
         }
         if self
             .shutting_down
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            return self.reply(msg, src, 503, b"Shutting down");
+            return self.refuse(msg, src, Refusal::ShuttingDown);
         }
         // One atomic look-up-or-insert: copies of an INVITE read by two
         // receive threads at once must not both start a call (a double fax).
@@ -324,7 +302,7 @@ impl Proxy {
         // relaying it to our own address would only loop.
         let hop = uri_hop(&uri).filter(|_| !self.is_me(&uri));
         let Some(hop) = hop else {
-            return self.reply(msg, src, 404, b"Not Found");
+            return self.refuse(msg, src, Refusal::NoRoute);
         };
         let node_addr = pool.addr(node);
         if msg.method() == Some(Method::Invite) {
@@ -373,8 +351,7 @@ impl Proxy {
                 Err(e) => {
                     tracing::info!("{}: {e}", target.host);
                     if msg.method() != Some(Method::Ack) {
-                        me.rejected(&msg, RejectReason::Unresolvable);
-                        me.reply(&msg, src, 478, b"Unresolvable destination");
+                        me.refuse(&msg, src, Refusal::Unresolvable);
                     }
                 }
             }
@@ -445,8 +422,7 @@ impl Proxy {
     /// An in-dialog request with nowhere to go: 481 (an ACK is dropped).
     fn unknown_dialog(&self, msg: &Message<'_>, src: Peer) {
         if msg.method() != Some(Method::Ack) {
-            self.rejected(msg, RejectReason::UnknownDialog);
-            self.reply(msg, src, 481, b"Call/Transaction Does Not Exist");
+            self.refuse(msg, src, Refusal::UnknownDialog);
         }
     }
 
@@ -489,7 +465,7 @@ impl Proxy {
                     };
                     self.send_forwarded(msg, out, branch, src, to, f.repin)
                 }
-                Err(err) => self.reject(msg, src, err),
+                Err(err) => self.refuse(msg, src, Refusal::Invalid(err)),
             }
         });
     }
