@@ -21,8 +21,9 @@
 //!   [`transport::PerTransport`] for data kept per transport.
 //! - [`dns`]: RFC 3263 location of host names in the nodes' outgoing
 //!   requests (SRV, A/AAAA), cached.
-//! - [`transaction`]: client transactions, keyed by the branch we add, and
-//!   the one timer schedule.
+//! - [`transaction`]: client transactions, keyed by the branch we add.
+//! - [`timer`]: the one timer schedule and the one sleep-until loop that
+//!   serve the transactions, the prober and the dialog expiry.
 //! - [`dispatcher`]: the node pool and the selection algorithms.
 //! - [`dialog`]: the Call-ID -> node table and its expiry task.
 //! - [`proxy`]: the stateful proxy, the transports' handler: request and
@@ -50,6 +51,7 @@ pub mod proxy;
 pub mod security;
 pub mod server;
 pub mod sip;
+pub mod timer;
 pub mod transaction;
 pub mod transport;
 

@@ -34,7 +34,8 @@ use crate::config::Config;
 use crate::dialog::Dialogs;
 use crate::dispatcher::DispatcherError;
 use crate::sip::{Message, Response, Rport, Via};
-use crate::transaction::{BranchGen, ClientTxns, Timers};
+use crate::timer::Schedule;
+use crate::transaction::{BranchGen, ClientTxns, TIMER_SLACK};
 use crate::transport::{Handler, Inbound, Peer, PerTransport, TcpTransport, Transport, Transports};
 use invite::Call;
 pub use pool::{Pool, ReloadError};
@@ -81,7 +82,7 @@ pub struct Proxy {
     /// value.
     via_prefix: PerTransport<Box<[u8]>>,
     /// Retransmissions of forwarded requests and the INVITEs' deadlines.
-    timers: Timers<Timer>,
+    timers: Schedule<Timer>,
     adv_host: String,
     /// Our advertised port per transport (a transport without a listener
     /// of its own advertises the UDP one).
@@ -190,7 +191,7 @@ impl Proxy {
             pool: arc_swap::ArcSwap::from_pointee(pool),
             config_path: Mutex::new(None),
             reload_lock: Mutex::new(()),
-            timers: Timers::default(),
+            timers: Schedule::new(TIMER_SLACK),
             sent_by,
             adv_host,
             dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
