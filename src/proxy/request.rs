@@ -759,7 +759,8 @@ impl Proxy {
 
     /// The one timer task: the relay clients' Timer E/A and their wait for
     /// a final (RFC 3261 §17.1.2.2), the new INVITEs' Timer A and
-    /// fr_timeout / fr_inv_timeout.
+    /// fr_timeout / fr_inv_timeout, and the prober's rounds, urgent probes
+    /// and timeouts.
     pub(super) async fn run_timers(self: Arc<Self>, cancel: CancellationToken) {
         self.timers
             .run(&cancel, |now, due| {
@@ -771,6 +772,10 @@ impl Proxy {
                                 self.call_timer(&call, now);
                             }
                         }
+                        Timer::ProbeRound(at) => self.probe_round(at, now),
+                        Timer::ProbeUrgent => self.probe_urgent(),
+                        Timer::ProbeTimeout => self.probe_timeouts(now),
+                        Timer::FirstRoundDone => self.first_round_done(),
                     }
                 }
                 self.flush_icmp();
