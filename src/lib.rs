@@ -26,8 +26,10 @@
 //!   requests (SRV, A/AAAA), cached.
 //! - [`transaction`]: the sans-I/O transaction machines (a new INVITE's
 //!   client side with failover, the relay client of every other forwarded
-//!   request, the trunk's INVITE server transaction and its §17.2.3 key),
-//!   the client transaction table and the one timer schedule.
+//!   request, the trunk's INVITE server transaction and its §17.2.3 key)
+//!   and the client transaction table, keyed by the branch we add.
+//! - [`timer`]: the one timer schedule and the one sleep-until loop that
+//!   serve the transactions, the prober and the dialog expiry.
 //! - [`dispatcher`]: the node pool and the selection algorithms.
 //! - [`security`]: edge protection: trusted networks, scanner User-Agents,
 //!   a per-source rate limit (Kamailio's `permissions` and `pike`).
@@ -72,6 +74,7 @@ pub mod proxy;
 pub mod security;
 pub mod server;
 pub mod sip;
+pub mod timer;
 pub mod transaction;
 pub mod transport;
 pub mod value;

@@ -9,9 +9,10 @@
 //! died) expire after the TTL.
 //!
 //! # Expiry
-//! Deadlines live in a `BTreeSet` ordered by time, and one task
-//! ([`Dialogs::run_expiry`]) sleeps until the earliest of them: no scan per
-//! request, no timer per dialog (mini-redis `purge_expired_tasks`).
+//! Deadlines live in a `BTreeSet` ordered by time (an index a re-pin or a
+//! BYE updates in place), and one task ([`Dialogs::run_expiry`], the shared
+//! [`crate::timer::sleep_loop`]) sleeps until the earliest of them: no scan
+//! per request, no timer per dialog (mini-redis `purge_expired_tasks`).
 //!
 //! # Locking
 //! The map is a `DashMap`; the deadline set sits behind one std `Mutex`. The
@@ -280,28 +281,18 @@ impl Dialogs {
     }
 
     /// Expiry task: removes dialogs whose TTL passed, until `cancel` fires.
-    /// Run one per table (the wake-up goes to a single waiter).
+    /// Run one per table (the wake-up goes to a single waiter). The shared
+    /// sleep-until loop over this table's own index: deadlines move on
+    /// every re-pin, which the set follows in place.
     pub async fn run_expiry(self: Arc<Self>, cancel: CancellationToken) {
         // Reused across rounds: no allocation per wake-up once warm.
         let mut due = Vec::new();
-        loop {
-            let next = self.take_due(Instant::now(), &mut due);
+        crate::timer::sleep_loop(&cancel, &self.expiry_changed, |now| {
+            let next = self.take_due(now, &mut due);
             self.evict(&mut due);
-            let sleep = async {
-                match next {
-                    Some(when) => tokio::time::sleep_until(when).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                // A stored permit makes this ready at once, so a pin between
-                // `take_due` and here is not missed.
-                () = self.expiry_changed.notified() => {}
-                () = sleep => {}
-            }
-        }
+            next
+        })
+        .await;
     }
 
     /// Moves the deadlines that passed at `now` into `due` (at most

@@ -39,7 +39,8 @@ use crate::config::Config;
 use crate::dialog::Dialogs;
 use crate::dispatcher::DispatcherError;
 use crate::sip::{Message, Response, Rport, Via};
-use crate::transaction::{BranchGen, ClientTxns, Timers};
+use crate::timer::Schedule;
+use crate::transaction::{BranchGen, ClientTxns, TIMER_SLACK};
 use crate::transport::{Handler, Inbound, Peer, PerTransport, TcpTransport, Transport, Transports};
 use invite::Call;
 pub use pool::{Pool, ReloadError};
@@ -57,6 +58,14 @@ enum Timer {
     Relay(crate::transaction::Token),
     /// A new INVITE's next deadline (Timer A, fr_timeout, fr_inv_timeout).
     Call(std::sync::Weak<Call>),
+    /// The prober's next round, due at that instant.
+    ProbeRound(tokio::time::Instant),
+    /// Calls failed on nodes in `urgent_probes`: probe them now.
+    ProbeUrgent,
+    /// A probe in flight may have run out of `[probe] timeout`.
+    ProbeTimeout,
+    /// The first round's answers had their time (readiness).
+    FirstRoundDone,
 }
 
 /// Why the proxy could not be built from its config.
@@ -86,7 +95,7 @@ pub struct Proxy {
     /// value.
     via_prefix: PerTransport<Box<[u8]>>,
     /// Retransmissions of forwarded requests and the INVITEs' deadlines.
-    timers: Timers<Timer>,
+    timers: Schedule<Timer>,
     adv_host: String,
     /// Our advertised port per transport (a transport without a listener
     /// of its own advertises the UDP one).
@@ -118,10 +127,11 @@ pub struct Proxy {
     icmp_pending: Mutex<Vec<SocketAddr>>,
     /// Shared with the transports, which count failed sends.
     metrics: Arc<crate::metrics::Metrics>,
-    /// Nodes a failed call wants probed at once (pool generation, index),
-    /// and the prober's wake-up.
+    /// Nodes a failed call wants probed at once (pool generation, index);
+    /// a [`Timer::ProbeUrgent`] is scheduled while it is not empty.
     urgent_probes: Mutex<Vec<(u64, usize)>>,
-    probe_now: tokio::sync::Notify,
+    /// The probes in flight.
+    prober: probe::Prober,
     /// The prober has sent its first round (readiness).
     first_round_done: AtomicBool,
     /// `dispatcher.ping_active`: probing paused (0) or running (1), e.g.
@@ -195,7 +205,7 @@ impl Proxy {
             pool: arc_swap::ArcSwap::from_pointee(pool),
             config_path: Mutex::new(None),
             reload_lock: Mutex::new(()),
-            timers: Timers::default(),
+            timers: Schedule::new(TIMER_SLACK),
             sent_by,
             adv_host,
             dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
@@ -207,7 +217,7 @@ impl Proxy {
             icmp_pending: Mutex::new(Vec::new()),
             metrics,
             urgent_probes: Mutex::new(Vec::new()),
-            probe_now: tokio::sync::Notify::new(),
+            prober: Default::default(),
             first_round_done: AtomicBool::new(false),
             probing_active: AtomicBool::new(true),
             cfg,
@@ -272,15 +282,15 @@ impl Proxy {
     }
 
     /// Serves until `cancel` fires: the transports' receive loops, the
-    /// dialog expiry task, the timers, the prober and the transaction
-    /// sweeper. Returns once every one of them has stopped.
+    /// dialog expiry task, the timer task (which runs the prober too) and
+    /// the transaction sweeper. Returns once every one of them has stopped.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks = JoinSet::new();
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move { p.transports.run(c).await });
         tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
+        self.start_prober();
         tasks.spawn(self.clone().run_timers(cancel.clone()));
-        tasks.spawn(self.clone().run_prober(cancel.clone()));
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -392,13 +402,19 @@ impl Proxy {
     /// check it now when the health says so.
     fn call_failed(&self, pool: &Pool, i: usize, failure: crate::dispatcher::health::Failure) {
         if pool.call_failed(i, failure) {
-            if let Ok(mut urgent) = self.urgent_probes.lock() {
+            let first = self.urgent_probes.lock().is_ok_and(|mut urgent| {
                 let key = (pool.generation, i);
+                let first = urgent.is_empty();
                 if !urgent.contains(&key) {
                     urgent.push(key);
                 }
+                first
+            });
+            // One entry per batch: the prober takes the whole list.
+            if first {
+                self.timers
+                    .schedule(tokio::time::Instant::now(), Timer::ProbeUrgent);
             }
-            self.probe_now.notify_one();
         }
     }
 

@@ -2,20 +2,20 @@
 //! probed node gets a probe each `[probe] interval`, and at once when a
 //! call just failed on it. A probe is a client transaction like any other
 //! (its branch in the transaction table); the response path reports the
-//! answer, and this task reports the probes that ran out of `timeout`.
+//! answer. The rounds, the urgent probes and the timeouts are entries of
+//! the proxy's one timer schedule ([`Timer`]): no task of its own.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::BytesMut;
-use tokio::time::{sleep_until, Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
-use super::{Pool, Proxy};
+use super::{Pool, Proxy, Timer};
 use crate::dispatcher::health::ProbeResult;
 use crate::sip::{Method, OptionsRequest};
-use crate::transaction::{ClientTxn, Token};
+use crate::transaction::{ClientTxn, Token, TIMER_SLACK};
 
 /// A probe waiting for its answer.
 struct Pending {
@@ -27,93 +27,102 @@ struct Pending {
     node: usize,
 }
 
+/// What the prober remembers between its wake-ups. Only the timer task
+/// takes the lock, so it is never contended.
+#[derive(Default)]
+pub(super) struct Prober {
+    state: Mutex<ProberState>,
+}
+
+#[derive(Default)]
+struct ProberState {
+    /// Probes in flight, oldest first (one timeout for all: in order).
+    pending: VecDeque<Pending>,
+    cseq: u32,
+}
+
+impl Prober {
+    fn state(&self) -> MutexGuard<'_, ProberState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl Proxy {
-    /// The probe task: a round of probes at start and every interval, the
-    /// urgent ones in between, and the timeouts.
-    pub(super) async fn run_prober(self: Arc<Self>, cancel: CancellationToken) {
+    /// Starts probing: the first round now, the next ones from its entry.
+    pub(super) fn start_prober(&self) {
+        let now = Instant::now();
+        self.timers.schedule(now, Timer::ProbeRound(now));
+    }
+
+    /// A round of probes was due at `at`: probe every node that wants it
+    /// (unless probing is paused) and schedule the next round an interval
+    /// after this one ran (tokio's `MissedTickBehavior::Delay`).
+    pub(super) fn probe_round(&self, at: Instant, now: Instant) {
         let interval = self.cfg.probe.interval;
+        let next = at.max(now) + interval;
+        self.timers.schedule(next, Timer::ProbeRound(next));
+        if !self.probing_active.load(Ordering::Relaxed) {
+            return;
+        }
+        let pool = self.pool();
+        let mut st = self.prober.state();
+        for (s, (_, d, _)) in pool.sets().enumerate() {
+            for n in (0..d.len()).filter(|&n| d.should_probe(n)) {
+                self.probe(&pool, s, n, &mut st);
+            }
+        }
+        // Ready once this round's answers had their time (never early:
+        // the schedule may hand an entry out up to its slack before).
+        if !self.first_round_done.load(Ordering::Relaxed) {
+            let at = now + self.cfg.probe.timeout + TIMER_SLACK;
+            self.timers.schedule(at, Timer::FirstRoundDone);
+        }
+    }
+
+    /// Calls failed on the nodes in `urgent_probes`: probe them now.
+    pub(super) fn probe_urgent(&self) {
+        let urgent = self
+            .urgent_probes
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default();
+        if !self.probing_active.load(Ordering::Relaxed) {
+            return;
+        }
+        let pool = self.pool();
+        let mut st = self.prober.state();
+        // Indices from before a reload mean nothing now.
+        for (_, node) in urgent
+            .into_iter()
+            .filter(|&(generation, _)| generation == pool.generation)
+        {
+            self.probe(&pool, 0, node, &mut st);
+        }
+    }
+
+    /// A probe's timeout may have run out at `now`: report those with no
+    /// final answer.
+    pub(super) fn probe_timeouts(&self, now: Instant) {
         let timeout = self.cfg.probe.timeout;
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Probes in flight, oldest first (one timeout for all: in order).
-        let mut pending: VecDeque<Pending> = VecDeque::new();
-        let mut cseq: u32 = 0;
-        loop {
-            let next_timeout = pending.front().map(|p| p.deadline);
-            let expire = async {
-                match next_timeout {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
+        let mut st = self.prober.state();
+        while st.pending.front().is_some_and(|p| p.deadline <= now) {
+            let Some(p) = st.pending.pop_front() else {
+                break;
             };
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                () = expire => {
-                    let now = Instant::now();
-                    while pending.front().is_some_and(|p| p.deadline <= now) {
-                        let Some(p) = pending.pop_front() else { break };
-                        // Still there: no final answer came.
-                        if self.txns.remove(p.branch.as_bytes()).is_some() {
-                            record(&p.pool, p.set, p.node, ProbeResult::Timeout(timeout), None);
-                        }
-                    }
-                }
-                () = self.probe_now.notified() => {
-                    let paused = !self.probing_active.load(Ordering::Relaxed);
-                    let urgent = self
-                        .urgent_probes
-                        .lock()
-                        .map(|mut u| std::mem::take(&mut *u))
-                        .unwrap_or_default();
-                    let pool = self.pool();
-                    // Indices from before a reload mean nothing now.
-                    for (_, node) in urgent
-                        .into_iter()
-                        .filter(|&(generation, _)| !paused && generation == pool.generation)
-                    {
-                        self.probe(&pool, 0, node, &mut pending, &mut cseq, timeout);
-                    }
-                }
-                _ = tick.tick() => {
-                    if !self.probing_active.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    let pool = self.pool();
-                    let sets: Vec<(usize, usize)> = pool
-                        .sets()
-                        .enumerate()
-                        .flat_map(|(s, (_, d, _))| {
-                            (0..d.len()).filter(move |&n| d.should_probe(n)).map(move |n| (s, n))
-                        })
-                        .collect();
-                    for (set, node) in sets {
-                        self.probe(&pool, set, node, &mut pending, &mut cseq, timeout);
-                    }
-                    // Ready once this round's answers had their time.
-                    if !self.first_round_done.load(Ordering::Relaxed) {
-                        let p = self.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(timeout).await;
-                            p.first_round_done.store(true, Ordering::Relaxed);
-                        });
-                    }
-                }
+            // Still there: no final answer came.
+            if self.txns.remove(p.branch.as_bytes()).is_some() {
+                record(&p.pool, p.set, p.node, ProbeResult::Timeout(timeout), None);
             }
         }
     }
 
+    pub(super) fn first_round_done(&self) {
+        self.first_round_done.store(true, Ordering::Relaxed);
+    }
+
     /// Sends one probe to `node`, unless one is still out.
-    fn probe(
-        &self,
-        pool: &Arc<Pool>,
-        set: usize,
-        node: usize,
-        pending: &mut VecDeque<Pending>,
-        cseq: &mut u32,
-        timeout: std::time::Duration,
-    ) {
-        let out = pending.iter().any(|p| {
+    fn probe(&self, pool: &Arc<Pool>, set: usize, node: usize, st: &mut ProberState) {
+        let out = st.pending.iter().any(|p| {
             (p.set, p.node) == (set, node) && self.txns.with(p.branch.as_bytes(), |_| ()).is_some()
         });
         if out {
@@ -121,7 +130,7 @@ impl Proxy {
         }
         let branch = self.branches.next();
         let tag = self.branches.tag();
-        *cseq = cseq.wrapping_add(1);
+        st.cseq = st.cseq.wrapping_add(1);
         let Some((_, d, _)) = pool.set_at(set) else {
             return;
         };
@@ -143,7 +152,7 @@ impl Proxy {
             from_tag: tag.as_bytes(),
             // Unique per probe: the branch is.
             call_id: branch.as_bytes(),
-            cseq: *cseq,
+            cseq: st.cseq,
             user_agent: Some(b"sipedge"),
         }
         .write(&mut buf);
@@ -164,8 +173,12 @@ impl Proxy {
             record(pool, set, node, ProbeResult::TransportError, None);
             return;
         }
-        pending.push_back(Pending {
-            deadline: now + timeout,
+        let deadline = now + self.cfg.probe.timeout;
+        // Fires at the deadline at the earliest (see `probe_round`).
+        self.timers
+            .schedule(deadline + TIMER_SLACK, Timer::ProbeTimeout);
+        st.pending.push_back(Pending {
+            deadline,
             branch,
             pool: pool.clone(),
             set,

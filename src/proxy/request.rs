@@ -661,36 +661,28 @@ impl Proxy {
 
     /// The one timer task: the relay clients' Timer E/A and their wait for
     /// a final (RFC 3261 §17.1.2.2), the new INVITEs' Timer A and
-    /// fr_timeout / fr_inv_timeout.
+    /// fr_timeout / fr_inv_timeout, and the prober's rounds, urgent probes
+    /// and timeouts.
     pub(super) async fn run_timers(self: Arc<Self>, cancel: CancellationToken) {
-        let mut due = Vec::new();
-        loop {
-            let now = tokio::time::Instant::now();
-            let next = self.timers.take_due(now, &mut due);
-            for t in due.drain(..) {
-                match t {
-                    Timer::Relay(branch) => self.relay_timer(&branch, now),
-                    Timer::Call(c) => {
-                        if let Some(call) = c.upgrade() {
-                            self.call_timer(&call, now);
+        self.timers
+            .run(&cancel, |now, due| {
+                for t in due.drain(..) {
+                    match t {
+                        Timer::Relay(branch) => self.relay_timer(&branch, now),
+                        Timer::Call(c) => {
+                            if let Some(call) = c.upgrade() {
+                                self.call_timer(&call, now);
+                            }
                         }
+                        Timer::ProbeRound(at) => self.probe_round(at, now),
+                        Timer::ProbeUrgent => self.probe_urgent(),
+                        Timer::ProbeTimeout => self.probe_timeouts(now),
+                        Timer::FirstRoundDone => self.first_round_done(),
                     }
                 }
-            }
-            self.flush_icmp();
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                () = self.timers.changed.notified() => {}
-                () = sleep => {}
-            }
-        }
+                self.flush_icmp();
+            })
+            .await;
     }
 
     /// Pins a new call; a full table still lets the call through.

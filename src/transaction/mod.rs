@@ -343,99 +343,11 @@ impl<I: Pending> ClientTxns<I> {
 pub const T1: Duration = Duration::from_millis(500);
 pub const T2: Duration = Duration::from_secs(4);
 
-/// Retransmissions due within this much of each other go out together:
+/// The slack of the proxy's timer schedule ([`crate::timer::Schedule`]):
+/// retransmissions due within this much of each other go out together,
 /// one wake-up per batch instead of one timer per request (Kamailio's tm
 /// timer ticks are coarser still).
 pub const TIMER_SLACK: Duration = Duration::from_millis(20);
-
-struct Due<T> {
-    at: Instant,
-    seq: u64,
-    item: T,
-}
-
-impl<T> PartialEq for Due<T> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl<T> Eq for Due<T> {}
-impl<T> PartialOrd for Due<T> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl<T> Ord for Due<T> {
-    // Reversed: BinaryHeap is a max-heap, the earliest must come first.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-/// One schedule for every timer of the transaction layer (the relay
-/// clients' Timer E/F, an INVITE's Timer A and fr_timeout), served by one task: no task or tokio timer per
-/// request. Entries are not cancelled; whoever handles one checks whether
-/// it still matters.
-pub struct Timers<T> {
-    heap: std::sync::Mutex<(std::collections::BinaryHeap<Due<T>>, u64)>,
-    /// Wakes the task when the schedule gains an earlier first entry.
-    pub changed: tokio::sync::Notify,
-}
-
-impl<T> Default for Timers<T> {
-    fn default() -> Self {
-        Timers {
-            heap: Default::default(),
-            changed: Default::default(),
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for Timers<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timers").field("len", &self.len()).finish()
-    }
-}
-
-impl<T> Timers<T> {
-    /// Schedules `item` for `at`.
-    pub fn schedule(&self, at: Instant, item: T) {
-        let Ok(mut g) = self.heap.lock() else { return };
-        let (heap, seq) = &mut *g;
-        let earliest = heap.peek().is_none_or(|d| at < d.at);
-        *seq += 1;
-        heap.push(Due {
-            at,
-            seq: *seq,
-            item,
-        });
-        drop(g);
-        if earliest {
-            self.changed.notify_one();
-        }
-    }
-
-    /// Moves the entries due by `now` (plus [`TIMER_SLACK`]) into `out` and
-    /// returns when the next one is due.
-    pub fn take_due(&self, now: Instant, out: &mut Vec<T>) -> Option<Instant> {
-        let Ok(mut g) = self.heap.lock() else {
-            return None;
-        };
-        let heap = &mut g.0;
-        while heap.peek().is_some_and(|d| d.at <= now + TIMER_SLACK) {
-            out.extend(heap.pop().map(|d| d.item));
-        }
-        heap.peek().map(|d| d.at)
-    }
-
-    pub fn len(&self) -> usize {
-        self.heap.lock().map_or(0, |g| g.0.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -469,25 +381,6 @@ mod tests {
         assert!(u64::from_str_radix(count, 16).is_ok());
         let t = g.tag();
         assert!(t.starts_with("se") && t.bytes().skip(2).all(|b| b.is_ascii_hexdigit()));
-    }
-
-    #[test]
-    fn the_schedule_hands_out_what_is_due_in_order() {
-        let now = Instant::now();
-        let q = Timers::default();
-        q.schedule(now + Duration::from_millis(600), "b");
-        q.schedule(now + T1, "a");
-        q.schedule(now + Duration::from_millis(510), "a2");
-        let mut out = Vec::new();
-        assert_eq!(q.take_due(now, &mut out), Some(now + T1));
-        assert!(out.is_empty());
-        // Within the slack of the first: those two come out, in order.
-        assert_eq!(
-            q.take_due(now + T1, &mut out),
-            Some(now + Duration::from_millis(600))
-        );
-        assert_eq!(out, ["a", "a2"]);
-        assert_eq!(q.len(), 1);
     }
 
     /// A stand-in INVITE state: over once the flag is set.
