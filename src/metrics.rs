@@ -393,6 +393,11 @@ label_enum! {
         UnknownDialog => "unknown_dialog",
         /// The host name a node's request goes to did not resolve (478).
         Unresolvable => "unresolvable",
+        /// No final answer in time (408): `fr_inv_timeout` after the node
+        /// rang, or a forwarded re-INVITE's next hop stayed silent.
+        Timeout => "timeout",
+        /// A forwarded re-INVITE's next hop could not be reached (503).
+        Unreachable => "unreachable",
         /// From a source `[security] trusted` does not list (403).
         Forbidden => "forbidden",
         /// `[limits] transactions` reached (503 with Retry-After).

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::request::RecordRoute;
+use super::rescue::Refusal;
 use super::{with_editor, Pool, Proxy, Timer};
 use crate::dialog::Removal;
 use crate::sip::{HeaderName, HopRequest, Message, Method, Response};
@@ -321,11 +322,10 @@ impl Proxy {
                         );
                     }
                 }
-                Action::Answer { code, reason, why } => {
-                    if let Some(why) = why {
-                        self.metrics.invite_rejected(why);
-                    }
-                    self.answer(st, inv, code, reason);
+                Action::Answer(outcome) => {
+                    let answer = Refusal::from(outcome).answer();
+                    self.count_refusal(inv, &answer);
+                    self.answer(st, inv, answer.code, &answer.phrase);
                 }
                 Action::Pin { node } => self.pin(call_id, d.pool.addr(node)),
                 Action::Unpin => {

@@ -641,18 +641,22 @@ impl Proxy {
         let Ok(req) = Message::parse(request) else {
             return;
         };
-        let (code, reason): (u16, &[u8]) = match why {
-            ForwardFailure::Timeout => (408, b"Request Timeout"),
-            ForwardFailure::Transport => (503, b"Service Unavailable"),
+        let refusal = match why {
+            ForwardFailure::Timeout => Refusal::TimedOut,
+            ForwardFailure::Transport => Refusal::Unreachable,
         };
+        let answer = refusal.answer();
         self.metrics.forward_failed(why);
+        self.count_refusal(&req, &answer);
         tracing::info!(
-            "{} to the next hop failed ({why:?}): {code} upstream",
-            String::from_utf8_lossy(req.method().map(|m| m.as_bytes()).unwrap_or_default())
+            "{} to the next hop failed ({why:?}): {} upstream",
+            String::from_utf8_lossy(req.method().map(|m| m.as_bytes()).unwrap_or_default()),
+            answer.code
         );
         let tag = self.branches.tag();
         let mut out = bytes::BytesMut::with_capacity(request.len().min(2048) + 64);
-        crate::sip::Response::new(&req, code, reason, tag.as_bytes()).write(&mut out);
+        crate::sip::Response::new(&req, answer.code, &answer.phrase, tag.as_bytes())
+            .write(&mut out);
         if let Ok(resp) = Message::parse(&out) {
             let local = crate::metrics::ResponseOrigin::Local;
             self.send_upstream(&resp, Some(upstream), false, local);

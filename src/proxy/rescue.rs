@@ -5,8 +5,10 @@
 //! sends it. A message too broken to answer is dropped and counted instead;
 //! never a panic.
 //!
-//! The INVITE state machine (`crate::transaction::invite`) answers its own
-//! 503 when no node is left, counted there as `all_down` too.
+//! The transaction machines say why (a new INVITE's
+//! [`crate::transaction::invite::Outcome`], a forwarded request's
+//! [`crate::transaction::relay::RelayAction`]); the answer is chosen here
+//! too.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -43,6 +45,23 @@ pub(super) enum Refusal<'a> {
     /// The host name a node's request goes to did not resolve (478, as
     /// Kamailio answers).
     Unresolvable,
+    /// The trunk cancelled the INVITE and no node answered that (487).
+    Cancelled,
+    /// No final answer in time (408, RFC 3261 §16.7 step 10 / §16.8).
+    TimedOut,
+    /// A forwarded request's next hop cannot be reached (503, §16.8).
+    Unreachable,
+}
+
+impl From<crate::transaction::invite::Outcome> for Refusal<'_> {
+    fn from(o: crate::transaction::invite::Outcome) -> Self {
+        use crate::transaction::invite::Outcome;
+        match o {
+            Outcome::AllDown => Refusal::AllDown,
+            Outcome::Cancelled => Refusal::Cancelled,
+            Outcome::TimedOut => Refusal::TimedOut,
+        }
+    }
 }
 
 /// What a [`Refusal`] is answered with.
@@ -52,8 +71,9 @@ pub(super) struct Answer<'a> {
     pub phrase: Cow<'static, [u8]>,
     /// One extra header of the response.
     pub header: Option<(&'static str, &'a [u8])>,
-    /// Counted when the request is an INVITE.
-    pub label: RejectReason,
+    /// Counted when the request is an INVITE; none for a cancelled one
+    /// (the caller's choice, not a rejection).
+    pub label: Option<RejectReason>,
 }
 
 impl<'a> Refusal<'a> {
@@ -66,7 +86,7 @@ impl<'a> Refusal<'a> {
                     // SipError's Display is short ASCII, fit for a phrase.
                     phrase: Cow::Owned(err.to_string().into_bytes()),
                     header: None,
-                    label: err.into(),
+                    label: Some(err.into()),
                 };
             }
             Refusal::UnsupportedUri => (
@@ -108,17 +128,36 @@ impl<'a> Refusal<'a> {
                 None,
                 RejectReason::Unresolvable,
             ),
+            Refusal::Cancelled => {
+                return Answer {
+                    code: 487,
+                    phrase: Cow::Borrowed(b"Request Terminated"),
+                    header: None,
+                    label: None,
+                };
+            }
+            Refusal::TimedOut => (408, b"Request Timeout", None, RejectReason::Timeout),
+            Refusal::Unreachable => (503, b"Service Unavailable", None, RejectReason::Unreachable),
         };
         Answer {
             code,
             phrase: Cow::Borrowed(phrase),
             header,
-            label,
+            label: Some(label),
         }
     }
 }
 
 impl Proxy {
+    /// Counts a local final answer to `req` in
+    /// `sipedge_invites_rejected_total` when `req` is an INVITE (that
+    /// metric counts calls).
+    pub(super) fn count_refusal(&self, req: &Message<'_>, answer: &Answer<'_>) {
+        if let (Some(Method::Invite), Some(label)) = (req.method(), answer.label) {
+            self.metrics.invite_rejected(label);
+        }
+    }
+
     /// `data` did not parse.
     pub(super) fn on_unparsable(self: &Arc<Self>, data: &[u8], src: Peer, err: SipError) {
         let Some(req) = Message::parse_for_error_reply(data).filter(Message::is_request) else {
@@ -143,10 +182,14 @@ impl Proxy {
                 return;
             }
         }
-        let answer = refusal.answer();
-        if req.method() == Some(Method::Invite) {
-            self.metrics.invite_rejected(answer.label);
+        if req.method() == Some(Method::Ack) {
+            // Never answered, whatever is wrong with it (RFC 3261 §17).
+            self.metrics.dropped(DropReason::Malformed);
+            tracing::debug!(%src, "dropped an ACK that would be refused: {refusal:?}");
+            return;
         }
+        let answer = refusal.answer();
+        self.count_refusal(req, &answer);
         tracing::debug!(%src, "answering {}: {refusal:?}", answer.code);
         if matches!(refusal, Refusal::Invalid(_)) && req.top_via().is_err() {
             // A Via we cannot read: answer where the request came from.
@@ -175,7 +218,7 @@ mod tests {
     use RejectReason as R;
 
     /// A refusal, its code, phrase, extra header and label.
-    type Row = (Refusal<'static>, u16, &'static str, Header, R);
+    type Row = (Refusal<'static>, u16, &'static str, Header, Option<R>);
     type Header = Option<(&'static str, &'static [u8])>;
 
     /// Every refusal (every SipError class for `Invalid`) with what goes
@@ -188,80 +231,98 @@ mod tests {
                 400,
                 "Bad CSeq header",
                 None,
-                R::Malformed,
+                Some(R::Malformed),
             ),
             (
                 Invalid(SipError::TooManyHops),
                 483,
                 "Too Many Hops",
                 None,
-                R::MaxForwards,
+                Some(R::MaxForwards),
             ),
             (
                 Invalid(SipError::UnsupportedVersion),
                 505,
                 "Version not supported",
                 None,
-                R::UnsupportedVersion,
+                Some(R::UnsupportedVersion),
             ),
             (
                 Invalid(SipError::TooLarge),
                 513,
                 "Message too large",
                 None,
-                R::TooLarge,
+                Some(R::TooLarge),
             ),
             (
                 UnsupportedUri,
                 416,
                 "Unsupported URI Scheme",
                 None,
-                R::UnsupportedUri,
+                Some(R::UnsupportedUri),
             ),
             (
                 BadExtension(b"foo"),
                 420,
                 "Bad Extension",
                 Some(("Unsupported", b"foo")),
-                R::BadExtension,
+                Some(R::BadExtension),
             ),
             (
                 UnknownDialog,
                 481,
                 "Call/Transaction Does Not Exist",
                 None,
-                R::UnknownDialog,
+                Some(R::UnknownDialog),
             ),
             (
                 AllDown,
                 503,
                 "All media servers unavailable",
                 None,
-                R::AllDown,
+                Some(R::AllDown),
             ),
-            (ShuttingDown, 503, "Shutting down", None, R::ShuttingDown),
+            (
+                ShuttingDown,
+                503,
+                "Shutting down",
+                None,
+                Some(R::ShuttingDown),
+            ),
             (
                 Overload,
                 503,
                 "Service Unavailable",
                 Some(("Retry-After", b"5")),
-                R::Overload,
+                Some(R::Overload),
             ),
-            (Forbidden, 403, "Forbidden", None, R::Forbidden),
-            (NoRoute, 404, "Not Found", None, R::NoRoute),
+            (Forbidden, 403, "Forbidden", None, Some(R::Forbidden)),
+            (NoRoute, 404, "Not Found", None, Some(R::NoRoute)),
             (
                 Unresolvable,
                 478,
                 "Unresolvable destination",
                 None,
-                R::Unresolvable,
+                Some(R::Unresolvable),
+            ),
+            (Cancelled, 487, "Request Terminated", None, None),
+            (TimedOut, 408, "Request Timeout", None, Some(R::Timeout)),
+            (
+                Unreachable,
+                503,
+                "Service Unavailable",
+                None,
+                Some(R::Unreachable),
             ),
         ]
     }
 
     #[test]
     fn every_reject_reason_is_some_refusals_label() {
-        let labels: Vec<R> = table().iter().map(|row| row.0.answer().label).collect();
+        let labels: Vec<R> = table()
+            .iter()
+            .filter_map(|row| row.0.answer().label)
+            .collect();
         for reason in R::ALL {
             assert!(
                 labels.contains(reason),

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use super::{Token, T1, TIMER_SLACK};
 use crate::dispatcher::health::Failure;
 use crate::dispatcher::Plan;
-use crate::metrics::{FailoverReason, RejectReason};
+use crate::metrics::FailoverReason;
 use crate::transport::{Peer, Transport};
 
 /// The settings an INVITE client reads (`[failover]`).
@@ -53,13 +53,9 @@ pub enum Action {
     RelayProvisional,
     /// Relay the final response being handled to the trunk.
     RelayFinal,
-    /// Answer the trunk's INVITE locally with a final response; `why`
-    /// when it is a rejection worth counting.
-    Answer {
-        code: u16,
-        reason: &'static [u8],
-        why: Option<RejectReason>,
-    },
+    /// Answer the trunk's INVITE locally with a final response (the
+    /// proxy's rescue chooses the status for the outcome).
+    Answer(Outcome),
     /// The call belongs to plan node `node` (it answered 2xx).
     Pin { node: usize },
     /// The call failed: forget its Call-ID.
@@ -71,6 +67,17 @@ pub enum Action {
     /// The trunk has its final answer: the call's state may go; its
     /// branches only linger for retransmissions.
     Decided,
+}
+
+/// Why a new INVITE ends with a local answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No node left to try.
+    AllDown,
+    /// The trunk cancelled and no node answered it.
+    Cancelled,
+    /// A node rang but sent no final within `fr_inv_timeout`.
+    TimedOut,
 }
 
 /// One try on one node.
@@ -232,11 +239,7 @@ impl InviteClient {
         }
         if self.cancelled {
             out.push(Action::Unpin);
-            out.push(Action::Answer {
-                code: 487,
-                reason: b"Request Terminated",
-                why: None,
-            });
+            out.push(Action::Answer(Outcome::Cancelled));
             return self.decide(out);
         }
         match self.plan.next() {
@@ -246,11 +249,7 @@ impl InviteClient {
             }
             None => {
                 out.push(Action::Unpin);
-                out.push(Action::Answer {
-                    code: 503,
-                    reason: b"All media servers unavailable",
-                    why: Some(RejectReason::AllDown),
-                });
+                out.push(Action::Answer(Outcome::AllDown));
                 self.decide(out);
             }
         }
@@ -454,11 +453,7 @@ impl InviteClient {
             // fr_inv_timeout: the node has the call but sent no final.
             out.push(Action::Cancel { branch, to });
             out.push(Action::Unpin);
-            out.push(Action::Answer {
-                code: 408,
-                reason: b"Request Timeout",
-                why: None,
-            });
+            out.push(Action::Answer(Outcome::TimedOut));
             self.decide(out);
         } else {
             if leg.trying {

@@ -118,8 +118,8 @@ impl Harness {
     }
 }
 
-fn answer(code: u16) -> impl Fn(&Action) -> bool {
-    move |a| matches!(a, Action::Answer { code: c, .. } if *c == code)
+fn answer(outcome: Outcome) -> impl Fn(&Action) -> bool {
+    move |a| *a == Action::Answer(outcome)
 }
 
 #[test]
@@ -296,11 +296,7 @@ fn fr_inv_timeout_after_ringing_answers_408_and_cancels() {
                 to: peer(0)
             },
             Action::Unpin,
-            Action::Answer {
-                code: 408,
-                reason: b"Request Timeout",
-                why: None
-            },
+            Action::Answer(Outcome::TimedOut),
             Action::Decided,
         ]
     );
@@ -392,7 +388,7 @@ fn a_cancelled_leg_that_never_confirms_gets_487_at_its_deadline() {
     h.start();
     h.cancel();
     let out = h.advance(h.s.fr_timeout);
-    assert!(out.iter().any(answer(487)), "{out:?}");
+    assert!(out.iter().any(answer(Outcome::Cancelled)), "{out:?}");
     assert_eq!(out.last(), Some(&Action::Decided));
     assert_eq!(h.legs.len(), 1, "no next node for a cancelled call");
     // Cancelled after a ringing 180, and no 487 comes.
@@ -401,7 +397,7 @@ fn a_cancelled_leg_that_never_confirms_gets_487_at_its_deadline() {
     h.respond(0, 180);
     h.cancel();
     let out = h.wake();
-    assert!(out.iter().any(answer(487)), "{out:?}");
+    assert!(out.iter().any(answer(Outcome::Cancelled)), "{out:?}");
 }
 
 #[test]
@@ -460,11 +456,7 @@ fn all_nodes_down_answers_503() {
         h.start(),
         vec![
             Action::Unpin,
-            Action::Answer {
-                code: 503,
-                reason: b"All media servers unavailable",
-                why: Some(RejectReason::AllDown)
-            },
+            Action::Answer(Outcome::AllDown),
             Action::Decided
         ]
     );
@@ -473,10 +465,10 @@ fn all_nodes_down_answers_503() {
     h.start();
     h.respond(0, 503);
     let out = h.respond(1, 500);
-    assert!(out.iter().any(answer(503)), "{out:?}");
+    assert!(out.iter().any(answer(Outcome::AllDown)), "{out:?}");
     let mut h = Harness::new(&[0, 1]);
     h.broken = vec![0, 1];
-    assert!(h.start().iter().any(answer(503)));
+    assert!(h.start().iter().any(answer(Outcome::AllDown)));
 }
 
 #[test]
