@@ -19,7 +19,7 @@ use super::{with_editor, Pool, Proxy, Timer};
 use crate::dialog::Pin;
 use crate::sip::{Editor, HeaderName, Message, Method, Scheme, SipError, Uri};
 use crate::transaction::relay::{RelayAction, RelayClient};
-use crate::transaction::{server_key, ClientTxn, Relay, Token};
+use crate::transaction::{server_key, ClientTxn, Relay, RelayState, Token};
 use crate::transport::{Peer, Transport};
 use tokio_util::sync::CancellationToken;
 
@@ -368,11 +368,11 @@ impl Proxy {
         let call_id = msg.call_id().unwrap_or_default();
         let ruri = msg.request_uri().ok();
         let ours = self.our_routes(msg);
-        let next_route = msg
-            .values(HeaderName::Route)
-            .nth(ours.count)
-            .and_then(|v| crate::sip::NameAddr::parse(v).ok())
-            .and_then(|a| Uri::parse(a.uri).ok());
+        // Only a node's request is loose-routed by the Route after ours.
+        let next_route = from_node.and_then(|_| {
+            let v = msg.values(HeaderName::Route).nth(ours.count)?;
+            Uri::parse(crate::sip::NameAddr::parse(v).ok()?.uri).ok()
+        });
         let facts = route::InDialog {
             from_node: from_node.map(|n| pool.addr(n)),
             trusted: from_node.is_some() || self.security.is_trusted(src.addr.ip()),
@@ -568,8 +568,7 @@ impl Proxy {
                 upstream: src,
                 created: now,
                 to,
-                request: bytes::Bytes::copy_from_slice(out),
-                client: client.into(),
+                state: RelayState::new(client, bytes::Bytes::copy_from_slice(out)).into(),
             })),
         );
         if let Some(at) = wake {
@@ -585,10 +584,12 @@ impl Proxy {
     /// resend it, or answer 408 upstream when its wait is over.
     fn relay_timer(&self, branch: &Token, now: tokio::time::Instant) {
         let step = self.txns.with(branch.as_bytes(), |t| match t {
-            ClientTxn::Relay(r) => {
-                let (action, wake) = r.with_client(|c| (c.on_timer(now.into_std()), c.next_wake()));
-                Some((action, wake, r.to, r.request.clone(), r.upstream))
-            }
+            ClientTxn::Relay(r) => r.with_state(|st| {
+                let action = st.client.on_timer(now.into_std());
+                // The last use of the copy is the 408 built from it.
+                let request = st.forget_if_done().unwrap_or_else(|| st.request.clone());
+                Some((action, st.client.next_wake(), r.to, request, r.upstream))
+            }),
             _ => None,
         });
         let Some(Some((action, wake, to, request, upstream))) = step else {
@@ -618,9 +619,10 @@ impl Proxy {
     /// upstream at once (RFC 3261 §16.7 step 10 via §16.8's rules).
     pub(super) fn relay_unreachable(&self, branch: &[u8]) {
         let failed = self.txns.with(branch, |t| match t {
-            ClientTxn::Relay(r) => r
-                .with_client(RelayClient::on_transport_error)
-                .map(|_| (r.request.clone(), r.upstream)),
+            ClientTxn::Relay(r) => r.with_state(|st| {
+                st.client.on_transport_error()?;
+                Some((st.forget_if_done().unwrap_or_default(), r.upstream))
+            }),
             _ => None,
         });
         if let Some(Some((request, upstream))) = failed {

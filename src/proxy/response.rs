@@ -42,7 +42,7 @@ impl Proxy {
             ClientTxn::Decided { upstream, .. } => Action::Decided(*upstream),
             ClientTxn::Probe { .. } => Action::Probe,
             ClientTxn::Relay(r) => {
-                if r.with_client(|c| c.on_response(now, status, fr_inv)) {
+                if r.with_state(|st| st.on_response(now, status, fr_inv)) {
                     Action::Relay {
                         bye: r.is_bye,
                         repin: r.repin,

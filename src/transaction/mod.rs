@@ -223,18 +223,45 @@ pub struct Relay {
     pub created: Instant,
     /// Where it went.
     pub to: crate::transport::Peer,
+    pub state: std::sync::Mutex<RelayState>,
+}
+
+/// A forwarded request's machine and what it sent.
+#[derive(Debug)]
+pub struct RelayState {
+    pub client: relay::RelayClient,
     /// What was sent: resent by Timer E (A), and the request a local 408
-    /// or 503 answers.
+    /// or 503 answers. Dropped once the transaction is done: the entry
+    /// lingers for 32 s, the copy need not.
     pub request: Bytes,
-    /// Its state machine (retransmissions, the wait for a final).
-    pub client: std::sync::Mutex<relay::RelayClient>,
+}
+
+impl RelayState {
+    pub fn new(client: relay::RelayClient, request: Bytes) -> RelayState {
+        RelayState { client, request }
+    }
+
+    /// A response with `code` came back: whether to relay it.
+    pub fn on_response(&mut self, now: std::time::Instant, code: u16, fr_inv: Duration) -> bool {
+        let relay = self.client.on_response(now, code, fr_inv);
+        self.forget_if_done();
+        relay
+    }
+
+    /// The request, taken when the machine is done with it.
+    pub fn forget_if_done(&mut self) -> Option<Bytes> {
+        self.client
+            .next_wake()
+            .is_none()
+            .then(|| std::mem::take(&mut self.request))
+    }
 }
 
 impl Relay {
-    /// Runs `f` on the machine (a poisoned lock only means a panic
+    /// Runs `f` on the machine's state (a poisoned lock only means a panic
     /// elsewhere: the state is still usable).
-    pub fn with_client<R>(&self, f: impl FnOnce(&mut relay::RelayClient) -> R) -> R {
-        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut RelayState) -> R) -> R {
+        let mut c = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut c)
     }
 }
@@ -299,7 +326,7 @@ impl<I: Pending> ClientTxns<I> {
             .iter()
             .filter(|e| match e.value() {
                 ClientTxn::Relay(r) => {
-                    r.to.addr == to && r.with_client(|c| c.next_wake().is_some())
+                    r.to.addr == to && r.with_state(|st| st.client.next_wake().is_some())
                 }
                 _ => false,
             })
@@ -405,12 +432,14 @@ mod tests {
                 upstream: crate::transport::Peer::udp("127.0.0.1:5060".parse().unwrap()),
                 created: Instant::now(),
                 to: crate::transport::Peer::udp("127.0.0.1:5080".parse().unwrap()),
-                request: Bytes::new(),
-                client: relay::RelayClient::new(
-                    Instant::now().into_std(),
-                    false,
-                    false,
-                    Duration::from_secs(2),
+                state: RelayState::new(
+                    relay::RelayClient::new(
+                        Instant::now().into_std(),
+                        false,
+                        false,
+                        Duration::from_secs(2),
+                    ),
+                    Bytes::new(),
                 )
                 .into(),
             })),
