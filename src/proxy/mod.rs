@@ -19,6 +19,7 @@
 mod admin;
 mod advertise;
 mod invite;
+mod me;
 mod pool;
 mod probe;
 mod request;
@@ -88,18 +89,10 @@ pub enum ProxyError {
 /// Shared state of a running proxy.
 pub struct Proxy {
     cfg: Config,
-    /// Our advertised `host:port` per transport, as written in Via and
-    /// Record-Route.
-    sent_by: SentBy,
-    /// `SIP/2.0/<transport> <sent_by>;branch=`: our Via up to the branch
-    /// value.
-    via_prefix: PerTransport<Box<[u8]>>,
     /// Retransmissions of forwarded requests and the INVITEs' deadlines.
     timers: Schedule<Timer>,
-    adv_host: String,
-    /// Our advertised port per transport (a transport without a listener
-    /// of its own advertises the UDP one).
-    adv_ports: PerTransport<u16>,
+    /// Our advertised identity: host, ports, Via, the "is it us" test.
+    me: me::Me,
     /// Every socket, its receive loop and every send.
     transports: Transports<Proxy>,
     /// Host names in the requests the nodes send out.
@@ -109,8 +102,8 @@ pub struct Proxy {
     rt: tokio::runtime::Handle,
     /// The destinations in force; replaced by a reload.
     pool: arc_swap::ArcSwap<Pool>,
-    config_path: Mutex<Option<std::path::PathBuf>>,
-    reload_lock: Mutex<()>,
+    /// Where `dispatcher.reload` and SIGHUP re-read the config from.
+    reload: pool::Reload,
     dialogs: Arc<Dialogs>,
     txns: ClientTxns<Arc<Call>>,
     /// New INVITEs from the trunk, by their server transaction's key
@@ -127,20 +120,9 @@ pub struct Proxy {
     icmp_pending: Mutex<Vec<SocketAddr>>,
     /// Shared with the transports, which count failed sends.
     metrics: Arc<crate::metrics::Metrics>,
-    /// Nodes a failed call wants probed at once (pool generation, index);
-    /// a [`Timer::ProbeUrgent`] is scheduled while it is not empty.
-    urgent_probes: Mutex<Vec<(u64, usize)>>,
     /// The probes in flight.
     prober: probe::Prober,
-    /// The prober has sent its first round (readiness).
-    first_round_done: AtomicBool,
-    /// `dispatcher.ping_active`: probing paused (0) or running (1), e.g.
-    /// from a keepalived notify script on the standby.
-    probing_active: AtomicBool,
 }
-
-/// Our advertised `host:port` for each transport.
-pub(crate) type SentBy = PerTransport<String>;
 
 impl Proxy {
     /// Builds the proxy around already-bound UDP sockets (tests bind port
@@ -188,26 +170,17 @@ impl Proxy {
                 _ => adv_port,
             }
         });
-        let sent_by = SentBy::from_fn(|t| format!("{adv_host}:{}", adv_ports[t]));
-        let pool = Pool::build(&cfg, &sent_by, &metrics, None, 0)?;
-        let via_prefix = PerTransport::from_fn(|t| {
-            format!("SIP/2.0/{} {};branch=", t.via_name(), sent_by[t])
-                .into_bytes()
-                .into()
-        });
+        let me = me::Me::new(adv_host, adv_ports);
+        let pool = Pool::build(&cfg, me.sent_by(), &metrics, None, 0)?;
         let proxy = Arc::new(Proxy {
-            via_prefix,
-            adv_ports,
+            me,
             transports,
             dns: crate::dns::Dns::new(&cfg.dns.servers),
             security: crate::security::Security::new(&cfg.security),
             rt: tokio::runtime::Handle::current(),
             pool: arc_swap::ArcSwap::from_pointee(pool),
-            config_path: Mutex::new(None),
-            reload_lock: Mutex::new(()),
+            reload: Default::default(),
             timers: Schedule::new(TIMER_SLACK),
-            sent_by,
-            adv_host,
             dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
             txns: ClientTxns::with_capacity(TABLE_CAPACITY),
             invites: crate::fast_map_with_capacity(TABLE_CAPACITY),
@@ -216,10 +189,7 @@ impl Proxy {
             calls_deciding: Default::default(),
             icmp_pending: Mutex::new(Vec::new()),
             metrics,
-            urgent_probes: Mutex::new(Vec::new()),
             prober: Default::default(),
-            first_round_done: AtomicBool::new(false),
-            probing_active: AtomicBool::new(true),
             cfg,
         });
         // Starts accepting on the TCP listeners.
@@ -362,16 +332,16 @@ impl Proxy {
     /// reads. Returns whether probing runs.
     pub fn ping_active(&self, active: Option<bool>) -> bool {
         if let Some(a) = active {
-            self.probing_active.store(a, Ordering::Relaxed);
+            self.prober.active.store(a, Ordering::Relaxed);
             tracing::info!("probing {}", if a { "resumed" } else { "paused" });
         }
-        self.probing_active.load(Ordering::Relaxed)
+        self.prober.active.load(Ordering::Relaxed)
     }
 
     /// Ready for traffic: the first probe round has been sent and answered
     /// in time, and some node takes new calls. `Err` says why not.
     pub fn ready(&self) -> Result<(), String> {
-        if !self.first_round_done.load(Ordering::Relaxed) {
+        if !self.prober.first_round_done.load(Ordering::Relaxed) {
             return Err("the first probe round has not finished".into());
         }
         let pool = self.pool();
@@ -402,7 +372,7 @@ impl Proxy {
     /// check it now when the health says so.
     fn call_failed(&self, pool: &Pool, i: usize, failure: crate::dispatcher::health::Failure) {
         if pool.call_failed(i, failure) {
-            let first = self.urgent_probes.lock().is_ok_and(|mut urgent| {
+            let first = self.prober.urgent.lock().is_ok_and(|mut urgent| {
                 let key = (pool.generation, i);
                 let first = urgent.is_empty();
                 if !urgent.contains(&key) {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::advertise::NodeAdvert;
-use super::{health_config, Proxy, ProxyError, SentBy};
+use super::{health_config, Proxy, ProxyError};
 use crate::config::{self, Config};
 use crate::dispatcher::Dispatcher;
 use crate::metrics::{DestinationMetrics, Metrics};
@@ -53,7 +53,7 @@ impl Pool {
     /// `previous` keep their health.
     pub(super) fn build(
         cfg: &Config,
-        sent_by: &SentBy,
+        sent_by: &PerTransport<String>,
         metrics: &Metrics,
         previous: Option<&Pool>,
         generation: u64,
@@ -148,6 +148,14 @@ pub enum ReloadError {
     Pool(#[from] ProxyError),
 }
 
+/// What a reload needs besides the proxy: the config file it re-reads
+/// (none: the built-in example), and a lock so two reloads never race.
+#[derive(Debug, Default)]
+pub(super) struct Reload {
+    pub(super) path: std::sync::Mutex<Option<PathBuf>>,
+    pub(super) one: std::sync::Mutex<()>,
+}
+
 impl Proxy {
     /// The pool in force (a cheap snapshot).
     pub fn pool(&self) -> Arc<Pool> {
@@ -164,7 +172,7 @@ impl Proxy {
     /// list file it names). Without one, reload re-reads the built-in
     /// example.
     pub fn set_config_path(&self, path: PathBuf) {
-        if let Ok(mut p) = self.config_path.lock() {
+        if let Ok(mut p) = self.reload.path.lock() {
             *p = Some(path);
         }
     }
@@ -174,10 +182,10 @@ impl Proxy {
     /// their state; calls in progress keep their node. Other settings need
     /// a restart. Returns the number of destinations now in force.
     pub fn reload(&self) -> Result<usize, ReloadError> {
-        let Ok(_one) = self.reload_lock.try_lock() else {
+        let Ok(_one) = self.reload.one.try_lock() else {
             return Err(ReloadError::InProgress);
         };
-        let path = self.config_path.lock().ok().and_then(|p| p.clone());
+        let path = self.reload.path.lock().ok().and_then(|p| p.clone());
         let cfg = match &path {
             Some(path) => config::read_config(path)?,
             None => config::from_toml(config::EXAMPLE_TOML, config::EXAMPLE_NAME)?,
@@ -185,7 +193,7 @@ impl Proxy {
         let old = self.pool();
         let new = Pool::build(
             &cfg,
-            &self.sent_by,
+            self.me.sent_by(),
             &self.metrics,
             Some(&old),
             old.generation + 1,

@@ -6,7 +6,7 @@
 //! the proxy's one timer schedule ([`Timer`]): no task of its own.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::BytesMut;
@@ -29,9 +29,26 @@ struct Pending {
 
 /// What the prober remembers between its wake-ups. Only the timer task
 /// takes the lock, so it is never contended.
-#[derive(Default)]
 pub(super) struct Prober {
     state: Mutex<ProberState>,
+    /// Nodes a failed call wants probed at once (pool generation, index).
+    pub(super) urgent: Mutex<Vec<(u64, usize)>>,
+    /// The first round has been sent and answered in time (readiness).
+    pub(super) first_round_done: AtomicBool,
+    /// `dispatcher.ping_active`: probing paused (false) or running, e.g.
+    /// from a keepalived notify script on the standby.
+    pub(super) active: AtomicBool,
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        Prober {
+            state: Default::default(),
+            urgent: Default::default(),
+            first_round_done: AtomicBool::new(false),
+            active: AtomicBool::new(true),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -61,7 +78,7 @@ impl Proxy {
         let interval = self.cfg.probe.interval;
         let next = at.max(now) + interval;
         self.timers.schedule(next, Timer::ProbeRound(next));
-        if !self.probing_active.load(Ordering::Relaxed) {
+        if !self.prober.active.load(Ordering::Relaxed) {
             return;
         }
         let pool = self.pool();
@@ -73,7 +90,7 @@ impl Proxy {
         }
         // Ready once this round's answers had their time (never early:
         // the schedule may hand an entry out up to its slack before).
-        if !self.first_round_done.load(Ordering::Relaxed) {
+        if !self.prober.first_round_done.load(Ordering::Relaxed) {
             let at = now + self.cfg.probe.timeout + TIMER_SLACK;
             self.timers.schedule(at, Timer::FirstRoundDone);
         }
@@ -82,11 +99,12 @@ impl Proxy {
     /// Calls failed on the nodes in `urgent_probes`: probe them now.
     pub(super) fn probe_urgent(&self) {
         let urgent = self
-            .urgent_probes
+            .prober
+            .urgent
             .lock()
             .map(|mut u| std::mem::take(&mut *u))
             .unwrap_or_default();
-        if !self.probing_active.load(Ordering::Relaxed) {
+        if !self.prober.active.load(Ordering::Relaxed) {
             return;
         }
         let pool = self.pool();
@@ -117,7 +135,7 @@ impl Proxy {
     }
 
     pub(super) fn first_round_done(&self) {
-        self.first_round_done.store(true, Ordering::Relaxed);
+        self.prober.first_round_done.store(true, Ordering::Relaxed);
     }
 
     /// Sends one probe to `node`, unless one is still out.
@@ -146,7 +164,7 @@ impl Proxy {
             method,
             target: target.as_bytes(),
             transport: transport.via_name(),
-            sent_by: self.sent_by.get(transport).as_bytes(),
+            sent_by: self.me.sent_by()[transport].as_bytes(),
             branch: branch.as_bytes(),
             from_uri: from.as_bytes(),
             from_tag: tag.as_bytes(),

@@ -101,7 +101,7 @@ impl Proxy {
         }
         let Some(method) = msg.method() else { return };
         let Ok(uri) = msg.request_uri() else { return };
-        if method == Method::Options && uri.user.is_none() && self.is_me(&uri) {
+        if method == Method::Options && uri.user.is_none() && self.me.is_me(&uri) {
             return self.reply(msg, src, 200, b"OK");
         }
         if method == Method::Ack {
@@ -207,15 +207,6 @@ impl Proxy {
         false
     }
 
-    /// Is this URI one of ours (our advertised host, and our UDP or TCP
-    /// port)?
-    pub(super) fn is_me(&self, uri: &Uri<'_>) -> bool {
-        let host = uri.host_raw.unwrap_or_default();
-        let port = uri.port.unwrap_or(5060);
-        host.eq_ignore_ascii_case(self.adv_host.as_bytes())
-            && self.adv_ports.iter().any(|(_, &p)| p == port)
-    }
-
     /// Our Route values at the top of `msg` (RFC 3261 §16.4; two after a
     /// double Record-Route).
     pub(super) fn our_routes(&self, msg: &Message<'_>) -> OurRoutes {
@@ -227,7 +218,7 @@ impl Proxy {
         let Ok(Some(first)) = msg.first_route() else {
             return ours;
         };
-        if !self.is_me(&first.uri) {
+        if !self.me.is_me(&first.uri) {
             return ours;
         }
         ours.count = 1;
@@ -241,7 +232,7 @@ impl Proxy {
             .nth(1)
             .and_then(|v| crate::sip::NameAddr::parse(v).ok())
             .and_then(|a| Uri::parse(a.uri).ok());
-        if let Some(second) = second.filter(|u| self.is_me(u)) {
+        if let Some(second) = second.filter(|u| self.me.is_me(u)) {
             ours.count = 2;
             ours.transport = Some(uri_transport(&second));
         }
@@ -300,7 +291,7 @@ impl Proxy {
         };
         // A Request-URI naming sipedge itself has nowhere further to go:
         // relaying it to our own address would only loop.
-        let hop = uri_hop(&uri).filter(|_| !self.is_me(&uri));
+        let hop = uri_hop(&uri).filter(|_| !self.me.is_me(&uri));
         let Some(hop) = hop else {
             return self.refuse(msg, src, Refusal::NoRoute);
         };
@@ -522,7 +513,7 @@ impl Proxy {
         let mut e = ed.edit(msg);
         e.set_received(src)?;
         e.decrement_max_forwards()?;
-        let prefix = &self.via_prefix[transport];
+        let prefix = self.me.via_prefix(transport);
         e.insert_via_parts(&[prefix, branch.as_bytes(), b";rport"]);
         if let Some(rr) = record_route {
             // The next hop's side on top (its route set starts there).
