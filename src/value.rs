@@ -17,8 +17,6 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::transport::Transport;
-
 /// Port used when neither the advertise address nor a socket gives one.
 pub const DEFAULT_SIP_PORT: u16 = 5060;
 
@@ -529,6 +527,53 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// A SIP transport sipedge speaks (RFC 3261 §18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// Every transport, in the order `transport::PerTransport` stores them.
+    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+
+    /// As written in a Via (`SIP/2.0/UDP`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    /// A Via's transport token, case-insensitive; `None` for any other.
+    pub fn from_via(token: &[u8]) -> Option<Transport> {
+        if token.eq_ignore_ascii_case(b"UDP") {
+            Some(Transport::Udp)
+        } else if token.eq_ignore_ascii_case(b"TCP") {
+            Some(Transport::Tcp)
+        } else {
+            None
+        }
+    }
+
+    /// A URI's `transport=` value; `None` for any other.
+    pub fn from_param(value: &[u8]) -> Option<Transport> {
+        Transport::from_via(value)
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,10 +665,10 @@ mod tests {
             "sip:10.0.1.10"
         );
         let uri = SipUri::parse("sip:10.0.1.10:5080;Transport=TCP").unwrap();
-        assert_eq!(uri.transport, Some(crate::transport::Transport::Tcp));
+        assert_eq!(uri.transport, Some(Transport::Tcp));
         assert_eq!(uri.to_string(), "sip:10.0.1.10:5080;transport=tcp");
         let uri = SipUri::parse("sip:10.0.1.10;transport=udp").unwrap();
-        assert_eq!(uri.transport, Some(crate::transport::Transport::Udp));
+        assert_eq!(uri.transport, Some(Transport::Udp));
     }
 
     #[test]

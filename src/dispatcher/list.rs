@@ -53,7 +53,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::health::Status;
+/// The flags column's bits live with the states they encode.
+pub use super::health::Flags;
 use crate::sip::{self, Scheme, Uri};
 use crate::value::Host;
 
@@ -237,78 +238,6 @@ pub struct Entry {
     /// 0 when not given.
     pub priority: i32,
     pub attrs: Attrs,
-}
-
-/// The `flags` column: the destination's initial state, as a bit field.
-///
-/// Kamailio (`dispatch.h`) defines five bits, [`Flags::KNOWN`]. Any other
-/// bit is kept as written but means nothing: Kamailio stores the whole
-/// `int` and never tests those bits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Flags(pub u32);
-
-impl Flags {
-    /// `DS_INACTIVE_DST`: not used for new calls until it answers probes.
-    pub const INACTIVE: Flags = Flags(1);
-    /// `DS_TRYING_DST`: failing, on the way to inactive.
-    pub const TRYING: Flags = Flags(2);
-    /// `DS_DISABLED_DST`: switched off by the administrator.
-    pub const DISABLED: Flags = Flags(4);
-    /// `DS_PROBING_DST`: sent OPTIONS keepalives.
-    pub const PROBING: Flags = Flags(8);
-    /// `DS_NODNSARES_DST`: the host is not resolved to A/AAAA at load
-    /// (for names that only have NAPTR/SRV records); such a destination
-    /// can no longer be matched by source address (`ds_is_from_list`).
-    pub const NO_DNS_A: Flags = Flags(16);
-    /// `DS_STATES_ALL`: every bit Kamailio gives a meaning.
-    pub const KNOWN: Flags = Flags(31);
-
-    pub fn bits(self) -> u32 {
-        self.0
-    }
-
-    /// True if every bit of `other` is set.
-    pub fn contains(self, other: Flags) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    pub fn is_inactive(self) -> bool {
-        self.contains(Flags::INACTIVE)
-    }
-
-    pub fn is_trying(self) -> bool {
-        self.contains(Flags::TRYING)
-    }
-
-    pub fn is_disabled(self) -> bool {
-        self.contains(Flags::DISABLED)
-    }
-
-    pub fn is_probing(self) -> bool {
-        self.contains(Flags::PROBING)
-    }
-
-    pub fn skips_dns(self) -> bool {
-        self.contains(Flags::NO_DNS_A)
-    }
-
-    /// Inactive or disabled: left out of selection (Kamailio
-    /// `ds_skip_dst`).
-    pub fn is_skipped(self) -> bool {
-        !Status::from_list_flags(self.0).state.accepts_new_calls()
-    }
-
-    /// Bits outside [`Flags::KNOWN`], for a warning.
-    pub fn unknown_bits(self) -> u32 {
-        self.0 & !Flags::KNOWN.0
-    }
-
-    /// The two-letter `FLAGS` of Kamailio's `dispatcher.list` RPC: state
-    /// (`I`nactive before `D`isabled before `T`rying, else `A`ctive), then
-    /// `P`robing or `X`.
-    pub fn rpc_letters(self) -> &'static str {
-        Status::as_kamailio_prints(self.0).flags().as_str()
-    }
 }
 
 /// The attributes column, `name=value;name=value`.

@@ -42,7 +42,7 @@ mod section;
 #[cfg(test)]
 mod tests;
 
-use crate::transport::Transport;
+use crate::value::Transport;
 use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
-use super::request::RecordRoute;
+use super::forward::RecordRoute;
 use super::rescue::Refusal;
 use super::{with_editor, Pool, Proxy, Timer};
 use crate::dialog::Removal;

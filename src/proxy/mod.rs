@@ -8,6 +8,7 @@
 //!   trunk or from a node) and forward it; drives the relay clients
 //!   (retransmissions, the 408/503 owed upstream).
 //! - `route`: where an in-dialog request goes, a pure decision.
+//! - `forward`: the one forwarding edit, with the TCP fallback.
 //! - `invite`: the driver of a new INVITE: feeds the server transaction
 //!   and the failover machine of [`crate::transaction`] and carries out
 //!   what they ask (send, relay, answer, pin, mark, count).
@@ -18,6 +19,7 @@
 
 mod admin;
 mod advertise;
+mod forward;
 mod invite;
 mod me;
 mod pool;
@@ -147,7 +149,7 @@ impl Proxy {
             freebind: cfg.listen.freebind,
             ..Default::default()
         };
-        let transports = Transports::new(sockets, listeners, tcp_options, metrics.clone())?;
+        let transports = Transports::new(sockets, listeners, tcp_options)?;
         let first = *transports
             .local_addrs(Transport::Udp)
             .first()
@@ -446,6 +448,10 @@ impl Handler for Proxy {
                 p.push(to);
             }
         }
+    }
+
+    fn on_send_failed(&self, _to: Peer) {
+        self.metrics.dropped(crate::metrics::DropReason::SendError);
     }
 
     fn after_batch(&self) {

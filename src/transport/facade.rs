@@ -20,7 +20,6 @@ use super::{
     Inbound, OnMessage, Peer, PerTransport, TcpError, TcpOptions, TcpTransport, Transport,
     UdpTransport,
 };
-use crate::metrics::{DropReason, Metrics};
 
 /// What the transports hand received messages and transport errors to
 /// (the proxy). Called on the receive threads and the TCP connections'
@@ -34,6 +33,12 @@ pub trait Handler: Send + Sync + 'static {
     /// [`Transports::send`], so it should only note the fact; act on it in
     /// [`after_batch`](Self::after_batch).
     fn on_unreachable(&self, to: SocketAddr);
+
+    /// A send to `to` failed (a full socket buffer, an unreachable peer, a
+    /// failed background connect): for the handler's counters. The
+    /// transport layer keeps no metrics of its own, so it imports nothing
+    /// above it.
+    fn on_send_failed(&self, to: Peer);
 
     /// After each batch of messages (one `recvmmsg`, one TCP message) and
     /// after a failed background connect: the place for work deferred
@@ -53,8 +58,6 @@ pub struct Transports<H> {
     pending_tcp: Mutex<Vec<std::net::TcpListener>>,
     /// Weak: the handler owns the transports.
     handler: Arc<OnceLock<Weak<H>>>,
-    /// Shared with the proxy: failed sends are counted here.
-    metrics: Arc<Metrics>,
     /// For the background TCP connects.
     rt: tokio::runtime::Handle,
 }
@@ -68,7 +71,6 @@ impl<H: Handler> Transports<H> {
         udp: Vec<std::net::UdpSocket>,
         tcp: Vec<std::net::TcpListener>,
         tcp_options: TcpOptions,
-        metrics: Arc<Metrics>,
     ) -> io::Result<Transports<H>> {
         let udp = UdpTransport::new(udp)?;
         let tcp_addrs = tcp
@@ -94,7 +96,6 @@ impl<H: Handler> Transports<H> {
             listening,
             pending_tcp: Mutex::new(tcp),
             handler,
-            metrics,
             rt: tokio::runtime::Handle::current(),
         })
     }
@@ -162,8 +163,10 @@ impl<H: Handler> Transports<H> {
             Transport::Tcp => self.send_tcp(bytes, to),
         };
         if let Err(e) = &r {
-            self.metrics.dropped(DropReason::SendError);
             tracing::debug!("send to {to}: {e}");
+            if let Some(h) = self.handler() {
+                h.on_send_failed(to);
+            }
         }
         r
     }
@@ -178,14 +181,14 @@ impl<H: Handler> Transports<H> {
                 Err(e) => return Err(io::Error::new(io::ErrorKind::WouldBlock, e)),
             }
         }
-        let (tcp, slot, metrics) = (self.tcp.clone(), self.handler.clone(), self.metrics.clone());
+        let (tcp, slot) = (self.tcp.clone(), self.handler.clone());
         self.rt.spawn(async move {
             if let Err(e) = tcp.send(to.addr, msg).await {
                 tracing::debug!("send to {to}: {e}");
-                metrics.dropped(DropReason::SendError);
                 // Like ICMP port unreachable: an INVITE waiting on it
                 // fails over now, not at fr_timeout.
                 if let Some(h) = slot.get().and_then(Weak::upgrade) {
+                    h.on_send_failed(to);
                     h.on_unreachable(to.addr);
                     h.after_batch();
                 }

@@ -26,43 +26,9 @@ pub use facade::{Handler, Transports};
 pub use tcp::{bind_tcp, ConnId, OnMessage, TcpError, TcpOptions, TcpStats, TcpTransport};
 pub use udp::{bind_udp, RecvBatch, SipSocket, UdpOptions, UdpTransport};
 
-/// A SIP transport sipedge speaks (RFC 3261 §18).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    #[default]
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    /// Every transport, in the order [`PerTransport`] stores them.
-    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
-
-    /// As written in a Via (`SIP/2.0/UDP`).
-    pub fn via_name(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-        }
-    }
-
-    /// A Via's transport token, case-insensitive; `None` for any other.
-    pub fn from_via(token: &[u8]) -> Option<Transport> {
-        if token.eq_ignore_ascii_case(b"UDP") {
-            Some(Transport::Udp)
-        } else if token.eq_ignore_ascii_case(b"TCP") {
-            Some(Transport::Tcp)
-        } else {
-            None
-        }
-    }
-
-    /// A URI's `transport=` value; `None` for any other.
-    pub fn from_param(value: &[u8]) -> Option<Transport> {
-        Transport::from_via(value)
-    }
-}
+/// The transport enum is a value type (config and dispatcher name it
+/// too): it lives in the leaf module.
+pub use crate::value::Transport;
 
 /// One `T` per transport, indexed by [`Transport`] (a new transport is a
 /// new slot, not a new field or a renumbered array).
@@ -152,15 +118,6 @@ impl Peer {
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.transport, self.addr)
-    }
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        })
     }
 }
 
