@@ -1292,8 +1292,17 @@ async fn in_dialog_requests_to_a_silent_node_get_408() {
     let got = node.recv_request("INVITE").await;
     node.send(reply(&got, 100, "Trying", None), got.from).await;
     let sent = std::time::Instant::now();
-    let answer = final_for(&h, cseq).await;
+    let all = h
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200) && r.cseq().0 == cseq)
+        .await;
+    let answer = all.last().cloned().expect("a final answer");
     assert_eq!(answer.status(), Some(408), "{}", answer.first_line());
+    assert_eq!(
+        all.iter().filter(|r| r.status() == Some(100)).count(),
+        1,
+        "our own 100 only: the node's is hop by hop (RFC 3261 §16.7 step 5)"
+    );
     assert!(
         sent.elapsed() >= Duration::from_millis(1000),
         "after a 100 the wait is fr_inv_timeout, not fr_timeout: {:?}",

@@ -86,6 +86,9 @@ impl Proxy {
         }
         match action {
             Some(Action::Probe) => {}
+            Some(Action::Drop) if status == 100 => {
+                // Hop by hop (RFC 3261 §16.7 step 5): upstream had ours.
+            }
             Some(Action::Drop) => {
                 // Upstream already has our 408 or 503 for this request.
                 self.metrics.dropped(DropReason::StrayResponse);

@@ -81,7 +81,8 @@ impl RelayClient {
     }
 
     /// A response with status `code` came back: whether to relay it
-    /// upstream.
+    /// upstream (a 100 never is: it is hop by hop, RFC 3261 §16.7 step 5,
+    /// and the proxy sent its own).
     pub fn on_response(&mut self, now: Instant, code: u16, fr_inv_timeout: Duration) -> bool {
         if self.answered_locally {
             // Upstream has our 408/503; only a 2xx to an INVITE still
@@ -106,7 +107,7 @@ impl RelayClient {
             self.heard = true;
             self.done = true;
         }
-        true
+        code != 100
     }
 
     /// The timer set from [`RelayClient::next_wake`] fired at `now`.
@@ -236,8 +237,12 @@ mod tests {
         let t0 = Instant::now();
         // A re-INVITE: fr_inv_timeout after its 100, and no more Timer A.
         let mut c = RelayClient::new(t0, true, false, FR);
-        assert!(c.on_response(t0 + Duration::from_millis(100), 100, FR_INV));
+        assert!(
+            !c.on_response(t0 + Duration::from_millis(100), 100, FR_INV),
+            "a 100 is hop by hop"
+        );
         assert!(c.heard());
+        assert!(c.on_response(t0 + Duration::from_millis(150), 180, FR_INV));
         let wake = t0 + Duration::from_millis(100) + FR_INV;
         assert_eq!(c.next_wake(), Some(wake));
         assert_eq!(c.on_timer(t0 + FR), None);
