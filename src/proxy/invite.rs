@@ -275,14 +275,16 @@ impl Proxy {
             match action {
                 Action::Forward { node } => {
                     let addr = d.pool.addr(node);
-                    let branch = self.branches.next();
+                    let branch = self.tables.branches.next();
                     self.pin(call_id, addr);
                     let built = self.invite_for(inv, st.src, &branch, &d.pool, node, d.pop_routes);
                     let Some((bytes, transport)) = built else {
                         d.machine.send_failed(node, out);
                         continue;
                     };
-                    self.txns.insert(&branch, ClientTxn::Invite(call.clone()));
+                    self.tables
+                        .txns
+                        .insert(&branch, ClientTxn::Invite(call.clone()));
                     let to = Peer::new(addr, transport);
                     if self.send_to(&bytes, to).is_ok() {
                         let now = Instant::now().into_std();
@@ -329,7 +331,7 @@ impl Proxy {
                 }
                 Action::Pin { node } => self.pin(call_id, d.pool.addr(node)),
                 Action::Unpin => {
-                    self.dialogs.remove(call_id, Removal::Failed);
+                    self.tables.dialogs.remove(call_id, Removal::Failed);
                 }
                 Action::Mark { node, failure } => self.call_failed(&d.pool, node, failure),
                 Action::FailedOver { node, reason } => {
@@ -348,7 +350,9 @@ impl Proxy {
             let wake = Instant::from_std(wake);
             if st.armed.is_none_or(|a| wake < a) {
                 st.armed = Some(wake);
-                self.timers.schedule(wake, Timer::Call(st.weak.clone()));
+                self.tables
+                    .timers
+                    .schedule(wake, Timer::Call(st.weak.clone()));
             }
         }
         st.client = Some(d);
@@ -364,7 +368,7 @@ impl Proxy {
         self.calls_deciding.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
         for b in machine.branches() {
-            self.txns.decide(b.as_bytes(), now, st.src);
+            self.tables.txns.decide(b.as_bytes(), now, st.src);
         }
         // Only now: the sweeper drops an `Invite` entry whose call is over,
         // and a retransmitted 2xx must still find its `Decided` one.
@@ -406,7 +410,7 @@ impl Proxy {
     /// it for retransmissions.
     fn answer(&self, st: &mut CallState, msg: &Message<'_>, code: u16, reason: &[u8]) {
         let Ok(via) = msg.top_via() else { return };
-        let tag = self.branches.tag();
+        let tag = self.tables.branches.tag();
         let mut out = BytesMut::with_capacity(msg.len().min(2048) + 128);
         Response::new(msg, code, reason, tag.as_bytes())
             .received(st.src.addr)

@@ -89,10 +89,26 @@ pub enum ProxyError {
 }
 
 /// Shared state of a running proxy.
-pub struct Proxy {
-    cfg: Config,
+/// The tables the request path, the response path, the INVITE driver,
+/// the prober and the admin backend share: one value, `Proxy::tables`.
+struct Tables {
+    /// Client transactions, by the branch we add.
+    txns: ClientTxns<Arc<Call>>,
+    /// New INVITEs from the trunk, by their server transaction's key
+    /// ([`crate::transaction::server_key`]).
+    invites: crate::FastMap<Box<[u8]>, Arc<Call>>,
+    /// Call-ID -> node.
+    dialogs: Arc<Dialogs>,
     /// Retransmissions of forwarded requests and the INVITEs' deadlines.
     timers: Schedule<Timer>,
+    /// Our branch and tag values.
+    branches: BranchGen,
+}
+
+pub struct Proxy {
+    cfg: Config,
+    /// The tables every part shares: transactions, dialogs, the schedule.
+    tables: Tables,
     /// Our advertised identity: host, ports, Via, the "is it us" test.
     me: me::Me,
     /// Every socket, its receive loop and every send.
@@ -106,12 +122,6 @@ pub struct Proxy {
     pool: arc_swap::ArcSwap<Pool>,
     /// Where `dispatcher.reload` and SIGHUP re-read the config from.
     reload: pool::Reload,
-    dialogs: Arc<Dialogs>,
-    txns: ClientTxns<Arc<Call>>,
-    /// New INVITEs from the trunk, by their server transaction's key
-    /// ([`crate::transaction::server_key`]).
-    invites: crate::FastMap<Box<[u8]>, Arc<Call>>,
-    branches: BranchGen,
     shutting_down: AtomicBool,
     /// INVITEs not answered with a final response yet (what a shutdown
     /// waits for; finished ones only linger for retransmissions).
@@ -175,6 +185,13 @@ impl Proxy {
         let me = me::Me::new(adv_host, adv_ports);
         let pool = Pool::build(&cfg, me.sent_by(), &metrics, None, 0)?;
         let proxy = Arc::new(Proxy {
+            tables: Tables {
+                txns: ClientTxns::with_capacity(TABLE_CAPACITY),
+                invites: crate::fast_map_with_capacity(TABLE_CAPACITY),
+                dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
+                timers: Schedule::new(TIMER_SLACK),
+                branches: BranchGen::default(),
+            },
             me,
             transports,
             dns: crate::dns::Dns::new(&cfg.dns.servers),
@@ -182,11 +199,6 @@ impl Proxy {
             rt: tokio::runtime::Handle::current(),
             pool: arc_swap::ArcSwap::from_pointee(pool),
             reload: Default::default(),
-            timers: Schedule::new(TIMER_SLACK),
-            dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
-            txns: ClientTxns::with_capacity(TABLE_CAPACITY),
-            invites: crate::fast_map_with_capacity(TABLE_CAPACITY),
-            branches: BranchGen::default(),
             shutting_down: AtomicBool::new(false),
             calls_deciding: Default::default(),
             icmp_pending: Mutex::new(Vec::new()),
@@ -200,7 +212,7 @@ impl Proxy {
     }
 
     pub fn dialogs(&self) -> &Dialogs {
-        &self.dialogs
+        &self.tables.dialogs
     }
 
     /// New INVITEs get 503 from now on; calls in progress go on.
@@ -240,7 +252,7 @@ impl Proxy {
     /// Client and server transactions held now (the bounds a flood must
     /// not break).
     pub fn transaction_counts(&self) -> (usize, usize) {
-        (self.txns.len(), self.invites.len())
+        (self.tables.txns.len(), self.tables.invites.len())
     }
 
     /// Every TCP listener's address.
@@ -260,7 +272,7 @@ impl Proxy {
         let mut tasks = JoinSet::new();
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move { p.transports.run(c).await });
-        tasks.spawn(self.dialogs.clone().run_expiry(cancel.clone()));
+        tasks.spawn(self.tables.dialogs.clone().run_expiry(cancel.clone()));
         self.start_prober();
         tasks.spawn(self.clone().run_timers(cancel.clone()));
         let (p, c) = (self.clone(), cancel.clone());
@@ -280,8 +292,8 @@ impl Proxy {
 
     /// Forgets finished transactions once their retransmissions are over.
     fn sweep(&self, now: tokio::time::Instant) {
-        self.txns.sweep(now);
-        self.invites.retain(|_, c| !c.expired(now));
+        self.tables.txns.sweep(now);
+        self.tables.invites.retain(|_, c| !c.expired(now));
     }
 
     /// One message from `src`: a UDP datagram, or one framed off a TCP
@@ -315,6 +327,7 @@ impl Proxy {
             _ => return,
         };
         let calls: Vec<Arc<Call>> = self
+            .tables
             .invites
             .iter()
             .filter(|c| c.is_deciding())
@@ -324,7 +337,7 @@ impl Proxy {
             for call in &calls {
                 self.call_unreachable(call, addr);
             }
-            for branch in self.txns.relays_to(addr) {
+            for branch in self.tables.txns.relays_to(addr) {
                 self.relay_unreachable(&branch);
             }
         }
@@ -358,13 +371,14 @@ impl Proxy {
         let pool = self.pool();
         for (_, d, series) in pool.sets() {
             for (i, m) in series.iter().enumerate() {
-                m.set_calls_active(self.dialogs.pinned_to(d.addr(i)));
+                m.set_calls_active(self.tables.dialogs.pinned_to(d.addr(i)));
                 m.set_state(d.status(i).state);
             }
         }
-        self.metrics.set_dialogs(self.dialogs.len());
-        self.metrics.set_transactions(self.txns.len());
-        self.metrics.sync_dialog_evictions(&self.dialogs.stats());
+        self.metrics.set_dialogs(self.tables.dialogs.len());
+        self.metrics.set_transactions(self.tables.txns.len());
+        self.metrics
+            .sync_dialog_evictions(&self.tables.dialogs.stats());
         self.metrics
             .sync_tcp(self.tcp().stats(), self.tcp().connections());
         &self.metrics
@@ -384,7 +398,8 @@ impl Proxy {
             });
             // One entry per batch: the prober takes the whole list.
             if first {
-                self.timers
+                self.tables
+                    .timers
                     .schedule(tokio::time::Instant::now(), Timer::ProbeUrgent);
             }
         }
@@ -413,7 +428,7 @@ impl Proxy {
             self.metrics.dropped(crate::metrics::DropReason::Malformed);
             return;
         };
-        let tag = self.branches.tag();
+        let tag = self.tables.branches.tag();
         let mut out = BytesMut::with_capacity(req.len().min(2048) + 128);
         Response::new(req, code, reason, tag.as_bytes())
             .received(src.addr)

@@ -68,7 +68,7 @@ impl Proxy {
     /// Starts probing: the first round now, the next ones from its entry.
     pub(super) fn start_prober(&self) {
         let now = Instant::now();
-        self.timers.schedule(now, Timer::ProbeRound(now));
+        self.tables.timers.schedule(now, Timer::ProbeRound(now));
     }
 
     /// A round of probes was due at `at`: probe every node that wants it
@@ -77,7 +77,7 @@ impl Proxy {
     pub(super) fn probe_round(&self, at: Instant, now: Instant) {
         let interval = self.cfg.probe.interval;
         let next = at.max(now) + interval;
-        self.timers.schedule(next, Timer::ProbeRound(next));
+        self.tables.timers.schedule(next, Timer::ProbeRound(next));
         if !self.prober.active.load(Ordering::Relaxed) {
             return;
         }
@@ -92,7 +92,7 @@ impl Proxy {
         // the schedule may hand an entry out up to its slack before).
         if !self.prober.first_round_done.load(Ordering::Relaxed) {
             let at = now + self.cfg.probe.timeout + TIMER_SLACK;
-            self.timers.schedule(at, Timer::FirstRoundDone);
+            self.tables.timers.schedule(at, Timer::FirstRoundDone);
         }
     }
 
@@ -128,7 +128,7 @@ impl Proxy {
                 break;
             };
             // Still there: no final answer came.
-            if self.txns.remove(p.branch.as_bytes()).is_some() {
+            if self.tables.txns.remove(p.branch.as_bytes()).is_some() {
                 record(&p.pool, p.set, p.node, ProbeResult::Timeout(timeout), None);
             }
         }
@@ -141,13 +141,14 @@ impl Proxy {
     /// Sends one probe to `node`, unless one is still out.
     fn probe(&self, pool: &Arc<Pool>, set: usize, node: usize, st: &mut ProberState) {
         let out = st.pending.iter().any(|p| {
-            (p.set, p.node) == (set, node) && self.txns.with(p.branch.as_bytes(), |_| ()).is_some()
+            (p.set, p.node) == (set, node)
+                && self.tables.txns.with(p.branch.as_bytes(), |_| ()).is_some()
         });
         if out {
             return;
         }
-        let branch = self.branches.next();
-        let tag = self.branches.tag();
+        let branch = self.tables.branches.next();
+        let tag = self.tables.branches.tag();
         st.cseq = st.cseq.wrapping_add(1);
         let Some((_, d, _)) = pool.set_at(set) else {
             return;
@@ -176,7 +177,7 @@ impl Proxy {
         .write(&mut buf);
         let now = Instant::now();
         let generation = pool.generation;
-        self.txns.insert(
+        self.tables.txns.insert(
             &branch,
             ClientTxn::Probe {
                 set,
@@ -187,13 +188,14 @@ impl Proxy {
         );
         let to = crate::transport::Peer::new(d.addr(node), transport);
         if self.send_to(&buf, to).is_err() {
-            self.txns.remove(branch.as_bytes());
+            self.tables.txns.remove(branch.as_bytes());
             record(pool, set, node, ProbeResult::TransportError, None);
             return;
         }
         let deadline = now + self.cfg.probe.timeout;
         // Fires at the deadline at the earliest (see `probe_round`).
-        self.timers
+        self.tables
+            .timers
             .schedule(deadline + TIMER_SLACK, Timer::ProbeTimeout);
         st.pending.push_back(Pending {
             deadline,

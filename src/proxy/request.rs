@@ -77,7 +77,7 @@ impl Proxy {
             return self.reply(msg, src, 200, b"OK");
         }
         if method == Method::Ack {
-            let call = server_key(msg).and_then(|k| self.invites.get(&k).map(|c| c.clone()));
+            let call = server_key(msg).and_then(|k| self.tables.invites.get(&k).map(|c| c.clone()));
             if call.is_some_and(|c| self.invite_acked(&c)) {
                 // ACK for a non-2xx final: ends the server transaction.
                 return;
@@ -135,7 +135,7 @@ impl Proxy {
     /// At `[limits] transactions`: new calls are shed, established ones
     /// go on.
     fn overloaded(&self) -> bool {
-        self.txns.len() >= self.cfg.limits.transactions
+        self.tables.txns.len() >= self.cfg.limits.transactions
     }
 
     /// The pool member `msg` comes from, if any.
@@ -212,7 +212,7 @@ impl Proxy {
     }
 
     fn on_cancel(&self, msg: &Message<'_>, src: Peer) {
-        let call = server_key(msg).and_then(|k| self.invites.get(&k).map(|c| c.clone()));
+        let call = server_key(msg).and_then(|k| self.tables.invites.get(&k).map(|c| c.clone()));
         match call {
             Some(call) => {
                 self.reply(msg, src, 200, b"OK");
@@ -226,7 +226,7 @@ impl Proxy {
         let Some(key) = server_key(msg) else {
             return self.refuse(msg, src, Refusal::Invalid(SipError::BadVia));
         };
-        if let Some(call) = self.invites.get(&key).map(|c| c.clone()) {
+        if let Some(call) = self.tables.invites.get(&key).map(|c| c.clone()) {
             // A retransmission: the server transaction knows what to do.
             return self.invite_again(&call, src);
         }
@@ -241,7 +241,7 @@ impl Proxy {
         }
         // One atomic look-up-or-insert: copies of an INVITE read by two
         // receive threads at once must not both start a call (a double fax).
-        let call = match self.invites.entry(key) {
+        let call = match self.tables.invites.entry(key) {
             dashmap::Entry::Occupied(o) => {
                 let call = o.get().clone();
                 drop(o);
@@ -339,7 +339,7 @@ impl Proxy {
         let facts = route::InDialog {
             from_node: from_node.map(|n| pool.addr(n)),
             trusted: from_node.is_some() || self.security.is_trusted(src.addr.ip()),
-            pinned: self.dialogs.get(call_id),
+            pinned: self.tables.dialogs.get(call_id),
             ours,
             request_uri: ruri.as_ref(),
             next_route: next_route.as_ref(),
@@ -397,9 +397,10 @@ impl Proxy {
         // sender's RFC 3261 branch and address.
         let branch = match msg.top_via() {
             Ok(v) if v.has_rfc3261_branch() => self
+                .tables
                 .branches
                 .derived(v.branch().unwrap_or_default(), src.addr),
-            _ => self.branches.next(),
+            _ => self.tables.branches.next(),
         };
         if msg.method() == Some(Method::Invite) {
             // A stateful proxy answers 100 to an INVITE itself (§16.2).
@@ -457,7 +458,7 @@ impl Proxy {
             self.cfg.failover.fr_timeout,
         );
         let wake = client.next_wake();
-        self.txns.insert(
+        self.tables.txns.insert(
             &branch,
             ClientTxn::Relay(Box::new(Relay {
                 call_id: msg.call_id().unwrap_or_default().into(),
@@ -470,7 +471,8 @@ impl Proxy {
             })),
         );
         if let Some(at) = wake {
-            self.timers
+            self.tables
+                .timers
                 .schedule(tokio::time::Instant::from_std(at), Timer::Relay(branch));
         }
         if self.send_to(out, to).is_err() {
@@ -481,7 +483,7 @@ impl Proxy {
     /// The timer of the forwarded request on `branch` fired at `now`:
     /// resend it, or answer 408 upstream when its wait is over.
     fn relay_timer(&self, branch: &Token, now: tokio::time::Instant) {
-        let step = self.txns.with(branch.as_bytes(), |t| match t {
+        let step = self.tables.txns.with(branch.as_bytes(), |t| match t {
             ClientTxn::Relay(r) => r.with_state(|st| {
                 let action = st.client.on_timer(now.into_std());
                 // The last use of the copy is the 408 built from it.
@@ -508,7 +510,8 @@ impl Proxy {
             Some(RelayAction::Unreachable) | None => {}
         }
         if let Some(at) = wake {
-            self.timers
+            self.tables
+                .timers
                 .schedule(tokio::time::Instant::from_std(at), Timer::Relay(*branch));
         }
     }
@@ -516,7 +519,7 @@ impl Proxy {
     /// The forwarded request on `branch` cannot reach its next hop: 503
     /// upstream at once (RFC 3261 §16.7 step 10 via §16.8's rules).
     pub(super) fn relay_unreachable(&self, branch: &[u8]) {
-        let failed = self.txns.with(branch, |t| match t {
+        let failed = self.tables.txns.with(branch, |t| match t {
             ClientTxn::Relay(r) => r.with_state(|st| {
                 st.client.on_transport_error()?;
                 Some((st.forget_if_done().unwrap_or_default(), r.upstream))
@@ -553,7 +556,7 @@ impl Proxy {
             String::from_utf8_lossy(req.method().map(|m| m.as_bytes()).unwrap_or_default()),
             answer.code
         );
-        let tag = self.branches.tag();
+        let tag = self.tables.branches.tag();
         let mut out = bytes::BytesMut::with_capacity(request.len().min(2048) + 64);
         crate::sip::Response::new(&req, answer.code, &answer.phrase, tag.as_bytes())
             .write(&mut out);
@@ -568,7 +571,8 @@ impl Proxy {
     /// fr_timeout / fr_inv_timeout, and the prober's rounds, urgent probes
     /// and timeouts.
     pub(super) async fn run_timers(self: Arc<Self>, cancel: CancellationToken) {
-        self.timers
+        self.tables
+            .timers
             .run(&cancel, |now, due| {
                 for t in due.drain(..) {
                     match t {
@@ -591,7 +595,7 @@ impl Proxy {
 
     /// Pins a new call; a full table still lets the call through.
     pub(super) fn pin(&self, call_id: &[u8], node: SocketAddr) {
-        if let Pin::Full = self.dialogs.pin(call_id, node) {
+        if let Pin::Full = self.tables.dialogs.pin(call_id, node) {
             tracing::debug!("dialog table full: call not pinned");
         }
     }

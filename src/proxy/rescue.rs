@@ -194,7 +194,7 @@ impl Proxy {
         if matches!(refusal, Refusal::Invalid(_)) && req.top_via().is_err() {
             // A Via we cannot read: answer where the request came from.
             let mut out = bytes::BytesMut::new();
-            let tag = self.branches.tag();
+            let tag = self.tables.branches.tag();
             crate::sip::Response::new(req, answer.code, &answer.phrase, tag.as_bytes())
                 .write(&mut out);
             self.metrics

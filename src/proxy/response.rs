@@ -36,7 +36,7 @@ impl Proxy {
         }
         let now = std::time::Instant::now();
         let fr_inv = self.cfg.failover.fr_inv_timeout;
-        let action = self.txns.with(branch, |t| match t {
+        let action = self.tables.txns.with(branch, |t| match t {
             // The state machine owns the decision (failover, relay, ACK).
             ClientTxn::Invite(call) => Action::Call(call.clone()),
             ClientTxn::Decided { upstream, .. } => Action::Decided(*upstream),
@@ -62,7 +62,7 @@ impl Proxy {
                     node,
                     generation,
                     sent,
-                }) = self.txns.remove(branch)
+                }) = self.tables.txns.remove(branch)
                 {
                     self.probe_answered(set, node, generation, sent, status);
                 }
@@ -119,11 +119,11 @@ impl Proxy {
             }) => {
                 let ok = msg.status().is_some_and(|c| (200..300).contains(&c));
                 if ok && bye {
-                    self.dialogs.remove(&call_id, Removal::Bye);
+                    self.tables.dialogs.remove(&call_id, Removal::Bye);
                 }
                 if let (true, Some(node)) = (ok, repin) {
                     // sofia recover: the node that answered owns the call now.
-                    self.dialogs.pin(&call_id, node);
+                    self.tables.dialogs.pin(&call_id, node);
                 }
                 self.relay_upstream(msg, Some(upstream), false);
             }
