@@ -69,7 +69,13 @@ enum Timer {
     ProbeTimeout,
     /// The first round's answers had their time (readiness).
     FirstRoundDone,
+    /// Forget finished transactions whose retransmission window is over.
+    Sweep,
 }
+
+/// How often finished transactions are swept out (they linger 32 s; a
+/// few seconds more cost only memory).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the proxy could not be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -266,34 +272,29 @@ impl Proxy {
     }
 
     /// Serves until `cancel` fires: the transports' receive loops, the
-    /// dialog expiry task, the timer task (which runs the prober too) and
-    /// the transaction sweeper. Returns once every one of them has stopped.
+    /// dialog expiry task and the timer task (which runs the transaction
+    /// machines' timers, the prober and the transaction sweeper). Returns
+    /// once every one of them has stopped.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks = JoinSet::new();
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move { p.transports.run(c).await });
         tasks.spawn(self.tables.dialogs.clone().run_expiry(cancel.clone()));
         self.start_prober();
+        let first_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
+        self.tables.timers.schedule(first_sweep, Timer::Sweep);
         tasks.spawn(self.clone().run_timers(cancel.clone()));
-        let (p, c) = (self.clone(), cancel.clone());
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = c.cancelled() => break,
-                    _ = tick.tick() => p.sweep(tokio::time::Instant::now()),
-                }
-            }
-        });
         cancel.cancelled().await;
         self.shutting_down.store(true, Ordering::Relaxed);
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Forgets finished transactions once their retransmissions are over.
+    /// Forgets finished transactions once their retransmissions are over,
+    /// and schedules the next sweep.
     fn sweep(&self, now: tokio::time::Instant) {
         self.tables.txns.sweep(now);
         self.tables.invites.retain(|_, c| !c.expired(now));
+        self.tables.timers.schedule(now + SWEEP_EVERY, Timer::Sweep);
     }
 
     /// One message from `src`: a UDP datagram, or one framed off a TCP

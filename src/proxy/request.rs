@@ -586,6 +586,7 @@ impl Proxy {
                         Timer::ProbeUrgent => self.probe_urgent(),
                         Timer::ProbeTimeout => self.probe_timeouts(now),
                         Timer::FirstRoundDone => self.first_round_done(),
+                        Timer::Sweep => self.sweep(now),
                     }
                 }
                 self.flush_icmp();
