@@ -1258,3 +1258,56 @@ async fn probes_of_a_tcp_node_go_over_tcp() {
     assert!(h.proxy.dispatcher().accepts_new_calls(0));
     h.nodes[0].expect_nothing(Duration::ZERO).await;
 }
+
+/// The TCP node that has the call goes away (its connection closed, its
+/// port no longer listening): the trunk's BYE gets 503 as soon as the
+/// new connect is refused (RFC 3261 §16.7 step 10 with §16.8), well before
+/// `fr_timeout`, and the failure is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bye_to_a_tcp_node_that_is_gone_gets_503_at_once() {
+    let mut h = Harness::start(Options {
+        node_kinds: vec![NodeKind::Tcp],
+        probing: false,
+        ..tcp_opts()
+    })
+    .await;
+    let mut call = h.trunk_call();
+    {
+        let node = h.tcp_node(0);
+        h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+        let inv = node.recv_request("INVITE").await;
+        let fs = Dialog::uas_at(node.addr, &inv, &unique("fs-")).over_tcp();
+        node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE))).await;
+        let got = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+        call.learn_2xx(got.last().unwrap());
+        let (ack, _) = call.request("ACK", None);
+        h.trunk.send(ack, h.addr).await;
+        node.recv_request("ACK").await;
+    }
+    drop(h.tcp_nodes[0].take());
+    eventually("the proxy to see the node's connection close", || {
+        h.proxy.tcp().connections() == 0
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (bye, bye_branch) = call.request("BYE", None);
+    h.trunk.send(bye, h.addr).await;
+    let answer = h
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    let answer = answer.last().unwrap();
+    assert_eq!(answer.status(), Some(503), "{}", answer.first_line());
+    assert_only_via(answer, &bye_branch);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "at the refused connect, not at fr_timeout (5 s): {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        h.proxy
+            .metrics()
+            .forward_failures(sipedge::metrics::ForwardFailure::Transport),
+        1
+    );
+}
