@@ -36,8 +36,9 @@
 //! - [`dialog`]: the Call-ID -> node table and its expiry task.
 //! - [`proxy`]: the stateful proxy, the transports' handler: request and
 //!   response paths, the pure in-dialog routing decision (`route.rs`), the
-//!   driver of the transaction machines (`invite.rs`), errors to SIP
-//!   answers (`rescue.rs`), the prober and the reload.
+//!   one forwarding edit (`forward.rs`), the driver of the transaction
+//!   machines (`invite.rs`), every local answer (`rescue.rs`), our
+//!   advertised identity (`me.rs`), the prober and the reload.
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.
