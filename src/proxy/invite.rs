@@ -54,8 +54,10 @@ struct Deciding {
     /// whatever a reload does meanwhile.
     pool: Arc<Pool>,
     /// The trunk's INVITE as received: the next leg and local answers are
-    /// built from it.
+    /// built from it (parsed again only for those, which are rare).
     invite: Bytes,
+    /// Where its Call-ID is in `invite`: pins need it on every event.
+    call_id: std::ops::Range<usize>,
     /// Our own Route values at the top of the INVITE, consumed.
     pop_routes: usize,
 }
@@ -88,6 +90,7 @@ impl Call {
                     machine: InviteClient::new(plan),
                     pool,
                     invite: Bytes::copy_from_slice(msg.as_bytes()),
+                    call_id: slice_range(msg.as_bytes(), msg.call_id().unwrap_or_default()),
                     pop_routes,
                 })),
                 src,
@@ -119,6 +122,16 @@ impl Call {
 thread_local! {
     /// The actions of one event, reused: no allocation per event.
     static ACTIONS: std::cell::RefCell<Vec<Action>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Where `part` (a slice of `whole`) lies in `whole`; empty when it is
+/// not part of it.
+fn slice_range(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if end <= whole.len() => start..end,
+        _ => 0..0,
+    }
 }
 
 /// Runs `f` with this thread's action buffer, empty (a fresh one if it is
@@ -231,8 +244,8 @@ impl Proxy {
 
     /// Carries out the machine's actions (and those they lead to: a send
     /// error is fed back), then arms the next wake-up. `invite` is the
-    /// received INVITE when at hand (else parsed from the stored copy when
-    /// needed), `resp` the response being handled.
+    /// received INVITE when at hand (else the stored copy is parsed, only
+    /// for an action that builds on it), `resp` the response being handled.
     fn drive(
         &self,
         call: &Arc<Call>,
@@ -241,31 +254,21 @@ impl Proxy {
         resp: Option<&Message<'_>>,
         out: &mut Vec<Action>,
     ) {
-        let Some(d) = st.client.take() else { return };
-        match invite {
-            Some(inv) => self.carry_out(call, st, d, inv, resp, out),
+        let Some(mut d) = st.client.take() else {
+            return;
+        };
+        let stored = d.invite.clone();
+        let call_id = stored.get(d.call_id.clone()).unwrap_or_default();
+        // Runs `f` on the received INVITE: at hand, or parsed from the copy
+        // (parsed once already, so it does not fail).
+        let with_invite = |f: &mut dyn FnMut(&Message<'_>)| match invite {
+            Some(m) => f(m),
             None => {
-                let stored = d.invite.clone();
-                match Message::parse(&stored) {
-                    Ok(inv) => self.carry_out(call, st, d, &inv, resp, out),
-                    // Parsed once already; never happens.
-                    Err(_) => st.client = Some(d),
+                if let Ok(m) = Message::parse(&stored) {
+                    f(&m);
                 }
             }
-        }
-    }
-
-    /// [`Proxy::drive`] with the received INVITE at hand.
-    fn carry_out(
-        &self,
-        call: &Arc<Call>,
-        st: &mut CallState,
-        mut d: Box<Deciding>,
-        inv: &Message<'_>,
-        resp: Option<&Message<'_>>,
-        out: &mut Vec<Action>,
-    ) {
-        let call_id = inv.call_id().unwrap_or_default();
+        };
         let s = self.invite_settings();
         let mut decided = false;
         let mut i = 0;
@@ -277,7 +280,10 @@ impl Proxy {
                     let addr = d.pool.addr(node);
                     let branch = self.tables.branches.next();
                     self.pin(call_id, addr);
-                    let built = self.invite_for(inv, st.src, &branch, &d.pool, node, d.pop_routes);
+                    let mut built = None;
+                    with_invite(&mut |inv| {
+                        built = self.invite_for(inv, st.src, &branch, &d.pool, node, d.pop_routes);
+                    });
                     let Some((bytes, transport)) = built else {
                         d.machine.send_failed(node, out);
                         continue;
@@ -326,8 +332,10 @@ impl Proxy {
                 }
                 Action::Answer(outcome) => {
                     let answer = Refusal::from(outcome).answer();
-                    self.count_refusal(inv, &answer);
-                    self.answer(st, inv, answer.code, &answer.phrase);
+                    with_invite(&mut |inv| {
+                        self.count_refusal(inv, &answer);
+                        self.answer(st, inv, answer.code, &answer.phrase);
+                    });
                 }
                 Action::Pin { node } => self.pin(call_id, d.pool.addr(node)),
                 Action::Unpin => {
@@ -452,5 +460,19 @@ impl Proxy {
         if hop.write(&mut out).is_some() {
             let _ = self.send_to(&out, peer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slice_range;
+
+    #[test]
+    fn a_slice_is_found_in_its_buffer_and_a_stranger_is_not() {
+        let whole = b"INVITE sip:a@b SIP/2.0\r\ni: abc@host\r\n".to_vec();
+        let at = whole.windows(8).position(|w| w == b"abc@host").unwrap();
+        assert_eq!(slice_range(&whole, &whole[at..at + 8]), at..at + 8);
+        assert_eq!(slice_range(&whole, b"abc@host"), 0..0);
+        assert_eq!(slice_range(&whole, &whole[..0]), 0..0);
     }
 }
