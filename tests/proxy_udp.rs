@@ -1317,6 +1317,46 @@ async fn in_dialog_requests_to_a_silent_node_get_408() {
     );
 }
 
+/// The trunk retransmits its BYE (its Timer E) while the node stays
+/// silent: each copy goes on as a retransmission of our transaction, which
+/// does not start again, so the 408 still comes `fr_timeout` after the
+/// first send, not after the trunk's last copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retransmitted_request_does_not_restart_its_transaction() {
+    let h = Harness::start(Options {
+        fr_timeout: "800ms",
+        ..Options::default()
+    })
+    .await;
+    let Established { mut call, node, .. } = establish(&h).await;
+    let (bye, _) = call.request("BYE", None);
+    let cseq = call_cseq(&bye);
+    let started = std::time::Instant::now();
+    let mut answer = None;
+    // Copies every 300 ms for up to 4 s: without the fix the deadline
+    // moved with each one and the 408 came only after the last.
+    while answer.is_none() && started.elapsed() < Duration::from_secs(4) {
+        h.trunk.send(&bye, h.addr).await;
+        answer = h
+            .trunk
+            .recv_within(Duration::from_millis(300))
+            .await
+            .filter(|r| r.status().is_some_and(|c| c >= 200) && r.cseq().0 == cseq);
+    }
+    let answer = answer.expect("a final answer while the trunk retransmits");
+    assert_eq!(answer.status(), Some(408), "{}", answer.first_line());
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "408 at fr_timeout after the first copy: {:?}",
+        started.elapsed()
+    );
+    // Every copy the node got is the same transaction.
+    let first = h.nodes[node].recv_request("BYE").await;
+    while let Some(copy) = h.nodes[node].recv_within(Duration::ZERO).await {
+        assert_eq!(copy.branch(), first.branch());
+    }
+}
+
 /// The CSeq number of a request we built.
 fn call_cseq(req: &[u8]) -> u32 {
     sipedge::sip::Message::parse(req)

@@ -450,32 +450,33 @@ impl Proxy {
             let _ = self.send_to(out, to);
             return;
         }
-        let now = tokio::time::Instant::now();
-        let client = RelayClient::new(
-            now.into_std(),
-            method == Some(Method::Invite),
-            to.transport != Transport::Udp,
-            self.cfg.failover.fr_timeout,
-        );
-        let wake = client.next_wake();
-        self.tables.txns.insert(
-            &branch,
+        let now = std::time::Instant::now();
+        let mut wake = None;
+        let new = self.tables.txns.insert_new(&branch, || {
+            let client = RelayClient::new(
+                now,
+                method == Some(Method::Invite),
+                to.transport != Transport::Udp,
+                self.cfg.failover.fr_timeout,
+            );
+            wake = client.next_wake();
             ClientTxn::Relay(Box::new(Relay {
                 call_id: msg.call_id().unwrap_or_default().into(),
                 is_bye: method == Some(Method::Bye),
                 repin,
                 upstream: src,
-                created: now,
                 to,
                 state: RelayState::new(client, bytes::Bytes::copy_from_slice(out)).into(),
-            })),
-        );
+            }))
+        });
         if let Some(at) = wake {
             self.tables
                 .timers
                 .schedule(tokio::time::Instant::from_std(at), Timer::Relay(branch));
         }
-        if self.send_to(out, to).is_err() {
+        // A retransmission from upstream goes on as a retransmission of
+        // ours (same branch); its transaction's timers keep running.
+        if self.send_to(out, to).is_err() && new {
             self.relay_unreachable(branch.as_bytes());
         }
     }
@@ -492,22 +493,20 @@ impl Proxy {
             }),
             _ => None,
         });
-        let Some(Some((action, wake, to, request, upstream))) = step else {
+        let Some((action, wake, to, request, upstream)) = step.flatten() else {
             return;
         };
+        let stopping = self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed);
         match action {
-            Some(RelayAction::Resend) => {
-                if !self
-                    .shutting_down
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    let _ = self.send_to(&request, to);
-                }
+            Some(RelayAction::Resend) if !stopping => {
+                let _ = self.send_to(&request, to);
             }
             Some(RelayAction::TimedOut) => {
                 self.forward_failed(&request, upstream, crate::metrics::ForwardFailure::Timeout);
             }
-            Some(RelayAction::Unreachable) | None => {}
+            _ => {}
         }
         if let Some(at) = wake {
             self.tables
@@ -521,12 +520,12 @@ impl Proxy {
     pub(super) fn relay_unreachable(&self, branch: &[u8]) {
         let failed = self.tables.txns.with(branch, |t| match t {
             ClientTxn::Relay(r) => r.with_state(|st| {
-                st.client.on_transport_error()?;
-                Some((st.forget_if_done().unwrap_or_default(), r.upstream))
+                let answer = st.client.on_transport_error(std::time::Instant::now());
+                answer.then(|| (st.forget_if_done().unwrap_or_default(), r.upstream))
             }),
             _ => None,
         });
-        if let Some(Some((request, upstream))) = failed {
+        if let Some((request, upstream)) = failed.flatten() {
             self.forward_failed(
                 &request,
                 upstream,

@@ -220,7 +220,6 @@ pub struct Relay {
     /// Where the request came from: its responses go back there (on the
     /// same TCP connection, RFC 3261 §18.2.2).
     pub upstream: crate::transport::Peer,
-    pub created: Instant,
     /// Where it went.
     pub to: crate::transport::Peer,
     pub state: std::sync::Mutex<RelayState>,
@@ -293,6 +292,20 @@ impl<I: Pending> ClientTxns<I> {
         }
     }
 
+    /// Inserts the transaction `make` builds unless `branch` has one
+    /// already (a retransmitted request forwarded on the same branch: its
+    /// transaction goes on, it does not start again). Whether it did.
+    pub fn insert_new(&self, branch: &str, make: impl FnOnce() -> ClientTxn<I>) -> bool {
+        match self.map.entry(branch.as_bytes().into()) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(make());
+                self.count.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+        }
+    }
+
     pub fn insert(&self, branch: &str, txn: ClientTxn<I>) {
         if self.map.insert(branch.as_bytes().into(), txn).is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
@@ -353,7 +366,7 @@ impl<I: Pending> ClientTxns<I> {
         self.map.retain(|_, t| {
             let keep = match t {
                 ClientTxn::Invite(call) => !call.is_over(),
-                ClientTxn::Relay(r) => now.duration_since(r.created) < LINGER,
+                ClientTxn::Relay(r) => !r.with_state(|st| st.client.expired(now.into_std())),
                 ClientTxn::Decided { at, .. } => now.duration_since(*at) < LINGER,
                 // The prober removes its own; this only catches a stopped one.
                 ClientTxn::Probe { sent, .. } => now.duration_since(*sent) < LINGER,
@@ -430,18 +443,15 @@ mod tests {
                 is_bye: false,
                 repin: None,
                 upstream: crate::transport::Peer::udp("127.0.0.1:5060".parse().unwrap()),
-                created: Instant::now(),
                 to: crate::transport::Peer::udp("127.0.0.1:5080".parse().unwrap()),
-                state: RelayState::new(
-                    relay::RelayClient::new(
-                        Instant::now().into_std(),
-                        false,
-                        false,
-                        Duration::from_secs(2),
-                    ),
-                    Bytes::new(),
-                )
-                .into(),
+                state: {
+                    let now = Instant::now().into_std();
+                    let client = relay::RelayClient::new(now, false, false, Duration::from_secs(2));
+                    let mut st = RelayState::new(client, Bytes::new());
+                    // Answered: from now on it only lingers.
+                    st.on_response(now, 200, Duration::from_secs(120));
+                    st.into()
+                },
             })),
         );
         t.insert("b3", ClientTxn::Invite(Call(Default::default())));

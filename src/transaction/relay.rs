@@ -24,8 +24,6 @@ pub enum RelayAction {
     Resend,
     /// No final came in time: answer 408 upstream.
     TimedOut,
-    /// The transport failed: answer 503 upstream.
-    Unreachable,
 }
 
 /// A forwarded request's client transaction.
@@ -39,8 +37,9 @@ pub struct RelayClient {
     resend_at: Instant,
     deadline: Instant,
     heard: bool,
-    /// A final came, or we answered upstream ourselves.
-    done: bool,
+    /// When a final came, or we answered upstream ourselves: the
+    /// transaction is over, and only lingers for retransmitted responses.
+    ended: Option<Instant>,
     /// We answered upstream ourselves: later finals are the node's late
     /// news, not for the client (but a 2xx to an INVITE still is).
     answered_locally: bool,
@@ -57,14 +56,14 @@ impl RelayClient {
             resend_at: now + T1,
             deadline: now + fr_timeout.min(TIMER_F),
             heard: false,
-            done: false,
+            ended: None,
             answered_locally: false,
         }
     }
 
     /// When [`RelayClient::on_timer`] wants to run next.
     pub fn next_wake(&self) -> Option<Instant> {
-        if self.done {
+        if self.ended.is_some() {
             return None;
         }
         if self.resending() {
@@ -105,19 +104,19 @@ impl RelayClient {
             }
         } else {
             self.heard = true;
-            self.done = true;
+            self.ended.get_or_insert(now);
         }
         code != 100
     }
 
     /// The timer set from [`RelayClient::next_wake`] fired at `now`.
     pub fn on_timer(&mut self, now: Instant) -> Option<RelayAction> {
-        if self.done {
+        if self.ended.is_some() {
             return None;
         }
         let due = now + TIMER_SLACK;
         if self.deadline <= due {
-            self.done = true;
+            self.ended = Some(now);
             self.answered_locally = true;
             return Some(RelayAction::TimedOut);
         }
@@ -133,15 +132,25 @@ impl RelayClient {
         None
     }
 
-    /// The destination is unreachable (ICMP, a refused or failed connect,
-    /// a send error): 503 upstream unless a final already came.
-    pub fn on_transport_error(&mut self) -> Option<RelayAction> {
-        if self.done {
-            return None;
+    /// The destination is unreachable at `now` (ICMP, a refused or failed
+    /// connect, a send error): whether to answer 503 upstream (not when a
+    /// final already came).
+    pub fn on_transport_error(&mut self, now: Instant) -> bool {
+        if self.ended.is_some() {
+            return false;
         }
-        self.done = true;
+        self.ended = Some(now);
         self.answered_locally = true;
-        Some(RelayAction::Unreachable)
+        true
+    }
+
+    /// Whether the entry may go at `now`: over for longer than the 64*T1
+    /// a node's UAS core may retransmit a 2xx (RFC 6026); a transaction
+    /// still waiting stays, whatever its age (a re-INVITE after its 100
+    /// waits `fr_inv_timeout`).
+    pub fn expired(&self, now: Instant) -> bool {
+        self.ended
+            .is_some_and(|e| now.saturating_duration_since(e) >= TIMER_F)
     }
 
     /// Whether a response has come back yet.
@@ -227,7 +236,7 @@ mod tests {
         assert!(c.on_response(t0, 200, FR_INV));
         assert_eq!(c.next_wake(), None);
         assert_eq!(c.on_timer(t0 + FR), None);
-        assert_eq!(c.on_transport_error(), None);
+        assert!(!c.on_transport_error(t0));
         // Retransmitted finals are still relayed (the node's business).
         assert!(c.on_response(t0, 200, FR_INV));
     }
@@ -261,14 +270,14 @@ mod tests {
     fn a_transport_error_answers_503_once() {
         let t0 = Instant::now();
         let mut c = RelayClient::new(t0, false, false, FR);
-        assert_eq!(c.on_transport_error(), Some(RelayAction::Unreachable));
-        assert_eq!(c.on_transport_error(), None);
+        assert!(c.on_transport_error(t0));
+        assert!(!c.on_transport_error(t0));
         assert_eq!(c.next_wake(), None);
         // What the node says afterwards is not for the client any more…
         assert!(!c.on_response(t0, 200, FR_INV));
         // …except a 2xx to an INVITE, which makes a dialog.
         let mut c = RelayClient::new(t0, true, false, FR);
-        c.on_transport_error();
+        c.on_transport_error(t0);
         assert!(!c.on_response(t0, 180, FR_INV));
         assert!(c.on_response(t0, 200, FR_INV));
     }
@@ -280,6 +289,27 @@ mod tests {
         let (_, end, at) = run(&mut c, t0);
         assert_eq!(end, Some(RelayAction::TimedOut));
         assert!(!c.on_response(at, 200, FR_INV));
-        assert_eq!(c.on_transport_error(), None);
+        assert!(!c.on_transport_error(at));
+    }
+
+    #[test]
+    fn it_lingers_from_its_end_and_never_while_it_waits() {
+        let t0 = Instant::now();
+        // A re-INVITE the node answered with 100: still waiting long after
+        // 64*T1, so its entry must stay (its 408 is still owed).
+        let mut c = RelayClient::new(t0, true, false, FR);
+        c.on_response(t0, 100, FR_INV);
+        assert!(!c.expired(t0 + TIMER_F * 3));
+        c.on_response(t0 + TIMER_F * 3, 200, FR_INV);
+        assert!(
+            !c.expired(t0 + TIMER_F * 3 + TIMER_F / 2),
+            "2xx retransmissions"
+        );
+        assert!(c.expired(t0 + TIMER_F * 4));
+        // Over by our own 408: from then on.
+        let mut c = RelayClient::new(t0, false, false, FR);
+        let (_, _, at) = run(&mut c, t0);
+        assert!(!c.expired(at));
+        assert!(c.expired(at + TIMER_F));
     }
 }
