@@ -26,13 +26,15 @@ impl Proxy {
             Decided(Peer),
             Probe,
             Relay {
-                bye: bool,
-                repin: Option<SocketAddr>,
-                call_id: Box<[u8]>,
+                /// Relay it upstream (not a 100, not after our own 408/503).
+                relay: bool,
                 upstream: Peer,
+                /// A 2xx ending the dialog (BYE) or moving it to the node
+                /// that answered (`sofia recover`): the Call-ID, copied only
+                /// then.
+                ends: Option<Box<[u8]>>,
+                repin: Option<(Box<[u8]>, SocketAddr)>,
             },
-            /// A relay client that no longer wants this response.
-            Drop,
         }
         let now = std::time::Instant::now();
         let fr_inv = self.cfg.failover.fr_inv_timeout;
@@ -42,15 +44,12 @@ impl Proxy {
             ClientTxn::Decided { upstream, .. } => Action::Decided(*upstream),
             ClientTxn::Probe { .. } => Action::Probe,
             ClientTxn::Relay(r) => {
-                if r.with_state(|st| st.on_response(now, status, fr_inv)) {
-                    Action::Relay {
-                        bye: r.is_bye,
-                        repin: r.repin,
-                        call_id: r.call_id.clone(),
-                        upstream: r.upstream,
-                    }
-                } else {
-                    Action::Drop
+                let ok = (200..300).contains(&status);
+                Action::Relay {
+                    relay: r.with_state(|st| st.on_response(now, status, fr_inv)),
+                    upstream: r.upstream,
+                    ends: (ok && r.is_bye).then(|| r.call_id.clone()),
+                    repin: r.repin.filter(|_| ok).map(|n| (r.call_id.clone(), n)),
                 }
             }
         });
@@ -75,10 +74,7 @@ impl Proxy {
             pool.call_reply(i, status);
             // A node's 2xx to an INVITE, initial or re-INVITE; a 2xx
             // retransmission (Decided) was checked the first time.
-            if matches!(
-                action,
-                Some(Action::Call(_) | Action::Relay { .. } | Action::Drop)
-            ) {
+            if matches!(action, Some(Action::Call(_) | Action::Relay { .. })) {
                 if let Some(node) = pool.adverts.get(i) {
                     node.check(msg);
                 }
@@ -86,13 +82,6 @@ impl Proxy {
         }
         match action {
             Some(Action::Probe) => {}
-            Some(Action::Drop) if status == 100 => {
-                // Hop by hop (RFC 3261 §16.7 step 5): upstream had ours.
-            }
-            Some(Action::Drop) => {
-                // Upstream already has our 408 or 503 for this request.
-                self.metrics.dropped(DropReason::StrayResponse);
-            }
             None => {
                 // Not ours (RFC 3261 §18.1.2: drop) or long finished.
                 self.metrics.dropped(DropReason::StrayResponse);
@@ -112,20 +101,27 @@ impl Proxy {
                 }
             }
             Some(Action::Relay {
-                bye,
-                repin,
-                call_id,
+                relay,
                 upstream,
+                ends,
+                repin,
             }) => {
-                let ok = msg.status().is_some_and(|c| (200..300).contains(&c));
-                if ok && bye {
+                // The dialog follows the node's 2xx even when upstream
+                // already has our 408 or 503.
+                if let Some(call_id) = ends {
                     self.tables.dialogs.remove(&call_id, Removal::Bye);
                 }
-                if let (true, Some(node)) = (ok, repin) {
+                if let Some((call_id, node)) = repin {
                     // sofia recover: the node that answered owns the call now.
                     self.tables.dialogs.pin(&call_id, node);
                 }
-                self.relay_upstream(msg, Some(upstream), false);
+                if relay {
+                    self.relay_upstream(msg, Some(upstream), false);
+                } else if status != 100 {
+                    // Upstream already has our 408 or 503 (a 100 is hop by
+                    // hop, RFC 3261 §16.7 step 5: upstream had ours).
+                    self.metrics.dropped(DropReason::StrayResponse);
+                }
             }
         }
     }
