@@ -58,6 +58,23 @@ impl Onward {
     }
 }
 
+thread_local! {
+    /// One server-key buffer per thread, reused.
+    static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `msg`'s server transaction key ([`server_key`]); `None`
+/// when it has none (no readable Via).
+fn with_key<R>(msg: &Message<'_>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    KEY.with(|k| match k.try_borrow_mut() {
+        Ok(mut k) => server_key(msg, &mut k).map(|()| f(&k)),
+        Err(_) => {
+            let mut k = Vec::new();
+            server_key(msg, &mut k).map(|()| f(&k))
+        }
+    })
+}
+
 impl Proxy {
     pub(super) fn on_request(self: &Arc<Self>, msg: &Message<'_>, src: Peer) {
         // One snapshot of the pool for the whole request.
@@ -76,12 +93,13 @@ impl Proxy {
         if method == Method::Options && uri.user.is_none() && self.me.is_me(&uri) {
             return self.reply(msg, src, 200, b"OK");
         }
-        if method == Method::Ack {
-            let call = server_key(msg).and_then(|k| self.tables.invites.get(&k).map(|c| c.clone()));
-            if call.is_some_and(|c| self.invite_acked(&c)) {
-                // ACK for a non-2xx final: ends the server transaction.
-                return;
-            }
+        if method == Method::Ack
+            && self
+                .server_invite(msg)
+                .is_some_and(|c| self.invite_acked(&c))
+        {
+            // ACK for a non-2xx final: ends the server transaction.
+            return;
         }
         if msg.max_forwards() == Ok(Some(0)) {
             return self.refuse(msg, src, Refusal::Invalid(SipError::TooManyHops));
@@ -211,9 +229,14 @@ impl Proxy {
         ours
     }
 
+    /// The trunk's INVITE server transaction `msg` belongs to (its
+    /// retransmission, its CANCEL, its ACK).
+    fn server_invite(&self, msg: &Message<'_>) -> Option<Arc<Call>> {
+        with_key(msg, |k| self.tables.invites.get(k).map(|c| c.clone())).flatten()
+    }
+
     fn on_cancel(&self, msg: &Message<'_>, src: Peer) {
-        let call = server_key(msg).and_then(|k| self.tables.invites.get(&k).map(|c| c.clone()));
-        match call {
+        match self.server_invite(msg) {
             Some(call) => {
                 self.reply(msg, src, 200, b"OK");
                 self.call_cancelled(&call);
@@ -223,13 +246,17 @@ impl Proxy {
     }
 
     fn new_invite(self: &Arc<Self>, msg: &Message<'_>, src: Peer) {
-        let Some(key) = server_key(msg) else {
-            return self.refuse(msg, src, Refusal::Invalid(SipError::BadVia));
+        // Known: a retransmission, the server transaction knows what to do.
+        // New: the key, owned from here on.
+        let found = with_key(msg, |k| match self.tables.invites.get(k) {
+            Some(c) => Ok(c.clone()),
+            None => Err(Box::<[u8]>::from(k)),
+        });
+        let key = match found {
+            None => return self.refuse(msg, src, Refusal::Invalid(SipError::BadVia)),
+            Some(Ok(call)) => return self.invite_again(&call, src),
+            Some(Err(key)) => key,
         };
-        if let Some(call) = self.tables.invites.get(&key).map(|c| c.clone()) {
-            // A retransmission: the server transaction knows what to do.
-            return self.invite_again(&call, src);
-        }
         if self.overloaded() {
             return self.refuse(msg, src, Refusal::Overload);
         }

@@ -2,7 +2,6 @@
 //! sans-I/O: what to do with a retransmitted INVITE or an ACK in each
 //! state, and the key that matches a request to it (§17.2.3).
 
-use std::io::Write as _;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,37 +15,35 @@ use crate::sip::Message;
 /// same branch are two transactions); for an RFC 2543 client (no magic
 /// cookie), the Call-ID, CSeq number, From tag and top Via together. The
 /// method is matched by the caller: INVITE and ACK look up the INVITE's
-/// transaction, and a CANCEL the INVITE it cancels (§9.2).
-pub fn server_key(msg: &Message<'_>) -> Option<Box<[u8]>> {
+/// transaction, and a CANCEL the INVITE it cancels (§9.2). Written into
+/// `key` (cleared first), a buffer the caller reuses: a lookup allocates
+/// nothing.
+pub fn server_key(msg: &Message<'_>, key: &mut Vec<u8>) -> Option<()> {
+    use std::io::Write as _;
+    key.clear();
     let via = msg.top_via().ok()?;
-    let mut k = Vec::with_capacity(64);
     if via.has_rfc3261_branch() {
-        k.extend_from_slice(via.branch()?);
-        k.push(b'|');
-        // Host names compare case-insensitively; an absent port is the
-        // transport's default, so `h` and `h:5060` are one sent-by.
+        key.extend_from_slice(via.branch()?);
+        key.push(b'|');
         match via.host.ip() {
             // An address in its one canonical text (IPv6 has several).
-            Some(ip) => {
-                let _ = write!(k, "{ip}");
-            }
-            None => k.extend(via.host_raw.iter().map(u8::to_ascii_lowercase)),
+            Some(ip) => write!(key, "{ip}").ok()?,
+            // Host names compare case-insensitively.
+            None => key.extend(via.host_raw.iter().map(u8::to_ascii_lowercase)),
         }
-        k.push(b':');
+        // An absent port is the transport's default: `h` and `h:5060` are
+        // one sent-by.
         let tls = via.transport.eq_ignore_ascii_case(b"TLS");
         let port = via.port.unwrap_or(if tls { 5061 } else { 5060 });
-        k.extend_from_slice(port.to_string().as_bytes());
-        return Some(k.into());
+        return write!(key, ":{port}").ok();
     }
-    k.extend_from_slice(b"2543|");
-    k.extend_from_slice(msg.call_id().ok()?);
-    k.push(b'|');
-    k.extend_from_slice(msg.cseq().ok()?.number.to_string().as_bytes());
-    k.push(b'|');
-    k.extend_from_slice(msg.from_tag().ok().flatten().unwrap_or_default());
-    k.push(b'|');
-    k.extend_from_slice(via.as_bytes());
-    Some(k.into())
+    key.extend_from_slice(b"2543|");
+    key.extend_from_slice(msg.call_id().ok()?);
+    write!(key, "|{}|", msg.cseq().ok()?.number).ok()?;
+    key.extend_from_slice(msg.from_tag().ok().flatten().unwrap_or_default());
+    key.push(b'|');
+    key.extend_from_slice(via.as_bytes());
+    Some(())
 }
 
 /// The INVITE server transaction's state (RFC 6026 Figure 7).
@@ -157,7 +154,9 @@ mod tests {
 
     fn key(via: &str) -> Box<[u8]> {
         let raw = invite(via);
-        server_key(&Message::parse(&raw).unwrap()).unwrap()
+        let mut k = Vec::new();
+        server_key(&Message::parse(&raw).unwrap(), &mut k).unwrap();
+        k.into()
     }
 
     #[test]
