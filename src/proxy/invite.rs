@@ -17,7 +17,7 @@ use super::forward::RecordRoute;
 use super::rescue::Refusal;
 use super::{with_editor, Pool, Proxy, Timer};
 use crate::dialog::Removal;
-use crate::sip::{HeaderName, HopRequest, Message, Method, Response};
+use crate::sip::{HeaderName, HopRequest, Message, Method};
 use crate::transaction::invite::{Action, InviteClient, Settings};
 use crate::transaction::server::{Matched, ServerInvite};
 use crate::transaction::{ClientTxn, Pending, Token};
@@ -159,13 +159,9 @@ impl Proxy {
     /// node, so both leave with the datagrams of the same receive batch.
     pub(super) fn start_invite(&self, call: &Arc<Call>, msg: &Message<'_>) {
         self.calls_deciding.fetch_add(1, Ordering::Relaxed);
-        let mut st = call.lock();
-        self.answer(&mut st, msg, 100, b"Trying");
-        with_actions(|out| {
-            if let Some(d) = st.client.as_mut() {
-                d.machine.start(out);
-            }
-            self.drive(call, &mut st, Some(msg), None, out);
+        self.on_call(call, Some(msg), None, None, |st, m, _, out| {
+            self.answer(st, msg, 100, b"Trying");
+            m.start(out);
         });
     }
 
@@ -194,51 +190,61 @@ impl Proxy {
         else {
             return;
         };
-        let now = Instant::now().into_std();
-        let s = self.invite_settings();
-        let mut st = call.lock();
-        with_actions(|out| {
-            let Some(d) = st.client.as_mut() else { return };
-            d.machine.on_response(now, branch, code, &s, out);
-            self.drive(call, &mut st, None, Some(resp), out);
+        let now = std::time::Instant::now();
+        self.on_call(call, None, Some(resp), None, |_, m, s, out| {
+            m.on_response(now, branch, code, s, out)
         });
     }
 
     /// The trunk cancelled the INVITE.
     pub(super) fn call_cancelled(&self, call: &Arc<Call>) {
-        let now = Instant::now().into_std();
-        let s = self.invite_settings();
-        let mut st = call.lock();
-        with_actions(|out| {
-            let Some(d) = st.client.as_mut() else { return };
-            d.machine.on_cancel(now, &s, out);
-            self.drive(call, &mut st, None, None, out);
+        let now = std::time::Instant::now();
+        self.on_call(call, None, None, None, |_, m, s, out| {
+            m.on_cancel(now, s, out)
         });
     }
 
     /// `addr` is unreachable (ICMP port unreachable, a failed connect).
     pub(super) fn call_unreachable(&self, call: &Arc<Call>, addr: SocketAddr) {
-        let mut st = call.lock();
-        with_actions(|out| {
-            let Some(d) = st.client.as_mut() else { return };
-            d.machine.on_unreachable(addr, out);
-            self.drive(call, &mut st, None, None, out);
+        self.on_call(call, None, None, None, |_, m, _, out| {
+            m.on_unreachable(addr, out)
         });
     }
 
     /// The timer schedule woke the call at `now`.
     pub(super) fn call_timer(&self, call: &Arc<Call>, now: Instant) {
+        self.on_call(call, None, None, Some(now), |_, m, s, out| {
+            m.on_timer(now.into_std(), s, out)
+        });
+    }
+
+    /// One event for a deciding call, under its lock: `event` feeds the
+    /// machine (and may answer the trunk first), then its actions are
+    /// carried out. `woke`: the timer entry that fired at that instant
+    /// is spent (the schedule hands entries out up to TIMER_SLACK early).
+    fn on_call(
+        &self,
+        call: &Arc<Call>,
+        invite: Option<&Message<'_>>,
+        resp: Option<&Message<'_>>,
+        woke: Option<Instant>,
+        event: impl FnOnce(&mut CallState, &mut InviteClient, &Settings<'_>, &mut Vec<Action>),
+    ) {
         let s = self.invite_settings();
         let mut st = call.lock();
-        // The schedule hands entries out up to TIMER_SLACK early.
-        let due = now + crate::transaction::TIMER_SLACK;
-        if st.armed.is_some_and(|a| a <= due) {
-            st.armed = None;
+        if let Some(now) = woke {
+            let due = now + crate::transaction::TIMER_SLACK;
+            if st.armed.is_some_and(|a| a <= due) {
+                st.armed = None;
+            }
         }
         with_actions(|out| {
-            let Some(d) = st.client.as_mut() else { return };
-            d.machine.on_timer(now.into_std(), &s, out);
-            self.drive(call, &mut st, None, None, out);
+            let Some(mut d) = st.client.take() else {
+                return;
+            };
+            event(&mut st, &mut d.machine, &s, out);
+            st.client = Some(d);
+            self.drive(call, &mut st, invite, resp, out);
         });
     }
 
@@ -417,22 +423,17 @@ impl Proxy {
     /// A local answer to the trunk's INVITE; the server transaction keeps
     /// it for retransmissions.
     fn answer(&self, st: &mut CallState, msg: &Message<'_>, code: u16, reason: &[u8]) {
-        let Ok(via) = msg.top_via() else { return };
-        let tag = self.tables.branches.tag();
-        let mut out = BytesMut::with_capacity(msg.len().min(2048) + 128);
-        Response::new(msg, code, reason, tag.as_bytes())
-            .received(st.src.addr)
-            .write(&mut out);
+        let Some((out, to)) = self.local_response(msg, st.src, code, reason, &[]) else {
+            return;
+        };
         let out = out.freeze();
-        self.metrics
-            .response_status(crate::metrics::ResponseOrigin::Local, code);
         if code < 200 {
             st.server.provisional(out.clone());
         } else {
             st.server
                 .finished(code, out.clone(), Instant::now().into_std());
         }
-        let _ = self.send_to(&out, super::reply_target(via, st.src));
+        let _ = self.send_to(&out, to);
     }
 
     /// CANCEL or ACK for our INVITE on `branch`, built from what was sent

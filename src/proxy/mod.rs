@@ -425,9 +425,25 @@ impl Proxy {
         reason: &[u8],
         headers: &[(&str, &[u8])],
     ) {
+        if let Some((out, to)) = self.local_response(req, src, code, reason, headers) {
+            let _ = self.send_to(&out, to);
+        }
+    }
+
+    /// A response to `req` from `src` built here (RFC 3261 §8.2.6), counted,
+    /// and where §18.2.2 says it goes; `None` (counted as a drop) when the
+    /// request has no Via to answer along.
+    fn local_response(
+        &self,
+        req: &Message<'_>,
+        src: Peer,
+        code: u16,
+        reason: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Option<(BytesMut, Peer)> {
         let Ok(via) = req.top_via() else {
             self.metrics.dropped(crate::metrics::DropReason::Malformed);
-            return;
+            return None;
         };
         let tag = self.tables.branches.tag();
         let mut out = BytesMut::with_capacity(req.len().min(2048) + 128);
@@ -437,7 +453,7 @@ impl Proxy {
             .write(&mut out);
         self.metrics
             .response_status(crate::metrics::ResponseOrigin::Local, code);
-        let _ = self.send_to(&out, reply_target(via, src));
+        Some((out, reply_target(via, src)))
     }
 }
 
