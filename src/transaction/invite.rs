@@ -80,14 +80,10 @@ pub enum Outcome {
     TimedOut,
 }
 
-/// One try on one node.
+/// The state of the try in progress (its branch, node, destination and
+/// bytes are the last of [`InviteClient::tried`]).
 #[derive(Debug)]
 struct Leg {
-    branch: Token,
-    node: usize,
-    to: Peer,
-    /// The INVITE as sent (Timer A resends it over UDP).
-    bytes: Bytes,
     resend_every: Duration,
     resend_at: Instant,
     /// Anything came back: no more Timer A.
@@ -104,7 +100,7 @@ struct Leg {
 }
 
 /// A leg tried, for its late answers and for the CANCEL and ACK built
-/// from what it sent.
+/// from what it sent; the last one is the leg in progress, if any.
 #[derive(Debug, Clone)]
 struct Tried {
     branch: Token,
@@ -165,15 +161,11 @@ impl InviteClient {
             .map(|t| &t.bytes)
     }
 
-    /// The leg in progress: its branch and where it went.
-    pub fn current(&self) -> Option<(Token, Peer)> {
-        self.leg.as_ref().map(|l| (l.branch, l.to))
-    }
-
     /// When [`InviteClient::on_timer`] wants to run next.
     pub fn next_wake(&self) -> Option<Instant> {
         let leg = self.leg.as_ref()?;
-        if leg.heard || leg.to.transport != Transport::Udp {
+        let udp = self.tried.last()?.to.transport == Transport::Udp;
+        if leg.heard || !udp {
             Some(leg.deadline)
         } else {
             Some(leg.deadline.min(leg.resend_at))
@@ -195,13 +187,9 @@ impl InviteClient {
             branch,
             node,
             to,
-            bytes: bytes.clone(),
+            bytes,
         });
         self.leg = Some(Leg {
-            branch,
-            node,
-            to,
-            bytes,
             resend_every: T1,
             resend_at: now + T1,
             heard: false,
@@ -276,23 +264,18 @@ impl InviteClient {
         if self.decided {
             return;
         }
-        let current = self
-            .leg
-            .as_ref()
-            .is_some_and(|l| l.branch.as_bytes() == branch);
-        if !current {
-            return self.on_earlier_response(now, branch, code, s, out);
-        }
+        let current = match (&self.leg, self.tried.last()) {
+            (Some(_), Some(t)) if t.branch.as_bytes() == branch => (t.branch, t.node, t.to),
+            _ => return self.on_earlier_response(now, branch, code, s, out),
+        };
+        let (branch, node, to) = current;
         let Some(leg) = self.leg.as_mut() else { return };
         leg.heard = true;
         if code < 200 && leg.cancel_pending {
             leg.cancel_pending = false;
             leg.cancel_sent = true;
             leg.deadline = now + s.fr_timeout;
-            out.push(Action::Cancel {
-                branch: leg.branch,
-                to: leg.to,
-            });
+            out.push(Action::Cancel { branch, to });
         }
         match code {
             100..=199 => {
@@ -317,11 +300,7 @@ impl InviteClient {
                     && !leg.ringing
                     && !leg.cancel_sent
                     && !leg.cancel_pending;
-                let node = leg.node;
-                out.push(Action::Ack {
-                    branch: leg.branch,
-                    to: leg.to,
-                });
+                out.push(Action::Ack { branch, to });
                 if self.answered {
                     // The 487 to our CANCEL, or whatever: the caller has its
                     // answer from the other node.
@@ -394,7 +373,10 @@ impl InviteClient {
     /// CANCELs the leg in progress: now if the node has answered
     /// provisionally, else on its first provisional (§9.1).
     fn cancel_current_leg(&mut self, now: Instant, s: &Settings<'_>, out: &mut Vec<Action>) {
-        let Some(leg) = self.leg.as_mut() else { return };
+        let (Some(leg), Some(&Tried { branch, to, .. })) = (self.leg.as_mut(), self.tried.last())
+        else {
+            return;
+        };
         if leg.cancel_sent || leg.cancel_pending {
             return;
         }
@@ -402,10 +384,7 @@ impl InviteClient {
             leg.cancel_sent = true;
             // Wait for the node's 487 a while longer.
             leg.deadline = now + s.fr_timeout;
-            out.push(Action::Cancel {
-                branch: leg.branch,
-                to: leg.to,
-            });
+            out.push(Action::Cancel { branch, to });
         } else {
             leg.cancel_pending = true;
         }
@@ -415,12 +394,14 @@ impl InviteClient {
     /// it fails over now, not at `fr_timeout`, unless the node already
     /// answered (the error is then about something else).
     pub fn on_unreachable(&mut self, addr: SocketAddr, out: &mut Vec<Action>) {
-        let Some(leg) = &self.leg else { return };
-        if leg.to.addr != addr || leg.trying || leg.ringing || self.decided {
+        let (Some(leg), Some(&Tried { node, to, .. })) = (&self.leg, self.tried.last()) else {
+            return;
+        };
+        if to.addr != addr || leg.trying || leg.ringing || self.decided {
             return;
         }
         out.push(Action::FailedOver {
-            node: leg.node,
+            node,
             reason: FailoverReason::Transport,
         });
         self.advance(out);
@@ -430,11 +411,14 @@ impl InviteClient {
     /// `now` (a schedule may fire up to [`TIMER_SLACK`] early).
     pub fn on_timer(&mut self, now: Instant, s: &Settings<'_>, out: &mut Vec<Action>) {
         let due = now + TIMER_SLACK;
-        let Some(leg) = self.leg.as_mut() else { return };
-        if !leg.heard && leg.to.transport == Transport::Udp && leg.resend_at <= due {
+        let (Some(leg), Some(sent)) = (self.leg.as_mut(), self.tried.last()) else {
+            return;
+        };
+        let (branch, to, node) = (sent.branch, sent.to, sent.node);
+        if !leg.heard && to.transport == Transport::Udp && leg.resend_at <= due {
             out.push(Action::Resend {
-                to: leg.to,
-                bytes: leg.bytes.clone(),
+                to,
+                bytes: sent.bytes.clone(),
             });
             leg.resend_every *= 2;
             leg.resend_at = now + leg.resend_every;
@@ -442,7 +426,6 @@ impl InviteClient {
         if leg.deadline > due {
             return;
         }
-        let (branch, to, node) = (leg.branch, leg.to, leg.node);
         if self.answered {
             // Cancelling a leg the caller no longer waits for: done.
             self.decide(out);

@@ -123,10 +123,6 @@ impl ServerInvite {
         };
     }
 
-    pub fn is_final(&self) -> bool {
-        !matches!(self, ServerInvite::Proceeding { .. })
-    }
-
     /// Over, and only kept for retransmissions until then: the sweeper
     /// drops it after [`LINGER`] (Timer G/H/I, RFC 6026 Timer L).
     pub fn expired(&self, now: Instant) -> bool {
@@ -225,7 +221,7 @@ mod tests {
         let mut s = ServerInvite::default();
         assert!(!s.expired(now + Duration::from_secs(3600)));
         s.finished(200, Bytes::new(), now);
-        assert!(s.is_final());
+        assert!(matches!(s, ServerInvite::Accepted { .. }));
         assert!(!s.expired(now + LINGER - Duration::from_millis(1)));
         assert!(s.expired(now + LINGER));
     }
