@@ -1425,3 +1425,28 @@ async fn two_trunks_with_the_same_branch_are_two_transactions() {
     assert_eq!(other.recv_response(486).await.call_id(), b.call_id);
     h.nodes[0].expect_nothing(QUIET).await;
 }
+
+/// A trunk that reuses its INVITE's branch for the ACK of the 2xx (as
+/// some RFC 2543-era stacks do) still reaches the node: after a 2xx the
+/// INVITE's server transaction passes a matching ACK on (RFC 6026 §7.1);
+/// only the ACK of a non-2xx ends there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_for_a_2xx_on_the_invites_branch_reaches_the_node() {
+    let h = Harness::start(Options::default()).await;
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
+    let node = &h.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    let fs = Dialog::uas(node, &inv, &unique("fs-"));
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let got = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    call.learn_2xx(got.last().unwrap());
+    let (ack, _) = call.request("ACK", None);
+    h.trunk
+        .send(with_branch(&ack, &call.invite_branch), h.addr)
+        .await;
+    let ack = node.recv_request("ACK").await;
+    assert_eq!(ack.call_id(), call.call_id);
+    assert_eq!(ack.cseq_method(), "ACK");
+}
