@@ -1076,15 +1076,9 @@ async fn ack_and_cancel_to_a_tcp_node_go_over_tcp() {
 }
 
 /// The node closes its connection between two requests of a call: the
-/// proxy opens a new one for the trunk's BYE.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_node_connection_is_reopened_for_the_next_request() {
-    let h = Harness::start(Options {
-        node_kinds: vec![NodeKind::Tcp],
-        probing: false,
-        ..tcp_opts()
-    })
-    .await;
+/// A UDP trunk's call answered by TCP node 0 and ACKed: the trunk's side
+/// and the node's.
+async fn call_to_tcp_node(h: &Harness) -> (Dialog, Dialog) {
     let node = h.tcp_node(0);
     let mut call = h.trunk_call();
     h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
@@ -1096,6 +1090,20 @@ async fn a_closed_node_connection_is_reopened_for_the_next_request() {
     let (ack, _) = call.request("ACK", None);
     h.trunk.send(ack, h.addr).await;
     node.recv_request("ACK").await;
+    (call, fs)
+}
+
+/// proxy opens a new one for the trunk's BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_node_connection_is_reopened_for_the_next_request() {
+    let h = Harness::start(Options {
+        node_kinds: vec![NodeKind::Tcp],
+        probing: false,
+        ..tcp_opts()
+    })
+    .await;
+    let node = h.tcp_node(0);
+    let (mut call, fs) = call_to_tcp_node(&h).await;
     assert_eq!(node.accepted(), 1);
 
     node.close(0).await;
@@ -1271,19 +1279,7 @@ async fn a_bye_to_a_tcp_node_that_is_gone_gets_503_at_once() {
         ..tcp_opts()
     })
     .await;
-    let mut call = h.trunk_call();
-    {
-        let node = h.tcp_node(0);
-        h.trunk.send(call.invite(SDP_AUDIO), h.addr).await;
-        let inv = node.recv_request("INVITE").await;
-        let fs = Dialog::uas_at(node.addr, &inv, &unique("fs-")).over_tcp();
-        node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE))).await;
-        let got = h.trunk.recv_until(|r| r.status() == Some(200)).await;
-        call.learn_2xx(got.last().unwrap());
-        let (ack, _) = call.request("ACK", None);
-        h.trunk.send(ack, h.addr).await;
-        node.recv_request("ACK").await;
-    }
+    let (mut call, _) = call_to_tcp_node(&h).await;
     drop(h.tcp_nodes[0].take());
     eventually("the proxy to see the node's connection close", || {
         h.proxy.tcp().connections() == 0
