@@ -417,6 +417,7 @@ impl Proxy {
         self.reply_with(req, src, code, reason, &[]);
     }
 
+    /// [`Proxy::reply`] with extra header lines.
     fn reply_with(
         &self,
         req: &Message<'_>,
