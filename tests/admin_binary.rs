@@ -92,26 +92,7 @@ fn ctl_drains_a_node_and_sighup_reloads_the_list() {
          [admin]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
-        .args(["--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut udp, mut admin) = (None, None);
-    for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(a) = line.strip_prefix("listening on udp:") {
-            udp = Some(a.to_owned());
-        }
-        if let Some(a) = line.strip_prefix("listening on admin:") {
-            admin = Some(a.to_owned());
-        }
-        if udp.is_some() && admin.is_some() {
-            break;
-        }
-    }
-    let (udp, admin) = (udp.expect("udp line"), admin.expect("admin line"));
+    let (child, _lines, [udp, admin]) = spawn_sipedge(&cfg, ["udp", "admin"]);
     assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
 
     // ctl list: both nodes, active and probed.
@@ -224,6 +205,43 @@ fn metric_value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
+/// Starts the built binary on `cfg` and reads its `listening on KIND:ADDR`
+/// lines until it has one for each of `kinds`: the child, the rest of its
+/// output, and the addresses in the order asked.
+fn spawn_sipedge<const N: usize>(
+    cfg: &std::path::Path,
+    kinds: [&str; N],
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+    [String; N],
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+    for line in lines.by_ref().map_while(Result::ok) {
+        for (kind, slot) in kinds.iter().zip(found.iter_mut()) {
+            if let Some(a) = line.strip_prefix(&format!("listening on {kind}:")) {
+                *slot = Some(a.to_owned());
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let found = std::array::from_fn(|i| {
+        found[i]
+            .take()
+            .unwrap_or_else(|| panic!("no `listening on {}:` line", kinds[i]))
+    });
+    (child, lines, found)
+}
+
 /// SIGTERM ends the binary cleanly (status 0, promptly) while it serves
 /// UDP, TCP and the admin listener, with an admin connection open: every
 /// task of the server stops and is awaited.
@@ -241,30 +259,8 @@ fn sigterm_stops_every_listener_and_exits_0() {
          [admin]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
-        .args(["--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut udp, mut tcp, mut admin) = (None, None, None);
-    for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(a) = line.strip_prefix("listening on udp:") {
-            udp = Some(a.to_owned());
-        }
-        if let Some(a) = line.strip_prefix("listening on tcp:") {
-            tcp = Some(a.to_owned());
-        }
-        if let Some(a) = line.strip_prefix("listening on admin:") {
-            admin = Some(a.to_owned());
-        }
-        if udp.is_some() && tcp.is_some() && admin.is_some() {
-            break;
-        }
-    }
-    let (tcp, admin) = (tcp.expect("tcp line"), admin.expect("admin line"));
-    assert!(udp.is_some(), "udp line");
+    let (mut child, _lines, [udp, tcp, admin]) = spawn_sipedge(&cfg, ["udp", "tcp", "admin"]);
+    assert!(!udp.is_empty(), "udp line");
     let live = http_get(&admin, "/health/live");
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
     // Connections left open on both listeners.
