@@ -1450,3 +1450,35 @@ async fn an_ack_for_a_2xx_on_the_invites_branch_reaches_the_node() {
     assert_eq!(ack.call_id(), call.call_id);
     assert_eq!(ack.cseq_method(), "ACK");
 }
+
+/// A node's call to a trunk address where nothing listens: the ICMP error
+/// for that address (not a pool member) answers the node 503 at once, as
+/// for a dead node; the trunk side has no dispatcher health to feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_call_to_an_unreachable_trunk_gets_503_at_once() {
+    let h = Harness::start(Options::default()).await;
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let node = &h.nodes[0];
+    let mut out = Dialog::uac(node, &format!("sip:+15551239999@{dead_addr}"));
+    let started = std::time::Instant::now();
+    node.send(out.invite(SDP_AUDIO), h.addr).await;
+    let got = node
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    let answer = got.last().unwrap();
+    assert_eq!(answer.status(), Some(503), "{}", answer.first_line());
+    assert_eq!(answer.call_id(), out.call_id);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "at the ICMP error, not at fr_timeout (5 s): {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        h.proxy
+            .metrics()
+            .forward_failures(sipedge::metrics::ForwardFailure::Transport),
+        1
+    );
+}
