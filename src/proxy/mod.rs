@@ -136,8 +136,7 @@ pub struct Proxy {
     /// to the INVITEs waiting on them: that happens outside any call's lock
     /// (a send inside one may be what reads the error).
     icmp_pending: Mutex<Vec<SocketAddr>>,
-    /// Shared with the transports, which count failed sends.
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: crate::metrics::Metrics,
     /// The probes in flight.
     prober: probe::Prober,
 }
@@ -157,7 +156,7 @@ impl Proxy {
         sockets: Vec<std::net::UdpSocket>,
         listeners: Vec<std::net::TcpListener>,
     ) -> Result<Arc<Proxy>, ProxyError> {
-        let metrics = Arc::new(crate::metrics::Metrics::new()?);
+        let metrics = crate::metrics::Metrics::new()?;
         let tcp_options = crate::transport::TcpOptions {
             idle_timeout: cfg.tcp.idle_timeout,
             connect_timeout: cfg.tcp.connect_timeout,
