@@ -33,7 +33,7 @@ pub const EXAMPLE_NAME: &str = "proxy.toml.example (built in)";
 
 // What the sections are made of, owned by the modules that use it, under
 // the names the config has always given it.
-pub use crate::dispatcher::health::ReplyCode;
+pub use crate::dispatcher::health::{ProbingMode, ReplyCode};
 pub use crate::dispatcher::{Algorithm, Destination, DispatcherConfig as Dispatcher};
 pub use crate::security::{RateLimit, SecurityConfig as Security};
 pub use crate::value::{
@@ -177,6 +177,13 @@ pub struct Probe {
     /// overrides it.
     #[serde(default)]
     pub ping_from: Option<String>,
+    /// Which destinations are probed: Kamailio's `ds_probing_mode`, same
+    /// numbers. Default 1 (every destination), unlike Kamailio's 0: the
+    /// deployment sipedge replaces sets `probing_mode 1` with a
+    /// dispatcher.list whose flags are all 0, and TOML destinations start
+    /// flagged, so they are probed under either.
+    #[serde(default = "default_probing_mode")]
+    pub mode: ProbingMode,
 }
 
 impl Default for Probe {
@@ -189,6 +196,7 @@ impl Default for Probe {
             success_threshold: default_success_threshold(),
             reply_codes: default_reply_codes(),
             ping_from: None,
+            mode: default_probing_mode(),
         }
     }
 }
@@ -354,6 +362,10 @@ fn default_dialog_ttl() -> Duration {
 }
 fn default_dialog_max() -> usize {
     1_000_000
+}
+
+fn default_probing_mode() -> ProbingMode {
+    ProbingMode::All
 }
 
 fn default_probe_method() -> String {
@@ -984,9 +996,10 @@ impl fmt::Display for Config {
             .collect();
         writeln!(
             f,
-            "probe           {} every {}, timeout {}, down after {} failures, up after {} \
-             successes, alive on [{}], from {}",
+            "probe           {} to {} every {}, timeout {}, down after {} failures, up after \
+             {} successes, alive on [{}], from {}",
             self.probe.method,
+            self.probe.mode.describe(),
             DisplayDuration(self.probe.interval),
             DisplayDuration(self.probe.timeout),
             self.probe.failure_threshold,

@@ -42,6 +42,10 @@ pub const DESTINATION_STATE: &str = "sipedge_destination_state";
 /// Dialogs pinned to a destination: what a drain of that node waits for.
 /// Labels: `set`, `uri`.
 pub const DESTINATION_CALLS_ACTIVE: &str = "sipedge_destination_calls_active";
+/// 1 when a destination is out of rotation (inactive) and not probed under
+/// `[probe] mode` and its flags: nothing brings it back but an operator
+/// (`dispatcher.set_state`), so it deserves an alert. Labels: `set`, `uri`.
+pub const DESTINATION_STRANDED: &str = "sipedge_destination_stranded";
 /// OPTIONS probes sent to a destination, by outcome. Labels: `set`, `uri`,
 /// `result` ([`ProbeLabel`]).
 pub const PROBE_TOTAL: &str = "sipedge_probe_total";
@@ -95,6 +99,7 @@ pub const ALL_NAMES: &[&str] = &[
     DESTINATION_UP,
     DESTINATION_STATE,
     DESTINATION_CALLS_ACTIVE,
+    DESTINATION_STRANDED,
     PROBE_TOTAL,
     PROBE_DURATION_SECONDS,
     REQUESTS_TOTAL,
@@ -546,6 +551,7 @@ pub struct DestinationMetrics {
     up: IntGauge,
     state: PerLabel<State, IntGauge>,
     calls_active: IntGauge,
+    stranded: IntGauge,
     probes: PerLabel<ProbeLabel, IntCounter>,
     probe_duration: Histogram,
 }
@@ -586,6 +592,11 @@ impl DestinationMetrics {
         if let Some(rtt) = rtt {
             self.probe_duration.observe(rtt.as_secs_f64());
         }
+    }
+
+    /// Whether the node is stranded (see [`DESTINATION_STRANDED`]).
+    pub fn set_stranded(&self, stranded: bool) {
+        self.stranded.set(i64::from(stranded));
     }
 
     /// Sets the number of dialogs pinned to this node.
@@ -650,6 +661,7 @@ pub struct Metrics {
     dest_up: IntGaugeVec,
     dest_state: IntGaugeVec,
     dest_calls_active: IntGaugeVec,
+    dest_stranded: IntGaugeVec,
     probes: IntCounterVec,
     probe_duration: HistogramVec,
 }
@@ -841,6 +853,17 @@ impl Metrics {
                 &DEST_LABELS,
             ),
         )?;
+        let dest_stranded = register(
+            r,
+            DESTINATION_STRANDED,
+            IntGaugeVec::new(
+                Opts::new(
+                    DESTINATION_STRANDED,
+                    "1 if the destination is inactive and not probed: only an operator brings it back.",
+                ),
+                &DEST_LABELS,
+            ),
+        )?;
         let probes = register(
             r,
             PROBE_TOTAL,
@@ -894,6 +917,7 @@ impl Metrics {
             dest_up,
             dest_state,
             dest_calls_active,
+            dest_stranded,
             probes,
             probe_duration,
             registry,
@@ -1123,6 +1147,10 @@ impl Metrics {
                 .dest_calls_active
                 .get_metric_with_label_values(&[s, u])
                 .map_err(series(DESTINATION_CALLS_ACTIVE))?,
+            stranded: self
+                .dest_stranded
+                .get_metric_with_label_values(&[s, u])
+                .map_err(series(DESTINATION_STRANDED))?,
             probes: PerLabel::resolve(PROBE_TOTAL, |res: ProbeLabel| {
                 self.probes
                     .get_metric_with_label_values(&[s, u, res.as_str()])
@@ -1150,6 +1178,7 @@ impl Metrics {
         // which is the state asked for.
         let _ = self.dest_up.remove_label_values(&[s, u]);
         let _ = self.dest_calls_active.remove_label_values(&[s, u]);
+        let _ = self.dest_stranded.remove_label_values(&[s, u]);
         let _ = self.probe_duration.remove_label_values(&[s, u]);
         for st in State::ALL {
             let _ = self.dest_state.remove_label_values(&[s, u, st.as_str()]);
@@ -1735,8 +1764,9 @@ mod tests {
             Some(Duration::from_millis(1)),
         );
         let s = Scrape::of(&m);
-        // up, calls, 4 states, 4 results, 11 + 1 buckets, sum, count.
-        let per_dest = 2 + 4 + 4 + PROBE_BUCKETS.len() + 3;
+        // up, calls, stranded, 4 states, 4 results, 11 + 1 buckets, sum,
+        // count.
+        let per_dest = 3 + 4 + 4 + PROBE_BUCKETS.len() + 3;
         assert_eq!(s.with_label("uri", URI_A).len(), per_dest);
         assert_eq!(s.with_label("uri", URI_B).len(), per_dest);
 

@@ -5,11 +5,13 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sipedge::dispatcher::health::{State, Status};
 use sipedge::sip::HeaderName;
 use support::*;
+use tokio_util::sync::CancellationToken;
 
 fn status(h: &Harness, node: usize) -> Status {
     h.proxy.dispatcher().status(node)
@@ -281,4 +283,164 @@ async fn a_failover_code_takes_the_node_out_until_a_probe_answers() {
         .await;
     let dispatcher = h.proxy.dispatcher();
     eventually("back after the probe", || dispatcher.accepts_new_calls(0)).await;
+}
+
+/// A proxy whose pool is read from a dispatcher.list (`list`, with
+/// `{0}`, `{1}`... standing for the nodes' addresses) plus `toml`
+/// appended to the config; it runs until the token is cancelled.
+async fn from_list(
+    name: &str,
+    list: &str,
+    nodes: &[&Peer],
+    toml: &str,
+) -> (Arc<sipedge::proxy::Proxy>, CancellationToken) {
+    init_tracing();
+    let dir = std::env::temp_dir().join(format!("sipedge-{name}-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text = list.to_owned();
+    for (i, n) in nodes.iter().enumerate() {
+        text = text.replace(&format!("{{{i}}}"), &n.addr.to_string());
+    }
+    std::fs::write(dir.join("dispatcher.list"), text).unwrap();
+    let socket = sipedge::transport::bind_udp(
+        "127.0.0.1:0".parse().unwrap(),
+        sipedge::transport::UdpOptions::default(),
+    )
+    .unwrap();
+    let at = socket.local_addr().unwrap();
+    let path = dir.join("sipedge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nudp = [\"{at}\"]\nadvertise = \"{at}\"\n\
+             [dispatcher]\nlist_file = \"dispatcher.list\"\n\
+             [failover]\nfr_timeout = \"500ms\"\n{toml}"
+        ),
+    )
+    .unwrap();
+    let cfg = sipedge::config::read_config(&path).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = sipedge::proxy::Proxy::with_tcp(cfg, vec![socket], Vec::new()).unwrap();
+    let cancel = CancellationToken::new();
+    tokio::spawn(proxy.clone().run(cancel.clone()));
+    (proxy, cancel)
+}
+
+/// Answers the next OPTIONS probe `node` receives with 200.
+async fn answer_probe(node: &Peer) {
+    let p = node.recv_request("OPTIONS").await;
+    node.send(reply(&p, 200, "OK", None), p.from).await;
+}
+
+/// The FreeSWITCH active-active deployment read as-is: a dispatcher.list
+/// whose flags are all 0 (`1 sip:10.0.1.10:5080 0 10`), under the default
+/// probing mode (its Kamailio runs `probing_mode 1`). Both nodes are
+/// probed; a node that dies is taken out by its probes and comes back by
+/// itself once it restarts, with no operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_articles_list_is_probed_and_a_restarted_node_comes_back_by_itself() {
+    let n0 = Peer::bind("node0").await;
+    let n1 = Peer::bind("node1").await;
+    let (proxy, cancel) = from_list(
+        "article",
+        "# setid destination flags priority\n1 sip:{0} 0 10\n1 sip:{1} 0 10\n",
+        &[&n0, &n1],
+        "[probe]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nfailure_threshold = 2\n",
+    )
+    .await;
+    answer_probe(&n0).await;
+    answer_probe(&n1).await;
+    let pool = proxy.dispatcher();
+    assert_eq!(pool.status(0).flags().as_str(), "AP", "probed, as listed");
+    assert_eq!(pool.status(1).flags().as_str(), "AP");
+
+    // Node 1 dies: its port closes, the probes get ICMP errors.
+    let at = n1.addr;
+    let i = pool.find(at).unwrap();
+    drop(n1);
+    eventually("the dead node is taken out", || {
+        pool.status(i).state == State::Inactive
+    })
+    .await;
+    assert!(!pool.stranded(i), "probed: it is not left for an operator");
+
+    // It restarts on the same address and answers: back by itself.
+    let n1 = Peer::bind_at("node1", at).await.unwrap();
+    for _ in 0..20 {
+        answer_probe(&n1).await;
+        if pool.status(i).state == State::Active {
+            break;
+        }
+    }
+    assert_eq!(pool.status(i).state, State::Active);
+    let text = proxy.metrics().encode();
+    assert!(
+        text.contains(&format!(
+            "sipedge_destination_stranded{{set=\"1\",uri=\"sip:{at}\"}} 0"
+        )),
+        "{text}"
+    );
+    cancel.cancel();
+}
+
+/// Kamailio's default `probing_mode 0` with the same list: nothing is
+/// probed; a call that times out on a node takes it out, and as no probe
+/// will bring it back it is logged and shown as stranded until an
+/// operator sets it active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_0_with_unflagged_nodes_probes_none_and_a_node_taken_out_is_stranded() {
+    let n0 = Peer::bind("node0").await;
+    let n1 = Peer::bind("node1").await;
+    let (proxy, cancel) = from_list(
+        "mode0",
+        "1 sip:{0} 0 10\n1 sip:{1} 0 5\n",
+        &[&n0, &n1],
+        "[probe]\nmode = 0\ninterval = \"100ms\"\ntimeout = \"100ms\"\n",
+    )
+    .await;
+    let pool = proxy.dispatcher();
+    let first = pool.find(n0.addr).unwrap();
+    assert_eq!(pool.status(first).flags().as_str(), "AX");
+    // A call: node 0 (priority 10) stays silent, node 1 answers. No probe
+    // reaches either node meanwhile.
+    let trunk = Peer::bind("trunk").await;
+    let mut call = Dialog::uac(&trunk, &format!("sip:fax@{}", proxy.local_addrs()[0]));
+    trunk
+        .send(call.invite("v=0\r\n"), proxy.local_addrs()[0])
+        .await;
+    let silent = n0.recv().await;
+    assert_eq!(
+        silent.method().as_deref(),
+        Some("INVITE"),
+        "{}",
+        silent.text()
+    );
+    let inv = n1.recv().await;
+    assert_eq!(inv.method().as_deref(), Some("INVITE"), "{}", inv.text());
+    let node = Dialog::uas(&n1, &inv, "n1");
+    n1.send(node.answer(&inv, 200, "OK", Some("v=0\r\n")), inv.from)
+        .await;
+    let ok = trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    assert_eq!(ok.last().and_then(Received::status), Some(200));
+    eventually("node 0 out", || pool.status(first).state == State::Inactive).await;
+    assert!(pool.stranded(first));
+    let text = proxy.metrics().encode();
+    let series = format!(
+        "sipedge_destination_stranded{{set=\"1\",uri=\"sip:{}\"}}",
+        n0.addr
+    );
+    assert!(text.contains(&format!("{series} 1")), "{text}");
+    // Neither node was ever probed.
+    let probes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sipedge_probe_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(probes.is_empty(), "{probes:?}");
+
+    // The operator brings it back.
+    pool.set_state(first, "a".parse().unwrap());
+    assert!(!pool.stranded(first));
+    assert!(proxy.metrics().encode().contains(&format!("{series} 0")));
+    cancel.cancel();
 }

@@ -49,14 +49,31 @@
 //! - **The operator** ([`Health::set_state`], `dispatcher.set_state`).
 //!
 //! # Probing
-//! Like Kamailio's `ds_probing_mode` 3: only destinations with the probing
-//! flag are probed, probe results never clear the flag, and a result that
-//! arrives after probing was switched off is ignored. Passive failures count
+//! Which destinations get OPTIONS is Kamailio's `ds_probing_mode`
+//! ([`ProbingMode`], `[probe] mode`):
+//! - `0`: those with the probing flag, until one answers: an accepted
+//!   reply clears the flag (Kamailio's "probe until reachable").
+//! - `1` (sipedge's default): every destination, always, whatever its
+//!   flag; results set the flag, as Kamailio's do in this mode.
+//! - `2`: flagged destinations only while inactive; an accepted reply that
+//!   brings one back clears the flag, and a call failure sets it (what
+//!   Kamailio configs do with `ds_mark_dst("ip")` in this mode), so a node
+//!   that calls took out is probed until it is back.
+//! - `3`: flagged destinations, continuously; results never touch the flag.
+//!
+//! A result that arrives when the destination is no longer probed (an
+//! operator switched probing off) is ignored. Passive failures count
 //! whether or not probing is on. Unlike Kamailio (which skips disabled
-//! destinations when pinging), a Disabled node with probing on is still
-//! probed (the issue asks for it: the prober's logs and metrics then show
-//! whether a drained node answers before an operator enables it); the
-//! results change neither Disabled nor any count.
+//! destinations when pinging), a Disabled node that is probed under its
+//! mode still gets OPTIONS (the prober's logs and metrics then show whether
+//! a drained node answers before an operator enables it); the results
+//! change neither Disabled nor any count.
+//!
+//! A node out of rotation (Inactive) that is not probed under its mode is
+//! *stranded*: nothing but an operator (or a reply on one of the dialogs it
+//! still has) brings it back. [`Health::stranded`] says so, a call failure
+//! that strands a node says so in its outcome, and the proxy logs it and
+//! exports it as a gauge, so it is never left down silently.
 
 use std::fmt;
 use std::str::FromStr;
@@ -386,6 +403,9 @@ pub struct CallFailureOutcome {
     /// probe. A lost urgent probe is made good by the next periodic one,
     /// whose result re-arms the signal.
     pub probe_now: bool,
+    /// The failure just took the node out and it is not probed (see
+    /// [`Health::stranded`]): the operator must be told.
+    pub stranded: bool,
 }
 
 /// One entry of the `reply_codes` setting: a single code (`403`) or a
@@ -572,21 +592,83 @@ pub enum HealthConfigError {
     ZeroThreshold(&'static str),
 }
 
+/// Which destinations are probed: Kamailio's `ds_probing_mode`, same
+/// numbers, same meaning (see the module docs). Read from the config as a
+/// number, `0` to `3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "i64")]
+pub enum ProbingMode {
+    /// `0`: flagged destinations until they answer.
+    UntilReachable = 0,
+    /// `1`: every destination, always (the config's default, see
+    /// `config::Probe::mode`).
+    All = 1,
+    /// `2`: flagged destinations while they are inactive.
+    Inactive = 2,
+    /// `3`: flagged destinations, continuously: the flags alone decide.
+    /// What [`HealthConfig::new`] and its default take.
+    Flagged = 3,
+}
+
+impl ProbingMode {
+    /// Kamailio's number for the mode.
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// A few words for the start-up summary and logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ProbingMode::UntilReachable => "flagged destinations until they answer",
+            ProbingMode::All => "every destination",
+            ProbingMode::Inactive => "flagged destinations while inactive",
+            ProbingMode::Flagged => "flagged destinations",
+        }
+    }
+}
+
+impl TryFrom<i64> for ProbingMode {
+    type Error = String;
+
+    fn try_from(n: i64) -> Result<ProbingMode, String> {
+        Ok(match n {
+            0 => ProbingMode::UntilReachable,
+            1 => ProbingMode::All,
+            2 => ProbingMode::Inactive,
+            3 => ProbingMode::Flagged,
+            _ => {
+                return Err(format!(
+                    "probing mode {n}: expected 0, 1, 2 or 3 (Kamailio's ds_probing_mode)"
+                ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for ProbingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.number(), self.describe())
+    }
+}
+
 /// The health settings every destination shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HealthConfig {
     failure_threshold: u32,
     success_threshold: u32,
     reply_codes: ReplyCodes,
+    mode: ProbingMode,
 }
 
 impl Default for HealthConfig {
-    /// 3 failures down, 1 success up, any 2xx alive.
+    /// 3 failures down, 1 success up, any 2xx alive, the flags decide
+    /// what is probed.
     fn default() -> HealthConfig {
         HealthConfig {
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
             success_threshold: DEFAULT_SUCCESS_THRESHOLD,
             reply_codes: ReplyCodes::default(),
+            mode: ProbingMode::Flagged,
         }
     }
 }
@@ -609,7 +691,17 @@ impl HealthConfig {
             failure_threshold,
             success_threshold,
             reply_codes,
+            mode: ProbingMode::Flagged,
         })
+    }
+
+    /// The same settings under probing mode `mode`.
+    pub fn with_mode(self, mode: ProbingMode) -> HealthConfig {
+        HealthConfig { mode, ..self }
+    }
+
+    pub fn mode(&self) -> ProbingMode {
+        self.mode
     }
 
     pub fn failure_threshold(&self) -> u32 {
@@ -713,7 +805,9 @@ impl Health {
         Health {
             config,
             state: status.state,
-            probing: status.probing,
+            // Mode 1 probes everything: the flag shows it from the start
+            // (Kamailio sets it with the first result).
+            probing: status.probing || config.mode == ProbingMode::All,
             failures: 0,
             last_failure: None,
             mixed: false,
@@ -755,10 +849,16 @@ impl Health {
         self.state.accepts_new_calls()
     }
 
-    /// Whether the prober should send this destination OPTIONS: whenever
-    /// probing is on, Disabled included.
+    /// Whether the prober should send this destination OPTIONS, by the
+    /// probing mode (Disabled included, see the module docs).
     pub fn should_probe(&self) -> bool {
-        self.probing
+        probed(self.config.mode, self.status())
+    }
+
+    /// Out of rotation and not probed: nothing brings it back but an
+    /// operator (or a reply on a dialog it still has).
+    pub fn stranded(&self) -> bool {
+        stranded(self.config.mode, self.status())
     }
 
     /// The current failure streak (Trying's "Fail n/threshold").
@@ -771,21 +871,35 @@ impl Health {
         self.successes
     }
 
-    /// One probe's result. Ignored (no change, `None`) when probing is off
-    /// (a late result after an operator switched it off) or the node is
-    /// Disabled.
+    /// One probe's result. Ignored (no change, `None`) when the node is
+    /// not probed (a late result after an operator switched probing off)
+    /// or is Disabled.
     #[must_use]
     pub fn record_probe(&mut self, result: ProbeResult) -> Option<Transition> {
         self.urgent_probe = false;
-        if !self.probing || self.state == State::Disabled {
+        if !self.should_probe() || self.state == State::Disabled {
             return None;
+        }
+        if self.config.mode == ProbingMode::All {
+            // Kamailio sets the flag with every result in mode 1 (after an
+            // operator's `a` cleared it).
+            self.probing = true;
         }
         let failure = match result {
             ProbeResult::Reply(code) if self.config.reply_codes.matches(code) => {
-                return self.success(Reason::ProbeReplies {
+                let t = self.success(Reason::ProbeReplies {
                     count: 0, // filled in by `success`
                     last_code: code,
                 });
+                // Modes 0 and 2 probe until the node is reachable again.
+                let until_back = matches!(
+                    self.config.mode,
+                    ProbingMode::UntilReachable | ProbingMode::Inactive
+                );
+                if until_back && self.state == State::Active {
+                    self.probing = false;
+                }
+                return t;
             }
             ProbeResult::Reply(code) => Failure::BadCode(code),
             ProbeResult::Timeout(after) => Failure::Timeout(after),
@@ -806,15 +920,21 @@ impl Health {
             return CallFailureOutcome {
                 transition: None,
                 probe_now: false,
+                stranded: false,
             };
         }
         self.reset_streaks();
         let transition = self.change(State::Inactive, Reason::CallFailure(failure));
-        let probe_now = self.probing && !self.urgent_probe;
+        if self.config.mode == ProbingMode::Inactive {
+            // Mode 2's reason to exist: probe what calls took out.
+            self.probing = true;
+        }
+        let probe_now = self.should_probe() && !self.urgent_probe;
         self.urgent_probe |= probe_now;
         CallFailureOutcome {
             transition,
             probe_now,
+            stranded: transition.is_some() && self.stranded(),
         }
     }
 
@@ -826,7 +946,7 @@ impl Health {
     pub fn record_call_reply(&mut self, code: u16) -> Option<Transition> {
         match self.state {
             State::Trying => self.success(Reason::CallReply { code }),
-            State::Inactive if !self.probing => {
+            State::Inactive if !self.should_probe() => {
                 self.reset_streaks();
                 self.change(State::Active, Reason::CallReply { code })
             }
@@ -935,6 +1055,20 @@ impl Health {
     }
 }
 
+/// Whether a destination in `status` is probed under `mode`.
+fn probed(mode: ProbingMode, status: Status) -> bool {
+    match mode {
+        ProbingMode::All => true,
+        ProbingMode::UntilReachable | ProbingMode::Flagged => status.probing,
+        ProbingMode::Inactive => status.probing && status.state == State::Inactive,
+    }
+}
+
+/// Inactive and not probed under `mode`.
+fn stranded(mode: ProbingMode, status: Status) -> bool {
+    status.state == State::Inactive && !probed(mode, status)
+}
+
 /// A [`Health`] shared by the proxy's tasks. Every operation takes a
 /// `std` mutex for a few instructions and never across an `.await` (there
 /// is none inside). The hot-path reads ([`SharedHealth::accepts_new_calls`],
@@ -948,6 +1082,9 @@ impl Health {
 pub struct SharedHealth {
     inner: Mutex<Health>,
     snapshot: AtomicU8,
+    /// The config's mode, fixed for the machine's life: lets the lock-free
+    /// reads decide what is probed.
+    mode: ProbingMode,
 }
 
 const SNAP_PROBING: u8 = 1 << 2;
@@ -970,6 +1107,7 @@ impl SharedHealth {
     pub fn new(health: Health) -> SharedHealth {
         let snapshot = AtomicU8::new(encode(health.status()));
         SharedHealth {
+            mode: health.config.mode,
             inner: Mutex::new(health),
             snapshot,
         }
@@ -992,7 +1130,12 @@ impl SharedHealth {
 
     /// Lock-free: should the prober send this node OPTIONS?
     pub fn should_probe(&self) -> bool {
-        self.status().probing
+        probed(self.mode, self.status())
+    }
+
+    /// Lock-free [`Health::stranded`].
+    pub fn stranded(&self) -> bool {
+        stranded(self.mode, self.status())
     }
 
     /// A copy of the whole machine, streak counts included (for
@@ -1015,8 +1158,7 @@ impl SharedHealth {
     #[must_use]
     pub fn record_call_reply(&self, code: u16) -> Option<Transition> {
         let status = self.status();
-        let may_change =
-            status.state == State::Trying || (status.state == State::Inactive && !status.probing);
+        let may_change = status.state == State::Trying || stranded(self.mode, status);
         if !may_change {
             return None;
         }
@@ -1871,5 +2013,134 @@ mod tests {
             "exactly 40 failures"
         );
         assert_eq!(probes.load(Relaxed), 1, "one urgent probe for the burst");
+    }
+
+    fn in_mode(mode: ProbingMode, state: State, probing: bool) -> Health {
+        Health::new(
+            HealthConfig::default().with_mode(mode),
+            Status { state, probing },
+        )
+    }
+
+    const OK: ProbeResult = ProbeResult::Reply(200);
+
+    /// Which node each mode probes, by flag and state (Kamailio's
+    /// `ds_ping_result_helper`, Disabled aside: see the module docs).
+    #[test]
+    fn each_mode_probes_what_kamailio_probes() {
+        use ProbingMode::*;
+        for (mode, state, flag, probed) in [
+            (UntilReachable, State::Active, true, true),
+            (UntilReachable, State::Active, false, false),
+            (UntilReachable, State::Inactive, false, false),
+            (All, State::Active, false, true),
+            (All, State::Inactive, false, true),
+            (All, State::Trying, false, true),
+            (Inactive, State::Active, true, false),
+            (Inactive, State::Inactive, true, true),
+            (Inactive, State::Inactive, false, false),
+            (Flagged, State::Active, true, true),
+            (Flagged, State::Inactive, false, false),
+            (Flagged, State::Trying, true, true),
+        ] {
+            let h = in_mode(mode, state, flag);
+            assert_eq!(h.should_probe(), probed, "{mode} {state:?} flag {flag}");
+            assert_eq!(SharedHealth::new(h).should_probe(), probed, "shared");
+        }
+    }
+
+    /// Mode 1 shows every node as probed (`P`) and keeps it so after an
+    /// operator's `a` (the next result sets it again, as in Kamailio).
+    #[test]
+    fn mode_1_probes_everything_and_its_results_set_the_flag() {
+        let mut h = in_mode(ProbingMode::All, State::Active, false);
+        assert_eq!(h.flags().as_str(), "AP");
+        let _ = h.set_state(SetState::parse("a").unwrap());
+        assert_eq!(h.flags().as_str(), "AX");
+        assert!(h.should_probe(), "mode 1 ignores the flag");
+        let _ = h.record_probe(OK);
+        assert_eq!(h.flags().as_str(), "AP");
+        // A failed call takes it out; it is probed, so not stranded and
+        // probed at once; only probes bring it back.
+        let out = h.record_call_failure(Failure::Timeout(TWO_S));
+        assert!(out.probe_now && !out.stranded);
+        assert_eq!(h.record_call_reply(200), None, "probes decide");
+        let _ = h.record_probe(OK);
+        assert_eq!(h.state(), State::Active);
+    }
+
+    /// Mode 0 probes a flagged node until it answers, then no more.
+    #[test]
+    fn mode_0_probes_until_the_node_answers() {
+        let mut h = in_mode(ProbingMode::UntilReachable, State::Inactive, true);
+        assert!(h.should_probe());
+        assert!(fail(&mut h).is_none(), "still inactive");
+        assert!(h.should_probe(), "a failure keeps the flag");
+        let t = h.record_probe(OK).expect("back");
+        assert_eq!(t.to, State::Active);
+        assert_eq!(h.flags().as_str(), "AX", "the flag is cleared");
+        assert!(!h.should_probe());
+        // A late result changes nothing now.
+        assert_eq!(h.record_probe(ProbeResult::Timeout(TWO_S)), None);
+        assert_eq!(h.state(), State::Active);
+    }
+
+    /// Mode 2: a call failure flags the node, probes bring it back and
+    /// clear the flag; an active node is never probed.
+    #[test]
+    fn mode_2_probes_what_calls_took_out_until_it_is_back() {
+        let mut h = in_mode(ProbingMode::Inactive, State::Active, false);
+        assert!(!h.should_probe());
+        let out = h.record_call_failure(Failure::TransportError);
+        assert_eq!(h.flags().as_str(), "IP");
+        assert!(out.probe_now, "probed at once");
+        assert!(!out.stranded);
+        let _ = h.record_probe(OK);
+        assert_eq!(h.flags().as_str(), "AX");
+        assert!(!h.should_probe());
+    }
+
+    /// Modes 0 and 3: a call failure on an unflagged node strands it,
+    /// and the outcome says so once; a call reply on one of its dialogs
+    /// (nothing else probes it) brings it back, and an operator can.
+    #[test]
+    fn an_unprobed_node_taken_out_by_a_call_is_stranded_and_says_so() {
+        for mode in [ProbingMode::UntilReachable, ProbingMode::Flagged] {
+            let mut h = in_mode(mode, State::Active, false);
+            let out = h.record_call_failure(Failure::Timeout(TWO_S));
+            assert!(out.stranded && !out.probe_now, "{mode}");
+            assert!(h.stranded());
+            assert!(SharedHealth::new(h.clone()).stranded());
+            let again = h.record_call_failure(Failure::Timeout(TWO_S));
+            assert!(!again.stranded, "said once, at the transition");
+            let _ = h.set_state(SetState::parse("a").unwrap());
+            assert!(!h.stranded());
+            // A flagged node is probed back instead.
+            let mut h = in_mode(mode, State::Active, true);
+            let out = h.record_call_failure(Failure::Timeout(TWO_S));
+            assert!(!out.stranded && out.probe_now, "{mode}");
+        }
+        let shared = SharedHealth::new(in_mode(ProbingMode::Flagged, State::Active, false));
+        let _ = shared.record_call_failure(Failure::Unreachable);
+        assert!(shared.stranded());
+        assert!(shared.record_call_reply(200).is_some(), "a dialog's reply");
+        assert!(!shared.stranded());
+    }
+
+    #[test]
+    fn probing_mode_reads_kamailio_numbers_only() {
+        #[derive(Deserialize)]
+        struct P {
+            mode: ProbingMode,
+        }
+        for n in 0..=3u8 {
+            let p: P = toml::from_str(&format!("mode = {n}")).unwrap();
+            assert_eq!(p.mode.number(), n);
+        }
+        for bad in ["mode = 4", "mode = -1", "mode = \"all\""] {
+            assert!(toml::from_str::<P>(bad).is_err(), "{bad}");
+        }
+        let err = toml::from_str::<P>("mode = 7").err().unwrap().to_string();
+        assert!(err.contains("ds_probing_mode"), "{err}");
     }
 }

@@ -327,6 +327,16 @@ impl Dispatcher {
         let node = &self.nodes[i];
         let outcome = node.health.record_call_failure(failure);
         log_transition(&node.uri, outcome.transition);
+        if outcome.stranded {
+            tracing::warn!(
+                "{} is down and not probed (probing mode {}, flags {}): it gets no new \
+                 calls until `dispatcher.set_state a {}` (or `ap` to probe it)",
+                node.uri,
+                node.health.get().config().mode().number(),
+                node.health.flags(),
+                node.uri,
+            );
+        }
         outcome.probe_now
     }
 
@@ -382,13 +392,22 @@ impl Dispatcher {
         self.nodes[i].health.status()
     }
 
-    /// Whether node `i` is probed (its probing flag, and not disabled by
-    /// the rules of [`health`]).
+    /// Whether node `i` is probed (its probing flag and the probing mode,
+    /// by the rules of [`health`]).
     ///
     /// # Panics
     /// If `i >= len()`.
     pub fn should_probe(&self, i: usize) -> bool {
         self.nodes[i].health.should_probe()
+    }
+
+    /// Whether node `i` is out of rotation and not probed
+    /// ([`health::Health::stranded`]).
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn stranded(&self, i: usize) -> bool {
+        self.nodes[i].health.stranded()
     }
 
     /// Node `i`'s own probe From URI, if it has one.

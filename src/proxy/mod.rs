@@ -373,6 +373,7 @@ impl Proxy {
             for (i, m) in series.iter().enumerate() {
                 m.set_calls_active(self.tables.dialogs.pinned_to(d.addr(i)));
                 m.set_state(d.status(i).state);
+                m.set_stranded(d.stranded(i));
             }
         }
         self.metrics.set_dialogs(self.tables.dialogs.len());
@@ -516,7 +517,8 @@ fn health_config(
         probe.failure_threshold,
         probe.success_threshold,
         ReplyCodes::parse(&probe.reply_codes)?,
-    )?)
+    )?
+    .with_mode(probe.mode))
 }
 
 /// Where a response to a request that came from `src` goes (RFC 3261
