@@ -271,11 +271,23 @@ impl<'e> Edit<'e, '_, '_> {
     /// Inserts `Record-Route: <value>` above any existing Record-Route (at
     /// the top of the headers when there is none).
     pub fn insert_record_route(&mut self, value: &[u8]) {
+        self.insert_record_route_parts(&[value]);
+    }
+
+    /// [`Edit::insert_record_route`] with the value given in pieces (the
+    /// constant part, a per-call parameter, the closing `>`). Two inserted
+    /// in one edit keep their order: the first on top.
+    pub fn insert_record_route_parts(&mut self, value: &[&[u8]]) {
         let at = match self.msg.first_index(HeaderName::RecordRoute) {
             Some(i) => self.msg.line_start(i),
             None => self.msg.first_header_start(),
         };
-        self.insert_line(at, HeaderName::RecordRoute, value);
+        let name: [&[u8]; 2] = [HeaderName::RecordRoute.as_str().as_bytes(), b": "];
+        let parts = name
+            .into_iter()
+            .chain(value.iter().copied())
+            .chain(std::iter::once(&b"\r\n"[..]));
+        self.splice_iter(at, at, parts);
     }
 
     /// Adds a header line at the end of the headers.
