@@ -365,6 +365,51 @@ async fn a_request_uri_naming_the_node_that_took_over_beats_a_stale_hint() {
     assert_eq!(rejected_bad_hint(&b.proxy), 0);
 }
 
+/// A call bridged between a TCP trunk and a UDP node gets two
+/// Record-Routes (one per side): both carry the hint and the same MAC, and
+/// the trunk's BYE along them reaches the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_record_routes_of_a_bridged_call_are_signed() {
+    let a = Harness::start(Options {
+        tcp: true,
+        ..with(SECRET)
+    })
+    .await;
+    let trunk = a
+        .tcp_trunk_from("trunk", "127.0.0.1".parse().unwrap())
+        .await;
+    let mut call = Dialog::uac_at(trunk.addr, &format!("sip:fax@{}", a.addr)).over_tcp();
+    trunk.send(call.invite(SDP_AUDIO)).await;
+    let node = &a.nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    let rr = inv.values(HeaderName::RecordRoute);
+    assert_eq!(rr.len(), 2, "{}", inv.text());
+    let hint = format!("lr;node={};mac=", node.addr);
+    assert!(
+        rr[0].starts_with(&format!("<sip:{};{hint}", a.addr)),
+        "{rr:?}"
+    );
+    let tcp = a.tcp_addr.unwrap();
+    assert!(
+        rr[1].starts_with(&format!("<sip:{tcp};transport=tcp;{hint}")),
+        "{rr:?}"
+    );
+    assert_eq!(mac_of(&rr[0]), mac_of(&rr[1]));
+    assert!(rr
+        .iter()
+        .all(|r| r.ends_with('>') && r.matches('>').count() == 1));
+
+    let fs = Dialog::uas(node, &inv, &unique("fs-"));
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = trunk.recv_until(|r| r.status() == Some(200)).await;
+    call.learn_2xx(ok.last().unwrap());
+    let (bye, _) = call.request("BYE", None);
+    trunk.send(bye).await;
+    let bye = node.recv_request("BYE").await;
+    assert!(bye.values(HeaderName::Route).is_empty(), "both popped");
+}
+
 /// The binary's start-up summary says whether the hint is authenticated
 /// (the secret read from a file relative to the config).
 #[test]
