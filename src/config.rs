@@ -16,7 +16,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -71,6 +71,8 @@ pub struct Config {
     pub security: Security,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub cluster: Cluster,
 }
 
 /// `[limits]`: caps that keep memory bounded under a flood.
@@ -343,6 +345,141 @@ impl Default for Dialogs {
     }
 }
 
+/// `[cluster]`: what the sipedge instances in front of one pool share.
+/// The secret authenticates the node hint in our Record-Route, so any
+/// instance with the same secret routes a dialog another one set up, and
+/// nobody else can name a node in it (`proxy::hint`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The secret (at least [`MIN_SECRET_LEN`] bytes), or:
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// a file holding it: its whole content, trimmed; relative to the
+    /// config file.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// An older secret still accepted, never used to sign: what a rotation
+    /// needs (the same rules, the same two forms).
+    #[serde(default)]
+    pub previous_secret: Option<Secret>,
+    #[serde(default)]
+    pub previous_secret_file: Option<PathBuf>,
+    /// The secrets in force, read when the file was loaded (see
+    /// [`Cluster::secrets`]).
+    #[serde(skip)]
+    resolved: Option<(Secret, Option<Secret>)>,
+}
+
+/// A secret from the config: never shown by `Debug` (logs, panics).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Shorter than this is not a secret (RFC 2104 §3: a key shorter than the
+/// hash output weakens it; 16 bytes still leaves a guess out of reach).
+pub const MIN_SECRET_LEN: usize = 16;
+
+impl Cluster {
+    /// The secret that signs route hints and the previous one still
+    /// accepted; `None`: hints are not authenticated.
+    pub fn secrets(&self) -> Option<(&[u8], Option<&[u8]>)> {
+        let (current, previous) = self.resolved.as_ref()?;
+        Some((current.as_bytes(), previous.as_ref().map(Secret::as_bytes)))
+    }
+
+    /// Reads the secrets (files relative to `base`) and checks them.
+    fn resolve(&mut self, base: &Path) -> Result<(), Violation> {
+        let current = one_secret(
+            ("cluster.secret", self.secret.as_ref()),
+            ("cluster.secret_file", self.secret_file.as_deref()),
+            base,
+        )?;
+        let previous = one_secret(
+            ("cluster.previous_secret", self.previous_secret.as_ref()),
+            (
+                "cluster.previous_secret_file",
+                self.previous_secret_file.as_deref(),
+            ),
+            base,
+        )?;
+        self.resolved = match (current, previous) {
+            (Some(c), p) => Some((c, p)),
+            (None, None) => None,
+            (None, Some(_)) => {
+                let key = if self.previous_secret.is_some() {
+                    "cluster.previous_secret"
+                } else {
+                    "cluster.previous_secret_file"
+                };
+                return Err(Violation {
+                    key: key.to_owned(),
+                    rule: Rule::PreviousWithoutSecret,
+                });
+            }
+        };
+        Ok(())
+    }
+}
+
+/// A secret given inline or in a file (not both), checked.
+fn one_secret(
+    (inline_key, inline): (&str, Option<&Secret>),
+    (file_key, file): (&str, Option<&Path>),
+    base: &Path,
+) -> Result<Option<Secret>, Violation> {
+    let fail = |key: &str, rule| Violation {
+        key: key.to_owned(),
+        rule,
+    };
+    let (key, secret, from) = match (inline, file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(fail(
+                file_key,
+                Rule::SecretTwice(inline_key.rsplit('.').next().unwrap_or_default().into()),
+            ))
+        }
+        (Some(s), None) => (inline_key, s.0.trim().to_owned(), None),
+        (None, Some(path)) => {
+            let path = base.join(path);
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                fail(
+                    file_key,
+                    Rule::SecretFile {
+                        file: shown.clone(),
+                        reason: e.to_string(),
+                    },
+                )
+            })?;
+            (file_key, text.trim().to_owned(), Some(shown))
+        }
+    };
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(fail(
+            key,
+            Rule::ShortSecret {
+                len: secret.len(),
+                file: from,
+            },
+        ));
+    }
+    Ok(Some(Secret(secret)))
+}
+
 // Defaults: design.md's table, which follows Kamailio where an operator
 // would expect it.
 fn default_udp() -> Vec<SocketAddr> {
@@ -418,8 +555,8 @@ pub fn read_config(path: &Path) -> Result<Config, ConfigError> {
         file: file.clone(),
         source,
     })?;
-    let mut config = from_toml(&text, &file)?;
     let base = path.parent().unwrap_or(Path::new("."));
+    let mut config = from_toml_at(&text, &file, base)?;
     config.load_list_file(base, &file)?;
     Ok(config)
 }
@@ -549,9 +686,16 @@ impl Config {
 }
 
 /// Parses and validates `text`; `file` is only used to name it in errors.
+/// Files it names (`[cluster] secret_file`) are read relative to the
+/// working directory.
 pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-    let config: Config = toml::from_str(text).map_err(|err| toml_error(text, file, &err))?;
-    config.validate().map_err(|violation| {
+    from_toml_at(text, file, Path::new("."))
+}
+
+/// [`from_toml`] with the files it names read relative to `base`.
+fn from_toml_at(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+    let mut config: Config = toml::from_str(text).map_err(|err| toml_error(text, file, &err))?;
+    let invalid = |violation: Violation| {
         let line = KeyIndex::new(text).line_of(text, &violation.key);
         ConfigError::Invalid {
             at: Location {
@@ -560,7 +704,9 @@ pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
             },
             violation: Box::new(violation),
         }
-    })?;
+    };
+    config.validate().map_err(invalid)?;
+    config.cluster.resolve(base).map_err(invalid)?;
     Ok(config)
 }
 
@@ -756,6 +902,20 @@ pub enum Rule {
          requests would find nobody at our Record-Route; add [listen] tcp = [\"ADDR:PORT\"]"
     )]
     TcpWithoutListener(SipUri),
+    #[error("both {0} and {0}_file are given; use one")]
+    SecretTwice(String),
+    #[error("cannot read {file}: {reason}")]
+    SecretFile { file: String, reason: String },
+    #[error(
+        "{}{len} bytes is too short to be a secret; use at least {MIN_SECRET_LEN}, e.g. the \
+         output of `openssl rand -hex 32`", file.as_ref().map(|f| format!("{f}: ")).unwrap_or_default()
+    )]
+    ShortSecret { len: usize, file: Option<String> },
+    #[error(
+        "a previous secret is only accepted beside the one that signs: give secret or \
+         secret_file too"
+    )]
+    PreviousWithoutSecret,
 }
 
 impl Config {
@@ -988,6 +1148,22 @@ impl fmt::Display for Config {
             DisplayDuration(self.dialogs.ttl),
             self.dialogs.max
         )?;
+        match self.cluster.secrets() {
+            Some((_, previous)) => writeln!(
+                f,
+                "route hint      authenticated by [cluster] secret{}",
+                if previous.is_some() {
+                    " (previous secret still accepted)"
+                } else {
+                    ""
+                }
+            )?,
+            None => writeln!(
+                f,
+                "route hint      unauthenticated (no [cluster] secret): any sender can name \
+                 a pool node in it"
+            )?,
+        }
         let codes: Vec<String> = self
             .probe
             .reply_codes
@@ -1684,5 +1860,103 @@ uri = "sip:10.0.1.11:5080"
         assert!(summary.contains("sip:10.0.1.11:5080"));
         assert!(summary.contains("fr_timeout 2s, fr_inv_timeout 120s"));
         assert!(summary.contains("ttl 2h, max 1000000"));
+        assert!(
+            summary.contains("route hint      unauthenticated (no [cluster] secret)"),
+            "{summary}"
+        );
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn cluster_secret_inline_or_from_a_file_and_never_shown() {
+        assert_eq!(load(BASE).unwrap().cluster.secrets(), None);
+        let text = format!("{BASE}[cluster]\nsecret = \"  {SECRET}\\n\"\n");
+        let config = load(&text).unwrap();
+        assert_eq!(
+            config.cluster.secrets(),
+            Some((SECRET.as_bytes(), None)),
+            "trimmed"
+        );
+        assert!(!format!("{config:?}").contains(SECRET), "Debug hides it");
+        assert!(config
+            .to_string()
+            .contains("route hint      authenticated by [cluster] secret\n"));
+
+        let dir = std::env::temp_dir().join(format!("sipedge-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("now.secret"), format!("{SECRET}\n")).unwrap();
+        std::fs::write(dir.join("old.secret"), "an older secret, 28 bytes..\n").unwrap();
+        let text = format!(
+            "{BASE}[cluster]\nsecret_file = \"now.secret\"\nprevious_secret_file = \"old.secret\"\n"
+        );
+        let config = from_toml_at(&text, "t.toml", &dir).unwrap();
+        assert_eq!(
+            config.cluster.secrets(),
+            Some((
+                SECRET.as_bytes(),
+                Some(b"an older secret, 28 bytes..".as_slice())
+            ))
+        );
+        assert!(config
+            .to_string()
+            .contains("(previous secret still accepted)"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cluster_secret_rules() {
+        let with = |cluster: &str| format!("{BASE}[cluster]\n{cluster}\n");
+        assert_eq!(
+            rule(&with(&format!(
+                "secret = \"{SECRET}\"\nsecret_file = \"/etc/sipedge/secret\""
+            ))),
+            (
+                "cluster.secret_file".into(),
+                Rule::SecretTwice("secret".into())
+            )
+        );
+        assert_eq!(
+            rule(&with("secret = \"  \"")),
+            (
+                "cluster.secret".into(),
+                Rule::ShortSecret { len: 0, file: None }
+            )
+        );
+        assert_eq!(
+            rule(&with("secret = \"fifteen bytes..\"")).1,
+            Rule::ShortSecret {
+                len: 15,
+                file: None
+            }
+        );
+        assert!(load(&with("secret = \"sixteen bytes...\"")).is_ok());
+        assert_eq!(
+            rule(&with(&format!("previous_secret = \"{SECRET}\""))),
+            (
+                "cluster.previous_secret".into(),
+                Rule::PreviousWithoutSecret
+            )
+        );
+        assert_eq!(
+            rule(&with(&format!(
+                "secret = \"{SECRET}\"\nprevious_secret = \"short\""
+            ))),
+            (
+                "cluster.previous_secret".into(),
+                Rule::ShortSecret { len: 5, file: None }
+            )
+        );
+        let (key, r) = rule(&with("secret_file = \"/nonexistent/sipedge.secret\""));
+        assert_eq!(key, "cluster.secret_file");
+        assert!(
+            matches!(&r, Rule::SecretFile { file, .. } if file == "/nonexistent/sipedge.secret"),
+            "{r:?}"
+        );
+        let message = err(&with("secret = \"short\"")).to_string();
+        assert!(
+            message.starts_with("test.toml:13: cluster.secret: 5 bytes is too short"),
+            "{message}"
+        );
     }
 }

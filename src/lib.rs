@@ -38,7 +38,8 @@
 //!   response paths, the pure in-dialog routing decision (`route.rs`), the
 //!   one forwarding edit (`forward.rs`), the driver of the transaction
 //!   machines (`invite.rs`), every local answer (`rescue.rs`), our
-//!   advertised identity (`me.rs`), the prober and the reload.
+//!   advertised identity (`me.rs`), the route hint's MAC (`hint.rs`,
+//!   `[cluster] secret`), the prober and the reload.
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.

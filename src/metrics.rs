@@ -396,6 +396,10 @@ label_enum! {
         BadExtension => "bad_extension",
         /// An in-dialog INVITE (re-INVITE) for a dialog nobody knows (481).
         UnknownDialog => "unknown_dialog",
+        /// A re-INVITE only our Record-Route's node hint would route, whose
+        /// MAC does not verify with `[cluster] secret`: missing, forged,
+        /// cut, or made for another Call-ID (481).
+        BadRouteHint => "bad_route_hint",
         /// The host name a node's request goes to did not resolve (478).
         Unresolvable => "unresolvable",
         /// No final answer in time (408): `fr_inv_timeout` after the node

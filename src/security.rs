@@ -142,6 +142,11 @@ impl Security {
         self.trusted.is_empty() || self.trusted.iter().any(|c| c.contains(ip))
     }
 
+    /// Are trusted networks configured (else everyone is trusted)?
+    pub fn lists_trusted(&self) -> bool {
+        !self.trusted.is_empty()
+    }
+
     /// A scanner's User-Agent (case-insensitive substring)?
     pub fn is_scanner(&self, user_agent: Option<&[u8]>) -> bool {
         let Some(ua) = user_agent else { return false };

@@ -122,6 +122,31 @@ const BAD: &[(&str, &str, &str)] = &[
         "invalid socket address",
     ),
     ("listen-missing.toml", "listen", "missing field `listen`"),
+    (
+        "cluster-secret-and-file.toml",
+        "cluster.secret_file",
+        "both secret and secret_file are given",
+    ),
+    (
+        "cluster-secret-short.toml",
+        "cluster.secret",
+        "7 bytes is too short to be a secret; use at least 16",
+    ),
+    (
+        "cluster-secret-file-missing.toml",
+        "cluster.secret_file",
+        "no-such.secret: No such file",
+    ),
+    (
+        "cluster-secret-file-empty.toml",
+        "cluster.secret_file",
+        "empty.secret: 0 bytes is too short to be a secret",
+    ),
+    (
+        "cluster-previous-without-secret.toml",
+        "cluster.previous_secret",
+        "give secret or secret_file too",
+    ),
 ];
 
 #[test]

@@ -4,27 +4,32 @@
 
 use std::net::SocketAddr;
 
+use super::hint::TagText;
 use super::{Pool, Proxy};
 use crate::sip::{Editor, Message, SipError};
 use crate::transport::Transport;
 
 /// Our Record-Route: the one the next hop sees, and, when the call is
 /// bridged between transports, the one the previous hop sees below it
-/// (Kamailio's double Record-Route).
+/// (Kamailio's double Record-Route). Each is the pool's text up to the
+/// MAC, then the MAC of this call's hint (with a cluster secret), then
+/// `>`: no formatting per call.
 #[derive(Clone, Copy)]
 pub(super) struct RecordRoute<'p> {
     pub out: &'p [u8],
     pub inbound: Option<&'p [u8]>,
+    pub mac: Option<TagText>,
 }
 
 impl<'p> RecordRoute<'p> {
     /// For node `node`, a request that came in over `inbound` and goes out
-    /// over `out`.
+    /// over `out`, its hint signed with `mac` (see [`Proxy::hint_mac`]).
     pub(super) fn for_node(
         pool: &'p Pool,
         node: usize,
         inbound: Transport,
         out: Transport,
+        mac: Option<TagText>,
     ) -> Option<RecordRoute<'p>> {
         Some(RecordRoute {
             out: pool.record_route(node, out)?,
@@ -33,11 +38,18 @@ impl<'p> RecordRoute<'p> {
             } else {
                 pool.record_route(node, inbound)
             },
+            mac,
         })
     }
 }
 
 impl Proxy {
+    /// The MAC of the hint naming `node` in the call `call_id`, when
+    /// `[cluster] secret` is set.
+    pub(super) fn hint_mac(&self, node: SocketAddr, call_id: &[u8]) -> Option<TagText> {
+        self.hint_keys.as_ref().map(|k| k.sign(node, call_id))
+    }
+
     /// The forwarding edit for `transport`, or for TCP when the result is
     /// too large for UDP and the next hop takes TCP (RFC 3261 §18.1.1):
     /// the bytes and the transport they go over.
@@ -93,10 +105,13 @@ impl Proxy {
         let prefix = self.me.via_prefix(transport);
         e.insert_via_parts(&[prefix, branch.as_bytes(), b";rport"]);
         if let Some(rr) = record_route {
+            let mac: [&[u8]; 2] = match &rr.mac {
+                Some(m) => [b";mac=", m],
+                None => [b"", b""],
+            };
             // The next hop's side on top (its route set starts there).
-            e.insert_record_route(rr.out);
-            if let Some(inbound) = rr.inbound {
-                e.insert_record_route(inbound);
+            for side in std::iter::once(rr.out).chain(rr.inbound) {
+                e.insert_record_route_parts(&[side, mac[0], mac[1], b">"]);
             }
         }
         e.pop_routes(pop_routes);

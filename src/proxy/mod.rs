@@ -9,6 +9,8 @@
 //!   (retransmissions, the 408/503 owed upstream).
 //! - `route`: where an in-dialog request goes, a pure decision.
 //! - `forward`: the one forwarding edit, with the TCP fallback.
+//! - `hint`: the MAC that authenticates our Record-Route's node hint
+//!   (`[cluster] secret`).
 //! - `invite`: the driver of a new INVITE: feeds the server transaction
 //!   and the failover machine of [`crate::transaction`] and carries out
 //!   what they ask (send, relay, answer, pin, mark, count).
@@ -20,6 +22,7 @@
 mod admin;
 mod advertise;
 mod forward;
+mod hint;
 mod invite;
 mod me;
 mod pool;
@@ -117,6 +120,9 @@ pub struct Proxy {
     tables: Tables,
     /// Our advertised identity: host, ports, Via, the "is it us" test.
     me: me::Me,
+    /// Signs and checks the node hint of our Record-Route; none without
+    /// `[cluster] secret` (the hint is then taken on trust).
+    hint_keys: Option<hint::HintKeys>,
     /// Every socket, its receive loop and every send.
     transports: Transports<Proxy>,
     /// Host names in the requests the nodes send out.
@@ -198,6 +204,10 @@ impl Proxy {
                 branches: BranchGen::default(),
             },
             me,
+            hint_keys: cfg
+                .cluster
+                .secrets()
+                .map(|(secret, previous)| hint::HintKeys::new(secret, previous)),
             transports,
             dns: crate::dns::Dns::new(&cfg.dns.servers),
             security: crate::security::Security::new(&cfg.security),

@@ -19,7 +19,8 @@ use crate::transport::{PerTransport, Transport};
 pub struct Pool {
     pub dispatcher: Dispatcher,
     /// Our Record-Route for each node, with its hint (by node index), as
-    /// reached over UDP and over TCP.
+    /// reached over UDP and over TCP: all but the MAC (per call) and the
+    /// closing `>`.
     pub(super) record_routes: Vec<PerTransport<Box<[u8]>>>,
     /// Per-node series, by node index.
     pub(super) node_metrics: Vec<DestinationMetrics>,
@@ -79,7 +80,7 @@ impl Pool {
                         Transport::Udp => String::new(),
                         t => format!("transport={t};"),
                     };
-                    format!("<sip:{};{param}lr;node={node}>", sent_by[t])
+                    format!("<sip:{};{param}lr;node={node}", sent_by[t])
                         .into_bytes()
                         .into()
                 })
@@ -116,7 +117,8 @@ impl Pool {
         })
     }
 
-    /// Our Record-Route for node `i`, as reached over `transport`.
+    /// Our Record-Route for node `i`, as reached over `transport`, up to
+    /// its MAC (see [`super::forward::RecordRoute`]).
     pub(super) fn record_route(&self, i: usize, transport: Transport) -> Option<&[u8]> {
         self.record_routes.get(i).map(|r| &*r[transport])
     }

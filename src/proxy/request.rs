@@ -75,6 +75,49 @@ fn with_key<R>(msg: &Message<'_>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     })
 }
 
+/// What [`route::in_dialog`] asks, answered from the pool in force and
+/// the hint keys, for one request's Call-ID.
+struct PoolLookup<'a> {
+    pool: &'a Pool,
+    keys: Option<&'a super::hint::HintKeys>,
+    call_id: &'a [u8],
+}
+
+impl route::Lookup for PoolLookup<'_> {
+    fn member(&self, a: SocketAddr) -> Option<route::Member> {
+        let i = self.pool.find(a)?;
+        Some(route::Member {
+            transport: self.pool.transport(i),
+            takes_tcp: self.pool.takes_tcp(i),
+        })
+    }
+
+    /// The node listing `a`'s IP among its `advertised` addresses; when
+    /// several do (one NAT address in front of them), the one on `a`'s
+    /// port.
+    fn advertiser(&self, a: SocketAddr) -> Option<SocketAddr> {
+        let ip = a.ip().to_canonical();
+        let mut on_ip = (0..self.pool.len())
+            .filter(|&i| self.pool.advertised(i).contains(&ip))
+            .map(|i| self.pool.addr(i));
+        let first = on_ip.next()?;
+        match on_ip.next() {
+            None => Some(first),
+            Some(second) => [first, second]
+                .into_iter()
+                .chain(on_ip)
+                .find(|n| n.port() == a.port()),
+        }
+    }
+
+    fn authentic(&self, hint: &route::Hint) -> bool {
+        match (self.keys, &hint.mac) {
+            (Some(k), Some(tag)) => k.verify(hint.node, self.call_id, tag),
+            _ => false,
+        }
+    }
+}
+
 impl Proxy {
     pub(super) fn on_request(self: &Arc<Self>, msg: &Message<'_>, src: Peer) {
         // One snapshot of the pool for the whole request.
@@ -212,11 +255,19 @@ impl Proxy {
             return ours;
         }
         ours.count = 1;
-        ours.hint = first
+        let node = first
             .uri
             .param(b"node")
             .flatten()
             .and_then(|h| std::str::from_utf8(h).ok()?.parse::<SocketAddr>().ok());
+        ours.hint = node.map(|node| route::Hint {
+            node,
+            mac: first
+                .uri
+                .param(super::hint::PARAM)
+                .flatten()
+                .and_then(super::hint::parse_tag),
+        });
         let second = msg
             .values(HeaderName::Route)
             .nth(1)
@@ -363,28 +414,43 @@ impl Proxy {
             let v = msg.values(HeaderName::Route).nth(ours.count)?;
             Uri::parse(crate::sip::NameAddr::parse(v).ok()?.uri).ok()
         });
+        let trust = match (
+            self.security.lists_trusted(),
+            self.security.is_trusted(src.addr.ip()),
+        ) {
+            (false, _) => route::Trust::NoneListed,
+            (true, true) => route::Trust::Listed,
+            (true, false) => route::Trust::Stranger,
+        };
         let facts = route::InDialog {
             from_node: from_node.map(|n| pool.addr(n)),
-            trusted: from_node.is_some() || self.security.is_trusted(src.addr.ip()),
+            trust,
             pinned: self.tables.dialogs.get(call_id),
+            signed: self.hint_keys.is_some(),
             ours,
             request_uri: ruri.as_ref(),
             next_route: next_route.as_ref(),
         };
-        let decision = route::in_dialog(&facts, |a| {
-            pool.find(a).map(|i| route::Member {
-                transport: pool.transport(i),
-                takes_tcp: pool.takes_tcp(i),
-            })
-        });
-        let route::Decision::Forward {
-            hop,
-            pop_routes,
-            repin,
-            tcp_fallback,
-        } = decision
-        else {
-            return self.unknown_dialog(msg, src);
+        let lookup = PoolLookup {
+            pool,
+            keys: self.hint_keys.as_ref(),
+            call_id,
+        };
+        let (hop, pop_routes, repin, tcp_fallback) = match route::in_dialog(&facts, &lookup) {
+            route::Decision::Forward {
+                hop,
+                pop_routes,
+                repin,
+                tcp_fallback,
+            } => (hop, pop_routes, repin, tcp_fallback),
+            route::Decision::UnknownDialog => return self.unknown_dialog(msg, src),
+            route::Decision::BadHint => {
+                tracing::debug!(%src, "in-dialog request with a bad route hint");
+                if msg.method() == Some(Method::Ack) {
+                    return;
+                }
+                return self.refuse(msg, src, Refusal::BadRouteHint);
+            }
         };
         match hop {
             Hop::Addr(to) => self.forward(
@@ -433,10 +499,14 @@ impl Proxy {
             // A stateful proxy answers 100 to an INVITE itself (§16.2).
             self.reply(msg, src, 100, b"Trying");
         }
+        let mac = f.record_route.and_then(|(pool, node)| {
+            self.hint_mac(pool.addr(node), msg.call_id().unwrap_or_default())
+        });
         with_editor(|ed| {
             let rr = |t| {
-                f.record_route
-                    .and_then(|(pool, node)| RecordRoute::for_node(pool, node, src.transport, t))
+                f.record_route.and_then(|(pool, node)| {
+                    RecordRoute::for_node(pool, node, src.transport, t, mac)
+                })
             };
             let edited = self.forward_edit_mtu(
                 ed,

@@ -31,6 +31,10 @@ pub(super) enum Refusal<'a> {
     BadExtension(&'a [u8]),
     /// An in-dialog request or CANCEL nobody knows (481).
     UnknownDialog,
+    /// An in-dialog request that only our Record-Route's hint would route,
+    /// and its MAC does not verify (`[cluster] secret`): 481, as for a
+    /// dialog nobody knows, counted apart.
+    BadRouteHint,
     /// No node takes the request (503).
     AllDown,
     /// Draining before exit: new INVITEs get 503.
@@ -106,6 +110,12 @@ impl<'a> Refusal<'a> {
                 b"Call/Transaction Does Not Exist",
                 None,
                 RejectReason::UnknownDialog,
+            ),
+            Refusal::BadRouteHint => (
+                481,
+                b"Call/Transaction Does Not Exist",
+                None,
+                RejectReason::BadRouteHint,
             ),
             Refusal::AllDown => (
                 503,
@@ -274,6 +284,13 @@ mod tests {
                 "Call/Transaction Does Not Exist",
                 None,
                 Some(R::UnknownDialog),
+            ),
+            (
+                BadRouteHint,
+                481,
+                "Call/Transaction Does Not Exist",
+                None,
+                Some(R::BadRouteHint),
             ),
             (
                 AllDown,

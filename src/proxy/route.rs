@@ -66,8 +66,16 @@ pub(super) fn uri_hop(uri: &Uri<'_>) -> Option<Hop> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct OurRoutes {
     pub count: usize,
-    pub hint: Option<SocketAddr>,
+    pub hint: Option<Hint>,
     pub transport: Option<Transport>,
+}
+
+/// The node hint of our Route: the node it names and the MAC it carries
+/// (`None` when it has none, or one that is not a whole MAC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Hint {
+    pub node: SocketAddr,
+    pub mac: Option<super::hint::Tag>,
 }
 
 /// What the pool knows of an address that is one of its nodes.
@@ -78,18 +86,45 @@ pub(super) struct Member {
     pub takes_tcp: bool,
 }
 
+/// Who sent a request from outside the pool, as `[security] trusted`
+/// sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Trust {
+    /// From a network `[security] trusted` lists.
+    Listed,
+    /// `[security] trusted` lists none: anyone is let in.
+    NoneListed,
+    /// From outside the networks it lists.
+    Stranger,
+}
+
 /// The facts an in-dialog request is routed on.
 pub(super) struct InDialog<'a> {
     /// The pool member it came from, if any.
     pub from_node: Option<SocketAddr>,
-    /// Whether its source is `[security] trusted` (pool members are).
-    pub trusted: bool,
-    /// The node the Call-ID is pinned to.
+    /// Its source, when not a pool member.
+    pub trust: Trust,
+    /// The node the call is known to be on (the Call-ID table).
     pub pinned: Option<SocketAddr>,
+    /// Hints are signed (`[cluster] secret`): one that does not verify is
+    /// refused, and no longer counts as proof that a dialog is ours.
+    pub signed: bool,
     pub ours: OurRoutes,
     pub request_uri: Option<&'a Uri<'a>>,
     /// The first Route value after ours.
     pub next_route: Option<&'a Uri<'a>>,
+}
+
+/// What the decision asks of the pool and of the hint's MAC.
+pub(super) trait Lookup {
+    /// The pool member at `a`.
+    fn member(&self, a: SocketAddr) -> Option<Member>;
+    /// The pool member that advertises `a` (its `advertised` addresses),
+    /// by its own address.
+    fn advertiser(&self, a: SocketAddr) -> Option<SocketAddr>;
+    /// The hint's MAC verifies for this request's Call-ID. Asked only
+    /// when hints are signed and the hint matters (no pin).
+    fn authentic(&self, hint: &Hint) -> bool;
 }
 
 /// Where it goes.
@@ -106,20 +141,35 @@ pub(super) enum Decision {
     },
     /// Nowhere: 481 (an ACK is dropped).
     UnknownDialog,
+    /// The hint would route it but its MAC does not verify (missing,
+    /// forged, cut, or made for another Call-ID): 481, counted apart.
+    BadHint,
 }
 
-/// Routes an in-dialog request (RFC 3261 §16.4, §16.12; design.md):
-/// - from the trunk, to the node that has the call: the pinned node, else
-///   our Record-Route's node hint, else a Request-URI naming a pool member
-///   (only from a trusted source: from anyone else an in-dialog request
-///   goes to the pinned node or along our own Route, nowhere else); over
-///   the side our second Route names, else the node's transport;
-/// - from a node, loose-routed towards the trunk: the next Route after
-///   ours, else the Request-URI.
-pub(super) fn in_dialog(
-    r: &InDialog<'_>,
-    member: impl Fn(SocketAddr) -> Option<Member>,
-) -> Decision {
+/// Routes an in-dialog request (RFC 3261 §16.4, §16.12; design.md
+/// "Pinning and takeover").
+///
+/// From a node, it is loose-routed towards the trunk: the next Route after
+/// ours, else the Request-URI.
+///
+/// From the trunk, it goes to the node that has the call, the first of:
+/// 1. the pinned node (the Call-ID table): it beats everything;
+/// 2. the node the Request-URI names, by its address or one of its
+///    `advertised` ones: the freshest target, which follows a `sofia
+///    recover` takeover that a stale hint does not;
+/// 3. the node our Record-Route's hint names, if its MAC verifies (or
+///    hints are not signed);
+/// 4. else 481, told apart when the hint was refused.
+///
+/// Who may steer by Request-URI: a listed trusted network, or anyone when
+/// none is listed and hints are not signed (as before signing existed), or
+/// a request that carries our Route with an acceptable hint (a dialog that
+/// went through us). Anyone else reaches only the pinned node or the one
+/// its hint names: never an open relay, and with a secret never a node the
+/// sender chose.
+///
+/// It goes over the side our second Route names, else the node's transport.
+pub(super) fn in_dialog(r: &InDialog<'_>, pool: &impl Lookup) -> Decision {
     let pop_routes = r.ours.count;
     if let Some(node) = r.from_node {
         let Some(hop) = r.next_route.or(r.request_uri).and_then(uri_hop) else {
@@ -132,25 +182,44 @@ pub(super) fn in_dialog(
             tcp_fallback: false,
         };
     }
-    let hint = r.ours.hint.filter(|a| member(*a).is_some());
+    let forward = |to: SocketAddr| {
+        let node = pool.member(to);
+        let transport = r
+            .ours
+            .transport
+            .or(node.map(|m| m.transport))
+            .unwrap_or_default();
+        Decision::Forward {
+            hop: Hop::Addr(Peer::new(to, transport)),
+            pop_routes,
+            repin: None,
+            tcp_fallback: node.is_some_and(|m| m.takes_tcp),
+        }
+    };
+    if let Some(to) = r.pinned {
+        return forward(to);
+    }
     let ruri = r
         .request_uri
         .and_then(uri_addr)
-        .filter(|a| r.trusted && member(*a).is_some());
-    let Some(to) = r.pinned.or(hint).or(ruri) else {
-        return Decision::UnknownDialog;
+        .and_then(|a| pool.member(a).map(|_| a).or_else(|| pool.advertiser(a)));
+    let trusted = match r.trust {
+        Trust::Listed => true,
+        Trust::NoneListed => !r.signed,
+        Trust::Stranger => false,
     };
-    let node = member(to);
-    let transport = r
-        .ours
-        .transport
-        .or(node.map(|m| m.transport))
-        .unwrap_or_default();
-    Decision::Forward {
-        hop: Hop::Addr(Peer::new(to, transport)),
-        pop_routes,
-        repin: None,
-        tcp_fallback: node.is_some_and(|m| m.takes_tcp),
+    if let (Some(to), true) = (ruri, trusted) {
+        return forward(to);
+    }
+    // Checked once, and only from here on (an HMAC).
+    let hint_ok = r.ours.hint.map(|h| !r.signed || pool.authentic(&h));
+    if let (Some(to), Some(true)) = (ruri, hint_ok) {
+        return forward(to);
+    }
+    match (r.ours.hint, hint_ok) {
+        (Some(_), Some(false)) => Decision::BadHint,
+        (Some(h), Some(true)) if pool.member(h.node).is_some() => forward(h.node),
+        _ => Decision::UnknownDialog,
     }
 }
 
@@ -160,33 +229,75 @@ mod tests {
 
     const N0: &str = "10.0.1.10:5080";
     const N1: &str = "10.0.1.11:5080";
+    /// N1's public address (its `advertised`), on its port.
+    const N1_PUBLIC: &str = "203.0.113.11:5080";
+    /// The MAC the test pool takes as authentic.
+    const GOOD: super::super::hint::Tag = [7; super::super::hint::TAG_LEN];
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
-    /// N0 over UDP, N1 over TCP (and UDP).
-    fn pool(a: SocketAddr) -> Option<Member> {
-        if a == addr(N0) {
-            Some(Member {
-                transport: Transport::Udp,
-                takes_tcp: false,
-            })
-        } else if a == addr(N1) {
-            Some(Member {
-                transport: Transport::Tcp,
-                takes_tcp: true,
-            })
-        } else {
-            None
+    /// N0 over UDP, N1 over TCP (and UDP), N1 advertising N1_PUBLIC.
+    struct Pool;
+
+    impl Lookup for Pool {
+        fn member(&self, a: SocketAddr) -> Option<Member> {
+            if a == addr(N0) {
+                Some(Member {
+                    transport: Transport::Udp,
+                    takes_tcp: false,
+                })
+            } else if a == addr(N1) {
+                Some(Member {
+                    transport: Transport::Tcp,
+                    takes_tcp: true,
+                })
+            } else {
+                None
+            }
+        }
+
+        fn advertiser(&self, a: SocketAddr) -> Option<SocketAddr> {
+            (a == addr(N1_PUBLIC)).then(|| addr(N1))
+        }
+
+        fn authentic(&self, hint: &Hint) -> bool {
+            hint.mac == Some(GOOD)
         }
     }
 
+    /// Pool, counting how often a MAC is checked.
+    #[derive(Default)]
+    struct Counting(std::cell::Cell<usize>);
+
+    impl Lookup for Counting {
+        fn member(&self, a: SocketAddr) -> Option<Member> {
+            Pool.member(a)
+        }
+        fn advertiser(&self, a: SocketAddr) -> Option<SocketAddr> {
+            Pool.advertiser(a)
+        }
+        fn authentic(&self, hint: &Hint) -> bool {
+            self.0.set(self.0.get() + 1);
+            Pool.authentic(hint)
+        }
+    }
+
+    fn hint(node: &str, mac: Option<super::super::hint::Tag>) -> Option<Hint> {
+        Some(Hint {
+            node: addr(node),
+            mac,
+        })
+    }
+
+    /// From the trunk (no trusted network listed), with our Route.
     fn facts<'a>(ruri: Option<&'a Uri<'a>>) -> InDialog<'a> {
         InDialog {
             from_node: None,
-            trusted: true,
+            trust: Trust::NoneListed,
             pinned: None,
+            signed: false,
             ours: OurRoutes {
                 count: 1,
                 hint: None,
@@ -206,37 +317,151 @@ mod tests {
         }
     }
 
+    fn udp(s: &str) -> Option<Peer> {
+        Some(Peer::udp(addr(s)))
+    }
+
+    fn tcp(s: &str) -> Option<Peer> {
+        Some(Peer::new(addr(s), Transport::Tcp))
+    }
+
     #[test]
-    fn from_the_trunk_the_pin_wins_then_the_hint_then_a_trusted_request_uri() {
+    fn the_pin_beats_the_request_uri_and_the_hint() {
         let ruri = Uri::parse(b"sip:fs@10.0.1.11:5080").unwrap();
         let mut f = facts(Some(&ruri));
         f.pinned = Some(addr(N0));
-        f.ours.hint = Some(addr(N1));
-        assert_eq!(to(in_dialog(&f, pool)), Some(Peer::udp(addr(N0))));
-        f.pinned = None;
-        f.ours.hint = Some(addr(N0));
-        assert_eq!(to(in_dialog(&f, pool)), Some(Peer::udp(addr(N0))));
+        f.ours.hint = hint(N1, None);
+        assert_eq!(to(in_dialog(&f, &Pool)), udp(N0));
+        // Even signed, a bad hint does not matter then, and is not checked.
+        f.signed = true;
+        f.trust = Trust::Stranger;
+        let pool = Counting::default();
+        assert_eq!(to(in_dialog(&f, &pool)), udp(N0));
+        assert_eq!(pool.0.get(), 0, "no MAC checked for a pinned call");
+    }
+
+    #[test]
+    fn a_request_uri_naming_a_member_beats_a_stale_hint() {
+        // `sofia recover` moved the call from N0 to N1: the hint still says
+        // N0, the target refreshed by N1's re-INVITE says N1.
+        let ruri = Uri::parse(b"sip:fs@10.0.1.11:5080").unwrap();
+        let mut f = facts(Some(&ruri));
+        f.ours.hint = hint(N0, None);
+        assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1), "over N1's transport");
+        // Signed: the authentic hint of this call lets the R-URI steer,
+        // whoever sends it.
+        f.signed = true;
+        f.ours.hint = hint(N0, Some(GOOD));
+        for trust in [Trust::Listed, Trust::NoneListed, Trust::Stranger] {
+            f.trust = trust;
+            assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1), "{trust:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_uri_naming_an_advertised_address_goes_to_its_node() {
+        let ruri = Uri::parse(b"sip:fs@203.0.113.11:5080").unwrap();
+        let mut f = facts(Some(&ruri));
+        f.ours.hint = hint(N0, None);
+        assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1));
+        // Not a member, not advertised: the hint routes.
+        let other = Uri::parse(b"sip:fs@203.0.113.12:5080").unwrap();
+        f.request_uri = Some(&other);
+        assert_eq!(to(in_dialog(&f, &Pool)), udp(N0));
+    }
+
+    #[test]
+    fn without_a_secret_the_hint_routes_as_before() {
+        let ruri = Uri::parse(b"sip:fs@192.0.2.10:5080").unwrap();
+        let mut f = facts(Some(&ruri));
+        f.ours.hint = hint(N1, None);
+        for trust in [Trust::Listed, Trust::NoneListed, Trust::Stranger] {
+            f.trust = trust;
+            assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1), "{trust:?}");
+        }
+        // No hint, no pin, no member in the Request-URI.
         f.ours.hint = None;
-        assert_eq!(
-            to(in_dialog(&f, pool)),
-            Some(Peer::new(addr(N1), Transport::Tcp)),
-            "the node's own transport"
-        );
-        f.trusted = false;
-        assert_eq!(
-            in_dialog(&f, pool),
-            Decision::UnknownDialog,
-            "not from a stranger"
-        );
+        assert_eq!(in_dialog(&f, &Pool), Decision::UnknownDialog);
+    }
+
+    #[test]
+    fn signed_a_hint_routes_only_when_its_mac_verifies() {
+        let ruri = Uri::parse(b"sip:fs@192.0.2.10:5080").unwrap();
+        let mut f = facts(Some(&ruri));
+        f.signed = true;
+        f.ours.hint = hint(N1, Some(GOOD));
+        assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1));
+        let mut forged = GOOD;
+        forged[0] ^= 1;
+        for bad in [None, Some(forged)] {
+            f.ours.hint = hint(N1, bad);
+            assert_eq!(in_dialog(&f, &Pool), Decision::BadHint, "{bad:?}");
+        }
+        // An authentic hint for a node the pool no longer has: nowhere.
+        f.ours.hint = hint("10.0.1.99:5080", Some(GOOD));
+        assert_eq!(in_dialog(&f, &Pool), Decision::UnknownDialog);
+    }
+
+    #[test]
+    fn a_bad_hint_is_refused_only_when_it_would_route() {
+        let member = Uri::parse(b"sip:fs@10.0.1.10:5080").unwrap();
+        let mut f = facts(Some(&member));
+        f.signed = true;
+        f.trust = Trust::Listed;
+        f.ours.hint = hint(N1, None);
+        let pool = Counting::default();
+        assert_eq!(to(in_dialog(&f, &pool)), udp(N0), "a trusted R-URI");
+        assert_eq!(pool.0.get(), 0, "the hint was not what routed it");
+        // Unlisted sources need the hint to steer: refused.
+        for trust in [Trust::NoneListed, Trust::Stranger] {
+            f.trust = trust;
+            assert_eq!(in_dialog(&f, &pool), Decision::BadHint, "{trust:?}");
+        }
+        assert_eq!(pool.0.get(), 2, "one check per request");
+    }
+
+    #[test]
+    fn who_may_steer_by_the_request_uri() {
+        let ruri = Uri::parse(b"sip:fs@10.0.1.11:5080").unwrap();
+        let mut f = facts(Some(&ruri));
+        f.ours = OurRoutes::default();
+        let cases = [
+            // (trust, signed, routed by the R-URI without our Route)
+            (Trust::Listed, false, true),
+            (Trust::Listed, true, true),
+            (Trust::NoneListed, false, true),
+            (Trust::NoneListed, true, false),
+            (Trust::Stranger, false, false),
+            (Trust::Stranger, true, false),
+        ];
+        for (trust, signed, routed) in cases {
+            f.trust = trust;
+            f.signed = signed;
+            let want = if routed { tcp(N1) } else { None };
+            assert_eq!(to(in_dialog(&f, &Pool)), want, "{trust:?} signed {signed}");
+            if !routed {
+                assert_eq!(in_dialog(&f, &Pool), Decision::UnknownDialog);
+            }
+        }
+        // A stranger's unsigned hint is proof enough that the dialog went
+        // through us (it could name the node in the hint anyway).
+        f.trust = Trust::Stranger;
+        f.signed = false;
+        f.ours = OurRoutes {
+            count: 1,
+            hint: hint(N0, None),
+            transport: None,
+        };
+        assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1));
     }
 
     #[test]
     fn a_hint_or_request_uri_outside_the_pool_goes_nowhere() {
         let ruri = Uri::parse(b"sip:victim@192.0.2.66:5060").unwrap();
         let mut f = facts(Some(&ruri));
-        f.ours.hint = Some(addr("192.0.2.66:5060"));
+        f.ours.hint = hint("192.0.2.66:5060", None);
         assert_eq!(
-            in_dialog(&f, pool),
+            in_dialog(&f, &Pool),
             Decision::UnknownDialog,
             "no open relay"
         );
@@ -251,7 +476,7 @@ mod tests {
             hint: None,
             transport: Some(Transport::Udp),
         };
-        match in_dialog(&f, pool) {
+        match in_dialog(&f, &Pool) {
             Decision::Forward {
                 hop,
                 pop_routes,
@@ -273,12 +498,9 @@ mod tests {
         let proxy2 = Uri::parse(b"sip:edge.example;lr;transport=tcp").unwrap();
         let mut f = facts(Some(&trunk));
         f.from_node = Some(addr(N0));
-        assert_eq!(
-            to(in_dialog(&f, pool)),
-            Some(Peer::udp(addr("192.0.2.5:5060")))
-        );
+        assert_eq!(to(in_dialog(&f, &Pool)), udp("192.0.2.5:5060"));
         f.next_route = Some(&proxy2);
-        match in_dialog(&f, pool) {
+        match in_dialog(&f, &Pool) {
             Decision::Forward {
                 hop: Hop::Name(t), ..
             } => {
@@ -290,15 +512,17 @@ mod tests {
         // Over the side our second Route names.
         f.next_route = None;
         f.ours.transport = Some(Transport::Tcp);
-        assert_eq!(
-            to(in_dialog(&f, pool)),
-            Some(Peer::new(addr("192.0.2.5:5060"), Transport::Tcp))
-        );
+        assert_eq!(to(in_dialog(&f, &Pool)), tcp("192.0.2.5:5060"));
+        // A node's request is never refused for a hint: it is not routed
+        // by one.
+        f.signed = true;
+        f.ours.hint = hint(N1, None);
+        assert_eq!(to(in_dialog(&f, &Pool)), tcp("192.0.2.5:5060"));
         let nowhere = Uri::parse(b"sip:x@").ok();
         let mut f = facts(nowhere.as_ref());
         f.from_node = Some(addr(N0));
         f.request_uri = None;
-        assert_eq!(in_dialog(&f, pool), Decision::UnknownDialog);
+        assert_eq!(in_dialog(&f, &Pool), Decision::UnknownDialog);
     }
 
     #[test]
@@ -307,12 +531,12 @@ mod tests {
         let mut f = facts(Some(&trunk));
         f.from_node = Some(addr(N1));
         f.pinned = Some(addr(N0));
-        let Decision::Forward { repin, .. } = in_dialog(&f, pool) else {
+        let Decision::Forward { repin, .. } = in_dialog(&f, &Pool) else {
             panic!()
         };
         assert_eq!(repin, Some(addr(N1)), "sofia recover");
         f.pinned = Some(addr(N1));
-        let Decision::Forward { repin, .. } = in_dialog(&f, pool) else {
+        let Decision::Forward { repin, .. } = in_dialog(&f, &Pool) else {
             panic!()
         };
         assert_eq!(repin, None, "the pinned node itself");

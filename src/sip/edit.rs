@@ -271,11 +271,23 @@ impl<'e> Edit<'e, '_, '_> {
     /// Inserts `Record-Route: <value>` above any existing Record-Route (at
     /// the top of the headers when there is none).
     pub fn insert_record_route(&mut self, value: &[u8]) {
+        self.insert_record_route_parts(&[value]);
+    }
+
+    /// [`Edit::insert_record_route`] with the value given in pieces (the
+    /// constant part, a per-call parameter, the closing `>`). Two inserted
+    /// in one edit keep their order: the first on top.
+    pub fn insert_record_route_parts(&mut self, value: &[&[u8]]) {
         let at = match self.msg.first_index(HeaderName::RecordRoute) {
             Some(i) => self.msg.line_start(i),
             None => self.msg.first_header_start(),
         };
-        self.insert_line(at, HeaderName::RecordRoute, value);
+        let name: [&[u8]; 2] = [HeaderName::RecordRoute.as_str().as_bytes(), b": "];
+        let parts = name
+            .into_iter()
+            .chain(value.iter().copied())
+            .chain(std::iter::once(&b"\r\n"[..]));
+        self.splice_iter(at, at, parts);
     }
 
     /// Adds a header line at the end of the headers.
@@ -486,13 +498,14 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(e.pop_routes(2), 2);
         assert_eq!(e.pop_routes(1), 0, "one pop per edit");
         e.insert_record_route(b"<sip:edge;lr>");
-        e.insert_record_route(b"<sip:edge;transport=tcp;lr>");
+        // In pieces, as the proxy adds a per-call parameter.
+        e.insert_record_route_parts(&[b"<sip:edge;transport=tcp;lr", b";mac=", b"ab", b">"]);
         let out = String::from_utf8(e.finish().to_vec()).unwrap();
         assert!(out.contains("Route: <sip:next;lr>\r\n"), "{out}");
         assert!(!out.contains("\nRoute: <sip:edge"), "{out}");
         let first = out.find("Record-Route: <sip:edge;lr>").unwrap();
         let second = out
-            .find("Record-Route: <sip:edge;transport=tcp;lr>")
+            .find("Record-Route: <sip:edge;transport=tcp;lr;mac=ab>\r\n")
             .unwrap();
         assert!(first < second, "the first inserted stays on top: {out}");
         // More asked than there are: all go.
