@@ -122,6 +122,11 @@ const BAD: &[(&str, &str, &str)] = &[
         "invalid socket address",
     ),
     ("listen-missing.toml", "listen", "missing field `listen`"),
+    (
+        "registry-url.toml",
+        "dialogs.registry",
+        "\"http://10.0.0.9:6379/0\" is not a Redis URL",
+    ),
 ];
 
 #[test]

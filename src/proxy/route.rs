@@ -99,8 +99,9 @@ pub(super) enum Decision {
         hop: Hop,
         /// Our own Route values to consume.
         pop_routes: usize,
-        /// A pool member other than the pinned one speaks for the call
-        /// (FreeSWITCH `sofia recover`): its 2xx re-pins the call to it.
+        /// A pool member speaks for a call not pinned to it (FreeSWITCH
+        /// `sofia recover`, or a call set up through another proxy): its
+        /// 2xx pins the call to it.
         repin: Option<SocketAddr>,
         tcp_fallback: bool,
     },
@@ -128,7 +129,9 @@ pub(super) fn in_dialog(
         return Decision::Forward {
             hop: hop.over(r.ours.transport),
             pop_routes,
-            repin: r.pinned.filter(|p| *p != node).map(|_| node),
+            // Not known to be its call (pinned elsewhere: a takeover; or
+            // nowhere: set up through another proxy): its 2xx pins it.
+            repin: (r.pinned != Some(node)).then_some(node),
             tcp_fallback: false,
         };
     }
@@ -316,5 +319,10 @@ mod tests {
             panic!()
         };
         assert_eq!(repin, None, "the pinned node itself");
+        f.pinned = None;
+        let Decision::Forward { repin, .. } = in_dialog(&f, pool) else {
+            panic!()
+        };
+        assert_eq!(repin, Some(addr(N1)), "a call set up elsewhere");
     }
 }
