@@ -90,7 +90,9 @@ pub const TCP_EVENTS_TOTAL: &str = "sipedge_tcp_events_total";
 /// Labels: `uri` (the node's configured URI), `where` ([`AdvertisedIn`]).
 pub const NODE_MISADVERTISED_TOTAL: &str = "sipedge_node_misadvertised_total";
 /// Operations on the shared call registry (`[dialogs] registry`), by
-/// outcome. Labels: `op` (`get`, `set`, `del`), `result` (`ok`; `miss` and
+/// outcome. Labels: `op` (`get`, `set`, `del`; `state`: an operator's
+/// `dispatcher.set_state` shared, or the states read back when
+/// subscribing), `result` (`ok`; `miss` and
 /// `foreign`, an entry naming no pool member, for reads; `error`,
 /// `timeout`; `dropped`: the write queue was full, or too many reads were
 /// waiting). Exported only with a registry configured.

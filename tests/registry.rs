@@ -515,3 +515,127 @@ async fn a_slow_redis_stalls_no_other_call() {
     trunk2.send(bye_for(&trunk2, &call_id), b.addr).await;
     bye_answered(&h, 1, &trunk2).await;
 }
+
+// ---------------------------------------------------------------------------
+// Drains that reach every proxy
+// ---------------------------------------------------------------------------
+
+/// `proxy`'s admin listener on a loopback port, and a `sipedge ctl`
+/// client for it.
+async fn admin(proxy: &Arc<Proxy>) -> (sipedge::admin::ctl::Client, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    let backend: Arc<dyn sipedge::admin::Backend> = proxy.clone();
+    tokio::spawn(sipedge::admin::serve(listener, backend, cancel.clone()));
+    (sipedge::admin::ctl::Client::new(&url).unwrap(), cancel)
+}
+
+/// The FLAGS `dispatcher.list` shows for `uri` in set 1.
+async fn flags(ctl: &sipedge::admin::ctl::Client, uri: &str) -> String {
+    let list = ctl.list().await.expect("dispatcher.list");
+    list.records
+        .iter()
+        .filter(|r| r.set.id == 1)
+        .flat_map(|r| &r.set.targets)
+        .find(|t| t.dest.uri == uri)
+        .unwrap_or_else(|| panic!("{uri} not listed"))
+        .dest
+        .flags
+        .clone()
+}
+
+/// Polls `dispatcher.list` until `uri` shows `want` (within [`SETTLE`]).
+async fn flags_become(ctl: &sipedge::admin::ctl::Client, uri: &str, want: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = flags(ctl, uri).await;
+        if got == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < SETTLE,
+            "{uri} still {got}, not {want}, after {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_on_one_proxy_reaches_the_other() {
+    let redis = RedisServer::start();
+    let h = Harness::start(options(&redis)).await;
+    let b = second(&h, &redis);
+    let (ctl_a, _stop_a) = admin(&h.proxy).await;
+    let (ctl_b, _stop_b) = admin(&b.proxy).await;
+    let n0 = format!("sip:{}", h.nodes[0].addr);
+    assert_eq!(flags(&ctl_b, &n0).await, "AP");
+    eventually("both instances subscribed", || {
+        count(&h.proxy, Op::State, Outcome::Ok) >= 1 && count(&b.proxy, Op::State, Outcome::Ok) >= 1
+    })
+    .await;
+
+    // Drain node 0 on A: B stops sending it new calls within a second.
+    ctl_a.set_state("d", 1, &n0).await.expect("set_state on A");
+    assert_eq!(flags(&ctl_a, &n0).await, "DX");
+    let took = flags_become(&ctl_b, &n0, "DX").await;
+    assert!(took < Duration::from_secs(1), "applied on B after {took:?}");
+    let mut call = h.trunk_call();
+    h.trunk.send(call.invite(SDP_AUDIO), b.addr).await;
+    h.trunk.recv_response(100).await;
+    let inv = h.nodes[1].recv_request("INVITE").await;
+    h.nodes[1]
+        .send(reply(&inv, 486, "Busy Here", Some("x")), inv.from)
+        .await;
+    h.trunk.recv_response(486).await;
+    h.nodes[0].expect_nothing(QUIET).await;
+
+    // A third instance started now (a restart) catches up from Redis.
+    let c = second(&h, &redis);
+    let (ctl_c, _stop_c) = admin(&c.proxy).await;
+    flags_become(&ctl_c, &n0, "DX").await;
+
+    // Undrain on B: A and the third follow.
+    ctl_b.set_state("ap", 1, &n0).await.expect("set_state on B");
+    flags_become(&ctl_a, &n0, "AP").await;
+    flags_become(&ctl_c, &n0, "AP").await;
+
+    // Every operator command travels, as if given on each instance (the
+    // probes there then do with the node what they find); probe results
+    // themselves never do.
+    let n1 = format!("sip:{}", h.nodes[1].addr);
+    ctl_a
+        .set_state("ip", 1, &n1)
+        .await
+        .expect("set_state i on A");
+    flags_become(&ctl_b, &n1, "IP").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_made_while_an_instance_was_cut_off_reaches_it_when_redis_is_back() {
+    let mut redis = RedisServer::start();
+    let h = Harness::start(options(&redis)).await;
+    let (ctl_a, _stop_a) = admin(&h.proxy).await;
+    let n1 = format!("sip:{}", h.nodes[1].addr);
+    eventually("subscribed", || {
+        count(&h.proxy, Op::State, Outcome::Ok) >= 1
+    })
+    .await;
+    redis.kill();
+    redis.restart();
+    // Someone else (another instance) drained node 1 meanwhile.
+    let mut c = redis.conn();
+    redis::cmd("SET")
+        .arg(format!("call:dispatcher:1:{n1}"))
+        .arg("d")
+        .query::<()>(&mut c)
+        .unwrap();
+    flags_become(&ctl_a, &n1, "DX").await;
+    // And a live one after the reconnect.
+    redis::cmd("PUBLISH")
+        .arg("call:dispatcher")
+        .arg(format!("1 1 ap {n1}"))
+        .query::<()>(&mut c)
+        .unwrap();
+    flags_become(&ctl_a, &n1, "AP").await;
+}

@@ -23,6 +23,15 @@
 //!   after Redis returns already works.
 //! - Failures are counted per operation and logged when the registry goes
 //!   from reachable to unreachable and back, not once per operation.
+//!
+//! # Drains that reach every proxy
+//! The same Redis carries the operators' `dispatcher.set_state`: the
+//! instance that takes the command writes it as the destination's key
+//! (`<prefix>dispatcher:<set>:<uri>` = the state, `d` or `ap`...) and
+//! publishes it on the channel `<prefix>dispatcher`
+//! ([`Registry::publish_state`]); every instance listens there
+//! ([`Registry::run_state_listener`]) and, each time it (re)subscribes,
+//! reads the keys of its destinations, so one that was away catches up.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +50,9 @@ const WRITE_BATCH: usize = 256;
 /// for unknown Call-IDs (or a sender making them up) while Redis is slow
 /// does not pile up tasks; the reads over it count as dropped.
 const MAX_READS: usize = 1024;
+
+/// How long the state listener waits before subscribing again.
+const RESUBSCRIBE: Duration = Duration::from_millis(500);
 
 /// What the registry needs from the configuration (`[dialogs]`).
 #[derive(Debug, Clone)]
@@ -71,16 +83,20 @@ pub enum Op {
     Get,
     Set,
     Del,
+    /// An operator's state change shared with the other instances
+    /// (written and published, or read back when subscribing).
+    State,
 }
 
 impl Op {
-    pub const ALL: &'static [Op] = &[Op::Get, Op::Set, Op::Del];
+    pub const ALL: &'static [Op] = &[Op::Get, Op::Set, Op::Del, Op::State];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Get => "get",
             Op::Set => "set",
             Op::Del => "del",
+            Op::State => "state",
         }
     }
 }
@@ -128,8 +144,20 @@ impl Outcome {
 
 /// A write for the writer task.
 enum Write {
-    Set { key: Box<[u8]>, value: Box<str> },
-    Del { key: Box<[u8]> },
+    Set {
+        key: Box<[u8]>,
+        value: Box<str>,
+    },
+    Del {
+        key: Box<[u8]>,
+    },
+    /// `SET key value` (no expiry: a drain lasts until undone) and
+    /// `PUBLISH <channel> message`.
+    State {
+        key: Box<str>,
+        value: Box<str>,
+        message: Box<str>,
+    },
 }
 
 impl Write {
@@ -137,8 +165,23 @@ impl Write {
         match self {
             Write::Set { .. } => Op::Set,
             Write::Del { .. } => Op::Del,
+            Write::State { .. } => Op::State,
         }
     }
+}
+
+/// An operator's state change for a destination, as another instance
+/// shared it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedState {
+    pub set: u32,
+    pub uri: String,
+    /// As `dispatcher.set_state` takes it (`d`, `ap`...).
+    pub state: String,
+    /// Published just now (apply it as is); `false`: read back from the
+    /// destination's key when (re)subscribing (what was decided while
+    /// this instance was away).
+    pub live: bool,
 }
 
 /// Whether Redis answered the last operation (for the log and the gauge).
@@ -148,6 +191,7 @@ const DOWN: u8 = 2;
 
 /// The shared registry, one per proxy (held by [`super::Dialogs`]).
 pub struct Registry {
+    client: redis::Client,
     conn: ConnectionManager,
     /// The URL without credentials, for logs.
     shown: String,
@@ -162,6 +206,10 @@ pub struct Registry {
     state: AtomicU8,
     /// A drop was logged since the writer last got through.
     drop_logged: AtomicBool,
+    /// Tells this instance's own publications from the others'.
+    instance: u64,
+    /// `<prefix>dispatcher`: where state changes are published.
+    channel: Box<str>,
 }
 
 impl Registry {
@@ -182,10 +230,19 @@ impl Registry {
             .set_number_of_retries(0)
             .set_connection_timeout(Some(s.timeout))
             .set_response_timeout(Some(s.timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(err)?;
         let (writes, queue) = mpsc::channel(s.queue.max(1));
+        let instance = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
         Ok(Registry {
+            client,
             conn,
+            instance,
+            channel: format!("{}dispatcher", s.prefix).into(),
             shown: redacted(&s.url),
             prefix: s.prefix.as_bytes().into(),
             ttl_secs: s.ttl.as_secs().max(1),
@@ -235,6 +292,97 @@ impl Registry {
         self.enqueue(Write::Del {
             key: self.key(call_id),
         });
+    }
+
+    /// The key a destination's shared state lives under.
+    fn state_key(&self, set: u32, uri: &str) -> String {
+        format!("{}:{set}:{uri}", self.channel)
+    }
+
+    /// Shares an operator's `dispatcher.set_state` of destination `uri`
+    /// in `set` (`state` as the command takes it) with the other
+    /// instances; queued for the writer like every write.
+    pub fn publish_state(&self, set: u32, uri: &str, state: &str) {
+        self.enqueue(Write::State {
+            key: self.state_key(set, uri).into(),
+            value: state.into(),
+            message: format!("{:x} {set} {state} {uri}", self.instance).into(),
+        });
+    }
+
+    /// Listens for the other instances' state changes until `cancel`
+    /// fires, handing each to `apply`: the live ones as published, and,
+    /// each time the subscription is (re)made, the stored state of every
+    /// destination `destinations` lists. A lost subscription is made
+    /// again within a second or so of Redis answering.
+    pub async fn run_state_listener(
+        &self,
+        cancel: CancellationToken,
+        destinations: impl Fn() -> Vec<(u32, String)>,
+        apply: impl Fn(SharedState),
+    ) {
+        use futures_util::StreamExt;
+        loop {
+            let subscribed = tokio::time::timeout(self.timeout, async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.channel[..]).await?;
+                redis::RedisResult::Ok(pubsub)
+            })
+            .await;
+            if let Ok(Ok(pubsub)) = subscribed {
+                // Subscribed first, read second: nothing falls in between.
+                self.catch_up(&destinations(), &apply).await;
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let msg = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        m = messages.next() => m,
+                    };
+                    // None: the connection is gone; subscribe again.
+                    let Some(msg) = msg else { break };
+                    if let Some(change) = state_message(msg.get_payload_bytes(), self.instance) {
+                        apply(change);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(RESUBSCRIBE) => {}
+            }
+        }
+    }
+
+    /// Reads every destination's stored state (one pipeline) for `apply`.
+    async fn catch_up(&self, destinations: &[(u32, String)], apply: &impl Fn(SharedState)) {
+        if destinations.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (set, uri) in destinations {
+            pipe.cmd("GET").arg(self.state_key(*set, uri));
+        }
+        let stored = self
+            .attempt(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async::<Vec<Option<String>>>(&mut c).await }
+            })
+            .await;
+        match stored {
+            Ok(values) => {
+                self.counted(Op::State, Outcome::Ok);
+                for ((set, uri), state) in destinations.iter().zip(values) {
+                    if let Some(state) = state {
+                        apply(SharedState {
+                            set: *set,
+                            uri: uri.clone(),
+                            state,
+                            live: false,
+                        });
+                    }
+                }
+            }
+            Err(outcome) => self.counted(Op::State, outcome),
+        }
     }
 
     fn enqueue(&self, w: Write) {
@@ -393,6 +541,19 @@ impl Registry {
                     .arg(self.ttl_secs)
                     .ignore(),
                 Write::Del { key } => pipe.cmd("DEL").arg(&key[..]).ignore(),
+                Write::State {
+                    key,
+                    value,
+                    message,
+                } => pipe
+                    .cmd("SET")
+                    .arg(&key[..])
+                    .arg(&value[..])
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(&self.channel[..])
+                    .arg(&message[..])
+                    .ignore(),
             };
         }
         let done = self
@@ -443,6 +604,23 @@ pub fn value_addr(value: &[u8]) -> Option<SocketAddr> {
     };
     let ip = uri.host?.ip()?;
     Some(SocketAddr::new(ip, uri.port.unwrap_or(default_port)))
+}
+
+/// A published `<instance> <set> <state> <uri>`; `None` for one `own`
+/// instance published (already applied) or anything malformed.
+fn state_message(payload: &[u8], own: u64) -> Option<SharedState> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split_ascii_whitespace();
+    let instance = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let set = parts.next()?.parse().ok()?;
+    let state = parts.next()?.to_owned();
+    let uri = parts.next()?.to_owned();
+    (instance != own && parts.next().is_none()).then_some(SharedState {
+        set,
+        uri,
+        state,
+        live: true,
+    })
 }
 
 /// `url` without its password (`redis://:secret@host` -> `redis://:***@host`).
@@ -501,6 +679,31 @@ mod tests {
             b"\xff\xfe",
         ] {
             assert_eq!(value_addr(v), None, "{}", String::from_utf8_lossy(v));
+        }
+    }
+
+    #[test]
+    fn state_messages_from_other_instances_only() {
+        let msg = b"1f 1 d sip:10.0.1.10:5080";
+        assert_eq!(
+            state_message(msg, 7),
+            Some(SharedState {
+                set: 1,
+                uri: "sip:10.0.1.10:5080".into(),
+                state: "d".into(),
+                live: true,
+            })
+        );
+        assert_eq!(state_message(msg, 0x1f), None, "our own");
+        for bad in [
+            &b""[..],
+            b"1f 1 d",
+            b"zz 1 d sip:10.0.1.10:5080",
+            b"1f x d sip:10.0.1.10:5080",
+            b"1f 1 d sip:10.0.1.10:5080 extra",
+            b"\xff 1 d sip:a",
+        ] {
+            assert_eq!(state_message(bad, 7), None, "{bad:?}");
         }
     }
 

@@ -16,6 +16,8 @@
 //! - `advertise`: report a node's 2xx that advertises an unusable address.
 //! - `rescue`: every local final error: why -> status, phrase, header
 //!   and counter.
+//! - `shared`: operators' `dispatcher.set_state` shared with the other
+//!   instances through the registry.
 
 mod admin;
 mod advertise;
@@ -28,6 +30,7 @@ mod request;
 mod rescue;
 mod response;
 mod route;
+mod shared;
 
 use std::io;
 use std::net::SocketAddr;
@@ -299,7 +302,18 @@ impl Proxy {
         tasks.spawn(self.tables.dialogs.clone().run_expiry(cancel.clone()));
         if let Some(registry) = self.tables.dialogs.registry().cloned() {
             let c = cancel.clone();
-            tasks.spawn(async move { registry.run_writer(c).await });
+            let r = registry.clone();
+            tasks.spawn(async move { r.run_writer(c).await });
+            let (p, c) = (self.clone(), cancel.clone());
+            tasks.spawn(async move {
+                registry
+                    .run_state_listener(
+                        c,
+                        || p.shared_destinations(),
+                        |change| p.apply_shared_state(change),
+                    )
+                    .await
+            });
         }
         self.start_prober();
         let first_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
