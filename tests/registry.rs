@@ -3,7 +3,8 @@
 //! the 2xx and its TTL, the delete after the BYE, a second proxy routing a
 //! call it never saw, the re-pin of a takeover, an entry written by
 //! someone else (the article's Kamailio script), Redis killed and
-//! restarted, and a slow Redis that must not stall other calls.
+//! restarted, a slow Redis that must not stall other calls, drains shared
+//! by the instances, and a real Kamailio sharing the registry.
 //!
 //! To tell the registry from the other ways an in-dialog request finds its
 //! node, the calls here are answered with a Contact that names no pool
@@ -638,4 +639,66 @@ async fn a_drain_made_while_an_instance_was_cut_off_reaches_it_when_redis_is_bac
         .query::<()>(&mut c)
         .unwrap();
     flags_become(&ctl_a, &n1, "AP").await;
+}
+
+// ---------------------------------------------------------------------------
+// Interop with the Kamailio script sipedge replaces
+// ---------------------------------------------------------------------------
+
+#[path = "support/kamailio.rs"]
+mod kamailio;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kamailio_and_sipedge_share_one_registry_both_ways() {
+    let redis = RedisServer::start();
+    let h = Harness::start(options(&redis)).await;
+    let nodes: Vec<SocketAddr> = h.nodes.iter().map(|n| n.addr).collect();
+    let kam = kamailio::Kamailio::start(&nodes, redis.addr.port());
+
+    // A call set up through Kamailio (its STORE_NODE on the 200)...
+    let mut call = Dialog::uac(&h.trunk, &format!("sip:fax@{}", kam.addr));
+    h.trunk.send(call.invite(SDP_AUDIO), kam.addr).await;
+    let inv = h.nodes[0].recv_until_request("INVITE", WAIT).await;
+    let mut node_side = Dialog::uas(&h.nodes[0], &inv, &unique("fs-"));
+    node_side.local_contact = FOREIGN_CONTACT.to_owned();
+    h.nodes[0]
+        .send(node_side.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = h
+        .trunk
+        .recv_until(|r| r.status() == Some(200))
+        .await
+        .pop()
+        .unwrap();
+    call.learn_2xx(&ok);
+    let want = format!("sip:{}", h.nodes[0].addr);
+    eventually("Kamailio's SET", || {
+        redis.get(&key(&call.call_id)).as_deref() == Some(want.as_str())
+    })
+    .await;
+    // ...has its BYE routed by sipedge, which never saw it.
+    h.trunk.send(unrouted(&mut call, "BYE"), h.addr).await;
+    bye_answered(&h, 0, &h.trunk).await;
+    eventually("sipedge's DEL", || redis.get(&key(&call.call_id)).is_none()).await;
+
+    // A call set up through sipedge has its BYE routed by Kamailio's
+    // ROUTE_TO_FS_NODE.
+    let Established { mut call, .. } = establish_call(&h).await;
+    eventually("sipedge's SET", || {
+        redis.get(&key(&call.call_id)).as_deref() == Some(want.as_str())
+    })
+    .await;
+    h.trunk.send(unrouted(&mut call, "BYE"), kam.addr).await;
+    let bye = h.nodes[0].recv_request("BYE").await;
+    h.nodes[0]
+        .send(reply(&bye, 200, "OK", None), bye.from)
+        .await;
+    h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    // And one nobody stored gets Kamailio's 481, as sipedge's.
+    let lost = unique("lost-");
+    h.trunk.send(bye_for(&h.trunk, &lost), kam.addr).await;
+    h.trunk.recv_until(|r| r.status() == Some(481)).await;
+    h.trunk.send(bye_for(&h.trunk, &lost), h.addr).await;
+    h.trunk.recv_response(481).await;
+    drop(kam);
 }
