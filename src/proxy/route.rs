@@ -84,7 +84,8 @@ pub(super) struct InDialog<'a> {
     pub from_node: Option<SocketAddr>,
     /// Whether its source is `[security] trusted` (pool members are).
     pub trusted: bool,
-    /// The node the Call-ID is pinned to.
+    /// The node the Call-ID is pinned to: the local table's, else (for a
+    /// request from outside the pool) the shared registry's.
     pub pinned: Option<SocketAddr>,
     pub ours: OurRoutes,
     pub request_uri: Option<&'a Uri<'a>>,
