@@ -334,6 +334,21 @@ pub struct Dialogs {
     /// Beyond this many entries new calls still work but are not pinned.
     #[serde(default = "default_dialog_max")]
     pub max: usize,
+    /// The shared call registry, `redis://host:port/db`; off when absent.
+    #[serde(default)]
+    pub registry: Option<String>,
+    /// Put before the Call-ID to make a registry key (the article's
+    /// `call:`).
+    #[serde(default = "default_registry_prefix")]
+    pub registry_prefix: String,
+    /// The longest a registry operation may take; then the call goes on
+    /// as if it had no entry.
+    #[serde(default = "default_registry_timeout", deserialize_with = "de_duration")]
+    pub registry_timeout: Duration,
+    /// Registry writes waiting to be sent, at most; more are dropped
+    /// (counted).
+    #[serde(default = "default_registry_queue")]
+    pub registry_queue: usize,
 }
 
 impl Default for Dialogs {
@@ -341,6 +356,10 @@ impl Default for Dialogs {
         Dialogs {
             ttl: default_dialog_ttl(),
             max: default_dialog_max(),
+            registry: None,
+            registry_prefix: default_registry_prefix(),
+            registry_timeout: default_registry_timeout(),
+            registry_queue: default_registry_queue(),
         }
     }
 }
@@ -499,6 +518,15 @@ fn default_dialog_ttl() -> Duration {
 }
 fn default_dialog_max() -> usize {
     1_000_000
+}
+fn default_registry_prefix() -> String {
+    "call:".into()
+}
+fn default_registry_timeout() -> Duration {
+    Duration::from_millis(300)
+}
+fn default_registry_queue() -> usize {
+    10_000
 }
 
 fn default_probing_mode() -> ProbingMode {
@@ -893,6 +921,10 @@ pub enum Rule {
     UdpMtu(usize),
     #[error("must be at least 1, e.g. 4096")]
     ZeroTcpConnections,
+    #[error("\"{url}\" is not a Redis URL sipedge can use ({reason}); use e.g. \"redis://127.0.0.1:6379/0\"")]
+    BadRegistry { url: String, reason: String },
+    #[error("must be at least 1, e.g. 10000")]
+    ZeroRegistryQueue,
     #[error("must be at least 1, e.g. 50 (requests per `per`)")]
     ZeroRateLimit,
     #[error("{0} is too few to carry calls; use at least 100 (default 500000)")]
@@ -1028,6 +1060,7 @@ impl Config {
             ("failover.fr_timeout", failover.fr_timeout),
             ("failover.fr_inv_timeout", failover.fr_inv_timeout),
             ("dialogs.ttl", self.dialogs.ttl),
+            ("dialogs.registry_timeout", self.dialogs.registry_timeout),
             ("probe.interval", probe.interval),
             ("probe.timeout", probe.timeout),
             ("tcp.idle_timeout", self.tcp.idle_timeout),
@@ -1039,6 +1072,18 @@ impl Config {
         }
         if self.dialogs.max == 0 {
             return fail("dialogs.max", Rule::ZeroDialogMax);
+        }
+        if let Some(url) = &self.dialogs.registry {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                let rule = Rule::BadRegistry {
+                    url: crate::dialog::registry::redacted(url),
+                    reason: e.to_string(),
+                };
+                return fail("dialogs.registry", rule);
+            }
+        }
+        if self.dialogs.registry_queue == 0 {
+            return fail("dialogs.registry_queue", Rule::ZeroRegistryQueue);
         }
         for (key, value) in [
             ("listen.recv_buffer", self.listen.recv_buffer),
@@ -1162,6 +1207,20 @@ impl fmt::Display for Config {
                 f,
                 "route hint      unauthenticated (no [cluster] secret): any sender can name \
                  a pool node in it"
+            )?,
+        }
+        match &self.dialogs.registry {
+            Some(url) => writeln!(
+                f,
+                "registry        {} (keys {}<Call-ID>, timeout {}, queue {})",
+                crate::dialog::registry::redacted(url),
+                self.dialogs.registry_prefix,
+                DisplayDuration(self.dialogs.registry_timeout),
+                self.dialogs.registry_queue
+            )?,
+            None => writeln!(
+                f,
+                "registry        off (the Call-ID table is this instance's own)"
             )?,
         }
         let codes: Vec<String> = self
@@ -1864,6 +1923,7 @@ uri = "sip:10.0.1.11:5080"
             summary.contains("route hint      unauthenticated (no [cluster] secret)"),
             "{summary}"
         );
+        assert!(summary.contains("registry        off"), "{summary}");
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -1958,5 +2018,35 @@ uri = "sip:10.0.1.11:5080"
             message.starts_with("test.toml:13: cluster.secret: 5 bytes is too short"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_registry_is_off_by_default_and_its_keys_are_checked() {
+        let d = load(BASE).unwrap().dialogs;
+        assert_eq!(d.registry, None);
+        assert_eq!(d.registry_prefix, "call:");
+        assert_eq!(d.registry_timeout, Duration::from_millis(300));
+        assert_eq!(d.registry_queue, 10_000);
+        let on = format!("{BASE}\n[dialogs]\nregistry = \"redis://:pw@10.0.0.9:6379/2\"\n");
+        let summary = load(&on).unwrap().to_string();
+        assert!(
+            summary.contains(
+                "registry        redis://:***@10.0.0.9:6379/2 (keys call:<Call-ID>, timeout 300ms"
+            ),
+            "{summary}"
+        );
+        assert!(!summary.contains("pw"), "{summary}");
+        let text = format!("{on}registry_queue = 0\n");
+        assert_eq!(
+            rule(&text),
+            ("dialogs.registry_queue".into(), Rule::ZeroRegistryQueue)
+        );
+        let text = format!("{on}registry_timeout = \"0s\"\n");
+        assert_eq!(
+            rule(&text),
+            ("dialogs.registry_timeout".into(), Rule::ZeroDuration)
+        );
+        let text = format!("{BASE}\n[dialogs]\nregistry = \"10.0.0.9:6379\"\n");
+        assert_eq!(rule(&text).0, "dialogs.registry");
     }
 }

@@ -33,7 +33,9 @@
 //! - [`dispatcher`]: the node pool and the selection algorithms.
 //! - [`security`]: edge protection: trusted networks, scanner User-Agents,
 //!   a per-source rate limit (Kamailio's `permissions` and `pike`).
-//! - [`dialog`]: the Call-ID -> node table and its expiry task.
+//! - [`dialog`]: the Call-ID -> node table and its expiry task; the
+//!   shared call registry in Redis behind it ([`dialog::registry`]), which
+//!   also carries the operators' drains to the other instances.
 //! - [`proxy`]: the stateful proxy, the transports' handler: request and
 //!   response paths, the pure in-dialog routing decision (`route.rs`), the
 //!   one forwarding edit (`forward.rs`), the driver of the transaction

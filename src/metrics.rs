@@ -93,6 +93,18 @@ pub const TCP_EVENTS_TOTAL: &str = "sipedge_tcp_events_total";
 /// call connects and then carries no media (a fax sends zero pages).
 /// Labels: `uri` (the node's configured URI), `where` ([`AdvertisedIn`]).
 pub const NODE_MISADVERTISED_TOTAL: &str = "sipedge_node_misadvertised_total";
+/// Operations on the shared call registry (`[dialogs] registry`), by
+/// outcome. Labels: `op` (`get`, `set`, `del`; `state`: an operator's
+/// `dispatcher.set_state` shared, or the states read back when
+/// subscribing), `result` (`ok`; `miss` and
+/// `foreign`, an entry naming no pool member, for reads; `error`,
+/// `timeout`; `dropped`: the write queue was full, or too many reads were
+/// waiting). Exported only with a registry configured.
+pub const REGISTRY_OPERATIONS_TOTAL: &str = "sipedge_registry_operations_total";
+/// 1 when the shared call registry answered its last operation, 0 when
+/// that failed or timed out (or nothing was asked yet). Exported only with
+/// a registry configured.
+pub const REGISTRY_UP: &str = "sipedge_registry_up";
 
 /// Every metric name above, for tests and tools that check an exposition.
 pub const ALL_NAMES: &[&str] = &[
@@ -116,6 +128,8 @@ pub const ALL_NAMES: &[&str] = &[
     TCP_CONNECTIONS,
     TCP_EVENTS_TOTAL,
     NODE_MISADVERTISED_TOTAL,
+    REGISTRY_OPERATIONS_TOTAL,
+    REGISTRY_UP,
 ];
 
 /// Buckets of [`PROBE_DURATION_SECONDS`]: an OPTIONS round trip on a LAN
@@ -668,6 +682,9 @@ pub struct Metrics {
     dest_stranded: IntGaugeVec,
     probes: IntCounterVec,
     probe_duration: HistogramVec,
+    /// Registered by [`Metrics::enable_registry`] only.
+    registry_ops: IntCounterVec,
+    registry_up: IntGauge,
 }
 
 // The proxy's tasks run on several threads and all count.
@@ -889,7 +906,24 @@ impl Metrics {
             ),
         )?;
 
+        let define = |metric: &'static str| move |source| MetricsError::Define { metric, source };
+        let registry_ops = IntCounterVec::new(
+            Opts::new(
+                REGISTRY_OPERATIONS_TOTAL,
+                "Operations on the shared call registry, by op and result.",
+            ),
+            &["op", "result"],
+        )
+        .map_err(define(REGISTRY_OPERATIONS_TOTAL))?;
+        let registry_up = IntGauge::new(
+            REGISTRY_UP,
+            "1 when the shared call registry answered its last operation, else 0.",
+        )
+        .map_err(define(REGISTRY_UP))?;
+
         Ok(Metrics {
+            registry_ops,
+            registry_up,
             requests: PerLabel::resolve(REQUESTS_TOTAL, |m: MethodLabel| {
                 requests.get_metric_with_label_values(&[m.as_str()])
             })?,
@@ -1010,6 +1044,46 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Exports the shared call registry's families, every series at 0.
+    pub fn enable_registry(&self) -> Result<(), MetricsError> {
+        use crate::dialog::registry::{Op, Outcome};
+        for op in Op::ALL {
+            for outcome in Outcome::ALL {
+                self.registry_ops
+                    .get_metric_with_label_values(&[op.as_str(), outcome.as_str()])
+                    .map_err(|source| MetricsError::Series {
+                        metric: REGISTRY_OPERATIONS_TOTAL,
+                        source,
+                    })?;
+            }
+        }
+        register(
+            &self.registry,
+            REGISTRY_OPERATIONS_TOTAL,
+            Ok(self.registry_ops.clone()),
+        )?;
+        register(&self.registry, REGISTRY_UP, Ok(self.registry_up.clone()))?;
+        Ok(())
+    }
+
+    /// Brings the registry families up to the registry's own counters (it
+    /// counts them itself; this runs at scrape time).
+    pub fn sync_registry(&self, registry: &crate::dialog::Registry) {
+        use crate::dialog::registry::{Op, Outcome};
+        for &op in Op::ALL {
+            for &outcome in Outcome::ALL {
+                let labels = [op.as_str(), outcome.as_str()];
+                if let Ok(c) = self.registry_ops.get_metric_with_label_values(&labels) {
+                    let (total, now) = (registry.count(op, outcome), c.get());
+                    if total > now {
+                        c.inc_by(total - now);
+                    }
+                }
+            }
+        }
+        self.registry_up.set(i64::from(registry.is_up()));
     }
 
     /// How many failovers with `reason` so far (tests, logs).
@@ -1353,6 +1427,7 @@ mod tests {
         let m = metrics();
         let _dest = m.register_destination(1, URI_A).expect("destination");
         let _node = m.register_misadvertised(URI_A).expect("node");
+        m.enable_registry().expect("registry");
         let s = Scrape::of(&m);
         let expected_type = |name: &str| match name {
             PROBE_DURATION_SECONDS | INVITE_SETUP_SECONDS => "histogram",

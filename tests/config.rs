@@ -147,6 +147,11 @@ const BAD: &[(&str, &str, &str)] = &[
         "cluster.previous_secret",
         "give secret or secret_file too",
     ),
+    (
+        "registry-url.toml",
+        "dialogs.registry",
+        "\"http://10.0.0.9:6379/0\" is not a Redis URL",
+    ),
 ];
 
 #[test]

@@ -8,6 +8,13 @@
 //! dialog ends. Dialogs whose end sipedge never saw (a lost BYE, a node that
 //! died) expire after the TTL.
 //!
+//! # The shared registry
+//! With `[dialogs] registry`, the table is backed by Redis
+//! ([`registry::Registry`]): [`Dialogs::confirm`] (a node's 2xx, a
+//! takeover) also writes the entry there, [`Dialogs::remove`] after a BYE
+//! deletes it, and [`Dialogs::lookup_shared`] reads it for a request the
+//! local table does not know. The proxy talks to this interface only.
+//!
 //! # Expiry
 //! Deadlines live in a `BTreeSet` ordered by time (an index a re-pin or a
 //! BYE updates in place), and one task ([`Dialogs::run_expiry`], the shared
@@ -32,6 +39,9 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub mod registry;
+pub use registry::Registry;
 
 /// The Call-ID bytes, shared by the map and the deadline set: one allocation
 /// per dialog, and lookups with `&[u8]` (through `Borrow<[u8]>`) allocate
@@ -108,6 +118,8 @@ pub struct Dialogs {
     rejected_full: AtomicU64,
     /// Dialogs pinned to each node: what a drain waits to reach zero.
     per_node: crate::FastMap<SocketAddr, usize>,
+    /// The shared registry, when configured.
+    registry: Option<Arc<Registry>>,
 }
 
 impl Dialogs {
@@ -127,7 +139,21 @@ impl Dialogs {
             removed_failed: AtomicU64::new(0),
             rejected_full: AtomicU64::new(0),
             per_node: Default::default(),
+            registry: None,
         }
+    }
+
+    /// The same table backed by a shared registry.
+    pub fn with_registry(self, registry: Option<Registry>) -> Dialogs {
+        Dialogs {
+            registry: registry.map(Arc::new),
+            ..self
+        }
+    }
+
+    /// The shared registry, when configured (its writer task, its counters).
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
     }
 
     /// How many dialogs are pinned to `node` now.
@@ -150,6 +176,31 @@ impl Dialogs {
     /// re-pinned, even at the cap; a new one is refused at the cap.
     pub fn pin(&self, call_id: &[u8], node: SocketAddr) -> Pin {
         self.pin_until(call_id, node, Instant::now() + self.ttl)
+    }
+
+    /// The node answered the INVITE with a 2xx, or took the call over:
+    /// [`Dialogs::pin`], and the shared registry learns the node as `uri`
+    /// (its dispatcher URI), whatever the local cap says.
+    pub fn confirm(&self, call_id: &[u8], node: SocketAddr, uri: &str) -> Pin {
+        if let Some(r) = &self.registry {
+            r.set(call_id, uri);
+        }
+        self.pin(call_id, node)
+    }
+
+    /// The node the shared registry has for `call_id`, if its entry names
+    /// an address `member` accepts; `None` without a registry, and when
+    /// it fails or is slow (counted there). Not cached here: a takeover
+    /// seen by another proxy would leave the copy stale.
+    pub async fn lookup_shared(
+        &self,
+        call_id: &[u8],
+        member: impl Fn(SocketAddr) -> bool,
+    ) -> Option<SocketAddr> {
+        match &self.registry {
+            Some(r) => r.get(call_id, member).await,
+            None => None,
+        }
     }
 
     fn pin_until(&self, call_id: &[u8], node: SocketAddr, deadline: Instant) -> Pin {
@@ -243,7 +294,13 @@ impl Dialogs {
 
     /// The dialog ended (200 to BYE, final non-2xx to the INVITE): remove
     /// it. Returns whether it was in the table; only then is it counted.
+    /// After a BYE the shared registry forgets it too, known here or not
+    /// (another proxy may have set the call up); a failed INVITE was never
+    /// written there.
     pub fn remove(&self, call_id: &[u8], reason: Removal) -> bool {
+        if let (Some(r), Removal::Bye) = (&self.registry, reason) {
+            r.del(call_id);
+        }
         let Some((key, dialog)) = self.map.remove(call_id) else {
             return false;
         };

@@ -61,6 +61,8 @@ impl Backend for Proxy {
         };
         for &i in &targets {
             d.set_state(i, state);
+            // The other instances drain (or undrain) it too.
+            self.publish_state(set, d.uri(i), state);
         }
         Ok(targets.len())
     }

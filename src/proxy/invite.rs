@@ -343,7 +343,7 @@ impl Proxy {
                         self.answer(st, inv, answer.code, &answer.phrase);
                     });
                 }
-                Action::Pin { node } => self.pin(call_id, d.pool.addr(node)),
+                Action::Pin { node } => self.confirm(&d.pool, call_id, d.pool.addr(node)),
                 Action::Unpin => {
                     self.tables.dialogs.remove(call_id, Removal::Failed);
                 }

@@ -18,6 +18,8 @@
 //! - `advertise`: report a node's 2xx that advertises an unusable address.
 //! - `rescue`: every local final error: why -> status, phrase, header
 //!   and counter.
+//! - `shared`: operators' `dispatcher.set_state` shared with the other
+//!   instances through the registry.
 
 mod admin;
 mod advertise;
@@ -31,6 +33,7 @@ mod request;
 mod rescue;
 mod response;
 mod route;
+mod shared;
 
 use std::io;
 use std::net::SocketAddr;
@@ -95,6 +98,8 @@ pub enum ProxyError {
     ReplyCodes(#[from] crate::dispatcher::health::ReplyCodesError),
     #[error("probe: {0}")]
     Health(#[from] crate::dispatcher::health::HealthConfigError),
+    #[error(transparent)]
+    Registry(#[from] crate::dialog::registry::RegistryError),
 }
 
 /// Shared state of a running proxy.
@@ -195,11 +200,27 @@ impl Proxy {
         });
         let me = me::Me::new(adv_host, adv_ports);
         let pool = Pool::build(&cfg, me.sent_by(), &metrics, None, 0)?;
+        let registry = match &cfg.dialogs.registry {
+            Some(url) => {
+                metrics.enable_registry()?;
+                Some(crate::dialog::Registry::new(
+                    &crate::dialog::registry::Settings {
+                        url: url.clone(),
+                        prefix: cfg.dialogs.registry_prefix.clone(),
+                        ttl: cfg.dialogs.ttl,
+                        timeout: cfg.dialogs.registry_timeout,
+                        queue: cfg.dialogs.registry_queue,
+                    },
+                )?)
+            }
+            None => None,
+        };
+        let dialogs = Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max).with_registry(registry);
         let proxy = Arc::new(Proxy {
             tables: Tables {
                 txns: ClientTxns::with_capacity(TABLE_CAPACITY),
                 invites: crate::fast_map_with_capacity(TABLE_CAPACITY),
-                dialogs: Arc::new(Dialogs::new(cfg.dialogs.ttl, cfg.dialogs.max)),
+                dialogs: Arc::new(dialogs),
                 timers: Schedule::new(TIMER_SLACK),
                 branches: BranchGen::default(),
             },
@@ -289,6 +310,21 @@ impl Proxy {
         let (p, c) = (self.clone(), cancel.clone());
         tasks.spawn(async move { p.transports.run(c).await });
         tasks.spawn(self.tables.dialogs.clone().run_expiry(cancel.clone()));
+        if let Some(registry) = self.tables.dialogs.registry().cloned() {
+            let c = cancel.clone();
+            let r = registry.clone();
+            tasks.spawn(async move { r.run_writer(c).await });
+            let (p, c) = (self.clone(), cancel.clone());
+            tasks.spawn(async move {
+                registry
+                    .run_state_listener(
+                        c,
+                        || p.shared_destinations(),
+                        |change| p.apply_shared_state(change),
+                    )
+                    .await
+            });
+        }
         self.start_prober();
         let first_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
         self.tables.timers.schedule(first_sweep, Timer::Sweep);
@@ -390,6 +426,9 @@ impl Proxy {
         self.metrics.set_transactions(self.tables.txns.len());
         self.metrics
             .sync_dialog_evictions(&self.tables.dialogs.stats());
+        if let Some(registry) = self.tables.dialogs.registry() {
+            self.metrics.sync_registry(registry);
+        }
         self.metrics
             .sync_tcp(self.tcp().stats(), self.tcp().connections());
         &self.metrics

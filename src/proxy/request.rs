@@ -346,13 +346,15 @@ impl Proxy {
             return self.refuse(msg, src, Refusal::NoRoute);
         };
         let node_addr = pool.addr(node);
-        if msg.method() == Some(Method::Invite) {
+        let invite = msg.method() == Some(Method::Invite);
+        if invite {
             self.pin(msg.call_id().unwrap_or_default(), node_addr);
         }
         let plan = Onward {
             node: Some(node),
             pop_routes: self.our_routes(msg).count,
-            repin: None,
+            // Its 2xx confirms the call on the node (the registry learns it).
+            repin: invite.then_some(node_addr),
         };
         self.forward_to_hop(pool, msg, src, hop, plan);
     }
@@ -399,12 +401,50 @@ impl Proxy {
         });
     }
 
+    /// An in-dialog request: its Call-ID's node from the local table, else
+    /// (from outside the pool, with a shared registry) from the registry,
+    /// read on the runtime like a DNS answer so the receive path never
+    /// waits on Redis; then routed. An ACK waits for the read too: without
+    /// the entry it would go by an older fact or nowhere, and a 2xx's lost
+    /// ACK costs the call. A node's request needs no read: it is
+    /// loose-routed towards the trunk.
     fn in_dialog(
         self: &Arc<Self>,
         pool: &Pool,
         msg: &Message<'_>,
         src: Peer,
         from_node: Option<usize>,
+    ) {
+        let call_id = msg.call_id().unwrap_or_default();
+        let pinned = self.tables.dialogs.get(call_id);
+        if pinned.is_some() || from_node.is_some() || self.tables.dialogs.registry().is_none() {
+            return self.route_in_dialog(pool, msg, src, from_node, pinned);
+        }
+        let (me, pool) = (self.clone(), self.pool());
+        let raw = bytes::Bytes::copy_from_slice(msg.as_bytes());
+        let call_id = bytes::Bytes::copy_from_slice(call_id);
+        self.rt.spawn(async move {
+            let pinned = me
+                .tables
+                .dialogs
+                .lookup_shared(&call_id, |a| pool.find(a).is_some())
+                .await;
+            let Ok(msg) = Message::parse(&raw) else {
+                return;
+            };
+            me.route_in_dialog(&pool, &msg, src, None, pinned);
+        });
+    }
+
+    /// Routes an in-dialog request on its facts (`pinned`: the node its
+    /// Call-ID has, locally or in the registry).
+    fn route_in_dialog(
+        self: &Arc<Self>,
+        pool: &Pool,
+        msg: &Message<'_>,
+        src: Peer,
+        from_node: Option<usize>,
+        pinned: Option<SocketAddr>,
     ) {
         let call_id = msg.call_id().unwrap_or_default();
         let ruri = msg.request_uri().ok();
@@ -425,7 +465,7 @@ impl Proxy {
         let facts = route::InDialog {
             from_node: from_node.map(|n| pool.addr(n)),
             trust,
-            pinned: self.tables.dialogs.get(call_id),
+            pinned,
             signed: self.hint_keys.is_some(),
             ours,
             request_uri: ruri.as_ref(),
@@ -693,6 +733,19 @@ impl Proxy {
     /// Pins a new call; a full table still lets the call through.
     pub(super) fn pin(&self, call_id: &[u8], node: SocketAddr) {
         if let Pin::Full = self.tables.dialogs.pin(call_id, node) {
+            tracing::debug!("dialog table full: call not pinned");
+        }
+    }
+
+    /// A node's 2xx confirmed the call on it (or its takeover): pinned
+    /// here and, as the node's dispatcher URI, in the shared registry.
+    pub(super) fn confirm(&self, pool: &Pool, call_id: &[u8], node: SocketAddr) {
+        let pinned = match pool.find(node) {
+            Some(i) => self.tables.dialogs.confirm(call_id, node, pool.uri(i)),
+            // Gone from the pool by a reload: kept for this instance only.
+            None => self.tables.dialogs.pin(call_id, node),
+        };
+        if let Pin::Full = pinned {
             tracing::debug!("dialog table full: call not pinned");
         }
     }

@@ -108,12 +108,13 @@ impl Proxy {
             }) => {
                 // The dialog follows the node's 2xx even when upstream
                 // already has our 408 or 503.
-                if let Some(call_id) = ends {
-                    self.tables.dialogs.remove(&call_id, Removal::Bye);
+                if let Some(call_id) = &ends {
+                    self.tables.dialogs.remove(call_id, Removal::Bye);
                 }
-                if let Some((call_id, node)) = repin {
-                    // sofia recover: the node that answered owns the call now.
-                    self.tables.dialogs.pin(&call_id, node);
+                if let Some((call_id, node)) = repin.filter(|_| ends.is_none()) {
+                    // sofia recover, or a node's own call: the node that
+                    // answered has the call (a BYE's 2xx ends it instead).
+                    self.confirm(&pool, &call_id, node);
                 }
                 if relay {
                     self.relay_upstream(msg, Some(upstream), false);

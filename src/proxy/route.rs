@@ -104,7 +104,8 @@ pub(super) struct InDialog<'a> {
     pub from_node: Option<SocketAddr>,
     /// Its source, when not a pool member.
     pub trust: Trust,
-    /// The node the call is known to be on (the Call-ID table).
+    /// The node the call is known to be on: the local Call-ID table's,
+    /// else (for a request from outside the pool) the shared registry's.
     pub pinned: Option<SocketAddr>,
     /// Hints are signed (`[cluster] secret`): one that does not verify is
     /// refused, and no longer counts as proof that a dialog is ours.
@@ -134,8 +135,9 @@ pub(super) enum Decision {
         hop: Hop,
         /// Our own Route values to consume.
         pop_routes: usize,
-        /// A pool member other than the pinned one speaks for the call
-        /// (FreeSWITCH `sofia recover`): its 2xx re-pins the call to it.
+        /// A pool member speaks for a call not pinned to it (FreeSWITCH
+        /// `sofia recover`, or a call set up through another proxy): its
+        /// 2xx pins the call to it.
         repin: Option<SocketAddr>,
         tcp_fallback: bool,
     },
@@ -178,7 +180,9 @@ pub(super) fn in_dialog(r: &InDialog<'_>, pool: &impl Lookup) -> Decision {
         return Decision::Forward {
             hop: hop.over(r.ours.transport),
             pop_routes,
-            repin: r.pinned.filter(|p| *p != node).map(|_| node),
+            // Not known to be its call (pinned elsewhere: a takeover; or
+            // nowhere: set up through another proxy): its 2xx pins it.
+            repin: (r.pinned != Some(node)).then_some(node),
             tcp_fallback: false,
         };
     }
@@ -540,5 +544,10 @@ mod tests {
             panic!()
         };
         assert_eq!(repin, None, "the pinned node itself");
+        f.pinned = None;
+        let Decision::Forward { repin, .. } = in_dialog(&f, &Pool) else {
+            panic!()
+        };
+        assert_eq!(repin, Some(addr(N1)), "a call set up elsewhere");
     }
 }

@@ -292,6 +292,9 @@ impl InviteClient {
                 }
             }
             200..=299 => {
+                // Confirmed on this node: the shared registry learns it
+                // now (the pin at the send was this proxy's own).
+                out.push(Action::Pin { node });
                 out.push(Action::RelayFinal);
                 self.decide(out);
             }

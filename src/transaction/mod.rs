@@ -214,8 +214,9 @@ pub struct Relay {
     pub call_id: Box<[u8]>,
     /// The request was a BYE: its 2xx ends the dialog.
     pub is_bye: bool,
-    /// A pool member sent this request for a Call-ID pinned elsewhere
-    /// (FreeSWITCH `sofia recover`): its 2xx re-pins the call to it.
+    /// Its 2xx pins the call to this pool member: a node's request for a
+    /// Call-ID pinned elsewhere (FreeSWITCH `sofia recover`) or not known
+    /// here, or a node's new outgoing INVITE.
     pub repin: Option<SocketAddr>,
     /// Where the request came from: its responses go back there (on the
     /// same TCP connection, RFC 3261 §18.2.2).

@@ -131,7 +131,10 @@ fn the_first_node_is_tried_and_its_answer_relayed() {
     assert_eq!(h.c.next_wake(), Some(h.now + h.s.fr_inv_timeout));
     assert_eq!(h.respond(0, 180), vec![Action::RelayProvisional]);
     assert_eq!(h.respond(0, 183), vec![Action::RelayProvisional]);
-    assert_eq!(h.respond(0, 200), vec![Action::RelayFinal, Action::Decided]);
+    assert_eq!(
+        h.respond(0, 200),
+        vec![Action::Pin { node: 0 }, Action::RelayFinal, Action::Decided]
+    );
     assert!(h.c.is_decided());
     assert_eq!(h.c.next_wake(), None);
     // Nothing more happens to a decided call.
@@ -145,7 +148,10 @@ fn the_first_node_is_tried_and_its_answer_relayed() {
 fn a_2xx_without_provisionals_decides() {
     let mut h = Harness::new(&[0]);
     h.start();
-    assert_eq!(h.respond(0, 200), vec![Action::RelayFinal, Action::Decided]);
+    assert_eq!(
+        h.respond(0, 200),
+        vec![Action::Pin { node: 0 }, Action::RelayFinal, Action::Decided]
+    );
 }
 
 #[test]
@@ -175,7 +181,10 @@ fn each_failover_code_fails_over_and_marks_the_node() {
         );
         assert_eq!(h.legs.len(), 2);
         assert_ne!(h.branch(0), h.branch(1), "a new branch per leg");
-        assert_eq!(h.respond(1, 200), vec![Action::RelayFinal, Action::Decided]);
+        assert_eq!(
+            h.respond(1, 200),
+            vec![Action::Pin { node: 1 }, Action::RelayFinal, Action::Decided]
+        );
     }
 }
 
@@ -547,7 +556,10 @@ fn a_late_failure_from_a_failed_over_node_is_only_acked() {
         }]
     );
     assert!(h.respond(0, 180).is_empty(), "not relayed");
-    assert_eq!(h.respond(1, 200), vec![Action::RelayFinal, Action::Decided]);
+    assert_eq!(
+        h.respond(1, 200),
+        vec![Action::Pin { node: 1 }, Action::RelayFinal, Action::Decided]
+    );
 }
 
 #[test]

@@ -1,0 +1,149 @@
+//! A real Kamailio (Debian's `kamailio` with `ndb_redis` from
+//! `kamailio-redis-modules`) running the call-registry script of the
+//! deployment sipedge replaces (`tests/fixtures/kamailio/registry.cfg`)
+//! on a free loopback port, against the tests' Redis; killed on drop.
+//! Fails clearly when `kamailio` is not on PATH.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a starting Kamailio gets to answer.
+const START: Duration = Duration::from_secs(20);
+
+pub struct Kamailio {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Kamailio {
+    /// Kamailio on a free loopback UDP port, dispatching to `nodes` (set
+    /// 1, in this order, priority algorithm 8) and keeping its call
+    /// registry in the Redis on `redis_port`.
+    pub fn start(nodes: &[SocketAddr], redis_port: u16) -> Kamailio {
+        let dir = std::env::temp_dir().join(crate::support::unique("sipedge-kamailio-"));
+        std::fs::create_dir_all(&dir).expect("create the kamailio temp dir");
+        let list = dir.join("dispatcher.list");
+        let lines: String = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("1 sip:{n} 0 {}\n", nodes.len() - i))
+            .collect();
+        std::fs::write(&list, lines).expect("write dispatcher.list");
+        let port = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|s| s.local_addr())
+            .expect("find a free port")
+            .port();
+        let template =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kamailio/registry.cfg");
+        let cfg = std::fs::read_to_string(&template)
+            .expect("read the kamailio config")
+            .replace("@SIP_PORT@", &port.to_string())
+            .replace("@REDIS_PORT@", &redis_port.to_string())
+            .replace("@LIST_FILE@", list.to_str().expect("utf-8 temp dir"))
+            .replace("@MODULES@", &modules());
+        let cfg_path = dir.join("kamailio.cfg");
+        std::fs::write(&cfg_path, cfg).expect("write kamailio.cfg");
+        let log = std::fs::File::create(dir.join("kamailio.log")).expect("kamailio log");
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg_path)
+            .args(["-DD", "-E", "-m", "64", "-M", "8"])
+            .arg("-Y")
+            .arg(&dir)
+            .arg("-w")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "kamailio is not on PATH: the interop test needs Debian's kamailio and \
+                 kamailio-redis-modules (apt-get install kamailio kamailio-redis-modules)"
+            ),
+            Err(e) => panic!("cannot run kamailio: {e}"),
+        };
+        let mut k = Kamailio {
+            child,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            dir,
+        };
+        k.wait_ready();
+        k
+    }
+
+    /// Until Kamailio answers an OPTIONS (405 from the script).
+    fn wait_ready(&mut self) {
+        let probe = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let me = probe.local_addr().unwrap();
+        let options = format!(
+            "OPTIONS sip:{0} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKready\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:ready@{me}>;tag=r\r\nTo: <sip:{0}>\r\n\
+             Call-ID: ready\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            self.addr
+        );
+        let deadline = Instant::now() + START;
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("kamailio exited ({status}); log:\n{}", self.log());
+            }
+            let _ = probe.send_to(options.as_bytes(), self.addr);
+            if probe.recv_from(&mut buf).is_ok() {
+                return;
+            }
+        }
+        panic!(
+            "kamailio did not answer within {START:?}; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// What Kamailio logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("kamailio.log")).unwrap_or_default()
+    }
+}
+
+/// Debian's module directory holding `ndb_redis.so` (per architecture).
+fn modules() -> String {
+    let mut dirs = vec![PathBuf::from("/usr/lib/kamailio/modules")];
+    if let Ok(lib) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(lib.flatten().map(|e| e.path().join("kamailio/modules")));
+    }
+    dirs.into_iter()
+        .find(|d| d.join("ndb_redis.so").is_file())
+        .map(|d| format!("{}/", d.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no kamailio module directory with ndb_redis.so: the interop test needs \
+                 Debian's kamailio-redis-modules (apt-get install kamailio-redis-modules)"
+            )
+        })
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SIGTERM: the main process stops its worker children too (a
+        // SIGKILL would leave them running).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
