@@ -221,6 +221,55 @@ pub struct Admin {
     /// TCP address to listen on; keep it on loopback or a management
     /// network: the RPC can drain nodes.
     pub listen: SocketAddr,
+    /// A file holding the bearer token `POST /RPC` must carry
+    /// (`Authorization: Bearer TOKEN`): its whole content, trimmed, at
+    /// least [`MIN_SECRET_LEN`] bytes; relative to the config file.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// `/metrics` wants the token too. Off by default, so existing
+    /// Prometheus scrape jobs keep working.
+    #[serde(default)]
+    pub metrics_require_token: bool,
+    /// Serve the RPC without a token on an address other than loopback.
+    /// Refused unless set: anyone who reaches the port could drain nodes.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// The token read from `token_file` when the file was loaded.
+    #[serde(skip)]
+    token: Option<Secret>,
+}
+
+impl Admin {
+    /// An admin listener on `listen` without a token (tests, loopback).
+    pub fn new(listen: SocketAddr) -> Admin {
+        Admin {
+            listen,
+            token_file: None,
+            metrics_require_token: false,
+            allow_unauthenticated: false,
+            token: None,
+        }
+    }
+
+    /// The token `POST /RPC` must carry; `None`: no authentication.
+    pub fn token(&self) -> Option<&[u8]> {
+        self.token.as_ref().map(Secret::as_bytes)
+    }
+
+    /// Whether anyone beyond this host may reach an RPC without a token.
+    pub fn unauthenticated_beyond_loopback(&self) -> bool {
+        self.token_file.is_none() && !self.listen.ip().is_loopback()
+    }
+
+    /// Reads the token file (relative to `base`) and checks it.
+    fn resolve(&mut self, base: &Path) -> Result<(), Violation> {
+        self.token = one_secret(
+            ("admin.token", None),
+            ("admin.token_file", self.token_file.as_deref()),
+            base,
+        )?;
+        Ok(())
+    }
 }
 
 /// `[runtime]`: how much of the machine sipedge uses.
@@ -735,6 +784,9 @@ fn from_toml_at(text: &str, file: &str, base: &Path) -> Result<Config, ConfigErr
     };
     config.validate().map_err(invalid)?;
     config.cluster.resolve(base).map_err(invalid)?;
+    if let Some(admin) = &mut config.admin {
+        admin.resolve(base).map_err(invalid)?;
+    }
     Ok(config)
 }
 
@@ -948,6 +1000,12 @@ pub enum Rule {
          secret_file too"
     )]
     PreviousWithoutSecret,
+    #[error(
+        "{0} is not a loopback address and no token_file is given: anyone who reaches it \
+         could drain every node; give token_file (e.g. \"/etc/sipedge/admin.token\", from \
+         `openssl rand -hex 32`), listen on 127.0.0.1, or set allow_unauthenticated = true"
+    )]
+    AdminWithoutToken(SocketAddr),
 }
 
 impl Config {
@@ -1122,6 +1180,11 @@ impl Config {
                 }
             }
         }
+        if let Some(admin) = &self.admin {
+            if admin.unauthenticated_beyond_loopback() && !admin.allow_unauthenticated {
+                return fail("admin.listen", Rule::AdminWithoutToken(admin.listen));
+            }
+        }
         // A node reached over TCP sends its in-dialog requests to our TCP
         // Record-Route: something must listen there.
         if self.listen.tcp.is_empty() {
@@ -1243,7 +1306,17 @@ impl fmt::Display for Config {
             self.probe.ping_from_or(&self.listen.advertise),
         )?;
         match &self.admin {
-            Some(admin) => writeln!(f, "admin           http://{}", admin.listen)?,
+            Some(admin) => writeln!(
+                f,
+                "admin           http://{}, {}",
+                admin.listen,
+                match (admin.token_file.is_some(), admin.metrics_require_token) {
+                    (true, true) => "RPC and /metrics need the bearer token",
+                    (true, false) => "RPC needs the bearer token",
+                    (false, _) if admin.listen.ip().is_loopback() => "no token (loopback)",
+                    (false, _) => "NO TOKEN: anyone who reaches it can drain nodes",
+                }
+            )?,
             None => writeln!(f, "admin           off")?,
         }
         write!(

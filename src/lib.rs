@@ -46,12 +46,13 @@
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.
 //! - [`server`]: binding the configured listeners and running the proxy,
-//!   the admin listener and the SIGHUP reload as one task set, with a
-//!   drain on shutdown (what `main` calls).
+//!   the admin listener and the signal handlers (SIGHUP reload, SIGUSR1
+//!   state summary) as one task set, with a drain on shutdown (what
+//!   `main` calls).
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/health/live`,
 //!   `/health/ready`, JSON-RPC at `/RPC` with Kamailio's `dispatcher.*`
-//!   methods and result shapes) behind the [`admin::Backend`] trait, and
-//!   the `sipedge ctl` client.
+//!   methods and result shapes, an optional bearer token) behind the
+//!   [`admin::Backend`] trait, and the `sipedge ctl` client.
 //!
 //! # Where new things go
 //! - A new transport (TLS, WebSocket): one module in [`transport`] behind

@@ -44,6 +44,10 @@ enum Command {
         /// Admin URL, e.g. http://127.0.0.1:9090 (`[admin] listen`).
         #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9090")]
         admin: String,
+        /// File holding the admin bearer token (`[admin] token_file`);
+        /// also read from $SIPEDGE_ADMIN_TOKEN_FILE.
+        #[arg(long, value_name = "FILE", env = "SIPEDGE_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         action: CtlAction,
     },
@@ -79,7 +83,11 @@ fn main() -> ExitCode {
             }
             Err(err) => bad_config(&err),
         },
-        Some(Command::Ctl { admin, action }) => ctl(&admin, action),
+        Some(Command::Ctl {
+            admin,
+            token_file,
+            action,
+        }) => ctl(&admin, token_file.as_deref(), action),
         None => {
             let (name, loaded) = match &cli.config {
                 Some(path) => (path.display().to_string(), config::read_config(path)),
@@ -159,15 +167,18 @@ async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), ServerError>
     server.run(shutdown).await
 }
 
-/// Registers SIGTERM and SIGINT now, before the proxy answers anything (a
-/// signal that arrives before its handler is in place would kill the
-/// process with no drain), and returns the wait for either.
+/// Registers SIGTERM, SIGINT and SIGQUIT now, before the proxy answers
+/// anything (a signal that arrives before its handler is in place would
+/// kill the process with no drain), and returns the wait for any. SIGQUIT
+/// drains too: its default (a core dump, no drain) drops calls, and an
+/// operator who sends it wants the process gone, not a post-mortem.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let term = signal(SignalKind::terminate()).ok();
         let int = signal(SignalKind::interrupt()).ok();
+        let quit = signal(SignalKind::quit()).ok();
         async move {
             let wait = |s: Option<tokio::signal::unix::Signal>| async move {
                 match s {
@@ -180,6 +191,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             tokio::select! {
                 () = wait(term) => {}
                 () = wait(int) => {}
+                () = wait(quit) => {}
             }
         }
     }
@@ -192,7 +204,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// `sipedge ctl`: one JSON-RPC exchange with the admin listener.
-fn ctl(url: &str, action: CtlAction) -> ExitCode {
+fn ctl(url: &str, token_file: Option<&std::path::Path>, action: CtlAction) -> ExitCode {
     use sipedge::admin::ctl::{format_list, format_ping, Client};
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -204,7 +216,10 @@ fn ctl(url: &str, action: CtlAction) -> ExitCode {
             return ExitCode::from(EXIT_CTL_FAILED);
         }
     };
-    let client = match Client::new(url) {
+    let client = match Client::new(url).and_then(|c| match token_file {
+        Some(path) => c.with_token_file(path),
+        None => Ok(c),
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sipedge ctl: {e}");

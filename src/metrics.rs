@@ -105,6 +105,10 @@ pub const REGISTRY_OPERATIONS_TOTAL: &str = "sipedge_registry_operations_total";
 /// that failed or timed out (or nothing was asked yet). Exported only with
 /// a registry configured.
 pub const REGISTRY_UP: &str = "sipedge_registry_up";
+/// What the admin listener refused or cut short: requests without the
+/// `[admin]` bearer token (answered 401), connections closed to make room
+/// at its connection cap. Label: `event` ([`AdminEvent`]).
+pub const ADMIN_EVENTS_TOTAL: &str = "sipedge_admin_events_total";
 
 /// Every metric name above, for tests and tools that check an exposition.
 pub const ALL_NAMES: &[&str] = &[
@@ -130,6 +134,7 @@ pub const ALL_NAMES: &[&str] = &[
     NODE_MISADVERTISED_TOTAL,
     REGISTRY_OPERATIONS_TOTAL,
     REGISTRY_UP,
+    ADMIN_EVENTS_TOTAL,
 ];
 
 /// Buckets of [`PROBE_DURATION_SECONDS`]: an OPTIONS round trip on a LAN
@@ -491,6 +496,20 @@ label_enum! {
 }
 
 label_enum! {
+    /// Something the admin listener refused or cut short
+    /// ([`ADMIN_EVENTS_TOTAL`]).
+    pub enum AdminEvent {
+        /// A request that needs the token came without one: 401.
+        TokenMissing => "token_missing",
+        /// A request that needs the token came with another one: 401.
+        TokenWrong => "token_wrong",
+        /// At the connection cap, the oldest connection (an idle one
+        /// first) was closed so a new client, a health check say, gets in.
+        ConnectionEvicted => "connection_evicted",
+    }
+}
+
+label_enum! {
     /// Where a node's 2xx advertised an address ([`NODE_MISADVERTISED_TOTAL`]).
     pub enum AdvertisedIn {
         /// The Contact URI: where the trunk sends the call's in-dialog
@@ -674,6 +693,7 @@ pub struct Metrics {
     transactions: IntGauge,
     tcp_connections: IntGauge,
     tcp_events: PerLabel<TcpEvent, IntCounter>,
+    admin_events: PerLabel<AdminEvent, IntCounter>,
     node_misadvertised: IntCounterVec,
     invite_setup: Histogram,
     dest_up: IntGaugeVec,
@@ -803,6 +823,18 @@ impl Metrics {
                 Opts::new(
                     TCP_EVENTS_TOTAL,
                     "What happened to TCP connections, by event.",
+                ),
+                &["event"],
+            ),
+        )?;
+        let admin_events = register(
+            r,
+            ADMIN_EVENTS_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    ADMIN_EVENTS_TOTAL,
+                    "Admin requests refused for their token and connections closed at the cap, \
+                     by event.",
                 ),
                 &["event"],
             ),
@@ -949,6 +981,9 @@ impl Metrics {
             tcp_connections,
             tcp_events: PerLabel::resolve(TCP_EVENTS_TOTAL, |e: TcpEvent| {
                 tcp_events.get_metric_with_label_values(&[e.as_str()])
+            })?,
+            admin_events: PerLabel::resolve(ADMIN_EVENTS_TOTAL, |e: AdminEvent| {
+                admin_events.get_metric_with_label_values(&[e.as_str()])
             })?,
             node_misadvertised,
             invite_setup,
@@ -1152,6 +1187,16 @@ impl Metrics {
     /// How many times `event` happened to TCP connections, as last synced.
     pub fn tcp_events(&self, event: TcpEvent) -> u64 {
         get(&self.tcp_events, event)
+    }
+
+    /// Counts something the admin listener refused or cut short.
+    pub fn admin_event(&self, event: AdminEvent) {
+        inc(&self.admin_events, event);
+    }
+
+    /// How many times `event` happened at the admin listener.
+    pub fn admin_events(&self, event: AdminEvent) -> u64 {
+        get(&self.admin_events, event)
     }
 
     /// Creates (or finds) the [`NODE_MISADVERTISED_TOTAL`] series of the

@@ -1,9 +1,20 @@
 //! Serving: binds the listeners a config names ([`bind`]), builds the
-//! proxy around them and runs it with the admin listener and the SIGHUP
-//! reload as one set of tasks ([`Server`], [`run`]) until a shutdown
+//! proxy around them and runs it with the admin listener and the signal
+//! handlers as one set of tasks ([`Server`], [`run`]) until a shutdown
 //! future resolves; then drains calls in progress, stops every task and
 //! waits for each. The binary only parses the command line and picks the
-//! shutdown signal; tests can run the same code on port 0.
+//! shutdown signals; tests can run the same code on port 0.
+//!
+//! # Signals
+//! | signal | action |
+//! |---|---|
+//! | SIGTERM, SIGINT, SIGQUIT | drain and stop (the binary's shutdown future) |
+//! | SIGHUP | re-read the destinations, as `dispatcher.reload` |
+//! | SIGUSR1 | write a state summary to the log ([`Proxy::log_state`]) |
+//! | SIGUSR2, SIGALRM | logged and ignored |
+//!
+//! Every one of them is handled from [`Server::new`] on: the default
+//! action of most would end the process with no drain.
 
 use std::future::Future;
 use std::io;
@@ -118,10 +129,41 @@ pub struct Listening {
 pub struct Server {
     proxy: Arc<Proxy>,
     admin: Option<tokio::net::TcpListener>,
-    /// Registered before anything serves: SIGHUP's default action would
-    /// end the process.
+    /// Who may use the RPC and `/metrics` (`[admin] token_file`).
+    access: crate::admin::Access,
+    /// Registered before anything serves: their default action would end
+    /// the process.
     #[cfg(unix)]
+    signals: Signals,
+}
+
+/// The signals handled beside the shutdown ones (see the module docs).
+#[cfg(unix)]
+struct Signals {
     hup: Option<tokio::signal::unix::Signal>,
+    usr1: Option<tokio::signal::unix::Signal>,
+    usr2: Option<tokio::signal::unix::Signal>,
+    alrm: Option<tokio::signal::unix::Signal>,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn register() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let on = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot handle {name}: {e}");
+                None
+            }
+        };
+        Signals {
+            hup: on(SignalKind::hangup(), "SIGHUP"),
+            usr1: on(SignalKind::user_defined1(), "SIGUSR1"),
+            usr2: on(SignalKind::user_defined2(), "SIGUSR2"),
+            alrm: on(SignalKind::alarm(), "SIGALRM"),
+        }
+    }
 }
 
 impl Server {
@@ -134,10 +176,26 @@ impl Server {
         config_path: Option<PathBuf>,
     ) -> Result<Server, ServerError> {
         #[cfg(unix)]
-        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let signals = Signals::register();
         for line in &config.dispatcher.skipped {
             tracing::warn!("dispatcher.list line left out (another set): {line}");
         }
+        let access = match &config.admin {
+            Some(admin) => {
+                if admin.unauthenticated_beyond_loopback() {
+                    tracing::warn!(
+                        "[admin] listen = \"{}\" without a token (allow_unauthenticated): \
+                         anyone who reaches it can drain every node",
+                        admin.listen
+                    );
+                }
+                match admin.token() {
+                    Some(token) => crate::admin::Access::token(token, admin.metrics_require_token),
+                    None => crate::admin::Access::open(),
+                }
+            }
+            None => crate::admin::Access::open(),
+        };
         let admin = bound
             .admin
             .map(tokio::net::TcpListener::from_std)
@@ -150,8 +208,9 @@ impl Server {
         Ok(Server {
             proxy,
             admin,
+            access,
             #[cfg(unix)]
-            hup,
+            signals,
         })
     }
 
@@ -168,7 +227,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves (or a task fails): the proxy, the
-    /// admin listener and the SIGHUP reload, in one task set. Then new
+    /// admin listener and the signal handlers, in one task set. Then new
     /// INVITEs get 503 while those in progress get up to [`DRAIN`] to be
     /// answered, every task is cancelled and awaited (aborted after
     /// [`STOP`]).
@@ -179,11 +238,36 @@ impl Server {
         tasks.spawn(proxy.clone().run(cancel.clone()));
         if let Some(listener) = self.admin {
             let backend: Arc<dyn crate::admin::Backend> = proxy.clone();
-            tasks.spawn(crate::admin::serve(listener, backend, cancel.clone()));
+            tasks.spawn(crate::admin::serve_with_access(
+                listener,
+                backend,
+                cancel.clone(),
+                crate::admin::Limits::default(),
+                self.access,
+            ));
         }
         #[cfg(unix)]
-        if let Some(hup) = self.hup {
-            tasks.spawn(reload_on_sighup(proxy.clone(), hup, cancel.clone()));
+        {
+            let Signals {
+                hup,
+                usr1,
+                usr2,
+                alrm,
+            } = self.signals;
+            if let Some(hup) = hup {
+                tasks.spawn(reload_on_sighup(proxy.clone(), hup, cancel.clone()));
+            }
+            if let Some(usr1) = usr1 {
+                let p = proxy.clone();
+                tasks.spawn(on_signal(usr1, cancel.clone(), move || p.log_state()));
+            }
+            for (signal, name) in [(usr2, "SIGUSR2"), (alrm, "SIGALRM")] {
+                if let Some(signal) = signal {
+                    tasks.spawn(on_signal(signal, cancel.clone(), move || {
+                        tracing::info!("{name} received: ignored");
+                    }));
+                }
+            }
         }
         // Every task runs until cancelled: one that ends before is a bug
         // (a panic), and serving on without it would hide it.
@@ -236,6 +320,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     Server::new(config, bound, config_path)?.run(shutdown).await
+}
+
+/// Runs `action` on every delivery of `signal` until `cancel` fires.
+#[cfg(unix)]
+async fn on_signal(
+    mut signal: tokio::signal::unix::Signal,
+    cancel: CancellationToken,
+    action: impl Fn() + Send + 'static,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            got = signal.recv() => match got {
+                Some(()) => action(),
+                None => {
+                    // No more signals can come; ending would read as a
+                    // failure.
+                    cancel.cancelled().await;
+                    return;
+                }
+            },
+        }
+    }
 }
 
 /// SIGHUP does what `dispatcher.reload` does: re-read the destinations.

@@ -14,9 +14,11 @@ use serde_json::{json, Value};
 use sipedge::admin::ctl::{format_list, format_ping, Client, CtlError};
 use sipedge::admin::rpc::{ListResult, PingState, RELOAD_OK, SET_STATE_OK};
 use sipedge::admin::{
-    serve, serve_with, AttrsView, Backend, BackendError, DestinationView, Limits, Readiness, Target,
+    serve, serve_with, serve_with_access, Access, AttrsView, Backend, BackendError,
+    DestinationView, Limits, Readiness, Target,
 };
 use sipedge::dispatcher::health::{SetState, State, Status};
+use sipedge::metrics::AdminEvent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -36,6 +38,14 @@ const METRICS: &str = "# HELP sipedge_up 1\n# TYPE sipedge_up gauge\nsipedge_up 
 /// the trait documents it (first URI match, ASCII case-insensitive).
 struct Pool {
     state: Mutex<PoolState>,
+    /// When set, the next reload reports that it started, then waits for
+    /// the release (a request held in progress).
+    hold_reload: Mutex<Option<Hold>>,
+}
+
+struct Hold {
+    entered: tokio::sync::oneshot::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
 }
 
 struct PoolState {
@@ -44,6 +54,8 @@ struct PoolState {
     ready: Readiness,
     reloads: usize,
     reload_outcome: ReloadOutcome,
+    /// What the listener counted, by event.
+    events: Vec<AdminEvent>,
 }
 
 #[derive(Clone, Copy)]
@@ -62,7 +74,9 @@ impl Pool {
                 ready: Readiness::not_ready("waiting for the first probe round"),
                 reloads: 0,
                 reload_outcome: ReloadOutcome::Ok,
+                events: Vec::new(),
             }),
+            hold_reload: Mutex::new(None),
         })
     }
 
@@ -119,6 +133,12 @@ impl Backend for Pool {
     }
 
     fn reload(&self) -> Result<(), BackendError> {
+        // Runs on a blocking thread (see `Backend`): waiting is fine.
+        let hold = self.hold_reload.lock().unwrap().take();
+        if let Some(hold) = hold {
+            let _ = hold.entered.send(());
+            let _ = hold.release.recv();
+        }
         self.with(|s| match s.reload_outcome {
             ReloadOutcome::Ok => {
                 s.reloads += 1;
@@ -139,6 +159,16 @@ impl Backend for Pool {
             }
             old
         })
+    }
+
+    fn count(&self, event: AdminEvent) {
+        self.with(|s| s.events.push(event));
+    }
+}
+
+impl Pool {
+    fn counted(&self, event: AdminEvent) -> usize {
+        self.with(|s| s.events.iter().filter(|&&e| e == event).count())
     }
 }
 
@@ -179,6 +209,14 @@ impl Server {
     }
 
     async fn start_with(pool: Arc<Pool>, limits: Option<Limits>) -> Server {
+        Server::start_full(pool, limits, None).await
+    }
+
+    async fn start_secured(pool: Arc<Pool>, access: Access) -> Server {
+        Server::start_full(pool, None, Some(access)).await
+    }
+
+    async fn start_full(pool: Arc<Pool>, limits: Option<Limits>, access: Option<Access>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
@@ -186,9 +224,13 @@ impl Server {
         let task = tokio::spawn({
             let cancel = cancel.clone();
             async move {
-                match limits {
-                    None => serve(listener, backend, cancel).await,
-                    Some(limits) => serve_with(listener, backend, cancel, limits).await,
+                match (limits, access) {
+                    (None, None) => serve(listener, backend, cancel).await,
+                    (Some(limits), None) => serve_with(listener, backend, cancel, limits).await,
+                    (limits, Some(access)) => {
+                        let limits = limits.unwrap_or_default();
+                        serve_with_access(listener, backend, cancel, limits, access).await
+                    }
                 }
             }
         });
@@ -995,10 +1037,10 @@ async fn slow_clients_are_cut_off() {
     assert_eq!(server.get("/health/live").await.status, 200);
 }
 
-/// At most `max_connections` are served; the next client waits for a free
-/// place instead of being refused.
+/// At `max_connections` a new client is served at once: the oldest idle
+/// connection makes room, counted.
 #[tokio::test]
-async fn connections_are_bounded() {
+async fn at_the_cap_the_oldest_idle_connection_leaves() {
     let limits = Limits {
         max_connections: 1,
         ..Limits::default()
@@ -1016,15 +1058,187 @@ async fn connections_are_bounded() {
         .write_all(b"GET /health/live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut byte = [0u8; 1];
-    assert!(
-        tokio::time::timeout(QUIET, second.read(&mut byte))
-            .await
-            .is_err(),
-        "the second connection waits while the first holds the place"
-    );
-    drop(first);
     assert_eq!(read_response(&mut second, false).await.status, 200);
+    let _ = closed_by_server(&mut first).await;
+    assert_eq!(server.pool.counted(AdminEvent::ConnectionEvicted), 1);
+}
+
+/// A connection in the middle of a request is not cut when it is the one
+/// that must leave: its answer comes, then it closes.
+#[tokio::test]
+async fn a_busy_connection_finishes_its_request_before_it_leaves() {
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let server = Server::start_with(Pool::new(two_sets()), Some(limits)).await;
+    let body = r#"{"jsonrpc":"2.0","method":"dispatcher.reload","id":1}"#;
+    let mut busy = TcpStream::connect(server.addr).await.unwrap();
+    let (entered, entered_rx) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    *server.pool.hold_reload.lock().unwrap() = Some(Hold {
+        entered,
+        release: release_rx,
+    });
+    busy.write_all(
+        format!(
+            "POST /RPC HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(WAIT, entered_rx)
+        .await
+        .expect("the reload starts")
+        .unwrap();
+    // The only place is taken by a request in progress: the new client
+    // is served all the same.
+    let live = server.get("/health/live").await;
+    assert_eq!(live.status, 200);
+    release.send(()).unwrap();
+    let answer = read_response(&mut busy, false).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["result"], RELOAD_OK);
+    let _ = closed_by_server(&mut busy).await;
+}
+
+/// keepalived's check must not wait behind idle clients: 100 connections
+/// that send nothing and 100 that stop half-way through a request line
+/// (more than the default cap of 64), and `/health/live` and
+/// `/health/ready` still answer at once.
+#[tokio::test]
+async fn health_answers_while_idle_clients_hold_connections() {
+    let server = Server::start(Pool::new(two_sets())).await;
+    let mut idle = Vec::new();
+    for i in 0..200 {
+        let mut c = TcpStream::connect(server.addr).await.unwrap();
+        if i % 2 == 1 {
+            c.write_all(b"GET /hea").await.unwrap();
+        }
+        idle.push(c);
+    }
+    // Well under the 10 s header timeout that used to free a place.
+    const DEADLINE: Duration = Duration::from_secs(2);
+    for path in ["/health/live", "/health/ready", "/health/live"] {
+        let started = tokio::time::Instant::now();
+        let response = tokio::time::timeout(DEADLINE, server.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer within {DEADLINE:?}"));
+        assert!(matches!(response.status, 200 | 503), "{path}");
+        assert!(started.elapsed() < DEADLINE);
+    }
+    assert!(server.pool.counted(AdminEvent::ConnectionEvicted) >= 200 - 64);
+    drop(idle);
+}
+
+// ------------------------------------------------------------ bearer token
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+async fn post_with(server: &Server, path: &str, authorization: Option<&str>) -> HttpResponse {
+    let body = r#"{"jsonrpc":"2.0","method":"dispatcher.ping_active","id":1}"#;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    exchange(
+        server.addr,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+}
+
+async fn get_with(server: &Server, path: &str, authorization: &str) -> HttpResponse {
+    exchange(
+        server.addr,
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: {authorization}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+}
+
+/// With a token, the RPC answers only a request that carries it: 401 and
+/// the Bearer challenge otherwise, counted; health and (by default)
+/// metrics stay open.
+#[tokio::test]
+async fn the_rpc_wants_the_bearer_token() {
+    let server = Server::start_secured(
+        Pool::new(two_sets()),
+        Access::token(TOKEN.as_bytes(), false),
+    )
+    .await;
+
+    let missing = post_with(&server, "/RPC", None).await;
+    assert_eq!(missing.status, 401, "{}", missing.text());
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some(r#"Bearer realm="sipedge""#)
+    );
+    for wrong in [
+        "Bearer 0123456789abcdef0123456789abcdeX".to_owned(),
+        format!("Bearer {TOKEN}0"),
+        format!("Bearer {}", &TOKEN[..31]),
+        format!("Basic {TOKEN}"),
+        "Bearer".to_owned(),
+    ] {
+        let response = post_with(&server, "/rpc", Some(&wrong)).await;
+        assert_eq!(response.status, 401, "{wrong}");
+        assert!(
+            response
+                .header("www-authenticate")
+                .is_some_and(|c| c.starts_with("Bearer realm=\"sipedge\"")),
+            "{wrong}"
+        );
+    }
+    assert_eq!(server.pool.counted(AdminEvent::TokenWrong), 3);
+    assert_eq!(server.pool.counted(AdminEvent::TokenMissing), 3);
+
+    for good in [format!("Bearer {TOKEN}"), format!("bearer  {TOKEN} ")] {
+        let response = post_with(&server, "/RPC", Some(&good)).await;
+        assert_eq!(response.status, 200, "{good}: {}", response.text());
+        assert_eq!(response.json()["result"]["OldPingState"], 1);
+    }
+
+    // Not guarded: health (keepalived, load balancers) and metrics.
+    assert_eq!(server.get("/health/live").await.status, 200);
+    assert_eq!(server.get("/health/ready").await.status, 503);
+    assert_eq!(server.get("/metrics").await.status, 200);
+    // An unknown path is still 404, token or not.
+    assert_eq!(server.get("/RPC2").await.status, 404);
+
+    // ctl sends it.
+    let err = server.client().ping_active(None).await.unwrap_err();
+    assert!(
+        matches!(err, CtlError::HttpStatus { status: 401, .. }),
+        "{err}"
+    );
+    let client = server.client().with_token(TOKEN).unwrap();
+    assert_eq!(client.ping_active(None).await.unwrap().old, 1);
+    let debug = format!("{client:?}");
+    assert!(!debug.contains(TOKEN), "Debug shows the token: {debug}");
+}
+
+/// `metrics_require_token`: `/metrics` wants the token too, health not.
+#[tokio::test]
+async fn metrics_can_want_the_token_too() {
+    let server =
+        Server::start_secured(Pool::new(two_sets()), Access::token(TOKEN.as_bytes(), true)).await;
+    let response = server.get("/metrics").await;
+    assert_eq!(response.status, 401);
+    assert!(response.header("www-authenticate").is_some());
+    let response = get_with(&server, "/metrics", &format!("Bearer {TOKEN}")).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), METRICS);
+    assert_eq!(server.get("/health/live").await.status, 200);
 }
 
 #[tokio::test]

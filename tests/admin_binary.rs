@@ -1,6 +1,9 @@
 //! The built binary with its admin listener (issue 4): it prints where it
 //! listens, `sipedge ctl` lists and drains a node over JSON-RPC, new calls
-//! avoid the drained node, and SIGHUP reloads the dispatcher.list.
+//! avoid the drained node, and SIGHUP reloads the dispatcher.list. Then
+//! the hardening of issue 13: the bearer token, the refused public bind,
+//! escaped RPC arguments in the log, health checks behind idle clients,
+//! and the other signals.
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
@@ -216,10 +219,74 @@ fn spawn_sipedge<const N: usize>(
     std::io::Lines<BufReader<std::process::ChildStdout>>,
     [String; N],
 ) {
+    spawn_with(cfg, kinds, Stdio::null())
+}
+
+/// [`spawn_sipedge`], and every line the binary logs (stderr), as it
+/// comes.
+fn spawn_logging<const N: usize>(
+    cfg: &std::path::Path,
+    kinds: [&str; N],
+) -> (std::process::Child, Log, [String; N]) {
+    let (mut child, _lines, found) = spawn_with(cfg, kinds, Stdio::piped());
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (
+        child,
+        Log {
+            rx,
+            seen: Vec::new(),
+        },
+        found,
+    )
+}
+
+/// The binary's log lines.
+struct Log {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Log {
+    /// Reads lines until one contains `what`; returns it.
+    fn wait_for(&mut self, what: &str) -> String {
+        let end = Instant::now() + MUST_ARRIVE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no log line with {what:?} in:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+fn spawn_with<const N: usize>(
+    cfg: &std::path::Path,
+    kinds: [&str; N],
+    stderr: Stdio,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+    [String; N],
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
         .args(["--config", cfg.to_str().unwrap()])
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -291,5 +358,300 @@ fn sigterm_stops_every_listener_and_exits_0() {
         "took {:?}",
         started.elapsed()
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ------------------------------------------------------------- issue 13
+
+/// A token as `openssl rand -hex 16` makes one.
+const TOKEN: &str = "5f0c2a9e41d7b3866e0f2d9c7a1b4e38";
+
+/// A scratch directory with a one-node pool list and `sipedge.toml` made
+/// of the `[listen]`/`[dispatcher]` basics and `admin` (an `[admin]`
+/// section).
+fn setup(name: &str, node: &UdpSocket, admin: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sipedge-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_list(&dir.join("pool.list"), &[node], None);
+    std::fs::write(
+        dir.join("sipedge.toml"),
+        format!(
+            "[listen]\nudp = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+             [dispatcher]\nlist_file = \"pool.list\"\n{admin}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// One HTTP/1.1 exchange on a fresh connection; the whole answer.
+fn http(base: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(host).expect("connect to admin");
+    conn.set_read_timeout(Some(MUST_ARRIVE)).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer
+}
+
+/// A JSON-RPC POST as an operator's curl sends it, with extra headers.
+fn rpc_post(base: &str, body: &str, headers: &str) -> String {
+    http(
+        base,
+        &format!(
+            "POST /RPC HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n{headers}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// `[admin] token_file`: the RPC wants the token, from `sipedge ctl`
+/// (`--token-file` or `$SIPEDGE_ADMIN_TOKEN_FILE`) or an operator's curl
+/// (`-H "Authorization: Bearer $(cat FILE)"`); health and metrics stay
+/// open, and refusals are counted.
+#[test]
+fn the_admin_token_guards_the_rpc_of_the_binary() {
+    let node = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = setup(
+        "token",
+        &node,
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
+    );
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let (child, _lines, [admin]) = spawn_sipedge(&dir.join("sipedge.toml"), ["admin"]);
+
+    let out = sipedge_ctl(&admin, &["list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("401"), "{}", text(&out));
+
+    let token_arg = token_file.to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["ctl", "--admin", &admin, "--token-file", token_arg, "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("sip:{}", node.local_addr().unwrap())));
+    let out = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["ctl", "--admin", &admin, "ping-active"])
+        .env("SIPEDGE_ADMIN_TOKEN_FILE", token_arg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let body = r#"{"jsonrpc":"2.0","method":"dispatcher.list","id":1}"#;
+    let answer = rpc_post(&admin, body, &format!("Authorization: Bearer {TOKEN}\r\n"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"NRSETS\":1"), "{answer}");
+    let answer = rpc_post(&admin, body, "");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer realm=\"sipedge\""),
+        "{answer}"
+    );
+    let answer = rpc_post(&admin, body, "Authorization: Bearer not-the-token\r\n");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    assert!(http_get(&admin, "/health/live").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(&admin, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let missing = metric_value(
+        &metrics,
+        "sipedge_admin_events_total{event=\"token_missing\"}",
+    );
+    assert!(missing >= 2.0, "ctl without a token and the bare curl");
+    let wrong = metric_value(
+        &metrics,
+        "sipedge_admin_events_total{event=\"token_wrong\"}",
+    );
+    assert_eq!(wrong, 1.0);
+
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `check-config` and the start refuse an admin listener beyond loopback
+/// without a token, and a token file that is missing, empty or short,
+/// with the file, the key and the reason; `allow_unauthenticated` or a
+/// token lets it through.
+#[test]
+fn a_public_admin_bind_needs_a_token() {
+    let node = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let check = |admin: &str| {
+        let dir = setup("public", &node, admin);
+        std::fs::write(dir.join("good.token"), TOKEN).unwrap();
+        std::fs::write(dir.join("empty.token"), "\n").unwrap();
+        std::fs::write(dir.join("short.token"), "abc\n").unwrap();
+        let cfg = dir.join("sipedge.toml");
+        let checked = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+            .args(["check-config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (cfg, checked)
+    };
+    let refused = [
+        (
+            "[admin]\nlisten = \"0.0.0.0:9090\"\n",
+            "admin.listen",
+            "0.0.0.0:9090 is not a loopback address and no token_file is given",
+        ),
+        (
+            "[admin]\nlisten = \"192.0.2.7:9090\"\nallow_unauthenticated = false\n",
+            "admin.listen",
+            "allow_unauthenticated = true",
+        ),
+        (
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"missing.token\"\n",
+            "admin.token_file",
+            "missing.token: No such file",
+        ),
+        (
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"empty.token\"\n",
+            "admin.token_file",
+            "empty.token: 0 bytes is too short",
+        ),
+        (
+            "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_file = \"short.token\"\n",
+            "admin.token_file",
+            "short.token: 3 bytes is too short",
+        ),
+    ];
+    for (admin, key, reason) in refused {
+        let (cfg, out) = check(admin);
+        assert_eq!(out.status.code(), Some(2), "{admin}: {}", text(&out));
+        let said = text(&out);
+        assert!(said.contains(cfg.to_str().unwrap()), "file: {said}");
+        assert!(said.contains(&format!(": {key}: ")), "key: {said}");
+        assert!(said.contains(reason), "reason: {said}");
+        // The start refuses it the same way, before binding anything.
+        let started = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+            .args(["--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(
+            started.status.code(),
+            Some(2),
+            "{admin}: {}",
+            text(&started)
+        );
+        assert!(text(&started).contains(reason), "{}", text(&started));
+    }
+    for admin in [
+        "[admin]\nlisten = \"0.0.0.0:9090\"\nallow_unauthenticated = true\n",
+        "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_file = \"good.token\"\n",
+        "[admin]\nlisten = \"[::]:9090\"\ntoken_file = \"good.token\"\nmetrics_require_token = true\n",
+        "[admin]\nlisten = \"127.0.0.1:9090\"\n",
+        "[admin]\nlisten = \"[::1]:9090\"\n",
+    ] {
+        let (_, out) = check(admin);
+        assert!(out.status.success(), "{admin}: {}", text(&out));
+    }
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("sipedge-public-{}", std::process::id())),
+    );
+}
+
+/// A newline in an RPC argument cannot start a log line of its own: the
+/// argument is logged escaped.
+#[test]
+fn rpc_arguments_cannot_forge_log_lines() {
+    let node = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = setup("forge", &node, "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let (child, mut log, [admin]) = spawn_logging(&dir.join("sipedge.toml"), ["admin"]);
+    let forged = "sip:192.0.2.9:5060\nFORGED 2026-01-01T00:00:00Z  INFO admin: all fine\r\u{1b}[2K";
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "method": "dispatcher.set_state",
+        "params": ["d", 1, forged],
+        "id": 1,
+    })
+    .to_string();
+    let answer = rpc_post(&admin, &body, "");
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    let line = log.wait_for("dispatcher.set_state refused");
+    assert!(line.contains(r"sip:192.0.2.9:5060\nFORGED"), "{line}");
+    assert!(line.contains(r"\r\u{1b}[2K"), "{line}");
+    // Whatever the binary logs next comes after: nothing in between.
+    kill(&child, "USR1");
+    log.wait_for("state summary: destination");
+    let forged_lines: Vec<&String> = log
+        .seen
+        .iter()
+        .filter(|l| l.contains("FORGED") && !l.contains("set_state refused"))
+        .collect();
+    assert!(forged_lines.is_empty(), "{forged_lines:?}");
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn kill(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal}");
+}
+
+/// SIGUSR1 writes the state to the log, SIGUSR2 and SIGALRM are logged and
+/// ignored (their default action ended the process), and the admin
+/// listener answers health checks while 100 idle clients hold
+/// connections; SIGQUIT drains and exits 0 like SIGTERM.
+#[test]
+fn signals_and_idle_clients_leave_the_binary_serving() {
+    let node = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = setup("signals", &node, "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let (mut child, mut log, [admin]) = spawn_logging(&dir.join("sipedge.toml"), ["admin"]);
+    let uri = format!("sip:{}", node.local_addr().unwrap());
+
+    kill(&child, "USR1");
+    let summary = log.wait_for("state summary");
+    for field in ["dialogs=", "client_transactions=", "tcp_connections="] {
+        assert!(summary.contains(field), "{summary}");
+    }
+    let dest = log.wait_for("state summary: destination");
+    assert!(dest.contains(&uri), "{dest}");
+    for signal in ["USR2", "ALRM"] {
+        kill(&child, signal);
+        log.wait_for(&format!("SIG{signal} received"));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let out = sipedge_ctl(&admin, &["list"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // 100 clients that connect and send nothing (the cap is 64).
+    let host = admin.trim_start_matches("http://");
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(host).unwrap())
+        .collect();
+    let started = Instant::now();
+    let live = http_get(&admin, "/health/live");
+    assert!(live.starts_with("HTTP/1.1 200"), "{live:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+
+    let started = Instant::now();
+    kill(&child, "QUIT");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still running after SIGQUIT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "exit status on SIGQUIT");
+    log.wait_for("shutting down");
     let _ = std::fs::remove_dir_all(dir);
 }

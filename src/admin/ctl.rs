@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
@@ -50,6 +50,9 @@ const SNIPPET: usize = 200;
 pub enum CtlError {
     #[error("bad admin URL {url:?}: {reason}")]
     BadUrl { url: String, reason: &'static str },
+    /// The token file could not be read, or holds no usable token.
+    #[error("token file {file}: {reason}")]
+    TokenFile { file: String, reason: String },
     /// Checked before sending, with the server's own parser.
     #[error("bad state: {0}")]
     BadState(#[from] SetStateError),
@@ -117,6 +120,8 @@ pub struct Client {
     /// Path and query of the RPC endpoint.
     path: String,
     timeout: Duration,
+    /// `Bearer <token>`, marked sensitive: `Debug` does not show it.
+    authorization: Option<HeaderValue>,
 }
 
 impl Client {
@@ -174,6 +179,43 @@ impl Client {
             authority: authority.as_str().to_owned(),
             path,
             timeout: DEFAULT_TIMEOUT,
+            authorization: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every call: what a
+    /// server with `[admin] token_file` asks for.
+    ///
+    /// # Errors
+    /// [`CtlError::TokenFile`] when the token is empty or cannot be a
+    /// header value (control characters).
+    pub fn with_token(mut self, token: &str) -> Result<Client, CtlError> {
+        let bad = |reason: &str| CtlError::TokenFile {
+            file: "(given)".into(),
+            reason: reason.into(),
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(bad("empty"));
+        }
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| bad("not a valid header value"))?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
+    }
+
+    /// [`Client::with_token`] with the token read from `path` (its whole
+    /// content, trimmed: the same file as the server's `token_file`).
+    pub fn with_token_file(self, path: &std::path::Path) -> Result<Client, CtlError> {
+        let file = path.display().to_string();
+        let token = std::fs::read_to_string(path).map_err(|e| CtlError::TokenFile {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        self.with_token(&token).map_err(|e| match e {
+            CtlError::TokenFile { reason, .. } => CtlError::TokenFile { file, reason },
+            other => other,
         })
     }
 
@@ -262,6 +304,9 @@ impl Client {
                 HeaderValue::from_str(&self.authority).map_err(|e| http(e.into()))?,
             );
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(authorization) = &self.authorization {
+                headers.insert(AUTHORIZATION, authorization.clone());
+            }
             let response = sender
                 .send_request(request)
                 .await

@@ -41,7 +41,7 @@ pub mod ctl;
 mod http;
 pub mod rpc;
 
-pub use http::{serve, serve_with, Limits};
+pub use http::{serve, serve_with, serve_with_access, Access, Limits};
 
 /// What the admin interface needs from the running proxy.
 ///
@@ -93,6 +93,31 @@ pub trait Backend: Send + Sync + 'static {
     /// Returns the value it had *before* the call, which is what Kamailio
     /// reports as `OldPingState`.
     fn ping_active(&self, set: Option<bool>) -> bool;
+
+    /// Counts something the listener refused or cut short (a request
+    /// without the token, a connection closed at the cap). The proxy puts
+    /// it in `sipedge_admin_events_total`; by default it is not counted.
+    fn count(&self, _event: crate::metrics::AdminEvent) {}
+}
+
+/// Shows a string from the network or an operator's command for a log
+/// line: control characters (a newline would start a forged line, an
+/// escape sequence would repaint the terminal) and backslashes come out
+/// escaped, `\n`, `\u{1b}`, `\\`; everything else as is.
+#[derive(Debug, Clone, Copy)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() || c == '\\' {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The answer of [`Backend::ready`].
@@ -251,6 +276,15 @@ mod tests {
         let e = BackendError::Reload("dispatcher.list:3: bad".into());
         assert_eq!(e.to_string(), "reload failed: dispatcher.list:3: bad");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn escaped_shows_control_characters_as_escapes() {
+        assert_eq!(
+            Escaped("sip:a\nFORGED line\r\u{1b}[2J\\ é").to_string(),
+            "sip:a\\nFORGED line\\r\\u{1b}[2J\\\\ é"
+        );
+        assert_eq!(Escaped("plain").to_string(), "plain");
     }
 
     #[test]

@@ -64,7 +64,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{AttrsView, Backend, BackendError, DestinationView, Target};
+use super::{AttrsView, Backend, BackendError, DestinationView, Escaped, Target};
 use crate::dispatcher::health::{SetState, SetStateError};
 
 /// The method names, as Kamailio registers them.
@@ -469,7 +469,7 @@ fn set_state(params: &[Value], backend: &dyn Backend) -> Result<&'static str, Er
         Ok(count) => {
             tracing::info!(
                 set,
-                target = %target,
+                target = %Escaped(&target.to_string()),
                 state = %state.state,
                 probing = ?state.probing,
                 count,
@@ -478,7 +478,12 @@ fn set_state(params: &[Value], backend: &dyn Backend) -> Result<&'static str, Er
             Ok(SET_STATE_OK)
         }
         Err(e) => {
-            tracing::warn!(set, target = %target, error = %e, "dispatcher.set_state refused");
+            tracing::warn!(
+                set,
+                target = %Escaped(&target.to_string()),
+                error = %Escaped(&e.to_string()),
+                "dispatcher.set_state refused"
+            );
             Err(ErrorObject::fault(
                 message::STATE_UPDATE_FAILED,
                 e.to_string(),
@@ -497,7 +502,7 @@ fn reload(params: &[Value], backend: &dyn Backend) -> Result<&'static str, Error
             Ok(RELOAD_OK)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "dispatcher.reload failed");
+            tracing::warn!(error = %Escaped(&e.to_string()), "dispatcher.reload failed");
             let message = match e {
                 BackendError::ReloadInProgress => message::ONGOING_RELOAD,
                 _ => message::RELOAD_FAILED,

@@ -1,6 +1,6 @@
 //! The proxy as the admin interface sees it ([`crate::admin::Backend`]):
 //! metrics, readiness, the pool for `dispatcher.list`, and the operator's
-//! commands.
+//! commands; and the state summary SIGUSR1 writes to the log.
 
 use super::{Proxy, ReloadError};
 use crate::admin::{AttrsView, Backend, BackendError, DestinationView, Readiness, Target};
@@ -81,5 +81,44 @@ impl Backend for Proxy {
             Proxy::ping_active(self, Some(on));
         }
         before
+    }
+
+    fn count(&self, event: crate::metrics::AdminEvent) {
+        self.metrics.admin_event(event);
+    }
+}
+
+impl Proxy {
+    /// Writes what an operator asks a Kamailio for with `kill -USR1`
+    /// (and `kamcmd dispatcher.list`, `tm.stats`, `core.tcp_info`) to the
+    /// log: readiness, table sizes, TCP connections, then one line per
+    /// destination with its `FLAGS` and pinned calls.
+    pub fn log_state(&self) {
+        let (client, server) = self.transaction_counts();
+        let ready = match Proxy::ready(self) {
+            Ok(()) => "ready".to_owned(),
+            Err(why) => format!("not ready: {why}"),
+        };
+        tracing::info!(
+            ready = %ready,
+            probing = Proxy::ping_active(self, None),
+            dialogs = self.dialogs().len(),
+            client_transactions = client,
+            invites = server,
+            tcp_connections = self.tcp().connections(),
+            "state summary"
+        );
+        let pool = self.pool();
+        for (set, d, _) in pool.sets() {
+            for i in 0..d.len() {
+                tracing::info!(
+                    set,
+                    uri = d.uri(i),
+                    flags = d.status(i).flags().as_str(),
+                    calls = self.dialogs().pinned_to(d.addr(i)),
+                    "state summary: destination"
+                );
+            }
+        }
     }
 }

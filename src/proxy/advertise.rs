@@ -158,7 +158,7 @@ impl NodeAdvert {
             node = %self.uri,
             header,
             address = %ip,
-            call_id = %String::from_utf8_lossy(call_id),
+            call_id = %crate::admin::Escaped(&String::from_utf8_lossy(call_id)),
             "node {} advertises {ip} in the {header} of its {} to an INVITE: {}; the call \
              connects and then carries nothing (a fax transfers zero pages). Fix the node's \
              advertised address (FreeSWITCH ext-sip-ip / ext-rtp-ip), or list it in this \
