@@ -1,5 +1,21 @@
 #!/bin/sh
-# keepalived health check: exit 0 when sipedge is ready for traffic.
-# ADMIN is sipedge's [admin] listen address.
+# keepalived health check (vrrp_script): exit 0 when sipedge is ready for
+# traffic, i.e. /health/ready answers 200. ADMIN is sipedge's [admin]
+# listen address.
+#
+# On the standby (sipedge-notify.sh wrote backup or fault) probing must be
+# paused; a sipedge restarted there starts probing, so pause it again here
+# (the standby's probes would time out, and its nodes look down). Paused,
+# sipedge is ready while it serves.
 ADMIN="${SIPEDGE_ADMIN:-http://127.0.0.1:9090}"
+SIPEDGE="${SIPEDGE_BIN:-/usr/local/bin/sipedge}"
+STATE_FILE="${SIPEDGE_VRRP_STATE:-/run/sipedge-vrrp-state}"
+case "$(cat "$STATE_FILE" 2>/dev/null)" in
+    backup|fault)
+        if "$SIPEDGE" ctl --admin "$ADMIN" ping-active 2>/dev/null | grep -q '^probing: on'; then
+            "$SIPEDGE" ctl --admin "$ADMIN" ping-active off >/dev/null 2>&1
+            logger -t sipedge-ready "standby: probing paused again (sipedge restarted?)" 2>/dev/null
+        fi
+        ;;
+esac
 exec curl --silent --fail --max-time 1 --output /dev/null "$ADMIN/health/ready"
