@@ -39,16 +39,20 @@
 #     printed, not failed on: see "in setup" below);
 #   - A's sipedge restarted: its track script pauses its probing (A is the
 #     standby), A takes the VIP back, and calls go through it.
-# Prints the figures and a last line
-#   PASS ha: new_lost=.. established_lost=.. vip_move_s=.. first_new_call_s=.. ...
-# or FAIL ha: <problems> -- <figures>.
+# Prints a last line "PASS ha: <figures>" (calls lost by kind, vip_move_s
+# from the kill to the VIP on B, first_new_call_s from the kill to the
+# first call placed after it answered, failback_s, ...) or
+# "FAIL ha: <problems> -- <figures>"; exit 1 when a check fails, 2 when the
+# set-up fails (with the reason).
 #
 # Without root or `ip netns` it prints "SKIP ..." to stderr and exits 77
 # (never a silent pass). Needs keepalived, sipp (sip-tester), curl,
-# iproute2: installed with apt-get when missing (as root).
-# Runtime: about 40 s. Every process runs inside a namespace of this run and
+# iproute2: installed with apt-get when missing.
+# Runtime: about 45 s. Every process runs inside a namespace of this run and
 # under `timeout`; the namespaces (and whatever still runs in them) are
-# removed on exit, failure included. HA_KEEP=1 keeps the work directory.
+# removed on exit, failure included. HA_KEEP=1 keeps the work directory;
+# HA_EXTRA_TOML is appended to both sipedge configs (e.g. a [cluster]
+# section).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -80,8 +84,9 @@ done
 (( RATE >= 1 && CALLS >= RATE * 8 )) || die "need at least 8 s of calls (HA_CALLS >= 8 x HA_RATE)"
 
 [ "$(id -u)" -eq 0 ] || skip "needs root (network namespaces)"
-command -v ip >/dev/null 2>&1 || skip "no ip (iproute2)"
+PATH=$PATH:/usr/sbin:/sbin
 missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || missing+=(keepalived)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
@@ -89,8 +94,7 @@ if (( ${#missing[@]} > 0 )); then
     log "installing ${missing[*]}"
     apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null
 fi
-PATH=$PATH:/usr/sbin:/sbin
-for t in keepalived sipp curl timeout awk; do
+for t in ip keepalived sipp curl timeout awk; do
     command -v "$t" >/dev/null 2>&1 || die "'$t' is needed"
 done
 [ -x "$BIN" ] || die "no executable sipedge binary at '$BIN' (cargo build --release first)"
