@@ -259,6 +259,58 @@ async fn ping_active_pauses_and_resumes_probing() {
     let _ = next_probe(&h, 0).await;
 }
 
+/// A keepalived standby (probing paused by its notify script) is ready
+/// while it serves, even before its first round had its answers: its
+/// probes leave from the VIP it does not hold, so stale or missing states
+/// must not keep it from taking the VIP over. Resuming probes every node at
+/// once, not an `interval` later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_standby_is_ready_and_probes_all_at_once_on_resume() {
+    let h = Harness::start(Options {
+        nodes_answer_probes: false,
+        extra_toml: "[probe]\ninterval = \"60s\"\ntimeout = \"2s\"\n",
+        ..Options::default()
+    })
+    .await;
+    // The first round is out, unanswered (the answers went to the VIP's
+    // holder): not ready yet while probing runs...
+    for n in 0..2 {
+        let _ = next_probe(&h, n).await;
+    }
+    assert_eq!(
+        h.proxy.ready(),
+        Err("the first probe round has not finished".to_owned())
+    );
+    // ...ready once paused.
+    assert!(!h.proxy.ping_active(Some(false)));
+    assert_eq!(h.proxy.ready(), Ok(()));
+    // The first round times out (a node with a probe out is not probed
+    // again before its answer or timeout).
+    let dispatcher = h.proxy.dispatcher();
+    eventually("first round timed out", || {
+        (0..2).all(|n| dispatcher.status(n).state == State::Trying)
+    })
+    .await;
+    assert_eq!(h.proxy.ready(), Ok(()), "still paused");
+    // Taking over: both nodes get a probe now (the next round is a minute
+    // away), and their answers count.
+    assert!(h.proxy.ping_active(Some(true)));
+    for n in 0..2 {
+        let p = h.nodes[n].recv_until_request("OPTIONS", WAIT).await;
+        h.nodes[n].send(reply(&p, 200, "OK", None), p.from).await;
+    }
+    eventually("both up", || {
+        (0..2).all(|n| dispatcher.status(n).state == State::Active)
+    })
+    .await;
+    assert_eq!(h.proxy.ready(), Ok(()));
+    // Switching it on again while on sends nothing more.
+    assert!(h.proxy.ping_active(Some(true)));
+    for n in &h.nodes {
+        n.expect_nothing(Duration::from_millis(300)).await;
+    }
+}
+
 /// A failover code (503) marks the node like a silent one: out of rotation
 /// and probed at once; a probe it answers brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1482,3 +1482,72 @@ async fn a_nodes_call_to_an_unreachable_trunk_gets_503_at_once() {
         1
     );
 }
+
+/// A node's 2xx for an INVITE the other proxy of a keepalived pair
+/// forwarded (our Via on top: same VIP, a branch unknown here), repeated
+/// because that proxy died before the trunk's ACK came: relayed to the
+/// trunk, whose new ACK then reaches the node through us. The same 2xx
+/// from outside the pool, a provisional, or a 2xx whose top Via is not ours
+/// is dropped and counted (RFC 3261 §18.1.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_2xx_for_the_other_proxys_invite_reaches_the_trunk() {
+    let h = Harness::start(Options::default()).await;
+    let node = &h.nodes[0];
+    let trunk_branch = unique("z9hG4bKtrunk-");
+    let response = |code: &str, top_via_host: &str| {
+        format!(
+            "SIP/2.0 {code}\r\n\
+             Via: SIP/2.0/UDP {top_via_host};branch=z9hG4bKother-proxy-1\r\n\
+             Via: SIP/2.0/UDP {trunk};branch={trunk_branch};rport\r\n\
+             Record-Route: <sip:{proxy};lr;node={node}>\r\n\
+             From: <sip:+15550001000@{trunk}>;tag=t1\r\n\
+             To: <sip:fax@{proxy}>;tag=n1\r\n\
+             Call-ID: orphan-2xx-1\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:fs@{node}>\r\n\
+             Content-Length: 0\r\n\r\n",
+            trunk = h.trunk.addr,
+            proxy = h.addr,
+            node = node.addr,
+        )
+        .into_bytes()
+    };
+    let ok = response("200 OK", &h.addr.to_string());
+    node.send(&ok, h.addr).await;
+    let relayed = h.trunk.recv_response(200).await;
+    assert_only_via(&relayed, &trunk_branch);
+    assert_eq!(relayed.call_id(), "orphan-2xx-1");
+
+    // The trunk's ACK follows the Record-Route to the node.
+    let ack = format!(
+        "ACK sip:fs@{node} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {trunk};branch={b};rport\r\n\
+         Route: <sip:{proxy};lr;node={node}>\r\n\
+         From: <sip:+15550001000@{trunk}>;tag=t1\r\n\
+         To: <sip:fax@{proxy}>;tag=n1\r\n\
+         Call-ID: orphan-2xx-1\r\n\
+         CSeq: 1 ACK\r\n\
+         Max-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n",
+        node = node.addr,
+        trunk = h.trunk.addr,
+        proxy = h.addr,
+        b = unique("z9hG4bKack-"),
+    );
+    h.trunk.send(ack.as_bytes(), h.addr).await;
+    let got = node.recv_request("ACK").await;
+    assert_eq!(got.call_id(), "orphan-2xx-1");
+
+    // Not relayed: from outside the pool, a provisional, another top Via.
+    let before = h.dropped();
+    h.trunk.send(&ok, h.addr).await;
+    node.send(&response("180 Ringing", &h.addr.to_string()), h.addr)
+        .await;
+    node.send(&response("200 OK", "192.0.2.7:5060"), h.addr)
+        .await;
+    eventually("three stray responses counted", || {
+        h.dropped() >= before + 3
+    })
+    .await;
+    h.trunk.expect_nothing(Duration::from_millis(200)).await;
+}

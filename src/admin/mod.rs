@@ -55,7 +55,8 @@ pub trait Backend: Send + Sync + 'static {
     fn metrics_text(&self) -> String;
 
     /// Whether `/health/ready` answers 200: the first probe round is done
-    /// and at least one destination takes calls. The reason is the body.
+    /// and at least one destination takes calls, or probing is paused (a
+    /// keepalived standby). The reason is the body.
     fn ready(&self) -> Readiness;
 
     /// Every destination, in Kamailio's order within each set (highest

@@ -18,8 +18,13 @@ impl Backend for Proxy {
                 let active = (0..pool.len())
                     .filter(|&i| pool.accepts_new_calls(i))
                     .count();
+                let paused = if Proxy::ping_active(self, None) {
+                    ""
+                } else {
+                    "probing paused (standby): "
+                };
                 Readiness::ready(format!(
-                    "{active} of {} destinations take calls",
+                    "{paused}{active} of {} destinations take calls",
                     pool.len()
                 ))
             }

@@ -44,6 +44,12 @@ impl Me {
         &self.via_prefix[t]
     }
 
+    /// Is this Via sent-by (host as written, port) ours over `t`?
+    pub(crate) fn is_my_sent_by(&self, t: Transport, host: &[u8], port: Option<u16>) -> bool {
+        host.eq_ignore_ascii_case(self.host.as_bytes())
+            && port.unwrap_or(crate::value::DEFAULT_SIP_PORT) == self.ports[t]
+    }
+
     /// Is this URI one of ours (our advertised host and one of our ports;
     /// 5060 when it gives none)?
     pub(crate) fn is_me(&self, uri: &Uri<'_>) -> bool {
@@ -70,6 +76,10 @@ mod tests {
         assert!(!me.is_me(&uri(b"sip:203.0.113.5:5080")));
         assert!(!me.is_me(&uri(b"sip:203.0.113.6")));
         assert_eq!(me.sent_by()[Transport::Tcp], "203.0.113.5:5070");
+        assert!(me.is_my_sent_by(Transport::Udp, b"203.0.113.5", None));
+        assert!(me.is_my_sent_by(Transport::Tcp, b"203.0.113.5", Some(5070)));
+        assert!(!me.is_my_sent_by(Transport::Udp, b"203.0.113.5", Some(5070)));
+        assert!(!me.is_my_sent_by(Transport::Udp, b"203.0.113.6", Some(5060)));
         assert_eq!(
             me.via_prefix(Transport::Udp),
             b"SIP/2.0/UDP 203.0.113.5:5060;branch="

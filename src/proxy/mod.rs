@@ -391,17 +391,33 @@ impl Proxy {
 
     /// Pauses or resumes probing (`dispatcher.ping_active`); `None` only
     /// reads. Returns whether probing runs.
+    ///
+    /// Resuming probes every node at once: a keepalived standby that just
+    /// took the VIP over has only its states from before the pause.
     pub fn ping_active(&self, active: Option<bool>) -> bool {
         if let Some(a) = active {
-            self.prober.active.store(a, Ordering::Relaxed);
+            let was = self.prober.active.swap(a, Ordering::Relaxed);
             tracing::info!("probing {}", if a { "resumed" } else { "paused" });
+            if a && !was {
+                self.probe_all_now();
+            }
         }
         self.prober.active.load(Ordering::Relaxed)
     }
 
     /// Ready for traffic: the first probe round has been sent and answered
     /// in time, and some node takes new calls. `Err` says why not.
+    ///
+    /// With probing paused (a keepalived standby) the node states are not
+    /// fresh, and on the standby they cannot be: its probes leave from the
+    /// VIP, so the answers go to the box holding it. Judged by them, a
+    /// standby could stay not ready for good, and the VIP would never come
+    /// to it when the master fails. So a paused proxy is ready while it
+    /// serves; once it holds the VIP, probing resumes and tells the truth.
     pub fn ready(&self) -> Result<(), String> {
+        if !self.prober.active.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if !self.prober.first_round_done.load(Ordering::Relaxed) {
             return Err("the first probe round has not finished".into());
         }
@@ -439,7 +455,8 @@ impl Proxy {
     fn call_failed(&self, pool: &Pool, i: usize, failure: crate::dispatcher::health::Failure) {
         if pool.call_failed(i, failure) {
             let first = self.prober.urgent.lock().is_ok_and(|mut urgent| {
-                let key = (pool.generation, i);
+                // Calls go to the first set.
+                let key = (pool.generation, 0, i);
                 let first = urgent.is_empty();
                 if !urgent.contains(&key) {
                     urgent.push(key);

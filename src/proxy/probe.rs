@@ -31,8 +31,9 @@ struct Pending {
 /// takes the lock, so it is never contended.
 pub(super) struct Prober {
     state: Mutex<ProberState>,
-    /// Nodes a failed call wants probed at once (pool generation, index).
-    pub(super) urgent: Mutex<Vec<(u64, usize)>>,
+    /// Nodes to probe at once (pool generation, set, node): a call just
+    /// failed on them, or probing just resumed.
+    pub(super) urgent: Mutex<Vec<(u64, usize, usize)>>,
     /// The first round has been sent and answered in time (readiness).
     pub(super) first_round_done: AtomicBool,
     /// `dispatcher.ping_active`: probing paused (false) or running, e.g.
@@ -96,7 +97,30 @@ impl Proxy {
         }
     }
 
-    /// Calls failed on the nodes in `urgent_probes`: probe them now.
+    /// Asks the prober to probe every node now (probing just resumed), by
+    /// the urgent path: the timer task sends, as for a failed call.
+    pub(super) fn probe_all_now(&self) {
+        let pool = self.pool();
+        let first = self.prober.urgent.lock().is_ok_and(|mut urgent| {
+            let first = urgent.is_empty();
+            for (s, (_, d, _)) in pool.sets().enumerate() {
+                for n in (0..d.len()).filter(|&n| d.should_probe(n)) {
+                    let key = (pool.generation, s, n);
+                    if !urgent.contains(&key) {
+                        urgent.push(key);
+                    }
+                }
+            }
+            first
+        });
+        if first {
+            self.tables
+                .timers
+                .schedule(Instant::now(), Timer::ProbeUrgent);
+        }
+    }
+
+    /// Probes the nodes in `urgent` now.
     pub(super) fn probe_urgent(&self) {
         let urgent = self
             .prober
@@ -110,11 +134,11 @@ impl Proxy {
         let pool = self.pool();
         let mut st = self.prober.state();
         // Indices from before a reload mean nothing now.
-        for (_, node) in urgent
+        for (_, set, node) in urgent
             .into_iter()
-            .filter(|&(generation, _)| generation == pool.generation)
+            .filter(|&(generation, _, _)| generation == pool.generation)
         {
-            self.probe(&pool, 0, node, &mut st);
+            self.probe(&pool, set, node, &mut st);
         }
     }
 

@@ -69,7 +69,8 @@ impl Proxy {
             return;
         }
         let pool = self.pool();
-        if let Some(i) = pool.find(src.addr) {
+        let from_node = pool.find(src.addr);
+        if let Some(i) = from_node {
             // Any answer to a call shows the node's SIP stack is there.
             pool.call_reply(i, status);
             // A node's 2xx to an INVITE, initial or re-INVITE; a 2xx
@@ -82,6 +83,14 @@ impl Proxy {
         }
         match action {
             Some(Action::Probe) => {}
+            None if from_node.is_some() && self.is_orphan_2xx(msg, src) => {
+                // The other proxy of a keepalived pair forwarded this INVITE
+                // and died before the trunk's ACK came: the node repeats its
+                // 2xx to the VIP, now ours. Relayed statelessly (RFC 3261
+                // §16.7 step 2, §16.11), the trunk ACKs again through us, and
+                // the call survives the failover.
+                self.relay_upstream(msg, None, false);
+            }
             None => {
                 // Not ours (RFC 3261 §18.1.2: drop) or long finished.
                 self.metrics.dropped(DropReason::StrayResponse);
@@ -125,6 +134,19 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// A 2xx to an INVITE whose top Via is ours (our sent-by over the
+    /// transport it came on) but whose transaction is unknown here.
+    fn is_orphan_2xx(&self, msg: &Message<'_>, src: Peer) -> bool {
+        let ok = msg.status().is_some_and(|c| (200..300).contains(&c));
+        let invite = msg
+            .cseq()
+            .is_ok_and(|c| c.method == crate::sip::Method::Invite);
+        ok && invite
+            && msg
+                .top_via()
+                .is_ok_and(|v| self.me.is_my_sent_by(src.transport, v.host_raw, v.port))
     }
 
     /// Removes our Via and sends the response to the Via below it (on the
