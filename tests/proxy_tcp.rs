@@ -1307,3 +1307,59 @@ async fn a_bye_to_a_tcp_node_that_is_gone_gets_503_at_once() {
         1
     );
 }
+
+// ---------------------------------------------------------------------------
+// i. A request too large for the nodes' transport
+// ---------------------------------------------------------------------------
+
+/// An INVITE that arrives whole over TCP but no longer fits a datagram
+/// once our Via and Record-Route are added (65,400 bytes) cannot go to
+/// UDP-only nodes: the trunk gets 513 (RFC 3261 §21.5.14), and the local
+/// send error (EMSGSIZE) counts against no node: both stay active, none
+/// is probed in a hurry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_too_large_for_udp_nodes_gets_513_and_blames_no_node() {
+    use sipedge::dispatcher::health::State;
+    let h = Harness::start(Options {
+        // No probe would bring a wrongly marked node back behind the
+        // test's back.
+        probing: false,
+        ..tcp_opts()
+    })
+    .await;
+    let trunk = h.tcp_trunk_from("trunk", trunk_ip()).await;
+    let mut call = tcp_call(&h, &trunk);
+    let want = 65_400;
+    let mut sdp = SDP_AUDIO.to_owned();
+    let line = format!("a=x-pad:{}\r\n", "p".repeat(90));
+    while call.clone().invite(&sdp).len() + line.len() <= want {
+        sdp.push_str(&line);
+    }
+    let short = want - call.clone().invite(&sdp).len();
+    sdp.push_str(&format!("a=x:{}\r\n", "q".repeat(short.saturating_sub(6))));
+    let invite = call.invite(&sdp);
+    assert!(
+        (65_300..65_536).contains(&invite.len()),
+        "{} bytes: must fit a TCP message (64 KiB) but not a datagram once forwarded",
+        invite.len()
+    );
+    trunk.send(&invite).await;
+    let got = trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    let last = got.last().unwrap();
+    assert_eq!(last.status(), Some(513), "{}", last.first_line());
+    assert_eq!(last.branch(), call.invite_branch);
+    let dispatcher = h.proxy.dispatcher();
+    for i in 0..2 {
+        assert_eq!(dispatcher.status(i).state, State::Active, "node{i}");
+        assert!(dispatcher.accepts_new_calls(i), "node{i}");
+        h.nodes[i].expect_nothing(Duration::ZERO).await;
+    }
+    assert_eq!(
+        h.proxy
+            .metrics()
+            .invites_rejected(sipedge::metrics::RejectReason::TooLarge),
+        1
+    );
+}
