@@ -127,6 +127,23 @@ pub struct Tcp {
     /// and counted (Kamailio `tcp_max_connections`).
     #[serde(default = "default_tcp_max_connections")]
     pub max_connections: usize,
+    /// Inbound connections from one source address at most; trusted
+    /// sources and pool members are exempt (a slowloris from one address
+    /// cannot take every slot).
+    #[serde(default = "default_tcp_per_source")]
+    pub max_connections_per_source: usize,
+    /// Of `max_connections`, the slots kept for `[security] trusted`
+    /// sources and pool members. Default: an eighth of `max_connections`.
+    #[serde(default)]
+    pub reserved_trusted: Option<usize>,
+    /// A message must arrive whole within this of its first byte, or its
+    /// connection is closed (unlike `idle_timeout`, a byte now and then
+    /// does not reset it).
+    #[serde(
+        default = "default_tcp_message_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub message_timeout: Duration,
 }
 
 impl Default for Tcp {
@@ -135,7 +152,17 @@ impl Default for Tcp {
             idle_timeout: default_tcp_idle(),
             connect_timeout: default_tcp_connect(),
             max_connections: default_tcp_max_connections(),
+            max_connections_per_source: default_tcp_per_source(),
+            reserved_trusted: None,
+            message_timeout: default_tcp_message_timeout(),
         }
+    }
+}
+
+impl Tcp {
+    /// `reserved_trusted`, or its default.
+    pub fn reserved(&self) -> usize {
+        self.reserved_trusted.unwrap_or(self.max_connections / 8)
     }
 }
 
@@ -147,6 +174,12 @@ fn default_tcp_connect() -> Duration {
 }
 fn default_tcp_max_connections() -> usize {
     4096
+}
+fn default_tcp_per_source() -> usize {
+    32
+}
+fn default_tcp_message_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[probe]`: OPTIONS health probing of every destination (Kamailio

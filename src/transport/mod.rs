@@ -23,7 +23,10 @@ pub mod udp;
 
 pub use egress::Egress;
 pub use facade::{Handler, Transports};
-pub use tcp::{bind_tcp, ConnId, OnMessage, TcpError, TcpOptions, TcpStats, TcpTransport};
+pub use tcp::{
+    admit, bind_tcp, ConnId, OnMessage, Privileged, Refused, TcpError, TcpOptions, TcpStats,
+    TcpTransport,
+};
 pub use udp::{bind_udp, RecvBatch, SipSocket, UdpOptions, UdpTransport};
 
 /// The transport enum is a value type (config and dispatcher name it
