@@ -115,6 +115,36 @@ const BAD: &[(&str, &str, &str)] = &[
         "must be quoted",
     ),
     ("duration-zero.toml", "dialogs.ttl", "longer than 0"),
+    (
+        "duration-absurd.toml",
+        "failover.fr_timeout",
+        "is out of range; use 100ms to 600s",
+    ),
+    (
+        "dialogs-ttl-1ms.toml",
+        "dialogs.ttl",
+        "1ms is out of range; use 60s to 168h",
+    ),
+    (
+        "count-absurd.toml",
+        "tcp.max_connections",
+        "4000000000 is out of range; use 1 to 1000000",
+    ),
+    (
+        "tcp-reserved-over-cap.toml",
+        "tcp.reserved_trusted",
+        "200 is more than max_connections (100)",
+    ),
+    (
+        "destination-self.toml",
+        "dispatcher.destination[1].uri",
+        "sip:203.0.113.5 is sipedge's own address",
+    ),
+    (
+        "list-dev-zero.toml",
+        "dispatcher.list_file",
+        "/dev/zero: cannot read it: not a regular file",
+    ),
     ("udp-empty.toml", "listen.udp", "no UDP socket"),
     (
         "udp-not-socket.toml",
@@ -388,4 +418,130 @@ fn kamailio_documentation_list_loads() {
         cfg.dispatcher.skipped
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A list file is read only up to [`config::MAX_FILE_SIZE`], and only
+/// when it is a regular file: a directory, or a file over the cap, is
+/// refused with the key and the reason (never read whole).
+#[test]
+fn list_files_are_read_with_a_size_cap() {
+    let dir = std::env::temp_dir().join(format!("sipedge-biglist-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.list");
+    let line = "1 sip:10.0.1.10:5080 0 0\n";
+    let lines = (config::MAX_FILE_SIZE as usize) / line.len() + 1;
+    std::fs::write(&big, line.repeat(lines)).unwrap();
+    for (list, reason) in [
+        (
+            big.display().to_string(),
+            "cannot read it: larger than 4 MiB",
+        ),
+        (
+            dir.display().to_string(),
+            "cannot read it: not a regular file",
+        ),
+    ] {
+        let cfg = dir.join("proxy.toml");
+        std::fs::write(
+            &cfg,
+            format!("[listen]\nadvertise = \"10.0.0.5\"\n[dispatcher]\nlist_file = \"{list}\"\n"),
+        )
+        .unwrap();
+        let err = config::read_config(&cfg).unwrap_err();
+        assert_eq!(err.key(), Some("dispatcher.list_file"), "{err}");
+        assert!(err.to_string().contains(reason), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every key of the range tables is one the config has: a typo there
+/// would leave that key unchecked.
+#[test]
+fn range_tables_name_real_keys() {
+    let example = std::fs::read_to_string(root().join("proxy.toml.example")).unwrap();
+    for key in config::DURATION_RANGES
+        .iter()
+        .map(|(k, ..)| *k)
+        .chain(config::COUNT_RANGES.iter().map(|(k, ..)| *k))
+    {
+        let field = key.rsplit('.').next().unwrap();
+        assert!(
+            example.contains(&format!("{field} =")),
+            "{key} is not shown in proxy.toml.example"
+        );
+    }
+}
+
+/// The binary started under a soft open-file limit of 256 with `[tcp]
+/// max_connections = 1000` raises its soft limit to what that needs; with
+/// a hard limit of 300 it cannot, and says so on stderr.
+#[test]
+fn the_open_file_limit_is_raised_or_reported() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    let dir = std::env::temp_dir().join(format!("sipedge-nofile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        "[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+         [[dispatcher.destination]]\nuri = \"sip:127.0.0.1:9\"\n[tcp]\nmax_connections = 1000\n",
+    )
+    .unwrap();
+    // Started under `ulimit`, read back from /proc while it runs.
+    let run = |ulimit: &str| {
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                &format!("ulimit {ulimit} && exec \"$0\" --config \"$1\""),
+                env!("CARGO_BIN_EXE_sipedge"),
+                cfg.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|l| l.starts_with("listening on udp:")),
+            "no listening line"
+        );
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+        let soft: u64 = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{limits}"));
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{stderr}");
+        (soft, stderr)
+    };
+    let (soft, stderr) = run("-Sn 256");
+    // 1000 connections, 2 sockets, 1 node and the margin.
+    assert!(soft >= 1003 + 128, "soft limit {soft}\n{stderr}");
+    assert!(stderr.contains("raised from 256"), "{stderr}");
+    let (soft, stderr) = run("-n 300");
+    assert_eq!(soft, 300);
+    assert!(
+        stderr.contains("open-file limit (RLIMIT_NOFILE) is 300 (hard limit 300"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("lower [tcp] max_connections"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
