@@ -629,6 +629,8 @@ pub const COUNT_RANGES: &[(&str, u64, u64)] = &[
     ("tcp.max_connections", 1, 1_000_000),
     ("tcp.max_connections_per_source", 1, 1_000_000),
     ("security.rate_limit.requests", 1, 1_000_000),
+    ("probe.failure_threshold", 1, 100),
+    ("probe.success_threshold", 1, 100),
 ];
 
 /// `key`'s accepted range from `table`.
@@ -1230,6 +1232,14 @@ impl Config {
             ("dialogs.max", as_u64(self.dialogs.max)),
             ("limits.transactions", as_u64(self.limits.transactions)),
             ("tcp.max_connections", as_u64(self.tcp.max_connections)),
+            (
+                "probe.failure_threshold",
+                u64::from(self.probe.failure_threshold),
+            ),
+            (
+                "probe.success_threshold",
+                u64::from(self.probe.success_threshold),
+            ),
             (
                 "tcp.max_connections_per_source",
                 as_u64(self.tcp.max_connections_per_source),
