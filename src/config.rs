@@ -1743,6 +1743,10 @@ uri = "sip:10.0.1.11:5080"
                 "limits.transactions",
             ),
             (
+                "[probe]\nfailure_threshold = 1000\n",
+                "probe.failure_threshold",
+            ),
+            (
                 "[tcp]\nmax_connections_per_source = 0\n",
                 "tcp.max_connections_per_source",
             ),
