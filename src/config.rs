@@ -127,7 +127,8 @@ pub struct Tcp {
     /// and counted (Kamailio `tcp_max_connections`).
     #[serde(default = "default_tcp_max_connections")]
     pub max_connections: usize,
-    /// Inbound connections from one source address at most; trusted
+    /// Inbound connections from one source (an IPv4 address, an IPv6 /64)
+    /// at most; trusted
     /// sources and pool members are exempt (a slowloris from one address
     /// cannot take every slot).
     #[serde(default = "default_tcp_per_source")]

@@ -373,9 +373,9 @@ impl TcpTransport {
         Ok(start_conn(inner, stream, to, None))
     }
 
-    /// Inbound connections open from `ip` now.
+    /// Inbound connections open now from `ip`'s source (its IPv6 /64).
     pub fn connections_from(&self, ip: IpAddr) -> usize {
-        self.inner.per_source.get(&ip).map_or(0, |n| *n)
+        self.inner.per_source.get(&source(ip)).map_or(0, |n| *n)
     }
 }
 
@@ -397,26 +397,28 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, local: SocketAddr
         };
         let ip = peer.ip().to_canonical();
         let privileged = inner.privileged.as_ref().is_some_and(|p| p(ip));
+        let src = source(ip);
         let open = inner.open.fetch_add(1, Ordering::Relaxed);
         // Counted before the check, so concurrent accepts cannot both
         // take the last slot.
         let from_source = {
-            let mut n = inner.per_source.entry(ip).or_insert(0);
+            let mut n = inner.per_source.entry(src).or_insert(0);
             *n += 1;
             *n - 1
         };
         if let Err(refused) = admit(&inner.opts, open, from_source, privileged) {
             inner.open.fetch_sub(1, Ordering::Relaxed);
-            release_source(&inner, ip);
+            release_source(&inner, src);
             TcpStats::inc(match refused {
                 Refused::Full => &inner.stats.refused_cap,
                 Refused::PerSource => &inner.stats.refused_per_source,
                 Refused::Reserved => &inner.stats.refused_reserved,
             });
-            if let Some(more) = inner.refusal_log.should_log(ip, Instant::now()) {
+            if let Some(more) = inner.refusal_log.should_log(src, Instant::now()) {
                 tracing::warn!(
                     "tcp:{local}: connection from {peer} refused: {refused} ({open} open, \
-                     {from_source} from {ip}; {more} more refused from {ip} since its last line)"
+                     {from_source} from {src}; {more} more refused from {src} since its last \
+                     line)"
                 );
             }
             drop(stream);
@@ -466,7 +468,19 @@ pub fn admit(
     Ok(())
 }
 
-/// One inbound connection from `ip` fewer.
+/// What counts as one source for `max_per_source` and the refusal log:
+/// an IPv4 address, an IPv6 /64 (one host usually holds a whole /64, so
+/// per address would cap nothing).
+pub fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            v6.to_bits() & !u128::from(u64::MAX),
+        )),
+    }
+}
+
+/// One inbound connection from source `ip` (from [`source`]) fewer.
 fn release_source(inner: &Inner, ip: IpAddr) {
     if let dashmap::mapref::entry::Entry::Occupied(mut e) = inner.per_source.entry(ip) {
         *e.get_mut() -= 1;
@@ -549,7 +563,7 @@ fn start_conn(
         task_inner.by_peer.remove_if(&peer, |_, v| *v == id);
         task_inner.open.fetch_sub(1, Ordering::Relaxed);
         if inbound {
-            release_source(&task_inner, peer.ip().to_canonical());
+            release_source(&task_inner, source(peer.ip().to_canonical()));
         }
     });
     id
@@ -1174,6 +1188,15 @@ mod tests {
         assert_eq!(admit(&opts, 9, 0, true), Ok(()));
         assert_eq!(admit(&opts, 10, 0, true), Err(Refused::Full));
         assert_eq!(admit(&opts, 10, 0, false), Err(Refused::Full));
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(source(ip("2001:db8:1:2:bbbb::9")), ip("2001:db8:1:2::"));
+        assert_ne!(source(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
     }
 
     #[test]
