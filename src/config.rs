@@ -127,6 +127,24 @@ pub struct Tcp {
     /// and counted (Kamailio `tcp_max_connections`).
     #[serde(default = "default_tcp_max_connections")]
     pub max_connections: usize,
+    /// Inbound connections from one source (an IPv4 address, an IPv6 /64)
+    /// at most; trusted
+    /// sources and pool members are exempt (a slowloris from one address
+    /// cannot take every slot).
+    #[serde(default = "default_tcp_per_source")]
+    pub max_connections_per_source: usize,
+    /// Of `max_connections`, the slots kept for `[security] trusted`
+    /// sources and pool members. Default: an eighth of `max_connections`.
+    #[serde(default)]
+    pub reserved_trusted: Option<usize>,
+    /// A message must arrive whole within this of its first byte, or its
+    /// connection is closed (unlike `idle_timeout`, a byte now and then
+    /// does not reset it).
+    #[serde(
+        default = "default_tcp_message_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub message_timeout: Duration,
 }
 
 impl Default for Tcp {
@@ -135,7 +153,17 @@ impl Default for Tcp {
             idle_timeout: default_tcp_idle(),
             connect_timeout: default_tcp_connect(),
             max_connections: default_tcp_max_connections(),
+            max_connections_per_source: default_tcp_per_source(),
+            reserved_trusted: None,
+            message_timeout: default_tcp_message_timeout(),
         }
+    }
+}
+
+impl Tcp {
+    /// `reserved_trusted`, or its default.
+    pub fn reserved(&self) -> usize {
+        self.reserved_trusted.unwrap_or(self.max_connections / 8)
     }
 }
 
@@ -147,6 +175,12 @@ fn default_tcp_connect() -> Duration {
 }
 fn default_tcp_max_connections() -> usize {
     4096
+}
+fn default_tcp_per_source() -> usize {
+    32
+}
+fn default_tcp_message_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[probe]`: OPTIONS health probing of every destination (Kamailio
@@ -333,6 +367,25 @@ impl Listen {
             .port
             .or_else(|| self.udp.first().map(SocketAddr::port))
             .unwrap_or(DEFAULT_SIP_PORT)
+    }
+
+    /// Is `host:port` sipedge itself: a listening address (a wildcard one
+    /// on that port for a loopback host or the advertised one), or the
+    /// advertised address on an advertised port?
+    pub fn is_own(&self, host: &Host, port: u16) -> bool {
+        let advertised = *host == self.advertise.host;
+        if advertised && (port == self.advertised_port() || port == self.advertised_tcp_port()) {
+            return true;
+        }
+        let Host::Ip(ip) = host else {
+            return false;
+        };
+        let ip = ip.to_canonical();
+        self.udp.iter().chain(&self.tcp).any(|l| {
+            l.port() == port
+                && (l.ip().to_canonical() == ip
+                    || (l.ip().is_unspecified() && (ip.is_loopback() || advertised)))
+        })
     }
 
     /// The same for TCP: the explicit one, else the first TCP listener's.
@@ -524,7 +577,7 @@ fn one_secret(
         (None, Some(path)) => {
             let path = base.join(path);
             let shown = path.display().to_string();
-            let text = std::fs::read_to_string(&path).map_err(|e| {
+            let text = read_small_file(&path).map_err(|e| {
                 fail(
                     file_key,
                     Rule::SecretFile {
@@ -621,14 +674,98 @@ const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = (64 << 10)..=(1 << 
 /// Worker threads accepted.
 const WORKERS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
 
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+const HOUR: u64 = 3600;
+
+/// The range each duration key accepts, inclusive: beyond it a value is a
+/// typo (a timer of 584 million years overflows the clock; a dialog TTL of
+/// 1 ms unpins every call). README "Limits" and proxy.toml.example show the
+/// same ranges.
+pub const DURATION_RANGES: &[(&str, Duration, Duration)] = &[
+    ("failover.fr_timeout", ms(100), secs(600)),
+    ("failover.fr_inv_timeout", ms(100), secs(HOUR)),
+    ("dialogs.ttl", secs(60), secs(7 * 24 * HOUR)),
+    ("dialogs.registry_timeout", ms(10), secs(60)),
+    ("probe.interval", ms(50), secs(HOUR)),
+    ("probe.timeout", ms(10), secs(60)),
+    ("tcp.idle_timeout", secs(1), secs(24 * HOUR)),
+    ("tcp.connect_timeout", ms(10), secs(60)),
+    ("tcp.message_timeout", ms(100), secs(600)),
+    ("security.rate_limit.per", ms(10), secs(HOUR)),
+    ("security.rate_limit.block_for", ms(100), secs(24 * HOUR)),
+];
+
+/// The same for counts: beyond the maximum a value is a typo, or more
+/// than one process can hold.
+pub const COUNT_RANGES: &[(&str, u64, u64)] = &[
+    ("dialogs.max", 1, 100_000_000),
+    ("dialogs.registry_queue", 1, 10_000_000),
+    ("limits.transactions", 100, 10_000_000),
+    ("tcp.max_connections", 1, 1_000_000),
+    ("tcp.max_connections_per_source", 1, 1_000_000),
+    ("security.rate_limit.requests", 1, 1_000_000),
+    ("probe.failure_threshold", 1, 100),
+    ("probe.success_threshold", 1, 100),
+];
+
+/// `key`'s accepted range from `table`.
+fn range_of<T: Copy>(table: &[(&str, T, T)], key: &str) -> Option<(T, T)> {
+    table
+        .iter()
+        .find(|(k, ..)| *k == key)
+        .map(|&(_, min, max)| (min, max))
+}
+
 // ---------------------------------------------------------------------------
 // Loading
 // ---------------------------------------------------------------------------
 
+/// The largest file the config reads (itself, `dispatcher.list_file`,
+/// secret files): a dispatcher.list of 40,000 lines fits.
+pub const MAX_FILE_SIZE: u64 = 4 << 20;
+
+/// Reads a file the config names, only when it is a regular file of at
+/// most [`MAX_FILE_SIZE`]: `list_file = "/dev/zero"` would otherwise be
+/// read until memory runs out (and a reload would do it to a live proxy);
+/// a FIFO would block.
+pub fn read_small_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let not_regular = || {
+        Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a device, FIFO or directory?)",
+        )
+    };
+    // Checked before opening: opening a FIFO waits for a writer.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    let mut text = String::new();
+    // One byte more than allowed tells "at the cap" from "beyond it",
+    // whatever the size the file claims.
+    file.take(MAX_FILE_SIZE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_SIZE {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_FILE_SIZE >> 20),
+        ));
+    }
+    Ok(text)
+}
+
 /// Reads and validates the config file at `path`.
 pub fn read_config(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_small_file(path).map_err(|source| ConfigError::Read {
         file: file.clone(),
         source,
     })?;
@@ -699,8 +836,7 @@ impl Config {
             file: file.clone(),
             detail,
         };
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| err(format!(": cannot read it: {e}")))?;
+        let text = read_small_file(&path).map_err(|e| err(format!(": cannot read it: {e}")))?;
         let parsed = crate::dispatcher::list::parse(&text)
             .map_err(|e| err(format!(":{}: {}", e.line, e.reason)))?;
         let set = self.dispatcher.set;
@@ -977,6 +1113,24 @@ pub enum Rule {
     BadRegistry { url: String, reason: String },
     #[error("must be at least 1, e.g. 10000")]
     ZeroRegistryQueue,
+    #[error("{value} is out of range; use {min} to {max}")]
+    DurationRange {
+        value: String,
+        min: String,
+        max: String,
+    },
+    #[error("{value} is out of range; use {min} to {max}")]
+    CountRange { value: u64, min: u64, max: u64 },
+    #[error(
+        "{reserved} is more than max_connections ({max}): no slot would be left to \
+         reserve from"
+    )]
+    ReservedOverCap { reserved: usize, max: usize },
+    #[error(
+        "{0} is sipedge's own address ([listen] or advertise): every call sent there would \
+         come back to sipedge and loop until Max-Forwards runs out"
+    )]
+    SelfDestination(SipUri),
     #[error("must be at least 1, e.g. 50 (requests per `per`)")]
     ZeroRateLimit,
     #[error("{0} is too few to carry calls; use at least 100 (default 500000)")]
@@ -1051,6 +1205,12 @@ impl Config {
                 };
                 return fail(&key("uri"), rule);
             }
+            if self
+                .listen
+                .is_own(&dest.uri.host, dest.uri.port_or_default())
+            {
+                return fail(&key("uri"), Rule::SelfDestination(dest.uri.clone()));
+            }
             match dest.weight {
                 Some(w) if !(1..=100).contains(&w) => {
                     return fail(&key("weight"), Rule::WeightOutOfRange(w))
@@ -1123,9 +1283,27 @@ impl Config {
             ("probe.timeout", probe.timeout),
             ("tcp.idle_timeout", self.tcp.idle_timeout),
             ("tcp.connect_timeout", self.tcp.connect_timeout),
-        ] {
+            ("tcp.message_timeout", self.tcp.message_timeout),
+        ]
+        .into_iter()
+        .chain(self.security.rate_limit.iter().flat_map(|l| {
+            [
+                ("security.rate_limit.per", l.per),
+                ("security.rate_limit.block_for", l.block_for),
+            ]
+        })) {
             if value.is_zero() {
                 return fail(key, Rule::ZeroDuration);
+            }
+            if let Some((min, max)) = range_of(DURATION_RANGES, key) {
+                if !(min..=max).contains(&value) {
+                    let rule = Rule::DurationRange {
+                        value: DisplayDuration(value).to_string(),
+                        min: DisplayDuration(min).to_string(),
+                        max: DisplayDuration(max).to_string(),
+                    };
+                    return fail(key, rule);
+                }
             }
         }
         if self.dialogs.max == 0 {
@@ -1143,6 +1321,59 @@ impl Config {
         if self.dialogs.registry_queue == 0 {
             return fail("dialogs.registry_queue", Rule::ZeroRegistryQueue);
         }
+        if self.tcp.max_connections == 0 {
+            return fail("tcp.max_connections", Rule::ZeroTcpConnections);
+        }
+        if self.limits.transactions < 100 {
+            return fail(
+                "limits.transactions",
+                Rule::TooFewTransactions(self.limits.transactions),
+            );
+        }
+        if self.security.rate_limit.is_some_and(|l| l.requests == 0) {
+            return fail("security.rate_limit.requests", Rule::ZeroRateLimit);
+        }
+        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        for (key, value) in [
+            ("dialogs.max", as_u64(self.dialogs.max)),
+            (
+                "dialogs.registry_queue",
+                as_u64(self.dialogs.registry_queue),
+            ),
+            ("limits.transactions", as_u64(self.limits.transactions)),
+            ("tcp.max_connections", as_u64(self.tcp.max_connections)),
+            (
+                "probe.failure_threshold",
+                u64::from(self.probe.failure_threshold),
+            ),
+            (
+                "probe.success_threshold",
+                u64::from(self.probe.success_threshold),
+            ),
+            (
+                "tcp.max_connections_per_source",
+                as_u64(self.tcp.max_connections_per_source),
+            ),
+        ]
+        .into_iter()
+        .chain(
+            self.security
+                .rate_limit
+                .map(|l| ("security.rate_limit.requests", u64::from(l.requests))),
+        ) {
+            if let Some((min, max)) = range_of(COUNT_RANGES, key) {
+                if !(min..=max).contains(&value) {
+                    return fail(key, Rule::CountRange { value, min, max });
+                }
+            }
+        }
+        if self.tcp.reserved() > self.tcp.max_connections {
+            let rule = Rule::ReservedOverCap {
+                reserved: self.tcp.reserved(),
+                max: self.tcp.max_connections,
+            };
+            return fail("tcp.reserved_trusted", rule);
+        }
         for (key, value) in [
             ("listen.recv_buffer", self.listen.recv_buffer),
             ("listen.send_buffer", self.listen.send_buffer),
@@ -1157,28 +1388,6 @@ impl Config {
         let mtu = self.listen.udp_mtu;
         if mtu != 0 && !(500..=65_507).contains(&mtu) {
             return fail("listen.udp_mtu", Rule::UdpMtu(mtu));
-        }
-        if self.tcp.max_connections == 0 {
-            return fail("tcp.max_connections", Rule::ZeroTcpConnections);
-        }
-        if self.limits.transactions < 100 {
-            return fail(
-                "limits.transactions",
-                Rule::TooFewTransactions(self.limits.transactions),
-            );
-        }
-        if let Some(limit) = &self.security.rate_limit {
-            if limit.requests == 0 {
-                return fail("security.rate_limit.requests", Rule::ZeroRateLimit);
-            }
-            for (key, d) in [
-                ("security.rate_limit.per", limit.per),
-                ("security.rate_limit.block_for", limit.block_for),
-            ] {
-                if d.is_zero() {
-                    return fail(key, Rule::ZeroDuration);
-                }
-            }
         }
         if let Some(admin) = &self.admin {
             if admin.unauthenticated_beyond_loopback() && !admin.allow_unauthenticated {
@@ -1617,6 +1826,89 @@ uri = "sip:10.0.1.11:5080"
             ),
         ] {
             assert_eq!(rule(&format!("{BASE}\n{section}")), (key.to_string(), want));
+        }
+    }
+
+    #[test]
+    fn a_destination_that_is_sipedge_itself_is_refused() {
+        let own = |host: &str, port: u16, listen: &str| {
+            let text = BASE.replace("[listen]\n", &format!("[listen]\n{listen}\n"));
+            let c = load(&text).unwrap();
+            let host = Host::Ip(host.parse().unwrap());
+            c.listen.is_own(&host, port)
+        };
+        // BASE: udp 10.0.0.5:5060, advertise 10.0.0.5.
+        assert!(own("10.0.0.5", 5060, ""));
+        assert!(!own("10.0.0.5", 5080, ""));
+        assert!(!own("10.0.1.10", 5060, ""));
+        // A TCP listener on another port is us too.
+        assert!(own("10.0.0.5", 5070, "tcp = [\"10.0.0.5:5070\"]"));
+        // A wildcard listener: its port on loopback or the advertised host.
+        let wild = BASE.replace("udp = [\"10.0.0.5:5060\"]", "udp = [\"0.0.0.0:5062\"]");
+        let c = load(&wild).unwrap();
+        let ip = |s: &str| Host::Ip(s.parse().unwrap());
+        assert!(c.listen.is_own(&ip("127.0.0.1"), 5062));
+        assert!(c.listen.is_own(&ip("10.0.0.5"), 5062));
+        assert!(!c.listen.is_own(&ip("10.0.0.9"), 5062));
+        let text = BASE.replace("sip:10.0.1.11:5080", "sip:10.0.0.5");
+        assert_eq!(
+            rule(&text),
+            (
+                "dispatcher.destination[1].uri".to_string(),
+                Rule::SelfDestination(SipUri::parse("sip:10.0.0.5").unwrap())
+            )
+        );
+    }
+
+    #[test]
+    fn durations_and_counts_outside_their_range_are_refused() {
+        for (line, key) in [
+            ("[failover]\nfr_timeout = \"1h\"\n", "failover.fr_timeout"),
+            ("[dialogs]\nttl = \"1ms\"\n", "dialogs.ttl"),
+            ("[probe]\ninterval = \"2ms\"\n", "probe.interval"),
+            ("[tcp]\nmessage_timeout = \"20m\"\n", "tcp.message_timeout"),
+            (
+                "[security]\nrate_limit = { requests = 5, per = \"1s\", block_for = \"720h\" }\n",
+                "security.rate_limit.block_for",
+            ),
+        ] {
+            let (k, r) = rule(&format!("{BASE}\n{line}"));
+            assert_eq!(k, key, "{line}");
+            assert!(matches!(r, Rule::DurationRange { .. }), "{line}: {r}");
+        }
+        for (line, key) in [
+            (
+                "[limits]\ntransactions = 100000000\n",
+                "limits.transactions",
+            ),
+            (
+                "[probe]\nfailure_threshold = 1000\n",
+                "probe.failure_threshold",
+            ),
+            (
+                "[tcp]\nmax_connections_per_source = 0\n",
+                "tcp.max_connections_per_source",
+            ),
+        ] {
+            let (k, r) = rule(&format!("{BASE}\n{line}"));
+            assert_eq!(k, key, "{line}");
+            assert!(matches!(r, Rule::CountRange { .. }), "{line}: {r}");
+        }
+        // Every default is inside its own range.
+        let c = load(BASE).unwrap();
+        for (key, value) in [
+            ("failover.fr_timeout", c.failover.fr_timeout),
+            ("failover.fr_inv_timeout", c.failover.fr_inv_timeout),
+            ("dialogs.ttl", c.dialogs.ttl),
+            ("dialogs.registry_timeout", c.dialogs.registry_timeout),
+            ("probe.interval", c.probe.interval),
+            ("probe.timeout", c.probe.timeout),
+            ("tcp.idle_timeout", c.tcp.idle_timeout),
+            ("tcp.connect_timeout", c.tcp.connect_timeout),
+            ("tcp.message_timeout", c.tcp.message_timeout),
+        ] {
+            let (min, max) = range_of(DURATION_RANGES, key).unwrap();
+            assert!((min..=max).contains(&value), "{key}");
         }
     }
 

@@ -45,6 +45,8 @@
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.
+//! - [`rlimit`]: the open-file limit raised at start to what `[tcp]
+//!   max_connections` and the sockets need (or a warning why not).
 //! - [`server`]: binding the configured listeners and running the proxy,
 //!   the admin listener and the signal handlers (SIGHUP reload, SIGUSR1
 //!   state summary) as one task set, with a drain on shutdown (what
@@ -76,6 +78,7 @@ pub mod dispatcher;
 pub mod dns;
 pub mod metrics;
 pub mod proxy;
+pub mod rlimit;
 pub mod security;
 pub mod server;
 pub mod sip;

@@ -119,6 +119,11 @@ fn run(name: &str, config: &Config, path: Option<PathBuf>) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before any socket: a soft limit of 1024 under max_connections = 4096
+    // would fail accepts with EMFILE long before the cap.
+    if let Err(e) = sipedge::rlimit::ensure_nofile(sipedge::rlimit::fds_needed(config)) {
+        tracing::warn!("cannot read or raise the open-file limit (RLIMIT_NOFILE): {e}");
+    }
     // `[runtime] workers`, 1 by default: at SIP rates the per-datagram
     // work is small, and with more workers idle ones are woken to steal it
     // (a third of the CPU at 500 calls/s on 2 cores).

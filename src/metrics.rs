@@ -479,6 +479,12 @@ label_enum! {
         Accepted => "accepted",
         /// An inbound connection was refused: `[tcp] max_connections`.
         RefusedCap => "refused_cap",
+        /// An inbound connection was refused: its source had `[tcp]
+        /// max_connections_per_source` open.
+        RefusedPerSource => "refused_per_source",
+        /// An inbound connection from an untrusted source was refused: only
+        /// the `[tcp] reserved_trusted` slots were left.
+        RefusedReserved => "refused_reserved",
         /// An outgoing connection was established.
         Connected => "connected",
         /// An outgoing connect failed or timed out (a transport failure:
@@ -490,6 +496,9 @@ label_enum! {
         ClosedOversized => "closed_oversized",
         /// Closed by `[tcp] idle_timeout`.
         ClosedIdle => "closed_idle",
+        /// Closed on a message not whole within `[tcp] message_timeout` of
+        /// its first byte (a slowloris).
+        ClosedSlow => "closed_slow",
         /// A send refused: the peer is not reading fast enough.
         SendQueueFull => "send_queue_full",
     }
@@ -1168,6 +1177,9 @@ impl Metrics {
         for (event, total) in [
             (TcpEvent::Accepted, &stats.accepted),
             (TcpEvent::RefusedCap, &stats.refused_cap),
+            (TcpEvent::RefusedPerSource, &stats.refused_per_source),
+            (TcpEvent::RefusedReserved, &stats.refused_reserved),
+            (TcpEvent::ClosedSlow, &stats.closed_slow),
             (TcpEvent::Connected, &stats.connected),
             (TcpEvent::ConnectFailed, &stats.connect_failed),
             (TcpEvent::ClosedMalformed, &stats.closed_malformed),

@@ -115,6 +115,36 @@ const BAD: &[(&str, &str, &str)] = &[
         "must be quoted",
     ),
     ("duration-zero.toml", "dialogs.ttl", "longer than 0"),
+    (
+        "duration-absurd.toml",
+        "failover.fr_timeout",
+        "is out of range; use 100ms to 600s",
+    ),
+    (
+        "dialogs-ttl-1ms.toml",
+        "dialogs.ttl",
+        "1ms is out of range; use 60s to 168h",
+    ),
+    (
+        "count-absurd.toml",
+        "tcp.max_connections",
+        "4000000000 is out of range; use 1 to 1000000",
+    ),
+    (
+        "tcp-reserved-over-cap.toml",
+        "tcp.reserved_trusted",
+        "200 is more than max_connections (100)",
+    ),
+    (
+        "destination-self.toml",
+        "dispatcher.destination[1].uri",
+        "sip:203.0.113.5 is sipedge's own address",
+    ),
+    (
+        "list-dev-zero.toml",
+        "dispatcher.list_file",
+        "/dev/zero: cannot read it: not a regular file",
+    ),
     ("udp-empty.toml", "listen.udp", "no UDP socket"),
     (
         "udp-not-socket.toml",
@@ -393,4 +423,56 @@ fn kamailio_documentation_list_loads() {
         cfg.dispatcher.skipped
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A list file is read only up to [`config::MAX_FILE_SIZE`], and only
+/// when it is a regular file: a directory, or a file over the cap, is
+/// refused with the key and the reason (never read whole).
+#[test]
+fn list_files_are_read_with_a_size_cap() {
+    let dir = std::env::temp_dir().join(format!("sipedge-biglist-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.list");
+    let line = "1 sip:10.0.1.10:5080 0 0\n";
+    let lines = (config::MAX_FILE_SIZE as usize) / line.len() + 1;
+    std::fs::write(&big, line.repeat(lines)).unwrap();
+    for (list, reason) in [
+        (
+            big.display().to_string(),
+            "cannot read it: larger than 4 MiB",
+        ),
+        (
+            dir.display().to_string(),
+            "cannot read it: not a regular file",
+        ),
+    ] {
+        let cfg = dir.join("proxy.toml");
+        std::fs::write(
+            &cfg,
+            format!("[listen]\nadvertise = \"10.0.0.5\"\n[dispatcher]\nlist_file = \"{list}\"\n"),
+        )
+        .unwrap();
+        let err = config::read_config(&cfg).unwrap_err();
+        assert_eq!(err.key(), Some("dispatcher.list_file"), "{err}");
+        assert!(err.to_string().contains(reason), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every key of the range tables is one the config has: a typo there
+/// would leave that key unchecked.
+#[test]
+fn range_tables_name_real_keys() {
+    let example = std::fs::read_to_string(root().join("proxy.toml.example")).unwrap();
+    for key in config::DURATION_RANGES
+        .iter()
+        .map(|(k, ..)| *k)
+        .chain(config::COUNT_RANGES.iter().map(|(k, ..)| *k))
+    {
+        let field = key.rsplit('.').next().unwrap();
+        assert!(
+            example.contains(&format!("{field} =")),
+            "{key} is not shown in proxy.toml.example"
+        );
+    }
 }

@@ -1307,3 +1307,166 @@ async fn a_bye_to_a_tcp_node_that_is_gone_gets_503_at_once() {
         1
     );
 }
+
+// ---------------------------------------------------------------------------
+// i. A request too large for the nodes' transport
+// ---------------------------------------------------------------------------
+
+/// An INVITE that arrives whole over TCP but no longer fits a datagram
+/// once our Via and Record-Route are added (65,400 bytes) cannot go to
+/// UDP-only nodes: the trunk gets 513 (RFC 3261 §21.5.14), and the local
+/// send error (EMSGSIZE) counts against no node: both stay active, none
+/// is probed in a hurry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_too_large_for_udp_nodes_gets_513_and_blames_no_node() {
+    use sipedge::dispatcher::health::State;
+    let h = Harness::start(Options {
+        // No probe would bring a wrongly marked node back behind the
+        // test's back.
+        probing: false,
+        ..tcp_opts()
+    })
+    .await;
+    let trunk = h.tcp_trunk_from("trunk", trunk_ip()).await;
+    let mut call = tcp_call(&h, &trunk);
+    let want = 65_400;
+    let mut sdp = SDP_AUDIO.to_owned();
+    let line = format!("a=x-pad:{}\r\n", "p".repeat(90));
+    while call.clone().invite(&sdp).len() + line.len() <= want {
+        sdp.push_str(&line);
+    }
+    let short = want - call.clone().invite(&sdp).len();
+    sdp.push_str(&format!("a=x:{}\r\n", "q".repeat(short.saturating_sub(6))));
+    let invite = call.invite(&sdp);
+    assert!(
+        (65_300..65_536).contains(&invite.len()),
+        "{} bytes: must fit a TCP message (64 KiB) but not a datagram once forwarded",
+        invite.len()
+    );
+    trunk.send(&invite).await;
+    let got = trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    let last = got.last().unwrap();
+    assert_eq!(last.status(), Some(513), "{}", last.first_line());
+    assert_eq!(last.branch(), call.invite_branch);
+    let dispatcher = h.proxy.dispatcher();
+    for i in 0..2 {
+        assert_eq!(dispatcher.status(i).state, State::Active, "node{i}");
+        assert!(dispatcher.accepts_new_calls(i), "node{i}");
+        h.nodes[i].expect_nothing(Duration::ZERO).await;
+    }
+    assert_eq!(
+        h.proxy
+            .metrics()
+            .invites_rejected(sipedge::metrics::RejectReason::TooLarge),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------------
+// j. A slowloris
+// ---------------------------------------------------------------------------
+
+/// Opens `n` connections from `from` to `to`, each holding still. The
+/// proxy refuses some: their sockets are kept too (the test cannot tell
+/// which, and a real attacker would not care).
+async fn hold_connections(from: &str, to: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+        let c = tokio::time::timeout(WAIT, s.connect(to))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        held.push(c);
+    }
+    held
+}
+
+/// Two untrusted sources open 150 connections each to a proxy with
+/// `max_connections = 48`: each gets `max_connections_per_source` (20),
+/// and the last 8 slots stay `reserved_trusted`. Meanwhile a trunk listed
+/// in `[security] trusted` connects and places calls that succeed, and a
+/// pool node's address still connects. The refusals are counted by
+/// reason; an attacker's connection that starts a message and trickles
+/// it is closed at `message_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_leaves_trusted_tcp_calls_alone() {
+    use sipedge::metrics::TcpEvent;
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(Options {
+        extra_toml: "[tcp]\nmax_connections = 48\nmax_connections_per_source = 20\n\
+                     reserved_trusted = 8\nmessage_timeout = \"1s\"\n\n\
+                     [security]\ntrusted = [\"127.0.0.3/32\"]\n",
+        ..tcp_opts()
+    })
+    .await;
+    let to = h.tcp_addr.unwrap();
+    let tcp = h.proxy.tcp();
+    let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.4".parse().unwrap());
+    let mut first = hold_connections("127.0.0.2", to, 150).await;
+    let _second = hold_connections("127.0.0.4", to, 150).await;
+    let refused = || {
+        let m = h.proxy.metrics();
+        (
+            m.tcp_events(TcpEvent::RefusedPerSource),
+            m.tcp_events(TcpEvent::RefusedReserved),
+        )
+    };
+    eventually("the proxy to admit or refuse all 300", || {
+        let (per_source, reserved) = refused();
+        per_source + reserved == 260
+    })
+    .await;
+    let (per_source, reserved) = refused();
+    assert!(
+        per_source >= 130 && reserved >= 1,
+        "{per_source} {reserved}"
+    );
+    assert_eq!((tcp.connections_from(a), tcp.connections_from(b)), (20, 20));
+    assert_eq!(tcp.connections(), 40);
+
+    // The trusted trunk takes a reserved slot and its calls go through,
+    // with the attack still holding its connections.
+    let trunk = h
+        .tcp_trunk_from("trusted-trunk", "127.0.0.3".parse().unwrap())
+        .await;
+    for _ in 0..3 {
+        let (mut call, fs, _) = establish_tcp_trunk(&h, &trunk, 0).await;
+        let (bye, _) = call.request("BYE", None);
+        trunk.send(bye).await;
+        let bye = h.nodes[0].recv_request("BYE").await;
+        h.nodes[0]
+            .send(fs.answer(&bye, 200, "OK", None), bye.from)
+            .await;
+        trunk.recv_response(200).await;
+    }
+    assert_eq!(tcp.connections_from(a), 20);
+    // A pool node (127.0.0.1) may take a reserved slot too.
+    let _node_conn = hold_connections("127.0.0.1", to, 1).await;
+    eventually("the node's connection to be admitted", || {
+        tcp.connections_from("127.0.0.1".parse().unwrap()) == 1
+    })
+    .await;
+    assert_eq!(tcp.connections(), 42);
+
+    // Every held connection of the first source starts a message and then
+    // stops: each accepted one is closed at message_timeout, although
+    // idle_timeout (300 s) is far away.
+    for c in &mut first {
+        // A refused one may already be reset.
+        let _ = c
+            .write_all(b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/TCP ")
+            .await;
+    }
+    eventually("the trickling connections to be closed", || {
+        tcp.connections_from(a) == 0
+    })
+    .await;
+    let m = h.proxy.metrics();
+    assert_eq!(m.tcp_events(TcpEvent::ClosedSlow), 20);
+    assert_eq!(m.tcp_events(TcpEvent::ClosedIdle), 0);
+    assert_eq!(tcp.connections_from(b), 20);
+}

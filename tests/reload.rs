@@ -78,3 +78,35 @@ async fn reload_swaps_the_pool_and_keeps_the_state_of_nodes_that_stay() {
     assert!(h.proxy.dispatcher().find(node2.addr).is_some());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A reload whose list_file is a device is refused at once, naming the
+/// file and why, and the live pool stays: the file is never read (a read
+/// of /dev/zero would not end before memory does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_from_a_device_is_refused_without_reading_it() {
+    let h = Harness::start(Options::default()).await;
+    let dir = scratch("reload-dev");
+    let config = dir.join("sipedge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nudp = [\"{a}\"]\nadvertise = \"{a}\"\n[dispatcher]\nlist_file = \"/dev/zero\"\n",
+            a = h.addr
+        ),
+    )
+    .unwrap();
+    h.proxy.set_config_path(config);
+    let proxy = h.proxy.clone();
+    let reload = tokio::task::spawn_blocking(move || proxy.reload().map_err(|e| e.to_string()));
+    let err = tokio::time::timeout(WAIT, reload)
+        .await
+        .expect("the reload must not read the device")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.contains("/dev/zero: cannot read it: not a regular file"),
+        "{err}"
+    );
+    assert_eq!(h.proxy.dispatcher().len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -21,7 +21,7 @@ use crate::sip::{HeaderName, HopRequest, Message, Method};
 use crate::transaction::invite::{Action, InviteClient, Settings};
 use crate::transaction::server::{Matched, ServerInvite};
 use crate::transaction::{ClientTxn, Pending, Token};
-use crate::transport::{Peer, Transport};
+use crate::transport::{Peer, SendFault, Transport};
 
 /// A new INVITE from the trunk: its server transaction, held in the
 /// server table until it has lingered after its final answer, and while
@@ -298,11 +298,19 @@ impl Proxy {
                         .txns
                         .insert(&branch, ClientTxn::Invite(call.clone()));
                     let to = Peer::new(addr, transport);
-                    if self.send_to(&bytes, to).is_ok() {
-                        let now = Instant::now().into_std();
-                        d.machine.sent(now, node, branch, to, bytes, &s);
-                    } else {
-                        d.machine.send_failed(node, out);
+                    match self.send_to(&bytes, to) {
+                        Ok(()) => {
+                            let now = Instant::now().into_std();
+                            d.machine.sent(now, node, branch, to, bytes, &s);
+                        }
+                        Err(e) => match SendFault::of(&e) {
+                            SendFault::Peer => d.machine.send_failed(node, out),
+                            // The node never saw it: not its failure.
+                            fault => {
+                                let too_large = fault == SendFault::TooLarge;
+                                d.machine.send_failed_here(node, too_large, out);
+                            }
+                        },
                     }
                 }
                 Action::Resend { to, bytes } => {

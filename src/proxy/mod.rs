@@ -172,6 +172,9 @@ impl Proxy {
             idle_timeout: cfg.tcp.idle_timeout,
             connect_timeout: cfg.tcp.connect_timeout,
             max_connections: cfg.tcp.max_connections,
+            max_per_source: cfg.tcp.max_connections_per_source,
+            reserved: cfg.tcp.reserved(),
+            message_timeout: cfg.tcp.message_timeout,
             freebind: cfg.listen.freebind,
             ..Default::default()
         };
@@ -555,6 +558,17 @@ impl Handler for Proxy {
 
     fn after_batch(&self) {
         self.flush_icmp();
+    }
+
+    /// Sources `[security] trusted` lists explicitly, and the pool's
+    /// nodes (their addresses and advertised ones).
+    fn privileged(&self, ip: std::net::IpAddr) -> bool {
+        if self.security.lists_trusted() && self.security.is_trusted(ip) {
+            return true;
+        }
+        let pool = self.pool();
+        (0..pool.len())
+            .any(|i| pool.addr(i).ip().to_canonical() == ip || pool.advertised(i).contains(&ip))
     }
 }
 

@@ -64,6 +64,7 @@ impl From<crate::transaction::invite::Outcome> for Refusal<'_> {
             Outcome::AllDown => Refusal::AllDown,
             Outcome::Cancelled => Refusal::Cancelled,
             Outcome::TimedOut => Refusal::TimedOut,
+            Outcome::TooLarge => Refusal::Invalid(SipError::TooLarge),
         }
     }
 }

@@ -38,8 +38,8 @@ pub struct Settings<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Build the INVITE for plan node `node` on a new branch, pin the call
-    /// to it, send it, then report [`InviteClient::sent`] or
-    /// [`InviteClient::send_failed`].
+    /// to it, send it, then report [`InviteClient::sent`],
+    /// [`InviteClient::send_failed`] or [`InviteClient::send_failed_here`].
     Forward { node: usize },
     /// Timer A: send the leg's INVITE again, as it was.
     Resend { to: Peer, bytes: Bytes },
@@ -78,6 +78,9 @@ pub enum Outcome {
     Cancelled,
     /// A node rang but sent no final within `fr_inv_timeout`.
     TimedOut,
+    /// Every node tried was only failed by our own send, the INVITE being
+    /// too large for a datagram (RFC 3261 §21.5.14: 513).
+    TooLarge,
 }
 
 /// The state of the try in progress (its branch, node, destination and
@@ -124,6 +127,10 @@ pub struct InviteClient {
     /// only being cancelled, its outcome is not the caller's any more.
     answered: bool,
     decided: bool,
+    /// Sends that failed on our side because the INVITE was too large, and
+    /// those that failed any other way: 513 only when all were the first.
+    too_large: bool,
+    other_failure: bool,
 }
 
 impl InviteClient {
@@ -136,6 +143,8 @@ impl InviteClient {
             cancelled: false,
             answered: false,
             decided: false,
+            too_large: false,
+            other_failure: false,
         }
     }
 
@@ -204,6 +213,7 @@ impl InviteClient {
     /// The INVITE for `node` could not be built or sent: next node.
     pub fn send_failed(&mut self, node: usize, out: &mut Vec<Action>) {
         self.forwarding = false;
+        self.other_failure = true;
         out.push(Action::FailedOver {
             node,
             reason: FailoverReason::Transport,
@@ -211,6 +221,23 @@ impl InviteClient {
         out.push(Action::Mark {
             node,
             failure: Failure::TransportError,
+        });
+        self.advance(out);
+    }
+
+    /// The INVITE for `node` could not be sent for a reason of our own
+    /// (`too_large`: it does not fit a datagram): next node, but the node
+    /// is not blamed, since it never saw the request.
+    pub fn send_failed_here(&mut self, node: usize, too_large: bool, out: &mut Vec<Action>) {
+        self.forwarding = false;
+        if too_large {
+            self.too_large = true;
+        } else {
+            self.other_failure = true;
+        }
+        out.push(Action::FailedOver {
+            node,
+            reason: FailoverReason::Transport,
         });
         self.advance(out);
     }
@@ -237,7 +264,12 @@ impl InviteClient {
             }
             None => {
                 out.push(Action::Unpin);
-                out.push(Action::Answer(Outcome::AllDown));
+                let only_too_large = self.too_large && !self.other_failure && self.tried.is_empty();
+                out.push(Action::Answer(if only_too_large {
+                    Outcome::TooLarge
+                } else {
+                    Outcome::AllDown
+                }));
                 self.decide(out);
             }
         }

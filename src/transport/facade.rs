@@ -10,15 +10,15 @@
 //! handler calls in the receive loops.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Inbound, OnMessage, Peer, PerTransport, TcpError, TcpOptions, TcpTransport, Transport,
-    UdpTransport,
+    Inbound, OnMessage, Peer, PerTransport, Privileged, TcpError, TcpOptions, TcpTransport,
+    Transport, UdpTransport,
 };
 
 /// What the transports hand received messages and transport errors to
@@ -39,6 +39,12 @@ pub trait Handler: Send + Sync + 'static {
     /// transport layer keeps no metrics of its own, so it imports nothing
     /// above it.
     fn on_send_failed(&self, to: Peer);
+
+    /// May an inbound TCP connection from `ip` take the slots kept for
+    /// trusted sources and pool members (`[tcp] reserved_trusted`)?
+    fn privileged(&self, _ip: IpAddr) -> bool {
+        false
+    }
 
     /// After each batch of messages (one `recvmmsg`, one TCP message) and
     /// after a failed background connect: the place for work deferred
@@ -90,9 +96,15 @@ impl<H: Handler> Transports<H> {
                 h.after_batch();
             }
         });
+        let slot = handler.clone();
+        let privileged: Privileged = Arc::new(move |ip| {
+            slot.get()
+                .and_then(Weak::upgrade)
+                .is_some_and(|h| h.privileged(ip))
+        });
         Ok(Transports {
             udp,
-            tcp: TcpTransport::new(tcp_options, on_message),
+            tcp: TcpTransport::with_privileged(tcp_options, on_message, Some(privileged)),
             listening,
             pending_tcp: Mutex::new(tcp),
             handler,

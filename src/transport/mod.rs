@@ -23,7 +23,10 @@ pub mod udp;
 
 pub use egress::Egress;
 pub use facade::{Handler, Transports};
-pub use tcp::{bind_tcp, ConnId, OnMessage, TcpError, TcpOptions, TcpStats, TcpTransport};
+pub use tcp::{
+    admit, bind_tcp, ConnId, OnMessage, Privileged, Refused, TcpError, TcpOptions, TcpStats,
+    TcpTransport,
+};
 pub use udp::{bind_udp, RecvBatch, SipSocket, UdpOptions, UdpTransport};
 
 /// The transport enum is a value type (config and dispatcher name it
@@ -166,9 +169,61 @@ fn bind_error(
     std::io::Error::new(e.kind(), format!("{transport}:{addr}: {why}"))
 }
 
+/// Whose fault a failed send is. Only [`SendFault::Peer`] is evidence
+/// about the destination; a message too large for a datagram or a full
+/// local buffer says nothing about the node and must not count against
+/// its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFault {
+    /// The message does not fit a datagram (EMSGSIZE): answer 513, or
+    /// send it over TCP.
+    TooLarge,
+    /// Our side: buffers, a closed socket, a full queue.
+    Local,
+    /// The destination refused or cannot be reached.
+    Peer,
+}
+
+impl SendFault {
+    /// Classifies the error a send returned.
+    pub fn of(e: &std::io::Error) -> SendFault {
+        use std::io::ErrorKind as K;
+        if e.raw_os_error() == Some(nix::errno::Errno::EMSGSIZE as i32) {
+            return SendFault::TooLarge;
+        }
+        match e.kind() {
+            K::ConnectionRefused
+            | K::ConnectionReset
+            | K::HostUnreachable
+            | K::NetworkUnreachable => SendFault::Peer,
+            _ => SendFault::Local,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn send_faults_blame_the_peer_only_on_its_evidence() {
+        use std::io::{Error, ErrorKind};
+        let too_large = Error::from_raw_os_error(nix::errno::Errno::EMSGSIZE as i32);
+        assert_eq!(SendFault::of(&too_large), SendFault::TooLarge);
+        for e in [
+            Error::from_raw_os_error(nix::errno::Errno::ECONNREFUSED as i32),
+            Error::from_raw_os_error(nix::errno::Errno::EHOSTUNREACH as i32),
+        ] {
+            assert_eq!(SendFault::of(&e), SendFault::Peer, "{e}");
+        }
+        for e in [
+            Error::from_raw_os_error(nix::errno::Errno::ENOBUFS as i32),
+            Error::from(ErrorKind::WouldBlock),
+            Error::from(ErrorKind::NotConnected),
+        ] {
+            assert_eq!(SendFault::of(&e), SendFault::Local, "{e}");
+        }
+    }
 
     #[test]
     fn per_transport_slots_follow_all() {

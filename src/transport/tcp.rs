@@ -2,6 +2,14 @@
 //! connection per peer, stream framing with [`frame_stream`], RFC 5626
 //! §3.5.1 CRLF keep-alives, idle timeout and a connection cap.
 //!
+//! Against a slowloris (one source holding every slot with connections
+//! that trickle bytes), inbound connections are admitted by [`admit`]: a
+//! cap per source address, and slots kept for privileged sources (trusted
+//! networks and pool members, as the [`Privileged`] callback says) that
+//! nobody else may take; a message must arrive whole within
+//! `message_timeout` of its first byte. Refusals are counted and logged at
+//! most once per source per [`REFUSAL_LOG_INTERVAL`].
+//!
 //! One task per connection does both directions: it reads and frames
 //! inbound bytes, and drains that connection's bounded send queue. Nothing
 //! is spawned per message. A send never waits: a full queue (a stalled
@@ -15,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +44,11 @@ use crate::sip::{frame_stream, SipError, StreamFrame, DEFAULT_MAX_MESSAGE};
 /// never waits (the proxy), so no channel and no task wake-up per message,
 /// and an answer queued on the same connection goes out without another.
 pub type OnMessage = Arc<dyn Fn(Inbound<'_>) + Send + Sync>;
+
+/// Says whether an inbound connection's source may use the slots kept
+/// for trusted sources and pool members (`TcpOptions::reserved`). Asked
+/// once per accepted connection.
+pub type Privileged = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
 /// Identifies one TCP connection for its lifetime; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,6 +85,15 @@ pub struct TcpOptions {
     /// outgoing ones are not (they go to nodes and trunks the proxy
     /// chose, and a flood of inbound connections must not stop failover).
     pub max_connections: usize,
+    /// Inbound connections from one source address at most (privileged
+    /// sources are exempt).
+    pub max_per_source: usize,
+    /// Of `max_connections`, the slots only privileged sources may take.
+    pub reserved: usize,
+    /// A message whose first byte came this long ago and that is still
+    /// not whole closes its connection (a slowloris keeps the idle timer
+    /// fed; this one it cannot).
+    pub message_timeout: Duration,
     /// Messages queued per connection before a send fails.
     pub send_queue: usize,
     /// IP_FREEBIND on listeners (a standby binding the keepalived VIP).
@@ -87,6 +109,9 @@ impl Default for TcpOptions {
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(2),
             max_connections: 4096,
+            max_per_source: 4096,
+            reserved: 0,
+            message_timeout: Duration::from_secs(10),
             send_queue: 256,
             freebind: false,
             backlog: 1024,
@@ -101,6 +126,15 @@ pub struct TcpStats {
     pub accepted: AtomicU64,
     /// Inbound connections refused because of `max_connections`.
     pub refused_cap: AtomicU64,
+    /// Inbound connections refused because their source had
+    /// `max_per_source` open.
+    pub refused_per_source: AtomicU64,
+    /// Inbound connections from an unprivileged source refused because
+    /// only the reserved slots were left.
+    pub refused_reserved: AtomicU64,
+    /// Connections closed on a message not whole within
+    /// `message_timeout` of its first byte.
+    pub closed_slow: AtomicU64,
     /// Outgoing connections established.
     pub connected: AtomicU64,
     /// Connections closed on a message whose framing was invalid.
@@ -178,6 +212,10 @@ struct Inner {
     /// connection, not two.
     dialing: DashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
     open: AtomicUsize,
+    /// Inbound connections open per source address (entries at 0 go).
+    per_source: DashMap<IpAddr, usize>,
+    privileged: Option<Privileged>,
+    refusal_log: RefusalLog,
     next_id: AtomicU64,
     on_message: OnMessage,
     shutdown: CancellationToken,
@@ -189,6 +227,16 @@ impl TcpTransport {
     /// [`serve`](Self::serve)) that hands every received message to
     /// `on_message`.
     pub fn new(opts: TcpOptions, on_message: OnMessage) -> TcpTransport {
+        TcpTransport::with_privileged(opts, on_message, None)
+    }
+
+    /// [`new`](Self::new), with `privileged` saying which sources may use
+    /// the reserved slots (none without it).
+    pub fn with_privileged(
+        opts: TcpOptions,
+        on_message: OnMessage,
+        privileged: Option<Privileged>,
+    ) -> TcpTransport {
         let inner = Inner {
             opts,
             stats: TcpStats::default(),
@@ -196,6 +244,9 @@ impl TcpTransport {
             by_peer: DashMap::new(),
             dialing: DashMap::new(),
             open: AtomicUsize::new(0),
+            per_source: DashMap::new(),
+            privileged,
+            refusal_log: RefusalLog::default(),
             next_id: AtomicU64::new(1),
             on_message,
             shutdown: CancellationToken::new(),
@@ -321,6 +372,11 @@ impl TcpTransport {
         inner.open.fetch_add(1, Ordering::Relaxed);
         Ok(start_conn(inner, stream, to, None))
     }
+
+    /// Inbound connections open now from `ip`'s source (its IPv6 /64).
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.inner.per_source.get(&source(ip)).map_or(0, |n| *n)
+    }
 }
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, local: SocketAddr) {
@@ -339,19 +395,144 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, local: SocketAddr
                 continue;
             }
         };
+        let ip = peer.ip().to_canonical();
+        let privileged = inner.privileged.as_ref().is_some_and(|p| p(ip));
+        let src = source(ip);
         let open = inner.open.fetch_add(1, Ordering::Relaxed);
-        if open >= inner.opts.max_connections {
+        // Counted before the check, so concurrent accepts cannot both
+        // take the last slot.
+        let from_source = {
+            let mut n = inner.per_source.entry(src).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        if let Err(refused) = admit(&inner.opts, open, from_source, privileged) {
             inner.open.fetch_sub(1, Ordering::Relaxed);
-            TcpStats::inc(&inner.stats.refused_cap);
-            tracing::warn!(
-                "tcp:{local}: connection from {peer} refused: {} connections open (max_connections)",
-                open
-            );
+            release_source(&inner, src);
+            TcpStats::inc(match refused {
+                Refused::Full => &inner.stats.refused_cap,
+                Refused::PerSource => &inner.stats.refused_per_source,
+                Refused::Reserved => &inner.stats.refused_reserved,
+            });
+            if let Some(more) = inner.refusal_log.should_log(src, Instant::now()) {
+                tracing::warn!(
+                    "tcp:{local}: connection from {peer} refused: {refused} ({open} open, \
+                     {from_source} from {src}; {more} more refused from {src} since its last \
+                     line)"
+                );
+            }
             drop(stream);
             continue;
         }
         TcpStats::inc(&inner.stats.accepted);
         start_conn(&inner, stream, peer, Some(local));
+    }
+}
+
+/// Why [`admit`] refused an inbound connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("max_connections reached")]
+    Full,
+    #[error("max_connections_per_source reached")]
+    PerSource,
+    #[error(
+        "only the slots reserved for trusted sources and pool members are left \
+         (reserved_trusted)"
+    )]
+    Reserved,
+}
+
+/// Whether a new inbound connection may open, with `open` connections
+/// open (inbound and outgoing) and `from_source` already open from its
+/// source; `privileged`: a trusted source or pool member, which may take
+/// the reserved slots and is not capped per source.
+pub fn admit(
+    opts: &TcpOptions,
+    open: usize,
+    from_source: usize,
+    privileged: bool,
+) -> Result<(), Refused> {
+    if open >= opts.max_connections {
+        return Err(Refused::Full);
+    }
+    if privileged {
+        return Ok(());
+    }
+    if open >= opts.max_connections.saturating_sub(opts.reserved) {
+        return Err(Refused::Reserved);
+    }
+    if from_source >= opts.max_per_source {
+        return Err(Refused::PerSource);
+    }
+    Ok(())
+}
+
+/// What counts as one source for `max_per_source` and the refusal log:
+/// an IPv4 address, an IPv6 /64 (one host usually holds a whole /64, so
+/// per address would cap nothing).
+pub fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            v6.to_bits() & !u128::from(u64::MAX),
+        )),
+    }
+}
+
+/// One inbound connection from source `ip` (from [`source`]) fewer.
+fn release_source(inner: &Inner, ip: IpAddr) {
+    if let dashmap::mapref::entry::Entry::Occupied(mut e) = inner.per_source.entry(ip) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
+}
+
+/// A refused source is logged at most once per this interval (a flood of
+/// refusals would otherwise be a flood of log lines).
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Sources in the refusal log at most (stale ones are forgotten first):
+/// it must stay bounded under refusals from many addresses.
+const REFUSAL_LOG_SOURCES: usize = 4096;
+
+/// When each refused source was last logged, and its refusals since.
+#[derive(Default)]
+struct RefusalLog {
+    last: DashMap<IpAddr, (Instant, u64)>,
+}
+
+impl RefusalLog {
+    /// `Some(refusals not logged since the source's last line)` when this
+    /// one is to be logged.
+    fn should_log(&self, ip: IpAddr, now: Instant) -> Option<u64> {
+        use dashmap::mapref::entry::Entry;
+        if self.last.len() >= REFUSAL_LOG_SOURCES {
+            self.last
+                .retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+        }
+        let full = self.last.len() >= REFUSAL_LOG_SOURCES;
+        match self.last.entry(ip) {
+            // Refusals from this many sources at once: the new ones are
+            // only counted (the metric), or the log would be the flood.
+            Entry::Vacant(_) if full => None,
+            Entry::Vacant(e) => {
+                e.insert((now, 0));
+                Some(0)
+            }
+            Entry::Occupied(mut e) => {
+                let (at, suppressed) = e.get_mut();
+                if now.duration_since(*at) >= REFUSAL_LOG_INTERVAL {
+                    *at = now;
+                    Some(std::mem::take(suppressed))
+                } else {
+                    *suppressed += 1;
+                    None
+                }
+            }
+        }
     }
 }
 
@@ -374,12 +555,16 @@ fn start_conn(
     inner.by_id.insert(id, Conn { peer, queue: tx });
     inner.by_peer.insert(peer, id);
     let task_inner = inner.clone();
+    let inbound = listener.is_some();
     inner.tasks.spawn(async move {
         let reason = run_conn(&task_inner, &stream, peer, id, local, rx).await;
         tracing::debug!("tcp:{peer}: {id} closed: {reason}");
         task_inner.by_id.remove(&id);
         task_inner.by_peer.remove_if(&peer, |_, v| *v == id);
         task_inner.open.fetch_sub(1, Ordering::Relaxed);
+        if inbound {
+            release_source(&task_inner, source(peer.ip().to_canonical()));
+        }
     });
     id
 }
@@ -393,6 +578,8 @@ enum CloseReason {
     Io(#[from] io::Error),
     #[error("idle")]
     Idle,
+    #[error("message not whole within message_timeout")]
+    Slow,
     #[error("oversized message")]
     Oversized,
     #[error("malformed message: {0}")]
@@ -422,18 +609,30 @@ async fn run_conn(
     let idle = inner.opts.idle_timeout;
     let mut buf = BytesMut::with_capacity(READ_CHUNK.min(max));
     let mut out: VecDeque<Bytes> = VecDeque::new();
+    let message_timeout = inner.opts.message_timeout;
     let mut last_activity = Instant::now();
+    // When the first byte of the message still incomplete in `buf` came.
+    let mut partial_since: Option<Instant> = None;
+    let wake = |last_activity: Instant, partial_since: Option<Instant>| {
+        let idle_at = last_activity + idle;
+        partial_since.map_or(idle_at, |p| idle_at.min(p + message_timeout))
+    };
     let idle_sleep = tokio::time::sleep_until(last_activity + idle);
     tokio::pin!(idle_sleep);
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return CloseReason::Shutdown,
             () = &mut idle_sleep => {
+                if partial_since.is_some_and(|p| p.elapsed() >= message_timeout) {
+                    TcpStats::inc(&inner.stats.closed_slow);
+                    tracing::debug!("tcp:{peer}: {id}: message not whole in time, closing");
+                    return CloseReason::Slow;
+                }
                 if last_activity.elapsed() >= idle {
                     TcpStats::inc(&inner.stats.closed_idle);
                     return CloseReason::Idle;
                 }
-                idle_sleep.as_mut().reset(last_activity + idle);
+                idle_sleep.as_mut().reset(wake(last_activity, partial_since));
             }
             r = stream.readable() => {
                 if let Err(e) = r {
@@ -458,10 +657,18 @@ async fn run_conn(
                     continue;
                 }
                 last_activity = Instant::now();
-                idle_sleep.as_mut().reset(last_activity + idle);
-                if let Err(reason) = deliver(inner, &mut buf, max, peer, id, local, &mut out) {
-                    return reason;
-                }
+                let took = match deliver(inner, &mut buf, max, peer, id, local, &mut out) {
+                    Ok(took) => took,
+                    Err(reason) => return reason,
+                };
+                partial_since = match partial_since {
+                    _ if buf.is_empty() => None,
+                    // A new message began behind the ones taken off.
+                    Some(_) if took => Some(last_activity),
+                    Some(p) => Some(p),
+                    None => Some(last_activity),
+                };
+                idle_sleep.as_mut().reset(wake(last_activity, partial_since));
                 if !out.is_empty() {
                     if let Err(e) = write_some(stream, &mut out) {
                         return e.into();
@@ -481,7 +688,7 @@ async fn run_conn(
                     Ok(0) => {}
                     Ok(_) => {
                         last_activity = Instant::now();
-                        idle_sleep.as_mut().reset(last_activity + idle);
+                        idle_sleep.as_mut().reset(wake(last_activity, partial_since));
                     }
                     Err(e) => return e.into(),
                 }
@@ -494,7 +701,7 @@ async fn run_conn(
                     Ok(0) => {}
                     Ok(_) => {
                         last_activity = Instant::now();
-                        idle_sleep.as_mut().reset(last_activity + idle);
+                        idle_sleep.as_mut().reset(wake(last_activity, partial_since));
                     }
                     Err(e) => return e.into(),
                 }
@@ -504,7 +711,7 @@ async fn run_conn(
 }
 
 /// Takes every whole frame off the front of `buf`: messages go to the
-/// proxy, pings get a pong queued in `out`.
+/// proxy, pings get a pong queued in `out`. `Ok(true)` when it took any.
 fn deliver(
     inner: &Inner,
     buf: &mut BytesMut,
@@ -513,10 +720,11 @@ fn deliver(
     id: ConnId,
     local: SocketAddr,
     out: &mut VecDeque<Bytes>,
-) -> Result<(), CloseReason> {
+) -> Result<bool, CloseReason> {
+    let mut took = false;
     loop {
         match frame_stream(buf, max) {
-            Err(SipError::Incomplete) => return Ok(()),
+            Err(SipError::Incomplete) => return Ok(took),
             Err(SipError::TooLarge) => {
                 TcpStats::inc(&inner.stats.closed_oversized);
                 tracing::info!("tcp:{peer}: {id}: message over {max} bytes, closing");
@@ -528,6 +736,7 @@ fn deliver(
                 return Err(CloseReason::Malformed(e));
             }
             Ok(StreamFrame::KeepAlive { len, ping }) => {
+                took = true;
                 buf.advance(len);
                 // RFC 5626 §3.5.1: a double-CRLF ping is answered with a
                 // single CRLF pong; a lone CRLF is ignored.
@@ -536,6 +745,7 @@ fn deliver(
                 }
             }
             Ok(StreamFrame::Message { len }) => {
+                took = true;
                 (inner.on_message)(Inbound {
                     data: &buf[..len],
                     from: Peer::tcp(peer, Some(id)),
@@ -949,6 +1159,138 @@ mod tests {
         d.write_all(&msg(4)).await.unwrap();
         let (got, _, _) = next(&mut rx).await;
         assert_eq!(&got[..], &msg(4)[..]);
+    }
+
+    async fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        tokio::time::timeout(WAIT, s.connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect")
+    }
+
+    #[test]
+    fn admit_keeps_reserved_slots_and_caps_each_source() {
+        let opts = TcpOptions {
+            max_connections: 10,
+            reserved: 3,
+            max_per_source: 4,
+            ..TcpOptions::default()
+        };
+        assert_eq!(admit(&opts, 0, 0, false), Ok(()));
+        assert_eq!(admit(&opts, 6, 3, false), Ok(()));
+        assert_eq!(admit(&opts, 6, 4, false), Err(Refused::PerSource));
+        // Slots 7..10 are kept: only a privileged source takes them, and
+        // it is not capped per source.
+        assert_eq!(admit(&opts, 7, 0, false), Err(Refused::Reserved));
+        assert_eq!(admit(&opts, 7, 50, true), Ok(()));
+        assert_eq!(admit(&opts, 9, 0, true), Ok(()));
+        assert_eq!(admit(&opts, 10, 0, true), Err(Refused::Full));
+        assert_eq!(admit(&opts, 10, 0, false), Err(Refused::Full));
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(source(ip("2001:db8:1:2:bbbb::9")), ip("2001:db8:1:2::"));
+        assert_ne!(source(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_source_per_interval() {
+        let log = RefusalLog::default();
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert_eq!(log.should_log(a, t0), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(log.should_log(a, t0 + Duration::from_secs(1)), None);
+        }
+        // Another source has its own line.
+        assert_eq!(log.should_log(b, t0 + Duration::from_secs(1)), Some(0));
+        // The next line for `a` says how many were not logged.
+        assert_eq!(log.should_log(a, t0 + REFUSAL_LOG_INTERVAL), Some(1000));
+        assert_eq!(log.should_log(a, t0 + REFUSAL_LOG_INTERVAL), None);
+        // Bounded: many sources make it forget the stale ones.
+        let later = t0 + REFUSAL_LOG_INTERVAL * 3;
+        for n in 0..(REFUSAL_LOG_SOURCES as u32 + 10) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            log.should_log(ip, later);
+        }
+        assert!(log.last.len() <= REFUSAL_LOG_SOURCES, "{}", log.last.len());
+    }
+
+    /// A slowloris keeps the idle timer fed a byte at a time; the message
+    /// deadline closes it. Whole messages, however slow, do not.
+    #[tokio::test]
+    async fn a_message_not_whole_in_time_closes_its_connection() {
+        let opts = TcpOptions {
+            message_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(30),
+            ..TcpOptions::default()
+        };
+        let (t, mut rx, addr) = start(opts);
+        let mut slow = connect(addr).await;
+        let mut steady = connect(addr).await;
+        let started = Instant::now();
+        let m = msg(1);
+        let mut closed = false;
+        for (i, b) in m.iter().enumerate() {
+            if slow.write_all(std::slice::from_ref(b)).await.is_err() {
+                closed = true;
+                break;
+            }
+            // Whole messages, one every 100 ms, on the other connection.
+            if i % 2 == 0 {
+                steady.write_all(&msg(2)).await.unwrap();
+                let (got, _, _) = next(&mut rx).await;
+                assert_eq!(&got[..], &msg(2)[..]);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if t.stats().closed_slow.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+        }
+        if !closed {
+            assert_closed(&mut slow).await;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(t.stats().closed_slow.load(Ordering::Relaxed), 1);
+        assert_eq!(t.stats().closed_idle.load(Ordering::Relaxed), 0);
+        assert_eq!(t.connections(), 1, "the steady connection stays");
+        // No partial message from the slow one reached the proxy.
+        steady.write_all(&msg(3)).await.unwrap();
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(3)[..]);
+    }
+
+    #[tokio::test]
+    async fn one_source_is_capped_and_the_others_still_connect() {
+        let opts = TcpOptions {
+            max_per_source: 2,
+            ..TcpOptions::default()
+        };
+        let (t, mut rx, addr) = start(opts);
+        let src: IpAddr = "127.0.0.2".parse().unwrap();
+        let _a = connect_from("127.0.0.2", addr).await;
+        let _b = connect_from("127.0.0.2", addr).await;
+        eventually("two accepted", || t.connections_from(src) == 2).await;
+        let mut c = connect_from("127.0.0.2", addr).await;
+        assert_closed(&mut c).await;
+        assert_eq!(t.stats().refused_per_source.load(Ordering::Relaxed), 1);
+        let mut other = connect_from("127.0.0.3", addr).await;
+        other.write_all(&msg(1)).await.unwrap();
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(1)[..]);
+        // Closing one frees a slot for that source.
+        drop(_a);
+        eventually("one closed", || t.connections_from(src) == 1).await;
+        let mut d = connect_from("127.0.0.2", addr).await;
+        d.write_all(&msg(2)).await.unwrap();
+        let (got, _, _) = next(&mut rx).await;
+        assert_eq!(&got[..], &msg(2)[..]);
     }
 
     #[tokio::test]

@@ -28,6 +28,8 @@ struct Harness {
     /// Branch of each leg sent, by order.
     legs: Vec<(usize, Token)>,
     broken: Vec<usize>,
+    /// Nodes the INVITE is too large to send to (EMSGSIZE here).
+    too_large: Vec<usize>,
     tcp: bool,
     log: Vec<Action>,
 }
@@ -41,6 +43,7 @@ impl Harness {
             gen: BranchGen::default(),
             legs: Vec::new(),
             broken: Vec::new(),
+            too_large: Vec::new(),
             tcp: false,
             log: Vec::new(),
         }
@@ -63,6 +66,10 @@ impl Harness {
                 if self.broken.contains(&node) {
                     let mut more = Vec::new();
                     self.c.send_failed(node, &mut more);
+                    out.extend(more);
+                } else if self.too_large.contains(&node) {
+                    let mut more = Vec::new();
+                    self.c.send_failed_here(node, true, &mut more);
                     out.extend(more);
                 } else {
                     let b = self.gen.next();
@@ -457,6 +464,33 @@ fn a_send_error_marks_the_node_and_moves_on() {
     );
     let nodes: Vec<usize> = h.legs.iter().map(|l| l.0).collect();
     assert_eq!(nodes, [1], "only node 1's INVITE went out");
+}
+
+#[test]
+fn an_invite_too_large_for_every_node_answers_513_and_blames_none() {
+    let mut h = Harness::new(&[0, 1]);
+    h.too_large = vec![0, 1];
+    let out = h.start();
+    assert!(out.iter().any(answer(Outcome::TooLarge)), "{out:?}");
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Mark { .. })),
+        "a local send error is no node's failure: {out:?}"
+    );
+    // Too large for the first (UDP) node only: the second takes it.
+    let mut h = Harness::new(&[0, 1]);
+    h.too_large = vec![0];
+    let out = h.start();
+    assert!(!out.iter().any(|a| matches!(a, Action::Mark { .. })));
+    assert_eq!(h.legs.len(), 1);
+    assert_eq!(
+        h.respond(0, 200),
+        vec![Action::Pin { node: 1 }, Action::RelayFinal, Action::Decided]
+    );
+    // Too large for one, a transport failure on the other: not the
+    // caller's message alone, 503.
+    let mut h = Harness::new(&[0, 1]);
+    (h.too_large, h.broken) = (vec![0], vec![1]);
+    assert!(h.start().iter().any(answer(Outcome::AllDown)));
 }
 
 #[test]
