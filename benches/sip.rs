@@ -2,7 +2,8 @@
 //! ~900-byte INVITE with SDP, two Via, Record-Route, Route and Contact
 //! (`tests/fixtures/bench/invite.sip`). Also prints heap allocations per
 //! message once the editor's buffers are warm (counted by a wrapping
-//! global allocator).
+//! global allocator), and the branch generation every forwarded request
+//! pays (a fresh random branch, one derived by HMAC from the sender's).
 //!
 //! Run: `cargo bench --bench sip`.
 
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 
 use criterion::{criterion_group, Criterion, Throughput};
 use sipedge::sip::{Editor, Message};
+use sipedge::transaction::BranchGen;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -74,6 +76,19 @@ fn bench(c: &mut Criterion) {
     g.bench_function("parse_validate_edit", |b| {
         b.iter(|| black_box(forward(&mut ed, black_box(INVITE), src).len()))
     });
+    let branches = BranchGen::default();
+    g.bench_function("branch_next", |b| {
+        b.iter(|| black_box(branches.next().len()))
+    });
+    g.bench_function("branch_derived", |b| {
+        b.iter(|| {
+            black_box(
+                branches
+                    .derived(black_box(b"z9hG4bKd8a3f0.1c9e4b7a20f3"), src)
+                    .len(),
+            )
+        })
+    });
     g.finish();
 }
 
@@ -95,6 +110,20 @@ fn report_allocations() {
         forward(&mut ed, INVITE, src).len(),
         stats.allocations as f64 / N as f64,
         stats.allocations,
+    );
+    let branches = BranchGen::default();
+    let region = Region::new(GLOBAL);
+    for _ in 0..N {
+        black_box(branches.next().len());
+        black_box(
+            branches
+                .derived(black_box(b"z9hG4bKd8a3f0.1c9e4b7a20f3"), src)
+                .len(),
+        );
+    }
+    println!(
+        "branch next + derived: {} allocations over {N}",
+        region.change().allocations
     );
 }
 

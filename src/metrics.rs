@@ -460,6 +460,11 @@ label_enum! {
         NoRouteForResponse => "no_route_for_response",
         /// A response matching no transaction of ours.
         StrayResponse => "stray_response",
+        /// A response with one of our branches from a source its request
+        /// did not go to (not the node, its `advertised` addresses or its
+        /// connection; for a carrier, not it or a `[security] trusted`
+        /// network): a forgery, never acted on.
+        ForeignResponse => "foreign_response",
         /// The socket refused to send it.
         SendError => "send_error",
         /// From a source `[security] trusted` does not list (with

@@ -294,10 +294,14 @@ impl Proxy {
                         d.machine.send_failed(node, out);
                         continue;
                     };
-                    self.tables
-                        .txns
-                        .insert(&branch, ClientTxn::Invite(call.clone()));
                     let to = Peer::new(addr, transport);
+                    self.tables.txns.insert(
+                        &branch,
+                        ClientTxn::Invite {
+                            call: call.clone(),
+                            to,
+                        },
+                    );
                     match self.send_to(&bytes, to) {
                         Ok(()) => {
                             let now = Instant::now().into_std();

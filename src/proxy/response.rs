@@ -2,12 +2,12 @@
 //! the response to its INVITE's state machine or relay it upstream
 //! (RFC 3261 §16.7).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{upstream_target, with_editor, Call, Proxy};
+use super::{upstream_target, with_editor, Call, Pool, Proxy};
 use crate::dialog::Removal;
 use crate::metrics::{DropReason, ResponseOrigin};
 use crate::sip::{HeaderName, Message, Via};
@@ -22,6 +22,8 @@ impl Proxy {
         };
         let status = msg.status().unwrap_or_default();
         enum Action {
+            /// From where the request did not go: dropped, counted.
+            Foreign,
             Call(Arc<Call>),
             Decided(Peer),
             Probe,
@@ -38,21 +40,34 @@ impl Proxy {
         }
         let now = std::time::Instant::now();
         let fr_inv = self.cfg.failover.fr_inv_timeout;
-        let action = self.tables.txns.with(branch, |t| match t {
-            // The state machine owns the decision (failover, relay, ACK).
-            ClientTxn::Invite(call) => Action::Call(call.clone()),
-            ClientTxn::Decided { upstream, .. } => Action::Decided(*upstream),
-            ClientTxn::Probe { .. } => Action::Probe,
-            ClientTxn::Relay(r) => {
-                let ok = (200..300).contains(&status);
-                Action::Relay {
-                    relay: r.with_state(|st| st.on_response(now, status, fr_inv)),
-                    upstream: r.upstream,
-                    ends: (ok && r.is_bye).then(|| r.call_id.clone()),
-                    repin: r.repin.filter(|_| ok).map(|n| (r.call_id.clone(), n)),
+        let pool = self.pool();
+        let action = self.tables.txns.with(branch, |t| {
+            // First of all: a stranger who learnt or guessed a branch must
+            // not end a call, stop a retransmission or revive a node.
+            if !self.answers_from(&pool, t, src) {
+                return Action::Foreign;
+            }
+            match t {
+                // The state machine owns the decision (failover, relay, ACK).
+                ClientTxn::Invite { call, .. } => Action::Call(call.clone()),
+                ClientTxn::Decided { upstream, .. } => Action::Decided(*upstream),
+                ClientTxn::Probe { .. } => Action::Probe,
+                ClientTxn::Relay(r) => {
+                    let ok = (200..300).contains(&status);
+                    Action::Relay {
+                        relay: r.with_state(|st| st.on_response(now, status, fr_inv)),
+                        upstream: r.upstream,
+                        ends: (ok && r.is_bye).then(|| r.call_id.clone()),
+                        repin: r.repin.filter(|_| ok).map(|n| (r.call_id.clone(), n)),
+                    }
                 }
             }
         });
+        if let Some(Action::Foreign) = action {
+            self.metrics.dropped(DropReason::ForeignResponse);
+            tracing::debug!(%src, status, "response from where its request did not go: dropped");
+            return;
+        }
         if let Some(Action::Probe) = action {
             // Only a final answer ends a probe (a 100 may come first).
             if status >= 200 {
@@ -68,7 +83,6 @@ impl Proxy {
             }
             return;
         }
-        let pool = self.pool();
         let from_node = pool.find(src.addr);
         if let Some(i) = from_node {
             // Any answer to a call shows the node's SIP stack is there.
@@ -82,7 +96,7 @@ impl Proxy {
             }
         }
         match action {
-            Some(Action::Probe) => {}
+            Some(Action::Probe | Action::Foreign) => {}
             None if from_node.is_some() && self.is_orphan_2xx(msg, src) => {
                 // The other proxy of a keepalived pair forwarded this INVITE
                 // and died before the trunk's ACK came: the node repeats its
@@ -134,6 +148,39 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// Whether `src` may answer the request of `t`, by where that request
+    /// went (see [`answers_for`]).
+    fn answers_from<I>(&self, pool: &Pool, t: &ClientTxn<I>, src: Peer) -> bool {
+        let trusted = |ip| self.security.lists_trusted() && self.security.is_trusted(ip);
+        if let ClientTxn::Probe {
+            set,
+            node,
+            generation,
+            ..
+        } = t
+        {
+            let Some((_, d, _)) = pool.set_at(*set).filter(|_| *generation == pool.generation)
+            else {
+                // Sent before a reload: its answer is ignored anyway.
+                return true;
+            };
+            if *node >= d.len() {
+                return true;
+            }
+            let to = Peer::new(d.addr(*node), d.transport(*node));
+            return answers_for(to, src, Some(d.advertised(*node)), trusted);
+        }
+        let Some(to) = t.sent_to() else {
+            return false;
+        };
+        // The common case first: no scan of the pool.
+        if same_host(to, src) {
+            return true;
+        }
+        let node = pool.find(to.addr).map(|i| pool.advertised(i));
+        answers_for(to, src, node, trusted)
     }
 
     /// A 2xx to an INVITE whose top Via is ours (our sent-by over the
@@ -191,5 +238,98 @@ impl Proxy {
             let _ = self.send_to(out, to);
             keep.then(|| Bytes::copy_from_slice(out))
         })
+    }
+}
+
+/// The source is where the request went: its host (any port: a node's
+/// own TCP connection to us comes from an ephemeral one) or the
+/// connection it went on.
+fn same_host(to: Peer, src: Peer) -> bool {
+    src.addr.ip().to_canonical() == to.addr.ip().to_canonical()
+        || (src.conn.is_some() && src.conn == to.conn)
+}
+
+/// Whether a response from `src` may answer a request sent to `to`
+/// (RFC 3261 §17.1.3 matches a response by branch alone, which anyone who
+/// learns the branch can send). From where the request went (see
+/// [`same_host`]); when it went to a pool node (`node`: its `advertised`
+/// addresses) from one of those; when it went elsewhere, a carrier that
+/// may answer from another of its signalling addresses, from a network
+/// `trusted` lists.
+fn answers_for(
+    to: Peer,
+    src: Peer,
+    node: Option<&[IpAddr]>,
+    trusted: impl FnOnce(IpAddr) -> bool,
+) -> bool {
+    if same_host(to, src) {
+        return true;
+    }
+    let ip = src.addr.ip().to_canonical();
+    match node {
+        Some(advertised) => advertised.contains(&ip),
+        None => trusted(ip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::ConnId;
+
+    fn udp(s: &str) -> Peer {
+        Peer::udp(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_response_is_taken_from_where_its_request_went() {
+        let node = udp("10.0.1.10:5080");
+        let none = |_| false;
+        let all = |_| true;
+        // The node, from any port (its TCP connection to us), IPv4-mapped
+        // or not.
+        assert!(answers_for(node, node, Some(&[]), none));
+        assert!(answers_for(node, udp("10.0.1.10:40123"), Some(&[]), none));
+        assert!(answers_for(
+            node,
+            udp("[::ffff:10.0.1.10]:5080"),
+            Some(&[]),
+            none
+        ));
+        // A stranger, trusted network or not: never for a node.
+        assert!(!answers_for(node, udp("10.0.1.11:5080"), Some(&[]), all));
+        // The node's advertised address (a public or VIP one).
+        let vip: IpAddr = "203.0.113.10".parse().unwrap();
+        assert!(answers_for(
+            node,
+            udp("203.0.113.10:5060"),
+            Some(&[vip]),
+            none
+        ));
+        assert!(!answers_for(
+            node,
+            udp("203.0.113.11:5060"),
+            Some(&[vip]),
+            none
+        ));
+        // On the connection the request went on, whatever its address.
+        let conn = Some(ConnId::for_tests(7));
+        let tcp = Peer::tcp("192.0.2.7:5060".parse().unwrap(), conn);
+        let on_it = Peer::tcp("192.0.2.99:40000".parse().unwrap(), conn);
+        assert!(answers_for(tcp, on_it, None, none));
+        let other = Peer::tcp(
+            "192.0.2.99:40000".parse().unwrap(),
+            Some(ConnId::for_tests(8)),
+        );
+        assert!(!answers_for(tcp, other, None, none));
+        assert!(!answers_for(tcp, Peer::tcp(on_it.addr, None), None, none));
+        // A carrier: its address, or a trusted network (and only a listed
+        // one: the caller passes false without a list).
+        let carrier = udp("198.51.100.5:5060");
+        assert!(answers_for(carrier, udp("198.51.100.5:5070"), None, none));
+        assert!(!answers_for(carrier, udp("198.51.100.6:5060"), None, none));
+        let listed = |ip: IpAddr| ip.to_string().starts_with("198.51.100.");
+        assert!(answers_for(carrier, udp("198.51.100.6:5060"), None, listed));
+        assert!(!answers_for(carrier, udp("192.0.2.1:5060"), None, listed));
     }
 }

@@ -16,10 +16,12 @@
 //!   §17.1.3), branch and tag generation, and the timer schedule.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use rand::RngCore;
+use sha2::Sha256;
 use tokio::time::{Duration, Instant};
 
 pub mod invite;
@@ -36,23 +38,33 @@ pub const BRANCH_PREFIX: &str = "z9hG4bKse";
 /// responses (64*T1, RFC 3261 Timer B/F).
 pub const LINGER: Duration = Duration::from_secs(32);
 
-/// Makes branch values unique across restarts: a per-process nonce from the
-/// clock and the pid, and a counter.
-#[derive(Debug)]
+/// Makes branch values that a stranger can neither guess nor compute:
+/// a response is matched to its transaction by branch alone (§17.1.3), so
+/// a guessable one lets anyone answer for a node (a forged 486 ends a
+/// call). Fresh branches are 128 random bits from a CSPRNG (`rand`'s
+/// thread-local ChaCha, seeded by the OS); derived ones a MAC under a
+/// random per-process key.
 pub struct BranchGen {
-    nonce: u64,
-    counter: AtomicU64,
+    /// HMAC-SHA256 keyed once, cloned per use: the key's blocks are
+    /// hashed here, not on every forwarded request.
+    derive: Hmac<Sha256>,
 }
 
 impl Default for BranchGen {
     fn default() -> Self {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
         BranchGen {
-            nonce: t ^ (u64::from(std::process::id()) << 40),
-            counter: AtomicU64::new(1),
+            derive: <Hmac<Sha256> as KeyInit>::new_from_slice(&key)
+                .expect("HMAC takes a key of any length"),
         }
+    }
+}
+
+impl std::fmt::Debug for BranchGen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("BranchGen").finish_non_exhaustive()
     }
 }
 
@@ -81,21 +93,19 @@ impl Token {
         self.len = end as u8;
     }
 
-    /// Lower-case hex without leading zeros (at least one digit).
-    fn push_hex(&mut self, n: u64) {
+    /// `b` as lower-case hex, two digits a byte.
+    fn push_hex_bytes(&mut self, b: &[u8]) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut d = [0u8; 16];
-        let mut i = d.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            d[i] = HEX[(n & 0xf) as usize];
-            n >>= 4;
-            if n == 0 {
-                break;
-            }
+        for &x in b {
+            self.push(&[HEX[usize::from(x >> 4)], HEX[usize::from(x & 0xf)]]);
         }
-        self.push(&d[i..]);
+    }
+
+    /// `N` bytes from this thread's CSPRNG, as hex.
+    fn push_random<const N: usize>(&mut self) {
+        let mut r = [0u8; N];
+        rand::rng().fill_bytes(&mut r);
+        self.push_hex_bytes(&r);
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -135,41 +145,43 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// Random bits in a fresh branch or derived from a request's: 128, as
+/// hex (RFC 3261 §8.1.1.7 asks for "unique", a response's source check
+/// needs "unguessable").
+const BRANCH_BITS: usize = 128;
+/// In a tag: 64 (a To tag or Call-ID only needs to be unique).
+const TAG_BITS: usize = 64;
+
 impl BranchGen {
-    /// A new branch value, e.g. `z9hG4bKse3f2a9c01.1b`.
+    /// A new branch value, e.g. `z9hG4bKse` and 32 random hex digits.
     pub fn next(&self) -> Token {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut t = Token::new(BRANCH_PREFIX);
-        t.push_hex(self.nonce);
-        t.push(b".");
-        t.push_hex(n);
+        t.push_random::<{ BRANCH_BITS / 8 }>();
         t
     }
 
     /// The branch for forwarding a request whose own branch is `incoming`
     /// from `src`: the same inputs give the same branch (retransmissions),
-    /// different requests different ones.
+    /// different requests different ones, and without the key nobody can
+    /// tell which.
     pub fn derived(&self, incoming: &[u8], src: SocketAddr) -> Token {
-        let mut h = crate::value::Fnv1a::seeded(self.nonce);
-        let mut eat = |bytes: &[u8]| h.write(bytes);
-        eat(incoming);
-        eat(b"|");
+        let mut mac = self.derive.clone();
         match src.ip().to_canonical() {
-            IpAddr::V4(a) => eat(&a.octets()),
-            IpAddr::V6(a) => eat(&a.octets()),
+            IpAddr::V4(a) => mac.update(&a.octets()),
+            IpAddr::V6(a) => mac.update(&a.octets()),
         }
-        eat(&src.port().to_be_bytes());
+        mac.update(&src.port().to_be_bytes());
+        mac.update(incoming);
+        let sum = mac.finalize().into_bytes();
         let mut t = Token::new(BRANCH_PREFIX);
-        t.push_hex(h.finish());
+        t.push_hex_bytes(&sum[..BRANCH_BITS / 8]);
         t
     }
 
     /// A token for To tags and Call-IDs of our own requests.
     pub fn tag(&self) -> Token {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut t = Token::new("se");
-        t.push_hex(self.nonce & 0xffff_ffff);
-        t.push_hex(n);
+        t.push_random::<{ TAG_BITS / 8 }>();
         t
     }
 }
@@ -180,12 +192,18 @@ pub trait Pending {
     fn is_over(&self) -> bool;
 }
 
-/// What to do with a response whose top Via carries one of our branches.
-/// `I` is the new INVITE's state machine (failover, timers).
+/// What to do with a response whose top Via carries one of our branches,
+/// and where its request went (a response is taken only from there, see
+/// [`ClientTxn::sent_to`]). `I` is the new INVITE's state machine
+/// (failover, timers).
 #[derive(Debug)]
 pub enum ClientTxn<I> {
     /// A new INVITE still deciding: the response goes to its state machine.
-    Invite(I),
+    Invite {
+        call: I,
+        /// The node this branch (leg) went to.
+        to: crate::transport::Peer,
+    },
     /// Any other forwarded request: relay responses upstream. Boxed: the
     /// table's slots are as large as its largest variant.
     Relay(Box<Relay>),
@@ -196,6 +214,8 @@ pub enum ClientTxn<I> {
         at: Instant,
         /// Where the INVITE came from: a retransmitted 2xx goes back there.
         upstream: crate::transport::Peer,
+        /// The node this branch went to.
+        to: crate::transport::Peer,
     },
     /// A health probe (OPTIONS) of dispatcher node `node`, sent at `sent`.
     /// The prober removes it when `[probe] timeout` runs out.
@@ -207,6 +227,18 @@ pub enum ClientTxn<I> {
         generation: u64,
         sent: Instant,
     },
+}
+
+impl<I> ClientTxn<I> {
+    /// Where the request went, when the entry says (a probe names its
+    /// node by index: the pool knows its address).
+    pub fn sent_to(&self) -> Option<crate::transport::Peer> {
+        match self {
+            ClientTxn::Invite { to, .. } | ClientTxn::Decided { to, .. } => Some(*to),
+            ClientTxn::Relay(r) => Some(r.to),
+            ClientTxn::Probe { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -356,7 +388,9 @@ impl<I: Pending> ClientTxns<I> {
     /// retransmitted 2xx is relayed, by the response path.
     pub fn decide(&self, branch: &[u8], at: Instant, upstream: crate::transport::Peer) {
         if let Some(mut t) = self.map.get_mut(branch) {
-            *t = ClientTxn::Decided { at, upstream };
+            if let Some(to) = t.sent_to() {
+                *t = ClientTxn::Decided { at, upstream, to };
+            }
         }
     }
 
@@ -366,7 +400,7 @@ impl<I: Pending> ClientTxns<I> {
     pub fn sweep(&self, now: Instant) {
         self.map.retain(|_, t| {
             let keep = match t {
-                ClientTxn::Invite(call) => !call.is_over(),
+                ClientTxn::Invite { call, .. } => !call.is_over(),
                 ClientTxn::Relay(r) => !r.with_state(|st| st.client.expired(now.into_std())),
                 ClientTxn::Decided { at, .. } => now.duration_since(*at) < LINGER,
                 // The prober removes its own; this only catches a stopped one.
@@ -414,14 +448,50 @@ mod tests {
             *d,
             *g.derived(b"z9hG4bKabc", "192.0.2.7:5061".parse().unwrap())
         );
-        // Hex, as the old fmt-based form: nonce "." counter.
-        let n = g.next();
-        let tail = &n[BRANCH_PREFIX.len()..];
-        let (nonce, count) = tail.split_once('.').unwrap();
-        assert_eq!(u64::from_str_radix(nonce, 16).unwrap(), g.nonce);
-        assert!(u64::from_str_radix(count, 16).is_ok());
         let t = g.tag();
         assert!(t.starts_with("se") && t.bytes().skip(2).all(|b| b.is_ascii_hexdigit()));
+    }
+
+    /// The random part of a branch: after the prefix, hex only.
+    fn random_part(t: &Token) -> u128 {
+        let tail = t.strip_prefix(BRANCH_PREFIX).unwrap();
+        assert_eq!(tail.len(), BRANCH_BITS / 4, "{t}");
+        u128::from_str_radix(tail, 16).unwrap()
+    }
+
+    #[test]
+    fn consecutive_branches_share_nothing() {
+        // A stranger who saw one branch (in a Via of a call it placed)
+        // must not learn the next: no counter, no common prefix beyond
+        // ours, 128 bits each.
+        let g = BranchGen::default();
+        let a: Vec<u128> = (0..64).map(|_| random_part(&g.next())).collect();
+        for w in a.windows(2) {
+            let diff = w[0] ^ w[1];
+            // Two random 128-bit values agree in ~64 bits; a counter in
+            // all but a few.
+            assert!(diff.count_ones() > 24, "{:x} then {:x}", w[0], w[1]);
+            assert!(
+                w[1].wrapping_sub(w[0]) > 1 << 64,
+                "{:x} then {:x}",
+                w[0],
+                w[1]
+            );
+        }
+        // Every bit position takes both values across the sample: all 128
+        // are random, none fixed per process.
+        let ones = a.iter().fold(0u128, |acc, x| acc | x);
+        let zeros = a.iter().fold(0u128, |acc, x| acc | !x);
+        assert_eq!((ones, zeros), (u128::MAX, u128::MAX));
+        // Another process (another key) derives another branch from the
+        // same request: it cannot be computed from outside.
+        let src: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        let h = BranchGen::default();
+        let (d, e) = (g.derived(b"z9hG4bKabc", src), h.derived(b"z9hG4bKabc", src));
+        assert_eq!(random_part(&d), random_part(&g.derived(b"z9hG4bKabc", src)));
+        assert!((random_part(&d) ^ random_part(&e)).count_ones() > 24);
+        // Tags are random too.
+        assert_ne!(*g.tag(), *g.tag());
     }
 
     /// A stand-in INVITE state: over once the flag is set.
@@ -436,7 +506,14 @@ mod tests {
     async fn sweep_keeps_live_and_recent() {
         let t = ClientTxns::default();
         let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        t.insert("b1", ClientTxn::Invite(Call(over.clone())));
+        let node = crate::transport::Peer::udp("127.0.0.1:5080".parse().unwrap());
+        t.insert(
+            "b1",
+            ClientTxn::Invite {
+                call: Call(over.clone()),
+                to: node,
+            },
+        );
         t.insert(
             "b2",
             ClientTxn::Relay(Box::new(Relay {
@@ -455,7 +532,13 @@ mod tests {
                 },
             })),
         );
-        t.insert("b3", ClientTxn::Invite(Call(Default::default())));
+        t.insert(
+            "b3",
+            ClientTxn::Invite {
+                call: Call(Default::default()),
+                to: node,
+            },
+        );
         t.decide(
             b"b3",
             Instant::now(),
