@@ -93,12 +93,17 @@ impl Token {
         self.len = end as u8;
     }
 
-    /// `b` as lower-case hex, two digits a byte.
+    /// `b` as lower-case hex, two digits a byte (as many bytes as fit).
     fn push_hex_bytes(&mut self, b: &[u8]) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        for &x in b {
-            self.push(&[HEX[usize::from(x >> 4)], HEX[usize::from(x & 0xf)]]);
+        let at = usize::from(self.len);
+        let mut written = 0;
+        for (d, &x) in self.buf[at..].chunks_exact_mut(2).zip(b) {
+            d[0] = HEX[usize::from(x >> 4)];
+            d[1] = HEX[usize::from(x & 0xf)];
+            written += 2;
         }
+        self.len = (at + written) as u8;
     }
 
     /// `N` bytes from this thread's CSPRNG, as hex.
@@ -544,6 +549,15 @@ mod tests {
             Instant::now(),
             crate::transport::Peer::udp("127.0.0.1:5060".parse().unwrap()),
         );
+        // A decided branch still knows where its INVITE went: a
+        // retransmitted 2xx is taken only from there.
+        assert!(
+            t.with(
+                b"b3",
+                |e| matches!(e, ClientTxn::Decided { to, .. } if *to == node)
+            ) == Some(true)
+        );
+        assert_eq!(t.with(b"b1", ClientTxn::sent_to), Some(Some(node)));
         t.sweep(Instant::now());
         assert_eq!(t.len(), 3);
         tokio::time::advance(LINGER).await;
