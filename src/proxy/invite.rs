@@ -298,6 +298,9 @@ impl Proxy {
                         .txns
                         .insert(&branch, ClientTxn::Invite(call.clone()));
                     let to = Peer::new(addr, transport);
+                    // Before the send: its ICMP error may be read (on
+                    // another thread) before the send returns.
+                    self.watch_icmp(to.addr, super::icmp::Waiter::call(call));
                     match self.send_to(&bytes, to) {
                         Ok(()) => {
                             let now = Instant::now().into_std();

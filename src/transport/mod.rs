@@ -27,7 +27,7 @@ pub use tcp::{
     admit, bind_tcp, ConnId, OnMessage, Privileged, Refused, TcpError, TcpOptions, TcpStats,
     TcpTransport,
 };
-pub use udp::{bind_udp, RecvBatch, SipSocket, UdpOptions, UdpTransport};
+pub use udp::{bind_udp, IcmpReport, IcmpVerdict, RecvBatch, SipSocket, UdpOptions, UdpTransport};
 
 /// The transport enum is a value type (config and dispatcher name it
 /// too): it lives in the leaf module.
