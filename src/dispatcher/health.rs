@@ -392,6 +392,17 @@ pub struct Transition {
     /// `failure_threshold` at the time, so a move to Trying can say how far
     /// the node is from down.
     failure_threshold: u32,
+    /// Into or out of an ICMP suspicion with no other failure involved.
+    icmp_only: bool,
+}
+
+impl Transition {
+    /// Only an ICMP suspicion raised or cleared, nothing confirmed: what
+    /// forged errors cause with every call, so the proxy logs it at debug
+    /// level (the state metric still shows it).
+    pub fn icmp_only(&self) -> bool {
+        self.icmp_only
+    }
 }
 
 impl fmt::Display for Transition {
@@ -818,6 +829,9 @@ pub struct Health {
     /// An ICMP error named the node (Trying) and no other failure has
     /// confirmed it nor a success cleared it.
     suspect: bool,
+    /// The success being recorded clears a suspicion that had no other
+    /// failure with it (for [`Transition::icmp_only`]).
+    cleared_icmp_only: bool,
 }
 
 impl Health {
@@ -834,6 +848,7 @@ impl Health {
             successes: 0,
             urgent_probe: false,
             suspect: false,
+            cleared_icmp_only: false,
         }
     }
 
@@ -1069,6 +1084,7 @@ impl Health {
                     },
                     other => other,
                 };
+                self.cleared_icmp_only = self.suspect && self.failures == 0;
                 self.reset_streaks();
                 self.change(State::Active, reason)
             }
@@ -1102,15 +1118,25 @@ impl Health {
     }
 
     fn change(&mut self, to: State, reason: Reason) -> Option<Transition> {
+        // Set by `success` before it resets the streaks; good for one call.
+        let cleared_icmp_only = std::mem::take(&mut self.cleared_icmp_only);
         let from = self.state;
         if from == to {
             return None;
         }
         self.state = to;
+        let icmp_only = match (to, reason) {
+            (State::Trying, Reason::CallFailure(Failure::Unreachable)) => true,
+            (State::Active, Reason::CallReply { .. } | Reason::ProbeReplies { .. }) => {
+                cleared_icmp_only
+            }
+            _ => false,
+        };
         Some(Transition {
             from,
             to,
             reason,
+            icmp_only,
             failure_threshold: self.config.failure_threshold,
         })
     }
@@ -1898,12 +1924,14 @@ mod tests {
             t.to_string(),
             "trying: ICMP unreachable, suspect until a probe answers"
         );
+        assert!(t.icmp_only());
         assert_eq!(Failure::Unreachable.to_string(), "ICMP unreachable");
         let t = h.record_probe(ProbeResult::Timeout(TWO_S)).unwrap();
         assert_eq!(
             t.to_string(),
             "down: ICMP unreachable, confirmed by a probe: timeout (2s)"
         );
+        assert!(!t.icmp_only(), "confirmed: worth the log");
     }
 
     /// ICMP is forgeable: any number of ICMP errors leave a node taking
@@ -1945,6 +1973,15 @@ mod tests {
         let t = h.record_call_reply(100).unwrap();
         assert_eq!((t.from, t.to), (State::Trying, State::Active));
         assert!(!h.suspect());
+        assert!(t.icmp_only(), "only a suspicion cleared");
+        // A probe failure and then an ICMP error: the reply that ends the
+        // streak is worth the log.
+        let t = h.record_probe(ProbeResult::Timeout(TWO_S)).unwrap();
+        assert!(!t.icmp_only());
+        let _ = h.record_call_failure(Failure::Unreachable);
+        let t = h.record_call_reply(200).unwrap();
+        assert_eq!((t.from, t.to), (State::Trying, State::Active));
+        assert!(!t.icmp_only());
         // Cleared: a single probe failure is one of the threshold again.
         let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
         assert_eq!(h.state(), State::Trying);
