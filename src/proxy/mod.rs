@@ -15,6 +15,8 @@
 //!   and the failover machine of [`crate::transaction`] and carries out
 //!   what they ask (send, relay, answer, pin, mark, count).
 //! - `response`: match a response to its client transaction and relay it.
+//! - `icmp`: what waits on each destination (INVITE legs, forwarded
+//!   requests), for the ICMP errors from that destination's host.
 //! - `advertise`: report a node's 2xx that advertises an unusable address.
 //! - `rescue`: every local final error: why -> status, phrase, header
 //!   and counter.

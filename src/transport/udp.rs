@@ -173,8 +173,9 @@ impl SipSocket {
             }
             // A pending ICMP error surfaces on the read, as whatever errno
             // it carries (port unreachable, host unreachable, prohibited,
-            // parameter problem...). Forged ones too: never sleep on them.
-            Err(e) if self.take_icmp_errors(icmp) > 0 => {
+            // parameter problem...). Forged ones too: never sleep on them,
+            // even when a send on another thread read the queue first.
+            Err(e) if self.take_icmp_errors(icmp) > 0 || from_icmp(&e) => {
                 tracing::trace!("udp:{}: {e} from the error queue", self.local);
                 Ok(())
             }
@@ -503,6 +504,43 @@ pub fn take_icmp_errors(_socket: &UdpSocket, _out: &mut Vec<IcmpReport>) -> usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A closed port's ICMP error, pending on the socket when the next
+    /// send (to someone else) runs: that send still goes out, and the
+    /// error is reported, judged from the kernel's offender.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pending_icmp_error_is_read_and_judged_and_the_next_send_goes_out() {
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ours = bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap();
+        let t = UdpTransport::new(vec![ours]).unwrap();
+        let mut reports = Vec::new();
+        t.send(b"x", dead, |r| reports.push(r)).unwrap();
+        // On loopback the error is queued during that send; the loop only
+        // bounds the wait should it come later.
+        for _ in 0..10_000 {
+            if !reports.is_empty() {
+                break;
+            }
+            t.send(b"y", peer.local_addr().unwrap(), |r| reports.push(r))
+                .expect("a pending error does not fail this send");
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            reports,
+            [IcmpReport {
+                to: dead,
+                offender: Some(dead.ip()),
+                verdict: IcmpVerdict::Accepted,
+            }]
+        );
+        let mut buf = [0u8; 8];
+        peer.set_read_timeout(Some(RECV_TIMEOUT * 10)).unwrap();
+        assert_eq!(peer.recv(&mut buf).unwrap(), 1, "the peer got a datagram");
+    }
 
     #[test]
     fn only_icmp_from_the_destinations_host_is_accepted() {
