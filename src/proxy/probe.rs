@@ -2,10 +2,11 @@
 //! probed node gets a probe each `[probe] interval`, and at once when a
 //! call just failed on it or an ICMP error made it suspect, but no more
 //! than one such urgent probe per node per [`Proxy::urgent_gap`] (an ICMP
-//! flood must not turn into a probe flood). A probe is a client transaction like any other
-//! (its branch in the transaction table); the response path reports the
-//! answer. The rounds, the urgent probes and the timeouts are entries of
-//! the proxy's one timer schedule ([`Timer`]): no task of its own.
+//! flood must not turn into a probe flood). A probe is a client
+//! transaction like any other (its branch in the transaction table); the
+//! response path reports the answer. The rounds, the urgent probes and the
+//! timeouts are entries of the proxy's one timer schedule ([`Timer`]): no
+//! task of its own.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,7 +194,8 @@ impl Proxy {
             if st.deferred.iter().any(|(k, _)| *k == key) {
                 continue;
             }
-            match urgent_allowed(&mut st.last_urgent, key, now, gap) {
+            // The slack too: a deferred probe whose timer fired early is due.
+            match urgent_allowed(&mut st.last_urgent, key, now + TIMER_SLACK, gap) {
                 Ok(()) => self.probe(&pool, set, node, &mut st),
                 Err(at) => {
                     st.deferred.push((key, at));
