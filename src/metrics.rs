@@ -109,6 +109,12 @@ pub const REGISTRY_UP: &str = "sipedge_registry_up";
 /// `[admin]` bearer token (answered 401), connections closed to make room
 /// at its connection cap. Label: `event` ([`AdminEvent`]).
 pub const ADMIN_EVENTS_TOTAL: &str = "sipedge_admin_events_total";
+/// ICMP errors read for datagrams sipedge sent over UDP, by what was made
+/// of them. Only those from the destination's own address fail the
+/// transaction in flight over (and make a node suspect); the others are
+/// ignored, and a rising `forged` count is someone forging ICMP. Label:
+/// `result` ([`IcmpResult`]).
+pub const ICMP_ERRORS_TOTAL: &str = "sipedge_icmp_errors_total";
 
 /// Every metric name above, for tests and tools that check an exposition.
 pub const ALL_NAMES: &[&str] = &[
@@ -135,6 +141,7 @@ pub const ALL_NAMES: &[&str] = &[
     REGISTRY_OPERATIONS_TOTAL,
     REGISTRY_UP,
     ADMIN_EVENTS_TOTAL,
+    ICMP_ERRORS_TOTAL,
 ];
 
 /// Buckets of [`PROBE_DURATION_SECONDS`]: an OPTIONS round trip on a LAN
@@ -524,6 +531,30 @@ label_enum! {
 }
 
 label_enum! {
+    /// What an ICMP error was taken for ([`ICMP_ERRORS_TOTAL`]).
+    pub enum IcmpResult {
+        /// From the destination's own address: acted on.
+        Accepted => "accepted",
+        /// From another address (forged, or a router's): ignored.
+        Forged => "forged",
+        /// An error of our own side or one that says nothing about
+        /// reachability (e.g. "fragmentation needed"): ignored.
+        Other => "other",
+    }
+}
+
+impl From<crate::transport::IcmpVerdict> for IcmpResult {
+    fn from(v: crate::transport::IcmpVerdict) -> IcmpResult {
+        use crate::transport::IcmpVerdict as V;
+        match v {
+            V::Accepted => IcmpResult::Accepted,
+            V::Forged => IcmpResult::Forged,
+            V::Other => IcmpResult::Other,
+        }
+    }
+}
+
+label_enum! {
     /// Where a node's 2xx advertised an address ([`NODE_MISADVERTISED_TOTAL`]).
     pub enum AdvertisedIn {
         /// The Contact URI: where the trunk sends the call's in-dialog
@@ -708,6 +739,7 @@ pub struct Metrics {
     tcp_connections: IntGauge,
     tcp_events: PerLabel<TcpEvent, IntCounter>,
     admin_events: PerLabel<AdminEvent, IntCounter>,
+    icmp_errors: PerLabel<IcmpResult, IntCounter>,
     node_misadvertised: IntCounterVec,
     invite_setup: Histogram,
     dest_up: IntGaugeVec,
@@ -851,6 +883,17 @@ impl Metrics {
                      by event.",
                 ),
                 &["event"],
+            ),
+        )?;
+        let icmp_errors = register(
+            r,
+            ICMP_ERRORS_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    ICMP_ERRORS_TOTAL,
+                    "ICMP errors for datagrams sent, by what was made of them.",
+                ),
+                &["result"],
             ),
         )?;
         let node_misadvertised = register(
@@ -998,6 +1041,9 @@ impl Metrics {
             })?,
             admin_events: PerLabel::resolve(ADMIN_EVENTS_TOTAL, |e: AdminEvent| {
                 admin_events.get_metric_with_label_values(&[e.as_str()])
+            })?,
+            icmp_errors: PerLabel::resolve(ICMP_ERRORS_TOTAL, |e: IcmpResult| {
+                icmp_errors.get_metric_with_label_values(&[e.as_str()])
             })?,
             node_misadvertised,
             invite_setup,
@@ -1214,6 +1260,16 @@ impl Metrics {
     /// How many times `event` happened at the admin listener.
     pub fn admin_events(&self, event: AdminEvent) -> u64 {
         get(&self.admin_events, event)
+    }
+
+    /// Counts an ICMP error read from a socket's error queue.
+    pub fn icmp_error(&self, result: IcmpResult) {
+        inc(&self.icmp_errors, result);
+    }
+
+    /// How many ICMP errors were taken for `result`.
+    pub fn icmp_errors(&self, result: IcmpResult) -> u64 {
+        get(&self.icmp_errors, result)
     }
 
     /// Creates (or finds) the [`NODE_MISADVERTISED_TOTAL`] series of the

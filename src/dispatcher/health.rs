@@ -36,6 +36,15 @@
 //!   (inactive); `failure_threshold` counts probe failures only. The
 //!   outcome says "probe now" so the node is probed at once, not at the
 //!   next interval, and comes back as soon as it answers.
+//! - **ICMP errors** ([`Failure::Unreachable`] as a call failure) are
+//!   evidence, not proof: anyone can forge one. An ICMP error makes an
+//!   Active node *suspect* (Trying, still taking calls) and asks for a
+//!   probe; it never takes a node down by itself, however many come. A
+//!   failure of another kind while suspect confirms it (a probe that times
+//!   out or is refused: down at once, whatever `failure_threshold`; a call
+//!   timeout takes a node down anyway); any success clears it. Under a
+//!   mode that does not probe the node, only a call failure of another
+//!   kind can confirm.
 //! - **Call replies** ([`Health::record_call_reply`]): any reply to a call
 //!   shows the node's SIP stack answers. It ends a failure streak (Trying →
 //!   Active) but never re-activates an Inactive node. Kamailio does not look
@@ -327,8 +336,11 @@ pub enum Reason {
     ProbeReplies { count: u32, last_code: u16 },
     /// A call got a reply from the node.
     CallReply { code: u16 },
-    /// A call to the node timed out or failed at the transport level.
+    /// A call to the node timed out or failed at the transport level (or,
+    /// for [`Failure::Unreachable`], an ICMP error made it suspect).
     CallFailure(Failure),
+    /// A probe failed this way while an ICMP error had the node suspect.
+    IcmpConfirmed(Failure),
     /// `dispatcher.set_state`.
     Operator,
 }
@@ -358,7 +370,12 @@ impl fmt::Display for Reason {
             }
             Reason::CallReply { code } => write!(f, "call reply {code}"),
             // Not only calls draw an ICMP error: say what it was.
-            Reason::CallFailure(Failure::Unreachable) => f.write_str("ICMP unreachable"),
+            Reason::CallFailure(Failure::Unreachable) => {
+                f.write_str("ICMP unreachable, suspect until a probe answers")
+            }
+            Reason::IcmpConfirmed(failure) => {
+                write!(f, "ICMP unreachable, confirmed by a probe: {failure}")
+            }
             Reason::CallFailure(failure) => write!(f, "call failed: {failure}"),
             Reason::Operator => f.write_str("set by operator"),
         }
@@ -375,6 +392,17 @@ pub struct Transition {
     /// `failure_threshold` at the time, so a move to Trying can say how far
     /// the node is from down.
     failure_threshold: u32,
+    /// Into or out of an ICMP suspicion with no other failure involved.
+    icmp_only: bool,
+}
+
+impl Transition {
+    /// Only an ICMP suspicion raised or cleared, nothing confirmed: what
+    /// forged errors cause with every call, so the proxy logs it at debug
+    /// level (the state metric still shows it).
+    pub fn icmp_only(&self) -> bool {
+        self.icmp_only
+    }
 }
 
 impl fmt::Display for Transition {
@@ -798,6 +826,12 @@ pub struct Health {
     successes: u32,
     /// An urgent probe was asked for and no probe result came in since.
     urgent_probe: bool,
+    /// An ICMP error named the node (Trying) and no other failure has
+    /// confirmed it nor a success cleared it.
+    suspect: bool,
+    /// The success being recorded clears a suspicion that had no other
+    /// failure with it (for [`Transition::icmp_only`]).
+    cleared_icmp_only: bool,
 }
 
 impl Health {
@@ -813,6 +847,8 @@ impl Health {
             mixed: false,
             successes: 0,
             urgent_probe: false,
+            suspect: false,
+            cleared_icmp_only: false,
         }
     }
 
@@ -871,6 +907,12 @@ impl Health {
         self.successes
     }
 
+    /// An ICMP error made the node suspect and nothing confirmed or
+    /// cleared it yet.
+    pub fn suspect(&self) -> bool {
+        self.suspect
+    }
+
     /// One probe's result. Ignored (no change, `None`) when the node is
     /// not probed (a late result after an operator switched probing off)
     /// or is Disabled.
@@ -915,6 +957,9 @@ impl Health {
     /// that just swallowed an INVITE must not get the next calls while
     /// probes count up to a threshold. Probes (or, with probing off, a call
     /// it answers) bring it back. Ignored when Disabled.
+    ///
+    /// [`Failure::Unreachable`] (an ICMP error) is the exception: it only
+    /// makes the node suspect (see the module docs).
     pub fn record_call_failure(&mut self, failure: Failure) -> CallFailureOutcome {
         if self.state == State::Disabled {
             return CallFailureOutcome {
@@ -922,6 +967,9 @@ impl Health {
                 probe_now: false,
                 stranded: false,
             };
+        }
+        if failure == Failure::Unreachable {
+            return self.icmp_error();
         }
         self.reset_streaks();
         let transition = self.change(State::Inactive, Reason::CallFailure(failure));
@@ -935,6 +983,26 @@ impl Health {
             transition,
             probe_now,
             stranded: transition.is_some() && self.stranded(),
+        }
+    }
+
+    /// An ICMP error for something sent to this Active or Trying node:
+    /// suspect, and a probe to confirm or clear it. An Inactive node is
+    /// probed by its rounds already; nothing changes.
+    fn icmp_error(&mut self) -> CallFailureOutcome {
+        let transition = match self.state {
+            State::Active | State::Trying => {
+                self.suspect = true;
+                self.change(State::Trying, Reason::CallFailure(Failure::Unreachable))
+            }
+            State::Inactive | State::Disabled => None,
+        };
+        let probe_now = self.suspect && self.should_probe() && !self.urgent_probe;
+        self.urgent_probe |= probe_now;
+        CallFailureOutcome {
+            transition,
+            probe_now,
+            stranded: false,
         }
     }
 
@@ -983,6 +1051,11 @@ impl Health {
                     last: failure,
                     mixed: self.mixed,
                 };
+                if self.suspect {
+                    // The probe confirms what the ICMP error said.
+                    self.reset_streaks();
+                    return self.change(State::Inactive, Reason::IcmpConfirmed(failure));
+                }
                 if self.failures >= self.config.failure_threshold {
                     self.reset_streaks();
                     self.change(State::Inactive, reason)
@@ -1011,6 +1084,7 @@ impl Health {
                     },
                     other => other,
                 };
+                self.cleared_icmp_only = self.suspect && self.failures == 0;
                 self.reset_streaks();
                 self.change(State::Active, reason)
             }
@@ -1033,23 +1107,36 @@ impl Health {
         }
     }
 
+    /// Also clears the ICMP suspicion: every caller has just confirmed or
+    /// disproved it, or an operator spoke.
     fn reset_streaks(&mut self) {
         self.failures = 0;
         self.last_failure = None;
         self.mixed = false;
         self.successes = 0;
+        self.suspect = false;
     }
 
     fn change(&mut self, to: State, reason: Reason) -> Option<Transition> {
+        // Set by `success` before it resets the streaks; good for one call.
+        let cleared_icmp_only = std::mem::take(&mut self.cleared_icmp_only);
         let from = self.state;
         if from == to {
             return None;
         }
         self.state = to;
+        let icmp_only = match (to, reason) {
+            (State::Trying, Reason::CallFailure(Failure::Unreachable)) => true,
+            (State::Active, Reason::CallReply { .. } | Reason::ProbeReplies { .. }) => {
+                cleared_icmp_only
+            }
+            _ => false,
+        };
         Some(Transition {
             from,
             to,
             reason,
+            icmp_only,
             failure_threshold: self.config.failure_threshold,
         })
     }
@@ -1833,8 +1920,133 @@ mod tests {
             .record_call_failure(Failure::Unreachable)
             .transition
             .unwrap();
-        assert_eq!(t.to_string(), "down: ICMP unreachable");
+        assert_eq!(
+            t.to_string(),
+            "trying: ICMP unreachable, suspect until a probe answers"
+        );
+        assert!(t.icmp_only());
         assert_eq!(Failure::Unreachable.to_string(), "ICMP unreachable");
+        let t = h.record_probe(ProbeResult::Timeout(TWO_S)).unwrap();
+        assert_eq!(
+            t.to_string(),
+            "down: ICMP unreachable, confirmed by a probe: timeout (2s)"
+        );
+        assert!(!t.icmp_only(), "confirmed: worth the log");
+    }
+
+    /// ICMP is forgeable: any number of ICMP errors leave a node taking
+    /// calls, whatever the threshold, and ask for one probe until a probe
+    /// result comes in.
+    #[test]
+    fn icmp_errors_alone_never_take_a_node_down() {
+        for threshold in [1, 3] {
+            let mut h = Health::new(config(threshold, 1), Status::ACTIVE_PROBING);
+            let first = h.record_call_failure(Failure::Unreachable);
+            assert_eq!(
+                first.transition.map(|t| (t.from, t.to)),
+                Some((State::Active, State::Trying))
+            );
+            assert!(first.probe_now && !first.stranded);
+            assert!(h.suspect());
+            for _ in 0..10_000 {
+                let again = h.record_call_failure(Failure::Unreachable);
+                assert_eq!(again.transition, None);
+                assert!(!again.probe_now, "one urgent probe outstanding at a time");
+            }
+            assert_eq!(h.state(), State::Trying);
+            assert!(h.accepts_new_calls());
+            assert_eq!(h.consecutive_failures(), 0, "ICMP does not count up");
+        }
+    }
+
+    /// Any answer clears the suspicion: the probe's, or a call's.
+    #[test]
+    fn an_answer_clears_an_icmp_suspicion() {
+        let mut h = health(State::Active, true);
+        let _ = h.record_call_failure(Failure::Unreachable);
+        let t = h.record_probe(OK).unwrap();
+        assert_eq!((t.from, t.to), (State::Trying, State::Active));
+        assert!(!h.suspect());
+        // The next ICMP error may ask for a probe again (the prober
+        // rate-limits them per node).
+        assert!(h.record_call_failure(Failure::Unreachable).probe_now);
+        let t = h.record_call_reply(100).unwrap();
+        assert_eq!((t.from, t.to), (State::Trying, State::Active));
+        assert!(!h.suspect());
+        assert!(t.icmp_only(), "only a suspicion cleared");
+        // A probe failure and then an ICMP error: the reply that ends the
+        // streak is worth the log.
+        let t = h.record_probe(ProbeResult::Timeout(TWO_S)).unwrap();
+        assert!(!t.icmp_only());
+        let _ = h.record_call_failure(Failure::Unreachable);
+        let t = h.record_call_reply(200).unwrap();
+        assert_eq!((t.from, t.to), (State::Trying, State::Active));
+        assert!(!t.icmp_only());
+        // Cleared: a single probe failure is one of the threshold again.
+        let _ = h.record_probe(ProbeResult::Timeout(TWO_S));
+        assert_eq!(h.state(), State::Trying);
+        assert_eq!(h.consecutive_failures(), 1);
+    }
+
+    /// A second, independent failure confirms at once: a refused probe,
+    /// a failed send, or a call that timed out; a probe failure before the
+    /// ICMP error counts toward the threshold only.
+    #[test]
+    fn a_failure_of_another_kind_confirms_an_icmp_suspicion() {
+        for confirm in [
+            ProbeResult::Timeout(TWO_S),
+            ProbeResult::TransportError,
+            ProbeResult::Reply(503),
+        ] {
+            let mut h = health(State::Active, true);
+            let _ = h.record_call_failure(Failure::Unreachable);
+            let t = h.record_probe(confirm).unwrap();
+            assert_eq!(
+                (t.from, t.to),
+                (State::Trying, State::Inactive),
+                "{confirm:?}"
+            );
+            assert!(!h.suspect());
+        }
+        let mut h = health(State::Active, true);
+        let _ = h.record_call_failure(Failure::Unreachable);
+        let out = h.record_call_failure(Failure::Timeout(TWO_S));
+        assert_eq!(out.transition.map(|t| t.to), Some(State::Inactive));
+        // Already down: further ICMP errors change nothing and ask for no
+        // extra probe (its rounds probe it).
+        let out = h.record_call_failure(Failure::Unreachable);
+        assert_eq!(out.transition, None);
+        assert!(!out.probe_now && !h.suspect());
+        // Disabled: ignored.
+        let mut h = health(State::Disabled, true);
+        let out = h.record_call_failure(Failure::Unreachable);
+        assert!(out.transition.is_none() && !out.probe_now && !h.suspect());
+    }
+
+    /// The probing modes decide, as for any failure, whether a probe is
+    /// asked for; an unprobed suspect waits for a failure of another kind,
+    /// and the ICMP error never strands a node.
+    #[test]
+    fn icmp_suspicion_follows_the_probing_mode() {
+        for (mode, probing, probe) in [
+            (ProbingMode::All, false, true),
+            (ProbingMode::UntilReachable, true, true),
+            (ProbingMode::UntilReachable, false, false),
+            (ProbingMode::Flagged, true, true),
+            (ProbingMode::Flagged, false, false),
+            // Mode 2 probes inactive nodes only.
+            (ProbingMode::Inactive, true, false),
+        ] {
+            let mut h = in_mode(mode, State::Active, probing);
+            let out = h.record_call_failure(Failure::Unreachable);
+            assert_eq!(out.probe_now, probe, "{mode} probing={probing}");
+            assert!(!out.stranded, "{mode}");
+            assert_eq!(h.state(), State::Trying, "{mode}");
+            assert_eq!(h.probing(), probing || mode == ProbingMode::All);
+            let out = h.record_call_failure(Failure::Timeout(TWO_S));
+            assert_eq!(h.state(), State::Inactive, "{mode}");
+            assert_eq!(out.stranded, h.stranded(), "{mode}");
+        }
     }
 
     #[test]
@@ -2122,6 +2334,8 @@ mod tests {
         }
         let shared = SharedHealth::new(in_mode(ProbingMode::Flagged, State::Active, false));
         let _ = shared.record_call_failure(Failure::Unreachable);
+        assert!(!shared.stranded(), "an ICMP error only makes it suspect");
+        let _ = shared.record_call_failure(Failure::TransportError);
         assert!(shared.stranded());
         assert!(shared.record_call_reply(200).is_some(), "a dialog's reply");
         assert!(!shared.stranded());

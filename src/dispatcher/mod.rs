@@ -479,8 +479,11 @@ impl Dispatcher {
 /// Logs a node's state change at info, with its reason (e.g.
 /// "sip:10.0.1.10:5080 down: 3 consecutive timeouts (2s)").
 fn log_transition(uri: &str, t: Option<Transition>) {
-    if let Some(t) = t {
-        tracing::info!("{uri} {t}");
+    match t {
+        // Forged ICMP can cause these with every call.
+        Some(t) if t.icmp_only() => tracing::debug!("{uri} {t}"),
+        Some(t) => tracing::info!("{uri} {t}"),
+        None => {}
     }
 }
 

@@ -302,6 +302,9 @@ impl Proxy {
                             to,
                         },
                     );
+                    // Before the send: its ICMP error may be read (on
+                    // another thread) before the send returns.
+                    self.watch_icmp(to.addr, super::icmp::Waiter::call(call));
                     match self.send_to(&bytes, to) {
                         Ok(()) => {
                             let now = Instant::now().into_std();

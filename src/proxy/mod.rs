@@ -15,6 +15,8 @@
 //!   and the failover machine of [`crate::transaction`] and carries out
 //!   what they ask (send, relay, answer, pin, mark, count).
 //! - `response`: match a response to its client transaction and relay it.
+//! - `icmp`: what waits on each destination (INVITE legs, forwarded
+//!   requests), for the ICMP errors from that destination's host.
 //! - `advertise`: report a node's 2xx that advertises an unusable address.
 //! - `rescue`: every local final error: why -> status, phrase, header
 //!   and counter.
@@ -25,6 +27,7 @@ mod admin;
 mod advertise;
 mod forward;
 mod hint;
+mod icmp;
 mod invite;
 mod me;
 mod pool;
@@ -147,6 +150,8 @@ pub struct Proxy {
     /// to the INVITEs waiting on them: that happens outside any call's lock
     /// (a send inside one may be what reads the error).
     icmp_pending: Mutex<Vec<SocketAddr>>,
+    /// What waits on each destination, for those ICMP errors.
+    icmp_watch: icmp::IcmpWatch,
     metrics: crate::metrics::Metrics,
     /// The probes in flight.
     prober: probe::Prober,
@@ -241,6 +246,7 @@ impl Proxy {
             shutting_down: AtomicBool::new(false),
             calls_deciding: Default::default(),
             icmp_pending: Mutex::new(Vec::new()),
+            icmp_watch: Default::default(),
             metrics,
             prober: Default::default(),
             cfg,
@@ -367,29 +373,50 @@ impl Proxy {
     }
 
     /// Fails over the INVITEs and answers 503 to the forwarded requests
-    /// waiting on a destination reported unreachable. Rare (a node is
-    /// marked at once, new calls skip it), so a scan of the tables is
-    /// fine.
+    /// waiting on a destination reported unreachable: those the ICMP
+    /// watch holds for it, never a scan of the tables (a flood of errors
+    /// that pass the offender check must stay cheap).
     fn flush_icmp(&self) {
         let dead = match self.icmp_pending.lock() {
             Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
             _ => return,
         };
-        let calls: Vec<Arc<Call>> = self
-            .tables
-            .invites
-            .iter()
-            .filter(|c| c.is_deciding())
-            .map(|c| c.clone())
-            .collect();
         for addr in dead {
-            for call in &calls {
-                self.call_unreachable(call, addr);
-            }
-            for branch in self.tables.txns.relays_to(addr) {
-                self.relay_unreachable(&branch);
+            for w in self.icmp_watch.take(addr) {
+                match w {
+                    icmp::Waiter::Call(call) => {
+                        if let Some(call) = call.upgrade().filter(|c| c.is_deciding()) {
+                            self.call_unreachable(&call, addr);
+                        }
+                    }
+                    icmp::Waiter::Relay(branch) if self.relay_waiting(&branch) => {
+                        self.relay_unreachable(&branch);
+                    }
+                    icmp::Waiter::Relay(_) => {}
+                }
             }
         }
+    }
+
+    /// `w` was sent to `to`: an ICMP error from there reaches it.
+    fn watch_icmp(&self, to: SocketAddr, w: icmp::Waiter) {
+        self.icmp_watch.watch(to, w, |w| match w {
+            icmp::Waiter::Call(c) => c.upgrade().is_some_and(|c| c.is_deciding()),
+            icmp::Waiter::Relay(b) => self.relay_waiting(b),
+        });
+    }
+
+    /// The forwarded request on `branch` still waits for its final.
+    fn relay_waiting(&self, branch: &[u8]) -> bool {
+        self.tables
+            .txns
+            .with(branch, |t| match t {
+                crate::transaction::ClientTxn::Relay(r) => {
+                    r.with_state(|st| st.client.next_wake().is_some())
+                }
+                _ => false,
+            })
+            .unwrap_or(false)
     }
 
     /// Pauses or resumes probing (`dispatcher.ping_active`); `None` only
@@ -534,10 +561,11 @@ impl Handler for Proxy {
         self.handle_message(msg.data, msg.from);
     }
 
-    /// ICMP says `to` is unreachable (or a TCP connect to it failed): the
-    /// node is marked suspect and the INVITE waiting on it fails over at
-    /// once (in `flush_icmp`, outside any call's lock: a send
-    /// inside one may be what read the error).
+    /// ICMP from `to`'s own host says it is unreachable (or a TCP connect
+    /// to it failed): the node is marked suspect (never down: that takes a
+    /// probe or a failure of another kind) and the INVITE waiting on it
+    /// fails over at once (in `flush_icmp`, outside any call's lock: a
+    /// send inside one may be what read the error).
     fn on_unreachable(&self, to: SocketAddr) {
         tracing::debug!(addr = %to, "ICMP: destination unreachable");
         let pool = self.pool();
@@ -549,6 +577,22 @@ impl Handler for Proxy {
             if !p.contains(&to) {
                 p.push(to);
             }
+        }
+    }
+
+    /// Counts every ICMP error. The ignored ones are logged at debug
+    /// level only: a flood of them must not become a flood of log lines
+    /// (the counter shows it).
+    fn on_icmp(&self, report: crate::transport::IcmpReport) {
+        use crate::transport::IcmpVerdict;
+        self.metrics.icmp_error(report.verdict.into());
+        if report.verdict != IcmpVerdict::Accepted {
+            tracing::debug!(
+                to = %report.to,
+                offender = ?report.offender,
+                "ICMP error ignored ({:?}): not from the destination's host",
+                report.verdict
+            );
         }
     }
 

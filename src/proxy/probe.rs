@@ -1,9 +1,12 @@
 //! OPTIONS health probing of the pool (Kamailio `ds_ping_interval`): every
 //! probed node gets a probe each `[probe] interval`, and at once when a
-//! call just failed on it. A probe is a client transaction like any other
-//! (its branch in the transaction table); the response path reports the
-//! answer. The rounds, the urgent probes and the timeouts are entries of
-//! the proxy's one timer schedule ([`Timer`]): no task of its own.
+//! call just failed on it or an ICMP error made it suspect, but no more
+//! than one such urgent probe per node per [`Proxy::urgent_gap`] (an ICMP
+//! flood must not turn into a probe flood). A probe is a client
+//! transaction like any other (its branch in the transaction table); the
+//! response path reports the answer. The rounds, the urgent probes and the
+//! timeouts are entries of the proxy's one timer schedule ([`Timer`]): no
+//! task of its own.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +60,30 @@ struct ProberState {
     /// Probes in flight, oldest first (one timeout for all: in order).
     pending: VecDeque<Pending>,
     cseq: u32,
+    /// When each node (pool generation, set, node) last got an urgent
+    /// probe: the rate limit.
+    last_urgent: Vec<((u64, usize, usize), Instant)>,
+    /// Urgent probes held back by the rate limit, and when they are due.
+    deferred: Vec<((u64, usize, usize), Instant)>,
+}
+
+/// Whether `key` may get an urgent probe at `now`, `gap` after its last
+/// one: `Ok` (and noted as sent), or `Err(when)` it may.
+fn urgent_allowed(
+    last: &mut Vec<((u64, usize, usize), Instant)>,
+    key: (u64, usize, usize),
+    now: Instant,
+    gap: std::time::Duration,
+) -> Result<(), Instant> {
+    // Old entries (and other generations') say nothing any more.
+    last.retain(|&(_, at)| at + gap > now);
+    match last.iter().find(|(k, _)| *k == key) {
+        Some(&(_, at)) => Err(at + gap),
+        None => {
+            last.push((key, now));
+            Ok(())
+        }
+    }
 }
 
 impl Prober {
@@ -120,7 +147,19 @@ impl Proxy {
         }
     }
 
-    /// Probes the nodes in `urgent` now.
+    /// The least time between two urgent probes of one node: the probe
+    /// timeout (a second probe before the first had its answer would tell
+    /// nothing new), and at least a second.
+    pub(super) fn urgent_gap(&self) -> std::time::Duration {
+        self.cfg
+            .probe
+            .timeout
+            .max(std::time::Duration::from_secs(1))
+    }
+
+    /// Probes the nodes in `urgent` now, and those the rate limit held
+    /// back whose time has come; holds back those probed urgently less
+    /// than [`Proxy::urgent_gap`] ago.
     pub(super) fn probe_urgent(&self) {
         let urgent = self
             .prober
@@ -128,17 +167,41 @@ impl Proxy {
             .lock()
             .map(|mut u| std::mem::take(&mut *u))
             .unwrap_or_default();
-        if !self.prober.active.load(Ordering::Relaxed) {
-            return;
-        }
         let pool = self.pool();
         let mut st = self.prober.state();
+        if !self.prober.active.load(Ordering::Relaxed) {
+            st.deferred.clear();
+            return;
+        }
+        let now = Instant::now();
+        let gap = self.urgent_gap();
+        let mut due = Vec::new();
+        st.deferred.retain(|&(key, at)| {
+            // Fires up to the schedule's slack early.
+            let now_due = at <= now + TIMER_SLACK;
+            if now_due {
+                due.push(key);
+            }
+            !now_due
+        });
         // Indices from before a reload mean nothing now.
-        for (_, set, node) in urgent
+        for key in due
             .into_iter()
+            .chain(urgent)
             .filter(|&(generation, _, _)| generation == pool.generation)
         {
-            self.probe(&pool, set, node, &mut st);
+            let (_, set, node) = key;
+            if st.deferred.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            // The slack too: a deferred probe whose timer fired early is due.
+            match urgent_allowed(&mut st.last_urgent, key, now + TIMER_SLACK, gap) {
+                Ok(()) => self.probe(&pool, set, node, &mut st),
+                Err(at) => {
+                    st.deferred.push((key, at));
+                    self.tables.timers.schedule(at, Timer::ProbeUrgent);
+                }
+            }
         }
     }
 
@@ -269,5 +332,26 @@ fn record(
     d.probed(node, result);
     if let Some(m) = series.get(node) {
         m.probe(result, alive, rtt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urgent_probes_of_a_node_are_a_gap_apart() {
+        let gap = std::time::Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut last = Vec::new();
+        let (a, b) = ((1, 0, 0), (1, 0, 1));
+        assert_eq!(urgent_allowed(&mut last, a, t0, gap), Ok(()));
+        let soon = t0 + std::time::Duration::from_millis(10);
+        assert_eq!(urgent_allowed(&mut last, a, soon, gap), Err(t0 + gap));
+        assert_eq!(urgent_allowed(&mut last, b, soon, gap), Ok(()), "per node");
+        assert_eq!(urgent_allowed(&mut last, a, t0 + gap, gap), Ok(()));
+        assert_eq!(last.len(), 2);
+        // Another pool generation is another node.
+        assert_eq!(urgent_allowed(&mut last, (2, 0, 0), t0 + gap, gap), Ok(()));
     }
 }

@@ -613,6 +613,12 @@ impl Proxy {
         }
         // A retransmission from upstream goes on as a retransmission of
         // ours (same branch); its transaction's timers keep running.
+        if new {
+            self.watch_icmp(
+                to.addr,
+                super::icmp::Waiter::Relay(branch.as_bytes().into()),
+            );
+        }
         if self.send_to(out, to).is_err() && new {
             self.relay_unreachable(branch.as_bytes());
         }

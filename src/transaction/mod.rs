@@ -369,22 +369,6 @@ impl<I: Pending> ClientTxns<I> {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// The branches of the forwarded requests sent to `to` (over any
-    /// transport) and still waiting for a final: what an ICMP error or a
-    /// failed connect to `to` concerns. A scan: only for that rare path.
-    pub fn relays_to(&self, to: SocketAddr) -> Vec<Box<[u8]>> {
-        self.map
-            .iter()
-            .filter(|e| match e.value() {
-                ClientTxn::Relay(r) => {
-                    r.to.addr == to && r.with_state(|st| st.client.next_wake().is_some())
-                }
-                _ => false,
-            })
-            .map(|e| e.key().clone())
-            .collect()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::udp::{IcmpReport, IcmpVerdict};
 use super::{
     Inbound, OnMessage, Peer, PerTransport, Privileged, TcpError, TcpOptions, TcpTransport,
     Transport, UdpTransport,
@@ -28,11 +29,18 @@ pub trait Handler: Send + Sync + 'static {
     /// One message, any transport.
     fn on_message(self: &Arc<Self>, msg: Inbound<'_>);
 
-    /// `to` is unreachable: an ICMP error for a datagram sent to it, or a
-    /// background TCP connect to it failed. May be called from inside a
+    /// `to` is unreachable: an ICMP error from `to`'s own host for a
+    /// datagram sent to it (see [`IcmpVerdict`]), or a background TCP
+    /// connect to it failed. May be called from inside a
     /// [`Transports::send`], so it should only note the fact; act on it in
     /// [`after_batch`](Self::after_batch).
     fn on_unreachable(&self, to: SocketAddr);
+
+    /// Every ICMP error read from a UDP socket's error queue, judged (for
+    /// the handler's counters and logs). Those [`IcmpVerdict::Accepted`]
+    /// then go to [`on_unreachable`](Self::on_unreachable); the others are
+    /// dropped here.
+    fn on_icmp(&self, _report: IcmpReport) {}
 
     /// A send to `to` failed (a full socket buffer, an unreachable peer, a
     /// failed background connect): for the handler's counters. The
@@ -167,9 +175,9 @@ impl<H: Handler> Transports<H> {
     /// an ICMP error. A failed send is counted, never fatal.
     pub fn send(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
         let r = match to.transport {
-            Transport::Udp => self.udp.send(bytes, to.addr, |dead| {
+            Transport::Udp => self.udp.send(bytes, to.addr, |report| {
                 if let Some(h) = self.handler() {
-                    h.on_unreachable(dead);
+                    report_icmp(&*h, report);
                 }
             }),
             Transport::Tcp => self.send_tcp(bytes, to),
@@ -211,5 +219,15 @@ impl<H: Handler> Transports<H> {
 
     fn handler(&self) -> Option<Arc<H>> {
         self.handler.get().and_then(Weak::upgrade)
+    }
+}
+
+/// Hands an ICMP error to `handler`: always to
+/// [`Handler::on_icmp`], and to [`Handler::on_unreachable`] only when it
+/// came from the destination's own host.
+pub(super) fn report_icmp<H: Handler + ?Sized>(handler: &H, report: IcmpReport) {
+    handler.on_icmp(report);
+    if report.verdict == IcmpVerdict::Accepted {
+        handler.on_unreachable(report.to);
     }
 }

@@ -8,7 +8,9 @@
 //!   [`Inbound`] event, and keeps egress choice, ICMP bookkeeping and TCP
 //!   connects to itself.
 //! - `udp`: binding with the options a busy edge needs, one thread per
-//!   socket blocked in `recvmmsg`, ICMP error reporting.
+//!   socket blocked in `recvmmsg`, ICMP error reporting, each error judged
+//!   by who sent it ([`IcmpVerdict`]: only the destination's own host
+//!   counts).
 //! - `tcp`: SIP over TCP: listeners, one connection per peer, stream
 //!   framing, keep-alives, idle timeout, connection cap.
 //! - `egress`: which of several sockets sends to a destination.
@@ -27,7 +29,7 @@ pub use tcp::{
     admit, bind_tcp, ConnId, OnMessage, Privileged, Refused, TcpError, TcpOptions, TcpStats,
     TcpTransport,
 };
-pub use udp::{bind_udp, RecvBatch, SipSocket, UdpOptions, UdpTransport};
+pub use udp::{bind_udp, IcmpReport, IcmpVerdict, RecvBatch, SipSocket, UdpOptions, UdpTransport};
 
 /// The transport enum is a value type (config and dispatcher name it
 /// too): it lives in the leaf module.

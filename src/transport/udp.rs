@@ -2,7 +2,7 @@
 //! its own thread.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -54,6 +54,23 @@ pub const RECV_BATCH: usize = 8;
 
 /// Largest datagram we read (the IPv4 UDP maximum).
 pub const MAX_DATAGRAM: usize = 65_535;
+
+/// How often a send is tried while pending ICMP errors make it fail.
+const SEND_TRIES: usize = 4;
+
+/// Whether a send's error may be an ICMP error pending on the socket (the
+/// kernel hands it to the next call, whatever its destination).
+fn from_icmp(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    ) || [Errno::EPROTO, Errno::EACCES]
+        .iter()
+        .any(|&n| e.raw_os_error() == Some(n as i32))
+}
 
 /// How long a receive thread blocks before it looks at its stop flag.
 pub const RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
@@ -133,16 +150,16 @@ impl SipSocket {
         socket2::SockRef::from(&self.socket).send_to_with_flags(buf, &to.into(), libc_dontwait())
     }
 
-    /// Reads the destinations that drew an ICMP error (see
-    /// [`take_unreachable`]).
-    pub fn take_unreachable(&self, out: &mut Vec<SocketAddr>) {
-        take_unreachable(&self.socket, out);
+    /// Reads the ICMP errors queued on the socket (see
+    /// [`take_icmp_errors`]); returns how many.
+    pub fn take_icmp_errors(&self, out: &mut Vec<IcmpReport>) -> usize {
+        take_icmp_errors(&self.socket, out)
     }
 
     /// Blocks until datagrams or ICMP errors come, or [`RECV_TIMEOUT`]
     /// passes: fills `batch` with what is queued (up to [`RECV_BATCH`])
-    /// and `unreachable` with destinations reported unreachable.
-    pub fn recv(&self, batch: &mut RecvBatch, unreachable: &mut Vec<SocketAddr>) -> io::Result<()> {
+    /// and `icmp` with the ICMP errors reported.
+    pub fn recv(&self, batch: &mut RecvBatch, icmp: &mut Vec<IcmpReport>) -> io::Result<()> {
         batch.len = 0;
         match recv_many(&self.socket, batch) {
             Ok(_) => Ok(()),
@@ -154,14 +171,66 @@ impl SipSocket {
             {
                 Ok(())
             }
-            // A pending ICMP error surfaces on the read.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                self.take_unreachable(unreachable);
+            // A pending ICMP error surfaces on the read, as whatever errno
+            // it carries (port unreachable, host unreachable, prohibited,
+            // parameter problem...). Forged ones too: never sleep on them,
+            // even when a send on another thread read the queue first.
+            Err(e) if self.take_icmp_errors(icmp) > 0 || from_icmp(&e) => {
+                tracing::trace!("udp:{}: {e} from the error queue", self.local);
                 Ok(())
             }
             Err(e) => Err(e),
         }
     }
+}
+
+/// What an ICMP error on a socket's error queue is worth. ICMP is
+/// forgeable (the node's address is no secret: it sits in every
+/// Record-Route), so only an error from the destination's own host is
+/// evidence; a host or port that really is closed answers from the address
+/// the datagram went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IcmpVerdict {
+    /// From the destination's own address: the transaction just sent
+    /// there may fail over.
+    Accepted,
+    /// From any other address (forged, or a router on the way): ignored.
+    Forged,
+    /// Not an unreachability reported by ICMP (an error of our own, such
+    /// as a datagram too large, or ICMP "fragmentation needed"): ignored.
+    Other,
+}
+
+impl IcmpVerdict {
+    /// The verdict on an error-queue message about a datagram sent to
+    /// `to`: `from_icmp` when the kernel got it from an ICMP packet (not
+    /// our own stack), `errno` its error, `offender` that packet's source
+    /// (`SO_EE_OFFENDER`).
+    pub fn judge(
+        to: SocketAddr,
+        from_icmp: bool,
+        errno: i32,
+        offender: Option<IpAddr>,
+    ) -> IcmpVerdict {
+        if !from_icmp || errno == nix::errno::Errno::EMSGSIZE as i32 {
+            return IcmpVerdict::Other;
+        }
+        match offender {
+            Some(ip) if ip.to_canonical() == to.ip().to_canonical() => IcmpVerdict::Accepted,
+            Some(_) => IcmpVerdict::Forged,
+            None => IcmpVerdict::Other,
+        }
+    }
+}
+
+/// One message of a socket's error queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpReport {
+    /// Where the datagram that drew it went.
+    pub to: SocketAddr,
+    /// Who sent the ICMP packet, when the kernel says.
+    pub offender: Option<IpAddr>,
+    pub verdict: IcmpVerdict,
 }
 
 /// The listening UDP sockets and which one sends to a destination.
@@ -195,27 +264,41 @@ impl UdpTransport {
 
     /// Sends `bytes` to `to` from the socket [`Egress`] picks, without
     /// waiting. A pending ICMP error that makes the send fail is read
-    /// (each destination it names goes to `unreachable`) and the send is
-    /// tried once more.
+    /// (each report goes to `icmp`) and the send is tried again, a few
+    /// times: the error is about an earlier datagram, maybe to another
+    /// peer. Errors that keep coming (a flood) fail the send as a local
+    /// matter ([`io::ErrorKind::WouldBlock`]), never as the peer's fault.
     pub fn send(
         &self,
         bytes: &[u8],
         to: SocketAddr,
-        mut unreachable: impl FnMut(SocketAddr),
+        mut icmp: impl FnMut(IcmpReport),
     ) -> io::Result<()> {
         let Some(socket) = self.sockets.get(self.egress.pick(to)) else {
             return Err(io::ErrorKind::NotConnected.into());
         };
-        let mut r = socket.send_to(bytes, to).map(|_| ());
-        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
-            // From an earlier datagram, maybe to another peer: this one was
-            // not sent.
-            let mut dead = Vec::new();
-            socket.take_unreachable(&mut dead);
-            dead.into_iter().for_each(&mut unreachable);
+        let mut reports = Vec::new();
+        let mut r = Ok(());
+        for _ in 0..SEND_TRIES {
             r = socket.send_to(bytes, to).map(|_| ());
+            let Err(e) = &r else { break };
+            // The receive thread may have read the queue first: an errno
+            // ICMP can set is retried whether or not this read found any.
+            if socket.take_icmp_errors(&mut reports) == 0 && !from_icmp(e) {
+                break;
+            }
         }
-        r
+        reports.into_iter().for_each(&mut icmp);
+        match r {
+            // Never a verdict on this destination: an unconnected socket
+            // learns of a refused port only from ICMP, about earlier
+            // datagrams.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("ICMP errors keep arriving for earlier datagrams ({e})"),
+            )),
+            r => r,
+        }
     }
 
     /// Starts one receive thread per socket, each feeding `handler` until
@@ -256,16 +339,16 @@ fn recv_loop<H: Handler>(
     let _rt = rt.enter();
     let local = socket.local_addr();
     let mut batch = RecvBatch::default();
-    let mut dead = Vec::new();
+    let mut icmp = Vec::new();
     while !cancel.is_cancelled() {
-        if let Err(e) = socket.recv(&mut batch, &mut dead) {
+        if let Err(e) = socket.recv(&mut batch, &mut icmp) {
             tracing::warn!("recv on udp:{local}: {e}");
             // Not a busy loop on a persistent error.
             std::thread::sleep(RECV_TIMEOUT);
             continue;
         }
-        for addr in dead.drain(..) {
-            handler.on_unreachable(addr);
+        for report in icmp.drain(..) {
+            super::facade::report_icmp(&**handler, report);
         }
         for (data, src) in batch.datagrams() {
             handler.on_message(Inbound {
@@ -350,38 +433,144 @@ pub fn enable_icmp_errors(_socket: &UdpSocket) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads the socket's error queue: the destinations of datagrams that drew
-/// an ICMP error since the last call (the kernel reports the original
-/// destination as the message's address).
+/// Reads the socket's error queue: one [`IcmpReport`] per datagram that
+/// drew an error since the last call (the kernel reports the original
+/// destination as the message's address, and the ICMP packet's source as
+/// the offender in its `IP_RECVERR` control message). Returns how many
+/// messages it read, judged or not.
 #[cfg(target_os = "linux")]
-pub fn take_unreachable(socket: &UdpSocket, out: &mut Vec<SocketAddr>) {
+pub fn take_icmp_errors(socket: &UdpSocket, out: &mut Vec<IcmpReport>) -> usize {
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
 
-    use nix::sys::socket::{recvmsg, MsgFlags, SockaddrStorage};
+    use nix::libc;
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
     let fd = socket.as_raw_fd();
     let mut data = [0u8; 64];
     // Room for the sock_extended_err control message and its offender.
     let mut cmsg = [0u8; 256];
+    let mut read = 0;
     // Bounded: the queue holds at most what the kernel's buffer allows.
     for _ in 0..256 {
         let mut iov = [IoSliceMut::new(&mut data)];
         let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
         let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), flags) else {
-            return;
+            break;
         };
-        if let Some(a) = msg.address.as_ref().and_then(socket_addr) {
-            out.push(a);
+        read += 1;
+        let Some(to) = msg.address.as_ref().and_then(socket_addr) else {
+            continue;
+        };
+        let mut report = None;
+        for c in msg.cmsgs().into_iter().flatten() {
+            let (err, offender) = match c {
+                ControlMessageOwned::Ipv4RecvErr(err, off) => (
+                    err,
+                    off.map(|o| {
+                        IpAddr::from(std::net::Ipv4Addr::from(u32::from_be(o.sin_addr.s_addr)))
+                    }),
+                ),
+                ControlMessageOwned::Ipv6RecvErr(err, off) => (
+                    err,
+                    off.map(|o| IpAddr::from(std::net::Ipv6Addr::from(o.sin6_addr.s6_addr))),
+                ),
+                _ => continue,
+            };
+            let from_icmp = matches!(
+                err.ee_origin,
+                libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
+            );
+            let errno = i32::try_from(err.ee_errno).unwrap_or(i32::MAX);
+            report = Some(IcmpReport {
+                to,
+                offender,
+                verdict: IcmpVerdict::judge(to, from_icmp, errno, offender),
+            });
         }
+        out.push(report.unwrap_or(IcmpReport {
+            to,
+            offender: None,
+            verdict: IcmpVerdict::Other,
+        }));
     }
+    read
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn take_unreachable(_socket: &UdpSocket, _out: &mut Vec<SocketAddr>) {}
+pub fn take_icmp_errors(_socket: &UdpSocket, _out: &mut Vec<IcmpReport>) -> usize {
+    0
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A closed port's ICMP error, pending on the socket when the next
+    /// send (to someone else) runs: that send still goes out, and the
+    /// error is reported, judged from the kernel's offender.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pending_icmp_error_is_read_and_judged_and_the_next_send_goes_out() {
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ours = bind_udp("127.0.0.1:0".parse().unwrap(), UdpOptions::default()).unwrap();
+        let t = UdpTransport::new(vec![ours]).unwrap();
+        let mut reports = Vec::new();
+        t.send(b"x", dead, |r| reports.push(r)).unwrap();
+        // On loopback the error is queued during that send; the loop only
+        // bounds the wait should it come later.
+        for _ in 0..10_000 {
+            if !reports.is_empty() {
+                break;
+            }
+            t.send(b"y", peer.local_addr().unwrap(), |r| reports.push(r))
+                .expect("a pending error does not fail this send");
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            reports,
+            [IcmpReport {
+                to: dead,
+                offender: Some(dead.ip()),
+                verdict: IcmpVerdict::Accepted,
+            }]
+        );
+        let mut buf = [0u8; 8];
+        peer.set_read_timeout(Some(RECV_TIMEOUT * 10)).unwrap();
+        assert_eq!(peer.recv(&mut buf).unwrap(), 1, "the peer got a datagram");
+    }
+
+    #[test]
+    fn only_icmp_from_the_destinations_host_is_accepted() {
+        use nix::errno::Errno;
+        let to: SocketAddr = "192.0.2.10:5080".parse().unwrap();
+        let refused = Errno::ECONNREFUSED as i32;
+        let node = Some(to.ip());
+        let judge = |from_icmp, errno, offender| IcmpVerdict::judge(to, from_icmp, errno, offender);
+        assert_eq!(judge(true, refused, node), IcmpVerdict::Accepted);
+        let prohibited = Errno::EHOSTUNREACH as i32;
+        assert_eq!(judge(true, prohibited, node), IcmpVerdict::Accepted);
+        let stranger = Some("198.51.100.9".parse().unwrap());
+        assert_eq!(judge(true, refused, stranger), IcmpVerdict::Forged);
+        assert_eq!(judge(true, refused, None), IcmpVerdict::Other);
+        assert_eq!(
+            judge(false, refused, node),
+            IcmpVerdict::Other,
+            "our own stack"
+        );
+        let too_big = Errno::EMSGSIZE as i32;
+        assert_eq!(judge(true, too_big, node), IcmpVerdict::Other);
+        // A dual-stack socket reports an IPv4 offender v4-mapped.
+        let mapped = Some("::ffff:192.0.2.10".parse().unwrap());
+        assert_eq!(judge(true, refused, mapped), IcmpVerdict::Accepted);
+        let to6: SocketAddr = "[::ffff:192.0.2.10]:5080".parse().unwrap();
+        assert_eq!(
+            IcmpVerdict::judge(to6, true, refused, node),
+            IcmpVerdict::Accepted
+        );
+    }
 
     /// A keepalived standby binds the VIP before it holds it: only with
     /// freebind. 192.0.2.0/24 (TEST-NET-1) is on no interface here; nothing

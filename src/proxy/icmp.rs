@@ -1,0 +1,96 @@
+//! Who waits on a destination, for the ICMP errors about it: the INVITE
+//! legs and forwarded requests sent there. An ICMP error from the
+//! destination's host fails them over (or answers 503) at once; looking
+//! them up here costs what was sent there since the last error, not a scan
+//! of every transaction, so a flood of ICMP errors that pass the offender
+//! check (a spoofed source) cannot stall the receive threads.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+
+use super::invite::Call;
+
+/// Something sent to a destination and waiting on it.
+pub(super) enum Waiter {
+    /// A new INVITE whose leg went there.
+    Call(Weak<Call>),
+    /// A forwarded request's client transaction, by branch.
+    Relay(Box<[u8]>),
+}
+
+/// Entries per destination below which nothing is pruned.
+const PRUNE_FLOOR: usize = 64;
+
+#[derive(Default)]
+struct Waiters {
+    items: Vec<Waiter>,
+    /// Prune the finished entries once there are this many (then double
+    /// what is left, so pruning stays amortised O(1) per entry).
+    prune_at: usize,
+}
+
+/// Destination -> what waits on it.
+#[derive(Default)]
+pub(super) struct IcmpWatch {
+    map: crate::FastMap<SocketAddr, Waiters>,
+}
+
+impl IcmpWatch {
+    /// `w` was just sent to `to`. `waiting` tells a finished entry (pruned
+    /// as the list grows: a destination that never errs keeps no history).
+    pub(super) fn watch(&self, to: SocketAddr, w: Waiter, waiting: impl Fn(&Waiter) -> bool) {
+        let mut e = self.map.entry(to).or_default();
+        e.items.push(w);
+        if e.items.len() >= e.prune_at.max(PRUNE_FLOOR) {
+            e.items.retain(|w| waiting(w));
+            e.prune_at = e.items.len() * 2;
+        }
+    }
+
+    /// Everything sent to `to` since the last call: an ICMP error from it
+    /// came. Those not failed over by it (they had an answer) are immune
+    /// to later ones, so none is kept.
+    pub(super) fn take(&self, to: SocketAddr) -> Vec<Waiter> {
+        self.map
+            .remove(&to)
+            .map(|(_, w)| w.items)
+            .unwrap_or_default()
+    }
+
+    /// Destinations with entries (for tests and the bounds).
+    #[cfg(test)]
+    pub(super) fn len(&self, to: SocketAddr) -> usize {
+        self.map.get(&to).map_or(0, |w| w.items.len())
+    }
+}
+
+impl Waiter {
+    pub(super) fn call(call: &Arc<Call>) -> Waiter {
+        Waiter::Call(Arc::downgrade(call))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_entries_are_pruned_as_the_list_grows_and_take_empties_it() {
+        let w = IcmpWatch::default();
+        let to: SocketAddr = "192.0.2.1:5080".parse().unwrap();
+        let relay = |n: u32| Waiter::Relay(n.to_be_bytes().into());
+        let live = |w: &Waiter| matches!(w, Waiter::Relay(b) if b[3] % 10 == 0);
+        for n in 0..10_000u32 {
+            w.watch(to, relay(n), live);
+            assert!(
+                w.len(to) <= PRUNE_FLOOR.max(2 * 1_000 + 2),
+                "{n}: {}",
+                w.len(to)
+            );
+        }
+        let taken = w.take(to);
+        assert!(taken.len() >= 1_000 / 10, "the live ones are kept");
+        assert_eq!(w.len(to), 0);
+        assert!(w.take(to).is_empty());
+    }
+}
