@@ -467,9 +467,9 @@ impl Default for Dialogs {
 }
 
 /// `[cluster]`: what the sipedge instances in front of one pool share.
-/// The secret authenticates the node hint in our Record-Route, so any
+/// The secret keys the opaque node hint in our Record-Route, so any
 /// instance with the same secret routes a dialog another one set up, and
-/// nobody else can name a node in it (`proxy::hint`).
+/// nobody else can read or name a node in it (`proxy::hint`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
@@ -514,7 +514,7 @@ impl fmt::Debug for Secret {
 pub const MIN_SECRET_LEN: usize = 16;
 
 impl Cluster {
-    /// The secret that signs route hints and the previous one still
+    /// The secret that seals route hints and the previous one still
     /// accepted; `None`: hints are not authenticated.
     pub fn secrets(&self) -> Option<(&[u8], Option<&[u8]>)> {
         let (current, previous) = self.resolved.as_ref()?;
@@ -1468,7 +1468,8 @@ impl fmt::Display for Config {
         match self.cluster.secrets() {
             Some((_, previous)) => writeln!(
                 f,
-                "route hint      authenticated by [cluster] secret{}",
+                "route hint      authenticated by [cluster] secret, opaque (names no node \
+                 address){}",
                 if previous.is_some() {
                     " (previous secret still accepted)"
                 } else {
@@ -1477,8 +1478,9 @@ impl fmt::Display for Config {
             )?,
             None => writeln!(
                 f,
-                "route hint      unauthenticated (no [cluster] secret): any sender can name \
-                 a pool node in it"
+                "route hint      unauthenticated (no [cluster] secret): opaque under a built-in \
+                 key, which hides node addresses from casual view only; anyone with sipedge's \
+                 source can read one, or forge one naming a pool node"
             )?,
         }
         match &self.dialogs.registry {
@@ -2285,7 +2287,10 @@ uri = "sip:10.0.1.11:5080"
         assert!(summary.contains("fr_timeout 2s, fr_inv_timeout 120s"));
         assert!(summary.contains("ttl 2h, max 1000000"));
         assert!(
-            summary.contains("route hint      unauthenticated (no [cluster] secret)"),
+            summary.contains(
+                "route hint      unauthenticated (no [cluster] secret): opaque under a built-in \
+                 key, which hides node addresses from casual view only"
+            ),
             "{summary}"
         );
         assert!(summary.contains("registry        off"), "{summary}");
@@ -2304,9 +2309,9 @@ uri = "sip:10.0.1.11:5080"
             "trimmed"
         );
         assert!(!format!("{config:?}").contains(SECRET), "Debug hides it");
-        assert!(config
-            .to_string()
-            .contains("route hint      authenticated by [cluster] secret\n"));
+        assert!(config.to_string().contains(
+            "route hint      authenticated by [cluster] secret, opaque (names no node address)\n"
+        ));
 
         let dir = std::env::temp_dir().join(format!("sipedge-secret-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

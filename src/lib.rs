@@ -40,7 +40,7 @@
 //!   response paths, the pure in-dialog routing decision (`route.rs`), the
 //!   one forwarding edit (`forward.rs`), the driver of the transaction
 //!   machines (`invite.rs`), every local answer (`rescue.rs`), our
-//!   advertised identity (`me.rs`), the route hint's MAC (`hint.rs`,
+//!   advertised identity (`me.rs`), the opaque route hint (`hint.rs`,
 //!   `[cluster] secret`), the prober and the reload.
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per

@@ -32,8 +32,8 @@ fn tcp_opts() -> Options {
     }
 }
 
-/// `value` is our Record-Route for `node` over `transport` (`None`: the
-/// UDP one, with no transport parameter). Read by hand, not with the
+/// `value` is our Record-Route for `node` (its opaque hint) over
+/// `transport` (`None`: the UDP one, with no transport parameter). Read by hand, not with the
 /// crate's parser: the test must not share a bug with the proxy.
 fn assert_our_rr(value: &str, proxy: SocketAddr, transport: Option<&str>, node: SocketAddr) {
     let uri = value
@@ -59,8 +59,11 @@ fn assert_our_rr(value: &str, proxy: SocketAddr, transport: Option<&str>, node: 
             .map(|(_, v)| *v)
     };
     assert_eq!(get("lr"), Some(None), "no ;lr: {value}");
-    let node = node.to_string();
-    assert_eq!(get("node"), Some(Some(node.as_str())), "{value}");
+    // The node's opaque hint: 32 hex digits for IPv4, 56 for IPv6.
+    let hint = assert_opaque_hint(value, node);
+    let want = if node.is_ipv4() { 32 } else { 56 };
+    assert_eq!(get("node"), Some(Some(hint.as_str())), "{value}");
+    assert_eq!(hint.len(), want, "{value}");
     match transport {
         None => assert_eq!(get("transport"), None, "{value}"),
         Some(t) => assert!(

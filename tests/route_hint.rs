@@ -1,10 +1,12 @@
-//! The Record-Route hint over real sockets: signed with `[cluster]
+//! The Record-Route hint over real sockets: it names no address (nor does
+//! any header sipedge sends the trunk), and, sealed with `[cluster]
 //! secret`, a dialog set up through one instance is routed by another that
 //! never saw it (two proxies behind one VIP, or one after a restart); a
-//! forged, cut or replayed hint is refused with 481 and counted; another
-//! secret refuses; without a secret the hint routes as before and the
-//! start-up summary says so; and a Request-URI naming the node that took
-//! the call over beats a stale hint.
+//! forged, cut or replayed hint, or a node's address in its place, is
+//! refused with 481 and counted; another secret refuses; without a secret
+//! the hint is still opaque and still routes, and the start-up summary
+//! says what it is worth; and a Request-URI naming the node that took the
+//! call over beats a stale hint.
 //!
 //! The second instance ("standby") advertises the first one's address, as
 //! two proxies behind one keepalived VIP do, from a socket of its own; the
@@ -99,18 +101,17 @@ async fn call_via(h: &Harness, contact: &str) -> (Dialog, Dialog) {
     (call, fs)
 }
 
-/// The `mac=` value of our Route.
-fn mac_of(route: &str) -> &str {
-    let at = route.find(";mac=").expect("a signed hint") + 5;
+/// The `node=` value of our Route.
+fn hint_of(route: &str) -> &str {
+    let at = route.find(";node=").expect("a hint") + 6;
     let end = route[at..].find([';', '>']).map_or(route.len(), |e| at + e);
     &route[at..end]
 }
 
-/// `route` with its `;mac=` replaced by `mac` (`None`: removed).
-fn with_mac(route: &str, mac: Option<&str>) -> String {
-    let old = format!(";mac={}", mac_of(route));
-    let new = mac.map(|m| format!(";mac={m}")).unwrap_or_default();
-    route.replacen(&old, &new, 1)
+/// `route` with its `;node=` parameter replaced by `param` (with its
+/// `;`; empty: removed).
+fn with_hint(route: &str, param: &str) -> String {
+    route.replacen(&format!(";node={}", hint_of(route)), param, 1)
 }
 
 fn rejected_bad_hint(p: &Proxy) -> u64 {
@@ -128,8 +129,8 @@ fn scraped_bad_hint(p: &Proxy) -> String {
 }
 
 /// A call set up through A is routed by B, which never saw it, by its
-/// signed hint: re-INVITE, its ACK and BYE reach node 0 through B, and
-/// responses come back; the hint carries the MAC, and the node's Contact
+/// sealed hint: re-INVITE, its ACK and BYE reach node 0 through B, and
+/// responses come back; the hint names no address, and the node's Contact
 /// is nothing B could route by.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dialog_set_up_through_one_instance_is_routed_by_another_with_the_same_secret() {
@@ -138,14 +139,15 @@ async fn a_dialog_set_up_through_one_instance_is_routed_by_another_with_the_same
     let (mut call, fs) = call_via(&a, NODE_CONTACT).await;
     let route = call.route[0].clone();
     assert!(
-        route.starts_with(&format!("<sip:{};lr;node={};mac=", a.addr, a.nodes[0].addr)),
+        route.starts_with(&format!("<sip:{};lr;node=", a.addr)),
         "{route}"
     );
-    let mac = mac_of(&route);
-    assert_eq!(mac.len(), 20, "80 bits in hex: {route}");
-    assert!(mac
-        .bytes()
-        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    let hint = assert_opaque_hint(&route, a.nodes[0].addr);
+    assert_eq!(
+        hint.len(),
+        32,
+        "80-bit tag and a sealed IPv4 address: {route}"
+    );
     assert_eq!(b.proxy.dialogs().get(call.call_id.as_bytes()), None);
 
     let node = &a.nodes[0];
@@ -175,11 +177,12 @@ async fn a_dialog_set_up_through_one_instance_is_routed_by_another_with_the_same
     a.nodes[1].expect_nothing(QUIET).await;
 }
 
-/// On an instance without the pin, a hint whose MAC is missing, forged,
-/// cut, made for another node or for another Call-ID is refused: 481 to a
-/// re-INVITE (counted in `bad_route_hint`, as scraped) and to a BYE, an
-/// ACK dropped; no node hears any of it. So is a bare Request-URI naming a
-/// node, without our Route: with a secret, nothing unauthenticated
+/// On an instance without the pin, a hint without a value, forged, cut, a
+/// node's address (the old, readable form), or made for another Call-ID is
+/// refused: 481 to a re-INVITE (counted in `bad_route_hint`, as scraped)
+/// and to a BYE, an ACK dropped; no node hears any of it. So is our Route
+/// without a hint, or a bare Request-URI naming a node without our Route
+/// (481, not a hint problem): with a secret, nothing unauthenticated
 /// steers a dialog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_cut_and_replayed_hints_get_481_and_are_counted() {
@@ -188,19 +191,22 @@ async fn forged_cut_and_replayed_hints_get_481_and_are_counted() {
     let (call, _) = call_via(&a, NODE_CONTACT).await;
     let (other, _) = call_via(&a, NODE_CONTACT).await;
     let good = call.route[0].clone();
-    let mac = mac_of(&good).to_owned();
-    let mut flipped = mac.clone().into_bytes();
-    flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
-    let flipped = String::from_utf8(flipped).unwrap();
-    let node1 = good.replace(
-        &format!("node={}", a.nodes[0].addr),
-        &format!("node={}", a.nodes[1].addr),
-    );
+    let hint = hint_of(&good).to_owned();
+    // One bit off in the tag, one in the sealed address.
+    let flip = |i: usize| {
+        let mut h = hint.clone().into_bytes();
+        h[i] = if h[i] == b'0' { b'1' } else { b'0' };
+        with_hint(&good, &format!(";node={}", String::from_utf8(h).unwrap()))
+    };
     let bad_routes = [
-        ("no MAC", with_mac(&good, None)),
-        ("forged", with_mac(&good, Some(&flipped))),
-        ("cut", with_mac(&good, Some(&mac[..16]))),
-        ("another node", node1),
+        ("no value", with_hint(&good, ";node")),
+        ("forged tag", flip(0)),
+        ("forged address", flip(hint.len() - 1)),
+        ("cut", with_hint(&good, &format!(";node={}", &hint[..30]))),
+        (
+            "an address",
+            with_hint(&good, &format!(";node={}", a.nodes[1].addr)),
+        ),
         // The other call's genuine hint, replayed into this one.
         ("another Call-ID", other.route[0].clone()),
     ];
@@ -229,8 +235,17 @@ async fn forged_cut_and_replayed_hints_get_481_and_are_counted() {
     }
     assert_eq!(scraped_bad_hint(&b.proxy), counted.to_string());
 
+    // Our Route without a hint, or with a `node=` that is not even a URI
+    // parameter: nothing to route by (481, not a hint problem).
+    for param in ["", ";node="] {
+        let mut unhinted = call.clone();
+        unhinted.route = vec![with_hint(&good, param)];
+        let (bye, _) = unhinted.request("BYE", None);
+        a.trunk.send(bye, b.addr).await;
+        a.trunk.recv_response(481).await;
+    }
     // No Route of ours at all, the Request-URI naming node 0: not ours to
-    // steer (481, not a hint problem).
+    // steer.
     let ruri = format!("sip:fs@{}", a.nodes[0].addr);
     let bare = request_from("BYE", &ruri, a.trunk.addr, Some("fs-x"), None);
     a.trunk.send(bare, b.addr).await;
@@ -247,9 +262,9 @@ async fn forged_cut_and_replayed_hints_get_481_and_are_counted() {
     a.nodes[0].recv_request("BYE").await;
 }
 
-/// An instance with another secret refuses the hint; one with none takes
-/// it on trust (as before signing), and A, which has the pin, never looks
-/// at it.
+/// An instance with another secret refuses the hint, and so does one with
+/// none (its built-in key opens no hint sealed with a secret); A, which
+/// has the pin, never looks at it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_secret_refuses_the_hint_and_the_pin_never_needs_it() {
     let a = Harness::start(with(SECRET)).await;
@@ -270,12 +285,13 @@ async fn another_secret_refuses_the_hint_and_the_pin_never_needs_it() {
     let mut c = call.clone();
     let (options, _) = c.request("OPTIONS", None);
     a.trunk.send(options, unsigned.addr).await;
-    let got = a.nodes[0].recv_request("OPTIONS").await;
-    assert_eq!(got.from, unsigned.addr);
+    a.trunk.recv_response(481).await;
+    assert_eq!(rejected_bad_hint(&unsigned.proxy), 0, "not a re-INVITE");
+    a.nodes[0].expect_nothing(QUIET).await;
 
     // A has the pin: even a mangled hint reaches the node there.
     let mut mangled = call.clone();
-    mangled.route = vec![with_mac(&call.route[0], None)];
+    mangled.route = vec![with_hint(&call.route[0], ";node=00")];
     let (bye, _) = mangled.request("BYE", None);
     a.trunk.send(bye, a.addr).await;
     let bye = a.nodes[0].recv_request("BYE").await;
@@ -286,17 +302,30 @@ async fn another_secret_refuses_the_hint_and_the_pin_never_needs_it() {
     assert_eq!(rejected_bad_hint(&a.proxy), 0);
 }
 
-/// Without a secret the hint carries no MAC and still routes on another
-/// instance, exactly as before.
+/// Without a secret the hint is sealed with the built-in key: just as
+/// opaque, and it still routes on another instance (one with a secret
+/// refuses it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_secret_the_hint_is_unsigned_and_still_routes() {
+async fn without_a_secret_the_hint_is_still_opaque_and_still_routes() {
     let a = Harness::start(Options::default()).await;
     let b = standby(&a, "");
     let (mut call, fs) = call_via(&a, NODE_CONTACT).await;
-    assert_eq!(
-        call.route,
-        [format!("<sip:{};lr;node={}>", a.addr, a.nodes[0].addr)]
-    );
+    assert_eq!(call.route.len(), 1);
+    let hint = assert_opaque_hint(&call.route[0], a.nodes[0].addr);
+    assert_eq!(call.route[0], format!("<sip:{};lr;node={hint}>", a.addr));
+
+    let signed = standby(&a, SECRET);
+    let (reinvite, _) = call
+        .clone()
+        .request("INVITE", Some(("application/sdp", SDP_T38.as_bytes())));
+    a.trunk.send(reinvite, signed.addr).await;
+    let r = a
+        .trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    assert_eq!(r.last().unwrap().status(), Some(481));
+    assert_eq!(rejected_bad_hint(&signed.proxy), 1);
+
     let (bye, branch) = call.request("BYE", None);
     a.trunk.send(bye, b.addr).await;
     let node = &a.nodes[0];
@@ -326,7 +355,7 @@ async fn a_request_uri_naming_the_node_that_took_over_beats_a_stale_hint() {
         format!("sip:fs@192.0.2.11:{}", n1.addr.port()),
     ] {
         let (mut call, fs) = call_via(&a, &format!("sip:fs@{}", n0.addr)).await;
-        assert!(call.route[0].contains(&format!("node={}", n0.addr)));
+        let hint = assert_opaque_hint(&call.route[0], n0.addr);
 
         // Node 1 recovers the call: same dialog and route set, its Contact.
         let mut recovered = fs.clone();
@@ -350,8 +379,9 @@ async fn a_request_uri_naming_the_node_that_took_over_beats_a_stale_hint() {
         n1.send(ack, a.addr).await;
         a.trunk.recv_request("ACK").await;
 
-        // The VIP moves to B: the BYE's hint says node 0, its R-URI node 1.
-        assert!(call.route[0].contains(&format!("node={}", n0.addr)));
+        // The VIP moves to B: the BYE's hint says node 0 (sealed), its
+        // R-URI node 1.
+        assert_eq!(hint_of(&call.route[0]), hint);
         let (bye, branch) = call.request("BYE", None);
         a.trunk.send(bye, b.addr).await;
         let bye = n1.recv_request("BYE").await;
@@ -366,10 +396,10 @@ async fn a_request_uri_naming_the_node_that_took_over_beats_a_stale_hint() {
 }
 
 /// A call bridged between a TCP trunk and a UDP node gets two
-/// Record-Routes (one per side): both carry the hint and the same MAC, and
-/// the trunk's BYE along them reaches the node.
+/// Record-Routes (one per side): both carry the same hint, and the trunk's
+/// BYE along them reaches the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_record_routes_of_a_bridged_call_are_signed() {
+async fn both_record_routes_of_a_bridged_call_carry_the_hint() {
     let a = Harness::start(Options {
         tcp: true,
         ..with(SECRET)
@@ -384,17 +414,14 @@ async fn both_record_routes_of_a_bridged_call_are_signed() {
     let inv = node.recv_request("INVITE").await;
     let rr = inv.values(HeaderName::RecordRoute);
     assert_eq!(rr.len(), 2, "{}", inv.text());
-    let hint = format!("lr;node={};mac=", node.addr);
-    assert!(
-        rr[0].starts_with(&format!("<sip:{};{hint}", a.addr)),
-        "{rr:?}"
-    );
+    let hint = assert_opaque_hint(&rr[0], node.addr);
+    assert_eq!(rr[0], format!("<sip:{};lr;node={hint}>", a.addr));
     let tcp = a.tcp_addr.unwrap();
-    assert!(
-        rr[1].starts_with(&format!("<sip:{tcp};transport=tcp;{hint}")),
+    assert_eq!(
+        rr[1],
+        format!("<sip:{tcp};transport=tcp;lr;node={hint}>"),
         "{rr:?}"
     );
-    assert_eq!(mac_of(&rr[0]), mac_of(&rr[1]));
     assert!(rr
         .iter()
         .all(|r| r.ends_with('>') && r.matches('>').count() == 1));
@@ -408,6 +435,71 @@ async fn both_record_routes_of_a_bridged_call_are_signed() {
     trunk.send(bye).await;
     let bye = node.recv_request("BYE").await;
     assert!(bye.values(HeaderName::Route).is_empty(), "both popped");
+}
+
+/// The hint names no address and still routes after a restart: a call is
+/// set up through A (node 0 rings, then answers); nothing sipedge sends
+/// the trunk names a node (every header but the node's own Contact, which
+/// is not ours to rewrite); A stops, a fresh instance with the same config
+/// (which never saw the call) starts, and the trunk's BYE reaches node 0
+/// by the hint alone. With a secret and with the built-in key alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_that_names_no_address_still_routes_after_a_restart() {
+    for secret in [SECRET, ""] {
+        let a = Harness::start(with(secret)).await;
+        let nodes: Vec<SocketAddr> = a.nodes.iter().map(|n| n.addr).collect();
+        let node = &a.nodes[0];
+        let mut call = a.trunk_call();
+        a.trunk.send(call.invite(SDP_AUDIO), a.addr).await;
+        let mut to_trunk = vec![a.trunk.recv_response(100).await];
+        let inv = node.recv_request("INVITE").await;
+        let mut fs = Dialog::uas(node, &inv, &unique("fs-"));
+        fs.local_contact = NODE_CONTACT.to_owned();
+        node.send(fs.answer(&inv, 180, "Ringing", None), inv.from)
+            .await;
+        node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+            .await;
+        to_trunk.extend(a.trunk.recv_until(|r| r.status() == Some(200)).await);
+        let ok = to_trunk.last().unwrap();
+        call.learn_2xx(ok);
+        let (ack, _) = call.request("ACK", None);
+        a.trunk.send(ack, a.addr).await;
+        node.recv_request("ACK").await;
+
+        assert!(to_trunk.iter().any(|r| r.status() == Some(180)));
+        for r in &to_trunk {
+            let text = r.text();
+            let head = text.split("\r\n\r\n").next().unwrap();
+            for line in head.lines().skip(1) {
+                let name = line.split(':').next().unwrap().trim();
+                if name.eq_ignore_ascii_case("Contact") || name.eq_ignore_ascii_case("m") {
+                    continue;
+                }
+                for n in &nodes {
+                    assert!(!line.contains(&n.to_string()), "{n} in {line:?}:\n{text}");
+                }
+            }
+            if r.status() != Some(100) {
+                let rr = r.values(HeaderName::RecordRoute);
+                assert_eq!(rr.len(), 1, "{text}");
+                assert_opaque_hint(&rr[0], node.addr);
+            }
+        }
+
+        // A goes; a fresh instance takes its place.
+        a.stop();
+        let fresh = standby(&a, secret);
+        assert_eq!(fresh.proxy.dialogs().get(call.call_id.as_bytes()), None);
+        let (bye, branch) = call.request("BYE", None);
+        a.trunk.send(bye, fresh.addr).await;
+        let bye = node.recv_request("BYE").await;
+        assert_eq!(bye.from, fresh.addr, "routed by the fresh instance");
+        assert_eq!(bye.request_uri(), NODE_CONTACT);
+        node.send(fs.answer(&bye, 200, "OK", None), bye.from).await;
+        assert_only_via(&a.trunk.recv_response(200).await, &branch);
+        assert_eq!(rejected_bad_hint(&fresh.proxy), 0);
+        a.nodes[1].expect_nothing(QUIET).await;
+    }
 }
 
 /// The binary's start-up summary says whether the hint is authenticated

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::hint::TagText;
+use super::hint::HintText;
 use super::{Pool, Proxy};
 use crate::sip::{Editor, Message, SipError};
 use crate::transport::Transport;
@@ -12,24 +12,23 @@ use crate::transport::Transport;
 /// Our Record-Route: the one the next hop sees, and, when the call is
 /// bridged between transports, the one the previous hop sees below it
 /// (Kamailio's double Record-Route). Each is the pool's text up to the
-/// MAC, then the MAC of this call's hint (with a cluster secret), then
-/// `>`: no formatting per call.
+/// hint's value, then this call's hint, then `>`: no formatting per call.
 #[derive(Clone, Copy)]
 pub(super) struct RecordRoute<'p> {
     pub out: &'p [u8],
     pub inbound: Option<&'p [u8]>,
-    pub mac: Option<TagText>,
+    pub hint: HintText,
 }
 
 impl<'p> RecordRoute<'p> {
     /// For node `node`, a request that came in over `inbound` and goes out
-    /// over `out`, its hint signed with `mac` (see [`Proxy::hint_mac`]).
+    /// over `out`, with `hint` (see [`Proxy::hint`]).
     pub(super) fn for_node(
         pool: &'p Pool,
         node: usize,
         inbound: Transport,
         out: Transport,
-        mac: Option<TagText>,
+        hint: HintText,
     ) -> Option<RecordRoute<'p>> {
         Some(RecordRoute {
             out: pool.record_route(node, out)?,
@@ -38,16 +37,15 @@ impl<'p> RecordRoute<'p> {
             } else {
                 pool.record_route(node, inbound)
             },
-            mac,
+            hint,
         })
     }
 }
 
 impl Proxy {
-    /// The MAC of the hint naming `node` in the call `call_id`, when
-    /// `[cluster] secret` is set.
-    pub(super) fn hint_mac(&self, node: SocketAddr, call_id: &[u8]) -> Option<TagText> {
-        self.hint_keys.as_ref().map(|k| k.sign(node, call_id))
+    /// The hint naming `node` in the call `call_id` (two HMACs).
+    pub(super) fn hint(&self, node: SocketAddr, call_id: &[u8]) -> HintText {
+        self.hint_keys.seal(node, call_id)
     }
 
     /// The forwarding edit for `transport`, or for TCP when the result is
@@ -105,13 +103,9 @@ impl Proxy {
         let prefix = self.me.via_prefix(transport);
         e.insert_via_parts(&[prefix, branch.as_bytes(), b";rport"]);
         if let Some(rr) = record_route {
-            let mac: [&[u8]; 2] = match &rr.mac {
-                Some(m) => [b";mac=", m],
-                None => [b"", b""],
-            };
             // The next hop's side on top (its route set starts there).
             for side in std::iter::once(rr.out).chain(rr.inbound) {
-                e.insert_record_route_parts(&[side, mac[0], mac[1], b">"]);
+                e.insert_record_route_parts(&[side, rr.hint.as_bytes(), b">"]);
             }
         }
         e.pop_routes(pop_routes);

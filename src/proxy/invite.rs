@@ -416,9 +416,9 @@ impl Proxy {
         node: usize,
         pop_routes: usize,
     ) -> Option<(Bytes, Transport)> {
-        let mac = self.hint_mac(pool.addr(node), msg.call_id().unwrap_or_default());
+        let hint = self.hint(pool.addr(node), msg.call_id().unwrap_or_default());
         with_editor(|ed| {
-            let rr = |t| RecordRoute::for_node(pool, node, src.transport, t, mac);
+            let rr = |t| RecordRoute::for_node(pool, node, src.transport, t, hint);
             let tcp_fallback = pool.takes_tcp(node);
             let (out, t) = self
                 .forward_edit_mtu(

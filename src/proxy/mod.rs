@@ -9,7 +9,7 @@
 //!   (retransmissions, the 408/503 owed upstream).
 //! - `route`: where an in-dialog request goes, a pure decision.
 //! - `forward`: the one forwarding edit, with the TCP fallback.
-//! - `hint`: the MAC that authenticates our Record-Route's node hint
+//! - `hint`: our Record-Route's opaque node hint, sealed and opened
 //!   (`[cluster] secret`).
 //! - `invite`: the driver of a new INVITE: feeds the server transaction
 //!   and the failover machine of [`crate::transaction`] and carries out
@@ -128,9 +128,9 @@ pub struct Proxy {
     tables: Tables,
     /// Our advertised identity: host, ports, Via, the "is it us" test.
     me: me::Me,
-    /// Signs and checks the node hint of our Record-Route; none without
-    /// `[cluster] secret` (the hint is then taken on trust).
-    hint_keys: Option<hint::HintKeys>,
+    /// Seals and opens the node hint of our Record-Route: `[cluster]
+    /// secret`'s, else the built-in key (opaque, not authentic).
+    hint_keys: hint::HintKeys,
     /// Every socket, its receive loop and every send.
     transports: Transports<Proxy>,
     /// Host names in the requests the nodes send out.
@@ -233,10 +233,7 @@ impl Proxy {
                 branches: BranchGen::default(),
             },
             me,
-            hint_keys: cfg
-                .cluster
-                .secrets()
-                .map(|(secret, previous)| hint::HintKeys::new(secret, previous)),
+            hint_keys: hint::HintKeys::from_secrets(cfg.cluster.secrets()),
             transports,
             dns: crate::dns::Dns::new(&cfg.dns.servers),
             security: crate::security::Security::new(&cfg.security),

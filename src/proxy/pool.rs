@@ -18,10 +18,10 @@ use crate::transport::{PerTransport, Transport};
 /// One generation of the pool.
 pub struct Pool {
     pub dispatcher: Dispatcher,
-    /// Our Record-Route for each node, with its hint (by node index), as
-    /// reached over UDP and over TCP: all but the MAC (per call) and the
+    /// Our Record-Route as reached over UDP and over TCP: all but the
+    /// hint's value (per call and node, see [`super::hint`]) and the
     /// closing `>`.
-    pub(super) record_routes: Vec<PerTransport<Box<[u8]>>>,
+    pub(super) record_route: PerTransport<Box<[u8]>>,
     /// Per-node series, by node index.
     pub(super) node_metrics: Vec<DestinationMetrics>,
     /// What each node may advertise in its 2xx, by node index.
@@ -71,21 +71,17 @@ impl Pool {
         let adverts = (0..dispatcher.len())
             .map(|i| NodeAdvert::new(&dispatcher, i, metrics, before))
             .collect::<Result<Vec<_>, _>>()?;
-        let record_routes = (0..dispatcher.len())
-            .map(|i| {
-                let node = dispatcher.addr(i);
-                PerTransport::from_fn(|t| {
-                    // UDP is the default: no transport parameter.
-                    let param = match t {
-                        Transport::Udp => String::new(),
-                        t => format!("transport={t};"),
-                    };
-                    format!("<sip:{};{param}lr;node={node}", sent_by[t])
-                        .into_bytes()
-                        .into()
-                })
-            })
-            .collect();
+        let record_route = PerTransport::from_fn(|t| {
+            // UDP is the default: no transport parameter.
+            let param = match t {
+                Transport::Udp => String::new(),
+                t => format!("transport={t};"),
+            };
+            let hint = String::from_utf8_lossy(super::hint::PARAM);
+            format!("<sip:{};{param}lr;{hint}=", sent_by[t])
+                .into_bytes()
+                .into()
+        });
         let health = health_config(&cfg.probe)?;
         let mut others = Vec::new();
         for (id, dests) in &cfg.dispatcher.other_sets {
@@ -108,7 +104,7 @@ impl Pool {
         }
         Ok(Pool {
             dispatcher,
-            record_routes,
+            record_route,
             node_metrics,
             adverts,
             generation,
@@ -118,9 +114,9 @@ impl Pool {
     }
 
     /// Our Record-Route for node `i`, as reached over `transport`, up to
-    /// its MAC (see [`super::forward::RecordRoute`]).
+    /// its hint's value (see [`super::forward::RecordRoute`]).
     pub(super) fn record_route(&self, i: usize, transport: Transport) -> Option<&[u8]> {
-        self.record_routes.get(i).map(|r| &*r[transport])
+        (i < self.len()).then(|| &*self.record_route[transport])
     }
 
     /// Every set: (set id, its dispatcher, its per-node series); the one

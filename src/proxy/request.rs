@@ -79,7 +79,7 @@ fn with_key<R>(msg: &Message<'_>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
 /// the hint keys, for one request's Call-ID.
 struct PoolLookup<'a> {
     pool: &'a Pool,
-    keys: Option<&'a super::hint::HintKeys>,
+    keys: &'a super::hint::HintKeys,
     call_id: &'a [u8],
 }
 
@@ -110,11 +110,8 @@ impl route::Lookup for PoolLookup<'_> {
         }
     }
 
-    fn authentic(&self, hint: &route::Hint) -> bool {
-        match (self.keys, &hint.mac) {
-            (Some(k), Some(tag)) => k.verify(hint.node, self.call_id, tag),
-            _ => false,
-        }
+    fn open(&self, hint: &route::Hint) -> Option<SocketAddr> {
+        self.keys.open(&hint.token?, self.call_id)
     }
 }
 
@@ -255,18 +252,8 @@ impl Proxy {
             return ours;
         }
         ours.count = 1;
-        let node = first
-            .uri
-            .param(b"node")
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok()?.parse::<SocketAddr>().ok());
-        ours.hint = node.map(|node| route::Hint {
-            node,
-            mac: first
-                .uri
-                .param(super::hint::PARAM)
-                .flatten()
-                .and_then(super::hint::parse_tag),
+        ours.hint = first.uri.param(super::hint::PARAM).map(|h| route::Hint {
+            token: h.and_then(super::hint::parse),
         });
         let second = msg
             .values(HeaderName::Route)
@@ -466,14 +453,14 @@ impl Proxy {
             from_node: from_node.map(|n| pool.addr(n)),
             trust,
             pinned,
-            signed: self.hint_keys.is_some(),
+            signed: self.hint_keys.authenticated(),
             ours,
             request_uri: ruri.as_ref(),
             next_route: next_route.as_ref(),
         };
         let lookup = PoolLookup {
             pool,
-            keys: self.hint_keys.as_ref(),
+            keys: &self.hint_keys,
             call_id,
         };
         let (hop, pop_routes, repin, tcp_fallback) = match route::in_dialog(&facts, &lookup) {
@@ -539,13 +526,13 @@ impl Proxy {
             // A stateful proxy answers 100 to an INVITE itself (§16.2).
             self.reply(msg, src, 100, b"Trying");
         }
-        let mac = f.record_route.and_then(|(pool, node)| {
-            self.hint_mac(pool.addr(node), msg.call_id().unwrap_or_default())
-        });
+        let hint = f
+            .record_route
+            .map(|(pool, node)| self.hint(pool.addr(node), msg.call_id().unwrap_or_default()));
         with_editor(|ed| {
             let rr = |t| {
                 f.record_route.and_then(|(pool, node)| {
-                    RecordRoute::for_node(pool, node, src.transport, t, mac)
+                    RecordRoute::for_node(pool, node, src.transport, t, hint?)
                 })
             };
             let edited = self.forward_edit_mtu(

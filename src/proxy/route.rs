@@ -70,12 +70,11 @@ pub(super) struct OurRoutes {
     pub transport: Option<Transport>,
 }
 
-/// The node hint of our Route: the node it names and the MAC it carries
-/// (`None` when it has none, or one that is not a whole MAC).
+/// The node hint of our Route (its `node` parameter): opaque until
+/// opened (`None` when it is not a whole hint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Hint {
-    pub node: SocketAddr,
-    pub mac: Option<super::hint::Tag>,
+    pub token: Option<super::hint::Token>,
 }
 
 /// What the pool knows of an address that is one of its nodes.
@@ -107,8 +106,9 @@ pub(super) struct InDialog<'a> {
     /// The node the call is known to be on: the local Call-ID table's,
     /// else (for a request from outside the pool) the shared registry's.
     pub pinned: Option<SocketAddr>,
-    /// Hints are signed (`[cluster] secret`): one that does not verify is
-    /// refused, and no longer counts as proof that a dialog is ours.
+    /// Hints are keyed with `[cluster] secret` (not the built-in key): one
+    /// that opens is authentic, so the R-URI alone no longer steers for an
+    /// unlisted source.
     pub signed: bool,
     pub ours: OurRoutes,
     pub request_uri: Option<&'a Uri<'a>>,
@@ -116,16 +116,16 @@ pub(super) struct InDialog<'a> {
     pub next_route: Option<&'a Uri<'a>>,
 }
 
-/// What the decision asks of the pool and of the hint's MAC.
+/// What the decision asks of the pool and of the hint's keys.
 pub(super) trait Lookup {
     /// The pool member at `a`.
     fn member(&self, a: SocketAddr) -> Option<Member>;
     /// The pool member that advertises `a` (its `advertised` addresses),
     /// by its own address.
     fn advertiser(&self, a: SocketAddr) -> Option<SocketAddr>;
-    /// The hint's MAC verifies for this request's Call-ID. Asked only
-    /// when hints are signed and the hint matters (no pin).
-    fn authentic(&self, hint: &Hint) -> bool;
+    /// The node the hint names, if it opens for this request's Call-ID
+    /// (two HMACs per key). Asked only when the hint matters (no pin).
+    fn open(&self, hint: &Hint) -> Option<SocketAddr>;
 }
 
 /// Where it goes.
@@ -143,8 +143,9 @@ pub(super) enum Decision {
     },
     /// Nowhere: 481 (an ACK is dropped).
     UnknownDialog,
-    /// The hint would route it but its MAC does not verify (missing,
-    /// forged, cut, or made for another Call-ID): 481, counted apart.
+    /// The hint would route it but does not open (empty, forged, cut, an
+    /// address, or made for another Call-ID or with another key): 481,
+    /// counted apart.
     BadHint,
 }
 
@@ -159,16 +160,17 @@ pub(super) enum Decision {
 /// 2. the node the Request-URI names, by its address or one of its
 ///    `advertised` ones: the freshest target, which follows a `sofia
 ///    recover` takeover that a stale hint does not;
-/// 3. the node our Record-Route's hint names, if its MAC verifies (or
-///    hints are not signed);
+/// 3. the node our Record-Route's hint names, if it opens and the node is
+///    in the pool;
 /// 4. else 481, told apart when the hint was refused.
 ///
 /// Who may steer by Request-URI: a listed trusted network, or anyone when
-/// none is listed and hints are not signed (as before signing existed), or
-/// a request that carries our Route with an acceptable hint (a dialog that
-/// went through us). Anyone else reaches only the pinned node or the one
-/// its hint names: never an open relay, and with a secret never a node the
-/// sender chose.
+/// none is listed and hints are not keyed with a secret (as before signing
+/// existed), or a request that carries our Route with a hint that opens (a
+/// dialog that went through us). Anyone else reaches only the pinned node
+/// or the pool node its hint names: never an open relay, and with a secret
+/// never a node the sender chose (with the built-in key, anyone can seal a
+/// hint naming any pool node).
 ///
 /// It goes over the side our second Route names, else the node's transport.
 pub(super) fn in_dialog(r: &InDialog<'_>, pool: &impl Lookup) -> Decision {
@@ -215,28 +217,33 @@ pub(super) fn in_dialog(r: &InDialog<'_>, pool: &impl Lookup) -> Decision {
     if let (Some(to), true) = (ruri, trusted) {
         return forward(to);
     }
-    // Checked once, and only from here on (an HMAC).
-    let hint_ok = r.ours.hint.map(|h| !r.signed || pool.authentic(&h));
-    if let (Some(to), Some(true)) = (ruri, hint_ok) {
+    // Opened once, and only from here on (HMACs).
+    let hinted = r.ours.hint.map(|h| pool.open(&h));
+    if let (Some(to), Some(Some(_))) = (ruri, hinted) {
         return forward(to);
     }
-    match (r.ours.hint, hint_ok) {
-        (Some(_), Some(false)) => Decision::BadHint,
-        (Some(h), Some(true)) if pool.member(h.node).is_some() => forward(h.node),
+    match hinted {
+        Some(None) => Decision::BadHint,
+        Some(Some(node)) if pool.member(node).is_some() => forward(node),
         _ => Decision::UnknownDialog,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::hint::{self, HintKeys};
     use super::*;
 
     const N0: &str = "10.0.1.10:5080";
     const N1: &str = "10.0.1.11:5080";
     /// N1's public address (its `advertised`), on its port.
     const N1_PUBLIC: &str = "203.0.113.11:5080";
-    /// The MAC the test pool takes as authentic.
-    const GOOD: super::super::hint::Tag = [7; super::super::hint::TAG_LEN];
+    /// The Call-ID the test hints are sealed for.
+    const CALL: &[u8] = b"call@trunk";
+
+    fn keys() -> HintKeys {
+        HintKeys::new(b"a secret for the route tests....", None)
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -266,8 +273,8 @@ mod tests {
             (a == addr(N1_PUBLIC)).then(|| addr(N1))
         }
 
-        fn authentic(&self, hint: &Hint) -> bool {
-            hint.mac == Some(GOOD)
+        fn open(&self, hint: &Hint) -> Option<SocketAddr> {
+            keys().open(&hint.token?, CALL)
         }
     }
 
@@ -282,18 +289,26 @@ mod tests {
         fn advertiser(&self, a: SocketAddr) -> Option<SocketAddr> {
             Pool.advertiser(a)
         }
-        fn authentic(&self, hint: &Hint) -> bool {
+        fn open(&self, hint: &Hint) -> Option<SocketAddr> {
             self.0.set(self.0.get() + 1);
-            Pool.authentic(hint)
+            Pool.open(hint)
         }
     }
 
-    fn hint(node: &str, mac: Option<super::super::hint::Tag>) -> Option<Hint> {
+    /// A hint naming `node` in the test call, or, when not `good`, with
+    /// one bit of it flipped.
+    fn hint(node: &str, good: bool) -> Option<Hint> {
+        let mut text = keys().seal(addr(node), CALL).as_bytes().to_vec();
+        if !good {
+            text[0] = if text[0] == b'0' { b'1' } else { b'0' };
+        }
         Some(Hint {
-            node: addr(node),
-            mac,
+            token: hint::parse(&text),
         })
     }
+
+    /// Our Route with a `node` parameter that is no hint at all.
+    const NOT_A_HINT: Option<Hint> = Some(Hint { token: None });
 
     /// From the trunk (no trusted network listed), with our Route.
     fn facts<'a>(ruri: Option<&'a Uri<'a>>) -> InDialog<'a> {
@@ -334,14 +349,14 @@ mod tests {
         let ruri = Uri::parse(b"sip:fs@10.0.1.11:5080").unwrap();
         let mut f = facts(Some(&ruri));
         f.pinned = Some(addr(N0));
-        f.ours.hint = hint(N1, None);
+        f.ours.hint = hint(N1, false);
         assert_eq!(to(in_dialog(&f, &Pool)), udp(N0));
-        // Even signed, a bad hint does not matter then, and is not checked.
+        // Even signed, a bad hint does not matter then, and is not opened.
         f.signed = true;
         f.trust = Trust::Stranger;
         let pool = Counting::default();
         assert_eq!(to(in_dialog(&f, &pool)), udp(N0));
-        assert_eq!(pool.0.get(), 0, "no MAC checked for a pinned call");
+        assert_eq!(pool.0.get(), 0, "no hint opened for a pinned call");
     }
 
     #[test]
@@ -350,12 +365,12 @@ mod tests {
         // N0, the target refreshed by N1's re-INVITE says N1.
         let ruri = Uri::parse(b"sip:fs@10.0.1.11:5080").unwrap();
         let mut f = facts(Some(&ruri));
-        f.ours.hint = hint(N0, None);
+        f.ours.hint = hint(N0, false);
         assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1), "over N1's transport");
         // Signed: the authentic hint of this call lets the R-URI steer,
         // whoever sends it.
         f.signed = true;
-        f.ours.hint = hint(N0, Some(GOOD));
+        f.ours.hint = hint(N0, true);
         for trust in [Trust::Listed, Trust::NoneListed, Trust::Stranger] {
             f.trust = trust;
             assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1), "{trust:?}");
@@ -366,7 +381,7 @@ mod tests {
     fn a_request_uri_naming_an_advertised_address_goes_to_its_node() {
         let ruri = Uri::parse(b"sip:fs@203.0.113.11:5080").unwrap();
         let mut f = facts(Some(&ruri));
-        f.ours.hint = hint(N0, None);
+        f.ours.hint = hint(N0, true);
         assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1));
         // Not a member, not advertised: the hint routes.
         let other = Uri::parse(b"sip:fs@203.0.113.12:5080").unwrap();
@@ -375,13 +390,20 @@ mod tests {
     }
 
     #[test]
-    fn without_a_secret_the_hint_routes_as_before() {
+    fn without_a_secret_a_hint_that_opens_routes_as_before() {
+        // (`Pool` opens with a secret's keys here; what `signed` changes is
+        // only who may steer by the Request-URI.)
         let ruri = Uri::parse(b"sip:fs@192.0.2.10:5080").unwrap();
         let mut f = facts(Some(&ruri));
-        f.ours.hint = hint(N1, None);
+        f.ours.hint = hint(N1, true);
         for trust in [Trust::Listed, Trust::NoneListed, Trust::Stranger] {
             f.trust = trust;
             assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1), "{trust:?}");
+        }
+        // One that does not open is refused, keyed or not.
+        for bad in [hint(N1, false), NOT_A_HINT] {
+            f.ours.hint = bad;
+            assert_eq!(in_dialog(&f, &Pool), Decision::BadHint, "{bad:?}");
         }
         // No hint, no pin, no member in the Request-URI.
         f.ours.hint = None;
@@ -389,20 +411,18 @@ mod tests {
     }
 
     #[test]
-    fn signed_a_hint_routes_only_when_its_mac_verifies() {
+    fn signed_a_hint_routes_only_when_it_opens() {
         let ruri = Uri::parse(b"sip:fs@192.0.2.10:5080").unwrap();
         let mut f = facts(Some(&ruri));
         f.signed = true;
-        f.ours.hint = hint(N1, Some(GOOD));
+        f.ours.hint = hint(N1, true);
         assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1));
-        let mut forged = GOOD;
-        forged[0] ^= 1;
-        for bad in [None, Some(forged)] {
-            f.ours.hint = hint(N1, bad);
+        for bad in [hint(N1, false), NOT_A_HINT] {
+            f.ours.hint = bad;
             assert_eq!(in_dialog(&f, &Pool), Decision::BadHint, "{bad:?}");
         }
         // An authentic hint for a node the pool no longer has: nowhere.
-        f.ours.hint = hint("10.0.1.99:5080", Some(GOOD));
+        f.ours.hint = hint("10.0.1.99:5080", true);
         assert_eq!(in_dialog(&f, &Pool), Decision::UnknownDialog);
     }
 
@@ -412,7 +432,7 @@ mod tests {
         let mut f = facts(Some(&member));
         f.signed = true;
         f.trust = Trust::Listed;
-        f.ours.hint = hint(N1, None);
+        f.ours.hint = hint(N1, false);
         let pool = Counting::default();
         assert_eq!(to(in_dialog(&f, &pool)), udp(N0), "a trusted R-URI");
         assert_eq!(pool.0.get(), 0, "the hint was not what routed it");
@@ -421,7 +441,7 @@ mod tests {
             f.trust = trust;
             assert_eq!(in_dialog(&f, &pool), Decision::BadHint, "{trust:?}");
         }
-        assert_eq!(pool.0.get(), 2, "one check per request");
+        assert_eq!(pool.0.get(), 2, "opened once per request");
     }
 
     #[test]
@@ -447,23 +467,26 @@ mod tests {
                 assert_eq!(in_dialog(&f, &Pool), Decision::UnknownDialog);
             }
         }
-        // A stranger's unsigned hint is proof enough that the dialog went
-        // through us (it could name the node in the hint anyway).
+        // A stranger's hint that opens is proof enough that the dialog
+        // went through us (without a secret it could seal one naming the
+        // node anyway); one that does not open is refused.
         f.trust = Trust::Stranger;
         f.signed = false;
         f.ours = OurRoutes {
             count: 1,
-            hint: hint(N0, None),
+            hint: hint(N0, true),
             transport: None,
         };
         assert_eq!(to(in_dialog(&f, &Pool)), tcp(N1));
+        f.ours.hint = hint(N0, false);
+        assert_eq!(in_dialog(&f, &Pool), Decision::BadHint);
     }
 
     #[test]
     fn a_hint_or_request_uri_outside_the_pool_goes_nowhere() {
         let ruri = Uri::parse(b"sip:victim@192.0.2.66:5060").unwrap();
         let mut f = facts(Some(&ruri));
-        f.ours.hint = hint("192.0.2.66:5060", None);
+        f.ours.hint = hint("192.0.2.66:5060", true);
         assert_eq!(
             in_dialog(&f, &Pool),
             Decision::UnknownDialog,
@@ -520,7 +543,7 @@ mod tests {
         // A node's request is never refused for a hint: it is not routed
         // by one.
         f.signed = true;
-        f.ours.hint = hint(N1, None);
+        f.ours.hint = hint(N1, false);
         assert_eq!(to(in_dialog(&f, &Pool)), tcp("192.0.2.5:5060"));
         let nowhere = Uri::parse(b"sip:x@").ok();
         let mut f = facts(nowhere.as_ref());

@@ -499,13 +499,13 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(e.pop_routes(1), 0, "one pop per edit");
         e.insert_record_route(b"<sip:edge;lr>");
         // In pieces, as the proxy adds a per-call parameter.
-        e.insert_record_route_parts(&[b"<sip:edge;transport=tcp;lr", b";mac=", b"ab", b">"]);
+        e.insert_record_route_parts(&[b"<sip:edge;transport=tcp;lr;node=", b"ab", b">"]);
         let out = String::from_utf8(e.finish().to_vec()).unwrap();
         assert!(out.contains("Route: <sip:next;lr>\r\n"), "{out}");
         assert!(!out.contains("\nRoute: <sip:edge"), "{out}");
         let first = out.find("Record-Route: <sip:edge;lr>").unwrap();
         let second = out
-            .find("Record-Route: <sip:edge;transport=tcp;lr;mac=ab>\r\n")
+            .find("Record-Route: <sip:edge;transport=tcp;lr;node=ab>\r\n")
             .unwrap();
         assert!(first < second, "the first inserted stays on top: {out}");
         // More asked than there are: all go.

@@ -413,6 +413,12 @@ impl Harness {
         }
     }
 
+    /// Stops the proxy (as a crash or a restart would); the trunk and the
+    /// nodes stay.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
     /// Messages the proxy dropped without an answer, every reason.
     pub fn dropped(&self) -> u64 {
         let m = self.proxy.metrics();
@@ -705,6 +711,25 @@ pub fn assert_our_via_over(msg: &Received, proxy: SocketAddr, transport: &str) {
         "branch not RFC 3261:\n{}",
         msg.text()
     );
+}
+
+/// `rr` (a Record-Route or Route value of ours) carries the node hint: a
+/// `node` parameter of 32 (IPv4 node) or 56 (IPv6) lower-case hex digits
+/// that names no address. Returns the hint.
+pub fn assert_opaque_hint(rr: &str, node: SocketAddr) -> String {
+    let at = rr.find(";node=").unwrap_or_else(|| panic!("no hint: {rr}")) + 6;
+    let end = rr[at..].find([';', '>']).map_or(rr.len(), |e| at + e);
+    let hint = &rr[at..end];
+    assert!(
+        [32, 56].contains(&hint.len())
+            && hint
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+        "not an opaque hint: {rr}"
+    );
+    // (The proxy itself is on the same loopback IP in tests.)
+    assert!(!rr.contains(&node.to_string()), "{node} in {rr}");
+    hint.to_owned()
 }
 
 /// A response relayed upstream carries only the sender's own Via.
