@@ -1367,6 +1367,59 @@ async fn an_invite_too_large_for_udp_nodes_gets_513_and_blames_no_node() {
     );
 }
 
+/// The same for a re-INVITE of an established call (a T.38 offer padded
+/// past a datagram): 513 to the trunk, the node untouched and still up,
+/// the call still there for the next, smaller re-INVITE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinvite_too_large_for_a_udp_node_gets_513_and_the_call_goes_on() {
+    use sipedge::dispatcher::health::State;
+    let h = Harness::start(Options {
+        probing: false,
+        ..tcp_opts()
+    })
+    .await;
+    let trunk = h.tcp_trunk_from("trunk", trunk_ip()).await;
+    let (mut call, _fs, _inv) = establish_tcp_trunk(&h, &trunk, 0).await;
+    // Without our Route values (the call is pinned here), so forwarding
+    // only adds: 65,480 bytes fit a TCP message, not a datagram with our
+    // Via on top.
+    let strip = |m: Vec<u8>| -> Vec<u8> {
+        String::from_utf8(m)
+            .unwrap()
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with("Route:"))
+            .collect::<String>()
+            .into_bytes()
+    };
+    let build = |call: &mut Dialog, sdp: &str| {
+        let (m, b) = call.request("INVITE", Some(("application/sdp", sdp.as_bytes())));
+        (strip(m), b)
+    };
+    let mut sdp = SDP_AUDIO.to_owned();
+    let base = build(&mut call.clone(), &sdp).0.len();
+    sdp.push_str(&format!("a=x:{}\r\n", "p".repeat(65_480 - base - 6)));
+    let (reinvite, branch) = build(&mut call, &sdp);
+    assert!(
+        (65_450..65_536).contains(&reinvite.len()),
+        "{} bytes",
+        reinvite.len()
+    );
+    trunk.send(&reinvite).await;
+    let got = trunk
+        .recv_until(|r| r.status().is_some_and(|c| c >= 200))
+        .await;
+    let last = got.last().unwrap();
+    assert_eq!(last.status(), Some(513), "{}", last.first_line());
+    assert_eq!(last.branch(), branch);
+    h.nodes[0].expect_nothing(Duration::ZERO).await;
+    assert_eq!(h.proxy.dispatcher().status(0).state, State::Active);
+    // The call is still there: a normal re-INVITE reaches the node.
+    let (reinvite, _) = call.request("INVITE", Some(("application/sdp", SDP_AUDIO.as_bytes())));
+    trunk.send(&reinvite).await;
+    let got = h.nodes[0].recv_request("INVITE").await;
+    assert_eq!(got.call_id(), call.call_id);
+}
+
 // ---------------------------------------------------------------------------
 // j. A slowloris
 // ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ use crate::dialog::Pin;
 use crate::sip::{HeaderName, Message, Method, Scheme, SipError, Uri};
 use crate::transaction::relay::{RelayAction, RelayClient};
 use crate::transaction::{server_key, ClientTxn, Relay, RelayState, Token};
-use crate::transport::{Peer, Transport};
+use crate::transport::{Peer, SendFault, Transport};
 use tokio_util::sync::CancellationToken;
 
 /// How a request is sent on.
@@ -606,8 +606,15 @@ impl Proxy {
                 super::icmp::Waiter::Relay(branch.as_bytes().into()),
             );
         }
-        if self.send_to(out, to).is_err() && new {
-            self.relay_unreachable(branch.as_bytes());
+        match self.send_to(out, to) {
+            // Too large for a datagram once our headers are in: the
+            // sender's message, no hop's failure (RFC 3261 §21.5.14).
+            Err(e) if new && SendFault::of(&e) == SendFault::TooLarge => {
+                let _ = self.tables.txns.remove(branch.as_bytes());
+                self.refuse(msg, src, Refusal::Invalid(SipError::TooLarge));
+            }
+            Err(_) if new => self.relay_unreachable(branch.as_bytes()),
+            _ => {}
         }
     }
 
