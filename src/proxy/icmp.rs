@@ -8,12 +8,12 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
-use super::invite::Call;
-
-/// Something sent to a destination and waiting on it.
-pub(super) enum Waiter {
+/// Something sent to a destination and waiting on it. `C` is the new
+/// INVITE's state (the driver's `Call`): generic, so this table needs
+/// nothing from the driver that fills it.
+pub(super) enum Waiter<C> {
     /// A new INVITE whose leg went there.
-    Call(Weak<Call>),
+    Call(Weak<C>),
     /// A forwarded request's client transaction, by branch.
     Relay(Box<[u8]>),
 }
@@ -21,24 +21,39 @@ pub(super) enum Waiter {
 /// Entries per destination below which nothing is pruned.
 const PRUNE_FLOOR: usize = 64;
 
-#[derive(Default)]
-struct Waiters {
-    items: Vec<Waiter>,
+struct Waiters<C> {
+    items: Vec<Waiter<C>>,
     /// Prune the finished entries once there are this many (then double
     /// what is left, so pruning stays amortised O(1) per entry).
     prune_at: usize,
 }
 
-/// Destination -> what waits on it.
-#[derive(Default)]
-pub(super) struct IcmpWatch {
-    map: crate::FastMap<SocketAddr, Waiters>,
+impl<C> Default for Waiters<C> {
+    fn default() -> Self {
+        Waiters {
+            items: Vec::new(),
+            prune_at: 0,
+        }
+    }
 }
 
-impl IcmpWatch {
+/// Destination -> what waits on it.
+pub(super) struct IcmpWatch<C> {
+    map: crate::FastMap<SocketAddr, Waiters<C>>,
+}
+
+impl<C> Default for IcmpWatch<C> {
+    fn default() -> Self {
+        IcmpWatch {
+            map: Default::default(),
+        }
+    }
+}
+
+impl<C> IcmpWatch<C> {
     /// `w` was just sent to `to`. `waiting` tells a finished entry (pruned
     /// as the list grows: a destination that never errs keeps no history).
-    pub(super) fn watch(&self, to: SocketAddr, w: Waiter, waiting: impl Fn(&Waiter) -> bool) {
+    pub(super) fn watch(&self, to: SocketAddr, w: Waiter<C>, waiting: impl Fn(&Waiter<C>) -> bool) {
         let mut e = self.map.entry(to).or_default();
         e.items.push(w);
         if e.items.len() >= e.prune_at.max(PRUNE_FLOOR) {
@@ -50,7 +65,7 @@ impl IcmpWatch {
     /// Everything sent to `to` since the last call: an ICMP error from it
     /// came. Those not failed over by it (they had an answer) are immune
     /// to later ones, so none is kept.
-    pub(super) fn take(&self, to: SocketAddr) -> Vec<Waiter> {
+    pub(super) fn take(&self, to: SocketAddr) -> Vec<Waiter<C>> {
         self.map
             .remove(&to)
             .map(|(_, w)| w.items)
@@ -64,8 +79,8 @@ impl IcmpWatch {
     }
 }
 
-impl Waiter {
-    pub(super) fn call(call: &Arc<Call>) -> Waiter {
+impl<C> Waiter<C> {
+    pub(super) fn call(call: &Arc<C>) -> Waiter<C> {
         Waiter::Call(Arc::downgrade(call))
     }
 }
@@ -76,10 +91,10 @@ mod tests {
 
     #[test]
     fn finished_entries_are_pruned_as_the_list_grows_and_take_empties_it() {
-        let w = IcmpWatch::default();
+        let w = IcmpWatch::<()>::default();
         let to: SocketAddr = "192.0.2.1:5080".parse().unwrap();
         let relay = |n: u32| Waiter::Relay(n.to_be_bytes().into());
-        let live = |w: &Waiter| matches!(w, Waiter::Relay(b) if b[3] % 10 == 0);
+        let live = |w: &Waiter<()>| matches!(w, Waiter::Relay(b) if b[3] % 10 == 0);
         for n in 0..10_000u32 {
             w.watch(to, relay(n), live);
             assert!(

@@ -151,7 +151,7 @@ pub struct Proxy {
     /// (a send inside one may be what reads the error).
     icmp_pending: Mutex<Vec<SocketAddr>>,
     /// What waits on each destination, for those ICMP errors.
-    icmp_watch: icmp::IcmpWatch,
+    icmp_watch: icmp::IcmpWatch<invite::Call>,
     metrics: crate::metrics::Metrics,
     /// The probes in flight.
     prober: probe::Prober,
@@ -396,7 +396,7 @@ impl Proxy {
     }
 
     /// `w` was sent to `to`: an ICMP error from there reaches it.
-    fn watch_icmp(&self, to: SocketAddr, w: icmp::Waiter) {
+    fn watch_icmp(&self, to: SocketAddr, w: icmp::Waiter<invite::Call>) {
         self.icmp_watch.watch(to, w, |w| match w {
             icmp::Waiter::Call(c) => c.upgrade().is_some_and(|c| c.is_deciding()),
             icmp::Waiter::Relay(b) => self.relay_waiting(b),

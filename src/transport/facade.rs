@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::udp::{IcmpReport, IcmpVerdict};
+use super::udp::IcmpReport;
 use super::{
     Inbound, OnMessage, Peer, PerTransport, Privileged, TcpError, TcpOptions, TcpTransport,
     Transport, UdpTransport,
@@ -177,7 +177,7 @@ impl<H: Handler> Transports<H> {
         let r = match to.transport {
             Transport::Udp => self.udp.send(bytes, to.addr, |report| {
                 if let Some(h) = self.handler() {
-                    report_icmp(&*h, report);
+                    super::udp::report_icmp(&*h, report);
                 }
             }),
             Transport::Tcp => self.send_tcp(bytes, to),
@@ -219,15 +219,5 @@ impl<H: Handler> Transports<H> {
 
     fn handler(&self) -> Option<Arc<H>> {
         self.handler.get().and_then(Weak::upgrade)
-    }
-}
-
-/// Hands an ICMP error to `handler`: always to
-/// [`Handler::on_icmp`], and to [`Handler::on_unreachable`] only when it
-/// came from the destination's own host.
-pub(super) fn report_icmp<H: Handler + ?Sized>(handler: &H, report: IcmpReport) {
-    handler.on_icmp(report);
-    if report.verdict == IcmpVerdict::Accepted {
-        handler.on_unreachable(report.to);
     }
 }

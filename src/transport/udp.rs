@@ -348,7 +348,7 @@ fn recv_loop<H: Handler>(
             continue;
         }
         for report in icmp.drain(..) {
-            super::facade::report_icmp(&**handler, report);
+            report_icmp(&**handler, report);
         }
         for (data, src) in batch.datagrams() {
             handler.on_message(Inbound {
@@ -499,6 +499,16 @@ pub fn take_icmp_errors(socket: &UdpSocket, out: &mut Vec<IcmpReport>) -> usize 
 #[cfg(not(target_os = "linux"))]
 pub fn take_icmp_errors(_socket: &UdpSocket, _out: &mut Vec<IcmpReport>) -> usize {
     0
+}
+
+/// Hands an ICMP error to `handler`: always to
+/// [`Handler::on_icmp`], and to [`Handler::on_unreachable`] only when it
+/// came from the destination's own host.
+pub(super) fn report_icmp<H: Handler + ?Sized>(handler: &H, report: IcmpReport) {
+    handler.on_icmp(report);
+    if report.verdict == IcmpVerdict::Accepted {
+        handler.on_unreachable(report.to);
+    }
 }
 
 #[cfg(test)]
