@@ -509,8 +509,9 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Shorter than this is not a secret (RFC 2104 §3: a key shorter than the
-/// hash output weakens it; 16 bytes still leaves a guess out of reach).
+/// Shorter than this is not a secret: 16 bytes (128 bits) match the
+/// AES-128-SIV key derived from it (`proxy/hint.rs`) and leave a guess out
+/// of reach.
 pub const MIN_SECRET_LEN: usize = 16;
 
 impl Cluster {

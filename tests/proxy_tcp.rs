@@ -59,9 +59,9 @@ fn assert_our_rr(value: &str, proxy: SocketAddr, transport: Option<&str>, node: 
             .map(|(_, v)| *v)
     };
     assert_eq!(get("lr"), Some(None), "no ;lr: {value}");
-    // The node's opaque hint: 32 hex digits for IPv4, 56 for IPv6.
+    // The node's opaque hint: 44 hex digits for IPv4, 68 for IPv6.
     let hint = assert_opaque_hint(value, node);
-    let want = if node.is_ipv4() { 32 } else { 56 };
+    let want = if node.is_ipv4() { 44 } else { 68 };
     assert_eq!(get("node"), Some(Some(hint.as_str())), "{value}");
     assert_eq!(hint.len(), want, "{value}");
     match transport {

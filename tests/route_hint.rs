@@ -145,8 +145,8 @@ async fn a_dialog_set_up_through_one_instance_is_routed_by_another_with_the_same
     let hint = assert_opaque_hint(&route, a.nodes[0].addr);
     assert_eq!(
         hint.len(),
-        32,
-        "80-bit tag and a sealed IPv4 address: {route}"
+        44,
+        "128-bit SIV tag and a sealed IPv4 address: {route}"
     );
     assert_eq!(b.proxy.dialogs().get(call.call_id.as_bytes()), None);
 
@@ -202,7 +202,10 @@ async fn forged_cut_and_replayed_hints_get_481_and_are_counted() {
         ("no value", with_hint(&good, ";node")),
         ("forged tag", flip(0)),
         ("forged address", flip(hint.len() - 1)),
-        ("cut", with_hint(&good, &format!(";node={}", &hint[..30]))),
+        (
+            "cut",
+            with_hint(&good, &format!(";node={}", &hint[..hint.len() - 2])),
+        ),
         (
             "an address",
             with_hint(&good, &format!(";node={}", a.nodes[1].addr)),

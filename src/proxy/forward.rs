@@ -43,7 +43,7 @@ impl<'p> RecordRoute<'p> {
 }
 
 impl Proxy {
-    /// The hint naming `node` in the call `call_id` (two HMACs).
+    /// The hint naming `node` in the call `call_id` (one AES-SIV seal).
     pub(super) fn hint(&self, node: SocketAddr, call_id: &[u8]) -> HintText {
         self.hint_keys.seal(node, call_id)
     }

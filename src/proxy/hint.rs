@@ -7,39 +7,48 @@
 //! key reads it back without having seen the call (a restart, a second
 //! proxy behind the VIP), whatever order its pool lists the nodes in.
 //!
-//! The construction is SIV (Rogaway and Shrimpton's deterministic
-//! authenticated encryption) with HMAC-SHA256 as the PRF, domain-separated
-//! by a context string:
-//! - `tag` = HMAC(key, "tag" context, address, Call-ID), cut to
-//!   [`TAG_LEN`] bytes (80 bits: a forger must guess online, one request
-//!   per guess, each answered 481 and counted);
-//! - `sealed` = address XOR HMAC(key, "stream" context, tag);
-//! - the value is `tag ‖ sealed` in lower-case hex (a hop that folds the
-//!   case of a parameter breaks nothing): 32 characters for an IPv4 node,
-//!   56 for IPv6.
+//! The construction is AES-SIV (RFC 5297, deterministic authenticated
+//! encryption; RustCrypto `aes-siv`, `Aes128Siv`), so nothing here is
+//! home-made cryptography:
+//! - the key is HKDF-SHA256 of the secret with a fixed label
+//!   ([`KEY_INFO`]): 32 bytes, the CMAC half and the CTR half;
+//! - the plaintext is the address and port (6 or 18 bytes, canonical), the
+//!   one associated-data component the Call-ID;
+//! - the value is `SIV tag ‖ ciphertext` in lower-case hex (a hop that
+//!   folds the case of a parameter breaks nothing): 44 characters for an
+//!   IPv4 node, 68 for IPv6. The 128-bit tag is the MAC: a forger must
+//!   guess online, one request per guess, each answered 481 and counted.
 //!
-//! Reading one back recomputes the stream from the tag, opens the address
-//! and checks the tag in constant time. Bound to the Call-ID, a hint
-//! copied into another dialog does not open. Each way costs two HMACs per
-//! key, whatever the pool's size: signing is done once per INVITE leg (the
-//! keyed states are computed once, here), opening only when the hint is
-//! what would route a request (no pin), with the previous secret tried
-//! second.
+//! Deterministic on purpose: no nonce to carry or to get wrong, the same
+//! call to the same node seals alike (a retransmission or failover leg
+//! writes the same Record-Route), and since the Call-ID is in the tag two
+//! calls to one node share nothing. Opening checks the tag in constant
+//! time (the crate's). Each way is a few AES blocks whatever the pool's
+//! size, on stack buffers: sealing is done once per INVITE leg, opening
+//! only when the hint is what would route a request (no pin), with the
+//! previous secret tried second.
 //!
-//! Without `[cluster] secret` the key is [`BUILT_IN_KEY`]: the hint is as
-//! opaque to a casual reader, but anyone with sipedge's source can open or
-//! forge one, so it is not treated as authenticated (see `route.rs`).
+//! Without `[cluster] secret` the key is derived from [`BUILT_IN_KEY`]:
+//! the hint is as opaque to a casual reader, but anyone with sipedge's
+//! source can open or forge one, so it is not treated as authenticated
+//! (see `route.rs`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use hmac::{Hmac, KeyInit, Mac};
+use aes_siv::aead::inout::InOutBuf;
+use aes_siv::siv::Aes128Siv;
+use aes_siv::{Key, KeyInit, Tag};
+use hkdf::Hkdf;
 use sha2::Sha256;
 
-/// The tag bytes kept: 80 bits.
-pub(crate) const TAG_LEN: usize = 10;
+/// The SIV tag: 128 bits, the whole of it (RFC 5297 truncates nothing).
+pub(crate) const TAG_LEN: usize = 16;
 
 /// The URI parameter of our Record-Route that carries the hint.
 pub(crate) const PARAM: &[u8] = b"node";
+
+/// The shortest sealed address: IPv4 and port.
+const MIN_ADDR: usize = 6;
 
 /// The longest sealed address: IPv6 and port.
 const MAX_ADDR: usize = 18;
@@ -47,10 +56,9 @@ const MAX_ADDR: usize = 18;
 /// The longest hint, in bytes.
 const MAX_LEN: usize = TAG_LEN + MAX_ADDR;
 
-/// Bound into every tag and stream: a MAC made with the same secret for
-/// another purpose never passes for a route hint.
-const CONTEXT_TAG: &[u8] = b"sipedge route hint 2 tag\0";
-const CONTEXT_STREAM: &[u8] = b"sipedge route hint 2 stream\0";
+/// HKDF's `info`: a key derived from the same secret for another purpose
+/// never opens a route hint, nor one of an earlier format.
+const KEY_INFO: &[u8] = b"sipedge route hint 3 AES-SIV key";
 
 /// The key without a `[cluster] secret`: public, so it only keeps node
 /// addresses out of casual view.
@@ -86,12 +94,12 @@ impl Token {
     }
 }
 
-/// The keyed HMAC states: the one that signs, and a previous secret still
-/// accepted (a rotation).
+/// The derived AES-SIV keys: the one that seals, and a previous secret's
+/// still accepted (a rotation).
 #[derive(Clone)]
 pub(crate) struct HintKeys {
-    sign: Hmac<Sha256>,
-    previous: Option<Hmac<Sha256>>,
+    sign: Key<Aes128Siv>,
+    previous: Option<Key<Aes128Siv>>,
     authenticated: bool,
 }
 
@@ -105,8 +113,8 @@ impl HintKeys {
     /// Keys for `secret` and, when given, the `previous` one.
     pub(crate) fn new(secret: &[u8], previous: Option<&[u8]>) -> HintKeys {
         HintKeys {
-            sign: keyed(secret),
-            previous: previous.map(keyed),
+            sign: derive(secret),
+            previous: previous.map(derive),
             authenticated: true,
         }
     }
@@ -116,7 +124,7 @@ impl HintKeys {
         match secrets {
             Some((secret, previous)) => HintKeys::new(secret, previous),
             None => HintKeys {
-                sign: keyed(BUILT_IN_KEY),
+                sign: derive(BUILT_IN_KEY),
                 previous: None,
                 authenticated: false,
             },
@@ -134,17 +142,15 @@ impl HintKeys {
     pub(crate) fn seal(&self, node: SocketAddr, call_id: &[u8]) -> HintText {
         let (addr, len) = addr_bytes(node);
         let mut token = [0u8; MAX_LEN];
-        let full = tag(&self.sign, &addr[..len], call_id)
-            .finalize()
-            .into_bytes();
-        token[..TAG_LEN].copy_from_slice(&full[..TAG_LEN]);
-        let stream = stream(&self.sign, &full[..TAG_LEN]);
-        for ((out, a), s) in token[TAG_LEN..].iter_mut().zip(&addr[..len]).zip(&stream) {
-            *out = a ^ s;
-        }
+        let sealed = &mut token[TAG_LEN..TAG_LEN + len];
+        sealed.copy_from_slice(&addr[..len]);
+        let tag = Aes128Siv::new(&self.sign)
+            .encrypt_inout_detached([call_id], InOutBuf::from(sealed))
+            .expect("one associated-data component is within RFC 5297's limit");
+        token[..TAG_LEN].copy_from_slice(&tag);
         let mut text = HintText {
             buf: [0; 2 * MAX_LEN],
-            len: u8::try_from(2 * (TAG_LEN + len)).expect("at most 56"),
+            len: u8::try_from(2 * (TAG_LEN + len)).expect("at most 68"),
         };
         for (pair, b) in text.buf.chunks_exact_mut(2).zip(&token[..TAG_LEN + len]) {
             pair[0] = HEX[usize::from(b >> 4)];
@@ -162,16 +168,13 @@ impl HintKeys {
     }
 }
 
-fn open_with(key: &Hmac<Sha256>, token: &Token, call_id: &[u8]) -> Option<SocketAddr> {
-    let sealed = token.sealed();
-    let stream = stream(key, token.tag());
+fn open_with(key: &Key<Aes128Siv>, token: &Token, call_id: &[u8]) -> Option<SocketAddr> {
+    let tag = Tag::try_from(token.tag()).ok()?;
     let mut addr = [0u8; MAX_ADDR];
-    for ((out, c), s) in addr.iter_mut().zip(sealed).zip(&stream) {
-        *out = c ^ s;
-    }
-    let addr = &addr[..sealed.len()];
-    tag(key, addr, call_id)
-        .verify_truncated_left(token.tag())
+    let addr = &mut addr[..token.sealed().len()];
+    addr.copy_from_slice(token.sealed());
+    Aes128Siv::new(key)
+        .decrypt_inout_detached([call_id], InOutBuf::from(&mut *addr), &tag)
         .ok()?;
     let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
     match *addr {
@@ -191,8 +194,14 @@ fn open_with(key: &Hmac<Sha256>, token: &Token, call_id: &[u8]) -> Option<Socket
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn keyed(secret: &[u8]) -> Hmac<Sha256> {
-    Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length")
+/// The AES-SIV key for `secret`: HKDF-SHA256, no salt (the secret is
+/// already uniform or, the built-in one, public), [`KEY_INFO`] as label.
+fn derive(secret: &[u8]) -> Key<Aes128Siv> {
+    let mut key = Key::<Aes128Siv>::default();
+    Hkdf::<Sha256>::new(None, secret)
+        .expand(KEY_INFO, &mut key)
+        .expect("32 bytes is within HKDF-SHA256's output");
+    key
 }
 
 /// The address in binary, canonical (IPv4-mapped IPv6 as IPv4) so the
@@ -213,29 +222,11 @@ fn addr_bytes(node: SocketAddr) -> ([u8; MAX_ADDR], usize) {
     (out, ip_len + 2)
 }
 
-/// `key` fed with the tag's context, the address and the Call-ID (the
-/// address has a fixed length per family, which keeps the fields apart).
-fn tag(key: &Hmac<Sha256>, addr: &[u8], call_id: &[u8]) -> Hmac<Sha256> {
-    let mut m = key.clone();
-    m.update(CONTEXT_TAG);
-    m.update(addr);
-    m.update(call_id);
-    m
-}
-
-/// The key stream that seals the address under `tag`.
-fn stream(key: &Hmac<Sha256>, tag: &[u8]) -> [u8; 32] {
-    let mut m = key.clone();
-    m.update(CONTEXT_STREAM);
-    m.update(tag);
-    m.finalize().into_bytes().into()
-}
-
 /// A `node` parameter value read back: a whole hint in hex, either case
 /// (the tag and an IPv4 or IPv6 address); anything else is no hint.
 pub(crate) fn parse(text: &[u8]) -> Option<Token> {
     let len = text.len() / 2;
-    if text.len() != 2 * (TAG_LEN + 6) && text.len() != 2 * MAX_LEN {
+    if text.len() != 2 * (TAG_LEN + MIN_ADDR) && text.len() != 2 * MAX_LEN {
         return None;
     }
     let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
@@ -273,7 +264,7 @@ mod tests {
         let n0 = node("10.0.1.10:5080");
         let text = k.seal(n0, CALL);
         let s = std::str::from_utf8(text.as_bytes()).unwrap();
-        assert_eq!(s.len(), 2 * (TAG_LEN + 6), "{s}");
+        assert_eq!(s.len(), 44, "{s}");
         assert!(s.bytes().all(|c| HEX.contains(&c)), "lower-case hex: {s}");
         // Neither the address nor the port shows, in any spelling.
         for shown in ["0a00010a", "10.0.1.10", "13b0", "5080"] {
@@ -287,11 +278,28 @@ mod tests {
             s.as_bytes()
         );
         // Any bit flipped, in the tag or in the sealed address: no hint.
-        for i in 0..TAG_LEN + 6 {
+        for i in 0..TAG_LEN + MIN_ADDR {
             let mut forged = t;
             forged.bytes[i] ^= 1;
             assert_eq!(k.open(&forged, CALL), None, "byte {i}");
         }
+    }
+
+    /// The format is a contract between instances and across versions:
+    /// these values were computed independently (Python `cryptography`:
+    /// `HKDF(SHA256, 32, salt=None, info=KEY_INFO)`, then
+    /// `AESSIV(key).encrypt(address ‖ port, [Call-ID])`).
+    #[test]
+    fn the_hint_is_rfc_5297_aes_siv_under_an_hkdf_key() {
+        let k = keys();
+        assert_eq!(
+            k.seal(node("10.0.1.10:5080"), CALL).as_bytes(),
+            b"60e0b9cb25e63a8581e79dc12e392ac871b553472952"
+        );
+        assert_eq!(
+            k.seal(node("[2001:db8::10]:5080"), CALL).as_bytes(),
+            b"7d14a04198de274e3c4a7ddfbf0b7417cf3e17d08504ebd11cb385a6ae682d86d04a"
+        );
     }
 
     #[test]
@@ -344,7 +352,7 @@ mod tests {
         assert_eq!(k.open(&mapped, CALL), Some(node("10.0.1.10:5080")));
         let v6 = node("[2001:db8::10]:5080");
         let text = k.seal(v6, CALL);
-        assert_eq!(text.as_bytes().len(), 2 * MAX_LEN);
+        assert_eq!(text.as_bytes().len(), 68);
         assert_eq!(k.open(&token(text), CALL), Some(v6));
     }
 
@@ -364,6 +372,9 @@ mod tests {
         let mut not_hex = text.to_vec();
         not_hex[0] = b'z';
         assert_eq!(parse(&not_hex), None, "not hex");
-        assert_eq!(parse("é0123456789abcdef0123456789abcd".as_bytes()), None);
+        assert_eq!(
+            parse("é0123456789abcdef0123456789abcdef0123456789".as_bytes()),
+            None
+        );
     }
 }

@@ -124,7 +124,8 @@ pub(super) trait Lookup {
     /// by its own address.
     fn advertiser(&self, a: SocketAddr) -> Option<SocketAddr>;
     /// The node the hint names, if it opens for this request's Call-ID
-    /// (two HMACs per key). Asked only when the hint matters (no pin).
+    /// (one AES-SIV open per key). Asked only when the hint matters (no
+    /// pin).
     fn open(&self, hint: &Hint) -> Option<SocketAddr>;
 }
 
@@ -217,7 +218,7 @@ pub(super) fn in_dialog(r: &InDialog<'_>, pool: &impl Lookup) -> Decision {
     if let (Some(to), true) = (ruri, trusted) {
         return forward(to);
     }
-    // Opened once, and only from here on (HMACs).
+    // Opened once, and only from here on (AES-SIV).
     let hinted = r.ours.hint.map(|h| pool.open(&h));
     if let (Some(to), Some(Some(_))) = (ruri, hinted) {
         return forward(to);

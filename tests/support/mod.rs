@@ -714,14 +714,14 @@ pub fn assert_our_via_over(msg: &Received, proxy: SocketAddr, transport: &str) {
 }
 
 /// `rr` (a Record-Route or Route value of ours) carries the node hint: a
-/// `node` parameter of 32 (IPv4 node) or 56 (IPv6) lower-case hex digits
+/// `node` parameter of 44 (IPv4 node) or 68 (IPv6) lower-case hex digits
 /// that names no address. Returns the hint.
 pub fn assert_opaque_hint(rr: &str, node: SocketAddr) -> String {
     let at = rr.find(";node=").unwrap_or_else(|| panic!("no hint: {rr}")) + 6;
     let end = rr[at..].find([';', '>']).map_or(rr.len(), |e| at + e);
     let hint = &rr[at..end];
     assert!(
-        [32, 56].contains(&hint.len())
+        [44, 68].contains(&hint.len())
             && hint
                 .bytes()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
