@@ -805,7 +805,9 @@ fn list_entry_transport(
         .and_then(|u| u.param(b"transport").flatten().map(<[u8]>::to_vec));
     match transport {
         None => Ok(None),
+        // Outbound TLS is not built yet: only listeners speak it.
         Some(t) => crate::transport::Transport::from_param(&t)
+            .filter(|t| *t != crate::transport::Transport::Tls)
             .map(Some)
             .ok_or_else(|| {
                 format!(
@@ -1770,7 +1772,7 @@ uri = "sip:10.0.1.11:5080"
             ("10.0.1.11:5080", "not a sip: URI"),
             ("sips:10.0.1.11", "sips:"),
             ("sip:fs@10.0.1.11", "user part"),
-            ("sip:10.0.1.11;transport=tls", "transport=tcp"),
+            ("sip:10.0.1.11;transport=tls", "outbound TLS"),
             ("sip:10.0.1.11;lr", "transport=tcp"),
             ("sip:10.0.1.11?X=1", "transport=tcp"),
             ("sip:", "no host"),

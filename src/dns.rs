@@ -114,6 +114,8 @@ impl Dns {
                 let service = match target.transport {
                     Transport::Udp => "_sip._udp",
                     Transport::Tcp => "_sip._tcp",
+                    // RFC 3263 §4.1: TLS is the sips service over TCP.
+                    Transport::Tls => "_sips._tcp",
                 };
                 match srv(resolver, &format!("{service}.{host}")).await? {
                     Some((t, port, srv_until)) => {

@@ -242,7 +242,8 @@ pub enum AddressError {
     BadPort(String),
     #[error("\"{0}\" is not a sip: URI; write e.g. \"sip:10.0.1.10:5080\"")]
     NotSip(String),
-    #[error("sips: (TLS) is not supported yet; use sip:")]
+    /// Outbound TLS is not built yet: only listeners speak it.
+    #[error("sips: and transport=tls destinations (outbound TLS) are not supported yet; use sip: over udp or tcp")]
     Sips,
     #[error("a destination has no user part; write sip:host:port")]
     UserPart,
@@ -367,6 +368,9 @@ impl SipUri {
         for p in params.split(';').filter(|p| !p.is_empty()) {
             let (name, value) = p.split_once('=').unwrap_or((p, ""));
             match Transport::from_param(value.trim().as_bytes()) {
+                Some(Transport::Tls) if name.trim().eq_ignore_ascii_case("transport") => {
+                    return Err(AddressError::Sips)
+                }
                 Some(t) if name.trim().eq_ignore_ascii_case("transport") && transport.is_none() => {
                     transport = Some(t)
                 }
@@ -528,17 +532,27 @@ pub enum Transport {
     #[default]
     Udp,
     Tcp,
+    /// SIP over TLS over TCP (RFC 3261 §26.2; RFC 5630: `transport=tls`
+    /// is deprecated but what carriers and Kamailio still write).
+    Tls,
 }
 
 impl Transport {
     /// Every transport, in the order `transport::PerTransport` stores them.
-    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    /// Over a connection (TCP, TLS): stream framing, responses on the
+    /// connection the request came in on.
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
+    }
 
     /// As written in a Via (`SIP/2.0/UDP`).
     pub fn via_name(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
@@ -548,6 +562,8 @@ impl Transport {
             Some(Transport::Udp)
         } else if token.eq_ignore_ascii_case(b"TCP") {
             Some(Transport::Tcp)
+        } else if token.eq_ignore_ascii_case(b"TLS") {
+            Some(Transport::Tls)
         } else {
             None
         }
@@ -564,6 +580,7 @@ impl std::fmt::Display for Transport {
         f.write_str(match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         })
     }
 }
@@ -663,6 +680,20 @@ mod tests {
         assert_eq!(uri.to_string(), "sip:10.0.1.10:5080;transport=tcp");
         let uri = SipUri::parse("sip:10.0.1.10;transport=udp").unwrap();
         assert_eq!(uri.transport, Some(Transport::Udp));
+        // Listeners speak TLS; destinations do not yet.
+        assert!(matches!(
+            SipUri::parse("sip:10.0.1.10:5061;transport=TLS"),
+            Err(AddressError::Sips)
+        ));
+    }
+
+    #[test]
+    fn tls_names() {
+        assert_eq!(Transport::from_via(b"tls"), Some(Transport::Tls));
+        assert_eq!(Transport::from_param(b"TLS"), Some(Transport::Tls));
+        assert_eq!(Transport::Tls.via_name(), "TLS");
+        assert_eq!(Transport::Tls.to_string(), "tls");
+        assert!(Transport::Tls.is_stream() && !Transport::Udp.is_stream());
     }
 
     #[test]

@@ -650,7 +650,10 @@ fn health_config(
 fn reply_target(via: &Via<'_>, src: Peer) -> Peer {
     let sent_by = SocketAddr::new(src.addr.ip(), via.port.unwrap_or(5060));
     match (src.transport, via.rport()) {
-        (Transport::Tcp, _) => Peer::tcp(sent_by, src.conn),
+        (Transport::Tcp | Transport::Tls, _) => Peer {
+            addr: sent_by,
+            ..src
+        },
         (Transport::Udp, Rport::Absent) => Peer::udp(sent_by),
         (Transport::Udp, _) => src,
     }
@@ -665,7 +668,7 @@ fn reply_target(via: &Via<'_>, src: Peer) -> Peer {
 fn upstream_target(via: &Via<'_>) -> Option<Peer> {
     let transport = Transport::from_via(via.transport)?;
     let mut addr = upstream_addr(via)?;
-    if transport == Transport::Tcp {
+    if transport.is_stream() {
         addr.set_port(via.port.unwrap_or(5060));
     }
     Some(Peer::new(addr, transport))

@@ -201,7 +201,7 @@ impl Proxy {
         pool.find(src.addr).or_else(|| {
             // A node's own TCP connections come from an ephemeral port: its
             // Via names the node, from the address the connection has.
-            if src.transport != Transport::Tcp {
+            if !src.transport.is_stream() {
                 return None;
             }
             let via = msg.top_via().ok()?;

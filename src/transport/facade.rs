@@ -94,6 +94,7 @@ impl<H: Handler> Transports<H> {
         let listening = PerTransport::from_fn(|t| match t {
             Transport::Udp => udp.local_addrs().to_vec(),
             Transport::Tcp => tcp_addrs.clone(),
+            Transport::Tls => Vec::new(),
         });
         let handler: Arc<OnceLock<Weak<H>>> = Arc::default();
         let slot = handler.clone();
@@ -181,6 +182,10 @@ impl<H: Handler> Transports<H> {
                 }
             }),
             Transport::Tcp => self.send_tcp(bytes, to),
+            Transport::Tls => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no TLS listener",
+            )),
         };
         if let Err(e) = &r {
             tracing::debug!("send to {to}: {e}");

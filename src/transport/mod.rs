@@ -138,7 +138,7 @@ fn prepare(
     transport: Transport,
     freebind: bool,
 ) -> std::io::Result<()> {
-    socket.set_reuse_address(transport == Transport::Tcp)?;
+    socket.set_reuse_address(transport.is_stream())?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if freebind {
         if addr.is_ipv4() {
