@@ -65,6 +65,9 @@ pub struct Config {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub tcp: Tcp,
+    /// Absent: no TLS (needed by `[listen] tls`).
+    #[serde(default)]
+    pub tls: Option<Tls>,
     #[serde(default)]
     pub dns: Dns,
     #[serde(default)]
@@ -157,6 +160,87 @@ impl Default for Tcp {
             reserved_trusted: None,
             message_timeout: default_tcp_message_timeout(),
         }
+    }
+}
+
+/// `[tls]`: our identity on the TLS listeners (Kamailio `tls.cfg`
+/// `[server:default]` `certificate` / `private_key`). The connections
+/// themselves follow `[tcp]`: caps, idle and message timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first (relative paths: to the config
+    /// file's directory).
+    pub certificate: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// A TLS handshake not done this long after the connection opened
+    /// closes it (a client that opens and says nothing holds a slot only
+    /// this long).
+    #[serde(default = "default_tls_handshake", deserialize_with = "de_duration")]
+    pub handshake_timeout: Duration,
+    /// The server config built from the two files at start.
+    #[serde(skip)]
+    pub server: Option<TlsServer>,
+}
+
+fn default_tls_handshake() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The rustls server config made from `[tls]`'s files (compared by
+/// identity: two loads are never the same).
+#[derive(Clone)]
+pub struct TlsServer(pub std::sync::Arc<rustls::ServerConfig>);
+
+impl PartialEq for TlsServer {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TlsServer {}
+
+impl fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the config's own Debug: it would walk the key material.
+        f.write_str("TlsServer")
+    }
+}
+
+impl Tls {
+    /// Reads the certificate and key (relative to `base`) and checks that
+    /// rustls takes them and that they belong together.
+    fn resolve(&mut self, base: &Path) -> Result<(), Violation> {
+        use crate::transport::tls::PemFile;
+        let read = |key: &str, path: &Path| {
+            let path = base.join(path);
+            read_small_file(&path).map_err(|e| Violation {
+                key: key.to_owned(),
+                rule: Rule::TlsFile {
+                    file: path.display().to_string(),
+                    reason: e.to_string(),
+                },
+            })
+        };
+        let chain = read("tls.certificate", &self.certificate)?;
+        let key = read("tls.key", &self.key)?;
+        let server = crate::transport::tls::server_config(chain.as_bytes(), key.as_bytes())
+            .map_err(|e| {
+                let (key, path) = match e.file {
+                    PemFile::Certificate => ("tls.certificate", &self.certificate),
+                    PemFile::Key => ("tls.key", &self.key),
+                };
+                Violation {
+                    key: key.to_owned(),
+                    rule: Rule::TlsFile {
+                        file: base.join(path).display().to_string(),
+                        reason: e.reason,
+                    },
+                }
+            })?;
+        self.server = Some(TlsServer(server));
+        Ok(())
     }
 }
 
@@ -352,6 +436,10 @@ pub struct Listen {
     /// TCP listeners (Kamailio `listen=tcp:...`); none by default.
     #[serde(default)]
     pub tcp: Vec<SocketAddr>,
+    /// TLS listeners (Kamailio `listen=tls:...`); none by default. Need
+    /// `[tls]`.
+    #[serde(default)]
+    pub tls: Vec<SocketAddr>,
     /// A request to a node larger than this many bytes goes over TCP when
     /// the node takes TCP (`tcp = true` on it; RFC 3261 §18.1.1, Kamailio
     /// `udp_mtu` with `udp_mtu_try_proto = TCP`). 0: never switch.
@@ -381,7 +469,7 @@ impl Listen {
             return false;
         };
         let ip = ip.to_canonical();
-        self.udp.iter().chain(&self.tcp).any(|l| {
+        self.udp.iter().chain(&self.tcp).chain(&self.tls).any(|l| {
             l.port() == port
                 && (l.ip().to_canonical() == ip
                     || (l.ip().is_unspecified() && (ip.is_loopback() || advertised)))
@@ -697,6 +785,7 @@ pub const DURATION_RANGES: &[(&str, Duration, Duration)] = &[
     ("tcp.idle_timeout", secs(1), secs(24 * HOUR)),
     ("tcp.connect_timeout", ms(10), secs(60)),
     ("tcp.message_timeout", ms(100), secs(600)),
+    ("tls.handshake_timeout", ms(100), secs(60)),
     ("security.rate_limit.per", ms(10), secs(HOUR)),
     ("security.rate_limit.block_for", ms(100), secs(24 * HOUR)),
 ];
@@ -926,6 +1015,9 @@ fn from_toml_at(text: &str, file: &str, base: &Path) -> Result<Config, ConfigErr
     if let Some(admin) = &mut config.admin {
         admin.resolve(base).map_err(invalid)?;
     }
+    if let Some(tls) = &mut config.tls {
+        tls.resolve(base).map_err(invalid)?;
+    }
     Ok(config)
 }
 
@@ -1143,6 +1235,13 @@ pub enum Rule {
          requests would find nobody at our Record-Route; add [listen] tcp = [\"ADDR:PORT\"]"
     )]
     TcpWithoutListener(SipUri),
+    #[error(
+        "TLS listeners need a certificate and key; add [tls] certificate = \"chain.pem\" \
+         (leaf first) and key = \"key.pem\""
+    )]
+    TlsWithoutIdentity,
+    #[error("{file}: {reason}")]
+    TlsFile { file: String, reason: String },
     #[error("both {0} and {0}_file are given; use one")]
     SecretTwice(String),
     #[error("cannot read {file}: {reason}")]
@@ -1177,6 +1276,9 @@ impl Config {
         };
         if self.listen.udp.is_empty() {
             return fail("listen.udp", Rule::NoUdpSocket);
+        }
+        if !self.listen.tls.is_empty() && self.tls.is_none() {
+            return fail("listen.tls", Rule::TlsWithoutIdentity);
         }
 
         let dests = &self.dispatcher.destinations;
@@ -1289,6 +1391,11 @@ impl Config {
             ("tcp.message_timeout", self.tcp.message_timeout),
         ]
         .into_iter()
+        .chain(
+            self.tls
+                .iter()
+                .map(|t| ("tls.handshake_timeout", t.handshake_timeout)),
+        )
         .chain(self.security.rate_limit.iter().flat_map(|l| {
             [
                 ("security.rate_limit.per", l.per),
@@ -2198,8 +2305,11 @@ uri = "sip:10.0.1.11:5080"
             "uri = \"sip:10.0.1.11:5080\"\nwieght = 5",
         );
         assert_eq!(err_key(&text), "dispatcher.destination[1].wieght");
+        let text = format!("{BASE}\n[websocket]\n");
+        assert_eq!(err_key(&text), "websocket");
+        // A known table missing a required key names that key.
         let text = format!("{BASE}\n[tls]\n");
-        assert_eq!(err_key(&text), "tls");
+        assert_eq!(err_key(&text), "tls.certificate");
     }
 
     #[test]

@@ -476,3 +476,111 @@ fn range_tables_name_real_keys() {
         );
     }
 }
+
+/// A certificate and key made for this test (rcgen), written as PEM into
+/// `dir`: `(chain.pem, key.pem)`.
+fn tls_identity(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let made = rcgen::generate_simple_self_signed(vec!["sip.test".into()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// `[tls]`: the certificate and key are read at start; each way they can
+/// be unusable is refused naming the file, the key and the reason.
+#[test]
+fn tls_identity_is_checked_at_start() {
+    let dir = std::env::temp_dir().join(format!("sipedge-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = tls_identity(&dir, "a");
+    let (_, other_key) = tls_identity(&dir, "b");
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let config_with = |listen: &str, tls: &str| {
+        let cfg = dir.join("proxy.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[listen]\nadvertise = \"127.0.0.1\"\nudp = [\"127.0.0.1:0\"]\n{listen}\n\
+                 [[dispatcher.destination]]\nuri = \"sip:127.0.0.1:5080\"\n{tls}"
+            ),
+        )
+        .unwrap();
+        config::read_config(&cfg)
+    };
+    let tls = |c: &Path, k: &Path| {
+        format!(
+            "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\n",
+            c.display(),
+            k.display()
+        )
+    };
+
+    let good = config_with("tls = [\"127.0.0.1:0\"]", &tls(&cert, &key)).unwrap();
+    assert_eq!(good.listen.tls, vec!["127.0.0.1:0".parse().unwrap()]);
+    let t = good.tls.as_ref().unwrap();
+    assert!(t.server.is_some());
+    assert_eq!(t.handshake_timeout, std::time::Duration::from_secs(5));
+    // Relative paths are the config file's directory's.
+    let relative = tls(Path::new("a.pem"), Path::new("a.key"));
+    assert!(config_with("", &relative)
+        .unwrap()
+        .tls
+        .unwrap()
+        .server
+        .is_some());
+
+    let missing = dir.join("no-such.pem");
+    for (tls, key_name, reason) in [
+        (
+            String::new(),
+            "listen.tls",
+            "TLS listeners need a certificate",
+        ),
+        (
+            tls(&missing, &key),
+            "tls.certificate",
+            "no-such.pem: No such file",
+        ),
+        (tls(&cert, &missing), "tls.key", "no-such.pem: No such file"),
+        (tls(&dir, &key), "tls.certificate", "not a regular file"),
+        (
+            tls(&not_pem, &key),
+            "tls.certificate",
+            "not.pem: no \"BEGIN CERTIFICATE\" block",
+        ),
+        (
+            tls(&cert, &not_pem),
+            "tls.key",
+            "not.pem: no PEM private key",
+        ),
+        // A certificate where the key goes, and the other way round.
+        (tls(&cert, &cert), "tls.key", "no PEM private key"),
+        (
+            tls(&key, &key),
+            "tls.certificate",
+            "no \"BEGIN CERTIFICATE\"",
+        ),
+        (
+            tls(&cert, &other_key),
+            "tls.key",
+            "b.key: does not match the certificate",
+        ),
+        (
+            tls(&cert, &key) + "handshake_timeout = \"0s\"\n",
+            "tls.handshake_timeout",
+            "longer than 0",
+        ),
+    ] {
+        let err = config_with("tls = [\"127.0.0.1:0\"]", &tls).unwrap_err();
+        assert_eq!(err.key(), Some(key_name), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("proxy.toml"), "{text}");
+        assert!(text.contains(reason), "{reason:?} not in {text}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

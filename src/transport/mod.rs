@@ -21,6 +21,7 @@
 pub mod egress;
 pub mod facade;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 pub use egress::Egress;
