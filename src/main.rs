@@ -166,6 +166,9 @@ async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), ServerError>
     for addr in &listening.tcp {
         println!("listening on tcp:{addr}");
     }
+    for addr in &listening.tls {
+        println!("listening on tls:{addr}");
+    }
     if let Some(addr) = listening.admin {
         println!("listening on admin:http://{addr}");
     }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::proxy::{Proxy, ProxyError};
-use crate::transport::{bind_tcp, bind_udp, TcpOptions, UdpOptions};
+use crate::transport::{bind_stream, bind_tcp, bind_udp, TcpOptions, Transport, UdpOptions};
 
 /// How long a shutdown waits for INVITEs in progress before cancelling.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -73,10 +73,11 @@ pub enum ServerError {
 pub struct Bound {
     pub udp: Vec<UdpSocket>,
     pub tcp: Vec<TcpListener>,
+    pub tls: Vec<TcpListener>,
     pub admin: Option<TcpListener>,
 }
 
-/// Binds `[listen] udp`, `[listen] tcp` and `[admin] listen`.
+/// Binds `[listen] udp`, `[listen] tcp`, `[listen] tls` and `[admin] listen`.
 pub fn bind(config: &Config) -> Result<Bound, ServerError> {
     let udp_options = UdpOptions {
         recv_buffer: config.listen.recv_buffer,
@@ -103,6 +104,15 @@ pub fn bind(config: &Config) -> Result<Bound, ServerError> {
             bind_tcp(addr, &tcp_options).map_err(|source| ServerError::BindTcp { addr, source })
         })
         .collect::<Result<_, _>>()?;
+    let tls = config
+        .listen
+        .tls
+        .iter()
+        .map(|&addr| {
+            bind_stream(addr, &tcp_options, Transport::Tls)
+                .map_err(|source| ServerError::BindTcp { addr, source })
+        })
+        .collect::<Result<_, _>>()?;
     let admin = match &config.admin {
         Some(a) => Some(
             TcpListener::bind(a.listen)
@@ -114,7 +124,12 @@ pub fn bind(config: &Config) -> Result<Bound, ServerError> {
         ),
         None => None,
     };
-    Ok(Bound { udp, tcp, admin })
+    Ok(Bound {
+        udp,
+        tcp,
+        tls,
+        admin,
+    })
 }
 
 /// The addresses a [`Server`] listens on (what the binary prints).
@@ -122,6 +137,7 @@ pub fn bind(config: &Config) -> Result<Bound, ServerError> {
 pub struct Listening {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
 }
 
@@ -201,7 +217,7 @@ impl Server {
             .map(tokio::net::TcpListener::from_std)
             .transpose()
             .map_err(ServerError::Admin)?;
-        let proxy = Proxy::with_tcp(config, bound.udp, bound.tcp)?;
+        let proxy = Proxy::with_listeners(config, bound.udp, bound.tcp, bound.tls)?;
         if let Some(path) = config_path {
             proxy.set_config_path(path);
         }
@@ -222,6 +238,7 @@ impl Server {
         Listening {
             udp: self.proxy.local_addrs(),
             tcp: self.proxy.tcp_addrs().to_vec(),
+            tls: self.proxy.tls_addrs().to_vec(),
             admin: self.admin.as_ref().and_then(|l| l.local_addr().ok()),
         }
     }

@@ -103,6 +103,10 @@ pub enum ProxyError {
     Health(#[from] crate::dispatcher::health::HealthConfigError),
     #[error(transparent)]
     Registry(#[from] crate::dialog::registry::RegistryError),
+    /// TLS listeners, but no `[tls]` identity loaded (a config that did
+    /// not come through `config::read_config`).
+    #[error("TLS listeners need [tls] certificate and key, read by config::read_config")]
+    TlsNotLoaded,
 }
 
 /// Shared state of a running proxy.
@@ -172,6 +176,17 @@ impl Proxy {
         sockets: Vec<std::net::UdpSocket>,
         listeners: Vec<std::net::TcpListener>,
     ) -> Result<Arc<Proxy>, ProxyError> {
+        Proxy::with_listeners(cfg, sockets, listeners, Vec::new())
+    }
+
+    /// [`with_tcp`](Self::with_tcp) plus TLS listeners (also from
+    /// [`crate::transport::bind_tcp`]), which serve `[tls]`'s identity.
+    pub fn with_listeners(
+        cfg: Config,
+        sockets: Vec<std::net::UdpSocket>,
+        listeners: Vec<std::net::TcpListener>,
+        tls_listeners: Vec<std::net::TcpListener>,
+    ) -> Result<Arc<Proxy>, ProxyError> {
         let metrics = crate::metrics::Metrics::new()?;
         let tcp_options = crate::transport::TcpOptions {
             idle_timeout: cfg.tcp.idle_timeout,
@@ -183,7 +198,19 @@ impl Proxy {
             freebind: cfg.listen.freebind,
             ..Default::default()
         };
-        let transports = Transports::new(sockets, listeners, tcp_options)?;
+        let mut transports = Transports::new(sockets, listeners, tcp_options)?;
+        if let Some(tls) = &cfg.tls {
+            let Some(server) = &tls.server else {
+                return Err(ProxyError::TlsNotLoaded);
+            };
+            let serving = crate::transport::TlsServing {
+                config: server.0.clone(),
+                handshake_timeout: tls.handshake_timeout,
+            };
+            transports = transports.with_tls(tls_listeners, serving)?;
+        } else if !tls_listeners.is_empty() {
+            return Err(ProxyError::TlsNotLoaded);
+        }
         let first = *transports
             .local_addrs(Transport::Udp)
             .first()
@@ -201,6 +228,8 @@ impl Proxy {
                 transports.local_addrs(t).first(),
             ) {
                 (Transport::Udp, ..) => adv_port,
+                // `advertise`'s port is the plain SIP one; TLS has its own.
+                (Transport::Tls, _, Some(a)) => a.port(),
                 (_, Some(p), _) if p != 0 => p,
                 (_, _, Some(a)) => a.port(),
                 _ => adv_port,
@@ -300,6 +329,11 @@ impl Proxy {
     /// Every TCP listener's address.
     pub fn tcp_addrs(&self) -> &[SocketAddr] {
         self.transports.local_addrs(Transport::Tcp)
+    }
+
+    /// Every TLS listener's address.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        self.transports.local_addrs(Transport::Tls)
     }
 
     /// The TCP transport's counters and open connections.

@@ -60,6 +60,14 @@ pub trait Handler: Send + Sync + 'static {
     fn after_batch(&self) {}
 }
 
+/// What the TLS listeners serve: our identity, and how long a handshake
+/// may take.
+#[derive(Clone)]
+pub struct TlsServing {
+    pub config: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: std::time::Duration,
+}
+
 /// Every transport's sockets, receive loops and sends (see the module
 /// doc).
 pub struct Transports<H> {
@@ -70,6 +78,9 @@ pub struct Transports<H> {
     /// Bound TCP listeners, accepting from [`Transports::attach`] on (a
     /// message read before would have nowhere to go).
     pending_tcp: Mutex<Vec<std::net::TcpListener>>,
+    /// Bound TLS listeners and what they serve, likewise.
+    pending_tls: Mutex<Vec<std::net::TcpListener>>,
+    tls: Option<TlsServing>,
     /// Weak: the handler owns the transports.
     handler: Arc<OnceLock<Weak<H>>>,
     /// For the background TCP connects.
@@ -116,12 +127,31 @@ impl<H: Handler> Transports<H> {
             tcp: TcpTransport::with_privileged(tcp_options, on_message, Some(privileged)),
             listening,
             pending_tcp: Mutex::new(tcp),
+            pending_tls: Mutex::new(Vec::new()),
+            tls: None,
             handler,
             rt: tokio::runtime::Handle::current(),
         })
     }
 
-    /// Sets who gets what arrives, and starts accepting on the TCP
+    /// Adds already-bound TLS listeners (from [`super::bind_tcp`]) serving
+    /// `tls`; their connections share the TCP transport's caps and
+    /// timeouts. Before [`attach`](Self::attach).
+    pub fn with_tls(
+        mut self,
+        listeners: Vec<std::net::TcpListener>,
+        tls: TlsServing,
+    ) -> io::Result<Transports<H>> {
+        self.listening[Transport::Tls] = listeners
+            .iter()
+            .map(std::net::TcpListener::local_addr)
+            .collect::<io::Result<Vec<_>>>()?;
+        self.pending_tls = Mutex::new(listeners);
+        self.tls = Some(tls);
+        Ok(self)
+    }
+
+    /// Sets who gets what arrives, and starts accepting on the TCP and TLS
     /// listeners. Once; a second handler is refused.
     pub fn attach(&self, handler: Weak<H>) -> io::Result<()> {
         if self.handler.set(handler).is_err() {
@@ -136,6 +166,15 @@ impl<H: Handler> Transports<H> {
         };
         for l in listeners {
             self.tcp.serve(l)?;
+        }
+        let listeners = match self.pending_tls.lock() {
+            Ok(mut l) => std::mem::take(&mut *l),
+            Err(_) => Vec::new(),
+        };
+        if let Some(tls) = &self.tls {
+            for l in listeners {
+                super::tls::serve(&self.tcp, l, tls.config.clone(), tls.handshake_timeout)?;
+            }
         }
         Ok(())
     }
@@ -182,10 +221,7 @@ impl<H: Handler> Transports<H> {
                 }
             }),
             Transport::Tcp => self.send_tcp(bytes, to),
-            Transport::Tls => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "no TLS listener",
-            )),
+            Transport::Tls => self.send_tls(bytes, to),
         };
         if let Err(e) = &r {
             tracing::debug!("send to {to}: {e}");
@@ -220,6 +256,24 @@ impl<H: Handler> Transports<H> {
             }
         });
         Ok(())
+    }
+
+    /// Over TLS only on a connection the peer opened (its own, else the
+    /// open one from its address): outbound TLS is not built yet.
+    fn send_tls(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
+        let msg = Bytes::copy_from_slice(bytes);
+        let known = to.conn.into_iter();
+        for conn in known.chain(self.tcp.conn_over(Transport::Tls, to.addr)) {
+            match self.tcp.send_on(conn, msg.clone()) {
+                Ok(()) => return Ok(()),
+                Err(TcpError::Closed(_)) => continue,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::WouldBlock, e)),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "no TLS connection from that peer (outbound TLS is not supported yet)",
+        ))
     }
 
     fn handler(&self) -> Option<Arc<H>> {

@@ -12,7 +12,10 @@
 //!   by who sent it ([`IcmpVerdict`]: only the destination's own host
 //!   counts).
 //! - `tcp`: SIP over TCP: listeners, one connection per peer, stream
-//!   framing, keep-alives, idle timeout, connection cap.
+//!   framing, keep-alives, idle timeout, connection cap; the connection
+//!   machinery is generic over the byte stream, so TLS runs on it too.
+//! - `tls`: SIP over TLS: our identity (checked at start) and the
+//!   listeners (handshake with a timeout, then `tcp`'s machinery).
 //! - `egress`: which of several sockets sends to a destination.
 //!
 //! A new transport is one module here, one [`Transport`] variant (with
@@ -25,10 +28,10 @@ pub mod tls;
 pub mod udp;
 
 pub use egress::Egress;
-pub use facade::{Handler, Transports};
+pub use facade::{Handler, TlsServing, Transports};
 pub use tcp::{
-    admit, bind_tcp, ConnId, OnMessage, Privileged, Refused, TcpError, TcpOptions, TcpStats,
-    TcpTransport,
+    admit, bind_stream, bind_tcp, ConnId, OnMessage, Privileged, Refused, TcpError, TcpOptions,
+    TcpStats, TcpTransport,
 };
 pub use udp::{bind_udp, IcmpReport, IcmpVerdict, RecvBatch, SipSocket, UdpOptions, UdpTransport};
 

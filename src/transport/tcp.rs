@@ -31,13 +31,14 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use dashmap::DashMap;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Inbound, Peer};
+use super::{Inbound, Peer, Transport};
 use crate::sip::{frame_stream, SipError, StreamFrame, DEFAULT_MAX_MESSAGE};
 
 /// Handles a received message on the connection's own task: the receiver
@@ -178,14 +179,24 @@ pub enum TcpError {
 /// for TIME_WAIT; IP_FREEBIND when asked). Non-blocking, ready for
 /// [`TcpTransport::serve`].
 pub fn bind_tcp(addr: SocketAddr, opts: &TcpOptions) -> io::Result<std::net::TcpListener> {
+    bind_stream(addr, opts, Transport::Tcp)
+}
+
+/// [`bind_tcp`] for a listener of stream transport `transport` (TCP or
+/// TLS), whose name its errors carry.
+pub fn bind_stream(
+    addr: SocketAddr,
+    opts: &TcpOptions,
+    transport: Transport,
+) -> io::Result<std::net::TcpListener> {
     let bind = || -> io::Result<std::net::TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        super::prepare(&socket, addr, super::Transport::Tcp, opts.freebind)?;
+        super::prepare(&socket, addr, transport, opts.freebind)?;
         socket.bind(&addr.into())?;
         socket.listen(opts.backlog)?;
         Ok(socket.into())
     };
-    bind().map_err(|e| super::bind_error(super::Transport::Tcp, addr, e))
+    bind().map_err(|e| super::bind_error(transport, addr, e))
 }
 
 /// The TCP transport: listeners, connection table, counters. Cheap to
@@ -201,13 +212,18 @@ struct Conn {
     queue: mpsc::Sender<Bytes>,
 }
 
+/// A connection's byte stream: a TCP socket, or TLS over one.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
+
 struct Inner {
     opts: TcpOptions,
     stats: TcpStats,
     by_id: DashMap<ConnId, Conn>,
-    /// One connection per peer, reused for outgoing requests. An inbound
-    /// connection is reused too: it reaches the same peer.
-    by_peer: DashMap<SocketAddr, ConnId>,
+    /// One connection per peer and transport, reused for outgoing
+    /// requests. An inbound connection is reused too: it reaches the same
+    /// peer.
+    by_peer: DashMap<(Transport, SocketAddr), ConnId>,
     /// Serialises connects to one peer so two concurrent sends open one
     /// connection, not two.
     dialing: DashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
@@ -293,9 +309,15 @@ impl TcpTransport {
         self.inner.open.load(Ordering::Relaxed)
     }
 
-    /// The connection to `peer`, if one is open.
+    /// The TCP connection to `peer`, if one is open.
     pub fn conn_to(&self, peer: SocketAddr) -> Option<ConnId> {
-        self.inner.by_peer.get(&peer).map(|e| *e)
+        self.conn_over(Transport::Tcp, peer)
+    }
+
+    /// The connection to `peer` over `transport` (TCP or TLS), if one is
+    /// open.
+    pub fn conn_over(&self, transport: Transport, peer: SocketAddr) -> Option<ConnId> {
+        self.inner.by_peer.get(&(transport, peer)).map(|e| *e)
     }
 
     /// Queues `msg` for `to`, on the open connection to it or a new one.
@@ -308,7 +330,9 @@ impl TcpTransport {
             match self.send_on(id, msg.clone()) {
                 // It closed under us: drop the stale entry and dial anew.
                 Err(TcpError::Closed(_)) => {
-                    self.inner.by_peer.remove_if(&to, |_, v| *v == id);
+                    self.inner
+                        .by_peer
+                        .remove_if(&(Transport::Tcp, to), |_, v| *v == id);
                 }
                 other => return other.map(|()| id),
             }
@@ -370,7 +394,55 @@ impl TcpTransport {
             };
         TcpStats::inc(&inner.stats.connected);
         inner.open.fetch_add(1, Ordering::Relaxed);
-        Ok(start_conn(inner, stream, to, None))
+        Ok(start_tcp(inner, stream, to, None))
+    }
+
+    /// Counts an inbound connection from `peer` on `local` against the
+    /// caps (see [`admit`]); false when refused (counted and logged here).
+    /// An admitted one holds its slot until [`start_inbound`]'s
+    /// connection ends or [`release_inbound`] gives it back.
+    ///
+    /// [`start_inbound`]: Self::start_inbound
+    /// [`release_inbound`]: Self::release_inbound
+    pub(super) fn admit_inbound(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        transport: Transport,
+    ) -> bool {
+        admit_inbound(&self.inner, peer, local, transport)
+    }
+
+    /// Gives back the slot of an admitted connection that never started
+    /// (a failed TLS handshake).
+    pub(super) fn release_inbound(&self, peer: SocketAddr) {
+        self.inner.open.fetch_sub(1, Ordering::Relaxed);
+        release_source(&self.inner, source(peer.ip().to_canonical()));
+    }
+
+    /// Runs an admitted inbound connection over `transport` on the same
+    /// machinery as TCP's.
+    pub(super) fn start_inbound(
+        &self,
+        stream: impl Stream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        transport: Transport,
+    ) -> ConnId {
+        let (rd, wr) = tokio::io::split(stream);
+        start_conn(&self.inner, rd, wr, peer, local, transport, true)
+    }
+
+    /// Runs `task` with the connections' tasks: [`shutdown`] waits for it.
+    ///
+    /// [`shutdown`]: Self::shutdown
+    pub(super) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.inner.tasks.spawn(task);
+    }
+
+    /// Fires on [`shutdown`](Self::shutdown).
+    pub(super) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
     }
 
     /// Inbound connections open now from `ip`'s source (its IPv6 /64).
@@ -395,38 +467,46 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, local: SocketAddr
                 continue;
             }
         };
-        let ip = peer.ip().to_canonical();
-        let privileged = inner.privileged.as_ref().is_some_and(|p| p(ip));
-        let src = source(ip);
-        let open = inner.open.fetch_add(1, Ordering::Relaxed);
-        // Counted before the check, so concurrent accepts cannot both
-        // take the last slot.
-        let from_source = {
-            let mut n = inner.per_source.entry(src).or_insert(0);
-            *n += 1;
-            *n - 1
-        };
-        if let Err(refused) = admit(&inner.opts, open, from_source, privileged) {
-            inner.open.fetch_sub(1, Ordering::Relaxed);
-            release_source(&inner, src);
-            TcpStats::inc(match refused {
-                Refused::Full => &inner.stats.refused_cap,
-                Refused::PerSource => &inner.stats.refused_per_source,
-                Refused::Reserved => &inner.stats.refused_reserved,
-            });
-            if let Some(more) = inner.refusal_log.should_log(src, Instant::now()) {
-                tracing::warn!(
-                    "tcp:{local}: connection from {peer} refused: {refused} ({open} open, \
-                     {from_source} from {src}; {more} more refused from {src} since its last \
-                     line)"
-                );
-            }
+        if !admit_inbound(&inner, peer, local, Transport::Tcp) {
             drop(stream);
             continue;
         }
-        TcpStats::inc(&inner.stats.accepted);
-        start_conn(&inner, stream, peer, Some(local));
+        start_tcp(&inner, stream, peer, Some(local));
     }
+}
+
+/// [`TcpTransport::admit_inbound`].
+fn admit_inbound(inner: &Inner, peer: SocketAddr, local: SocketAddr, transport: Transport) -> bool {
+    let ip = peer.ip().to_canonical();
+    let privileged = inner.privileged.as_ref().is_some_and(|p| p(ip));
+    let src = source(ip);
+    let open = inner.open.fetch_add(1, Ordering::Relaxed);
+    // Counted before the check, so concurrent accepts cannot both
+    // take the last slot.
+    let from_source = {
+        let mut n = inner.per_source.entry(src).or_insert(0);
+        *n += 1;
+        *n - 1
+    };
+    if let Err(refused) = admit(&inner.opts, open, from_source, privileged) {
+        inner.open.fetch_sub(1, Ordering::Relaxed);
+        release_source(inner, src);
+        TcpStats::inc(match refused {
+            Refused::Full => &inner.stats.refused_cap,
+            Refused::PerSource => &inner.stats.refused_per_source,
+            Refused::Reserved => &inner.stats.refused_reserved,
+        });
+        if let Some(more) = inner.refusal_log.should_log(src, Instant::now()) {
+            tracing::warn!(
+                "{transport}:{local}: connection from {peer} refused: {refused} ({open} open, \
+                 {from_source} from {src}; {more} more refused from {src} since its last \
+                 line)"
+            );
+        }
+        return false;
+    }
+    TcpStats::inc(&inner.stats.accepted);
+    true
 }
 
 /// Why [`admit`] refused an inbound connection.
@@ -536,31 +616,57 @@ impl RefusalLog {
     }
 }
 
-/// Registers a connection (already counted in `open`) and spawns its task.
-/// `listener`: the address it was accepted on, should the socket no longer
-/// know its own.
-fn start_conn(
+/// Our end of `stream`, else the listener it was accepted on, and Nagle
+/// off: SIP messages are written whole; Nagle would only delay pipelined
+/// responses.
+pub(super) fn prepare_stream(stream: &TcpStream, listener: Option<SocketAddr>) -> SocketAddr {
+    let _ = stream.set_nodelay(true);
+    let unspecified = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+    stream.local_addr().ok().or(listener).unwrap_or(unspecified)
+}
+
+/// A plain TCP connection (already counted in `open`) started;
+/// `listener`: the address an inbound one was accepted on.
+fn start_tcp(
     inner: &Arc<Inner>,
     stream: TcpStream,
     peer: SocketAddr,
     listener: Option<SocketAddr>,
 ) -> ConnId {
-    // SIP messages are written whole; Nagle would only delay pipelined
-    // responses.
-    let _ = stream.set_nodelay(true);
+    let local = prepare_stream(&stream, listener);
+    // Owned halves: no lock between the two directions.
+    let (rd, wr) = stream.into_split();
+    let inbound = listener.is_some();
+    start_conn(inner, rd, wr, peer, local, Transport::Tcp, inbound)
+}
+
+/// Registers a connection (already counted in `open`) and spawns its task.
+fn start_conn(
+    inner: &Arc<Inner>,
+    rd: impl AsyncRead + Send + Unpin + 'static,
+    wr: impl AsyncWrite + Send + Unpin + 'static,
+    peer: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+    inbound: bool,
+) -> ConnId {
     let id = ConnId(inner.next_id.fetch_add(1, Ordering::Relaxed));
-    let unspecified = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
-    let local = stream.local_addr().ok().or(listener).unwrap_or(unspecified);
     let (tx, rx) = mpsc::channel(inner.opts.send_queue.max(1));
     inner.by_id.insert(id, Conn { peer, queue: tx });
-    inner.by_peer.insert(peer, id);
+    inner.by_peer.insert((transport, peer), id);
     let task_inner = inner.clone();
-    let inbound = listener.is_some();
+    let from = Peer {
+        addr: peer,
+        transport,
+        conn: Some(id),
+    };
     inner.tasks.spawn(async move {
-        let reason = run_conn(&task_inner, &stream, peer, id, local, rx).await;
-        tracing::debug!("tcp:{peer}: {id} closed: {reason}");
+        let reason = run_conn(&task_inner, rd, wr, from, local, rx).await;
+        tracing::debug!("{transport}:{peer}: {id} closed: {reason}");
         task_inner.by_id.remove(&id);
-        task_inner.by_peer.remove_if(&peer, |_, v| *v == id);
+        task_inner
+            .by_peer
+            .remove_if(&(transport, peer), |_, v| *v == id);
         task_inner.open.fetch_sub(1, Ordering::Relaxed);
         if inbound {
             release_source(&task_inner, source(peer.ip().to_canonical()));
@@ -597,18 +703,25 @@ const READ_CHUNK: usize = 16 * 1024;
 const WRITE_BATCH: usize = 16;
 
 /// The connection's life: read and frame, write the queue, idle timeout.
+/// The same for every stream transport: `rd`/`wr` are a TCP socket's
+/// halves or a TLS session's.
 async fn run_conn(
     inner: &Inner,
-    stream: &TcpStream,
-    peer: SocketAddr,
-    id: ConnId,
+    mut rd: impl AsyncRead + Unpin,
+    mut wr: impl AsyncWrite + Unpin,
+    from: Peer,
     local: SocketAddr,
     mut queue: mpsc::Receiver<Bytes>,
 ) -> CloseReason {
+    let (peer, transport) = (from.addr, from.transport);
+    let id = from.conn.unwrap_or(ConnId(0));
     let max = inner.opts.max_message.max(1);
     let idle = inner.opts.idle_timeout;
     let mut buf = BytesMut::with_capacity(READ_CHUNK.min(max));
+    let mut chunk = vec![0u8; READ_CHUNK.min(max)];
     let mut out: VecDeque<Bytes> = VecDeque::new();
+    // Bytes handed to `wr` and not flushed yet (TLS buffers records).
+    let mut unflushed = false;
     let message_timeout = inner.opts.message_timeout;
     let mut last_activity = Instant::now();
     // When the first byte of the message still incomplete in `buf` came.
@@ -620,12 +733,15 @@ async fn run_conn(
     let idle_sleep = tokio::time::sleep_until(last_activity + idle);
     tokio::pin!(idle_sleep);
     loop {
+        // After framing, fewer than `max` bytes remain buffered (a full
+        // frame is taken off), so there is always room.
+        let room = chunk.len().min(max.saturating_sub(buf.len())).max(1);
         tokio::select! {
             _ = inner.shutdown.cancelled() => return CloseReason::Shutdown,
             () = &mut idle_sleep => {
                 if partial_since.is_some_and(|p| p.elapsed() >= message_timeout) {
                     TcpStats::inc(&inner.stats.closed_slow);
-                    tracing::debug!("tcp:{peer}: {id}: message not whole in time, closing");
+                    tracing::debug!("{transport}:{peer}: {id}: message not whole in time, closing");
                     return CloseReason::Slow;
                 }
                 if last_activity.elapsed() >= idle {
@@ -634,30 +750,16 @@ async fn run_conn(
                 }
                 idle_sleep.as_mut().reset(wake(last_activity, partial_since));
             }
-            r = stream.readable() => {
-                if let Err(e) = r {
-                    return e.into();
-                }
-                // After framing, fewer than `max` bytes remain buffered
-                // (a full frame is taken off), so there is always room.
-                let len = buf.len();
-                let room = READ_CHUNK.min(max.saturating_sub(len)).max(1);
-                buf.resize(len + room, 0);
-                let n = match stream.try_read(&mut buf[len..]) {
+            // Cancel safe: nothing is read unless it completes.
+            r = rd.read(&mut chunk[..room]) => {
+                let n = match r {
                     Ok(0) => return CloseReason::Eof,
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                    Err(e) => {
-                        buf.truncate(len);
-                        return e.into();
-                    }
+                    Err(e) => return e.into(),
                 };
-                buf.truncate(len + n);
-                if n == 0 {
-                    continue;
-                }
+                buf.extend_from_slice(&chunk[..n]);
                 last_activity = Instant::now();
-                let took = match deliver(inner, &mut buf, max, peer, id, local, &mut out) {
+                let took = match deliver(inner, &mut buf, max, from, local, &mut out) {
                     Ok(took) => took,
                     Err(reason) => return reason,
                 };
@@ -669,11 +771,6 @@ async fn run_conn(
                     None => Some(last_activity),
                 };
                 idle_sleep.as_mut().reset(wake(last_activity, partial_since));
-                if !out.is_empty() {
-                    if let Err(e) = write_some(stream, &mut out) {
-                        return e.into();
-                    }
-                }
             }
             m = queue.recv(), if out.is_empty() => {
                 let Some(m) = m else { return CloseReason::Shutdown };
@@ -684,25 +781,17 @@ async fn run_conn(
                         Err(_) => break,
                     }
                 }
-                match write_some(stream, &mut out) {
-                    Ok(0) => {}
-                    Ok(_) => {
-                        last_activity = Instant::now();
-                        idle_sleep.as_mut().reset(wake(last_activity, partial_since));
-                    }
-                    Err(e) => return e.into(),
-                }
             }
-            r = stream.writable(), if !out.is_empty() => {
-                if let Err(e) = r {
-                    return e.into();
-                }
-                match write_some(stream, &mut out) {
-                    Ok(0) => {}
-                    Ok(_) => {
+            // Cancel safe: one write (what it took leaves `out` only once
+            // it returns) or a flush.
+            r = write_out(&mut wr, &mut out), if !out.is_empty() || unflushed => {
+                match r {
+                    Ok(true) => {
+                        unflushed = true;
                         last_activity = Instant::now();
                         idle_sleep.as_mut().reset(wake(last_activity, partial_since));
                     }
+                    Ok(false) => unflushed = false,
                     Err(e) => return e.into(),
                 }
             }
@@ -716,23 +805,24 @@ fn deliver(
     inner: &Inner,
     buf: &mut BytesMut,
     max: usize,
-    peer: SocketAddr,
-    id: ConnId,
+    from: Peer,
     local: SocketAddr,
     out: &mut VecDeque<Bytes>,
 ) -> Result<bool, CloseReason> {
+    let (peer, transport) = (from.addr, from.transport);
+    let id = from.conn.unwrap_or(ConnId(0));
     let mut took = false;
     loop {
         match frame_stream(buf, max) {
             Err(SipError::Incomplete) => return Ok(took),
             Err(SipError::TooLarge) => {
                 TcpStats::inc(&inner.stats.closed_oversized);
-                tracing::info!("tcp:{peer}: {id}: message over {max} bytes, closing");
+                tracing::info!("{transport}:{peer}: {id}: message over {max} bytes, closing");
                 return Err(CloseReason::Oversized);
             }
             Err(e) => {
                 TcpStats::inc(&inner.stats.closed_malformed);
-                tracing::info!("tcp:{peer}: {id}: {e}, closing");
+                tracing::info!("{transport}:{peer}: {id}: {e}, closing");
                 return Err(CloseReason::Malformed(e));
             }
             Ok(StreamFrame::KeepAlive { len, ping }) => {
@@ -748,7 +838,7 @@ fn deliver(
                 took = true;
                 (inner.on_message)(Inbound {
                     data: &buf[..len],
-                    from: Peer::tcp(peer, Some(id)),
+                    from,
                     local,
                 });
                 buf.advance(len);
@@ -757,25 +847,26 @@ fn deliver(
     }
 }
 
-/// Writes as much of `out` as the socket takes now; returns the bytes
-/// written (0 when it would block).
-fn write_some(stream: &TcpStream, out: &mut VecDeque<Bytes>) -> io::Result<usize> {
-    let mut written = 0;
-    while let Some(front) = out.front_mut() {
-        match stream.try_write(front) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                written += n;
-                front.advance(n);
-                if front.is_empty() {
-                    out.pop_front();
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
+/// Writes (some of) the first message of `out` (`Ok(true)`; a message
+/// written whole leaves `out`), or with `out` empty flushes what was
+/// written (`Ok(false)`).
+async fn write_out(
+    wr: &mut (impl AsyncWrite + Unpin),
+    out: &mut VecDeque<Bytes>,
+) -> io::Result<bool> {
+    let Some(front) = out.front_mut() else {
+        wr.flush().await?;
+        return Ok(false);
+    };
+    let n = wr.write(front).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
     }
-    Ok(written)
+    front.advance(n);
+    if front.is_empty() {
+        out.pop_front();
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -6,10 +6,16 @@
 //!
 //! rustls with the ring provider; TLS 1.2 and 1.3 only.
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use super::{TcpTransport, Transport};
 
 /// Which of the two PEM files a [`TlsSetupError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,4 +95,70 @@ pub fn server_config(
             e => cert_err(format!("not usable: {e}")),
         })?;
     Ok(Arc::new(config))
+}
+
+/// Starts accepting TLS on an already-bound listener (from
+/// [`super::bind_tcp`]): each connection is admitted against `tcp`'s caps
+/// first (so a handshake in progress holds a slot, counted per source),
+/// gets `handshake_timeout` to finish its handshake, and then runs on
+/// `tcp`'s connection machinery as [`Transport::Tls`]. Returns the local
+/// address.
+pub fn serve(
+    tcp: &TcpTransport,
+    listener: std::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    handshake_timeout: Duration,
+) -> io::Result<SocketAddr> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let local = listener.local_addr()?;
+    let acceptor = TlsAcceptor::from(config);
+    let t = tcp.clone();
+    tcp.spawn(async move {
+        let shutdown = t.shutdown_token().clone();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!("tls:{local}: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if !t.admit_inbound(peer, local, Transport::Tls) {
+                continue;
+            }
+            let (t2, acceptor, shutdown) = (t.clone(), acceptor.clone(), shutdown.clone());
+            // The handshake on its own task: a slow client must not hold
+            // up the accept loop.
+            t.spawn(async move {
+                let conn_local = super::tcp::prepare_stream(&stream, Some(local));
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => None,
+                    r = handshake => Some(r),
+                };
+                match outcome {
+                    Some(Ok(Ok(tls))) => {
+                        t2.start_inbound(tls, peer, conn_local, Transport::Tls);
+                    }
+                    Some(Ok(Err(e))) => {
+                        tracing::debug!("tls:{peer}: handshake failed: {e}");
+                        t2.release_inbound(peer);
+                    }
+                    Some(Err(_)) => {
+                        tracing::debug!("tls:{peer}: handshake not done in {handshake_timeout:?}");
+                        t2.release_inbound(peer);
+                    }
+                    None => t2.release_inbound(peer),
+                }
+            });
+        }
+    });
+    Ok(local)
 }

@@ -1333,6 +1333,13 @@ impl Dialog {
         self
     }
 
+    /// This side speaks TLS: `SIP/2.0/TLS` Via, `;transport=tls` Contact.
+    pub fn over_tls(mut self) -> Dialog {
+        self.transport = Transport::Tls;
+        self.local_contact.push_str(";transport=tls");
+        self
+    }
+
     fn via(&self, branch: &str) -> String {
         format!(
             "SIP/2.0/{} {};branch={branch};rport",

@@ -1,0 +1,296 @@
+//! SIP over TLS, server side: a trunk that only speaks TLS calls through
+//! sipedge to UDP nodes. Certificates are made by the test (rcgen): a test
+//! CA and a server certificate for `sip.test` signed by it; the trunk is a
+//! tokio-rustls client that trusts only that CA.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use sipedge::sip::{frame_stream, HeaderName, StreamFrame, Via};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// A test CA and a server certificate for `sip.test` it signed, as PEM
+/// files in `dir`: `(ca certificate DER, chain.pem, key.pem)`.
+fn make_pki(dir: &std::path::Path) -> (CertificateDer<'static>, String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sipedge test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["sip.test".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let chain = dir.join("chain.pem");
+    let key_file = dir.join("key.pem");
+    // Leaf first, then the CA.
+    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (
+        ca.der().clone(),
+        chain.display().to_string(),
+        key_file.display().to_string(),
+    )
+}
+
+/// A trunk connected to the proxy over TLS: what it reads is framed off
+/// the stream into `inbox`.
+struct TlsTrunk {
+    /// Its own end of the connection (what its Via names).
+    addr: SocketAddr,
+    out: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    inbox: mpsc::UnboundedReceiver<Received>,
+}
+
+impl TlsTrunk {
+    async fn connect(to: SocketAddr, ca: CertificateDer<'static>) -> TlsTrunk {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let config =
+            rustls::ClientConfig::builder_with_provider(sipedge::transport::tls::provider())
+                .with_protocol_versions(sipedge::transport::tls::VERSIONS)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from("sip.test").unwrap();
+        let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+            .await
+            .expect("handshake in time")
+            .expect("handshake with the proxy, trusting the test CA");
+        let (mut rd, out) = tokio::io::split(tls);
+        let (tx, inbox) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = bytes::BytesMut::new();
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                let n = match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                loop {
+                    // frame_stream waits for what follows a lone CRLF; a
+                    // pong is all there is.
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                        let _ = tx.send(Received {
+                            data: b"\r\n".to_vec(),
+                            from: to,
+                        });
+                        continue;
+                    }
+                    match frame_stream(&buf, 1 << 16) {
+                        Ok(StreamFrame::Message { len }) => {
+                            let data = buf.split_to(len).to_vec();
+                            let _ = tx.send(Received { data, from: to });
+                        }
+                        Ok(StreamFrame::KeepAlive { len, .. }) => {
+                            let _ = buf.split_to(len);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        });
+        TlsTrunk { addr, out, inbox }
+    }
+
+    async fn send(&mut self, data: impl AsRef<[u8]>) {
+        self.out.write_all(data.as_ref()).await.unwrap();
+        self.out.flush().await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Received {
+        tokio::time::timeout(WAIT, self.inbox.recv())
+            .await
+            .expect("a message from the proxy over TLS in time")
+            .expect("the TLS connection is open")
+    }
+
+    /// The next response with status `code`, skipping provisionals below it.
+    async fn recv_response(&mut self, code: u16) -> Received {
+        loop {
+            let r = self.recv().await;
+            match r.status() {
+                Some(c) if c == code => return r,
+                Some(c) if c < 200 && c < code => continue,
+                _ => panic!("expected {code}, got:\n{}", r.text()),
+            }
+        }
+    }
+
+    async fn recv_request(&mut self, method: &str) -> Received {
+        let r = self.recv().await;
+        assert_eq!(r.method().as_deref(), Some(method), "{}", r.text());
+        r
+    }
+}
+
+/// `value` is our Record-Route over `transport` (`None`: UDP): the right
+/// address, and the transport parameter only for TLS.
+fn assert_our_rr(value: &str, at: SocketAddr, transport: Option<&str>) {
+    let uri = value
+        .strip_prefix('<')
+        .and_then(|v| v.strip_suffix('>'))
+        .unwrap_or_else(|| panic!("not a <name-addr>: {value}"));
+    let mut parts = uri.split(';');
+    assert_eq!(parts.next(), Some(format!("sip:{at}").as_str()), "{value}");
+    let params: Vec<&str> = parts.collect();
+    assert!(params.contains(&"lr"), "{value}");
+    let t: Vec<&str> = params
+        .iter()
+        .filter_map(|p| p.strip_prefix("transport="))
+        .collect();
+    assert_eq!(t, transport.into_iter().collect::<Vec<_>>(), "{value}");
+}
+
+fn no_route(msg: &Received) {
+    assert!(
+        msg.values(HeaderName::Route).is_empty(),
+        "our Route values must be consumed:\n{}",
+        msg.text()
+    );
+}
+
+/// A TLS trunk's call to UDP nodes: INVITE, 100/200 back on the TLS
+/// connection, ACK, a T.38 re-INVITE and BYE over the same connection, all
+/// at the node the call is pinned to; a CRLF ping answered with a pong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_trunk_to_udp_nodes_full_call() {
+    init_tracing();
+    let dir = std::env::temp_dir().join(format!("sipedge-tls-call-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, chain, key) = make_pki(&dir);
+    let socket = sipedge::transport::bind_udp(
+        "127.0.0.1:0".parse().unwrap(),
+        sipedge::transport::UdpOptions::default(),
+    )
+    .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let tls_listener = sipedge::transport::bind_stream(
+        "127.0.0.1:0".parse().unwrap(),
+        &sipedge::transport::TcpOptions::default(),
+        sipedge::transport::Transport::Tls,
+    )
+    .unwrap();
+    let tls_addr = tls_listener.local_addr().unwrap();
+    let nodes = [Peer::bind("node0").await, Peer::bind("node1").await];
+    let node_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let opts = Options {
+        listen_extra: format!("tls = [\"{tls_addr}\"]").leak(),
+        extra_toml: format!("[tls]\ncertificate = \"{chain}\"\nkey = \"{key}\"\n").leak(),
+        ..Options::default()
+    };
+    let text = config_toml(addr, &node_addrs, &opts);
+    let cfg = sipedge::config::from_toml(&text, "test")
+        .unwrap_or_else(|e| panic!("test config refused: {e}\n{text}"));
+    let proxy =
+        sipedge::proxy::Proxy::with_listeners(cfg, vec![socket], vec![], vec![tls_listener])
+            .expect("build the proxy");
+    assert_eq!(proxy.tls_addrs(), [tls_addr]);
+    proxy.ping_active(Some(false));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(proxy.clone().run(cancel.clone()));
+
+    let mut trunk = TlsTrunk::connect(tls_addr, ca).await;
+    let mut call = Dialog::uac_at(trunk.addr, &format!("sip:fax@{addr}")).over_tls();
+    trunk.send(call.invite(SDP_AUDIO)).await;
+    let trying = trunk.recv_response(100).await;
+    assert_eq!(trying.branch(), call.invite_branch);
+
+    // At node 0 over UDP: our UDP Via above the trunk's TLS one, and two
+    // Record-Routes, the one the node reaches us on first.
+    let node = &nodes[0];
+    let inv = node.recv_request("INVITE").await;
+    assert_eq!(inv.from, addr, "sent from the proxy's UDP socket");
+    assert_our_via_over(&inv, addr, "UDP");
+    let vias = inv.vias();
+    assert_eq!(vias.len(), 2, "{}", inv.text());
+    let trunk_via = Via::parse(vias[1].as_bytes()).expect("the trunk's Via");
+    assert_eq!(trunk_via.transport, b"TLS");
+    let rr = inv.values(HeaderName::RecordRoute);
+    assert_eq!(rr.len(), 2, "a double Record-Route:\n{}", inv.text());
+    assert_our_rr(&rr[0], addr, None);
+    assert_our_rr(&rr[1], tls_addr, Some("tls"));
+
+    let fs = Dialog::uas(node, &inv, &unique("fs-"));
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = trunk.recv_response(200).await;
+    assert_only_via(&ok, &call.invite_branch);
+    assert_eq!(ok.values(HeaderName::RecordRoute), rr);
+    call.learn_2xx(&ok);
+
+    let (ack, _) = call.request("ACK", None);
+    trunk.send(ack).await;
+    let ack = node.recv_request("ACK").await;
+    assert_our_via_over(&ack, addr, "UDP");
+    no_route(&ack);
+
+    // The T.38 re-INVITE, pinned to the same node.
+    let (reinvite, reinvite_branch) =
+        call.request("INVITE", Some(("application/sdp", SDP_T38.as_bytes())));
+    trunk.send(reinvite).await;
+    let reinv = node.recv_request("INVITE").await;
+    assert_eq!(reinv.body(), SDP_T38.as_bytes());
+    no_route(&reinv);
+    node.send(fs.answer(&reinv, 200, "OK", Some(SDP_T38)), reinv.from)
+        .await;
+    let ok = trunk.recv_response(200).await;
+    assert_eq!(ok.cseq(), (2, "INVITE".to_owned()));
+    assert_only_via(&ok, &reinvite_branch);
+    let (ack, _) = call.request("ACK", None);
+    trunk.send(ack).await;
+    assert_eq!(node.recv_request("ACK").await.cseq(), (2, "ACK".to_owned()));
+
+    // The node's re-INVITE reaches the trunk on its own TLS connection.
+    let mut fs = fs;
+    let (reinvite, node_branch) =
+        fs.request("INVITE", Some(("application/sdp", SDP_NODE.as_bytes())));
+    node.send(reinvite, addr).await;
+    let reinv = trunk.recv_request("INVITE").await;
+    assert_our_via_over(&reinv, tls_addr, "TLS");
+    no_route(&reinv);
+    trunk
+        .send(call.answer(&reinv, 200, "OK", Some(SDP_AUDIO)))
+        .await;
+    let got = node.recv_until(|r| r.status() == Some(200)).await;
+    assert_only_via(got.last().unwrap(), &node_branch);
+
+    // RFC 5626 keep-alive over TLS.
+    trunk.send("\r\n\r\n").await;
+    assert_eq!(trunk.recv().await.data, b"\r\n");
+
+    // BYE from the trunk, to the pinned node; its 200 back over TLS.
+    let (bye, bye_branch) = call.request("BYE", None);
+    trunk.send(bye).await;
+    let bye = node.recv_request("BYE").await;
+    no_route(&bye);
+    node.send(fs.answer(&bye, 200, "OK", None), bye.from).await;
+    let ok = trunk.recv_response(200).await;
+    assert_eq!(ok.cseq().1, "BYE");
+    assert_only_via(&ok, &bye_branch);
+    nodes[1].expect_nothing(Duration::ZERO).await;
+
+    // One inbound connection carried it all.
+    let stats = proxy.tcp().stats();
+    assert_eq!(stats.accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.connected.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    cancel.cancel();
+    let _ = std::fs::remove_dir_all(dir);
+}
