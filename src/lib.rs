@@ -19,7 +19,8 @@
 //!   validation and the errors that name file, key and reason.
 //! - [`transport`]: the [`transport::Transports`] facade: every socket,
 //!   receive loop and send (UDP sockets set up for a busy SIP edge, one
-//!   thread each; SIP over TCP), one inbound event type for the proxy,
+//!   thread each; SIP over TCP; SIP over TLS on TCP's connection code),
+//!   one inbound event type for the proxy,
 //!   the [`transport::Peer`] every message carries, and
 //!   [`transport::PerTransport`] for data kept per transport.
 //! - [`dns`]: RFC 3263 location of host names in the nodes' outgoing
@@ -57,9 +58,11 @@
 //!   [`admin::Backend`] trait, and the `sipedge ctl` client.
 //!
 //! # Where new things go
-//! - A new transport (TLS, WebSocket): one module in [`transport`] behind
+//! - A new transport (WebSocket): one module in [`transport`] behind
 //!   the [`transport::Transports`] facade, one [`transport::Transport`]
-//!   variant; the proxy only sees [`transport::Peer`]s.
+//!   variant and its arm in the facade's `send`; a stream transport runs
+//!   its streams on `transport/tcp.rs`'s connection code, as `tls.rs`
+//!   does. The proxy only sees [`transport::Peer`]s.
 //! - A new dispatcher algorithm: [`dispatcher`] (its inputs, such as
 //!   per-node call counts or latency, reach it as arguments).
 //! - A shared call registry (Redis): behind the [`dialog::Dialogs`]
