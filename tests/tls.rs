@@ -167,43 +167,81 @@ fn no_route(msg: &Received) {
 /// A TLS trunk's call to UDP nodes: INVITE, 100/200 back on the TLS
 /// connection, ACK, a T.38 re-INVITE and BYE over the same connection, all
 /// at the node the call is pinned to; a CRLF ping answered with a pong.
+/// A running proxy with a TLS listener and two UDP nodes.
+struct Setup {
+    proxy: Arc<sipedge::proxy::Proxy>,
+    addr: SocketAddr,
+    tls_addr: SocketAddr,
+    nodes: [Peer; 2],
+    ca: CertificateDer<'static>,
+    cancel: tokio_util::sync::CancellationToken,
+    dir: std::path::PathBuf,
+}
+
+impl Setup {
+    /// `tls_extra`: more `[tls]` keys; `extra`: more tables.
+    async fn start(name: &str, tls_extra: &str, extra: &str) -> Setup {
+        init_tracing();
+        let dir = std::env::temp_dir().join(format!("sipedge-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, chain, key) = make_pki(&dir);
+        let socket = sipedge::transport::bind_udp(
+            "127.0.0.1:0".parse().unwrap(),
+            sipedge::transport::UdpOptions::default(),
+        )
+        .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let tls_listener = sipedge::transport::bind_stream(
+            "127.0.0.1:0".parse().unwrap(),
+            &sipedge::transport::TcpOptions::default(),
+            sipedge::transport::Transport::Tls,
+        )
+        .unwrap();
+        let tls_addr = tls_listener.local_addr().unwrap();
+        let nodes = [Peer::bind("node0").await, Peer::bind("node1").await];
+        let node_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+        let opts = Options {
+            listen_extra: format!("tls = [\"{tls_addr}\"]").leak(),
+            extra_toml: format!(
+                "[tls]\ncertificate = \"{chain}\"\nkey = \"{key}\"\n{tls_extra}\n{extra}\n"
+            )
+            .leak(),
+            ..Options::default()
+        };
+        let text = config_toml(addr, &node_addrs, &opts);
+        let cfg = sipedge::config::from_toml(&text, "test")
+            .unwrap_or_else(|e| panic!("test config refused: {e}\n{text}"));
+        let proxy =
+            sipedge::proxy::Proxy::with_listeners(cfg, vec![socket], vec![], vec![tls_listener])
+                .expect("build the proxy");
+        assert_eq!(proxy.tls_addrs(), [tls_addr]);
+        proxy.ping_active(Some(false));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(proxy.clone().run(cancel.clone()));
+        Setup {
+            proxy,
+            addr,
+            tls_addr,
+            nodes,
+            ca,
+            cancel,
+            dir,
+        }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_trunk_to_udp_nodes_full_call() {
-    init_tracing();
-    let dir = std::env::temp_dir().join(format!("sipedge-tls-call-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, chain, key) = make_pki(&dir);
-    let socket = sipedge::transport::bind_udp(
-        "127.0.0.1:0".parse().unwrap(),
-        sipedge::transport::UdpOptions::default(),
-    )
-    .unwrap();
-    let addr = socket.local_addr().unwrap();
-    let tls_listener = sipedge::transport::bind_stream(
-        "127.0.0.1:0".parse().unwrap(),
-        &sipedge::transport::TcpOptions::default(),
-        sipedge::transport::Transport::Tls,
-    )
-    .unwrap();
-    let tls_addr = tls_listener.local_addr().unwrap();
-    let nodes = [Peer::bind("node0").await, Peer::bind("node1").await];
-    let node_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let opts = Options {
-        listen_extra: format!("tls = [\"{tls_addr}\"]").leak(),
-        extra_toml: format!("[tls]\ncertificate = \"{chain}\"\nkey = \"{key}\"\n").leak(),
-        ..Options::default()
-    };
-    let text = config_toml(addr, &node_addrs, &opts);
-    let cfg = sipedge::config::from_toml(&text, "test")
-        .unwrap_or_else(|e| panic!("test config refused: {e}\n{text}"));
-    let proxy =
-        sipedge::proxy::Proxy::with_listeners(cfg, vec![socket], vec![], vec![tls_listener])
-            .expect("build the proxy");
-    assert_eq!(proxy.tls_addrs(), [tls_addr]);
-    proxy.ping_active(Some(false));
-    let cancel = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(proxy.clone().run(cancel.clone()));
-
+    let s = Setup::start("tls-call", "", "").await;
+    let (proxy, addr, tls_addr, nodes) = (&s.proxy, s.addr, s.tls_addr, &s.nodes);
+    let ca = s.ca.clone();
     let mut trunk = TlsTrunk::connect(tls_addr, ca).await;
     let mut call = Dialog::uac_at(trunk.addr, &format!("sip:fax@{addr}")).over_tls();
     trunk.send(call.invite(SDP_AUDIO)).await;
@@ -291,6 +329,83 @@ async fn tls_trunk_to_udp_nodes_full_call() {
         stats.connected.load(std::sync::atomic::Ordering::Relaxed),
         0
     );
-    cancel.cancel();
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A TCP connection from `ip` to `to`.
+async fn connect_from(ip: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(ip.parse().unwrap(), 0))
+        .unwrap();
+    tokio::time::timeout(WAIT, socket.connect(to))
+        .await
+        .expect("connect in time")
+        .expect("connect to the TLS listener")
+}
+
+/// The proxy closes `c` (EOF or reset) within `within`, sending nothing
+/// that is not TLS (a TLS alert may come first).
+async fn assert_closed_within(c: &mut tokio::net::TcpStream, within: Duration) {
+    let mut b = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, c.read(&mut b)).await {
+            Err(_) => panic!("still open after {within:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            // A TLS record (an alert): content types 20-23.
+            Ok(Ok(_)) => assert!((20..=23).contains(&b[0]), "not TLS: {:?}", &b[..8]),
+        }
+    }
+}
+
+/// A client that opens a connection and never says hello holds its slot
+/// only `[tls] handshake_timeout`; handshakes in progress count against
+/// `[tcp] max_connections_per_source`; a client speaking plain SIP to the
+/// TLS port is closed at once. Every slot comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_are_bounded_in_time_and_per_source() {
+    let s = Setup::start(
+        "tls-hs",
+        "handshake_timeout = \"1s\"",
+        "[tcp]\nmax_connections_per_source = 1",
+    )
+    .await;
+    let tcp = s.proxy.tcp();
+    let src: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut silent = connect_from("127.0.0.2", s.tls_addr).await;
+    eventually("the silent client holds a slot", || {
+        tcp.connections_from(src) == 1
+    })
+    .await;
+    // A second handshake from the same source is refused at once.
+    let mut second = connect_from("127.0.0.2", s.tls_addr).await;
+    assert_closed_within(&mut second, WAIT).await;
+    assert_eq!(
+        tcp.stats()
+            .refused_per_source
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The silent one goes at the handshake timeout, well within WAIT.
+    let opened = tokio::time::Instant::now();
+    assert_closed_within(&mut silent, WAIT).await;
+    assert!(opened.elapsed() < WAIT, "closed by the handshake timeout");
+    eventually("its slot comes back", || {
+        tcp.connections_from(src) == 0 && tcp.connections() == 0
+    })
+    .await;
+
+    // Plain SIP where a ClientHello belongs: closed, slot back.
+    let mut plain = connect_from("127.0.0.3", s.tls_addr).await;
+    plain
+        .write_all(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_closed_within(&mut plain, Duration::from_millis(900)).await;
+    eventually("no connection left", || tcp.connections() == 0).await;
+
+    // And a real client still gets through.
+    let mut trunk = TlsTrunk::connect(s.tls_addr, s.ca.clone()).await;
+    trunk.send("\r\n\r\n").await;
+    assert_eq!(trunk.recv().await.data, b"\r\n");
 }
