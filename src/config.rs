@@ -1530,6 +1530,16 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let udp: Vec<String> = self.listen.udp.iter().map(|a| a.to_string()).collect();
         writeln!(f, "listen udp      {}", udp.join(", "))?;
+        if let (false, Some(tls)) = (self.listen.tls.is_empty(), &self.tls) {
+            let addrs: Vec<String> = self.listen.tls.iter().map(|a| a.to_string()).collect();
+            writeln!(
+                f,
+                "listen tls      {} (certificate {}, TLS 1.2+, handshake_timeout {})",
+                addrs.join(", "),
+                tls.certificate.display(),
+                DisplayDuration(tls.handshake_timeout)
+            )?;
+        }
         writeln!(
             f,
             "socket buffers  recv {} bytes, send {} bytes{}",

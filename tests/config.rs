@@ -525,6 +525,14 @@ fn tls_identity_is_checked_at_start() {
     let t = good.tls.as_ref().unwrap();
     assert!(t.server.is_some());
     assert_eq!(t.handshake_timeout, std::time::Duration::from_secs(5));
+    let summary = good.to_string();
+    assert!(
+        summary.contains(&format!(
+            "listen tls      127.0.0.1:0 (certificate {}, TLS 1.2+, handshake_timeout 5s)",
+            cert.display()
+        )),
+        "{summary}"
+    );
     // Relative paths are the config file's directory's.
     let relative = tls(Path::new("a.pem"), Path::new("a.key"));
     assert!(config_with("", &relative)
