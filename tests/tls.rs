@@ -409,3 +409,74 @@ async fn handshakes_are_bounded_in_time_and_per_source() {
     trunk.send("\r\n\r\n").await;
     assert_eq!(trunk.recv().await.data, b"\r\n");
 }
+
+/// The built binary with `[listen] tls` on port 0: `check-config` takes
+/// it, `serve` prints the TLS listener, answers an OPTIONS over TLS, and
+/// exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_tls() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = std::env::temp_dir().join(format!("sipedge-tls-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, chain, key) = make_pki(&dir);
+    let cfg = dir.join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nudp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+             [[dispatcher.destination]]\nuri = \"sip:127.0.0.1:9\"\n\
+             [tls]\ncertificate = \"{chain}\"\nkey = \"{key}\"\n"
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_sipedge");
+    let out = Command::new(bin)
+        .args(["check-config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let mut child = Command::new(bin)
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let tls_addr: SocketAddr = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("listening on tls:").map(str::to_owned))
+            .expect("a tls listening line")
+            .parse()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+
+    let mut trunk = TlsTrunk::connect(tls_addr, ca).await;
+    let me = trunk.addr;
+    trunk
+        .send(format!(
+            "OPTIONS sip:{tls_addr} SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtlsbin1;rport\r\n\
+             From: <sip:trunk@{me}>;tag=1\r\nTo: <sip:{tls_addr}>\r\nCall-ID: tls-bin-1\r\n\
+             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .await;
+    let ok = trunk.recv_response(200).await;
+    assert_eq!(ok.call_id(), "tls-bin-1");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
