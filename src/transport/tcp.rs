@@ -661,7 +661,8 @@ fn start_conn(
         conn: Some(id),
     };
     inner.tasks.spawn(async move {
-        let reason = run_conn(&task_inner, rd, wr, from, local, rx).await;
+        let (mut rd, mut wr) = (rd, wr);
+        let reason = run_conn(&task_inner, &mut rd, &mut wr, from, local, rx).await;
         tracing::debug!("{transport}:{peer}: {id} closed: {reason}");
         task_inner.by_id.remove(&id);
         task_inner
@@ -671,6 +672,9 @@ fn start_conn(
         if inbound {
             release_source(&task_inner, source(peer.ip().to_canonical()));
         }
+        // Closed only now: a peer that sees the close and reconnects
+        // finds its slot free.
+        drop((rd, wr));
     });
     id
 }
