@@ -8,14 +8,17 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
+use crate::transaction::Token;
+
 /// Something sent to a destination and waiting on it. `C` is the new
 /// INVITE's state (the driver's `Call`): generic, so this table needs
 /// nothing from the driver that fills it.
 pub(super) enum Waiter<C> {
     /// A new INVITE whose leg went there.
     Call(Weak<C>),
-    /// A forwarded request's client transaction, by branch.
-    Relay(Box<[u8]>),
+    /// A forwarded request's client transaction, by branch (inline: no
+    /// allocation per forwarded request).
+    Relay(Token),
 }
 
 /// Entries per destination below which nothing is pruned.
@@ -93,10 +96,17 @@ mod tests {
     fn finished_entries_are_pruned_as_the_list_grows_and_take_empties_it() {
         let w = IcmpWatch::<()>::default();
         let to: SocketAddr = "192.0.2.1:5080".parse().unwrap();
-        let relay = |n: u32| Waiter::Relay(n.to_be_bytes().into());
-        let live = |w: &Waiter<()>| matches!(w, Waiter::Relay(b) if b[3] % 10 == 0);
-        for n in 0..10_000u32 {
-            w.watch(to, relay(n), live);
+        let gen = crate::transaction::BranchGen::default();
+        let branches: Vec<Token> = (0..10_000).map(|_| gen.next()).collect();
+        // Every tenth one still waits.
+        let waiting: std::collections::HashSet<Vec<u8>> = branches
+            .iter()
+            .step_by(10)
+            .map(|b| b.as_bytes().to_vec())
+            .collect();
+        let live = |w: &Waiter<()>| matches!(w, Waiter::Relay(b) if waiting.contains(b.as_bytes()));
+        for (n, b) in branches.iter().enumerate() {
+            w.watch(to, Waiter::Relay(*b), live);
             assert!(
                 w.len(to) <= PRUNE_FLOOR.max(2 * 1_000 + 2),
                 "{n}: {}",

@@ -420,8 +420,8 @@ impl Proxy {
                             self.call_unreachable(&call, addr);
                         }
                     }
-                    icmp::Waiter::Relay(branch) if self.relay_waiting(&branch) => {
-                        self.relay_unreachable(&branch);
+                    icmp::Waiter::Relay(branch) if self.relay_waiting(branch.as_bytes()) => {
+                        self.relay_unreachable(branch.as_bytes());
                     }
                     icmp::Waiter::Relay(_) => {}
                 }
@@ -433,7 +433,7 @@ impl Proxy {
     fn watch_icmp(&self, to: SocketAddr, w: icmp::Waiter<invite::Call>) {
         self.icmp_watch.watch(to, w, |w| match w {
             icmp::Waiter::Call(c) => c.upgrade().is_some_and(|c| c.is_deciding()),
-            icmp::Waiter::Relay(b) => self.relay_waiting(b),
+            icmp::Waiter::Relay(b) => self.relay_waiting(b.as_bytes()),
         });
     }
 

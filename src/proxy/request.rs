@@ -601,10 +601,7 @@ impl Proxy {
         // A retransmission from upstream goes on as a retransmission of
         // ours (same branch); its transaction's timers keep running.
         if new {
-            self.watch_icmp(
-                to.addr,
-                super::icmp::Waiter::Relay(branch.as_bytes().into()),
-            );
+            self.watch_icmp(to.addr, super::icmp::Waiter::Relay(branch));
         }
         match self.send_to(out, to) {
             // Too large for a datagram once our headers are in: the
