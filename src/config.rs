@@ -179,10 +179,42 @@ pub struct Tls {
     /// this long).
     #[serde(default = "default_tls_handshake", deserialize_with = "de_duration")]
     pub handshake_timeout: Duration,
+    /// PEM bundle of the CAs that sign the servers we connect to (nodes,
+    /// trunks; Kamailio `ca_list`); absent: the system's CA store.
+    #[serde(default)]
+    pub ca_list: Option<PathBuf>,
+    /// Accept `*.example.com` certificates for outbound identity (RFC
+    /// 5922 §7.2 forbids it; off by default).
+    #[serde(default)]
+    pub wildcards: bool,
+    /// PEM chain we present when a server we connect to asks for one
+    /// (mutual TLS); default: `certificate`.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// Its key; default: `key`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
     /// The server config built from the two files at start.
     #[serde(skip)]
     pub server: Option<TlsServer>,
+    /// The client configs (outbound TLS) built from the files at start.
+    #[serde(skip)]
+    pub client: Option<TlsClientConfigs>,
 }
+
+/// The rustls client configs made from `[tls]`'s files (compared by
+/// identity, like [`TlsServer`]).
+#[derive(Clone, Debug)]
+pub struct TlsClientConfigs(pub crate::transport::tls_client::ClientConfigs);
+
+impl PartialEq for TlsClientConfigs {
+    fn eq(&self, _: &Self) -> bool {
+        // Two loads are never the same.
+        false
+    }
+}
+
+impl Eq for TlsClientConfigs {}
 
 fn default_tls_handshake() -> Duration {
     Duration::from_secs(5)
@@ -240,7 +272,58 @@ impl Tls {
                 }
             })?;
         self.server = Some(TlsServer(server));
+        self.client = Some(TlsClientConfigs(self.client_configs(base)?));
         Ok(())
+    }
+
+    /// The outbound side: `ca_list` and the client certificate and key
+    /// (by default our server identity), read relative to `base`.
+    pub fn client_configs(
+        &self,
+        base: &Path,
+    ) -> Result<crate::transport::tls_client::ClientConfigs, Violation> {
+        use crate::transport::tls_client::{client_configs, ClientFile, ClientSettings};
+        let (cert_key, cert_path) = match &self.client_certificate {
+            Some(p) => ("tls.client_certificate", p),
+            None => ("tls.certificate", &self.certificate),
+        };
+        let (key_key, key_path) = match &self.client_key {
+            Some(p) => ("tls.client_key", p),
+            None => ("tls.key", &self.key),
+        };
+        let file_error = |key: &str, path: &Path, reason: String| Violation {
+            key: key.to_owned(),
+            rule: Rule::TlsFile {
+                file: base.join(path).display().to_string(),
+                reason,
+            },
+        };
+        let read = |key: &str, path: &Path| {
+            read_small_file(&base.join(path)).map_err(|e| file_error(key, path, e.to_string()))
+        };
+        let ca = match &self.ca_list {
+            Some(p) => Some(read("tls.ca_list", p)?),
+            None => None,
+        };
+        let chain = read(cert_key, cert_path)?;
+        let key = read(key_key, key_path)?;
+        client_configs(&ClientSettings {
+            ca_list_pem: ca.as_ref().map(String::as_bytes),
+            identity: Some((chain.as_bytes(), key.as_bytes())),
+            wildcards: self.wildcards,
+            handshake_timeout: self.handshake_timeout,
+        })
+        .map_err(|e| {
+            let (key, path) = match e.file {
+                ClientFile::CaList => (
+                    "tls.ca_list",
+                    self.ca_list.as_deref().unwrap_or(Path::new("")),
+                ),
+                ClientFile::Certificate => (cert_key, cert_path.as_path()),
+                ClientFile::Key => (key_key, key_path.as_path()),
+            };
+            file_error(key, path, e.reason)
+        })
     }
 }
 
@@ -867,12 +950,6 @@ pub fn read_config(path: &Path) -> Result<Config, ConfigError> {
 
 /// Why a dispatcher.list line cannot be a sipedge destination (yet).
 fn list_entry_problem(e: &crate::dispatcher::list::Entry) -> Option<String> {
-    if e.sips {
-        return Some(format!(
-            "{}: sips (TLS) destinations are not supported",
-            e.uri
-        ));
-    }
     let Host::Ip(ip) = &e.host else {
         return Some(format!(
             "{}: host names are not resolved yet, use the node's IP address",
@@ -882,29 +959,39 @@ fn list_entry_problem(e: &crate::dispatcher::list::Entry) -> Option<String> {
     if ip.is_unspecified() {
         return Some(format!("{}: a wildcard address is not a node", e.uri));
     }
+    if let Some(v) = e.attrs.tls_verify() {
+        if v != "0" && v != "1" {
+            return Some(format!("{}: tls_verify={v}: give 0 or 1", e.uri));
+        }
+    }
     list_entry_transport(e).err()
 }
 
-/// The `;transport=` of a dispatcher.list URI: UDP and TCP are spoken.
+/// The transport of a dispatcher.list URI: its `;transport=`, TLS for a
+/// `sips:` one.
 fn list_entry_transport(
     e: &crate::dispatcher::list::Entry,
 ) -> Result<Option<crate::transport::Transport>, String> {
+    use crate::transport::Transport;
     let transport = crate::sip::Uri::parse(e.uri.as_bytes())
         .ok()
         .and_then(|u| u.param(b"transport").flatten().map(<[u8]>::to_vec));
-    match transport {
-        None => Ok(None),
-        // Outbound TLS is not built yet: only listeners speak it.
-        Some(t) => crate::transport::Transport::from_param(&t)
-            .filter(|t| *t != crate::transport::Transport::Tls)
-            .map(Some)
-            .ok_or_else(|| {
-                format!(
-                    "{}: transport={} is not supported (udp or tcp)",
-                    e.uri,
-                    String::from_utf8_lossy(&t)
-                )
-            }),
+    let t = match transport {
+        None => None,
+        Some(t) => Some(Transport::from_param(&t).ok_or_else(|| {
+            format!(
+                "{}: transport={} is not supported (udp, tcp or tls)",
+                e.uri,
+                String::from_utf8_lossy(&t)
+            )
+        })?),
+    };
+    match (e.sips, t) {
+        (false, t) => Ok(t),
+        (true, None | Some(Transport::Tcp | Transport::Tls)) => Ok(Some(Transport::Tls)),
+        (true, Some(Transport::Udp)) => {
+            Err(format!("{}: sips: over udp is a contradiction", e.uri))
+        }
     }
 }
 
@@ -944,12 +1031,15 @@ impl Config {
                 host: e.host.clone(),
                 port: e.port,
                 transport: list_entry_transport(e).ok().flatten(),
+                sips: e.sips,
             },
             priority: e.priority,
             weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
             ping_from: e.attrs.ping_from().map(str::to_owned),
             tcp: false,
             advertised: Vec::new(),
+            tls_verify: e.attrs.tls_verify() != Some("0"),
+            tls_server_name: e.attrs.tls_server_name().map(str::to_owned),
             list_flags: e.flags.bits(),
             attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
         };
@@ -1242,6 +1332,16 @@ pub enum Rule {
     TlsWithoutIdentity,
     #[error("{file}: {reason}")]
     TlsFile { file: String, reason: String },
+    #[error("{0} is not reached over TLS; write sips:HOST or sip:HOST;transport=tls")]
+    TlsOnly(SipUri),
+    #[error("\"{0}\" is not a DNS name or IP address")]
+    ServerName(String),
+    #[error(
+        "{0} is reached over TLS, but sipedge listens on no TLS address: its in-dialog \
+         requests would find nobody at our Record-Route; add [listen] tls = [\"ADDR:PORT\"] \
+         and [tls] certificate and key"
+    )]
+    TlsWithoutListener(SipUri),
     #[error("both {0} and {0}_file are given; use one")]
     SecretTwice(String),
     #[error("cannot read {file}: {reason}")]
@@ -1315,6 +1415,18 @@ impl Config {
                 .is_own(&dest.uri.host, dest.uri.port_or_default())
             {
                 return fail(&key("uri"), Rule::SelfDestination(dest.uri.clone()));
+            }
+            let tls = dest.uri.transport == Some(crate::transport::Transport::Tls);
+            if let Some(name) = &dest.tls_server_name {
+                if !tls {
+                    return fail(&key("tls_server_name"), Rule::TlsOnly(dest.uri.clone()));
+                }
+                if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                    return fail(&key("tls_server_name"), Rule::ServerName(name.clone()));
+                }
+            }
+            if !dest.tls_verify && !tls {
+                return fail(&key("tls_verify"), Rule::TlsOnly(dest.uri.clone()));
             }
             match dest.weight {
                 Some(w) if !(1..=100).contains(&w) => {
@@ -1504,6 +1616,21 @@ impl Config {
                 return fail("admin.listen", Rule::AdminWithoutToken(admin.listen));
             }
         }
+        // Likewise over TLS.
+        if self.listen.tls.is_empty() {
+            let tls_node = self
+                .dispatcher
+                .destinations
+                .iter()
+                .position(|d| d.uri.transport == Some(crate::transport::Transport::Tls));
+            if let Some(i) = tls_node {
+                let d = &self.dispatcher.destinations[i];
+                return fail(
+                    &format!("dispatcher.destination[{i}].uri"),
+                    Rule::TlsWithoutListener(d.uri.clone()),
+                );
+            }
+        }
         // A node reached over TCP sends its in-dialog requests to our TCP
         // Record-Route: something must listen there.
         if self.listen.tcp.is_empty() {
@@ -1539,6 +1666,32 @@ impl fmt::Display for Config {
                 tls.certificate.display(),
                 DisplayDuration(tls.handshake_timeout)
             )?;
+        }
+        let tls_dests = self
+            .dispatcher
+            .destinations
+            .iter()
+            .filter(|d| d.uri.transport == Some(crate::transport::Transport::Tls));
+        let (over_tls, unverified) =
+            tls_dests.fold((0, 0), |(n, u), d| (n + 1, u + usize::from(!d.tls_verify)));
+        if over_tls > 0 || self.tls.is_some() {
+            let trust = match self.tls.as_ref().and_then(|t| t.ca_list.as_ref()) {
+                Some(ca) => format!("CAs {}", ca.display()),
+                None => "the system CA store".to_owned(),
+            };
+            let mut line = format!("outbound tls    trusts {trust}");
+            if let Some(t) = &self.tls {
+                let cert = t.client_certificate.as_ref().unwrap_or(&t.certificate);
+                line += &format!(", client certificate {}", cert.display());
+                if t.wildcards {
+                    line += ", wildcards accepted";
+                }
+            }
+            line += &format!(", {over_tls} destinations over TLS");
+            if unverified > 0 {
+                line += &format!(" ({unverified} with tls_verify = false: NOT CHECKED)");
+            }
+            writeln!(f, "{line}")?;
         }
         writeln!(
             f,
@@ -1887,9 +2040,8 @@ uri = "sip:10.0.1.11:5080"
         for (bad, reason) in [
             ("http://10.0.1.11", "not a sip: URI"),
             ("10.0.1.11:5080", "not a sip: URI"),
-            ("sips:10.0.1.11", "sips:"),
+            ("sips:10.0.1.11;transport=udp", "sips:"),
             ("sip:fs@10.0.1.11", "user part"),
-            ("sip:10.0.1.11;transport=tls", "outbound TLS"),
             ("sip:10.0.1.11;lr", "transport=tcp"),
             ("sip:10.0.1.11?X=1", "transport=tcp"),
             ("sip:", "no host"),

@@ -122,7 +122,10 @@ impl Dns {
                         let (addr, until) = address(resolver, &t, port).await?;
                         (addr, until.min(srv_until))
                     }
-                    None => address(resolver, &host, crate::value::DEFAULT_SIP_PORT).await?,
+                    None => {
+                        let port = crate::value::default_port(target.transport);
+                        address(resolver, &host, port).await?
+                    }
                 }
             }
         };

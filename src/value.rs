@@ -20,6 +20,17 @@ use serde::Deserialize;
 /// Port used when neither the advertise address nor a socket gives one.
 pub const DEFAULT_SIP_PORT: u16 = 5060;
 
+/// SIP's port over TLS when a URI gives none (RFC 3261 §19.1.2).
+pub const DEFAULT_SIPS_PORT: u16 = 5061;
+
+/// The port a URI without one means over `transport`.
+pub fn default_port(transport: Transport) -> u16 {
+    match transport {
+        Transport::Tls => DEFAULT_SIPS_PORT,
+        Transport::Udp | Transport::Tcp => DEFAULT_SIP_PORT,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Durations: "500ms", "2s", "1m", "2h"
 // ---------------------------------------------------------------------------
@@ -242,12 +253,11 @@ pub enum AddressError {
     BadPort(String),
     #[error("\"{0}\" is not a sip: URI; write e.g. \"sip:10.0.1.10:5080\"")]
     NotSip(String),
-    /// Outbound TLS is not built yet: only listeners speak it.
-    #[error("sips: and transport=tls destinations (outbound TLS) are not supported yet; use sip: over udp or tcp")]
-    Sips,
+    #[error("a sips: URI is over TLS; \";transport=udp\" contradicts it")]
+    SipsOverUdp,
     #[error("a destination has no user part; write sip:host:port")]
     UserPart,
-    #[error("the only URI parameter supported is \";transport=udp\" or \";transport=tcp\", and no headers (\"?...\"); write sip:host:port[;transport=tcp]")]
+    #[error("the only URI parameter supported is \";transport=udp\", \";transport=tcp\" or \";transport=tls\", and no headers (\"?...\"); write sip:host:port[;transport=tcp]")]
     Params,
 }
 
@@ -334,15 +344,20 @@ fn parse_port(text: &str) -> Result<u16, AddressError> {
 }
 
 /// A destination URI: `sip:host[:port]`, optionally `;transport=tcp` (or
-/// `udp`). Kamailio accepts user parts and other parameters here; sipedge
-/// refuses them until it honours them, rather than silently ignore them.
+/// `udp`, `tls`), or `sips:host[:port]` (TLS, port 5061 by default).
+/// Kamailio accepts user parts and other parameters here; sipedge refuses
+/// them until it honours them, rather than silently ignore them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct SipUri {
     pub host: Host,
     pub port: Option<u16>,
-    /// `;transport=`: every request to this node goes over it.
+    /// `;transport=`: every request to this node goes over it (TLS for
+    /// a `sips:` URI).
     pub transport: Option<Transport>,
+    /// Written `sips:` (kept for display: the URI names the node in
+    /// metrics and RPC answers as the operator wrote it).
+    pub sips: bool,
 }
 
 impl SipUri {
@@ -352,11 +367,11 @@ impl SipUri {
         let scheme_end = text.find(':').unwrap_or(0);
         let scheme = text[..scheme_end].to_ascii_lowercase();
         let rest = &text[scheme_end.saturating_add(1).min(text.len())..];
-        match scheme.as_str() {
-            "sip" => {}
-            "sips" => return Err(AddressError::Sips),
+        let sips = match scheme.as_str() {
+            "sip" => false,
+            "sips" => true,
             _ => return Err(AddressError::NotSip(text.to_owned())),
-        }
+        };
         if rest.contains('@') {
             return Err(AddressError::UserPart);
         }
@@ -368,14 +383,19 @@ impl SipUri {
         for p in params.split(';').filter(|p| !p.is_empty()) {
             let (name, value) = p.split_once('=').unwrap_or((p, ""));
             match Transport::from_param(value.trim().as_bytes()) {
-                Some(Transport::Tls) if name.trim().eq_ignore_ascii_case("transport") => {
-                    return Err(AddressError::Sips)
-                }
                 Some(t) if name.trim().eq_ignore_ascii_case("transport") && transport.is_none() => {
                     transport = Some(t)
                 }
                 _ => return Err(AddressError::Params),
             }
+        }
+        // sips: is TLS; ";transport=tcp" on it is RFC 3261's old way of
+        // saying the same (TLS over TCP).
+        if sips {
+            transport = match transport {
+                None | Some(Transport::Tcp | Transport::Tls) => Some(Transport::Tls),
+                Some(Transport::Udp) => return Err(AddressError::SipsOverUdp),
+            };
         }
         // In a URI an IPv6 host is always bracketed (RFC 3261 §19.1.1), so
         // a bare one is an error rather than a port-less address.
@@ -387,12 +407,15 @@ impl SipUri {
             host,
             port,
             transport,
+            sips,
         })
     }
 
-    /// The port to send to: the URI's, else 5060.
+    /// The port to send to: the URI's, else 5061 over TLS, 5060 otherwise
+    /// (RFC 3263 §4.2).
     pub fn port_or_default(&self) -> u16 {
-        self.port.unwrap_or(DEFAULT_SIP_PORT)
+        self.port
+            .unwrap_or_else(|| default_port(self.transport.unwrap_or_default()))
     }
 }
 
@@ -405,10 +428,12 @@ impl TryFrom<String> for SipUri {
 
 impl fmt::Display for SipUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sip:")?;
+        f.write_str(if self.sips { "sips:" } else { "sip:" })?;
         write_host_port(f, &self.host, self.port)?;
-        if let Some(t) = self.transport {
-            write!(f, ";transport={t}")?;
+        match self.transport {
+            Some(Transport::Tls) if self.sips => {}
+            Some(t) => write!(f, ";transport={t}")?,
+            None => {}
         }
         Ok(())
     }
@@ -680,11 +705,27 @@ mod tests {
         assert_eq!(uri.to_string(), "sip:10.0.1.10:5080;transport=tcp");
         let uri = SipUri::parse("sip:10.0.1.10;transport=udp").unwrap();
         assert_eq!(uri.transport, Some(Transport::Udp));
-        // Listeners speak TLS; destinations do not yet.
-        assert!(matches!(
-            SipUri::parse("sip:10.0.1.10:5061;transport=TLS"),
-            Err(AddressError::Sips)
-        ));
+        let tls = SipUri::parse("sip:10.0.1.10;transport=TLS").unwrap();
+        assert_eq!(
+            (tls.transport, tls.port_or_default(), tls.sips),
+            (Some(Transport::Tls), 5061, false)
+        );
+        assert_eq!(tls.to_string(), "sip:10.0.1.10;transport=tls");
+        let sips = SipUri::parse("SIPS:fs1.example.com").unwrap();
+        assert_eq!(
+            (sips.transport, sips.port_or_default()),
+            (Some(Transport::Tls), 5061)
+        );
+        assert_eq!(sips.to_string(), "sips:fs1.example.com");
+        let sips = SipUri::parse("sips:10.0.1.10:5071;transport=tcp").unwrap();
+        assert_eq!(
+            (sips.transport, sips.port_or_default()),
+            (Some(Transport::Tls), 5071)
+        );
+        assert_eq!(
+            SipUri::parse("sips:10.0.1.10;transport=udp"),
+            Err(AddressError::SipsOverUdp)
+        );
     }
 
     #[test]

@@ -367,6 +367,18 @@ impl Attrs {
         self.get("ping_from")
     }
 
+    /// `tls_verify`: `0` accepts any certificate from this destination
+    /// (sipedge's own attribute; lab use).
+    pub fn tls_verify(&self) -> Option<&str> {
+        self.get("tls_verify")
+    }
+
+    /// `tls_server_name`: the name its certificate must carry, and the
+    /// SNI sent (sipedge's own attribute).
+    pub fn tls_server_name(&self) -> Option<&str> {
+        self.get("tls_server_name")
+    }
+
     /// `socket`: the local socket to send from, e.g. `udp:10.0.0.5:5060`.
     /// Not checked here: only the running proxy knows its sockets.
     pub fn socket(&self) -> Option<&str> {

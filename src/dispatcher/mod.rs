@@ -489,7 +489,7 @@ fn log_transition(uri: &str, t: Option<Transition>) {
 
 /// IPv4-mapped IPv6 folded to IPv4, flow label and scope dropped: the form
 /// pool addresses are stored and compared in.
-fn canonical(addr: SocketAddr) -> SocketAddr {
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 

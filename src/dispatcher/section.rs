@@ -121,6 +121,17 @@ pub struct Destination {
     /// logged and counted as misadvertised.
     #[serde(default)]
     pub advertised: Vec<IpAddr>,
+    /// Over TLS: check the node's certificate (RFC 5922). `false` accepts
+    /// any certificate: lab use only, logged as a warning at start and on
+    /// every reload (dispatcher.list attr `tls_verify=0`).
+    #[serde(default = "default_tls_verify")]
+    pub tls_verify: bool,
+    /// Over TLS: the name the node's certificate must carry, sent as SNI
+    /// (dispatcher.list attr `tls_server_name=`). Without it the node's IP
+    /// address must be in the certificate (an iPAddress SAN), and no SNI is
+    /// sent.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
     /// The dispatcher.list `flags` column this node starts with (1
     /// inactive, 2 trying, 4 disabled, 8 probing); a TOML destination
     /// starts active and probed.
@@ -129,6 +140,10 @@ pub struct Destination {
     /// The dispatcher.list attributes column, shown by `dispatcher.list`.
     #[serde(skip)]
     pub attrs: Option<list::Attrs>,
+}
+
+fn default_tls_verify() -> bool {
+    true
 }
 
 fn default_list_flags() -> u32 {
@@ -145,6 +160,8 @@ impl Destination {
             ping_from: None,
             tcp: false,
             advertised: Vec::new(),
+            tls_verify: true,
+            tls_server_name: None,
             list_flags: default_list_flags(),
             attrs: None,
         }

@@ -237,6 +237,7 @@ impl Proxy {
         });
         let me = me::Me::new(adv_host, adv_ports);
         let pool = Pool::build(&cfg, me.sent_by(), &metrics, None, 0)?;
+        pool::configure_tls_client(&cfg, transports.tls_client());
         let registry = match &cfg.dialogs.registry {
             Some(url) => {
                 metrics.enable_registry()?;

@@ -135,6 +135,39 @@ impl Pool {
     }
 }
 
+/// Puts `[tls]`'s client side (trust, our client certificate) and the
+/// identity each TLS destination must show in force, at start and on
+/// every reload; `tls_verify = false` is logged each time, loudly.
+pub(super) fn configure_tls_client(cfg: &Config, client: &crate::transport::TlsClient) {
+    use crate::transport::PeerIdentity;
+    if let Some(configs) = cfg.tls.as_ref().and_then(|t| t.client.as_ref()) {
+        client.set_configs(configs.0.clone());
+    }
+    let mut peers = std::collections::HashMap::new();
+    let sets = std::iter::once(&cfg.dispatcher.destinations)
+        .chain(cfg.dispatcher.other_sets.iter().map(|(_, d)| d));
+    for d in sets.flatten() {
+        let (crate::value::Host::Ip(ip), Some(Transport::Tls)) = (&d.uri.host, d.uri.transport)
+        else {
+            continue;
+        };
+        if !d.tls_verify {
+            tracing::warn!(
+                "{}: tls_verify = false: its certificate is not checked; anyone on the path \
+                 can pose as this node (lab use only)",
+                d.uri
+            );
+        }
+        let addr = std::net::SocketAddr::new(*ip, d.uri.port_or_default());
+        let id = PeerIdentity {
+            server_name: d.tls_server_name.clone(),
+            verify: d.tls_verify,
+        };
+        peers.insert(crate::dispatcher::canonical(addr), id);
+    }
+    client.set_peers(peers);
+}
+
 /// Why a reload was refused; the pool in force stays.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -214,6 +247,7 @@ impl Proxy {
             }
         }
         self.pool.store(Arc::new(new));
+        configure_tls_client(&cfg, self.transports.tls_client());
         tracing::info!(
             destinations = count,
             "dispatcher reloaded from {}",

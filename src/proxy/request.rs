@@ -363,6 +363,7 @@ impl Proxy {
             Hop::Name(t) => t,
         };
         if let Some(addr) = self.dns.cached(&target) {
+            self.tls_name(&target, addr);
             let to = Peer::new(addr, target.transport);
             return self.forward(msg, src, plan.forward(pool, to));
         }
@@ -375,6 +376,7 @@ impl Proxy {
             };
             match resolved {
                 Ok(addr) => {
+                    me.tls_name(&target, addr);
                     let to = Peer::new(addr, target.transport);
                     me.forward(&msg, src, plan.forward(&pool, to));
                 }
@@ -386,6 +388,14 @@ impl Proxy {
                 }
             }
         });
+    }
+
+    /// Over TLS the peer must prove the name the URI gave (RFC 5922 §7.2),
+    /// not the address it resolved to.
+    fn tls_name(&self, target: &crate::dns::Target, addr: std::net::SocketAddr) {
+        if target.transport == crate::transport::Transport::Tls {
+            self.transports.tls_client().resolved(addr, &target.host);
+        }
     }
 
     /// An in-dialog request: its Call-ID's node from the local table, else

@@ -8,14 +8,22 @@ use std::net::{IpAddr, SocketAddr};
 use crate::sip::Uri;
 use crate::transport::{Peer, Transport};
 
-/// A SIP URI's address when its host is an IP literal (5060 by default).
+/// A SIP URI's address when its host is an IP literal (5060 by default,
+/// 5061 over TLS).
 pub(super) fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
     let ip: IpAddr = uri.host?.ip()?;
-    Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+    let port = uri
+        .port
+        .unwrap_or_else(|| crate::value::default_port(uri_transport(uri)));
+    Some(SocketAddr::new(ip, port))
 }
 
-/// The transport a URI's `;transport=` names (UDP when absent or unknown).
+/// The transport a URI names: TLS for `sips:` (RFC 3261 §26.2), else its
+/// `;transport=` (UDP when absent or unknown).
 pub(super) fn uri_transport(uri: &Uri<'_>) -> Transport {
+    if uri.scheme == crate::sip::Scheme::Sips {
+        return Transport::Tls;
+    }
     uri.param(b"transport")
         .flatten()
         .and_then(Transport::from_param)
@@ -54,7 +62,10 @@ pub(super) fn uri_hop(uri: &Uri<'_>) -> Option<Hop> {
             transport,
         })),
         h => {
-            let addr = SocketAddr::new(h.ip()?, uri.port.unwrap_or(5060));
+            let port = uri
+                .port
+                .unwrap_or_else(|| crate::value::default_port(transport));
+            let addr = SocketAddr::new(h.ip()?, port);
             Some(Hop::Addr(Peer::new(addr, transport)))
         }
     }
@@ -573,5 +584,25 @@ mod tests {
             panic!()
         };
         assert_eq!(repin, Some(addr(N1)), "a call set up elsewhere");
+    }
+
+    #[test]
+    fn sips_and_transport_tls_go_over_tls_on_5061() {
+        let hop = |u: &str| uri_hop(&Uri::parse(u.as_bytes()).unwrap());
+        let tls = |s: &str| Some(Hop::Addr(Peer::new(addr(s), Transport::Tls)));
+        assert_eq!(hop("sips:t@192.0.2.5"), tls("192.0.2.5:5061"));
+        assert_eq!(hop("sip:t@192.0.2.5;transport=TLS"), tls("192.0.2.5:5061"));
+        assert_eq!(
+            hop("sips:192.0.2.5:5071;transport=tcp"),
+            tls("192.0.2.5:5071")
+        );
+        assert_eq!(
+            hop("sip:t@192.0.2.5"),
+            Some(Hop::Addr(Peer::udp(addr("192.0.2.5:5060"))))
+        );
+        let Some(Hop::Name(t)) = hop("sips:carrier.example") else {
+            panic!()
+        };
+        assert_eq!((t.transport, t.port), (Transport::Tls, None));
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::udp::IcmpReport;
 use super::{
     Inbound, OnMessage, Peer, PerTransport, Privileged, TcpError, TcpOptions, TcpTransport,
-    Transport, UdpTransport,
+    TlsClient, Transport, UdpTransport,
 };
 
 /// What the transports hand received messages and transport errors to
@@ -31,7 +31,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// `to` is unreachable: an ICMP error from `to`'s own host for a
     /// datagram sent to it (see [`IcmpVerdict`]), or a background TCP
-    /// connect to it failed. May be called from inside a
+    /// connect (or TLS handshake) to it failed. May be called from inside a
     /// [`Transports::send`], so it should only note the fact; act on it in
     /// [`after_batch`](Self::after_batch).
     fn on_unreachable(&self, to: SocketAddr);
@@ -81,6 +81,9 @@ pub struct Transports<H> {
     /// Bound TLS listeners and what they serve, likewise.
     pending_tls: Mutex<Vec<std::net::TcpListener>>,
     tls: Option<TlsServing>,
+    /// The connections we open over TLS: trust, our client certificate,
+    /// each peer's identity.
+    tls_client: Arc<TlsClient>,
     /// Weak: the handler owns the transports.
     handler: Arc<OnceLock<Weak<H>>>,
     /// For the background TCP connects.
@@ -129,6 +132,7 @@ impl<H: Handler> Transports<H> {
             pending_tcp: Mutex::new(tcp),
             pending_tls: Mutex::new(Vec::new()),
             tls: None,
+            tls_client: Arc::default(),
             handler,
             rt: tokio::runtime::Handle::current(),
         })
@@ -208,6 +212,12 @@ impl<H: Handler> Transports<H> {
         &self.tcp
     }
 
+    /// The client side of TLS, for the proxy to configure (at start and on
+    /// reload) and to read the handshake counters from.
+    pub fn tls_client(&self) -> &TlsClient {
+        &self.tls_client
+    }
+
     /// Sends `bytes` to `to` over its transport, without waiting. Over
     /// UDP from the socket egress picks. Over TCP on the known
     /// connection, else the open one to that address, else a new one
@@ -258,8 +268,10 @@ impl<H: Handler> Transports<H> {
         Ok(())
     }
 
-    /// Over TLS only on a connection the peer opened (its own, else the
-    /// open one from its address): outbound TLS is not built yet.
+    /// Over TLS like over TCP: the known connection, else the open one to
+    /// that address (ours or the peer's), else a new one opened in the
+    /// background, whose failed connect or handshake reaches the handler
+    /// like an ICMP error (the INVITE fails over at once).
     fn send_tls(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
         let msg = Bytes::copy_from_slice(bytes);
         let known = to.conn.into_iter();
@@ -270,10 +282,24 @@ impl<H: Handler> Transports<H> {
                 Err(e) => return Err(io::Error::new(io::ErrorKind::WouldBlock, e)),
             }
         }
-        Err(io::Error::new(
-            io::ErrorKind::NotConnected,
-            "no TLS connection from that peer (outbound TLS is not supported yet)",
-        ))
+        let (tcp, slot, client) = (
+            self.tcp.clone(),
+            self.handler.clone(),
+            self.tls_client.clone(),
+        );
+        self.rt.spawn(async move {
+            let addr = to.addr;
+            let upgrade = |s| async move { client.handshake(s, addr).await };
+            if let Err(e) = tcp.send_over(Transport::Tls, addr, msg, upgrade).await {
+                tracing::debug!("send to {to}: {e}");
+                if let Some(h) = slot.get().and_then(Weak::upgrade) {
+                    h.on_send_failed(to);
+                    h.on_unreachable(to.addr);
+                    h.after_batch();
+                }
+            }
+        });
+        Ok(())
     }
 
     fn handler(&self) -> Option<Arc<H>> {

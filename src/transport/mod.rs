@@ -16,6 +16,9 @@
 //!   machinery is generic over the byte stream, so TLS runs on it too.
 //! - `tls`: SIP over TLS: our identity (checked at start) and the
 //!   listeners (handshake with a timeout, then `tcp`'s machinery).
+//! - `tls_client`: SIP over TLS, the connections we open: what we trust,
+//!   the certificate we present, and the RFC 5922 identity each peer must
+//!   show ([`TlsClient`]).
 //! - `egress`: which of several sockets sends to a destination.
 //!
 //! A new transport is one module here, one [`Transport`] variant (with
@@ -25,6 +28,7 @@ pub mod egress;
 pub mod facade;
 pub mod tcp;
 pub mod tls;
+pub mod tls_client;
 pub mod udp;
 
 pub use egress::Egress;
@@ -33,6 +37,7 @@ pub use tcp::{
     admit, bind_stream, bind_tcp, ConnId, OnMessage, Privileged, Refused, TcpError, TcpOptions,
     TcpStats, TcpTransport,
 };
+pub use tls_client::{PeerIdentity, TlsClient};
 pub use udp::{bind_udp, IcmpReport, IcmpVerdict, RecvBatch, SipSocket, UdpOptions, UdpTransport};
 
 /// The transport enum is a value type (config and dispatcher name it

@@ -164,6 +164,9 @@ pub enum TcpError {
     Connect(SocketAddr, #[source] io::Error),
     #[error("tcp connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
+    /// Connected, but the TLS handshake failed or timed out.
+    #[error("tls handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, #[source] io::Error),
     /// The connection has closed: for a response, open a new one to the
     /// Via's sent-by with [`TcpTransport::send`].
     #[error("tcp connection {0} is closed")]
@@ -226,7 +229,7 @@ struct Inner {
     by_peer: DashMap<(Transport, SocketAddr), ConnId>,
     /// Serialises connects to one peer so two concurrent sends open one
     /// connection, not two.
-    dialing: DashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
+    dialing: DashMap<(Transport, SocketAddr), Arc<tokio::sync::Mutex<()>>>,
     open: AtomicUsize,
     /// Inbound connections open per source address (entries at 0 go).
     per_source: DashMap<IpAddr, usize>,
@@ -323,30 +326,56 @@ impl TcpTransport {
     /// Queues `msg` for `to`, on the open connection to it or a new one.
     /// Waits only for a connect (bounded by `connect_timeout`).
     pub async fn send(&self, to: SocketAddr, msg: Bytes) -> Result<ConnId, TcpError> {
+        // Plain TCP is never upgraded (see `connect`).
+        self.send_over(Transport::Tcp, to, msg, |s| async move { Ok(s) })
+            .await
+    }
+
+    /// [`send`](Self::send) over `transport`: a new connection to `to` is
+    /// made a `transport` one by `upgrade` (the TLS handshake, bounded by
+    /// its own timeout), whose failure is [`TcpError::Handshake`]. Plain
+    /// TCP never calls it.
+    pub(super) async fn send_over<S, F, Fut>(
+        &self,
+        transport: Transport,
+        to: SocketAddr,
+        msg: Bytes,
+        upgrade: F,
+    ) -> Result<ConnId, TcpError>
+    where
+        S: Stream,
+        F: FnOnce(TcpStream) -> Fut,
+        Fut: std::future::Future<Output = io::Result<S>>,
+    {
         if self.inner.shutdown.is_cancelled() {
             return Err(TcpError::Shutdown);
         }
-        if let Some(id) = self.conn_to(to) {
+        if let Some(id) = self.conn_over(transport, to) {
             match self.send_on(id, msg.clone()) {
                 // It closed under us: drop the stale entry and dial anew.
                 Err(TcpError::Closed(_)) => {
                     self.inner
                         .by_peer
-                        .remove_if(&(Transport::Tcp, to), |_, v| *v == id);
+                        .remove_if(&(transport, to), |_, v| *v == id);
                 }
                 other => return other.map(|()| id),
             }
         }
-        let lock = self.inner.dialing.entry(to).or_default().clone();
+        let lock = self
+            .inner
+            .dialing
+            .entry((transport, to))
+            .or_default()
+            .clone();
         let _guard = lock.lock().await;
         // Someone else may have connected while we waited for the lock.
-        if let Some(id) = self.conn_to(to) {
+        if let Some(id) = self.conn_over(transport, to) {
             if let Ok(()) = self.send_on(id, msg.clone()) {
                 return Ok(id);
             }
         }
-        let result = self.connect(to).await;
-        self.inner.dialing.remove(&to);
+        let result = self.connect(transport, to, upgrade).await;
+        self.inner.dialing.remove(&(transport, to));
         let id = result?;
         self.send_on(id, msg).map(|()| id)
     }
@@ -376,25 +405,56 @@ impl TcpTransport {
         self.inner.tasks.wait().await;
     }
 
-    async fn connect(&self, to: SocketAddr) -> Result<ConnId, TcpError> {
+    async fn connect<S, F, Fut>(
+        &self,
+        transport: Transport,
+        to: SocketAddr,
+        upgrade: F,
+    ) -> Result<ConnId, TcpError>
+    where
+        S: Stream,
+        F: FnOnce(TcpStream) -> Fut,
+        Fut: std::future::Future<Output = io::Result<S>>,
+    {
         let inner = &self.inner;
         let stream =
             match tokio::time::timeout(inner.opts.connect_timeout, TcpStream::connect(to)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     TcpStats::inc(&inner.stats.connect_failed);
-                    tracing::debug!("tcp:{to}: connect failed: {e}");
+                    tracing::debug!("{transport}:{to}: connect failed: {e}");
                     return Err(TcpError::Connect(to, e));
                 }
                 Err(_) => {
                     TcpStats::inc(&inner.stats.connect_failed);
-                    tracing::debug!("tcp:{to}: connect timed out");
+                    tracing::debug!("{transport}:{to}: connect timed out");
                     return Err(TcpError::ConnectTimeout(to));
                 }
             };
-        TcpStats::inc(&inner.stats.connected);
+        if transport == Transport::Tcp {
+            TcpStats::inc(&inner.stats.connected);
+            inner.open.fetch_add(1, Ordering::Relaxed);
+            return Ok(start_tcp(inner, stream, to, None));
+        }
+        let local = prepare_stream(&stream, None);
+        // Counted open from here: a handshake in progress holds a slot.
         inner.open.fetch_add(1, Ordering::Relaxed);
-        Ok(start_tcp(inner, stream, to, None))
+        let upgraded = tokio::select! {
+            _ = inner.shutdown.cancelled() => Err(io::Error::other("shutdown")),
+            r = upgrade(stream) => r,
+        };
+        match upgraded {
+            Ok(s) => {
+                TcpStats::inc(&inner.stats.connected);
+                let (rd, wr) = tokio::io::split(s);
+                Ok(start_conn(inner, rd, wr, to, local, transport, false))
+            }
+            Err(e) => {
+                inner.open.fetch_sub(1, Ordering::Relaxed);
+                TcpStats::inc(&inner.stats.connect_failed);
+                Err(TcpError::Handshake(to, e))
+            }
+        }
     }
 
     /// Counts an inbound connection from `peer` on `local` against the
