@@ -342,6 +342,12 @@ impl Proxy {
         self.transports.tcp()
     }
 
+    /// The client side of TLS: its outbound handshake counters
+    /// (`stats()`), the identities it checks.
+    pub fn tls_client(&self) -> &crate::transport::TlsClient {
+        self.transports.tls_client()
+    }
+
     /// Serves until `cancel` fires: the transports' receive loops, the
     /// dialog expiry task and the timer task (which runs the transaction
     /// machines' timers, the prober and the transaction sweeper). Returns
