@@ -7,9 +7,9 @@
 //! failed or stalled handshake fails the INVITE over at once (or after
 //! `handshake_timeout`), not at `fr_timeout`.
 
-mod support;
 #[path = "support/pki.rs"]
 mod pki;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 
 type ServerStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// One connection's write half, shared by the test and the probe answerer.
+type Writer = Arc<tokio::sync::Mutex<WriteHalf<ServerStream>>>;
 
 /// What a node's TLS server saw of one handshake.
 #[derive(Debug, Clone)]
@@ -51,7 +54,7 @@ struct TlsNode {
     addr: SocketAddr,
     inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Received>>,
     /// The connections' write halves, in accept order.
-    writers: Arc<Mutex<Vec<Arc<tokio::sync::Mutex<WriteHalf<ServerStream>>>>>>,
+    writers: Arc<Mutex<Vec<Writer>>>,
     /// TCP connections accepted.
     accepted: Arc<AtomicUsize>,
     hellos: Arc<Mutex<Vec<Hello>>>,
@@ -135,10 +138,24 @@ impl TlsNode {
 
     /// Sends on the newest connection.
     async fn send(&self, data: impl AsRef<[u8]>) {
-        let w = self.writers.lock().unwrap().last().cloned().expect("a connection");
+        let w = self
+            .writers
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a connection");
         let mut w = w.lock().await;
         w.write_all(data.as_ref()).await.unwrap();
         w.flush().await.unwrap();
+    }
+
+    /// Closes every connection (TLS close_notify, then FIN).
+    async fn close_all(&self) {
+        let writers: Vec<_> = self.writers.lock().unwrap().drain(..).collect();
+        for w in writers {
+            let _ = w.lock().await.shutdown().await;
+        }
     }
 
     fn hellos(&self) -> Vec<Hello> {
@@ -155,7 +172,7 @@ async fn read_messages(
     mut rd: tokio::io::ReadHalf<ServerStream>,
     from: SocketAddr,
     tx: mpsc::UnboundedSender<Received>,
-    wr: Arc<tokio::sync::Mutex<WriteHalf<ServerStream>>>,
+    wr: Writer,
     probes: Arc<AtomicUsize>,
 ) {
     let mut buf = bytes::BytesMut::new();
@@ -188,13 +205,19 @@ impl Inbox for TlsNode {
 
     async fn recv_within(&self, wait: Duration) -> Option<Received> {
         let mut inbox = self.inbox.lock().await;
-        tokio::time::timeout(wait, inbox.recv()).await.ok().flatten()
+        tokio::time::timeout(wait, inbox.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 
 /// A node's server config: `leaf`'s identity; with `client_ca`, a client
 /// certificate chaining to it is required.
-fn server_config(leaf: &Leaf, client_ca: Option<CertificateDer<'static>>) -> Arc<rustls::ServerConfig> {
+fn server_config(
+    leaf: &Leaf,
+    client_ca: Option<CertificateDer<'static>>,
+) -> Arc<rustls::ServerConfig> {
     let provider = sipedge::transport::tls::provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(sipedge::transport::tls::VERSIONS)
@@ -203,10 +226,12 @@ fn server_config(leaf: &Leaf, client_ca: Option<CertificateDer<'static>>) -> Arc
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca).unwrap();
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -445,7 +470,11 @@ async fn wrong_name_is_refused_and_the_invite_fails_over_at_once() {
     let started = Instant::now();
     let _call = call(&s).await;
     let inv = n1.recv_request("INVITE").await;
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_our_via_over(&inv, s.tls_addr, "TLS");
     assert_eq!(n0.accepted(), 1, "it was tried");
     assert!(n0.hellos().is_empty(), "its handshake did not complete");
@@ -553,4 +582,61 @@ async fn tls_verify_false_accepts_a_self_signed_node() {
     checked.expect_nothing(Duration::ZERO).await;
     assert_eq!(s.handshakes(Outcome::Failed(Failure::Untrusted)), 1);
     assert_eq!(s.handshakes(Outcome::Ok), 1);
+}
+
+/// A node's call out to a carrier that speaks only TLS: a `sips:`
+/// Request-URI is reached over TLS (the carrier proves its IP SAN and
+/// gets our client certificate), and the node's BYE to the carrier's
+/// `;transport=tls` Contact opens a new TLS connection once the first is
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_calls_a_tls_trunk_by_sips_uri_and_contact() {
+    let pki = Pki::new("tls-out-egress");
+    let carrier_cert = pki.node("carrier", &["127.0.0.1"]);
+    let carrier = TlsNode::start(
+        "carrier",
+        Mode::Tls(server_config(&carrier_cert, Some(pki.ca.der()))),
+    )
+    .await;
+    let node = Peer::bind("node").await.answering_probes();
+    let s = Setup::start(&pki, &[format!("uri = \"sip:{}\"", node.addr)], "", false).await;
+
+    let mut out = Dialog::uac(&node, &format!("sips:+15551239999@{}", carrier.addr));
+    node.send(out.invite(SDP_AUDIO), s.addr).await;
+    let inv = carrier.recv_request("INVITE").await;
+    assert_our_via_over(&inv, s.tls_addr, "TLS");
+    let rr = inv.values(HeaderName::RecordRoute);
+    assert_eq!(rr.len(), 2, "a double Record-Route:\n{}", inv.text());
+    assert_our_rr(&rr[0], s.tls_addr, true);
+    assert_our_rr(&rr[1], s.addr, false);
+    assert!(carrier.hellos()[0].client_certificate);
+
+    let carrier_side = Dialog::uas_at(carrier.addr, &inv, &unique("carrier-")).over_tls();
+    carrier
+        .send(carrier_side.answer(&inv, 200, "OK", Some(SDP_AUDIO)))
+        .await;
+    let got = node.recv_until(|r| r.status() == Some(200)).await;
+    out.learn_2xx(got.last().unwrap());
+    let (ack, _) = out.request("ACK", None);
+    node.send(ack, s.addr).await;
+    carrier.recv_request("ACK").await;
+    assert_eq!(carrier.accepted(), 1);
+
+    // The carrier drops the connection; the node hangs up.
+    carrier.close_all().await;
+    eventually("the proxy sees the connection closed", || {
+        s.proxy.tcp().connections() == 0
+    })
+    .await;
+    let (bye, branch) = out.request("BYE", None);
+    node.send(bye, s.addr).await;
+    let bye = carrier.recv_request("BYE").await;
+    assert_our_via_over(&bye, s.tls_addr, "TLS");
+    assert_eq!(carrier.accepted(), 2, "a new connection to its Contact");
+    carrier
+        .send(carrier_side.answer(&bye, 200, "OK", None))
+        .await;
+    let got = node.recv_until(|r| r.status() == Some(200)).await;
+    assert_only_via(got.last().unwrap(), &branch);
+    assert_eq!(s.handshakes(Outcome::Ok), 2);
 }
