@@ -592,3 +592,190 @@ fn tls_identity_is_checked_at_start() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Outbound TLS: `[tls] ca_list` and the client certificate are read at
+/// start and refused naming the file, the key and the reason; the
+/// per-destination keys are checked; the summary says what is trusted.
+#[test]
+fn outbound_tls_is_checked_at_start() {
+    let dir = std::env::temp_dir().join(format!("sipedge-tls-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = tls_identity(&dir, "a");
+    let (client, _) = tls_identity(&dir, "c");
+    let (ca, _) = tls_identity(&dir, "ca");
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let config_with = |listen: &str, dest: &str, tls: &str| {
+        let cfg = dir.join("proxy.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[listen]\nadvertise = \"127.0.0.1\"\nudp = [\"127.0.0.1:0\"]\n{listen}\n\
+                 [[dispatcher.destination]]\n{dest}\n\
+                 [tls]\ncertificate = \"{}\"\nkey = \"{}\"\n{tls}",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        config::read_config(&cfg)
+    };
+    let listen = "tls = [\"127.0.0.1:0\"]";
+    let over_tls = "uri = \"sip:127.0.0.1:5081;transport=tls\"\ntls_server_name = \"fs1.test\"";
+    let ca_list = format!("ca_list = \"{}\"\n", ca.display());
+
+    let good = config_with(listen, over_tls, &ca_list).unwrap();
+    let d = &good.dispatcher.destinations[0];
+    assert_eq!(d.tls_server_name.as_deref(), Some("fs1.test"));
+    assert!(d.tls_verify);
+    assert!(good.tls.as_ref().unwrap().client.is_some());
+    let summary = good.to_string();
+    assert!(
+        summary.contains(&format!(
+            "outbound tls    trusts CAs {}, client certificate {}, 1 destinations over TLS\n",
+            ca.display(),
+            cert.display()
+        )),
+        "{summary}"
+    );
+    let sips = config_with(listen, "uri = \"sips:127.0.0.1\"\ntls_verify = false", "").unwrap();
+    let uri = &sips.dispatcher.destinations[0].uri;
+    assert_eq!(
+        (uri.port_or_default(), uri.to_string().as_str()),
+        (5061, "sips:127.0.0.1")
+    );
+    let summary = sips.to_string();
+    assert!(
+        summary.contains("trusts the system CA store")
+            && summary.contains("(1 with tls_verify = false: NOT CHECKED)"),
+        "{summary}"
+    );
+
+    let missing = dir.join("no-such.pem");
+    let with_client = |c: &Path, k: &Path| {
+        format!(
+            "{ca_list}client_certificate = \"{}\"\nclient_key = \"{}\"\n",
+            c.display(),
+            k.display()
+        )
+    };
+    for (listen, dest, tls, key_name, reason) in [
+        (
+            listen,
+            over_tls,
+            format!("ca_list = \"{}\"\n", missing.display()),
+            "tls.ca_list",
+            "no-such.pem: No such file",
+        ),
+        (
+            listen,
+            over_tls,
+            format!("ca_list = \"{}\"\n", not_pem.display()),
+            "tls.ca_list",
+            "not.pem: no \"BEGIN CERTIFICATE\" block",
+        ),
+        (
+            listen,
+            over_tls,
+            with_client(&missing, &key),
+            "tls.client_certificate",
+            "No such file",
+        ),
+        (
+            listen,
+            over_tls,
+            with_client(&client, &key),
+            "tls.client_key",
+            "a.key: does not match the client certificate",
+        ),
+        (
+            listen,
+            over_tls,
+            with_client(&client, &not_pem),
+            "tls.client_key",
+            "not a PEM private key",
+        ),
+        (
+            "",
+            over_tls,
+            ca_list.clone(),
+            "dispatcher.destination[0].uri",
+            "listens on no TLS address",
+        ),
+        (
+            listen,
+            "uri = \"sip:127.0.0.1:5080\"\ntls_server_name = \"fs1.test\"",
+            ca_list.clone(),
+            "dispatcher.destination[0].tls_server_name",
+            "is not reached over TLS",
+        ),
+        (
+            listen,
+            "uri = \"sip:127.0.0.1:5080\"\ntls_verify = false",
+            ca_list.clone(),
+            "dispatcher.destination[0].tls_verify",
+            "is not reached over TLS",
+        ),
+        (
+            listen,
+            "uri = \"sips:127.0.0.1\"\ntls_server_name = \"not a name\"",
+            ca_list.clone(),
+            "dispatcher.destination[0].tls_server_name",
+            "is not a DNS name",
+        ),
+        (
+            listen,
+            "uri = \"sips:127.0.0.1;transport=udp\"",
+            ca_list.clone(),
+            "dispatcher.destination[0].uri",
+            "sips: URI is over TLS",
+        ),
+    ] {
+        let err = config_with(listen, dest, &tls).unwrap_err();
+        assert_eq!(err.key(), Some(key_name), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(reason), "{reason:?} not in {text}");
+    }
+
+    // dispatcher.list: sips: and transport=tls lines, sipedge's TLS attrs.
+    let list = dir.join("dispatcher.list");
+    let with_list = |lines: &str| {
+        std::fs::write(&list, lines).unwrap();
+        let cfg = dir.join("proxy.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[listen]\nadvertise = \"127.0.0.1\"\nudp = [\"127.0.0.1:0\"]\n{listen}\n\
+                 [dispatcher]\nlist_file = \"dispatcher.list\"\n\
+                 [tls]\ncertificate = \"{}\"\nkey = \"{}\"\n{ca_list}",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        config::read_config(&cfg)
+    };
+    let cfg = with_list(
+        "1 sips:127.0.0.1:5071 0 0 tls_verify=0\n\
+         1 sip:127.0.0.1:5072;transport=tls 0 0 tls_server_name=fs2.test\n",
+    )
+    .unwrap();
+    let by_port = |p: u16| {
+        cfg.dispatcher
+            .destinations
+            .iter()
+            .find(|d| d.uri.port == Some(p))
+            .unwrap()
+    };
+    let (a, b) = (by_port(5071), by_port(5072));
+    assert_eq!(a.uri.transport, Some(sipedge::transport::Transport::Tls));
+    assert!(!a.tls_verify && b.tls_verify);
+    assert_eq!(b.uri.transport, Some(sipedge::transport::Transport::Tls));
+    assert_eq!(b.tls_server_name.as_deref(), Some("fs2.test"));
+    let err = with_list("1 sips:127.0.0.1:5071 0 0 tls_verify=yes\n").unwrap_err();
+    assert!(
+        err.to_string().contains("tls_verify=yes: give 0 or 1"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
