@@ -19,7 +19,8 @@
 //!   validation and the errors that name file, key and reason.
 //! - [`transport`]: the [`transport::Transports`] facade: every socket,
 //!   receive loop and send (UDP sockets set up for a busy SIP edge, one
-//!   thread each; SIP over TCP; SIP over TLS on TCP's connection code),
+//!   thread each; SIP over TCP; SIP over TLS on TCP's connection code,
+//!   inbound and outbound with RFC 5922 server identities),
 //!   one inbound event type for the proxy,
 //!   the [`transport::Peer`] every message carries, and
 //!   [`transport::PerTransport`] for data kept per transport.
