@@ -285,6 +285,8 @@ struct Setup {
     addr: SocketAddr,
     tls_addr: SocketAddr,
     trunk: Peer,
+    /// The config file it was read from (for `dispatcher.reload`).
+    config: std::path::PathBuf,
     cancel: tokio_util::sync::CancellationToken,
 }
 
@@ -322,11 +324,14 @@ impl Setup {
             pki.ours.key_file.display(),
             pki.ca_file.display(),
         );
-        let cfg = sipedge::config::from_toml(&text, "test")
+        let config = pki.dir.join("proxy.toml");
+        std::fs::write(&config, &text).unwrap();
+        let cfg = sipedge::config::read_config(&config)
             .unwrap_or_else(|e| panic!("test config refused: {e}\n{text}"));
         let proxy =
             sipedge::proxy::Proxy::with_listeners(cfg, vec![socket], vec![], vec![tls_listener])
                 .expect("build the proxy");
+        proxy.set_config_path(config.clone());
         if !probing {
             proxy.ping_active(Some(false));
         }
@@ -337,6 +342,7 @@ impl Setup {
             addr,
             tls_addr,
             trunk: Peer::bind("trunk").await,
+            config,
             cancel,
         }
     }
@@ -639,4 +645,44 @@ async fn node_calls_a_tls_trunk_by_sips_uri_and_contact() {
     let got = node.recv_until(|r| r.status() == Some(200)).await;
     assert_only_via(got.last().unwrap(), &branch);
     assert_eq!(s.handshakes(Outcome::Ok), 2);
+}
+
+/// `dispatcher.reload` puts the destinations' new TLS identities in force:
+/// a node refused for the wrong `tls_server_name` is probed with the right
+/// one after the reload, comes back, and takes the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_puts_new_identities_in_force() {
+    let pki = Pki::new("tls-out-reload");
+    let fs1 = pki.node("fs1", &["fs1.test"]);
+    let good = pki.node("good", &["127.0.0.1"]);
+    let n0 = TlsNode::start("fs1", Mode::Tls(server_config(&fs1, None))).await;
+    let n1 = TlsNode::start("ip-san", Mode::Tls(server_config(&good, None))).await;
+    let probe = "[probe]\ninterval = \"200ms\"\nsuccess_threshold = 1\n";
+    let s = Setup::start(
+        &pki,
+        &[dest(&n0, "tls_server_name = \"wrong.test\""), dest(&n1, "")],
+        probe,
+        false,
+    )
+    .await;
+    let _call = call(&s).await;
+    n1.recv_request("INVITE").await;
+    assert_eq!(s.handshakes(Outcome::Failed(Failure::Name)), 1);
+
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("wrong.test", "fs1.test")).unwrap();
+    s.proxy.reload().expect("reload");
+    s.proxy.ping_active(Some(true));
+    eventually("fs1 is probed with its right name", || {
+        n0.probes.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    eventually("fs1 is back in the pool", || {
+        s.proxy.pool().status(0).state == sipedge::dispatcher::health::State::Active
+    })
+    .await;
+    let _call = call(&s).await;
+    let inv = n0.recv_request("INVITE").await;
+    assert_our_via_over(&inv, s.tls_addr, "TLS");
+    assert_eq!(n0.hellos().last().unwrap().sni.as_deref(), Some("fs1.test"));
 }

@@ -136,7 +136,7 @@ pub struct TcpStats {
     /// Connections closed on a message not whole within
     /// `message_timeout` of its first byte.
     pub closed_slow: AtomicU64,
-    /// Outgoing connections established.
+    /// Outgoing connections established (for TLS: handshake done).
     pub connected: AtomicU64,
     /// Connections closed on a message whose framing was invalid.
     pub closed_malformed: AtomicU64,
@@ -146,7 +146,8 @@ pub struct TcpStats {
     pub closed_idle: AtomicU64,
     /// Sends refused because the connection's queue was full.
     pub send_queue_full: AtomicU64,
-    /// Outgoing connects that failed or timed out.
+    /// Outgoing connects that failed or timed out (for TLS: the
+    /// handshake too; its reason is in [`super::tls_client::HandshakeStats`]).
     pub connect_failed: AtomicU64,
 }
 
