@@ -5,8 +5,12 @@
 //! RFC 5922 identities (wrong name refused, wildcards by the setting, an
 //! IP literal against its IP SAN), SNI, our client certificate, and that a
 //! failed or stalled handshake fails the INVITE over at once (or after
-//! `handshake_timeout`), not at `fr_timeout`.
+//! `handshake_timeout`), not at `fr_timeout`. And a real third-party TLS
+//! peer: Debian's Kamailio with its tls module (OpenSSL) as the node,
+//! requiring our client certificate.
 
+#[path = "support/kamailio_tls.rs"]
+mod kamailio_tls;
 #[path = "support/pki.rs"]
 mod pki;
 mod support;
@@ -685,4 +689,91 @@ async fn reload_puts_new_identities_in_force() {
     let inv = n0.recv_request("INVITE").await;
     assert_our_via_over(&inv, s.tls_addr, "TLS");
     assert_eq!(n0.hellos().last().unwrap().sni.as_deref(), Some("fs1.test"));
+}
+
+/// Interop with a real TLS stack: Debian's Kamailio (tls.so, OpenSSL) is
+/// the TLS node, requiring a client certificate from the test CA and
+/// relaying to a UDP FreeSWITCH stand-in. Probes, INVITE / 200 / ACK, the
+/// T.38 re-INVITE and BYE all go over the one TLS connection sipedge
+/// opened; the in-dialog requests follow Kamailio's `;transport=tls`
+/// Record-Route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_through_kamailio_as_the_tls_node() {
+    let pki = Pki::new("tls-out-kamailio");
+    let leaf = pki.node("kamailio", &["127.0.0.1"]);
+    let fs = Peer::bind("fs").await;
+    let k = kamailio_tls::KamailioTls::start(
+        &pki.dir,
+        &leaf.chain_file,
+        &leaf.key_file,
+        &pki.ca_file,
+        fs.addr,
+    );
+    let s = Setup::start(
+        &pki,
+        &[format!("uri = \"sip:{};transport=tls\"", k.tls)],
+        "",
+        true,
+    )
+    .await;
+    eventually("Kamailio answers our probe over TLS", || {
+        s.proxy.pool().status(0).state == sipedge::dispatcher::health::State::Active
+            && s.handshakes(Outcome::Ok) == 1
+    })
+    .await;
+
+    let mut call = call(&s).await;
+    let inv = fs.recv_request("INVITE").await;
+    let vias = inv.vias();
+    assert_eq!(
+        vias.len(),
+        3,
+        "Kamailio's, ours, the trunk's:\n{}",
+        inv.text()
+    );
+    assert!(
+        vias[1].starts_with(&format!("SIP/2.0/TLS {}", s.tls_addr)),
+        "our TLS Via: {}",
+        vias[1]
+    );
+    let node = Dialog::uas(&fs, &inv, &unique("fs-"));
+    fs.send(node.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let got = s.trunk.recv_until(|r| r.status() == Some(200)).await;
+    let ok = got.last().unwrap();
+    assert_only_via(ok, &call.invite_branch);
+    call.learn_2xx(ok);
+    let (ack, _) = call.request("ACK", None);
+    s.trunk.send(ack, s.addr).await;
+    fs.recv_request("ACK").await;
+
+    let (reinvite, branch) = call.request("INVITE", Some(("application/sdp", SDP_T38.as_bytes())));
+    s.trunk.send(reinvite, s.addr).await;
+    let reinv = fs.recv_request("INVITE").await;
+    assert_eq!(reinv.body(), SDP_T38.as_bytes());
+    fs.send(node.answer(&reinv, 200, "OK", Some(SDP_T38)), reinv.from)
+        .await;
+    let got = s.trunk.recv_until(|r| r.status() == Some(200)).await;
+    assert_only_via(got.last().unwrap(), &branch);
+    let (ack, _) = call.request("ACK", None);
+    s.trunk.send(ack, s.addr).await;
+    assert_eq!(fs.recv_request("ACK").await.cseq(), (2, "ACK".to_owned()));
+
+    let (bye, branch) = call.request("BYE", None);
+    s.trunk.send(bye, s.addr).await;
+    let bye = fs.recv_request("BYE").await;
+    fs.send(node.answer(&bye, 200, "OK", None), bye.from).await;
+    let got = s.trunk.recv_until(|r| r.status() == Some(200)).await;
+    assert_only_via(got.last().unwrap(), &branch);
+
+    assert_eq!(
+        s.handshakes(Outcome::Ok),
+        1,
+        "one TLS connection for everything"
+    );
+    let failed: u64 = Failure::ALL
+        .iter()
+        .map(|&f| s.handshakes(Outcome::Failed(f)))
+        .sum();
+    assert_eq!(failed, 0, "Kamailio log:\n{}", k.log());
 }
