@@ -527,22 +527,30 @@ async fn wildcard_certificates_follow_the_setting() {
     }
 }
 
-/// Nodes whose handshake fails (an untrusted certificate, a node that
-/// speaks plain SIP) are passed at once; one that never answers the
+/// Nodes whose handshake fails (an untrusted certificate, an expired
+/// one, a node that speaks plain SIP) are passed at once; one that never answers the
 /// ClientHello after `handshake_timeout` (1 s); the INVITE reaches the
-/// fourth well before `fr_timeout` (30 s).
+/// last well before `fr_timeout` (30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_and_stalled_handshakes_fail_over_before_fr_timeout() {
     let pki = Pki::new("tls-out-failover");
     let untrusted = pki::self_signed(&pki.dir, "untrusted", &["127.0.0.1"]);
+    let expired = pki.ca.expired_leaf(&pki.dir, "expired", &["127.0.0.1"]);
     let good = pki.node("good", &["127.0.0.1"]);
     let n0 = TlsNode::start("untrusted", Mode::Tls(server_config(&untrusted, None))).await;
+    let ne = TlsNode::start("expired", Mode::Tls(server_config(&expired, None))).await;
     let n1 = TlsNode::start("plain", Mode::Plain).await;
     let n2 = TlsNode::start("silent", Mode::Silent).await;
     let n3 = TlsNode::start("good", Mode::Tls(server_config(&good, None))).await;
     let s = Setup::start(
         &pki,
-        &[dest(&n0, ""), dest(&n1, ""), dest(&n2, ""), dest(&n3, "")],
+        &[
+            dest(&n0, ""),
+            dest(&ne, ""),
+            dest(&n1, ""),
+            dest(&n2, ""),
+            dest(&n3, ""),
+        ],
         "",
         false,
     )
@@ -556,17 +564,19 @@ async fn failed_and_stalled_handshakes_fail_over_before_fr_timeout() {
         "the silent node costs handshake_timeout, no more: {took:?}"
     );
     assert_our_via_over(&inv, s.tls_addr, "TLS");
-    for n in [&n0, &n1, &n2] {
+    for n in [&n0, &ne, &n1, &n2] {
         assert_eq!(n.accepted(), 1, "{} was tried", n.name);
     }
     assert_eq!(s.handshakes(Outcome::Failed(Failure::Untrusted)), 1);
+    assert_eq!(s.handshakes(Outcome::Failed(Failure::Expired)), 1);
+    assert_eq!(s.handshakes(Outcome::Failed(Failure::Protocol)), 1, "not TLS");
     assert_eq!(s.handshakes(Outcome::Timeout), 1);
     assert_eq!(s.handshakes(Outcome::Ok), 1);
     let failed: u64 = Failure::ALL
         .iter()
         .map(|&f| s.handshakes(Outcome::Failed(f)))
         .sum();
-    assert_eq!(failed, 2, "the untrusted and the plain node");
+    assert_eq!(failed, 3, "the untrusted, the expired and the plain node");
 }
 
 /// `tls_verify = false` accepts a self-signed certificate for another

@@ -47,8 +47,19 @@ impl TestCa {
     /// A leaf for `sans` (DNS names, or IP addresses when they parse as
     /// one), written to `dir/<stem>.pem` and `dir/<stem>.key`.
     pub fn leaf(&self, dir: &Path, stem: &str, sans: &[&str]) -> Leaf {
+        self.sign(dir, stem, leaf_params(sans))
+    }
+
+    /// [`leaf`](Self::leaf), but valid only during 2020.
+    pub fn expired_leaf(&self, dir: &Path, stem: &str, sans: &[&str]) -> Leaf {
+        let mut params = leaf_params(sans);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        self.sign(dir, stem, params)
+    }
+
+    fn sign(&self, dir: &Path, stem: &str, params: rcgen::CertificateParams) -> Leaf {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = leaf_params(sans);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf::write(dir, stem, &cert, &key, Some(self))
     }
