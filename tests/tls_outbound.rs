@@ -9,6 +9,8 @@
 //! peer: Debian's Kamailio with its tls module (OpenSSL) as the node,
 //! requiring our client certificate.
 
+#[path = "support/dns.rs"]
+mod dns_server;
 #[path = "support/kamailio_tls.rs"]
 mod kamailio_tls;
 #[path = "support/pki.rs"]
@@ -569,7 +571,11 @@ async fn failed_and_stalled_handshakes_fail_over_before_fr_timeout() {
     }
     assert_eq!(s.handshakes(Outcome::Failed(Failure::Untrusted)), 1);
     assert_eq!(s.handshakes(Outcome::Failed(Failure::Expired)), 1);
-    assert_eq!(s.handshakes(Outcome::Failed(Failure::Protocol)), 1, "not TLS");
+    assert_eq!(
+        s.handshakes(Outcome::Failed(Failure::Protocol)),
+        1,
+        "not TLS"
+    );
     assert_eq!(s.handshakes(Outcome::Timeout), 1);
     assert_eq!(s.handshakes(Outcome::Ok), 1);
     let failed: u64 = Failure::ALL
@@ -786,4 +792,58 @@ async fn call_through_kamailio_as_the_tls_node() {
         .map(|&f| s.handshakes(Outcome::Failed(f)))
         .sum();
     assert_eq!(failed, 0, "Kamailio log:\n{}", k.log());
+}
+
+/// A carrier named by a host name (`sips:+1555@carrier.test`, located by
+/// SRV `_sips._tcp`) must prove that name (RFC 5922 §7.2), not its
+/// address: its certificate for `carrier.test` is accepted and gets that
+/// SNI; reached by another name, the same certificate is refused and the
+/// node gets 503 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_by_host_name_proves_that_name() {
+    use dns_server::{FakeDns, Zone};
+    let pki = Pki::new("tls-out-names");
+    let cert = pki.node("carrier", &["carrier.test"]);
+    let carrier = TlsNode::start("carrier", Mode::Tls(server_config(&cert, None))).await;
+    let localhost = std::net::Ipv4Addr::LOCALHOST;
+    let dns = FakeDns::start(
+        Zone::new()
+            .srv(
+                "_sips._tcp.carrier.test",
+                10,
+                10,
+                carrier.addr.port(),
+                "carrier.test",
+            )
+            .a("carrier.test", localhost)
+            .a("alias.test", localhost),
+    )
+    .await;
+    let node = Peer::bind("node").await.answering_probes();
+    let s = Setup::start(
+        &pki,
+        &[format!("uri = \"sip:{}\"", node.addr)],
+        dns.toml(),
+        false,
+    )
+    .await;
+
+    let mut out = Dialog::uac(&node, "sips:+15551239999@carrier.test");
+    node.send(out.invite(SDP_AUDIO), s.addr).await;
+    let inv = carrier.recv_request("INVITE").await;
+    assert_our_via_over(&inv, s.tls_addr, "TLS");
+    assert_eq!(carrier.hellos()[0].sni.as_deref(), Some("carrier.test"));
+    carrier.send(reply(&inv, 486, "Busy Here", Some("c"))).await;
+    node.recv_until(|r| r.status() == Some(486)).await;
+
+    // The same server by a name its certificate does not carry.
+    let mut out = Dialog::uac(
+        &node,
+        &format!("sips:+15551239999@alias.test:{}", carrier.addr.port()),
+    );
+    node.send(out.invite(SDP_AUDIO), s.addr).await;
+    node.recv_until(|r| r.status() == Some(503)).await;
+    assert_eq!(s.handshakes(Outcome::Failed(Failure::Name)), 1);
+    assert_eq!(carrier.accepted(), 2);
+    carrier.expect_nothing(Duration::ZERO).await;
 }

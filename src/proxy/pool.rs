@@ -160,7 +160,7 @@ pub(super) fn configure_tls_client(cfg: &Config, client: &crate::transport::TlsC
         }
         let addr = std::net::SocketAddr::new(*ip, d.uri.port_or_default());
         let id = PeerIdentity {
-            server_name: d.tls_server_name.clone(),
+            server_name: d.tls_server_name.as_deref().map(Into::into),
             verify: d.tls_verify,
         };
         peers.insert(crate::dispatcher::canonical(addr), id);

@@ -275,7 +275,14 @@ impl<H: Handler> Transports<H> {
     fn send_tls(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
         let msg = Bytes::copy_from_slice(bytes);
         let known = to.conn.into_iter();
-        for conn in known.chain(self.tcp.conn_over(Transport::Tls, to.addr)) {
+        // Our open connection only if its certificate proves who `to`
+        // must be now.
+        let reuse = self.tls_client.may_reuse(to.addr);
+        let open = self
+            .tcp
+            .conn_over(Transport::Tls, to.addr)
+            .filter(|_| reuse);
+        for conn in known.chain(open) {
             match self.tcp.send_on(conn, msg.clone()) {
                 Ok(()) => return Ok(()),
                 Err(TcpError::Closed(_)) => continue,
@@ -290,7 +297,10 @@ impl<H: Handler> Transports<H> {
         self.rt.spawn(async move {
             let addr = to.addr;
             let upgrade = |s| async move { client.handshake(s, addr).await };
-            if let Err(e) = tcp.send_over(Transport::Tls, addr, msg, upgrade).await {
+            if let Err(e) = tcp
+                .send_over(Transport::Tls, addr, msg, reuse, upgrade)
+                .await
+            {
                 tracing::debug!("send to {to}: {e}");
                 if let Some(h) = slot.get().and_then(Weak::upgrade) {
                     h.on_send_failed(to);

@@ -328,19 +328,22 @@ impl TcpTransport {
     /// Waits only for a connect (bounded by `connect_timeout`).
     pub async fn send(&self, to: SocketAddr, msg: Bytes) -> Result<ConnId, TcpError> {
         // Plain TCP is never upgraded (see `connect`).
-        self.send_over(Transport::Tcp, to, msg, |s| async move { Ok(s) })
+        self.send_over(Transport::Tcp, to, msg, true, |s| async move { Ok(s) })
             .await
     }
 
     /// [`send`](Self::send) over `transport`: a new connection to `to` is
     /// made a `transport` one by `upgrade` (the TLS handshake, bounded by
     /// its own timeout), whose failure is [`TcpError::Handshake`]. Plain
-    /// TCP never calls it.
+    /// TCP never calls it. Without `reuse`, a new connection even if one
+    /// is open (it proves another identity than the one asked now); the
+    /// new one takes its place for later sends.
     pub(super) async fn send_over<S, F, Fut>(
         &self,
         transport: Transport,
         to: SocketAddr,
         msg: Bytes,
+        reuse: bool,
         upgrade: F,
     ) -> Result<ConnId, TcpError>
     where
@@ -351,7 +354,7 @@ impl TcpTransport {
         if self.inner.shutdown.is_cancelled() {
             return Err(TcpError::Shutdown);
         }
-        if let Some(id) = self.conn_over(transport, to) {
+        if let Some(id) = self.conn_over(transport, to).filter(|_| reuse) {
             match self.send_on(id, msg.clone()) {
                 // It closed under us: drop the stale entry and dial anew.
                 Err(TcpError::Closed(_)) => {
@@ -370,7 +373,7 @@ impl TcpTransport {
             .clone();
         let _guard = lock.lock().await;
         // Someone else may have connected while we waited for the lock.
-        if let Some(id) = self.conn_over(transport, to) {
+        if let Some(id) = self.conn_over(transport, to).filter(|_| reuse) {
             if let Ok(()) = self.send_on(id, msg.clone()) {
                 return Ok(id);
             }

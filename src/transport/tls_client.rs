@@ -71,6 +71,7 @@ pub struct ClientConfigs {
     verified: Arc<rustls::ClientConfig>,
     unverified: Arc<rustls::ClientConfig>,
     handshake_timeout: Duration,
+    wildcards: bool,
     /// For the start-up line: how many CAs, and whether a client
     /// certificate is presented.
     pub roots: usize,
@@ -132,6 +133,7 @@ pub fn client_configs(s: &ClientSettings<'_>) -> Result<ClientConfigs, ClientSet
         verified: build(true)?,
         unverified: build(false)?,
         handshake_timeout: s.handshake_timeout,
+        wildcards: s.wildcards,
         roots: roots.len(),
         presents_certificate: identity.is_some(),
     })
@@ -208,7 +210,7 @@ fn client_identity(chain_pem: &[u8], key_pem: &[u8]) -> Result<Identity, ClientS
 pub struct PeerIdentity {
     /// The SIP domain to find in its certificate (and the SNI we send);
     /// `None`: its IP address, in an iPAddress SAN (and no SNI).
-    pub server_name: Option<String>,
+    pub server_name: Option<Arc<str>>,
     /// `false`: any certificate (lab use; logged loudly where set).
     pub verify: bool,
 }
@@ -232,7 +234,19 @@ pub struct TlsClient {
     /// by the address they resolved to: RFC 5922 checks the name the URI
     /// gave. Bounded; the destinations' entries win.
     resolved: dashmap::DashMap<SocketAddr, Arc<str>>,
+    /// What the certificate of our open connection to each address says
+    /// (checked ones only): a request for another name may reuse it only
+    /// if the certificate names that one too.
+    proved: dashmap::DashMap<SocketAddr, Proved>,
     stats: HandshakeStats,
+}
+
+/// What an open connection's certificate was checked against, and what
+/// it says.
+#[derive(Clone)]
+struct Proved {
+    name: Option<Arc<str>>,
+    ids: Arc<CertIdentities>,
 }
 
 /// Host names [`TlsClient::resolved`] holds at most (it is cleared when
@@ -245,6 +259,7 @@ impl Default for TlsClient {
             configs: ArcSwapOption::empty(),
             peers: ArcSwap::from_pointee(HashMap::new()),
             resolved: dashmap::DashMap::new(),
+            proved: dashmap::DashMap::new(),
             stats: HandshakeStats::default(),
         }
     }
@@ -284,9 +299,29 @@ impl TlsClient {
             return id.clone();
         }
         PeerIdentity {
-            server_name: self.resolved.get(&to).map(|n| n.to_string()),
+            server_name: self.resolved.get(&to).map(|n| n.clone()),
             verify: true,
         }
+    }
+
+    /// May a request to `to` go on the connection we opened to it? Only
+    /// if that connection's certificate proves who `to` must be now (a
+    /// second name on the same address, a reload that changed
+    /// `tls_server_name`); otherwise a new connection is opened and
+    /// checked. Connections the peer opened, and unchecked ones, always.
+    pub fn may_reuse(&self, to: SocketAddr) -> bool {
+        let to = canonical(to);
+        let Some(proved) = self.proved.get(&to).map(|p| p.clone()) else {
+            return true;
+        };
+        let id = self.identity(to);
+        // The usual case, without building a name: the one it was checked
+        // against.
+        if !id.verify || id.server_name == proved.name {
+            return true;
+        }
+        let wildcards = self.configs.load().as_ref().is_some_and(|c| c.wildcards);
+        server_name(&id, to).is_ok_and(|name| proved.ids.matches(&name, wildcards))
     }
 
     pub fn stats(&self) -> &HandshakeStats {
@@ -330,6 +365,22 @@ impl TlsClient {
         match tokio::time::timeout(configs.handshake_timeout, connect).await {
             Ok(Ok(s)) => {
                 self.stats.count(Outcome::Ok);
+                let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
+                match leaf.and_then(|c| CertIdentities::parse(c.as_ref())) {
+                    Some(ids) if id.verify => {
+                        if self.proved.len() >= RESOLVED_NAMES {
+                            self.proved.clear();
+                        }
+                        let proved = Proved {
+                            name: id.server_name.clone(),
+                            ids: Arc::new(ids),
+                        };
+                        self.proved.insert(canonical(to), proved);
+                    }
+                    _ => {
+                        self.proved.remove(&canonical(to));
+                    }
+                }
                 Ok(s)
             }
             Ok(Err(e)) => {
@@ -364,7 +415,7 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 /// domain, else the IP address (rustls sends no SNI for an IP).
 fn server_name(id: &PeerIdentity, to: SocketAddr) -> io::Result<ServerName<'static>> {
     match &id.server_name {
-        Some(n) => ServerName::try_from(n.clone())
+        Some(n) => ServerName::try_from(n.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{n}: {e}"))),
         None => Ok(ServerName::IpAddress(to.ip().to_canonical().into())),
     }
