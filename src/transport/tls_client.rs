@@ -249,8 +249,9 @@ struct Proved {
     ids: Arc<CertIdentities>,
 }
 
-/// Host names [`TlsClient::resolved`] holds at most (it is cleared when
-/// full: an entry is only needed until its connection is up).
+/// Entries [`TlsClient::resolved`] and `proved` hold at most; each is
+/// cleared when full (one per TLS peer address in use: 4096 carriers' SBCs
+/// is far beyond a pool's; the price of clearing is a new handshake).
 const RESOLVED_NAMES: usize = 4096;
 
 impl Default for TlsClient {
