@@ -37,6 +37,7 @@ mod rescue;
 mod response;
 mod route;
 mod shared;
+mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -203,11 +204,13 @@ impl Proxy {
             let Some(server) = &tls.server else {
                 return Err(ProxyError::TlsNotLoaded);
             };
-            let serving = crate::transport::TlsServing {
-                config: server.0.clone(),
-                handshake_timeout: tls.handshake_timeout,
-            };
-            transports = transports.with_tls(tls_listeners, serving)?;
+            let inbound = crate::transport::tls::TlsInbound::new(
+                server.0.clone(),
+                tls.handshake_timeout,
+                tls.max_handshakes_per_source,
+            );
+            tls::warn_expiring(&server.0.expiries, std::time::SystemTime::now());
+            transports = transports.with_tls(tls_listeners, inbound)?;
         } else if !tls_listeners.is_empty() {
             return Err(ProxyError::TlsNotLoaded);
         }
@@ -339,6 +342,12 @@ impl Proxy {
     /// The TCP transport's counters and open connections.
     pub fn tcp(&self) -> &TcpTransport {
         self.transports.tcp()
+    }
+
+    /// The TLS listeners' identity in force, handshakes in progress and
+    /// counters (`None` without TLS listeners).
+    pub fn tls_inbound(&self) -> Option<&Arc<crate::transport::tls::TlsInbound>> {
+        self.transports.tls_inbound()
     }
 
     /// Serves until `cancel` fires: the transports' receive loops, the
@@ -508,6 +517,13 @@ impl Proxy {
         }
         self.metrics
             .sync_tcp(self.tcp().stats(), self.tcp().connections());
+        if let Some(tls) = self.transports.tls_inbound() {
+            self.metrics.sync_tls_inbound(
+                tls.stats(),
+                &tls.identity().expiries,
+                std::time::SystemTime::now(),
+            );
+        }
         &self.metrics
     }
 
