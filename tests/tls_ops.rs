@@ -419,9 +419,11 @@ async fn reload_renews_the_certificate_for_new_connections() {
     assert_eq!(serial_and_not_after(&again.served[0]).0, "02");
 }
 
-/// The binary: SIGHUP re-reads the certificate files; a new connection
-/// gets the renewed certificate while a call in progress on a connection
-/// made before completes with its BYE.
+/// The binary: `check-config` refuses a CRL without client CAs; SIGHUP
+/// re-reads the certificate files, a new connection gets the renewed
+/// certificate while a call in progress on a connection made before
+/// completes with its BYE; `sipedge ctl reload` with a bad key fails
+/// saying why, and the renewed certificate stays in force.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_renews_the_certificate_of_the_binary() {
     use std::io::{BufRead, BufReader};
@@ -432,17 +434,26 @@ async fn sighup_renews_the_certificate_of_the_binary() {
     ca.issue(&dir, "server", &["sip.test"], 1, (2024, 2035));
     let node = Peer::bind("node0").await.answering_probes();
     let cfg = dir.join("proxy.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[listen]\nudp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
-             [[dispatcher.destination]]\nuri = \"sip:{}\"\n\
-             [tls]\ncertificate = \"server.pem\"\nkey = \"server.key\"\n",
-            node.addr
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "[listen]\nudp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[dispatcher.destination]]\nuri = \"sip:{}\"\n\
+         [tls]\ncertificate = \"server.pem\"\nkey = \"server.key\"\n",
+        node.addr
+    );
     let bin = env!("CARGO_BIN_EXE_sipedge");
+    std::fs::write(&cfg, format!("{text}crl = \"server.pem\"\n")).unwrap();
+    let out = Command::new(bin)
+        .args(["check-config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tls.crl") && stderr.contains("client_ca"),
+        "{stderr}"
+    );
+    std::fs::write(&cfg, &text).unwrap();
     let mut child = Command::new(bin)
         .args(["--config", cfg.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -450,20 +461,27 @@ async fn sighup_renews_the_certificate_of_the_binary() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (udp, tls): (SocketAddr, SocketAddr) = tokio::task::spawn_blocking(move || {
-        let (mut udp, mut tls) = (None, None);
+    let (udp, tls, admin) = tokio::task::spawn_blocking(move || {
+        let (mut udp, mut tls, mut admin) = (None, None, None);
         for l in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(a) = l.strip_prefix("listening on udp:") {
-                udp = a.parse().ok();
+                udp = a.parse::<SocketAddr>().ok();
             }
             if let Some(a) = l.strip_prefix("listening on tls:") {
-                tls = a.parse().ok();
+                tls = a.parse::<SocketAddr>().ok();
             }
-            if udp.is_some() && tls.is_some() {
+            if let Some(a) = l.strip_prefix("listening on admin:") {
+                admin = Some(a.to_owned());
+            }
+            if udp.is_some() && tls.is_some() && admin.is_some() {
                 break;
             }
         }
-        (udp.expect("a udp line"), tls.expect("a tls line"))
+        (
+            udp.expect("a udp line"),
+            tls.expect("a tls line"),
+            admin.expect("an admin line"),
+        )
     })
     .await
     .unwrap();
@@ -509,6 +527,29 @@ async fn sighup_renews_the_certificate_of_the_binary() {
     let bye = node.recv_request("BYE").await;
     node.send(fs.answer(&bye, 200, "OK", None), bye.from).await;
     assert_eq!(trunk.recv_response(200).await.cseq().1, "BYE");
+
+    // dispatcher.reload with a key that is not one: refused, saying why.
+    std::fs::write(&renewed.key, "not a key\n").unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(["ctl", "--admin", &admin, "reload"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("tls.key") && said.contains("no PEM private key"),
+        "{said}"
+    );
+    let t = TlsTrunk::connect(tls, ca.der(), None).await;
+    assert_eq!(serial_and_not_after(&t.served[0]).0, "02");
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
