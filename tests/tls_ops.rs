@@ -314,7 +314,7 @@ async fn closed_within(c: &mut tokio::net::TcpStream, within: Duration) -> usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_in_progress_are_capped_per_source() {
     let s = Setup::start("tls-hs-cap", |_, _| {
-        "max_handshakes_per_source = 3\nhandshake_timeout = \"3s\"".to_owned()
+        "max_handshakes_per_source = 3\nhandshake_timeout = \"4s\"".to_owned()
     })
     .await;
     let tls = s.proxy.tls_inbound().expect("TLS listeners").clone();
@@ -336,7 +336,7 @@ async fn handshakes_in_progress_are_capped_per_source() {
         "closed before any TLS"
     );
     assert!(
-        opened.elapsed() < Duration::from_secs(3),
+        opened.elapsed() < Duration::from_secs(4),
         "by the cap, not the timeout"
     );
     eventually("counted as limit", || s.handshakes(Handshake::Limit) == 1).await;
@@ -362,7 +362,7 @@ async fn handshakes_in_progress_are_capped_per_source() {
         closed_within(c, WAIT).await;
     }
     assert!(
-        opened.elapsed() >= Duration::from_secs(3),
+        opened.elapsed() >= Duration::from_secs(4),
         "held until the timeout"
     );
     eventually("counted as timeouts, slots back", || {
