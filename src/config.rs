@@ -274,17 +274,15 @@ impl Tls {
             crl: crl.as_deref().map(str::as_bytes),
         };
         let server = crate::transport::tls::server_identity(&files).map_err(|e| {
+            // A file is only named in an error once it was read.
             let (key, path) = match e.file {
-                PemFile::Certificate => ("tls.certificate", &self.certificate),
-                PemFile::Key => ("tls.key", &self.key),
-                // Only read when configured.
-                PemFile::ClientCa => (
-                    "tls.client_ca",
-                    self.client_ca.as_ref().unwrap_or(&self.key),
-                ),
-                PemFile::Crl => ("tls.crl", self.crl.as_ref().unwrap_or(&self.key)),
+                PemFile::Certificate => ("tls.certificate", Some(&self.certificate)),
+                PemFile::Key => ("tls.key", Some(&self.key)),
+                PemFile::ClientCa => ("tls.client_ca", self.client_ca.as_ref()),
+                PemFile::Crl => ("tls.crl", self.crl.as_ref()),
             };
-            file_err(key, &base.join(path), e.reason)
+            let path = path.map(|p| base.join(p)).unwrap_or_default();
+            file_err(key, &path, e.reason)
         })?;
         self.server = Some(TlsServer(std::sync::Arc::new(server)));
         Ok(())
