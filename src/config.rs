@@ -164,8 +164,10 @@ impl Default for Tcp {
 }
 
 /// `[tls]`: our identity on the TLS listeners (Kamailio `tls.cfg`
-/// `[server:default]` `certificate` / `private_key`). The connections
-/// themselves follow `[tcp]`: caps, idle and message timeouts.
+/// `[server:default]` `certificate` / `private_key`, `ca_list` with
+/// `require_certificate`, `crl`). The connections themselves follow
+/// `[tcp]`: caps, idle and message timeouts. The files are read again on
+/// a reload (SIGHUP, `dispatcher.reload`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
@@ -174,6 +176,15 @@ pub struct Tls {
     pub certificate: PathBuf,
     /// PEM private key of the leaf.
     pub key: PathBuf,
+    /// PEM bundle of the CAs inbound clients' certificates must chain to:
+    /// when set, a client without such a certificate is refused (mutual
+    /// TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// PEM CRLs of `client_ca`'s CAs: a client certificate they revoke,
+    /// or whose issuer has none here, is refused. Needs `client_ca`.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
     /// A TLS handshake not done this long after the connection opened
     /// closes it (a client that opens and says nothing holds a slot only
     /// this long).
@@ -194,7 +205,12 @@ pub struct Tls {
     /// Its key; default: `key`.
     #[serde(default)]
     pub client_key: Option<PathBuf>,
-    /// The server config built from the two files at start.
+    /// Handshakes in progress from one source (an IPv4 address, an IPv6
+    /// /64) at most; a connection beyond is closed at once, so a slow or
+    /// hostile client cannot pin memory with half-done handshakes.
+    #[serde(default = "default_tls_handshakes_per_source")]
+    pub max_handshakes_per_source: usize,
+    /// The server identity built from the files at start.
     #[serde(skip)]
     pub server: Option<TlsServer>,
     /// The client configs (outbound TLS) built from the files at start.
@@ -219,11 +235,14 @@ impl Eq for TlsClientConfigs {}
 fn default_tls_handshake() -> Duration {
     Duration::from_secs(5)
 }
+fn default_tls_handshakes_per_source() -> usize {
+    8
+}
 
-/// The rustls server config made from `[tls]`'s files (compared by
-/// identity: two loads are never the same).
+/// The server identity made from `[tls]`'s files (compared by identity:
+/// two loads are never the same).
 #[derive(Clone)]
-pub struct TlsServer(pub std::sync::Arc<rustls::ServerConfig>);
+pub struct TlsServer(pub std::sync::Arc<crate::transport::tls::ServerIdentity>);
 
 impl PartialEq for TlsServer {
     fn eq(&self, other: &Self) -> bool {
@@ -241,37 +260,63 @@ impl fmt::Debug for TlsServer {
 }
 
 impl Tls {
-    /// Reads the certificate and key (relative to `base`) and checks that
-    /// rustls takes them and that they belong together.
+    /// Reads the files (relative to `base`) and checks that rustls takes
+    /// them: the chain and its key belong together, the client CAs and
+    /// CRLs are usable.
     fn resolve(&mut self, base: &Path) -> Result<(), Violation> {
-        use crate::transport::tls::PemFile;
+        use crate::transport::tls::{PemFile, ServerFiles};
+        let file_err = |key: &str, path: &Path, reason: String| Violation {
+            key: key.to_owned(),
+            rule: Rule::TlsFile {
+                file: path.display().to_string(),
+                reason,
+            },
+        };
         let read = |key: &str, path: &Path| {
             let path = base.join(path);
-            read_small_file(&path).map_err(|e| Violation {
-                key: key.to_owned(),
-                rule: Rule::TlsFile {
-                    file: path.display().to_string(),
-                    reason: e.to_string(),
-                },
-            })
+            read_small_file(&path).map_err(|e| file_err(key, &path, e.to_string()))
         };
+        if self.crl.is_some() && self.client_ca.is_none() {
+            return Err(Violation {
+                key: "tls.crl".to_owned(),
+                rule: Rule::CrlWithoutClientCa,
+            });
+        }
         let chain = read("tls.certificate", &self.certificate)?;
         let key = read("tls.key", &self.key)?;
-        let server = crate::transport::tls::server_config(chain.as_bytes(), key.as_bytes())
-            .map_err(|e| {
-                let (key, path) = match e.file {
-                    PemFile::Certificate => ("tls.certificate", &self.certificate),
-                    PemFile::Key => ("tls.key", &self.key),
-                };
-                Violation {
-                    key: key.to_owned(),
-                    rule: Rule::TlsFile {
-                        file: base.join(path).display().to_string(),
-                        reason: e.reason,
-                    },
-                }
-            })?;
-        self.server = Some(TlsServer(server));
+        let client_ca = match &self.client_ca {
+            Some(p) => Some(read("tls.client_ca", p)?),
+            None => None,
+        };
+        let crl = match &self.crl {
+            Some(p) => Some(read("tls.crl", p)?),
+            None => None,
+        };
+        let chain_path = base.join(&self.certificate).display().to_string();
+        let ca_path = self
+            .client_ca
+            .as_ref()
+            .map(|p| base.join(p).display().to_string());
+        let files = ServerFiles {
+            chain: (&chain_path, chain.as_bytes()),
+            key: key.as_bytes(),
+            client_ca: ca_path
+                .as_deref()
+                .zip(client_ca.as_deref().map(str::as_bytes)),
+            crl: crl.as_deref().map(str::as_bytes),
+        };
+        let server = crate::transport::tls::server_identity(&files).map_err(|e| {
+            // A file is only named in an error once it was read.
+            let (key, path) = match e.file {
+                PemFile::Certificate => ("tls.certificate", Some(&self.certificate)),
+                PemFile::Key => ("tls.key", Some(&self.key)),
+                PemFile::ClientCa => ("tls.client_ca", self.client_ca.as_ref()),
+                PemFile::Crl => ("tls.crl", self.crl.as_ref()),
+            };
+            let path = path.map(|p| base.join(p)).unwrap_or_default();
+            file_err(key, &path, e.reason)
+        })?;
+        self.server = Some(TlsServer(std::sync::Arc::new(server)));
         self.client = Some(TlsClientConfigs(self.client_configs(base)?));
         Ok(())
     }
@@ -881,6 +926,7 @@ pub const COUNT_RANGES: &[(&str, u64, u64)] = &[
     ("limits.transactions", 100, 10_000_000),
     ("tcp.max_connections", 1, 1_000_000),
     ("tcp.max_connections_per_source", 1, 1_000_000),
+    ("tls.max_handshakes_per_source", 1, 1_000_000),
     ("security.rate_limit.requests", 1, 1_000_000),
     ("probe.failure_threshold", 1, 100),
     ("probe.success_threshold", 1, 100),
@@ -1342,6 +1388,11 @@ pub enum Rule {
          and [tls] certificate and key"
     )]
     TlsWithoutListener(SipUri),
+    #[error(
+        "a CRL is checked against client certificates, which are only asked for with \
+         [tls] client_ca = \"carriers.pem\"; add it, or remove crl"
+    )]
+    CrlWithoutClientCa,
     #[error("both {0} and {0}_file are given; use one")]
     SecretTwice(String),
     #[error("cannot read {file}: {reason}")]
@@ -1582,7 +1633,13 @@ impl Config {
             self.security
                 .rate_limit
                 .map(|l| ("security.rate_limit.requests", u64::from(l.requests))),
-        ) {
+        )
+        .chain(self.tls.as_ref().map(|t| {
+            (
+                "tls.max_handshakes_per_source",
+                as_u64(t.max_handshakes_per_source),
+            )
+        })) {
             if let Some((min, max)) = range_of(COUNT_RANGES, key) {
                 if !(min..=max).contains(&value) {
                     return fail(key, Rule::CountRange { value, min, max });
@@ -1659,12 +1716,23 @@ impl fmt::Display for Config {
         writeln!(f, "listen udp      {}", udp.join(", "))?;
         if let (false, Some(tls)) = (self.listen.tls.is_empty(), &self.tls) {
             let addrs: Vec<String> = self.listen.tls.iter().map(|a| a.to_string()).collect();
+            let clients = match (&tls.client_ca, &tls.crl) {
+                (None, _) => "no client certificates".to_owned(),
+                (Some(ca), None) => format!("mutual TLS, client_ca {}", ca.display()),
+                (Some(ca), Some(crl)) => format!(
+                    "mutual TLS, client_ca {}, crl {}",
+                    ca.display(),
+                    crl.display()
+                ),
+            };
             writeln!(
                 f,
-                "listen tls      {} (certificate {}, TLS 1.2+, handshake_timeout {})",
+                "listen tls      {} (certificate {}, TLS 1.2+, {clients}, handshake_timeout {}, \
+                 max_handshakes_per_source {})",
                 addrs.join(", "),
                 tls.certificate.display(),
-                DisplayDuration(tls.handshake_timeout)
+                DisplayDuration(tls.handshake_timeout),
+                tls.max_handshakes_per_source
             )?;
         }
         let tls_dests = self

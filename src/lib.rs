@@ -43,7 +43,8 @@
 //!   one forwarding edit (`forward.rs`), the driver of the transaction
 //!   machines (`invite.rs`), every local answer (`rescue.rs`), our
 //!   advertised identity (`me.rs`), the opaque route hint (`hint.rs`,
-//!   `[cluster] secret`), the prober and the reload.
+//!   `[cluster] secret`), the prober and the reload (the destinations,
+//!   and the TLS identities it puts in force: `tls.rs`).
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.

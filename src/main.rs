@@ -64,7 +64,7 @@ enum CtlAction {
         set: u32,
         uri: String,
     },
-    /// dispatcher.reload: re-read the destinations.
+    /// dispatcher.reload: re-read the destinations and the TLS certificates.
     Reload,
     /// dispatcher.ping_active: `on`, `off`, or nothing to read it.
     PingActive { state: Option<String> },

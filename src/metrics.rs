@@ -30,6 +30,7 @@ use prometheus::{
 use crate::dialog::Removal;
 use crate::dispatcher::health::{ProbeResult, State};
 use crate::sip::{Method, SipError};
+use crate::transport::tls::{CertExpiry, Handshake};
 
 /// Whether a destination takes new calls: 1 when its state is `active` or
 /// `trying` (Kamailio's `ds_select_dst` still selects a trying node), else
@@ -115,6 +116,22 @@ pub const ADMIN_EVENTS_TOTAL: &str = "sipedge_admin_events_total";
 /// ignored, and a rising `forged` count is someone forging ICMP. Label:
 /// `result` ([`IcmpResult`]).
 pub const ICMP_ERRORS_TOTAL: &str = "sipedge_icmp_errors_total";
+/// TLS handshakes by outcome. Labels: `direction` (`inbound`: on our TLS
+/// listeners; `outbound`: connections we open to nodes and trunks),
+/// `result` (`ok`, `failed`, `timeout`) and `reason` (`none` for `ok`;
+/// `timeout`; for `failed`: `no_certificate`, `bad_certificate`,
+/// `unknown_ca`, `wrong_name` (outbound: RFC 5922 identity), `expired`,
+/// `revoked`, `alert` (the peer refused us), `protocol`, `closed`,
+/// `limit`, `other`: [`crate::transport::tls::Handshake`]).
+pub const TLS_HANDSHAKES_TOTAL: &str = "sipedge_tls_handshakes_total";
+/// SIP over TLS connections open now (handshake done). Label: `direction`.
+pub const TLS_CONNECTIONS: &str = "sipedge_tls_connections";
+/// Seconds until each configured certificate file stops being valid (the
+/// earliest `notAfter` in it; negative once expired), as of the scrape.
+/// Labels: `certificate` (`server`: `[tls] certificate`; `client_ca`:
+/// `[tls] client_ca`), `file`. The files in force: set at start, replaced
+/// on a reload.
+pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "sipedge_tls_certificate_expiry_seconds";
 
 /// Every metric name above, for tests and tools that check an exposition.
 pub const ALL_NAMES: &[&str] = &[
@@ -142,6 +159,9 @@ pub const ALL_NAMES: &[&str] = &[
     REGISTRY_UP,
     ADMIN_EVENTS_TOTAL,
     ICMP_ERRORS_TOTAL,
+    TLS_HANDSHAKES_TOTAL,
+    TLS_CONNECTIONS,
+    TLS_CERTIFICATE_EXPIRY_SECONDS,
 ];
 
 /// Buckets of [`PROBE_DURATION_SECONDS`]: an OPTIONS round trip on a LAN
@@ -248,6 +268,21 @@ impl Label for State {
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// An inbound TLS handshake's outcome labels its series by `result` and
+/// `reason` (the transport's own fixed set).
+impl Label for Handshake {
+    const VALUES: &'static [Self] = &Handshake::ALL;
+
+    #[cfg(test)]
+    fn label(self) -> &'static str {
+        self.reason()
+    }
+
+    fn index(self) -> usize {
+        Handshake::index(self)
     }
 }
 
@@ -717,6 +752,21 @@ impl MisadvertisedMetrics {
     }
 }
 
+/// One direction's TLS series, brought up to its counters.
+fn sync_tls_direction(
+    handshakes: &PerLabel<Handshake, IntCounter>,
+    connections: &IntGauge,
+    stats: &crate::transport::tls::TlsStats,
+) {
+    connections.set(saturating_i64(stats.open()));
+    for (h, c) in handshakes.iter() {
+        let (total, seen) = (stats.handshakes(h), c.get());
+        if total > seen {
+            c.inc_by(total - seen);
+        }
+    }
+}
+
 fn saturating_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -738,6 +788,11 @@ pub struct Metrics {
     transactions: IntGauge,
     tcp_connections: IntGauge,
     tcp_events: PerLabel<TcpEvent, IntCounter>,
+    tls_inbound_handshakes: PerLabel<Handshake, IntCounter>,
+    tls_inbound_connections: IntGauge,
+    tls_outbound_handshakes: PerLabel<Handshake, IntCounter>,
+    tls_outbound_connections: IntGauge,
+    tls_expiry: IntGaugeVec,
     admin_events: PerLabel<AdminEvent, IntCounter>,
     icmp_errors: PerLabel<IcmpResult, IntCounter>,
     node_misadvertised: IntCounterVec,
@@ -871,6 +926,49 @@ impl Metrics {
                     "What happened to TCP connections, by event.",
                 ),
                 &["event"],
+            ),
+        )?;
+        let tls_handshakes = register(
+            r,
+            TLS_HANDSHAKES_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    TLS_HANDSHAKES_TOTAL,
+                    "TLS handshakes, by direction, result and reason.",
+                ),
+                &["direction", "result", "reason"],
+            ),
+        )?;
+        let tls_connections = register(
+            r,
+            TLS_CONNECTIONS,
+            IntGaugeVec::new(
+                Opts::new(
+                    TLS_CONNECTIONS,
+                    "SIP over TLS connections open now, by direction.",
+                ),
+                &["direction"],
+            ),
+        )?;
+        let tls_direction = |direction: &str| {
+            tls_connections
+                .get_metric_with_label_values(&[direction])
+                .map_err(|source| MetricsError::Series {
+                    metric: TLS_CONNECTIONS,
+                    source,
+                })
+        };
+        let tls_inbound_connections = tls_direction("inbound")?;
+        let tls_outbound_connections = tls_direction("outbound")?;
+        let tls_expiry = register(
+            r,
+            TLS_CERTIFICATE_EXPIRY_SECONDS,
+            IntGaugeVec::new(
+                Opts::new(
+                    TLS_CERTIFICATE_EXPIRY_SECONDS,
+                    "Seconds until each configured certificate file's earliest notAfter.",
+                ),
+                &["certificate", "file"],
             ),
         )?;
         let admin_events = register(
@@ -1039,6 +1137,15 @@ impl Metrics {
             tcp_events: PerLabel::resolve(TCP_EVENTS_TOTAL, |e: TcpEvent| {
                 tcp_events.get_metric_with_label_values(&[e.as_str()])
             })?,
+            tls_inbound_handshakes: PerLabel::resolve(TLS_HANDSHAKES_TOTAL, |h: Handshake| {
+                tls_handshakes.get_metric_with_label_values(&["inbound", h.result(), h.reason()])
+            })?,
+            tls_inbound_connections,
+            tls_outbound_handshakes: PerLabel::resolve(TLS_HANDSHAKES_TOTAL, |h: Handshake| {
+                tls_handshakes.get_metric_with_label_values(&["outbound", h.result(), h.reason()])
+            })?,
+            tls_outbound_connections,
+            tls_expiry,
             admin_events: PerLabel::resolve(ADMIN_EVENTS_TOTAL, |e: AdminEvent| {
                 admin_events.get_metric_with_label_values(&[e.as_str()])
             })?,
@@ -1245,6 +1352,54 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Brings the inbound TLS series up to the listeners' own counters,
+    /// and each configured certificate's time left as of `now` (this runs
+    /// at scrape time; the files in force are the identity's).
+    pub fn sync_tls_inbound(
+        &self,
+        stats: &crate::transport::tls::TlsStats,
+        expiries: &[CertExpiry],
+        now: std::time::SystemTime,
+    ) {
+        sync_tls_direction(
+            &self.tls_inbound_handshakes,
+            &self.tls_inbound_connections,
+            stats,
+        );
+        let now = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        // A reload may name other files: only those in force are exported.
+        self.tls_expiry.reset();
+        for e in expiries {
+            if let Ok(g) = self
+                .tls_expiry
+                .get_metric_with_label_values(&[e.certificate, &e.file])
+            {
+                g.set(e.not_after.saturating_sub(now));
+            }
+        }
+    }
+
+    /// Brings the outbound TLS series up to the client side's counters.
+    pub fn sync_tls_outbound(&self, stats: &crate::transport::tls::TlsStats) {
+        sync_tls_direction(
+            &self.tls_outbound_handshakes,
+            &self.tls_outbound_connections,
+            stats,
+        );
+    }
+
+    /// Outbound TLS handshakes that ended as `outcome`, as last synced.
+    pub fn tls_outbound_handshakes(&self, outcome: Handshake) -> u64 {
+        get(&self.tls_outbound_handshakes, outcome)
+    }
+
+    /// Inbound TLS handshakes that ended as `outcome`, as last synced.
+    pub fn tls_inbound_handshakes(&self, outcome: Handshake) -> u64 {
+        get(&self.tls_inbound_handshakes, outcome)
     }
 
     /// How many times `event` happened to TCP connections, as last synced.
@@ -1540,12 +1695,67 @@ mod tests {
     const URI_A: &str = "sip:10.0.1.10:5080";
     const URI_B: &str = "sip:10.0.1.11:5080";
 
+    fn expiry(certificate: &'static str, file: &str, not_after: i64) -> CertExpiry {
+        CertExpiry {
+            certificate,
+            file: file.to_owned(),
+            not_after,
+        }
+    }
+
+    /// The TLS series follow the listeners' counters, and the expiry
+    /// gauge shows the files in force only, as seconds left at the scrape.
+    #[test]
+    fn tls_series_follow_the_listeners() {
+        use std::time::{Duration, SystemTime};
+        let m = metrics();
+        let stats = crate::transport::tls::TlsStats::default();
+        stats.count(Handshake::Expired);
+        stats.count(Handshake::Expired);
+        stats.count(Handshake::Ok);
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        m.sync_tls_inbound(
+            &stats,
+            &[
+                expiry("server", "a.pem", 1_000),
+                expiry("client_ca", "ca.pem", 5_000),
+            ],
+            at(400),
+        );
+        assert_eq!(m.tls_inbound_handshakes(Handshake::Expired), 2);
+        assert_eq!(m.tls_inbound_handshakes(Handshake::Ok), 1);
+        let text = m.encode();
+        for line in [
+            "sipedge_tls_handshakes_total{direction=\"inbound\",reason=\"expired\",result=\"failed\"} 2",
+            "sipedge_tls_handshakes_total{direction=\"inbound\",reason=\"timeout\",result=\"timeout\"} 0",
+            "sipedge_tls_connections{direction=\"inbound\"} 0",
+            "sipedge_tls_certificate_expiry_seconds{certificate=\"server\",file=\"a.pem\"} 600",
+            "sipedge_tls_certificate_expiry_seconds{certificate=\"client_ca\",file=\"ca.pem\"} 4600",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // A reload names another file; an expired one goes negative.
+        m.sync_tls_inbound(&stats, &[expiry("server", "b.pem", 100)], at(400));
+        let text = m.encode();
+        assert!(!text.contains("a.pem"), "{text}");
+        assert!(
+            text.lines().any(|l| l
+                == "sipedge_tls_certificate_expiry_seconds{certificate=\"server\",file=\"b.pem\"} -300"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn every_name_has_help_and_type_and_nothing_else_is_exported() {
         let m = metrics();
         let _dest = m.register_destination(1, URI_A).expect("destination");
         let _node = m.register_misadvertised(URI_A).expect("node");
         m.enable_registry().expect("registry");
+        m.sync_tls_inbound(
+            &crate::transport::tls::TlsStats::default(),
+            &[expiry("server", "chain.pem", 0)],
+            std::time::SystemTime::UNIX_EPOCH,
+        );
         let s = Scrape::of(&m);
         let expected_type = |name: &str| match name {
             PROBE_DURATION_SECONDS | INVITE_SETUP_SECONDS => "histogram",

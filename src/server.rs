@@ -382,7 +382,9 @@ async fn reload_on_sighup(
         // It reads files: off the SIP workers.
         match tokio::task::spawn_blocking(move || p.reload()).await {
             Ok(Ok(n)) => tracing::info!("SIGHUP: {n} destinations in force"),
-            Ok(Err(e)) => tracing::warn!("SIGHUP: reload refused, pool unchanged: {e}"),
+            Ok(Err(e)) => {
+                tracing::warn!("SIGHUP: reload refused, pool and certificates unchanged: {e}")
+            }
             Err(e) => tracing::warn!("SIGHUP: reload failed: {e}"),
         }
     }

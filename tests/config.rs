@@ -490,8 +490,9 @@ fn tls_identity(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// `[tls]`: the certificate and key are read at start; each way they can
-/// be unusable is refused naming the file, the key and the reason.
+/// `[tls]`: the certificate and key (and the client CAs and CRLs of
+/// mutual TLS) are read at start; each way they can be unusable is
+/// refused naming the file, the key and the reason.
 #[test]
 fn tls_identity_is_checked_at_start() {
     let dir = std::env::temp_dir().join(format!("sipedge-tls-{}", std::process::id()));
@@ -528,7 +529,8 @@ fn tls_identity_is_checked_at_start() {
     let summary = good.to_string();
     assert!(
         summary.contains(&format!(
-            "listen tls      127.0.0.1:0 (certificate {}, TLS 1.2+, handshake_timeout 5s)",
+            "listen tls      127.0.0.1:0 (certificate {}, TLS 1.2+, no client certificates, \
+             handshake_timeout 5s, max_handshakes_per_source 8)",
             cert.display()
         )),
         "{summary}"
@@ -542,8 +544,85 @@ fn tls_identity_is_checked_at_start() {
         .server
         .is_some());
 
+    // Mutual TLS: a CA bundle and its CRL.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let (ca_file, crl_file) = (dir.join("ca.pem"), dir.join("crl.pem"));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2024, 1, 1),
+        next_update: rcgen::date_time_ymd(2100, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca)
+    .unwrap();
+    std::fs::write(&crl_file, crl.pem().unwrap()).unwrap();
+    let mutual = |ca: &Path, crl: Option<&Path>| {
+        tls(&cert, &key)
+            + &format!("client_ca = \"{}\"\n", ca.display())
+            + &crl.map_or(String::new(), |c| format!("crl = \"{}\"\n", c.display()))
+    };
+    let good = config_with(
+        "tls = [\"127.0.0.1:0\"]",
+        &(mutual(&ca_file, Some(&crl_file)) + "max_handshakes_per_source = 2\n"),
+    )
+    .unwrap();
+    let t = good.tls.as_ref().unwrap();
+    assert!(t.server.as_ref().unwrap().0.mutual);
+    assert_eq!(t.max_handshakes_per_source, 2);
+    let summary = good.to_string();
+    assert!(
+        summary.contains(&format!(
+            "mutual TLS, client_ca {}, crl {}, handshake_timeout 5s, max_handshakes_per_source 2)",
+            ca_file.display(),
+            crl_file.display()
+        )),
+        "{summary}"
+    );
+    let bad_crl = dir.join("bad-crl.pem");
+    std::fs::write(
+        &bad_crl,
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+
     let missing = dir.join("no-such.pem");
     for (tls, key_name, reason) in [
+        (
+            mutual(&missing, None),
+            "tls.client_ca",
+            "no-such.pem: No such file",
+        ),
+        (
+            mutual(&not_pem, None),
+            "tls.client_ca",
+            "not.pem: no \"BEGIN CERTIFICATE\" block",
+        ),
+        (
+            tls(&cert, &key) + &format!("crl = \"{}\"\n", crl_file.display()),
+            "tls.crl",
+            "only asked for with [tls] client_ca",
+        ),
+        (
+            mutual(&ca_file, Some(&not_pem)),
+            "tls.crl",
+            "not.pem: no \"BEGIN X509 CRL\" block",
+        ),
+        (
+            mutual(&ca_file, Some(&bad_crl)),
+            "tls.crl",
+            "bad-crl.pem: not a usable CRL",
+        ),
+        (
+            tls(&cert, &key) + "max_handshakes_per_source = 0\n",
+            "tls.max_handshakes_per_source",
+            "0 is out of range; use 1 to",
+        ),
         (
             String::new(),
             "listen.tls",

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use pki::{Leaf, TestCa};
 use rustls::pki_types::CertificateDer;
 use sipedge::sip::{frame_stream, HeaderName, StreamFrame, Via};
-use sipedge::transport::tls_client::{Failure, Outcome};
+use sipedge::transport::tls::Handshake;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
@@ -353,8 +353,8 @@ impl Setup {
         }
     }
 
-    fn handshakes(&self, o: Outcome) -> u64 {
-        self.proxy.tls_client().stats().get(o)
+    fn handshakes(&self, o: Handshake) -> u64 {
+        self.proxy.tls_client().stats().handshakes(o)
     }
 }
 
@@ -458,7 +458,7 @@ async fn udp_trunk_to_tls_node_full_call_on_one_connection() {
     assert_eq!(hellos.len(), 1);
     assert_eq!(hellos[0].sni.as_deref(), Some("fs1.test"));
     assert!(hellos[0].client_certificate, "our client certificate");
-    assert_eq!(s.handshakes(Outcome::Ok), 1);
+    assert_eq!(s.handshakes(Handshake::Ok), 1);
 }
 
 /// The node presents a certificate for another name: refused, and the
@@ -491,7 +491,7 @@ async fn wrong_name_is_refused_and_the_invite_fails_over_at_once() {
     assert_eq!(n0.accepted(), 1, "it was tried");
     assert!(n0.hellos().is_empty(), "its handshake did not complete");
     n0.expect_nothing(Duration::ZERO).await;
-    assert_eq!(s.handshakes(Outcome::Failed(Failure::Name)), 1);
+    assert_eq!(s.handshakes(Handshake::WrongName), 1);
     let hellos = n1.hellos();
     assert_eq!(hellos.len(), 1);
     assert_eq!(hellos[0].sni, None, "no SNI for an IP literal");
@@ -522,7 +522,7 @@ async fn wildcard_certificates_follow_the_setting() {
         assert_our_via_over(&inv, s.tls_addr, "TLS");
         other.expect_nothing(Duration::ZERO).await;
         assert_eq!(
-            s.handshakes(Outcome::Failed(Failure::Name)),
+            s.handshakes(Handshake::WrongName),
             u64::from(!wildcards),
             "wildcards = {wildcards}"
         );
@@ -569,20 +569,28 @@ async fn failed_and_stalled_handshakes_fail_over_before_fr_timeout() {
     for n in [&n0, &ne, &n1, &n2] {
         assert_eq!(n.accepted(), 1, "{} was tried", n.name);
     }
-    assert_eq!(s.handshakes(Outcome::Failed(Failure::Untrusted)), 1);
-    assert_eq!(s.handshakes(Outcome::Failed(Failure::Expired)), 1);
-    assert_eq!(
-        s.handshakes(Outcome::Failed(Failure::Protocol)),
-        1,
-        "not TLS"
-    );
-    assert_eq!(s.handshakes(Outcome::Timeout), 1);
-    assert_eq!(s.handshakes(Outcome::Ok), 1);
-    let failed: u64 = Failure::ALL
+    assert_eq!(s.handshakes(Handshake::UnknownCa), 1);
+    assert_eq!(s.handshakes(Handshake::Expired), 1);
+    assert_eq!(s.handshakes(Handshake::Protocol), 1, "not TLS");
+    assert_eq!(s.handshakes(Handshake::Timeout), 1);
+    assert_eq!(s.handshakes(Handshake::Ok), 1);
+    let failed: u64 = Handshake::ALL
         .iter()
-        .map(|&f| s.handshakes(Outcome::Failed(f)))
+        .filter(|h| h.result() == "failed")
+        .map(|&h| s.handshakes(h))
         .sum();
     assert_eq!(failed, 3, "the untrusted, the expired and the plain node");
+    // The same counts, exported.
+    let text = s.proxy.metrics().encode();
+    for line in [
+        "sipedge_tls_handshakes_total{direction=\"outbound\",reason=\"unknown_ca\",result=\"failed\"} 1",
+        "sipedge_tls_handshakes_total{direction=\"outbound\",reason=\"expired\",result=\"failed\"} 1",
+        "sipedge_tls_handshakes_total{direction=\"outbound\",reason=\"timeout\",result=\"timeout\"} 1",
+        "sipedge_tls_handshakes_total{direction=\"outbound\",reason=\"none\",result=\"ok\"} 1",
+        "sipedge_tls_connections{direction=\"outbound\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
 }
 
 /// `tls_verify = false` accepts a self-signed certificate for another
@@ -606,8 +614,8 @@ async fn tls_verify_false_accepts_a_self_signed_node() {
     assert_our_via_over(&inv, s.tls_addr, "TLS");
     assert_eq!(checked.accepted(), 1, "tried first");
     checked.expect_nothing(Duration::ZERO).await;
-    assert_eq!(s.handshakes(Outcome::Failed(Failure::Untrusted)), 1);
-    assert_eq!(s.handshakes(Outcome::Ok), 1);
+    assert_eq!(s.handshakes(Handshake::UnknownCa), 1);
+    assert_eq!(s.handshakes(Handshake::Ok), 1);
 }
 
 /// A node's call out to a carrier that speaks only TLS: a `sips:`
@@ -664,7 +672,7 @@ async fn node_calls_a_tls_trunk_by_sips_uri_and_contact() {
         .await;
     let got = node.recv_until(|r| r.status() == Some(200)).await;
     assert_only_via(got.last().unwrap(), &branch);
-    assert_eq!(s.handshakes(Outcome::Ok), 2);
+    assert_eq!(s.handshakes(Handshake::Ok), 2);
 }
 
 /// `dispatcher.reload` puts the destinations' new TLS identities in force:
@@ -687,7 +695,7 @@ async fn reload_puts_new_identities_in_force() {
     .await;
     let _call = call(&s).await;
     n1.recv_request("INVITE").await;
-    assert_eq!(s.handshakes(Outcome::Failed(Failure::Name)), 1);
+    assert_eq!(s.handshakes(Handshake::WrongName), 1);
 
     let text = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(&s.config, text.replace("wrong.test", "fs1.test")).unwrap();
@@ -734,7 +742,7 @@ async fn call_through_kamailio_as_the_tls_node() {
     .await;
     eventually("Kamailio answers our probe over TLS", || {
         s.proxy.pool().status(0).state == sipedge::dispatcher::health::State::Active
-            && s.handshakes(Outcome::Ok) == 1
+            && s.handshakes(Handshake::Ok) == 1
     })
     .await;
 
@@ -783,13 +791,14 @@ async fn call_through_kamailio_as_the_tls_node() {
     assert_only_via(got.last().unwrap(), &branch);
 
     assert_eq!(
-        s.handshakes(Outcome::Ok),
+        s.handshakes(Handshake::Ok),
         1,
         "one TLS connection for everything"
     );
-    let failed: u64 = Failure::ALL
+    let failed: u64 = Handshake::ALL
         .iter()
-        .map(|&f| s.handshakes(Outcome::Failed(f)))
+        .filter(|h| h.result() == "failed")
+        .map(|&h| s.handshakes(h))
         .sum();
     assert_eq!(failed, 0, "Kamailio log:\n{}", k.log());
 }
@@ -843,7 +852,7 @@ async fn a_carrier_by_host_name_proves_that_name() {
     );
     node.send(out.invite(SDP_AUDIO), s.addr).await;
     node.recv_until(|r| r.status() == Some(503)).await;
-    assert_eq!(s.handshakes(Outcome::Failed(Failure::Name)), 1);
+    assert_eq!(s.handshakes(Handshake::WrongName), 1);
     assert_eq!(carrier.accepted(), 2);
     carrier.expect_nothing(Duration::ZERO).await;
 }

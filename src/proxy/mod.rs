@@ -37,6 +37,7 @@ mod rescue;
 mod response;
 mod route;
 mod shared;
+mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -203,11 +204,13 @@ impl Proxy {
             let Some(server) = &tls.server else {
                 return Err(ProxyError::TlsNotLoaded);
             };
-            let serving = crate::transport::TlsServing {
-                config: server.0.clone(),
-                handshake_timeout: tls.handshake_timeout,
-            };
-            transports = transports.with_tls(tls_listeners, serving)?;
+            let inbound = crate::transport::tls::TlsInbound::new(
+                server.0.clone(),
+                tls.handshake_timeout,
+                tls.max_handshakes_per_source,
+            );
+            tls::warn_expiring(&server.0.expiries, std::time::SystemTime::now());
+            transports = transports.with_tls(tls_listeners, inbound)?;
         } else if !tls_listeners.is_empty() {
             return Err(ProxyError::TlsNotLoaded);
         }
@@ -346,6 +349,12 @@ impl Proxy {
     /// (`stats()`), the identities it checks.
     pub fn tls_client(&self) -> &crate::transport::TlsClient {
         self.transports.tls_client()
+    }
+
+    /// The TLS listeners' identity in force, handshakes in progress and
+    /// counters (`None` without TLS listeners).
+    pub fn tls_inbound(&self) -> Option<&Arc<crate::transport::tls::TlsInbound>> {
+        self.transports.tls_inbound()
     }
 
     /// Serves until `cancel` fires: the transports' receive loops, the
@@ -515,6 +524,15 @@ impl Proxy {
         }
         self.metrics
             .sync_tcp(self.tcp().stats(), self.tcp().connections());
+        self.metrics
+            .sync_tls_outbound(self.transports.tls_client().stats());
+        if let Some(tls) = self.transports.tls_inbound() {
+            self.metrics.sync_tls_inbound(
+                tls.stats(),
+                &tls.identity().expiries,
+                std::time::SystemTime::now(),
+            );
+        }
         &self.metrics
     }
 

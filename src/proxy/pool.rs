@@ -209,9 +209,12 @@ impl Proxy {
     }
 
     /// `dispatcher.reload`: re-reads the destinations (the `[dispatcher]`
-    /// section and its list file) and swaps the pool. Nodes that stay keep
-    /// their state; calls in progress keep their node. Other settings need
-    /// a restart. Returns the number of destinations now in force.
+    /// section and its list file) and swaps the pool, and the TLS
+    /// certificates for new connections ([`Proxy::reload_tls`]). Nodes
+    /// that stay keep their state; calls in progress keep their node and
+    /// established connections their certificate. A config refused
+    /// (a bad certificate file too) changes nothing. Other settings need a
+    /// restart. Returns the number of destinations now in force.
     pub fn reload(&self) -> Result<usize, ReloadError> {
         let Ok(_one) = self.reload.one.try_lock() else {
             return Err(ReloadError::InProgress);
@@ -248,6 +251,9 @@ impl Proxy {
         }
         self.pool.store(Arc::new(new));
         configure_tls_client(&cfg, self.transports.tls_client());
+        if let Some(done) = self.reload_tls(&cfg) {
+            tracing::info!("{done}");
+        }
         tracing::info!(
             destinations = count,
             "dispatcher reloaded from {}",

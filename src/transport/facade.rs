@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::tls::TlsInbound;
 use super::udp::IcmpReport;
 use super::{
     Inbound, OnMessage, Peer, PerTransport, Privileged, TcpError, TcpOptions, TcpTransport,
@@ -60,14 +61,6 @@ pub trait Handler: Send + Sync + 'static {
     fn after_batch(&self) {}
 }
 
-/// What the TLS listeners serve: our identity, and how long a handshake
-/// may take.
-#[derive(Clone)]
-pub struct TlsServing {
-    pub config: Arc<rustls::ServerConfig>,
-    pub handshake_timeout: std::time::Duration,
-}
-
 /// Every transport's sockets, receive loops and sends (see the module
 /// doc).
 pub struct Transports<H> {
@@ -80,7 +73,7 @@ pub struct Transports<H> {
     pending_tcp: Mutex<Vec<std::net::TcpListener>>,
     /// Bound TLS listeners and what they serve, likewise.
     pending_tls: Mutex<Vec<std::net::TcpListener>>,
-    tls: Option<TlsServing>,
+    tls: Option<Arc<TlsInbound>>,
     /// The connections we open over TLS: trust, our client certificate,
     /// each peer's identity.
     tls_client: Arc<TlsClient>,
@@ -144,7 +137,7 @@ impl<H: Handler> Transports<H> {
     pub fn with_tls(
         mut self,
         listeners: Vec<std::net::TcpListener>,
-        tls: TlsServing,
+        tls: Arc<TlsInbound>,
     ) -> io::Result<Transports<H>> {
         self.listening[Transport::Tls] = listeners
             .iter()
@@ -177,7 +170,7 @@ impl<H: Handler> Transports<H> {
         };
         if let Some(tls) = &self.tls {
             for l in listeners {
-                super::tls::serve(&self.tcp, l, tls.config.clone(), tls.handshake_timeout)?;
+                super::tls::serve(&self.tcp, l, tls.clone())?;
             }
         }
         Ok(())
@@ -216,6 +209,12 @@ impl<H: Handler> Transports<H> {
     /// reload) and to read the handshake counters from.
     pub fn tls_client(&self) -> &TlsClient {
         &self.tls_client
+    }
+
+    /// The TLS listeners' identity in force and counters, when there are
+    /// TLS listeners.
+    pub fn tls_inbound(&self) -> Option<&Arc<TlsInbound>> {
+        self.tls.as_ref()
     }
 
     /// Sends `bytes` to `to` over its transport, without waiting. Over

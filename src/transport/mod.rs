@@ -14,8 +14,9 @@
 //! - `tcp`: SIP over TCP: listeners, one connection per peer, stream
 //!   framing, keep-alives, idle timeout, connection cap; the connection
 //!   machinery is generic over the byte stream, so TLS runs on it too.
-//! - `tls`: SIP over TLS: our identity (checked at start) and the
-//!   listeners (handshake with a timeout, then `tcp`'s machinery).
+//! - `tls`: SIP over TLS, server side: our identity (checked at start,
+//!   swapped on reload), mutual TLS, the listeners (handshakes bounded in
+//!   time and per source, then `tcp`'s machinery), their counters.
 //! - `tls_client`: SIP over TLS, the connections we open: what we trust,
 //!   the certificate we present, and the RFC 5922 identity each peer must
 //!   show ([`TlsClient`]).
@@ -32,7 +33,7 @@ pub mod tls_client;
 pub mod udp;
 
 pub use egress::Egress;
-pub use facade::{Handler, TlsServing, Transports};
+pub use facade::{Handler, Transports};
 pub use tcp::{
     admit, bind_stream, bind_tcp, ConnId, OnMessage, Privileged, Refused, TcpError, TcpOptions,
     TcpStats, TcpTransport,

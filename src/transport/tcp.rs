@@ -147,7 +147,7 @@ pub struct TcpStats {
     /// Sends refused because the connection's queue was full.
     pub send_queue_full: AtomicU64,
     /// Outgoing connects that failed or timed out (for TLS: the
-    /// handshake too; its reason is in [`super::tls_client::HandshakeStats`]).
+    /// handshake too; its reason is in [`super::tls::TlsStats`]).
     pub connect_failed: AtomicU64,
 }
 
@@ -644,14 +644,14 @@ const REFUSAL_LOG_SOURCES: usize = 4096;
 
 /// When each refused source was last logged, and its refusals since.
 #[derive(Default)]
-struct RefusalLog {
+pub(super) struct RefusalLog {
     last: DashMap<IpAddr, (Instant, u64)>,
 }
 
 impl RefusalLog {
     /// `Some(refusals not logged since the source's last line)` when this
     /// one is to be logged.
-    fn should_log(&self, ip: IpAddr, now: Instant) -> Option<u64> {
+    pub(super) fn should_log(&self, ip: IpAddr, now: Instant) -> Option<u64> {
         use dashmap::mapref::entry::Entry;
         if self.last.len() >= REFUSAL_LOG_SOURCES {
             self.last

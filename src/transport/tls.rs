@@ -1,27 +1,38 @@
 //! SIP over TLS (RFC 3261 §26.2, RFC 5630): the server side. Our
-//! identity (certificate chain and key, checked at start) and the
-//! listeners, whose accepted connections, once the handshake is done,
-//! run the same stream machinery as TCP (`tcp.rs`): framing, CRLF
-//! keep-alives, idle and message timeouts, the connection caps.
+//! identity (certificate chain and key, optionally the CAs and CRLs that
+//! client certificates are checked against; checked at start, swapped on
+//! reload) and the listeners, whose accepted connections, once the
+//! handshake is done, run the same stream machinery as TCP (`tcp.rs`):
+//! framing, CRLF keep-alives, idle and message timeouts, the connection
+//! caps.
 //!
 //! rustls with the ring provider; TLS 1.2 and 1.3 only.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
 
+use super::tcp::{source, RefusalLog};
 use super::{TcpTransport, Transport};
 
-/// Which of the two PEM files a [`TlsSetupError`] is about.
+/// Which `[tls]` file a [`TlsSetupError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PemFile {
     Certificate,
     Key,
+    ClientCa,
+    Crl,
 }
 
 /// Why our identity cannot be used: which file, and the reason.
@@ -46,26 +57,101 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Our server config from a PEM chain (leaf first) and a PEM private key
-/// (PKCS#8, PKCS#1 or SEC1): refused when either holds nothing usable or
-/// when the key is not the leaf certificate's.
-pub fn server_config(
-    chain_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+/// The `[tls]` files of the server side, read: contents, and the path
+/// each was read from (for the expiry metric's `file` label).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerFiles<'a> {
+    /// PEM chain, leaf first.
+    pub chain: (&'a str, &'a [u8]),
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key: &'a [u8],
+    /// PEM bundle of the CAs client certificates must chain to (mutual
+    /// TLS); `None`: no client certificate asked for.
+    pub client_ca: Option<(&'a str, &'a [u8])>,
+    /// PEM CRLs the client's certificate is checked against.
+    pub crl: Option<&'a [u8]>,
+}
+
+/// When a configured certificate file stops being valid: the earliest
+/// `notAfter` of the certificates in it (a chain is only as valid as its
+/// first certificate to expire; a CA bundle's alert should fire on any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    /// What it is, as the metric's `certificate` label: `server`,
+    /// `client_ca`.
+    pub certificate: &'static str,
+    /// The file, as configured and resolved.
+    pub file: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Our server identity, built from [`ServerFiles`]: what the listeners
+/// serve, and the expiry of each file's certificates.
+pub struct ServerIdentity {
+    pub config: Arc<rustls::ServerConfig>,
+    pub expiries: Vec<CertExpiry>,
+    /// Client certificates required (`client_ca`).
+    pub mutual: bool,
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the config's own Debug: it would walk the key material.
+        f.debug_struct("ServerIdentity")
+            .field("expiries", &self.expiries)
+            .field("mutual", &self.mutual)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The certificates of a PEM file, refused when there are none.
+fn certificates(pem: &[u8], file: PemFile) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let err = |reason: String| TlsSetupError { file, reason };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(err(match file {
+            PemFile::ClientCa => {
+                "no \"BEGIN CERTIFICATE\" block; give the PEM certificates of the CAs \
+                 client certificates are issued by"
+                    .into()
+            }
+            _ => "no \"BEGIN CERTIFICATE\" block; give the PEM chain, leaf first".into(),
+        }));
+    }
+    Ok(certs)
+}
+
+/// The earliest `notAfter` of `certs`, in Unix seconds.
+fn earliest_not_after(certs: &[CertificateDer<'_>], file: PemFile) -> Result<i64, TlsSetupError> {
+    let mut earliest = i64::MAX;
+    for (i, der) in certs.iter().enumerate() {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsSetupError {
+            file,
+            reason: format!("certificate {} is not X.509: {e}", i + 1),
+        })?;
+        earliest = earliest.min(cert.validity().not_after.timestamp());
+    }
+    Ok(earliest)
+}
+
+/// Our server identity from its files: refused when a file holds nothing
+/// usable, when the key is not the leaf certificate's, or when the client
+/// CAs or CRLs are not usable.
+pub fn server_identity(files: &ServerFiles<'_>) -> Result<ServerIdentity, TlsSetupError> {
     let cert_err = |reason: String| TlsSetupError {
         file: PemFile::Certificate,
         reason,
     };
-    let chain = CertificateDer::pem_slice_iter(chain_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_err(format!("not a PEM certificate chain: {e}")))?;
-    if chain.is_empty() {
-        return Err(cert_err(
-            "no \"BEGIN CERTIFICATE\" block; give the PEM chain, leaf first".into(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsSetupError {
+    let chain = certificates(files.chain.1, PemFile::Certificate)?;
+    let mut expiries = vec![CertExpiry {
+        certificate: "server",
+        file: files.chain.0.to_owned(),
+        not_after: earliest_not_after(&chain, PemFile::Certificate)?,
+    }];
+    let key = PrivateKeyDer::from_pem_slice(files.key).map_err(|e| TlsSetupError {
         file: PemFile::Key,
         reason: match e {
             rustls::pki_types::pem::Error::NoItemsFound => {
@@ -76,10 +162,32 @@ pub fn server_config(
             e => format!("not a PEM private key: {e}"),
         },
     })?;
+    let verifier = match files.client_ca {
+        None => {
+            if files.crl.is_some() {
+                return Err(TlsSetupError {
+                    file: PemFile::Crl,
+                    reason: "only used with client_ca (CRLs are checked against client \
+                             certificates)"
+                        .into(),
+                });
+            }
+            rustls::server::WebPkiClientVerifier::no_client_auth()
+        }
+        Some((path, pem)) => {
+            let cas = certificates(pem, PemFile::ClientCa)?;
+            expiries.push(CertExpiry {
+                certificate: "client_ca",
+                file: path.to_owned(),
+                not_after: earliest_not_after(&cas, PemFile::ClientCa)?,
+            });
+            client_verifier(cas, files.crl)?
+        }
+    };
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| cert_err(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => TlsSetupError {
@@ -94,25 +202,398 @@ pub fn server_config(
             },
             e => cert_err(format!("not usable: {e}")),
         })?;
-    Ok(Arc::new(config))
+    Ok(ServerIdentity {
+        config: Arc::new(config),
+        expiries,
+        mutual: files.client_ca.is_some(),
+    })
+}
+
+/// Client certificates required and checked against `cas`, and the end
+/// entity's revocation against `crl` (as Kamailio's OpenSSL
+/// `X509_V_FLAG_CRL_CHECK`: a client whose issuer has no CRL in the file is
+/// refused, the CRL's own expiry is not enforced).
+fn client_verifier(
+    cas: Vec<CertificateDer<'static>>,
+    crl: Option<&[u8]>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsSetupError> {
+    let ca_err = |reason: String| TlsSetupError {
+        file: PemFile::ClientCa,
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, ca) in cas.into_iter().enumerate() {
+        roots
+            .add(ca)
+            .map_err(|e| ca_err(format!("certificate {} is not a usable CA: {e}", i + 1)))?;
+    }
+    let mut builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if let Some(pem) = crl {
+        let crl_err = |reason: String| TlsSetupError {
+            file: PemFile::Crl,
+            reason,
+        };
+        let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| crl_err(format!("not PEM CRLs: {e}")))?;
+        if crls.is_empty() {
+            return Err(crl_err("no \"BEGIN X509 CRL\" block".into()));
+        }
+        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    }
+    builder.build().map_err(|e| match e {
+        rustls::server::VerifierBuilderError::InvalidCrl(e) => TlsSetupError {
+            file: PemFile::Crl,
+            reason: format!(
+                "not a usable CRL: {}",
+                rustls::Error::InvalidCertRevocationList(e)
+            ),
+        },
+        e => ca_err(format!("not usable: {e}")),
+    })
+}
+
+/// How an inbound handshake ended: the `result` and `reason` labels of
+/// `sipedge_tls_handshakes_total`. A fixed set: never text from the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Done; the connection carries SIP.
+    Ok,
+    /// Not done within `[tls] handshake_timeout`.
+    Timeout,
+    /// Mutual TLS and the client sent no certificate.
+    NoCertificate,
+    /// The client's certificate is malformed, badly signed or not for
+    /// client use.
+    BadCertificate,
+    /// The peer's certificate does not chain to what we trust (`[tls]
+    /// client_ca` inbound, `ca_list` or the system roots outbound).
+    UnknownCa,
+    /// Outbound: the server's certificate does not name the peer we
+    /// connected to (RFC 5922 §7).
+    WrongName,
+    /// The client's certificate is expired or not valid yet.
+    Expired,
+    /// The client's certificate is in `[tls] crl`, or its issuer has no
+    /// CRL there.
+    Revoked,
+    /// The peer ended the handshake with an alert (it refused our
+    /// certificate, or wanted one we did not have).
+    Alert,
+    /// Not TLS, or TLS we do not speak (an old version, no common cipher).
+    Protocol,
+    /// The client closed the connection before the handshake was done.
+    Closed,
+    /// Refused before the handshake: `[tls] max_handshakes_per_source`.
+    Limit,
+    /// Anything else.
+    Other,
+}
+
+impl Handshake {
+    /// Every value, in the order of [`TlsStats`]'s counters.
+    pub const ALL: [Handshake; 13] = [
+        Handshake::Ok,
+        Handshake::Timeout,
+        Handshake::NoCertificate,
+        Handshake::BadCertificate,
+        Handshake::UnknownCa,
+        Handshake::WrongName,
+        Handshake::Expired,
+        Handshake::Revoked,
+        Handshake::Alert,
+        Handshake::Protocol,
+        Handshake::Closed,
+        Handshake::Limit,
+        Handshake::Other,
+    ];
+
+    /// The `result` label: `ok`, `timeout` or `failed`.
+    pub fn result(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::Timeout => "timeout",
+            _ => "failed",
+        }
+    }
+
+    /// The `reason` label (`none` for a handshake that succeeded).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Handshake::Ok => "none",
+            Handshake::Timeout => "timeout",
+            Handshake::NoCertificate => "no_certificate",
+            Handshake::BadCertificate => "bad_certificate",
+            Handshake::UnknownCa => "unknown_ca",
+            Handshake::WrongName => "wrong_name",
+            Handshake::Expired => "expired",
+            Handshake::Revoked => "revoked",
+            Handshake::Alert => "alert",
+            Handshake::Protocol => "protocol",
+            Handshake::Closed => "closed",
+            Handshake::Limit => "limit",
+            Handshake::Other => "other",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// What a failed handshake's error means (tokio-rustls wraps the
+    /// rustls error in the `io::Error`).
+    pub fn of_error(e: &io::Error) -> Handshake {
+        use rustls::{CertificateError as C, Error as E};
+        if let Some(e) = e.get_ref().and_then(|e| e.downcast_ref::<E>()) {
+            return match e {
+                E::NoCertificatesPresented => Handshake::NoCertificate,
+                E::InvalidCertificate(c) => match c {
+                    C::Expired
+                    | C::ExpiredContext { .. }
+                    | C::NotValidYet
+                    | C::NotValidYetContext { .. } => Handshake::Expired,
+                    C::Revoked
+                    | C::UnknownRevocationStatus
+                    | C::ExpiredRevocationList
+                    | C::ExpiredRevocationListContext { .. } => Handshake::Revoked,
+                    C::UnknownIssuer | C::BadSignature => Handshake::UnknownCa,
+                    C::NotValidForName | C::NotValidForNameContext { .. } => Handshake::WrongName,
+                    _ => Handshake::BadCertificate,
+                },
+                E::InappropriateMessage { .. }
+                | E::InappropriateHandshakeMessage { .. }
+                | E::InvalidMessage(_)
+                | E::PeerIncompatible(_)
+                | E::PeerMisbehaved(_)
+                | E::DecryptError
+                | E::PeerSentOversizedRecord => Handshake::Protocol,
+                E::AlertReceived(_) => Handshake::Alert,
+                _ => Handshake::Other,
+            };
+        }
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Handshake::Closed,
+            _ => Handshake::Other,
+        }
+    }
+}
+
+/// TLS counters of one direction (the listeners', or the connections we
+/// open), read by the metrics at scrape time.
+#[derive(Debug, Default)]
+pub struct TlsStats {
+    handshakes: [AtomicU64; Handshake::ALL.len()],
+    /// TLS connections open now (handshake done).
+    open: AtomicUsize,
+}
+
+impl TlsStats {
+    pub fn handshakes(&self, outcome: Handshake) -> u64 {
+        self.handshakes[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count(&self, outcome: Handshake) {
+        self.handshakes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the TLS listeners share: the identity in force (swapped by a
+/// reload; each accept takes the current one, established connections
+/// keep theirs), the handshake bounds, the handshakes in progress per
+/// source, the counters.
+pub struct TlsInbound {
+    identity: ArcSwap<ServerIdentity>,
+    handshake_timeout: Duration,
+    max_handshakes_per_source: usize,
+    /// Handshakes in progress per source ([`source`]: an IPv6 /64).
+    handshaking: DashMap<IpAddr, usize>,
+    stats: Arc<TlsStats>,
+    refusal_log: RefusalLog,
+}
+
+impl TlsInbound {
+    pub fn new(
+        identity: Arc<ServerIdentity>,
+        handshake_timeout: Duration,
+        max_handshakes_per_source: usize,
+    ) -> Arc<TlsInbound> {
+        Arc::new(TlsInbound {
+            identity: ArcSwap::new(identity),
+            handshake_timeout,
+            max_handshakes_per_source,
+            handshaking: DashMap::new(),
+            stats: Arc::default(),
+            refusal_log: RefusalLog::default(),
+        })
+    }
+
+    /// The identity new connections get.
+    pub fn identity(&self) -> Arc<ServerIdentity> {
+        self.identity.load_full()
+    }
+
+    /// New connections get `identity` from now on; established ones keep
+    /// the one they were accepted with.
+    pub fn replace(&self, identity: Arc<ServerIdentity>) {
+        self.identity.store(identity);
+    }
+
+    pub fn stats(&self) -> &TlsStats {
+        &self.stats
+    }
+
+    /// Handshakes in progress from `ip`'s source.
+    pub fn handshakes_from(&self, ip: IpAddr) -> usize {
+        self.handshaking
+            .get(&source(ip.to_canonical()))
+            .map_or(0, |n| *n)
+    }
+
+    /// A handshake slot for `src`, or `None` at the per-source limit.
+    fn begin_handshake(self: &Arc<Self>, src: IpAddr) -> Option<HandshakeSlot> {
+        let mut n = self.handshaking.entry(src).or_insert(0);
+        if *n >= self.max_handshakes_per_source {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            tls: self.clone(),
+            src,
+        })
+    }
+
+    /// Counts a handshake's end; a failure is logged at debug, and at
+    /// info at most once per source per [`super::tcp::REFUSAL_LOG_INTERVAL`].
+    fn outcome(&self, peer: SocketAddr, outcome: Handshake, detail: &dyn std::fmt::Display) {
+        self.stats.count(outcome);
+        if outcome == Handshake::Ok {
+            return;
+        }
+        let reason = outcome.reason();
+        tracing::debug!(
+            "tls:{peer}: handshake {}: {reason}: {detail}",
+            outcome.result()
+        );
+        let src = source(peer.ip().to_canonical());
+        if let Some(more) = self
+            .refusal_log
+            .should_log(src, tokio::time::Instant::now())
+        {
+            tracing::info!(
+                "tls:{peer}: handshake {}: {reason} ({detail}; {more} more refused from {src} \
+                 since its last line)",
+                outcome.result()
+            );
+        }
+    }
+}
+
+/// One handshake in progress from `src`, given back on drop.
+struct HandshakeSlot {
+    tls: Arc<TlsInbound>,
+    src: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.tls.handshaking.entry(self.src)
+        {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// An established TLS stream (inbound or outbound), counted in its
+/// [`TlsStats`]' open connections while it lives (the connection
+/// machinery drops it when the connection ends).
+pub struct Counted<S> {
+    inner: S,
+    stats: Arc<TlsStats>,
+}
+
+impl<S> Counted<S> {
+    pub(super) fn new(inner: S, stats: Arc<TlsStats>) -> Counted<S> {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Counted { inner, stats }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// Starts accepting TLS on an already-bound listener (from
-/// [`super::bind_tcp`]): each connection is admitted against `tcp`'s caps
-/// first (so a handshake in progress holds a slot, counted per source),
-/// gets `handshake_timeout` to finish its handshake, and then runs on
-/// `tcp`'s connection machinery as [`Transport::Tls`]. Returns the local
-/// address.
+/// [`super::bind_stream`]): a connection from a source with `[tls]
+/// max_handshakes_per_source` handshakes in progress is closed at once;
+/// the others are admitted against `tcp`'s caps (so a handshake in
+/// progress holds a slot, counted per source), get the identity in force
+/// and `handshake_timeout` to finish, and then run on `tcp`'s connection
+/// machinery as [`Transport::Tls`]. Returns the local address.
 pub fn serve(
     tcp: &TcpTransport,
     listener: std::net::TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    handshake_timeout: Duration,
+    tls: Arc<TlsInbound>,
 ) -> io::Result<SocketAddr> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
-    let acceptor = TlsAcceptor::from(config);
     let t = tcp.clone();
     tcp.spawn(async move {
         let shutdown = t.shutdown_token().clone();
@@ -130,29 +611,50 @@ pub fn serve(
                     continue;
                 }
             };
+            let Some(slot) = tls.begin_handshake(source(peer.ip().to_canonical())) else {
+                drop(stream);
+                tls.outcome(
+                    peer,
+                    Handshake::Limit,
+                    &format_args!(
+                        "{} handshakes in progress from its source (max_handshakes_per_source)",
+                        tls.max_handshakes_per_source
+                    ),
+                );
+                continue;
+            };
             if !t.admit_inbound(peer, local, Transport::Tls) {
                 continue;
             }
-            let (t2, acceptor, shutdown) = (t.clone(), acceptor.clone(), shutdown.clone());
+            let (t2, tls, shutdown) = (t.clone(), tls.clone(), shutdown.clone());
             // The handshake on its own task: a slow client must not hold
             // up the accept loop.
             t.spawn(async move {
                 let conn_local = super::tcp::prepare_stream(&stream, Some(local));
-                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                let acceptor = TlsAcceptor::from(tls.identity().config.clone());
+                let timeout = tls.handshake_timeout;
+                let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
                 let outcome = tokio::select! {
                     _ = shutdown.cancelled() => None,
                     r = handshake => Some(r),
                 };
+                drop(slot);
                 match outcome {
-                    Some(Ok(Ok(tls))) => {
-                        t2.start_inbound(tls, peer, conn_local, Transport::Tls);
+                    Some(Ok(Ok(stream))) => {
+                        tls.outcome(peer, Handshake::Ok, &"");
+                        let stream = Counted::new(stream, tls.stats.clone());
+                        t2.start_inbound(stream, peer, conn_local, Transport::Tls);
                     }
                     Some(Ok(Err(e))) => {
-                        tracing::debug!("tls:{peer}: handshake failed: {e}");
+                        tls.outcome(peer, Handshake::of_error(&e), &e);
                         t2.release_inbound(peer);
                     }
                     Some(Err(_)) => {
-                        tracing::debug!("tls:{peer}: handshake not done in {handshake_timeout:?}");
+                        tls.outcome(
+                            peer,
+                            Handshake::Timeout,
+                            &format_args!("not done in {timeout:?} (handshake_timeout)"),
+                        );
                         t2.release_inbound(peer);
                     }
                     None => t2.release_inbound(peer),
@@ -161,4 +663,45 @@ pub fn serve(
         }
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_a_fixed_set_in_counter_order() {
+        for (i, h) in Handshake::ALL.iter().enumerate() {
+            assert_eq!(h.index(), i);
+            assert!(["ok", "failed", "timeout"].contains(&h.result()));
+        }
+        assert_eq!(Handshake::Ok.reason(), "none");
+        assert_eq!(Handshake::Limit.result(), "failed");
+    }
+
+    #[test]
+    fn errors_map_to_reasons() {
+        use rustls::{CertificateError as C, Error as E};
+        let wrap = |e: E| io::Error::new(io::ErrorKind::InvalidData, e);
+        let cases = [
+            (E::NoCertificatesPresented, Handshake::NoCertificate),
+            (
+                E::InvalidCertificate(C::UnknownIssuer),
+                Handshake::UnknownCa,
+            ),
+            (E::InvalidCertificate(C::Expired), Handshake::Expired),
+            (E::InvalidCertificate(C::Revoked), Handshake::Revoked),
+            (
+                E::InvalidCertificate(C::BadSignature),
+                Handshake::BadCertificate,
+            ),
+            (E::DecryptError, Handshake::Protocol),
+            (E::General("x".into()), Handshake::Other),
+        ];
+        for (e, want) in cases {
+            assert_eq!(Handshake::of_error(&wrap(e)), want);
+        }
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(Handshake::of_error(&eof), Handshake::Closed);
+    }
 }

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::tls::{provider, VERSIONS};
+use super::tls::{provider, Counted, Handshake, TlsStats, VERSIONS};
 
 /// Which file a [`ClientSetupError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +237,7 @@ pub struct TlsClient {
     /// (checked ones only): a request for another name may reuse it only
     /// if the certificate names that one too.
     proved: dashmap::DashMap<SocketAddr, Proved>,
-    stats: HandshakeStats,
+    stats: Arc<TlsStats>,
 }
 
 /// What an open connection's certificate was checked against, and what
@@ -261,7 +260,7 @@ impl Default for TlsClient {
             peers: ArcSwap::from_pointee(HashMap::new()),
             resolved: dashmap::DashMap::new(),
             proved: dashmap::DashMap::new(),
-            stats: HandshakeStats::default(),
+            stats: Arc::default(),
         }
     }
 }
@@ -325,7 +324,8 @@ impl TlsClient {
         server_name(&id, to).is_ok_and(|name| proved.ids.matches(&name, wildcards))
     }
 
-    pub fn stats(&self) -> &HandshakeStats {
+    /// The outbound handshakes by outcome, and the connections open.
+    pub fn stats(&self) -> &TlsStats {
         &self.stats
     }
 
@@ -353,7 +353,7 @@ impl TlsClient {
         &self,
         tcp: TcpStream,
         to: SocketAddr,
-    ) -> io::Result<TlsStream<TcpStream>> {
+    ) -> io::Result<Counted<TlsStream<TcpStream>>> {
         let configs = self.configs()?;
         let id = self.identity(to);
         let name = server_name(&id, to)?;
@@ -365,7 +365,7 @@ impl TlsClient {
         let connect = TlsConnector::from(config).connect(name, tcp);
         match tokio::time::timeout(configs.handshake_timeout, connect).await {
             Ok(Ok(s)) => {
-                self.stats.count(Outcome::Ok);
+                self.stats.count(Handshake::Ok);
                 let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first());
                 match leaf.and_then(|c| CertIdentities::parse(c.as_ref())) {
                     Some(ids) if id.verify => {
@@ -382,19 +382,19 @@ impl TlsClient {
                         self.proved.remove(&canonical(to));
                     }
                 }
-                Ok(s)
+                Ok(Counted::new(s, self.stats.clone()))
             }
             Ok(Err(e)) => {
-                let reason = Failure::of(&e);
-                self.stats.count(Outcome::Failed(reason));
+                let reason = Handshake::of_error(&e);
+                self.stats.count(reason);
                 tracing::warn!(
                     "tls:{to}: outbound handshake failed ({}): {e}",
-                    reason.label()
+                    reason.reason()
                 );
                 Err(e)
             }
             Err(_) => {
-                self.stats.count(Outcome::Timeout);
+                self.stats.count(Handshake::Timeout);
                 tracing::warn!(
                     "tls:{to}: outbound handshake not done in {:?}",
                     configs.handshake_timeout
@@ -419,126 +419,6 @@ fn server_name(id: &PeerIdentity, to: SocketAddr) -> io::Result<ServerName<'stat
         Some(n) => ServerName::try_from(n.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{n}: {e}"))),
         None => Ok(ServerName::IpAddress(to.ip().to_canonical().into())),
-    }
-}
-
-/// How an outbound handshake ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    Failed(Failure),
-    Timeout,
-}
-
-/// Why an outbound handshake failed: the `reason` label of
-/// `sipedge_tls_handshakes_total{direction="outbound"}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The certificate does not name who we connected to (RFC 5922).
-    Name,
-    /// Not signed by a CA we trust.
-    Untrusted,
-    /// Expired or not yet valid.
-    Expired,
-    /// Any other certificate problem.
-    Certificate,
-    /// The server sent an alert (e.g. it wanted a client certificate).
-    Alert,
-    /// Not TLS, or TLS we do not speak.
-    Protocol,
-    /// The connection broke.
-    Io,
-}
-
-impl Failure {
-    pub const ALL: [Failure; 7] = [
-        Failure::Name,
-        Failure::Untrusted,
-        Failure::Expired,
-        Failure::Certificate,
-        Failure::Alert,
-        Failure::Protocol,
-        Failure::Io,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Failure::Name => "certificate_name",
-            Failure::Untrusted => "certificate_untrusted",
-            Failure::Expired => "certificate_expired",
-            Failure::Certificate => "certificate",
-            Failure::Alert => "alert",
-            Failure::Protocol => "protocol",
-            Failure::Io => "io",
-        }
-    }
-
-    /// From the error tokio-rustls returned.
-    pub fn of(e: &io::Error) -> Failure {
-        let Some(tls) = e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) else {
-            return Failure::Io;
-        };
-        match tls {
-            rustls::Error::InvalidCertificate(c) => match c {
-                CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. } => Failure::Name,
-                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                    Failure::Untrusted
-                }
-                CertificateError::Expired
-                | CertificateError::ExpiredContext { .. }
-                | CertificateError::NotValidYet
-                | CertificateError::NotValidYetContext { .. } => Failure::Expired,
-                _ => Failure::Certificate,
-            },
-            rustls::Error::AlertReceived(_) => Failure::Alert,
-            _ => Failure::Protocol,
-        }
-    }
-}
-
-/// Outbound handshakes by outcome, for
-/// `sipedge_tls_handshakes_total{direction="outbound",result,reason}`.
-#[derive(Debug, Default)]
-pub struct HandshakeStats {
-    ok: AtomicU64,
-    timeout: AtomicU64,
-    failed: [AtomicU64; Failure::ALL.len()],
-}
-
-impl HandshakeStats {
-    fn count(&self, o: Outcome) {
-        let c = match o {
-            Outcome::Ok => &self.ok,
-            Outcome::Timeout => &self.timeout,
-            Outcome::Failed(f) => &self.failed[f as usize],
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// How many ended with `o`.
-    pub fn get(&self, o: Outcome) -> u64 {
-        match o {
-            Outcome::Ok => &self.ok,
-            Outcome::Timeout => &self.timeout,
-            Outcome::Failed(f) => &self.failed[f as usize],
-        }
-        .load(Ordering::Relaxed)
-    }
-
-    /// Every (result, reason, count), reason "" for ok and timeout: the
-    /// series to export.
-    pub fn series(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let mut v = vec![
-            ("ok", "", self.get(Outcome::Ok)),
-            ("timeout", "", self.get(Outcome::Timeout)),
-        ];
-        v.extend(
-            Failure::ALL
-                .iter()
-                .map(|&f| ("failed", f.label(), self.get(Outcome::Failed(f)))),
-        );
-        v
     }
 }
 

@@ -1,0 +1,58 @@
+//! Certificates on reload: what SIGHUP and `dispatcher.reload` do to
+//! TLS. The config was read and checked whole before (a bad file refuses
+//! the reload, and nothing changes); here the identities built from it
+//! are put in force for new connections, while established ones keep the
+//! identity they were made with.
+
+use std::time::{Duration, SystemTime};
+
+use super::Proxy;
+use crate::config::Config;
+use crate::transport::tls::CertExpiry;
+
+/// A certificate closer than this to its end is warned about at start and
+/// on every reload (the alert in `deploy/prometheus/sipedge.rules.yml`
+/// uses the same 14 days).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+impl Proxy {
+    /// Puts `cfg`'s TLS identities in force for new connections: the
+    /// server side's (`[tls] certificate`, `key`, `client_ca`, `crl`).
+    /// The outbound side's client config belongs here too, rebuilt from
+    /// the same `cfg` in the same reload. Returns what changed, for the
+    /// reload's log line.
+    pub fn reload_tls(&self, cfg: &Config) -> Option<String> {
+        let inbound = self.transports.tls_inbound()?;
+        let Some(server) = cfg.tls.as_ref().and_then(|t| t.server.as_ref()) else {
+            tracing::warn!(
+                "reload: [tls] is gone from the config, but the TLS listeners stay until a \
+                 restart: they keep serving the certificate they have"
+            );
+            return None;
+        };
+        warn_expiring(&server.0.expiries, SystemTime::now());
+        inbound.replace(server.0.clone());
+        let files: Vec<&str> = server.0.expiries.iter().map(|e| e.file.as_str()).collect();
+        Some(format!("TLS identity reloaded from {}", files.join(", ")))
+    }
+}
+
+/// Logs each certificate file that has expired, or will within
+/// [`EXPIRY_WARNING`].
+pub(super) fn warn_expiring(expiries: &[CertExpiry], now: SystemTime) {
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    for e in expiries {
+        let left = e.not_after.saturating_sub(now);
+        let (kind, file) = (e.certificate, &e.file);
+        if left <= 0 {
+            tracing::warn!("tls {kind} certificate {file} has expired");
+        } else if left.unsigned_abs() < EXPIRY_WARNING.as_secs() {
+            tracing::warn!(
+                "tls {kind} certificate {file} expires in {} days",
+                left / (24 * 3600)
+            );
+        }
+    }
+}
