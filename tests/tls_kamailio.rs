@@ -6,7 +6,8 @@
 //!   sipedge → UDP nodes, with the T.38 re-INVITE and the BYE following
 //!   the Record-Route path to the node that answered.
 //! - The Kamailio TLS node fixture, checked on its own: it answers an
-//!   OPTIONS over TLS (the call through it is `tests/tls_kamailio_node.rs`).
+//!   OPTIONS over TLS and relays a call to the user agent behind it (the
+//!   call from sipedge through it is `tests/tls_kamailio_node.rs`).
 
 mod support;
 
@@ -152,18 +153,45 @@ async fn kamailio_tls_trunk_call_to_udp_nodes() {
 
 /// The Kamailio TLS node of `tests/tls_kamailio_node.rs`, on its own: a
 /// tokio-rustls client trusting the test CA and checking the node's name
-/// gets its 200 to an OPTIONS over TLS.
+/// gets its 200 to an OPTIONS over TLS, and an INVITE it sends reaches the
+/// user agent behind the node, Record-Routed over TLS, whose 200 comes
+/// back on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kamailio_tls_node_fixture_answers_options_over_tls() {
-    let Some(modules) = tls_modules_or_skip("kamailio_tls_node_fixture_answers_options_over_tls")
+async fn kamailio_tls_node_fixture_relays_to_its_user_agent() {
+    let Some(modules) = tls_modules_or_skip("kamailio_tls_node_fixture_relays_to_its_user_agent")
     else {
         return;
     };
     let pki = Pki::new();
     let uas = Peer::bind("uas").await;
     let kam = TlsKamailio::node(&modules, &pki, uas.addr);
-    let ok = options_over_tls(kam.tls, pki.ca_der.clone(), NODE_NAME).await;
+    let mut client = TlsClient::connect(kam.tls, pki.ca_der.clone(), NODE_NAME).await;
+    let ok = client.options().await;
     assert_eq!(ok.status(), Some(200), "{}", ok.text());
-    uas.expect_nothing(Duration::ZERO).await;
+
+    let mut call = Dialog::uac_at(client.addr, &format!("sip:fax@{}", kam.tls)).over_tls();
+    client.send(call.invite(SDP_AUDIO)).await;
+    let inv = uas.recv_request("INVITE").await;
+    assert_eq!(via_transport(&inv, 1), "TLS", "{}", inv.text());
+    let rr = inv.values(HeaderName::RecordRoute);
+    assert_eq!(
+        rr.len(),
+        2,
+        "Kamailio's double Record-Route:\n{}",
+        inv.text()
+    );
+    assert!(rr[0].starts_with(&format!("<sip:{};", kam.udp)), "{rr:?}");
+    assert!(
+        rr[1].starts_with(&format!("<sip:{};transport=tls;", kam.tls)),
+        "{rr:?}"
+    );
+    let fs = Dialog::uas(&uas, &inv, &unique("fs-"));
+    uas.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = client.recv_response(200).await;
+    call.learn_2xx(&ok);
+    let (ack, _) = call.request("ACK", None);
+    client.send(ack).await;
+    uas.recv_request("ACK").await;
     drop(kam);
 }

@@ -75,6 +75,8 @@ pub struct Pki {
     pub kamailio: Identity,
     /// A client certificate for the carrier's Kamailio (mutual TLS).
     pub client: Identity,
+    /// A client certificate from another CA, which sipedge must refuse.
+    pub foreign_client: Identity,
 }
 
 impl Pki {
@@ -90,19 +92,33 @@ impl Pki {
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
         ];
+        let mut other_ca_params = ca_params.clone();
+        other_ca_params.distinguished_name = rcgen::DistinguishedName::new();
+        other_ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "another CA");
         let ca =
             rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
                 .unwrap();
+        let other_ca = rcgen::CertifiedIssuer::self_signed(
+            other_ca_params,
+            rcgen::KeyPair::generate().unwrap(),
+        )
+        .unwrap();
         let ca_pem = dir.join("ca.pem");
         std::fs::write(&ca_pem, ca.pem()).unwrap();
-        let issue = |file: &str, cn: &str, sans: Vec<String>, eku| {
+        let issue = |ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>,
+                     file: &str,
+                     cn: &str,
+                     sans: Vec<String>,
+                     eku| {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut params = rcgen::CertificateParams::new(sans).unwrap();
             params
                 .distinguished_name
                 .push(rcgen::DnType::CommonName, cn);
             params.extended_key_usages = eku;
-            let leaf = params.signed_by(&key, &ca).unwrap();
+            let leaf = params.signed_by(&key, ca).unwrap();
             let id = Identity {
                 cert: dir.join(format!("{file}.pem")),
                 key: dir.join(format!("{file}.key")),
@@ -114,19 +130,29 @@ impl Pki {
         use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         let server = |name: &str| vec![name.to_owned(), "127.0.0.1".to_owned()];
         let sipedge = issue(
+            &ca,
             "sipedge",
             SIPEDGE_NAME,
             server(SIPEDGE_NAME),
             vec![ServerAuth, ClientAuth],
         );
         let kamailio = issue(
+            &ca,
             "kamailio",
             NODE_NAME,
             server(NODE_NAME),
             vec![ServerAuth, ClientAuth],
         );
         let client = issue(
+            &ca,
             "client",
+            "carrier.test",
+            vec!["carrier.test".to_owned()],
+            vec![ClientAuth],
+        );
+        let foreign_client = issue(
+            &other_ca,
+            "foreign-client",
             "carrier.test",
             vec!["carrier.test".to_owned()],
             vec![ClientAuth],
@@ -138,6 +164,7 @@ impl Pki {
             sipedge,
             kamailio,
             client,
+            foreign_client,
         }
     }
 }
@@ -254,49 +281,97 @@ pub fn free_tcp_port() -> u16 {
         .port()
 }
 
-/// A tokio-rustls client trusting only `ca` sends an OPTIONS to `to` over
-/// TLS (checking the server as `name`) and returns the response.
-pub async fn options_over_tls(to: SocketAddr, ca: CertificateDer<'static>, name: &str) -> Received {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(sipedge::transport::tls::provider())
-        .with_protocol_versions(sipedge::transport::tls::VERSIONS)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
-    let me = tcp.local_addr().unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let server = ServerName::try_from(name.to_owned()).unwrap();
-    let mut tls = tokio::time::timeout(WAIT, connector.connect(server, tcp))
-        .await
-        .expect("handshake in time")
-        .unwrap_or_else(|e| panic!("TLS handshake with {to} as {name}: {e}"));
-    let options = format!(
-        "OPTIONS sip:{to};transport=tls SIP/2.0\r\n\
-         Via: SIP/2.0/TLS {me};branch={};rport\r\nMax-Forwards: 70\r\n\
-         From: <sip:probe@{me}>;tag=p\r\nTo: <sip:{to}>\r\nCall-ID: {}\r\n\
-         CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-        branch(),
-        unique("tls-options-"),
-    );
-    tls.write_all(options.as_bytes()).await.unwrap();
-    let mut buf = bytes::BytesMut::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    let read = async {
-        loop {
-            if let Ok(StreamFrame::Message { len }) = frame_stream(&buf, 1 << 16) {
-                return buf.split_to(len).to_vec();
-            }
-            let n = tls.read(&mut chunk).await.expect("read over TLS");
-            assert!(n > 0, "{to} closed the TLS connection without answering");
-            buf.extend_from_slice(&chunk[..n]);
+/// A tokio-rustls client of a TLS SIP server: one connection, messages
+/// framed off the stream.
+pub struct TlsClient {
+    /// Its own end of the connection (what its Via names).
+    pub addr: SocketAddr,
+    to: SocketAddr,
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    buf: bytes::BytesMut,
+}
+
+impl TlsClient {
+    /// Connects to `to`, trusting only `ca` and checking the server as
+    /// `name`.
+    pub async fn connect(to: SocketAddr, ca: CertificateDer<'static>, name: &str) -> TlsClient {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let config =
+            rustls::ClientConfig::builder_with_provider(sipedge::transport::tls::provider())
+                .with_protocol_versions(sipedge::transport::tls::VERSIONS)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let server = ServerName::try_from(name.to_owned()).unwrap();
+        let tls = tokio::time::timeout(WAIT, connector.connect(server, tcp))
+            .await
+            .expect("handshake in time")
+            .unwrap_or_else(|e| panic!("TLS handshake with {to} as {name}: {e}"));
+        TlsClient {
+            addr,
+            to,
+            tls,
+            buf: bytes::BytesMut::new(),
         }
-    };
-    let data = tokio::time::timeout(WAIT, read)
-        .await
-        .expect("an answer over TLS in time");
-    Received { data, from: to }
+    }
+
+    pub async fn send(&mut self, data: impl AsRef<[u8]>) {
+        self.tls.write_all(data.as_ref()).await.unwrap();
+        self.tls.flush().await.unwrap();
+    }
+
+    /// The next message, within [`WAIT`].
+    pub async fn recv(&mut self) -> Received {
+        let mut chunk = vec![0u8; 16 * 1024];
+        let read = async {
+            loop {
+                if let Ok(StreamFrame::Message { len }) = frame_stream(&self.buf, 1 << 16) {
+                    return self.buf.split_to(len).to_vec();
+                }
+                let n = self.tls.read(&mut chunk).await.expect("read over TLS");
+                assert!(n > 0, "{} closed the TLS connection", self.to);
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        let data = tokio::time::timeout(WAIT, read)
+            .await
+            .expect("a message over TLS in time");
+        Received {
+            data,
+            from: self.to,
+        }
+    }
+
+    /// The next response with status `code`, skipping provisionals.
+    pub async fn recv_response(&mut self, code: u16) -> Received {
+        loop {
+            let r = self.recv().await;
+            match r.status() {
+                Some(c) if c == code => return r,
+                Some(c) if c < 200 => continue,
+                _ => panic!("expected {code}, got:\n{}", r.text()),
+            }
+        }
+    }
+
+    /// An OPTIONS to the server itself; its response.
+    pub async fn options(&mut self) -> Received {
+        let (to, me) = (self.to, self.addr);
+        let options = format!(
+            "OPTIONS sip:{to};transport=tls SIP/2.0\r\n\
+             Via: SIP/2.0/TLS {me};branch={};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:probe@{me}>;tag=p\r\nTo: <sip:{to}>\r\nCall-ID: {}\r\n\
+             CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            branch(),
+            unique("tls-options-"),
+        );
+        self.send(options).await;
+        self.recv().await
+    }
 }
 
 /// sipedge with a UDP socket and a TLS listener (certificate
