@@ -5,7 +5,8 @@
 //! `sip:127.0.0.1:PORT;transport=tls` with `tls_server_name`, checked
 //! against the test CA (`[tls] ca_list`). INVITE/200/ACK, the T.38
 //! re-INVITE and the BYE all go over one TLS connection to the node that
-//! answered.
+//! answered. And the other way back: a node's BYE reaches a Kamailio TLS
+//! trunk, sipedge connecting to the TLS listener its Record-Route names.
 
 mod support;
 
@@ -125,5 +126,63 @@ async fn udp_trunk_to_kamailio_tls_node_full_call() {
         1,
         "the whole call on one TLS connection to the node"
     );
+    drop(kam);
+}
+
+/// A call from a carrier's Kamailio TLS trunk (as in
+/// `tests/tls_kamailio.rs`), hung up by the node: sipedge sends the BYE
+/// to the trunk's Record-Route, Kamailio's TLS listener (an IP literal,
+/// checked against the iPAddress SAN of its certificate), over a TLS
+/// connection of its own (Kamailio's connection to us comes from another
+/// port); Kamailio relays it to its caller, whose 200 comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_bye_reaches_a_kamailio_tls_trunk() {
+    let Some(modules) = tls_modules_or_skip("node_bye_reaches_a_kamailio_tls_trunk") else {
+        return;
+    };
+    let pki = Pki::new();
+    let ca_list = format!("ca_list = \"{}\"", pki.ca_pem.display());
+    let edge = Edge::start(&pki, &ca_list, None).await;
+    let kam = TlsKamailio::trunk(&modules, &pki, edge.tls_addr, None);
+    let caller = Peer::bind("caller").await;
+    let node = &edge.nodes[0];
+
+    let mut call = Dialog::uac(&caller, &format!("sip:fax@{}", kam.udp));
+    caller.send(call.invite(SDP_AUDIO), kam.udp).await;
+    let inv = node.recv_request("INVITE").await;
+    let mut fs = Dialog::uas(node, &inv, &unique("fs-"));
+    node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let ok = caller.recv_until(|r| r.status() == Some(200)).await;
+    call.learn_2xx(ok.last().unwrap());
+    let (ack, _) = call.request("ACK", None);
+    caller.send(ack, kam.udp).await;
+    node.recv_request("ACK").await;
+    assert_eq!(
+        edge.proxy.tcp().stats().connected.load(Ordering::Relaxed),
+        0,
+        "nothing outbound yet"
+    );
+
+    let (bye, bye_branch) = fs.request("BYE", None);
+    node.send(bye, edge.addr).await;
+    let bye = caller.recv_request("BYE").await;
+    // Kamailio's Via, ours over TLS, the node's.
+    assert_eq!(bye.vias().len(), 3, "{}", bye.text());
+    assert_eq!(via_transport(&bye, 1), "TLS", "{}", bye.text());
+    assert_eq!(via_transport(&bye, 2), "UDP", "{}", bye.text());
+    caller
+        .send(call.answer(&bye, 200, "OK", None), bye.from)
+        .await;
+    let ok = node.recv_until(|r| r.status() == Some(200)).await;
+    let ok = ok.last().unwrap();
+    assert_eq!(ok.cseq_method(), "BYE");
+    assert_only_via(ok, &bye_branch);
+    assert_eq!(
+        edge.proxy.tcp().stats().connected.load(Ordering::Relaxed),
+        1,
+        "one outbound TLS connection, to Kamailio's listener"
+    );
+    edge.nodes[1].expect_nothing(Duration::ZERO).await;
     drop(kam);
 }
