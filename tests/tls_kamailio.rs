@@ -1,6 +1,6 @@
 //! Interop with a real third-party TLS SIP peer: Debian's Kamailio 5.6
 //! with its tls module (OpenSSL), started by each test on free loopback
-//! ports (`tests/support/kamailio_tls.rs`).
+//! ports (`tests/support/kamailio_tls_peers.rs`).
 //!
 //! - A carrier's Kamailio as a TLS trunk: a UDP caller → Kamailio → TLS →
 //!   sipedge → UDP nodes, with the T.38 re-INVITE and the BYE following
@@ -15,14 +15,14 @@ mod support;
 #[path = "support/kamailio.rs"]
 mod kamailio;
 #[allow(dead_code)] // each test file uses a part of it
-#[path = "support/kamailio_tls.rs"]
-mod kamailio_tls;
+#[path = "support/kamailio_tls_peers.rs"]
+mod kamailio_tls_peers;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kamailio_tls::*;
+use kamailio_tls_peers::*;
 use sipedge::sip::{HeaderName, Via};
 use support::*;
 

@@ -16,12 +16,12 @@ mod support;
 #[path = "support/kamailio.rs"]
 mod kamailio;
 #[allow(dead_code)] // each test file uses a part of it
-#[path = "support/kamailio_tls.rs"]
-mod kamailio_tls;
+#[path = "support/kamailio_tls_peers.rs"]
+mod kamailio_tls_peers;
 
 use std::time::Duration;
 
-use kamailio_tls::*;
+use kamailio_tls_peers::*;
 use support::*;
 
 /// A call from `caller` through `kam` that sipedge must refuse: Kamailio

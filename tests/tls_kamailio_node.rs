@@ -1,6 +1,6 @@
 //! Outbound TLS to a real third-party TLS SIP peer: a UDP trunk's call
 //! through sipedge to a node that is Debian's Kamailio 5.6 listening on
-//! TLS (`tests/fixtures/kamailio/tls_node.cfg`, a FreeSWITCH-like
+//! TLS (`tests/fixtures/kamailio/tls_endpoint.cfg`, a FreeSWITCH-like
 //! endpoint that relays to a UDP user agent behind it). The destination is
 //! `sip:127.0.0.1:PORT;transport=tls` with `tls_server_name`, checked
 //! against the test CA (`[tls] ca_list`). INVITE/200/ACK, the T.38
@@ -14,13 +14,13 @@ mod support;
 #[path = "support/kamailio.rs"]
 mod kamailio;
 #[allow(dead_code)] // each test file uses a part of it
-#[path = "support/kamailio_tls.rs"]
-mod kamailio_tls;
+#[path = "support/kamailio_tls_peers.rs"]
+mod kamailio_tls_peers;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kamailio_tls::*;
+use kamailio_tls_peers::*;
 use sipedge::sip::{HeaderName, Via};
 use support::*;
 

@@ -1,7 +1,7 @@
 //! Debian's Kamailio with its tls module (`kamailio-tls-modules`) as a
 //! real third-party TLS SIP peer of sipedge: a carrier's trunk that sends
 //! calls to sipedge over TLS (`tests/fixtures/kamailio/tls_trunk.cfg`) and
-//! a FreeSWITCH-like node that receives them over TLS (`tls_node.cfg`),
+//! a FreeSWITCH-like node that receives them over TLS (`tls_endpoint.cfg`),
 //! each on free loopback ports with a `tls.cfg` written here. The
 //! certificates come from a test CA made with rcgen ([`Pki`]).
 //!
@@ -264,7 +264,7 @@ impl TlsKamailio {
     /// A TLS node relaying what it gets to the UDP user agent `uas`.
     pub fn node(modules: &str, pki: &Pki, uas: SocketAddr) -> TlsKamailio {
         TlsKamailio::start(
-            "tls_node.cfg",
+            "tls_endpoint.cfg",
             modules,
             pki,
             None,
