@@ -352,9 +352,14 @@ impl Tls {
         };
         let chain = read(cert_key, cert_path)?;
         let key = read(key_key, key_path)?;
+        let identity_file = self
+            .client_certificate
+            .as_ref()
+            .map(|p| base.join(p).display().to_string());
         client_configs(&ClientSettings {
             ca_list_pem: ca.as_ref().map(String::as_bytes),
             identity: Some((chain.as_bytes(), key.as_bytes())),
+            identity_file: identity_file.as_deref(),
             wildcards: self.wildcards,
             handshake_timeout: self.handshake_timeout,
         })

@@ -129,7 +129,7 @@ pub const TLS_CONNECTIONS: &str = "sipedge_tls_connections";
 /// Seconds until each configured certificate file stops being valid (the
 /// earliest `notAfter` in it; negative once expired), as of the scrape.
 /// Labels: `certificate` (`server`: `[tls] certificate`; `client_ca`:
-/// `[tls] client_ca`), `file`. The files in force: set at start, replaced
+/// `[tls] client_ca`; `client`: `[tls] client_certificate`), `file`. The files in force: set at start, replaced
 /// on a reload.
 pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "sipedge_tls_certificate_expiry_seconds";
 

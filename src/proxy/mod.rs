@@ -527,11 +527,10 @@ impl Proxy {
         self.metrics
             .sync_tls_outbound(self.transports.tls_client().stats());
         if let Some(tls) = self.transports.tls_inbound() {
-            self.metrics.sync_tls_inbound(
-                tls.stats(),
-                &tls.identity().expiries,
-                std::time::SystemTime::now(),
-            );
+            let mut expiries = tls.identity().expiries.clone();
+            expiries.extend(self.transports.tls_client().expiries());
+            self.metrics
+                .sync_tls_inbound(tls.stats(), &expiries, std::time::SystemTime::now());
         }
         &self.metrics
     }

@@ -125,7 +125,10 @@ fn certificates(pem: &[u8], file: PemFile) -> Result<Vec<CertificateDer<'static>
 }
 
 /// The earliest `notAfter` of `certs`, in Unix seconds.
-fn earliest_not_after(certs: &[CertificateDer<'_>], file: PemFile) -> Result<i64, TlsSetupError> {
+pub(super) fn earliest_not_after(
+    certs: &[CertificateDer<'_>],
+    file: PemFile,
+) -> Result<i64, TlsSetupError> {
     let mut earliest = i64::MAX;
     for (i, der) in certs.iter().enumerate() {
         let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsSetupError {
@@ -357,7 +360,7 @@ impl Handshake {
                     | C::UnknownRevocationStatus
                     | C::ExpiredRevocationList
                     | C::ExpiredRevocationListContext { .. } => Handshake::Revoked,
-                    C::UnknownIssuer | C::BadSignature => Handshake::UnknownCa,
+                    C::UnknownIssuer => Handshake::UnknownCa,
                     C::NotValidForName | C::NotValidForNameContext { .. } => Handshake::WrongName,
                     _ => Handshake::BadCertificate,
                 },
@@ -694,6 +697,14 @@ mod tests {
             (
                 E::InvalidCertificate(C::BadSignature),
                 Handshake::BadCertificate,
+            ),
+            (
+                E::InvalidCertificate(C::NotValidForName),
+                Handshake::WrongName,
+            ),
+            (
+                E::AlertReceived(rustls::AlertDescription::BadCertificate),
+                Handshake::Alert,
             ),
             (E::DecryptError, Handshake::Protocol),
             (E::General("x".into()), Handshake::Other),

@@ -26,7 +26,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::tls::{provider, Counted, Handshake, TlsStats, VERSIONS};
+use super::tls::{
+    earliest_not_after, provider, CertExpiry, Counted, Handshake, PemFile, TlsStats, VERSIONS,
+};
 
 /// Which file a [`ClientSetupError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,9 @@ pub struct ClientSettings<'a> {
     pub ca_list_pem: Option<&'a [u8]>,
     /// PEM chain (leaf first) and key presented when a server asks.
     pub identity: Option<(&'a [u8], &'a [u8])>,
+    /// The chain's file when it is not the server certificate's (`[tls]
+    /// client_certificate`): its expiry is exported as `certificate="client"`.
+    pub identity_file: Option<&'a str>,
     /// Accept a `*.example.com` identity for `a.example.com`.
     pub wildcards: bool,
     /// A handshake not done in this long fails (the INVITE fails over).
@@ -75,6 +80,8 @@ pub struct ClientConfigs {
     /// certificate is presented.
     pub roots: usize,
     pub presents_certificate: bool,
+    /// The client certificate's expiry, when it has a file of its own.
+    pub expiries: Vec<CertExpiry>,
 }
 
 impl std::fmt::Debug for ClientConfigs {
@@ -100,6 +107,19 @@ pub fn client_configs(s: &ClientSettings<'_>) -> Result<ClientConfigs, ClientSet
         Some((chain, key)) => Some(client_identity(chain, key)?),
         None => None,
     };
+    let mut expiries = Vec::new();
+    if let (Some((chain, _)), Some(file)) = (&identity, s.identity_file) {
+        let not_after =
+            earliest_not_after(chain, PemFile::Certificate).map_err(|e| ClientSetupError {
+                file: ClientFile::Certificate,
+                reason: e.reason,
+            })?;
+        expiries.push(CertExpiry {
+            certificate: "client",
+            file: file.to_owned(),
+            not_after,
+        });
+    }
     let build = |verify: bool| -> Result<Arc<rustls::ClientConfig>, ClientSetupError> {
         let verifier = SipServerVerifier::new(roots.clone(), s.wildcards, verify);
         let builder = rustls::ClientConfig::builder_with_provider(provider())
@@ -135,6 +155,7 @@ pub fn client_configs(s: &ClientSettings<'_>) -> Result<ClientConfigs, ClientSet
         wildcards: s.wildcards,
         roots: roots.len(),
         presents_certificate: identity.is_some(),
+        expiries,
     })
 }
 
@@ -322,6 +343,15 @@ impl TlsClient {
         }
         let wildcards = self.configs.load().as_ref().is_some_and(|c| c.wildcards);
         server_name(&id, to).is_ok_and(|name| proved.ids.matches(&name, wildcards))
+    }
+
+    /// The expiry of the client certificate in force, when it has a file
+    /// of its own (`[tls] client_certificate`).
+    pub fn expiries(&self) -> Vec<CertExpiry> {
+        self.configs
+            .load()
+            .as_ref()
+            .map_or_else(Vec::new, |c| c.expiries.clone())
     }
 
     /// The outbound handshakes by outcome, and the connections open.
@@ -784,5 +814,31 @@ mod tests {
         };
         let c = client_configs(&s).unwrap();
         assert!(c.presents_certificate && c.roots == 1);
+        assert!(c.expiries.is_empty(), "the server certificate's own file");
+    }
+
+    #[test]
+    fn a_client_certificate_of_its_own_has_its_expiry_exported() {
+        let mut params = rcgen::CertificateParams::new(vec!["client.test".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (pem, key) = (cert.pem(), key.serialize_pem());
+        let s = ClientSettings {
+            ca_list_pem: Some(pem.as_bytes()),
+            identity: Some((pem.as_bytes(), key.as_bytes())),
+            identity_file: Some("/etc/sipedge/tls/client.pem"),
+            ..ClientSettings::default()
+        };
+        let c = client_configs(&s).unwrap();
+        assert_eq!(
+            c.expiries,
+            vec![CertExpiry {
+                certificate: "client",
+                file: "/etc/sipedge/tls/client.pem".into(),
+                // 2031-05-17T00:00:00Z
+                not_after: 1_936_742_400,
+            }]
+        );
     }
 }
