@@ -37,11 +37,22 @@ use std::fmt;
 use crate::dispatcher::health::{SetState, Status};
 pub use crate::dispatcher::list::AttrsView;
 
+pub mod binrpc;
+mod binrpc_socket;
 pub mod ctl;
 mod http;
 pub mod rpc;
 
+pub use binrpc_socket::{bind_ctl, serve_ctl, CtlError, CtlListener};
+
 pub use http::{serve, serve_with, serve_with_access, Access, Limits};
+
+/// When this process started serving, for `core.uptime`: the first call
+/// fixes it ([`crate::server::Server::new`] makes it early).
+pub fn started() -> std::time::SystemTime {
+    static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::SystemTime::now)
+}
 
 /// What the admin interface needs from the running proxy.
 ///
