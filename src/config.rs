@@ -482,7 +482,8 @@ impl TryFrom<String> for CtlSocket {
                 })
                 .map_err(|_| {
                     format!(
-                        "{text:?}: expected an IP address and an optional port, e.g.                          \"tcp:127.0.0.1:{CTL_PORT}\" (host names are not resolved)"
+                        "{text:?}: expected an IP address and an optional port, e.g. \
+                         \"tcp:127.0.0.1:{CTL_PORT}\" (host names are not resolved)"
                     )
                 })
         };
@@ -491,7 +492,8 @@ impl TryFrom<String> for CtlSocket {
                 let path = PathBuf::from(rest);
                 if !path.is_absolute() {
                     return Err(format!(
-                        "{text:?}: a unix socket needs an absolute path, e.g.                          \"unix:/run/sipedge/ctl.sock\""
+                        "{text:?}: a unix socket needs an absolute path, e.g. \
+                         \"unix:/run/sipedge/ctl.sock\""
                     ));
                 }
                 if rest.len() > MAX_UNIX_PATH {
@@ -504,7 +506,8 @@ impl TryFrom<String> for CtlSocket {
             "tcp" => addr(rest).map(CtlSocket::Tcp),
             "udp" => addr(rest).map(CtlSocket::Udp),
             "unixd" => Err(format!(
-                "{text:?}: unix datagram sockets are not supported; use unix: (stream),                  which kamcmd uses by default"
+                "{text:?}: unix datagram sockets are not supported; use unix: (stream), \
+                 which kamcmd uses by default"
             )),
             _ => Err(format!(
                 "{text:?}: expected unix:PATH, tcp:ADDR[:PORT] or udp:ADDR[:PORT]"
@@ -2337,6 +2340,61 @@ uri = "sip:10.0.1.11:5080"
         let err = err(&BASE.replace("round-robin", "random"));
         assert_eq!(err.key(), Some("dispatcher.algorithm"));
         assert!(err.to_string().contains("round-robin"), "{err}");
+    }
+
+    #[test]
+    fn ctl_sockets_in_kamailios_syntax() {
+        let parse = |s: &str| CtlSocket::try_from(s.to_owned());
+        assert_eq!(
+            parse("unix:/run/sipedge/ctl.sock"),
+            Ok(CtlSocket::Unix("/run/sipedge/ctl.sock".into()))
+        );
+        assert_eq!(parse("unixs:/a"), Ok(CtlSocket::Unix("/a".into())));
+        assert_eq!(parse("/a/b"), Ok(CtlSocket::Unix("/a/b".into())));
+        assert_eq!(
+            parse("tcp:127.0.0.1:2049"),
+            Ok(CtlSocket::Tcp("127.0.0.1:2049".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("TCP:127.0.0.1"),
+            Ok(CtlSocket::Tcp("127.0.0.1:2049".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("udp:[::1]:3000"),
+            Ok(CtlSocket::Udp("[::1]:3000".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("tcp:[::1]"),
+            Ok(CtlSocket::Tcp("[::1]:2049".parse().unwrap()))
+        );
+        for bad in [
+            "tcp:localhost:2049",
+            "unix:rel",
+            "unixd:/a",
+            "fifo:/a",
+            "tcp:",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(parse(&format!("unix:/{}", "a".repeat(107))).is_err());
+        assert_eq!(
+            parse("unix:/x").unwrap().to_string(),
+            "unix:/x",
+            "shown as written"
+        );
+
+        let admin =
+            |extra: &str| toml::from_str::<Admin>(&format!("listen = \"127.0.0.1:9090\"\n{extra}"));
+        let one = admin("ctl = \"tcp:127.0.0.1:2049\"").unwrap();
+        assert_eq!(one.ctl.len(), 1);
+        assert_eq!(one.ctl_mode, FileMode(0o600));
+        let two = admin("ctl = [\"unix:/a\", \"udp:127.0.0.1\"]\nctl_mode = \"0660\"").unwrap();
+        assert_eq!(two.ctl.len(), 2);
+        assert_eq!(two.ctl_mode, FileMode(0o660));
+        assert!(admin("").unwrap().ctl.is_empty(), "none by default");
+        for bad in ["\"660x\"", "\"\"", "\"01777\"", "\"99\""] {
+            assert!(admin(&format!("ctl_mode = {bad}")).is_err(), "{bad}");
+        }
     }
 
     #[test]
