@@ -158,7 +158,7 @@ fn kamailio_list(dests: &[Dest<'_>]) -> String {
             out.push_str(&format!(
                 "\t\t\t\t\tATTRS: {{\n\t\t\t\t\t\tBODY: duid={duid}\n\t\t\t\t\t\tDUID: {duid}\n\
                  \t\t\t\t\t\tMAXLOAD: 0\n\t\t\t\t\t\tWEIGHT: 0\n\t\t\t\t\t\tRWEIGHT: 0\n\
-                 \t\t\t\t\t\tSOCKET: \n\t\t\t\t\t\tSOCKNAME: \n\t\t\t\t\t\tOBPROXY: \n\t\t\t\t\t}}\n"
+                 \t\t\t\t\t\tSOCKET: <null string>\n\t\t\t\t\t\tSOCKNAME: <null string>\n\t\t\t\t\t\tOBPROXY: <null string>\n\t\t\t\t\t}}\n"
             ));
         }
         out.push_str("\t\t\t\t}\n");

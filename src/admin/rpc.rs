@@ -28,7 +28,9 @@
 //! "SOCKNAME","OBPROXY"}` after `PRIORITY` when the list line had
 //! attributes (Kamailio 5.x's fields; the `LATENCY` and `RUNTIME` blocks
 //! only appear there with latency stats or the call-load table, which
-//! sipedge does not have). Keys come out in Kamailio's order. `short`
+//! sipedge does not have). Keys come out in Kamailio's order; an unset
+//! `DUID`, `SOCKET`, `SOCKNAME` or `OBPROXY` is `null`, as `jsonrpcs`
+//! writes Kamailio's unset strings. `short`
 //! leaves `ATTRS` out, `full` always prints it (Kamailio's host, DNS and
 //! overload fields of `full` are not there).
 //!
@@ -894,7 +896,7 @@ mod tests {
                 r#"{"SET":{"ID":2,"TARGETS":["#,
                 r#"{"DEST":{"URI":"sip:10.0.2.10:5080","FLAGS":"AP","PRIORITY":5,"#,
                 r#""ATTRS":{"BODY":"duid=fs-c;weight=50","DUID":"fs-c","MAXLOAD":0,"#,
-                r#""WEIGHT":50,"RWEIGHT":0,"SOCKET":"","SOCKNAME":"","OBPROXY":""}}}]}}"#,
+                r#""WEIGHT":50,"RWEIGHT":0,"SOCKET":null,"SOCKNAME":null,"OBPROXY":null}}}]}}"#,
                 r#"]},"id":7}"#
             )
         );
@@ -916,8 +918,8 @@ mod tests {
         );
         assert_eq!(
             full["result"]["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"]["ATTRS"],
-            json!({"BODY":"","DUID":"","MAXLOAD":0,"WEIGHT":0,"RWEIGHT":0,
-                   "SOCKET":"","SOCKNAME":"","OBPROXY":""})
+            json!({"BODY":"","DUID":null,"MAXLOAD":0,"WEIGHT":0,"RWEIGHT":0,
+                   "SOCKET":null,"SOCKNAME":null,"OBPROXY":null})
         );
         for bad in [r#"["long"]"#, r#"[1]"#, r#"["short","x"]"#] {
             let (status, answer) = run(
