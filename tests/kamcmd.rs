@@ -4,7 +4,9 @@
 //! calls, bad arguments and unknown methods get Kamailio's faults, garbage
 //! on the socket is answered and the proxy keeps serving; the unix socket
 //! replaces a stale one, refuses a live one, carries its mode and goes
-//! away on exit.
+//! away on exit. And the same commands against a real Kamailio (Debian's
+//! `kamailio` with the `ctl` and `dispatcher` modules) with the same
+//! dispatcher.list print the same.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::UdpSocket;
@@ -414,4 +416,152 @@ fn garbage_on_the_ctl_socket_is_answered_and_serving_goes_on() {
     );
     stop(child);
     assert!(!sock.exists());
+}
+
+/// A real Kamailio (Debian's package) with the `ctl` and `dispatcher`
+/// modules and the given dispatcher.list, in the foreground. Stopped with
+/// SIGTERM on drop (its children follow).
+struct Kamailio {
+    child: Child,
+    socket: String,
+}
+
+impl Kamailio {
+    fn start(dir: &Path, list: &Path) -> Kamailio {
+        let sock = dir.join("kamailio_ctl");
+        // A free port for the SIP listener Kamailio insists on.
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.join("kamailio.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\ndisable_tcp=yes\n\
+                 listen=udp:127.0.0.1:{port}\n\
+                 mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules/\"\n\
+                 loadmodule \"tm.so\"\nloadmodule \"sl.so\"\nloadmodule \"ctl.so\"\n\
+                 loadmodule \"dispatcher.so\"\n\
+                 modparam(\"ctl\", \"binrpc\", \"unix:{}\")\n\
+                 modparam(\"dispatcher\", \"list_file\", \"{}\")\n\
+                 request_route {{ drop; }}\n",
+                sock.display(),
+                list.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/kamailio")
+            .args(["-f", cfg.to_str().unwrap(), "-DD", "-E", "-w"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run /usr/sbin/kamailio (Debian's kamailio package)");
+        let kamailio = Kamailio {
+            child,
+            socket: format!("unix:{}", sock.display()),
+        };
+        // Ready when its ctl socket answers (polling: Kamailio says
+        // nothing a test could wait on).
+        let end = Instant::now() + MUST_ARRIVE;
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                Instant::now() < end,
+                "kamailio did not open {}",
+                sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kamailio
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same kamcmd commands against Kamailio and against sipedge, with
+/// the same dispatcher.list, print the same, byte for byte (`core.uptime`
+/// the same shape). `core.version` differs by design (the name), as do
+/// `dispatcher.list full` (Kamailio's DNS fields) and the order of sets.
+#[test]
+fn kamcmd_prints_the_same_as_against_kamailio() {
+    let dir = TempDir::new("kamcmd-vs-kamailio");
+    let nodes: Vec<UdpSocket> = (0..2)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let uri = |i: usize| format!("sip:{}", nodes[i].local_addr().unwrap());
+    // Flags 0 and Kamailio's default probing mode: nobody probes, states
+    // change only by command, on both sides.
+    let list = dir.0.join("pool.list");
+    std::fs::write(
+        &list,
+        format!("1 {} 0 10\n1 {} 0 5 duid=b\n", uri(0), uri(1)),
+    )
+    .unwrap();
+    let kamailio = Kamailio::start(&dir.0, &list);
+    let sock = dir.0.join("sipedge.sock");
+    let cfg = dir.0.join("sipedge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nudp = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+             [dispatcher]\nalgorithm = \"priority\"\nlist_file = \"pool.list\"\n\
+             [probe]\nmode = 0\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\nctl = \"unix:{}\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let (child, found) = spawn(&cfg, 1);
+    let sipedge = listening(&found, "unix:").to_owned();
+
+    let drain = uri(0);
+    let commands: &[&[&str]] = &[
+        &["dispatcher.list"],
+        &["dispatcher.list", "short"],
+        &["dispatcher.ping_active"],
+        &["dispatcher.ping_active", "0"],
+        &["dispatcher.ping_active", "1"],
+        &["dispatcher.set_state", "ip", "1", &drain],
+        &["dispatcher.list"],
+        &["dispatcher.set_state", "a", "1", "all"],
+        &["dispatcher.list"],
+        &["dispatcher.set_state", "ip"],
+        &["dispatcher.set_state", "x", "1", "all"],
+        &["dispatcher.set_state", "", "1", "all"],
+        &["dispatcher.set_state", "a", "1", "sip:192.0.2.1:5060"],
+        &["dispatcher.reload"],
+        &["dispatcher.nope"],
+        &["system.methodHelp"],
+        &["system.methodHelp", "nope.nope"],
+        &["system.methodHelp", "core.echo"],
+        &["system.methodHelp", "core.uptime"],
+        &["core.echo", "a", "s:7", "two words"],
+    ];
+    for args in commands {
+        assert_eq!(
+            printed(&sipedge, args),
+            printed(&kamailio.socket, args),
+            "kamcmd {args:?}"
+        );
+    }
+    let shape = |text: String| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split(": ").next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        shape(printed(&sipedge, &["core.uptime"])),
+        shape(printed(&kamailio.socket, &["core.uptime"]))
+    );
+    drop(kamailio);
+    stop(child);
 }
