@@ -345,6 +345,20 @@ fn exchange(stream: &mut (impl Read + Write), bytes: &[u8]) -> Option<(Kind, Vec
     }
 }
 
+/// One HTTP/1.1 GET; the whole answer.
+fn http_get(host: &str, path: &str) -> String {
+    let mut conn = std::net::TcpStream::connect(host).expect("connect to admin");
+    conn.set_read_timeout(Some(MUST_ARRIVE)).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer
+}
+
 #[test]
 fn garbage_on_the_ctl_socket_is_answered_and_serving_goes_on() {
     let dir = TempDir::new("kamcmd-garbage");
@@ -414,6 +428,15 @@ fn garbage_on_the_ctl_socket_is_answered_and_serving_goes_on() {
         printed(&unix, &["core.echo", "still", "serving"]),
         "still\nserving\n"
     );
+    // Counted, for an operator to see.
+    let admin = listening(&found, "admin");
+    let metrics = http_get(admin.trim_start_matches("http://"), "/metrics");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("sipedge_admin_events_total{event=\"ctl_bad_request\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 3.0, "{line}");
     stop(child);
     assert!(!sock.exists());
 }

@@ -24,6 +24,7 @@ use super::binrpc::{self, Ordered};
 use super::rpc::{self, code, ErrorObject};
 use super::{Backend, Escaped};
 use crate::config::{CtlSocket, FileMode};
+use crate::metrics::AdminEvent;
 
 /// Largest request body read: kamcmd's own cap is 128 KiB of body, our
 /// methods take a few short strings.
@@ -258,10 +259,13 @@ where
                         drop(slot);
                     });
                 }
-                Err(_) => tracing::warn!(
-                    socket = %shown,
-                    "ctl connection refused: {MAX_CONNECTIONS} already open"
-                ),
+                Err(_) => {
+                    backend.count(AdminEvent::CtlConnectionRefused);
+                    tracing::warn!(
+                        socket = %shown,
+                        "ctl connection refused: {MAX_CONNECTIONS} already open"
+                    );
+                }
             },
             Err(e) => {
                 // Out of descriptors and the like: wait a little rather
@@ -290,6 +294,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, backend: A
                 Ok(Some(h)) => break h,
                 Ok(None) => {}
                 Err(e) => {
+                    backend.count(AdminEvent::CtlBadRequest);
                     let _ = stream.write_all(&bad_request(0, &e)).await;
                     return;
                 }
@@ -299,6 +304,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, backend: A
             }
         };
         if header.body_len > MAX_REQUEST {
+            backend.count(AdminEvent::CtlBadRequest);
             let why = format!(
                 "bad request: body of {} bytes, at most {MAX_REQUEST}",
                 header.body_len
@@ -367,9 +373,18 @@ async fn datagrams(
                 )
                 .await
             }
-            Ok(Some(h)) => bad_request(h.cookie, &binrpc::Error::Truncated),
-            Ok(None) => bad_request(0, &binrpc::Error::Truncated),
-            Err(e) => bad_request(0, &e),
+            Ok(Some(h)) => {
+                backend.count(AdminEvent::CtlBadRequest);
+                bad_request(h.cookie, &binrpc::Error::Truncated)
+            }
+            Ok(None) => {
+                backend.count(AdminEvent::CtlBadRequest);
+                bad_request(0, &binrpc::Error::Truncated)
+            }
+            Err(e) => {
+                backend.count(AdminEvent::CtlBadRequest);
+                bad_request(0, &e)
+            }
         };
         let reply = if reply.len() > 65_507 {
             binrpc::encode_fault(
@@ -404,7 +419,10 @@ pub fn respond(packet: &[u8], backend: &dyn Backend) -> Vec<u8> {
         .map_or(0, |h| h.cookie);
     let request = match binrpc::decode_request(packet) {
         Ok(r) => r,
-        Err(e) => return bad_request(cookie, &e),
+        Err(e) => {
+            backend.count(AdminEvent::CtlBadRequest);
+            return bad_request(cookie, &e);
+        }
     };
     tracing::debug!(method = %Escaped(&request.method), "BINRPC request");
     let params: Vec<Value> = request.params.iter().map(binrpc::to_json).collect();
