@@ -1861,6 +1861,15 @@ impl fmt::Display for Config {
             )?,
             None => writeln!(f, "admin           off")?,
         }
+        if let Some(admin) = self.admin.as_ref().filter(|a| !a.ctl.is_empty()) {
+            let sockets: Vec<String> = admin.ctl.iter().map(ToString::to_string).collect();
+            writeln!(
+                f,
+                "ctl (kamcmd)    {}, unix mode {:04o}",
+                sockets.join(", "),
+                admin.ctl_mode.0
+            )?;
+        }
         write!(
             f,
             "runtime         {} worker thread(s)",

@@ -53,6 +53,11 @@ pub enum CtlError {
     InUse(String),
     #[error("ctl socket {0}: the path exists and is not a socket; not replacing it")]
     NotASocket(String),
+    #[error(
+        "ctl socket {socket}: the directory {dir} does not exist (create it, or \
+         RuntimeDirectory=sipedge in the systemd unit gives /run/sipedge)"
+    )]
+    NoDirectory { socket: String, dir: String },
     #[error("cannot bind ctl socket {socket}: {source}")]
     Bind {
         socket: String,
@@ -140,7 +145,18 @@ pub fn bind_ctl(
         }
         CtlSocket::Unix(path) => {
             clear_stale(path, socket)?;
-            let l = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
+            let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+                match path
+                    .parent()
+                    .filter(|_| e.kind() == io::ErrorKind::NotFound)
+                {
+                    Some(dir) => CtlError::NoDirectory {
+                        socket: socket.to_string(),
+                        dir: dir.display().to_string(),
+                    },
+                    None => bind_error(e),
+                }
+            })?;
             let meta = std::fs::symlink_metadata(path).map_err(bind_error)?;
             // From here on, a failure removes the file again.
             let unlink = Unlink {
@@ -576,6 +592,42 @@ mod tests {
         };
         let names: Vec<_> = members.iter().map(|m| m.name.as_deref().unwrap()).collect();
         assert_eq!(names, ["now", "up_since", "uptime"]);
+    }
+
+    #[test]
+    fn unix_sockets_replace_stale_refuse_live_and_go_on_drop() {
+        let dir = std::env::temp_dir().join(format!("sipedge-ctl-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let socket = CtlSocket::Unix(path.clone());
+        let bind = || bind_ctl(&socket, FileMode(0o640), (None, None));
+
+        // Stale: a socket nobody answers on.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let live = bind().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        assert!(matches!(bind(), Err(CtlError::InUse(_))));
+        drop(live);
+        assert!(!path.exists(), "removed on drop");
+
+        std::fs::write(&path, "not a socket").unwrap();
+        assert!(matches!(bind(), Err(CtlError::NotASocket(_))));
+        assert!(path.exists(), "a file is left alone");
+        std::fs::remove_file(&path).unwrap();
+
+        let elsewhere = CtlSocket::Unix(dir.join("no/such/dir/ctl.sock"));
+        let err = bind_ctl(&elsewhere, FileMode::default(), (None, None)).unwrap_err();
+        assert!(matches!(err, CtlError::NoDirectory { .. }), "{err}");
+
+        // A file replaced behind its back is not removed.
+        let l = bind().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "someone else's").unwrap();
+        drop(l);
+        assert!(path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
