@@ -51,9 +51,11 @@ fn printed(socket: &str, args: &[&str]) -> String {
     stdout
 }
 
-/// A fake node: a UDP socket; the first request line of `method` whose
-/// text contains `call_id`, if one comes within `within`.
-fn recv_invite(node: &UdpSocket, call_id: &str, within: Duration) -> Option<String> {
+/// A fake node: a UDP socket. Waits up to `within` for the INVITE of
+/// `call_id` and answers it 486 (a final answer the proxy relays, not one
+/// it fails over on), so the call ends and the proxy has nothing to drain
+/// at exit. The INVITE's text, if one came.
+fn answer_invite(node: &UdpSocket, call_id: &str, within: Duration) -> Option<String> {
     let end = Instant::now() + within;
     let mut buf = [0u8; 65_535];
     while Instant::now() < end {
@@ -62,11 +64,26 @@ fn recv_invite(node: &UdpSocket, call_id: &str, within: Duration) -> Option<Stri
                 .max(Duration::from_millis(1)),
         ))
         .ok()?;
-        let Ok(n) = node.recv(&mut buf) else {
+        let Ok((n, from)) = node.recv_from(&mut buf) else {
             return None;
         };
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         if msg.starts_with("INVITE ") && msg.contains(call_id) {
+            let mut busy = String::from("SIP/2.0 486 Busy Here\r\n");
+            for line in msg.lines() {
+                let name = line
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                match name.as_str() {
+                    "via" | "from" | "call-id" | "cseq" => busy.push_str(&format!("{line}\r\n")),
+                    "to" => busy.push_str(&format!("{line};tag=busy\r\n")),
+                    _ => {}
+                }
+            }
+            busy.push_str("Content-Length: 0\r\n\r\n");
+            node.send_to(busy.as_bytes(), from).unwrap();
             return Some(msg);
         }
     }
@@ -182,7 +199,8 @@ fn kamcmd_runbook_over_unix_tcp_and_udp() {
         .collect();
     let uri = |i: usize| format!("sip:{}", nodes[i].local_addr().unwrap());
     let list = dir.0.join("pool.list");
-    // No probing (flags 0, probing mode 0): states change only by command.
+    // No probing (flags 0, probing mode 0): states change only by command
+    // (the nodes answer each call 486, on which nothing fails over).
     std::fs::write(
         &list,
         format!("1 {} 0 10\n1 {} 0 5 duid=b\n", uri(0), uri(1)),
@@ -221,7 +239,7 @@ fn kamcmd_runbook_over_unix_tcp_and_udp() {
     // Node 0 has the higher priority: it takes the first call.
     let trunk = UdpSocket::bind("127.0.0.1:0").unwrap();
     send_invite(&trunk, &proxy, "kamcmd-call-1");
-    assert!(recv_invite(&nodes[0], "kamcmd-call-1", MUST_ARRIVE).is_some());
+    assert!(answer_invite(&nodes[0], "kamcmd-call-1", MUST_ARRIVE).is_some());
 
     // The runbook's drain: the next call goes to node 1.
     assert_eq!(
@@ -233,9 +251,9 @@ fn kamcmd_runbook_over_unix_tcp_and_udp() {
         kamailio_list(&[(&uri(0), "IP", 10, None), (&uri(1), "AX", 5, Some("b")),])
     );
     send_invite(&trunk, &proxy, "kamcmd-call-2");
-    assert!(recv_invite(&nodes[1], "kamcmd-call-2", MUST_ARRIVE).is_some());
+    assert!(answer_invite(&nodes[1], "kamcmd-call-2", MUST_ARRIVE).is_some());
     assert_eq!(
-        recv_invite(&nodes[0], "kamcmd-call-2", Duration::from_millis(300)),
+        answer_invite(&nodes[0], "kamcmd-call-2", Duration::from_millis(300)),
         None
     );
 
