@@ -1254,6 +1254,62 @@ mod tests {
     }
 
     #[test]
+    fn core_and_system_methods_over_json() {
+        let fake = Fake::new(pool());
+        let ask = |method: &str, params: &str| {
+            text(
+                &fake,
+                &format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params},"id":1}}"#),
+            )
+        };
+        let names: Value = serde_json::from_str(&ask("system.listMethods", "[]")).unwrap();
+        let names: Vec<&str> = names["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert_eq!(names, METHODS.iter().map(|m| m.name).collect::<Vec<_>>());
+        assert!(names.contains(&"dispatcher.set_state") && names.contains(&"core.uptime"));
+        assert!(ask("core.version", "[]").contains(&format!(r#""result":"{}""#, version())));
+        assert!(version().starts_with("sipedge "));
+        assert!(ask("core.echo", r#"["a",7]"#).contains(r#""result":["a","7"]"#));
+        let uptime = ask("core.uptime", "[]");
+        let (now, since, secs) = (
+            uptime.find(r#""now":"#).unwrap(),
+            uptime.find(r#""up_since":"#).unwrap(),
+            uptime.find(r#""uptime":"#).unwrap(),
+        );
+        assert!(now < since && since < secs, "Kamailio's order: {uptime}");
+        assert!(ask("system.methodHelp", r#"["dispatcher.reload"]"#)
+            .contains(r#""result":"Reload the destination list""#));
+        for (params, message) in [
+            ("[]", "Method Name Expected"),
+            (r#"["x.y"]"#, "command not found"),
+        ] {
+            let answer: Value = serde_json::from_str(&ask("system.methodHelp", params)).unwrap();
+            assert_eq!(error_of(&answer), (400, message), "{params}");
+        }
+        let answer: Value = serde_json::from_str(&ask("core.version", "[1]")).unwrap();
+        assert_eq!(error_of(&answer).0, code::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn ctime_is_cs_ctime() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(ctime(UNIX_EPOCH), "Thu Jan  1 00:00:00 1970");
+        // 2026-12-06 13:04:24 UTC, a Sunday; and a leap day.
+        assert_eq!(
+            ctime(UNIX_EPOCH + Duration::from_secs(1_796_562_264)),
+            "Sun Dec  6 13:04:24 2026"
+        );
+        assert_eq!(
+            ctime(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "Tue Feb 29 00:00:00 2000"
+        );
+    }
+
+    #[test]
     fn flags_follow_status() {
         let mut d = dest(1, "sip:a", 0, 0);
         d.status = Status {
