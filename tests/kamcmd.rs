@@ -314,6 +314,25 @@ fn kamcmd_runbook_over_unix_tcp_and_udp() {
     // kamcmd's own alias for it.
     assert_eq!(printed(&unix, &["ls"]), methods);
 
+    // Interactive kamcmd: several commands over one connection.
+    let mut session = Command::new("timeout")
+        .args(["20", KAMCMD, "-s", &tcp])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    session
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"core.version\ndispatcher.ping_active\nversion\n")
+        .unwrap();
+    let out = session.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches(version.trim_end()).count(), 2, "{text}");
+    assert!(text.contains("{\n\tOldPingState: 1\n}\n"), "{text}");
+
     // dispatcher.reload: node 2 joins, node 0 leaves.
     std::fs::write(
         &list,
@@ -577,8 +596,14 @@ fn kamcmd_prints_the_same_as_against_kamailio() {
         &["dispatcher.list"],
         &["dispatcher.set_state", "ip"],
         &["dispatcher.set_state", "x", "1", "all"],
+        // kamcmd sends an empty argument as the integer 0: inactive.
         &["dispatcher.set_state", "", "1", "all"],
+        &["dispatcher.list"],
         &["dispatcher.set_state", "a", "1", "sip:192.0.2.1:5060"],
+        &["-f", "%v|", "dispatcher.list", "short"],
+        // Back to the file's states first: Kamailio's reload resets them,
+        // sipedge keeps those of the nodes that stay.
+        &["dispatcher.set_state", "a", "1", "all"],
         &["dispatcher.reload"],
         &["dispatcher.nope"],
         &["system.methodHelp"],
@@ -586,6 +611,9 @@ fn kamcmd_prints_the_same_as_against_kamailio() {
         &["system.methodHelp", "core.echo"],
         &["system.methodHelp", "core.uptime"],
         &["core.echo", "a", "s:7", "two words"],
+        // kamcmd's own formatting of the records.
+        &["-f", "[%v] [%v]\n", "core.echo", "a", "b", "c"],
+        &["dispatcher.list"],
     ];
     for args in commands {
         assert_eq!(
