@@ -1,6 +1,7 @@
 //! The admin interface: an HTTP listener with `/metrics`, health checks and
-//! a JSON-RPC 2.0 endpoint that speaks Kamailio's `dispatcher.*` RPCs, plus
-//! the client side of `sipedge ctl`.
+//! a JSON-RPC 2.0 endpoint that speaks Kamailio's `dispatcher.*` RPCs, the
+//! BINRPC control sockets Kamailio's `kamcmd` talks to, plus the client
+//! side of `sipedge ctl`.
 //!
 //! An operator migrating from Kamailio keeps their habits and scripts:
 //! `dispatcher.list` returns Kamailio's `NRSETS`/`RECORDS`/`SET`/`TARGETS`/
@@ -20,6 +21,10 @@
 //!   and fault codes. The result types are shared with the client.
 //! - [`ctl`]: the `sipedge ctl` client: one JSON-RPC exchange per call,
 //!   typed results, and a table renderer for `dispatcher.list`.
+//! - [`binrpc`]: Kamailio's BINRPC wire format, sans I/O; `binrpc_socket.rs`
+//!   binds the `[admin] ctl` sockets ([`bind_ctl`]) and serves them
+//!   ([`serve_ctl`]) through [`rpc::dispatch`], so `kamcmd` reaches the
+//!   same methods as `POST /RPC`.
 //!
 //! # Routes
 //! | route                      | answer                                              |
