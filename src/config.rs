@@ -332,13 +332,16 @@ impl Probe {
 }
 
 /// `[admin]`: the HTTP listener for `/metrics`, `/health/*` and the
-/// Kamailio-style JSON-RPC at `/RPC`.
+/// Kamailio-style JSON-RPC at `/RPC`, and the BINRPC sockets for kamcmd
+/// (`ctl`); at least one of the two.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// TCP address to listen on; keep it on loopback or a management
-    /// network: the RPC can drain nodes.
-    pub listen: SocketAddr,
+    /// network: the RPC can drain nodes. Absent: no HTTP listener (kamcmd
+    /// over `ctl` only).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
     /// A file holding the bearer token `POST /RPC` must carry
     /// (`Authorization: Bearer TOKEN`): its whole content, trimmed, at
     /// least [`MIN_SECRET_LEN`] bytes; relative to the config file.
@@ -380,7 +383,7 @@ impl Admin {
     /// An admin listener on `listen` without a token (tests, loopback).
     pub fn new(listen: SocketAddr) -> Admin {
         Admin {
-            listen,
+            listen: Some(listen),
             token_file: None,
             metrics_require_token: false,
             allow_unauthenticated: false,
@@ -405,7 +408,7 @@ impl Admin {
 
     /// Whether anyone beyond this host may reach an RPC without a token.
     pub fn unauthenticated_beyond_loopback(&self) -> bool {
-        self.token_file.is_none() && !self.listen.ip().is_loopback()
+        self.token_file.is_none() && self.listen.is_some_and(|l| !l.ip().is_loopback())
     }
 
     /// Reads the token file (relative to `base`) and checks it.
@@ -1464,6 +1467,12 @@ pub enum Rule {
          allow_unauthenticated = true"
     )]
     CtlBeyondLoopback(String),
+    #[error(
+        "[admin] has neither listen nor ctl: give listen = \"127.0.0.1:9090\" for HTTP \
+         (metrics, health, JSON-RPC), ctl = \"unix:/run/sipedge/ctl.sock\" for kamcmd, or \
+         remove the section"
+    )]
+    AdminEmpty,
     #[error("no {kind} named {name:?} on this host")]
     UnknownOwner { kind: &'static str, name: String },
 }
@@ -1704,8 +1713,14 @@ impl Config {
             return fail("listen.udp_mtu", Rule::UdpMtu(mtu));
         }
         if let Some(admin) = &self.admin {
-            if admin.unauthenticated_beyond_loopback() && !admin.allow_unauthenticated {
-                return fail("admin.listen", Rule::AdminWithoutToken(admin.listen));
+            match admin.listen {
+                None if admin.ctl.is_empty() => return fail("admin", Rule::AdminEmpty),
+                Some(listen)
+                    if admin.unauthenticated_beyond_loopback() && !admin.allow_unauthenticated =>
+                {
+                    return fail("admin.listen", Rule::AdminWithoutToken(listen));
+                }
+                _ => {}
             }
             for socket in &admin.ctl {
                 if let CtlSocket::Tcp(addr) | CtlSocket::Udp(addr) = socket {
@@ -1847,15 +1862,15 @@ impl fmt::Display for Config {
             codes.join(", "),
             self.probe.ping_from_or(&self.listen.advertise),
         )?;
-        match &self.admin {
-            Some(admin) => writeln!(
+        match self.admin.as_ref().and_then(|a| a.listen.map(|l| (a, l))) {
+            Some((admin, listen)) => writeln!(
                 f,
                 "admin           http://{}, {}",
-                admin.listen,
+                listen,
                 match (admin.token_file.is_some(), admin.metrics_require_token) {
                     (true, true) => "RPC and /metrics need the bearer token",
                     (true, false) => "RPC needs the bearer token",
-                    (false, _) if admin.listen.ip().is_loopback() => "no token (loopback)",
+                    (false, _) if listen.ip().is_loopback() => "no token (loopback)",
                     (false, _) => "NO TOKEN: anyone who reaches it can drain nodes",
                 }
             )?,
@@ -2476,7 +2491,7 @@ uri = "sip:10.0.1.11:5080"
         assert!(!cfg.probe.reply_codes[0].matches(300));
         assert!(cfg.probe.reply_codes[1].matches(403));
         assert_eq!(
-            cfg.admin.map(|a| a.listen),
+            cfg.admin.and_then(|a| a.listen),
             Some("127.0.0.1:9090".parse().unwrap())
         );
         for (body, key, want) in [

@@ -119,14 +119,11 @@ pub fn bind(config: &Config) -> Result<Bound, ServerError> {
                 .map_err(|source| ServerError::BindTcp { addr, source })
         })
         .collect::<Result<_, _>>()?;
-    let admin = match &config.admin {
-        Some(a) => Some(
-            TcpListener::bind(a.listen)
+    let admin = match config.admin.as_ref().and_then(|a| a.listen) {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| ServerError::BindAdmin {
-                    addr: a.listen,
-                    source,
-                })?,
+                .map_err(|source| ServerError::BindAdmin { addr, source })?,
         ),
         None => None,
     };
@@ -222,7 +219,7 @@ impl Server {
                     tracing::warn!(
                         "[admin] listen = \"{}\" without a token (allow_unauthenticated): \
                          anyone who reaches it can drain every node",
-                        admin.listen
+                        admin.listen.map(|l| l.to_string()).unwrap_or_default()
                     );
                 }
                 match admin.token() {

@@ -29,6 +29,11 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
 /// reason it must give.
 const BAD: &[(&str, &str, &str)] = &[
     (
+        "admin-empty.toml",
+        "admin",
+        "[admin] has neither listen nor ctl",
+    ),
+    (
         "ctl-unknown-kind.toml",
         "admin.ctl",
         "\"fifo:/tmp/kamailio_fifo\": expected unix:PATH, tcp:ADDR[:PORT] or udp:ADDR[:PORT]",

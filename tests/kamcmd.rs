@@ -567,6 +567,7 @@ fn kamcmd_prints_the_same_as_against_kamailio() {
     )
     .unwrap();
     let kamailio = Kamailio::start(&dir.0, &list);
+    // kamcmd only: no HTTP listener.
     let sock = dir.0.join("sipedge.sock");
     let cfg = dir.0.join("sipedge.toml");
     std::fs::write(
@@ -575,7 +576,7 @@ fn kamcmd_prints_the_same_as_against_kamailio() {
             "[listen]\nudp = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
              [dispatcher]\nalgorithm = \"priority\"\nlist_file = \"pool.list\"\n\
              [probe]\nmode = 0\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\nctl = \"unix:{}\"\n",
+             [admin]\nctl = \"unix:{}\"\n",
             sock.display()
         ),
     )

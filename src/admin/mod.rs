@@ -48,7 +48,9 @@ pub mod ctl;
 mod http;
 pub mod rpc;
 
-pub use binrpc_socket::{bind_ctl, serve_ctl, CtlError, CtlListener};
+pub use binrpc_socket::{
+    bind_ctl, serve_ctl, CtlError, CtlListener, MAX_CONNECTIONS as CTL_MAX_CONNECTIONS,
+};
 
 pub use http::{serve, serve_with, serve_with_access, Access, Limits};
 
