@@ -103,7 +103,7 @@ fn send_invite(trunk: &UdpSocket, proxy: &str, call_id: &str) {
 
 /// Starts the binary; returns it and every `listening on KIND:ADDR` line
 /// it printed, up to and including the last ctl one (`ctls` of them).
-fn spawn(cfg: &Path, ctls: usize) -> (Child, Vec<(String, String)>) {
+fn spawn(cfg: &Path, ctls: usize) -> (Running, Vec<(String, String)>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
         .args(["--config", cfg.to_str().unwrap()])
         .env("NO_COLOR", "1")
@@ -124,7 +124,19 @@ fn spawn(cfg: &Path, ctls: usize) -> (Child, Vec<(String, String)>) {
             break;
         }
     }
-    (child, found)
+    (Running(Some(child)), found)
+}
+
+/// The running binary: killed if the test fails before [`stop`].
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn listening<'a>(found: &'a [(String, String)], prefix: &str) -> &'a str {
@@ -135,7 +147,9 @@ fn listening<'a>(found: &'a [(String, String)], prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no `listening on` line for {prefix}: {found:?}"))
 }
 
-fn stop(mut child: Child) {
+/// SIGTERM; the binary must exit 0.
+fn stop(mut running: Running) {
+    let mut child = running.0.take().expect("running");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
