@@ -465,13 +465,16 @@ impl Probe {
 }
 
 /// `[admin]`: the HTTP listener for `/metrics`, `/health/*` and the
-/// Kamailio-style JSON-RPC at `/RPC`.
+/// Kamailio-style JSON-RPC at `/RPC`, and the BINRPC sockets for kamcmd
+/// (`ctl`); at least one of the two.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// TCP address to listen on; keep it on loopback or a management
-    /// network: the RPC can drain nodes.
-    pub listen: SocketAddr,
+    /// network: the RPC can drain nodes. Absent: no HTTP listener (kamcmd
+    /// over `ctl` only).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
     /// A file holding the bearer token `POST /RPC` must carry
     /// (`Authorization: Bearer TOKEN`): its whole content, trimmed, at
     /// least [`MIN_SECRET_LEN`] bytes; relative to the config file.
@@ -485,21 +488,50 @@ pub struct Admin {
     /// Refused unless set: anyone who reaches the port could drain nodes.
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// Kamailio `ctl` module sockets speaking BINRPC, for `kamcmd -s`:
+    /// `unix:/run/sipedge/ctl.sock`, `tcp:127.0.0.1:2049`,
+    /// `udp:127.0.0.1:2049`; one string or a list. None by default.
+    #[serde(default, deserialize_with = "one_or_many_ctl")]
+    pub ctl: Vec<CtlSocket>,
+    /// Permissions of the unix sockets, octal (`"0660"`); Kamailio's
+    /// `mode` modparam.
+    #[serde(default)]
+    pub ctl_mode: FileMode,
+    /// Owner and group of the unix sockets: a name or a number (Kamailio's
+    /// `user`, `group`). Unset: whoever runs sipedge.
+    #[serde(default)]
+    pub ctl_user: Option<String>,
+    #[serde(default)]
+    pub ctl_group: Option<String>,
     /// The token read from `token_file` when the file was loaded.
     #[serde(skip)]
     token: Option<Secret>,
+    /// `ctl_user` and `ctl_group` as ids, looked up when the file was
+    /// loaded.
+    #[serde(skip)]
+    ctl_owner: (Option<u32>, Option<u32>),
 }
 
 impl Admin {
     /// An admin listener on `listen` without a token (tests, loopback).
     pub fn new(listen: SocketAddr) -> Admin {
         Admin {
-            listen,
+            listen: Some(listen),
             token_file: None,
             metrics_require_token: false,
             allow_unauthenticated: false,
+            ctl: Vec::new(),
+            ctl_mode: FileMode::default(),
+            ctl_user: None,
+            ctl_group: None,
             token: None,
+            ctl_owner: (None, None),
         }
+    }
+
+    /// The uid and gid the unix ctl sockets are given (`None`: unchanged).
+    pub fn ctl_owner(&self) -> (Option<u32>, Option<u32>) {
+        self.ctl_owner
     }
 
     /// The token `POST /RPC` must carry; `None`: no authentication.
@@ -509,7 +541,7 @@ impl Admin {
 
     /// Whether anyone beyond this host may reach an RPC without a token.
     pub fn unauthenticated_beyond_loopback(&self) -> bool {
-        self.token_file.is_none() && !self.listen.ip().is_loopback()
+        self.token_file.is_none() && self.listen.is_some_and(|l| !l.ip().is_loopback())
     }
 
     /// Reads the token file (relative to `base`) and checks it.
@@ -519,7 +551,174 @@ impl Admin {
             ("admin.token_file", self.token_file.as_deref()),
             base,
         )?;
+        let lookup =
+            |key: &str, name: &Option<String>, user: bool| -> Result<Option<u32>, Violation> {
+                let Some(name) = name else { return Ok(None) };
+                if let Ok(id) = name.parse::<u32>() {
+                    return Ok(Some(id));
+                }
+                let found = if user {
+                    nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw()))
+                } else {
+                    nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw()))
+                };
+                match found {
+                    Ok(Some(id)) => Ok(Some(id)),
+                    Ok(None) | Err(_) => Err(Violation {
+                        key: key.to_owned(),
+                        rule: Rule::UnknownOwner {
+                            kind: if user { "user" } else { "group" },
+                            name: name.clone(),
+                        },
+                    }),
+                }
+            };
+        self.ctl_owner = (
+            lookup("admin.ctl_user", &self.ctl_user, true)?,
+            lookup("admin.ctl_group", &self.ctl_group, false)?,
+        );
         Ok(())
+    }
+}
+
+/// Kamailio's default ctl TCP/UDP port.
+pub const CTL_PORT: u16 = 2049;
+
+/// One `[admin] ctl` socket, in the `ctl` module's syntax.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum CtlSocket {
+    /// `unix:PATH` (or `unixs:PATH`, or a bare absolute path): a stream
+    /// socket, what `kamcmd` uses by default.
+    Unix(PathBuf),
+    /// `tcp:ADDR[:PORT]`, port 2049 when not given.
+    Tcp(SocketAddr),
+    /// `udp:ADDR[:PORT]`: one request per datagram.
+    Udp(SocketAddr),
+}
+
+/// Longest unix socket path (`sun_path` holds 108 bytes with the NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+impl TryFrom<String> for CtlSocket {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<CtlSocket, String> {
+        let (proto, rest) = match text.split_once(':') {
+            Some((p, r)) if !text.starts_with('/') => (p.to_ascii_lowercase(), r),
+            _ => ("unix".to_owned(), text.as_str()),
+        };
+        let addr = |rest: &str| -> Result<SocketAddr, String> {
+            rest.parse::<SocketAddr>()
+                .or_else(|_| {
+                    rest.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, CTL_PORT))
+                })
+                .map_err(|_| {
+                    format!(
+                        "{text:?}: expected an IP address and an optional port, e.g. \
+                         \"tcp:127.0.0.1:{CTL_PORT}\" (host names are not resolved)"
+                    )
+                })
+        };
+        match proto.as_str() {
+            "unix" | "unixs" => {
+                let path = PathBuf::from(rest);
+                if !path.is_absolute() {
+                    return Err(format!(
+                        "{text:?}: a unix socket needs an absolute path, e.g. \
+                         \"unix:/run/sipedge/ctl.sock\""
+                    ));
+                }
+                if rest.len() > MAX_UNIX_PATH {
+                    return Err(format!(
+                        "{text:?}: a unix socket path has at most {MAX_UNIX_PATH} bytes"
+                    ));
+                }
+                Ok(CtlSocket::Unix(path))
+            }
+            "tcp" => addr(rest).map(CtlSocket::Tcp),
+            "udp" => addr(rest).map(CtlSocket::Udp),
+            "unixd" => Err(format!(
+                "{text:?}: unix datagram sockets are not supported; use unix: (stream), \
+                 which kamcmd uses by default"
+            )),
+            _ => Err(format!(
+                "{text:?}: expected unix:PATH, tcp:ADDR[:PORT] or udp:ADDR[:PORT]"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for CtlSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CtlSocket::Unix(path) => write!(f, "unix:{}", path.display()),
+            CtlSocket::Tcp(addr) => write!(f, "tcp:{addr}"),
+            CtlSocket::Udp(addr) => write!(f, "udp:{addr}"),
+        }
+    }
+}
+
+/// `ctl = "unix:..."` or `ctl = ["unix:...", "tcp:..."]`.
+fn one_or_many_ctl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CtlSocket>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<CtlSocket>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a socket string or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Vec<CtlSocket>, E> {
+            CtlSocket::try_from(s.to_owned())
+                .map(|c| vec![c])
+                .map_err(E::custom)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<CtlSocket>, A::Error> {
+            let mut out: Vec<CtlSocket> = Vec::new();
+            while let Some(socket) = seq.next_element::<CtlSocket>()? {
+                if out.contains(&socket) {
+                    return Err(serde::de::Error::custom(format!(
+                        "{socket} is listed twice"
+                    )));
+                }
+                out.push(socket);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// Unix file permissions written in octal, as in `chmod`: `"0660"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct FileMode(pub u32);
+
+impl Default for FileMode {
+    /// Kamailio's: read and write for the owner only.
+    fn default() -> FileMode {
+        FileMode(0o600)
+    }
+}
+
+impl TryFrom<String> for FileMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<FileMode, String> {
+        let digits = text.trim_start_matches("0o");
+        match u32::from_str_radix(digits, 8) {
+            Ok(mode) if !digits.is_empty() && digits.len() <= 4 && mode <= 0o777 => {
+                Ok(FileMode(mode))
+            }
+            _ => Err(format!(
+                "{text:?}: expected permissions in octal from \"0000\" to \"0777\", e.g. \"0660\""
+            )),
+        }
     }
 }
 
@@ -1418,6 +1617,20 @@ pub enum Rule {
          `openssl rand -hex 32`), listen on 127.0.0.1, or set allow_unauthenticated = true"
     )]
     AdminWithoutToken(SocketAddr),
+    #[error(
+        "{0} is not a loopback address and BINRPC has no authentication: anyone who reaches \
+         it could drain every node; use a unix: socket or a loopback address, or set \
+         allow_unauthenticated = true"
+    )]
+    CtlBeyondLoopback(String),
+    #[error(
+        "[admin] has neither listen nor ctl: give listen = \"127.0.0.1:9090\" for HTTP \
+         (metrics, health, JSON-RPC), ctl = \"unix:/run/sipedge/ctl.sock\" for kamcmd, or \
+         remove the section"
+    )]
+    AdminEmpty,
+    #[error("no {kind} named {name:?} on this host")]
+    UnknownOwner { kind: &'static str, name: String },
 }
 
 impl Config {
@@ -1674,8 +1887,21 @@ impl Config {
             return fail("listen.udp_mtu", Rule::UdpMtu(mtu));
         }
         if let Some(admin) = &self.admin {
-            if admin.unauthenticated_beyond_loopback() && !admin.allow_unauthenticated {
-                return fail("admin.listen", Rule::AdminWithoutToken(admin.listen));
+            match admin.listen {
+                None if admin.ctl.is_empty() => return fail("admin", Rule::AdminEmpty),
+                Some(listen)
+                    if admin.unauthenticated_beyond_loopback() && !admin.allow_unauthenticated =>
+                {
+                    return fail("admin.listen", Rule::AdminWithoutToken(listen));
+                }
+                _ => {}
+            }
+            for socket in &admin.ctl {
+                if let CtlSocket::Tcp(addr) | CtlSocket::Udp(addr) = socket {
+                    if !addr.ip().is_loopback() && !admin.allow_unauthenticated {
+                        return fail("admin.ctl", Rule::CtlBeyondLoopback(socket.to_string()));
+                    }
+                }
             }
         }
         // Likewise over TLS.
@@ -1862,19 +2088,28 @@ impl fmt::Display for Config {
             codes.join(", "),
             self.probe.ping_from_or(&self.listen.advertise),
         )?;
-        match &self.admin {
-            Some(admin) => writeln!(
+        match self.admin.as_ref().and_then(|a| a.listen.map(|l| (a, l))) {
+            Some((admin, listen)) => writeln!(
                 f,
                 "admin           http://{}, {}",
-                admin.listen,
+                listen,
                 match (admin.token_file.is_some(), admin.metrics_require_token) {
                     (true, true) => "RPC and /metrics need the bearer token",
                     (true, false) => "RPC needs the bearer token",
-                    (false, _) if admin.listen.ip().is_loopback() => "no token (loopback)",
+                    (false, _) if listen.ip().is_loopback() => "no token (loopback)",
                     (false, _) => "NO TOKEN: anyone who reaches it can drain nodes",
                 }
             )?,
             None => writeln!(f, "admin           off")?,
+        }
+        if let Some(admin) = self.admin.as_ref().filter(|a| !a.ctl.is_empty()) {
+            let sockets: Vec<String> = admin.ctl.iter().map(ToString::to_string).collect();
+            writeln!(
+                f,
+                "ctl (kamcmd)    {}, unix mode {:04o}",
+                sockets.join(", "),
+                admin.ctl_mode.0
+            )?;
         }
         write!(
             f,
@@ -2357,6 +2592,61 @@ uri = "sip:10.0.1.11:5080"
     }
 
     #[test]
+    fn ctl_sockets_in_kamailios_syntax() {
+        let parse = |s: &str| CtlSocket::try_from(s.to_owned());
+        assert_eq!(
+            parse("unix:/run/sipedge/ctl.sock"),
+            Ok(CtlSocket::Unix("/run/sipedge/ctl.sock".into()))
+        );
+        assert_eq!(parse("unixs:/a"), Ok(CtlSocket::Unix("/a".into())));
+        assert_eq!(parse("/a/b"), Ok(CtlSocket::Unix("/a/b".into())));
+        assert_eq!(
+            parse("tcp:127.0.0.1:2049"),
+            Ok(CtlSocket::Tcp("127.0.0.1:2049".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("TCP:127.0.0.1"),
+            Ok(CtlSocket::Tcp("127.0.0.1:2049".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("udp:[::1]:3000"),
+            Ok(CtlSocket::Udp("[::1]:3000".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("tcp:[::1]"),
+            Ok(CtlSocket::Tcp("[::1]:2049".parse().unwrap()))
+        );
+        for bad in [
+            "tcp:localhost:2049",
+            "unix:rel",
+            "unixd:/a",
+            "fifo:/a",
+            "tcp:",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(parse(&format!("unix:/{}", "a".repeat(107))).is_err());
+        assert_eq!(
+            parse("unix:/x").unwrap().to_string(),
+            "unix:/x",
+            "shown as written"
+        );
+
+        let admin =
+            |extra: &str| toml::from_str::<Admin>(&format!("listen = \"127.0.0.1:9090\"\n{extra}"));
+        let one = admin("ctl = \"tcp:127.0.0.1:2049\"").unwrap();
+        assert_eq!(one.ctl.len(), 1);
+        assert_eq!(one.ctl_mode, FileMode(0o600));
+        let two = admin("ctl = [\"unix:/a\", \"udp:127.0.0.1\"]\nctl_mode = \"0660\"").unwrap();
+        assert_eq!(two.ctl.len(), 2);
+        assert_eq!(two.ctl_mode, FileMode(0o660));
+        assert!(admin("").unwrap().ctl.is_empty(), "none by default");
+        for bad in ["\"660x\"", "\"\"", "\"01777\"", "\"99\""] {
+            assert!(admin(&format!("ctl_mode = {bad}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn failover_codes_must_be_final() {
         for code in [200, 180, 99, 700, 1000] {
             let text = format!("{BASE}\n[failover]\ncodes = [503, {code}]\n");
@@ -2426,7 +2716,7 @@ uri = "sip:10.0.1.11:5080"
         assert!(!cfg.probe.reply_codes[0].matches(300));
         assert!(cfg.probe.reply_codes[1].matches(403));
         assert_eq!(
-            cfg.admin.map(|a| a.listen),
+            cfg.admin.and_then(|a| a.listen),
             Some("127.0.0.1:9090".parse().unwrap())
         );
         for (body, key, want) in [

@@ -56,8 +56,10 @@
 //!   `main` calls).
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/health/live`,
 //!   `/health/ready`, JSON-RPC at `/RPC` with Kamailio's `dispatcher.*`
-//!   methods and result shapes, an optional bearer token) behind the
-//!   [`admin::Backend`] trait, and the `sipedge ctl` client.
+//!   methods and result shapes, an optional bearer token), the BINRPC
+//!   control sockets kamcmd talks to (`[admin] ctl`, the same methods),
+//!   both behind the [`admin::Backend`] trait, and the `sipedge ctl`
+//!   client.
 //!
 //! # Where new things go
 //! - A new transport (WebSocket): one module in [`transport`] behind

@@ -172,6 +172,9 @@ async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), ServerError>
     if let Some(addr) = listening.admin {
         println!("listening on admin:http://{addr}");
     }
+    for socket in &listening.ctl {
+        println!("listening on ctl:{socket}");
+    }
     server.run(shutdown).await
 }
 

@@ -108,7 +108,9 @@ pub const REGISTRY_OPERATIONS_TOTAL: &str = "sipedge_registry_operations_total";
 pub const REGISTRY_UP: &str = "sipedge_registry_up";
 /// What the admin listener refused or cut short: requests without the
 /// `[admin]` bearer token (answered 401), connections closed to make room
-/// at its connection cap. Label: `event` ([`AdminEvent`]).
+/// at its connection cap; on the BINRPC ctl sockets, bytes that were not
+/// a request (answered with a 400 fault) and connections refused at their
+/// cap. Label: `event` ([`AdminEvent`]).
 pub const ADMIN_EVENTS_TOTAL: &str = "sipedge_admin_events_total";
 /// ICMP errors read for datagrams sipedge sent over UDP, by what was made
 /// of them. Only those from the destination's own address fail the
@@ -562,6 +564,11 @@ label_enum! {
         /// At the connection cap, the oldest connection (an idle one
         /// first) was closed so a new client, a health check say, gets in.
         ConnectionEvicted => "connection_evicted",
+        /// A ctl socket got bytes that are not a BINRPC request, or one
+        /// over its size cap: a 400 fault.
+        CtlBadRequest => "ctl_bad_request",
+        /// A ctl socket was at its connection cap: the new one closed.
+        CtlConnectionRefused => "ctl_connection_refused",
     }
 }
 

@@ -17,10 +17,13 @@ pub const MARGIN: u64 = 128;
 /// admits, one per node (outgoing TCP), the admin connections, every
 /// socket and listener, and [`MARGIN`].
 pub fn fds_needed(config: &Config) -> u64 {
-    let admin = config
-        .admin
-        .as_ref()
-        .map_or(0, |_| crate::admin::Limits::default().max_connections + 1);
+    let admin = config.admin.as_ref().map_or(0, |a| {
+        let http = a
+            .listen
+            .map_or(0, |_| crate::admin::Limits::default().max_connections + 1);
+        let ctl = a.ctl.len() * (crate::admin::CTL_MAX_CONNECTIONS + 1);
+        http + ctl
+    });
     let sockets = config.listen.udp.len() + config.listen.tcp.len();
     let nodes = config.dispatcher.destinations.len();
     [config.tcp.max_connections, nodes, admin, sockets]

@@ -63,6 +63,9 @@ pub enum ServerError {
     Proxy(#[from] ProxyError),
     #[error("cannot register the admin listener with the runtime: {0}")]
     Admin(#[source] io::Error),
+    /// `[admin] ctl`: in use, not a socket, or not bindable.
+    #[error(transparent)]
+    Ctl(#[from] crate::admin::CtlError),
     /// A task panicked before the shutdown.
     #[error("a server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -75,9 +78,12 @@ pub struct Bound {
     pub tcp: Vec<TcpListener>,
     pub tls: Vec<TcpListener>,
     pub admin: Option<TcpListener>,
+    /// `[admin] ctl`, in the config's order.
+    pub ctl: Vec<crate::admin::CtlListener>,
 }
 
-/// Binds `[listen] udp`, `[listen] tcp`, `[listen] tls` and `[admin] listen`.
+/// Binds `[listen] udp`, `[listen] tcp`, `[listen] tls`, `[admin] listen`
+/// and `[admin] ctl`.
 pub fn bind(config: &Config) -> Result<Bound, ServerError> {
     let udp_options = UdpOptions {
         recv_buffer: config.listen.recv_buffer,
@@ -113,22 +119,28 @@ pub fn bind(config: &Config) -> Result<Bound, ServerError> {
                 .map_err(|source| ServerError::BindTcp { addr, source })
         })
         .collect::<Result<_, _>>()?;
-    let admin = match &config.admin {
-        Some(a) => Some(
-            TcpListener::bind(a.listen)
+    let admin = match config.admin.as_ref().and_then(|a| a.listen) {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| ServerError::BindAdmin {
-                    addr: a.listen,
-                    source,
-                })?,
+                .map_err(|source| ServerError::BindAdmin { addr, source })?,
         ),
         None => None,
+    };
+    let ctl = match &config.admin {
+        Some(a) => a
+            .ctl
+            .iter()
+            .map(|socket| crate::admin::bind_ctl(socket, a.ctl_mode, a.ctl_owner()))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
     };
     Ok(Bound {
         udp,
         tcp,
         tls,
         admin,
+        ctl,
     })
 }
 
@@ -139,12 +151,15 @@ pub struct Listening {
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// `[admin] ctl`, port 0 resolved.
+    pub ctl: Vec<crate::config::CtlSocket>,
 }
 
 /// A proxy built around its listeners, not serving yet.
 pub struct Server {
     proxy: Arc<Proxy>,
     admin: Option<tokio::net::TcpListener>,
+    ctl: Vec<crate::admin::CtlListener>,
     /// Who may use the RPC and `/metrics` (`[admin] token_file`).
     access: crate::admin::Access,
     /// Registered before anything serves: their default action would end
@@ -193,6 +208,8 @@ impl Server {
     ) -> Result<Server, ServerError> {
         #[cfg(unix)]
         let signals = Signals::register();
+        // `core.uptime` counts from here.
+        crate::admin::started();
         for line in &config.dispatcher.skipped {
             tracing::warn!("dispatcher.list line left out (another set): {line}");
         }
@@ -202,7 +219,7 @@ impl Server {
                     tracing::warn!(
                         "[admin] listen = \"{}\" without a token (allow_unauthenticated): \
                          anyone who reaches it can drain every node",
-                        admin.listen
+                        admin.listen.map(|l| l.to_string()).unwrap_or_default()
                     );
                 }
                 match admin.token() {
@@ -224,6 +241,7 @@ impl Server {
         Ok(Server {
             proxy,
             admin,
+            ctl: bound.ctl,
             access,
             #[cfg(unix)]
             signals,
@@ -240,6 +258,11 @@ impl Server {
             tcp: self.proxy.tcp_addrs().to_vec(),
             tls: self.proxy.tls_addrs().to_vec(),
             admin: self.admin.as_ref().and_then(|l| l.local_addr().ok()),
+            ctl: self
+                .ctl
+                .iter()
+                .map(crate::admin::CtlListener::socket)
+                .collect(),
         }
     }
 
@@ -253,6 +276,10 @@ impl Server {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(proxy.clone().run(cancel.clone()));
+        for listener in self.ctl {
+            let backend: Arc<dyn crate::admin::Backend> = proxy.clone();
+            tasks.spawn(crate::admin::serve_ctl(listener, backend, cancel.clone()));
+        }
         if let Some(listener) = self.admin {
             let backend: Arc<dyn crate::admin::Backend> = proxy.clone();
             tasks.spawn(crate::admin::serve_with_access(

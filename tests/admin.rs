@@ -484,7 +484,7 @@ async fn dispatcher_list_has_kamailios_shape() {
                                   "ATTRS": {"BODY": "duid=fs-c;weight=50;socket=udp:10.0.0.5:5060",
                                             "DUID": "fs-c", "MAXLOAD": 0, "WEIGHT": 50,
                                             "RWEIGHT": 0, "SOCKET": "udp:10.0.0.5:5060",
-                                            "SOCKNAME": "", "OBPROXY": ""}}}
+                                            "SOCKNAME": null, "OBPROXY": null}}}
                     ]}}
                 ]
             },
@@ -498,7 +498,7 @@ async fn dispatcher_list_has_kamailios_shape() {
         r#"{"jsonrpc":"2.0","result":{"NRSETS":2,"RECORDS":[{"SET":{"ID":1,"TARGETS":[{"DEST":{"URI":"#,
         r#""FLAGS":"AP","PRIORITY":10}}"#,
         r#""PRIORITY":5,"ATTRS":{"BODY":"#,
-        r#""DUID":"fs-c","MAXLOAD":0,"WEIGHT":50,"RWEIGHT":0,"SOCKET":"udp:10.0.0.5:5060","SOCKNAME":"","OBPROXY":""}"#,
+        r#""DUID":"fs-c","MAXLOAD":0,"WEIGHT":50,"RWEIGHT":0,"SOCKET":"udp:10.0.0.5:5060","SOCKNAME":null,"OBPROXY":null}"#,
         r#"]}}]},"id":1}"#,
     ];
     let mut at = 0;
@@ -1359,7 +1359,7 @@ async fn ctl_errors_carry_code_and_message() {
         }
         other => panic!("{other:?}"),
     }
-    match client.call("core.version", json!([])).await {
+    match client.call("core.nope", json!([])).await {
         Err(CtlError::Rpc { code, message, .. }) => {
             assert_eq!((code, message.as_str()), (-32601, "Method Not Found"));
         }

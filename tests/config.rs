@@ -29,6 +29,41 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
 /// reason it must give.
 const BAD: &[(&str, &str, &str)] = &[
     (
+        "admin-empty.toml",
+        "admin",
+        "[admin] has neither listen nor ctl",
+    ),
+    (
+        "ctl-unknown-kind.toml",
+        "admin.ctl",
+        "\"fifo:/tmp/kamailio_fifo\": expected unix:PATH, tcp:ADDR[:PORT] or udp:ADDR[:PORT]",
+    ),
+    (
+        "ctl-relative-path.toml",
+        "admin.ctl",
+        "a unix socket needs an absolute path",
+    ),
+    (
+        "ctl-public-tcp.toml",
+        "admin.ctl",
+        "tcp:0.0.0.0:2049 is not a loopback address and BINRPC has no authentication",
+    ),
+    (
+        "ctl-mode.toml",
+        "admin.ctl_mode",
+        "\"0888\": expected permissions in octal",
+    ),
+    (
+        "ctl-unknown-user.toml",
+        "admin.ctl_user",
+        "no user named \"no-such-user-sipedge\" on this host",
+    ),
+    (
+        "ctl-twice.toml",
+        "admin.ctl",
+        "tcp:127.0.0.1:2049 is listed twice",
+    ),
+    (
         "list-bad-line.toml",
         "dispatcher.list_file",
         "bad-line.list:3: set id",

@@ -1,6 +1,7 @@
 //! The admin interface: an HTTP listener with `/metrics`, health checks and
-//! a JSON-RPC 2.0 endpoint that speaks Kamailio's `dispatcher.*` RPCs, plus
-//! the client side of `sipedge ctl`.
+//! a JSON-RPC 2.0 endpoint that speaks Kamailio's `dispatcher.*` RPCs, the
+//! BINRPC control sockets Kamailio's `kamcmd` talks to, plus the client
+//! side of `sipedge ctl`.
 //!
 //! An operator migrating from Kamailio keeps their habits and scripts:
 //! `dispatcher.list` returns Kamailio's `NRSETS`/`RECORDS`/`SET`/`TARGETS`/
@@ -20,6 +21,10 @@
 //!   and fault codes. The result types are shared with the client.
 //! - [`ctl`]: the `sipedge ctl` client: one JSON-RPC exchange per call,
 //!   typed results, and a table renderer for `dispatcher.list`.
+//! - [`binrpc`]: Kamailio's BINRPC wire format, sans I/O; `binrpc_socket.rs`
+//!   binds the `[admin] ctl` sockets ([`bind_ctl`]) and serves them
+//!   ([`serve_ctl`]) through [`rpc::dispatch`], so `kamcmd` reaches the
+//!   same methods as `POST /RPC`.
 //!
 //! # Routes
 //! | route                      | answer                                              |
@@ -37,11 +42,24 @@ use std::fmt;
 use crate::dispatcher::health::{SetState, Status};
 pub use crate::dispatcher::list::AttrsView;
 
+pub mod binrpc;
+mod binrpc_socket;
 pub mod ctl;
 mod http;
 pub mod rpc;
 
+pub use binrpc_socket::{
+    bind_ctl, serve_ctl, CtlError, CtlListener, MAX_CONNECTIONS as CTL_MAX_CONNECTIONS,
+};
+
 pub use http::{serve, serve_with, serve_with_access, Access, Limits};
+
+/// When this process started serving, for `core.uptime`: the first call
+/// fixes it ([`crate::server::Server::new`] makes it early).
+pub fn started() -> std::time::SystemTime {
+    static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::SystemTime::now)
+}
 
 /// What the admin interface needs from the running proxy.
 ///

@@ -14,13 +14,23 @@
 //! | `dispatcher.set_state`   | `[state, set, uri or "all"]`    | `"Ok. Dispatcher state updated."`        |
 //! | `dispatcher.reload`      | `[]`                            | `"Ok. Dispatcher successfully reloaded."`|
 //! | `dispatcher.ping_active` | `[]` (query) or `[0]`/`[1]`     | `{"NewPingState":1,"OldPingState":0}`    |
+//! | `core.uptime`            | `[]`                            | `{"now":..,"up_since":..,"uptime":secs}` |
+//! | `core.version`           | `[]`                            | `"sipedge 0.1.0 (x86_64/linux)"`         |
+//! | `core.echo`              | any strings or numbers          | the same, as strings, in an array        |
+//! | `system.listMethods`     | `[]`                            | every method name, in an array           |
+//! | `system.methodHelp`      | `[name]`                        | one line of help (400 faults as Kamailio)|
+//!
+//! One table ([`dispatch`]) serves this endpoint and the BINRPC socket
+//! ([`super::binrpc`]), so both always have the same methods.
 //!
 //! A destination is `{"DEST":{"URI":..,"FLAGS":"AP","PRIORITY":10}}`, with
 //! `"ATTRS":{"BODY","DUID","MAXLOAD","WEIGHT","RWEIGHT","SOCKET",
 //! "SOCKNAME","OBPROXY"}` after `PRIORITY` when the list line had
 //! attributes (Kamailio 5.x's fields; the `LATENCY` and `RUNTIME` blocks
 //! only appear there with latency stats or the call-load table, which
-//! sipedge does not have). Keys come out in Kamailio's order. `short`
+//! sipedge does not have). Keys come out in Kamailio's order; an unset
+//! `DUID`, `SOCKET`, `SOCKNAME` or `OBPROXY` is `null`, as `jsonrpcs`
+//! writes Kamailio's unset strings. `short`
 //! leaves `ATTRS` out, `full` always prints it (Kamailio's host, DNS and
 //! overload fields of `full` are not there).
 //!
@@ -73,6 +83,11 @@ pub mod method {
     pub const SET_STATE: &str = "dispatcher.set_state";
     pub const RELOAD: &str = "dispatcher.reload";
     pub const PING_ACTIVE: &str = "dispatcher.ping_active";
+    pub const CORE_UPTIME: &str = "core.uptime";
+    pub const CORE_VERSION: &str = "core.version";
+    pub const CORE_ECHO: &str = "core.echo";
+    pub const LIST_METHODS: &str = "system.listMethods";
+    pub const METHOD_HELP: &str = "system.methodHelp";
 }
 
 /// JSON-RPC error codes.
@@ -99,6 +114,8 @@ pub mod message {
     pub const STATE_UPDATE_FAILED: &str = "State Update Failed";
     pub const RELOAD_FAILED: &str = "Reload Failed";
     pub const ONGOING_RELOAD: &str = "Ongoing reload";
+    pub const METHOD_NAME_EXPECTED: &str = "Method Name Expected";
+    pub const COMMAND_NOT_FOUND: &str = "command not found";
 }
 
 /// `dispatcher.set_state`'s result (Kamailio 5.4 and later; older releases
@@ -203,6 +220,11 @@ impl ErrorObject {
         ErrorObject::new(code::KAMAILIO_FAULT, message, why)
     }
 
+    /// A fault with a code other than Kamailio's usual 500.
+    fn with_code(code: i64, message: &str, why: impl Into<String>) -> ErrorObject {
+        ErrorObject::new(code, message, why)
+    }
+
     /// The HTTP status that carries this error (see the module docs).
     fn http_status(&self) -> u16 {
         match self.code {
@@ -220,6 +242,9 @@ enum RpcResult {
     List(ListResult),
     Text(&'static str),
     Ping(PingState),
+    Uptime(Uptime),
+    /// Several values: Kamailio's `rpc->add` called once per value.
+    Strings(Vec<String>),
 }
 
 /// The answer envelope, members in Kamailio's order: `jsonrpc`, then
@@ -359,18 +384,211 @@ fn reply(http_status: u16, envelope: &Envelope<'_>) -> Reply {
     }
 }
 
-fn call(method: &str, params: &[Value], backend: &dyn Backend) -> Result<RpcResult, ErrorObject> {
-    match method {
-        method::LIST => list(params, backend).map(RpcResult::List),
-        method::SET_STATE => set_state(params, backend).map(RpcResult::Text),
-        method::RELOAD => reload(params, backend).map(RpcResult::Text),
-        method::PING_ACTIVE => ping_active(params, backend).map(RpcResult::Ping),
-        _ => Err(ErrorObject::new(
+/// One method: its name as Kamailio registers it, the one-line help
+/// `system.methodHelp` gives, and the function that runs it. The single
+/// table both the JSON-RPC endpoint and the BINRPC socket dispatch on, so
+/// a method added here is on both and in `system.listMethods`.
+struct Method {
+    name: &'static str,
+    help: &'static str,
+    run: fn(&[Value], &dyn Backend) -> Result<RpcResult, ErrorObject>,
+}
+
+const METHODS: &[Method] = &[
+    Method {
+        name: method::LIST,
+        help: "Print the destination sets: NRSETS and RECORDS, [short|full]",
+        run: |p, b| list(p, b).map(RpcResult::List),
+    },
+    Method {
+        name: method::SET_STATE,
+        help: "Set the state of a destination: state set-id uri|all",
+        run: |p, b| set_state(p, b).map(RpcResult::Text),
+    },
+    Method {
+        name: method::RELOAD,
+        help: "Reload the destination list",
+        run: |p, b| reload(p, b).map(RpcResult::Text),
+    },
+    Method {
+        name: method::PING_ACTIVE,
+        help: "Query or set the global probing switch: [0|1]",
+        run: |p, b| ping_active(p, b).map(RpcResult::Ping),
+    },
+    Method {
+        name: method::CORE_UPTIME,
+        help: "Returns uptime of SIP server.",
+        run: |p, _| uptime(p).map(RpcResult::Uptime),
+    },
+    Method {
+        name: method::CORE_VERSION,
+        help: "Returns the version string of the server.",
+        run: |p, _| no_params(p).map(|()| RpcResult::Text(version())),
+    },
+    Method {
+        name: method::CORE_ECHO,
+        help: "Returns back its parameters.",
+        run: |p, _| echo(p).map(RpcResult::Strings),
+    },
+    Method {
+        name: method::LIST_METHODS,
+        help: "Lists all RPC methods supported by the server.",
+        run: |p, _| {
+            no_params(p)?;
+            Ok(RpcResult::Strings(
+                METHODS.iter().map(|m| m.name.to_owned()).collect(),
+            ))
+        },
+    },
+    Method {
+        name: method::METHOD_HELP,
+        help: "Print the help string for given method.",
+        run: |p, _| method_help(p).map(RpcResult::Text),
+    },
+];
+
+/// What a method returned, ready to serialize (keys in Kamailio's order).
+/// The BINRPC socket reads it back with [`super::binrpc::Ordered`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Answer(RpcResult);
+
+/// Runs `method` with `params` against `backend`: the one dispatch of
+/// both the JSON-RPC endpoint and the BINRPC socket.
+///
+/// # Errors
+/// The method's fault, or -32601 when there is no such method.
+pub fn dispatch(
+    method: &str,
+    params: &[Value],
+    backend: &dyn Backend,
+) -> Result<Answer, ErrorObject> {
+    match METHODS.iter().find(|m| m.name == method) {
+        Some(m) => (m.run)(params, backend).map(Answer),
+        None => Err(ErrorObject::new(
             code::METHOD_NOT_FOUND,
             message::METHOD_NOT_FOUND,
             format!("no method {method:?}"),
         )),
     }
+}
+
+fn call(method: &str, params: &[Value], backend: &dyn Backend) -> Result<RpcResult, ErrorObject> {
+    dispatch(method, params, backend).map(|Answer(r)| r)
+}
+
+/// `core.version`: Kamailio's `full_version` shape, name version
+/// (arch/os): `sipedge 0.1.0 (x86_64/linux)`.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "sipedge {} ({}/{})",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH,
+            std::env::consts::OS
+        )
+    })
+}
+
+/// `core.uptime`'s result, members in Kamailio's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uptime {
+    /// Now, as C's `ctime` writes it without the newline (UTC).
+    pub now: String,
+    pub up_since: String,
+    /// Whole seconds.
+    pub uptime: i64,
+}
+
+fn no_params(params: &[Value]) -> Result<(), ErrorObject> {
+    if params.is_empty() {
+        Ok(())
+    } else {
+        Err(ErrorObject::invalid_params("expected no parameters"))
+    }
+}
+
+fn uptime(params: &[Value]) -> Result<Uptime, ErrorObject> {
+    no_params(params)?;
+    let started = super::started();
+    let now = std::time::SystemTime::now();
+    let secs = now.duration_since(started).map_or(0, |d| d.as_secs());
+    Ok(Uptime {
+        now: ctime(now),
+        up_since: ctime(started),
+        uptime: i64::try_from(secs).unwrap_or(i64::MAX),
+    })
+}
+
+/// `core.echo`: every parameter back, as a string (Kamailio's `.s` scan:
+/// numbers as their digits).
+fn echo(params: &[Value]) -> Result<Vec<String>, ErrorObject> {
+    params
+        .iter()
+        .map(|p| match p {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            _ => Err(ErrorObject::invalid_params(
+                "parameters must be strings or numbers",
+            )),
+        })
+        .collect()
+}
+
+/// `system.methodHelp NAME`, with Kamailio's 400 faults.
+fn method_help(params: &[Value]) -> Result<&'static str, ErrorObject> {
+    let [Value::String(name)] = params else {
+        return Err(ErrorObject::with_code(
+            400,
+            message::METHOD_NAME_EXPECTED,
+            "expected one method name",
+        ));
+    };
+    METHODS
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.help)
+        .ok_or_else(|| {
+            ErrorObject::with_code(
+                400,
+                message::COMMAND_NOT_FOUND,
+                format!("no method {name:?}"),
+            )
+        })
+}
+
+/// C's `ctime` without the newline, in UTC: `Sun Dec  6 12:57:21 2026`.
+pub fn ctime(t: std::time::SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Days to civil date (Howard Hinnant's algorithm), from 1970-01-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{} {} {:>2} {:02}:{:02}:{:02} {}",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        year
+    )
 }
 
 /// How much of each destination `dispatcher.list` prints.
@@ -678,7 +896,7 @@ mod tests {
                 r#"{"SET":{"ID":2,"TARGETS":["#,
                 r#"{"DEST":{"URI":"sip:10.0.2.10:5080","FLAGS":"AP","PRIORITY":5,"#,
                 r#""ATTRS":{"BODY":"duid=fs-c;weight=50","DUID":"fs-c","MAXLOAD":0,"#,
-                r#""WEIGHT":50,"RWEIGHT":0,"SOCKET":"","SOCKNAME":"","OBPROXY":""}}}]}}"#,
+                r#""WEIGHT":50,"RWEIGHT":0,"SOCKET":null,"SOCKNAME":null,"OBPROXY":null}}}]}}"#,
                 r#"]},"id":7}"#
             )
         );
@@ -700,8 +918,8 @@ mod tests {
         );
         assert_eq!(
             full["result"]["RECORDS"][0]["SET"]["TARGETS"][0]["DEST"]["ATTRS"],
-            json!({"BODY":"","DUID":"","MAXLOAD":0,"WEIGHT":0,"RWEIGHT":0,
-                   "SOCKET":"","SOCKNAME":"","OBPROXY":""})
+            json!({"BODY":"","DUID":null,"MAXLOAD":0,"WEIGHT":0,"RWEIGHT":0,
+                   "SOCKET":null,"SOCKNAME":null,"OBPROXY":null})
         );
         for bad in [r#"["long"]"#, r#"[1]"#, r#"["short","x"]"#] {
             let (status, answer) = run(
@@ -957,7 +1175,7 @@ mod tests {
             assert_eq!(answer["id"], id, "{request}");
             assert_eq!(answer["jsonrpc"], "2.0");
         }
-        let (status, answer) = run(&fake, r#"{"jsonrpc":"2.0","method":"core.version","id":9}"#);
+        let (status, answer) = run(&fake, r#"{"jsonrpc":"2.0","method":"core.nope","id":9}"#);
         assert_eq!(status, 500);
         assert_eq!(
             error_of(&answer),
@@ -1033,6 +1251,62 @@ mod tests {
         let dest = &list.records[0].set.targets[0].dest;
         assert_eq!(dest.flags, "AP");
         assert_eq!(dest.attrs.as_ref().map(|a| a.rweight), Some(50));
+    }
+
+    #[test]
+    fn core_and_system_methods_over_json() {
+        let fake = Fake::new(pool());
+        let ask = |method: &str, params: &str| {
+            text(
+                &fake,
+                &format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params},"id":1}}"#),
+            )
+        };
+        let names: Value = serde_json::from_str(&ask("system.listMethods", "[]")).unwrap();
+        let names: Vec<&str> = names["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert_eq!(names, METHODS.iter().map(|m| m.name).collect::<Vec<_>>());
+        assert!(names.contains(&"dispatcher.set_state") && names.contains(&"core.uptime"));
+        assert!(ask("core.version", "[]").contains(&format!(r#""result":"{}""#, version())));
+        assert!(version().starts_with("sipedge "));
+        assert!(ask("core.echo", r#"["a",7]"#).contains(r#""result":["a","7"]"#));
+        let uptime = ask("core.uptime", "[]");
+        let (now, since, secs) = (
+            uptime.find(r#""now":"#).unwrap(),
+            uptime.find(r#""up_since":"#).unwrap(),
+            uptime.find(r#""uptime":"#).unwrap(),
+        );
+        assert!(now < since && since < secs, "Kamailio's order: {uptime}");
+        assert!(ask("system.methodHelp", r#"["dispatcher.reload"]"#)
+            .contains(r#""result":"Reload the destination list""#));
+        for (params, message) in [
+            ("[]", "Method Name Expected"),
+            (r#"["x.y"]"#, "command not found"),
+        ] {
+            let answer: Value = serde_json::from_str(&ask("system.methodHelp", params)).unwrap();
+            assert_eq!(error_of(&answer), (400, message), "{params}");
+        }
+        let answer: Value = serde_json::from_str(&ask("core.version", "[1]")).unwrap();
+        assert_eq!(error_of(&answer).0, code::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn ctime_is_cs_ctime() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(ctime(UNIX_EPOCH), "Thu Jan  1 00:00:00 1970");
+        // 2026-12-06 13:04:24 UTC, a Sunday; and a leap day.
+        assert_eq!(
+            ctime(UNIX_EPOCH + Duration::from_secs(1_796_562_264)),
+            "Sun Dec  6 13:04:24 2026"
+        );
+        assert_eq!(
+            ctime(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "Tue Feb 29 00:00:00 2000"
+        );
     }
 
     #[test]

@@ -269,16 +269,18 @@ impl fmt::Display for Attr {
 }
 
 /// What Kamailio's `dispatcher.list` RPC shows under a destination's
-/// `ATTRS`, in Kamailio's field names and order. Missing strings are empty
-/// and missing numbers 0, as there. Older Kamailio releases stop at
-/// `SOCKET`. Owned, so the admin layer and `sipedge ctl` (which reads it
-/// back) use it as it is.
+/// `ATTRS`, in Kamailio's field names and order. Missing numbers are 0, as
+/// there; a missing `DUID`, `SOCKET`, `SOCKNAME` or `OBPROXY` is empty
+/// here and goes out as Kamailio sends its unset strings: JSON `null`
+/// (`jsonrpcs`), `<null string>` over BINRPC (kamcmd prints that). Older
+/// Kamailio releases stop at `SOCKET`. Owned, so the admin layer and
+/// `sipedge ctl` (which reads it back, `null` or not) use it as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttrsView {
     /// The attributes column as written, without a trailing `;`.
     #[serde(rename = "BODY", default)]
     pub body: String,
-    #[serde(rename = "DUID", default)]
+    #[serde(rename = "DUID", default, with = "unset_is_null")]
     pub duid: String,
     #[serde(rename = "MAXLOAD", default)]
     pub maxload: u32,
@@ -286,12 +288,32 @@ pub struct AttrsView {
     pub weight: u32,
     #[serde(rename = "RWEIGHT", default)]
     pub rweight: u32,
-    #[serde(rename = "SOCKET", default)]
+    #[serde(rename = "SOCKET", default, with = "unset_is_null")]
     pub socket: String,
-    #[serde(rename = "SOCKNAME", default)]
+    #[serde(rename = "SOCKNAME", default, with = "unset_is_null")]
     pub sockname: String,
-    #[serde(rename = "OBPROXY", default)]
+    #[serde(rename = "OBPROXY", default, with = "unset_is_null")]
     pub obproxy: String,
+}
+
+/// An empty string is Kamailio's unset `str`: written as `null`; read
+/// from `null` or a string.
+mod unset_is_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    // serde's `with` hands the field by reference.
+    #[allow(clippy::ptr_arg)]
+    pub fn serialize<S: Serializer>(value: &String, s: S) -> Result<S::Ok, S::Error> {
+        if value.is_empty() {
+            s.serialize_none()
+        } else {
+            s.serialize_str(value)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+    }
 }
 
 impl From<&Attrs> for AttrsView {
