@@ -6,7 +6,8 @@
 #   idle        memory per idle TLS connection: N connections (handshake
 #               done, answered a CRLF ping, then idle); the proxy's summed
 #               PSS and RSS (every Kamailio process; sipedge's one) before
-#               and after, per connection
+#               and after, per connection; the same over plain TCP as the
+#               baseline (what a connection costs without TLS)
 #   handshakes  full handshakes per second and the proxy's CPU (utime+stime
 #               from /proc) per handshake, TLS 1.3 then TLS 1.2; a new
 #               connection each, no resumption, C in flight
@@ -76,6 +77,7 @@ want() { local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; 
 PUT_TLS_PORT=5061    # the proxy under test: TLS from the trunk / the client
 PUT_UDP_PORT=5062    # the proxy under test: UDP to and from the nodes
 TRUNK_TLS_PORT=5063  # the trunk Kamailio's TLS socket (it connects out from it)
+PUT_TCP_PORT=5064    # the proxy under test: plain TCP, for the idle baseline
 
 OUT=${TLS_BENCH_OUT:-$REPO/target/tls-bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -121,7 +123,7 @@ verify_certificate = no
 require_certificate = no
 EOF
 sed -e "s|^listen=udp:127.0.0.1:5060|listen=udp:127.0.0.1:$PUT_UDP_PORT|" \
-    -e "s|^listen=tcp:127.0.0.1:5060|listen=tls:127.0.0.1:$PUT_TLS_PORT\nenable_tls=yes\ntcp_max_connections=8192\ntls_max_connections=8192\ntcp_connection_lifetime=3600|" \
+    -e "s|^listen=tcp:127.0.0.1:5060|listen=tls:127.0.0.1:$PUT_TLS_PORT\nlisten=tcp:127.0.0.1:$PUT_TCP_PORT\nenable_tls=yes\ntcp_max_connections=8192\ntls_max_connections=8192\ntcp_connection_lifetime=3600|" \
     -e "s|^loadmodule \"tm.so\"|loadmodule \"tls.so\"\nmodparam(\"tls\", \"config\", \"$OUT/kamailio-tls.cfg\")\nloadmodule \"tm.so\"|" \
     "$SIPBENCH_DIR/kamailio.cfg" >"$OUT/kamailio-put.cfg"
 grep -q "^listen=tls:" "$OUT/kamailio-put.cfg" && grep -q '"tls.so"' "$OUT/kamailio-put.cfg" \
@@ -134,6 +136,7 @@ cat >"$OUT/sipedge.toml" <<EOF
 [listen]
 udp = ["127.0.0.1:$PUT_UDP_PORT"]
 tls = ["127.0.0.1:$PUT_TLS_PORT"]
+tcp = ["127.0.0.1:$PUT_TCP_PORT"]
 advertise = "127.0.0.1"
 
 [dispatcher]
@@ -210,13 +213,20 @@ request_route {
 EOF
 
 # ---- processes -----------------------------------------------------------------
+# Our ports must be free; a process of an earlier step (or another user of
+# sipbench's ports) may take a few seconds to go: wait up to 30 s.
 check_free() {
-    local p busy=""
-    for p in 5060 $PUT_TLS_PORT $PUT_UDP_PORT $TRUNK_TLS_PORT 5070 5081 5082; do
-        ss -Hlun "sport = :$p" | grep -q . && busy+=" udp:$p"
-        ss -Hltn "sport = :$p" | grep -q . && busy+=" tcp:$p"
+    local p busy i
+    for ((i = 0; i < 30; i++)); do
+        busy=""
+        for p in 5060 $PUT_TLS_PORT $PUT_UDP_PORT $TRUNK_TLS_PORT $PUT_TCP_PORT 5070 5081 5082; do
+            ss -Hlun "sport = :$p" | grep -q . && busy+=" udp:$p"
+            ss -Hltn "sport = :$p" | grep -q . && busy+=" tcp:$p"
+        done
+        [ -z "$busy" ] && return 0
+        sleep 1
     done
-    [ -z "$busy" ] || sb_die "ports in use:$busy"
+    sb_die "ports in use:$busy"
 }
 wait_tcp_listen() {   # PORT PID
     local i
@@ -292,6 +302,16 @@ for ((round = 1; round <= ROUNDS; round++)); do
                         | sed "s/^/round=$round /" | record
                 done
             fi
+            stop_all
+        fi
+        if want idle; then
+            # the plain TCP baseline in a fresh process: one that has just
+            # freed 1000 TLS connections would reuse their memory
+            check_free
+            start_put "$kind" "$dir/tcp"
+            "$DRIVER" idle "127.0.0.1:$PUT_TCP_PORT" "$C/ca.pem" --count "$CONNS" --plain \
+                --concurrency "$CONC" --pids "$PUT_PIDS" --max-seconds 120 \
+                --label "$kind" | sed "s/^/round=$round /" | record
             stop_all
         fi
         if want calls; then
@@ -381,9 +401,10 @@ def side(title, sel, key, label_key, fmt="%.0f", ratio=True):
         print(f"#   mean: kamailio {fmt % km}  sipedge {fmt % sm}")
 
 print("# ---- side by side (sipedge / kamailio)")
-idle = lambda r: r.get("mode") == "idle"
-side("idle TLS connections, PSS bytes per connection", idle, "pss_bytes_per_conn", "label")
-side("idle TLS connections, RSS bytes per connection", idle, "rss_bytes_per_conn", "label")
+for v, what in (("1.3", "TLS"), ("tcp", "plain TCP (baseline)")):
+    idle = lambda r, v=v: r.get("mode") == "idle" and r.get("version") == v
+    side(f"idle {what} connections, PSS bytes per connection", idle, "pss_bytes_per_conn", "label")
+    side(f"idle {what} connections, RSS bytes per connection", idle, "rss_bytes_per_conn", "label")
 for v in ("1.3", "1.2"):
     hs = lambda r, v=v: r.get("mode") == "handshakes" and r.get("version") == v
     side(f"TLS {v} handshakes per second", hs, "hs_per_s", "label")

@@ -7,6 +7,8 @@
 //! tls_bench handshakes TARGET CA_PEM --count N --pids P1,P2.. [options]
 //!   --tls12            TLS 1.2 only (ECDHE-ECDSA-AES128-GCM-SHA256);
 //!                      default TLS 1.3 only (TLS_AES_128_GCM_SHA256)
+//!   --plain            plain TCP, no TLS (the baseline: what the stream
+//!                      machinery costs without TLS); CA_PEM is then ignored
 //!   --concurrency C    handshakes in flight at once (default 4, 1-64)
 //!   --sources S        spread connections over 127.0.0.2 ..= 127.0.0.(S+1)
 //!                      (default 8, 1-200)
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -51,6 +53,7 @@ struct Opts {
     count: usize,
     pids: Vec<u32>,
     tls12: bool,
+    plain: bool,
     concurrency: usize,
     sources: u8,
     max_seconds: u64,
@@ -61,7 +64,7 @@ fn usage(why: &str) -> ! {
     eprintln!("tls_bench: {why}");
     eprintln!(
         "usage: tls_bench idle|handshakes TARGET CA_PEM --count N --pids P1,P2.. \
-         [--tls12] [--concurrency C] [--sources S] [--max-seconds T] [--label NAME]"
+         [--tls12|--plain] [--concurrency C] [--sources S] [--max-seconds T] [--label NAME]"
     );
     std::process::exit(2)
 }
@@ -89,6 +92,7 @@ fn parse_opts() -> Opts {
         count: 0,
         pids: Vec::new(),
         tls12: false,
+        plain: false,
         concurrency: 4,
         sources: 8,
         max_seconds: 60,
@@ -114,6 +118,7 @@ fn parse_opts() -> Opts {
             "--max-seconds" => o.max_seconds = num(val(), 1, 600),
             "--label" => o.label = val(),
             "--tls12" => o.tls12 = true,
+            "--plain" => o.plain = true,
             "--pids" => {
                 o.pids = val()
                     .split(',')
@@ -173,6 +178,16 @@ fn client_config(ca_pem: &str, tls12: bool) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+impl Opts {
+    fn version(&self) -> &'static str {
+        match (self.plain, self.tls12) {
+            (true, _) => "tcp",
+            (false, true) => "1.2",
+            (false, false) => "1.3",
+        }
+    }
+}
+
 fn source(i: usize, sources: u8) -> SocketAddr {
     SocketAddr::new(
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % sources as usize) as u8)),
@@ -180,12 +195,51 @@ fn source(i: usize, sources: u8) -> SocketAddr {
     )
 }
 
-/// Connect from `src`, handshake, ping, wait for the pong.
+/// A connection to the proxy: TLS, or plain TCP for the baseline.
+enum Conn {
+    Tls(Box<TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+impl Conn {
+    async fn ping(&mut self) -> Result<(), String> {
+        match self {
+            Conn::Tls(t) => ping(t.as_mut()).await,
+            Conn::Plain(t) => ping(t).await,
+        }
+    }
+
+    async fn close(&mut self) {
+        let t = Duration::from_millis(500);
+        let _ = match self {
+            // close_notify and FIN; the proxy closes its side.
+            Conn::Tls(s) => tokio::time::timeout(t, s.shutdown()).await,
+            Conn::Plain(s) => tokio::time::timeout(t, s.shutdown()).await,
+        };
+    }
+
+    /// The negotiated suite and key exchange group.
+    fn describe(&self) -> (String, String) {
+        let Conn::Tls(tls) = self else {
+            return ("none".into(), "none".into());
+        };
+        let (_, conn) = tls.get_ref();
+        let suite = conn
+            .negotiated_cipher_suite()
+            .map_or("?".into(), |s| format!("{:?}", s.suite()));
+        let group = conn
+            .negotiated_key_exchange_group()
+            .map_or("?".into(), |g| format!("{:?}", g.name()));
+        (suite, group)
+    }
+}
+
+/// Connect from `src`, handshake (unless plain), ping, wait for the pong.
 async fn open(
-    connector: &TlsConnector,
+    connector: &Option<TlsConnector>,
     target: SocketAddr,
     src: SocketAddr,
-) -> Result<TlsStream<TcpStream>, String> {
+) -> Result<Conn, String> {
     let step = async {
         let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
         sock.bind(src).map_err(|e| format!("bind {src}: {e}"))?;
@@ -194,25 +248,31 @@ async fn open(
             .await
             .map_err(|e| format!("connect: {e}"))?;
         tcp.set_nodelay(true).ok();
-        let name = ServerName::IpAddress(target.ip().into());
-        let mut tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        ping(&mut tls).await?;
-        Ok(tls)
+        let mut conn = match connector {
+            None => Conn::Plain(tcp),
+            Some(c) => {
+                let name = ServerName::IpAddress(target.ip().into());
+                let tls = c
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                Conn::Tls(Box::new(tls))
+            }
+        };
+        conn.ping().await?;
+        Ok(conn)
     };
     tokio::time::timeout(STEP_TIMEOUT, step)
         .await
         .map_err(|_| "timeout".to_string())?
 }
 
-async fn ping(tls: &mut TlsStream<TcpStream>) -> Result<(), String> {
-    tls.write_all(b"\r\n\r\n")
+async fn ping<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<(), String> {
+    s.write_all(b"\r\n\r\n")
         .await
         .map_err(|e| format!("ping: {e}"))?;
     let mut pong = [0u8; 2];
-    tls.read_exact(&mut pong)
+    s.read_exact(&mut pong)
         .await
         .map_err(|e| format!("pong: {e}"))?;
     if &pong != b"\r\n" {
@@ -270,18 +330,7 @@ fn own_cpu_seconds() -> f64 {
     cpu_seconds(&[std::process::id()])
 }
 
-fn describe(tls: &TlsStream<TcpStream>) -> (String, String) {
-    let (_, conn) = tls.get_ref();
-    let suite = conn
-        .negotiated_cipher_suite()
-        .map_or("?".into(), |s| format!("{:?}", s.suite()));
-    let group = conn
-        .negotiated_key_exchange_group()
-        .map_or("?".into(), |g| format!("{:?}", g.name()));
-    (suite, group)
-}
-
-async fn idle(o: &Opts, connector: TlsConnector) {
+async fn idle(o: &Opts, connector: Option<TlsConnector>) {
     let deadline = Instant::now() + Duration::from_secs(o.max_seconds);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (pss0, rss0) = memory(&o.pids);
@@ -326,7 +375,7 @@ async fn idle(o: &Opts, connector: TlsConnector) {
     let mut pings = tokio::task::JoinSet::new();
     for mut t in held.drain(..) {
         pings.spawn(async move {
-            let ok = tokio::time::timeout(STEP_TIMEOUT, ping(&mut t))
+            let ok = tokio::time::timeout(STEP_TIMEOUT, t.ping())
                 .await
                 .is_ok_and(|r| r.is_ok());
             (ok, t)
@@ -338,7 +387,9 @@ async fn idle(o: &Opts, connector: TlsConnector) {
         alive += usize::from(ok);
         back.push(t);
     }
-    let (suite, group) = back.first().map_or(("?".into(), "?".into()), describe);
+    let (suite, group) = back
+        .first()
+        .map_or(("?".into(), "?".into()), Conn::describe);
     let n = back.len().max(1) as f64;
     println!(
         "TLSBENCH mode=idle label={} version={} suite={suite} group={group} target={} \
@@ -346,7 +397,7 @@ async fn idle(o: &Opts, connector: TlsConnector) {
          pss_before_kb={} pss_after_kb={} rss_before_kb={} rss_after_kb={} \
          pss_bytes_per_conn={:.0} rss_bytes_per_conn={:.0}",
         o.label,
-        if o.tls12 { "1.2" } else { "1.3" },
+        o.version(),
         o.target,
         back.len(),
         failed.len(),
@@ -359,11 +410,11 @@ async fn idle(o: &Opts, connector: TlsConnector) {
     );
     report_failures(&failed);
     for mut t in back {
-        let _ = tokio::time::timeout(Duration::from_millis(200), t.shutdown()).await;
+        t.close().await;
     }
 }
 
-async fn handshakes(o: &Opts, connector: TlsConnector) {
+async fn handshakes(o: &Opts, connector: Option<TlsConnector>) {
     let deadline = Instant::now() + Duration::from_secs(o.max_seconds);
     let (cpu0, own0) = (cpu_seconds(&o.pids), own_cpu_seconds());
     let t0 = Instant::now();
@@ -388,11 +439,9 @@ async fn handshakes(o: &Opts, connector: TlsConnector) {
                     Ok(mut t) => {
                         ok += 1;
                         if seen.is_none() {
-                            seen = Some(describe(&t));
+                            seen = Some(t.describe());
                         }
-                        // close_notify and FIN; the proxy closes its side.
-                        let _ =
-                            tokio::time::timeout(Duration::from_millis(500), t.shutdown()).await;
+                        t.close().await;
                     }
                     Err(e) => failed.push(e),
                 }
@@ -417,7 +466,7 @@ async fn handshakes(o: &Opts, connector: TlsConnector) {
          ok={ok} failed={} seconds={secs:.2} hs_per_s={:.0} proxy_cpu_s={cpu:.2} \
          proxy_us_per_hs={:.0} proxy_core_pct={:.0} client_cpu_s={own:.2}",
         o.label,
-        if o.tls12 { "1.2" } else { "1.3" },
+        o.version(),
         o.target,
         failed.len(),
         ok as f64 / secs,
@@ -439,7 +488,7 @@ fn report_failures(failed: &[String]) {
 
 fn main() {
     let o = parse_opts();
-    let connector = TlsConnector::from(client_config(&o.ca, o.tls12));
+    let connector = (!o.plain).then(|| TlsConnector::from(client_config(&o.ca, o.tls12)));
     // One client thread: the other core is the proxy's.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
