@@ -12,9 +12,12 @@
 #               from /proc) per handshake, TLS 1.3 then TLS 1.2; a new
 #               connection each, no resumption, C in flight
 #   calls       CPU per call with a TLS trunk (sipbench's call flow):
-#               sipp UAC --udp--> trunk Kamailio 127.0.0.1:5060 --TLS-->
-#               proxy under test 127.0.0.1:5061 --udp 5062--> sipp UAS
-#               127.0.0.1:5081 / 5082; only the proxy under test's CPU counts
+#               sipp UAC 5270 --udp--> trunk Kamailio 127.0.0.1:5260 --TLS-->
+#               proxy under test 127.0.0.1:5261 --udp 5262--> sipp UAS
+#               127.0.0.1:5281 / 5282; only the proxy under test's CPU counts
+#
+# Ports 5260-5282 on 127.0.0.1, not sipbench's 5060-5082, so a sipbench run
+# or a test on 5060 elsewhere on the machine cannot collide with this one.
 #
 # Usage:
 #   bench/tls/run.sh [--rounds N] [--only idle|handshakes|calls]...
@@ -73,11 +76,15 @@ done
 want() { local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 
 # ---- ports (loopback only) ---------------------------------------------------
-# 5060 udp: the trunk Kamailio (sipbench's PROXY_PORT, where the UAC sends)
-PUT_TLS_PORT=5061    # the proxy under test: TLS from the trunk / the client
-PUT_UDP_PORT=5062    # the proxy under test: UDP to and from the nodes
-TRUNK_TLS_PORT=5063  # the trunk Kamailio's TLS socket (it connects out from it)
-PUT_TCP_PORT=5064    # the proxy under test: plain TCP, for the idle baseline
+# lib.sh's names, moved: the UAC sends to PROXY_PORT, here the trunk.
+PROXY_PORT=5260      # the trunk Kamailio, UDP from the UAC
+UAC_PORT=5270
+UAS_A_PORT=5281
+UAS_B_PORT=5282
+PUT_TLS_PORT=5261    # the proxy under test: TLS from the trunk / the client
+PUT_UDP_PORT=5262    # the proxy under test: UDP to and from the nodes
+TRUNK_TLS_PORT=5263  # the trunk Kamailio's TLS socket (it connects out from it)
+PUT_TCP_PORT=5264    # the proxy under test: plain TCP, for the idle baseline
 
 OUT=${TLS_BENCH_OUT:-$REPO/target/tls-bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -129,6 +136,9 @@ sed -e "s|^listen=udp:127.0.0.1:5060|listen=udp:127.0.0.1:$PUT_UDP_PORT|" \
 grep -q "^listen=tls:" "$OUT/kamailio-put.cfg" && grep -q '"tls.so"' "$OUT/kamailio-put.cfg" \
     || sb_die "could not derive the Kamailio config from $SIPBENCH_DIR/kamailio.cfg"
 
+printf '1 sip:127.0.0.1:%s 0 0 duid=A\n1 sip:127.0.0.1:%s 0 0 duid=B\n' \
+    "$UAS_A_PORT" "$UAS_B_PORT" >"$OUT/dispatcher.list"
+
 # sipedge under test: the same nodes, probing and listeners; the connection
 # caps raised for the bench (defaults: max_connections 4096,
 # max_connections_per_source 32).
@@ -142,9 +152,9 @@ advertise = "127.0.0.1"
 [dispatcher]
 algorithm = "round-robin"
 [[dispatcher.destination]]
-uri = "sip:127.0.0.1:5081"
+uri = "sip:127.0.0.1:$UAS_A_PORT"
 [[dispatcher.destination]]
-uri = "sip:127.0.0.1:5082"
+uri = "sip:127.0.0.1:$UAS_B_PORT"
 
 [failover]
 fr_timeout = "2s"
@@ -174,7 +184,7 @@ fork=yes
 children=2
 tcp_children=2
 auto_aliases=no
-listen=udp:127.0.0.1:5060
+listen=udp:127.0.0.1:$PROXY_PORT
 listen=tls:127.0.0.1:$TRUNK_TLS_PORT
 enable_tls=yes
 tcp_connection_lifetime=3600
@@ -219,7 +229,8 @@ check_free() {
     local p busy i
     for ((i = 0; i < 30; i++)); do
         busy=""
-        for p in 5060 $PUT_TLS_PORT $PUT_UDP_PORT $TRUNK_TLS_PORT $PUT_TCP_PORT 5070 5081 5082; do
+        for p in $PROXY_PORT $PUT_TLS_PORT $PUT_UDP_PORT $TRUNK_TLS_PORT $PUT_TCP_PORT \
+            $UAC_PORT $UAS_A_PORT $UAS_B_PORT; do
             ss -Hlun "sport = :$p" | grep -q . && busy+=" udp:$p"
             ss -Hltn "sport = :$p" | grep -q . && busy+=" tcp:$p"
         done
@@ -247,7 +258,7 @@ start_put() {
         kamailio)
             mkdir -p "$dir/kamailio-run"
             kamailio -DD -E -m "$KAM_SHM_MB" -M "$KAM_PKG_MB" -x tlsf -X tlsf -Y "$dir/kamailio-run" \
-                -f "$OUT/kamailio-put.cfg" -A "DS_LIST=\"$SIPBENCH_DIR/dispatcher.list\"" \
+                -f "$OUT/kamailio-put.cfg" -A "DS_LIST=\"$OUT/dispatcher.list\"" \
                 >"$dir/put.log" 2>&1 &
             ;;
         sipedge)
@@ -270,7 +281,11 @@ start_trunk() {
         -f "$OUT/kamailio-trunk.cfg" >"$dir/trunk.log" 2>&1 &
     TRUNK_PID=$!
     SB_PIDS+=("$TRUNK_PID")
-    sb_wait_udp_listen 5060 "$TRUNK_PID" 20 || sb_die "trunk Kamailio did not start (see $dir/trunk.log)"
+    sb_wait_udp_listen "$PROXY_PORT" "$TRUNK_PID" 20 || sb_die "trunk Kamailio did not start (see $dir/trunk.log)"
+    # a port taken by someone else between check_free and here: Kamailio
+    # logs the bind error and exits
+    sleep 1
+    kill -0 "$TRUNK_PID" 2>/dev/null || sb_die "trunk Kamailio exited (see $dir/trunk.log)"
 }
 
 record() { tee -a "$RESULTS"; }
@@ -321,18 +336,19 @@ for ((round = 1; round <= ROUNDS; round++)); do
             cp "$SB_SCEN/uac.xml" "$cdir/uac.xml"
             sb_meta "$cdir/meta.json" proxy_label="$kind" proxy_kind="$kind" mode=tls-trunk \
                 rate="$RATE" calls="$CALLS" pause_ms="$SB_PAUSE_MS" max_fail_pct="$SB_MAX_FAIL_PCT" \
-                max_setup_p99_ms=0 proxy_port="$PUT_UDP_PORT" uac_port=5070 uas_a_port=5081 uas_b_port=5082
+                max_setup_p99_ms=0 proxy_port="$PUT_UDP_PORT" uac_port="$UAC_PORT" \
+                uas_a_port="$UAS_A_PORT" uas_b_port="$UAS_B_PORT"
             sb_wait_idle
             sb_meta "$cdir/meta.json" pre_busy_pct="$SB_PRE_BUSY_PCT" pre_steal_pct="$SB_PRE_STEAL_PCT"
-            sb_start_uas A 5081 "$SB_SCEN/uas.xml" "$cdir"
-            sb_start_uas B 5082 "$SB_SCEN/uas.xml" "$cdir"
+            sb_start_uas A "$UAS_A_PORT" "$SB_SCEN/uas.xml" "$cdir"
+            sb_start_uas B "$UAS_B_PORT" "$SB_SCEN/uas.xml" "$cdir"
             start_put "$kind" "$cdir"
             start_trunk "$cdir"
             sleep 1
             hard=$(sb_hard_timeout "$RATE" "$CALLS" "$SB_PAUSE_MS")
             sb_uac_args "$RATE" "$CALLS" "$SB_PAUSE_MS" "$hard"
             sb_log "round $round/$ROUNDS: $kind behind the TLS trunk, $CALLS calls at $RATE cps -> $cdir"
-            sb_tool udpwatch "$cdir/udpwatch.json" "$((hard + 10))" "$PUT_UDP_PORT" 5070 5081 5082 &
+            sb_tool udpwatch "$cdir/udpwatch.json" "$((hard + 10))" "$PUT_UDP_PORT" "$UAC_PORT" "$UAS_A_PORT" "$UAS_B_PORT" &
             UDPWATCH_PID=$!
             SB_PIDS+=("$UDPWATCH_PID")
             sb_tool snap "$cdir/cpu_before.json" "proxy=$PUT_PID" "uas=${UAS_PID[A]},${UAS_PID[B]}" "trunk=$TRUNK_PID"
