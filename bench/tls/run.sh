@@ -22,7 +22,7 @@
 # Usage:
 #   bench/tls/run.sh [--rounds N] [--only idle|handshakes|calls]...
 #                    [--conns N] [--handshakes N] [--concurrency C]
-#                    [--calls N] [--rate CPS] [--wait-idle S]
+#                    [--calls N] [--rate CPS] [--trunk tls|tcp] [--wait-idle S]
 #
 #   --rounds N       rounds, each runs Kamailio then sipedge (default 3, 1-10)
 #   --only PART      run only this part (repeatable; default all three)
@@ -31,6 +31,8 @@
 #   --concurrency C  handshakes in flight (default 4)
 #   --calls N        calls per call run (default 3000, <= 50000)
 #   --rate CPS       call rate (default 300, <= 2000)
+#   --trunk tcp      the calls part with the trunk hop over plain TCP instead
+#                    (the control: what TLS adds per call, same session)
 #   --wait-idle S    before each call run, wait up to S s for a quiet host
 #
 # Needs: kamailio + kamailio-tls-modules, sip-tester (sipp), openssl, python3,
@@ -50,7 +52,7 @@ SIPBENCH_DIR=${SIPBENCH_DIR:-$REPO/../shared/sipbench}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//; /^set -euo/d'; exit "${1:-0}"; }
 
-ROUNDS=3 PARTS=() CONNS=1000 HANDSHAKES=2000 CONC=4 CALLS=3000 RATE=300
+ROUNDS=3 PARTS=() CONNS=1000 HANDSHAKES=2000 CONC=4 CALLS=3000 RATE=300 TRUNK=tls
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS=$2; shift 2 ;;
@@ -60,6 +62,7 @@ while [ $# -gt 0 ]; do
         --concurrency) CONC=$2; shift 2 ;;
         --calls) CALLS=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
+        --trunk) TRUNK=$2; shift 2 ;;
         --wait-idle) SB_WAIT_IDLE_S=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
@@ -73,6 +76,7 @@ in_range "$ROUNDS" 1 10 && in_range "$CONNS" 1 5000 && in_range "$HANDSHAKES" 1 
 for p in "${PARTS[@]}"; do
     case "$p" in idle|handshakes|calls) ;; *) echo "unknown part $p" >&2; exit 2 ;; esac
 done
+case "$TRUNK" in tls|tcp) ;; *) echo "--trunk tls or tcp" >&2; exit 2 ;; esac
 want() { local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 
 # ---- ports (loopback only) ---------------------------------------------------
@@ -84,7 +88,8 @@ UAS_B_PORT=5282
 PUT_TLS_PORT=5261    # the proxy under test: TLS from the trunk / the client
 PUT_UDP_PORT=5262    # the proxy under test: UDP to and from the nodes
 TRUNK_TLS_PORT=5263  # the trunk Kamailio's TLS socket (it connects out from it)
-PUT_TCP_PORT=5264    # the proxy under test: plain TCP, for the idle baseline
+PUT_TCP_PORT=5264    # the proxy under test: plain TCP (idle baseline, --trunk tcp)
+TRUNK_TCP_PORT=5265  # the trunk Kamailio's TCP socket (--trunk tcp)
 
 OUT=${TLS_BENCH_OUT:-$REPO/target/tls-bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -174,6 +179,11 @@ key = "$C/key.pem"
 EOF
 "$SIPEDGE" check-config "$OUT/sipedge.toml" >/dev/null || sb_die "sipedge refuses $OUT/sipedge.toml"
 
+if [ "$TRUNK" = tls ]; then
+    TRUNK_DU="sip:127.0.0.1:$PUT_TLS_PORT;transport=tls"
+else
+    TRUNK_DU="sip:127.0.0.1:$PUT_TCP_PORT;transport=tcp"
+fi
 # The trunk: UDP in from the UAC, TLS out to the proxy under test,
 # record-routing (both sides: rr's double Record-Route), loose routing back.
 cat >"$OUT/kamailio-trunk.cfg" <<EOF
@@ -186,6 +196,7 @@ tcp_children=2
 auto_aliases=no
 listen=udp:127.0.0.1:$PROXY_PORT
 listen=tls:127.0.0.1:$TRUNK_TLS_PORT
+listen=tcp:127.0.0.1:$TRUNK_TCP_PORT
 enable_tls=yes
 tcp_connection_lifetime=3600
 sip_warning=no
@@ -216,7 +227,7 @@ request_route {
 	}
 	remove_hf("Route");
 	if (is_method("INVITE")) { record_route(); }
-	\$du = "sip:127.0.0.1:$PUT_TLS_PORT;transport=tls";
+	\$du = "$TRUNK_DU";
 	if (!t_relay()) { sl_reply_error(); }
 	exit;
 }
@@ -229,7 +240,7 @@ check_free() {
     local p busy i
     for ((i = 0; i < 30; i++)); do
         busy=""
-        for p in $PROXY_PORT $PUT_TLS_PORT $PUT_UDP_PORT $TRUNK_TLS_PORT $PUT_TCP_PORT \
+        for p in $PROXY_PORT $PUT_TLS_PORT $PUT_UDP_PORT $TRUNK_TLS_PORT $PUT_TCP_PORT $TRUNK_TCP_PORT \
             $UAC_PORT $UAS_A_PORT $UAS_B_PORT; do
             ss -Hlun "sport = :$p" | grep -q . && busy+=" udp:$p"
             ss -Hltn "sport = :$p" | grep -q . && busy+=" tcp:$p"
@@ -293,7 +304,7 @@ record() { tee -a "$RESULTS"; }
 {
     echo "# bench/tls/run.sh $(date -Is) commit $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- src || echo '+dirty')"
     echo "# $(kamailio -v | head -1); $(openssl version); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "# rounds=$ROUNDS conns=$CONNS handshakes=$HANDSHAKES concurrency=$CONC calls=$CALLS rate=$RATE"
+    echo "# rounds=$ROUNDS conns=$CONNS handshakes=$HANDSHAKES concurrency=$CONC calls=$CALLS rate=$RATE trunk=$TRUNK"
 } | record
 
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -334,7 +345,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             cdir="$dir/calls"
             mkdir -p "$cdir"
             cp "$SB_SCEN/uac.xml" "$cdir/uac.xml"
-            sb_meta "$cdir/meta.json" proxy_label="$kind" proxy_kind="$kind" mode=tls-trunk \
+            sb_meta "$cdir/meta.json" proxy_label="$kind" proxy_kind="$kind" mode="$TRUNK-trunk" \
                 rate="$RATE" calls="$CALLS" pause_ms="$SB_PAUSE_MS" max_fail_pct="$SB_MAX_FAIL_PCT" \
                 max_setup_p99_ms=0 proxy_port="$PUT_UDP_PORT" uac_port="$UAC_PORT" \
                 uas_a_port="$UAS_A_PORT" uas_b_port="$UAS_B_PORT"
@@ -347,7 +358,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             sleep 1
             hard=$(sb_hard_timeout "$RATE" "$CALLS" "$SB_PAUSE_MS")
             sb_uac_args "$RATE" "$CALLS" "$SB_PAUSE_MS" "$hard"
-            sb_log "round $round/$ROUNDS: $kind behind the TLS trunk, $CALLS calls at $RATE cps -> $cdir"
+            sb_log "round $round/$ROUNDS: $kind behind the $TRUNK trunk, $CALLS calls at $RATE cps -> $cdir"
             sb_tool udpwatch "$cdir/udpwatch.json" "$((hard + 10))" "$PUT_UDP_PORT" "$UAC_PORT" "$UAS_A_PORT" "$UAS_B_PORT" &
             UDPWATCH_PID=$!
             SB_PIDS+=("$UDPWATCH_PID")
@@ -425,12 +436,14 @@ for v in ("1.3", "1.2"):
     hs = lambda r, v=v: r.get("mode") == "handshakes" and r.get("version") == v
     side(f"TLS {v} handshakes per second", hs, "hs_per_s", "label")
     side(f"TLS {v} proxy CPU us per handshake", hs, "proxy_us_per_hs", "label")
-calls = lambda r: r.get("mode") == "tls-trunk"
-side("TLS trunk, proxy CPU us per call", calls, "proxy_us_per_call", "proxy")
-side("TLS trunk, failed calls", calls, "failed", "proxy", ratio=False)
-side("TLS trunk, achieved calls/s", calls, "achieved_cps", "proxy", "%.1f")
-side("TLS trunk, steal % during the run", calls, "steal_pct", "proxy", "%.1f", ratio=False)
-side("TLS trunk, other processes (% of a core) during the run", calls, "others_core_pct", "proxy",
-     "%.0f", ratio=False)
+for t in ("tls", "tcp"):
+    calls = lambda r, t=t: r.get("mode") == f"{t}-trunk"
+    T = t.upper()
+    side(f"{T} trunk, proxy CPU us per call", calls, "proxy_us_per_call", "proxy")
+    side(f"{T} trunk, failed calls", calls, "failed", "proxy", ratio=False)
+    side(f"{T} trunk, achieved calls/s", calls, "achieved_cps", "proxy", "%.1f")
+    side(f"{T} trunk, steal % during the run", calls, "steal_pct", "proxy", "%.1f", ratio=False)
+    side(f"{T} trunk, other processes (% of a core) during the run", calls, "others_core_pct",
+         "proxy", "%.0f", ratio=False)
 PY
 sb_log "results: $RESULTS"
