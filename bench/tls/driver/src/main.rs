@@ -1,4 +1,4 @@
-//! The TLS client side of `bench/tls/run.sh` (an example target, never part
+//! The TLS client side of `bench/tls/run.sh` (a crate of its own, never part
 //! of the sipedge binary): opens TLS connections to a proxy on loopback and
 //! measures the proxy's memory and CPU from /proc around them.
 //!
@@ -16,7 +16,8 @@
 //!   --label NAME       put in the result line
 //! ```
 //!
-//! Both modes use one suite and X25519 for every proxy, and no session
+//! Both modes use one suite and X25519 key shares for every proxy (P-256 is
+//! offered too: TLS 1.2 servers want the certificate's curve listed), no session
 //! resumption, so every handshake is a full one. A connection counts once a
 //! double-CRLF ping drew the proxy's CRLF pong (RFC 5626 §3.5.1): the
 //! proxy then has finished its side of the handshake too.
