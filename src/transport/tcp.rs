@@ -765,8 +765,13 @@ enum CloseReason {
 /// Pongs queued beyond this are dropped: a peer that pings without
 /// reading must not grow our memory.
 const MAX_PENDING_PONGS: usize = 8;
-/// Largest single read.
+/// Largest single read, once a message is arriving.
 const READ_CHUNK: usize = 16 * 1024;
+/// What an idle connection's read buffer holds: most of a connection's
+/// life is waiting, and thousands of trunk and node connections each
+/// keeping a 16 KiB buffer (plus a read chunk) resident was most of its
+/// memory. A read that fills it grows it to [`READ_CHUNK`].
+const IDLE_CHUNK: usize = 2 * 1024;
 /// Messages taken off the send queue per wake-up.
 const WRITE_BATCH: usize = 16;
 
@@ -785,8 +790,7 @@ async fn run_conn(
     let id = from.conn.unwrap_or(ConnId(0));
     let max = inner.opts.max_message.max(1);
     let idle = inner.opts.idle_timeout;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK.min(max));
-    let mut chunk = vec![0u8; READ_CHUNK.min(max)];
+    let mut buf = BytesMut::new();
     let mut out: VecDeque<Bytes> = VecDeque::new();
     // Bytes handed to `wr` and not flushed yet (TLS buffers records).
     let mut unflushed = false;
@@ -803,7 +807,12 @@ async fn run_conn(
     loop {
         // After framing, fewer than `max` bytes remain buffered (a full
         // frame is taken off), so there is always room.
-        let room = chunk.len().min(max.saturating_sub(buf.len())).max(1);
+        let room = max.saturating_sub(buf.len()).max(1);
+        if buf.capacity() == buf.len() {
+            let want = if buf.is_empty() { IDLE_CHUNK } else { READ_CHUNK };
+            buf.reserve(want.min(room));
+        }
+        let mut limited = (&mut rd).take(room as u64);
         tokio::select! {
             _ = inner.shutdown.cancelled() => return CloseReason::Shutdown,
             () = &mut idle_sleep => {
@@ -818,19 +827,24 @@ async fn run_conn(
                 }
                 idle_sleep.as_mut().reset(wake(last_activity, partial_since));
             }
-            // Cancel safe: nothing is read unless it completes.
-            r = rd.read(&mut chunk[..room]) => {
-                let n = match r {
+            // Cancel safe: nothing is read unless it completes. Straight
+            // into `buf`, at most `room`.
+            r = limited.read_buf(&mut buf) => {
+                match r {
                     Ok(0) => return CloseReason::Eof,
-                    Ok(n) => n,
+                    Ok(_) => {}
                     Err(e) => return e.into(),
-                };
-                buf.extend_from_slice(&chunk[..n]);
+                }
                 last_activity = Instant::now();
                 let took = match deliver(inner, &mut buf, max, from, local, &mut out) {
                     Ok(took) => took,
                     Err(reason) => return reason,
                 };
+                if buf.is_empty() && buf.capacity() > IDLE_CHUNK {
+                    // Back to a small buffer while idle; the messages just
+                    // framed keep the big one until they are handled.
+                    buf = BytesMut::new();
+                }
                 partial_since = match partial_since {
                     _ if buf.is_empty() => None,
                     // A new message began behind the ones taken off.
