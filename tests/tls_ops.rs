@@ -11,93 +11,57 @@ mod tls_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sipedge::metrics::{TLS_CERTIFICATE_EXPIRY_SECONDS, TLS_CONNECTIONS};
 use sipedge::transport::tls::Handshake;
 use support::*;
-use tls_support::{serial_and_not_after, Ca, Issued, TlsTrunk};
-use tokio::io::AsyncReadExt;
+use tls_support::{
+    closed_within, edge_toml, serial_and_not_after, silent_from, Ca, Edge, EdgeSockets, Issued,
+    Scratch, TlsTrunk,
+};
 
 /// A running proxy with a TLS listener (serving `sip.test` from `ca`,
 /// serial 1) and one UDP node, its config in `dir/proxy.toml` (what a
 /// reload re-reads).
 struct Setup {
-    proxy: Arc<sipedge::proxy::Proxy>,
-    addr: SocketAddr,
-    tls_addr: SocketAddr,
-    node: Peer,
+    edge: Edge,
     ca: Ca,
     server: Issued,
-    dir: PathBuf,
-    cancel: tokio_util::sync::CancellationToken,
+    dir: Scratch,
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sipedge-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+impl std::ops::Deref for Setup {
+    type Target = Edge;
+    fn deref(&self) -> &Edge {
+        &self.edge
+    }
 }
 
 impl Setup {
     /// `tls_extra(dir, ca)`: more `[tls]` keys, given the directory and
     /// the CA (to write client CA and CRL files).
     async fn start(name: &str, tls_extra: impl FnOnce(&Path, &Ca) -> String) -> Setup {
-        init_tracing();
-        let dir = temp_dir(name);
+        let dir = Scratch::new(name);
         let ca = Ca::new("sipedge test CA");
         let server = ca.issue(&dir, "server", &["sip.test"], 1, (2024, 2035));
         let extra = tls_extra(&dir, &ca);
-        let socket = sipedge::transport::bind_udp(
-            "127.0.0.1:0".parse().unwrap(),
-            sipedge::transport::UdpOptions::default(),
-        )
-        .unwrap();
-        let addr = socket.local_addr().unwrap();
         // Unspecified: clients come from 127.0.0.1 and 127.0.0.2.
-        let tls_listener = sipedge::transport::bind_stream(
-            "0.0.0.0:0".parse().unwrap(),
-            &sipedge::transport::TcpOptions::default(),
-            sipedge::transport::Transport::Tls,
-        )
-        .unwrap();
-        let port = tls_listener.local_addr().unwrap().port();
-        let tls_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let sockets = EdgeSockets::bind("0.0.0.0");
         let node = Peer::bind("node0").await;
-        let opts = Options {
-            listen_extra: format!("tls = [\"0.0.0.0:{port}\"]").leak(),
-            extra_toml: format!(
-                "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\n{extra}\n",
-                server.cert.display(),
-                server.key.display()
-            )
-            .leak(),
-            ..Options::default()
-        };
-        let text = config_toml(addr, &[node.addr], &opts);
-        let file = dir.join("proxy.toml");
-        std::fs::write(&file, &text).unwrap();
-        let cfg = sipedge::config::read_config(&file)
-            .unwrap_or_else(|e| panic!("test config refused: {e}\n{text}"));
-        let proxy =
-            sipedge::proxy::Proxy::with_listeners(cfg, vec![socket], vec![], vec![tls_listener])
-                .expect("build the proxy");
-        proxy.set_config_path(file);
-        proxy.ping_active(Some(false));
-        let cancel = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(proxy.clone().run(cancel.clone()));
+        let text = edge_toml(&sockets, &[node.addr], &server.cert, &server.key, &extra);
+        let edge = sockets.run(&text, Some(&dir.join("proxy.toml")), false, vec![node]);
         Setup {
-            proxy,
-            addr,
-            tls_addr,
-            node,
+            edge,
             ca,
             server,
             dir,
-            cancel,
         }
+    }
+
+    /// The UDP node.
+    fn node(&self) -> &Peer {
+        &self.nodes[0]
     }
 
     fn handshakes(&self, outcome: Handshake) -> u64 {
@@ -118,16 +82,16 @@ impl Setup {
     async fn call(&self, trunk: &mut TlsTrunk) -> (Dialog, Dialog) {
         let mut call = Dialog::uac_at(trunk.addr, &format!("sip:fax@{}", self.addr)).over_tls();
         trunk.send(call.invite(SDP_AUDIO)).await;
-        let inv = self.node.recv_request("INVITE").await;
-        let fs = Dialog::uas(&self.node, &inv, &unique("fs-"));
-        self.node
+        let inv = self.node().recv_request("INVITE").await;
+        let fs = Dialog::uas(self.node(), &inv, &unique("fs-"));
+        self.node()
             .send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
             .await;
         let ok = trunk.recv_response(200).await;
         call.learn_2xx(&ok);
         let (ack, _) = call.request("ACK", None);
         trunk.send(ack).await;
-        self.node.recv_request("ACK").await;
+        self.node().recv_request("ACK").await;
         (call, fs)
     }
 
@@ -135,19 +99,12 @@ impl Setup {
     async fn hang_up(&self, trunk: &mut TlsTrunk, call: &mut Dialog, fs: &Dialog) {
         let (bye, _) = call.request("BYE", None);
         trunk.send(bye).await;
-        let bye = self.node.recv_request("BYE").await;
-        self.node
+        let bye = self.node().recv_request("BYE").await;
+        self.node()
             .send(fs.answer(&bye, 200, "OK", None), bye.from)
             .await;
         let ok = trunk.recv_response(200).await;
         assert_eq!(ok.cseq().1, "BYE");
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -208,13 +165,14 @@ async fn mutual_tls_admits_only_valid_client_certificates() {
         // certificate; the refusal closes the connection unanswered.
         if let Ok(mut t) = TlsTrunk::connect_from(None, s.tls_addr, s.ca.der(), client).await {
             let me = t.addr;
-            t.send(format!(
-                "OPTIONS sip:{} SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKmtls;rport\r\n\
+            let _ = t
+                .try_send(format!(
+                    "OPTIONS sip:{} SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKmtls;rport\r\n\
                  From: <sip:t@{me}>;tag=1\r\nTo: <sip:x@sip.test>\r\nCall-ID: mtls\r\n\
                  CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-                s.tls_addr
-            ))
-            .await;
+                    s.tls_addr
+                ))
+                .await;
             t.expect_closed().await;
         }
         eventually(&format!("counted as {outcome:?}"), || {
@@ -275,36 +233,6 @@ async fn mutual_tls_admits_only_valid_client_certificates() {
         s.series(TLS_CONNECTIONS, "direction=\"inbound\"") == Some(0.0)
     })
     .await;
-}
-
-/// A TCP connection from `ip` to `to` that says nothing.
-async fn silent_from(ip: &str, to: SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(ip.parse().unwrap(), 0))
-        .unwrap();
-    tokio::time::timeout(WAIT, socket.connect(to))
-        .await
-        .expect("connect in time")
-        .expect("connect to the TLS listener")
-}
-
-/// The proxy closes `c` within `within`, sending nothing that is not
-/// TLS; returns what it sent.
-async fn closed_within(c: &mut tokio::net::TcpStream, within: Duration) -> usize {
-    let mut b = [0u8; 512];
-    let mut sent = 0;
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, c.read(&mut b)).await {
-            Err(_) => panic!("still open after {within:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return sent,
-            Ok(Ok(n)) => {
-                assert!((20..=23).contains(&b[0]), "not TLS: {:?}", &b[..8]);
-                sent += n;
-            }
-        }
-    }
 }
 
 /// `max_handshakes_per_source = 3`: three connections from 127.0.0.1
@@ -429,7 +357,7 @@ async fn sighup_renews_the_certificate_of_the_binary() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let dir = temp_dir("tls-sighup");
+    let dir = Scratch::new("tls-sighup");
     let ca = Ca::new("sipedge test CA");
     ca.issue(&dir, "server", &["sip.test"], 1, (2024, 2035));
     let node = Peer::bind("node0").await.answering_probes();
@@ -560,7 +488,6 @@ async fn sighup_renews_the_certificate_of_the_binary() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The alert rules of `deploy/prometheus` pass `promtool check rules` and
