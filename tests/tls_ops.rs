@@ -5,14 +5,20 @@
 //! TLS metrics. Certificates are made by the test (rcgen, see
 //! `support/tls.rs`); clients are tokio-rustls or raw TCP sockets.
 
+#[allow(dead_code)] // the registry part is for tests/registry.rs
+#[path = "support/kamailio.rs"]
+mod kamailio;
+#[path = "support/kamailio_tls.rs"]
+mod kamailio_tls;
 mod support;
 #[path = "support/tls.rs"]
 mod tls_support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use kamailio_tls::{tls_modules, TlsFiles, TlsKamailio};
 use sipedge::metrics::{TLS_CERTIFICATE_EXPIRY_SECONDS, TLS_CONNECTIONS};
 use sipedge::transport::tls::Handshake;
 use support::*;
@@ -543,145 +549,52 @@ fn alert_rules_and_dashboard_use_the_tls_metrics() {
 }
 
 /// Debian's Kamailio with its tls module as a carrier's trunk
-/// (`tests/fixtures/kamailio/tls-trunk.cfg`): relays what reaches its UDP
-/// port to `sipedge` over TLS, presenting `client` (chain and key) and
-/// checking sipedge's certificate against `ca`. Killed on drop.
-struct KamailioTls {
-    child: std::process::Child,
-    addr: SocketAddr,
-    dir: PathBuf,
+/// (`tests/fixtures/kamailio/tls_trunk.cfg`) relaying to `sipedge` over
+/// TLS, presenting `client` (chain and key, also its own TLS socket's) and
+/// checking sipedge's certificate against `ca`.
+fn kamailio_trunk(sipedge: SocketAddr, client: &Issued, ca: &Path) -> TlsKamailio {
+    let files = TlsFiles {
+        server: client,
+        client_ca: None,
+        ca_list: Some(ca),
+        client: Some(client),
+    };
+    TlsKamailio::trunk(&tls_modules(), &files, sipedge)
 }
 
-impl KamailioTls {
-    fn start(sipedge: SocketAddr, client: &Issued, ca: &Path) -> KamailioTls {
-        let dir = std::env::temp_dir().join(unique("sipedge-kamailio-tls-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let free = |udp: bool| {
-            if udp {
-                std::net::UdpSocket::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            } else {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            }
-        };
-        let (sip_port, tls_port) = (free(true), free(false));
-        // Kamailio tls.cfg profiles: the server one only because a TLS
-        // socket needs one; the client one is what sipedge sees.
-        std::fs::write(
-            dir.join("tls.cfg"),
+/// Sends OPTIONS for `to` from `from` through `kamailio`, a new one every
+/// second, until a final answer to one of them comes back; its status.
+async fn options_through(kamailio: &TlsKamailio, from: &Peer, to: SocketAddr) -> u16 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let me = from.addr;
+    let mut sent = Vec::new();
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answer through kamailio; its log:\n{}",
+            kamailio.kamailio.log()
+        );
+        let id = unique("kam-tls-");
+        from.send(
             format!(
-                "[server:default]\nmethod = TLSv1.2+\ncertificate = {cert}\nprivate_key = {key}\n\n\
-                 [client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\n\
-                 require_certificate = yes\nca_list = {ca}\ncertificate = {cert}\n\
-                 private_key = {key}\nserver_name = sip.test\n",
-                cert = client.cert.display(),
-                key = client.key.display(),
-                ca = ca.display()
+                "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:carrier@{me}>;tag=c\r\nTo: <sip:{to}>\r\n\
+                 Call-ID: {id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
             ),
+            kamailio.udp,
         )
-        .unwrap();
-        let modules = ["/usr/lib/kamailio/modules".to_owned()]
-            .into_iter()
-            .chain(
-                std::fs::read_dir("/usr/lib")
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.path().join("kamailio/modules").display().to_string()),
-            )
-            .find(|d| Path::new(d).join("tls.so").is_file())
-            .expect("Debian's kamailio-tls-modules (tls.so) is installed");
-        let template =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kamailio/tls-trunk.cfg");
-        let cfg = std::fs::read_to_string(template)
-            .unwrap()
-            .replace("@SIP_PORT@", &sip_port.to_string())
-            .replace("@TLS_PORT@", &tls_port.to_string())
-            .replace("@MODULES@", &format!("{modules}/"))
-            .replace("@DIR@", dir.to_str().unwrap())
-            .replace("@SIPEDGE@", &sipedge.to_string());
-        let cfg_path = dir.join("kamailio.cfg");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let log = std::fs::File::create(dir.join("kamailio.log")).unwrap();
-        let child = std::process::Command::new("kamailio")
-            .arg("-f")
-            .arg(&cfg_path)
-            .args(["-DD", "-E", "-m", "64", "-M", "8"])
-            .arg("-Y")
-            .arg(&dir)
-            .arg("-w")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("kamailio is on PATH (Debian's kamailio, kamailio-tls-modules)");
-        KamailioTls {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], sip_port)),
-            dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("kamailio.log")).unwrap_or_default()
-    }
-
-    /// Sends OPTIONS for `to` from `from` through Kamailio, a new one
-    /// every second (Kamailio may still be starting), until a final
-    /// answer to one of them comes back; its status.
-    async fn options(&mut self, from: &Peer, to: SocketAddr) -> u16 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let me = from.addr;
-        let mut sent = Vec::new();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("kamailio exited ({status}); log:\n{}", self.log());
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no answer through kamailio; its log:\n{}",
-                self.log()
-            );
-            let id = unique("kam-tls-");
-            from.send(
-                format!(
-                    "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id};rport\r\n\
-                     Max-Forwards: 70\r\nFrom: <sip:carrier@{me}>;tag=c\r\nTo: <sip:{to}>\r\n\
-                     Call-ID: {id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-                ),
-                self.addr,
-            )
-            .await;
-            sent.push(id);
-            let until = tokio::time::Instant::now() + Duration::from_secs(1);
-            while let Some(got) = from
-                .recv_within(until.saturating_duration_since(tokio::time::Instant::now()))
-                .await
-            {
-                match got.status() {
-                    Some(s) if s >= 200 && sent.contains(&got.call_id()) => return s,
-                    _ => continue,
-                }
+        .await;
+        sent.push(id);
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Some(got) = from
+            .recv_within(until.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            match got.status() {
+                Some(s) if s >= 200 && sent.contains(&got.call_id()) => return s,
+                _ => continue,
             }
         }
-    }
-}
-
-impl Drop for KamailioTls {
-    fn drop(&mut self) {
-        // SIGTERM: the main process stops its children too.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -703,9 +616,9 @@ async fn kamailio_tls_trunk_with_and_without_a_valid_client_certificate() {
     let carrier = Peer::bind("carrier").await;
 
     let good = s.ca.issue(&s.dir, "carrier", &[], 20, (2024, 2090));
-    let mut kamailio = KamailioTls::start(s.tls_addr, &good, &ca_file);
-    let status = kamailio.options(&carrier, s.tls_addr).await;
-    assert_eq!(status, 200, "kamailio log:\n{}", kamailio.log());
+    let kamailio = kamailio_trunk(s.tls_addr, &good, &ca_file);
+    let status = options_through(&kamailio, &carrier, s.tls_addr).await;
+    assert_eq!(status, 200, "kamailio log:\n{}", kamailio.kamailio.log());
     // One, unless Kamailio had several OPTIONS queued while starting.
     let accepted = s.handshakes(Handshake::Ok);
     assert!(accepted >= 1);
@@ -714,9 +627,9 @@ async fn kamailio_tls_trunk_with_and_without_a_valid_client_certificate() {
 
     let other = Ca::new("another CA");
     let foreign = other.issue(&s.dir, "foreign-carrier", &[], 21, (2024, 2090));
-    let mut kamailio = KamailioTls::start(s.tls_addr, &foreign, &ca_file);
-    let status = kamailio.options(&carrier, s.tls_addr).await;
-    assert_ne!(status, 200, "kamailio log:\n{}", kamailio.log());
+    let kamailio = kamailio_trunk(s.tls_addr, &foreign, &ca_file);
+    let status = options_through(&kamailio, &carrier, s.tls_addr).await;
+    assert_ne!(status, 200, "kamailio log:\n{}", kamailio.kamailio.log());
     eventually("the foreign certificate counted as unknown_ca", || {
         s.handshakes(Handshake::UnknownCa) >= 1
     })

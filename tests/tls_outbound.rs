@@ -11,6 +11,9 @@
 
 #[path = "support/dns.rs"]
 mod dns_server;
+#[allow(dead_code)] // the registry part is for tests/registry.rs
+#[path = "support/kamailio.rs"]
+mod kamailio;
 #[path = "support/kamailio_tls.rs"]
 mod kamailio_tls;
 mod support;
@@ -22,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kamailio_tls::{tls_modules, TlsFiles, TlsKamailio};
 use rustls::pki_types::CertificateDer;
 use sipedge::sip::{frame_stream, HeaderName, StreamFrame, Via};
 use sipedge::transport::tls::Handshake;
@@ -691,8 +695,13 @@ async fn call_through_kamailio_as_the_tls_node() {
     let pki = Pki::new("tls-out-kamailio");
     let leaf = pki.node("kamailio", &["127.0.0.1"]);
     let fs = Peer::bind("fs").await;
-    let k =
-        kamailio_tls::KamailioTls::start(&pki.dir, &leaf.cert, &leaf.key, &pki.ca_file, fs.addr);
+    let files = TlsFiles {
+        server: &leaf,
+        client_ca: Some(&pki.ca_file),
+        ca_list: None,
+        client: None,
+    };
+    let k = TlsKamailio::node(&tls_modules(), &files, fs.addr);
     let s = Setup::start(
         &pki,
         &[format!("uri = \"sip:{};transport=tls\"", k.tls)],
@@ -760,7 +769,7 @@ async fn call_through_kamailio_as_the_tls_node() {
         .filter(|h| h.result() == "failed")
         .map(|&h| s.handshakes(h))
         .sum();
-    assert_eq!(failed, 0, "Kamailio log:\n{}", k.log());
+    assert_eq!(failed, 0, "Kamailio log:\n{}", k.kamailio.log());
 }
 
 /// A carrier named by a host name (`sips:+1555@carrier.test`, located by
