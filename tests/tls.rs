@@ -14,27 +14,10 @@ use rustls::pki_types::CertificateDer;
 use sipedge::sip::{HeaderName, Via};
 use support::*;
 use tls_support::{
-    closed_within, edge_toml, path, silent_from, Ca, Edge, EdgeSockets, Scratch, TlsTrunk,
+    assert_our_rr, closed_within, edge_toml, path, silent_from, Ca, Edge, EdgeSockets, Scratch,
+    TlsTrunk,
 };
 use tokio::io::AsyncWriteExt;
-
-/// `value` is our Record-Route over `transport` (`None`: UDP): the right
-/// address, and the transport parameter only for TLS.
-fn assert_our_rr(value: &str, at: SocketAddr, transport: Option<&str>) {
-    let uri = value
-        .strip_prefix('<')
-        .and_then(|v| v.strip_suffix('>'))
-        .unwrap_or_else(|| panic!("not a <name-addr>: {value}"));
-    let mut parts = uri.split(';');
-    assert_eq!(parts.next(), Some(format!("sip:{at}").as_str()), "{value}");
-    let params: Vec<&str> = parts.collect();
-    assert!(params.contains(&"lr"), "{value}");
-    let t: Vec<&str> = params
-        .iter()
-        .filter_map(|p| p.strip_prefix("transport="))
-        .collect();
-    assert_eq!(t, transport.into_iter().collect::<Vec<_>>(), "{value}");
-}
 
 fn no_route(msg: &Received) {
     assert!(

@@ -30,7 +30,7 @@ use rustls::pki_types::CertificateDer;
 use sipedge::sip::{frame_stream, HeaderName, StreamFrame, Via};
 use sipedge::transport::tls::Handshake;
 use support::*;
-use tls_support::{self_signed, Ca, Edge, EdgeSockets, Issued, Scratch};
+use tls_support::{assert_our_rr, self_signed, Ca, Edge, EdgeSockets, Issued, Scratch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 
@@ -345,19 +345,6 @@ async fn call(s: &Setup) -> Dialog {
     call
 }
 
-/// `value` is our Record-Route at `at`, with `;transport=tls` or none.
-fn assert_our_rr(value: &str, at: SocketAddr, tls: bool) {
-    let uri = value
-        .strip_prefix('<')
-        .and_then(|v| v.strip_suffix('>'))
-        .unwrap_or_else(|| panic!("not a <name-addr>: {value}"));
-    let mut parts = uri.split(';');
-    assert_eq!(parts.next(), Some(format!("sip:{at}").as_str()), "{value}");
-    let params: Vec<&str> = parts.collect();
-    assert!(params.contains(&"lr"), "{value}");
-    assert_eq!(params.contains(&"transport=tls"), tls, "{value}");
-}
-
 /// The whole call, UDP trunk to a TLS node: probed over TLS, INVITE / 200
 /// / ACK, the T.38 re-INVITE and BYE, all on the one connection sipedge
 /// opened; the node got SNI for its configured name and our client
@@ -389,8 +376,8 @@ async fn udp_trunk_to_tls_node_full_call_on_one_connection() {
     assert_eq!(Via::parse(vias[1].as_bytes()).unwrap().transport, b"UDP");
     let rr = inv.values(HeaderName::RecordRoute);
     assert_eq!(rr.len(), 2, "a double Record-Route:\n{}", inv.text());
-    assert_our_rr(&rr[0], s.tls_addr, true);
-    assert_our_rr(&rr[1], s.addr, false);
+    assert_our_rr(&rr[0], s.tls_addr, Some("tls"));
+    assert_our_rr(&rr[1], s.addr, None);
 
     let fs = Dialog::uas_at(node.addr, &inv, &unique("fs-")).over_tls();
     node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE))).await;
@@ -610,8 +597,8 @@ async fn node_calls_a_tls_trunk_by_sips_uri_and_contact() {
     assert_our_via_over(&inv, s.tls_addr, "TLS");
     let rr = inv.values(HeaderName::RecordRoute);
     assert_eq!(rr.len(), 2, "a double Record-Route:\n{}", inv.text());
-    assert_our_rr(&rr[0], s.tls_addr, true);
-    assert_our_rr(&rr[1], s.addr, false);
+    assert_our_rr(&rr[0], s.tls_addr, Some("tls"));
+    assert_our_rr(&rr[1], s.addr, None);
     assert!(carrier.hellos()[0].client_certificate);
 
     let carrier_side = Dialog::uas_at(carrier.addr, &inv, &unique("carrier-")).over_tls();

@@ -11,7 +11,8 @@
 //!   framed off the stream into an inbox ([`TlsTrunk::recv`] waits up to
 //!   [`WAIT`]); [`silent_from`] and [`closed_within`] for raw TCP clients.
 //! - [`EdgeSockets`] / [`Edge`]: sipedge with a UDP socket and a TLS
-//!   listener on port 0, running until dropped; [`edge_toml`] its config.
+//!   listener on port 0, running until dropped; [`edge_toml`] its config;
+//!   [`assert_our_rr`] checks a Record-Route it put.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
@@ -489,6 +490,24 @@ pub async fn closed_within(c: &mut tokio::net::TcpStream, within: Duration) -> u
             }
         }
     }
+}
+
+/// `value` is our Record-Route over `transport` (`None`: UDP): the right
+/// address, and the transport parameter only for TLS.
+pub fn assert_our_rr(value: &str, at: SocketAddr, transport: Option<&str>) {
+    let uri = value
+        .strip_prefix('<')
+        .and_then(|v| v.strip_suffix('>'))
+        .unwrap_or_else(|| panic!("not a <name-addr>: {value}"));
+    let mut parts = uri.split(';');
+    assert_eq!(parts.next(), Some(format!("sip:{at}").as_str()), "{value}");
+    let params: Vec<&str> = parts.collect();
+    assert!(params.contains(&"lr"), "{value}");
+    let t: Vec<&str> = params
+        .iter()
+        .filter_map(|p| p.strip_prefix("transport="))
+        .collect();
+    assert_eq!(t, transport.into_iter().collect::<Vec<_>>(), "{value}");
 }
 
 // ---------------------------------------------------------------------------
