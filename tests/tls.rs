@@ -4,157 +4,20 @@
 //! tokio-rustls client that trusts only that CA.
 
 mod support;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use sipedge::sip::{frame_stream, HeaderName, StreamFrame, Via};
+use rustls::pki_types::CertificateDer;
+use sipedge::sip::{HeaderName, Via};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-
-/// A test CA and a server certificate for `sip.test` it signed, as PEM
-/// files in `dir`: `(ca certificate DER, chain.pem, key.pem)`.
-fn make_pki(dir: &std::path::Path) -> (CertificateDer<'static>, String, String) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "sipedge test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["sip.test".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let chain = dir.join("chain.pem");
-    let key_file = dir.join("key.pem");
-    // Leaf first, then the CA.
-    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    (
-        ca.der().clone(),
-        chain.display().to_string(),
-        key_file.display().to_string(),
-    )
-}
-
-/// A trunk connected to the proxy over TLS: what it reads is framed off
-/// the stream into `inbox`.
-struct TlsTrunk {
-    /// Its own end of the connection (what its Via names).
-    addr: SocketAddr,
-    out: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    inbox: mpsc::UnboundedReceiver<Received>,
-}
-
-impl TlsTrunk {
-    async fn connect(to: SocketAddr, ca: CertificateDer<'static>) -> TlsTrunk {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).unwrap();
-        let config =
-            rustls::ClientConfig::builder_with_provider(sipedge::transport::tls::provider())
-                .with_protocol_versions(sipedge::transport::tls::VERSIONS)
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
-        let addr = tcp.local_addr().unwrap();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = ServerName::try_from("sip.test").unwrap();
-        let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
-            .await
-            .expect("handshake in time")
-            .expect("handshake with the proxy, trusting the test CA");
-        let (mut rd, out) = tokio::io::split(tls);
-        let (tx, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut buf = bytes::BytesMut::new();
-            let mut chunk = vec![0u8; 16 * 1024];
-            loop {
-                let n = match rd.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                loop {
-                    // frame_stream waits for what follows a lone CRLF; a
-                    // pong is all there is.
-                    if buf.starts_with(b"\r\n") {
-                        let _ = buf.split_to(2);
-                        let _ = tx.send(Received {
-                            data: b"\r\n".to_vec(),
-                            from: to,
-                        });
-                        continue;
-                    }
-                    match frame_stream(&buf, 1 << 16) {
-                        Ok(StreamFrame::Message { len }) => {
-                            let data = buf.split_to(len).to_vec();
-                            let _ = tx.send(Received { data, from: to });
-                        }
-                        Ok(StreamFrame::KeepAlive { len, .. }) => {
-                            let _ = buf.split_to(len);
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }
-        });
-        TlsTrunk { addr, out, inbox }
-    }
-
-    async fn send(&mut self, data: impl AsRef<[u8]>) {
-        self.out.write_all(data.as_ref()).await.unwrap();
-        self.out.flush().await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Received {
-        tokio::time::timeout(WAIT, self.inbox.recv())
-            .await
-            .expect("a message from the proxy over TLS in time")
-            .expect("the TLS connection is open")
-    }
-
-    /// The next response with status `code`, skipping provisionals below it.
-    async fn recv_response(&mut self, code: u16) -> Received {
-        loop {
-            let r = self.recv().await;
-            match r.status() {
-                Some(c) if c == code => return r,
-                Some(c) if c < 200 && c < code => continue,
-                _ => panic!("expected {code}, got:\n{}", r.text()),
-            }
-        }
-    }
-
-    async fn recv_request(&mut self, method: &str) -> Received {
-        let r = self.recv().await;
-        assert_eq!(r.method().as_deref(), Some(method), "{}", r.text());
-        r
-    }
-}
-
-/// `value` is our Record-Route over `transport` (`None`: UDP): the right
-/// address, and the transport parameter only for TLS.
-fn assert_our_rr(value: &str, at: SocketAddr, transport: Option<&str>) {
-    let uri = value
-        .strip_prefix('<')
-        .and_then(|v| v.strip_suffix('>'))
-        .unwrap_or_else(|| panic!("not a <name-addr>: {value}"));
-    let mut parts = uri.split(';');
-    assert_eq!(parts.next(), Some(format!("sip:{at}").as_str()), "{value}");
-    let params: Vec<&str> = parts.collect();
-    assert!(params.contains(&"lr"), "{value}");
-    let t: Vec<&str> = params
-        .iter()
-        .filter_map(|p| p.strip_prefix("transport="))
-        .collect();
-    assert_eq!(t, transport.into_iter().collect::<Vec<_>>(), "{value}");
-}
+use tls_support::{
+    assert_our_rr, closed_within, edge_toml, path, silent_from, Ca, Edge, EdgeSockets, Scratch,
+    TlsTrunk,
+};
+use tokio::io::AsyncWriteExt;
 
 fn no_route(msg: &Received) {
     assert!(
@@ -164,85 +27,52 @@ fn no_route(msg: &Received) {
     );
 }
 
-/// A TLS trunk's call to UDP nodes: INVITE, 100/200 back on the TLS
-/// connection, ACK, a T.38 re-INVITE and BYE over the same connection, all
-/// at the node the call is pinned to; a CRLF ping answered with a pong.
-/// A running proxy with a TLS listener and two UDP nodes.
+/// A running proxy with a TLS listener (serving `sip.test` from `ca`) and
+/// two UDP nodes.
 struct Setup {
-    proxy: Arc<sipedge::proxy::Proxy>,
-    addr: SocketAddr,
-    tls_addr: SocketAddr,
-    nodes: [Peer; 2],
+    edge: Edge,
     ca: CertificateDer<'static>,
-    cancel: tokio_util::sync::CancellationToken,
-    dir: std::path::PathBuf,
+    _dir: Scratch,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Edge;
+    fn deref(&self) -> &Edge {
+        &self.edge
+    }
 }
 
 impl Setup {
     /// `tls_extra`: more `[tls]` keys; `extra`: more tables.
     async fn start(name: &str, tls_extra: &str, extra: &str) -> Setup {
-        init_tracing();
-        let dir = std::env::temp_dir().join(format!("sipedge-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (ca, chain, key) = make_pki(&dir);
-        let socket = sipedge::transport::bind_udp(
-            "127.0.0.1:0".parse().unwrap(),
-            sipedge::transport::UdpOptions::default(),
-        )
-        .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let tls_listener = sipedge::transport::bind_stream(
-            "127.0.0.1:0".parse().unwrap(),
-            &sipedge::transport::TcpOptions::default(),
-            sipedge::transport::Transport::Tls,
-        )
-        .unwrap();
-        let tls_addr = tls_listener.local_addr().unwrap();
-        let nodes = [Peer::bind("node0").await, Peer::bind("node1").await];
+        let dir = Scratch::new(name);
+        let ca = Ca::new("sipedge test CA");
+        let server = ca.leaf(&dir, "server", &["sip.test"]);
+        let sockets = EdgeSockets::bind("127.0.0.1");
+        let tls_addr = sockets.tls_addr;
+        let nodes = vec![Peer::bind("node0").await, Peer::bind("node1").await];
         let node_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-        let opts = Options {
-            listen_extra: format!("tls = [\"{tls_addr}\"]").leak(),
-            extra_toml: format!(
-                "[tls]\ncertificate = \"{chain}\"\nkey = \"{key}\"\n{tls_extra}\n{extra}\n"
-            )
-            .leak(),
-            ..Options::default()
-        };
-        let text = config_toml(addr, &node_addrs, &opts);
-        let cfg = sipedge::config::from_toml(&text, "test")
-            .unwrap_or_else(|e| panic!("test config refused: {e}\n{text}"));
-        let proxy =
-            sipedge::proxy::Proxy::with_listeners(cfg, vec![socket], vec![], vec![tls_listener])
-                .expect("build the proxy");
-        assert_eq!(proxy.tls_addrs(), [tls_addr]);
-        proxy.ping_active(Some(false));
-        let cancel = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(proxy.clone().run(cancel.clone()));
+        let more = format!("{tls_extra}\n{extra}");
+        let text = edge_toml(&sockets, &node_addrs, &server.cert, &server.key, &more);
+        let edge = sockets.run(&text, None, false, nodes);
+        assert_eq!(edge.proxy.tls_addrs(), [tls_addr]);
         Setup {
-            proxy,
-            addr,
-            tls_addr,
-            nodes,
-            ca,
-            cancel,
-            dir,
+            edge,
+            ca: ca.der(),
+            _dir: dir,
         }
     }
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
+/// A TLS trunk's call to UDP nodes: INVITE, 100/200 back on the TLS
+/// connection, ACK, a T.38 re-INVITE and BYE over the same connection, all
+/// at the node the call is pinned to; a CRLF ping answered with a pong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_trunk_to_udp_nodes_full_call() {
     let s = Setup::start("tls-call", "", "").await;
     let (proxy, addr, tls_addr, nodes) = (&s.proxy, s.addr, s.tls_addr, &s.nodes);
     let ca = s.ca.clone();
-    let mut trunk = TlsTrunk::connect(tls_addr, ca).await;
+    let mut trunk = TlsTrunk::connect(tls_addr, ca, None).await;
     let mut call = Dialog::uac_at(trunk.addr, &format!("sip:fax@{addr}")).over_tls();
     trunk.send(call.invite(SDP_AUDIO)).await;
     let trying = trunk.recv_response(100).await;
@@ -331,33 +161,6 @@ async fn tls_trunk_to_udp_nodes_full_call() {
     );
 }
 
-/// A TCP connection from `ip` to `to`.
-async fn connect_from(ip: &str, to: SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(ip.parse().unwrap(), 0))
-        .unwrap();
-    tokio::time::timeout(WAIT, socket.connect(to))
-        .await
-        .expect("connect in time")
-        .expect("connect to the TLS listener")
-}
-
-/// The proxy closes `c` (EOF or reset) within `within`, sending nothing
-/// that is not TLS (a TLS alert may come first).
-async fn assert_closed_within(c: &mut tokio::net::TcpStream, within: Duration) {
-    let mut b = [0u8; 512];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, c.read(&mut b)).await {
-            Err(_) => panic!("still open after {within:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            // A TLS record (an alert): content types 20-23.
-            Ok(Ok(_)) => assert!((20..=23).contains(&b[0]), "not TLS: {:?}", &b[..8]),
-        }
-    }
-}
-
 /// A client that opens a connection and never says hello holds its slot
 /// only `[tls] handshake_timeout`; handshakes in progress count against
 /// `[tcp] max_connections_per_source`; a client speaking plain SIP to the
@@ -372,14 +175,14 @@ async fn handshakes_are_bounded_in_time_and_per_source() {
     .await;
     let tcp = s.proxy.tcp();
     let src: std::net::IpAddr = "127.0.0.2".parse().unwrap();
-    let mut silent = connect_from("127.0.0.2", s.tls_addr).await;
+    let mut silent = silent_from("127.0.0.2", s.tls_addr).await;
     eventually("the silent client holds a slot", || {
         tcp.connections_from(src) == 1
     })
     .await;
     // A second handshake from the same source is refused at once.
-    let mut second = connect_from("127.0.0.2", s.tls_addr).await;
-    assert_closed_within(&mut second, WAIT).await;
+    let mut second = silent_from("127.0.0.2", s.tls_addr).await;
+    closed_within(&mut second, WAIT).await;
     assert_eq!(
         tcp.stats()
             .refused_per_source
@@ -388,7 +191,7 @@ async fn handshakes_are_bounded_in_time_and_per_source() {
     );
     // The silent one goes at the handshake timeout, well within WAIT.
     let opened = tokio::time::Instant::now();
-    assert_closed_within(&mut silent, WAIT).await;
+    closed_within(&mut silent, WAIT).await;
     assert!(opened.elapsed() < WAIT, "closed by the handshake timeout");
     eventually("its slot comes back", || {
         tcp.connections_from(src) == 0 && tcp.connections() == 0
@@ -396,16 +199,16 @@ async fn handshakes_are_bounded_in_time_and_per_source() {
     .await;
 
     // Plain SIP where a ClientHello belongs: closed, slot back.
-    let mut plain = connect_from("127.0.0.3", s.tls_addr).await;
+    let mut plain = silent_from("127.0.0.3", s.tls_addr).await;
     plain
         .write_all(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n")
         .await
         .unwrap();
-    assert_closed_within(&mut plain, Duration::from_millis(900)).await;
+    closed_within(&mut plain, Duration::from_millis(900)).await;
     eventually("no connection left", || tcp.connections() == 0).await;
 
     // And a real client still gets through.
-    let mut trunk = TlsTrunk::connect(s.tls_addr, s.ca.clone()).await;
+    let mut trunk = TlsTrunk::connect(s.tls_addr, s.ca.clone(), None).await;
     trunk.send("\r\n\r\n").await;
     assert_eq!(trunk.recv().await.data, b"\r\n");
 }
@@ -418,9 +221,10 @@ async fn binary_serves_tls() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let dir = std::env::temp_dir().join(format!("sipedge-tls-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, chain, key) = make_pki(&dir);
+    let dir = Scratch::new("tls-bin");
+    let ca = Ca::new("sipedge test CA");
+    let server = ca.leaf(&dir, "server", &["sip.test"]);
+    let (chain, key) = (path(&server.cert), path(&server.key));
     let cfg = dir.join("proxy.toml");
     std::fs::write(
         &cfg,
@@ -457,7 +261,7 @@ async fn binary_serves_tls() {
     .await
     .unwrap();
 
-    let mut trunk = TlsTrunk::connect(tls_addr, ca).await;
+    let mut trunk = TlsTrunk::connect(tls_addr, ca.der(), None).await;
     let me = trunk.addr;
     trunk
         .send(format!(
@@ -478,5 +282,4 @@ async fn binary_serves_tls() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }

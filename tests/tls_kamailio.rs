@@ -1,6 +1,6 @@
 //! Interop with a real third-party TLS SIP peer: Debian's Kamailio 5.6
 //! with its tls module (OpenSSL), started by each test on free loopback
-//! ports (`tests/support/kamailio_tls_peers.rs`).
+//! ports (`tests/support/kamailio_tls.rs`).
 //!
 //! - A carrier's Kamailio as a TLS trunk: a UDP caller → Kamailio → TLS →
 //!   sipedge → UDP nodes, with the T.38 re-INVITE and the BYE following
@@ -14,27 +14,19 @@ mod support;
 #[allow(dead_code)] // the registry part is for tests/registry.rs
 #[path = "support/kamailio.rs"]
 mod kamailio;
-#[allow(dead_code)] // each test file uses a part of it
-#[path = "support/kamailio_tls_peers.rs"]
-mod kamailio_tls_peers;
+#[path = "support/kamailio_tls.rs"]
+mod kamailio_tls;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kamailio_tls_peers::*;
-use sipedge::sip::{HeaderName, Via};
+use kamailio_tls::*;
+use sipedge::sip::HeaderName;
 use support::*;
-
-/// The transport of the `i`th Via of `msg`.
-fn via_transport(msg: &Received, i: usize) -> String {
-    let vias = msg.vias();
-    let v = vias
-        .get(i)
-        .unwrap_or_else(|| panic!("no Via #{i}:\n{}", msg.text()));
-    let via = Via::parse(v.as_bytes()).expect("a valid Via");
-    String::from_utf8_lossy(via.transport).into_owned()
-}
+use tls_support::TlsTrunk;
 
 /// sipedge's Record-Route on the trunk side: its TLS listener, with
 /// `;transport=tls`.
@@ -56,8 +48,8 @@ async fn kamailio_tls_trunk_call_to_udp_nodes() {
         return;
     };
     let pki = Pki::new();
-    let edge = Edge::start(&pki, "", None).await;
-    let kam = TlsKamailio::trunk(&modules, &pki, edge.tls_addr, None);
+    let edge = start_edge(&pki, "", None).await;
+    let kam = pki.trunk(&modules, edge.tls_addr, None);
     let caller = Peer::bind("caller").await;
     let node = &edge.nodes[0];
 
@@ -92,11 +84,7 @@ async fn kamailio_tls_trunk_call_to_udp_nodes() {
     let fs = Dialog::uas(node, &inv, &unique("fs-"));
     node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
         .await;
-    let ok = caller
-        .recv_until(|r| r.status() == Some(200))
-        .await
-        .pop()
-        .unwrap();
+    let ok = final_response(&caller, 200).await;
     assert_eq!(ok.values(HeaderName::RecordRoute), rr);
     call.learn_2xx(&ok);
     assert_eq!(call.remote_target, format!("sip:fs@{}", node.addr));
@@ -119,11 +107,7 @@ async fn kamailio_tls_trunk_call_to_udp_nodes() {
     );
     node.send(fs.answer(&reinv, 200, "OK", Some(SDP_T38)), reinv.from)
         .await;
-    let ok = caller
-        .recv_until(|r| r.status() == Some(200))
-        .await
-        .pop()
-        .unwrap();
+    let ok = final_response(&caller, 200).await;
     assert_eq!(ok.cseq(), (2, "INVITE".to_owned()));
     let (ack, _) = call.request("ACK", None);
     caller.send(ack, kam.udp).await;
@@ -135,11 +119,7 @@ async fn kamailio_tls_trunk_call_to_udp_nodes() {
     let bye = node.recv_request("BYE").await;
     assert_eq!(via_transport(&bye, 1), "TLS", "{}", bye.text());
     node.send(fs.answer(&bye, 200, "OK", None), bye.from).await;
-    let ok = caller
-        .recv_until(|r| r.status() == Some(200))
-        .await
-        .pop()
-        .unwrap();
+    let ok = final_response(&caller, 200).await;
     assert_eq!(ok.cseq_method(), "BYE");
 
     edge.nodes[1].expect_nothing(Duration::ZERO).await;
@@ -164,8 +144,8 @@ async fn kamailio_tls_node_fixture_relays_to_its_user_agent() {
     };
     let pki = Pki::new();
     let uas = Peer::bind("uas").await;
-    let kam = TlsKamailio::node(&modules, &pki, uas.addr);
-    let mut client = TlsClient::connect(kam.tls, pki.ca_der.clone(), NODE_NAME).await;
+    let kam = pki.node(&modules, uas.addr);
+    let mut client = TlsTrunk::connect_to(kam.tls, pki.ca_der.clone(), NODE_NAME).await;
     let ok = client.options().await;
     assert_eq!(ok.status(), Some(200), "{}", ok.text());
 

@@ -15,13 +15,14 @@ mod support;
 #[allow(dead_code)] // the registry part is for tests/registry.rs
 #[path = "support/kamailio.rs"]
 mod kamailio;
-#[allow(dead_code)] // each test file uses a part of it
-#[path = "support/kamailio_tls_peers.rs"]
-mod kamailio_tls_peers;
+#[path = "support/kamailio_tls.rs"]
+mod kamailio_tls;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::time::Duration;
 
-use kamailio_tls_peers::*;
+use kamailio_tls::*;
 use support::*;
 
 /// A call from `caller` through `kam` that sipedge must refuse: Kamailio
@@ -58,10 +59,10 @@ async fn kamailio_mutual_tls_only_the_carrier_with_a_certificate_gets_through() 
     };
     let pki = Pki::new();
     let client_ca = format!("client_ca = \"{}\"", pki.ca_pem.display());
-    let edge = Edge::start(&pki, &client_ca, None).await;
-    let without = TlsKamailio::trunk(&modules, &pki, edge.tls_addr, None);
-    let foreign = TlsKamailio::trunk(&modules, &pki, edge.tls_addr, Some(&pki.foreign_client));
-    let carrier = TlsKamailio::trunk(&modules, &pki, edge.tls_addr, Some(&pki.client));
+    let edge = start_edge(&pki, &client_ca, None).await;
+    let without = pki.trunk(&modules, edge.tls_addr, None);
+    let foreign = pki.trunk(&modules, edge.tls_addr, Some(&pki.foreign_client));
+    let carrier = pki.trunk(&modules, edge.tls_addr, Some(&pki.client));
 
     // The two refusals side by side: each waits out Kamailio's fr_timer.
     let (c1, c2) = (Peer::bind("caller1").await, Peer::bind("caller2").await);
@@ -89,11 +90,7 @@ async fn kamailio_mutual_tls_only_the_carrier_with_a_certificate_gets_through() 
     let fs = Dialog::uas(node, &inv, &unique("fs-"));
     node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
         .await;
-    let ok = caller
-        .recv_until(|r| r.status() == Some(200))
-        .await
-        .pop()
-        .unwrap();
+    let ok = final_response(&caller, 200).await;
     call.learn_2xx(&ok);
     let (ack, _) = call.request("ACK", None);
     caller.send(ack, carrier.udp).await;
@@ -102,11 +99,7 @@ async fn kamailio_mutual_tls_only_the_carrier_with_a_certificate_gets_through() 
     caller.send(bye, carrier.udp).await;
     let bye = node.recv_request("BYE").await;
     node.send(fs.answer(&bye, 200, "OK", None), bye.from).await;
-    let ok = caller
-        .recv_until(|r| r.status() == Some(200))
-        .await
-        .pop()
-        .unwrap();
+    let ok = final_response(&caller, 200).await;
     assert_eq!(ok.cseq_method(), "BYE");
     edge.nodes[1].expect_nothing(Duration::ZERO).await;
 }

@@ -13,26 +13,17 @@ mod support;
 #[allow(dead_code)] // the registry part is for tests/registry.rs
 #[path = "support/kamailio.rs"]
 mod kamailio;
-#[allow(dead_code)] // each test file uses a part of it
-#[path = "support/kamailio_tls_peers.rs"]
-mod kamailio_tls_peers;
+#[path = "support/kamailio_tls.rs"]
+mod kamailio_tls;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kamailio_tls_peers::*;
-use sipedge::sip::{HeaderName, Via};
+use kamailio_tls::*;
+use sipedge::sip::HeaderName;
 use support::*;
-
-/// The transport of the `i`th Via of `msg`.
-fn via_transport(msg: &Received, i: usize) -> String {
-    let vias = msg.vias();
-    let v = vias
-        .get(i)
-        .unwrap_or_else(|| panic!("no Via #{i}:\n{}", msg.text()));
-    let via = Via::parse(v.as_bytes()).expect("a valid Via");
-    String::from_utf8_lossy(via.transport).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_trunk_to_kamailio_tls_node_full_call() {
@@ -41,7 +32,7 @@ async fn udp_trunk_to_kamailio_tls_node_full_call() {
     };
     let pki = Pki::new();
     let uas = Peer::bind("uas").await;
-    let kam = TlsKamailio::node(&modules, &pki, uas.addr);
+    let kam = pki.node(&modules, uas.addr);
     // A UDP spare after the TLS node: it must see nothing of the call.
     let spare = Peer::bind("spare").await.answering_probes();
     let destinations = format!(
@@ -51,7 +42,7 @@ async fn udp_trunk_to_kamailio_tls_node_full_call() {
         kam.tls, spare.addr
     );
     let ca_list = format!("ca_list = \"{}\"", pki.ca_pem.display());
-    let edge = Edge::start(&pki, &ca_list, Some(&destinations)).await;
+    let edge = start_edge(&pki, &ca_list, Some(&destinations)).await;
     let trunk = Peer::bind("trunk").await;
 
     let mut call = Dialog::uac(&trunk, &format!("sip:fax@{}", edge.addr));
@@ -142,8 +133,8 @@ async fn node_bye_reaches_a_kamailio_tls_trunk() {
     };
     let pki = Pki::new();
     let ca_list = format!("ca_list = \"{}\"", pki.ca_pem.display());
-    let edge = Edge::start(&pki, &ca_list, None).await;
-    let kam = TlsKamailio::trunk(&modules, &pki, edge.tls_addr, None);
+    let edge = start_edge(&pki, &ca_list, None).await;
+    let kam = pki.trunk(&modules, edge.tls_addr, None);
     let caller = Peer::bind("caller").await;
     let node = &edge.nodes[0];
 

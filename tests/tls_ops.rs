@@ -5,99 +5,69 @@
 //! TLS metrics. Certificates are made by the test (rcgen, see
 //! `support/tls.rs`); clients are tokio-rustls or raw TCP sockets.
 
+#[allow(dead_code)] // the registry part is for tests/registry.rs
+#[path = "support/kamailio.rs"]
+mod kamailio;
+#[path = "support/kamailio_tls.rs"]
+mod kamailio_tls;
 mod support;
 #[path = "support/tls.rs"]
 mod tls_support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
+use kamailio_tls::{tls_modules, TlsFiles, TlsKamailio};
 use sipedge::metrics::{TLS_CERTIFICATE_EXPIRY_SECONDS, TLS_CONNECTIONS};
 use sipedge::transport::tls::Handshake;
 use support::*;
-use tls_support::{serial_and_not_after, Ca, Issued, TlsTrunk};
-use tokio::io::AsyncReadExt;
+use tls_support::{
+    closed_within, edge_toml, serial_and_not_after, silent_from, Ca, Edge, EdgeSockets, Issued,
+    Scratch, TlsTrunk,
+};
 
 /// A running proxy with a TLS listener (serving `sip.test` from `ca`,
 /// serial 1) and one UDP node, its config in `dir/proxy.toml` (what a
 /// reload re-reads).
 struct Setup {
-    proxy: Arc<sipedge::proxy::Proxy>,
-    addr: SocketAddr,
-    tls_addr: SocketAddr,
-    node: Peer,
+    edge: Edge,
     ca: Ca,
     server: Issued,
-    dir: PathBuf,
-    cancel: tokio_util::sync::CancellationToken,
+    dir: Scratch,
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sipedge-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+impl std::ops::Deref for Setup {
+    type Target = Edge;
+    fn deref(&self) -> &Edge {
+        &self.edge
+    }
 }
 
 impl Setup {
     /// `tls_extra(dir, ca)`: more `[tls]` keys, given the directory and
     /// the CA (to write client CA and CRL files).
     async fn start(name: &str, tls_extra: impl FnOnce(&Path, &Ca) -> String) -> Setup {
-        init_tracing();
-        let dir = temp_dir(name);
+        let dir = Scratch::new(name);
         let ca = Ca::new("sipedge test CA");
         let server = ca.issue(&dir, "server", &["sip.test"], 1, (2024, 2035));
         let extra = tls_extra(&dir, &ca);
-        let socket = sipedge::transport::bind_udp(
-            "127.0.0.1:0".parse().unwrap(),
-            sipedge::transport::UdpOptions::default(),
-        )
-        .unwrap();
-        let addr = socket.local_addr().unwrap();
         // Unspecified: clients come from 127.0.0.1 and 127.0.0.2.
-        let tls_listener = sipedge::transport::bind_stream(
-            "0.0.0.0:0".parse().unwrap(),
-            &sipedge::transport::TcpOptions::default(),
-            sipedge::transport::Transport::Tls,
-        )
-        .unwrap();
-        let port = tls_listener.local_addr().unwrap().port();
-        let tls_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let sockets = EdgeSockets::bind("0.0.0.0");
         let node = Peer::bind("node0").await;
-        let opts = Options {
-            listen_extra: format!("tls = [\"0.0.0.0:{port}\"]").leak(),
-            extra_toml: format!(
-                "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\n{extra}\n",
-                server.cert.display(),
-                server.key.display()
-            )
-            .leak(),
-            ..Options::default()
-        };
-        let text = config_toml(addr, &[node.addr], &opts);
-        let file = dir.join("proxy.toml");
-        std::fs::write(&file, &text).unwrap();
-        let cfg = sipedge::config::read_config(&file)
-            .unwrap_or_else(|e| panic!("test config refused: {e}\n{text}"));
-        let proxy =
-            sipedge::proxy::Proxy::with_listeners(cfg, vec![socket], vec![], vec![tls_listener])
-                .expect("build the proxy");
-        proxy.set_config_path(file);
-        proxy.ping_active(Some(false));
-        let cancel = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(proxy.clone().run(cancel.clone()));
+        let text = edge_toml(&sockets, &[node.addr], &server.cert, &server.key, &extra);
+        let edge = sockets.run(&text, Some(&dir.join("proxy.toml")), false, vec![node]);
         Setup {
-            proxy,
-            addr,
-            tls_addr,
-            node,
+            edge,
             ca,
             server,
             dir,
-            cancel,
         }
+    }
+
+    /// The UDP node.
+    fn node(&self) -> &Peer {
+        &self.nodes[0]
     }
 
     fn handshakes(&self, outcome: Handshake) -> u64 {
@@ -118,16 +88,16 @@ impl Setup {
     async fn call(&self, trunk: &mut TlsTrunk) -> (Dialog, Dialog) {
         let mut call = Dialog::uac_at(trunk.addr, &format!("sip:fax@{}", self.addr)).over_tls();
         trunk.send(call.invite(SDP_AUDIO)).await;
-        let inv = self.node.recv_request("INVITE").await;
-        let fs = Dialog::uas(&self.node, &inv, &unique("fs-"));
-        self.node
+        let inv = self.node().recv_request("INVITE").await;
+        let fs = Dialog::uas(self.node(), &inv, &unique("fs-"));
+        self.node()
             .send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
             .await;
         let ok = trunk.recv_response(200).await;
         call.learn_2xx(&ok);
         let (ack, _) = call.request("ACK", None);
         trunk.send(ack).await;
-        self.node.recv_request("ACK").await;
+        self.node().recv_request("ACK").await;
         (call, fs)
     }
 
@@ -135,19 +105,12 @@ impl Setup {
     async fn hang_up(&self, trunk: &mut TlsTrunk, call: &mut Dialog, fs: &Dialog) {
         let (bye, _) = call.request("BYE", None);
         trunk.send(bye).await;
-        let bye = self.node.recv_request("BYE").await;
-        self.node
+        let bye = self.node().recv_request("BYE").await;
+        self.node()
             .send(fs.answer(&bye, 200, "OK", None), bye.from)
             .await;
         let ok = trunk.recv_response(200).await;
         assert_eq!(ok.cseq().1, "BYE");
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -208,13 +171,14 @@ async fn mutual_tls_admits_only_valid_client_certificates() {
         // certificate; the refusal closes the connection unanswered.
         if let Ok(mut t) = TlsTrunk::connect_from(None, s.tls_addr, s.ca.der(), client).await {
             let me = t.addr;
-            t.send(format!(
-                "OPTIONS sip:{} SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKmtls;rport\r\n\
+            let _ = t
+                .try_send(format!(
+                    "OPTIONS sip:{} SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKmtls;rport\r\n\
                  From: <sip:t@{me}>;tag=1\r\nTo: <sip:x@sip.test>\r\nCall-ID: mtls\r\n\
                  CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-                s.tls_addr
-            ))
-            .await;
+                    s.tls_addr
+                ))
+                .await;
             t.expect_closed().await;
         }
         eventually(&format!("counted as {outcome:?}"), || {
@@ -275,36 +239,6 @@ async fn mutual_tls_admits_only_valid_client_certificates() {
         s.series(TLS_CONNECTIONS, "direction=\"inbound\"") == Some(0.0)
     })
     .await;
-}
-
-/// A TCP connection from `ip` to `to` that says nothing.
-async fn silent_from(ip: &str, to: SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(ip.parse().unwrap(), 0))
-        .unwrap();
-    tokio::time::timeout(WAIT, socket.connect(to))
-        .await
-        .expect("connect in time")
-        .expect("connect to the TLS listener")
-}
-
-/// The proxy closes `c` within `within`, sending nothing that is not
-/// TLS; returns what it sent.
-async fn closed_within(c: &mut tokio::net::TcpStream, within: Duration) -> usize {
-    let mut b = [0u8; 512];
-    let mut sent = 0;
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, c.read(&mut b)).await {
-            Err(_) => panic!("still open after {within:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return sent,
-            Ok(Ok(n)) => {
-                assert!((20..=23).contains(&b[0]), "not TLS: {:?}", &b[..8]);
-                sent += n;
-            }
-        }
-    }
 }
 
 /// `max_handshakes_per_source = 3`: three connections from 127.0.0.1
@@ -429,7 +363,7 @@ async fn sighup_renews_the_certificate_of_the_binary() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let dir = temp_dir("tls-sighup");
+    let dir = Scratch::new("tls-sighup");
     let ca = Ca::new("sipedge test CA");
     ca.issue(&dir, "server", &["sip.test"], 1, (2024, 2035));
     let node = Peer::bind("node0").await.answering_probes();
@@ -560,7 +494,6 @@ async fn sighup_renews_the_certificate_of_the_binary() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The alert rules of `deploy/prometheus` pass `promtool check rules` and
@@ -616,145 +549,52 @@ fn alert_rules_and_dashboard_use_the_tls_metrics() {
 }
 
 /// Debian's Kamailio with its tls module as a carrier's trunk
-/// (`tests/fixtures/kamailio/tls-trunk.cfg`): relays what reaches its UDP
-/// port to `sipedge` over TLS, presenting `client` (chain and key) and
-/// checking sipedge's certificate against `ca`. Killed on drop.
-struct KamailioTls {
-    child: std::process::Child,
-    addr: SocketAddr,
-    dir: PathBuf,
+/// (`tests/fixtures/kamailio/tls_trunk.cfg`) relaying to `sipedge` over
+/// TLS, presenting `client` (chain and key, also its own TLS socket's) and
+/// checking sipedge's certificate against `ca`.
+fn kamailio_trunk(sipedge: SocketAddr, client: &Issued, ca: &Path) -> TlsKamailio {
+    let files = TlsFiles {
+        server: client,
+        client_ca: None,
+        ca_list: Some(ca),
+        client: Some(client),
+    };
+    TlsKamailio::trunk(&tls_modules(), &files, sipedge)
 }
 
-impl KamailioTls {
-    fn start(sipedge: SocketAddr, client: &Issued, ca: &Path) -> KamailioTls {
-        let dir = std::env::temp_dir().join(unique("sipedge-kamailio-tls-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let free = |udp: bool| {
-            if udp {
-                std::net::UdpSocket::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            } else {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            }
-        };
-        let (sip_port, tls_port) = (free(true), free(false));
-        // Kamailio tls.cfg profiles: the server one only because a TLS
-        // socket needs one; the client one is what sipedge sees.
-        std::fs::write(
-            dir.join("tls.cfg"),
+/// Sends OPTIONS for `to` from `from` through `kamailio`, a new one every
+/// second, until a final answer to one of them comes back; its status.
+async fn options_through(kamailio: &TlsKamailio, from: &Peer, to: SocketAddr) -> u16 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let me = from.addr;
+    let mut sent = Vec::new();
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answer through kamailio; its log:\n{}",
+            kamailio.kamailio.log()
+        );
+        let id = unique("kam-tls-");
+        from.send(
             format!(
-                "[server:default]\nmethod = TLSv1.2+\ncertificate = {cert}\nprivate_key = {key}\n\n\
-                 [client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\n\
-                 require_certificate = yes\nca_list = {ca}\ncertificate = {cert}\n\
-                 private_key = {key}\nserver_name = sip.test\n",
-                cert = client.cert.display(),
-                key = client.key.display(),
-                ca = ca.display()
+                "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:carrier@{me}>;tag=c\r\nTo: <sip:{to}>\r\n\
+                 Call-ID: {id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
             ),
+            kamailio.udp,
         )
-        .unwrap();
-        let modules = ["/usr/lib/kamailio/modules".to_owned()]
-            .into_iter()
-            .chain(
-                std::fs::read_dir("/usr/lib")
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.path().join("kamailio/modules").display().to_string()),
-            )
-            .find(|d| Path::new(d).join("tls.so").is_file())
-            .expect("Debian's kamailio-tls-modules (tls.so) is installed");
-        let template =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kamailio/tls-trunk.cfg");
-        let cfg = std::fs::read_to_string(template)
-            .unwrap()
-            .replace("@SIP_PORT@", &sip_port.to_string())
-            .replace("@TLS_PORT@", &tls_port.to_string())
-            .replace("@MODULES@", &format!("{modules}/"))
-            .replace("@DIR@", dir.to_str().unwrap())
-            .replace("@SIPEDGE@", &sipedge.to_string());
-        let cfg_path = dir.join("kamailio.cfg");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let log = std::fs::File::create(dir.join("kamailio.log")).unwrap();
-        let child = std::process::Command::new("kamailio")
-            .arg("-f")
-            .arg(&cfg_path)
-            .args(["-DD", "-E", "-m", "64", "-M", "8"])
-            .arg("-Y")
-            .arg(&dir)
-            .arg("-w")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("kamailio is on PATH (Debian's kamailio, kamailio-tls-modules)");
-        KamailioTls {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], sip_port)),
-            dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("kamailio.log")).unwrap_or_default()
-    }
-
-    /// Sends OPTIONS for `to` from `from` through Kamailio, a new one
-    /// every second (Kamailio may still be starting), until a final
-    /// answer to one of them comes back; its status.
-    async fn options(&mut self, from: &Peer, to: SocketAddr) -> u16 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let me = from.addr;
-        let mut sent = Vec::new();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("kamailio exited ({status}); log:\n{}", self.log());
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no answer through kamailio; its log:\n{}",
-                self.log()
-            );
-            let id = unique("kam-tls-");
-            from.send(
-                format!(
-                    "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id};rport\r\n\
-                     Max-Forwards: 70\r\nFrom: <sip:carrier@{me}>;tag=c\r\nTo: <sip:{to}>\r\n\
-                     Call-ID: {id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-                ),
-                self.addr,
-            )
-            .await;
-            sent.push(id);
-            let until = tokio::time::Instant::now() + Duration::from_secs(1);
-            while let Some(got) = from
-                .recv_within(until.saturating_duration_since(tokio::time::Instant::now()))
-                .await
-            {
-                match got.status() {
-                    Some(s) if s >= 200 && sent.contains(&got.call_id()) => return s,
-                    _ => continue,
-                }
+        .await;
+        sent.push(id);
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Some(got) = from
+            .recv_within(until.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            match got.status() {
+                Some(s) if s >= 200 && sent.contains(&got.call_id()) => return s,
+                _ => continue,
             }
         }
-    }
-}
-
-impl Drop for KamailioTls {
-    fn drop(&mut self) {
-        // SIGTERM: the main process stops its children too.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -776,9 +616,9 @@ async fn kamailio_tls_trunk_with_and_without_a_valid_client_certificate() {
     let carrier = Peer::bind("carrier").await;
 
     let good = s.ca.issue(&s.dir, "carrier", &[], 20, (2024, 2090));
-    let mut kamailio = KamailioTls::start(s.tls_addr, &good, &ca_file);
-    let status = kamailio.options(&carrier, s.tls_addr).await;
-    assert_eq!(status, 200, "kamailio log:\n{}", kamailio.log());
+    let kamailio = kamailio_trunk(s.tls_addr, &good, &ca_file);
+    let status = options_through(&kamailio, &carrier, s.tls_addr).await;
+    assert_eq!(status, 200, "kamailio log:\n{}", kamailio.kamailio.log());
     // One, unless Kamailio had several OPTIONS queued while starting.
     let accepted = s.handshakes(Handshake::Ok);
     assert!(accepted >= 1);
@@ -787,9 +627,9 @@ async fn kamailio_tls_trunk_with_and_without_a_valid_client_certificate() {
 
     let other = Ca::new("another CA");
     let foreign = other.issue(&s.dir, "foreign-carrier", &[], 21, (2024, 2090));
-    let mut kamailio = KamailioTls::start(s.tls_addr, &foreign, &ca_file);
-    let status = kamailio.options(&carrier, s.tls_addr).await;
-    assert_ne!(status, 200, "kamailio log:\n{}", kamailio.log());
+    let kamailio = kamailio_trunk(s.tls_addr, &foreign, &ca_file);
+    let status = options_through(&kamailio, &carrier, s.tls_addr).await;
+    assert_ne!(status, 200, "kamailio log:\n{}", kamailio.kamailio.log());
     eventually("the foreign certificate counted as unknown_ca", || {
         s.handshakes(Handshake::UnknownCa) >= 1
     })

@@ -11,22 +11,26 @@
 
 #[path = "support/dns.rs"]
 mod dns_server;
+#[allow(dead_code)] // the registry part is for tests/registry.rs
+#[path = "support/kamailio.rs"]
+mod kamailio;
 #[path = "support/kamailio_tls.rs"]
 mod kamailio_tls;
-#[path = "support/pki.rs"]
-mod pki;
 mod support;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pki::{Leaf, TestCa};
+use kamailio_tls::{tls_modules, TlsFiles, TlsKamailio};
 use rustls::pki_types::CertificateDer;
 use sipedge::sip::{frame_stream, HeaderName, StreamFrame, Via};
 use sipedge::transport::tls::Handshake;
 use support::*;
+use tls_support::{assert_our_rr, self_signed, Ca, Edge, EdgeSockets, Issued, Scratch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 
@@ -221,7 +225,7 @@ impl Inbox for TlsNode {
 /// A node's server config: `leaf`'s identity; with `client_ca`, a client
 /// certificate chaining to it is required.
 fn server_config(
-    leaf: &Leaf,
+    leaf: &Issued,
     client_ca: Option<CertificateDer<'static>>,
 ) -> Arc<rustls::ServerConfig> {
     let provider = sipedge::transport::tls::provider();
@@ -244,25 +248,24 @@ fn server_config(
     };
     Arc::new(
         builder
-            .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
+            .with_single_cert(leaf.chain.clone(), leaf.key_der.clone_key())
             .unwrap(),
     )
 }
 
 /// A scratch directory with the test CA and sipedge's own certificate.
 struct Pki {
-    dir: std::path::PathBuf,
-    ca: TestCa,
+    dir: Scratch,
+    ca: Ca,
     ca_file: std::path::PathBuf,
-    ours: Leaf,
+    ours: Issued,
 }
 
 impl Pki {
     fn new(name: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("sipedge-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = TestCa::new("sipedge outbound test CA");
-        let ca_file = ca.write(&dir, "ca.pem");
+        let dir = Scratch::new(name);
+        let ca = Ca::new("sipedge outbound test CA");
+        let ca_file = ca.write(&dir.join("ca.pem"));
         let ours = ca.leaf(&dir, "sipedge", &["sipedge.test"]);
         Pki {
             dir,
@@ -273,27 +276,25 @@ impl Pki {
     }
 
     /// A node certificate for `sans` from the test CA.
-    fn node(&self, stem: &str, sans: &[&str]) -> Leaf {
+    fn node(&self, stem: &str, sans: &[&str]) -> Issued {
         self.ca.leaf(&self.dir, stem, sans)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 /// A running proxy: a UDP socket for the trunk, a TLS listener (the node
 /// side's Record-Route), and the given TLS destinations.
 struct Setup {
-    proxy: Arc<sipedge::proxy::Proxy>,
-    addr: SocketAddr,
-    tls_addr: SocketAddr,
+    edge: Edge,
     trunk: Peer,
     /// The config file it was read from (for `dispatcher.reload`).
     config: std::path::PathBuf,
-    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Edge;
+    fn deref(&self) -> &Edge {
+        &self.edge
+    }
 }
 
 impl Setup {
@@ -301,20 +302,8 @@ impl Setup {
     /// `tls_extra`: more `[tls]` keys. `probing`: off, no probe runs (the
     /// INVITE is the first thing each node sees).
     async fn start(pki: &Pki, destinations: &[String], tls_extra: &str, probing: bool) -> Setup {
-        init_tracing();
-        let socket = sipedge::transport::bind_udp(
-            "127.0.0.1:0".parse().unwrap(),
-            sipedge::transport::UdpOptions::default(),
-        )
-        .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let tls_listener = sipedge::transport::bind_stream(
-            "127.0.0.1:0".parse().unwrap(),
-            &sipedge::transport::TcpOptions::default(),
-            sipedge::transport::Transport::Tls,
-        )
-        .unwrap();
-        let tls_addr = tls_listener.local_addr().unwrap();
+        let sockets = EdgeSockets::bind("127.0.0.1");
+        let (addr, tls_addr) = (sockets.addr, sockets.tls_addr);
         let mut text = format!(
             "[listen]\nudp = [\"{addr}\"]\nadvertise = \"{addr}\"\ntls = [\"{tls_addr}\"]\n\n\
              [dispatcher]\nalgorithm = \"priority\"\n\n"
@@ -326,41 +315,21 @@ impl Setup {
             "[failover]\nfr_timeout = \"30s\"\nfr_inv_timeout = \"120s\"\n\n\
              [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nca_list = \"{}\"\n\
              handshake_timeout = \"1s\"\n{tls_extra}\n",
-            pki.ours.chain_file.display(),
-            pki.ours.key_file.display(),
+            pki.ours.cert.display(),
+            pki.ours.key.display(),
             pki.ca_file.display(),
         );
         let config = pki.dir.join("proxy.toml");
-        std::fs::write(&config, &text).unwrap();
-        let cfg = sipedge::config::read_config(&config)
-            .unwrap_or_else(|e| panic!("test config refused: {e}\n{text}"));
-        let proxy =
-            sipedge::proxy::Proxy::with_listeners(cfg, vec![socket], vec![], vec![tls_listener])
-                .expect("build the proxy");
-        proxy.set_config_path(config.clone());
-        if !probing {
-            proxy.ping_active(Some(false));
-        }
-        let cancel = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(proxy.clone().run(cancel.clone()));
+        let edge = sockets.run(&text, Some(&config), probing, Vec::new());
         Setup {
-            proxy,
-            addr,
-            tls_addr,
+            edge,
             trunk: Peer::bind("trunk").await,
             config,
-            cancel,
         }
     }
 
     fn handshakes(&self, o: Handshake) -> u64 {
         self.proxy.tls_client().stats().handshakes(o)
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.cancel.cancel();
     }
 }
 
@@ -374,19 +343,6 @@ async fn call(s: &Setup) -> Dialog {
     let mut call = Dialog::uac(&s.trunk, &format!("sip:fax@{}", s.addr));
     s.trunk.send(call.invite(SDP_AUDIO), s.addr).await;
     call
-}
-
-/// `value` is our Record-Route at `at`, with `;transport=tls` or none.
-fn assert_our_rr(value: &str, at: SocketAddr, tls: bool) {
-    let uri = value
-        .strip_prefix('<')
-        .and_then(|v| v.strip_suffix('>'))
-        .unwrap_or_else(|| panic!("not a <name-addr>: {value}"));
-    let mut parts = uri.split(';');
-    assert_eq!(parts.next(), Some(format!("sip:{at}").as_str()), "{value}");
-    let params: Vec<&str> = parts.collect();
-    assert!(params.contains(&"lr"), "{value}");
-    assert_eq!(params.contains(&"transport=tls"), tls, "{value}");
 }
 
 /// The whole call, UDP trunk to a TLS node: probed over TLS, INVITE / 200
@@ -420,8 +376,8 @@ async fn udp_trunk_to_tls_node_full_call_on_one_connection() {
     assert_eq!(Via::parse(vias[1].as_bytes()).unwrap().transport, b"UDP");
     let rr = inv.values(HeaderName::RecordRoute);
     assert_eq!(rr.len(), 2, "a double Record-Route:\n{}", inv.text());
-    assert_our_rr(&rr[0], s.tls_addr, true);
-    assert_our_rr(&rr[1], s.addr, false);
+    assert_our_rr(&rr[0], s.tls_addr, Some("tls"));
+    assert_our_rr(&rr[1], s.addr, None);
 
     let fs = Dialog::uas_at(node.addr, &inv, &unique("fs-")).over_tls();
     node.send(fs.answer(&inv, 200, "OK", Some(SDP_NODE))).await;
@@ -536,7 +492,7 @@ async fn wildcard_certificates_follow_the_setting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_and_stalled_handshakes_fail_over_before_fr_timeout() {
     let pki = Pki::new("tls-out-failover");
-    let untrusted = pki::self_signed(&pki.dir, "untrusted", &["127.0.0.1"]);
+    let untrusted = self_signed(&pki.dir, "untrusted", &["127.0.0.1"]);
     let expired = pki.ca.expired_leaf(&pki.dir, "expired", &["127.0.0.1"]);
     let good = pki.node("good", &["127.0.0.1"]);
     let n0 = TlsNode::start("untrusted", Mode::Tls(server_config(&untrusted, None))).await;
@@ -599,7 +555,7 @@ async fn failed_and_stalled_handshakes_fail_over_before_fr_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_verify_false_accepts_a_self_signed_node() {
     let pki = Pki::new("tls-out-noverify");
-    let lab = pki::self_signed(&pki.dir, "lab", &["lab.invalid"]);
+    let lab = self_signed(&pki.dir, "lab", &["lab.invalid"]);
     let checked = TlsNode::start("checked", Mode::Tls(server_config(&lab, None))).await;
     let lab_node = TlsNode::start("lab", Mode::Tls(server_config(&lab, None))).await;
     let s = Setup::start(
@@ -641,8 +597,8 @@ async fn node_calls_a_tls_trunk_by_sips_uri_and_contact() {
     assert_our_via_over(&inv, s.tls_addr, "TLS");
     let rr = inv.values(HeaderName::RecordRoute);
     assert_eq!(rr.len(), 2, "a double Record-Route:\n{}", inv.text());
-    assert_our_rr(&rr[0], s.tls_addr, true);
-    assert_our_rr(&rr[1], s.addr, false);
+    assert_our_rr(&rr[0], s.tls_addr, Some("tls"));
+    assert_our_rr(&rr[1], s.addr, None);
     assert!(carrier.hellos()[0].client_certificate);
 
     let carrier_side = Dialog::uas_at(carrier.addr, &inv, &unique("carrier-")).over_tls();
@@ -726,13 +682,13 @@ async fn call_through_kamailio_as_the_tls_node() {
     let pki = Pki::new("tls-out-kamailio");
     let leaf = pki.node("kamailio", &["127.0.0.1"]);
     let fs = Peer::bind("fs").await;
-    let k = kamailio_tls::KamailioTls::start(
-        &pki.dir,
-        &leaf.chain_file,
-        &leaf.key_file,
-        &pki.ca_file,
-        fs.addr,
-    );
+    let files = TlsFiles {
+        server: &leaf,
+        client_ca: Some(&pki.ca_file),
+        ca_list: None,
+        client: None,
+    };
+    let k = TlsKamailio::node(&tls_modules(), &files, fs.addr);
     let s = Setup::start(
         &pki,
         &[format!("uri = \"sip:{};transport=tls\"", k.tls)],
@@ -800,7 +756,7 @@ async fn call_through_kamailio_as_the_tls_node() {
         .filter(|h| h.result() == "failed")
         .map(|&h| s.handshakes(h))
         .sum();
-    assert_eq!(failed, 0, "Kamailio log:\n{}", k.log());
+    assert_eq!(failed, 0, "Kamailio log:\n{}", k.kamailio.log());
 }
 
 /// A carrier named by a host name (`sips:+1555@carrier.test`, located by
