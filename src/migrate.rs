@@ -811,6 +811,10 @@ fn parse_int(t: &str) -> Option<i64> {
     if let Some(hex) = t.strip_prefix("0x") {
         return i64::from_str_radix(hex, 16).ok();
     }
+    // A leading 0 is octal (file modes: `0600`).
+    if t.len() > 1 && t.starts_with('0') {
+        return i64::from_str_radix(&t[1..], 8).ok();
+    }
     t.parse().ok()
 }
 
@@ -1225,7 +1229,10 @@ impl Kamailio {
                 n.to_string()
             }
             Conv::Str => toml_str(&arg.text()),
-            Conv::Octal => toml_str(&arg.text()),
+            Conv::Octal => match arg {
+                Arg::Int(n) => toml_str(&format!("{n:04o}")),
+                other => toml_str(&other.text()),
+            },
             Conv::Path => {
                 let p = std::path::PathBuf::from(arg.text());
                 let p = match base {
@@ -1972,5 +1979,427 @@ impl Kamailio {
             toml: out,
             warnings: texts,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(cfg: &str) -> Migration {
+        run_with(cfg, &[])
+    }
+
+    fn run_with(cfg: &str, defines: &[(&str, Option<&str>)]) -> Migration {
+        let opts = Options {
+            name: "k.cfg".into(),
+            base: Some("/etc/kamailio".into()),
+            defines: defines
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.map(str::to_owned)))
+                .collect(),
+        };
+        let k = Kamailio::parse(cfg, &opts);
+        let list = match k.list_file() {
+            Some(p) => ListChoice::FromCfg(p.to_owned()),
+            None => ListChoice::None,
+        };
+        k.to_toml(&list)
+    }
+
+    /// The written TOML as a table (commented lines are comments).
+    fn table(m: &Migration) -> toml::Table {
+        m.toml.parse().expect("the output is TOML")
+    }
+
+    fn get<'a>(t: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+        let (section, field) = key.split_once('.').unwrap();
+        t.get(section)?.get(field)
+    }
+
+    fn warned(m: &Migration, needle: &str) -> bool {
+        m.warnings.iter().any(|w| w.contains(needle))
+    }
+
+    #[test]
+    fn comments_of_every_kind_are_skipped() {
+        let m = run(concat!(
+            "# modparam(\"tm\", \"fr_timer\", 1000)\n",
+            "// modparam(\"tm\", \"fr_timer\", 1100)\n",
+            "/* modparam(\"tm\", \"fr_timer\", 1200)\n",
+            "   modparam(\"tm\", \"fr_timer\", 1300) */\n",
+            "modparam(\"tm\", \"fr_timer\", 1500) # the one\n",
+        ));
+        let t = table(&m);
+        assert_eq!(
+            get(&t, "failover.fr_timeout").unwrap().as_str(),
+            Some("1500ms")
+        );
+        assert!(m
+            .toml
+            .contains("# from k.cfg:5 modparam(\"tm\", \"fr_timer\", 1500)\n"));
+    }
+
+    #[test]
+    fn a_modparam_over_several_lines_is_one() {
+        let m = run("modparam(\"dispatcher\",\n   \"ds_ping_interval\",\n   7)\n");
+        assert_eq!(
+            get(&table(&m), "probe.interval").unwrap().as_str(),
+            Some("7s")
+        );
+        assert!(m
+            .toml
+            .contains("# from k.cfg:1 modparam(\"dispatcher\", \"ds_ping_interval\", 7)"));
+    }
+
+    #[test]
+    fn quoting_single_double_escapes_and_hashes_in_strings() {
+        let m = run(concat!(
+            "modparam('dispatcher', 'ds_ping_from', 'sip:ping@x.example') # c\n",
+            "modparam(\"ctl\", \"user\", \"a#b\\\"c\")\n",
+        ));
+        let t = table(&m);
+        assert_eq!(
+            get(&t, "probe.ping_from").unwrap().as_str(),
+            Some("sip:ping@x.example")
+        );
+        assert_eq!(get(&t, "admin.ctl_user").unwrap().as_str(), Some("a#b\"c"));
+    }
+
+    #[test]
+    fn ifdef_takes_the_defined_branch_when_the_define_is_in_the_file() {
+        let cfg = concat!(
+            "#!define WITH_FAST\n",
+            "#!ifdef WITH_FAST\n",
+            "modparam(\"tm\", \"fr_timer\", 1000)\n",
+            "#!else\n",
+            "modparam(\"tm\", \"fr_timer\", 9000)\n",
+            "#!endif\n",
+        );
+        let m = run(cfg);
+        assert_eq!(
+            get(&table(&m), "failover.fr_timeout").unwrap().as_str(),
+            Some("1s")
+        );
+        assert!(!warned(&m, "WITH_FAST"), "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn ifdef_of_a_name_not_in_the_file_takes_the_other_branch_and_warns() {
+        let cfg = concat!(
+            "#!ifdef WITH_FAST\n",
+            "modparam(\"tm\", \"fr_timer\", 1000)\n",
+            "#!else\n",
+            "modparam(\"tm\", \"fr_timer\", 9000)\n",
+            "#!endif\n",
+        );
+        let m = run(cfg);
+        assert_eq!(
+            get(&table(&m), "failover.fr_timeout").unwrap().as_str(),
+            Some("9s")
+        );
+        assert!(warned(&m, "k.cfg:1: #!ifdef WITH_FAST"), "{:?}", m.warnings);
+        // --define, like Kamailio's -A, selects the other branch.
+        let m = run_with(cfg, &[("WITH_FAST", None)]);
+        assert_eq!(
+            get(&table(&m), "failover.fr_timeout").unwrap().as_str(),
+            Some("1s")
+        );
+        assert!(!warned(&m, "WITH_FAST"));
+    }
+
+    #[test]
+    fn nested_ifdef_inside_an_inactive_branch_stays_inactive() {
+        let cfg = concat!(
+            "#!ifdef NOPE\n",
+            "#!ifndef ALSO_NOPE\n",
+            "modparam(\"tm\", \"fr_timer\", 1000)\n",
+            "#!endif\n",
+            "#!endif\n",
+        );
+        let m = run(cfg);
+        assert!(get(&table(&m), "failover.fr_timeout").is_none());
+        assert!(!warned(&m, "ALSO_NOPE"), "only the active #!ifdef warns");
+    }
+
+    #[test]
+    fn define_and_substdef_are_resolved_and_shown() {
+        let m = run(concat!(
+            "#!define PING 15\n",
+            "#!define LIST \"lists/dispatcher.list\"\n",
+            "#!substdef \"!MY_IP!192.0.2.7!g\"\n",
+            "listen=udp:MY_IP:5060\n",
+            "modparam(\"dispatcher\", \"ds_ping_interval\", PING)\n",
+            "modparam(\"dispatcher\", \"ds_ping_from\", \"sip:p@MY_IP\")\n",
+            "modparam(\"dispatcher\", \"list_file\", LIST)\n",
+        ));
+        let t = table(&m);
+        assert_eq!(get(&t, "probe.interval").unwrap().as_str(), Some("15s"));
+        assert_eq!(
+            get(&t, "probe.ping_from").unwrap().as_str(),
+            Some("sip:p@192.0.2.7")
+        );
+        assert_eq!(
+            get(&t, "listen.udp").unwrap().as_array().unwrap()[0].as_str(),
+            Some("192.0.2.7:5060")
+        );
+        assert_eq!(
+            get(&t, "listen.advertise").unwrap().as_str(),
+            Some("192.0.2.7")
+        );
+        // Relative to the cfg's directory.
+        assert_eq!(
+            get(&t, "dispatcher.list_file").unwrap().as_str(),
+            Some("/etc/kamailio/lists/dispatcher.list")
+        );
+        assert!(m.toml.contains(
+            "# from k.cfg:5 modparam(\"dispatcher\", \"ds_ping_interval\", PING)\n\
+             #   resolved: modparam(\"dispatcher\", \"ds_ping_interval\", 15)\n"
+        ));
+        // A define is not replaced inside a string, a substdef is.
+        let m = run("#!define X 1\nmodparam(\"ctl\", \"user\", \"X\")\n");
+        assert_eq!(
+            get(&table(&m), "admin.ctl_user").unwrap().as_str(),
+            Some("X")
+        );
+    }
+
+    #[test]
+    fn listen_forms() {
+        let m = run(concat!(
+            "listen=127.0.0.1:5070\n",
+            "listen=tcp:[::1]:5080\n",
+            "listen=udp:eth0:5060\n",
+            "listen=sctp:127.0.0.1:5060\n",
+        ));
+        let t = table(&m);
+        let udp: Vec<_> = get(&t, "listen.udp").unwrap().as_array().unwrap().clone();
+        assert_eq!(udp, vec![toml::Value::from("127.0.0.1:5070")]);
+        let tcp: Vec<_> = get(&t, "listen.tcp").unwrap().as_array().unwrap().clone();
+        assert_eq!(
+            tcp,
+            vec![
+                toml::Value::from("127.0.0.1:5070"),
+                toml::Value::from("[::1]:5080")
+            ]
+        );
+        assert!(warned(&m, "k.cfg:3: listen=udp:eth0:5060: not mapped"));
+        assert!(warned(
+            &m,
+            "k.cfg:4: listen=sctp:127.0.0.1:5060: not mapped"
+        ));
+        // disable_tcp: a listen without a protocol is UDP only.
+        let m = run("disable_tcp=yes\nlisten=127.0.0.1:5070\n");
+        assert!(get(&table(&m), "listen.tcp").is_none());
+    }
+
+    #[test]
+    fn advertise_from_listen_or_global_and_a_wildcard_without_one_warns() {
+        let m = run("listen=udp:0.0.0.0:5060 advertise 203.0.113.5:5060\n");
+        assert_eq!(
+            get(&table(&m), "listen.advertise").unwrap().as_str(),
+            Some("203.0.113.5:5060")
+        );
+        let m = run("listen=udp:0.0.0.0:5060\nadvertised_address=\"203.0.113.6\"\n");
+        assert_eq!(
+            get(&table(&m), "listen.advertise").unwrap().as_str(),
+            Some("203.0.113.6")
+        );
+        let m = run("listen=udp:0.0.0.0:5060\n");
+        assert!(get(&table(&m), "listen.advertise").is_none());
+        assert!(m.toml.contains("# advertise = \"CHANGE-ME\""));
+        assert!(warned(&m, "no advertise address"));
+    }
+
+    #[test]
+    fn ds_select_dst_gives_set_and_algorithm() {
+        let m = run(
+            "request_route {\n  if (!ds_select_dst(\"2\", \"9\")) { exit; }\n  ds_next_dst();\n}\n",
+        );
+        let t = table(&m);
+        assert_eq!(get(&t, "dispatcher.set").unwrap().as_integer(), Some(2));
+        assert_eq!(
+            get(&t, "dispatcher.algorithm").unwrap().as_str(),
+            Some("weight")
+        );
+        assert!(!warned(&m, "ds_next_dst"));
+        // ds_select_domain and ds_select, unquoted numbers.
+        for call in ["ds_select_domain(3, 0)", "ds_select(3, 0)"] {
+            let m = run(&format!("request_route {{\n {call};\n}}\n"));
+            let t = table(&m);
+            assert_eq!(get(&t, "dispatcher.set").unwrap().as_integer(), Some(3));
+            assert_eq!(
+                get(&t, "dispatcher.algorithm").unwrap().as_str(),
+                Some("hash-callid")
+            );
+            assert!(warned(&m, "never calls ds_next_dst"));
+        }
+    }
+
+    #[test]
+    fn ds_select_dst_it_cannot_read_or_map_warns() {
+        let m = run("route[X] {\n ds_select_dst(\"$var(set)\", \"4\");\n}\n");
+        assert!(get(&table(&m), "dispatcher.set").is_none());
+        assert!(warned(
+            &m,
+            "k.cfg:2: ds_select_dst(\"$var(set)\", \"4\");: set and algorithm"
+        ));
+        let m = run("route[X] {\n ds_select_dst(\"1\", \"7\");\n}\n");
+        assert!(get(&table(&m), "dispatcher.algorithm").is_none());
+        assert!(warned(&m, "algorithm 7 is not one sipedge has"));
+        let m =
+            run("route[X] {\n ds_select_dst(\"1\", \"4\");\n ds_select_dst(\"2\", \"4\");\n}\n");
+        assert!(warned(
+            &m,
+            "k.cfg:3: ds_select_dst(\"2\", \"4\");: sipedge sends"
+        ));
+    }
+
+    #[test]
+    fn routing_logic_is_listed_by_line_and_unknown_calls_warn() {
+        let m = run(concat!(
+            "request_route {\n",
+            "    if (has_totag()) { t_relay(); exit; }\n",
+            "    $var(x) = $(ru{s.len});\n",
+            "    my_func(\"a)\", 2);\n",
+            "}\n",
+        ));
+        assert!(m.toml.contains("# k.cfg:1-5 request_route\n"));
+        assert!(m
+            .toml
+            .contains("#   t_relay (2): stateful relay, built in\n"));
+        assert!(warned(
+            &m,
+            "k.cfg:4: my_func(...) in request_route: not translated"
+        ));
+        assert!(
+            !warned(&m, "var("),
+            "variables are not calls: {:?}",
+            m.warnings
+        );
+        assert!(m.toml.contains("# WARNING k.cfg:4: my_func(...)"));
+    }
+
+    #[test]
+    fn unmapped_settings_warn_in_the_output_and_the_list() {
+        let m = run(concat!(
+            "modparam(\"dispatcher\", \"db_url\", \"mysql://x\")\n",
+            "modparam(\"foo\", \"bar\", 1)\n",
+            "some_core_knob=3\n",
+            "loadmodule \"acc.so\"\n",
+        ));
+        for line in 1..=4 {
+            assert!(
+                warned(&m, &format!("k.cfg:{line}: ")),
+                "{line}: {:?}",
+                m.warnings
+            );
+            assert!(m.toml.contains(&format!("# WARNING k.cfg:{line}: ")));
+        }
+        assert!(get(&table(&m), "dispatcher.db_url").is_none());
+    }
+
+    #[test]
+    fn out_of_range_values_are_warnings_not_keys() {
+        let m = run("modparam(\"tm\", \"fr_timer\", 10)\nmodparam(\"dispatcher\", \"ds_probing_mode\", 5)\n");
+        let t = table(&m);
+        assert!(get(&t, "failover.fr_timeout").is_none());
+        assert!(warned(&m, "outside sipedge's range"));
+        assert!(warned(&m, "is not 0, 1, 2 or 3"));
+    }
+
+    #[test]
+    fn reply_codes_pike_and_ctl() {
+        let m = run(concat!(
+            "loadmodule \"pike.so\"\n",
+            "loadmodule \"ctl.so\"\n",
+            "modparam(\"dispatcher\", \"ds_ping_reply_codes\", \"code=403;class=3\")\n",
+            "modparam(\"pike\", \"reqs_density_per_unit\", 40)\n",
+            "modparam(\"pike\", \"remove_latency\", 60)\n",
+            "modparam(\"ctl\", \"binrpc\", \"unixs:/run/k/ctl\")\n",
+            "modparam(\"ctl\", \"binrpc\", \"tcp:localhost:2046\")\n",
+            "modparam(\"ctl\", \"binrpc\", \"unixd:/run/k/ctld\")\n",
+            "modparam(\"ctl\", \"mode\", 0660)\n",
+        ));
+        let t = table(&m);
+        assert_eq!(
+            get(&t, "probe.reply_codes").unwrap().to_string(),
+            "[\"2xx\", 403, \"3xx\"]"
+        );
+        let rl = get(&t, "security.rate_limit").unwrap();
+        assert_eq!(rl["requests"].as_integer(), Some(40));
+        assert_eq!(rl["per"].as_str(), Some("2s"));
+        assert_eq!(rl["block_for"].as_str(), Some("60s"));
+        assert_eq!(
+            get(&t, "admin.ctl").unwrap().to_string(),
+            "[\"unixs:/run/k/ctl\", \"tcp:127.0.0.1:2046\"]"
+        );
+        assert!(warned(&m, "k.cfg:8: "));
+        assert_eq!(get(&t, "admin.ctl_mode").unwrap().as_str(), Some("0660"));
+    }
+
+    #[test]
+    fn kamailio_defaults_that_differ_are_written() {
+        let m = run("loadmodule \"tm.so\"\nloadmodule \"dispatcher.so\"\n");
+        let t = table(&m);
+        assert_eq!(
+            get(&t, "failover.fr_timeout").unwrap().as_str(),
+            Some("30s")
+        );
+        assert_eq!(
+            get(&t, "probe.failure_threshold").unwrap().as_integer(),
+            Some(1)
+        );
+        assert_eq!(get(&t, "probe.mode").unwrap().as_integer(), Some(0));
+        assert!(warned(&m, "no ds_ping_interval"));
+    }
+
+    #[test]
+    fn an_algorithm_number_maps_back() {
+        for n in 0..=20u8 {
+            if let Some(a) = Algorithm::from_kamailio_number(n) {
+                assert_eq!(a.kamailio_number(), n);
+            }
+        }
+    }
+
+    /// The README's migration table agrees with [`MODPARAMS`] and
+    /// [`GLOBALS`]: the row naming a setting migrate maps names its
+    /// section and key.
+    #[test]
+    fn the_readme_table_agrees_with_the_mapping() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("## Migrating from Kamailio's dispatcher")
+            .expect("the README has the migration section");
+        let rows: Vec<&str> = readme[start..]
+            .lines()
+            .take_while(|l| !l.starts_with("## ") || l.contains("Migrating"))
+            .filter(|l| l.starts_with("| "))
+            .collect();
+        let keys = MODPARAMS
+            .iter()
+            .map(|(_, p, m)| (*p, *m))
+            .chain(GLOBALS.iter().map(|(p, m)| (*p, *m)));
+        let mut checked = 0;
+        for (param, map) in keys {
+            let Map::Key(key, _) = map else { continue };
+            let needle = format!("`{param}`");
+            let Some(row) = rows.iter().find(|r| {
+                r.split('|')
+                    .nth(1)
+                    .is_some_and(|left| left.contains(&needle))
+            }) else {
+                continue;
+            };
+            let right = row.split('|').nth(2).unwrap_or("");
+            let (section, field) = key.split_once('.').unwrap();
+            assert!(
+                right.contains(&format!("[{section}]")) && right.contains(field),
+                "README row for {param} does not name {key}: {row}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} README rows found");
     }
 }
