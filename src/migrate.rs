@@ -222,7 +222,7 @@ pub const GLOBALS: &[(&str, Map)] = &[
 /// Calls of the routing script that sipedge's built-in flow covers, and
 /// how; any other call is a warning.
 const BUILTIN_CALLS: &[(&str, &str)] = &[
-    ("route", "the built-in flow (README: Message flow)"),
+    ("route", "the built-in flow (README: the opening section)"),
     ("t_relay", "stateful relay, built in"),
     ("t_relay_to_udp", "stateful relay, built in"),
     ("t_relay_to_tcp", "stateful relay, built in"),
@@ -241,7 +241,10 @@ const BUILTIN_CALLS: &[(&str, &str)] = &[
     ("t_newtran", "transactions, built in"),
     ("mf_process_maxfwd_header", "Max-Forwards, built in (483)"),
     ("sanity_check", "malformed requests get 400, built in"),
-    ("is_method", "the built-in flow (README: Message flow)"),
+    (
+        "is_method",
+        "the built-in flow (README: the opening section)",
+    ),
     (
         "sl_send_reply",
         "local answers, built in (OPTIONS 200, 483, 503, 405...)",
@@ -1654,7 +1657,10 @@ impl Reader<'_> {
         let resolved = collapse(&self.t.text[start..end]);
         Src {
             line: first,
-            resolved: (collapse(&text) != resolved && !resolved.is_empty()).then_some(resolved),
+            // A call inside a condition is shown by its line; only a
+            // preprocessor change earns a second line.
+            resolved: (!collapse(&text).contains(&resolved) && !resolved.is_empty())
+                .then_some(resolved),
             text,
         }
     }
@@ -1929,8 +1935,8 @@ impl Kamailio {
         let mut script_warnings = Vec::new();
         if !self.script.is_empty() {
             out.push_str(
-                "\n# Routing script, not translated: sipedge's routing is built in (README:\n\
-                 # Message flow). Its blocks and calls, by line:\n",
+                "\n# Routing script, not translated: sipedge's routing is built in (README,\n\
+                 # the opening section). Its blocks and calls, by line:\n",
             );
             for block in &self.script {
                 let _ = writeln!(
@@ -2382,14 +2388,16 @@ mod tests {
             .map(|(_, p, m)| (*p, *m))
             .chain(GLOBALS.iter().map(|(p, m)| (*p, *m)));
         let mut checked = 0;
+        let mut missing = Vec::new();
         for (param, map) in keys {
             let Map::Key(key, _) = map else { continue };
-            let needle = format!("`{param}`");
+            let needles = [format!("`{param}`"), format!("\"{param}\"")];
             let Some(row) = rows.iter().find(|r| {
                 r.split('|')
                     .nth(1)
-                    .is_some_and(|left| left.contains(&needle))
+                    .is_some_and(|left| needles.iter().any(|n| left.contains(n)))
             }) else {
+                missing.push(param);
                 continue;
             };
             let right = row.split('|').nth(2).unwrap_or("");
@@ -2400,6 +2408,8 @@ mod tests {
             );
             checked += 1;
         }
-        assert!(checked >= 15, "only {checked} README rows found");
+        // Every setting migrate maps to a key has its row.
+        assert!(missing.is_empty(), "no README row names {missing:?}");
+        assert!(checked >= 25, "only {checked} README rows found");
     }
 }
