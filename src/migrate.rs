@@ -661,7 +661,7 @@ fn skip_space(b: &[u8], mut i: usize) -> usize {
         while i < b.len() && b[i].is_ascii_whitespace() {
             i += 1;
         }
-        if i < b.len() && b[i] == b'#' || b[i..].starts_with(b"//") {
+        if b[i..].starts_with(b"#") || b[i..].starts_with(b"//") {
             while i < b.len() && b[i] != b'\n' {
                 i += 1;
             }
@@ -902,7 +902,6 @@ impl Kamailio {
         let mut r = Reader {
             raw: &raw,
             t: &t,
-            opts,
             globals: Vec::new(),
             modparams: Vec::new(),
             modules: Vec::new(),
@@ -1292,6 +1291,51 @@ impl Kamailio {
         self.set(key, value, src);
     }
 
+    /// An ndb_redis server (`name=reg;addr=127.0.0.1;port=6379;db=0`):
+    /// sipedge's registry keeps the article's keys and values, but whether
+    /// this script stores those is routing logic, so the key is offered
+    /// commented out, with a warning.
+    fn redis_registry(&mut self, spec: &str, src: &Src) {
+        let field = |k: &str| {
+            spec.split(';')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(key, _)| key.trim() == k)
+                .map(|(_, v)| v.trim().to_owned())
+        };
+        let (Some(addr), port, db) = (field("addr"), field("port"), field("db")) else {
+            return self.warn(src, "not mapped: an ndb_redis server without addr=");
+        };
+        let host = if addr.contains(':') {
+            format!("[{addr}]")
+        } else {
+            addr
+        };
+        let url = format!(
+            "redis://{host}:{}/{}",
+            port.as_deref().unwrap_or("6379"),
+            db.as_deref().unwrap_or("0")
+        );
+        self.warn(
+            src,
+            format!(
+                "written commented out as [dialogs] registry = \"{url}\": sipedge's registry \
+                 stores call:<Call-ID> -> the node's URI (EX ttl) as the article's script does; \
+                 uncomment it if this script's redis_cmd calls do the same"
+            ),
+        );
+        self.settings.push(Setting {
+            key: "dialogs.registry".into(),
+            value: toml_str(&url),
+            srcs: vec![src.clone()],
+            note: Some(
+                "WARNING: uncomment if the script stores SET call:$ci $du EX ttl on the 200, as \
+                 the article's STORE_NODE"
+                    .into(),
+            ),
+            commented: true,
+        });
+    }
+
     /// pike's settings as one `rate_limit`, pike's defaults for the rest.
     fn pike(&mut self, part: PikePart, n: u64, src: Src) {
         let existing = self
@@ -1349,6 +1393,10 @@ impl Kamailio {
                 self.warn(src, "modparam: module and parameter must be strings");
                 continue;
             };
+            if module == "ndb_redis" && param == "server" {
+                self.redis_registry(&value.text(), src);
+                continue;
+            }
             match modparam_map(module, param) {
                 Some(Map::Key(key, conv)) => self.convert(key, conv, value, src.clone(), base),
                 Some(Map::Builtin(why)) => self.builtin.push((src.clone(), why.to_owned())),
@@ -1643,7 +1691,6 @@ fn parse_sockaddr(s: &str, default_port: u16) -> Option<std::net::SocketAddr> {
 struct Reader<'a> {
     raw: &'a [&'a str],
     t: &'a Text,
-    opts: &'a Options,
     globals: Vec<(String, String, Src)>,
     modparams: Vec<(Vec<Arg>, Src)>,
     modules: Vec<(String, Src)>,
@@ -1666,7 +1713,6 @@ impl Reader<'_> {
     }
 
     fn scan(&mut self, k: &mut Kamailio) {
-        let _ = self.opts;
         let b = self.t.text.as_bytes();
         let mut i = 0;
         loop {
@@ -1732,8 +1778,11 @@ impl Reader<'_> {
         let b = self.t.text.as_bytes();
         let mut kind = word.to_owned();
         if b[at] == b'[' {
-            let close = find(b, at, b"]").unwrap_or(b.len() - 1);
+            let close = find(b, at, b"]").unwrap_or(b.len());
             kind = format!("{word}[{}]", self.t.text[at + 1..close].trim());
+            if close == b.len() {
+                return close;
+            }
             at = skip_space(b, close + 1);
         }
         if b.get(at) != Some(&b'{') {
@@ -2345,6 +2394,20 @@ mod tests {
     }
 
     #[test]
+    fn an_ndb_redis_server_is_offered_as_the_registry_commented_out() {
+        let m =
+            run("modparam(\"ndb_redis\", \"server\", \"name=reg;addr=10.0.0.5;port=6380;db=2\")\n");
+        assert!(get(&table(&m), "dialogs.registry").is_none());
+        assert!(
+            m.toml
+                .contains("\n# registry = \"redis://10.0.0.5:6380/2\"\n"),
+            "{}",
+            m.toml
+        );
+        assert!(warned(&m, "k.cfg:1: "));
+    }
+
+    #[test]
     fn kamailio_defaults_that_differ_are_written() {
         let m = run("loadmodule \"tm.so\"\nloadmodule \"dispatcher.so\"\n");
         let t = table(&m);
@@ -2358,6 +2421,31 @@ mod tests {
         );
         assert_eq!(get(&t, "probe.mode").unwrap().as_integer(), Some(0));
         assert!(warned(&m, "no ds_ping_interval"));
+    }
+
+    /// Whatever is cut off where, reading never panics: every prefix of
+    /// a real cfg (unterminated strings, blocks, modparams, `#!ifdef`).
+    #[test]
+    fn truncated_input_never_panics() {
+        let cfg = include_str!("../tests/fixtures/kamailio/active_active/kamailio.cfg");
+        let mut n = 0;
+        for (i, _) in cfg.char_indices().step_by(3) {
+            let _ = run(&cfg[..i]);
+            n += 1;
+        }
+        for junk in [
+            "route[",
+            "request_route {",
+            "modparam(",
+            "\"",
+            "/*",
+            "#!ifdef",
+            "x=(",
+            "}}}",
+        ] {
+            let _ = run(junk);
+        }
+        assert!(n > 1000);
     }
 
     #[test]

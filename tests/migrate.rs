@@ -218,6 +218,17 @@ fn active_active_article_config_converts_with_its_list() {
         stderr.contains("module ndb_redis: not mapped; a Redis call registry"),
         "{stderr}"
     );
+    // Its Redis server is offered as the registry, commented out: whether
+    // the script stores the article's keys is routing logic.
+    assert!(
+        toml.contains("\n[dialogs]\n# from kamailio.cfg:64 modparam(\"ndb_redis\", \"server\""),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("\n# registry = \"redis://127.0.0.1:6379/0\"\n"),
+        "{toml}"
+    );
+    assert_eq!(c.dialogs.registry, None);
     // The #!else branch (htable) is not read.
     assert!(!toml.contains("htable\", \"htable"), "{toml}");
     // The article's WITH_REDIS is defined in the file: no warning.
