@@ -1493,9 +1493,27 @@ impl Kamailio {
         let mut chosen: Option<(i64, i64, usize)> = None;
         let mut next_dst = false;
         let calls = std::mem::take(&mut self.selects);
+        let mut status: Option<(Vec<u16>, Src)> = None;
         for (name, args, src) in calls {
             if name == "ds_next_dst" || name == "ds_next_domain" {
                 next_dst = true;
+                continue;
+            }
+            if name == "t_check_status" {
+                let pattern = args.first().map(Arg::text).unwrap_or_default();
+                match status_codes(&pattern) {
+                    Some(codes) => match &mut status {
+                        Some((all, _)) => all.extend(codes),
+                        None => status = Some((codes, src)),
+                    },
+                    None => self.warn(
+                        &src,
+                        format!(
+                            "pattern {pattern:?} not read; [failover] codes stays \
+                             [500, 502, 503, 504]"
+                        ),
+                    ),
+                }
                 continue;
             }
             let (Some(set), Some(alg)) = (
@@ -1546,6 +1564,16 @@ impl Kamailio {
                 Some(_) => {}
             }
         }
+        // The codes a failure_route fails over on, when it does.
+        if let (Some((mut codes, src)), true) = (status, next_dst) {
+            codes.sort_unstable();
+            codes.dedup();
+            codes.retain(|c| (300..=699).contains(c));
+            if !codes.is_empty() {
+                let list: Vec<String> = codes.iter().map(u16::to_string).collect();
+                self.set("failover.codes", format!("[{}]", list.join(", ")), src);
+            }
+        }
         if chosen.is_some() && !next_dst {
             self.warnings.push((
                 None,
@@ -1563,6 +1591,64 @@ impl Kamailio {
             ));
         }
     }
+}
+
+/// The status codes a `t_check_status` regular expression matches, for
+/// the simple ones failure routes use: `5[0-9][0-9]`, `^(500|503)$`,
+/// `50[234]`, `5..`; `None` for anything else.
+fn status_codes(pattern: &str) -> Option<Vec<u16>> {
+    let p = pattern.trim().trim_start_matches('^').trim_end_matches('$');
+    let p = p
+        .strip_prefix('(')
+        .and_then(|p| p.strip_suffix(')'))
+        .unwrap_or(p);
+    let mut codes = Vec::new();
+    for alt in p.split('|') {
+        // Each of the three positions: the digits it allows.
+        let mut positions: Vec<Vec<u16>> = Vec::new();
+        let mut chars = alt.chars().peekable();
+        while let Some(c) = chars.next() {
+            let digits: Vec<u16> = match c {
+                '0'..='9' => vec![c as u16 - u16::from(b'0')],
+                '.' => (0..10).collect(),
+                '[' => {
+                    let mut set = Vec::new();
+                    let mut prev: Option<u16> = None;
+                    loop {
+                        match chars.next()? {
+                            ']' => break,
+                            '-' => {
+                                let lo = prev?;
+                                let hi = chars.next()?.to_digit(10)? as u16;
+                                set.pop();
+                                set.extend(lo..=hi);
+                                prev = None;
+                            }
+                            d => {
+                                let d = d.to_digit(10)? as u16;
+                                set.push(d);
+                                prev = Some(d);
+                            }
+                        }
+                    }
+                    set
+                }
+                _ => return None,
+            };
+            positions.push(digits);
+        }
+        let [a, b, c] = positions.as_slice() else {
+            return None;
+        };
+        for x in a {
+            for y in b {
+                for z in c {
+                    codes.push(x * 100 + y * 10 + z);
+                }
+            }
+        }
+    }
+    Some(codes)
 }
 
 /// pike's defaults: 30 requests per 2 s, an address kept 120 s.
@@ -1828,7 +1914,12 @@ impl Reader<'_> {
                     if b.get(after) == Some(&b'(') && !KEYWORDS.contains(&name) {
                         let (args, next) = parse_args(b, after);
                         let line = self.t.line_of(i);
-                        if name.starts_with("ds_select") || name.starts_with("ds_next") {
+                        let failover_status =
+                            name == "t_check_status" && kind.starts_with("failure_route");
+                        if name.starts_with("ds_select")
+                            || name.starts_with("ds_next")
+                            || failover_status
+                        {
                             let src = self.src(i, next);
                             k.selects.push((name.to_owned(), args, src));
                         }
@@ -2446,6 +2537,33 @@ mod tests {
             let _ = run(junk);
         }
         assert!(n > 1000);
+    }
+
+    #[test]
+    fn t_check_status_in_a_failure_route_gives_the_failover_codes() {
+        assert_eq!(status_codes("5[0-9][0-9]").unwrap().len(), 100);
+        assert_eq!(status_codes("^(500|50[34])$").unwrap(), [500, 503, 504]);
+        assert_eq!(status_codes("6..").unwrap().len(), 100);
+        assert_eq!(status_codes("5[0-9]+"), None);
+        let cfg = |pattern: &str| {
+            format!(
+                "failure_route[F] {{\n if (t_check_status(\"{pattern}\")) {{\n  ds_next_dst();\n }}\n}}\n"
+            )
+        };
+        let m = run(&cfg("^(500|503|486)$"));
+        assert_eq!(
+            get(&table(&m), "failover.codes").unwrap().to_string(),
+            "[486, 500, 503]"
+        );
+        assert!(m
+            .toml
+            .contains("# from k.cfg:2 if (t_check_status(\"^(500|503|486)$\")) {\ncodes = "));
+        let m = run(&cfg("5[0-9]*"));
+        assert!(get(&table(&m), "failover.codes").is_none());
+        assert!(warned(&m, "k.cfg:2: "));
+        // Outside a failure_route it is not a failover rule.
+        let m = run("onreply_route[R] {\n if (t_check_status(\"503\")) { ds_next_dst(); }\n}\n");
+        assert!(get(&table(&m), "failover.codes").is_none());
     }
 
     #[test]

@@ -119,6 +119,8 @@ fn sipbench_config_converts_and_check_config_accepts_it() {
     assert_eq!(uris, ["sip:127.0.0.1:5081", "sip:127.0.0.1:5082"]);
     assert_eq!(c.failover.fr_timeout.as_millis(), 2000);
     assert_eq!(c.failover.fr_inv_timeout.as_secs(), 30);
+    // failure_route: t_check_status("5[0-9][0-9]") then ds_next_dst().
+    assert_eq!(c.failover.codes, (500..=599).collect::<Vec<u16>>());
     assert_eq!(c.probe.interval.as_secs(), 2);
     assert_eq!(c.probe.mode, ProbingMode::All);
     assert_eq!(
@@ -186,6 +188,7 @@ fn active_active_article_config_converts_with_its_list() {
     assert_eq!(c.listen.udp, vec!["0.0.0.0:5060".parse().unwrap()]);
     assert_eq!(c.listen.advertise.to_string(), "10.0.0.100:5060");
     assert_eq!(c.dispatcher.algorithm, Algorithm::Priority);
+    assert_eq!(c.failover.codes, (500..=599).collect::<Vec<u16>>());
     let uris: Vec<String> = c
         .dispatcher
         .destinations
