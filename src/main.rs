@@ -66,6 +66,11 @@ enum Command {
         /// defines given on Kamailio's command line); repeatable.
         #[arg(short = 'D', long = "define", value_name = "NAME[=VALUE]")]
         defines: Vec<String>,
+        /// `[listen] advertise` to write, HOST[:PORT] (the VIP), over what
+        /// the cfg says; needed when it listens on a wildcard address with
+        /// no `advertise`.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        advertise: Option<String>,
     },
     /// Talk to a running sipedge's admin listener (the kamcmd habits).
     Ctl {
@@ -116,7 +121,14 @@ fn main() -> ExitCode {
             list,
             output,
             defines,
-        }) => migrate(&cfg, list.as_deref(), output.as_deref(), &defines),
+            advertise,
+        }) => migrate(
+            &cfg,
+            list.as_deref(),
+            output.as_deref(),
+            &defines,
+            advertise,
+        ),
         Some(Command::Ctl {
             admin,
             token_file,
@@ -311,6 +323,7 @@ fn migrate(
     list: Option<&std::path::Path>,
     output: Option<&std::path::Path>,
     defines: &[String],
+    advertise: Option<String>,
 ) -> ExitCode {
     use sipedge::migrate::{Kamailio, ListChoice, Options};
     use std::path::Path;
@@ -336,6 +349,7 @@ fn migrate(
                 None => (d.clone(), None),
             })
             .collect(),
+        advertise,
     };
     let parsed = Kamailio::parse(&text, &opts);
     // A list is checked by loading it: the file and line of a bad entry.

@@ -18,7 +18,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::config::{CtlSocket, ProbingMode, ReplyCode, COUNT_RANGES, DURATION_RANGES};
+use crate::config::{
+    CtlSocket, Failover, Probe, ProbingMode, ReplyCode, COUNT_RANGES, DURATION_RANGES,
+    SOCKET_BUFFER_RANGE,
+};
 use crate::dispatcher::Algorithm;
 
 // ---------------------------------------------------------------------------
@@ -353,6 +356,9 @@ pub struct Options {
     pub base: Option<std::path::PathBuf>,
     /// `-A NAME[=VALUE]` as Kamailio takes them (`--define`).
     pub defines: Vec<(String, Option<String>)>,
+    /// `[listen] advertise` given on the command line (`--advertise`):
+    /// wins over what the cfg says.
+    pub advertise: Option<String>,
 }
 
 /// Where `[dispatcher] list_file` points.
@@ -915,7 +921,7 @@ impl Kamailio {
         } = r;
         // Modparams first: a tls listener needs to know about [tls].
         k.map_modparams(&modparams, &modules, opts);
-        k.map_globals(&globals);
+        k.map_globals(&globals, opts.advertise.as_deref());
         k.map_selects();
         k.warnings.sort_by_key(|(line, _)| line.unwrap_or(0));
         k
@@ -941,7 +947,7 @@ impl Kamailio {
         });
     }
 
-    fn map_globals(&mut self, globals: &[(String, String, Src)]) {
+    fn map_globals(&mut self, globals: &[(String, String, Src)], advertise: Option<&str>) {
         let disable_tcp = globals.iter().any(|(n, v, _)| {
             n.eq_ignore_ascii_case("disable_tcp") && matches!(v.trim(), "yes" | "1" | "on" | "true")
         });
@@ -975,7 +981,7 @@ impl Kamailio {
             Some(p) => format!("{a}:{p}"),
             None => a,
         });
-        self.map_listens(listens, advertise_global, globals);
+        self.map_listens(listens, advertise_global, globals, advertise);
     }
 
     fn parse_listen(
@@ -1042,6 +1048,7 @@ impl Kamailio {
         listens: Vec<Listen>,
         global_advertise: Option<String>,
         globals: &[(String, String, Src)],
+        given: Option<&str>,
     ) {
         if listens.is_empty() {
             self.warnings.push((
@@ -1149,6 +1156,22 @@ impl Kamailio {
                     )
                 }),
         };
+        if let Some(a) = given {
+            self.settings.push(Setting {
+                key: "listen.advertise".into(),
+                value: toml_str(a),
+                srcs: Vec::new(),
+                note: Some(match &chosen {
+                    Some((c, src, _)) => format!(
+                        "given with --advertise (kamailio.cfg:{} says {c})",
+                        src.line
+                    ),
+                    None => "given with --advertise".into(),
+                }),
+                commented: false,
+            });
+            return;
+        }
         match chosen {
             Some((a, src, note)) => {
                 let a = a.trim_matches('"').to_owned();
@@ -1222,10 +1245,11 @@ impl Kamailio {
                         );
                     }
                 }
-                if key.ends_with("_buffer") && !(64 << 10..=1 << 30).contains(&n) {
+                if key.ends_with("_buffer") && !SOCKET_BUFFER_RANGE.contains(&(n as usize)) {
+                    let (min, max) = (SOCKET_BUFFER_RANGE.start(), SOCKET_BUFFER_RANGE.end());
                     return bad(
                         self,
-                        format!("{n} is outside sipedge's range 65536 to 1073741824"),
+                        format!("{n} is outside sipedge's range {min} to {max}"),
                     );
                 }
                 n.to_string()
@@ -1429,28 +1453,38 @@ impl Kamailio {
         }
         // Kamailio's defaults where sipedge's differ, written out so the
         // behaviour stays the same.
-        let kamailio_defaults: &[(&str, &str, &str, &str)] = &[
+        let (failover, probe) = (Failover::default(), Probe::default());
+        let kamailio_defaults = [
             (
                 "tm",
                 "failover.fr_timeout",
-                "\"30s\"",
-                "tm's fr_timer default (30 s); sipedge's own is 2s",
+                "\"30s\"".to_owned(),
+                format!(
+                    "tm's fr_timer default (30 s); sipedge's own is {}",
+                    duration_text(failover.fr_timeout)
+                ),
             ),
             (
                 "dispatcher",
                 "probe.failure_threshold",
-                "1",
-                "ds_probing_threshold default (1); sipedge's own is 3",
+                "1".to_owned(),
+                format!(
+                    "ds_probing_threshold default (1); sipedge's own is {}",
+                    probe.failure_threshold
+                ),
             ),
             (
                 "dispatcher",
                 "probe.mode",
-                "0",
-                "ds_probing_mode default (0: flagged destinations only); sipedge's own is 1",
+                "0".to_owned(),
+                format!(
+                    "ds_probing_mode default (0: flagged destinations only); sipedge's own is {}",
+                    probe.mode.number()
+                ),
             ),
         ];
         for (module, key, value, why) in kamailio_defaults {
-            if !loaded(module) || self.settings.iter().any(|s| s.key == *key) {
+            if !loaded(module) || self.settings.iter().any(|s| s.key == key) {
                 continue;
             }
             let src = modules
@@ -1458,8 +1492,8 @@ impl Kamailio {
                 .find(|(n, _)| n == module)
                 .map(|(_, s)| s.clone());
             self.settings.push(Setting {
-                key: (*key).into(),
-                value: (*value).into(),
+                key: key.into(),
+                value,
                 srcs: src.into_iter().collect(),
                 note: Some(format!("not set in kamailio.cfg: Kamailio's {why}")),
                 commented: false,
@@ -1469,8 +1503,11 @@ impl Kamailio {
             if let Some((_, src)) = modules.iter().find(|(n, _)| n == "dispatcher") {
                 self.warn(
                     src,
-                    "no ds_ping_interval: Kamailio does not probe at all; sipedge always probes \
-                     ([probe] interval, 10s by default)",
+                    format!(
+                        "no ds_ping_interval: Kamailio does not probe at all; sipedge always \
+                         probes ([probe] interval, {} by default)",
+                        duration_text(probe.interval)
+                    ),
                 );
             }
         }
@@ -2144,6 +2181,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), v.map(str::to_owned)))
                 .collect(),
+            advertise: None,
         };
         let k = Kamailio::parse(cfg, &opts);
         let list = match k.list_file() {
@@ -2355,6 +2393,26 @@ mod tests {
         assert!(get(&table(&m), "listen.advertise").is_none());
         assert!(m.toml.contains("# advertise = \"CHANGE-ME\""));
         assert!(warned(&m, "no advertise address"));
+    }
+
+    #[test]
+    fn advertise_from_the_command_line_wins() {
+        let opts = Options {
+            name: "k.cfg".into(),
+            advertise: Some("198.51.100.9".into()),
+            ..Options::default()
+        };
+        for cfg in [
+            "listen=udp:0.0.0.0:5060\n",
+            "listen=udp:10.0.0.1:5060 advertise 10.0.0.2\n",
+        ] {
+            let m = Kamailio::parse(cfg, &opts).to_toml(&ListChoice::None);
+            assert_eq!(
+                get(&table(&m), "listen.advertise").unwrap().as_str(),
+                Some("198.51.100.9")
+            );
+            assert!(!warned(&m, "no advertise address"));
+        }
     }
 
     #[test]
