@@ -1090,7 +1090,7 @@ fn default_workers() -> usize {
 
 /// Socket buffer sizes accepted: below 64 KiB one large INVITE burst
 /// overflows; above 1 GiB is a typo.
-const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = (64 << 10)..=(1 << 30);
+pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = (64 << 10)..=(1 << 30);
 
 /// Worker threads accepted.
 const WORKERS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;

@@ -48,6 +48,9 @@
 //! - [`metrics`]: the Prometheus metrics: names as documented constants,
 //!   labels from enums, handles resolved once, an own registry per
 //!   instance, text exposition.
+//! - [`migrate`]: `sipedge migrate`, a Kamailio configuration read into the
+//!   equivalent commented proxy.toml (pure: text in, TOML and warnings
+//!   out), with the one table of Kamailio settings and their sipedge keys.
 //! - [`rlimit`]: the open-file limit raised at start to what `[tcp]
 //!   max_connections` and the sockets need (or a warning why not).
 //! - [`server`]: binding the configured listeners and running the proxy,
@@ -84,6 +87,7 @@ pub mod dialog;
 pub mod dispatcher;
 pub mod dns;
 pub mod metrics;
+pub mod migrate;
 pub mod proxy;
 pub mod rlimit;
 pub mod security;

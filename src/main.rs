@@ -39,6 +39,39 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Read a Kamailio configuration and write the equivalent proxy.toml.
+    ///
+    /// Reads `listen` (and `advertise`), the core settings, the modparams
+    /// of dispatcher, tm, rr, ctl, tls, pike and permissions,
+    /// `ds_select_dst(SET, ALG)`, and the `#!define` / `#!substdef` /
+    /// `#!ifdef` preprocessor. Every key written names the kamailio.cfg line
+    /// it comes from; a setting with no sipedge equivalent is a warning, on
+    /// stderr and as a `# WARNING` line; the routing script is listed by
+    /// line, not translated. Exit 0 when written (warnings allowed), 2 when
+    /// an input cannot be read or the output cannot be written.
+    ///
+    /// Example: sipedge migrate /etc/kamailio/kamailio.cfg -o /etc/sipedge/proxy.toml
+    Migrate {
+        /// The kamailio.cfg to read.
+        #[arg(value_name = "KAMAILIO_CFG")]
+        cfg: PathBuf,
+        /// The dispatcher.list to point `[dispatcher] list_file` at (loaded
+        /// to check it); default: the cfg's `list_file`, if it exists.
+        #[arg(long, value_name = "DISPATCHER_LIST")]
+        list: Option<PathBuf>,
+        /// Where to write the proxy.toml; default: standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// NAME or NAME=VALUE, as Kamailio's `-A` (for `#!ifdef` blocks and
+        /// defines given on Kamailio's command line); repeatable.
+        #[arg(short = 'D', long = "define", value_name = "NAME[=VALUE]")]
+        defines: Vec<String>,
+        /// `[listen] advertise` to write, HOST[:PORT] (the VIP), over what
+        /// the cfg says; needed when it listens on a wildcard address with
+        /// no `advertise`.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        advertise: Option<String>,
+    },
     /// Talk to a running sipedge's admin listener (the kamcmd habits).
     Ctl {
         /// Admin URL, e.g. http://127.0.0.1:9090 (`[admin] listen`).
@@ -83,6 +116,19 @@ fn main() -> ExitCode {
             }
             Err(err) => bad_config(&err),
         },
+        Some(Command::Migrate {
+            cfg,
+            list,
+            output,
+            defines,
+            advertise,
+        }) => migrate(
+            &cfg,
+            list.as_deref(),
+            output.as_deref(),
+            &defines,
+            advertise,
+        ),
         Some(Command::Ctl {
             admin,
             token_file,
@@ -268,6 +314,97 @@ fn ctl(url: &str, token_file: Option<&std::path::Path>, action: CtlAction) -> Ex
             ExitCode::from(EXIT_CTL_FAILED)
         }
     }
+}
+
+/// `sipedge migrate`: read the cfg (and the list), write the TOML, say
+/// what was not mapped, and whether check-config takes the result.
+fn migrate(
+    cfg: &std::path::Path,
+    list: Option<&std::path::Path>,
+    output: Option<&std::path::Path>,
+    defines: &[String],
+    advertise: Option<String>,
+) -> ExitCode {
+    use sipedge::migrate::{Kamailio, ListChoice, Options};
+    use std::path::Path;
+    let fail = |file: &Path, why: String| {
+        eprintln!("sipedge migrate: {}: {why}", file.display());
+        ExitCode::from(EXIT_BAD_CONFIG)
+    };
+    let text = match config::read_small_file(cfg) {
+        Ok(t) => t,
+        Err(e) => return fail(cfg, format!("cannot read it: {e}")),
+    };
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let opts = Options {
+        name: cfg.file_name().map_or_else(
+            || cfg.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        base: absolute(cfg).parent().map(Path::to_path_buf),
+        defines: defines
+            .iter()
+            .map(|d| match d.split_once('=') {
+                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                None => (d.clone(), None),
+            })
+            .collect(),
+        advertise,
+    };
+    let parsed = Kamailio::parse(&text, &opts);
+    // A list is checked by loading it: the file and line of a bad entry.
+    let load = |p: &Path| -> Result<(), String> {
+        let text = config::read_small_file(p).map_err(|e| format!("cannot read it: {e}"))?;
+        sipedge::dispatcher::list::parse(&text)
+            .map(|_| ())
+            .map_err(|e| format!("line {}: {}", e.line, e.reason))
+    };
+    let choice = match (list, parsed.list_file()) {
+        (Some(l), _) => match load(l) {
+            Ok(()) => ListChoice::Given(absolute(l).display().to_string()),
+            Err(why) => return fail(l, why),
+        },
+        (None, Some(from_cfg)) => match load(Path::new(from_cfg)) {
+            Ok(()) => ListChoice::FromCfg(from_cfg.to_owned()),
+            Err(why) => ListChoice::Unusable(from_cfg.to_owned(), why),
+        },
+        (None, None) => ListChoice::None,
+    };
+    let migration = parsed.to_toml(&choice);
+    for w in &migration.warnings {
+        eprintln!("warning: {w}");
+    }
+    let name = match output {
+        Some(out) => {
+            if let Err(e) = std::fs::write(out, &migration.toml) {
+                return fail(out, format!("cannot write it: {e}"));
+            }
+            out.display().to_string()
+        }
+        None => {
+            print!("{}", migration.toml);
+            "(standard output)".to_owned()
+        }
+    };
+    // What check-config would say, so the operator knows what is left.
+    let base = output
+        .map(absolute)
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| Path::new(".").to_path_buf());
+    let checked = config::from_toml(&migration.toml, &name)
+        .and_then(|mut c| c.load_list_file(&base, &name).map(|()| c));
+    match checked {
+        Ok(_) => eprintln!(
+            "sipedge migrate: {name}: written, {} warning(s); check-config accepts it",
+            migration.warnings.len()
+        ),
+        Err(e) => eprintln!(
+            "sipedge migrate: {name}: written, {} warning(s); check-config does not accept it \
+             yet: {e}",
+            migration.warnings.len()
+        ),
+    }
+    ExitCode::SUCCESS
 }
 
 fn bad_config(err: &ConfigError) -> ExitCode {

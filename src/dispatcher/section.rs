@@ -81,6 +81,19 @@ impl Algorithm {
         }
     }
 
+    /// The algorithm Kamailio numbers `n` (`ds_select_dst(set, n)`), if
+    /// sipedge has it.
+    pub fn from_kamailio_number(n: u8) -> Option<Algorithm> {
+        [
+            Algorithm::HashCallid,
+            Algorithm::RoundRobin,
+            Algorithm::Priority,
+            Algorithm::Weight,
+        ]
+        .into_iter()
+        .find(|a| a.kamailio_number() == n)
+    }
+
     /// The spelling used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
