@@ -1217,6 +1217,39 @@ fn list_entry_problem(e: &crate::dispatcher::list::Entry) -> Option<String> {
     list_entry_transport(e).err()
 }
 
+/// A dispatcher.list line as a sipedge destination, or why it cannot be
+/// one (also what `dispatcher.add` puts in the pool).
+///
+/// # Errors
+/// Why sipedge cannot send to it (a host name, a wildcard address, a
+/// transport it does not speak, a bad `tls_verify`).
+pub fn list_destination(e: &crate::dispatcher::list::Entry) -> Result<Destination, String> {
+    if let Some(problem) = list_entry_problem(e) {
+        return Err(problem);
+    }
+    Ok(destination(e))
+}
+
+fn destination(e: &crate::dispatcher::list::Entry) -> Destination {
+    Destination {
+        uri: SipUri {
+            host: e.host.clone(),
+            port: e.port,
+            transport: list_entry_transport(e).ok().flatten(),
+            sips: e.sips,
+        },
+        priority: e.priority,
+        weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
+        ping_from: e.attrs.ping_from().map(str::to_owned),
+        tcp: false,
+        advertised: Vec::new(),
+        tls_verify: e.attrs.tls_verify() != Some("0"),
+        tls_server_name: e.attrs.tls_server_name().map(str::to_owned),
+        list_flags: e.flags.bits(),
+        attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
+    }
+}
+
 /// The transport of a dispatcher.list URI: its `;transport=`, TLS for a
 /// `sips:` one.
 fn list_entry_transport(
@@ -1276,23 +1309,6 @@ impl Config {
                 parsed.sets()
             )));
         }
-        let destination = |e: &crate::dispatcher::list::Entry| Destination {
-            uri: SipUri {
-                host: e.host.clone(),
-                port: e.port,
-                transport: list_entry_transport(e).ok().flatten(),
-                sips: e.sips,
-            },
-            priority: e.priority,
-            weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
-            ping_from: e.attrs.ping_from().map(str::to_owned),
-            tcp: false,
-            advertised: Vec::new(),
-            tls_verify: e.attrs.tls_verify() != Some("0"),
-            tls_server_name: e.attrs.tls_server_name().map(str::to_owned),
-            list_flags: e.flags.bits(),
-            attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
-        };
         let mut destinations = Vec::with_capacity(entries.len());
         for e in entries {
             if let Some(problem) = list_entry_problem(e) {

@@ -493,6 +493,46 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// Kamailio's `ds_get_hash` over one or two values, what its hash
+/// algorithms (0 Call-ID, 1 From URI, 2 To URI, 3 R-URI...) reduce modulo
+/// the set size, and what `dispatcher.hash` shows. Bytes are C `char`s,
+/// signed on x86-64 as on Kamailio's builds, so a byte from 0x80 counts
+/// as negative, as it does there. Never 0.
+///
+/// sipedge's own `hash-callid` uses FNV-1a with a different reduction
+/// ([`Dispatcher::plan`]); this function is for answering like Kamailio.
+pub fn kamailio_hash(x: &[u8], y: &[u8]) -> u32 {
+    // A C `char` promoted to `int`, then to `unsigned`.
+    fn c(b: u8) -> u32 {
+        i32::from(b as i8) as u32
+    }
+    fn mix(h: u32, s: &[u8]) -> u32 {
+        let mut h = h;
+        let mut chunks = s.chunks_exact(4);
+        for p in &mut chunks {
+            let v = (c(p[0]) << 24)
+                .wrapping_add(c(p[1]) << 16)
+                .wrapping_add(c(p[2]) << 8)
+                .wrapping_add(c(p[3]));
+            h = h.wrapping_add(v ^ (v >> 3));
+        }
+        let v = chunks
+            .remainder()
+            .iter()
+            .fold(0u32, |v, &b| (v << 8).wrapping_add(c(b)));
+        h.wrapping_add(v ^ (v >> 3))
+    }
+    let h = mix(mix(0, x), y);
+    let h = h
+        .wrapping_add(h >> 11)
+        .wrapping_add((h >> 13).wrapping_add(h >> 23));
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
 /// Maps a hash onto `0..n` with its high bits (multiply-shift). FNV's low
 /// bits only ever see the input bytes' low bits (`% 2` would be a parity of
 /// the bytes), its high bits mix everything.

@@ -2,7 +2,7 @@
 //! metrics, readiness, the pool for `dispatcher.list`, and the operator's
 //! commands; and the state summary SIGUSR1 writes to the log.
 
-use super::{Proxy, ReloadError};
+use super::{EditError, Proxy, ReloadError};
 use crate::admin::{AttrsView, Backend, BackendError, DestinationView, Readiness, Target};
 use crate::dispatcher::health::SetState;
 
@@ -54,6 +54,19 @@ impl Backend for Proxy {
         };
         let targets: Vec<usize> = match target {
             Target::All => (0..d.len()).collect(),
+            Target::Duid(duid) => {
+                let i = (0..d.len())
+                    .find(|&i| {
+                        d.attrs(i)
+                            .and_then(|a| a.duid())
+                            .is_some_and(|x| x.eq_ignore_ascii_case(duid))
+                    })
+                    .ok_or_else(|| BackendError::UnknownDuid {
+                        set,
+                        duid: duid.clone(),
+                    })?;
+                vec![i]
+            }
             Target::Uri(uri) => {
                 let i = (0..d.len())
                     .find(|&i| d.uri(i).eq_ignore_ascii_case(uri))
@@ -88,8 +101,23 @@ impl Backend for Proxy {
         before
     }
 
+    fn add_destination(&self, entry: &crate::dispatcher::list::Entry) -> Result<(), BackendError> {
+        Proxy::add_destination(self, entry).map_err(edit_error)
+    }
+
+    fn remove_destination(&self, set: u32, uri: &str) -> Result<usize, BackendError> {
+        Proxy::remove_destination(self, set, uri).map_err(edit_error)
+    }
+
     fn count(&self, event: crate::metrics::AdminEvent) {
         self.metrics.admin_event(event);
+    }
+}
+
+fn edit_error(e: EditError) -> BackendError {
+    match e {
+        EditError::InProgress => BackendError::ReloadInProgress,
+        EditError::Refused(why) => BackendError::Refused(why),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Pool {
     pub set: u32,
     /// The list file's other sets: probed, listed, settable; no calls.
     pub others: Vec<OtherSet>,
+    /// The config this generation was built from: `dispatcher.add` and
+    /// `dispatcher.remove` build the next one from it, edited.
+    pub(super) source: Arc<Config>,
 }
 
 /// A destination set that receives no trunk calls.
@@ -110,6 +113,7 @@ impl Pool {
             generation,
             set: cfg.dispatcher.set,
             others,
+            source: Arc::new(cfg.clone()),
         })
     }
 
@@ -233,7 +237,23 @@ impl Proxy {
             old.generation + 1,
         )?;
         let count = new.len();
-        // Series of nodes that left the pool go with them.
+        self.install(&old, new);
+        configure_tls_client(&cfg, self.transports.tls_client());
+        if let Some(done) = self.reload_tls(&cfg) {
+            tracing::info!("{done}");
+        }
+        tracing::info!(
+            destinations = count,
+            "dispatcher reloaded from {}",
+            path.as_ref()
+                .map_or(config::EXAMPLE_NAME.to_owned(), |p| p.display().to_string())
+        );
+        Ok(count)
+    }
+
+    /// Puts `new` in force in place of `old`: the series of nodes that
+    /// left go with them.
+    fn install(&self, old: &Pool, new: Pool) {
         for (id, d, series) in old.sets() {
             for (i, m) in series.iter().enumerate() {
                 let stays = new
@@ -250,16 +270,125 @@ impl Proxy {
             }
         }
         self.pool.store(Arc::new(new));
-        configure_tls_client(&cfg, self.transports.tls_client());
-        if let Some(done) = self.reload_tls(&cfg) {
-            tracing::info!("{done}");
-        }
-        tracing::info!(
-            destinations = count,
-            "dispatcher reloaded from {}",
-            path.as_ref()
-                .map_or(config::EXAMPLE_NAME.to_owned(), |p| p.display().to_string())
-        );
-        Ok(count)
     }
+
+    /// `dispatcher.add`: `entry` joins its set in memory (a new set if
+    /// there is none with its id), until the next reload re-reads the
+    /// file. It starts from its flags, like a list line, and is probed as
+    /// `[probe] mode` says; the others keep their state.
+    ///
+    /// # Errors
+    /// [`EditError::InProgress`] while a reload or another edit runs;
+    /// [`EditError::Refused`] when sipedge cannot use the destination or
+    /// the set already has it.
+    pub fn add_destination(&self, entry: &crate::dispatcher::list::Entry) -> Result<(), EditError> {
+        let dest = config::list_destination(entry).map_err(EditError::Refused)?;
+        self.edit_pool(|cfg| {
+            let set = entry.set_id;
+            let same = |d: &config::Destination| {
+                d.uri.host == dest.uri.host && d.uri.port_or_default() == dest.uri.port_or_default()
+            };
+            let dests = if set == cfg.dispatcher.set {
+                &mut cfg.dispatcher.destinations
+            } else {
+                match cfg
+                    .dispatcher
+                    .other_sets
+                    .iter()
+                    .position(|(id, _)| *id == set)
+                {
+                    Some(i) => &mut cfg.dispatcher.other_sets[i].1,
+                    None => {
+                        cfg.dispatcher.other_sets.push((set, Vec::new()));
+                        let last = cfg.dispatcher.other_sets.len() - 1;
+                        &mut cfg.dispatcher.other_sets[last].1
+                    }
+                }
+            };
+            if let Some(d) = dests.iter().find(|d| same(d)) {
+                return Err(format!("set {set} already has {} ({})", dest.uri, d.uri));
+            }
+            dests.push(dest.clone());
+            Ok(())
+        })
+    }
+
+    /// `dispatcher.remove`: every destination of set `set` whose URI is
+    /// `uri` (as shown by `dispatcher.list`, ignoring case) leaves the
+    /// pool in memory; new calls no longer go there, calls in progress
+    /// keep it. Returns how many went.
+    ///
+    /// # Errors
+    /// [`EditError::Refused`] when the set has no such destination, or it
+    /// is the last one of the set that takes calls.
+    pub fn remove_destination(&self, set: u32, uri: &str) -> Result<usize, EditError> {
+        let mut removed = 0;
+        self.edit_pool(|cfg| {
+            let matches = |d: &config::Destination| d.uri.to_string().eq_ignore_ascii_case(uri);
+            if set == cfg.dispatcher.set {
+                let dests = &mut cfg.dispatcher.destinations;
+                let before = dests.len();
+                dests.retain(|d| !matches(d));
+                removed = before - dests.len();
+                if removed > 0 && dests.is_empty() {
+                    return Err(format!(
+                        "{uri} is the last destination of set {set}, which takes the calls"
+                    ));
+                }
+            } else if let Some(i) = cfg
+                .dispatcher
+                .other_sets
+                .iter()
+                .position(|(id, _)| *id == set)
+            {
+                let dests = &mut cfg.dispatcher.other_sets[i].1;
+                let before = dests.len();
+                dests.retain(|d| !matches(d));
+                removed = before - dests.len();
+                if dests.is_empty() {
+                    cfg.dispatcher.other_sets.remove(i);
+                }
+            }
+            if removed == 0 {
+                return Err(format!("destination {uri} not found in set {set}"));
+            }
+            Ok(())
+        })?;
+        Ok(removed)
+    }
+
+    /// Builds the next generation from the config in force as `edit`
+    /// changes it, and puts it in force.
+    fn edit_pool(
+        &self,
+        edit: impl FnOnce(&mut Config) -> Result<(), String>,
+    ) -> Result<(), EditError> {
+        let Ok(_one) = self.reload.one.try_lock() else {
+            return Err(EditError::InProgress);
+        };
+        let old = self.pool();
+        let mut cfg = Config::clone(&old.source);
+        edit(&mut cfg).map_err(EditError::Refused)?;
+        cfg.validate()
+            .map_err(|v| EditError::Refused(v.rule.to_string()))?;
+        let new = Pool::build(
+            &cfg,
+            self.me.sent_by(),
+            &self.metrics,
+            Some(&old),
+            old.generation + 1,
+        )
+        .map_err(|e| EditError::Refused(e.to_string()))?;
+        self.install(&old, new);
+        Ok(())
+    }
+}
+
+/// Why `dispatcher.add` or `dispatcher.remove` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("a reload is already in progress")]
+    InProgress,
+    #[error("{0}")]
+    Refused(String),
 }
