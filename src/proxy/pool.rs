@@ -275,7 +275,8 @@ impl Proxy {
     /// `dispatcher.add`: `entry` joins its set in memory (a new set if
     /// there is none with its id), until the next reload re-reads the
     /// file. It starts from its flags, like a list line, and is probed as
-    /// `[probe] mode` says; the others keep their state.
+    /// `[probe] mode` says, the first time at once; the others keep their
+    /// state.
     ///
     /// # Errors
     /// [`EditError::InProgress`] while a reload or another edit runs;
@@ -306,11 +307,16 @@ impl Proxy {
                 }
             };
             if let Some(d) = dests.iter().find(|d| same(d)) {
-                return Err(format!("set {set} already has {} ({})", dest.uri, d.uri));
+                return Err(format!("set {set} already has {}", d.uri));
             }
             dests.push(dest.clone());
             Ok(())
-        })
+        })?;
+        if let crate::value::Host::Ip(ip) = dest.uri.host {
+            let addr = std::net::SocketAddr::new(ip, dest.uri.port_or_default());
+            self.probe_soon(entry.set_id, crate::dispatcher::canonical(addr));
+        }
+        Ok(())
     }
 
     /// `dispatcher.remove`: every destination of set `set` whose URI is
