@@ -179,6 +179,31 @@ fn ctl_drains_a_node_and_sighup_reloads_the_list() {
     assert!(!out.status.success());
     assert!(text(&out).contains("500"), "{}", text(&out));
 
+    // ctl add, set-duid-state, remove, hash: the other dispatcher methods.
+    let extra = format!("sip:{}", gateway.local_addr().unwrap());
+    let out = sipedge_ctl(&admin, &["add", "1", &extra, "0", "-2", "duid=gw"]);
+    assert_eq!(text(&out), "Ok. Dispatcher destination added.\n");
+    let out = sipedge_ctl(&admin, &["set-duid-state", "d", "1", "gw"]);
+    assert_eq!(text(&out), "Ok. Dispatcher state updated.\n");
+    let table = text(&sipedge_ctl(&admin, &["list"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&extra) && l.contains("DX") && l.contains("-2")),
+        "{table}"
+    );
+    let out = sipedge_ctl(&admin, &["remove", "1", &extra]);
+    assert_eq!(text(&out), "Ok. Dispatcher destination removed.\n");
+    let out = sipedge_ctl(&admin, &["remove", "1", &extra]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("Removing dispatcher dst failed"),
+        "{}",
+        text(&out)
+    );
+    let out = sipedge_ctl(&admin, &["hash", "10", "abc"]);
+    assert_eq!(text(&out), "hashid: 7167810\nslot: 0\n");
+
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
