@@ -1247,6 +1247,7 @@ fn destination(e: &crate::dispatcher::list::Entry) -> Destination {
         tls_server_name: e.attrs.tls_server_name().map(str::to_owned),
         list_flags: e.flags.bits(),
         attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
+        written: Some(e.uri.clone()),
     }
 }
 

@@ -817,7 +817,7 @@ async fn protocol_errors_over_http() {
             json!(null),
         ),
         (
-            r#"{"jsonrpc":"2.0","method":"dispatcher.add","params":[1,"sip:x"],"id":4}"#,
+            r#"{"jsonrpc":"2.0","method":"dispatcher.oclist","params":[1],"id":4}"#,
             500,
             -32601,
             "Method Not Found",

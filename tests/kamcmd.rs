@@ -663,10 +663,17 @@ fn kamcmd_add_remove_and_hash_print_the_same_as_against_kamailio() {
         .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
     let uri = |i: usize| format!("sip:{}", nodes[i].local_addr().unwrap());
+    // Shown, matched and probed as written (user part and parameters).
+    let written = |i: usize| {
+        format!(
+            "sip:callee@{};transport=udp",
+            nodes[i].local_addr().unwrap()
+        )
+    };
     let list = dir.0.join("pool.list");
     std::fs::write(
         &list,
-        format!("1 {} 0 10\n1 {} 0 5 duid=b\n", uri(0), uri(1)),
+        format!("1 {} 0 10\n1 {} 0 5 duid=b\n", uri(0), written(1)),
     )
     .unwrap();
     let kamailio = Kamailio::start(&dir.0, &list);
@@ -686,7 +693,7 @@ fn kamcmd_add_remove_and_hash_print_the_same_as_against_kamailio() {
     let (child, found) = spawn(&cfg, 1);
     let sipedge = listening(&found, "unix:").to_owned();
 
-    let (two, three) = (uri(2), uri(3));
+    let (one, two, three) = (written(1), uri(2), written(3));
     let commands: &[&[&str]] = &[
         &["dispatcher.hash", "10", "abc"],
         &["dispatcher.hash", "0", "abc", "def"],
@@ -697,6 +704,9 @@ fn kamcmd_add_remove_and_hash_print_the_same_as_against_kamailio() {
         &["dispatcher.add", "1", &two],
         &["dispatcher.add", "1", &three, "0", "7", "duid=c;weight=5"],
         &["dispatcher.list"],
+        &["dispatcher.set_state", "tp", "1", &one],
+        &["dispatcher.set_state", "ip", "1", &one.to_uppercase()],
+        &["dispatcher.list", "short"],
         &["dispatcher.set_duid_state", "ip", "1", "c"],
         &["dispatcher.set_duid_state", "d", "1", "B"],
         &["dispatcher.set_duid_state", "i", "1", "nope"],
@@ -704,6 +714,7 @@ fn kamcmd_add_remove_and_hash_print_the_same_as_against_kamailio() {
         &["dispatcher.set_duid_state", "1", "b"],
         &["dispatcher.list"],
         &["dispatcher.remove", "1", &two],
+        &["dispatcher.remove", "1", &three],
         &["dispatcher.list", "short"],
         &["dispatcher.add"],
         &["dispatcher.add", "1"],

@@ -79,7 +79,12 @@ struct Node {
     /// Canonical (IPv4-mapped IPv6 folded to IPv4), so [`Dispatcher::find`]
     /// is a plain comparison.
     addr: SocketAddr,
+    /// Normalised (`sip:HOST:PORT` and the transport): metrics labels,
+    /// the shared registry, carrying health across a reload.
     uri: String,
+    /// As written in the list file (see `Destination::written`), else
+    /// `uri`.
+    written: String,
     priority: i32,
     /// Probe and call outcomes; a lock-free read says whether new calls
     /// may go here.
@@ -159,6 +164,7 @@ impl Dispatcher {
                 Host::Ip(ip) => Ok(Node {
                     addr: canonical(SocketAddr::new(*ip, dest.uri.port_or_default())),
                     uri: dest.uri.to_string(),
+                    written: dest.written.clone().unwrap_or_else(|| dest.uri.to_string()),
                     priority: dest.priority,
                     health: previous
                         .and_then(|p| {
@@ -243,6 +249,26 @@ impl Dispatcher {
     /// If `i >= len()`.
     pub fn uri(&self, i: usize) -> &str {
         &self.nodes[i].uri
+    }
+
+    /// Node `i`'s URI as the list file wrote it, user part and parameters
+    /// kept (`sip:callee@10.0.1.10:5080;transport=udp`), else as `uri`:
+    /// what `dispatcher.list` shows and probes are sent to.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn written(&self, i: usize) -> &str {
+        &self.nodes[i].written
+    }
+
+    /// Whether `uri` names node `i`, ignoring ASCII case (Kamailio's
+    /// `strncasecmp`): as written, or in its normalised form.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn named(&self, i: usize, uri: &str) -> bool {
+        let node = &self.nodes[i];
+        node.written.eq_ignore_ascii_case(uri) || node.uri.eq_ignore_ascii_case(uri)
     }
 
     /// Node `i`'s configured priority (for `dispatcher.list`).

@@ -41,7 +41,7 @@ impl Backend for Proxy {
             order.sort_by_key(|&i| std::cmp::Reverse(d.priority(i)));
             out.extend(order.into_iter().map(|i| DestinationView {
                 attrs: d.attrs(i).and_then(|a| a.rpc()).map(AttrsView::from),
-                ..DestinationView::new(set, d.uri(i), d.status(i), d.priority(i))
+                ..DestinationView::new(set, d.written(i), d.status(i), d.priority(i))
             }));
         }
         out
@@ -68,12 +68,12 @@ impl Backend for Proxy {
                 vec![i]
             }
             Target::Uri(uri) => {
-                let i = (0..d.len())
-                    .find(|&i| d.uri(i).eq_ignore_ascii_case(uri))
-                    .ok_or_else(|| BackendError::UnknownDestination {
+                let i = (0..d.len()).find(|&i| d.named(i, uri)).ok_or_else(|| {
+                    BackendError::UnknownDestination {
                         set,
                         uri: uri.clone(),
-                    })?;
+                    }
+                })?;
                 vec![i]
             }
         };
@@ -146,7 +146,7 @@ impl Proxy {
             for i in 0..d.len() {
                 tracing::info!(
                     set,
-                    uri = d.uri(i),
+                    uri = d.written(i),
                     flags = d.status(i).flags().as_str(),
                     calls = self.dialogs().pinned_to(d.addr(i)),
                     "state summary: destination"

@@ -330,7 +330,12 @@ impl Proxy {
     pub fn remove_destination(&self, set: u32, uri: &str) -> Result<usize, EditError> {
         let mut removed = 0;
         self.edit_pool(|cfg| {
-            let matches = |d: &config::Destination| d.uri.to_string().eq_ignore_ascii_case(uri);
+            let matches = |d: &config::Destination| {
+                d.written
+                    .as_deref()
+                    .is_some_and(|w| w.eq_ignore_ascii_case(uri))
+                    || d.uri.to_string().eq_ignore_ascii_case(uri)
+            };
             if set == cfg.dispatcher.set {
                 let dests = &mut cfg.dispatcher.destinations;
                 let before = dests.len();

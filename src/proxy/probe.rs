@@ -266,7 +266,8 @@ impl Proxy {
         let Some((_, d, _)) = pool.set_at(set) else {
             return;
         };
-        let target = d.uri(node);
+        // As written: Kamailio's probe keeps the user part.
+        let target = d.written(node);
         let from = d
             .ping_from(node)
             .map(str::to_owned)
