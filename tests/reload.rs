@@ -228,3 +228,52 @@ async fn dispatcher_add_and_remove_change_the_pool_in_memory() {
     rpc(&h, "dispatcher.remove", serde_json::json!([7, uri])).unwrap();
     assert!(!h.proxy.pool().sets().any(|(id, _, _)| id == 7));
 }
+
+/// A reload applies every column of the nodes that stay (issue 15): a
+/// changed flags column starts the node from its new flags (here 0 -> 4,
+/// disabled, then back), a changed priority reorders; a node whose
+/// columns did not change keeps its state (an operator's drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_the_changed_columns_of_nodes_that_stay() {
+    let h = Harness::start(Options::default()).await;
+    let dir = scratch("reload-columns");
+    let list = dir.join("pool.list");
+    let config = dir.join("sipedge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nudp = [\"{a}\"]\nadvertise = \"{a}\"\n[dispatcher]\nalgorithm = \"priority\"\n\
+             list_file = \"pool.list\"\n",
+            a = h.addr
+        ),
+    )
+    .unwrap();
+    let (n0, n1) = (h.nodes[0].addr, h.nodes[1].addr);
+    let write = |f0: u32, p0: i32, f1: u32| {
+        std::fs::write(&list, format!("1 sip:{n0} {f0} {p0}\n1 sip:{n1} {f1} 5\n")).unwrap();
+    };
+    h.proxy.set_config_path(config.clone());
+    write(8, 10, 8);
+    h.proxy.reload().expect("reload");
+    // Node 1 drained by the operator.
+    let pool = h.proxy.dispatcher();
+    pool.set_state(pool.find(n1).unwrap(), "d".parse().unwrap());
+
+    // Node 0's flags 8 -> 12 (disabled and probed), priority 10 -> 1;
+    // node 1 unchanged.
+    write(12, 1, 8);
+    h.proxy.reload().expect("reload");
+    let pool = h.proxy.dispatcher();
+    let (i0, i1) = (pool.find(n0).unwrap(), pool.find(n1).unwrap());
+    assert_eq!(pool.status(i0).flags().as_str(), "DP", "the new flags");
+    assert_eq!(pool.priority(i0), 1);
+    assert_eq!(pool.status(i1).state, State::Disabled, "its drain stays");
+
+    // And back: 12 -> 8 makes node 0 active again.
+    write(8, 1, 8);
+    h.proxy.reload().expect("reload");
+    let pool = h.proxy.dispatcher();
+    assert_eq!(pool.status(pool.find(n0).unwrap()).flags().as_str(), "AP");
+    assert_eq!(pool.status(pool.find(n1).unwrap()).state, State::Disabled);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -85,6 +85,9 @@ struct Node {
     /// As written in the list file (see `Destination::written`), else
     /// `uri`.
     written: String,
+    /// The flags column it was loaded with: a reload that changes it
+    /// starts the node from the new flags.
+    list_flags: u32,
     priority: i32,
     /// Probe and call outcomes; a lock-free read says whether new calls
     /// may go here.
@@ -166,11 +169,17 @@ impl Dispatcher {
                     uri: dest.uri.to_string(),
                     written: dest.written.clone().unwrap_or_else(|| dest.uri.to_string()),
                     priority: dest.priority,
+                    list_flags: dest.list_flags,
+                    // A node that stays keeps its health (state, streaks,
+                    // a probe in flight), unless its flags column changed:
+                    // then it starts from the new flags (0 -> 8 starts
+                    // probing it), as a new node does.
                     health: previous
                         .and_then(|p| {
                             let uri = dest.uri.to_string();
                             p.nodes.iter().find(|n| n.uri == uri)
                         })
+                        .filter(|n| n.list_flags == dest.list_flags)
                         .map_or_else(
                             || {
                                 std::sync::Arc::new(SharedHealth::new(health::Health::new(
@@ -259,6 +268,12 @@ impl Dispatcher {
     /// If `i >= len()`.
     pub fn written(&self, i: usize) -> &str {
         &self.nodes[i].written
+    }
+
+    /// The node whose normalised URI is `uri` (what a reload matches
+    /// nodes that stay by).
+    pub fn find_uri(&self, uri: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.uri == uri)
     }
 
     /// Whether `uri` names node `i`, ignoring ASCII case (Kamailio's
@@ -517,6 +532,44 @@ fn log_transition(uri: &str, t: Option<Transition>) {
 /// pool addresses are stored and compared in.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// What differs between node `i` of `old` and node `n` of `new`, the same
+/// destination (same normalised URI) before and after a reload, column by
+/// column: `priority 10 -> 5`, `flags 0 -> 8`, ... Empty when nothing did.
+pub fn column_changes(old: &Dispatcher, i: usize, new: &Dispatcher, n: usize) -> Vec<String> {
+    let (a, b) = (&old.nodes[i], &new.nodes[n]);
+    let mut out = Vec::new();
+    if a.written != b.written {
+        out.push(format!("uri {} -> {}", a.written, b.written));
+    }
+    if a.list_flags != b.list_flags {
+        out.push(format!(
+            "flags {} -> {} (state now {})",
+            a.list_flags,
+            b.list_flags,
+            new.status(n).flags().as_str()
+        ));
+    }
+    if a.priority != b.priority {
+        out.push(format!("priority {} -> {}", a.priority, b.priority));
+    }
+    let attrs = |x: &Node| {
+        x.attrs
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    if attrs(a) != attrs(b) {
+        out.push(format!("attrs \"{}\" -> \"{}\"", attrs(a), attrs(b)));
+    }
+    if a.ping_from != b.ping_from {
+        out.push("ping_from".to_owned());
+    }
+    if a.takes_tcp != b.takes_tcp || a.advertised != b.advertised {
+        out.push("tcp/advertised".to_owned());
+    }
+    out
 }
 
 /// Kamailio's `ds_get_hash` over one or two values, what its hash

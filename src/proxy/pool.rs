@@ -189,6 +189,9 @@ pub enum ReloadError {
 pub(super) struct Reload {
     pub(super) path: std::sync::Mutex<Option<PathBuf>>,
     pub(super) one: std::sync::Mutex<()>,
+    /// The config file as it was when it was named: what a reload
+    /// compares the settings it cannot apply against.
+    pub(super) at_start: std::sync::Mutex<Option<toml::Table>>,
 }
 
 impl Proxy {
@@ -207,6 +210,9 @@ impl Proxy {
     /// list file it names). Without one, reload re-reads the built-in
     /// example.
     pub fn set_config_path(&self, path: PathBuf) {
+        if let Ok(mut t) = self.reload.at_start.lock() {
+            *t = read_table(&path);
+        }
         if let Ok(mut p) = self.reload.path.lock() {
             *p = Some(path);
         }
@@ -237,6 +243,18 @@ impl Proxy {
             old.generation + 1,
         )?;
         let count = new.len();
+        log_changes(&old, &new);
+        if let Some(path) = &path {
+            let at_start = self.reload.at_start.lock().ok().and_then(|t| t.clone());
+            if let (Some(before), Some(now)) = (at_start, read_table(path)) {
+                for key in needs_restart(&before, &now, &self.cfg, &cfg) {
+                    tracing::warn!(
+                        "{}: {key} changed: not applied by a reload, restart to apply it",
+                        path.display()
+                    );
+                }
+            }
+        }
         self.install(&old, new);
         configure_tls_client(&cfg, self.transports.tls_client());
         if let Some(done) = self.reload_tls(&cfg) {
@@ -402,4 +420,151 @@ pub enum EditError {
     InProgress,
     #[error("{0}")]
     Refused(String),
+}
+
+/// The config file as a TOML table, if it reads and parses (it just did,
+/// for the reload).
+fn read_table(path: &std::path::Path) -> Option<toml::Table> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.parse().ok()
+}
+
+/// One log line per destination a reload adds, removes or changes (by
+/// set and normalised URI), saying what changed.
+fn log_changes(old: &Pool, new: &Pool) {
+    for (id, d, _) in old.sets() {
+        let after = new
+            .sets()
+            .find(|(nid, _, _)| *nid == id)
+            .map(|(_, nd, _)| nd);
+        for i in 0..d.len() {
+            if after.and_then(|nd| nd.find_uri(d.uri(i))).is_none() {
+                tracing::info!(set = id, uri = d.written(i), "reload: destination removed");
+            }
+        }
+    }
+    for (id, nd, _) in new.sets() {
+        let before = old.sets().find(|(oid, _, _)| *oid == id).map(|(_, d, _)| d);
+        for n in 0..nd.len() {
+            let Some((d, i)) = before.and_then(|d| Some((d, d.find_uri(nd.uri(n))?))) else {
+                tracing::info!(
+                    set = id,
+                    uri = nd.written(n),
+                    flags = nd.status(n).flags().as_str(),
+                    priority = nd.priority(n),
+                    "reload: destination added"
+                );
+                continue;
+            };
+            let changes = crate::dispatcher::column_changes(d, i, nd, n);
+            if !changes.is_empty() {
+                tracing::info!(
+                    set = id,
+                    uri = nd.written(n),
+                    "reload: destination changed: {}",
+                    changes.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// The settings outside `[dispatcher]` that differ between the config
+/// file at start (`before`, read as `old`) and now (`now`, read as
+/// `new`), as dotted keys: a reload applies none of them. `[tls]`'s files
+/// are reloaded, so only its two limits count. A key written differently
+/// but read the same (a default made explicit) is not reported.
+pub(super) fn needs_restart(
+    before: &toml::Table,
+    now: &toml::Table,
+    old: &Config,
+    new: &Config,
+) -> Vec<String> {
+    fn walk(path: &str, a: Option<&toml::Value>, b: Option<&toml::Value>, out: &mut Vec<String>) {
+        // A table on one side only: each of its keys is a change.
+        let empty = toml::Value::Table(toml::Table::new());
+        let (a, b) = match (a, b) {
+            (None, Some(toml::Value::Table(_))) => (Some(&empty), b),
+            (Some(toml::Value::Table(_)), None) => (a, Some(&empty)),
+            other => other,
+        };
+        match (a, b) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    walk(&format!("{path}.{k}"), a.get(k), b.get(k), out);
+                }
+            }
+            (a, b) if a != b => out.push(path.to_owned()),
+            _ => {}
+        }
+    }
+    let differs = |section: &str| match section {
+        "listen" => old.listen != new.listen,
+        "failover" => old.failover != new.failover,
+        "dialogs" => old.dialogs != new.dialogs,
+        "runtime" => old.runtime != new.runtime,
+        "probe" => old.probe != new.probe,
+        "admin" => old.admin != new.admin,
+        "tcp" => old.tcp != new.tcp,
+        "tls" => old.tls != new.tls,
+        "dns" => old.dns != new.dns,
+        "security" => old.security != new.security,
+        "limits" => old.limits != new.limits,
+        "cluster" => old.cluster != new.cluster,
+        _ => true,
+    };
+    let mut out = Vec::new();
+    let sections: std::collections::BTreeSet<&String> = before.keys().chain(now.keys()).collect();
+    for section in sections {
+        if section == "dispatcher" || !differs(section) {
+            continue;
+        }
+        walk(section, before.get(section), now.get(section), &mut out);
+    }
+    out.retain(|key| {
+        !key.starts_with("tls.")
+            || key == "tls.handshake_timeout"
+            || key == "tls.max_handshakes_per_source"
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> (toml::Table, Config) {
+        (
+            text.parse().unwrap(),
+            config::from_toml(text, "t.toml").unwrap(),
+        )
+    }
+
+    const BASE: &str = "[listen]\nudp = [\"127.0.0.1:5060\"]\nadvertise = \"127.0.0.1\"\n\
+                        [[dispatcher.destination]]\nuri = \"sip:127.0.0.2\"\n";
+
+    #[test]
+    fn needs_restart_names_every_changed_key_outside_dispatcher() {
+        let (t0, c0) = cfg(BASE);
+        let changed = format!(
+            "{}\n[[dispatcher.destination]]\nuri = \"sip:127.0.0.3\"\n\
+             [failover]\nfr_timeout = \"3s\"\n[probe]\ninterval = \"5s\"\nmode = 2\n",
+            BASE.replace("5060", "5070")
+        );
+        let (t1, c1) = cfg(&changed);
+        assert_eq!(
+            needs_restart(&t0, &t1, &c0, &c1),
+            [
+                "failover.fr_timeout",
+                "listen.udp",
+                "probe.interval",
+                "probe.mode"
+            ]
+        );
+        // A default written out is no change; neither is the same file.
+        let (t2, c2) = cfg(&format!("{BASE}[failover]\nfr_timeout = \"2s\"\n"));
+        assert_eq!(needs_restart(&t0, &t2, &c0, &c2), Vec::<String>::new());
+        assert_eq!(needs_restart(&t0, &t0, &c0, &c0), Vec::<String>::new());
+    }
 }
