@@ -1217,6 +1217,63 @@ fn list_entry_problem(e: &crate::dispatcher::list::Entry) -> Option<String> {
     list_entry_transport(e).err()
 }
 
+/// A dispatcher.list line as a sipedge destination, or why it cannot be
+/// one (also what `dispatcher.add` puts in the pool).
+///
+/// # Errors
+/// Why sipedge cannot send to it (a host name, a wildcard address, a
+/// transport it does not speak, a bad `tls_verify`).
+pub fn list_destination(e: &crate::dispatcher::list::Entry) -> Result<Destination, String> {
+    if let Some(problem) = list_entry_problem(e) {
+        return Err(problem);
+    }
+    Ok(destination(e))
+}
+
+fn destination(e: &crate::dispatcher::list::Entry) -> Destination {
+    Destination {
+        uri: SipUri {
+            host: e.host.clone(),
+            port: e.port,
+            transport: list_entry_transport(e).ok().flatten(),
+            sips: e.sips,
+        },
+        priority: e.priority,
+        weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
+        ping_from: e.attrs.ping_from().map(str::to_owned),
+        tcp: false,
+        advertised: Vec::new(),
+        tls_verify: e.attrs.tls_verify() != Some("0"),
+        tls_server_name: e.attrs.tls_server_name().map(str::to_owned),
+        list_flags: e.flags.bits(),
+        attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
+        written: Some(e.uri.clone()),
+    }
+}
+
+/// A violation about `dispatcher.destination[N]` of destinations read from
+/// a list file, as the list line (`lines[N]`) and the reason in the list's
+/// terms.
+fn list_line_of(violation: &Violation, lines: &[usize]) -> Option<(usize, String)> {
+    let index: usize = violation
+        .key
+        .strip_prefix("dispatcher.destination[")?
+        .split(']')
+        .next()?
+        .parse()
+        .ok()?;
+    let line = *lines.get(index)?;
+    let reason = match &violation.rule {
+        Rule::DuplicateDestination { uri, first } => format!(
+            "{uri} is listed twice in the set that takes calls (first on line {}); failover \
+             would retry the same node",
+            lines.get(*first).copied().unwrap_or_default()
+        ),
+        rule => rule.to_string(),
+    };
+    Some((line, reason))
+}
+
 /// The transport of a dispatcher.list URI: its `;transport=`, TLS for a
 /// `sips:` one.
 fn list_entry_transport(
@@ -1276,25 +1333,8 @@ impl Config {
                 parsed.sets()
             )));
         }
-        let destination = |e: &crate::dispatcher::list::Entry| Destination {
-            uri: SipUri {
-                host: e.host.clone(),
-                port: e.port,
-                transport: list_entry_transport(e).ok().flatten(),
-                sips: e.sips,
-            },
-            priority: e.priority,
-            weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
-            ping_from: e.attrs.ping_from().map(str::to_owned),
-            tcp: false,
-            advertised: Vec::new(),
-            tls_verify: e.attrs.tls_verify() != Some("0"),
-            tls_server_name: e.attrs.tls_server_name().map(str::to_owned),
-            list_flags: e.flags.bits(),
-            attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
-        };
         let mut destinations = Vec::with_capacity(entries.len());
-        for e in entries {
+        for &e in &entries {
             if let Some(problem) = list_entry_problem(e) {
                 return Err(err(format!(":{}: {problem}", e.line)));
             }
@@ -1316,17 +1356,24 @@ impl Config {
                 other_sets.push((id, dests));
             }
         }
+        // What the checks below find in a destination, they report on its
+        // line: the operator wrote no `dispatcher.destination[N]`.
+        let lines: Vec<usize> = entries.iter().map(|e| e.line).collect();
         self.dispatcher.destinations = destinations;
         self.dispatcher.other_sets = other_sets;
         self.dispatcher.skipped = skipped;
         self.dispatcher.loaded_from_list = true;
-        self.validate().map_err(|violation| ConfigError::Invalid {
-            at: Location {
-                file: config_file.to_owned(),
-                line: None,
-            },
-            violation: Box::new(violation),
-        })
+        self.validate()
+            .map_err(|violation| match list_line_of(&violation, &lines) {
+                Some((line, reason)) => err(format!(":{line}: {reason}")),
+                None => ConfigError::Invalid {
+                    at: Location {
+                        file: config_file.to_owned(),
+                        line: None,
+                    },
+                    violation: Box::new(violation),
+                },
+            })
     }
 }
 

@@ -97,6 +97,32 @@ enum CtlAction {
         set: u32,
         uri: String,
     },
+    /// dispatcher.set_duid_state STATE SET DUID|all: by the `duid` attribute.
+    SetDuidState {
+        state: String,
+        set: u32,
+        duid: String,
+    },
+    /// dispatcher.add SET URI [FLAGS [PRIORITY [ATTRS]]]: in memory only,
+    /// until the next reload.
+    Add {
+        set: u32,
+        uri: String,
+        #[arg(default_value_t = 0)]
+        flags: u32,
+        #[arg(default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        attrs: Option<String>,
+    },
+    /// dispatcher.remove SET URI: in memory only, until the next reload.
+    Remove { set: u32, uri: String },
+    /// dispatcher.hash COUNT VALUE [VALUE2]: Kamailio's hash and its slot.
+    Hash {
+        #[arg(allow_negative_numbers = true)]
+        count: i32,
+        value: String,
+        value2: Option<String>,
+    },
     /// dispatcher.reload: re-read the destinations and the TLS certificates.
     Reload,
     /// dispatcher.ping_active: `on`, `off`, or nothing to read it.
@@ -290,6 +316,31 @@ fn ctl(url: &str, token_file: Option<&std::path::Path>, action: CtlAction) -> Ex
             CtlAction::SetState { state, set, uri } => {
                 text(client.set_state(&state, set, &uri).await)
             }
+            CtlAction::SetDuidState { state, set, duid } => {
+                text(client.set_duid_state(&state, set, &duid).await)
+            }
+            CtlAction::Add {
+                set,
+                uri,
+                flags,
+                priority,
+                attrs,
+            } => text(
+                client
+                    .add(set, &uri, flags, priority, attrs.as_deref())
+                    .await,
+            ),
+            CtlAction::Remove { set, uri } => text(client.remove(set, &uri).await),
+            CtlAction::Hash {
+                count,
+                value,
+                value2,
+            } => text(
+                client
+                    .hash(count, &value, value2.as_deref())
+                    .await
+                    .map(|h| format!("hashid: {}\nslot: {}", h.hashid, h.slot)),
+            ),
             CtlAction::Reload => text(client.reload().await),
             CtlAction::PingActive { state } => {
                 let on = match state.as_deref() {

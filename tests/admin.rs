@@ -128,6 +128,21 @@ impl Backend for Pool {
                     apply(d);
                     Ok(1)
                 }
+                Target::Duid(duid) => {
+                    let d = members
+                        .into_iter()
+                        .find(|d| {
+                            d.attrs
+                                .as_ref()
+                                .is_some_and(|a| a.duid.eq_ignore_ascii_case(duid))
+                        })
+                        .ok_or_else(|| BackendError::UnknownDuid {
+                            set,
+                            duid: duid.clone(),
+                        })?;
+                    apply(d);
+                    Ok(1)
+                }
             }
         })
     }
@@ -802,7 +817,7 @@ async fn protocol_errors_over_http() {
             json!(null),
         ),
         (
-            r#"{"jsonrpc":"2.0","method":"dispatcher.add","params":[1,"sip:x"],"id":4}"#,
+            r#"{"jsonrpc":"2.0","method":"dispatcher.oclist","params":[1],"id":4}"#,
             500,
             -32601,
             "Method Not Found",

@@ -179,6 +179,31 @@ fn ctl_drains_a_node_and_sighup_reloads_the_list() {
     assert!(!out.status.success());
     assert!(text(&out).contains("500"), "{}", text(&out));
 
+    // ctl add, set-duid-state, remove, hash: the other dispatcher methods.
+    let extra = format!("sip:{}", gateway.local_addr().unwrap());
+    let out = sipedge_ctl(&admin, &["add", "1", &extra, "0", "-2", "duid=gw"]);
+    assert_eq!(text(&out), "Ok. Dispatcher destination added.\n");
+    let out = sipedge_ctl(&admin, &["set-duid-state", "d", "1", "gw"]);
+    assert_eq!(text(&out), "Ok. Dispatcher state updated.\n");
+    let table = text(&sipedge_ctl(&admin, &["list"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&extra) && l.contains("DX") && l.contains("-2")),
+        "{table}"
+    );
+    let out = sipedge_ctl(&admin, &["remove", "1", &extra]);
+    assert_eq!(text(&out), "Ok. Dispatcher destination removed.\n");
+    let out = sipedge_ctl(&admin, &["remove", "1", &extra]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("Removing dispatcher dst failed"),
+        "{}",
+        text(&out)
+    );
+    let out = sipedge_ctl(&admin, &["hash", "10", "abc"]);
+    assert_eq!(text(&out), "hashid: 7167810\nslot: 0\n");
+
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -653,5 +678,72 @@ fn signals_and_idle_clients_leave_the_binary_serving() {
     };
     assert_eq!(status.code(), Some(0), "exit status on SIGQUIT");
     log.wait_for("shutting down");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SIGHUP with a changed list and config (issue 15): one log line per
+/// destination added, removed and changed (saying what changed), and a
+/// warning per changed setting outside `[dispatcher]` that needs a
+/// restart.
+#[test]
+fn sighup_logs_each_destination_change_and_each_setting_it_cannot_apply() {
+    let dir = std::env::temp_dir().join(format!("sipedge-reloadlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let nodes: Vec<UdpSocket> = (0..3)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addr = |i: usize| nodes[i].local_addr().unwrap();
+    let list = dir.join("pool.list");
+    std::fs::write(
+        &list,
+        format!("1 sip:{} 0 10\n1 sip:{} 0 5\n", addr(0), addr(1)),
+    )
+    .unwrap();
+    let cfg = dir.join("sipedge.toml");
+    let toml = |fr: &str| {
+        format!(
+            "[listen]\nudp = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+             [dispatcher]\nalgorithm = \"priority\"\nlist_file = \"pool.list\"\n\
+             [failover]\nfr_timeout = \"{fr}\"\n[probe]\nmode = 0\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n"
+        )
+    };
+    std::fs::write(&cfg, toml("2s")).unwrap();
+    let (child, mut log, [_admin]) = spawn_logging(&cfg, ["admin"]);
+
+    // Node 0: flags 0 -> 8 and priority 10 -> 3; node 1 leaves; node 2
+    // joins; fr_timeout changes.
+    std::fs::write(
+        &list,
+        format!("1 sip:callee@{} 8 3\n1 sip:{} 0 5\n", addr(0), addr(2)),
+    )
+    .unwrap();
+    std::fs::write(&cfg, toml("4s")).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    log.wait_for("dispatcher reloaded from");
+    let all = log.seen.join("\n");
+    let line = |what: &str| {
+        log.seen
+            .iter()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in:\n{all}"))
+            .clone()
+    };
+    let changed = line("reload: destination changed");
+    assert!(
+        changed.contains(&format!("uri sip:{0} -> sip:callee@{0}", addr(0)))
+            && changed.contains("flags 0 -> 8 (state now AP)")
+            && changed.contains("priority 10 -> 3"),
+        "{changed}"
+    );
+    assert!(line("reload: destination added").contains(&format!("sip:{}", addr(2))));
+    assert!(line("reload: destination removed").contains(&format!("sip:{}", addr(1))));
+    assert!(line("failover.fr_timeout changed").contains("restart"));
+    assert_eq!(all.matches("reload: destination").count(), 3, "{all}");
+    assert!(!all.contains("listen.udp"), "unchanged: {all}");
+    stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }

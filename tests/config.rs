@@ -74,6 +74,16 @@ const BAD: &[(&str, &str, &str)] = &[
         "hostname.list:2: sip:fs-b.pool.example:5080: host names are not resolved yet",
     ),
     (
+        "list-duplicate.toml",
+        "dispatcher.list_file",
+        "duplicate.list:5: sip:10.0.1.10:5080 is listed twice in the set that takes calls (first on line 2)",
+    ),
+    (
+        "list-weight-missing.toml",
+        "dispatcher.list_file",
+        "no-weight.list:2: algorithm \"weight\" needs a weight",
+    ),
+    (
         "list-no-such-set.toml",
         "dispatcher.list_file",
         "no destination in set 7 (dispatcher.set); the file has sets [1, 2]",

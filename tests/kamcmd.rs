@@ -520,6 +520,7 @@ impl Kamailio {
                  loadmodule \"dispatcher.so\"\n\
                  modparam(\"ctl\", \"binrpc\", \"unix:{}\")\n\
                  modparam(\"dispatcher\", \"list_file\", \"{}\")\n\
+                 modparam(\"dispatcher\", \"reload_delta\", 0)\n\
                  request_route {{ drop; }}\n",
                 sock.display(),
                 list.display()
@@ -646,6 +647,114 @@ fn kamcmd_prints_the_same_as_against_kamailio() {
         shape(printed(&sipedge, &["core.uptime"])),
         shape(printed(&kamailio.socket, &["core.uptime"]))
     );
+    drop(kamailio);
+    stop(child);
+}
+
+/// `dispatcher.add`, `dispatcher.remove`, `dispatcher.set_duid_state` and
+/// `dispatcher.hash` print the same against Kamailio and sipedge, faults
+/// included, and a reload restores the file on both. Kamailio runs with
+/// `reload_delta` 0: by default it refuses a second add or remove within
+/// 5 s (`Ongoing reload`), which sipedge does not.
+#[test]
+fn kamcmd_add_remove_and_hash_print_the_same_as_against_kamailio() {
+    let dir = TempDir::new("kamcmd-add-vs-kamailio");
+    let nodes: Vec<UdpSocket> = (0..4)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let uri = |i: usize| format!("sip:{}", nodes[i].local_addr().unwrap());
+    // Shown, matched and probed as written (user part and parameters).
+    let written = |i: usize| {
+        format!(
+            "sip:callee@{};transport=udp",
+            nodes[i].local_addr().unwrap()
+        )
+    };
+    let list = dir.0.join("pool.list");
+    std::fs::write(
+        &list,
+        format!("1 {} 0 10\n1 {} 0 5 duid=b\n", uri(0), written(1)),
+    )
+    .unwrap();
+    let kamailio = Kamailio::start(&dir.0, &list);
+    let sock = dir.0.join("sipedge.sock");
+    let cfg = dir.0.join("sipedge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nudp = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+             [dispatcher]\nalgorithm = \"priority\"\nlist_file = \"pool.list\"\n\
+             [probe]\nmode = 0\n\
+             [admin]\nctl = \"unix:{}\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let (child, found) = spawn(&cfg, 1);
+    let sipedge = listening(&found, "unix:").to_owned();
+
+    let (one, two, three) = (written(1), uri(2), written(3));
+    let commands: &[&[&str]] = &[
+        &["dispatcher.hash", "10", "abc"],
+        &["dispatcher.hash", "0", "abc", "def"],
+        &["dispatcher.hash", "7", "h\u{e9}llo w\u{f6}rld", "x"],
+        &["dispatcher.hash", "3", "s:42"],
+        &["dispatcher.hash"],
+        &["dispatcher.hash", "3"],
+        &["dispatcher.add", "1", &two],
+        &["dispatcher.add", "1", &three, "0", "7", "duid=c;weight=5"],
+        &["dispatcher.list"],
+        &["dispatcher.set_state", "tp", "1", &one],
+        &["dispatcher.set_state", "ip", "1", &one.to_uppercase()],
+        &["dispatcher.list", "short"],
+        &["dispatcher.set_duid_state", "ip", "1", "c"],
+        &["dispatcher.set_duid_state", "d", "1", "B"],
+        &["dispatcher.set_duid_state", "i", "1", "nope"],
+        &["dispatcher.set_duid_state", "i", "9", "b"],
+        &["dispatcher.set_duid_state", "1", "b"],
+        &["dispatcher.list"],
+        &["dispatcher.remove", "1", &two],
+        &["dispatcher.remove", "1", &three],
+        &["dispatcher.list", "short"],
+        &["dispatcher.add"],
+        &["dispatcher.add", "1"],
+        &["dispatcher.add", "x", "y"],
+        &["dispatcher.remove", "1"],
+        // Kamailio's reload resets states; sipedge keeps those of the
+        // nodes that stay: back to the file's first.
+        &["dispatcher.set_state", "a", "1", "all"],
+        &["dispatcher.reload"],
+        &["dispatcher.list"],
+    ];
+    for args in commands {
+        assert_eq!(
+            printed(&sipedge, args),
+            printed(&kamailio.socket, args),
+            "kamcmd {args:?}"
+        );
+    }
+    // Where sipedge refuses what Kamailio silently accepts.
+    let refusals: &[(&[&str], &str)] = &[
+        (
+            &["dispatcher.remove", "1", &two],
+            "Removing dispatcher dst failed",
+        ),
+        (
+            &["dispatcher.add", "1", &uri(0)],
+            "Adding dispatcher dst failed",
+        ),
+        (
+            &["dispatcher.add", "1", "sip:fs.invalid"],
+            "Adding dispatcher dst failed",
+        ),
+    ];
+    for (args, fault) in refusals {
+        assert_eq!(
+            printed(&sipedge, args),
+            format!("error: 500 - {fault}\n"),
+            "kamcmd {args:?}"
+        );
+    }
     drop(kamailio);
     stop(child);
 }

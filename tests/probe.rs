@@ -496,3 +496,51 @@ async fn mode_0_with_unflagged_nodes_probes_none_and_a_node_taken_out_is_strande
     assert!(proxy.metrics().encode().contains(&format!("{series} 0")));
     cancel.cancel();
 }
+
+/// A list URI with a user part and parameters is kept as written
+/// (issue 15): `dispatcher.list` shows it, `set_state` finds it by it (and
+/// by its normalised form), and the OPTIONS probe's Request-URI keeps the
+/// user, as Kamailio sends it; calls still go to its host and port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_uri_with_a_user_is_shown_matched_and_probed_as_written() {
+    let n0 = Peer::bind("node0").await;
+    let (proxy, cancel) = from_list(
+        "written",
+        "1 sip:callee@{0};transport=udp 8 10\n",
+        &[&n0],
+        "[probe]\ninterval = \"200ms\"\ntimeout = \"150ms\"\n",
+    )
+    .await;
+    let written = format!("sip:callee@{};transport=udp", n0.addr);
+    let probe = n0.recv_request("OPTIONS").await;
+    assert_eq!(
+        probe.first_line(),
+        format!("OPTIONS {written} SIP/2.0"),
+        "the probe keeps the user part"
+    );
+    n0.send(reply(&probe, 200, "OK", None), probe.from).await;
+
+    use sipedge::admin::{Backend, Target};
+    let listed: Vec<String> = proxy.destinations().into_iter().map(|d| d.uri).collect();
+    assert_eq!(listed, std::slice::from_ref(&written));
+    let drain = "d".parse().unwrap();
+    // The normalised form: no user, the transport kept.
+    for name in [
+        written.to_uppercase(),
+        format!("sip:{};transport=udp", n0.addr),
+    ] {
+        assert_eq!(
+            Backend::set_state(&*proxy, 1, &Target::Uri(name.clone()), drain).unwrap(),
+            1,
+            "{name}"
+        );
+    }
+    assert!(Backend::set_state(
+        &*proxy,
+        1,
+        &Target::Uri(format!("sip:other@{}", n0.addr)),
+        drain
+    )
+    .is_err());
+    cancel.cancel();
+}

@@ -512,8 +512,9 @@ pub fn to_json(record: &Record) -> Value {
 ///   this wire; an object element of it contributes its members (what
 ///   `struct_add` on an array handle writes, e.g. each `SET` of
 ///   `dispatcher.list`), any other element is an unnamed member.
-/// - Integers that fit 32 bits are integers, other numbers doubles (as
-///   Kamailio sends its `long` values); booleans are 0 or 1; null is
+/// - Integers that fit 32 bits are integers (from 2^31 to 2^32 - 1 as
+///   their 32 bits, signed, as Kamailio sends an `unsigned int`), other
+///   numbers doubles (as Kamailio sends its `long` values); booleans are 0 or 1; null is
 ///   Kamailio's `<null string>`.
 pub fn from_result(result: &Ordered) -> Vec<Record> {
     match result {
@@ -526,7 +527,13 @@ fn record_of(value: &Ordered) -> Record {
     match value {
         Ordered::Null => Record::Str("<null string>".into()),
         Ordered::Bool(b) => Record::Int(i32::from(*b)),
-        Ordered::Int(n) => i32::try_from(*n).map_or(Record::Double(*n as f64), Record::Int),
+        Ordered::Int(n) => match (i32::try_from(*n), u32::try_from(*n)) {
+            (Ok(i), _) => Record::Int(i),
+            // Kamailio's `u` (unsigned int, `dispatcher.hash`'s hashid)
+            // goes out as the same 32 bits, read back as signed.
+            (_, Ok(u)) => Record::Int(u as i32),
+            _ => Record::Double(*n as f64),
+        },
         Ordered::Float(f) => Record::Double(*f),
         Ordered::Str(s) => Record::Str(s.clone()),
         Ordered::Map(members) => Record::Struct(

@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
-use super::rpc::{method, ErrorObject, ListResult, PingState};
+use super::rpc::{method, ErrorObject, HashResult, ListResult, PingState};
 use crate::dispatcher::health::{SetState, SetStateError, State};
 
 /// How long one call may take, connect to last byte, unless changed with
@@ -240,6 +240,61 @@ impl Client {
             .call(method::SET_STATE, json!([state, set, uri]))
             .await?;
         Ok(confirmation(result))
+    }
+
+    /// `dispatcher.set_duid_state <state> <set> <duid|all>`; returns the
+    /// server's confirmation text. The state is checked here first.
+    pub async fn set_duid_state(
+        &self,
+        state: &str,
+        set: u32,
+        duid: &str,
+    ) -> Result<String, CtlError> {
+        SetState::parse(state)?;
+        let result = self
+            .call(method::SET_DUID_STATE, json!([state, set, duid]))
+            .await?;
+        Ok(confirmation(result))
+    }
+
+    /// `dispatcher.add <set> <uri> [flags [priority [attrs]]]`, in memory
+    /// until the next reload; returns the server's confirmation text.
+    pub async fn add(
+        &self,
+        set: u32,
+        uri: &str,
+        flags: u32,
+        priority: i32,
+        attrs: Option<&str>,
+    ) -> Result<String, CtlError> {
+        let params = match attrs {
+            Some(attrs) => json!([set, uri, flags, priority, attrs]),
+            None => json!([set, uri, flags, priority]),
+        };
+        let result = self.call(method::ADD, params).await?;
+        Ok(confirmation(result))
+    }
+
+    /// `dispatcher.remove <set> <uri>`, in memory until the next reload;
+    /// returns the server's confirmation text.
+    pub async fn remove(&self, set: u32, uri: &str) -> Result<String, CtlError> {
+        let result = self.call(method::REMOVE, json!([set, uri])).await?;
+        Ok(confirmation(result))
+    }
+
+    /// `dispatcher.hash <count> <value> [value2]`.
+    pub async fn hash(
+        &self,
+        count: i32,
+        value: &str,
+        value2: Option<&str>,
+    ) -> Result<HashResult, CtlError> {
+        let params = match value2 {
+            Some(v2) => json!([count, value, v2]),
+            None => json!([count, value]),
+        };
+        let result = self.call(method::HASH, params).await?;
+        self.decode(result)
     }
 
     /// `dispatcher.reload`; returns the server's confirmation text.

@@ -113,6 +113,32 @@ pub trait Backend: Send + Sync + 'static {
     /// reports as `OldPingState`.
     fn ping_active(&self, set: Option<bool>) -> bool;
 
+    /// `dispatcher.add`: puts `entry` (its set, URI, flags, priority and
+    /// attributes) in the pool, in memory only: the next reload re-reads
+    /// the file. Sipedge cannot do it without a proxy behind, hence the
+    /// default.
+    ///
+    /// # Errors
+    /// [`BackendError::ReloadInProgress`] while a reload runs;
+    /// [`BackendError::Refused`] with the reason (a destination sipedge
+    /// cannot use, one the set already has).
+    fn add_destination(&self, entry: &crate::dispatcher::list::Entry) -> Result<(), BackendError> {
+        let _ = entry;
+        Err(BackendError::Refused("no pool to add to".into()))
+    }
+
+    /// `dispatcher.remove`: takes every destination of set `set` with URI
+    /// `uri` out of the pool, in memory only; returns how many.
+    ///
+    /// # Errors
+    /// [`BackendError::ReloadInProgress`] while a reload runs;
+    /// [`BackendError::Refused`] when nothing matches, or it would empty
+    /// the set that takes calls.
+    fn remove_destination(&self, set: u32, uri: &str) -> Result<usize, BackendError> {
+        let _ = (set, uri);
+        Err(BackendError::Refused("no pool to remove from".into()))
+    }
+
     /// Counts something the listener refused or cut short (a request
     /// without the token, a connection closed at the cap). The proxy puts
     /// it in `sipedge_admin_events_total`; by default it is not counted.
@@ -199,6 +225,10 @@ pub enum Target {
     Uri(String),
     /// `all`: every destination of the set.
     All,
+    /// `dispatcher.set_duid_state`: the first destination of the set whose
+    /// `duid` attribute is this, ignoring ASCII case (Kamailio's
+    /// `ds_reinit_duid_state`).
+    Duid(String),
 }
 
 impl Target {
@@ -218,6 +248,7 @@ impl fmt::Display for Target {
         match self {
             Target::Uri(uri) => f.write_str(uri),
             Target::All => f.write_str("all"),
+            Target::Duid(duid) => write!(f, "duid={duid}"),
         }
     }
 }
@@ -230,8 +261,13 @@ pub enum BackendError {
     UnknownSet(u32),
     #[error("destination {uri} not found in set {set}")]
     UnknownDestination { set: u32, uri: String },
+    #[error("destination duid {duid} not found in set {set}")]
+    UnknownDuid { set: u32, duid: String },
     #[error("a reload is already in progress")]
     ReloadInProgress,
+    /// `dispatcher.add` or `dispatcher.remove` changed nothing; why.
+    #[error("{0}")]
+    Refused(String),
     /// The new list was refused; the source says why (e.g. the list
     /// file's line and reason).
     #[error("reload failed: {0}")]

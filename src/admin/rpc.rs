@@ -3,8 +3,10 @@
 //!
 //! Read against Kamailio's `dispatcher.c` (`dispatcher_rpc_list`,
 //! `ds_rpc_print_set`, `dispatcher_rpc_set_state_helper`,
-//! `dispatcher_rpc_reload`, `dispatcher_rpc_ping_active`), `dispatch.c`
-//! (`ds_reinit_state`, `ds_reinit_state_all`) and `jsonrpcs_mod.c`
+//! `dispatcher_rpc_reload`, `dispatcher_rpc_ping_active`,
+//! `dispatcher_rpc_add`, `dispatcher_rpc_remove`, `dispatcher_rpc_hash`),
+//! `dispatch.c` (`ds_get_hash`, `ds_reinit_duid_state`,
+//! `ds_reinit_state`, `ds_reinit_state_all`) and `jsonrpcs_mod.c`
 //! (`jsonrpc_fault`, `jsonrpc_send`, `jsonrpc_scan`, its error table).
 //!
 //! # Methods
@@ -14,6 +16,10 @@
 //! | `dispatcher.set_state`   | `[state, set, uri or "all"]`    | `"Ok. Dispatcher state updated."`        |
 //! | `dispatcher.reload`      | `[]`                            | `"Ok. Dispatcher successfully reloaded."`|
 //! | `dispatcher.ping_active` | `[]` (query) or `[0]`/`[1]`     | `{"NewPingState":1,"OldPingState":0}`    |
+//! | `dispatcher.set_duid_state` | `[state, set, duid or "all"]`| `"Ok. Dispatcher state updated."`        |
+//! | `dispatcher.add`         | `[set, uri, flags?, priority?, attrs?]` | `"Ok. Dispatcher destination added."` |
+//! | `dispatcher.remove`      | `[set, uri]`                    | `"Ok. Dispatcher destination removed."`  |
+//! | `dispatcher.hash`        | `[count, value, value2?]`       | `{"hashid":u32,"slot":hashid % count}`   |
 //! | `core.uptime`            | `[]`                            | `{"now":..,"up_since":..,"uptime":secs}` |
 //! | `core.version`           | `[]`                            | `"sipedge 0.1.0 (x86_64/linux)"`         |
 //! | `core.echo`              | any strings or numbers          | the same, as strings, in an array        |
@@ -37,7 +43,8 @@
 //! # Faults
 //! Method faults are Kamailio's: code 500 and its message (`No
 //! Destination Sets`, `Invalid State Parameter`, `Unknown State Value`,
-//! `State Update Failed`, `Reload Failed`, `Ongoing reload`), plus a
+//! `State Update Failed`, `Reload Failed`, `Ongoing reload`, `Adding
+//! dispatcher dst failed`, `Removing dispatcher dst failed`), plus a
 //! `data` string saying what exactly was wrong, which Kamailio does not
 //! give. Protocol faults use the JSON-RPC 2.0 codes with the messages of
 //! Kamailio's error table: -32700 `Parse Error`, -32600 `Invalid Request`,
@@ -62,6 +69,14 @@
 //! - A request without `id` is a notification: it is carried out and
 //!   answered with HTTP 204 and no body (JSON-RPC 2.0); Kamailio answers
 //!   it.
+//! - `dispatcher.add` and `dispatcher.remove` are not throttled by
+//!   Kamailio's `reload_delta` (5 s between two of them, `Ongoing
+//!   reload`); only one runs at a time. `add` refuses what a list line
+//!   would be refused for, a destination sipedge cannot use, and one the
+//!   set already has (Kamailio says `Ok` and adds nothing, or a
+//!   duplicate); `remove` refuses a URI the set does not have (Kamailio
+//!   says `Ok`) and the last destination of the set that takes calls.
+//!   Both change memory only, as in Kamailio: a reload restores the file.
 //! - Batches (a JSON array) are refused with -32600; Kamailio cannot parse
 //!   them either.
 //!
@@ -83,6 +98,10 @@ pub mod method {
     pub const SET_STATE: &str = "dispatcher.set_state";
     pub const RELOAD: &str = "dispatcher.reload";
     pub const PING_ACTIVE: &str = "dispatcher.ping_active";
+    pub const SET_DUID_STATE: &str = "dispatcher.set_duid_state";
+    pub const ADD: &str = "dispatcher.add";
+    pub const REMOVE: &str = "dispatcher.remove";
+    pub const HASH: &str = "dispatcher.hash";
     pub const CORE_UPTIME: &str = "core.uptime";
     pub const CORE_VERSION: &str = "core.version";
     pub const CORE_ECHO: &str = "core.echo";
@@ -114,6 +133,8 @@ pub mod message {
     pub const STATE_UPDATE_FAILED: &str = "State Update Failed";
     pub const RELOAD_FAILED: &str = "Reload Failed";
     pub const ONGOING_RELOAD: &str = "Ongoing reload";
+    pub const ADD_FAILED: &str = "Adding dispatcher dst failed";
+    pub const REMOVE_FAILED: &str = "Removing dispatcher dst failed";
     pub const METHOD_NAME_EXPECTED: &str = "Method Name Expected";
     pub const COMMAND_NOT_FOUND: &str = "command not found";
 }
@@ -123,6 +144,18 @@ pub mod message {
 pub const SET_STATE_OK: &str = "Ok. Dispatcher state updated.";
 /// `dispatcher.reload`'s result (Kamailio 5.5 and later).
 pub const RELOAD_OK: &str = "Ok. Dispatcher successfully reloaded.";
+/// `dispatcher.add`'s result.
+pub const ADD_OK: &str = "Ok. Dispatcher destination added.";
+/// `dispatcher.remove`'s result.
+pub const REMOVE_OK: &str = "Ok. Dispatcher destination removed.";
+
+/// The `dispatcher.hash` result: Kamailio's hash of the values and the
+/// slot it picks among `COUNT` (0 when `COUNT` is not positive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashResult {
+    pub hashid: u32,
+    pub slot: u32,
+}
 
 /// The `dispatcher.list` result. Field order is Kamailio's; unknown fields
 /// (Kamailio's `LATENCY`, `RUNTIME`, `full` extras) are ignored when
@@ -242,6 +275,7 @@ enum RpcResult {
     List(ListResult),
     Text(&'static str),
     Ping(PingState),
+    Hash(HashResult),
     Uptime(Uptime),
     /// Several values: Kamailio's `rpc->add` called once per value.
     Strings(Vec<String>),
@@ -414,6 +448,26 @@ const METHODS: &[Method] = &[
         name: method::PING_ACTIVE,
         help: "Query or set the global probing switch: [0|1]",
         run: |p, b| ping_active(p, b).map(RpcResult::Ping),
+    },
+    Method {
+        name: method::SET_DUID_STATE,
+        help: "Set the state of a destination by duid: state set-id duid|all",
+        run: |p, b| set_state_by(p, b, true).map(RpcResult::Text),
+    },
+    Method {
+        name: method::ADD,
+        help: "Add a destination in memory: set-id uri [flags [priority [attrs]]]",
+        run: |p, b| add(p, b).map(RpcResult::Text),
+    },
+    Method {
+        name: method::REMOVE,
+        help: "Remove a destination from memory: set-id uri",
+        run: |p, b| remove(p, b).map(RpcResult::Text),
+    },
+    Method {
+        name: method::HASH,
+        help: "Compute the hash of the values: count value1 [value2]",
+        run: |p, _| hash(p).map(RpcResult::Hash),
     },
     Method {
         name: method::CORE_UPTIME,
@@ -656,10 +710,22 @@ fn build_list(destinations: Vec<DestinationView>, mode: ListMode) -> ListResult 
 const MAX_SET_ID: u64 = i32::MAX as u64;
 
 fn set_state(params: &[Value], backend: &dyn Backend) -> Result<&'static str, ErrorObject> {
+    set_state_by(params, backend, false)
+}
+
+/// `dispatcher.set_state` (`by_duid` false) and `dispatcher.set_duid_state`
+/// (true): Kamailio's `dispatcher_rpc_set_state_helper`, same arguments.
+fn set_state_by(
+    params: &[Value],
+    backend: &dyn Backend,
+    by_duid: bool,
+) -> Result<&'static str, ErrorObject> {
     let [state, set, target] = params else {
-        return Err(ErrorObject::invalid_params(
-            "expected [state, set id, destination URI or \"all\"]",
-        ));
+        return Err(ErrorObject::invalid_params(if by_duid {
+            "expected [state, set id, duid or \"all\"]"
+        } else {
+            "expected [state, set id, destination URI or \"all\"]"
+        }));
     };
     let state_text = match state {
         Value::String(s) => s.clone(),
@@ -682,7 +748,10 @@ fn set_state(params: &[Value], backend: &dyn Backend) -> Result<&'static str, Er
         SetStateError::Empty => ErrorObject::fault(message::INVALID_STATE, e.to_string()),
         SetStateError::UnknownState(_) => ErrorObject::fault(message::UNKNOWN_STATE, e.to_string()),
     })?;
-    let target = Target::parse(target);
+    let target = match Target::parse(target) {
+        Target::Uri(duid) if by_duid => Target::Duid(duid),
+        target => target,
+    };
     match backend.set_state(set, &target, state) {
         Ok(count) => {
             tracing::info!(
@@ -757,6 +826,149 @@ fn ping_active(params: &[Value], backend: &dyn Backend) -> Result<PingState, Err
         new: new.map(i64::from),
         old: i64::from(old),
     })
+}
+
+/// A set id (Kamailio's `d`): 0 to 2147483647.
+fn set_id(value: &Value) -> Result<u32, ErrorObject> {
+    integer(value)
+        .filter(|&n| n <= MAX_SET_ID)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            ErrorObject::invalid_params("set id must be an integer from 0 to 2147483647")
+        })
+}
+
+/// A signed 32-bit integer (Kamailio's `d`), as a JSON number or a string
+/// of digits with an optional `-`.
+fn int32(value: &Value) -> Option<i32> {
+    match value {
+        Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+        Value::String(s) => {
+            let digits = s.strip_prefix('-').unwrap_or(s);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// A string argument (Kamailio's `S`): a number is read as its digits, as
+/// kamcmd sends `123` as an integer.
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `dispatcher.add SET URI [FLAGS [PRIORITY [ATTRS]]]` (Kamailio's
+/// `dS*ddS`): checked as a list line with those fields would be.
+fn add(params: &[Value], backend: &dyn Backend) -> Result<&'static str, ErrorObject> {
+    const USAGE: &str = "expected [set id, URI, flags?, priority?, attributes?]";
+    if !(2..=5).contains(&params.len()) {
+        return Err(ErrorObject::invalid_params(USAGE));
+    }
+    let set = set_id(&params[0])?;
+    let Some(Value::String(uri)) = params.get(1) else {
+        return Err(ErrorObject::invalid_params("the URI must be a string"));
+    };
+    let flags = match params.get(2) {
+        None => 0,
+        Some(v) => integer(v)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n <= MAX_SET_ID as u32)
+            .ok_or_else(|| {
+                ErrorObject::invalid_params("flags must be an integer from 0 to 2147483647")
+            })?,
+    };
+    let priority = match params.get(3) {
+        None => 0,
+        Some(v) => int32(v)
+            .ok_or_else(|| ErrorObject::invalid_params("priority must be a 32-bit integer"))?,
+    };
+    let attrs = match params.get(4) {
+        None => String::new(),
+        Some(v) => {
+            text(v).ok_or_else(|| ErrorObject::invalid_params("attributes must be a string"))?
+        }
+    };
+    let refused = |why: String| {
+        tracing::warn!(set, uri = %Escaped(uri), error = %Escaped(&why), "dispatcher.add refused");
+        ErrorObject::fault(message::ADD_FAILED, why)
+    };
+    let entry = crate::dispatcher::list::Entry::from_fields(set, uri, flags, priority, &attrs)
+        .map_err(|e| refused(e.to_string()))?;
+    match backend.add_destination(&entry) {
+        Ok(()) => {
+            tracing::info!(
+                set,
+                uri = %Escaped(&entry.uri),
+                flags,
+                priority,
+                attrs = %Escaped(&attrs),
+                "dispatcher.add: destination added (in memory until the next reload)"
+            );
+            Ok(ADD_OK)
+        }
+        Err(BackendError::ReloadInProgress) => Err(ErrorObject::fault(
+            message::ONGOING_RELOAD,
+            BackendError::ReloadInProgress.to_string(),
+        )),
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+/// `dispatcher.remove SET URI` (Kamailio's `dS`).
+fn remove(params: &[Value], backend: &dyn Backend) -> Result<&'static str, ErrorObject> {
+    let [set, uri] = params else {
+        return Err(ErrorObject::invalid_params("expected [set id, URI]"));
+    };
+    let set = set_id(set)?;
+    let Value::String(uri) = uri else {
+        return Err(ErrorObject::invalid_params("the URI must be a string"));
+    };
+    match backend.remove_destination(set, uri) {
+        Ok(count) => {
+            tracing::info!(
+                set,
+                uri = %Escaped(uri),
+                count,
+                "dispatcher.remove: destination removed (in memory until the next reload)"
+            );
+            Ok(REMOVE_OK)
+        }
+        Err(BackendError::ReloadInProgress) => Err(ErrorObject::fault(
+            message::ONGOING_RELOAD,
+            BackendError::ReloadInProgress.to_string(),
+        )),
+        Err(e) => {
+            tracing::warn!(set, uri = %Escaped(uri), error = %Escaped(&e.to_string()), "dispatcher.remove refused");
+            Err(ErrorObject::fault(message::REMOVE_FAILED, e.to_string()))
+        }
+    }
+}
+
+/// `dispatcher.hash COUNT VALUE1 [VALUE2]` (Kamailio's `dS*S`).
+fn hash(params: &[Value]) -> Result<HashResult, ErrorObject> {
+    if !(2..=3).contains(&params.len()) {
+        return Err(ErrorObject::invalid_params(
+            "expected [slot count, value, second value?]",
+        ));
+    }
+    let count = int32(&params[0])
+        .ok_or_else(|| ErrorObject::invalid_params("slot count must be a 32-bit integer"))?;
+    let values = params[1..]
+        .iter()
+        .map(text)
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| ErrorObject::invalid_params("values must be strings"))?;
+    let second = values.get(1).map_or("", String::as_str);
+    let hashid = crate::dispatcher::kamailio_hash(values[0].as_bytes(), second.as_bytes());
+    let slot = u32::try_from(count).map_or(0, |n| if n > 0 { hashid % n } else { 0 });
+    Ok(HashResult { hashid, slot })
 }
 
 /// A non-negative integer given as a JSON number or a string of ASCII
@@ -840,6 +1052,32 @@ mod tests {
             }
             old
         }
+        fn add_destination(&self, e: &crate::dispatcher::list::Entry) -> Result<(), BackendError> {
+            self.calls.lock().unwrap().push(format!(
+                "add {} {} {} {} {}",
+                e.set_id,
+                e.uri,
+                e.flags.bits(),
+                e.priority,
+                e.attrs
+            ));
+            if e.uri.contains("busy") {
+                return Err(BackendError::ReloadInProgress);
+            }
+            Ok(())
+        }
+        fn remove_destination(&self, set: u32, uri: &str) -> Result<usize, BackendError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("remove {set} {uri}"));
+            if uri.contains("nope") {
+                return Err(BackendError::Refused(format!(
+                    "destination {uri} not found in set {set}"
+                )));
+            }
+            Ok(1)
+        }
     }
 
     fn dest(set: u32, uri: &str, flags: u32, priority: i32) -> DestinationView {
@@ -877,6 +1115,156 @@ mod tests {
             answer["error"]["code"].as_i64().unwrap(),
             answer["error"]["message"].as_str().unwrap(),
         )
+    }
+
+    fn call_with(fake: &Fake, method: &str, params: &str) -> Value {
+        run(
+            fake,
+            &format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params},"id":1}}"#),
+        )
+        .1
+    }
+
+    #[test]
+    fn add_reads_kamailios_arguments() {
+        let fake = Fake::new(pool());
+        for (params, call) in [
+            (
+                r#"[1,"sip:10.0.1.12:5080"]"#,
+                "add 1 sip:10.0.1.12:5080 0 0 ",
+            ),
+            (r#"["2","10.0.1.12",8]"#, "add 2 sip:10.0.1.12 8 0 "),
+            (
+                r#"[1,"sip:u@10.0.1.12;transport=tcp",8,-3,"duid=x;weight=5"]"#,
+                "add 1 sip:u@10.0.1.12;transport=tcp 8 -3 duid=x;weight=5",
+            ),
+        ] {
+            let answer = call_with(&fake, method::ADD, params);
+            assert_eq!(answer["result"], ADD_OK, "{params}");
+            assert_eq!(fake.calls().last().unwrap(), call);
+        }
+        let before = fake.calls().len();
+        for bad in [
+            "[]",
+            "[1]",
+            r#"["x","sip:10.0.1.12"]"#,
+            r#"[1,5]"#,
+            r#"[1,"sip:a",-1]"#,
+            r#"[1,"sip:a",1,"x"]"#,
+            r#"[1,"sip:a",1,1,"a",6]"#,
+        ] {
+            let answer = call_with(&fake, method::ADD, bad);
+            assert_eq!(
+                error_of(&answer),
+                (code::INVALID_PARAMS, message::INVALID_PARAMS),
+                "{bad}"
+            );
+        }
+        // A line Kamailio would mangle, or one the backend refuses.
+        for (bad, data) in [
+            (
+                r#"[1,"tel:123"]"#,
+                "destination \"tel:123\" is not a sip: or sips: URI",
+            ),
+            (
+                r#"[1,"sip:a b"]"#,
+                "destination \"sip:a b\" is not a valid SIP URI",
+            ),
+            (
+                r#"[1,"sip:10.0.0.1",0,0,"weight=500"]"#,
+                "weight \"500\" is not an integer from 0 to 100",
+            ),
+        ] {
+            let answer = call_with(&fake, method::ADD, bad);
+            assert_eq!(error_of(&answer), (500, message::ADD_FAILED), "{bad}");
+            assert_eq!(answer["error"]["data"], data);
+        }
+        assert_eq!(fake.calls().len(), before);
+        let answer = call_with(&fake, method::ADD, r#"[1,"sip:busy@10.0.0.1"]"#);
+        assert_eq!(error_of(&answer), (500, message::ONGOING_RELOAD));
+    }
+
+    #[test]
+    fn remove_reads_kamailios_arguments() {
+        let fake = Fake::new(pool());
+        let answer = call_with(&fake, method::REMOVE, r#"["1","sip:10.0.1.11:5080"]"#);
+        assert_eq!(answer["result"], REMOVE_OK);
+        assert_eq!(fake.calls(), ["remove 1 sip:10.0.1.11:5080"]);
+        let answer = call_with(&fake, method::REMOVE, r#"[1,"sip:nope"]"#);
+        assert_eq!(error_of(&answer), (500, message::REMOVE_FAILED));
+        assert_eq!(
+            answer["error"]["data"],
+            "destination sip:nope not found in set 1"
+        );
+        for bad in [
+            "[]",
+            "[1]",
+            r#"[1,"sip:a","b"]"#,
+            r#"["a","sip:a"]"#,
+            "[1,2]",
+        ] {
+            let answer = call_with(&fake, method::REMOVE, bad);
+            assert_eq!(
+                error_of(&answer),
+                (code::INVALID_PARAMS, message::INVALID_PARAMS),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn set_duid_state_names_the_duid() {
+        let fake = Fake::new(pool());
+        let answer = call_with(&fake, method::SET_DUID_STATE, r#"["ip",2,"fs-c"]"#);
+        assert_eq!(answer["result"], SET_STATE_OK);
+        let answer = call_with(&fake, method::SET_DUID_STATE, r#"["d",2,"all"]"#);
+        assert_eq!(answer["result"], SET_STATE_OK);
+        assert_eq!(
+            fake.calls(),
+            [
+                "set_state 2 duid=fs-c inactive Some(true)",
+                "set_state 2 all disabled Some(false)"
+            ]
+        );
+        let answer = call_with(&fake, method::SET_DUID_STATE, r#"["ip",2]"#);
+        assert_eq!(
+            error_of(&answer),
+            (code::INVALID_PARAMS, message::INVALID_PARAMS)
+        );
+    }
+
+    /// Kamailio 5.6.3's answers, from `kamcmd dispatcher.hash`.
+    #[test]
+    fn hash_is_kamailios() {
+        let fake = Fake::new(pool());
+        let answer = call_with(&fake, method::HASH, r#"[10,"abc"]"#);
+        assert_eq!(answer["result"], json!({"hashid": 7_167_810, "slot": 0}));
+        let answer = call_with(&fake, method::HASH, r#"[0,"abc","def"]"#);
+        assert_eq!(answer["result"], json!({"hashid": 14_047_601, "slot": 0}));
+        let answer = call_with(&fake, method::HASH, r#"["7","héllo wörld","x"]"#);
+        assert_eq!(
+            answer["result"],
+            json!({"hashid": 2_820_193_995_u32, "slot": 3})
+        );
+        // A number is read as its digits; a negative count picks slot 0.
+        assert_eq!(
+            call_with(&fake, method::HASH, r#"[-4,123]"#)["result"],
+            call_with(&fake, method::HASH, r#"[0,"123"]"#)["result"]
+        );
+        for bad in [
+            "[]",
+            "[3]",
+            r#"["x","a"]"#,
+            r#"[3,"a","b","c"]"#,
+            r#"[3,{}]"#,
+        ] {
+            let answer = call_with(&fake, method::HASH, bad);
+            assert_eq!(
+                error_of(&answer),
+                (code::INVALID_PARAMS, message::INVALID_PARAMS),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

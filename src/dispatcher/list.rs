@@ -533,6 +533,53 @@ fn parse_line(raw: &str) -> Result<Option<Entry>, Reason> {
     }))
 }
 
+impl Entry {
+    /// A destination given field by field, as `dispatcher.add` takes it
+    /// (set, URI, flags, priority, attributes), checked like a list line:
+    /// the same URI rules (`sip:` added to a scheme-less one), flags range
+    /// and attribute syntax. `line` is 0: it comes from no file.
+    ///
+    /// # Errors
+    /// The [`Reason`] a list line with these fields would get.
+    pub fn from_fields(
+        set_id: u32,
+        uri: &str,
+        flags: u32,
+        priority: i32,
+        attrs: &str,
+    ) -> Result<Entry, Reason> {
+        if set_id > MAX_INT {
+            return Err(Reason::SetIdOutOfRange(set_id.to_string()));
+        }
+        if flags > MAX_INT {
+            return Err(Reason::FlagsOutOfRange(flags.to_string()));
+        }
+        // A blank or `#` cannot be in a list line's URI either.
+        if uri.contains(|c: char| is_blank(c) || c == '#' || c == '\n') {
+            return Err(Reason::BadUri(uri.to_owned()));
+        }
+        let dest = parse_destination(uri)?;
+        let attrs = attrs.trim_matches(is_blank);
+        let attrs = if attrs.is_empty() {
+            Attrs::default()
+        } else {
+            Attrs::parse(attrs)?
+        };
+        Ok(Entry {
+            line: 0,
+            set_id,
+            uri: dest.uri,
+            scheme_added: dest.scheme_added,
+            sips: dest.sips,
+            host: dest.host,
+            port: dest.port,
+            flags: Flags(flags),
+            priority,
+            attrs,
+        })
+    }
+}
+
 /// A set id or flags value: decimal digits, at most `i32::MAX`.
 fn parse_int_field(
     text: &str,

@@ -79,7 +79,15 @@ struct Node {
     /// Canonical (IPv4-mapped IPv6 folded to IPv4), so [`Dispatcher::find`]
     /// is a plain comparison.
     addr: SocketAddr,
+    /// Normalised (`sip:HOST:PORT` and the transport): metrics labels,
+    /// the shared registry, carrying health across a reload.
     uri: String,
+    /// As written in the list file (see `Destination::written`), else
+    /// `uri`.
+    written: String,
+    /// The flags column it was loaded with: a reload that changes it
+    /// starts the node from the new flags.
+    list_flags: u32,
     priority: i32,
     /// Probe and call outcomes; a lock-free read says whether new calls
     /// may go here.
@@ -159,12 +167,19 @@ impl Dispatcher {
                 Host::Ip(ip) => Ok(Node {
                     addr: canonical(SocketAddr::new(*ip, dest.uri.port_or_default())),
                     uri: dest.uri.to_string(),
+                    written: dest.written.clone().unwrap_or_else(|| dest.uri.to_string()),
                     priority: dest.priority,
+                    list_flags: dest.list_flags,
+                    // A node that stays keeps its health (state, streaks,
+                    // a probe in flight), unless its flags column changed:
+                    // then it starts from the new flags (0 -> 8 starts
+                    // probing it), as a new node does.
                     health: previous
                         .and_then(|p| {
                             let uri = dest.uri.to_string();
                             p.nodes.iter().find(|n| n.uri == uri)
                         })
+                        .filter(|n| n.list_flags == dest.list_flags)
                         .map_or_else(
                             || {
                                 std::sync::Arc::new(SharedHealth::new(health::Health::new(
@@ -243,6 +258,32 @@ impl Dispatcher {
     /// If `i >= len()`.
     pub fn uri(&self, i: usize) -> &str {
         &self.nodes[i].uri
+    }
+
+    /// Node `i`'s URI as the list file wrote it, user part and parameters
+    /// kept (`sip:callee@10.0.1.10:5080;transport=udp`), else as `uri`:
+    /// what `dispatcher.list` shows and probes are sent to.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn written(&self, i: usize) -> &str {
+        &self.nodes[i].written
+    }
+
+    /// The node whose normalised URI is `uri` (what a reload matches
+    /// nodes that stay by).
+    pub fn find_uri(&self, uri: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.uri == uri)
+    }
+
+    /// Whether `uri` names node `i`, ignoring ASCII case (Kamailio's
+    /// `strncasecmp`): as written, or in its normalised form.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn named(&self, i: usize, uri: &str) -> bool {
+        let node = &self.nodes[i];
+        node.written.eq_ignore_ascii_case(uri) || node.uri.eq_ignore_ascii_case(uri)
     }
 
     /// Node `i`'s configured priority (for `dispatcher.list`).
@@ -491,6 +532,84 @@ fn log_transition(uri: &str, t: Option<Transition>) {
 /// pool addresses are stored and compared in.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// What differs between node `i` of `old` and node `n` of `new`, the same
+/// destination (same normalised URI) before and after a reload, column by
+/// column: `priority 10 -> 5`, `flags 0 -> 8`, ... Empty when nothing did.
+pub fn column_changes(old: &Dispatcher, i: usize, new: &Dispatcher, n: usize) -> Vec<String> {
+    let (a, b) = (&old.nodes[i], &new.nodes[n]);
+    let mut out = Vec::new();
+    if a.written != b.written {
+        out.push(format!("uri {} -> {}", a.written, b.written));
+    }
+    if a.list_flags != b.list_flags {
+        out.push(format!(
+            "flags {} -> {} (state now {})",
+            a.list_flags,
+            b.list_flags,
+            new.status(n).flags().as_str()
+        ));
+    }
+    if a.priority != b.priority {
+        out.push(format!("priority {} -> {}", a.priority, b.priority));
+    }
+    let attrs = |x: &Node| {
+        x.attrs
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    };
+    if attrs(a) != attrs(b) {
+        out.push(format!("attrs \"{}\" -> \"{}\"", attrs(a), attrs(b)));
+    }
+    if a.ping_from != b.ping_from {
+        out.push("ping_from".to_owned());
+    }
+    if a.takes_tcp != b.takes_tcp || a.advertised != b.advertised {
+        out.push("tcp/advertised".to_owned());
+    }
+    out
+}
+
+/// Kamailio's `ds_get_hash` over one or two values, what its hash
+/// algorithms (0 Call-ID, 1 From URI, 2 To URI, 3 R-URI...) reduce modulo
+/// the set size, and what `dispatcher.hash` shows. Bytes are C `char`s,
+/// signed on x86-64 as on Kamailio's builds, so a byte from 0x80 counts
+/// as negative, as it does there. Never 0.
+///
+/// sipedge's own `hash-callid` uses FNV-1a with a different reduction
+/// ([`Dispatcher::plan`]); this function is for answering like Kamailio.
+pub fn kamailio_hash(x: &[u8], y: &[u8]) -> u32 {
+    // A C `char` promoted to `int`, then to `unsigned`.
+    fn c(b: u8) -> u32 {
+        i32::from(b as i8) as u32
+    }
+    fn mix(h: u32, s: &[u8]) -> u32 {
+        let mut h = h;
+        let mut chunks = s.chunks_exact(4);
+        for p in &mut chunks {
+            let v = (c(p[0]) << 24)
+                .wrapping_add(c(p[1]) << 16)
+                .wrapping_add(c(p[2]) << 8)
+                .wrapping_add(c(p[3]));
+            h = h.wrapping_add(v ^ (v >> 3));
+        }
+        let v = chunks
+            .remainder()
+            .iter()
+            .fold(0u32, |v, &b| (v << 8).wrapping_add(c(b)));
+        h.wrapping_add(v ^ (v >> 3))
+    }
+    let h = mix(mix(0, x), y);
+    let h = h
+        .wrapping_add(h >> 11)
+        .wrapping_add((h >> 13).wrapping_add(h >> 23));
+    if h == 0 {
+        1
+    } else {
+        h
+    }
 }
 
 /// Maps a hash onto `0..n` with its high bits (multiply-shift). FNV's low

@@ -153,6 +153,12 @@ pub struct Destination {
     /// The dispatcher.list attributes column, shown by `dispatcher.list`.
     #[serde(skip)]
     pub attrs: Option<list::Attrs>,
+    /// The URI as the dispatcher.list line wrote it (user part and
+    /// parameters kept, `sip:` added to a scheme-less one): what
+    /// `dispatcher.list` shows, `set_state` matches and probes are sent
+    /// to, as in Kamailio. Routing only uses `uri`'s host and port.
+    #[serde(skip)]
+    pub written: Option<String>,
 }
 
 fn default_tls_verify() -> bool {
@@ -177,6 +183,7 @@ impl Destination {
             tls_server_name: None,
             list_flags: default_list_flags(),
             attrs: None,
+            written: None,
         }
     }
 }

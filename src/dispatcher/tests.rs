@@ -526,3 +526,17 @@ fn plans_are_capped_at_32_nodes() {
     }
     assert_eq!(plan(&d, "a"), (0..32).collect::<Vec<_>>());
 }
+
+/// Values printed by a real Kamailio 5.6.3 (`kamcmd dispatcher.hash`):
+/// BINRPC carries the unsigned hash as a signed 32-bit integer.
+#[test]
+fn kamailio_hash_matches_kamailio() {
+    assert_eq!(kamailio_hash(b"abc", b""), 7_167_810);
+    assert_eq!(kamailio_hash(b"abc", b"def"), 14_047_601);
+    assert_eq!(
+        kamailio_hash("héllo wörld".as_bytes(), b"x") as i32,
+        -1_474_773_301
+    );
+    assert_eq!(kamailio_hash("héllo wörld".as_bytes(), b"x") % 7, 3);
+    assert_ne!(kamailio_hash(b"", b""), 0);
+}

@@ -2,7 +2,7 @@
 //! metrics, readiness, the pool for `dispatcher.list`, and the operator's
 //! commands; and the state summary SIGUSR1 writes to the log.
 
-use super::{Proxy, ReloadError};
+use super::{EditError, Proxy, ReloadError};
 use crate::admin::{AttrsView, Backend, BackendError, DestinationView, Readiness, Target};
 use crate::dispatcher::health::SetState;
 
@@ -41,7 +41,7 @@ impl Backend for Proxy {
             order.sort_by_key(|&i| std::cmp::Reverse(d.priority(i)));
             out.extend(order.into_iter().map(|i| DestinationView {
                 attrs: d.attrs(i).and_then(|a| a.rpc()).map(AttrsView::from),
-                ..DestinationView::new(set, d.uri(i), d.status(i), d.priority(i))
+                ..DestinationView::new(set, d.written(i), d.status(i), d.priority(i))
             }));
         }
         out
@@ -54,13 +54,26 @@ impl Backend for Proxy {
         };
         let targets: Vec<usize> = match target {
             Target::All => (0..d.len()).collect(),
-            Target::Uri(uri) => {
+            Target::Duid(duid) => {
                 let i = (0..d.len())
-                    .find(|&i| d.uri(i).eq_ignore_ascii_case(uri))
-                    .ok_or_else(|| BackendError::UnknownDestination {
+                    .find(|&i| {
+                        d.attrs(i)
+                            .and_then(|a| a.duid())
+                            .is_some_and(|x| x.eq_ignore_ascii_case(duid))
+                    })
+                    .ok_or_else(|| BackendError::UnknownDuid {
+                        set,
+                        duid: duid.clone(),
+                    })?;
+                vec![i]
+            }
+            Target::Uri(uri) => {
+                let i = (0..d.len()).find(|&i| d.named(i, uri)).ok_or_else(|| {
+                    BackendError::UnknownDestination {
                         set,
                         uri: uri.clone(),
-                    })?;
+                    }
+                })?;
                 vec![i]
             }
         };
@@ -88,8 +101,23 @@ impl Backend for Proxy {
         before
     }
 
+    fn add_destination(&self, entry: &crate::dispatcher::list::Entry) -> Result<(), BackendError> {
+        Proxy::add_destination(self, entry).map_err(edit_error)
+    }
+
+    fn remove_destination(&self, set: u32, uri: &str) -> Result<usize, BackendError> {
+        Proxy::remove_destination(self, set, uri).map_err(edit_error)
+    }
+
     fn count(&self, event: crate::metrics::AdminEvent) {
         self.metrics.admin_event(event);
+    }
+}
+
+fn edit_error(e: EditError) -> BackendError {
+    match e {
+        EditError::InProgress => BackendError::ReloadInProgress,
+        EditError::Refused(why) => BackendError::Refused(why),
     }
 }
 
@@ -118,7 +146,7 @@ impl Proxy {
             for i in 0..d.len() {
                 tracing::info!(
                     set,
-                    uri = d.uri(i),
+                    uri = d.written(i),
                     flags = d.status(i).flags().as_str(),
                     calls = self.dialogs().pinned_to(d.addr(i)),
                     "state summary: destination"

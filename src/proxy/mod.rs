@@ -56,7 +56,7 @@ use crate::timer::Schedule;
 use crate::transaction::{BranchGen, ClientTxns, TIMER_SLACK};
 use crate::transport::{Handler, Inbound, Peer, PerTransport, TcpTransport, Transport, Transports};
 use invite::Call;
-pub use pool::{Pool, ReloadError};
+pub use pool::{EditError, Pool, ReloadError};
 
 /// Room in the transaction tables from the start: what 500 calls/s keep
 /// over the 32 s a finished transaction lingers (about 3 MB for the client

@@ -33,6 +33,9 @@ pub struct Pool {
     pub set: u32,
     /// The list file's other sets: probed, listed, settable; no calls.
     pub others: Vec<OtherSet>,
+    /// The config this generation was built from: `dispatcher.add` and
+    /// `dispatcher.remove` build the next one from it, edited.
+    pub(super) source: Arc<Config>,
 }
 
 /// A destination set that receives no trunk calls.
@@ -110,6 +113,7 @@ impl Pool {
             generation,
             set: cfg.dispatcher.set,
             others,
+            source: Arc::new(cfg.clone()),
         })
     }
 
@@ -185,6 +189,9 @@ pub enum ReloadError {
 pub(super) struct Reload {
     pub(super) path: std::sync::Mutex<Option<PathBuf>>,
     pub(super) one: std::sync::Mutex<()>,
+    /// The config file as it was when it was named: what a reload
+    /// compares the settings it cannot apply against.
+    pub(super) at_start: std::sync::Mutex<Option<toml::Table>>,
 }
 
 impl Proxy {
@@ -203,6 +210,9 @@ impl Proxy {
     /// list file it names). Without one, reload re-reads the built-in
     /// example.
     pub fn set_config_path(&self, path: PathBuf) {
+        if let Ok(mut t) = self.reload.at_start.lock() {
+            *t = read_table(&path);
+        }
         if let Ok(mut p) = self.reload.path.lock() {
             *p = Some(path);
         }
@@ -233,7 +243,35 @@ impl Proxy {
             old.generation + 1,
         )?;
         let count = new.len();
-        // Series of nodes that left the pool go with them.
+        log_changes(&old, &new);
+        if let Some(path) = &path {
+            let at_start = self.reload.at_start.lock().ok().and_then(|t| t.clone());
+            if let (Some(before), Some(now)) = (at_start, read_table(path)) {
+                for key in needs_restart(&before, &now, &self.cfg, &cfg) {
+                    tracing::warn!(
+                        "{}: {key} changed: not applied by a reload, restart to apply it",
+                        path.display()
+                    );
+                }
+            }
+        }
+        self.install(&old, new);
+        configure_tls_client(&cfg, self.transports.tls_client());
+        if let Some(done) = self.reload_tls(&cfg) {
+            tracing::info!("{done}");
+        }
+        tracing::info!(
+            destinations = count,
+            "dispatcher reloaded from {}",
+            path.as_ref()
+                .map_or(config::EXAMPLE_NAME.to_owned(), |p| p.display().to_string())
+        );
+        Ok(count)
+    }
+
+    /// Puts `new` in force in place of `old`: the series of nodes that
+    /// left go with them.
+    fn install(&self, old: &Pool, new: Pool) {
         for (id, d, series) in old.sets() {
             for (i, m) in series.iter().enumerate() {
                 let stays = new
@@ -250,16 +288,283 @@ impl Proxy {
             }
         }
         self.pool.store(Arc::new(new));
-        configure_tls_client(&cfg, self.transports.tls_client());
-        if let Some(done) = self.reload_tls(&cfg) {
-            tracing::info!("{done}");
+    }
+
+    /// `dispatcher.add`: `entry` joins its set in memory (a new set if
+    /// there is none with its id), until the next reload re-reads the
+    /// file. It starts from its flags, like a list line, and is probed as
+    /// `[probe] mode` says, the first time at once; the others keep their
+    /// state.
+    ///
+    /// # Errors
+    /// [`EditError::InProgress`] while a reload or another edit runs;
+    /// [`EditError::Refused`] when sipedge cannot use the destination or
+    /// the set already has it.
+    pub fn add_destination(&self, entry: &crate::dispatcher::list::Entry) -> Result<(), EditError> {
+        let dest = config::list_destination(entry).map_err(EditError::Refused)?;
+        self.edit_pool(|cfg| {
+            let set = entry.set_id;
+            let same = |d: &config::Destination| {
+                d.uri.host == dest.uri.host && d.uri.port_or_default() == dest.uri.port_or_default()
+            };
+            let dests = if set == cfg.dispatcher.set {
+                &mut cfg.dispatcher.destinations
+            } else {
+                match cfg
+                    .dispatcher
+                    .other_sets
+                    .iter()
+                    .position(|(id, _)| *id == set)
+                {
+                    Some(i) => &mut cfg.dispatcher.other_sets[i].1,
+                    None => {
+                        cfg.dispatcher.other_sets.push((set, Vec::new()));
+                        let last = cfg.dispatcher.other_sets.len() - 1;
+                        &mut cfg.dispatcher.other_sets[last].1
+                    }
+                }
+            };
+            if let Some(d) = dests.iter().find(|d| same(d)) {
+                return Err(format!("set {set} already has {}", d.uri));
+            }
+            dests.push(dest.clone());
+            Ok(())
+        })?;
+        if let crate::value::Host::Ip(ip) = dest.uri.host {
+            let addr = std::net::SocketAddr::new(ip, dest.uri.port_or_default());
+            self.probe_soon(entry.set_id, crate::dispatcher::canonical(addr));
         }
-        tracing::info!(
-            destinations = count,
-            "dispatcher reloaded from {}",
-            path.as_ref()
-                .map_or(config::EXAMPLE_NAME.to_owned(), |p| p.display().to_string())
+        Ok(())
+    }
+
+    /// `dispatcher.remove`: every destination of set `set` whose URI is
+    /// `uri` (as shown by `dispatcher.list`, ignoring case) leaves the
+    /// pool in memory; new calls no longer go there, calls in progress
+    /// keep it. Returns how many went.
+    ///
+    /// # Errors
+    /// [`EditError::Refused`] when the set has no such destination, or it
+    /// is the last one of the set that takes calls.
+    pub fn remove_destination(&self, set: u32, uri: &str) -> Result<usize, EditError> {
+        let mut removed = 0;
+        self.edit_pool(|cfg| {
+            let matches = |d: &config::Destination| {
+                d.written
+                    .as_deref()
+                    .is_some_and(|w| w.eq_ignore_ascii_case(uri))
+                    || d.uri.to_string().eq_ignore_ascii_case(uri)
+            };
+            if set == cfg.dispatcher.set {
+                let dests = &mut cfg.dispatcher.destinations;
+                let before = dests.len();
+                dests.retain(|d| !matches(d));
+                removed = before - dests.len();
+                if removed > 0 && dests.is_empty() {
+                    return Err(format!(
+                        "{uri} is the last destination of set {set}, which takes the calls"
+                    ));
+                }
+            } else if let Some(i) = cfg
+                .dispatcher
+                .other_sets
+                .iter()
+                .position(|(id, _)| *id == set)
+            {
+                let dests = &mut cfg.dispatcher.other_sets[i].1;
+                let before = dests.len();
+                dests.retain(|d| !matches(d));
+                removed = before - dests.len();
+                if dests.is_empty() {
+                    cfg.dispatcher.other_sets.remove(i);
+                }
+            }
+            if removed == 0 {
+                return Err(format!("destination {uri} not found in set {set}"));
+            }
+            Ok(())
+        })?;
+        Ok(removed)
+    }
+
+    /// Builds the next generation from the config in force as `edit`
+    /// changes it, and puts it in force.
+    fn edit_pool(
+        &self,
+        edit: impl FnOnce(&mut Config) -> Result<(), String>,
+    ) -> Result<(), EditError> {
+        let Ok(_one) = self.reload.one.try_lock() else {
+            return Err(EditError::InProgress);
+        };
+        let old = self.pool();
+        let mut cfg = Config::clone(&old.source);
+        edit(&mut cfg).map_err(EditError::Refused)?;
+        cfg.validate()
+            .map_err(|v| EditError::Refused(v.rule.to_string()))?;
+        let new = Pool::build(
+            &cfg,
+            self.me.sent_by(),
+            &self.metrics,
+            Some(&old),
+            old.generation + 1,
+        )
+        .map_err(|e| EditError::Refused(e.to_string()))?;
+        self.install(&old, new);
+        Ok(())
+    }
+}
+
+/// Why `dispatcher.add` or `dispatcher.remove` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("a reload is already in progress")]
+    InProgress,
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The config file as a TOML table, if it reads and parses (it just did,
+/// for the reload).
+fn read_table(path: &std::path::Path) -> Option<toml::Table> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.parse().ok()
+}
+
+/// One log line per destination a reload adds, removes or changes (by
+/// set and normalised URI), saying what changed.
+fn log_changes(old: &Pool, new: &Pool) {
+    for (id, d, _) in old.sets() {
+        let after = new
+            .sets()
+            .find(|(nid, _, _)| *nid == id)
+            .map(|(_, nd, _)| nd);
+        for i in 0..d.len() {
+            if after.and_then(|nd| nd.find_uri(d.uri(i))).is_none() {
+                tracing::info!(set = id, uri = d.written(i), "reload: destination removed");
+            }
+        }
+    }
+    for (id, nd, _) in new.sets() {
+        let before = old.sets().find(|(oid, _, _)| *oid == id).map(|(_, d, _)| d);
+        for n in 0..nd.len() {
+            let Some((d, i)) = before.and_then(|d| Some((d, d.find_uri(nd.uri(n))?))) else {
+                tracing::info!(
+                    set = id,
+                    uri = nd.written(n),
+                    flags = nd.status(n).flags().as_str(),
+                    priority = nd.priority(n),
+                    "reload: destination added"
+                );
+                continue;
+            };
+            let changes = crate::dispatcher::column_changes(d, i, nd, n);
+            if !changes.is_empty() {
+                tracing::info!(
+                    set = id,
+                    uri = nd.written(n),
+                    "reload: destination changed: {}",
+                    changes.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// The settings outside `[dispatcher]` that differ between the config
+/// file at start (`before`, read as `old`) and now (`now`, read as
+/// `new`), as dotted keys: a reload applies none of them. `[tls]`'s files
+/// are reloaded, so only its two limits count. A key written differently
+/// but read the same (a default made explicit) is not reported.
+pub(super) fn needs_restart(
+    before: &toml::Table,
+    now: &toml::Table,
+    old: &Config,
+    new: &Config,
+) -> Vec<String> {
+    fn walk(path: &str, a: Option<&toml::Value>, b: Option<&toml::Value>, out: &mut Vec<String>) {
+        // A table on one side only: each of its keys is a change.
+        let empty = toml::Value::Table(toml::Table::new());
+        let (a, b) = match (a, b) {
+            (None, Some(toml::Value::Table(_))) => (Some(&empty), b),
+            (Some(toml::Value::Table(_)), None) => (a, Some(&empty)),
+            other => other,
+        };
+        match (a, b) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    walk(&format!("{path}.{k}"), a.get(k), b.get(k), out);
+                }
+            }
+            (a, b) if a != b => out.push(path.to_owned()),
+            _ => {}
+        }
+    }
+    let differs = |section: &str| match section {
+        "listen" => old.listen != new.listen,
+        "failover" => old.failover != new.failover,
+        "dialogs" => old.dialogs != new.dialogs,
+        "runtime" => old.runtime != new.runtime,
+        "probe" => old.probe != new.probe,
+        "admin" => old.admin != new.admin,
+        "tcp" => old.tcp != new.tcp,
+        "tls" => old.tls != new.tls,
+        "dns" => old.dns != new.dns,
+        "security" => old.security != new.security,
+        "limits" => old.limits != new.limits,
+        "cluster" => old.cluster != new.cluster,
+        _ => true,
+    };
+    let mut out = Vec::new();
+    let sections: std::collections::BTreeSet<&String> = before.keys().chain(now.keys()).collect();
+    for section in sections {
+        if section == "dispatcher" || !differs(section) {
+            continue;
+        }
+        walk(section, before.get(section), now.get(section), &mut out);
+    }
+    out.retain(|key| {
+        !key.starts_with("tls.")
+            || key == "tls.handshake_timeout"
+            || key == "tls.max_handshakes_per_source"
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> (toml::Table, Config) {
+        (
+            text.parse().unwrap(),
+            config::from_toml(text, "t.toml").unwrap(),
+        )
+    }
+
+    const BASE: &str = "[listen]\nudp = [\"127.0.0.1:5060\"]\nadvertise = \"127.0.0.1\"\n\
+                        [[dispatcher.destination]]\nuri = \"sip:127.0.0.2\"\n";
+
+    #[test]
+    fn needs_restart_names_every_changed_key_outside_dispatcher() {
+        let (t0, c0) = cfg(BASE);
+        let changed = format!(
+            "{}\n[[dispatcher.destination]]\nuri = \"sip:127.0.0.3\"\n\
+             [failover]\nfr_timeout = \"3s\"\n[probe]\ninterval = \"5s\"\nmode = 2\n",
+            BASE.replace("5060", "5070")
         );
-        Ok(count)
+        let (t1, c1) = cfg(&changed);
+        assert_eq!(
+            needs_restart(&t0, &t1, &c0, &c1),
+            [
+                "failover.fr_timeout",
+                "listen.udp",
+                "probe.interval",
+                "probe.mode"
+            ]
+        );
+        // A default written out is no change; neither is the same file.
+        let (t2, c2) = cfg(&format!("{BASE}[failover]\nfr_timeout = \"2s\"\n"));
+        assert_eq!(needs_restart(&t0, &t2, &c0, &c2), Vec::<String>::new());
+        assert_eq!(needs_restart(&t0, &t0, &c0, &c0), Vec::<String>::new());
     }
 }

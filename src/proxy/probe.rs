@@ -147,6 +147,32 @@ impl Proxy {
         }
     }
 
+    /// Asks the prober to probe node `node` of set `set` (its id) now, if
+    /// it is probed at all: a node `dispatcher.add` just put in the pool
+    /// learns its state without waiting a whole interval.
+    pub(super) fn probe_soon(&self, set: u32, node: std::net::SocketAddr) {
+        let pool = self.pool();
+        let Some((s, n)) = pool.sets().enumerate().find_map(|(s, (id, d, _))| {
+            let n = d.find(node).filter(|&n| id == set && d.should_probe(n))?;
+            Some((s, n))
+        }) else {
+            return;
+        };
+        let first = self.prober.urgent.lock().is_ok_and(|mut urgent| {
+            let first = urgent.is_empty();
+            let key = (pool.generation, s, n);
+            if !urgent.contains(&key) {
+                urgent.push(key);
+            }
+            first
+        });
+        if first {
+            self.tables
+                .timers
+                .schedule(Instant::now(), Timer::ProbeUrgent);
+        }
+    }
+
     /// The least time between two urgent probes of one node: the probe
     /// timeout (a second probe before the first had its answer would tell
     /// nothing new), and at least a second.
@@ -240,7 +266,8 @@ impl Proxy {
         let Some((_, d, _)) = pool.set_at(set) else {
             return;
         };
-        let target = d.uri(node);
+        // As written: Kamailio's probe keeps the user part.
+        let target = d.written(node);
         let from = d
             .ping_from(node)
             .map(str::to_owned)
