@@ -652,6 +652,7 @@ mod tests {
                     body: b.into(),
                     ..AttrsView::default()
                 }),
+                latency: None,
             },
         }
     }

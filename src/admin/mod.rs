@@ -165,7 +165,7 @@ impl Readiness {
 }
 
 /// One destination as `dispatcher.list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DestinationView {
     pub set: u32,
     /// The URI as configured (Kamailio shows it as loaded, `sip:` added
@@ -177,6 +177,8 @@ pub struct DestinationView {
     /// `None` when the list line had no attributes: Kamailio then leaves
     /// `ATTRS` out of its output.
     pub attrs: Option<AttrsView>,
+    /// Its probe round-trip statistics, when they are kept.
+    pub latency: Option<crate::dispatcher::latency::LatencyStats>,
 }
 
 impl DestinationView {
@@ -188,6 +190,7 @@ impl DestinationView {
             status,
             priority,
             attrs: None,
+            latency: None,
         }
     }
 }

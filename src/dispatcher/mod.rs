@@ -35,6 +35,7 @@
 //! calls: in-dialog requests still reach it.
 
 pub mod health;
+pub mod latency;
 pub mod list;
 mod plan;
 mod section;
@@ -86,6 +87,9 @@ struct Node {
     /// Shared with the same node in the pool a reload replaces, so its
     /// state and a probe in flight carry over.
     health: std::sync::Arc<SharedHealth>,
+    /// Probe round-trip statistics, shared like `health` with the same
+    /// node in the pool a reload replaces.
+    latency: std::sync::Arc<std::sync::Mutex<latency::LatencyStats>>,
     /// From URI of this node's probes, when it has its own.
     ping_from: Option<String>,
     /// Its dispatcher.list attributes, if it came from one.
@@ -115,6 +119,8 @@ pub struct Dispatcher {
     /// Round-robin and weight: one tick per plan. Wrapping after 2^64 calls
     /// only skews a single turn.
     counter: AtomicUsize,
+    /// `Some` when probes keep latency statistics (`[probe] latency_stats`).
+    latency_alpha: Option<latency::Alpha>,
 }
 
 impl Dispatcher {
@@ -160,20 +166,17 @@ impl Dispatcher {
                     addr: canonical(SocketAddr::new(*ip, dest.uri.port_or_default())),
                     uri: dest.uri.to_string(),
                     priority: dest.priority,
-                    health: previous
-                        .and_then(|p| {
-                            let uri = dest.uri.to_string();
-                            p.nodes.iter().find(|n| n.uri == uri)
-                        })
-                        .map_or_else(
-                            || {
-                                std::sync::Arc::new(SharedHealth::new(health::Health::new(
-                                    *health,
-                                    Status::from_list_flags(dest.list_flags),
-                                )))
-                            },
-                            |n| n.health.clone(),
-                        ),
+                    latency: stayed(previous, dest)
+                        .map_or_else(Default::default, |n| n.latency.clone()),
+                    health: stayed(previous, dest).map_or_else(
+                        || {
+                            std::sync::Arc::new(SharedHealth::new(health::Health::new(
+                                *health,
+                                Status::from_list_flags(dest.list_flags),
+                            )))
+                        },
+                        |n| n.health.clone(),
+                    ),
                     ping_from: dest.ping_from.clone(),
                     attrs: dest.attrs.clone(),
                     transport: dest.uri.transport.unwrap_or_default(),
@@ -211,6 +214,7 @@ impl Dispatcher {
             ring,
             weight_slots,
             counter: AtomicUsize::new(0),
+            latency_alpha: health.latency(),
         })
     }
 
@@ -358,6 +362,45 @@ impl Dispatcher {
         log_transition(&node.uri, node.health.record_probe(result));
     }
 
+    /// A probe of node `i` ended with `result`, `rtt` after it was sent:
+    /// feeds its latency statistics when they are kept. Like Kamailio, a
+    /// 408 (its local timeout, or the node's) counts as a timeout and
+    /// leaves the averages alone; a transport error counts as neither.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn probe_latency(&self, i: usize, result: ProbeResult, rtt: Option<std::time::Duration>) {
+        let Some(alpha) = self.latency_alpha else {
+            return;
+        };
+        let mut stats = self.nodes[i]
+            .latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (result, rtt) {
+            (ProbeResult::Timeout(_) | ProbeResult::Reply(408), _) => stats.timeout(),
+            (ProbeResult::Reply(_), Some(rtt)) => {
+                // Whole milliseconds, truncated, as Kamailio measures.
+                stats.sample(i64::try_from(rtt.as_millis()).unwrap_or(i64::MAX), alpha)
+            }
+            _ => {}
+        }
+    }
+
+    /// Node `i`'s latency statistics; `None` when they are not kept.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn latency(&self, i: usize) -> Option<latency::LatencyStats> {
+        self.latency_alpha?;
+        Some(
+            *self.nodes[i]
+                .latency
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Whether `result` is a reply that counts as alive for node `i`
     /// (`reply_codes`; 2xx always).
     ///
@@ -474,6 +517,12 @@ impl Dispatcher {
         }
         (plan, first.unwrap_or(start))
     }
+}
+
+/// The node of `previous` that `dest` continues (same URI), if any.
+fn stayed<'a>(previous: Option<&'a Dispatcher>, dest: &Destination) -> Option<&'a Node> {
+    let uri = dest.uri.to_string();
+    previous.and_then(|p| p.nodes.iter().find(|n| n.uri == uri))
 }
 
 /// Logs a node's state change at info, with its reason (e.g.

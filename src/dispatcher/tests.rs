@@ -526,3 +526,44 @@ fn plans_are_capped_at_32_nodes() {
     }
     assert_eq!(plan(&d, "a"), (0..32).collect::<Vec<_>>());
 }
+
+#[test]
+fn probe_latency_feeds_the_stats_and_a_reload_keeps_them_for_nodes_that_stay() {
+    let ms = Duration::from_millis;
+    let d = three(Algorithm::RoundRobin);
+    d.probe_latency(0, ProbeResult::Reply(200), Some(ms(10)));
+    d.probe_latency(0, ProbeResult::Reply(404), Some(ms(30)));
+    d.probe_latency(0, ProbeResult::Timeout(ms(1000)), None);
+    d.probe_latency(0, ProbeResult::Reply(408), Some(ms(999)));
+    d.probe_latency(0, ProbeResult::TransportError, None);
+    let s = d.latency(0).unwrap();
+    assert_eq!((s.count(), s.max(), s.timeouts()), (2, 30, 2));
+    assert_eq!(s.average(), 20.0);
+    assert_eq!(d.latency(1).unwrap().count(), 0);
+
+    // Node .11 leaves, .10 stays (and moves), .13 is new.
+    let next = Dispatcher::reloaded(
+        &DispatcherConfig {
+            algorithm: Algorithm::RoundRobin,
+            destinations: vec![dest("sip:10.0.1.13:5080"), dest("sip:10.0.1.10:5080")],
+            ..Default::default()
+        },
+        &HealthConfig::default(),
+        Some(&d),
+    )
+    .unwrap();
+    assert_eq!(next.latency(1), Some(s), "kept across the reload");
+    assert_eq!(next.latency(0).unwrap().count(), 0);
+
+    // Off: nothing kept, nothing shown.
+    let off = Dispatcher::with_health(
+        &DispatcherConfig {
+            destinations: vec![dest("sip:10.0.1.10:5080")],
+            ..Default::default()
+        },
+        &HealthConfig::default().with_latency(None),
+    )
+    .unwrap();
+    off.probe_latency(0, ProbeResult::Reply(200), Some(ms(10)));
+    assert_eq!(off.latency(0), None);
+}

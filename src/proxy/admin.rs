@@ -41,6 +41,7 @@ impl Backend for Proxy {
             order.sort_by_key(|&i| std::cmp::Reverse(d.priority(i)));
             out.extend(order.into_iter().map(|i| DestinationView {
                 attrs: d.attrs(i).and_then(|a| a.rpc()).map(AttrsView::from),
+                latency: d.latency(i),
                 ..DestinationView::new(set, d.uri(i), d.status(i), d.priority(i))
             }));
         }

@@ -809,7 +809,11 @@ async fn run_conn(
         // frame is taken off), so there is always room.
         let room = max.saturating_sub(buf.len()).max(1);
         if buf.capacity() == buf.len() {
-            let want = if buf.is_empty() { IDLE_CHUNK } else { READ_CHUNK };
+            let want = if buf.is_empty() {
+                IDLE_CHUNK
+            } else {
+                READ_CHUNK
+            };
             buf.reserve(want.min(room));
         }
         let mut limited = (&mut rd).take(room as u64);
