@@ -1307,6 +1307,9 @@ impl Config {
             },
             priority: e.priority,
             weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
+            maxload: e.attrs.maxload().filter(|m| *m > 0),
+            rweight: e.attrs.rweight().map(u32::from).filter(|w| *w > 0),
+            congestion_control: e.attrs.congestion_control(),
             ping_from: e.attrs.ping_from().map(str::to_owned),
             tcp: false,
             advertised: Vec::new(),
@@ -1727,6 +1730,9 @@ impl Config {
                     return fail(&key("weight"), Rule::MissingWeight)
                 }
                 _ => {}
+            }
+            if let Some(w) = dest.rweight.filter(|w| !(1..=100).contains(w)) {
+                return fail(&key("rweight"), Rule::WeightOutOfRange(w));
             }
         }
 

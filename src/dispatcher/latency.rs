@@ -18,6 +18,8 @@
 //! jumps to 10000 ("trained": the average then barely moves), and past
 //! 2^21 samples the count stops and the sum of squares decays instead.
 
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
 /// Kamailio's count once the average is stable ("training_count").
 const TRAINED_COUNT: u32 = 10_000;
 /// Past this many samples the average becomes a weighted one.
@@ -149,6 +151,48 @@ impl LatencyStats {
     /// negative (Kamailio's `congestion_ms`, truncated to `int` as there).
     pub fn congestion_ms(&self) -> i64 {
         ((self.estimate - self.average) as i64).max(0)
+    }
+}
+
+/// A node's statistics as the dispatcher shares them: the full record
+/// behind a lock (probes write it, `dispatcher.list` reads it), and the
+/// two whole-millisecond figures the algorithms read per call as atomics,
+/// so that choosing a node takes no lock.
+#[derive(Debug, Default)]
+pub struct LatencyCell {
+    stats: std::sync::Mutex<LatencyStats>,
+    estimate_ms: AtomicI64,
+    congestion_ms: AtomicI64,
+}
+
+impl LatencyCell {
+    /// Applies `f` to the record and republishes the atomics.
+    pub fn update(&self, f: impl FnOnce(&mut LatencyStats)) {
+        let mut stats = self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut stats);
+        // Kamailio reads the estimate into an `int`: truncated.
+        self.estimate_ms.store(stats.estimate as i64, Relaxed);
+        self.congestion_ms.store(stats.congestion_ms(), Relaxed);
+    }
+
+    pub fn get(&self) -> LatencyStats {
+        *self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The estimate in whole ms (0 before any sample).
+    pub fn estimate_ms(&self) -> i64 {
+        self.estimate_ms.load(Relaxed)
+    }
+
+    /// [`LatencyStats::congestion_ms`].
+    pub fn congestion_ms(&self) -> i64 {
+        self.congestion_ms.load(Relaxed)
     }
 }
 

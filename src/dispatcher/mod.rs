@@ -39,6 +39,7 @@ pub mod latency;
 pub mod list;
 mod plan;
 mod section;
+mod select;
 
 #[cfg(test)]
 mod tests;
@@ -89,7 +90,14 @@ struct Node {
     health: std::sync::Arc<SharedHealth>,
     /// Probe round-trip statistics, shared like `health` with the same
     /// node in the pool a reload replaces.
-    latency: std::sync::Arc<std::sync::Mutex<latency::LatencyStats>>,
+    latency: std::sync::Arc<latency::LatencyCell>,
+    /// Algorithm 10: most active calls; 0 for no limit.
+    maxload: usize,
+    /// Algorithm 11: relative weight (0 none), and `weight` for `cc`.
+    rweight: u32,
+    weight: u32,
+    /// `cc=1`: algorithms 11 and 13 read the congestion, not the latency.
+    congestion_control: bool,
     /// From URI of this node's probes, when it has its own.
     ping_from: Option<String>,
     /// Its dispatcher.list attributes, if it came from one.
@@ -168,6 +176,12 @@ impl Dispatcher {
                     priority: dest.priority,
                     latency: stayed(previous, dest)
                         .map_or_else(Default::default, |n| n.latency.clone()),
+                    maxload: dest
+                        .maxload
+                        .map_or(0, |m| usize::try_from(m).unwrap_or(usize::MAX)),
+                    rweight: dest.rweight.unwrap_or(0),
+                    weight: dest.weight.unwrap_or(0),
+                    congestion_control: dest.congestion_control,
                     health: stayed(previous, dest).map_or_else(
                         || {
                             std::sync::Arc::new(SharedHealth::new(health::Health::new(
@@ -284,7 +298,18 @@ impl Dispatcher {
     /// for an empty or fully disabled pool; at most [`PLAN_CAPACITY`] nodes.
     ///
     /// `call_id` is the Call-ID header value; only `hash-callid` reads it.
+    /// `call-load` sees every node as idle here: the proxy uses
+    /// [`Dispatcher::plan_with_load`].
     pub fn plan(&self, call_id: &[u8]) -> Plan {
+        self.plan_with_load(call_id, |_| 0)
+    }
+
+    /// [`Dispatcher::plan`], where `load(i)` is the number of active calls
+    /// on node `i` (the dialogs pinned to it); only `call-load` reads it.
+    /// Under `call-load` a node at its `maxload` is left out, and when
+    /// every node that takes calls is at its `maxload` the plan is empty
+    /// (Kamailio's `ds_select_dst` fails: the call gets a 503).
+    pub fn plan_with_load(&self, call_id: &[u8], load: impl Fn(usize) -> usize) -> Plan {
         let n = self.ring.len();
         if n == 0 {
             return Plan::new();
@@ -318,7 +343,107 @@ impl Dispatcher {
                 let start = self.weight_slots[ticket % WEIGHT_SLOTS];
                 self.walk(usize::from(start)).0
             }
+            Algorithm::CallLoad => self.least_loaded(&load),
+            Algorithm::RelativeWeight => {
+                let ticket = self.counter.fetch_add(1, Relaxed);
+                let node = |pos: usize| {
+                    let node = &self.nodes[usize::from(self.ring[pos])];
+                    select::Relative {
+                        active: node.health.accepts_new_calls(),
+                        rweight: node.rweight,
+                        weight: node.weight,
+                        cc: node.congestion_control,
+                        congestion_ms: node.latency.congestion_ms(),
+                    }
+                };
+                // No relative weight on any active node: Kamailio's empty
+                // table names the first node.
+                let start = select::relative_slot(n, node, ticket).unwrap_or(0);
+                self.walk(start).0
+            }
+            Algorithm::Latency => self.latency_optimised(),
         }
+    }
+
+    /// Algorithm 10 (Kamailio `ds_get_leastloaded`): the node with the
+    /// fewest calls among those that take calls and are under their
+    /// `maxload`, ties to the first in set order; failover around the ring
+    /// to the others under their `maxload`.
+    fn least_loaded(&self, load: &dyn Fn(usize) -> usize) -> Plan {
+        let under = |i: usize| {
+            let max = self.nodes[i].maxload;
+            max == 0 || load(i) < max
+        };
+        let mut best: Option<(usize, usize)> = None;
+        for (pos, &index) in self.ring.iter().enumerate() {
+            let i = usize::from(index);
+            if self.nodes[i].health.accepts_new_calls() && under(i) {
+                let calls = load(i);
+                if best.is_none_or(|(fewest, _)| calls < fewest) {
+                    best = Some((calls, pos));
+                }
+            }
+        }
+        match best {
+            Some((_, start)) => self.walk_where(start, under).0,
+            // Every node that takes calls is full: no call for any.
+            None if self.nodes.iter().any(|n| n.health.accepts_new_calls()) => Plan::new(),
+            // None takes calls: the inactive ones, as for the others.
+            None => self.walk_where(0, under).0,
+        }
+    }
+
+    /// Algorithm 13 (Kamailio `ds_manage_route_algo13`): every node that
+    /// takes calls, by its priority lowered by its estimated latency
+    /// ([`select::latency_priority`]; with `cc=1` its congestion), highest
+    /// first, ties in turn from a position that moves past each call's
+    /// first choice (round-robin among equals).
+    fn latency_optimised(&self) -> Plan {
+        let n = self.ring.len();
+        let start = self.counter.load(Relaxed) % n;
+        let accepts = |pos: usize| {
+            self.nodes[usize::from(self.ring[pos])]
+                .health
+                .accepts_new_calls()
+        };
+        if !(0..n).any(accepts) {
+            self.counter.store(start + 1, Relaxed);
+            return self.walk(start).0;
+        }
+        // Sort key: higher effective priority first, then turn order.
+        let key = |pos: usize| {
+            let node = &self.nodes[usize::from(self.ring[pos])];
+            let latency = if node.congestion_control {
+                node.latency.congestion_ms()
+            } else {
+                node.latency.estimate_ms()
+            };
+            let turn = (pos + n - start) % n;
+            (
+                Reverse(select::latency_priority(node.priority, latency)),
+                turn,
+            )
+        };
+        // Selection by repeated scans: the next smallest key after the
+        // last one taken; O(n) per plan entry, and no allocation.
+        let mut plan = Plan::new();
+        let mut last = None;
+        while !plan.is_full() {
+            let next = (0..n)
+                .filter(|&pos| accepts(pos))
+                .map(|pos| (key(pos), pos))
+                .filter(|(k, _)| last.as_ref().is_none_or(|l| k > l))
+                .min_by(|a, b| a.0.cmp(&b.0));
+            let Some((k, pos)) = next else {
+                break;
+            };
+            if last.is_none() {
+                self.counter.store(pos + 1, Relaxed);
+            }
+            plan.push(self.ring[pos]);
+            last = Some(k);
+        }
+        plan
     }
 
     /// A call timed out or hit a transport error on node `i` (Kamailio
@@ -373,18 +498,14 @@ impl Dispatcher {
         let Some(alpha) = self.latency_alpha else {
             return;
         };
-        let mut stats = self.nodes[i]
-            .latency
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match (result, rtt) {
+        self.nodes[i].latency.update(|stats| match (result, rtt) {
             (ProbeResult::Timeout(_) | ProbeResult::Reply(408), _) => stats.timeout(),
             (ProbeResult::Reply(_), Some(rtt)) => {
                 // Whole milliseconds, truncated, as Kamailio measures.
                 stats.sample(i64::try_from(rtt.as_millis()).unwrap_or(i64::MAX), alpha)
             }
             _ => {}
-        }
+        });
     }
 
     /// Node `i`'s latency statistics; `None` when they are not kept.
@@ -393,12 +514,7 @@ impl Dispatcher {
     /// If `i >= len()`.
     pub fn latency(&self, i: usize) -> Option<latency::LatencyStats> {
         self.latency_alpha?;
-        Some(
-            *self.nodes[i]
-                .latency
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Some(self.nodes[i].latency.get())
     }
 
     /// Whether `result` is a reply that counts as alive for node `i`
@@ -489,12 +605,18 @@ impl Dispatcher {
     /// The plan starting at ring position `start` (< ring length), and the
     /// ring position of its first node.
     fn walk(&self, start: usize) -> (Plan, usize) {
+        self.walk_where(start, |_| true)
+    }
+
+    /// [`Dispatcher::walk`] over the nodes `keep` accepts (by index).
+    fn walk_where(&self, start: usize, keep: impl Fn(usize) -> bool) -> (Plan, usize) {
         let n = self.ring.len();
         let mut plan = Plan::new();
         let mut first = None;
         for pos in (start..n).chain(0..start) {
             let index = self.ring[pos];
-            if self.nodes[usize::from(index)].health.accepts_new_calls() {
+            let i = usize::from(index);
+            if self.nodes[i].health.accepts_new_calls() && keep(i) {
                 first.get_or_insert(pos);
                 plan.push(index);
                 if plan.is_full() {
@@ -507,7 +629,8 @@ impl Dispatcher {
             // never the disabled (see `plan`).
             for pos in (start..n).chain(0..start) {
                 let index = self.ring[pos];
-                if self.nodes[usize::from(index)].health.status().state != State::Disabled {
+                let i = usize::from(index);
+                if self.nodes[i].health.status().state != State::Disabled && keep(i) {
                     plan.push(index);
                     if plan.is_full() {
                         break;
