@@ -22,6 +22,13 @@
 //! | `hash-callid` | 0        | a stable hash of the Call-ID                   |
 //! | `priority`    | 8        | the first in set order (highest priority)      |
 //! | `weight`      | 9        | a 100-slot table, each node `weight` % of slots |
+//! | `call-load`   | 10       | the fewest active calls, under its `maxload`   |
+//! | `relative-weight` | 11   | `rweight` shares of 100 slots, active nodes only |
+//! | `latency`     | 13       | highest priority lowered by latency, in turns  |
+//!
+//! The proxy hands `call-load` each node's active calls (the dialogs
+//! pinned to it) through [`Dispatcher::plan_with_load`]; the latency
+//! algorithms read each node's [`latency::LatencyCell`], fed by the probes.
 //!
 //! # Node health
 //! Each node has Kamailio's states ([`health`]): active, trying, inactive,
