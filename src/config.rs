@@ -2622,6 +2622,31 @@ uri = "sip:10.0.1.11:5080"
             .replace("5080\"", "5080\"\nweight = 50");
         let config = load(&text).unwrap();
         assert_eq!(config.dispatcher.algorithm.kamailio_number(), 9);
+        let text = BASE.replace(
+            "uri = \"sip:10.0.1.11:5080\"",
+            "uri = \"sip:10.0.1.11:5080\"\nrweight = 101",
+        );
+        assert_eq!(
+            rule(&text),
+            (
+                "dispatcher.destination[1].rweight".into(),
+                Rule::WeightOutOfRange(101)
+            )
+        );
+        for (name, number) in [("call-load", 10), ("relative-weight", 11), ("latency", 13)] {
+            let text = BASE.replace("round-robin", name).replace(
+                "5080\"",
+                "5080\"\nrweight = 50\nmaxload = 3\ncongestion_control = true",
+            );
+            let config = load(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(config.dispatcher.algorithm.kamailio_number(), number);
+            assert_eq!(config.dispatcher.algorithm.as_str(), name);
+            let d = &config.dispatcher.destinations[0];
+            assert_eq!(
+                (d.rweight, d.maxload, d.congestion_control),
+                (Some(50), Some(3), true)
+            );
+        }
     }
 
     #[test]
