@@ -293,6 +293,14 @@ async fn call_load_caps_each_node_at_its_maxload() {
     for node in &h.nodes {
         node.expect_nothing(QUIET).await;
     }
+    // dispatcher.list shows each node's load as Kamailio's RUNTIME block,
+    // after LATENCY.
+    let (raw, list) = rpc_list(&h).await;
+    let targets = &list["result"]["RECORDS"][0]["SET"]["TARGETS"];
+    for t in 0..2 {
+        assert_eq!(targets[t]["DEST"]["RUNTIME"]["DLGLOAD"], 1, "{raw}");
+    }
+    assert!(raw.find("\"LATENCY\"") < raw.find("\"RUNTIME\""), "{raw}");
 
     hang_up(&h, &mut first, &first_node_side, 0).await;
     let node0 = h.proxy.dispatcher().addr(0);

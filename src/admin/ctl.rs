@@ -653,6 +653,7 @@ mod tests {
                     ..AttrsView::default()
                 }),
                 latency: None,
+                runtime: None,
             },
         }
     }

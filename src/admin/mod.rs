@@ -179,6 +179,8 @@ pub struct DestinationView {
     pub attrs: Option<AttrsView>,
     /// Its probe round-trip statistics, when they are kept.
     pub latency: Option<crate::dispatcher::latency::LatencyStats>,
+    /// Its active calls, shown under `call-load` (Kamailio's `DLGLOAD`).
+    pub dlgload: Option<usize>,
 }
 
 impl DestinationView {
@@ -191,6 +193,7 @@ impl DestinationView {
             priority,
             attrs: None,
             latency: None,
+            dlgload: None,
         }
     }
 }

@@ -173,6 +173,17 @@ pub struct Dest {
     /// every list mode as Kamailio prints it.
     #[serde(rename = "LATENCY", default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
+    /// Under `call-load`, the node's active calls, as Kamailio prints them
+    /// with `ds_hash_size` set (which its algorithm 10 needs).
+    #[serde(rename = "RUNTIME", default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+}
+
+/// Kamailio's `RUNTIME` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    #[serde(rename = "DLGLOAD")]
+    pub dlgload: i64,
 }
 
 /// Kamailio's `LATENCY` block: milliseconds; `AVG`, `STD`, `EST` are
@@ -670,6 +681,9 @@ fn build_list(destinations: Vec<DestinationView>, mode: ListMode) -> ListResult 
                 priority: d.priority,
                 attrs,
                 latency: d.latency.as_ref().map(Latency::from),
+                runtime: d.dlgload.map(|n| Runtime {
+                    dlgload: i64::try_from(n).unwrap_or(i64::MAX),
+                }),
             },
         });
     }
