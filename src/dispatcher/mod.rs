@@ -211,6 +211,8 @@ impl Dispatcher {
             })
             .collect::<Result<Box<[Node]>, _>>()?;
 
+        warn_about_latency_inputs(cfg, health);
+
         let mut ring: Box<[u16]> = (0..count).map(to_u16).collect();
         // Stable, so equal priorities keep config order.
         ring.sort_by_key(|&i| Reverse(nodes[usize::from(i)].priority));
@@ -646,6 +648,35 @@ impl Dispatcher {
             }
         }
         (plan, first.unwrap_or(start))
+    }
+}
+
+/// Algorithms 11 and 13 without their inputs are legal (Kamailio runs
+/// them) but degenerate; say so at start and on every reload.
+fn warn_about_latency_inputs(cfg: &DispatcherConfig, health: &HealthConfig) {
+    if cfg.destinations.is_empty() {
+        return;
+    }
+    let latency_read = cfg.algorithm == Algorithm::Latency
+        || (cfg.algorithm == Algorithm::RelativeWeight
+            && cfg.destinations.iter().any(|d| d.congestion_control));
+    if latency_read && health.latency().is_none() {
+        tracing::warn!(
+            "algorithm \"{}\" reads the probes' latency estimate, but [probe] latency_stats \
+             is off: every node's latency counts as 0",
+            cfg.algorithm
+        );
+    }
+    if cfg.algorithm == Algorithm::RelativeWeight
+        && cfg
+            .destinations
+            .iter()
+            .all(|d| d.rweight.is_none() && !(d.congestion_control && d.weight.is_some()))
+    {
+        tracing::warn!(
+            "algorithm \"relative-weight\" but no destination has an rweight: like Kamailio, \
+             every call starts at the first node"
+        );
     }
 }
 
