@@ -437,6 +437,17 @@ pub struct Probe {
     /// flagged, so they are probed under either.
     #[serde(default = "default_probing_mode")]
     pub mode: ProbingMode,
+    /// Keep per-destination round-trip statistics from the probes
+    /// (Kamailio `ds_ping_latency_stats`; on by default here: it is a few
+    /// floating-point operations per probe). Shown in `dispatcher.list`
+    /// and the metrics; algorithms 11 (with `cc=1`) and 13 read them.
+    #[serde(default = "default_latency_stats")]
+    pub latency_stats: bool,
+    /// The latency estimator's weight of its previous value, in
+    /// thousandths, 1 to 999 (Kamailio `ds_latency_estimator_alpha`, same
+    /// scale and 5.6's default 900).
+    #[serde(default = "default_latency_estimator_alpha")]
+    pub latency_estimator_alpha: u32,
 }
 
 impl Default for Probe {
@@ -450,6 +461,8 @@ impl Default for Probe {
             reply_codes: default_reply_codes(),
             ping_from: None,
             mode: default_probing_mode(),
+            latency_stats: true,
+            latency_estimator_alpha: default_latency_estimator_alpha(),
         }
     }
 }
@@ -1052,6 +1065,14 @@ fn default_registry_queue() -> usize {
     10_000
 }
 
+fn default_latency_stats() -> bool {
+    true
+}
+
+fn default_latency_estimator_alpha() -> u32 {
+    u32::from(crate::dispatcher::latency::DEFAULT_ALPHA_PERMILLE)
+}
+
 fn default_probing_mode() -> ProbingMode {
     ProbingMode::All
 }
@@ -1134,6 +1155,7 @@ pub const COUNT_RANGES: &[(&str, u64, u64)] = &[
     ("security.rate_limit.requests", 1, 1_000_000),
     ("probe.failure_threshold", 1, 100),
     ("probe.success_threshold", 1, 100),
+    ("probe.latency_estimator_alpha", 1, 999),
 ];
 
 /// `key`'s accepted range from `table`.
@@ -1240,6 +1262,9 @@ fn destination(e: &crate::dispatcher::list::Entry) -> Destination {
         },
         priority: e.priority,
         weight: e.attrs.weight().map(u32::from).filter(|w| *w > 0),
+        maxload: e.attrs.maxload().filter(|m| *m > 0),
+        rweight: e.attrs.rweight().map(u32::from).filter(|w| *w > 0),
+        congestion_control: e.attrs.congestion_control(),
         ping_from: e.attrs.ping_from().map(str::to_owned),
         tcp: false,
         advertised: Vec::new(),
@@ -1753,6 +1778,9 @@ impl Config {
                 }
                 _ => {}
             }
+            if let Some(w) = dest.rweight.filter(|w| !(1..=100).contains(w)) {
+                return fail(&key("rweight"), Rule::WeightOutOfRange(w));
+            }
         }
 
         // Checked after the destinations so a loopback advertise is judged
@@ -1887,6 +1915,10 @@ impl Config {
             (
                 "probe.success_threshold",
                 u64::from(self.probe.success_threshold),
+            ),
+            (
+                "probe.latency_estimator_alpha",
+                u64::from(self.probe.latency_estimator_alpha),
             ),
             (
                 "tcp.max_connections_per_source",
@@ -2515,6 +2547,14 @@ uri = "sip:10.0.1.11:5080"
                 "probe.failure_threshold",
             ),
             (
+                "[probe]\nlatency_estimator_alpha = 1000\n",
+                "probe.latency_estimator_alpha",
+            ),
+            (
+                "[probe]\nlatency_estimator_alpha = 0\n",
+                "probe.latency_estimator_alpha",
+            ),
+            (
                 "[tcp]\nmax_connections_per_source = 0\n",
                 "tcp.max_connections_per_source",
             ),
@@ -2629,6 +2669,31 @@ uri = "sip:10.0.1.11:5080"
             .replace("5080\"", "5080\"\nweight = 50");
         let config = load(&text).unwrap();
         assert_eq!(config.dispatcher.algorithm.kamailio_number(), 9);
+        let text = BASE.replace(
+            "uri = \"sip:10.0.1.11:5080\"",
+            "uri = \"sip:10.0.1.11:5080\"\nrweight = 101",
+        );
+        assert_eq!(
+            rule(&text),
+            (
+                "dispatcher.destination[1].rweight".into(),
+                Rule::WeightOutOfRange(101)
+            )
+        );
+        for (name, number) in [("call-load", 10), ("relative-weight", 11), ("latency", 13)] {
+            let text = BASE.replace("round-robin", name).replace(
+                "5080\"",
+                "5080\"\nrweight = 50\nmaxload = 3\ncongestion_control = true",
+            );
+            let config = load(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(config.dispatcher.algorithm.kamailio_number(), number);
+            assert_eq!(config.dispatcher.algorithm.as_str(), name);
+            let d = &config.dispatcher.destinations[0];
+            assert_eq!(
+                (d.rweight, d.maxload, d.congestion_control),
+                (Some(50), Some(3), true)
+            );
+        }
     }
 
     #[test]

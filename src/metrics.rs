@@ -23,12 +23,13 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::dialog::Removal;
 use crate::dispatcher::health::{ProbeResult, State};
+use crate::dispatcher::latency::LatencyStats;
 use crate::sip::{Method, SipError};
 use crate::transport::tls::{CertExpiry, Handshake};
 
@@ -53,6 +54,15 @@ pub const PROBE_TOTAL: &str = "sipedge_probe_total";
 /// Round trip of the answered OPTIONS probes. Labels: `set`, `uri`.
 /// Buckets: [`PROBE_BUCKETS`].
 pub const PROBE_DURATION_SECONDS: &str = "sipedge_probe_duration_seconds";
+/// A destination's OPTIONS round-trip statistics (Kamailio's `LATENCY`
+/// in `dispatcher.list`), in seconds: average, standard deviation, the
+/// EWMA estimator and the maximum. Labels: `set`, `uri`, `stat`
+/// ([`LatencyStat`]). Kept across a reload for nodes that stay; 0 until
+/// the first answer, and always 0 with `[probe] latency_stats = false`.
+pub const DESTINATION_LATENCY_SECONDS: &str = "sipedge_destination_latency_seconds";
+/// Probes of a destination that got no answer in time, or a 408
+/// (Kamailio's `LATENCY.TIMEOUT`). Labels: `set`, `uri`.
+pub const DESTINATION_PROBE_TIMEOUTS_TOTAL: &str = "sipedge_destination_probe_timeouts_total";
 /// Requests received, by method. Label: `method` ([`MethodLabel`]).
 pub const REQUESTS_TOTAL: &str = "sipedge_requests_total";
 /// Responses sent, relayed from a node or a trunk and answered by sipedge
@@ -143,6 +153,8 @@ pub const ALL_NAMES: &[&str] = &[
     DESTINATION_STRANDED,
     PROBE_TOTAL,
     PROBE_DURATION_SECONDS,
+    DESTINATION_LATENCY_SECONDS,
+    DESTINATION_PROBE_TIMEOUTS_TOTAL,
     REQUESTS_TOTAL,
     RESPONSES_TOTAL,
     FAILOVERS_TOTAL,
@@ -313,6 +325,16 @@ impl ProbeLabel {
             ProbeResult::Timeout(_) => ProbeLabel::Timeout,
             ProbeResult::TransportError => ProbeLabel::TransportError,
         }
+    }
+}
+
+label_enum! {
+    /// The `stat` label of [`DESTINATION_LATENCY_SECONDS`].
+    pub enum LatencyStat {
+        Avg => "avg",
+        Std => "std",
+        Est => "est",
+        Max => "max",
     }
 }
 
@@ -678,6 +700,8 @@ pub struct DestinationMetrics {
     stranded: IntGauge,
     probes: PerLabel<ProbeLabel, IntCounter>,
     probe_duration: Histogram,
+    latency: PerLabel<LatencyStat, Gauge>,
+    probe_timeouts: IntCounter,
 }
 
 impl DestinationMetrics {
@@ -715,6 +739,26 @@ impl DestinationMetrics {
         }
         if let Some(rtt) = rtt {
             self.probe_duration.observe(rtt.as_secs_f64());
+        }
+    }
+
+    /// Shows the node's latency statistics (milliseconds, as kept) in
+    /// seconds; the timeout counter catches up with theirs.
+    pub fn latency(&self, stats: &LatencyStats) {
+        for (stat, g) in self.latency.iter() {
+            let ms = match stat {
+                LatencyStat::Avg => stats.average(),
+                LatencyStat::Std => stats.stdev(),
+                LatencyStat::Est => stats.estimate(),
+                LatencyStat::Max => stats.max() as f64,
+            };
+            g.set(ms / 1000.0);
+        }
+        // The statistics outlive a reload and so does this series (same
+        // labels): only ever add the difference.
+        let (kept, shown) = (u64::from(stats.timeouts()), self.probe_timeouts.get());
+        if kept > shown {
+            self.probe_timeouts.inc_by(kept - shown);
         }
     }
 
@@ -808,6 +852,8 @@ pub struct Metrics {
     dest_state: IntGaugeVec,
     dest_calls_active: IntGaugeVec,
     dest_stranded: IntGaugeVec,
+    dest_latency: GaugeVec,
+    dest_probe_timeouts: IntCounterVec,
     probes: IntCounterVec,
     probe_duration: HistogramVec,
     /// Registered by [`Metrics::enable_registry`] only.
@@ -1079,6 +1125,28 @@ impl Metrics {
                 &DEST_LABELS,
             ),
         )?;
+        let dest_latency = register(
+            r,
+            DESTINATION_LATENCY_SECONDS,
+            GaugeVec::new(
+                Opts::new(
+                    DESTINATION_LATENCY_SECONDS,
+                    "OPTIONS round-trip statistics of the destination (Kamailio's LATENCY).",
+                ),
+                &["set", "uri", "stat"],
+            ),
+        )?;
+        let dest_probe_timeouts = register(
+            r,
+            DESTINATION_PROBE_TIMEOUTS_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    DESTINATION_PROBE_TIMEOUTS_TOTAL,
+                    "Probes of the destination unanswered in time or answered 408.",
+                ),
+                &DEST_LABELS,
+            ),
+        )?;
         let probes = register(
             r,
             PROBE_TOTAL,
@@ -1165,6 +1233,8 @@ impl Metrics {
             dest_state,
             dest_calls_active,
             dest_stranded,
+            dest_latency,
+            dest_probe_timeouts,
             probes,
             probe_duration,
             registry,
@@ -1517,6 +1587,14 @@ impl Metrics {
                 .probe_duration
                 .get_metric_with_label_values(&[s, u])
                 .map_err(series(PROBE_DURATION_SECONDS))?,
+            latency: PerLabel::resolve(DESTINATION_LATENCY_SECONDS, |st: LatencyStat| {
+                self.dest_latency
+                    .get_metric_with_label_values(&[s, u, st.as_str()])
+            })?,
+            probe_timeouts: self
+                .dest_probe_timeouts
+                .get_metric_with_label_values(&[s, u])
+                .map_err(series(DESTINATION_PROBE_TIMEOUTS_TOTAL))?,
             set: set.as_str().into(),
             uri: uri.into(),
         };
@@ -1538,6 +1616,10 @@ impl Metrics {
         let _ = self.dest_calls_active.remove_label_values(&[s, u]);
         let _ = self.dest_stranded.remove_label_values(&[s, u]);
         let _ = self.probe_duration.remove_label_values(&[s, u]);
+        let _ = self.dest_probe_timeouts.remove_label_values(&[s, u]);
+        for st in LatencyStat::ALL {
+            let _ = self.dest_latency.remove_label_values(&[s, u, st.as_str()]);
+        }
         for st in State::ALL {
             let _ = self.dest_state.remove_label_values(&[s, u, st.as_str()]);
         }
@@ -2179,8 +2261,8 @@ mod tests {
         );
         let s = Scrape::of(&m);
         // up, calls, stranded, 4 states, 4 results, 11 + 1 buckets, sum,
-        // count.
-        let per_dest = 3 + 4 + 4 + PROBE_BUCKETS.len() + 3;
+        // count, 4 latency stats, timeouts.
+        let per_dest = 3 + 4 + 4 + PROBE_BUCKETS.len() + 3 + 4 + 1;
         assert_eq!(s.with_label("uri", URI_A).len(), per_dest);
         assert_eq!(s.with_label("uri", URI_B).len(), per_dest);
 

@@ -60,6 +60,8 @@ pub enum Conv {
     CtlSocket,
     /// Octal permissions as written (`0600`).
     Octal,
+    /// Kamailio's 0/1 switch to a TOML boolean.
+    Bool,
     /// One of pike's three settings, folded into `[security] rate_limit`.
     Pike(PikePart),
 }
@@ -97,9 +99,10 @@ pub const MODPARAMS: &[(&str, &str, Map)] = &[
     ("dispatcher", "ds_append_branch", Map::Builtin("failover branches are built in")),
     ("dispatcher", "db_url", Map::Unsupported("sipedge reads a dispatcher.list file, not a database: export the table to a list file (setid uri flags priority attrs) and give it with --list")),
     ("dispatcher", "ds_db_url", Map::Unsupported("sipedge reads a dispatcher.list file, not a database: export the table to a list file and give it with --list")),
-    ("dispatcher", "ds_hash_size", Map::Unsupported("no call-load table (algorithm 10); sipedge pins calls in its own dialog table ([dialogs])")),
+    ("dispatcher", "ds_hash_size", Map::Builtin("call load (algorithm 10) is counted from sipedge's own dialog table ([dialogs])")),
     ("dispatcher", "ds_default_socket", Map::Unsupported("sipedge sends from the socket the routing table picks (Kamailio's mhomed=1)")),
-    ("dispatcher", "ds_ping_latency_stats", Map::Unsupported("not mapped by migrate; see the README's migration table")),
+    ("dispatcher", "ds_ping_latency_stats", Map::Key("probe.latency_stats", Conv::Bool)),
+    ("dispatcher", "ds_latency_estimator_alpha", Map::Key("probe.latency_estimator_alpha", Conv::Count)),
     ("tm", "fr_timer", Map::Key("failover.fr_timeout", Conv::Millis)),
     ("tm", "fr_inv_timer", Map::Key("failover.fr_inv_timeout", Conv::Millis)),
     ("tm", "auto_inv_100", Map::Builtin("100 Trying is always sent for an INVITE")),
@@ -1255,6 +1258,11 @@ impl Kamailio {
                 n.to_string()
             }
             Conv::Str => toml_str(&arg.text()),
+            Conv::Bool => match arg.int() {
+                Some(0) => "false".to_owned(),
+                Some(1) => "true".to_owned(),
+                _ => return bad(self, format!("{} is not 0 or 1", arg.text())),
+            },
             Conv::Octal => match arg {
                 Arg::Int(n) => toml_str(&format!("{n:04o}")),
                 other => toml_str(&other.text()),

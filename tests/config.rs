@@ -414,6 +414,11 @@ fn dispatcher_list_file_becomes_the_pool() {
         (Some(40), Some(60), None)
     );
     assert_eq!(d[2].ping_from.as_deref(), Some("sip:health@10.0.0.5"));
+    // Algorithms 10 and 11 read these attrs.
+    assert_eq!((d[1].rweight, d[1].maxload), (Some(30), Some(20)));
+    assert!(d[1].congestion_control, "cc=1");
+    assert_eq!((d[2].rweight, d[2].maxload), (None, None));
+    assert!(!d[2].congestion_control);
     assert!(cfg.dispatcher.loaded_from_list);
     // Set 2 is kept (listed, probed), not routed to.
     let others = &cfg.dispatcher.other_sets;

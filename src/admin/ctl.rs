@@ -707,6 +707,8 @@ mod tests {
                     body: b.into(),
                     ..AttrsView::default()
                 }),
+                latency: None,
+                runtime: None,
             },
         }
     }

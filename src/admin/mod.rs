@@ -191,7 +191,7 @@ impl Readiness {
 }
 
 /// One destination as `dispatcher.list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DestinationView {
     pub set: u32,
     /// The URI as configured (Kamailio shows it as loaded, `sip:` added
@@ -203,6 +203,10 @@ pub struct DestinationView {
     /// `None` when the list line had no attributes: Kamailio then leaves
     /// `ATTRS` out of its output.
     pub attrs: Option<AttrsView>,
+    /// Its probe round-trip statistics, when they are kept.
+    pub latency: Option<crate::dispatcher::latency::LatencyStats>,
+    /// Its active calls, shown under `call-load` (Kamailio's `DLGLOAD`).
+    pub dlgload: Option<usize>,
 }
 
 impl DestinationView {
@@ -214,6 +218,8 @@ impl DestinationView {
             status,
             priority,
             attrs: None,
+            latency: None,
+            dlgload: None,
         }
     }
 }

@@ -160,7 +160,7 @@ pub struct HashResult {
 /// The `dispatcher.list` result. Field order is Kamailio's; unknown fields
 /// (Kamailio's `LATENCY`, `RUNTIME`, `full` extras) are ignored when
 /// reading, so the client also reads a real Kamailio's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListResult {
     #[serde(rename = "NRSETS")]
     pub nrsets: u32,
@@ -169,13 +169,13 @@ pub struct ListResult {
 }
 
 /// `{"SET": {...}}`: Kamailio wraps each array member in an object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetRecord {
     #[serde(rename = "SET")]
     pub set: SetEntry,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetEntry {
     #[serde(rename = "ID")]
     pub id: u32,
@@ -184,13 +184,13 @@ pub struct SetEntry {
 }
 
 /// `{"DEST": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetRecord {
     #[serde(rename = "DEST")]
     pub dest: Dest,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dest {
     #[serde(rename = "URI")]
     pub uri: String,
@@ -202,6 +202,49 @@ pub struct Dest {
     pub priority: i32,
     #[serde(rename = "ATTRS", default, skip_serializing_if = "Option::is_none")]
     pub attrs: Option<AttrsView>,
+    /// With `[probe] latency_stats` (Kamailio `ds_ping_latency_stats`), in
+    /// every list mode as Kamailio prints it.
+    #[serde(rename = "LATENCY", default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+    /// Under `call-load`, the node's active calls, as Kamailio prints them
+    /// with `ds_hash_size` set (which its algorithm 10 needs).
+    #[serde(rename = "RUNTIME", default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+}
+
+/// Kamailio's `RUNTIME` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    #[serde(rename = "DLGLOAD")]
+    pub dlgload: i64,
+}
+
+/// Kamailio's `LATENCY` block: milliseconds; `AVG`, `STD`, `EST` are
+/// doubles, `MAX` and `TIMEOUT` integers (its `"fffdd"`), in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    #[serde(rename = "AVG")]
+    pub avg: f64,
+    #[serde(rename = "STD")]
+    pub std: f64,
+    #[serde(rename = "EST")]
+    pub est: f64,
+    #[serde(rename = "MAX")]
+    pub max: i64,
+    #[serde(rename = "TIMEOUT")]
+    pub timeout: u32,
+}
+
+impl From<&crate::dispatcher::latency::LatencyStats> for Latency {
+    fn from(s: &crate::dispatcher::latency::LatencyStats) -> Latency {
+        Latency {
+            avg: s.average(),
+            std: s.stdev(),
+            est: s.estimate(),
+            max: s.max(),
+            timeout: s.timeouts(),
+        }
+    }
 }
 
 /// The `dispatcher.ping_active` result: `{"OldPingState":1}` for a query,
@@ -691,6 +734,10 @@ fn build_list(destinations: Vec<DestinationView>, mode: ListMode) -> ListResult 
                 flags: d.status.flags().as_str().to_owned(),
                 priority: d.priority,
                 attrs,
+                latency: d.latency.as_ref().map(Latency::from),
+                runtime: d.dlgload.map(|n| Runtime {
+                    dlgload: i64::try_from(n).unwrap_or(i64::MAX),
+                }),
             },
         });
     }

@@ -686,6 +686,8 @@ pub struct HealthConfig {
     success_threshold: u32,
     reply_codes: ReplyCodes,
     mode: ProbingMode,
+    /// `Some`: probes keep latency statistics with this estimator alpha.
+    latency: Option<super::latency::Alpha>,
 }
 
 impl Default for HealthConfig {
@@ -697,6 +699,7 @@ impl Default for HealthConfig {
             success_threshold: DEFAULT_SUCCESS_THRESHOLD,
             reply_codes: ReplyCodes::default(),
             mode: ProbingMode::Flagged,
+            latency: Some(super::latency::Alpha::default()),
         }
     }
 }
@@ -720,6 +723,7 @@ impl HealthConfig {
             success_threshold,
             reply_codes,
             mode: ProbingMode::Flagged,
+            latency: Some(super::latency::Alpha::default()),
         })
     }
 
@@ -730,6 +734,17 @@ impl HealthConfig {
 
     pub fn mode(&self) -> ProbingMode {
         self.mode
+    }
+
+    /// The same settings with latency statistics kept (`Some(alpha)`) or
+    /// not (`[probe] latency_stats = false`).
+    pub fn with_latency(self, latency: Option<super::latency::Alpha>) -> HealthConfig {
+        HealthConfig { latency, ..self }
+    }
+
+    /// The estimator alpha, when latency statistics are kept.
+    pub fn latency(&self) -> Option<super::latency::Alpha> {
+        self.latency
     }
 
     pub fn failure_threshold(&self) -> u32 {

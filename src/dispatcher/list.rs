@@ -384,6 +384,14 @@ impl Attrs {
         self.maxload
     }
 
+    /// `cc`: congestion control from the latency estimator (algorithms 11
+    /// and 13); Kamailio reads it as an integer, any but 0 turns it on.
+    pub fn congestion_control(&self) -> bool {
+        self.get("cc")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .is_some_and(|v| v != 0)
+    }
+
     /// `ping_from`: the From URI of this destination's OPTIONS probes.
     pub fn ping_from(&self) -> Option<&str> {
         self.get("ping_from")

@@ -22,6 +22,13 @@
 //! | `hash-callid` | 0        | a stable hash of the Call-ID                   |
 //! | `priority`    | 8        | the first in set order (highest priority)      |
 //! | `weight`      | 9        | a 100-slot table, each node `weight` % of slots |
+//! | `call-load`   | 10       | the fewest active calls, under its `maxload`   |
+//! | `relative-weight` | 11   | `rweight` shares of 100 slots, active nodes only |
+//! | `latency`     | 13       | highest priority lowered by latency, in turns  |
+//!
+//! The proxy hands `call-load` each node's active calls (the dialogs
+//! pinned to it) through [`Dispatcher::plan_with_load`]; the latency
+//! algorithms read each node's [`latency::LatencyCell`], fed by the probes.
 //!
 //! # Node health
 //! Each node has Kamailio's states ([`health`]): active, trying, inactive,
@@ -35,9 +42,11 @@
 //! calls: in-dialog requests still reach it.
 
 pub mod health;
+pub mod latency;
 pub mod list;
 mod plan;
 mod section;
+mod select;
 
 #[cfg(test)]
 mod tests;
@@ -94,6 +103,16 @@ struct Node {
     /// Shared with the same node in the pool a reload replaces, so its
     /// state and a probe in flight carry over.
     health: std::sync::Arc<SharedHealth>,
+    /// Probe round-trip statistics, shared like `health` with the same
+    /// node in the pool a reload replaces.
+    latency: std::sync::Arc<latency::LatencyCell>,
+    /// Algorithm 10: most active calls; 0 for no limit.
+    maxload: usize,
+    /// Algorithm 11: relative weight (0 none), and `weight` for `cc`.
+    rweight: u32,
+    weight: u32,
+    /// `cc=1`: algorithms 11 and 13 read the congestion, not the latency.
+    congestion_control: bool,
     /// From URI of this node's probes, when it has its own.
     ping_from: Option<String>,
     /// Its dispatcher.list attributes, if it came from one.
@@ -123,6 +142,8 @@ pub struct Dispatcher {
     /// Round-robin and weight: one tick per plan. Wrapping after 2^64 calls
     /// only skews a single turn.
     counter: AtomicUsize,
+    /// `Some` when probes keep latency statistics (`[probe] latency_stats`).
+    latency_alpha: Option<latency::Alpha>,
 }
 
 impl Dispatcher {
@@ -170,15 +191,19 @@ impl Dispatcher {
                     written: dest.written.clone().unwrap_or_else(|| dest.uri.to_string()),
                     priority: dest.priority,
                     list_flags: dest.list_flags,
+                    latency: stayed(previous, dest)
+                        .map_or_else(Default::default, |n| n.latency.clone()),
+                    maxload: dest
+                        .maxload
+                        .map_or(0, |m| usize::try_from(m).unwrap_or(usize::MAX)),
+                    rweight: dest.rweight.unwrap_or(0),
+                    weight: dest.weight.unwrap_or(0),
+                    congestion_control: dest.congestion_control,
                     // A node that stays keeps its health (state, streaks,
                     // a probe in flight), unless its flags column changed:
                     // then it starts from the new flags (0 -> 8 starts
                     // probing it), as a new node does.
-                    health: previous
-                        .and_then(|p| {
-                            let uri = dest.uri.to_string();
-                            p.nodes.iter().find(|n| n.uri == uri)
-                        })
+                    health: stayed(previous, dest)
                         .filter(|n| n.list_flags == dest.list_flags)
                         .map_or_else(
                             || {
@@ -201,6 +226,8 @@ impl Dispatcher {
                 }),
             })
             .collect::<Result<Box<[Node]>, _>>()?;
+
+        warn_about_latency_inputs(cfg, health);
 
         let mut ring: Box<[u16]> = (0..count).map(to_u16).collect();
         // Stable, so equal priorities keep config order.
@@ -226,6 +253,7 @@ impl Dispatcher {
             ring,
             weight_slots,
             counter: AtomicUsize::new(0),
+            latency_alpha: health.latency(),
         })
     }
 
@@ -321,7 +349,18 @@ impl Dispatcher {
     /// for an empty or fully disabled pool; at most [`PLAN_CAPACITY`] nodes.
     ///
     /// `call_id` is the Call-ID header value; only `hash-callid` reads it.
+    /// `call-load` sees every node as idle here: the proxy uses
+    /// [`Dispatcher::plan_with_load`].
     pub fn plan(&self, call_id: &[u8]) -> Plan {
+        self.plan_with_load(call_id, |_| 0)
+    }
+
+    /// [`Dispatcher::plan`], where `load(i)` is the number of active calls
+    /// on node `i` (the dialogs pinned to it); only `call-load` reads it.
+    /// Under `call-load` a node at its `maxload` is left out, and when
+    /// every node that takes calls is at its `maxload` the plan is empty
+    /// (Kamailio's `ds_select_dst` fails: the call gets a 503).
+    pub fn plan_with_load(&self, call_id: &[u8], load: impl Fn(usize) -> usize) -> Plan {
         let n = self.ring.len();
         if n == 0 {
             return Plan::new();
@@ -355,7 +394,107 @@ impl Dispatcher {
                 let start = self.weight_slots[ticket % WEIGHT_SLOTS];
                 self.walk(usize::from(start)).0
             }
+            Algorithm::CallLoad => self.least_loaded(&load),
+            Algorithm::RelativeWeight => {
+                let ticket = self.counter.fetch_add(1, Relaxed);
+                let node = |pos: usize| {
+                    let node = &self.nodes[usize::from(self.ring[pos])];
+                    select::Relative {
+                        active: node.health.accepts_new_calls(),
+                        rweight: node.rweight,
+                        weight: node.weight,
+                        cc: node.congestion_control,
+                        congestion_ms: node.latency.congestion_ms(),
+                    }
+                };
+                // No relative weight on any active node: Kamailio's empty
+                // table names the first node.
+                let start = select::relative_slot(n, node, ticket).unwrap_or(0);
+                self.walk(start).0
+            }
+            Algorithm::Latency => self.latency_optimised(),
         }
+    }
+
+    /// Algorithm 10 (Kamailio `ds_get_leastloaded`): the node with the
+    /// fewest calls among those that take calls and are under their
+    /// `maxload`, ties to the first in set order; failover around the ring
+    /// to the others under their `maxload`.
+    fn least_loaded(&self, load: &dyn Fn(usize) -> usize) -> Plan {
+        let under = |i: usize| {
+            let max = self.nodes[i].maxload;
+            max == 0 || load(i) < max
+        };
+        let mut best: Option<(usize, usize)> = None;
+        for (pos, &index) in self.ring.iter().enumerate() {
+            let i = usize::from(index);
+            if self.nodes[i].health.accepts_new_calls() && under(i) {
+                let calls = load(i);
+                if best.is_none_or(|(fewest, _)| calls < fewest) {
+                    best = Some((calls, pos));
+                }
+            }
+        }
+        match best {
+            Some((_, start)) => self.walk_where(start, under).0,
+            // Every node that takes calls is full: no call for any.
+            None if self.nodes.iter().any(|n| n.health.accepts_new_calls()) => Plan::new(),
+            // None takes calls: the inactive ones, as for the others.
+            None => self.walk_where(0, under).0,
+        }
+    }
+
+    /// Algorithm 13 (Kamailio `ds_manage_route_algo13`): every node that
+    /// takes calls, by its priority lowered by its estimated latency
+    /// ([`select::latency_priority`]; with `cc=1` its congestion), highest
+    /// first, ties in turn from a position that moves past each call's
+    /// first choice (round-robin among equals).
+    fn latency_optimised(&self) -> Plan {
+        let n = self.ring.len();
+        let start = self.counter.load(Relaxed) % n;
+        let accepts = |pos: usize| {
+            self.nodes[usize::from(self.ring[pos])]
+                .health
+                .accepts_new_calls()
+        };
+        if !(0..n).any(accepts) {
+            self.counter.store(start + 1, Relaxed);
+            return self.walk(start).0;
+        }
+        // Sort key: higher effective priority first, then turn order.
+        let key = |pos: usize| {
+            let node = &self.nodes[usize::from(self.ring[pos])];
+            let latency = if node.congestion_control {
+                node.latency.congestion_ms()
+            } else {
+                node.latency.estimate_ms()
+            };
+            let turn = (pos + n - start) % n;
+            (
+                Reverse(select::latency_priority(node.priority, latency)),
+                turn,
+            )
+        };
+        // Selection by repeated scans: the next smallest key after the
+        // last one taken; O(n) per plan entry, and no allocation.
+        let mut plan = Plan::new();
+        let mut last = None;
+        while !plan.is_full() {
+            let next = (0..n)
+                .filter(|&pos| accepts(pos))
+                .map(|pos| (key(pos), pos))
+                .filter(|(k, _)| last.as_ref().is_none_or(|l| k > l))
+                .min_by(|a, b| a.0.cmp(&b.0));
+            let Some((k, pos)) = next else {
+                break;
+            };
+            if last.is_none() {
+                self.counter.store(pos + 1, Relaxed);
+            }
+            plan.push(self.ring[pos]);
+            last = Some(k);
+        }
+        plan
     }
 
     /// A call timed out or hit a transport error on node `i` (Kamailio
@@ -397,6 +536,36 @@ impl Dispatcher {
     pub fn probed(&self, i: usize, result: ProbeResult) {
         let node = &self.nodes[i];
         log_transition(&node.uri, node.health.record_probe(result));
+    }
+
+    /// A probe of node `i` ended with `result`, `rtt` after it was sent:
+    /// feeds its latency statistics when they are kept. Like Kamailio, a
+    /// 408 (its local timeout, or the node's) counts as a timeout and
+    /// leaves the averages alone; a transport error counts as neither.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn probe_latency(&self, i: usize, result: ProbeResult, rtt: Option<std::time::Duration>) {
+        let Some(alpha) = self.latency_alpha else {
+            return;
+        };
+        self.nodes[i].latency.update(|stats| match (result, rtt) {
+            (ProbeResult::Timeout(_) | ProbeResult::Reply(408), _) => stats.timeout(),
+            (ProbeResult::Reply(_), Some(rtt)) => {
+                // Whole milliseconds, truncated, as Kamailio measures.
+                stats.sample(i64::try_from(rtt.as_millis()).unwrap_or(i64::MAX), alpha)
+            }
+            _ => {}
+        });
+    }
+
+    /// Node `i`'s latency statistics; `None` when they are not kept.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn latency(&self, i: usize) -> Option<latency::LatencyStats> {
+        self.latency_alpha?;
+        Some(self.nodes[i].latency.get())
     }
 
     /// Whether `result` is a reply that counts as alive for node `i`
@@ -487,12 +656,18 @@ impl Dispatcher {
     /// The plan starting at ring position `start` (< ring length), and the
     /// ring position of its first node.
     fn walk(&self, start: usize) -> (Plan, usize) {
+        self.walk_where(start, |_| true)
+    }
+
+    /// [`Dispatcher::walk`] over the nodes `keep` accepts (by index).
+    fn walk_where(&self, start: usize, keep: impl Fn(usize) -> bool) -> (Plan, usize) {
         let n = self.ring.len();
         let mut plan = Plan::new();
         let mut first = None;
         for pos in (start..n).chain(0..start) {
             let index = self.ring[pos];
-            if self.nodes[usize::from(index)].health.accepts_new_calls() {
+            let i = usize::from(index);
+            if self.nodes[i].health.accepts_new_calls() && keep(i) {
                 first.get_or_insert(pos);
                 plan.push(index);
                 if plan.is_full() {
@@ -505,7 +680,8 @@ impl Dispatcher {
             // never the disabled (see `plan`).
             for pos in (start..n).chain(0..start) {
                 let index = self.ring[pos];
-                if self.nodes[usize::from(index)].health.status().state != State::Disabled {
+                let i = usize::from(index);
+                if self.nodes[i].health.status().state != State::Disabled && keep(i) {
                     plan.push(index);
                     if plan.is_full() {
                         break;
@@ -515,6 +691,41 @@ impl Dispatcher {
         }
         (plan, first.unwrap_or(start))
     }
+}
+
+/// Algorithms 11 and 13 without their inputs are legal (Kamailio runs
+/// them) but degenerate; say so at start and on every reload.
+fn warn_about_latency_inputs(cfg: &DispatcherConfig, health: &HealthConfig) {
+    if cfg.destinations.is_empty() {
+        return;
+    }
+    let latency_read = cfg.algorithm == Algorithm::Latency
+        || (cfg.algorithm == Algorithm::RelativeWeight
+            && cfg.destinations.iter().any(|d| d.congestion_control));
+    if latency_read && health.latency().is_none() {
+        tracing::warn!(
+            "algorithm \"{}\" reads the probes' latency estimate, but [probe] latency_stats \
+             is off: every node's latency counts as 0",
+            cfg.algorithm
+        );
+    }
+    if cfg.algorithm == Algorithm::RelativeWeight
+        && cfg
+            .destinations
+            .iter()
+            .all(|d| d.rweight.is_none() && !(d.congestion_control && d.weight.is_some()))
+    {
+        tracing::warn!(
+            "algorithm \"relative-weight\" but no destination has an rweight: like Kamailio, \
+             every call starts at the first node"
+        );
+    }
+}
+
+/// The node of `previous` that `dest` continues (same URI), if any.
+fn stayed<'a>(previous: Option<&'a Dispatcher>, dest: &Destination) -> Option<&'a Node> {
+    let uri = dest.uri.to_string();
+    previous.and_then(|p| p.nodes.iter().find(|n| n.uri == uri))
 }
 
 /// Logs a node's state change at info, with its reason (e.g.

@@ -68,6 +68,16 @@ pub enum Algorithm {
     Priority,
     /// Kamailio 9: share of new calls by `weight`.
     Weight,
+    /// Kamailio 10: the node with the fewest active calls (dialogs pinned
+    /// to it); a node at its `maxload` gets none.
+    CallLoad,
+    /// Kamailio 11: share of new calls by `rweight`, spread over the nodes
+    /// that take calls; with `congestion_control` the latency estimator
+    /// lowers it.
+    RelativeWeight,
+    /// Kamailio 13: round-robin over the highest priority, each priority
+    /// lowered by the node's estimated probe latency.
+    Latency,
 }
 
 impl Algorithm {
@@ -78,6 +88,9 @@ impl Algorithm {
             Algorithm::RoundRobin => 4,
             Algorithm::Priority => 8,
             Algorithm::Weight => 9,
+            Algorithm::CallLoad => 10,
+            Algorithm::RelativeWeight => 11,
+            Algorithm::Latency => 13,
         }
     }
 
@@ -89,6 +102,9 @@ impl Algorithm {
             Algorithm::RoundRobin,
             Algorithm::Priority,
             Algorithm::Weight,
+            Algorithm::CallLoad,
+            Algorithm::RelativeWeight,
+            Algorithm::Latency,
         ]
         .into_iter()
         .find(|a| a.kamailio_number() == n)
@@ -101,6 +117,9 @@ impl Algorithm {
             Algorithm::HashCallid => "hash-callid",
             Algorithm::Priority => "priority",
             Algorithm::Weight => "weight",
+            Algorithm::CallLoad => "call-load",
+            Algorithm::RelativeWeight => "relative-weight",
+            Algorithm::Latency => "latency",
         }
     }
 }
@@ -122,6 +141,19 @@ pub struct Destination {
     /// 1..=100, used by [`Algorithm::Weight`] (Kamailio attr `weight=`).
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Most active calls for [`Algorithm::CallLoad`] (Kamailio attr
+    /// `maxload=`); none: no limit.
+    #[serde(default)]
+    pub maxload: Option<u32>,
+    /// 1..=100, used by [`Algorithm::RelativeWeight`] (Kamailio attr
+    /// `rweight=`).
+    #[serde(default)]
+    pub rweight: Option<u32>,
+    /// Kamailio attr `cc=1`: algorithm 11 takes `weight` minus the node's
+    /// congestion (estimated latency above its average, ms) as its
+    /// relative weight, and algorithm 13 that congestion as its latency.
+    #[serde(default)]
+    pub congestion_control: bool,
     /// From URI of this node's probes (dispatcher.list attr `ping_from`).
     #[serde(default)]
     pub ping_from: Option<String>,
@@ -176,6 +208,9 @@ impl Destination {
             uri,
             priority: 0,
             weight: None,
+            maxload: None,
+            rweight: None,
+            congestion_control: false,
             ping_from: None,
             tcp: false,
             advertised: Vec::new(),

@@ -67,11 +67,14 @@ fn first_choices(d: &Dispatcher, calls: usize) -> Vec<usize> {
     counts
 }
 
-const ALL: [Algorithm; 4] = [
+const ALL: [Algorithm; 7] = [
     Algorithm::RoundRobin,
     Algorithm::HashCallid,
     Algorithm::Priority,
     Algorithm::Weight,
+    Algorithm::CallLoad,
+    Algorithm::RelativeWeight,
+    Algorithm::Latency,
 ];
 
 // --- construction -----------------------------------------------------------
@@ -539,4 +542,255 @@ fn kamailio_hash_matches_kamailio() {
     );
     assert_eq!(kamailio_hash("héllo wörld".as_bytes(), b"x") % 7, 3);
     assert_ne!(kamailio_hash(b"", b""), 0);
+}
+
+#[test]
+fn probe_latency_feeds_the_stats_and_a_reload_keeps_them_for_nodes_that_stay() {
+    let ms = Duration::from_millis;
+    let d = three(Algorithm::RoundRobin);
+    d.probe_latency(0, ProbeResult::Reply(200), Some(ms(10)));
+    d.probe_latency(0, ProbeResult::Reply(404), Some(ms(30)));
+    d.probe_latency(0, ProbeResult::Timeout(ms(1000)), None);
+    d.probe_latency(0, ProbeResult::Reply(408), Some(ms(999)));
+    d.probe_latency(0, ProbeResult::TransportError, None);
+    let s = d.latency(0).unwrap();
+    assert_eq!((s.count(), s.max(), s.timeouts()), (2, 30, 2));
+    assert_eq!(s.average(), 20.0);
+    assert_eq!(d.latency(1).unwrap().count(), 0);
+
+    // Node .11 leaves, .10 stays (and moves), .13 is new.
+    let next = Dispatcher::reloaded(
+        &DispatcherConfig {
+            algorithm: Algorithm::RoundRobin,
+            destinations: vec![dest("sip:10.0.1.13:5080"), dest("sip:10.0.1.10:5080")],
+            ..Default::default()
+        },
+        &HealthConfig::default(),
+        Some(&d),
+    )
+    .unwrap();
+    assert_eq!(next.latency(1), Some(s), "kept across the reload");
+    assert_eq!(next.latency(0).unwrap().count(), 0);
+
+    // Off: nothing kept, nothing shown.
+    let off = Dispatcher::with_health(
+        &DispatcherConfig {
+            destinations: vec![dest("sip:10.0.1.10:5080")],
+            ..Default::default()
+        },
+        &HealthConfig::default().with_latency(None),
+    )
+    .unwrap();
+    off.probe_latency(0, ProbeResult::Reply(200), Some(ms(10)));
+    assert_eq!(off.latency(0), None);
+}
+
+// --- call load (Kamailio 10) --------------------------------------------------
+
+fn with_maxload(uri: &str, maxload: u32) -> Destination {
+    Destination {
+        maxload: Some(maxload),
+        ..dest(uri)
+    }
+}
+
+fn loaded_plan(d: &Dispatcher, loads: &[usize]) -> Vec<usize> {
+    d.plan_with_load(b"a", |i| loads[i]).collect()
+}
+
+#[test]
+fn call_load_picks_the_least_loaded_node_ties_to_set_order() {
+    let d = three(Algorithm::CallLoad);
+    assert_eq!(loaded_plan(&d, &[3, 1, 2]), [1, 2, 0]);
+    assert_eq!(loaded_plan(&d, &[0, 0, 0]), [0, 1, 2]);
+    assert_eq!(
+        loaded_plan(&d, &[5, 2, 2]),
+        [1, 2, 0],
+        "tie: first in set order"
+    );
+    // A node out of rotation is not chosen however idle.
+    d.call_failed(1, Failure::Timeout(Duration::from_secs(2)));
+    d.call_failed(1, Failure::Timeout(Duration::from_secs(2)));
+    d.call_failed(1, Failure::Timeout(Duration::from_secs(2)));
+    assert!(!d.accepts_new_calls(1));
+    assert_eq!(loaded_plan(&d, &[3, 0, 2]), [2, 0]);
+    // Simulated calls: each new call lands on the least loaded, so the
+    // loads stay within one of each other.
+    let d = three(Algorithm::CallLoad);
+    let mut loads = [0usize; 3];
+    for _ in 0..300 {
+        let first = d.plan_with_load(b"a", |i| loads[i]).next().unwrap();
+        loads[first] += 1;
+    }
+    assert_eq!(loads, [100, 100, 100]);
+}
+
+#[test]
+fn call_load_skips_nodes_at_maxload_and_refuses_when_all_are_full() {
+    let d = pool(
+        Algorithm::CallLoad,
+        vec![
+            with_maxload("sip:10.0.1.10:5080", 2),
+            with_maxload("sip:10.0.1.11:5080", 1),
+            dest("sip:10.0.1.12:5080"),
+        ],
+    );
+    // Node 1 is at its maxload: neither chosen nor a failover target.
+    assert_eq!(loaded_plan(&d, &[1, 1, 5]), [0, 2]);
+    assert_eq!(loaded_plan(&d, &[2, 1, 5]), [2]);
+    // Node 2 has no limit.
+    assert_eq!(loaded_plan(&d, &[2, 1, 500]), [2]);
+
+    let capped = pool(
+        Algorithm::CallLoad,
+        vec![
+            with_maxload("sip:10.0.1.10:5080", 2),
+            with_maxload("sip:10.0.1.11:5080", 1),
+        ],
+    );
+    assert_eq!(loaded_plan(&capped, &[1, 0]), [1, 0]);
+    assert_eq!(
+        loaded_plan(&capped, &[2, 1]),
+        Vec::<usize>::new(),
+        "all full: 503"
+    );
+    // Counting calls in: 3 fit, the 4th finds every node full.
+    let mut loads = [0usize; 2];
+    let mut placed = 0;
+    for _ in 0..10 {
+        match capped.plan_with_load(b"a", |i| loads[i]).next() {
+            Some(first) => {
+                loads[first] += 1;
+                placed += 1;
+            }
+            None => break,
+        }
+    }
+    assert_eq!((placed, loads), (3, [2, 1]));
+}
+
+// --- relative weight (Kamailio 11) ---------------------------------------------
+
+fn with_rweight(uri: &str, rweight: u32) -> Destination {
+    Destination {
+        rweight: Some(rweight),
+        ..dest(uri)
+    }
+}
+
+#[test]
+fn relative_weight_spreads_over_the_active_nodes_only() {
+    let d = pool(
+        Algorithm::RelativeWeight,
+        vec![
+            with_rweight("sip:10.0.1.10:5080", 50),
+            with_rweight("sip:10.0.1.11:5080", 30),
+            with_rweight("sip:10.0.1.12:5080", 20),
+        ],
+    );
+    assert_eq!(first_choices(&d, 1000), [500, 300, 200]);
+    // Node 2 out: 50:30 of 100 -> 62 and 37, the remainder to node 1.
+    for _ in 0..3 {
+        d.call_failed(2, Failure::Timeout(Duration::from_secs(2)));
+    }
+    assert_eq!(first_choices(&d, 1000), [620, 380, 0]);
+    // Failover goes around the ring, still skipping node 2.
+    assert!(plan(&d, "a").len() == 2);
+}
+
+#[test]
+fn relative_weight_with_cc_follows_the_latency_estimator() {
+    let cc = |uri: &str| Destination {
+        weight: Some(50),
+        rweight: Some(50),
+        congestion_control: true,
+        ..dest(uri)
+    };
+    let d = pool(
+        Algorithm::RelativeWeight,
+        vec![cc("sip:10.0.1.10:5080"), cc("sip:10.0.1.11:5080")],
+    );
+    assert_eq!(first_choices(&d, 100), [50, 50]);
+    // Node 1: nine fast probes, then a 130 ms one: AVG 10 + 120 / 10 =
+    // 22, EST 0.9 * 10 + 0.1 * 130 = 22 -> no congestion yet.
+    let ms = Duration::from_millis;
+    for _ in 0..9 {
+        d.probe_latency(1, ProbeResult::Reply(200), Some(ms(10)));
+    }
+    d.probe_latency(1, ProbeResult::Reply(200), Some(ms(130)));
+    assert_eq!(first_choices(&d, 100), [50, 50]);
+    // Ten slow answers: the estimate moves faster than the average
+    // (EST ~138, AVG 111), and the difference is the congestion.
+    for _ in 0..10 {
+        d.probe_latency(1, ProbeResult::Reply(200), Some(ms(200)));
+    }
+    let s = d.latency(1).unwrap();
+    let congestion = (s.estimate() - s.average()) as u64;
+    assert!(congestion > 0 && congestion < 50, "{s:?}");
+    // Node 1's relative weight is 50 - congestion.
+    let w1 = 50 - congestion;
+    let share1 = w1 * 100 / (50 + w1);
+    let share0 = 50 * 100 / (50 + w1);
+    let remainder = 100 - share0 - share1;
+    let got = first_choices(&d, 100);
+    assert_eq!(
+        got,
+        [share0 as usize, (share1 + remainder) as usize],
+        "{s:?}"
+    );
+    assert!(got[0] > got[1]);
+}
+
+// --- latency optimised (Kamailio 13) -------------------------------------------
+
+#[test]
+fn latency_algorithm_round_robins_equal_priorities() {
+    let d = three(Algorithm::Latency);
+    assert_eq!(plan(&d, "a"), [0, 1, 2]);
+    assert_eq!(plan(&d, "a"), [1, 2, 0]);
+    assert_eq!(plan(&d, "a"), [2, 0, 1]);
+    assert_eq!(first_choices(&d, 300), [100, 100, 100]);
+}
+
+#[test]
+fn latency_lowers_a_slow_nodes_priority() {
+    let d = pool(
+        Algorithm::Latency,
+        vec![
+            with_priority("sip:10.0.1.10:5080", 10),
+            with_priority("sip:10.0.1.11:5080", 10),
+            with_priority("sip:10.0.1.12:5080", 10),
+        ],
+    );
+    // Node 1 answers probes in 55 ms: its priority becomes 10 - 55 / 10 =
+    // 5, so it only gets calls on failover, last.
+    for _ in 0..3 {
+        d.probe_latency(1, ProbeResult::Reply(200), Some(Duration::from_millis(55)));
+    }
+    assert_eq!(d.latency(1).unwrap().estimate(), 55.0);
+    let plans: Vec<Vec<usize>> = (0..4).map(|_| plan(&d, "a")).collect();
+    assert_eq!(
+        plans,
+        [[0, 2, 1], [2, 0, 1], [0, 2, 1], [2, 0, 1]].map(Vec::from)
+    );
+    assert_eq!(first_choices(&d, 100), [50, 0, 50]);
+
+    // A higher priority absorbs the same latency: 30 - 300 / 30 = 20, a
+    // tie with the plain 20 -> they take turns.
+    let d = pool(
+        Algorithm::Latency,
+        vec![
+            with_priority("sip:10.0.1.10:5080", 30),
+            with_priority("sip:10.0.1.11:5080", 20),
+        ],
+    );
+    for _ in 0..3 {
+        d.probe_latency(0, ProbeResult::Reply(200), Some(Duration::from_millis(300)));
+    }
+    assert_eq!(first_choices(&d, 100), [50, 50]);
+    // Out of rotation: never first, never in the plan.
+    for _ in 0..3 {
+        d.call_failed(0, Failure::Timeout(Duration::from_secs(2)));
+    }
+    assert_eq!(plan(&d, "a"), [1]);
 }

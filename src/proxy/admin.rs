@@ -39,9 +39,14 @@ impl Backend for Proxy {
             // Kamailio lists a set highest priority first (ties as loaded).
             let mut order: Vec<usize> = (0..d.len()).collect();
             order.sort_by_key(|&i| std::cmp::Reverse(d.priority(i)));
-            out.extend(order.into_iter().map(|i| DestinationView {
-                attrs: d.attrs(i).and_then(|a| a.rpc()).map(AttrsView::from),
-                ..DestinationView::new(set, d.written(i), d.status(i), d.priority(i))
+            out.extend(order.into_iter().map(|i| {
+                DestinationView {
+                    attrs: d.attrs(i).and_then(|a| a.rpc()).map(AttrsView::from),
+                    latency: d.latency(i),
+                    dlgload: (d.algorithm() == crate::dispatcher::Algorithm::CallLoad)
+                        .then(|| self.tables.dialogs.pinned_to(d.addr(i))),
+                    ..DestinationView::new(set, d.written(i), d.status(i), d.priority(i))
+                }
             }));
         }
         out

@@ -75,14 +75,16 @@ impl Pending for Arc<Call> {
 }
 
 impl Call {
-    /// A call for the INVITE `msg` from `src`, planned on `pool`.
+    /// A call for the INVITE `msg` from `src`, planned on `pool`; `load(i)`
+    /// is the number of calls node `i` has now (for `call-load`).
     pub(super) fn new(
         msg: &Message<'_>,
         src: Peer,
         pool: Arc<Pool>,
         pop_routes: usize,
+        load: impl Fn(usize) -> usize,
     ) -> Arc<Call> {
-        let plan = pool.plan(msg.call_id().unwrap_or_default());
+        let plan = pool.plan_with_load(msg.call_id().unwrap_or_default(), load);
         Arc::new_cyclic(|weak| Call {
             state: Mutex::new(CallState {
                 server: ServerInvite::default(),

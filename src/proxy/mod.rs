@@ -697,7 +697,13 @@ fn health_config(
         probe.success_threshold,
         ReplyCodes::parse(&probe.reply_codes)?,
     )?
-    .with_mode(probe.mode))
+    .with_mode(probe.mode)
+    .with_latency(
+        u16::try_from(probe.latency_estimator_alpha)
+            .ok()
+            .and_then(crate::dispatcher::latency::Alpha::from_permille)
+            .filter(|_| probe.latency_stats),
+    ))
 }
 
 /// Where a response to a request that came from `src` goes (RFC 3261

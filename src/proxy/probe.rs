@@ -357,8 +357,12 @@ fn record(
     }
     let alive = d.probe_reply_counts(node, result);
     d.probed(node, result);
+    d.probe_latency(node, result, rtt);
     if let Some(m) = series.get(node) {
         m.probe(result, alive, rtt);
+        if let Some(stats) = d.latency(node) {
+            m.latency(&stats);
+        }
     }
 }
 

@@ -313,7 +313,15 @@ impl Proxy {
                 return self.invite_again(&call, src);
             }
             dashmap::Entry::Vacant(v) => {
-                let call = Call::new(msg, src, self.pool(), self.our_routes(msg).count);
+                let pool = self.pool();
+                // Kamailio's call load (ds_load_add at the INVITE,
+                // ds_load_remove at the BYE or a failure) is the dialog
+                // table's own count: the Call-ID is pinned when a node is
+                // picked and leaves at the BYE, the failure or its expiry,
+                // so the count can neither drift nor underflow.
+                let dialogs = &self.tables.dialogs;
+                let load = |i: usize| dialogs.pinned_to(pool.addr(i));
+                let call = Call::new(msg, src, pool.clone(), self.our_routes(msg).count, load);
                 v.insert(call.clone());
                 call
             }
