@@ -539,21 +539,8 @@ impl Proxy {
     /// check it now when the health says so.
     fn call_failed(&self, pool: &Pool, i: usize, failure: crate::dispatcher::health::Failure) {
         if pool.call_failed(i, failure) {
-            let first = self.prober.urgent.lock().is_ok_and(|mut urgent| {
-                // Calls go to the first set.
-                let key = (pool.generation, 0, i);
-                let first = urgent.is_empty();
-                if !urgent.contains(&key) {
-                    urgent.push(key);
-                }
-                first
-            });
-            // One entry per batch: the prober takes the whole list.
-            if first {
-                self.tables
-                    .timers
-                    .schedule(tokio::time::Instant::now(), Timer::ProbeUrgent);
-            }
+            // Calls go to the first set.
+            self.probe_urgently([(pool.generation, 0, i)]);
         }
     }
 

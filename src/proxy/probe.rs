@@ -128,14 +128,28 @@ impl Proxy {
     /// the urgent path: the timer task sends, as for a failed call.
     pub(super) fn probe_all_now(&self) {
         let pool = self.pool();
+        let generation = pool.generation;
+        let keys: Vec<_> = pool
+            .sets()
+            .enumerate()
+            .flat_map(|(s, (_, d, _))| {
+                (0..d.len())
+                    .filter(|&n| d.should_probe(n))
+                    .map(move |n| (generation, s, n))
+            })
+            .collect();
+        self.probe_urgently(keys);
+    }
+
+    /// Queues the nodes `keys` (pool generation, set, node) for the urgent
+    /// path; the first entry of a batch wakes the timer task, which takes
+    /// the whole list.
+    pub(super) fn probe_urgently(&self, keys: impl IntoIterator<Item = (u64, usize, usize)>) {
         let first = self.prober.urgent.lock().is_ok_and(|mut urgent| {
             let first = urgent.is_empty();
-            for (s, (_, d, _)) in pool.sets().enumerate() {
-                for n in (0..d.len()).filter(|&n| d.should_probe(n)) {
-                    let key = (pool.generation, s, n);
-                    if !urgent.contains(&key) {
-                        urgent.push(key);
-                    }
+            for key in keys {
+                if !urgent.contains(&key) {
+                    urgent.push(key);
                 }
             }
             first
@@ -158,19 +172,7 @@ impl Proxy {
         }) else {
             return;
         };
-        let first = self.prober.urgent.lock().is_ok_and(|mut urgent| {
-            let first = urgent.is_empty();
-            let key = (pool.generation, s, n);
-            if !urgent.contains(&key) {
-                urgent.push(key);
-            }
-            first
-        });
-        if first {
-            self.tables
-                .timers
-                .schedule(Instant::now(), Timer::ProbeUrgent);
-        }
+        self.probe_urgently([(pool.generation, s, n)]);
     }
 
     /// The least time between two urgent probes of one node: the probe
