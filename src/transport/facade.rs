@@ -229,8 +229,7 @@ impl<H: Handler> Transports<H> {
                     super::udp::report_icmp(&*h, report);
                 }
             }),
-            Transport::Tcp => self.send_tcp(bytes, to),
-            Transport::Tls => self.send_tls(bytes, to),
+            Transport::Tcp | Transport::Tls => self.send_stream(bytes, to),
         };
         if let Err(e) = &r {
             tracing::debug!("send to {to}: {e}");
@@ -241,65 +240,53 @@ impl<H: Handler> Transports<H> {
         r
     }
 
-    fn send_tcp(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
+    /// Over TCP or TLS: the known connection, else the open one to that
+    /// address (ours or the peer's; over TLS ours only if its certificate
+    /// proves who `to` must be now), else a new one opened in the
+    /// background, whose failed connect or handshake reaches the handler
+    /// like an ICMP error (the INVITE fails over at once, not at
+    /// fr_timeout).
+    fn send_stream(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
         let msg = Bytes::copy_from_slice(bytes);
-        for conn in to.conn.into_iter().chain(self.tcp.conn_to(to.addr)) {
-            match self.tcp.send_on(conn, msg.clone()) {
-                Ok(()) => return Ok(()),
-                // Gone: try the next way.
-                Err(TcpError::Closed(_)) => continue,
-                Err(e) => return Err(io::Error::new(io::ErrorKind::WouldBlock, e)),
-            }
+        let queue = |conn| match self.tcp.send_on(conn, msg.clone()) {
+            Ok(()) => Some(Ok(())),
+            // Gone: try the next way.
+            Err(TcpError::Closed(_)) => None,
+            Err(e) => Some(Err(io::Error::new(io::ErrorKind::WouldBlock, e))),
+        };
+        if let Some(done) = to.conn.and_then(queue) {
+            return done;
         }
-        let (tcp, slot) = (self.tcp.clone(), self.handler.clone());
-        self.rt.spawn(async move {
-            if let Err(e) = tcp.send(to.addr, msg).await {
-                tracing::debug!("send to {to}: {e}");
-                // Like ICMP port unreachable: an INVITE waiting on it
-                // fails over now, not at fr_timeout.
-                if let Some(h) = slot.get().and_then(Weak::upgrade) {
-                    h.on_send_failed(to);
-                    h.on_unreachable(to.addr);
-                    h.after_batch();
-                }
-            }
-        });
+        let tls = to.transport == Transport::Tls;
+        let reuse = !tls || self.tls_client.may_reuse(to.addr);
+        let open = self.tcp.conn_over(to.transport, to.addr);
+        if let Some(done) = open.filter(|_| reuse).and_then(queue) {
+            return done;
+        }
+        let tcp = self.tcp.clone();
+        if tls {
+            let client = self.tls_client.clone();
+            let upgrade = move |s| async move { client.handshake(s, to.addr).await };
+            self.dial(to, async move {
+                tcp.send_over(Transport::Tls, to.addr, msg, reuse, upgrade)
+                    .await
+            });
+        } else {
+            self.dial(to, async move { tcp.send(to.addr, msg).await });
+        }
         Ok(())
     }
 
-    /// Over TLS like over TCP: the known connection, else the open one to
-    /// that address (ours or the peer's), else a new one opened in the
-    /// background, whose failed connect or handshake reaches the handler
-    /// like an ICMP error (the INVITE fails over at once).
-    fn send_tls(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
-        let msg = Bytes::copy_from_slice(bytes);
-        let known = to.conn.into_iter();
-        // Our open connection only if its certificate proves who `to`
-        // must be now.
-        let reuse = self.tls_client.may_reuse(to.addr);
-        let open = self
-            .tcp
-            .conn_over(Transport::Tls, to.addr)
-            .filter(|_| reuse);
-        for conn in known.chain(open) {
-            match self.tcp.send_on(conn, msg.clone()) {
-                Ok(()) => return Ok(()),
-                Err(TcpError::Closed(_)) => continue,
-                Err(e) => return Err(io::Error::new(io::ErrorKind::WouldBlock, e)),
-            }
-        }
-        let (tcp, slot, client) = (
-            self.tcp.clone(),
-            self.handler.clone(),
-            self.tls_client.clone(),
-        );
+    /// Runs `dial` (a connect and a send) in the background; its failure
+    /// goes to the handler as `to` unreachable.
+    fn dial(
+        &self,
+        to: Peer,
+        dial: impl std::future::Future<Output = Result<super::ConnId, TcpError>> + Send + 'static,
+    ) {
+        let slot = self.handler.clone();
         self.rt.spawn(async move {
-            let addr = to.addr;
-            let upgrade = |s| async move { client.handshake(s, addr).await };
-            if let Err(e) = tcp
-                .send_over(Transport::Tls, addr, msg, reuse, upgrade)
-                .await
-            {
+            if let Err(e) = dial.await {
                 tracing::debug!("send to {to}: {e}");
                 if let Some(h) = slot.get().and_then(Weak::upgrade) {
                     h.on_send_failed(to);
@@ -308,7 +295,6 @@ impl<H: Handler> Transports<H> {
                 }
             }
         });
-        Ok(())
     }
 
     fn handler(&self) -> Option<Arc<H>> {
