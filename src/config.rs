@@ -1214,21 +1214,40 @@ pub fn read_config(path: &Path) -> Result<Config, ConfigError> {
         file: file.clone(),
         source,
     })?;
+    read_config_text(&text, &file, path, &|_, _| None)
+}
+
+/// [`read_config`] for a reload: a destination whose host name does not
+/// resolve now keeps the address `previous` gives for it (set, URI) rather
+/// than refusing the reload.
+pub fn reread_config(
+    path: &Path,
+    previous: &dyn Fn(u32, &str) -> Option<SocketAddr>,
+) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = read_small_file(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    read_config_text(&text, &file, path, previous)
+}
+
+fn read_config_text(
+    text: &str,
+    file: &str,
+    path: &Path,
+    previous: &dyn Fn(u32, &str) -> Option<SocketAddr>,
+) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut config = from_toml_at(&text, &file, base)?;
-    config.load_list_file(base, &file)?;
+    let mut config = from_toml_at(text, file, base)?;
+    config.load_list_file(base, file)?;
+    config.resolve_names(text, file, previous)?;
     Ok(config)
 }
 
 /// Why a dispatcher.list line cannot be a sipedge destination (yet).
 fn list_entry_problem(e: &crate::dispatcher::list::Entry) -> Option<String> {
-    let Host::Ip(ip) = &e.host else {
-        return Some(format!(
-            "{}: host names are not resolved yet, use the node's IP address",
-            e.uri
-        ));
-    };
-    if ip.is_unspecified() {
+    if e.host.is_unspecified() {
         return Some(format!("{}: a wildcard address is not a node", e.uri));
     }
     if let Some(v) = e.attrs.tls_verify() {
@@ -1243,8 +1262,9 @@ fn list_entry_problem(e: &crate::dispatcher::list::Entry) -> Option<String> {
 /// one (also what `dispatcher.add` puts in the pool).
 ///
 /// # Errors
-/// Why sipedge cannot send to it (a host name, a wildcard address, a
-/// transport it does not speak, a bad `tls_verify`).
+/// Why sipedge cannot send to it (a wildcard address, a transport it
+/// does not speak, a bad `tls_verify`). A host name is resolved later,
+/// with the rest of the config ([`Config::resolve_names`]).
 pub fn list_destination(e: &crate::dispatcher::list::Entry) -> Result<Destination, String> {
     if let Some(problem) = list_entry_problem(e) {
         return Err(problem);
@@ -1273,13 +1293,14 @@ fn destination(e: &crate::dispatcher::list::Entry) -> Destination {
         list_flags: e.flags.bits(),
         attrs: (!e.attrs.is_empty()).then(|| e.attrs.clone()),
         written: Some(e.uri.clone()),
+        line: Some(e.line),
+        resolved: None,
     }
 }
 
 /// A violation about `dispatcher.destination[N]` of destinations read from
-/// a list file, as the list line (`lines[N]`) and the reason in the list's
-/// terms.
-fn list_line_of(violation: &Violation, lines: &[usize]) -> Option<(usize, String)> {
+/// a list file, as the list line and the reason in the list's terms.
+fn list_line_of(violation: &Violation, dests: &[Destination]) -> Option<(usize, String)> {
     let index: usize = violation
         .key
         .strip_prefix("dispatcher.destination[")?
@@ -1287,12 +1308,18 @@ fn list_line_of(violation: &Violation, lines: &[usize]) -> Option<(usize, String
         .next()?
         .parse()
         .ok()?;
-    let line = *lines.get(index)?;
+    let line = dests.get(index)?.line?;
+    let line_of = |i: usize| dests.get(i).and_then(|d| d.line).unwrap_or_default();
     let reason = match &violation.rule {
         Rule::DuplicateDestination { uri, first } => format!(
             "{uri} is listed twice in the set that takes calls (first on line {}); failover \
              would retry the same node",
-            lines.get(*first).copied().unwrap_or_default()
+            line_of(*first)
+        ),
+        Rule::SameAddress { uri, addr, first } => format!(
+            "{uri} resolves to {addr}, where line {} already sends; a node is known by its \
+             address, so the two could not be told apart",
+            line_of(*first)
         ),
         rule => rule.to_string(),
     };
@@ -1381,24 +1408,143 @@ impl Config {
                 other_sets.push((id, dests));
             }
         }
-        // What the checks below find in a destination, they report on its
-        // line: the operator wrote no `dispatcher.destination[N]`.
-        let lines: Vec<usize> = entries.iter().map(|e| e.line).collect();
         self.dispatcher.destinations = destinations;
         self.dispatcher.other_sets = other_sets;
         self.dispatcher.skipped = skipped;
         self.dispatcher.loaded_from_list = true;
+        self.dispatcher.list_path = Some(file);
+        // No TOML text: a violation outside the list names no line.
         self.validate()
-            .map_err(|violation| match list_line_of(&violation, &lines) {
-                Some((line, reason)) => err(format!(":{line}: {reason}")),
-                None => ConfigError::Invalid {
-                    at: Location {
-                        file: config_file.to_owned(),
-                        line: None,
+            .map_err(|violation| self.located("", config_file, violation))
+    }
+
+    /// Each destination named by a host name, in every set, with the
+    /// address it resolved to: `sip:fs1.internal:5080 -> 10.0.1.10:5080`.
+    pub fn resolved_names(&self) -> Vec<String> {
+        let sets = std::iter::once(&self.dispatcher.destinations)
+            .chain(self.dispatcher.other_sets.iter().map(|(_, d)| d));
+        sets.flatten()
+            .filter_map(|d| Some(format!("{} -> {}", d.uri, d.resolved?)))
+            .collect()
+    }
+
+    /// `violation` as an error at its place: the list line of a
+    /// destination read from a list file (the operator wrote no
+    /// `dispatcher.destination[N]`), else the key's line in `text`.
+    fn located(&self, text: &str, config_file: &str, violation: Violation) -> ConfigError {
+        if let (Some(list), Some((line, reason))) = (
+            &self.dispatcher.list_path,
+            list_line_of(&violation, &self.dispatcher.destinations),
+        ) {
+            return ConfigError::List {
+                config: config_file.to_owned(),
+                file: list.clone(),
+                detail: format!(":{line}: {reason}"),
+            };
+        }
+        let line = (!text.is_empty())
+            .then(|| KeyIndex::new(text).line_of(text, &violation.key))
+            .flatten();
+        ConfigError::Invalid {
+            at: Location {
+                file: config_file.to_owned(),
+                line,
+            },
+            violation: Box::new(violation),
+        }
+    }
+
+    /// Resolves the host names of the destinations of every set, with
+    /// `[dns] servers` (else the system's resolver and `/etc/hosts`): A/AAAA
+    /// on the URI's port, or SRV first for a name without a port when
+    /// `dispatcher.dns_srv` is on (Kamailio's `ds_dns_mode` 1, and 8 for
+    /// SRV). Then checks the config again with the addresses (two names on
+    /// one address, a name that is this proxy).
+    ///
+    /// A name that does not resolve, in the set that takes calls: an error
+    /// at its list line or key, unless `previous` still has an address for
+    /// that destination (a reload: the node keeps it, with a warning). In
+    /// another set: left out with a warning, like other lines sipedge
+    /// cannot use there. `text` is the config file's text, for lines.
+    ///
+    /// # Errors
+    /// A name that does not resolve, or a rule the addresses break.
+    pub fn resolve_names(
+        &mut self,
+        text: &str,
+        config_file: &str,
+        previous: &dyn Fn(u32, &str) -> Option<SocketAddr>,
+    ) -> Result<(), ConfigError> {
+        let srv = self.dispatcher.dns_srv;
+        let target = |d: &Destination| d.dns_target(srv);
+        let set = self.dispatcher.set;
+        let mut places = Vec::new();
+        let mut targets = Vec::new();
+        for (i, d) in self.dispatcher.destinations.iter().enumerate() {
+            if let Some(t) = target(d) {
+                places.push((None, i));
+                targets.push(t);
+            }
+        }
+        for (k, (_, dests)) in self.dispatcher.other_sets.iter().enumerate() {
+            for (i, d) in dests.iter().enumerate() {
+                if let Some(t) = target(d) {
+                    places.push((Some(k), i));
+                    targets.push(t);
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let answers = crate::dns::resolve_now(&self.dns.servers, &targets);
+        let mut gone: Vec<(usize, usize)> = Vec::new();
+        for (&(other, i), answer) in places.iter().zip(answers) {
+            let (id, d) = match other {
+                None => (set, &mut self.dispatcher.destinations[i]),
+                Some(k) => {
+                    let (id, dests) = &mut self.dispatcher.other_sets[k];
+                    (*id, &mut dests[i])
+                }
+            };
+            let e = match answer {
+                Ok(addr) => {
+                    d.resolved = Some(addr);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let uri = d.uri.to_string();
+            let place = match (&self.dispatcher.list_path, d.line) {
+                (Some(list), Some(line)) => format!("{list}:{line}"),
+                _ => format!("{config_file}: dispatcher.destination[{i}]"),
+            };
+            if let Some(addr) = previous(id, &uri) {
+                tracing::warn!("{place}: {uri}: {e}: keeps {addr}, its address before");
+                d.resolved = Some(addr);
+            } else if let Some(k) = other {
+                self.dispatcher.skipped.push(format!(
+                    "{place}: {uri} (set {id}): its host name does not resolve: {e}"
+                ));
+                gone.push((k, i));
+            } else {
+                let violation = Violation {
+                    key: format!("dispatcher.destination[{i}].uri"),
+                    rule: Rule::Unresolved {
+                        uri: d.uri.clone(),
+                        reason: e.to_string(),
                     },
-                    violation: Box::new(violation),
-                },
-            })
+                };
+                return Err(self.located(text, config_file, violation));
+            }
+        }
+        // Backwards, so the indices still to remove stay right.
+        for &(k, i) in gone.iter().rev() {
+            self.dispatcher.other_sets[k].1.remove(i);
+        }
+        self.dispatcher.other_sets.retain(|(_, d)| !d.is_empty());
+        self.validate()
+            .map_err(|violation| self.located(text, config_file, violation))
     }
 }
 
@@ -1406,7 +1552,9 @@ impl Config {
 /// Files it names (`[cluster] secret_file`) are read relative to the
 /// working directory.
 pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-    from_toml_at(text, file, Path::new("."))
+    let mut config = from_toml_at(text, file, Path::new("."))?;
+    config.resolve_names(text, file, &|_, _| None)?;
+    Ok(config)
 }
 
 /// [`from_toml`] with the files it names read relative to `base`.
@@ -1583,6 +1731,20 @@ pub enum Rule {
     WildcardDestination(Host),
     #[error("{uri} is listed twice (first as dispatcher.destination[{first}]); failover would retry the same node")]
     DuplicateDestination { uri: SipUri, first: usize },
+    #[error(
+        "{uri} resolves to {addr}, where dispatcher.destination[{first}] already sends; a node \
+         is known by its address, so the two could not be told apart"
+    )]
+    SameAddress {
+        uri: SipUri,
+        addr: SocketAddr,
+        first: usize,
+    },
+    #[error(
+        "{uri}: its host name does not resolve ({reason}); check the name, /etc/hosts or \
+         [dns] servers, or give the node's IP address"
+    )]
+    Unresolved { uri: SipUri, reason: String },
     #[error("algorithm \"weight\" needs a weight (1-100) on every destination")]
     MissingWeight,
     #[error("weight {0} is out of range; use 1-100 (Kamailio's range)")]
@@ -1735,11 +1897,12 @@ impl Config {
         }
         for (i, dest) in dests.iter().enumerate() {
             let key = |field: &str| format!("dispatcher.destination[{i}].{field}");
-            if dest.uri.host.is_unspecified() {
-                return fail(
-                    &key("uri"),
-                    Rule::WildcardDestination(dest.uri.host.clone()),
-                );
+            // A host name is judged by the address it resolved to; before
+            // that (config read but names not resolved yet), by its name.
+            let addr = dest.addr();
+            let host = addr.map_or_else(|| dest.uri.host.clone(), |a| Host::Ip(a.ip()));
+            if host.is_unspecified() {
+                return fail(&key("uri"), Rule::WildcardDestination(host));
             }
             let same = |d: &Destination| {
                 d.uri.host == dest.uri.host && d.uri.port_or_default() == dest.uri.port_or_default()
@@ -1751,10 +1914,25 @@ impl Config {
                 };
                 return fail(&key("uri"), rule);
             }
-            if self
-                .listen
-                .is_own(&dest.uri.host, dest.uri.port_or_default())
-            {
+            let at = |d: &Destination| {
+                addr.is_some_and(|a| {
+                    d.addr().is_some_and(|b| {
+                        b.ip().to_canonical() == a.ip().to_canonical() && b.port() == a.port()
+                    })
+                })
+            };
+            if let (Some(addr), Some(first)) = (addr, dests[..i].iter().position(at)) {
+                let rule = Rule::SameAddress {
+                    uri: dest.uri.clone(),
+                    addr,
+                    first,
+                };
+                return fail(&key("uri"), rule);
+            }
+            if self.listen.is_own(
+                &host,
+                addr.map_or_else(|| dest.uri.port_or_default(), |a| a.port()),
+            ) {
                 return fail(&key("uri"), Rule::SelfDestination(dest.uri.clone()));
             }
             let tls = dest.uri.transport == Some(crate::transport::Transport::Tls);
@@ -1793,7 +1971,9 @@ impl Config {
             );
         }
         if advertise.is_loopback() {
-            if let Some(dest) = dests.iter().find(|d| !d.uri.host.is_loopback()) {
+            // A name not resolved yet is judged once it is.
+            let elsewhere = |d: &&Destination| d.addr().is_some_and(|a| !a.ip().is_loopback());
+            if let Some(dest) = dests.iter().find(elsewhere) {
                 let rule = Rule::LoopbackAdvertise {
                     advertise: advertise.clone(),
                     destination: dest.uri.clone(),
@@ -2096,7 +2276,11 @@ impl fmt::Display for Config {
         )?;
         writeln!(f, "destinations    {}", self.dispatcher.destinations.len())?;
         for dest in &self.dispatcher.destinations {
-            write!(f, "  {}  priority {}", dest.uri, dest.priority)?;
+            write!(f, "  {}", dest.uri)?;
+            if let Some(addr) = dest.resolved {
+                write!(f, " ({addr})")?;
+            }
+            write!(f, "  priority {}", dest.priority)?;
             if let Some(weight) = dest.weight {
                 write!(f, "  weight {weight}")?;
             }
@@ -2405,7 +2589,8 @@ uri = "sip:10.0.1.11:5080"
 
         let local = text
             .replace("10.0.1.10", "127.0.0.1")
-            .replace("10.0.1.11", "localhost");
+            .replace("10.0.1.11:5080", "localhost:5081");
+        // The name resolves (/etc/hosts) to a loopback address: accepted.
         load(&local).unwrap();
         let v6 = local.replace(r#""127.0.0.1""#, r#""[::1]:5070""#);
         load(&v6).unwrap();

@@ -141,6 +141,70 @@ impl Dns {
     }
 }
 
+/// How long [`resolve_now`] waits for all its names: an SRV answer and
+/// then its target's address, each bounded by [`LOOKUP_TIMEOUT`].
+const RESOLVE_NOW_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves `targets` together, from sync code (reading the config, at
+/// start or on a reload), with name servers `servers` (empty: the
+/// system's): one answer per target, in order. Waits at most
+/// [`RESOLVE_NOW_TIMEOUT`]; inside the proxy's runtime the wait moves this
+/// worker's other tasks elsewhere, so calls are not held up.
+pub fn resolve_now(
+    servers: &[SocketAddr],
+    targets: &[Target],
+) -> Vec<Result<SocketAddr, DnsError>> {
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (servers, asked) = (servers.to_vec(), targets.to_vec());
+    // Its own thread and runtime: callable with or without a runtime
+    // around, and a resolver that hangs is left behind, not waited for.
+    let spawned = std::thread::Builder::new()
+        .name("sipedge-resolve".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let answers = match runtime {
+                Ok(rt) => rt.block_on(async {
+                    let dns = Dns::new(&servers);
+                    let lookups = asked.iter().map(|t| dns.resolve(t));
+                    futures_util::future::join_all(lookups).await
+                }),
+                Err(e) => asked
+                    .iter()
+                    .map(|_| Err(DnsError::NoResolver(e.to_string())))
+                    .collect(),
+            };
+            let _ = tx.send(answers);
+        });
+    let wait = || rx.recv_timeout(RESOLVE_NOW_TIMEOUT).ok();
+    let answers = match spawned {
+        Err(e) => return unanswered(targets, &e.to_string()),
+        Ok(_) => match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        },
+    };
+    answers.unwrap_or_else(|| unanswered(targets, "no answer in time"))
+}
+
+fn unanswered(targets: &[Target], reason: &str) -> Vec<Result<SocketAddr, DnsError>> {
+    targets
+        .iter()
+        .map(|t| {
+            Err(DnsError::Lookup {
+                name: t.host.to_string(),
+                reason: reason.to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// A name as absolute, so the system's search domains are not tried.
 fn fqdn(host: &str) -> String {
     if host.ends_with('.') {

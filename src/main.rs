@@ -136,7 +136,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => match config::read_config(&file) {
-            Ok(_) => {
+            Ok(config) => {
+                for name in config.resolved_names() {
+                    println!("resolved: {name}");
+                }
                 println!("ok: {}", file.display());
                 ExitCode::SUCCESS
             }

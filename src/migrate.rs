@@ -62,6 +62,9 @@ pub enum Conv {
     Octal,
     /// Kamailio's 0/1 switch to a TOML boolean.
     Bool,
+    /// `ds_dns_mode`'s bits: 8 (SRV) to `dispatcher.dns_srv`; 2 and 4
+    /// (resolve at every use, on a timer) warned about.
+    DnsMode,
     /// One of pike's three settings, folded into `[security] rate_limit`.
     Pike(PikePart),
 }
@@ -103,6 +106,9 @@ pub const MODPARAMS: &[(&str, &str, Map)] = &[
     ("dispatcher", "ds_default_socket", Map::Unsupported("sipedge sends from the socket the routing table picks (Kamailio's mhomed=1)")),
     ("dispatcher", "ds_ping_latency_stats", Map::Key("probe.latency_stats", Conv::Bool)),
     ("dispatcher", "ds_latency_estimator_alpha", Map::Key("probe.latency_estimator_alpha", Conv::Count)),
+    ("dispatcher", "ds_dns_mode", Map::Key("dispatcher.dns_srv", Conv::DnsMode)),
+    ("dispatcher", "ds_dns_interval", Map::Unsupported("names are resolved at start and on each reload; reload to follow a changed address")),
+    ("dispatcher", "ds_dns_ttl", Map::Builtin("the pool's names are resolved at start and on each reload, whatever the TTL")),
     ("tm", "fr_timer", Map::Key("failover.fr_timeout", Conv::Millis)),
     ("tm", "fr_inv_timer", Map::Key("failover.fr_inv_timeout", Conv::Millis)),
     ("tm", "auto_inv_100", Map::Builtin("100 Trying is always sent for an INVITE")),
@@ -1263,6 +1269,25 @@ impl Kamailio {
                 Some(1) => "true".to_owned(),
                 _ => return bad(self, format!("{} is not 0 or 1", arg.text())),
             },
+            Conv::DnsMode => {
+                let Some(bits) = arg.int().filter(|n| (0..16).contains(n)) else {
+                    return bad(
+                        self,
+                        format!("{} is not a ds_dns_mode (0 to 15)", arg.text()),
+                    );
+                };
+                if bits & 6 != 0 {
+                    self.warn(
+                        &src,
+                        format!(
+                            "ds_dns_mode {bits}: resolving at every use (2) or on a timer (4) \
+                             is not done; sipedge resolves the pool's names at start and on \
+                             each reload (as with 1)"
+                        ),
+                    );
+                }
+                (bits & 8 != 0).to_string()
+            }
             Conv::Octal => match arg {
                 Arg::Int(n) => toml_str(&format!("{n:04o}")),
                 other => toml_str(&other.text()),

@@ -71,7 +71,7 @@ const BAD: &[(&str, &str, &str)] = &[
     (
         "list-hostname.toml",
         "dispatcher.list_file",
-        "hostname.list:2: sip:fs-b.pool.example:5080: host names are not resolved yet",
+        "hostname.list:2: sip:fs-b.pool.example:5080: its host name does not resolve",
     ),
     (
         "list-duplicate.toml",

@@ -56,7 +56,7 @@ use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::value::{fnv1a, Host, SipUri};
+use crate::value::{fnv1a, SipUri};
 use health::{
     Failure, HealthConfig, ProbeResult, SetState, SharedHealth, State, Status, Transition,
 };
@@ -73,11 +73,10 @@ const WEIGHT_SLOTS: usize = 100;
 /// Why a dispatcher config cannot be turned into a pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DispatcherError {
-    #[error(
-        "dispatcher.destination[{index}].uri: {uri} names a host; host names are not \
-         resolved yet, use the node's IP address"
-    )]
-    HostName { index: usize, uri: SipUri },
+    /// Config reading resolves names (`config::read_config`); a config
+    /// built another way must do it too (`Config::resolve_names`).
+    #[error("dispatcher.destination[{index}].uri: {uri}: its host name was not resolved")]
+    Unresolved { index: usize, uri: SipUri },
     #[error("{count} destinations; at most {max} are supported")]
     TooManyDestinations { count: usize, max: usize },
 }
@@ -147,9 +146,9 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Builds the pool from `[dispatcher]`. Each destination must be an IP
-    /// literal (its port defaults to 5060); a host name is refused until DNS
-    /// resolution exists. An empty pool is accepted here (config validation
+    /// Builds the pool from `[dispatcher]`. Each destination is an IP
+    /// literal (its port defaults to 5060) or a host name resolved when the
+    /// config was read. An empty pool is accepted here (config validation
     /// refuses it) and yields empty plans.
     pub fn new(cfg: &DispatcherConfig) -> Result<Dispatcher, DispatcherError> {
         Dispatcher::with_health(cfg, &HealthConfig::default())
@@ -184,9 +183,9 @@ impl Dispatcher {
             .destinations
             .iter()
             .enumerate()
-            .map(|(index, dest)| match &dest.uri.host {
-                Host::Ip(ip) => Ok(Node {
-                    addr: canonical(SocketAddr::new(*ip, dest.uri.port_or_default())),
+            .map(|(index, dest)| match dest.addr() {
+                Some(addr) => Ok(Node {
+                    addr: canonical(addr),
                     uri: dest.uri.to_string(),
                     written: dest.written.clone().unwrap_or_else(|| dest.uri.to_string()),
                     priority: dest.priority,
@@ -220,7 +219,7 @@ impl Dispatcher {
                     takes_tcp: dest.tcp || dest.uri.transport == Some(Transport::Tcp),
                     advertised: dest.advertised.iter().map(|a| a.to_canonical()).collect(),
                 }),
-                Host::Name(_) => Err(DispatcherError::HostName {
+                None => Err(DispatcherError::Unresolved {
                     index,
                     uri: dest.uri.clone(),
                 }),
@@ -753,6 +752,10 @@ pub fn column_changes(old: &Dispatcher, i: usize, new: &Dispatcher, n: usize) ->
     let mut out = Vec::new();
     if a.written != b.written {
         out.push(format!("uri {} -> {}", a.written, b.written));
+    }
+    if a.addr != b.addr {
+        // A host name that resolves elsewhere now.
+        out.push(format!("address {} -> {}", a.addr, b.addr));
     }
     if a.list_flags != b.list_flags {
         out.push(format!(

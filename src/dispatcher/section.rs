@@ -4,12 +4,12 @@
 //! `dispatcher.list` files with [`super::list`]; `config` re-exports it.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
 
 use super::{health, list};
-use crate::value::SipUri;
+use crate::value::{Host, SipUri};
 
 /// `[dispatcher]`: the FreeSWITCH pool and how a node is picked.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -27,10 +27,18 @@ pub struct DispatcherConfig {
     /// (`ds_select_dst(set, ...)`).
     #[serde(default = "default_set")]
     pub set: u32,
+    /// A destination named by a host name without a port is located by
+    /// SRV (`_sip._udp`, `_sip._tcp`, `_sips._tcp`; RFC 3263) rather than
+    /// A/AAAA on the default port: Kamailio's `ds_dns_mode` bit 8.
+    #[serde(default)]
+    pub dns_srv: bool,
     /// The destinations were filled in from `list_file` (see
     /// `Config::load_list_file` in [`crate::config`]).
     #[serde(skip)]
     pub loaded_from_list: bool,
+    /// The list file as errors name it (its path as read).
+    #[serde(skip)]
+    pub list_path: Option<String>,
     /// The list file's other sets: probed and shown by `dispatcher.list`,
     /// settable, but no trunk call goes to them.
     #[serde(skip)]
@@ -48,7 +56,9 @@ impl Default for DispatcherConfig {
             destinations: Vec::new(),
             list_file: None,
             set: default_set(),
+            dns_srv: false,
             loaded_from_list: false,
+            list_path: None,
             other_sets: Vec::new(),
             skipped: Vec::new(),
         }
@@ -191,6 +201,13 @@ pub struct Destination {
     /// to, as in Kamailio. Routing only uses `uri`'s host and port.
     #[serde(skip)]
     pub written: Option<String>,
+    /// Its dispatcher.list line, for errors found after the file was read.
+    #[serde(skip)]
+    pub line: Option<usize>,
+    /// Where its host name resolved to when the config was read (A/AAAA,
+    /// or SRV with `dns_srv`); `None` for an IP literal.
+    #[serde(skip)]
+    pub resolved: Option<SocketAddr>,
 }
 
 fn default_tls_verify() -> bool {
@@ -219,6 +236,39 @@ impl Destination {
             list_flags: default_list_flags(),
             attrs: None,
             written: None,
+            line: None,
+            resolved: None,
+        }
+    }
+
+    /// Where it is reached: its IP literal and port, or the address its
+    /// host name resolved to; `None` for a name not resolved (yet).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match &self.uri.host {
+            Host::Ip(ip) => Some(SocketAddr::new(*ip, self.uri.port_or_default())),
+            Host::Name(_) => self.resolved,
+        }
+    }
+
+    /// What to ask DNS for its host name (none for an IP literal): A/AAAA
+    /// on the URI's port, or with `srv` and no port in the URI, SRV first
+    /// (RFC 3263 §4.2).
+    pub fn dns_target(&self, srv: bool) -> Option<crate::dns::Target> {
+        self.host_name().map(|name| crate::dns::Target {
+            host: name.into(),
+            port: match self.uri.port {
+                None if srv => None,
+                _ => Some(self.uri.port_or_default()),
+            },
+            transport: self.uri.transport.unwrap_or_default(),
+        })
+    }
+
+    /// Its host name, when it has one rather than an IP literal.
+    pub fn host_name(&self) -> Option<&str> {
+        match &self.uri.host {
+            Host::Name(name) => Some(name),
+            Host::Ip(_) => None,
         }
     }
 }

@@ -108,26 +108,31 @@ fn new_resolves_ip_literals() {
 }
 
 #[test]
-fn host_name_is_refused_naming_it() {
-    let err = Dispatcher::new(&DispatcherConfig {
+fn a_host_name_routes_to_the_address_it_resolved_to() {
+    let mut named = dest("sip:fs-b.pool.example:5080");
+    let cfg = |b: Destination| DispatcherConfig {
         algorithm: Algorithm::RoundRobin,
-        destinations: vec![
-            dest("sip:10.0.1.10:5080"),
-            dest("sip:fs-b.pool.example:5080"),
-        ],
+        destinations: vec![dest("sip:10.0.1.10:5080"), b],
         ..Default::default()
-    })
-    .unwrap_err();
+    };
+    // Not resolved: refused, naming it (config reading resolves names).
+    let err = Dispatcher::new(&cfg(named.clone())).unwrap_err();
     assert_eq!(
         err,
-        DispatcherError::HostName {
+        DispatcherError::Unresolved {
             index: 1,
             uri: SipUri::parse("sip:fs-b.pool.example:5080").unwrap(),
         }
     );
-    let message = err.to_string();
-    assert!(message.starts_with("dispatcher.destination[1].uri: sip:fs-b.pool.example:5080"));
-    assert!(message.contains("IP address"), "{message}");
+    assert!(err
+        .to_string()
+        .starts_with("dispatcher.destination[1].uri: sip:fs-b.pool.example:5080"));
+    // Resolved: the node is found by that address, named by its URI.
+    named.resolved = Some("10.0.1.11:5080".parse().unwrap());
+    let d = Dispatcher::new(&cfg(named)).unwrap();
+    assert_eq!(d.addr(1), "10.0.1.11:5080".parse().unwrap());
+    assert_eq!(d.find("10.0.1.11:5080".parse().unwrap()), Some(1));
+    assert_eq!(d.uri(1), "sip:fs-b.pool.example:5080");
 }
 
 #[test]

@@ -133,6 +133,13 @@ impl Pool {
         )
     }
 
+    /// The address destination `uri` (normalised) of set `set` is sent
+    /// to now: what a reload keeps for a host name that does not resolve.
+    pub fn address_of(&self, set: u32, uri: &str) -> Option<std::net::SocketAddr> {
+        let (_, d, _) = self.sets().find(|(id, _, _)| *id == set)?;
+        d.find_uri(uri).map(|i| d.addr(i))
+    }
+
     /// Set number `index` in the order of [`Pool::sets`].
     pub fn set_at(&self, index: usize) -> Option<(u32, &Dispatcher, &[DestinationMetrics])> {
         self.sets().nth(index)
@@ -151,8 +158,7 @@ pub(super) fn configure_tls_client(cfg: &Config, client: &crate::transport::TlsC
     let sets = std::iter::once(&cfg.dispatcher.destinations)
         .chain(cfg.dispatcher.other_sets.iter().map(|(_, d)| d));
     for d in sets.flatten() {
-        let (crate::value::Host::Ip(ip), Some(Transport::Tls)) = (&d.uri.host, d.uri.transport)
-        else {
+        let (Some(addr), Some(Transport::Tls)) = (d.addr(), d.uri.transport) else {
             continue;
         };
         if !d.tls_verify {
@@ -162,9 +168,10 @@ pub(super) fn configure_tls_client(cfg: &Config, client: &crate::transport::TlsC
                 d.uri
             );
         }
-        let addr = std::net::SocketAddr::new(*ip, d.uri.port_or_default());
+        // RFC 5922 §7: a node named by a host name must show that name.
+        let name = d.tls_server_name.as_deref().or(d.host_name());
         let id = PeerIdentity {
-            server_name: d.tls_server_name.as_deref().map(Into::into),
+            server_name: name.map(Into::into),
             verify: d.tls_verify,
         };
         peers.insert(crate::dispatcher::canonical(addr), id);
@@ -231,7 +238,9 @@ impl Proxy {
         };
         let path = self.reload.path.lock().ok().and_then(|p| p.clone());
         let cfg = match &path {
-            Some(path) => config::read_config(path)?,
+            Some(path) => {
+                config::reread_config(path, &|set, uri| self.pool().address_of(set, uri))?
+            }
             None => config::from_toml(config::EXAMPLE_TOML, config::EXAMPLE_NAME)?,
         };
         let old = self.pool();
@@ -274,9 +283,11 @@ impl Proxy {
     fn install(&self, old: &Pool, new: Pool) {
         for (id, d, series) in old.sets() {
             for (i, m) in series.iter().enumerate() {
-                let stays = new
-                    .sets()
-                    .any(|(nid, nd, _)| nid == id && nd.find(d.addr(i)).is_some());
+                // By address, or by URI: a host name that now resolves
+                // elsewhere is still that node (and its series).
+                let stays = new.sets().any(|(nid, nd, _)| {
+                    nid == id && (nd.find(d.addr(i)).is_some() || nd.find_uri(d.uri(i)).is_some())
+                });
                 if !stays {
                     self.metrics.remove_destination(m.clone());
                 }
@@ -301,7 +312,17 @@ impl Proxy {
     /// [`EditError::Refused`] when sipedge cannot use the destination or
     /// the set already has it.
     pub fn add_destination(&self, entry: &crate::dispatcher::list::Entry) -> Result<(), EditError> {
-        let dest = config::list_destination(entry).map_err(EditError::Refused)?;
+        let mut dest = config::list_destination(entry).map_err(EditError::Refused)?;
+        // Like Kamailio's `dispatcher.add`: resolved now, refused if not,
+        // as the pool's config resolves its names.
+        let source = self.pool().source.clone();
+        if let Some(target) = dest.dns_target(source.dispatcher.dns_srv) {
+            match crate::dns::resolve_now(&source.dns.servers, &[target]).pop() {
+                Some(Ok(addr)) => dest.resolved = Some(addr),
+                Some(Err(e)) => return Err(EditError::Refused(format!("{}: {e}", entry.uri))),
+                None => return Err(EditError::Refused(format!("{}: not resolved", entry.uri))),
+            }
+        }
         self.edit_pool(|cfg| {
             let set = entry.set_id;
             let same = |d: &config::Destination| {
@@ -330,8 +351,7 @@ impl Proxy {
             dests.push(dest.clone());
             Ok(())
         })?;
-        if let crate::value::Host::Ip(ip) = dest.uri.host {
-            let addr = std::net::SocketAddr::new(ip, dest.uri.port_or_default());
+        if let Some(addr) = dest.addr() {
             self.probe_soon(entry.set_id, crate::dispatcher::canonical(addr));
         }
         Ok(())
@@ -450,6 +470,7 @@ fn log_changes(old: &Pool, new: &Pool) {
                 tracing::info!(
                     set = id,
                     uri = nd.written(n),
+                    address = %nd.addr(n),
                     flags = nd.status(n).flags().as_str(),
                     priority = nd.priority(n),
                     "reload: destination added"
