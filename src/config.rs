@@ -1308,17 +1308,22 @@ fn list_line_of(violation: &Violation, dests: &[Destination]) -> Option<(usize, 
         .next()?
         .parse()
         .ok()?;
-    let line = dests.get(index)?.line?;
+    let dest = dests.get(index)?;
+    let line = dest.line?;
     let line_of = |i: usize| dests.get(i).and_then(|d| d.line).unwrap_or_default();
+    // As the line wrote it (user part, parameters), not normalised.
+    let written = |uri: &SipUri| dest.written.clone().unwrap_or_else(|| uri.to_string());
     let reason = match &violation.rule {
         Rule::DuplicateDestination { uri, first } => format!(
-            "{uri} is listed twice in the set that takes calls (first on line {}); failover \
-             would retry the same node",
+            "{} is listed twice in the set that takes calls (same host and port as line \
+             {}); failover would retry the same node",
+            written(uri),
             line_of(*first)
         ),
         Rule::SameAddress { uri, addr, first } => format!(
-            "{uri} resolves to {addr}, where line {} already sends; a node is known by its \
+            "{} resolves to {addr}, where line {} already sends; a node is known by its \
              address, so the two could not be told apart",
+            written(uri),
             line_of(*first)
         ),
         rule => rule.to_string(),

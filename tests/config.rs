@@ -76,7 +76,7 @@ const BAD: &[(&str, &str, &str)] = &[
     (
         "list-duplicate.toml",
         "dispatcher.list_file",
-        "duplicate.list:5: sip:10.0.1.10:5080 is listed twice in the set that takes calls (first on line 2)",
+        "duplicate.list:5: sip:callee@10.0.1.10:5080 is listed twice in the set that takes calls (same host and port as line 2)",
     ),
     (
         "list-weight-missing.toml",
