@@ -365,3 +365,70 @@ fn alert_rules_cover_every_alert_and_name_only_exported_metrics() {
         assert!(rules.contains(name), "no alert watches {name}");
     }
 }
+
+/// Node `i`'s (set 1) tries so far, and those that ended as `outcome`.
+fn node_counts(h: &Harness, i: usize, outcome: CallOutcome) -> (u64, u64) {
+    let pool = h.proxy.pool();
+    let (_, _, series) = pool.sets().next().expect("the set that takes calls");
+    (series[i].calls_routed(), series[i].call_outcomes(outcome))
+}
+
+/// The other outcomes: the node's own 486 goes to the caller (rejected),
+/// the caller cancels a ringing call (cancelled: the node's 487), a node
+/// that rings past `fr_inv_timeout` (timeout: sipedge's 408). Neither
+/// moves the call to the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_cancelled_and_timed_out_tries_count_on_their_node() {
+    let h = Harness::start(Options::default()).await;
+    let node = &h.nodes[0];
+
+    let mut busy = h.trunk_call();
+    h.trunk.send(busy.invite(SDP_AUDIO), h.addr).await;
+    let inv = node.recv_request("INVITE").await;
+    node.send(
+        reply(&inv, 486, "Busy Here", Some(&unique("fs-"))),
+        inv.from,
+    )
+    .await;
+    h.trunk.recv_until(|r| r.status() == Some(486)).await;
+    assert_eq!(node_counts(&h, 0, CallOutcome::Rejected), (1, 1));
+
+    let mut ringing = h.trunk_call();
+    h.trunk.send(ringing.invite(SDP_AUDIO), h.addr).await;
+    let inv = node.recv_until_request("INVITE", WAIT).await;
+    let tag = unique("fs-");
+    node.send(reply(&inv, 180, "Ringing", Some(&tag)), inv.from)
+        .await;
+    h.trunk.recv_until(|r| r.status() == Some(180)).await;
+    h.trunk.send(ringing.cancel(), h.addr).await;
+    let cancel = node.recv_until_request("CANCEL", WAIT).await;
+    node.send(reply(&cancel, 200, "OK", Some(&tag)), cancel.from)
+        .await;
+    node.send(reply(&inv, 487, "Request Terminated", Some(&tag)), inv.from)
+        .await;
+    h.trunk.recv_until(|r| r.status() == Some(487)).await;
+    assert_eq!(node_counts(&h, 0, CallOutcome::Cancelled), (2, 1));
+    assert_eq!(node_counts(&h, 1, CallOutcome::Answered), (0, 0));
+
+    let h = Harness::start(Options {
+        fr_inv_timeout: "400ms",
+        ..Options::default()
+    })
+    .await;
+    let node = &h.nodes[0];
+    let mut silent = h.trunk_call();
+    h.trunk.send(silent.invite(SDP_AUDIO), h.addr).await;
+    let inv = node.recv_request("INVITE").await;
+    node.send(reply(&inv, 180, "Ringing", Some(&unique("fs-"))), inv.from)
+        .await;
+    h.trunk.recv_until(|r| r.status() == Some(408)).await;
+    assert_eq!(node_counts(&h, 0, CallOutcome::Timeout), (1, 1));
+    for o in [
+        CallOutcome::Answered,
+        CallOutcome::FailedOver,
+        CallOutcome::Rejected,
+    ] {
+        assert_eq!(node_counts(&h, 0, o).1, 0, "{o:?}");
+    }
+    assert_eq!(node_counts(&h, 1, CallOutcome::Timeout), (0, 0));
+}
