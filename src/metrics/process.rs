@@ -1,11 +1,14 @@
 //! The `process_*` family with the names, types and help texts of
 //! Prometheus' client libraries (client_golang's process collector), so
 //! the dashboards and alerts written for any exporter work on sipedge as
-//! they are. Read from `/proc/self` at scrape time: `stat` (CPU, memory,
-//! threads, start time), `fd` (open descriptors) and `stat`'s `btime`
-//! once, plus RLIMIT_NOFILE. Off Linux, or with `/proc` unreadable, the
-//! families that could not be read are left out of that scrape; nothing
-//! fails.
+//! they are (plus `process_threads`, as the `prometheus` crate's own
+//! collector has it). Read at scrape time from `/proc/self/stat` (CPU,
+//! memory, threads), `/proc/self/fd` (open descriptors) and
+//! RLIMIT_NOFILE; the start time once, from `/proc/self/stat` and the
+//! boot time in `/proc/stat`. No `unsafe` and no new crate: sysconf and
+//! getrlimit through nix's safe wrappers. Off Linux, or with `/proc`
+//! unreadable, the families that could not be read are left out of that
+//! scrape; nothing fails.
 
 use prometheus::core::{Collector, Desc};
 use prometheus::{proto, Counter, Gauge, IntGauge, Opts};
