@@ -76,6 +76,19 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub cluster: Cluster,
+    #[serde(default)]
+    pub metrics: MetricsOptions,
+}
+
+/// `[metrics]`: what `/metrics` shows besides sipedge's own families.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsOptions {
+    /// Also show each destination as kamailio_exporter does
+    /// (`kamailio_dispatcher_list_target{setid,uri,flags}`), for the
+    /// dashboards and alerts of a Kamailio dispatcher.
+    #[serde(default)]
+    pub kamailio_names: bool,
 }
 
 /// `[limits]`: caps that keep memory bounded under a flood.

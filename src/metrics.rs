@@ -33,6 +33,8 @@ use crate::dispatcher::latency::LatencyStats;
 use crate::sip::{Method, SipError};
 use crate::transport::tls::{CertExpiry, Handshake};
 
+mod process;
+
 /// Whether a destination takes new calls: 1 when its state is `active` or
 /// `trying` (Kamailio's `ds_select_dst` still selects a trying node), else
 /// 0. Labels: `set`, `uri`.
@@ -144,6 +146,61 @@ pub const TLS_CONNECTIONS: &str = "sipedge_tls_connections";
 /// `[tls] client_ca`; `client`: `[tls] client_certificate`), `file`. The files in force: set at start, replaced
 /// on a reload.
 pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "sipedge_tls_certificate_expiry_seconds";
+/// New INVITEs sent to a destination: each try of a call counts once on
+/// its node, so a call that failed over from A to B counts on both.
+/// `rate()` of it is the calls per second per node. Labels: `set`, `uri`.
+pub const DESTINATION_CALLS_TOTAL: &str = "sipedge_destination_calls_total";
+/// How each try counted in [`DESTINATION_CALLS_TOTAL`] ended on its node.
+/// Labels: `set`, `uri`, `outcome` ([`CallOutcome`]). Every try ends in
+/// one outcome once decided, but for one rare case: a node failed over
+/// from that answers 2xx after all counts `failed_over` and `answered`,
+/// and the try it overtook (cancelled) counts none.
+pub const DESTINATION_CALL_OUTCOMES_TOTAL: &str = "sipedge_destination_call_outcomes_total";
+/// Requests of every method sipedge answered with a final error itself,
+/// by reason: the INVITEs of [`INVITES_REJECTED_TOTAL`] and the others (a
+/// BYE for a dialog nobody knows: `unknown_dialog`). The 487 to an INVITE
+/// the caller cancelled is the caller's choice, not counted. Label:
+/// `reason` ([`RejectReason`]).
+pub const REQUESTS_REJECTED_TOTAL: &str = "sipedge_requests_rejected_total";
+/// The cap on entries of the Call-ID -> node table (`[dialogs] max`):
+/// compare [`DIALOGS`] with it.
+pub const DIALOGS_MAX: &str = "sipedge_dialogs_max";
+
+/// Total user and system CPU time of the process, in seconds (the name,
+/// type and help of Prometheus' client libraries, as all the `process_*`
+/// below).
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+/// Resident memory in bytes.
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+/// Virtual memory size in bytes.
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
+/// Open file descriptors (sockets and TCP connections included).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The soft RLIMIT_NOFILE: where accepts start failing with EMFILE.
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// When the process started, in seconds since the epoch.
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+/// OS threads of the process.
+pub const PROCESS_THREADS: &str = "process_threads";
+
+/// With `[metrics] kamailio_names = true`: each destination as
+/// kamailio_exporter's `dispatcher.list` collector shows it, so the
+/// dashboards and alerts written for a Kamailio dispatcher work as they
+/// are: always 1, labels `setid`, `uri` (as `dispatcher.list` shows it)
+/// and `flags` (its FLAGS: `AP`, `IP`, `DX`...).
+pub const KAMAILIO_DISPATCHER_LIST_TARGET: &str = "kamailio_dispatcher_list_target";
+
+/// The `process_*` families (Linux): not sipedge's own names, so apart
+/// from [`ALL_NAMES`].
+pub const PROCESS_NAMES: &[&str] = &[
+    PROCESS_CPU_SECONDS_TOTAL,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_VIRTUAL_MEMORY_BYTES,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_START_TIME_SECONDS,
+    PROCESS_THREADS,
+];
 
 /// Every metric name above, for tests and tools that check an exposition.
 pub const ALL_NAMES: &[&str] = &[
@@ -176,6 +233,10 @@ pub const ALL_NAMES: &[&str] = &[
     TLS_HANDSHAKES_TOTAL,
     TLS_CONNECTIONS,
     TLS_CERTIFICATE_EXPIRY_SECONDS,
+    DESTINATION_CALLS_TOTAL,
+    DESTINATION_CALL_OUTCOMES_TOTAL,
+    REQUESTS_REJECTED_TOTAL,
+    DIALOGS_MAX,
 ];
 
 /// Buckets of [`PROBE_DURATION_SECONDS`]: an OPTIONS round trip on a LAN
@@ -459,8 +520,10 @@ label_enum! {
 }
 
 label_enum! {
-    /// Why sipedge answered an INVITE with a final error itself; each is
-    /// some `proxy::rescue::Refusal`'s label. No `loop` (482): loops end
+    /// Why sipedge answered a request (an INVITE for
+    /// [`INVITES_REJECTED_TOTAL`], any for [`REQUESTS_REJECTED_TOTAL`])
+    /// with a final error itself; each is some `proxy::rescue::Refusal`'s
+    /// label. No `loop` (482): loops end
     /// at Max-Forwards 0, loop detection being optional (RFC 3261 §16.3).
     pub enum RejectReason {
         /// No node left to try (503).
@@ -479,18 +542,19 @@ label_enum! {
         UnsupportedUri => "unsupported_uri",
         /// A Proxy-Require extension we do not support (420).
         BadExtension => "bad_extension",
-        /// An in-dialog INVITE (re-INVITE) for a dialog nobody knows (481).
+        /// An in-dialog request (a re-INVITE, a BYE...) or a CANCEL for a
+        /// dialog or transaction nobody knows (481).
         UnknownDialog => "unknown_dialog",
-        /// A re-INVITE only our Record-Route's node hint would route, whose
+        /// An in-dialog request only our Record-Route's node hint would route, whose
         /// MAC does not verify with `[cluster] secret`: missing, forged,
         /// cut, or made for another Call-ID (481).
         BadRouteHint => "bad_route_hint",
         /// The host name a node's request goes to did not resolve (478).
         Unresolvable => "unresolvable",
         /// No final answer in time (408): `fr_inv_timeout` after the node
-        /// rang, or a forwarded re-INVITE's next hop stayed silent.
+        /// rang, or a forwarded request's next hop stayed silent.
         Timeout => "timeout",
-        /// A forwarded re-INVITE's next hop could not be reached (503).
+        /// A forwarded request's next hop could not be reached (503).
         Unreachable => "unreachable",
         /// From a source `[security] trusted` does not list (403).
         Forbidden => "forbidden",
@@ -643,6 +707,28 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// How a try of a new INVITE ended on its node
+    /// ([`DESTINATION_CALL_OUTCOMES_TOTAL`]).
+    pub enum CallOutcome {
+        /// The node answered 2xx: the call is its.
+        Answered => "answered",
+        /// The call moved on to the next node: no answer within
+        /// `fr_timeout`, a failover code, a transport error (the
+        /// per-node side of [`FAILOVERS_TOTAL`]).
+        FailedOver => "failed_over",
+        /// The node's own final error (not a failover code, or after it
+        /// rang) went to the caller: busy, declined, not found...
+        Rejected => "rejected",
+        /// The node rang but sent no final answer within
+        /// `fr_inv_timeout`: sipedge answered 408.
+        Timeout => "timeout",
+        /// The caller cancelled before the node answered finally (its 487,
+        /// or sipedge's).
+        Cancelled => "cancelled",
+    }
+}
+
 impl From<Removal> for EvictReason {
     fn from(r: Removal) -> EvictReason {
         match r {
@@ -702,6 +788,8 @@ pub struct DestinationMetrics {
     probe_duration: Histogram,
     latency: PerLabel<LatencyStat, Gauge>,
     probe_timeouts: IntCounter,
+    calls: IntCounter,
+    outcomes: PerLabel<CallOutcome, IntCounter>,
 }
 
 impl DestinationMetrics {
@@ -781,6 +869,26 @@ impl DestinationMetrics {
     pub fn call_ended(&self) {
         self.calls_active.dec();
     }
+
+    /// A new INVITE was sent to this node.
+    pub fn call_routed(&self) {
+        self.calls.inc();
+    }
+
+    /// A try counted by [`DestinationMetrics::call_routed`] ended so.
+    pub fn call_outcome(&self, outcome: CallOutcome) {
+        inc(&self.outcomes, outcome);
+    }
+
+    /// New INVITEs sent to this node so far.
+    pub fn calls_routed(&self) -> u64 {
+        self.calls.get()
+    }
+
+    /// Tries on this node that ended as `outcome` so far.
+    pub fn call_outcomes(&self, outcome: CallOutcome) -> u64 {
+        get(&self.outcomes, outcome)
+    }
 }
 
 /// The [`NODE_MISADVERTISED_TOTAL`] series of one node, from
@@ -833,8 +941,10 @@ pub struct Metrics {
     failovers: PerLabel<FailoverReason, IntCounter>,
     forward_failures: PerLabel<ForwardFailure, IntCounter>,
     invites_rejected: PerLabel<RejectReason, IntCounter>,
+    requests_rejected: PerLabel<RejectReason, IntCounter>,
     dropped: PerLabel<DropReason, IntCounter>,
     dialogs: IntGauge,
+    dialogs_max: IntGauge,
     dialogs_evicted: PerLabel<EvictReason, IntCounter>,
     transactions: IntGauge,
     tcp_connections: IntGauge,
@@ -856,6 +966,10 @@ pub struct Metrics {
     dest_probe_timeouts: IntCounterVec,
     probes: IntCounterVec,
     probe_duration: HistogramVec,
+    dest_calls: IntCounterVec,
+    dest_outcomes: IntCounterVec,
+    /// Registered by [`Metrics::enable_kamailio_names`] only.
+    kamailio_targets: IntGaugeVec,
     /// Registered by [`Metrics::enable_registry`] only.
     registry_ops: IntCounterVec,
     registry_up: IntGauge,
@@ -933,6 +1047,18 @@ impl Metrics {
                 &["reason"],
             ),
         )?;
+        let requests_rejected = register(
+            r,
+            REQUESTS_REJECTED_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    REQUESTS_REJECTED_TOTAL,
+                    "Requests of every method answered with a final error by sipedge itself, \
+                     by reason.",
+                ),
+                &["reason"],
+            ),
+        )?;
         let dropped = register(
             r,
             DROPPED_MESSAGES_TOTAL,
@@ -959,6 +1085,14 @@ impl Metrics {
             r,
             DIALOGS,
             IntGauge::new(DIALOGS, "Entries in the Call-ID -> node table."),
+        )?;
+        let dialogs_max = register(
+            r,
+            DIALOGS_MAX,
+            IntGauge::new(
+                DIALOGS_MAX,
+                "The cap on entries of the Call-ID -> node table.",
+            ),
         )?;
         let transactions = register(
             r,
@@ -1168,7 +1302,41 @@ impl Metrics {
             ),
         )?;
 
+        let dest_calls = register(
+            r,
+            DESTINATION_CALLS_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    DESTINATION_CALLS_TOTAL,
+                    "New INVITEs sent to the destination, each try of a call once.",
+                ),
+                &DEST_LABELS,
+            ),
+        )?;
+        let dest_outcomes = register(
+            r,
+            DESTINATION_CALL_OUTCOMES_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    DESTINATION_CALL_OUTCOMES_TOTAL,
+                    "How the tries of new INVITEs on the destination ended, by outcome.",
+                ),
+                &["set", "uri", "outcome"],
+            ),
+        )?;
+        registry
+            .register(Box::new(process::ProcessCollector::new()?))
+            .map_err(|source| MetricsError::Register {
+                metric: PROCESS_CPU_SECONDS_TOTAL,
+                source,
+            })?;
+
         let define = |metric: &'static str| move |source| MetricsError::Define { metric, source };
+        let kamailio_targets = IntGaugeVec::new(
+            Opts::new(KAMAILIO_DISPATCHER_LIST_TARGET, "Target status."),
+            &["setid", "uri", "flags"],
+        )
+        .map_err(define(KAMAILIO_DISPATCHER_LIST_TARGET))?;
         let registry_ops = IntCounterVec::new(
             Opts::new(
                 REGISTRY_OPERATIONS_TOTAL,
@@ -1200,10 +1368,14 @@ impl Metrics {
             invites_rejected: PerLabel::resolve(INVITES_REJECTED_TOTAL, |x: RejectReason| {
                 rejected.get_metric_with_label_values(&[x.as_str()])
             })?,
+            requests_rejected: PerLabel::resolve(REQUESTS_REJECTED_TOTAL, |x: RejectReason| {
+                requests_rejected.get_metric_with_label_values(&[x.as_str()])
+            })?,
             dropped: PerLabel::resolve(DROPPED_MESSAGES_TOTAL, |d: DropReason| {
                 dropped.get_metric_with_label_values(&[d.as_str()])
             })?,
             dialogs,
+            dialogs_max,
             dialogs_evicted: PerLabel::resolve(DIALOGS_EVICTED_TOTAL, |e: EvictReason| {
                 evicted.get_metric_with_label_values(&[e.as_str()])
             })?,
@@ -1237,6 +1409,9 @@ impl Metrics {
             dest_probe_timeouts,
             probes,
             probe_duration,
+            dest_calls,
+            dest_outcomes,
+            kamailio_targets,
             registry,
         })
     }
@@ -1300,6 +1475,17 @@ impl Metrics {
     /// Counts an INVITE that sipedge answered with a final error.
     pub fn invite_rejected(&self, reason: RejectReason) {
         inc(&self.invites_rejected, reason);
+    }
+
+    /// Counts a request of any method that sipedge answered with a final
+    /// error.
+    pub fn request_rejected(&self, reason: RejectReason) {
+        inc(&self.requests_rejected, reason);
+    }
+
+    /// How many requests of any method were rejected with `reason` so far.
+    pub fn requests_rejected(&self, reason: RejectReason) -> u64 {
+        get(&self.requests_rejected, reason)
     }
 
     /// Counts a message dropped without an answer.
@@ -1392,6 +1578,42 @@ impl Metrics {
     /// Sets the size of the Call-ID -> node table.
     pub fn set_dialogs(&self, n: usize) {
         self.dialogs.set(saturating_i64(n));
+    }
+
+    /// Sets the cap of the Call-ID -> node table (`[dialogs] max`).
+    pub fn set_dialogs_max(&self, n: usize) {
+        self.dialogs_max.set(saturating_i64(n));
+    }
+
+    /// Exports [`KAMAILIO_DISPATCHER_LIST_TARGET`] from now on
+    /// (`[metrics] kamailio_names`); its series come from
+    /// [`Metrics::set_kamailio_targets`].
+    pub fn enable_kamailio_names(&self) -> Result<(), MetricsError> {
+        register(
+            &self.registry,
+            KAMAILIO_DISPATCHER_LIST_TARGET,
+            Ok(self.kamailio_targets.clone()),
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the [`KAMAILIO_DISPATCHER_LIST_TARGET`] series with these
+    /// destinations: (set id, URI as `dispatcher.list` shows it, FLAGS).
+    /// The flags are a label, so a state change is a new series: the old
+    /// ones go (this runs at scrape time).
+    pub fn set_kamailio_targets<'a>(
+        &self,
+        targets: impl IntoIterator<Item = (u32, &'a str, &'a str)>,
+    ) {
+        self.kamailio_targets.reset();
+        for (set, uri, flags) in targets {
+            if let Ok(g) =
+                self.kamailio_targets
+                    .get_metric_with_label_values(&[&set.to_string(), uri, flags])
+            {
+                g.set(1);
+            }
+        }
     }
 
     /// Counts an entry leaving (or refused by) the Call-ID -> node table.
@@ -1595,6 +1817,14 @@ impl Metrics {
                 .dest_probe_timeouts
                 .get_metric_with_label_values(&[s, u])
                 .map_err(series(DESTINATION_PROBE_TIMEOUTS_TOTAL))?,
+            calls: self
+                .dest_calls
+                .get_metric_with_label_values(&[s, u])
+                .map_err(series(DESTINATION_CALLS_TOTAL))?,
+            outcomes: PerLabel::resolve(DESTINATION_CALL_OUTCOMES_TOTAL, |o: CallOutcome| {
+                self.dest_outcomes
+                    .get_metric_with_label_values(&[s, u, o.as_str()])
+            })?,
             set: set.as_str().into(),
             uri: uri.into(),
         };
@@ -1617,6 +1847,10 @@ impl Metrics {
         let _ = self.dest_stranded.remove_label_values(&[s, u]);
         let _ = self.probe_duration.remove_label_values(&[s, u]);
         let _ = self.dest_probe_timeouts.remove_label_values(&[s, u]);
+        let _ = self.dest_calls.remove_label_values(&[s, u]);
+        for o in CallOutcome::ALL {
+            let _ = self.dest_outcomes.remove_label_values(&[s, u, o.as_str()]);
+        }
         for st in LatencyStat::ALL {
             let _ = self.dest_latency.remove_label_values(&[s, u, st.as_str()]);
         }
@@ -1874,10 +2108,82 @@ mod tests {
                 .count();
             assert!(samples > 0, "no sample of {name}");
         }
+        for &name in PROCESS_NAMES {
+            assert!(name.starts_with("process_"), "{name}");
+            assert!(s.help.contains_key(name), "no HELP for {name}");
+            assert_eq!(
+                s.types.get(name).map(String::as_str),
+                Some(expected_type(name)),
+                "TYPE of {name}"
+            );
+        }
         let exported: Vec<&String> = s.types.keys().collect();
-        let mut names: Vec<&str> = ALL_NAMES.to_vec();
+        let mut names: Vec<&str> = ALL_NAMES.iter().chain(PROCESS_NAMES).copied().collect();
         names.sort_unstable();
         assert_eq!(exported, names, "exported families");
+    }
+
+    #[test]
+    fn kamailio_names_show_each_target_with_its_flags_only_when_enabled() {
+        let m = metrics();
+        m.set_kamailio_targets([(1, "sip:10.0.1.10:5080", "AP")]);
+        assert!(!m.encode().contains(KAMAILIO_DISPATCHER_LIST_TARGET));
+        m.enable_kamailio_names().expect("enable");
+        let s = Scrape::of(&m);
+        assert_eq!(
+            s.types
+                .get(KAMAILIO_DISPATCHER_LIST_TARGET)
+                .map(String::as_str),
+            Some("gauge")
+        );
+        let labels = |flags| {
+            [
+                ("setid", "1"),
+                ("uri", "sip:10.0.1.10:5080"),
+                ("flags", flags),
+            ]
+        };
+        assert_eq!(
+            s.value(KAMAILIO_DISPATCHER_LIST_TARGET, &labels("AP")),
+            Some(1.0)
+        );
+        // A state change replaces the series: no stale flags.
+        m.set_kamailio_targets([(1, "sip:10.0.1.10:5080", "IP")]);
+        let s = Scrape::of(&m);
+        assert_eq!(
+            s.value(KAMAILIO_DISPATCHER_LIST_TARGET, &labels("IP")),
+            Some(1.0)
+        );
+        assert_eq!(s.series_of(KAMAILIO_DISPATCHER_LIST_TARGET).len(), 1);
+    }
+
+    #[test]
+    fn per_node_calls_and_outcomes_start_at_zero_and_leave_with_the_node() {
+        let m = metrics();
+        let a = m.register_destination(1, URI_A).expect("destination");
+        let s = Scrape::of(&m);
+        let node = [("set", "1"), ("uri", URI_A)];
+        assert_eq!(s.value(DESTINATION_CALLS_TOTAL, &node), Some(0.0));
+        for o in CallOutcome::ALL {
+            let labels = [("set", "1"), ("uri", URI_A), ("outcome", o.as_str())];
+            assert_eq!(
+                s.value(DESTINATION_CALL_OUTCOMES_TOTAL, &labels),
+                Some(0.0),
+                "{o:?}"
+            );
+        }
+        a.call_routed();
+        a.call_routed();
+        a.call_outcome(CallOutcome::FailedOver);
+        a.call_outcome(CallOutcome::Answered);
+        let s = Scrape::of(&m);
+        assert_eq!(s.value(DESTINATION_CALLS_TOTAL, &node), Some(2.0));
+        let failed = [("set", "1"), ("uri", URI_A), ("outcome", "failed_over")];
+        assert_eq!(s.value(DESTINATION_CALL_OUTCOMES_TOTAL, &failed), Some(1.0));
+        m.remove_destination(a.clone());
+        let s = Scrape::of(&m);
+        assert!(s.series_of(DESTINATION_CALLS_TOTAL).is_empty());
+        assert!(s.series_of(DESTINATION_CALL_OUTCOMES_TOTAL).is_empty());
     }
 
     #[test]
@@ -1898,6 +2204,7 @@ mod tests {
         check::<RejectReason>();
         check::<DropReason>();
         check::<EvictReason>();
+        check::<CallOutcome>();
         check::<AdvertisedIn>();
         assert_eq!(MethodLabel::ALL.len(), 15);
     }
@@ -1922,6 +2229,7 @@ mod tests {
             (FAILOVERS_TOTAL, FailoverReason::ALL.len()),
             (FORWARD_FAILURES_TOTAL, ForwardFailure::ALL.len()),
             (INVITES_REJECTED_TOTAL, RejectReason::ALL.len()),
+            (REQUESTS_REJECTED_TOTAL, RejectReason::ALL.len()),
             (DROPPED_MESSAGES_TOTAL, DropReason::ALL.len()),
             (DIALOGS_EVICTED_TOTAL, EvictReason::ALL.len()),
         ];
@@ -2261,8 +2569,8 @@ mod tests {
         );
         let s = Scrape::of(&m);
         // up, calls, stranded, 4 states, 4 results, 11 + 1 buckets, sum,
-        // count, 4 latency stats, timeouts.
-        let per_dest = 3 + 4 + 4 + PROBE_BUCKETS.len() + 3 + 4 + 1;
+        // count, 4 latency stats, timeouts, calls, 5 call outcomes.
+        let per_dest = 3 + 4 + 4 + PROBE_BUCKETS.len() + 3 + 4 + 1 + 1 + CallOutcome::ALL.len();
         assert_eq!(s.with_label("uri", URI_A).len(), per_dest);
         assert_eq!(s.with_label("uri", URI_B).len(), per_dest);
 

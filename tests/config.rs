@@ -149,6 +149,11 @@ const BAD: &[(&str, &str, &str)] = &[
         "unknown field `fr_timer`",
     ),
     (
+        "metrics-kamailio-names-not-bool.toml",
+        "metrics.kamailio_names",
+        "invalid type: string \"yes\", expected a boolean",
+    ),
+    (
         "failover-code.toml",
         "failover.codes[1]",
         "180 is not a final response code",

@@ -496,58 +496,6 @@ async fn sighup_renews_the_certificate_of_the_binary() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// The alert rules of `deploy/prometheus` pass `promtool check rules` and
-/// their unit tests (`promtool test rules`: the expiry and handshake
-/// failure alerts fire when they should, not before); they and the
-/// dashboard's TLS panels name only metrics sipedge exports.
-#[test]
-fn alert_rules_and_dashboard_use_the_tls_metrics() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let rules_dir = root.join("deploy/prometheus");
-    for args in [
-        ["check", "rules", "sipedge.rules.yml"],
-        ["test", "rules", "sipedge.rules.test.yml"],
-    ] {
-        let out = std::process::Command::new("promtool")
-            .args(args)
-            .current_dir(&rules_dir)
-            .output()
-            .expect("promtool (Debian package prometheus) is installed");
-        assert!(
-            out.status.success(),
-            "promtool {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let rules = std::fs::read_to_string(rules_dir.join("sipedge.rules.yml")).unwrap();
-    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/sipedge.json")).unwrap();
-    for text in [&rules, &dashboard] {
-        for name in text
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| w.starts_with("sipedge_"))
-        {
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(name);
-            assert!(
-                sipedge::metrics::ALL_NAMES.contains(&base),
-                "{name} is not a sipedge metric"
-            );
-        }
-    }
-    for name in [
-        sipedge::metrics::TLS_HANDSHAKES_TOTAL,
-        TLS_CONNECTIONS,
-        TLS_CERTIFICATE_EXPIRY_SECONDS,
-    ] {
-        assert!(dashboard.contains(name), "no panel shows {name}");
-    }
-    assert!(rules.contains(TLS_CERTIFICATE_EXPIRY_SECONDS));
-    assert!(rules.contains(sipedge::metrics::TLS_HANDSHAKES_TOTAL));
-}
-
 /// Debian's Kamailio with its tls module as a carrier's trunk
 /// (`tests/fixtures/kamailio/tls_trunk.cfg`) relaying to `sipedge` over
 /// TLS, presenting `client` (chain and key, also its own TLS socket's) and

@@ -17,6 +17,7 @@ use super::forward::RecordRoute;
 use super::rescue::Refusal;
 use super::{with_editor, Pool, Proxy, Timer};
 use crate::dialog::Removal;
+use crate::metrics::CallOutcome;
 use crate::sip::{HeaderName, HopRequest, Message, Method};
 use crate::transaction::invite::{Action, InviteClient, Settings};
 use crate::transaction::server::{Matched, ServerInvite};
@@ -60,6 +61,9 @@ struct Deciding {
     call_id: std::ops::Range<usize>,
     /// Our own Route values at the top of the INVITE, consumed.
     pop_routes: usize,
+    /// The node of the try sent and not yet ended, for its outcome
+    /// (`sipedge_destination_call_outcomes_total`).
+    open: Option<usize>,
 }
 
 impl std::fmt::Debug for Call {
@@ -94,6 +98,7 @@ impl Call {
                     invite: Bytes::copy_from_slice(msg.as_bytes()),
                     call_id: slice_range(msg.as_bytes(), msg.call_id().unwrap_or_default()),
                     pop_routes,
+                    open: None,
                 })),
                 src,
                 received: Instant::now(),
@@ -133,6 +138,18 @@ fn slice_range(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
     match start.checked_add(part.len()) {
         Some(end) if end <= whole.len() => start..end,
         _ => 0..0,
+    }
+}
+
+/// The try on `node` ended as `outcome`: counted on the node (a late 2xx
+/// from a node failed over from counts too, though its try is not the open
+/// one).
+fn end_try(d: &mut Deciding, node: usize, outcome: CallOutcome) {
+    if let Some(m) = d.pool.node_metrics.get(node) {
+        m.call_outcome(outcome);
+    }
+    if d.open == Some(node) {
+        d.open = None;
     }
 }
 
@@ -285,6 +302,10 @@ impl Proxy {
             i += 1;
             match action {
                 Action::Forward { node } => {
+                    if let Some(m) = d.pool.node_metrics.get(node) {
+                        m.call_routed();
+                    }
+                    d.open = Some(node);
                     let addr = d.pool.addr(node);
                     let branch = self.tables.branches.next();
                     self.pin(call_id, addr);
@@ -342,6 +363,18 @@ impl Proxy {
                 Action::RelayFinal => {
                     if let Some(r) = resp {
                         let code = r.status().unwrap_or_default();
+                        // A 2xx was counted at its Pin; any other final
+                        // relayed is the try in progress's own answer.
+                        if code >= 300 {
+                            if let Some(node) = d.open {
+                                let outcome = if code == 487 {
+                                    CallOutcome::Cancelled
+                                } else {
+                                    CallOutcome::Rejected
+                                };
+                                end_try(&mut d, node, outcome);
+                            }
+                        }
                         // A 2xx is not repeated by us (the node's UAS core
                         // resends it), so it is not kept.
                         let keep = !(200..300).contains(&code);
@@ -354,18 +387,32 @@ impl Proxy {
                     }
                 }
                 Action::Answer(outcome) => {
+                    use crate::transaction::invite::Outcome;
+                    let ended = match outcome {
+                        Outcome::TimedOut => Some(CallOutcome::Timeout),
+                        Outcome::Cancelled => Some(CallOutcome::Cancelled),
+                        // The last try failed over already.
+                        Outcome::AllDown | Outcome::TooLarge => None,
+                    };
+                    if let (Some(node), Some(ended)) = (d.open, ended) {
+                        end_try(&mut d, node, ended);
+                    }
                     let answer = Refusal::from(outcome).answer();
                     with_invite(&mut |inv| {
                         self.count_refusal(inv, &answer);
                         self.answer(st, inv, answer.code, &answer.phrase);
                     });
                 }
-                Action::Pin { node } => self.confirm(&d.pool, call_id, d.pool.addr(node)),
+                Action::Pin { node } => {
+                    end_try(&mut d, node, CallOutcome::Answered);
+                    self.confirm(&d.pool, call_id, d.pool.addr(node));
+                }
                 Action::Unpin => {
                     self.tables.dialogs.remove(call_id, Removal::Failed);
                 }
                 Action::Mark { node, failure } => self.call_failed(&d.pool, node, failure),
                 Action::FailedOver { node, reason } => {
+                    end_try(&mut d, node, CallOutcome::FailedOver);
                     self.metrics.failover(reason);
                     tracing::info!(node = %d.pool.addr(node), "INVITE failed over");
                 }

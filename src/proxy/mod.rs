@@ -189,6 +189,10 @@ impl Proxy {
         tls_listeners: Vec<std::net::TcpListener>,
     ) -> Result<Arc<Proxy>, ProxyError> {
         let metrics = crate::metrics::Metrics::new()?;
+        metrics.set_dialogs_max(cfg.dialogs.max);
+        if cfg.metrics.kamailio_names {
+            metrics.enable_kamailio_names()?;
+        }
         let tcp_options = crate::transport::TcpOptions {
             idle_timeout: cfg.tcp.idle_timeout,
             connect_timeout: cfg.tcp.connect_timeout,
@@ -514,6 +518,13 @@ impl Proxy {
                 m.set_state(d.status(i).state);
                 m.set_stranded(d.stranded(i));
             }
+        }
+        if self.cfg.metrics.kamailio_names {
+            // As `dispatcher.list` shows them (URI as written, FLAGS).
+            self.metrics
+                .set_kamailio_targets(pool.sets().flat_map(|(set, d, _)| {
+                    (0..d.len()).map(move |i| (set, d.written(i), d.status(i).flags().as_str()))
+                }));
         }
         self.metrics.set_dialogs(self.tables.dialogs.len());
         self.metrics.set_transactions(self.tables.txns.len());

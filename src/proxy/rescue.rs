@@ -1,8 +1,9 @@
-//! Every final error sipedge answers itself, in one place (issue 11, the
-//! linkerd `ServerRescue` habit): a [`Refusal`] says why, its
-//! [`Refusal::answer`] gives the status, reason phrase, extra header and
-//! `sipedge_invites_rejected_total` label, and [`Proxy::refuse`] counts and
-//! sends it. A message too broken to answer is dropped and counted instead;
+//! Every final error sipedge answers itself, in one place (the linkerd
+//! `ServerRescue` habit): a [`Refusal`] says why, its [`Refusal::answer`]
+//! gives the status, reason phrase, extra header and reject reason, and
+//! [`Proxy::refuse`] counts and sends it: under its reason in
+//! `sipedge_requests_rejected_total` whatever the method, and in
+//! `sipedge_invites_rejected_total` too for an INVITE. A message too broken to answer is dropped and counted instead;
 //! never a panic.
 //!
 //! The transaction machines say why (a new INVITE's
@@ -76,8 +77,9 @@ pub(super) struct Answer<'a> {
     pub phrase: Cow<'static, [u8]>,
     /// One extra header of the response.
     pub header: Option<(&'static str, &'a [u8])>,
-    /// Counted when the request is an INVITE; none for a cancelled one
-    /// (the caller's choice, not a rejection).
+    /// The reason it is counted under (`sipedge_requests_rejected_total`,
+    /// and `sipedge_invites_rejected_total` for an INVITE); none for a
+    /// cancelled INVITE (the caller's choice, not a rejection).
     pub label: Option<RejectReason>,
 }
 
@@ -160,11 +162,17 @@ impl<'a> Refusal<'a> {
 }
 
 impl Proxy {
-    /// Counts a local final answer to `req` in
-    /// `sipedge_invites_rejected_total` when `req` is an INVITE (that
-    /// metric counts calls).
+    /// Counts a local final answer to `req` under its reason: in
+    /// `sipedge_requests_rejected_total` whatever the method, and in
+    /// `sipedge_invites_rejected_total` too when `req` is an INVITE (that
+    /// metric counts calls). The one place every local final error is
+    /// counted.
     pub(super) fn count_refusal(&self, req: &Message<'_>, answer: &Answer<'_>) {
-        if let (Some(Method::Invite), Some(label)) = (req.method(), answer.label) {
+        let Some(label) = answer.label else {
+            return;
+        };
+        self.metrics.request_rejected(label);
+        if req.method() == Some(Method::Invite) {
             self.metrics.invite_rejected(label);
         }
     }
@@ -180,9 +188,8 @@ impl Proxy {
         self.refuse(&req, src, Refusal::Invalid(err));
     }
 
-    /// Answers `req` with the final error `refusal` chooses, counted in
-    /// `sipedge_invites_rejected_total` when it is an INVITE (that metric
-    /// counts calls).
+    /// Answers `req` with the final error `refusal` chooses, counted under
+    /// its reason ([`Proxy::count_refusal`]).
     pub(super) fn refuse(&self, req: &Message<'_>, src: Peer, refusal: Refusal<'_>) {
         if let Refusal::Invalid(err) = refusal {
             // An ACK is never answered (RFC 3261 §17.2.1); without any Via
