@@ -715,6 +715,7 @@ impl Proxy {
         self.metrics.forward_failed(why);
         self.count_refusal(&req, &answer);
         tracing::info!(
+            call_id = %String::from_utf8_lossy(req.call_id().unwrap_or_default()),
             "{} to the next hop failed ({why:?}): {} upstream",
             String::from_utf8_lossy(req.method().map(|m| m.as_bytes()).unwrap_or_default()),
             answer.code
