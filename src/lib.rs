@@ -53,6 +53,10 @@
 //!   out), with the one table of Kamailio settings and their sipedge keys.
 //! - [`rlimit`]: the open-file limit raised at start to what `[tcp]
 //!   max_connections` and the sockets need (or a warning why not).
+//! - [`logging`]: the log on stderr: text or JSON lines, `--log-level`,
+//!   colour only on a terminal without `NO_COLOR`.
+//! - [`notify`]: systemd's `sd_notify` protocol (`READY=1`, `RELOADING=1`,
+//!   `STOPPING=1`, `STATUS=`, the watchdog) for a `Type=notify` unit.
 //! - [`server`]: binding the configured listeners and running the proxy,
 //!   the admin listener and the signal handlers (SIGHUP reload, SIGUSR1
 //!   state summary) as one task set, with a drain on shutdown (what
@@ -86,8 +90,10 @@ pub mod config;
 pub mod dialog;
 pub mod dispatcher;
 pub mod dns;
+pub mod logging;
 pub mod metrics;
 pub mod migrate;
+pub mod notify;
 pub mod proxy;
 pub mod rlimit;
 pub mod security;

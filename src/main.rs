@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sipedge::config::{self, Config, ConfigError};
+use sipedge::notify::Notifier;
 use sipedge::server::{self, Server, ServerError};
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc, as Kamailio is best run with TLSF
 /// (`-x tlsf`): per-call state is many small, short-lived allocations.
@@ -21,12 +21,29 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 /// SIP edge proxy for a FreeSWITCH HA pool (replaces Kamailio's dispatcher).
 #[derive(Debug, Parser)]
-#[command(name = "sipedge", version, args_conflicts_with_subcommands = true)]
+#[command(name = "sipedge", version)]
 struct Cli {
     /// Config file (TOML). Without it the built-in proxy.toml.example is
     /// used, which listens on 127.0.0.1:5060.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Log lines on stderr as text (coloured only on a terminal without
+    /// NO_COLOR) or as one JSON object per line.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t,
+        global = true
+    )]
+    log_format: sipedge::logging::Format,
+
+    /// error, warn, info, debug, trace, off, or a filter directive such as
+    /// "info,sipedge::proxy=debug". Given, it wins over RUST_LOG; without
+    /// either: info.
+    #[arg(long, value_name = "LEVEL", global = true)]
+    log_level: Option<String>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -134,6 +151,22 @@ const EXIT_CTL_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.config.is_some() && cli.command.is_some() {
+        // `--config` is the proxy's; the subcommands name their own files
+        // (clap's `args_conflicts_with_subcommands` would refuse the
+        // global logging options too).
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--config runs the proxy: it cannot be used with a subcommand",
+            )
+            .exit();
+    }
+    if let Err(e) = sipedge::logging::init(cli.log_format, cli.log_level.as_deref()) {
+        eprintln!("sipedge: {e}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
     match cli.command {
         Some(Command::CheckConfig { file }) => match config::read_config(&file) {
             Ok(config) => {
@@ -188,12 +221,6 @@ fn main() -> ExitCode {
 const EXIT_START_FAILED: u8 = 1;
 
 fn run(name: &str, config: &Config, path: Option<PathBuf>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     // Before any socket: a soft limit of 1024 under max_connections = 4096
     // would fail accepts with EMFILE long before the cap.
     if let Err(e) = sipedge::rlimit::ensure_nofile(sipedge::rlimit::fds_needed(config)) {
@@ -232,7 +259,8 @@ async fn serve(config: Config, path: Option<PathBuf>) -> Result<(), ServerError>
     // would end the process with no drain.
     let shutdown = shutdown_signal();
     let bound = server::bind(&config)?;
-    let server = Server::new(config, bound, path)?;
+    // Under systemd (Type=notify): READY=1 once serving, the watchdog.
+    let server = Server::new(config, bound, path)?.with_notifier(Notifier::from_env());
     let listening = server.listening();
     // Parseable by scripts and tests that start the binary on port 0.
     for addr in &listening.udp {

@@ -248,6 +248,13 @@ impl Server {
         })
     }
 
+    /// Tells systemd (`Type=notify`) through `notifier`: see
+    /// [`Proxy::set_notifier`].
+    pub fn with_notifier(self, notifier: crate::notify::Notifier) -> Server {
+        self.proxy.set_notifier(notifier);
+        self
+    }
+
     pub fn proxy(&self) -> &Arc<Proxy> {
         &self.proxy
     }

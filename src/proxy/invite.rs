@@ -318,6 +318,16 @@ impl Proxy {
                         continue;
                     };
                     let to = Peer::new(addr, transport);
+                    // The call's story, one line per decision (grep the
+                    // Call-ID): this node, each failover, the answer.
+                    tracing::info!(
+                        call_id = %Lossy(call_id),
+                        set = d.pool.set,
+                        node = d.pool.uri(node),
+                        to = %to,
+                        peer = %st.src,
+                        "INVITE routed to node"
+                    );
                     self.tables.txns.insert(
                         &branch,
                         ClientTxn::Invite {
@@ -375,6 +385,18 @@ impl Proxy {
                                 end_try(&mut d, node, outcome);
                             }
                         }
+                        let node = r
+                            .top_via()
+                            .ok()
+                            .and_then(|v| v.branch())
+                            .and_then(|b| d.machine.node_on(b));
+                        tracing::info!(
+                            call_id = %Lossy(call_id),
+                            code,
+                            node = node.map_or("", |n| d.pool.uri(n)),
+                            peer = %st.src,
+                            "INVITE answered by node"
+                        );
                         // A 2xx is not repeated by us (the node's UAS core
                         // resends it), so it is not kept.
                         let keep = !(200..300).contains(&code);
@@ -398,6 +420,13 @@ impl Proxy {
                         end_try(&mut d, node, ended);
                     }
                     let answer = Refusal::from(outcome).answer();
+                    tracing::info!(
+                        call_id = %Lossy(call_id),
+                        code = answer.code,
+                        reason = answer.label.map_or("cancelled", |l| l.as_str()),
+                        peer = %st.src,
+                        "INVITE answered locally"
+                    );
                     with_invite(&mut |inv| {
                         self.count_refusal(inv, &answer);
                         self.answer(st, inv, answer.code, &answer.phrase);
@@ -414,7 +443,17 @@ impl Proxy {
                 Action::FailedOver { node, reason } => {
                     end_try(&mut d, node, CallOutcome::FailedOver);
                     self.metrics.failover(reason);
-                    tracing::info!(node = %d.pool.addr(node), "INVITE failed over");
+                    // The code when a response made it fail over.
+                    let code = resp
+                        .and_then(|r| r.status())
+                        .filter(|_| reason == crate::metrics::FailoverReason::Code);
+                    tracing::info!(
+                        call_id = %Lossy(call_id),
+                        node = d.pool.uri(node),
+                        reason = reason.as_str(),
+                        code,
+                        "INVITE failed over"
+                    );
                 }
                 Action::Decided => decided = true,
             }
@@ -526,6 +565,16 @@ impl Proxy {
         if hop.write(&mut out).is_some() {
             let _ = self.send_to(&out, peer);
         }
+    }
+}
+
+/// Bytes shown as text in a log field, converted only when the line is
+/// written (a level that is off costs nothing).
+struct Lossy<'a>(&'a [u8]);
+
+impl std::fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.0))
     }
 }
 

@@ -79,6 +79,9 @@ enum Timer {
     ProbeTimeout,
     /// The first round's answers had their time (readiness).
     FirstRoundDone,
+    /// systemd's watchdog keep-alive is due: sent by the timer task, so a
+    /// stuck task (every transaction timer stalled) stops it.
+    Watchdog,
     /// Forget finished transactions whose retransmission window is over.
     Sweep,
 }
@@ -160,6 +163,8 @@ pub struct Proxy {
     metrics: crate::metrics::Metrics,
     /// The probes in flight.
     prober: probe::Prober,
+    /// systemd's notifications (`Type=notify`); none unless set.
+    notifier: std::sync::OnceLock<crate::notify::Notifier>,
 }
 
 impl Proxy {
@@ -283,6 +288,7 @@ impl Proxy {
             icmp_watch: Default::default(),
             metrics,
             prober: Default::default(),
+            notifier: Default::default(),
             cfg,
         });
         // Starts accepting on the TCP listeners.
@@ -297,6 +303,37 @@ impl Proxy {
     /// New INVITEs get 503 from now on; calls in progress go on.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        if let Some(n) = self.notifier() {
+            let deciding = self.calls_deciding.load(Ordering::Relaxed);
+            n.stopping(&format!(
+                "draining: {deciding} INVITE(s) being decided, new INVITEs get 503"
+            ));
+        }
+    }
+
+    /// Tells systemd through `notifier` (READY=1 after the first probe
+    /// round, reloads, the drain, the watchdog). Set once, before
+    /// [`Proxy::run`]; a second one is ignored.
+    pub fn set_notifier(&self, notifier: crate::notify::Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// The notifier, when one is set and systemd listens.
+    fn notifier(&self) -> Option<&crate::notify::Notifier> {
+        self.notifier.get().filter(|n| n.is_enabled())
+    }
+
+    /// What `STATUS=` tells `systemctl status`: the pool and the calls.
+    fn status_line(&self) -> String {
+        let pool = self.pool();
+        let active = (0..pool.len())
+            .filter(|&i| pool.accepts_new_calls(i))
+            .count();
+        format!(
+            "{active} of {} destinations take calls, {} calls pinned",
+            pool.len(),
+            self.tables.dialogs.len()
+        )
     }
 
     /// Resolves once every INVITE has its final answer.
@@ -386,6 +423,10 @@ impl Proxy {
             });
         }
         self.start_prober();
+        if let Some(every) = self.notifier().and_then(|n| n.watchdog_interval()) {
+            let first = tokio::time::Instant::now() + every;
+            self.tables.timers.schedule(first, Timer::Watchdog);
+        }
         let first_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
         self.tables.timers.schedule(first_sweep, Timer::Sweep);
         tasks.spawn(self.clone().run_timers(cancel.clone()));

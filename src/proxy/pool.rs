@@ -236,6 +236,20 @@ impl Proxy {
         let Ok(_one) = self.reload.one.try_lock() else {
             return Err(ReloadError::InProgress);
         };
+        let Some(n) = self.notifier() else {
+            return self.reload_now();
+        };
+        n.reloading();
+        let result = self.reload_now();
+        match &result {
+            Ok(_) => n.reloaded(&format!("reloaded; {}", self.status_line())),
+            Err(e) => n.reloaded(&format!("reload refused ({e}); {}", self.status_line())),
+        }
+        result
+    }
+
+    /// [`Proxy::reload`]'s work, under its lock.
+    fn reload_now(&self) -> Result<usize, ReloadError> {
         let path = self.reload.path.lock().ok().and_then(|p| p.clone());
         let cfg = match &path {
             Some(path) => {

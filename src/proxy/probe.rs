@@ -107,7 +107,15 @@ impl Proxy {
         let next = at.max(now) + interval;
         self.tables.timers.schedule(next, Timer::ProbeRound(next));
         if !self.prober.active.load(Ordering::Relaxed) {
+            // Paused from the start (a standby): serving all the same, as
+            // `ready` says; systemd must not wait for a round never sent.
+            if let Some(n) = self.notifier() {
+                n.ready(&format!("probing paused; {}", self.status_line()));
+            }
             return;
+        }
+        if let Some(n) = self.notifier() {
+            n.status(&self.status_line());
         }
         let pool = self.pool();
         let mut st = self.prober.state();
@@ -251,6 +259,20 @@ impl Proxy {
 
     pub(super) fn first_round_done(&self) {
         self.prober.first_round_done.store(true, Ordering::Relaxed);
+        // Every listener was bound before the proxy was built: serving.
+        if let Some(n) = self.notifier() {
+            n.ready(&self.status_line());
+        }
+    }
+
+    /// systemd's watchdog keep-alive, from the timer task; the next one
+    /// an interval on.
+    pub(super) fn watchdog(&self, now: Instant) {
+        let Some(n) = self.notifier() else { return };
+        n.watchdog();
+        if let Some(every) = n.watchdog_interval() {
+            self.tables.timers.schedule(now + every, Timer::Watchdog);
+        }
     }
 
     /// Sends one probe to `node`, unless one is still out.

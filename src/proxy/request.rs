@@ -295,14 +295,26 @@ impl Proxy {
             Some(Ok(call)) => return self.invite_again(&call, src),
             Some(Err(key)) => key,
         };
-        if self.overloaded() {
-            return self.refuse(msg, src, Refusal::Overload);
-        }
-        if self
+        let shed = if self.overloaded() {
+            Some(Refusal::Overload)
+        } else if self
             .shutting_down
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            return self.refuse(msg, src, Refusal::ShuttingDown);
+            Some(Refusal::ShuttingDown)
+        } else {
+            None
+        };
+        if let Some(refusal) = shed {
+            // The call's whole story, as `invite.rs` logs a routed one's.
+            tracing::info!(
+                call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()),
+                code = refusal.answer().code,
+                reason = refusal.answer().label.map_or("", |l| l.as_str()),
+                peer = %src,
+                "INVITE answered locally"
+            );
+            return self.refuse(msg, src, refusal);
         }
         // One atomic look-up-or-insert: copies of an INVITE read by two
         // receive threads at once must not both start a call (a double fax).
@@ -703,6 +715,7 @@ impl Proxy {
         self.metrics.forward_failed(why);
         self.count_refusal(&req, &answer);
         tracing::info!(
+            call_id = %String::from_utf8_lossy(req.call_id().unwrap_or_default()),
             "{} to the next hop failed ({why:?}): {} upstream",
             String::from_utf8_lossy(req.method().map(|m| m.as_bytes()).unwrap_or_default()),
             answer.code
@@ -737,6 +750,7 @@ impl Proxy {
                         Timer::ProbeUrgent => self.probe_urgent(),
                         Timer::ProbeTimeout => self.probe_timeouts(now),
                         Timer::FirstRoundDone => self.first_round_done(),
+                        Timer::Watchdog => self.watchdog(now),
                         Timer::Sweep => self.sweep(now),
                     }
                 }

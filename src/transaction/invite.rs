@@ -170,6 +170,14 @@ impl InviteClient {
             .map(|t| &t.bytes)
     }
 
+    /// The plan node the INVITE on `branch` went to.
+    pub fn node_on(&self, branch: &[u8]) -> Option<usize> {
+        self.tried
+            .iter()
+            .find(|t| t.branch.as_bytes() == branch)
+            .map(|t| t.node)
+    }
+
     /// When [`InviteClient::on_timer`] wants to run next.
     pub fn next_wake(&self) -> Option<Instant> {
         let leg = self.leg.as_ref()?;
