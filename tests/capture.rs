@@ -718,3 +718,84 @@ async fn tcp_capture_of_calls_only_reconnects() {
     assert!(m.capture_sent() >= 5);
     assert_eq!(m.capture_dropped(CaptureDrop::QueueFull), 0);
 }
+
+/// `what = "failures"`: a call answered at once sends nothing; a call
+/// both nodes refuse with 503 (failover, then sipedge's own 503 upstream)
+/// arrives whole, its INVITE included, held until the first 503 showed
+/// the call failed; the probes never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_capture_sends_only_the_failed_call_whole() {
+    let (collector, got) = udp_collector(Vec::new()).await;
+    let extra = format!("[capture]\nhep = \"udp:{collector}\"\nwhat = \"failures\"\n");
+    let h = Harness::start(Options {
+        extra_toml: Box::leak(extra.into_boxed_str()),
+        ..Options::default()
+    })
+    .await;
+    let (proxy, trunk) = (h.addr, h.trunk.addr);
+
+    // Answered by node 0 and hung up: never captured.
+    let mut good = h.trunk_call();
+    h.trunk.send(good.invite(SDP_AUDIO), proxy).await;
+    let inv = h.nodes[0].recv_request("INVITE").await;
+    let fs = Dialog::uas(&h.nodes[0], &inv, &unique("fs-"));
+    h.nodes[0]
+        .send(fs.answer(&inv, 200, "OK", Some(SDP_NODE)), inv.from)
+        .await;
+    let up = h.trunk.recv_until(|r| r.status() == Some(200)).await;
+    good.learn_2xx(up.last().unwrap());
+    let (ack, _) = good.request("ACK", None);
+    h.trunk.send(ack, proxy).await;
+    h.nodes[0].recv_request("ACK").await;
+    let (bye, _) = good.request("BYE", None);
+    h.trunk.send(bye, proxy).await;
+    let bye = h.nodes[0].recv_request("BYE").await;
+    h.nodes[0]
+        .send(reply(&bye, 200, "OK", None), bye.from)
+        .await;
+    h.trunk.recv_response(200).await;
+
+    // Refused by both nodes: sipedge answers 503 itself.
+    let mut bad = h.trunk_call();
+    let invite = bad.invite(SDP_AUDIO);
+    h.trunk.send(&invite, proxy).await;
+    let mut ladder: Vec<(Vec<u8>, SocketAddr, SocketAddr)> = vec![(invite, trunk, proxy)];
+    for node in &h.nodes {
+        let inv = node.recv_request("INVITE").await;
+        let busy = reply(&inv, 503, "Service Unavailable", Some(&unique("fs-")));
+        node.send(&busy, inv.from).await;
+        let ack = node.recv_request("ACK").await;
+        ladder.extend([
+            (inv.data.clone(), proxy, node.addr),
+            (busy, node.addr, proxy),
+            (ack.data.clone(), proxy, node.addr),
+        ]);
+    }
+    let upstream = h.trunk.recv_until(|r| r.status() == Some(503)).await;
+    for r in &upstream {
+        ladder.push((r.data.clone(), proxy, trunk));
+    }
+    let ack = bad.ack_non2xx(upstream.last().unwrap());
+    h.trunk.send(&ack, proxy).await;
+    ladder.push((ack, trunk, proxy));
+
+    eventually("the failed call captured whole", || {
+        let got = snapshot(&got);
+        ladder.iter().all(|(p, s, d)| {
+            got.iter()
+                .any(|h| &h.payload == p && h.src == *s && h.dst == *d)
+        })
+    })
+    .await;
+    for p in snapshot(&got) {
+        assert_eq!(
+            p.correlation.as_deref(),
+            Some(bad.call_id.as_bytes()),
+            "only the failed call: {} -> {}: {}",
+            p.src,
+            p.dst,
+            p.first_line()
+        );
+    }
+    assert_eq!(h.proxy.metrics().capture_dropped(CaptureDrop::QueueFull), 0);
+}
