@@ -799,3 +799,47 @@ async fn failures_capture_sends_only_the_failed_call_whole() {
     }
     assert_eq!(h.proxy.metrics().capture_dropped(CaptureDrop::QueueFull), 0);
 }
+
+/// Over IPv6 the packets carry the IPv6 address chunks (family 10) with
+/// the real `::1` ends: a keep-alive in, and the 200 sipedge answers it
+/// with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_capture_uses_the_ipv6_chunks() {
+    let sock = UdpSocket::bind("[::1]:0").await.expect("bind ::1");
+    let collector = sock.local_addr().unwrap();
+    let got: Captured = Arc::default();
+    let keep = got.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+            keep.lock().unwrap().push(decode(&buf[..n]));
+        }
+    });
+    let extra = format!("[capture]\nhep = \"udp:{collector}\"\n");
+    let h = Harness::start(Options {
+        ipv6: true,
+        extra_toml: Box::leak(extra.into_boxed_str()),
+        ..Options::default()
+    })
+    .await;
+    let (ka, _, call_id) = h.keepalive(70);
+    h.trunk.send(&ka, h.addr).await;
+    let ok = h.trunk.recv_response(200).await;
+    let (proxy, trunk) = (h.addr, h.trunk.addr);
+    assert!(proxy.is_ipv6() && trunk.is_ipv6());
+    eventually("the keep-alive and its answer captured", || {
+        let got = snapshot(&got);
+        got.iter()
+            .any(|p| p.payload == ka && p.src == trunk && p.dst == proxy)
+            && got
+                .iter()
+                .any(|p| p.payload == ok.data && p.src == proxy && p.dst == trunk)
+    })
+    .await;
+    for p in snapshot(&got)
+        .iter()
+        .filter(|p| p.correlation.as_deref() == Some(call_id.as_bytes()))
+    {
+        assert_eq!((p.family, p.proto), (10, 17));
+    }
+}
