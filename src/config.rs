@@ -78,6 +78,9 @@ pub struct Config {
     pub cluster: Cluster,
     #[serde(default)]
     pub metrics: MetricsOptions,
+    /// Absent: no packet capture.
+    #[serde(default)]
+    pub capture: Option<Capture>,
 }
 
 /// `[metrics]`: what `/metrics` shows besides sipedge's own families.
@@ -89,6 +92,44 @@ pub struct MetricsOptions {
     /// dashboards and alerts of a Kamailio dispatcher.
     #[serde(default)]
     pub kamailio_names: bool,
+}
+
+/// `[capture]`: a copy of every SIP message received or sent, as HEP v3,
+/// to a Homer collector (or sngrep, or anything that listens for HEP;
+/// Kamailio's `siptrace` with `hep_mode_on`). See [`crate::capture`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// `udp:HOST:PORT` or `tcp:HOST:PORT` (Kamailio `duplicate_uri`).
+    pub hep: crate::capture::Collector,
+    /// The node id the collector files our packets under (Kamailio
+    /// `hep_capture_id`, default 1).
+    #[serde(default = "default_capture_id")]
+    pub capture_id: u32,
+    /// The password the collector checks (HEP chunk 14; Kamailio
+    /// `auth_key`). None by default.
+    #[serde(default)]
+    pub auth_key: Option<Secret>,
+    /// `all` (default), `calls` or `failures`: see
+    /// [`crate::capture::What`].
+    #[serde(default)]
+    pub what: crate::capture::What,
+}
+
+impl Capture {
+    /// What the capture task needs.
+    pub fn settings(&self) -> crate::capture::Settings {
+        crate::capture::Settings {
+            collector: self.hep.clone(),
+            capture_id: self.capture_id,
+            auth_key: self.auth_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            what: self.what,
+        }
+    }
+}
+
+fn default_capture_id() -> u32 {
+    1
 }
 
 /// `[limits]`: caps that keep memory bounded under a flood.
@@ -1724,6 +1765,8 @@ pub struct Violation {
 pub enum Rule {
     #[error("no UDP socket to listen on; give at least one, e.g. udp = [\"0.0.0.0:5060\"]")]
     NoUdpSocket,
+    #[error("an empty HEP password; give the collector's, or leave the key out")]
+    EmptyAuthKey,
     #[error(
         "{0} is a wildcard address, which no peer can send to: signalling would connect \
          but the T.38 re-INVITE would be black-holed; advertise the concrete address the \
@@ -1897,6 +1940,15 @@ impl Config {
         };
         if self.listen.udp.is_empty() {
             return fail("listen.udp", Rule::NoUdpSocket);
+        }
+        if let Some(capture) = &self.capture {
+            if capture
+                .auth_key
+                .as_ref()
+                .is_some_and(|k| k.as_bytes().is_empty())
+            {
+                return fail("capture.auth_key", Rule::EmptyAuthKey);
+            }
         }
         if !self.listen.tls.is_empty() && self.tls.is_none() {
             return fail("listen.tls", Rule::TlsWithoutIdentity);
@@ -2349,6 +2401,24 @@ impl fmt::Display for Config {
                 f,
                 "registry        off (the Call-ID table is this instance's own)"
             )?,
+        }
+        if let Some(c) = &self.capture {
+            let what = match c.what {
+                crate::capture::What::All => "all",
+                crate::capture::What::Calls => "calls",
+                crate::capture::What::Failures => "failures",
+            };
+            writeln!(
+                f,
+                "capture         HEP v3 to {} (capture_id {}, {}, what {what})",
+                c.hep,
+                c.capture_id,
+                if c.auth_key.is_some() {
+                    "auth_key set"
+                } else {
+                    "no auth_key"
+                },
+            )?;
         }
         let codes: Vec<String> = self
             .probe

@@ -24,6 +24,9 @@
 //!   one inbound event type for the proxy,
 //!   the [`transport::Peer`] every message carries, and
 //!   [`transport::PerTransport`] for data kept per transport.
+//! - [`capture`]: packet capture to a Homer / HEP collector: the HEP v3
+//!   encoder and the `what` filter (both sans-I/O), the bounded queue the
+//!   transports feed without waiting, the task that sends.
 //! - [`dns`]: RFC 3263 location of host names in the nodes' outgoing
 //!   requests (SRV, A/AAAA), cached.
 //! - [`transaction`]: the sans-I/O transaction machines (a new INVITE's
@@ -86,6 +89,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod capture;
 pub mod config;
 pub mod dialog;
 pub mod dispatcher;

@@ -202,6 +202,12 @@ pub const PROCESS_NAMES: &[&str] = &[
     PROCESS_THREADS,
 ];
 
+/// HEP packets sent to the `[capture]` collector.
+pub const CAPTURE_SENT_TOTAL: &str = "sipedge_capture_sent_total";
+/// Captured messages never sent to the collector. Label: `reason`
+/// ([`CaptureDrop`]). Zero without `[capture]`.
+pub const CAPTURE_DROPPED_TOTAL: &str = "sipedge_capture_dropped_total";
+
 /// Every metric name above, for tests and tools that check an exposition.
 pub const ALL_NAMES: &[&str] = &[
     DESTINATION_UP,
@@ -237,6 +243,8 @@ pub const ALL_NAMES: &[&str] = &[
     DESTINATION_CALL_OUTCOMES_TOTAL,
     REQUESTS_REJECTED_TOTAL,
     DIALOGS_MAX,
+    CAPTURE_SENT_TOTAL,
+    CAPTURE_DROPPED_TOTAL,
 ];
 
 /// Buckets of [`PROBE_DURATION_SECONDS`]: an OPTIONS round trip on a LAN
@@ -640,6 +648,21 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why a captured message did not reach the HEP collector
+    /// ([`CAPTURE_DROPPED_TOTAL`]).
+    pub enum CaptureDrop {
+        /// The capture queue was full (the collector, or the capture task,
+        /// is not keeping up); never waited for.
+        QueueFull => "queue_full",
+        /// The collector could not be reached: not connected (TCP, between
+        /// reconnects), unresolvable, or a send failed.
+        Collector => "collector",
+        /// Too large for one HEP packet (65535 bytes).
+        TooLarge => "too_large",
+    }
+}
+
+label_enum! {
     /// Something the admin listener refused or cut short
     /// ([`ADMIN_EVENTS_TOTAL`]).
     pub enum AdminEvent {
@@ -949,6 +972,8 @@ pub struct Metrics {
     transactions: IntGauge,
     tcp_connections: IntGauge,
     tcp_events: PerLabel<TcpEvent, IntCounter>,
+    capture_sent: IntCounter,
+    capture_dropped: PerLabel<CaptureDrop, IntCounter>,
     tls_inbound_handshakes: PerLabel<Handshake, IntCounter>,
     tls_inbound_connections: IntGauge,
     tls_outbound_handshakes: PerLabel<Handshake, IntCounter>,
@@ -1113,6 +1138,25 @@ impl Metrics {
                     "What happened to TCP connections, by event.",
                 ),
                 &["event"],
+            ),
+        )?;
+        let capture_sent = register(
+            r,
+            CAPTURE_SENT_TOTAL,
+            IntCounter::new(
+                CAPTURE_SENT_TOTAL,
+                "HEP packets sent to the capture collector.",
+            ),
+        )?;
+        let capture_dropped = register(
+            r,
+            CAPTURE_DROPPED_TOTAL,
+            IntCounterVec::new(
+                Opts::new(
+                    CAPTURE_DROPPED_TOTAL,
+                    "Captured messages not sent to the HEP collector, by reason.",
+                ),
+                &["reason"],
             ),
         )?;
         let tls_handshakes = register(
@@ -1384,6 +1428,10 @@ impl Metrics {
             tcp_events: PerLabel::resolve(TCP_EVENTS_TOTAL, |e: TcpEvent| {
                 tcp_events.get_metric_with_label_values(&[e.as_str()])
             })?,
+            capture_sent,
+            capture_dropped: PerLabel::resolve(CAPTURE_DROPPED_TOTAL, |d: CaptureDrop| {
+                capture_dropped.get_metric_with_label_values(&[d.as_str()])
+            })?,
             tls_inbound_handshakes: PerLabel::resolve(TLS_HANDSHAKES_TOTAL, |h: Handshake| {
                 tls_handshakes.get_metric_with_label_values(&["inbound", h.result(), h.reason()])
             })?,
@@ -1651,6 +1699,38 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Brings the capture counters up to the capture's own (it counts
+    /// them itself; this runs at scrape time).
+    pub fn sync_capture(&self, stats: &crate::capture::CaptureStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let raise = |c: &IntCounter, total: u64| {
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
+        };
+        raise(&self.capture_sent, stats.sent.load(Relaxed));
+        for (drop, total) in [
+            (CaptureDrop::QueueFull, &stats.dropped_queue),
+            (CaptureDrop::Collector, &stats.dropped_collector),
+            (CaptureDrop::TooLarge, &stats.dropped_too_large),
+        ] {
+            if let Some(c) = self.capture_dropped.get(drop) {
+                raise(c, total.load(Relaxed));
+            }
+        }
+    }
+
+    /// Captured messages dropped for `reason`, as last synced.
+    pub fn capture_dropped(&self, reason: CaptureDrop) -> u64 {
+        get(&self.capture_dropped, reason)
+    }
+
+    /// HEP packets sent, as last synced.
+    pub fn capture_sent(&self) -> u64 {
+        self.capture_sent.get()
     }
 
     /// Brings the inbound TLS series up to the listeners' own counters,

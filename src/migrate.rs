@@ -65,6 +65,9 @@ pub enum Conv {
     /// `ds_dns_mode`'s bits: 8 (SRV) to `dispatcher.dns_srv`; 2 and 4
     /// (resolve at every use, on a timer) warned about.
     DnsMode,
+    /// siptrace's `duplicate_uri` (`sip:HOST:PORT[;transport=tcp]`) to
+    /// `[capture] hep` (`udp:HOST:PORT` or `tcp:`).
+    HepUri,
     /// One of pike's three settings, folded into `[security] rate_limit`.
     Pike(PikePart),
 }
@@ -136,6 +139,16 @@ pub const MODPARAMS: &[(&str, &str, Map)] = &[
     ("pike", "reqs_density_per_unit", Map::Key("security.rate_limit", Conv::Pike(PikePart::Requests))),
     ("pike", "sampling_time_unit", Map::Key("security.rate_limit", Conv::Pike(PikePart::Per))),
     ("pike", "remove_latency", Map::Key("security.rate_limit", Conv::Pike(PikePart::BlockFor))),
+    ("siptrace", "duplicate_uri", Map::Key("capture.hep", Conv::HepUri)),
+    ("siptrace", "hep_capture_id", Map::Key("capture.capture_id", Conv::Count)),
+    ("siptrace", "auth_key", Map::Key("capture.auth_key", Conv::Str)),
+    ("siptrace", "hep_mode_on", Map::Builtin("[capture] always sends HEP")),
+    ("siptrace", "hep_version", Map::Builtin("[capture] sends HEP v3, which every Homer since 5 reads")),
+    ("siptrace", "trace_on", Map::Builtin("[capture] runs whenever its hep collector is set")),
+    ("siptrace", "trace_mode", Map::Builtin("[capture] copies every message received and sent, as trace_mode 1 does")),
+    ("siptrace", "trace_flag", Map::Builtin("no script flags: [capture] what = \"all\", \"calls\" or \"failures\" selects")),
+    ("siptrace", "db_url", Map::Unsupported("sipedge captures to a HEP collector only: let Homer store the messages")),
+    ("siptrace", "trace_to_database", Map::Unsupported("sipedge captures to a HEP collector only: let Homer store the messages")),
     ("permissions", "db_url", Map::Unsupported("sipedge's trusted sources are networks in the config: copy the address table's rows to [security] trusted = [\"198.51.100.0/24\", ...]")),
     ("permissions", "address_table", Map::Unsupported("copy the address table's rows to [security] trusted")),
     ("permissions", "trusted_table", Map::Unsupported("copy the trusted table's source addresses to [security] trusted")),
@@ -248,6 +261,14 @@ const BUILTIN_CALLS: &[(&str, &str)] = &[
         "has_totag",
         "in-dialog routing: Call-ID table, registry, route hint",
     ),
+    (
+        "sip_trace",
+        "[capture] copies every message in and out (no script call)",
+    ),
+    (
+        "sip_trace_mode",
+        "[capture] copies every message in and out (no script call)",
+    ),
     ("t_check_trans", "transactions, built in"),
     ("t_precheck_trans", "transactions, built in"),
     ("t_newtran", "transactions, built in"),
@@ -334,7 +355,33 @@ const SECTIONS: &[&str] = &[
     "admin",
     "security",
     "dialogs",
+    "capture",
 ];
+
+/// siptrace's `duplicate_uri` as `[capture] hep`: Kamailio's SIP URI form
+/// (`sip:10.0.0.9:9060;transport=tcp`; port 5060 when none, as Kamailio
+/// reads it) to `tcp:10.0.0.9:9060`.
+fn hep_uri(uri: &str) -> Result<String, String> {
+    let rest = uri
+        .strip_prefix("sip:")
+        .ok_or_else(|| format!("{uri}: not a sip: URI"))?;
+    let mut parts = rest.split(';');
+    let hostport = parts.next().unwrap_or_default();
+    let tcp = parts.any(|p| p.eq_ignore_ascii_case("transport=tcp"));
+    let has_port = match hostport.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && (!host.contains(':') || host.ends_with(']')) && !port.is_empty()
+        }
+        None => false,
+    };
+    let hostport = if has_port {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5060")
+    };
+    let hep = format!("{}:{hostport}", if tcp { "tcp" } else { "udp" });
+    crate::capture::Collector::try_from(hep.clone()).map(|_| hep)
+}
 
 /// The row of `modparam(module, param, ...)`.
 pub fn modparam_map(module: &str, param: &str) -> Option<Map> {
@@ -1264,6 +1311,10 @@ impl Kamailio {
                 n.to_string()
             }
             Conv::Str => toml_str(&arg.text()),
+            Conv::HepUri => match hep_uri(&arg.text()) {
+                Ok(v) => toml_str(&v),
+                Err(e) => return bad(self, e),
+            },
             Conv::Bool => match arg.int() {
                 Some(0) => "false".to_owned(),
                 Some(1) => "true".to_owned(),
@@ -2267,6 +2318,43 @@ mod tests {
         assert!(m
             .toml
             .contains("# from k.cfg:1 modparam(\"dispatcher\", \"ds_ping_interval\", 7)"));
+    }
+
+    #[test]
+    fn siptrace_becomes_capture() {
+        let m = run(concat!(
+            "loadmodule \"siptrace.so\"\n",
+            "modparam(\"siptrace\", \"duplicate_uri\", \"sip:10.0.0.9:9061;transport=tcp\")\n",
+            "modparam(\"siptrace\", \"hep_mode_on\", 1)\n",
+            "modparam(\"siptrace\", \"hep_version\", 3)\n",
+            "modparam(\"siptrace\", \"hep_capture_id\", 2001)\n",
+            "modparam(\"siptrace\", \"auth_key\", \"homer\")\n",
+            "modparam(\"siptrace\", \"trace_on\", 1)\n",
+        ));
+        let t = table(&m);
+        assert_eq!(
+            get(&t, "capture.hep").unwrap().as_str(),
+            Some("tcp:10.0.0.9:9061")
+        );
+        assert_eq!(
+            get(&t, "capture.capture_id").unwrap().as_integer(),
+            Some(2001)
+        );
+        assert_eq!(get(&t, "capture.auth_key").unwrap().as_str(), Some("homer"));
+        assert_eq!(hep_uri("sip:10.0.0.9").unwrap(), "udp:10.0.0.9:5060");
+        assert_eq!(
+            hep_uri("sip:[2001:db8::9]:9060").unwrap(),
+            "udp:[2001:db8::9]:9060"
+        );
+        assert!(hep_uri("10.0.0.9:9060").is_err());
+        // What migrate writes, sipedge reads.
+        let text = format!(
+            "[listen]\nudp = [\"127.0.0.1:5060\"]\nadvertise = \"127.0.0.1\"\n\
+             [[dispatcher.destination]]\nuri = \"sip:127.0.0.2\"\n[capture]\nhep = {}\n",
+            get(&t, "capture.hep").unwrap()
+        );
+        let cfg = crate::config::from_toml(&text, "t.toml").unwrap();
+        assert_eq!(cfg.capture.unwrap().hep.port, 9061);
     }
 
     #[test]

@@ -29,6 +29,17 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
 /// reason it must give.
 const BAD: &[(&str, &str, &str)] = &[
     (
+        "capture-hep.toml",
+        "capture.hep",
+        "\"sctp:10.0.0.9:9060\" is not a HEP collector; write \"udp:HOST:PORT\" or \"tcp:HOST:PORT\"",
+    ),
+    ("capture-what.toml", "capture.what", "unknown variant `errors`"),
+    (
+        "capture-empty-key.toml",
+        "capture.auth_key",
+        "an empty HEP password",
+    ),
+    (
         "admin-empty.toml",
         "admin",
         "[admin] has neither listen nor ctl",

@@ -209,6 +209,10 @@ impl Proxy {
             ..Default::default()
         };
         let mut transports = Transports::new(sockets, listeners, tcp_options)?;
+        if let Some(capture) = &cfg.capture {
+            let (capture, sender) = crate::capture::Capture::new(capture.settings());
+            transports = transports.with_capture(capture, sender);
+        }
         if let Some(tls) = &cfg.tls {
             let Some(server) = &tls.server else {
                 return Err(ProxyError::TlsNotLoaded);
@@ -576,6 +580,9 @@ impl Proxy {
         }
         self.metrics
             .sync_tcp(self.tcp().stats(), self.tcp().connections());
+        if let Some(capture) = self.transports.capture() {
+            self.metrics.sync_capture(capture.stats());
+        }
         self.metrics
             .sync_tls_outbound(self.transports.tls_client().stats());
         if let Some(tls) = self.transports.tls_inbound() {

@@ -71,7 +71,7 @@ fn same_ip(a: IpAddr, b: IpAddr) -> bool {
 
 /// Asks the kernel which source address it would use for `to`: a UDP
 /// `connect` sends nothing, it only resolves the route.
-fn route_source(to: SocketAddr) -> Option<IpAddr> {
+pub(crate) fn route_source(to: SocketAddr) -> Option<IpAddr> {
     let any: SocketAddr = if to.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {

@@ -6,8 +6,9 @@
 //! background all stay in here.
 //!
 //! The place for anything that must see every message in or out (packet
-//! capture, a per-transport counter): [`Transports::send`] and the
-//! handler calls in the receive loops.
+//! capture, a per-transport counter): [`deliver`] for every message
+//! received, [`Transports::send`] (and its background connects) for every
+//! one sent.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
+
+use crate::capture::{Capture, IpProto};
 
 use super::tls::TlsInbound;
 use super::udp::IcmpReport;
@@ -81,6 +84,60 @@ pub struct Transports<H> {
     handler: Arc<OnceLock<Weak<H>>>,
     /// For the background TCP connects.
     rt: tokio::runtime::Handle,
+    /// `[capture]`: where every message in and out is copied, if set.
+    capture: Arc<OnceLock<Capture>>,
+    /// Its sending task, started by [`run`](Self::run).
+    capture_task: Mutex<Option<crate::capture::Sender>>,
+}
+
+/// Every received message, from any transport, passes here on its way to
+/// the handler: the one receive hook (packet capture).
+fn deliver<H: Handler>(capture: &OnceLock<Capture>, h: &Arc<H>, msg: Inbound<'_>) {
+    if let Some(c) = capture.get() {
+        c.record(
+            msg.data,
+            msg.from.addr,
+            msg.local,
+            ip_proto(msg.from.transport),
+        );
+    }
+    h.on_message(msg);
+}
+
+fn ip_proto(t: Transport) -> IpProto {
+    match t {
+        Transport::Udp => IpProto::Udp,
+        Transport::Tcp => IpProto::Tcp,
+        Transport::Tls => IpProto::Tls,
+    }
+}
+
+/// The handler as the UDP receive threads see it: each message through
+/// [`deliver`], everything else straight to the handler.
+struct Tap<H> {
+    handler: Arc<H>,
+    capture: Arc<OnceLock<Capture>>,
+}
+
+impl<H: Handler> Handler for Tap<H> {
+    fn on_message(self: &Arc<Self>, msg: Inbound<'_>) {
+        deliver(&self.capture, &self.handler, msg);
+    }
+    fn on_unreachable(&self, to: SocketAddr) {
+        self.handler.on_unreachable(to);
+    }
+    fn on_icmp(&self, report: IcmpReport) {
+        self.handler.on_icmp(report);
+    }
+    fn on_send_failed(&self, to: Peer) {
+        self.handler.on_send_failed(to);
+    }
+    fn privileged(&self, ip: IpAddr) -> bool {
+        self.handler.privileged(ip)
+    }
+    fn after_batch(&self) {
+        self.handler.after_batch();
+    }
 }
 
 impl<H: Handler> Transports<H> {
@@ -104,11 +161,12 @@ impl<H: Handler> Transports<H> {
             Transport::Tls => Vec::new(),
         });
         let handler: Arc<OnceLock<Weak<H>>> = Arc::default();
-        let slot = handler.clone();
+        let capture: Arc<OnceLock<Capture>> = Arc::default();
+        let (slot, tap) = (handler.clone(), capture.clone());
         // On the connection's task, like a datagram on its receive thread.
         let on_message: OnMessage = Arc::new(move |msg| {
             if let Some(h) = slot.get().and_then(Weak::upgrade) {
-                h.on_message(msg);
+                deliver(&tap, &h, msg);
                 h.after_batch();
             }
         });
@@ -128,7 +186,25 @@ impl<H: Handler> Transports<H> {
             tls_client: Arc::default(),
             handler,
             rt: tokio::runtime::Handle::current(),
+            capture,
+            capture_task: Mutex::new(None),
         })
+    }
+
+    /// Copies every message received and sent to `capture`, whose
+    /// `sender` [`run`](Self::run) starts. Before [`attach`](Self::attach).
+    pub fn with_capture(self, capture: Capture, sender: crate::capture::Sender) -> Transports<H> {
+        let _ = self.capture.set(capture);
+        let sender = sender.with_local_source(super::egress::route_source);
+        if let Ok(mut task) = self.capture_task.lock() {
+            *task = Some(sender);
+        }
+        self
+    }
+
+    /// The capture's counters, when `[capture]` is set.
+    pub fn capture(&self) -> Option<&Capture> {
+        self.capture.get()
     }
 
     /// Adds already-bound TLS listeners (from [`super::bind_tcp`]) serving
@@ -180,8 +256,18 @@ impl<H: Handler> Transports<H> {
     /// here), the TCP connections' tasks (started as they open). Returns
     /// once every reader has stopped.
     pub async fn run(&self, cancel: CancellationToken) {
+        let task = self.capture_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            self.rt.spawn(task.run(cancel.clone()));
+        }
         let readers = match self.handler() {
-            Some(h) => self.udp.spawn_readers(&h, &cancel),
+            Some(handler) => {
+                let tap = Arc::new(Tap {
+                    handler,
+                    capture: self.capture.clone(),
+                });
+                self.udp.spawn_readers(&tap, &cancel)
+            }
             None => Vec::new(),
         };
         cancel.cancelled().await;
@@ -222,22 +308,37 @@ impl<H: Handler> Transports<H> {
     /// connection, else the open one to that address, else a new one
     /// opened in the background, whose failure reaches the handler like
     /// an ICMP error. A failed send is counted, never fatal.
+    ///
+    /// The one send hook: each message sent is captured here (or, sent
+    /// on a connection being opened, once it is queued on it).
     pub fn send(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
         let r = match to.transport {
-            Transport::Udp => self.udp.send(bytes, to.addr, |report| {
-                if let Some(h) = self.handler() {
-                    super::udp::report_icmp(&*h, report);
-                }
-            }),
+            Transport::Udp => self
+                .udp
+                .send(bytes, to.addr, |report| {
+                    if let Some(h) = self.handler() {
+                        super::udp::report_icmp(&*h, report);
+                    }
+                })
+                .map(|()| self.udp.source_for(to.addr)),
             Transport::Tcp | Transport::Tls => self.send_stream(bytes, to),
         };
-        if let Err(e) = &r {
-            tracing::debug!("send to {to}: {e}");
-            if let Some(h) = self.handler() {
-                h.on_send_failed(to);
+        match r {
+            Ok(Some(local)) => {
+                if let Some(c) = self.capture.get() {
+                    c.record(bytes, local, to.addr, ip_proto(to.transport));
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::debug!("send to {to}: {e}");
+                if let Some(h) = self.handler() {
+                    h.on_send_failed(to);
+                }
+                Err(e)
             }
         }
-        r
     }
 
     /// Over TCP or TLS: the known connection, else the open one to that
@@ -245,11 +346,12 @@ impl<H: Handler> Transports<H> {
     /// proves who `to` must be now), else a new one opened in the
     /// background, whose failed connect or handshake reaches the handler
     /// like an ICMP error (the INVITE fails over at once, not at
-    /// fr_timeout).
-    fn send_stream(&self, bytes: &[u8], to: Peer) -> io::Result<()> {
+    /// fr_timeout). Our end of the connection it was queued on, `None`
+    /// when that connection is being opened.
+    fn send_stream(&self, bytes: &[u8], to: Peer) -> io::Result<Option<SocketAddr>> {
         let msg = Bytes::copy_from_slice(bytes);
         let queue = |conn| match self.tcp.send_on(conn, msg.clone()) {
-            Ok(()) => Some(Ok(())),
+            Ok(()) => Some(Ok(self.tcp.local_of(conn))),
             // Gone: try the next way.
             Err(TcpError::Closed(_)) => None,
             Err(e) => Some(Err(io::Error::new(io::ErrorKind::WouldBlock, e))),
@@ -264,34 +366,45 @@ impl<H: Handler> Transports<H> {
             return done;
         }
         let tcp = self.tcp.clone();
+        let captured = self.capture.get().map(|c| (c.clone(), msg.clone()));
         if tls {
             let client = self.tls_client.clone();
             let upgrade = move |s| async move { client.handshake(s, to.addr).await };
-            self.dial(to, async move {
+            self.dial(to, captured, async move {
                 tcp.send_over(Transport::Tls, to.addr, msg, reuse, upgrade)
                     .await
             });
         } else {
-            self.dial(to, async move { tcp.send(to.addr, msg).await });
+            self.dial(to, captured, async move { tcp.send(to.addr, msg).await });
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Runs `dial` (a connect and a send) in the background; its failure
-    /// goes to the handler as `to` unreachable.
+    /// goes to the handler as `to` unreachable. `captured`: the capture
+    /// and the message, recorded once it is queued on the new connection.
     fn dial(
         &self,
         to: Peer,
+        captured: Option<(Capture, Bytes)>,
         dial: impl std::future::Future<Output = Result<super::ConnId, TcpError>> + Send + 'static,
     ) {
         let slot = self.handler.clone();
+        let tcp = self.tcp.clone();
         self.rt.spawn(async move {
-            if let Err(e) = dial.await {
-                tracing::debug!("send to {to}: {e}");
-                if let Some(h) = slot.get().and_then(Weak::upgrade) {
-                    h.on_send_failed(to);
-                    h.on_unreachable(to.addr);
-                    h.after_batch();
+            match dial.await {
+                Ok(conn) => {
+                    if let (Some((c, msg)), Some(local)) = (captured, tcp.local_of(conn)) {
+                        c.record(&msg, local, to.addr, ip_proto(to.transport));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("send to {to}: {e}");
+                    if let Some(h) = slot.get().and_then(Weak::upgrade) {
+                        h.on_send_failed(to);
+                        h.on_unreachable(to.addr);
+                        h.after_batch();
+                    }
                 }
             }
         });

@@ -213,6 +213,8 @@ pub struct TcpTransport {
 /// What the table holds for one connection.
 struct Conn {
     peer: SocketAddr,
+    /// Our end.
+    local: SocketAddr,
     queue: mpsc::Sender<Bytes>,
 }
 
@@ -382,6 +384,11 @@ impl TcpTransport {
         self.inner.dialing.remove(&(transport, to));
         let id = result?;
         self.send_on(id, msg).map(|()| id)
+    }
+
+    /// Our end of connection `conn`, while it is open.
+    pub fn local_of(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.inner.by_id.get(&conn).map(|c| c.local)
     }
 
     /// Queues `msg` on connection `conn` without waiting. `Closed` when
@@ -716,7 +723,14 @@ fn start_conn(
 ) -> ConnId {
     let id = ConnId(inner.next_id.fetch_add(1, Ordering::Relaxed));
     let (tx, rx) = mpsc::channel(inner.opts.send_queue.max(1));
-    inner.by_id.insert(id, Conn { peer, queue: tx });
+    inner.by_id.insert(
+        id,
+        Conn {
+            peer,
+            local,
+            queue: tx,
+        },
+    );
     inner.by_peer.insert((transport, peer), id);
     let task_inner = inner.clone();
     let from = Peer {

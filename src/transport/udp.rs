@@ -262,6 +262,11 @@ impl UdpTransport {
         &self.locals
     }
 
+    /// The address of the socket [`Egress`] picks to send to `to`.
+    pub fn source_for(&self, to: SocketAddr) -> Option<SocketAddr> {
+        self.locals.get(self.egress.pick(to)).copied()
+    }
+
     /// Sends `bytes` to `to` from the socket [`Egress`] picks, without
     /// waiting. A pending ICMP error that makes the send fail is read
     /// (each report goes to `icmp`) and the send is tried again, a few
