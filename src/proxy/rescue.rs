@@ -1,5 +1,5 @@
-//! Every final error sipedge answers itself, in one place (issue 11, the
-//! linkerd `ServerRescue` habit): a [`Refusal`] says why, its
+//! Every final error sipedge answers itself, in one place (the linkerd
+//! `ServerRescue` habit): a [`Refusal`] says why, its
 //! [`Refusal::answer`] gives the status, reason phrase, extra header and
 //! `sipedge_invites_rejected_total` label, and [`Proxy::refuse`] counts and
 //! sends it. A message too broken to answer is dropped and counted instead;
