@@ -26,7 +26,7 @@ fn source() -> SocketAddr {
     "198.51.100.7:5060".parse().unwrap()
 }
 
-/// The forwarding edit of issue 2: parse, then new top Via, Record-Route,
+/// The forwarding edit of a proxy: parse, then new top Via, Record-Route,
 /// Max-Forwards - 1, Route pop.
 fn parse_edit<'e>(ed: &'e mut Editor, bytes: &[u8]) -> &'e [u8] {
     let msg = Message::parse(bytes).expect("bench INVITE parses");

@@ -1089,8 +1089,8 @@ fn one_secret(
     Ok(Some(Secret(secret)))
 }
 
-// Defaults: design.md's table, which follows Kamailio where an operator
-// would expect it.
+// Defaults follow Kamailio where an operator would expect it
+// (proxy.toml.example gives each one).
 fn default_udp() -> Vec<SocketAddr> {
     vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_SIP_PORT))]
 }

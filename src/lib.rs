@@ -3,7 +3,8 @@
 //! It replaces a Kamailio box running `dispatcher`, `tm`, `rr` and `sl`: it
 //! probes the nodes, sends each new INVITE to a live one, fails over on
 //! silence, 5xx or transport errors, and pins every in-dialog request to the
-//! node that answered. `../shared/design.md` is the behaviour contract.
+//! node that answered. The README says what it does, for operators and
+//! for contributors; the tests hold it to that.
 //!
 //! # Layout
 //! - [`sip`]: the SIP message layer, free of tokio so it can be fuzzed and

@@ -103,6 +103,26 @@ enum Command {
     },
 }
 
+/// `sipedge generate man|completions DIR`: writes the man pages or the
+/// shell completions of [`Cli`] into DIR (the Debian package is built with
+/// them). Parsed apart from [`Cli`], so neither offers it.
+#[derive(Debug, Parser)]
+#[command(name = "sipedge generate")]
+struct GenerateCli {
+    #[arg(value_enum)]
+    what: Generated,
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    /// sipedge.1 and one page per subcommand (sipedge-ctl.1, ...).
+    Man,
+    /// sipedge.bash, _sipedge (zsh) and sipedge.fish.
+    Completions,
+}
+
 #[derive(Debug, Subcommand)]
 enum CtlAction {
     /// dispatcher.list, as a table.
@@ -150,6 +170,10 @@ enum CtlAction {
 const EXIT_CTL_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        let g = GenerateCli::parse_from(std::env::args_os().skip(1));
+        return generate(g.what, &g.dir);
+    }
     let cli = Cli::parse();
     if cli.config.is_some() && cli.command.is_some() {
         // `--config` is the proxy's; the subcommands name their own files
@@ -487,6 +511,95 @@ fn migrate(
         ),
     }
     ExitCode::SUCCESS
+}
+
+/// What the man page says beyond the options: the files the package
+/// installs, the signals and the exit codes (roff).
+const MAN_EXTRA: &str = r#".SH FILES
+.TP
+\fI/etc/sipedge/proxy.toml\fR
+The configuration, read by the packaged systemd unit; every key is
+described in \fI/usr/share/doc/sipedge/proxy.toml.example\fR.
+.TP
+\fI/etc/sipedge/dispatcher.list\fR
+Kamailio's dispatcher.list format, when \fB[dispatcher] list_file\fR names it.
+.TP
+\fI/usr/lib/sysctl.d/50\-sipedge.conf\fR
+The kernel's socket buffer limits, raised to what sipedge asks for.
+.SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Re\-read the destinations (\fB[dispatcher]\fR and its list) and the TLS
+certificates; a file that does not validate is refused and the pool in
+force stays.
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR, \fBSIGQUIT\fR
+Drain: new INVITEs get 503 while the INVITEs being decided finish, up to
+10 s; established calls are not waited for (their in\-dialog requests
+reach the node again after a restart through the route hint).
+.TP
+\fBSIGUSR1\fR
+Log a summary of the state.
+.SH EXIT STATUS
+.TP
+\fB0\fR
+Stopped after a drain, or the subcommand succeeded.
+.TP
+\fB1\fR
+A socket could not be bound, the proxy stopped on a failure, or a
+\fBctl\fR command failed.
+.TP
+\fB2\fR
+Bad command line or configuration; the message names the file, the key
+and the reason.
+.SH ENVIRONMENT
+.TP
+\fBRUST_LOG\fR
+Log filter (default \fBinfo\fR).
+.TP
+\fBSIPEDGE_ADMIN_TOKEN_FILE\fR
+The admin bearer token file for \fBsipedge ctl\fR.
+.SH SEE ALSO
+\fBkamcmd\fR(8), \fBkeepalived\fR(8)
+"#;
+
+/// `sipedge generate`: the package's man pages and completions, so they
+/// always match the command line they describe.
+fn generate(what: Generated, dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let written = std::fs::create_dir_all(dir).and_then(|()| match what {
+        Generated::Man => {
+            // Subcommand pages first; then the main page again, with the
+            // sections clap knows nothing about before its VERSION.
+            clap_mangen::generate_to(Cli::command(), dir)?;
+            let man = clap_mangen::Man::new(Cli::command().disable_help_subcommand(true));
+            let mut page = Vec::new();
+            man.render_title(&mut page)?;
+            man.render_name_section(&mut page)?;
+            man.render_synopsis_section(&mut page)?;
+            man.render_description_section(&mut page)?;
+            man.render_options_section(&mut page)?;
+            man.render_subcommands_section(&mut page)?;
+            page.write_all(MAN_EXTRA.as_bytes())?;
+            man.render_version_section(&mut page)?;
+            std::fs::write(dir.join(man.get_filename()), page)
+        }
+        Generated::Completions => {
+            use clap_complete::Shell;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut Cli::command(), "sipedge", dir)?;
+            }
+            Ok(())
+        }
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sipedge generate: {}: {e}", dir.display());
+            ExitCode::from(EXIT_START_FAILED)
+        }
+    }
 }
 
 fn bad_config(err: &ConfigError) -> ExitCode {

@@ -1825,7 +1825,7 @@ impl Metrics {
             // "No such series" only: already gone.
             let _ = self
                 .node_misadvertised
-                .remove_label_values(&[&node.uri, w.as_str()]);
+                .remove_label_values(&[&*node.uri, w.as_str()]);
         }
     }
 

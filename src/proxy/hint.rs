@@ -1,5 +1,5 @@
-//! The opaque node hint of our Record-Route (design.md: "opaque,
-//! authenticated with the cluster secret").
+//! The node hint of our Record-Route, opaque and authenticated with the
+//! cluster secret.
 //!
 //! Our Record-Route reads `<sip:ADV;lr;node=3f9c…>`: the `node` value is
 //! the node's address encrypted and authenticated together with the

@@ -3,8 +3,8 @@
 //! gives the status, reason phrase, extra header and reject reason, and
 //! [`Proxy::refuse`] counts and sends it: under its reason in
 //! `sipedge_requests_rejected_total` whatever the method, and in
-//! `sipedge_invites_rejected_total` too for an INVITE. A message too broken to answer is dropped and counted instead;
-//! never a panic.
+//! `sipedge_invites_rejected_total` too for an INVITE. A message too
+//! broken to answer is dropped and counted instead; never a panic.
 //!
 //! The transaction machines say why (a new INVITE's
 //! [`crate::transaction::invite::Outcome`], a forwarded request's

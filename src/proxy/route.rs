@@ -1,7 +1,8 @@
 //! Where an in-dialog request goes, as a pure decision (no socket, no
 //! table, no clock): the request path gathers the facts (who sent it, the
 //! pinned node, our Route values, the Request-URI) and carries the answer
-//! out. Unit-tested here; the rules are design.md's "Pinning and takeover".
+//! out. Unit-tested here; the README's "In-dialog routing and the route
+//! hint" states the rules.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -161,8 +162,8 @@ pub(super) enum Decision {
     BadHint,
 }
 
-/// Routes an in-dialog request (RFC 3261 §16.4, §16.12; design.md
-/// "Pinning and takeover").
+/// Routes an in-dialog request (RFC 3261 §16.4, §16.12; the README's
+/// "In-dialog routing and the route hint").
 ///
 /// From a node, it is loose-routed towards the trunk: the next Route after
 /// ours, else the Request-URI.

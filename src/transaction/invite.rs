@@ -6,7 +6,7 @@
 //! [`InviteClient::on_timer`] next. No socket, no clock read, no metric,
 //! no lock: the proxy's driver does all of that.
 //!
-//! The rules it keeps (design.md): fail over on silence (`fr_timeout`), a
+//! The rules it keeps: fail over on silence (`fr_timeout`), a
 //! failover code or a transport error; never once the node has the call (a
 //! ringing 1xx or any 2xx: a second INVITE would double-send a fax); CANCEL
 //! a leg only after it answered provisionally (RFC 3261 §9.1); a node
