@@ -5,6 +5,10 @@
 //! escaped RPC arguments in the log, health checks behind idle clients,
 //! and the other signals.
 
+#[path = "support/process.rs"]
+mod process;
+
+use process::signal;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::Path;
@@ -602,7 +606,7 @@ fn rpc_arguments_cannot_forge_log_lines() {
     assert!(line.contains(r"sip:192.0.2.9:5060\nFORGED"), "{line}");
     assert!(line.contains(r"\r\u{1b}[2K"), "{line}");
     // Whatever the binary logs next comes after: nothing in between.
-    kill(&child, "USR1");
+    signal(&child, "USR1");
     log.wait_for("state summary: destination");
     let forged_lines: Vec<&String> = log
         .seen
@@ -612,15 +616,6 @@ fn rpc_arguments_cannot_forge_log_lines() {
     assert!(forged_lines.is_empty(), "{forged_lines:?}");
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
-}
-
-fn kill(child: &Child, signal: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{signal}");
 }
 
 /// SIGUSR1 writes the state to the log, SIGUSR2 and SIGALRM are logged and
@@ -634,16 +629,16 @@ fn signals_and_idle_clients_leave_the_binary_serving() {
     let (mut child, mut log, [admin]) = spawn_logging(&dir.join("sipedge.toml"), ["admin"]);
     let uri = format!("sip:{}", node.local_addr().unwrap());
 
-    kill(&child, "USR1");
+    signal(&child, "USR1");
     let summary = log.wait_for("state summary");
     for field in ["dialogs=", "client_transactions=", "tcp_connections="] {
         assert!(summary.contains(field), "{summary}");
     }
     let dest = log.wait_for("state summary: destination");
     assert!(dest.contains(&uri), "{dest}");
-    for signal in ["USR2", "ALRM"] {
-        kill(&child, signal);
-        log.wait_for(&format!("SIG{signal} received"));
+    for sig in ["USR2", "ALRM"] {
+        signal(&child, sig);
+        log.wait_for(&format!("SIG{sig} received"));
     }
     assert!(child.try_wait().unwrap().is_none(), "still running");
     let out = sipedge_ctl(&admin, &["list"]);
@@ -665,7 +660,7 @@ fn signals_and_idle_clients_leave_the_binary_serving() {
     drop(idle);
 
     let started = Instant::now();
-    kill(&child, "QUIT");
+    signal(&child, "QUIT");
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;

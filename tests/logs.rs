@@ -4,8 +4,11 @@
 //! and a call's story — the node chosen, each failover with its reason,
 //! the final answer — once each at info, with the Call-ID.
 
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
+use process::signal;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -95,15 +98,6 @@ fn read_until(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, what: &[&str]
             Err(_) => panic!("no log line with {what:?} in:\n{}", seen.join("\n")),
         }
     }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig}");
 }
 
 fn terminate(mut child: Child) {

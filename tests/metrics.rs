@@ -5,8 +5,11 @@
 //! 481 to a BYE, the Kamailio dispatcher names when asked for, and Debian's
 //! `promtool check metrics` taking the whole exposition.
 
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
+use process::promtool_accepts;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,32 +97,6 @@ async fn get(addr: SocketAddr, path: &str) -> (String, String) {
         head.lines().next().unwrap_or_default().to_owned(),
         body.to_owned(),
     )
-}
-
-/// `promtool check metrics` takes the exposition (Debian package
-/// prometheus, which `.ci/run` installs).
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool refuses the exposition: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The admin listener in front of `h`'s proxy, on 127.0.0.1 port 0.

@@ -5,6 +5,10 @@
 //! (with `MONOTONIC_USEC`) and `READY=1` frame a reload by SIGHUP or RPC,
 //! `WATCHDOG=1` keeps coming, and SIGTERM sends `STOPPING=1`.
 
+#[path = "support/process.rs"]
+mod process;
+
+use process::signal;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::os::linux::net::SocketAddrExt;
@@ -179,15 +183,6 @@ fn spawn(cfg: &std::path::Path, notify: &str) -> (Child, String, String) {
     }
     std::thread::spawn(move || lines.for_each(drop));
     (child, udp.expect("udp"), admin.expect("admin"))
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig}");
 }
 
 #[test]

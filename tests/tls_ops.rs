@@ -10,10 +10,13 @@
 mod kamailio;
 #[path = "support/kamailio_tls.rs"]
 mod kamailio_tls;
+#[path = "support/process.rs"]
+mod process;
 mod support;
 #[path = "support/tls.rs"]
 mod tls_support;
 
+use process::promtool_accepts;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -112,31 +115,6 @@ impl Setup {
         let ok = trunk.recv_response(200).await;
         assert_eq!(ok.cseq().1, "BYE");
     }
-}
-
-/// `promtool check metrics` takes the exposition.
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool refuses the exposition: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// With `client_ca` and `crl`: a client without a certificate, with one
