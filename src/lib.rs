@@ -64,7 +64,10 @@
 //! - [`server`]: binding the configured listeners and running the proxy,
 //!   the admin listener and the signal handlers (SIGHUP reload, SIGUSR1
 //!   state summary) as one task set, with a drain on shutdown (what
-//!   `main` calls).
+//!   [`cli`] calls).
+//! - [`cli`]: the `sipedge` command line (run, `check-config`, `migrate`,
+//!   `ctl`, the man pages and completions), config loading and exit codes;
+//!   `src/main.rs` only picks the allocator and calls [`cli::main`].
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/health/live`,
 //!   `/health/ready`, JSON-RPC at `/RPC` with Kamailio's `dispatcher.*`
 //!   methods and result shapes, an optional bearer token), the BINRPC
@@ -91,6 +94,7 @@
 
 pub mod admin;
 pub mod capture;
+pub mod cli;
 pub mod config;
 pub mod dialog;
 pub mod dispatcher;
