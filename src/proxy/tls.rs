@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::transport::tls::CertExpiry;
 
 /// A certificate closer than this to its end is warned about at start and
-/// on every reload (the alert in `deploy/prometheus/sipedge.rules.yml`
+/// on every reload (the alert in `deploy/prometheus/alerts.yml`
 /// uses the same 14 days).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
