@@ -13,6 +13,8 @@
 //! tests fail, unless `SIPEDGE_ALLOW_CAPTURE_TOOLS_SKIP=1`.
 
 mod support;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -842,4 +844,56 @@ async fn ipv6_capture_uses_the_ipv6_chunks() {
     {
         assert_eq!((p.family, p.proto), (10, 17));
     }
+}
+
+/// A TLS trunk's messages are marked TLS (protocol 22, as Kamailio's
+/// siptrace marks them) with the TLS connection's real ends; the same
+/// INVITE relayed to a UDP node is marked UDP (17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_legs_are_marked_tls() {
+    use tls_support::{edge_toml, Ca, EdgeSockets, Scratch, TlsTrunk};
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let collector = sock.local_addr().unwrap();
+    let got: Captured = Arc::default();
+    let keep = got.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+            keep.lock().unwrap().push(decode(&buf[..n]));
+        }
+    });
+    let dir = Scratch::new("capture-tls");
+    let ca = Ca::new("sipedge test CA");
+    let server = ca.leaf(&dir, "server", &["sip.test"]);
+    let sockets = EdgeSockets::bind("127.0.0.1");
+    let node = Peer::bind("node0").await;
+    let more = format!("[capture]\nhep = \"udp:{collector}\"\nwhat = \"calls\"\n");
+    let text = edge_toml(&sockets, &[node.addr], &server.cert, &server.key, &more);
+    let edge = sockets.run(&text, None, false, vec![node]);
+    let mut trunk = TlsTrunk::connect(edge.tls_addr, ca.der(), None).await;
+    let mut call = Dialog::uac_at(trunk.addr, &format!("sip:fax@{}", edge.addr)).over_tls();
+    let invite = call.invite(SDP_AUDIO);
+    trunk.send(&invite).await;
+    let trying = trunk.recv_response(100).await;
+    let relayed = edge.nodes[0].recv_request("INVITE").await;
+    let (tls, trunk_addr, udp, node_addr) =
+        (edge.tls_addr, trunk.addr, edge.addr, edge.nodes[0].addr);
+    eventually(
+        "the trunk's INVITE, our 100 and the relayed INVITE captured",
+        || {
+            let got = snapshot(&got);
+            got.iter().any(|p| p.payload == invite)
+                && got.iter().any(|p| p.payload == trying.data)
+                && got.iter().any(|p| p.payload == relayed.data)
+        },
+    )
+    .await;
+    let got = snapshot(&got);
+    let p = find(&got, &invite, trunk_addr, tls);
+    assert_eq!((p.family, p.proto), (2, 22), "the trunk's INVITE over TLS");
+    let p = find(&got, &trying.data, tls, trunk_addr);
+    assert_eq!(p.proto, 22, "our 100 over TLS");
+    let p = find(&got, &relayed.data, udp, node_addr);
+    assert_eq!(p.proto, 17, "the INVITE to the UDP node");
+    assert_eq!(p.correlation.as_deref(), Some(call.call_id.as_bytes()));
 }
