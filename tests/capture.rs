@@ -368,7 +368,12 @@ const AUTH_KEY: &str = "homer-s3cret";
 /// The test's HEP collector on UDP: keeps every packet, and relays it
 /// byte for byte to `relay` (the sngreps).
 async fn udp_collector(relay: Vec<SocketAddr>) -> (SocketAddr, Captured) {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp_collector_on("127.0.0.1:0", relay).await
+}
+
+/// [`udp_collector`] bound to `bind` (`[::1]:0` for IPv6).
+async fn udp_collector_on(bind: &str, relay: Vec<SocketAddr>) -> (SocketAddr, Captured) {
+    let sock = UdpSocket::bind(bind).await.expect("bind the collector");
     let addr = sock.local_addr().unwrap();
     let got: Captured = Arc::default();
     let keep = got.clone();
@@ -807,16 +812,7 @@ async fn failures_capture_sends_only_the_failed_call_whole() {
 /// with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_capture_uses_the_ipv6_chunks() {
-    let sock = UdpSocket::bind("[::1]:0").await.expect("bind ::1");
-    let collector = sock.local_addr().unwrap();
-    let got: Captured = Arc::default();
-    let keep = got.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_535];
-        while let Ok((n, _)) = sock.recv_from(&mut buf).await {
-            keep.lock().unwrap().push(decode(&buf[..n]));
-        }
-    });
+    let (collector, got) = udp_collector_on("[::1]:0", Vec::new()).await;
     let extra = format!("[capture]\nhep = \"udp:{collector}\"\n");
     let h = Harness::start(Options {
         ipv6: true,
@@ -852,16 +848,7 @@ async fn ipv6_capture_uses_the_ipv6_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_legs_are_marked_tls() {
     use tls_support::{edge_toml, Ca, EdgeSockets, Scratch, TlsTrunk};
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let collector = sock.local_addr().unwrap();
-    let got: Captured = Arc::default();
-    let keep = got.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_535];
-        while let Ok((n, _)) = sock.recv_from(&mut buf).await {
-            keep.lock().unwrap().push(decode(&buf[..n]));
-        }
-    });
+    let (collector, got) = udp_collector(Vec::new()).await;
     let dir = Scratch::new("capture-tls");
     let ca = Ca::new("sipedge test CA");
     let server = ca.leaf(&dir, "server", &["sip.test"]);

@@ -24,12 +24,6 @@ const MUST_ARRIVE: Duration = Duration::from_secs(10);
 
 const ESC: &str = "\x1b[";
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sipedge-logs-{name}-{}", unique("")));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A config on 127.0.0.1 port 0 with `nodes` in a dispatcher.list.
 fn write_config(dir: &Path, nodes: &[SocketAddr]) -> PathBuf {
     let list: String = nodes.iter().map(|n| format!("1 sip:{n}\n")).collect();
@@ -149,7 +143,7 @@ async fn peers() -> (Peer, Peer, Peer) {
 /// level is coloured, unless NO_COLOR is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_are_plain_off_a_terminal_and_coloured_on_one_without_no_color() {
-    let dir = scratch("text");
+    let dir = Scratch::new("text");
     let (trunk, n0, n1) = peers().await;
     let cfg = write_config(&dir, &[n0.addr, n1.addr]);
     let file = dir.join("stderr.log");
@@ -174,7 +168,6 @@ async fn text_logs_are_plain_off_a_terminal_and_coloured_on_one_without_no_color
     let plain = on_a_terminal(&cfg, Some("1"));
     assert!(!plain.contains(ESC), "NO_COLOR=1 on a tty:\n{plain:?}");
     assert!(plain.contains("shutting down"), "{plain}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The binary on `cfg` with a pty as stdout and stderr (`script`), stopped
@@ -226,7 +219,7 @@ fn on_a_terminal(cfg: &Path, no_color: Option<&str>) -> String {
 /// next node, the final answer and the node it came from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_tell_a_failover_calls_story_once() {
-    let dir = scratch("json");
+    let dir = Scratch::new("json");
     let (trunk, n0, n1) = peers().await;
     let cfg = write_config(&dir, &[n0.addr, n1.addr]);
     let (mut child, udp) = spawn(&cfg, &["--log-format", "json"], &[], Stdio::piped());
@@ -271,14 +264,13 @@ async fn json_lines_tell_a_failover_calls_story_once() {
     assert_eq!(story[2]["node"], second.as_str());
     assert_eq!(story[3]["node"], second.as_str());
     assert_eq!(story[3]["code"], 200);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A node that never answers: the failover says `timeout`, and the last
 /// answer is the proxy's own, with its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_failover_and_a_local_answer_are_logged_with_their_reasons() {
-    let dir = scratch("timeout");
+    let dir = Scratch::new("timeout");
     let trunk = Peer::bind("trunk").await;
     // Bound (no ICMP error) and silent.
     let silent = Peer::bind("silent").await;
@@ -303,7 +295,6 @@ async fn a_timeout_failover_and_a_local_answer_are_logged_with_their_reasons() {
     let local: serde_json::Value = serde_json::from_str(&local).unwrap();
     assert_eq!(local["code"], 503);
     assert_eq!(local["reason"], "all_down");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// `--log-level warn` hides info (over RUST_LOG=debug) and keeps warnings;
@@ -311,7 +302,7 @@ async fn a_timeout_failover_and_a_local_answer_are_logged_with_their_reasons() {
 /// subcommand too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_level_warn_hides_info_and_a_bad_level_is_refused() {
-    let dir = scratch("level");
+    let dir = Scratch::new("level");
     let (trunk, n0, n1) = peers().await;
     let cfg = write_config(&dir, &[n0.addr, n1.addr]);
     let (mut child, udp) = spawn(
@@ -358,5 +349,4 @@ async fn log_level_warn_hides_info_and_a_bad_level_is_refused() {
         .output()
         .unwrap();
     assert!(ok.status.success(), "{ok:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -4,8 +4,11 @@
 //! Kamailio itself (`kamailio -c`) vouches that the inputs are valid
 //! Kamailio configurations.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use support::Scratch;
 
 use sipedge::config::{self, Algorithm, ProbingMode, ReplyCode};
 
@@ -20,29 +23,6 @@ fn sipedge(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run the sipedge binary")
-}
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("sipedge-migrate-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs migrate (exit 0 expected), then check-config on its output (exit
@@ -90,7 +70,7 @@ fn sipbench_config_converts_and_check_config_accepts_it() {
     let cfg = fixture("sipbench/kamailio.cfg");
     kamailio_accepts(&cfg);
     let dir = Scratch::new("sipbench");
-    let out = dir.path("proxy.toml");
+    let out = dir.join("proxy.toml");
     // No --list: the cfg's own list_file (DS_LIST, "dispatcher.list" next
     // to it) is found and used.
     let (toml, stderr, c) = migrate_and_check(&[cfg.to_str().unwrap()], &out);
@@ -162,7 +142,7 @@ fn sipbench_config_converts_and_check_config_accepts_it() {
         assert!(toml.contains(block), "{block} missing:\n{toml}");
     }
     // Giving MAXBUFFER as Kamailio's -A would maps it.
-    let out2 = dir.path("proxy-maxbuffer.toml");
+    let out2 = dir.join("proxy-maxbuffer.toml");
     let (toml, _, c) = migrate_and_check(
         &[cfg.to_str().unwrap(), "--define", "MAXBUFFER=8388608"],
         &out2,
@@ -180,7 +160,7 @@ fn active_active_article_config_converts_with_its_list() {
     kamailio_accepts(&cfg);
     let list = fixture("active_active/dispatcher.list");
     let dir = Scratch::new("article");
-    let out = dir.path("proxy.toml");
+    let out = dir.join("proxy.toml");
     let (toml, stderr, c) = migrate_and_check(
         &[cfg.to_str().unwrap(), "--list", list.to_str().unwrap()],
         &out,
@@ -242,7 +222,7 @@ fn active_active_article_config_converts_with_its_list() {
 fn without_list_the_cfgs_missing_list_file_is_written_as_is_and_named() {
     let cfg = fixture("active_active/kamailio.cfg");
     let dir = Scratch::new("article-nolist");
-    let out = dir.path("proxy.toml");
+    let out = dir.join("proxy.toml");
     let run = sipedge(&[
         "migrate",
         cfg.to_str().unwrap(),
@@ -271,7 +251,7 @@ fn registry_fixture_converts_and_its_script_is_listed() {
     // registry.cfg has @...@ placeholders tests/registry.rs fills in; the
     // same here, with a list beside it.
     let dir = Scratch::new("registry");
-    let list = dir.path("dispatcher.list");
+    let list = dir.join("dispatcher.list");
     std::fs::write(
         &list,
         "1 sip:127.0.0.1:15081 0 10\n1 sip:127.0.0.1:15082 0 5\n",
@@ -283,9 +263,9 @@ fn registry_fixture_converts_and_its_script_is_listed() {
         .replace("@MODULES@", "/usr/lib/x86_64-linux-gnu/kamailio/modules")
         .replace("@LIST_FILE@", list.to_str().unwrap())
         .replace("@REDIS_PORT@", "16379");
-    let cfg = dir.path("kamailio.cfg");
+    let cfg = dir.join("kamailio.cfg");
     std::fs::write(&cfg, text).unwrap();
-    let out = dir.path("proxy.toml");
+    let out = dir.join("proxy.toml");
     let (toml, stderr, c) = migrate_and_check(&[cfg.to_str().unwrap()], &out);
     assert_eq!(c.dispatcher.algorithm, Algorithm::Priority);
     // ds_probing_mode 0 is kept: Kamailio's meaning, not sipedge's default.
@@ -321,8 +301,8 @@ fn exit_2_names_the_file_and_the_reason() {
     let cfg = fixture("sipbench/kamailio.cfg");
     let cases: Vec<(Vec<String>, String, &str)> = vec![
         (
-            vec!["migrate".into(), dir.path("nope.cfg").display().to_string()],
-            dir.path("nope.cfg").display().to_string(),
+            vec!["migrate".into(), dir.join("nope.cfg").display().to_string()],
+            dir.join("nope.cfg").display().to_string(),
             "cannot read it",
         ),
         (
@@ -330,9 +310,9 @@ fn exit_2_names_the_file_and_the_reason() {
                 "migrate".into(),
                 cfg.display().to_string(),
                 "-o".into(),
-                dir.path("no/such/dir/proxy.toml").display().to_string(),
+                dir.join("no/such/dir/proxy.toml").display().to_string(),
             ],
-            dir.path("no/such/dir/proxy.toml").display().to_string(),
+            dir.join("no/such/dir/proxy.toml").display().to_string(),
             "cannot write it",
         ),
         (
@@ -340,13 +320,13 @@ fn exit_2_names_the_file_and_the_reason() {
                 "migrate".into(),
                 cfg.display().to_string(),
                 "--list".into(),
-                dir.path("missing.list").display().to_string(),
+                dir.join("missing.list").display().to_string(),
             ],
-            dir.path("missing.list").display().to_string(),
+            dir.join("missing.list").display().to_string(),
             "cannot read it",
         ),
     ];
-    let bad_list = dir.path("bad.list");
+    let bad_list = dir.join("bad.list");
     std::fs::write(&bad_list, "1 sip:127.0.0.1:5081\nnot a line\n").unwrap();
     let mut cases = cases;
     cases.push((

@@ -22,12 +22,6 @@ use std::process::Command;
 use dns_server::{FakeDns, Zone};
 use support::*;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sipedge-{}-{}", name, unique("")));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
 /// A config on `listen` (its advertise too) reading `pool.list`, with the
 /// fake DNS server and `extra` lines in `[dispatcher]`.
 fn write_config(dir: &Path, listen: SocketAddr, dns: &FakeDns, extra: &str, list: &str) -> PathBuf {
@@ -55,7 +49,7 @@ async fn names_resolve_at_start_by_a_or_srv_and_are_shown() {
             .a("fs-c.pool.test", Ipv4Addr::new(127, 0, 0, 13)),
     )
     .await;
-    let dir = scratch("names-start");
+    let dir = Scratch::new("names-start");
     let listen: SocketAddr = "127.0.0.1:5060".parse().unwrap();
     let list = "1 sip:fs-a.pool.test:5080 8 20\n\
                 1 sip:fs-b.pool.test 8 10\n\
@@ -120,7 +114,6 @@ async fn names_resolve_at_start_by_a_or_srv_and_are_shown() {
     ] {
         assert!(stdout.contains(line), "{line} in\n{stdout}");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +125,7 @@ async fn names_that_do_not_resolve_or_collide_are_refused_where_written() {
             .a("me.pool.test", Ipv4Addr::new(127, 0, 0, 1)),
     )
     .await;
-    let dir = scratch("names-refused");
+    let dir = Scratch::new("names-refused");
     let listen: SocketAddr = "127.0.0.1:5060".parse().unwrap();
     let refused = |extra: &str, list: &str| {
         let path = write_config(&dir, listen, &dns, extra, list);
@@ -197,7 +190,6 @@ async fn names_that_do_not_resolve_or_collide_are_refused_where_written() {
     .unwrap();
     let err = sipedge::config::read_config(&path).unwrap_err().to_string();
     assert!(err.contains("toml.toml:9: dispatcher.destination[1].uri: sip:nowhere.pool.test:5080: its host name does not resolve"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +206,7 @@ async fn calls_follow_a_named_node_and_a_reload_follows_its_address() {
             .a("fs-b.pool.test", ip(b)),
     )
     .await;
-    let dir = scratch("names-reload");
+    let dir = Scratch::new("names-reload");
     let list = format!(
         "1 sip:fs-a.pool.test:{} 8 10\n1 sip:fs-b.pool.test:{} 8 0\n",
         a.port(),
@@ -306,5 +298,4 @@ async fn calls_follow_a_named_node_and_a_reload_follows_its_address() {
             .unwrap();
     let err = h.proxy.add_destination(&entry).unwrap_err().to_string();
     assert!(err.contains("fs-e.pool.test"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1191,22 +1191,19 @@ mod tests {
             assert_eq!(fake.calls().last().unwrap(), call);
         }
         let before = fake.calls().len();
-        for bad in [
-            "[]",
-            "[1]",
-            r#"["x","sip:10.0.1.12"]"#,
-            r#"[1,5]"#,
-            r#"[1,"sip:a",-1]"#,
-            r#"[1,"sip:a",1,"x"]"#,
-            r#"[1,"sip:a",1,1,"a",6]"#,
-        ] {
-            let answer = call_with(&fake, method::ADD, bad);
-            assert_eq!(
-                error_of(&answer),
-                (code::INVALID_PARAMS, message::INVALID_PARAMS),
-                "{bad}"
-            );
-        }
+        refused_as_invalid(
+            &fake,
+            method::ADD,
+            &[
+                "[]",
+                "[1]",
+                r#"["x","sip:10.0.1.12"]"#,
+                r#"[1,5]"#,
+                r#"[1,"sip:a",-1]"#,
+                r#"[1,"sip:a",1,"x"]"#,
+                r#"[1,"sip:a",1,1,"a",6]"#,
+            ],
+        );
         // A line Kamailio would mangle, or one the backend refuses.
         for (bad, data) in [
             (
@@ -1243,14 +1240,24 @@ mod tests {
             answer["error"]["data"],
             "destination sip:nope not found in set 1"
         );
-        for bad in [
-            "[]",
-            "[1]",
-            r#"[1,"sip:a","b"]"#,
-            r#"["a","sip:a"]"#,
-            "[1,2]",
-        ] {
-            let answer = call_with(&fake, method::REMOVE, bad);
+        refused_as_invalid(
+            &fake,
+            method::REMOVE,
+            &[
+                "[]",
+                "[1]",
+                r#"[1,"sip:a","b"]"#,
+                r#"["a","sip:a"]"#,
+                "[1,2]",
+            ],
+        );
+    }
+
+    /// Each of `bads` as `method`'s params: Kamailio's invalid-params
+    /// fault.
+    fn refused_as_invalid(fake: &Fake, method: &str, bads: &[&str]) {
+        for bad in bads {
+            let answer = call_with(fake, method, bad);
             assert_eq!(
                 error_of(&answer),
                 (code::INVALID_PARAMS, message::INVALID_PARAMS),
@@ -1298,20 +1305,17 @@ mod tests {
             call_with(&fake, method::HASH, r#"[-4,123]"#)["result"],
             call_with(&fake, method::HASH, r#"[0,"123"]"#)["result"]
         );
-        for bad in [
-            "[]",
-            "[3]",
-            r#"["x","a"]"#,
-            r#"[3,"a","b","c"]"#,
-            r#"[3,{}]"#,
-        ] {
-            let answer = call_with(&fake, method::HASH, bad);
-            assert_eq!(
-                error_of(&answer),
-                (code::INVALID_PARAMS, message::INVALID_PARAMS),
-                "{bad}"
-            );
-        }
+        refused_as_invalid(
+            &fake,
+            method::HASH,
+            &[
+                "[]",
+                "[3]",
+                r#"["x","a"]"#,
+                r#"[3,"a","b","c"]"#,
+                r#"[3,{}]"#,
+            ],
+        );
     }
 
     #[test]

@@ -527,18 +527,7 @@ fn parse_line(raw: &str) -> Result<Option<Entry>, Reason> {
         }
     }
 
-    Ok(Some(Entry {
-        line: 0,
-        set_id,
-        uri: dest.uri,
-        scheme_added: dest.scheme_added,
-        sips: dest.sips,
-        host: dest.host,
-        port: dest.port,
-        flags,
-        priority,
-        attrs,
-    }))
+    Ok(Some(Entry::new(set_id, dest, flags, priority, attrs)))
 }
 
 impl Entry {
@@ -573,7 +562,13 @@ impl Entry {
         } else {
             Attrs::parse(attrs)?
         };
-        Ok(Entry {
+        Ok(Entry::new(set_id, dest, Flags(flags), priority, attrs))
+    }
+
+    /// An entry from its fields, checked already; `line` 0 (the caller of
+    /// a file's line fills it in).
+    fn new(set_id: u32, dest: Destination, flags: Flags, priority: i32, attrs: Attrs) -> Entry {
+        Entry {
             line: 0,
             set_id,
             uri: dest.uri,
@@ -581,10 +576,10 @@ impl Entry {
             sips: dest.sips,
             host: dest.host,
             port: dest.port,
-            flags: Flags(flags),
+            flags,
             priority,
             attrs,
-        })
+        }
     }
 }
 

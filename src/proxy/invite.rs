@@ -385,15 +385,17 @@ impl Proxy {
                                 end_try(&mut d, node, outcome);
                             }
                         }
-                        let node = r
-                            .top_via()
-                            .ok()
-                            .and_then(|v| v.branch())
-                            .and_then(|b| d.machine.node_on(b));
+                        // Fields are evaluated only when info is on: the
+                        // node is found from the Via only for the log.
                         tracing::info!(
                             call_id = %Lossy(call_id),
                             code,
-                            node = node.map_or("", |n| d.pool.uri(n)),
+                            node = r
+                                .top_via()
+                                .ok()
+                                .and_then(|v| v.branch())
+                                .and_then(|b| d.machine.node_on(b))
+                                .map_or("", |n| d.pool.uri(n)),
                             peer = %st.src,
                             "INVITE answered by node"
                         );

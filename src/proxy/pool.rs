@@ -258,13 +258,7 @@ impl Proxy {
             None => config::from_toml(config::EXAMPLE_TOML, config::EXAMPLE_NAME)?,
         };
         let old = self.pool();
-        let new = Pool::build(
-            &cfg,
-            self.me.sent_by(),
-            &self.metrics,
-            Some(&old),
-            old.generation + 1,
-        )?;
+        let new = self.next_pool(&cfg, &old)?;
         let count = new.len();
         log_changes(&old, &new);
         if let Some(path) = &path {
@@ -290,6 +284,18 @@ impl Proxy {
                 .map_or(config::EXAMPLE_NAME.to_owned(), |p| p.display().to_string())
         );
         Ok(count)
+    }
+
+    /// The generation after `old`, built from `cfg`: nodes that stay keep
+    /// their health.
+    fn next_pool(&self, cfg: &Config, old: &Pool) -> Result<Pool, ProxyError> {
+        Pool::build(
+            cfg,
+            self.me.sent_by(),
+            &self.metrics,
+            Some(old),
+            old.generation + 1,
+        )
     }
 
     /// Puts `new` in force in place of `old`: the series of nodes that
@@ -434,14 +440,9 @@ impl Proxy {
         edit(&mut cfg).map_err(EditError::Refused)?;
         cfg.validate()
             .map_err(|v| EditError::Refused(v.rule.to_string()))?;
-        let new = Pool::build(
-            &cfg,
-            self.me.sent_by(),
-            &self.metrics,
-            Some(&old),
-            old.generation + 1,
-        )
-        .map_err(|e| EditError::Refused(e.to_string()))?;
+        let new = self
+            .next_pool(&cfg, &old)
+            .map_err(|e| EditError::Refused(e.to_string()))?;
         self.install(&old, new);
         Ok(())
     }

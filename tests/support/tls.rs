@@ -15,7 +15,6 @@
 //!   [`assert_our_rr`] checks a Record-Route it put.
 
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,30 +36,7 @@ pub const SIPEDGE_NAME: &str = "sip.test";
 // Files
 // ---------------------------------------------------------------------------
 
-/// A fresh directory (unique per test, so tests run in parallel), removed
-/// on drop.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    pub fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(unique(&format!("sipedge-{name}-")));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use crate::support::Scratch;
 
 /// `p` as config text.
 pub fn path(p: &Path) -> &str {
