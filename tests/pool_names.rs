@@ -152,11 +152,16 @@ async fn names_that_do_not_resolve_or_collide_are_refused_where_written() {
         "",
         "1 sip:127.0.0.11:5080 0 10\n1 sip:fs-a.pool.test:5080 0 0\n",
     );
-    assert!(err.contains("pool.list:2:"), "{err}");
+    assert!(
+        err.contains(
+            "pool.list:2: sip:fs-a.pool.test:5080 resolves to 127.0.0.11:5080, where line 1"
+        ),
+        "{err}"
+    );
     // A name that is this proxy.
     let err = refused("", "1 sip:fs-a.pool.test:5080\n1 sip:me.pool.test:5060\n");
     assert!(
-        err.contains("pool.list:2:") && err.contains("sip:me.pool.test:5060"),
+        err.contains("pool.list:2: sip:me.pool.test:5060 is sipedge's own address"),
         "{err}"
     );
     // A line of another set that does not resolve is left out, with a
