@@ -236,7 +236,8 @@ pub struct Tls {
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
     /// PEM CRLs of `client_ca`'s CAs: a client certificate they revoke,
-    /// or whose issuer has none here, is refused. Needs `client_ca`.
+    /// or whose issuer has none here or one past its `nextUpdate`, is
+    /// refused. Needs `client_ca`.
     #[serde(default)]
     pub crl: Option<PathBuf>,
     /// A TLS handshake not done this long after the connection opened
@@ -351,13 +352,17 @@ impl Tls {
             .client_ca
             .as_ref()
             .map(|p| base.join(p).display().to_string());
+        let crl_path = self
+            .crl
+            .as_ref()
+            .map(|p| base.join(p).display().to_string());
         let files = ServerFiles {
             chain: (&chain_path, chain.as_bytes()),
             key: key.as_bytes(),
             client_ca: ca_path
                 .as_deref()
                 .zip(client_ca.as_deref().map(str::as_bytes)),
-            crl: crl.as_deref().map(str::as_bytes),
+            crl: crl_path.as_deref().zip(crl.as_deref().map(str::as_bytes)),
         };
         let server = crate::transport::tls::server_identity(&files).map_err(|e| {
             // A file is only named in an error once it was read.

@@ -31,7 +31,7 @@ use crate::dialog::Removal;
 use crate::dispatcher::health::{ProbeResult, State};
 use crate::dispatcher::latency::LatencyStats;
 use crate::sip::{Method, SipError};
-use crate::transport::tls::{CertExpiry, Handshake};
+use crate::transport::tls::{CertExpiry, CrlUpdate, Handshake};
 
 mod process;
 
@@ -146,6 +146,12 @@ pub const TLS_CONNECTIONS: &str = "sipedge_tls_connections";
 /// `[tls] client_ca`; `client`: `[tls] client_certificate`), `file`. The files in force: set at start, replaced
 /// on a reload.
 pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "sipedge_tls_certificate_expiry_seconds";
+/// Seconds until `[tls] crl` goes stale (the earliest `nextUpdate` of its
+/// CRLs; negative once past, when every client of that CA is refused with
+/// `reason="crl_expired"` until a fresh file is reloaded), as of the
+/// scrape. Label: `file`. Absent without a CRL, or when no CRL in the
+/// file has a `nextUpdate`.
+pub const TLS_CRL_NEXT_UPDATE_SECONDS: &str = "sipedge_tls_crl_next_update_seconds";
 /// New INVITEs sent to a destination: each try of a call counts once on
 /// its node, so a call that failed over from A to B counts on both.
 /// `rate()` of it is the calls per second per node. Labels: `set`, `uri`.
@@ -239,6 +245,7 @@ pub const ALL_NAMES: &[&str] = &[
     TLS_HANDSHAKES_TOTAL,
     TLS_CONNECTIONS,
     TLS_CERTIFICATE_EXPIRY_SECONDS,
+    TLS_CRL_NEXT_UPDATE_SECONDS,
     DESTINATION_CALLS_TOTAL,
     DESTINATION_CALL_OUTCOMES_TOTAL,
     REQUESTS_REJECTED_TOTAL,
@@ -979,6 +986,7 @@ pub struct Metrics {
     tls_outbound_handshakes: PerLabel<Handshake, IntCounter>,
     tls_outbound_connections: IntGauge,
     tls_expiry: IntGaugeVec,
+    tls_crl_next_update: IntGaugeVec,
     admin_events: PerLabel<AdminEvent, IntCounter>,
     icmp_errors: PerLabel<IcmpResult, IntCounter>,
     node_misadvertised: IntCounterVec,
@@ -1200,6 +1208,17 @@ impl Metrics {
                     "Seconds until each configured certificate file's earliest notAfter.",
                 ),
                 &["certificate", "file"],
+            ),
+        )?;
+        let tls_crl_next_update = register(
+            r,
+            TLS_CRL_NEXT_UPDATE_SECONDS,
+            IntGaugeVec::new(
+                Opts::new(
+                    TLS_CRL_NEXT_UPDATE_SECONDS,
+                    "Seconds until the earliest nextUpdate of the CRLs in [tls] crl.",
+                ),
+                &["file"],
             ),
         )?;
         let admin_events = register(
@@ -1441,6 +1460,7 @@ impl Metrics {
             })?,
             tls_outbound_connections,
             tls_expiry,
+            tls_crl_next_update,
             admin_events: PerLabel::resolve(ADMIN_EVENTS_TOTAL, |e: AdminEvent| {
                 admin_events.get_metric_with_label_values(&[e.as_str()])
             })?,
@@ -1734,12 +1754,14 @@ impl Metrics {
     }
 
     /// Brings the inbound TLS series up to the listeners' own counters,
-    /// and each configured certificate's time left as of `now` (this runs
-    /// at scrape time; the files in force are the identity's).
+    /// and each configured certificate's and the CRL's time left as of
+    /// `now` (this runs at scrape time; the files in force are the
+    /// identity's).
     pub fn sync_tls_inbound(
         &self,
         stats: &crate::transport::tls::TlsStats,
         expiries: &[CertExpiry],
+        crl: Option<&CrlUpdate>,
         now: std::time::SystemTime,
     ) {
         sync_tls_direction(
@@ -1758,6 +1780,15 @@ impl Metrics {
                 .get_metric_with_label_values(&[e.certificate, &e.file])
             {
                 g.set(e.not_after.saturating_sub(now));
+            }
+        }
+        self.tls_crl_next_update.reset();
+        if let Some(c) = crl {
+            if let Ok(g) = self
+                .tls_crl_next_update
+                .get_metric_with_label_values(&[&c.file])
+            {
+                g.set(c.next_update.saturating_sub(now));
             }
         }
     }
@@ -2123,6 +2154,10 @@ mod tests {
                 expiry("server", "a.pem", 1_000),
                 expiry("client_ca", "ca.pem", 5_000),
             ],
+            Some(&CrlUpdate {
+                file: "crl.pem".to_owned(),
+                next_update: 700,
+            }),
             at(400),
         );
         assert_eq!(m.tls_inbound_handshakes(Handshake::Expired), 2);
@@ -2134,13 +2169,15 @@ mod tests {
             "sipedge_tls_connections{direction=\"inbound\"} 0",
             "sipedge_tls_certificate_expiry_seconds{certificate=\"server\",file=\"a.pem\"} 600",
             "sipedge_tls_certificate_expiry_seconds{certificate=\"client_ca\",file=\"ca.pem\"} 4600",
+            "sipedge_tls_crl_next_update_seconds{file=\"crl.pem\"} 300",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         // A reload names another file; an expired one goes negative.
-        m.sync_tls_inbound(&stats, &[expiry("server", "b.pem", 100)], at(400));
+        m.sync_tls_inbound(&stats, &[expiry("server", "b.pem", 100)], None, at(400));
         let text = m.encode();
         assert!(!text.contains("a.pem"), "{text}");
+        assert!(!text.contains("crl.pem"), "{text}");
         assert!(
             text.lines().any(|l| l
                 == "sipedge_tls_certificate_expiry_seconds{certificate=\"server\",file=\"b.pem\"} -300"),
@@ -2157,6 +2194,10 @@ mod tests {
         m.sync_tls_inbound(
             &crate::transport::tls::TlsStats::default(),
             &[expiry("server", "chain.pem", 0)],
+            Some(&CrlUpdate {
+                file: "crl.pem".to_owned(),
+                next_update: 0,
+            }),
             std::time::SystemTime::UNIX_EPOCH,
         );
         let s = Scrape::of(&m);

@@ -321,6 +321,7 @@ fn alert_rules_cover_every_alert_and_name_only_exported_metrics() {
         m::TLS_HANDSHAKES_TOTAL,
         m::TLS_CONNECTIONS,
         m::TLS_CERTIFICATE_EXPIRY_SECONDS,
+        m::TLS_CRL_NEXT_UPDATE_SECONDS,
         m::REQUESTS_REJECTED_TOTAL,
         m::DIALOGS_MAX,
         m::PROCESS_RESIDENT_MEMORY_BYTES,
@@ -337,6 +338,7 @@ fn alert_rules_cover_every_alert_and_name_only_exported_metrics() {
         m::DIALOGS,
         m::DIALOGS_MAX,
         m::TLS_CERTIFICATE_EXPIRY_SECONDS,
+        m::TLS_CRL_NEXT_UPDATE_SECONDS,
         m::TLS_HANDSHAKES_TOTAL,
     ] {
         assert!(rules.contains(name), "no alert watches {name}");

@@ -22,7 +22,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use kamailio_tls::{tls_modules, TlsFiles, TlsKamailio};
-use sipedge::metrics::{TLS_CERTIFICATE_EXPIRY_SECONDS, TLS_CONNECTIONS};
+use sipedge::metrics::{
+    TLS_CERTIFICATE_EXPIRY_SECONDS, TLS_CONNECTIONS, TLS_CRL_NEXT_UPDATE_SECONDS,
+};
 use sipedge::transport::tls::Handshake;
 use support::*;
 use tls_support::{
@@ -217,6 +219,56 @@ async fn mutual_tls_admits_only_valid_client_certificates() {
         s.series(TLS_CONNECTIONS, "direction=\"inbound\"") == Some(0.0)
     })
     .await;
+}
+
+/// A CRL past its `nextUpdate` vouches for nobody (OpenSSL's "CRL has
+/// expired", which Kamailio's `CRL_CHECK` refuses on): a client with a
+/// valid certificate is refused and counted as `crl_expired`, the gauge
+/// of the CRL's next update is negative; once a fresh CRL is in the file
+/// and reloaded, the same client's call completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_crl_refuses_clients_until_a_fresh_one_is_reloaded() {
+    let s = Setup::start("tls-crl-stale", |dir, ca| {
+        let clients_ca = ca.write(&dir.join("clients-ca.pem"));
+        let crl = ca.crl_until(&dir.join("crl.pem"), &[], 2025);
+        format!(
+            "client_ca = \"{}\"\ncrl = \"{}\"",
+            clients_ca.display(),
+            crl.display()
+        )
+    })
+    .await;
+    let crl_file = format!("file=\"{}\"", s.dir.join("crl.pem").display());
+    let next_update = |s: &Setup| s.series(TLS_CRL_NEXT_UPDATE_SECONDS, &crl_file);
+    let stale = next_update(&s).expect("the CRL's next update exported");
+    assert!(stale < 0.0, "2025-01-01 is past: {stale}");
+    let good = s.ca.issue(&s.dir, "good", &[], 10, (2024, 2090));
+
+    if let Ok(mut t) = TlsTrunk::connect_from(None, s.tls_addr, s.ca.der(), Some(&good)).await {
+        // TLS 1.3: refused after the client's Finished, so unanswered.
+        t.expect_closed().await;
+    }
+    eventually("counted as crl_expired", || {
+        s.handshakes(Handshake::CrlExpired) == 1
+    })
+    .await;
+    assert_eq!(s.handshakes(Handshake::Ok), 0);
+    let text = s.proxy.metrics().encode();
+    let line = "sipedge_tls_handshakes_total{direction=\"inbound\",reason=\"crl_expired\",\
+                result=\"failed\"} 1";
+    assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    promtool_accepts(&text);
+
+    s.ca.crl_until(&s.dir.join("crl.pem"), &[], 2100);
+    s.proxy.reload().expect("the reload with a fresh CRL");
+    let fresh = next_update(&s).expect("the fresh CRL's next update");
+    assert!(fresh > 365.0 * 86400.0, "{fresh}");
+
+    let mut trunk = TlsTrunk::connect(s.tls_addr, s.ca.der(), Some(&good)).await;
+    let (mut call, fs) = s.call(&mut trunk).await;
+    s.hang_up(&mut trunk, &mut call, &fs).await;
+    assert_eq!(s.handshakes(Handshake::Ok), 1);
+    assert_eq!(s.handshakes(Handshake::CrlExpired), 1);
 }
 
 /// `max_handshakes_per_source = 3`: three connections from 127.0.0.1

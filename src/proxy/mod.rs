@@ -222,7 +222,7 @@ impl Proxy {
                 tls.handshake_timeout,
                 tls.max_handshakes_per_source,
             );
-            tls::warn_expiring(&server.0.expiries, std::time::SystemTime::now());
+            tls::warn_expiring(&server.0, std::time::SystemTime::now());
             transports = transports.with_tls(tls_listeners, inbound)?;
         } else if !tls_listeners.is_empty() {
             return Err(ProxyError::TlsNotLoaded);
@@ -586,10 +586,15 @@ impl Proxy {
         self.metrics
             .sync_tls_outbound(self.transports.tls_client().stats());
         if let Some(tls) = self.transports.tls_inbound() {
-            let mut expiries = tls.identity().expiries.clone();
+            let identity = tls.identity();
+            let mut expiries = identity.expiries.clone();
             expiries.extend(self.transports.tls_client().expiries());
-            self.metrics
-                .sync_tls_inbound(tls.stats(), &expiries, std::time::SystemTime::now());
+            self.metrics.sync_tls_inbound(
+                tls.stats(),
+                &expiries,
+                identity.crl.as_ref(),
+                std::time::SystemTime::now(),
+            );
         }
         &self.metrics
     }

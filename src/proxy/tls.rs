@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::Proxy;
 use crate::config::Config;
-use crate::transport::tls::CertExpiry;
+use crate::transport::tls::ServerIdentity;
 
 /// A certificate closer than this to its end is warned about at start and
 /// on every reload (the alert in `deploy/prometheus/alerts.yml`
@@ -30,7 +30,7 @@ impl Proxy {
             );
             return None;
         };
-        warn_expiring(&server.0.expiries, SystemTime::now());
+        warn_expiring(&server.0, SystemTime::now());
         inbound.replace(server.0.clone());
         let files: Vec<&str> = server.0.expiries.iter().map(|e| e.file.as_str()).collect();
         Some(format!("TLS identity reloaded from {}", files.join(", ")))
@@ -38,12 +38,21 @@ impl Proxy {
 }
 
 /// Logs each certificate file that has expired, or will within
-/// [`EXPIRY_WARNING`].
-pub(super) fn warn_expiring(expiries: &[CertExpiry], now: SystemTime) {
+/// [`EXPIRY_WARNING`], and a CRL file past its `nextUpdate` (CRLs are
+/// short-lived and refreshed by the operator's own job, so only a stale
+/// one is worth a line: it refuses clients).
+pub(super) fn warn_expiring(identity: &ServerIdentity, now: SystemTime) {
     let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    for e in expiries {
+    if let Some(crl) = identity.crl.as_ref().filter(|c| c.next_update <= now) {
+        tracing::warn!(
+            "tls crl {} is past its nextUpdate: clients whose certificates its CAs issued are \
+             refused until a fresh CRL is in the file and sipedge is reloaded",
+            crl.file
+        );
+    }
+    for e in &identity.expiries {
         let left = e.not_after.saturating_sub(now);
         let (kind, file) = (e.certificate, &e.file);
         if left <= 0 {

@@ -69,7 +69,7 @@ pub struct ServerFiles<'a> {
     /// TLS); `None`: no client certificate asked for.
     pub client_ca: Option<(&'a str, &'a [u8])>,
     /// PEM CRLs the client's certificate is checked against.
-    pub crl: Option<&'a [u8]>,
+    pub crl: Option<(&'a str, &'a [u8])>,
 }
 
 /// When a configured certificate file stops being valid: the earliest
@@ -86,11 +86,26 @@ pub struct CertExpiry {
     pub not_after: i64,
 }
 
+/// When `[tls] crl` goes stale: the earliest `nextUpdate` of its CRLs.
+/// Past it, rustls (as OpenSSL's `CRL_CHECK`) refuses every client whose
+/// issuer's CRL it is, until a fresh file is reloaded. CRLs live days, not
+/// years, so this is watched apart from the certificates' expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlUpdate {
+    /// The file, as configured and resolved.
+    pub file: String,
+    /// Unix seconds.
+    pub next_update: i64,
+}
+
 /// Our server identity, built from [`ServerFiles`]: what the listeners
 /// serve, and the expiry of each file's certificates.
 pub struct ServerIdentity {
     pub config: Arc<rustls::ServerConfig>,
     pub expiries: Vec<CertExpiry>,
+    /// `[tls] crl`'s next update; `None` without a CRL, or when none of
+    /// its CRLs has a `nextUpdate` (optional in X.509 v2 CRLs).
+    pub crl: Option<CrlUpdate>,
     /// Client certificates required (`client_ca`).
     pub mutual: bool,
 }
@@ -100,6 +115,7 @@ impl std::fmt::Debug for ServerIdentity {
         // Not the config's own Debug: it would walk the key material.
         f.debug_struct("ServerIdentity")
             .field("expiries", &self.expiries)
+            .field("crl", &self.crl)
             .field("mutual", &self.mutual)
             .finish_non_exhaustive()
     }
@@ -165,6 +181,7 @@ pub fn server_identity(files: &ServerFiles<'_>) -> Result<ServerIdentity, TlsSet
             e => format!("not a PEM private key: {e}"),
         },
     })?;
+    let mut crl = None;
     let verifier = match files.client_ca {
         None => {
             if files.crl.is_some() {
@@ -184,7 +201,17 @@ pub fn server_identity(files: &ServerFiles<'_>) -> Result<ServerIdentity, TlsSet
                 file: path.to_owned(),
                 not_after: earliest_not_after(&cas, PemFile::ClientCa)?,
             });
-            client_verifier(cas, files.crl)?
+            let crls = files.crl.map(|(_, pem)| crls(pem)).transpose()?;
+            // rustls judges the CRLs first, so its reasons are the ones an
+            // operator sees.
+            let verifier = client_verifier(cas, crls.clone())?;
+            if let (Some((path, _)), Some(crls)) = (files.crl, &crls) {
+                crl = earliest_next_update(crls)?.map(|next_update| CrlUpdate {
+                    file: path.to_owned(),
+                    next_update,
+                });
+            }
+            verifier
         }
     };
     let config = rustls::ServerConfig::builder_with_provider(provider())
@@ -208,17 +235,53 @@ pub fn server_identity(files: &ServerFiles<'_>) -> Result<ServerIdentity, TlsSet
     Ok(ServerIdentity {
         config: Arc::new(config),
         expiries,
+        crl,
         mutual: files.client_ca.is_some(),
     })
 }
 
+/// The CRLs of a PEM file, refused when there are none.
+fn crls(pem: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsSetupError> {
+    let err = |reason: String| TlsSetupError {
+        file: PemFile::Crl,
+        reason,
+    };
+    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("not PEM CRLs: {e}")))?;
+    if crls.is_empty() {
+        return Err(err("no \"BEGIN X509 CRL\" block".into()));
+    }
+    Ok(crls)
+}
+
+/// The earliest `nextUpdate` of `crls`, in Unix seconds; `None` when none
+/// has one.
+fn earliest_next_update(
+    crls: &[CertificateRevocationListDer<'_>],
+) -> Result<Option<i64>, TlsSetupError> {
+    let mut earliest = None;
+    for (i, der) in crls.iter().enumerate() {
+        let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| TlsSetupError {
+            file: PemFile::Crl,
+            reason: format!("CRL {} is not an X.509 CRL: {e}", i + 1),
+        })?;
+        if let Some(next) = crl.next_update() {
+            let next = next.timestamp();
+            earliest = Some(earliest.map_or(next, |e: i64| e.min(next)));
+        }
+    }
+    Ok(earliest)
+}
+
 /// Client certificates required and checked against `cas`, and the end
-/// entity's revocation against `crl` (as Kamailio's OpenSSL
-/// `X509_V_FLAG_CRL_CHECK`: a client whose issuer has no CRL in the file is
-/// refused, the CRL's own expiry is not enforced).
+/// entity's revocation against `crls`, as Kamailio's OpenSSL
+/// `X509_V_FLAG_CRL_CHECK` does: a client whose issuer has no CRL there is
+/// refused, and so is one whose issuer's CRL is past its `nextUpdate`
+/// (OpenSSL's "CRL has expired"); a stale list cannot vouch for anyone.
 fn client_verifier(
     cas: Vec<CertificateDer<'static>>,
-    crl: Option<&[u8]>,
+    crls: Option<Vec<CertificateRevocationListDer<'static>>>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsSetupError> {
     let ca_err = |reason: String| TlsSetupError {
         file: PemFile::ClientCa,
@@ -232,18 +295,11 @@ fn client_verifier(
     }
     let mut builder =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-    if let Some(pem) = crl {
-        let crl_err = |reason: String| TlsSetupError {
-            file: PemFile::Crl,
-            reason,
-        };
-        let crls = CertificateRevocationListDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| crl_err(format!("not PEM CRLs: {e}")))?;
-        if crls.is_empty() {
-            return Err(crl_err("no \"BEGIN X509 CRL\" block".into()));
-        }
-        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    if let Some(crls) = crls {
+        builder = builder
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .enforce_revocation_expiration();
     }
     builder.build().map_err(|e| match e {
         rustls::server::VerifierBuilderError::InvalidCrl(e) => TlsSetupError {
@@ -281,6 +337,9 @@ pub enum Handshake {
     /// The client's certificate is in `[tls] crl`, or its issuer has no
     /// CRL there.
     Revoked,
+    /// The client's issuer's CRL in `[tls] crl` is past its `nextUpdate`:
+    /// our file is stale, not the client's certificate.
+    CrlExpired,
     /// The peer ended the handshake with an alert (it refused our
     /// certificate, or wanted one we did not have).
     Alert,
@@ -296,7 +355,7 @@ pub enum Handshake {
 
 impl Handshake {
     /// Every value, in the order of [`TlsStats`]'s counters.
-    pub const ALL: [Handshake; 13] = [
+    pub const ALL: [Handshake; 14] = [
         Handshake::Ok,
         Handshake::Timeout,
         Handshake::NoCertificate,
@@ -305,6 +364,7 @@ impl Handshake {
         Handshake::WrongName,
         Handshake::Expired,
         Handshake::Revoked,
+        Handshake::CrlExpired,
         Handshake::Alert,
         Handshake::Protocol,
         Handshake::Closed,
@@ -332,6 +392,7 @@ impl Handshake {
             Handshake::WrongName => "wrong_name",
             Handshake::Expired => "expired",
             Handshake::Revoked => "revoked",
+            Handshake::CrlExpired => "crl_expired",
             Handshake::Alert => "alert",
             Handshake::Protocol => "protocol",
             Handshake::Closed => "closed",
@@ -356,10 +417,10 @@ impl Handshake {
                     | C::ExpiredContext { .. }
                     | C::NotValidYet
                     | C::NotValidYetContext { .. } => Handshake::Expired,
-                    C::Revoked
-                    | C::UnknownRevocationStatus
-                    | C::ExpiredRevocationList
-                    | C::ExpiredRevocationListContext { .. } => Handshake::Revoked,
+                    C::Revoked | C::UnknownRevocationStatus => Handshake::Revoked,
+                    C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                        Handshake::CrlExpired
+                    }
                     C::UnknownIssuer => Handshake::UnknownCa,
                     C::NotValidForName | C::NotValidForNameContext { .. } => Handshake::WrongName,
                     _ => Handshake::BadCertificate,
@@ -695,6 +756,10 @@ mod tests {
             (E::InvalidCertificate(C::Expired), Handshake::Expired),
             (E::InvalidCertificate(C::Revoked), Handshake::Revoked),
             (
+                E::InvalidCertificate(C::ExpiredRevocationList),
+                Handshake::CrlExpired,
+            ),
+            (
                 E::InvalidCertificate(C::BadSignature),
                 Handshake::BadCertificate,
             ),
@@ -714,5 +779,60 @@ mod tests {
         }
         let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
         assert_eq!(Handshake::of_error(&eof), Handshake::Closed);
+    }
+
+    /// The CRL gauge follows the earliest `nextUpdate` of the file's CRLs
+    /// (one per CA), and a server identity with a CRL carries it.
+    #[test]
+    fn the_crl_file_is_as_fresh_as_its_stalest_crl() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(params, &ca_key);
+        let crl = |year| {
+            rcgen::CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2024, 1, 1),
+                next_update: rcgen::date_time_ymd(year, 1, 1),
+                crl_number: rcgen::SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: Vec::new(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&issuer)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        let pem = crl(2031) + &crl(2027);
+        let parsed = crls(pem.as_bytes()).unwrap();
+        // 2027-01-01T00:00:00Z
+        assert_eq!(earliest_next_update(&parsed).unwrap(), Some(1_798_761_600));
+
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["sip.test".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let (chain, key, ca) = (leaf.pem(), leaf_key.serialize_pem(), ca_cert.pem());
+        let identity = server_identity(&ServerFiles {
+            chain: ("chain.pem", chain.as_bytes()),
+            key: key.as_bytes(),
+            client_ca: Some(("ca.pem", ca.as_bytes())),
+            crl: Some(("crl.pem", pem.as_bytes())),
+        })
+        .unwrap();
+        assert_eq!(
+            identity.crl,
+            Some(CrlUpdate {
+                file: "crl.pem".to_owned(),
+                next_update: 1_798_761_600
+            })
+        );
+        assert!(identity.mutual);
     }
 }

@@ -156,10 +156,16 @@ impl Ca {
 
     /// A CRL revoking `serials`, written to `path`.
     pub fn crl(&self, path: &Path, serials: &[u64]) -> PathBuf {
+        self.crl_until(path, serials, 2100)
+    }
+
+    /// A CRL as [`Ca::crl`] whose `nextUpdate` is 1 January of `year`
+    /// (one in the past is stale).
+    pub fn crl_until(&self, path: &Path, serials: &[u64], year: i32) -> PathBuf {
         let params = rcgen::CertificateRevocationListParams {
             this_update: rcgen::date_time_ymd(2024, 1, 1),
-            next_update: rcgen::date_time_ymd(2100, 1, 1),
-            crl_number: rcgen::SerialNumber::from(1u64),
+            next_update: rcgen::date_time_ymd(year, 1, 1),
+            crl_number: rcgen::SerialNumber::from(u64::try_from(year).unwrap()),
             issuing_distribution_point: None,
             revoked_certs: serials
                 .iter()
