@@ -26,7 +26,7 @@ use std::time::Duration;
 use kamailio_tls::*;
 use sipedge::sip::HeaderName;
 use support::*;
-use tls_support::TlsTrunk;
+use tls_support::{via_transport, TlsTrunk};
 
 /// sipedge's Record-Route on the trunk side: its TLS listener, with
 /// `;transport=tls`.

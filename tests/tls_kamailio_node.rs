@@ -24,6 +24,7 @@ use std::time::Duration;
 use kamailio_tls::*;
 use sipedge::sip::HeaderName;
 use support::*;
+use tls_support::via_transport;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_trunk_to_kamailio_tls_node_full_call() {

@@ -23,7 +23,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::CertificateDer;
-use sipedge::sip::Via;
 
 use crate::kamailio::{fixture, free_udp_port, module_dir, temp_dir, Kamailio};
 use crate::support::{Inbox, Peer, Received};
@@ -281,16 +280,6 @@ pub async fn start_edge(pki: &Pki, tls_extra: &str, destinations: Option<&str>) 
         &more,
     );
     sockets.run(&text, None, false, nodes)
-}
-
-/// The transport of the `i`th Via of `msg`.
-pub fn via_transport(msg: &Received, i: usize) -> String {
-    let vias = msg.vias();
-    let v = vias
-        .get(i)
-        .unwrap_or_else(|| panic!("no Via #{i}:\n{}", msg.text()));
-    let via = Via::parse(v.as_bytes()).expect("a valid Via");
-    String::from_utf8_lossy(via.transport).into_owned()
 }
 
 /// The final response `code` to what `peer` sent, after any other

@@ -492,6 +492,16 @@ pub fn assert_our_rr(value: &str, at: SocketAddr, transport: Option<&str>) {
     assert_eq!(t, transport.into_iter().collect::<Vec<_>>(), "{value}");
 }
 
+/// The transport of the `i`th Via of `msg`.
+pub fn via_transport(msg: &Received, i: usize) -> String {
+    let vias = msg.vias();
+    let v = vias
+        .get(i)
+        .unwrap_or_else(|| panic!("no Via #{i}:\n{}", msg.text()));
+    let via = sipedge::sip::Via::parse(v.as_bytes()).expect("a valid Via");
+    String::from_utf8_lossy(via.transport).into_owned()
+}
+
 // ---------------------------------------------------------------------------
 // sipedge with a TLS listener
 // ---------------------------------------------------------------------------
