@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::Scratch;
 use crate::tls_support::{path, Issued};
@@ -120,33 +120,14 @@ impl Baresip {
 
     /// Until baresip answers an OPTIONS for `user` on its UDP listener.
     fn wait_ready(&mut self, user: &str) {
-        let probe = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let me = probe.local_addr().unwrap();
-        let options = format!(
-            "OPTIONS sip:{user}@{0} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKready\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:ready@{me}>;tag=r\r\nTo: <sip:{user}@{0}>\r\n\
-             Call-ID: ready-{me}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            self.sip
-        );
-        let deadline = Instant::now() + START;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("baresip exited ({status}); log:\n{}", self.log());
-            }
-            let _ = probe.send_to(options.as_bytes(), self.sip);
-            if let Ok(n) = probe.recv(&mut buf) {
-                if buf[..n].starts_with(b"SIP/2.0 200") {
-                    return;
-                }
-            }
-        }
-        panic!(
-            "baresip did not answer within {START:?}; log:\n{}",
-            self.log()
+        let log = self.dir.join("baresip.log");
+        crate::support::until_options_answered(
+            &mut self.child,
+            self.sip,
+            &format!("sip:{user}@{}", self.sip),
+            |r| r.starts_with(b"SIP/2.0 200"),
+            START,
+            || std::fs::read_to_string(&log).unwrap_or_default(),
         );
     }
 
@@ -163,21 +144,7 @@ impl Baresip {
     }
 
     fn terminate(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::support::terminate(&mut self.child);
     }
 }
 

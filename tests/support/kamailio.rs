@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a starting Kamailio gets to answer.
 const START: Duration = Duration::from_secs(20);
@@ -73,38 +73,25 @@ impl Kamailio {
 
     /// Until Kamailio answers an OPTIONS (405 from the script).
     fn wait_ready(&mut self) {
-        let probe = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let me = probe.local_addr().unwrap();
-        let options = format!(
-            "OPTIONS sip:{0} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKready\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:ready@{me}>;tag=r\r\nTo: <sip:{0}>\r\n\
-             Call-ID: ready\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            self.addr
-        );
-        let deadline = Instant::now() + START;
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("kamailio exited ({status}); log:\n{}", self.log());
-            }
-            let _ = probe.send_to(options.as_bytes(), self.addr);
-            if probe.recv_from(&mut buf).is_ok() {
-                return;
-            }
-        }
-        panic!(
-            "kamailio did not answer within {START:?}; log:\n{}",
-            self.log()
+        let dir = self.dir.clone();
+        crate::support::until_options_answered(
+            &mut self.child,
+            self.addr,
+            &format!("sip:{}", self.addr),
+            |_| true,
+            START,
+            || kamailio_log(&dir),
         );
     }
 
     /// What Kamailio logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("kamailio.log")).unwrap_or_default()
+        kamailio_log(&self.dir)
     }
+}
+
+fn kamailio_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default()
 }
 
 /// A fresh directory for one Kamailio's config, log and runtime files.
@@ -156,18 +143,10 @@ impl Drop for Kamailio {
     fn drop(&mut self) {
         // SIGTERM: the main process stops its worker children too (a
         // SIGKILL would leave them running).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        crate::support::terminate(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!("kamailio's log:\n{}", self.log());
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

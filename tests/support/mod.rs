@@ -1542,3 +1542,64 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Third-party peers as child processes (Kamailio, baresip)
+// ---------------------------------------------------------------------------
+
+/// Until the SIP peer `child` answers an OPTIONS for `ruri` on UDP `to`
+/// (sent every 200 ms) with a response `ready` accepts. Panics with the
+/// peer's `log` when it exits or `within` passes.
+pub fn until_options_answered(
+    child: &mut std::process::Child,
+    to: SocketAddr,
+    ruri: &str,
+    ready: fn(&[u8]) -> bool,
+    within: Duration,
+    log: impl Fn() -> String,
+) {
+    let probe = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let me = probe.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKready\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:ready@{me}>;tag=r\r\nTo: <{ruri}>\r\n\
+         Call-ID: ready-{me}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{to} exited ({status}); log:\n{}", log());
+        }
+        let _ = probe.send_to(options.as_bytes(), to);
+        if let Ok(n) = probe.recv(&mut buf) {
+            if ready(&buf[..n]) {
+                return;
+            }
+        }
+    }
+    panic!("{to} did not answer within {within:?}; log:\n{}", log());
+}
+
+/// Stops a peer's process: SIGTERM first (it stops its own children and
+/// flushes its log), SIGKILL after 5 s. Nothing to do once it has exited.
+pub fn terminate(child: &mut std::process::Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
