@@ -1,7 +1,7 @@
-//! The built binary with its admin listener (issue 4): it prints where it
+//! The built binary with its admin listener: it prints where it
 //! listens, `sipedge ctl` lists and drains a node over JSON-RPC, new calls
 //! avoid the drained node, and SIGHUP reloads the dispatcher.list. Then
-//! the hardening of issue 13: the bearer token, the refused public bind,
+//! the hardening: the bearer token, the refused public bind,
 //! escaped RPC arguments in the log, health checks behind idle clients,
 //! and the other signals.
 
@@ -390,7 +390,7 @@ fn sigterm_stops_every_listener_and_exits_0() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-// ------------------------------------------------------------- issue 13
+// ------------------------------------------------------------ hardening
 
 /// A token as `openssl rand -hex 16` makes one.
 const TOKEN: &str = "5f0c2a9e41d7b3866e0f2d9c7a1b4e38";
@@ -676,7 +676,7 @@ fn signals_and_idle_clients_leave_the_binary_serving() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// SIGHUP with a changed list and config (issue 15): one log line per
+/// SIGHUP with a changed list and config: one log line per
 /// destination added, removed and changed (saying what changed), and a
 /// warning per changed setting outside `[dispatcher]` that needs a
 /// restart.

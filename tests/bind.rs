@@ -1,4 +1,4 @@
-//! Binding the listeners (issue 11, gap 3): a second sipedge must not bind
+//! Binding the listeners: a second sipedge must not bind
 //! the UDP port a first one holds (SO_REUSEADDR on a UDP socket let both
 //! run and split the traffic); it refuses to start and names the address.
 //! A TCP listener keeps SO_REUSEADDR (a restart must not wait for

@@ -1,4 +1,4 @@
-//! Forged ICMP over real sockets (issue 13, item 1): ICMP port-unreachable
+//! Forged ICMP over real sockets: ICMP port-unreachable
 //! errors built by hand and sent through a raw socket, quoting a datagram
 //! sipedge sent to a node, while calls go on. Raw sockets need root (or
 //! CAP_NET_RAW), which the tests and CI have; elsewhere each test says

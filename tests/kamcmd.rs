@@ -1,5 +1,5 @@
 //! Debian's own `kamcmd` (package `kamailio`) against the built binary's
-//! BINRPC control sockets (`[admin] ctl`, issue 15): the runbook commands
+//! BINRPC control sockets (`[admin] ctl`): the runbook commands
 //! print what they print against Kamailio, a drain over kamcmd moves new
 //! calls, bad arguments and unknown methods get Kamailio's faults, garbage
 //! on the socket is answered and the proxy keeps serving; the unix socket

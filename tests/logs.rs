@@ -1,4 +1,4 @@
-//! The binary's log (issue 16): plain text off a terminal (journald stores
+//! The binary's log: plain text off a terminal (journald stores
 //! lines with ANSI escapes as binary), colour on one unless `NO_COLOR`,
 //! `--log-format json` lines that parse, `--log-level` over `RUST_LOG`,
 //! and a call's story — the node chosen, each failover with its reason,

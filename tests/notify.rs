@@ -1,4 +1,4 @@
-//! systemd readiness (issue 16): the real binary with `NOTIFY_SOCKET`
+//! systemd readiness: the real binary with `NOTIFY_SOCKET`
 //! pointing at the test's own datagram socket (an abstract one, as
 //! systemd's `@` names) and `WATCHDOG_USEC` set. `READY=1` comes only once
 //! the listeners answer and the first probe round is done, `RELOADING=1`

@@ -1,4 +1,4 @@
-//! OPTIONS health probing and node states (issue 4) over real UDP on
+//! OPTIONS health probing and node states over real UDP on
 //! 127.0.0.1: fake nodes that answer, stay silent or are drained, and the
 //! calls that follow. Short real intervals (100-300 ms) keep it fast; each
 //! expectation is about which probe or call comes next, not about timing.
@@ -497,8 +497,8 @@ async fn mode_0_with_unflagged_nodes_probes_none_and_a_node_taken_out_is_strande
     cancel.cancel();
 }
 
-/// A list URI with a user part and parameters is kept as written
-/// (issue 15): `dispatcher.list` shows it, `set_state` finds it by it (and
+/// A list URI with a user part and parameters is kept as written:
+/// `dispatcher.list` shows it, `set_state` finds it by it (and
 /// by its normalised form), and the OPTIONS probe's Request-URI keeps the
 /// user, as Kamailio sends it; calls still go to its host and port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

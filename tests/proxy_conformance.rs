@@ -1,4 +1,4 @@
-//! Issue 3: every RFC 4475 / RFC 5118 torture message, sent as its exact
+//! Every RFC 4475 / RFC 5118 torture message, sent as its exact
 //! bytes from the fake trunk to the running proxy over UDP, gets what its
 //! `EXPECTED.tsv` row allows, and the ones that are forwarded reach a node
 //! with every byte the proxy must not touch intact.

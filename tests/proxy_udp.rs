@@ -1,7 +1,7 @@
-//! The proxy core over real UDP sockets on 127.0.0.1 (issue 3): a fake
+//! The proxy core over real UDP sockets on 127.0.0.1: a fake
 //! trunk and fake FreeSWITCH nodes exchange raw SIP with the in-process
-//! proxy. Every expectation is RFC 3261 §16-17 or the issue's behaviour;
-//! `../shared/design.md` is the contract.
+//! proxy. Every expectation is RFC 3261 §16-17 or the behaviour contract
+//! (`../shared/design.md`).
 //!
 //! The pool uses `algorithm = "priority"` with equal priorities, so node 0
 //! is always the first choice and node 1 the failover target.
@@ -365,8 +365,8 @@ async fn max_forwards_zero_gets_483_except_options_to_us() {
     }
 }
 
-/// Every INVITE sipedge refuses itself is counted under its reason
-/// (issue 11): 416, 420 and 483 among them.
+/// Every INVITE sipedge refuses itself is counted under its reason:
+/// 416, 420 and 483 among them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_invites_count_their_reason() {
     let h = Harness::start(Options::default()).await;
@@ -846,12 +846,12 @@ async fn initial_requests_from_outside_only_go_to_the_pool() {
 }
 
 // ---------------------------------------------------------------------------
-// Beyond the list: more of issue 3's behaviours
+// Beyond the list: more of the core's behaviours
 // ---------------------------------------------------------------------------
 
 /// A node whose port is closed: the ICMP port unreachable surfaces as an
 /// error on the proxy's UDP socket and moves the INVITE on at once, long
-/// before fr_timeout (issue 3: "or the send fails").
+/// before fr_timeout ("or the send fails").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_on_icmp_port_unreachable() {
     let mut h = Harness::start(Options {
@@ -1203,7 +1203,7 @@ async fn ipv6_call_on_loopback() {
 }
 
 // ---------------------------------------------------------------------------
-// Forwarded requests whose next hop does not answer (issue 11, gap 1)
+// Forwarded requests whose next hop does not answer
 // ---------------------------------------------------------------------------
 
 /// The status of the trunk's final answer to the request with CSeq `cseq`.
@@ -1367,7 +1367,7 @@ fn call_cseq(req: &[u8]) -> u32 {
 }
 
 // ---------------------------------------------------------------------------
-// Server transactions match by branch and sent-by (issue 11, gap 2)
+// Server transactions match by branch and sent-by
 // ---------------------------------------------------------------------------
 
 /// `invite` with its top Via's branch replaced by `branch`.

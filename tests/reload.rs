@@ -1,4 +1,4 @@
-//! `dispatcher.reload` (issue 4): the destinations are re-read from the
+//! `dispatcher.reload`: the destinations are re-read from the
 //! config file and its dispatcher.list; a node that stays keeps its state,
 //! calls in progress keep their node, a bad file changes nothing.
 
@@ -124,7 +124,7 @@ fn rpc(h: &Harness, method: &str, params: serde_json::Value) -> Result<serde_jso
         })
 }
 
-/// `dispatcher.add` and `dispatcher.remove` (issue 15): a node added in
+/// `dispatcher.add` and `dispatcher.remove`: a node added in
 /// memory takes new calls once active (an inactive one is probed back);
 /// a removed node gets no new call but its established call's BYE still
 /// reaches it, as the dialog pins it.
@@ -224,7 +224,7 @@ async fn dispatcher_add_and_remove_change_the_pool_in_memory() {
     assert!(!h.proxy.pool().sets().any(|(id, _, _)| id == 7));
 }
 
-/// A reload applies every column of the nodes that stay (issue 15): a
+/// A reload applies every column of the nodes that stay: a
 /// changed flags column starts the node from its new flags (here 0 -> 4,
 /// disabled, then back), a changed priority reorders; a node whose
 /// columns did not change keeps its state (an operator's drain).
