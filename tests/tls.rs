@@ -213,6 +213,44 @@ async fn handshakes_are_bounded_in_time_and_per_source() {
     assert_eq!(trunk.recv().await.data, b"\r\n");
 }
 
+/// `[tcp]` holds for TLS connections as for TCP ones: beyond
+/// `max_connections` a new one is closed before its handshake, and
+/// connections left idle for `idle_timeout` are closed (a CRLF ping is
+/// traffic: the pinged one outlives the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_caps_and_idle_timeout_hold_for_tls() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = Setup::start(
+        "tls-idle",
+        "",
+        "[tcp]\nidle_timeout = \"3s\"\nmax_connections = 2",
+    )
+    .await;
+    let tcp = s.proxy.tcp();
+    let opened = tokio::time::Instant::now();
+    let mut a = TlsTrunk::connect(s.tls_addr, s.ca.clone(), None).await;
+    let mut b = TlsTrunk::connect(s.tls_addr, s.ca.clone(), None).await;
+    eventually("two connections", || tcp.connections() == 2).await;
+    let mut third = silent_from("127.0.0.1", s.tls_addr).await;
+    closed_within(&mut third, WAIT).await;
+    assert_eq!(tcp.stats().refused_cap.load(Relaxed), 1);
+
+    // b pings 2 s in; a says nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.send("\r\n\r\n").await;
+    assert_eq!(b.recv().await.data, b"\r\n");
+    a.expect_closed().await;
+    assert!(
+        opened.elapsed() >= Duration::from_secs(3),
+        "not before idle_timeout"
+    );
+    assert_eq!(tcp.stats().closed_idle.load(Relaxed), 1);
+    assert_eq!(tcp.connections(), 1, "b is still open");
+    b.expect_closed().await;
+    assert_eq!(tcp.stats().closed_idle.load(Relaxed), 2);
+    eventually("no connection left", || tcp.connections() == 0).await;
+}
+
 /// The built binary with `[listen] tls` on port 0: `check-config` takes
 /// it, `serve` prints the TLS listener, answers an OPTIONS over TLS, and
 /// exits 0 on SIGTERM.
