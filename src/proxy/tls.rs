@@ -32,7 +32,14 @@ impl Proxy {
         };
         warn_expiring(&server.0, SystemTime::now());
         inbound.replace(server.0.clone());
-        let files: Vec<&str> = server.0.expiries.iter().map(|e| e.file.as_str()).collect();
+        let crl = server.0.crl.iter().map(|c| c.file.as_str());
+        let files: Vec<&str> = server
+            .0
+            .expiries
+            .iter()
+            .map(|e| e.file.as_str())
+            .chain(crl)
+            .collect();
         Some(format!("TLS identity reloaded from {}", files.join(", ")))
     }
 }
