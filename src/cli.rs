@@ -193,6 +193,10 @@ pub fn main() -> ExitCode {
                 for name in config.resolved_names() {
                     println!("resolved: {name}");
                 }
+                // Valid, but about to stop working: said on stderr, as at start.
+                if let Some(server) = config.tls.as_ref().and_then(|t| t.server.as_ref()) {
+                    crate::proxy::warn_expiring(&server.0, std::time::SystemTime::now());
+                }
                 println!("ok: {}", file.display());
                 ExitCode::SUCCESS
             }

@@ -271,6 +271,50 @@ async fn a_stale_crl_refuses_clients_until_a_fresh_one_is_reloaded() {
     assert_eq!(s.handshakes(Handshake::CrlExpired), 1);
 }
 
+/// `check-config` takes a config whose CRL is stale (it is valid) and
+/// says on stderr what will happen, as the proxy says at start; with a
+/// fresh CRL it says nothing of the kind.
+#[test]
+fn check_config_warns_about_a_stale_crl() {
+    let dir = Scratch::new("tls-crl-check");
+    let ca = Ca::new("sipedge test CA");
+    let server = ca.issue(&dir, "server", &["sip.test"], 1, (2024, 2035));
+    let clients_ca = ca.write(&dir.join("clients-ca.pem"));
+    let crl = ca.crl_until(&dir.join("crl.pem"), &[], 2025);
+    let cfg = dir.join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nudp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+             [[dispatcher.destination]]\nuri = \"sip:127.0.0.1:9\"\n\
+             [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\ncrl = \"{}\"\n",
+            server.cert.display(),
+            server.key.display(),
+            clients_ca.display(),
+            crl.display()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sipedge"))
+            .args(["check-config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(stdout.contains("ok: "), "{stdout}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = check();
+    assert!(
+        stderr.contains(&format!("tls crl {} is past its nextUpdate", crl.display())),
+        "{stderr}"
+    );
+    ca.crl_until(&crl, &[], 2100);
+    let stderr = check();
+    assert!(!stderr.contains("nextUpdate"), "{stderr}");
+}
+
 /// `max_handshakes_per_source = 3`: three connections from 127.0.0.1
 /// that never send a ClientHello hold its three handshake slots; a fourth
 /// is closed at once, unanswered, while a client from 127.0.0.2 is still

@@ -57,6 +57,7 @@ use crate::transaction::{BranchGen, ClientTxns, TIMER_SLACK};
 use crate::transport::{Handler, Inbound, Peer, PerTransport, TcpTransport, Transport, Transports};
 use invite::Call;
 pub use pool::{EditError, Pool, ReloadError};
+pub(crate) use tls::warn_expiring;
 
 /// Room in the transaction tables from the start: what 500 calls/s keep
 /// over the 32 s a finished transaction lingers (about 3 MB for the client
@@ -222,7 +223,7 @@ impl Proxy {
                 tls.handshake_timeout,
                 tls.max_handshakes_per_source,
             );
-            tls::warn_expiring(&server.0, std::time::SystemTime::now());
+            warn_expiring(&server.0, std::time::SystemTime::now());
             transports = transports.with_tls(tls_listeners, inbound)?;
         } else if !tls_listeners.is_empty() {
             return Err(ProxyError::TlsNotLoaded);

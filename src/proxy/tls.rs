@@ -44,11 +44,12 @@ impl Proxy {
     }
 }
 
-/// Logs each certificate file that has expired, or will within
+/// Logs (at start, on every reload, and in `check-config`) each
+/// certificate file that has expired, or will within
 /// [`EXPIRY_WARNING`], and a CRL file past its `nextUpdate` (CRLs are
 /// short-lived and refreshed by the operator's own job, so only a stale
 /// one is worth a line: it refuses clients).
-pub(super) fn warn_expiring(identity: &ServerIdentity, now: SystemTime) {
+pub(crate) fn warn_expiring(identity: &ServerIdentity, now: SystemTime) {
     let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
