@@ -104,6 +104,17 @@ fn branch_in_trace(log: &str, cseq: &str) -> String {
         .to_owned()
 }
 
+/// baresip's audio reaches `sink`: RTP version 2, from 127.0.0.1.
+async fn rtp_arrives(sink: &tokio::net::UdpSocket) {
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(WAIT, sink.recv_from(&mut buf))
+        .await
+        .expect("baresip's RTP in time")
+        .unwrap();
+    assert!(n >= 12 && buf[0] >> 6 == 2, "RTP: {:?}", &buf[..n.min(12)]);
+    assert!(from.ip().is_loopback(), "{from}");
+}
+
 /// A final response to an in-dialog request, as baresip gives it.
 async fn final_to(peer: &Peer, method: &str) -> Received {
     let got = peer
@@ -116,8 +127,9 @@ async fn final_to(peer: &Peer, method: &str) -> Received {
 async fn baresip_calls_over_tls_to_a_udp_node_and_takes_the_nodes_requests() {
     let dir = Scratch::new("baresip-caller");
     let (ca_pem, ours, theirs) = pki(&dir);
-    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let rtp = rtp.local_addr().unwrap();
+    // Kept open for the test: baresip's RTP lands here.
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtp = sink.local_addr().unwrap();
     let sockets = EdgeSockets::bind("127.0.0.1");
     let node = Peer::bind("node").await;
     let text = edge_toml(
@@ -167,6 +179,7 @@ async fn baresip_calls_over_tls_to_a_udp_node_and_takes_the_nodes_requests() {
         edge.proxy.tcp().stats().connected.load(Ordering::Relaxed),
         0
     );
+    rtp_arrives(&sink).await;
 
     // The node's T.38 re-INVITE reaches baresip at its Contact over TLS:
     // sipedge connects to baresip's listener and checks its certificate.
@@ -216,8 +229,9 @@ async fn baresip_calls_over_tls_to_a_udp_node_and_takes_the_nodes_requests() {
 async fn udp_trunk_calls_baresip_as_a_tls_node() {
     let dir = Scratch::new("baresip-node");
     let (ca_pem, ours, theirs) = pki(&dir);
-    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let rtp = rtp.local_addr().unwrap();
+    // Kept open for the test: baresip's RTP lands here.
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtp = sink.local_addr().unwrap();
     let bs = Baresip::start(Role::Callee { user: "fax" }, &theirs, &ca_pem);
     // A dispatcher.list line with the user part: the probe's Request-URI
     // is the URI as written, and baresip answers OPTIONS only for a user
@@ -269,6 +283,7 @@ async fn udp_trunk_calls_baresip_as_a_tls_node() {
     );
     let (ack, _) = call.request("ACK", None);
     trunk.send(ack, edge.addr).await;
+    rtp_arrives(&sink).await;
 
     let t38 = sdp_t38(rtp, 2);
     let (reinvite, reinvite_branch) =
