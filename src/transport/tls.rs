@@ -121,23 +121,33 @@ impl std::fmt::Debug for ServerIdentity {
     }
 }
 
+/// The items of one kind (certificates, CRLs) in a PEM file. Refused,
+/// with the reason, when the file is not `what` (e.g. "PEM certificates")
+/// or holds none (`missing` says what to give).
+pub(super) fn pem_items<T: PemObject>(
+    pem: &[u8],
+    what: &str,
+    missing: &str,
+) -> Result<Vec<T>, String> {
+    let items = T::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not {what}: {e}"))?;
+    if items.is_empty() {
+        return Err(missing.to_owned());
+    }
+    Ok(items)
+}
+
 /// The certificates of a PEM file, refused when there are none.
 fn certificates(pem: &[u8], file: PemFile) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let err = |reason: String| TlsSetupError { file, reason };
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(format!("not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(err(match file {
-            PemFile::ClientCa => {
-                "no \"BEGIN CERTIFICATE\" block; give the PEM certificates of the CAs \
-                 client certificates are issued by"
-                    .into()
-            }
-            _ => "no \"BEGIN CERTIFICATE\" block; give the PEM chain, leaf first".into(),
-        }));
-    }
-    Ok(certs)
+    let missing = match file {
+        PemFile::ClientCa => {
+            "no \"BEGIN CERTIFICATE\" block; give the PEM certificates of the CAs client \
+             certificates are issued by"
+        }
+        _ => "no \"BEGIN CERTIFICATE\" block; give the PEM chain, leaf first",
+    };
+    pem_items(pem, "PEM certificates", missing).map_err(|reason| TlsSetupError { file, reason })
 }
 
 /// The earliest `notAfter` of `certs`, in Unix seconds.
@@ -242,17 +252,10 @@ pub fn server_identity(files: &ServerFiles<'_>) -> Result<ServerIdentity, TlsSet
 
 /// The CRLs of a PEM file, refused when there are none.
 fn crls(pem: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsSetupError> {
-    let err = |reason: String| TlsSetupError {
+    pem_items(pem, "PEM CRLs", "no \"BEGIN X509 CRL\" block").map_err(|reason| TlsSetupError {
         file: PemFile::Crl,
         reason,
-    };
-    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(format!("not PEM CRLs: {e}")))?;
-    if crls.is_empty() {
-        return Err(err("no \"BEGIN X509 CRL\" block".into()));
-    }
-    Ok(crls)
+    })
 }
 
 /// The earliest `nextUpdate` of `crls`, in Unix seconds; `None` when none

@@ -27,7 +27,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::tls::{
-    earliest_not_after, provider, CertExpiry, Counted, Handshake, PemFile, TlsStats, VERSIONS,
+    earliest_not_after, pem_items, provider, CertExpiry, Counted, Handshake, PemFile, TlsStats,
+    VERSIONS,
 };
 
 /// Which file a [`ClientSetupError`] is about.
@@ -165,14 +166,12 @@ fn ca_roots(pem: &[u8]) -> Result<RootCertStore, ClientSetupError> {
         file: ClientFile::CaList,
         reason,
     };
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(format!("not a PEM certificate bundle: {e}")))?;
-    if certs.is_empty() {
-        return Err(err(
-            "no \"BEGIN CERTIFICATE\" block; give the CA certificates in PEM".into(),
-        ));
-    }
+    let certs: Vec<CertificateDer<'static>> = pem_items(
+        pem,
+        "a PEM certificate bundle",
+        "no \"BEGIN CERTIFICATE\" block; give the CA certificates in PEM",
+    )
+    .map_err(err)?;
     let mut roots = RootCertStore::empty();
     for (i, c) in certs.into_iter().enumerate() {
         roots
@@ -206,18 +205,15 @@ fn system_roots() -> RootCertStore {
 type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 fn client_identity(chain_pem: &[u8], key_pem: &[u8]) -> Result<Identity, ClientSetupError> {
-    let chain = CertificateDer::pem_slice_iter(chain_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ClientSetupError {
-            file: ClientFile::Certificate,
-            reason: format!("not a PEM certificate chain: {e}"),
-        })?;
-    if chain.is_empty() {
-        return Err(ClientSetupError {
-            file: ClientFile::Certificate,
-            reason: "no \"BEGIN CERTIFICATE\" block; give the PEM chain, leaf first".into(),
-        });
-    }
+    let chain = pem_items(
+        chain_pem,
+        "a PEM certificate chain",
+        "no \"BEGIN CERTIFICATE\" block; give the PEM chain, leaf first",
+    )
+    .map_err(|reason| ClientSetupError {
+        file: ClientFile::Certificate,
+        reason,
+    })?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| ClientSetupError {
         file: ClientFile::Key,
         reason: format!("not a PEM private key: {e}"),
