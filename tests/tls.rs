@@ -14,8 +14,8 @@ use rustls::pki_types::CertificateDer;
 use sipedge::sip::{HeaderName, Via};
 use support::*;
 use tls_support::{
-    assert_our_rr, closed_within, edge_toml, path, silent_from, Ca, Edge, EdgeSockets, Scratch,
-    TlsTrunk,
+    assert_our_rr, binary_toml, closed_within, edge_toml, path, silent_from, Ca, Edge, EdgeSockets,
+    Scratch, TlsTrunk,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -266,10 +266,10 @@ async fn binary_serves_tls() {
     let cfg = dir.join("proxy.toml");
     std::fs::write(
         &cfg,
-        format!(
-            "[listen]\nudp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
-             [[dispatcher.destination]]\nuri = \"sip:127.0.0.1:9\"\n\
-             [tls]\ncertificate = \"{chain}\"\nkey = \"{key}\"\n"
+        binary_toml(
+            "127.0.0.1:9",
+            "",
+            &format!("certificate = \"{chain}\"\nkey = \"{key}\"\n"),
         ),
     )
     .unwrap();

@@ -28,8 +28,8 @@ use sipedge::metrics::{
 use sipedge::transport::tls::Handshake;
 use support::*;
 use tls_support::{
-    closed_within, edge_toml, serial_and_not_after, silent_from, Ca, Edge, EdgeSockets, Issued,
-    Scratch, TlsTrunk,
+    binary_toml, closed_within, edge_toml, serial_and_not_after, silent_from, Ca, Edge,
+    EdgeSockets, Issued, Scratch, TlsTrunk,
 };
 
 /// A running proxy with a TLS listener (serving `sip.test` from `ca`,
@@ -284,14 +284,16 @@ fn check_config_warns_about_a_stale_crl() {
     let cfg = dir.join("proxy.toml");
     std::fs::write(
         &cfg,
-        format!(
-            "[listen]\nudp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
-             [[dispatcher.destination]]\nuri = \"sip:127.0.0.1:9\"\n\
-             [tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\ncrl = \"{}\"\n",
-            server.cert.display(),
-            server.key.display(),
-            clients_ca.display(),
-            crl.display()
+        binary_toml(
+            "127.0.0.1:9",
+            "",
+            &format!(
+                "certificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\ncrl = \"{}\"\n",
+                server.cert.display(),
+                server.key.display(),
+                clients_ca.display(),
+                crl.display()
+            ),
         ),
     )
     .unwrap();
@@ -442,12 +444,10 @@ async fn sighup_renews_the_certificate_of_the_binary() {
     ca.issue(&dir, "server", &["sip.test"], 1, (2024, 2035));
     let node = Peer::bind("node0").await.answering_probes();
     let cfg = dir.join("proxy.toml");
-    let text = format!(
-        "[listen]\nudp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\
-         [[dispatcher.destination]]\nuri = \"sip:{}\"\n\
-         [tls]\ncertificate = \"server.pem\"\nkey = \"server.key\"\n",
-        node.addr
+    let text = binary_toml(
+        &node.addr.to_string(),
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "certificate = \"server.pem\"\nkey = \"server.key\"\n",
     );
     let bin = env!("CARGO_BIN_EXE_sipedge");
     std::fs::write(&cfg, format!("{text}crl = \"server.pem\"\n")).unwrap();

@@ -492,6 +492,16 @@ pub fn assert_our_rr(value: &str, at: SocketAddr, transport: Option<&str>) {
     assert_eq!(t, transport.into_iter().collect::<Vec<_>>(), "{value}");
 }
 
+/// The config of the built binary: UDP and TLS on 127.0.0.1 port 0, more
+/// `tables`, one destination `node` (`host:port`), and last `[tls]` with
+/// `tls_keys` (so more keys can be appended).
+pub fn binary_toml(node: &str, tables: &str, tls_keys: &str) -> String {
+    format!(
+        "[listen]\nudp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nadvertise = \"127.0.0.1\"\n\
+         {tables}[[dispatcher.destination]]\nuri = \"sip:{node}\"\n[tls]\n{tls_keys}"
+    )
+}
+
 /// The transport of the `i`th Via of `msg`.
 pub fn via_transport(msg: &Received, i: usize) -> String {
     let vias = msg.vias();
